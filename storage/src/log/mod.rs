@@ -1,0 +1,835 @@
+//! The segmented, checksummed partition log.
+//!
+//! A log is a directory of segments, each named by its base offset. Batches are appended
+//! whole, offsets are assigned by the log (the leader stamps base offset and term into the
+//! batch header outside its CRC), reads return whole batches, and every batch read is checked
+//! against its CRC so a damaged batch is never served.
+//!
+//! Durability: `append` writes to the active segment without syncing; [`Log::sync`] (or a
+//! [`SyncJob`] run off the async runtime) makes everything appended so far durable. With
+//! [`FsyncPolicy::Always`] the caller acknowledges only offsets below [`Log::durable_offset`],
+//! syncing once for all the batches appended since the last sync (group commit); with
+//! [`FsyncPolicy::Interval`] it syncs when [`Log::sync_due`] says so and acknowledges earlier
+//! (Kafka's default trade-off: a crash can lose acknowledged records).
+//!
+//! Recovery on open: sealed segments were synced when they were sealed, so only their indexes
+//! are checked (and rebuilt if missing or behind). The active segment is scanned batch by batch
+//! (length, CRC, offsets); a torn tail is truncated and logged. A CRC failure that is followed
+//! by valid batches is corruption, not a torn tail: it is reported with file and position, kept
+//! on disk, and never served.
+
+mod index;
+mod segment;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use brook_wire::batch::{self, BatchError, BatchHeader, RecordBatch, BATCH_HEADER_LEN};
+use bytes::Bytes;
+
+use crate::disk::{Disk, DiskError, DiskFile};
+use segment::Segment;
+
+/// When the owner of a log makes appends durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Sync before acknowledging (group commit: one sync covers every batch appended before
+    /// it). No acknowledged record is lost even if every replica loses power at once.
+    Always,
+    /// Sync at most every `interval_ms`; records acknowledged in between can be lost by a crash.
+    Interval { interval_ms: u64 },
+}
+
+/// Tunables of a log. Defaults suit a broker with a handful of partitions per disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Roll to a new segment before the active one would exceed this size.
+    pub segment_bytes_max: u64,
+    /// Roll to a new segment when the active one's first append is older than this.
+    pub segment_age_ms_max: u64,
+    /// Bytes of batches between two sparse index entries.
+    pub index_interval_bytes: u64,
+    /// Largest batch accepted.
+    pub batch_bytes_max: usize,
+    pub fsync: FsyncPolicy,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes_max: 256 * 1024 * 1024,
+            segment_age_ms_max: 7 * 24 * 60 * 60 * 1000,
+            index_interval_bytes: 4096,
+            batch_bytes_max: 16 * 1024 * 1024,
+            fsync: FsyncPolicy::Always,
+        }
+    }
+}
+
+/// Errors of the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("invalid batch: {0}")]
+    InvalidBatch(#[from] BatchError),
+    #[error("batch of {size} bytes exceeds the limit of {max} bytes")]
+    BatchTooLarge { size: usize, max: usize },
+    #[error("offset {offset} is out of range [{log_start_offset}, {next_offset}]")]
+    OffsetOutOfRange {
+        offset: u64,
+        log_start_offset: u64,
+        next_offset: u64,
+    },
+    #[error("offset {offset} is not a batch boundary")]
+    NotBatchBoundary { offset: u64 },
+    #[error("replicated batch starts at offset {got}, the log expects {expected}")]
+    BaseOffsetMismatch { expected: u64, got: u64 },
+    #[error("corrupt data in {path} at position {position}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
+    #[error("log is unusable until reopened: {reason}")]
+    Poisoned { reason: String },
+    #[error("invalid log configuration: {0}")]
+    InvalidConfig(&'static str),
+}
+
+/// Where a batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub max_timestamp: i64,
+}
+
+/// Whole batches read from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRead {
+    /// Concatenated whole batches, CRC-checked; empty if nothing is readable below the bound.
+    pub batches: Bytes,
+    /// Offset right after the last batch returned (where the next read starts).
+    pub next_offset: u64,
+}
+
+/// What recovery found and did when the log was opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    /// Torn tails cut off: (file, position, bytes dropped, reason).
+    pub truncated: Vec<(PathBuf, u64, u64, String)>,
+    /// Damage found and kept (never served): (file, position, reason).
+    pub corrupt: Vec<(PathBuf, u64, String)>,
+    /// Index files rebuilt from their segment.
+    pub rebuilt_indexes: Vec<PathBuf>,
+    /// Stray files removed (indexes without a segment).
+    pub removed: Vec<PathBuf>,
+}
+
+/// A sync of everything appended before the job was made; can run on a blocking thread while
+/// the log keeps appending. Report the result with [`Log::complete_sync`].
+#[derive(Debug)]
+pub struct SyncJob {
+    files: Vec<Arc<dyn DiskFile>>,
+    /// The offset that will be durable once the job succeeds.
+    pub target_offset: u64,
+}
+
+impl SyncJob {
+    pub fn run(&self) -> Result<u64, DiskError> {
+        for file in &self.files {
+            file.sync()?;
+        }
+        Ok(self.target_offset)
+    }
+}
+
+/// A partition's log. Single owner: the partition actor.
+#[derive(Debug)]
+pub struct Log {
+    disk: Arc<dyn Disk>,
+    dir: PathBuf,
+    config: LogConfig,
+    /// Segments by base offset; the last one is active. Never empty.
+    segments: BTreeMap<u64, Segment>,
+    durable_offset: u64,
+    last_sync_ms: u64,
+    poisoned: Option<String>,
+}
+
+impl Log {
+    /// Open the log in `dir`, creating it if empty, and recover it (see the module docs).
+    pub fn open(
+        disk: Arc<dyn Disk>,
+        dir: impl Into<PathBuf>,
+        config: LogConfig,
+        now_ms: u64,
+    ) -> Result<(Log, RecoveryReport), LogError> {
+        let dir = dir.into();
+        if config.segment_bytes_max < BATCH_HEADER_LEN as u64
+            || config.segment_bytes_max > u32::MAX as u64
+        {
+            return Err(LogError::InvalidConfig(
+                "segment_bytes_max must be in [65, 4 GiB)",
+            ));
+        }
+        if config.index_interval_bytes == 0 {
+            return Err(LogError::InvalidConfig(
+                "index_interval_bytes must be positive",
+            ));
+        }
+        disk.create_dir_all(&dir)?;
+        let mut report = RecoveryReport::default();
+        let names = disk.list_dir(&dir)?;
+        let mut bases: Vec<u64> = names
+            .iter()
+            .filter_map(|n| segment::parse_data_file_name(n))
+            .collect();
+        bases.sort_unstable();
+        // Index files whose segment is gone (a crash during roll or truncation) are removed.
+        for name in &names {
+            let stem = name
+                .strip_suffix(segment::OFFSET_INDEX_SUFFIX)
+                .or_else(|| name.strip_suffix(segment::TIME_INDEX_SUFFIX));
+            if let Some(stem) = stem {
+                let has_segment =
+                    segment::parse_data_file_name(&format!("{stem}{}", segment::DATA_SUFFIX))
+                        .is_some_and(|base| bases.binary_search(&base).is_ok());
+                if !has_segment {
+                    let path = dir.join(name);
+                    disk.remove_file(&path)?;
+                    report.removed.push(path);
+                }
+            }
+        }
+        if bases.is_empty() {
+            bases.push(0);
+        }
+        let mut segments = BTreeMap::new();
+        for (index, base) in bases.iter().enumerate() {
+            let mut segment = Segment::open_files(disk.as_ref(), &dir, *base)?;
+            match bases.get(index + 1) {
+                Some(next_base) => {
+                    recover_sealed(&mut segment, *next_base, &config, &mut report)?;
+                }
+                None => recover_active(&mut segment, &config, &mut report)?,
+            }
+            segments.insert(*base, segment);
+        }
+        report.segments = segments.len();
+        disk.sync_dir(&dir)?;
+        let mut log = Log {
+            disk,
+            dir,
+            config,
+            segments,
+            durable_offset: 0,
+            last_sync_ms: now_ms,
+            poisoned: None,
+        };
+        // Whatever survived recovery is treated as durable: make it so.
+        log.active().data.sync()?;
+        log.durable_offset = log.next_offset();
+        Ok((log, report))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// First offset still in the log.
+    pub fn log_start_offset(&self) -> u64 {
+        self.segments.values().next().map_or(0, |s| s.base_offset)
+    }
+
+    /// Offset the next appended record will get (the log end offset).
+    pub fn next_offset(&self) -> u64 {
+        self.active().next_offset
+    }
+
+    /// Every offset below this one is on stable storage.
+    pub fn durable_offset(&self) -> u64 {
+        self.durable_offset
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Total bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(Segment::size).sum()
+    }
+
+    fn active(&self) -> &Segment {
+        // The map is never empty: open creates a segment and truncation keeps one.
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    fn check_usable(&self) -> Result<(), LogError> {
+        match &self.poisoned {
+            Some(reason) => Err(LogError::Poisoned {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Append a producer's batch as leader: validate it, stamp base offset and `term` into its
+    /// header (outside the CRC), write it. Not durable until synced.
+    pub fn append(
+        &mut self,
+        batch: &mut [u8],
+        term: u64,
+        now_ms: u64,
+    ) -> Result<AppendInfo, LogError> {
+        self.check_usable()?;
+        self.check_batch(batch)?;
+        batch::stamp(batch, self.next_offset(), term);
+        self.write_batch(batch, now_ms)
+    }
+
+    /// Append a batch whose offsets were assigned by a leader (follower replication): its base
+    /// offset must be exactly the log's next offset.
+    pub fn append_replicated(&mut self, batch: &[u8], now_ms: u64) -> Result<AppendInfo, LogError> {
+        self.check_usable()?;
+        let header = self.check_batch(batch)?;
+        if header.base_offset != self.next_offset() {
+            return Err(LogError::BaseOffsetMismatch {
+                expected: self.next_offset(),
+                got: header.base_offset,
+            });
+        }
+        self.write_batch(batch, now_ms)
+    }
+
+    fn check_batch(&self, batch: &[u8]) -> Result<BatchHeader, LogError> {
+        if batch.len() > self.config.batch_bytes_max {
+            return Err(LogError::BatchTooLarge {
+                size: batch.len(),
+                max: self.config.batch_bytes_max,
+            });
+        }
+        let header = batch::validate(batch)?;
+        if header.total_len() != batch.len() {
+            return Err(LogError::InvalidBatch(BatchError::BadLength(
+                header.batch_length,
+            )));
+        }
+        Ok(header)
+    }
+
+    fn write_batch(&mut self, batch: &[u8], now_ms: u64) -> Result<AppendInfo, LogError> {
+        let header = BatchHeader::parse(batch)?;
+        let active = self.active();
+        let too_big = active.size() + batch.len() as u64 > self.config.segment_bytes_max;
+        let too_old = active
+            .first_append_ms
+            .is_some_and(|first| now_ms.saturating_sub(first) >= self.config.segment_age_ms_max);
+        let too_many_offsets = header.last_offset() - active.base_offset >= u64::from(u32::MAX);
+        if active.size() > 0 && (too_big || too_old || too_many_offsets) {
+            self.roll()?;
+        }
+        let interval = self.config.index_interval_bytes;
+        let active = self.active_mut();
+        let size_before = active.size();
+        let offset_index_before = active.offset_index_file.len();
+        let time_index_before = active.time_index_file.len();
+        let result = active
+            .data
+            .append(batch)
+            .map_err(LogError::from)
+            .and_then(|position| active.index_batch(&header, position, interval, true));
+        if let Err(error) = result {
+            // Undo whatever prefix reached the files so no half batch stays in the log.
+            let undo = active
+                .data
+                .truncate(size_before)
+                .and_then(|()| active.offset_index_file.truncate(offset_index_before))
+                .and_then(|()| active.time_index_file.truncate(time_index_before));
+            // In-memory index entries past the old size are dropped too.
+            active
+                .offset_index
+                .retain(|e| u64::from(e.position) < size_before);
+            if let Err(undo_error) = undo {
+                self.poisoned = Some(format!("could not undo a failed append: {undo_error}"));
+            }
+            return Err(error);
+        }
+        active.first_append_ms.get_or_insert(now_ms);
+        Ok(AppendInfo {
+            base_offset: header.base_offset,
+            last_offset: header.last_offset(),
+            max_timestamp: header.max_timestamp,
+        })
+    }
+
+    /// Seal the active segment (synced, with its indexes) and start a new one.
+    fn roll(&mut self) -> Result<(), LogError> {
+        let active = self.active_mut();
+        active.seal_time_index()?;
+        active.data.sync()?;
+        active.offset_index_file.sync()?;
+        active.time_index_file.sync()?;
+        let next = active.next_offset;
+        let segment = Segment::open_files(self.disk.as_ref(), &self.dir, next)?;
+        if segment.size() != 0 {
+            return Err(LogError::Corrupt {
+                path: segment.path().to_path_buf(),
+                position: 0,
+                reason: "a new segment's file already has data".into(),
+            });
+        }
+        self.disk.sync_dir(&self.dir)?;
+        self.segments.insert(next, segment);
+        self.durable_offset = self.durable_offset.max(next);
+        tracing::debug!(dir = %self.dir.display(), base_offset = next, "rolled segment");
+        Ok(())
+    }
+
+    /// Read whole batches from `offset` (the batch containing it comes first), up to
+    /// `max_bytes` (at least one batch is returned if any is readable), never including a batch
+    /// that reaches `upper_offset` or beyond (the high watermark; `u64::MAX` for no bound).
+    /// Reads stop at a segment boundary.
+    pub fn read(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        upper_offset: u64,
+    ) -> Result<LogRead, LogError> {
+        let next = self.next_offset();
+        if offset < self.log_start_offset() || offset > next {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset(),
+                next_offset: next,
+            });
+        }
+        let upper = upper_offset.min(next);
+        if offset >= upper {
+            return Ok(LogRead {
+                batches: Bytes::new(),
+                next_offset: offset,
+            });
+        }
+        let (_, segment) =
+            self.segments
+                .range(..=offset)
+                .next_back()
+                .ok_or(LogError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset: self.log_start_offset(),
+                    next_offset: next,
+                })?;
+        if offset >= segment.next_offset {
+            // Only possible for an empty active segment, handled above; defensive.
+            return Ok(LogRead {
+                batches: Bytes::new(),
+                next_offset: offset,
+            });
+        }
+        let (position, header) = segment.position_of(offset)?;
+        let (batches, next_offset) = segment.read_from(position, &header, max_bytes, upper)?;
+        Ok(LogRead {
+            batches,
+            next_offset,
+        })
+    }
+
+    /// The first offset whose record timestamp is at or after `timestamp`, with that record's
+    /// timestamp; `None` if every record is older.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>, LogError> {
+        for segment in self.segments.values() {
+            if segment.next_offset == segment.base_offset || segment.max_timestamp < timestamp {
+                continue;
+            }
+            // Start at the last time-index entry whose max-so-far is below the target: no
+            // record before it can qualify.
+            let start_relative = segment
+                .time_index
+                .iter()
+                .take_while(|entry| entry.timestamp < timestamp)
+                .last()
+                .map_or(0, |entry| entry.relative_offset);
+            let mut offset = segment.base_offset + u64::from(start_relative);
+            while offset < segment.next_offset {
+                let (position, header) = segment.position_of(offset)?;
+                if header.max_timestamp >= timestamp {
+                    let (bytes, _) =
+                        segment.read_from(position, &header, header.total_len(), u64::MAX)?;
+                    let batch = RecordBatch::new(bytes).map_err(|error| LogError::Corrupt {
+                        path: segment.path().to_path_buf(),
+                        position,
+                        reason: error.to_string(),
+                    })?;
+                    let records = batch.records().map_err(|error| LogError::Corrupt {
+                        path: segment.path().to_path_buf(),
+                        position,
+                        reason: error.to_string(),
+                    })?;
+                    if let Some(record) = records.iter().find(|r| r.timestamp >= timestamp) {
+                        return Ok(Some((record.offset, record.timestamp)));
+                    }
+                }
+                offset = header.next_offset();
+            }
+        }
+        Ok(None)
+    }
+
+    /// Remove every record at or above `offset` (Raft: a follower's conflicting suffix).
+    /// `offset` must be a batch boundary within `[log_start_offset, next_offset]`. The
+    /// truncation is synced before returning, so a crash cannot resurrect removed records.
+    pub fn truncate(&mut self, offset: u64) -> Result<(), LogError> {
+        self.check_usable()?;
+        let next = self.next_offset();
+        if offset == next {
+            return Ok(());
+        }
+        if offset < self.log_start_offset() || offset > next {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset(),
+                next_offset: next,
+            });
+        }
+        // Find the position of `offset` before changing anything.
+        let (&base, segment) =
+            self.segments
+                .range(..=offset)
+                .next_back()
+                .ok_or(LogError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset: self.log_start_offset(),
+                    next_offset: next,
+                })?;
+        let (position, header) = segment.position_of(offset)?;
+        if header.base_offset != offset {
+            return Err(LogError::NotBatchBoundary { offset });
+        }
+        // Drop whole segments after the one holding `offset`, newest first.
+        let later: Vec<u64> = self.segments.range(base + 1..).map(|(b, _)| *b).collect();
+        for later_base in later.into_iter().rev() {
+            self.segments.remove(&later_base);
+            let (data, offset_index, time_index) = Segment::paths(&self.dir, later_base);
+            self.disk.remove_file(&offset_index)?;
+            self.disk.remove_file(&time_index)?;
+            self.disk.remove_file(&data)?;
+        }
+        let interval = self.config.index_interval_bytes;
+        let segment = self.active_mut();
+        segment.data.truncate(position)?;
+        // Rebuild the in-memory indexes up to the cut by walking what remains.
+        rebuild_indexes(segment, interval)?;
+        segment.rewrite_index_files()?;
+        segment.data.sync()?;
+        segment.offset_index_file.sync()?;
+        segment.time_index_file.sync()?;
+        self.disk.sync_dir(&self.dir)?;
+        self.durable_offset = self.durable_offset.min(offset);
+        Ok(())
+    }
+
+    /// Remove whole segments that end at or below `offset` (retention). The active segment is
+    /// never removed. Returns the new log start offset.
+    pub fn delete_segments_before(&mut self, offset: u64) -> Result<u64, LogError> {
+        self.check_usable()?;
+        while self.segments.len() > 1 {
+            let Some((&base, first)) = self.segments.iter().next() else {
+                break;
+            };
+            if first.next_offset > offset {
+                break;
+            }
+            self.segments.remove(&base);
+            let (data, offset_index, time_index) = Segment::paths(&self.dir, base);
+            self.disk.remove_file(&data)?;
+            self.disk.remove_file(&offset_index)?;
+            self.disk.remove_file(&time_index)?;
+        }
+        self.disk.sync_dir(&self.dir)?;
+        Ok(self.log_start_offset())
+    }
+
+    /// Make everything appended so far durable. On failure the log is poisoned: what reached
+    /// the disk is unknown (a failed fsync may have dropped dirty pages), so nothing more is
+    /// acknowledged until the log is reopened and recovered.
+    pub fn sync(&mut self, now_ms: u64) -> Result<u64, LogError> {
+        let job = self.sync_job()?;
+        let result = job.run();
+        self.complete_sync(result, now_ms)
+    }
+
+    /// A sync to run elsewhere (e.g. a blocking thread) while appends continue.
+    pub fn sync_job(&self) -> Result<SyncJob, LogError> {
+        self.check_usable()?;
+        let active = self.active();
+        Ok(SyncJob {
+            files: vec![active.data.clone()],
+            target_offset: active.next_offset,
+        })
+    }
+
+    /// Report the outcome of a [`SyncJob`]; returns the durable offset.
+    pub fn complete_sync(
+        &mut self,
+        result: Result<u64, DiskError>,
+        now_ms: u64,
+    ) -> Result<u64, LogError> {
+        match result {
+            Ok(target) => {
+                self.check_usable()?;
+                // A truncation since the job started may have lowered the log end.
+                self.durable_offset = self.durable_offset.max(target.min(self.next_offset()));
+                self.last_sync_ms = now_ms;
+                Ok(self.durable_offset)
+            }
+            Err(error) => {
+                tracing::error!(dir = %self.dir.display(), %error, "fsync failed; log poisoned until reopened");
+                self.poisoned = Some(error.to_string());
+                Err(LogError::Disk(error))
+            }
+        }
+    }
+
+    /// Whether a sync is due under the configured policy.
+    pub fn sync_due(&self, now_ms: u64) -> bool {
+        if self.durable_offset >= self.next_offset() {
+            return false;
+        }
+        match self.config.fsync {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Interval { interval_ms } => {
+                now_ms.saturating_sub(self.last_sync_ms) >= interval_ms
+            }
+        }
+    }
+
+    /// Whether the active segment should roll by age now (callers may roll idle logs).
+    pub fn roll_due(&self, now_ms: u64) -> bool {
+        let active = self.active();
+        active.size() > 0
+            && active
+                .first_append_ms
+                .is_some_and(|first| now_ms.saturating_sub(first) >= self.config.segment_age_ms_max)
+    }
+}
+
+/// Recover a sealed segment: its data was synced when it was sealed; check its indexes and
+/// rebuild them if missing, malformed or behind. Its end is the next segment's base.
+fn recover_sealed(
+    segment: &mut Segment,
+    next_base: u64,
+    config: &LogConfig,
+    report: &mut RecoveryReport,
+) -> Result<(), LogError> {
+    let size = segment.size();
+    let offset_bytes = segment.offset_index_file.len();
+    let loaded = if offset_bytes > 0 {
+        let disk_bytes = segment
+            .offset_index_file
+            .read_at(0, offset_bytes as usize)?;
+        index::parse_offset_index(&disk_bytes, size)
+    } else {
+        None
+    };
+    let time_bytes = segment.time_index_file.len();
+    let time_loaded = if time_bytes > 0 {
+        index::parse_time_index(&segment.time_index_file.read_at(0, time_bytes as usize)?)
+    } else {
+        None
+    };
+    let mut rebuilt = false;
+    match (loaded, time_loaded) {
+        (Some(offsets), Some(times)) if !offsets.is_empty() => {
+            segment.offset_index = offsets;
+            segment.time_index = times;
+            // Walk the headers after the last indexed batch to the end ("behind" check).
+            let last = *segment.offset_index.last().expect("non-empty");
+            let mut position = u64::from(last.position);
+            let mut next = segment.base_offset + u64::from(last.relative_offset);
+            let mut walked_bytes = 0;
+            while position < size {
+                let header = match segment.header_at(position) {
+                    Ok(header)
+                        if header.base_offset == next
+                            && position + header.total_len() as u64 <= size =>
+                    {
+                        header
+                    }
+                    _ => {
+                        rebuilt = true;
+                        break;
+                    }
+                };
+                walked_bytes += header.total_len() as u64;
+                position += header.total_len() as u64;
+                next = header.next_offset();
+                segment.max_timestamp = segment.max_timestamp.max(header.max_timestamp);
+            }
+            if walked_bytes > 2 * config.index_interval_bytes + config.batch_bytes_max as u64 {
+                rebuilt = true;
+            }
+            segment.max_timestamp = segment
+                .max_timestamp
+                .max(segment.time_index.last().map_or(i64::MIN, |e| e.timestamp));
+            segment.next_offset = next;
+        }
+        _ => rebuilt = true,
+    }
+    if rebuilt {
+        rebuild_indexes(segment, config.index_interval_bytes)?;
+        segment.seal_time_index_in_memory();
+        segment.rewrite_index_files()?;
+        segment.offset_index_file.sync()?;
+        segment.time_index_file.sync()?;
+        report
+            .rebuilt_indexes
+            .push(segment.offset_index_file.path().to_path_buf());
+        tracing::warn!(path = %segment.path().display(), "rebuilt indexes of a sealed segment");
+    }
+    if segment.next_offset != next_base {
+        let reason = format!(
+            "segment ends at offset {} but the next segment starts at {next_base}",
+            segment.next_offset
+        );
+        tracing::error!(path = %segment.path().display(), %reason, "corrupt sealed segment");
+        report
+            .corrupt
+            .push((segment.path().to_path_buf(), segment.size(), reason));
+        segment.next_offset = next_base;
+    }
+    Ok(())
+}
+
+/// Walk a segment's batch headers from the start and rebuild its in-memory indexes. Stops at
+/// the first header that does not parse or does not follow (the caller decides what that
+/// means); sets `next_offset` to the end of the last good batch and returns its end position.
+fn rebuild_indexes(segment: &mut Segment, index_interval_bytes: u64) -> Result<u64, LogError> {
+    segment.offset_index.clear();
+    segment.time_index.clear();
+    segment.max_timestamp = i64::MIN;
+    segment.bytes_since_index_entry = 0;
+    segment.next_offset = segment.base_offset;
+    let size = segment.size();
+    let mut position = 0;
+    while position + BATCH_HEADER_LEN as u64 <= size {
+        let Ok(header) = segment.header_at(position) else {
+            break;
+        };
+        if header.base_offset != segment.next_offset || position + header.total_len() as u64 > size
+        {
+            break;
+        }
+        segment.index_batch(&header, position, index_interval_bytes, false)?;
+        position += header.total_len() as u64;
+    }
+    Ok(position)
+}
+
+/// Recover the active segment: validate every batch (length, CRC, offsets), truncate a torn
+/// tail, and rebuild its indexes.
+fn recover_active(
+    segment: &mut Segment,
+    config: &LogConfig,
+    report: &mut RecoveryReport,
+) -> Result<(), LogError> {
+    let size = segment.size();
+    segment.offset_index.clear();
+    segment.time_index.clear();
+    segment.max_timestamp = i64::MIN;
+    segment.bytes_since_index_entry = 0;
+    segment.next_offset = segment.base_offset;
+    let bytes = if size > 0 {
+        segment.data.read_at(0, size as usize)?
+    } else {
+        Bytes::new()
+    };
+    let mut position = 0usize;
+    let mut last_term = 0u64;
+    while position < bytes.len() {
+        let rest = &bytes[position..];
+        let problem = match batch::validate(rest) {
+            Ok(header) if header.base_offset != segment.next_offset => Some(format!(
+                "batch base offset {} where {} was expected",
+                header.base_offset, segment.next_offset
+            )),
+            Ok(header) if header.term < last_term => Some(format!(
+                "batch term {} below the previous batch's term {last_term}",
+                header.term
+            )),
+            Ok(header) => {
+                segment.index_batch(
+                    &header,
+                    position as u64,
+                    config.index_interval_bytes,
+                    false,
+                )?;
+                last_term = header.term;
+                position += header.total_len();
+                None
+            }
+            Err(error) => Some(error.to_string()),
+        };
+        let Some(reason) = problem else { continue };
+        // A bad batch followed by a valid one at the offset after it is damage inside the
+        // segment, not a torn tail: keep it (it is never served) and report it.
+        if let Ok(header) = BatchHeader::parse(rest) {
+            let end = position + header.total_len();
+            if header.base_offset == segment.next_offset && end < bytes.len() {
+                if let Ok(following) = batch::validate(&bytes[end..]) {
+                    if following.base_offset == header.next_offset() {
+                        tracing::error!(path = %segment.path().display(), position, %reason, "corrupt batch inside the active segment; kept, never served");
+                        report.corrupt.push((
+                            segment.path().to_path_buf(),
+                            position as u64,
+                            reason,
+                        ));
+                        segment.index_batch(
+                            &header,
+                            position as u64,
+                            config.index_interval_bytes,
+                            false,
+                        )?;
+                        position = end;
+                        continue;
+                    }
+                }
+            }
+        }
+        let dropped = (bytes.len() - position) as u64;
+        tracing::warn!(path = %segment.path().display(), position, dropped, %reason, "truncating torn tail");
+        report.truncated.push((
+            segment.path().to_path_buf(),
+            position as u64,
+            dropped,
+            reason,
+        ));
+        segment.data.truncate(position as u64)?;
+        segment.data.sync()?;
+        break;
+    }
+    segment.rewrite_index_files()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

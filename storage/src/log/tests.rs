@@ -1,0 +1,540 @@
+//! Log tests. Each scenario is a function over `(disk, dir)` run against both the simulated
+//! and the real file disk; fault scenarios need `SimDisk`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use brook_wire::batch::{split_batches, BatchBuilder};
+use bytes::BytesMut;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+use crate::disk::{CrashMode, Disk, FsDisk, SimDisk};
+
+fn batch(first_value: u64, records: u64, timestamp: i64) -> BytesMut {
+    let mut builder = BatchBuilder::new();
+    for index in 0..records {
+        let value = format!("value-{}", first_value + index);
+        builder.push(
+            timestamp + index as i64,
+            Some(b"key"),
+            Some(value.as_bytes()),
+            &[],
+        );
+    }
+    builder.finish()
+}
+
+fn small_config() -> LogConfig {
+    LogConfig {
+        segment_bytes_max: 1024,
+        index_interval_bytes: 200,
+        ..LogConfig::default()
+    }
+}
+
+/// Every value in the log from `from`, read batch after batch.
+fn read_values(log: &Log, from: u64) -> Vec<(u64, String)> {
+    let mut values = Vec::new();
+    let mut offset = from;
+    while offset < log.next_offset() {
+        let read = log.read(offset, 300, u64::MAX).expect("read");
+        assert!(!read.batches.is_empty(), "no progress at {offset}");
+        for batch in split_batches(read.batches) {
+            for record in batch.expect("valid batch").records().expect("records") {
+                if record.offset >= from {
+                    let value =
+                        String::from_utf8(record.value.expect("value").to_vec()).expect("utf8");
+                    values.push((record.offset, value));
+                }
+            }
+        }
+        offset = read.next_offset;
+    }
+    values
+}
+
+fn expected(range: std::ops::Range<u64>) -> Vec<(u64, String)> {
+    range.map(|i| (i, format!("value-{i}"))).collect()
+}
+
+fn open(disk: &Arc<dyn Disk>, dir: &Path, config: LogConfig) -> (Log, RecoveryReport) {
+    Log::open(disk.clone(), dir, config, 0).expect("open")
+}
+
+fn append_many(log: &mut Log, batches: u64, records_per_batch: u64) {
+    for _ in 0..batches {
+        let next = log.next_offset();
+        let mut b = batch(next, records_per_batch, 1_000 + next as i64);
+        let info = log.append(&mut b, 1, 0).expect("append");
+        assert_eq!(info.base_offset, next);
+        assert_eq!(info.last_offset, next + records_per_batch - 1);
+    }
+}
+
+fn scenario_round_trip_across_segments(disk: Arc<dyn Disk>, dir: PathBuf) {
+    let (mut log, _) = open(&disk, &dir, small_config());
+    append_many(&mut log, 40, 3);
+    assert_eq!(log.next_offset(), 120);
+    assert!(log.segment_count() > 3, "segments: {}", log.segment_count());
+    assert_eq!(read_values(&log, 0), expected(0..120));
+    // From the middle of a batch: the whole batch comes back, starting below the offset.
+    let read = log.read(31, 1, u64::MAX).expect("read");
+    let first = split_batches(read.batches)
+        .next()
+        .expect("a batch")
+        .expect("valid");
+    assert_eq!(first.header().base_offset, 30);
+    assert_eq!(read.next_offset, 33);
+    // The upper bound (high watermark) is never crossed.
+    let read = log.read(0, 1 << 20, 7).expect("read");
+    assert_eq!(read.next_offset, 6, "only batches wholly below 7");
+    assert!(log.read(121, 100, u64::MAX).is_err());
+    assert!(log
+        .read(120, 100, u64::MAX)
+        .expect("at end")
+        .batches
+        .is_empty());
+    log.sync(0).expect("sync");
+    drop(log);
+    let (log, report) = open(&disk, &dir, small_config());
+    assert!(
+        report.truncated.is_empty() && report.corrupt.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(log.next_offset(), 120);
+    assert_eq!(read_values(&log, 0), expected(0..120));
+    assert_eq!(read_values(&log, 77), expected(77..120));
+}
+
+fn scenario_truncate(disk: Arc<dyn Disk>, dir: PathBuf) {
+    let (mut log, _) = open(&disk, &dir, small_config());
+    append_many(&mut log, 40, 3);
+    assert!(matches!(
+        log.truncate(31),
+        Err(LogError::NotBatchBoundary { offset: 31 })
+    ));
+    log.truncate(60).expect("truncate");
+    assert_eq!(log.next_offset(), 60);
+    assert_eq!(read_values(&log, 0), expected(0..60));
+    append_many(&mut log, 2, 3);
+    assert_eq!(read_values(&log, 0), expected(0..66));
+    log.truncate(0).expect("truncate all");
+    assert_eq!(log.next_offset(), 0);
+    append_many(&mut log, 5, 2);
+    drop(log);
+    let (log, _) = open(&disk, &dir, small_config());
+    assert_eq!(read_values(&log, 0), expected(0..10));
+}
+
+fn scenario_timestamps_and_retention(disk: Arc<dyn Disk>, dir: PathBuf) {
+    let (mut log, _) = open(&disk, &dir, small_config());
+    append_many(&mut log, 40, 3); // record at offset o has timestamp 1000 + o
+    assert_eq!(
+        log.offset_for_timestamp(0).expect("lookup"),
+        Some((0, 1_000))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(1_050).expect("lookup"),
+        Some((50, 1_050))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(1_119).expect("lookup"),
+        Some((119, 1_119))
+    );
+    assert_eq!(log.offset_for_timestamp(1_120).expect("lookup"), None);
+    drop(log);
+    let (mut log, _) = open(&disk, &dir, small_config());
+    assert_eq!(
+        log.offset_for_timestamp(1_050).expect("lookup"),
+        Some((50, 1_050))
+    );
+    let start = log.delete_segments_before(50).expect("retention");
+    assert!(start > 0 && start <= 50, "start {start}");
+    assert_eq!(log.log_start_offset(), start);
+    assert!(matches!(
+        log.read(0, 100, u64::MAX),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    assert_eq!(read_values(&log, start), expected(start..120));
+}
+
+fn scenario_roll_by_age(disk: Arc<dyn Disk>, dir: PathBuf) {
+    let config = LogConfig {
+        segment_age_ms_max: 1_000,
+        ..LogConfig::default()
+    };
+    let (mut log, _) = Log::open(disk, dir, config, 0).expect("open");
+    log.append(&mut batch(0, 1, 0), 1, 10).expect("append");
+    log.append(&mut batch(1, 1, 0), 1, 500).expect("append");
+    assert_eq!(log.segment_count(), 1);
+    assert!(log.roll_due(1_010));
+    log.append(&mut batch(2, 1, 0), 1, 1_010).expect("append");
+    assert_eq!(log.segment_count(), 2);
+    assert_eq!(read_values(&log, 0), expected(0..3));
+}
+
+fn scenario_missing_indexes_are_rebuilt(disk: Arc<dyn Disk>, dir: PathBuf) {
+    let (mut log, _) = open(&disk, &dir, small_config());
+    append_many(&mut log, 40, 3);
+    log.sync(0).expect("sync");
+    drop(log);
+    let mut removed = 0;
+    for name in disk.list_dir(&dir).expect("list") {
+        if name.ends_with(".index") || name.ends_with(".timeindex") {
+            disk.remove_file(&dir.join(name)).expect("remove");
+            removed += 1;
+        }
+    }
+    assert!(removed > 4);
+    let (log, report) = open(&disk, &dir, small_config());
+    assert!(!report.rebuilt_indexes.is_empty());
+    assert_eq!(read_values(&log, 0), expected(0..120));
+    assert_eq!(
+        log.offset_for_timestamp(1_050).expect("lookup"),
+        Some((50, 1_050))
+    );
+}
+
+fn scenario_bad_batches_rejected(disk: Arc<dyn Disk>, dir: PathBuf) {
+    let config = LogConfig {
+        batch_bytes_max: 200,
+        ..small_config()
+    };
+    let (mut log, _) = Log::open(disk, dir, config, 0).expect("open");
+    let mut damaged = batch(0, 2, 0);
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    assert!(matches!(
+        log.append(&mut damaged, 1, 0),
+        Err(LogError::InvalidBatch(_))
+    ));
+    assert!(matches!(
+        log.append(&mut batch(0, 20, 0), 1, 0),
+        Err(LogError::BatchTooLarge { .. })
+    ));
+    assert!(matches!(
+        log.append(&mut [0u8; 10], 1, 0),
+        Err(LogError::InvalidBatch(_))
+    ));
+    assert_eq!(log.next_offset(), 0);
+    // A replicated batch must start exactly at the log end.
+    let mut replicated = batch(0, 2, 0);
+    brook_wire::batch::stamp(&mut replicated, 5, 1);
+    assert!(matches!(
+        log.append_replicated(&replicated, 0),
+        Err(LogError::BaseOffsetMismatch {
+            expected: 0,
+            got: 5
+        })
+    ));
+    brook_wire::batch::stamp(&mut replicated, 0, 1);
+    log.append_replicated(&replicated, 0)
+        .expect("replicated append");
+    assert_eq!(read_values(&log, 0), expected(0..2));
+}
+
+macro_rules! on_both_disks {
+    ($($scenario:ident),* $(,)?) => {
+        mod sim_disk {
+            $(#[test] fn $scenario() {
+                let disk: std::sync::Arc<dyn crate::disk::Disk> = std::sync::Arc::new(crate::disk::SimDisk::new(7));
+                super::$scenario(disk, std::path::PathBuf::from("/data/topic-0"));
+            })*
+        }
+        mod fs_disk {
+            $(#[test] fn $scenario() {
+                let temp = tempfile::tempdir().expect("tempdir");
+                let disk: std::sync::Arc<dyn crate::disk::Disk> = std::sync::Arc::new(crate::disk::FsDisk::new());
+                super::$scenario(disk, temp.path().join("topic-0"));
+            })*
+        }
+    };
+}
+
+on_both_disks!(
+    scenario_round_trip_across_segments,
+    scenario_truncate,
+    scenario_timestamps_and_retention,
+    scenario_roll_by_age,
+    scenario_missing_indexes_are_rebuilt,
+    scenario_bad_batches_rejected,
+);
+
+// ---- faults (SimDisk only) ----
+
+fn sim() -> (SimDisk, Arc<dyn Disk>, PathBuf) {
+    let sim = SimDisk::new(11);
+    let disk: Arc<dyn Disk> = Arc::new(sim.clone());
+    (sim, disk, PathBuf::from("/data/p"))
+}
+
+#[test]
+fn crash_drops_unsynced_batches_and_keeps_synced_ones() {
+    let (sim, disk, dir) = sim();
+    let (mut log, _) = open(&disk, &dir, small_config());
+    append_many(&mut log, 5, 2);
+    log.sync(0).expect("sync");
+    append_many(&mut log, 3, 2);
+    assert_eq!(log.durable_offset(), 10);
+    drop(log);
+    sim.crash_with(CrashMode::DropUnsynced, &mut ChaCha8Rng::seed_from_u64(1));
+    let (log, _) = open(&disk, &dir, small_config());
+    assert_eq!(log.next_offset(), 10);
+    assert_eq!(read_values(&log, 0), expected(0..10));
+}
+
+#[test]
+fn torn_tail_is_truncated_and_reported() {
+    for seed in 0..20 {
+        let (sim, disk, dir) = sim();
+        let (mut log, _) = open(&disk, &dir, LogConfig::default());
+        append_many(&mut log, 4, 3);
+        log.sync(0).expect("sync");
+        append_many(&mut log, 1, 3);
+        drop(log);
+        let crash = sim.crash_with(
+            CrashMode::TornLastWrite,
+            &mut ChaCha8Rng::seed_from_u64(seed),
+        );
+        let data_crash = crash
+            .files
+            .iter()
+            .find(|f| f.path.extension().is_some_and(|e| e == "log"))
+            .expect("data file crashed");
+        let (log, report) = open(&disk, &dir, LogConfig::default());
+        assert_eq!(log.next_offset(), 12, "seed {seed}");
+        assert_eq!(read_values(&log, 0), expected(0..12));
+        let torn_bytes = data_crash.len_after - data_crash.durable_len_before;
+        assert_eq!(
+            report.truncated.len(),
+            usize::from(torn_bytes > 0),
+            "seed {seed}: {report:?}"
+        );
+        if let Some((_, position, dropped, _)) = report.truncated.first() {
+            assert_eq!(*position, data_crash.durable_len_before);
+            assert_eq!(*dropped, torn_bytes);
+        }
+    }
+}
+
+#[test]
+fn bit_flip_in_the_unsynced_tail_is_truncated() {
+    let (sim, disk, dir) = sim();
+    let (mut log, _) = open(&disk, &dir, LogConfig::default());
+    append_many(&mut log, 4, 3);
+    log.sync(0).expect("sync");
+    append_many(&mut log, 1, 3);
+    drop(log);
+    sim.crash_with(
+        CrashMode::FlipBitInLastWrite,
+        &mut ChaCha8Rng::seed_from_u64(3),
+    );
+    let (log, report) = open(&disk, &dir, LogConfig::default());
+    assert_eq!(report.truncated.len(), 1, "{report:?}");
+    assert_eq!(read_values(&log, 0), expected(0..12));
+}
+
+#[test]
+fn bit_flip_in_a_sealed_segment_is_reported_and_never_served() {
+    let (sim, disk, dir) = sim();
+    let (mut log, _) = open(&disk, &dir, small_config());
+    append_many(&mut log, 40, 3);
+    log.sync(0).expect("sync");
+    drop(log);
+    let first_segment = dir.join("00000000000000000000.log");
+    sim.corrupt_durable(&first_segment, 100, 3)
+        .expect("corrupt");
+    let (log, report) = open(&disk, &dir, small_config());
+    assert!(
+        report.truncated.is_empty(),
+        "sealed damage is not a torn tail: {report:?}"
+    );
+    assert_eq!(log.next_offset(), 120, "nothing dropped");
+    // The damaged batch is refused with its file and position; reading it never succeeds.
+    let mut corrupt_seen = false;
+    for offset in 0..3 {
+        match log.read(offset, 1 << 20, u64::MAX) {
+            Err(LogError::Corrupt { path, position, .. }) => {
+                assert_eq!(path, first_segment);
+                assert!(position <= 100);
+                corrupt_seen = true;
+            }
+            Ok(read) => {
+                for batch in split_batches(read.batches) {
+                    batch.expect("whatever is served is valid");
+                }
+            }
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+    assert!(corrupt_seen);
+    // Later segments are unaffected.
+    assert_eq!(read_values(&log, 60), expected(60..120));
+}
+
+#[test]
+fn corruption_inside_the_active_segment_is_kept_not_truncated() {
+    let (sim, disk, dir) = sim();
+    let (mut log, _) = open(&disk, &dir, LogConfig::default());
+    append_many(&mut log, 5, 3);
+    log.sync(0).expect("sync");
+    drop(log);
+    let segment = dir.join("00000000000000000000.log");
+    sim.corrupt_durable(&segment, 80, 0).expect("corrupt"); // inside the first batch's records
+    let (log, report) = open(&disk, &dir, LogConfig::default());
+    assert!(report.truncated.is_empty(), "{report:?}");
+    assert_eq!(report.corrupt.len(), 1);
+    assert_eq!(log.next_offset(), 15);
+    assert!(matches!(
+        log.read(0, 1 << 20, u64::MAX),
+        Err(LogError::Corrupt { .. })
+    ));
+    assert_eq!(read_values(&log, 3), expected(3..15));
+}
+
+#[test]
+fn flip_on_read_is_detected_and_the_next_read_is_clean() {
+    let (sim, disk, dir) = sim();
+    let (mut log, _) = open(&disk, &dir, LogConfig::default());
+    append_many(&mut log, 3, 3);
+    // The flip may land in a header read (used only to find the batch) or in the data read;
+    // either way nothing damaged is served. Over several tries, some hit the data.
+    let mut detected = 0;
+    for _ in 0..20 {
+        sim.flip_bit_on_next_read(None);
+        match log.read(0, 1 << 20, u64::MAX) {
+            Err(LogError::Corrupt { .. }) => detected += 1,
+            Ok(read) => {
+                let served: Vec<_> = split_batches(read.batches)
+                    .collect::<Result<_, _>>()
+                    .expect("served batches are valid");
+                assert_eq!(served.len(), 3);
+            }
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+    assert!(detected > 0, "no flipped data read was detected");
+    assert_eq!(read_values(&log, 0), expected(0..9));
+}
+
+#[test]
+fn fsync_error_surfaces_and_nothing_is_acknowledged() {
+    let (sim, disk, dir) = sim();
+    let (mut log, _) = open(&disk, &dir, LogConfig::default());
+    append_many(&mut log, 2, 2);
+    log.sync(0).expect("sync");
+    append_many(&mut log, 2, 2);
+    sim.fail_next_sync();
+    assert!(matches!(
+        log.sync(0),
+        Err(LogError::Disk(DiskError::SyncFailed { .. }))
+    ));
+    assert_eq!(
+        log.durable_offset(),
+        4,
+        "nothing past the last good sync is durable"
+    );
+    // The log refuses to go on: what reached the disk is unknown.
+    assert!(matches!(
+        log.append(&mut batch(8, 1, 0), 1, 0),
+        Err(LogError::Poisoned { .. })
+    ));
+    assert!(matches!(log.sync(0), Err(LogError::Poisoned { .. })));
+    // Reads still work.
+    assert_eq!(read_values(&log, 0), expected(0..8));
+    drop(log);
+    sim.crash_with(CrashMode::DropUnsynced, &mut ChaCha8Rng::seed_from_u64(0));
+    let (mut log, _) = open(&disk, &dir, LogConfig::default());
+    assert_eq!(log.next_offset(), 4);
+    append_many(&mut log, 1, 2);
+    log.sync(0).expect("sync after reopen");
+    assert_eq!(read_values(&log, 0), expected(0..6));
+}
+
+#[test]
+fn disk_full_is_a_clear_error_and_the_log_stays_readable() {
+    let (sim, disk, dir) = sim();
+    let (mut log, _) = open(&disk, &dir, LogConfig::default());
+    append_many(&mut log, 3, 3);
+    let used = sim.stats().bytes_used;
+    sim.set_capacity(Some(used + 50)); // less than one more batch
+    let error = log
+        .append(&mut batch(9, 3, 0), 1, 0)
+        .expect_err("disk full");
+    assert!(
+        matches!(error, LogError::Disk(DiskError::NoSpace { .. })),
+        "{error}"
+    );
+    assert!(error.to_string().contains("no space"), "{error}");
+    assert_eq!(log.next_offset(), 9);
+    assert_eq!(read_values(&log, 0), expected(0..9));
+    sim.set_capacity(None);
+    append_many(&mut log, 1, 3);
+    log.sync(0).expect("sync");
+    drop(log);
+    let (log, report) = open(&disk, &dir, LogConfig::default());
+    assert!(
+        report.truncated.is_empty(),
+        "no half batch was left behind: {report:?}"
+    );
+    assert_eq!(read_values(&log, 0), expected(0..12));
+}
+
+#[test]
+fn sync_job_runs_apart_and_group_commits() {
+    let (sim, disk, dir) = sim();
+    let (mut log, _) = open(&disk, &dir, LogConfig::default());
+    append_many(&mut log, 3, 1);
+    let syncs_before = sim.stats().syncs;
+    let job = log.sync_job().expect("job");
+    append_many(&mut log, 2, 1); // appended while the job is in flight
+    let result = job.run();
+    assert_eq!(log.complete_sync(result, 5).expect("complete"), 3);
+    assert_eq!(
+        sim.stats().syncs,
+        syncs_before + 1,
+        "one sync for three batches"
+    );
+    assert!(log.sync_due(5));
+    assert_eq!(log.sync(6).expect("sync"), 5);
+    assert!(!log.sync_due(7));
+}
+
+#[test]
+fn interval_policy_defers_syncs() {
+    let (_sim, disk, dir) = sim();
+    let config = LogConfig {
+        fsync: FsyncPolicy::Interval { interval_ms: 100 },
+        ..LogConfig::default()
+    };
+    let (mut log, _) = Log::open(disk, dir, config, 0).expect("open");
+    append_many(&mut log, 1, 1);
+    assert!(!log.sync_due(50));
+    assert!(log.sync_due(100));
+}
+
+#[test]
+fn fs_disk_torn_tail_from_a_real_file() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let disk: Arc<dyn Disk> = Arc::new(FsDisk::new());
+    let dir = temp.path().join("p");
+    let (mut log, _) = open(&disk, &dir, LogConfig::default());
+    append_many(&mut log, 3, 3);
+    log.sync(0).expect("sync");
+    drop(log);
+    // Simulate a torn write: garbage half-batch at the end of the real file.
+    let segment = dir.join("00000000000000000000.log");
+    let file = disk
+        .open(&segment, crate::disk::OpenMode::Existing)
+        .expect("open");
+    let mut torn = batch(9, 3, 0);
+    brook_wire::batch::stamp(&mut torn, 9, 1);
+    file.append(&torn[..torn.len() / 2]).expect("append");
+    drop(file);
+    let (log, report) = open(&disk, &dir, LogConfig::default());
+    assert_eq!(report.truncated.len(), 1);
+    assert_eq!(log.next_offset(), 9);
+    assert_eq!(read_values(&log, 0), expected(0..9));
+}

@@ -1,0 +1,670 @@
+//! The record-batch format: how records are grouped on the wire and on disk.
+//!
+//! A batch is a fixed 65-byte header followed by the records. All integers in the header are
+//! little-endian. The layout is in the spirit of Kafka's v2 batch:
+//!
+//! | offset | size | field | covered by CRC |
+//! |-------:|-----:|-------|:--------------:|
+//! | 0 | 8 | base offset (stamped by the leader) | no |
+//! | 8 | 4 | batch length: bytes after this field | no |
+//! | 12 | 8 | term (leader epoch, stamped by the leader) | no |
+//! | 20 | 1 | magic (format version, [`MAGIC`]) | no |
+//! | 21 | 4 | CRC-32C of bytes 25.. | no |
+//! | 25 | 2 | attributes (bits 0-2 compression; 3 timestamp type; 4 transactional; 5 control) | yes |
+//! | 27 | 4 | last offset delta | yes |
+//! | 31 | 8 | first timestamp (ms) | yes |
+//! | 39 | 8 | max timestamp (ms) | yes |
+//! | 47 | 8 | producer id (-1: none) | yes |
+//! | 55 | 2 | producer epoch | yes |
+//! | 57 | 4 | base sequence (-1: none) | yes |
+//! | 61 | 4 | record count | yes |
+//! | 65 | .. | records | yes |
+//!
+//! Because the CRC starts at the attributes, a leader stamps the base offset and term into a
+//! producer's batch without recomputing it, and the broker never re-encodes a batch it stores
+//! or serves: batches stay opaque [`Bytes`] on the hot path.
+//!
+//! Each record is: length (uvarint, bytes that follow), attributes (1 byte, reserved 0),
+//! timestamp delta from the first timestamp (zigzag varint), offset delta (uvarint), key length
+//! (zigzag varint, -1 = null) and key, value length (zigzag, -1 = null) and value, header count
+//! (uvarint) and headers (key length uvarint + UTF-8 key, value length zigzag + value).
+
+use bytes::{Bytes, BytesMut};
+
+use crate::varint::{self, VarintError};
+
+/// Length of the fixed batch header.
+pub const BATCH_HEADER_LEN: usize = 65;
+/// Bytes before the batch-length field's end: base offset (8) + length (4).
+pub const LENGTH_PREFIX_LEN: usize = 12;
+/// Current format version.
+pub const MAGIC: u8 = 1;
+/// Where the CRC-covered region starts.
+pub const CRC_START: usize = 25;
+/// Compression codec bits in the attributes.
+pub const ATTRIBUTE_COMPRESSION_MASK: u16 = 0b111;
+/// Attribute bits defined so far; the others are reserved and must be zero.
+pub const ATTRIBUTE_KNOWN_MASK: u16 = 0b11_1111;
+
+const OFFSET_BASE: usize = 0;
+const OFFSET_LENGTH: usize = 8;
+const OFFSET_TERM: usize = 12;
+const OFFSET_MAGIC: usize = 20;
+const OFFSET_CRC: usize = 21;
+const OFFSET_ATTRIBUTES: usize = 25;
+const OFFSET_LAST_OFFSET_DELTA: usize = 27;
+const OFFSET_FIRST_TIMESTAMP: usize = 31;
+const OFFSET_MAX_TIMESTAMP: usize = 39;
+const OFFSET_PRODUCER_ID: usize = 47;
+const OFFSET_PRODUCER_EPOCH: usize = 55;
+const OFFSET_BASE_SEQUENCE: usize = 57;
+const OFFSET_RECORD_COUNT: usize = 61;
+
+/// Why a batch or record could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch truncated: need {needed} bytes, have {available}")]
+    Truncated { needed: usize, available: usize },
+    #[error("batch has unknown magic {0} (expected {MAGIC})")]
+    BadMagic(u8),
+    #[error("batch length {0} is smaller than the header")]
+    BadLength(u32),
+    #[error("batch CRC mismatch: header says {stored:#010x}, content hashes to {computed:#010x}")]
+    CrcMismatch { stored: u32, computed: u32 },
+    #[error("batch has {record_count} records but last offset delta {last_offset_delta}")]
+    BadCount {
+        record_count: u32,
+        last_offset_delta: u32,
+    },
+    #[error("batch uses unsupported compression codec {0}")]
+    UnsupportedCompression(u16),
+    #[error("batch sets reserved attribute bits {0:#06x}")]
+    ReservedAttributes(u16),
+    #[error("record {index}: {reason}")]
+    BadRecord { index: u32, reason: &'static str },
+}
+
+impl From<VarintError> for &'static str {
+    fn from(error: VarintError) -> Self {
+        match error {
+            VarintError::Truncated => "varint truncated",
+            VarintError::Overlong => "varint overlong",
+        }
+    }
+}
+
+fn read_u16(buf: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([buf[at], buf[at + 1]])
+}
+fn read_u32(buf: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+}
+fn read_u64(buf: &[u8], at: usize) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&buf[at..at + 8]);
+    u64::from_le_bytes(bytes)
+}
+
+/// The decoded fixed header of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: u64,
+    pub batch_length: u32,
+    pub term: u64,
+    pub magic: u8,
+    pub crc: u32,
+    pub attributes: u16,
+    pub last_offset_delta: u32,
+    pub first_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: u32,
+}
+
+impl BatchHeader {
+    /// Total bytes of the batch, header included.
+    pub fn total_len(&self) -> usize {
+        LENGTH_PREFIX_LEN + self.batch_length as usize
+    }
+
+    /// Offset of the last record.
+    pub fn last_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.last_offset_delta)
+    }
+
+    /// Offset right after the batch.
+    pub fn next_offset(&self) -> u64 {
+        self.last_offset() + 1
+    }
+
+    /// Compression codec (0 = none).
+    pub fn compression(&self) -> u16 {
+        self.attributes & ATTRIBUTE_COMPRESSION_MASK
+    }
+
+    /// Decode the header at the start of `buf` without checking the CRC. Checks the magic and
+    /// that the batch length covers at least the header.
+    pub fn parse(buf: &[u8]) -> Result<Self, BatchError> {
+        if buf.len() < BATCH_HEADER_LEN {
+            return Err(BatchError::Truncated {
+                needed: BATCH_HEADER_LEN,
+                available: buf.len(),
+            });
+        }
+        let magic = buf[OFFSET_MAGIC];
+        if magic != MAGIC {
+            return Err(BatchError::BadMagic(magic));
+        }
+        let batch_length = read_u32(buf, OFFSET_LENGTH);
+        if (batch_length as usize) < BATCH_HEADER_LEN - LENGTH_PREFIX_LEN {
+            return Err(BatchError::BadLength(batch_length));
+        }
+        Ok(BatchHeader {
+            base_offset: read_u64(buf, OFFSET_BASE),
+            batch_length,
+            term: read_u64(buf, OFFSET_TERM),
+            magic,
+            crc: read_u32(buf, OFFSET_CRC),
+            attributes: read_u16(buf, OFFSET_ATTRIBUTES),
+            last_offset_delta: read_u32(buf, OFFSET_LAST_OFFSET_DELTA),
+            first_timestamp: read_u64(buf, OFFSET_FIRST_TIMESTAMP) as i64,
+            max_timestamp: read_u64(buf, OFFSET_MAX_TIMESTAMP) as i64,
+            producer_id: read_u64(buf, OFFSET_PRODUCER_ID) as i64,
+            producer_epoch: read_u16(buf, OFFSET_PRODUCER_EPOCH) as i16,
+            base_sequence: read_u32(buf, OFFSET_BASE_SEQUENCE) as i32,
+            record_count: read_u32(buf, OFFSET_RECORD_COUNT),
+        })
+    }
+}
+
+/// CRC-32C of a batch's covered region (bytes 25..). `batch` must be at least the header.
+pub fn compute_crc(batch: &[u8]) -> u32 {
+    crc32c::crc32c(&batch[CRC_START..])
+}
+
+/// Check one whole batch at the start of `buf`: header, length, CRC, record count. Returns the
+/// header; the batch occupies `header.total_len()` bytes of `buf`.
+pub fn validate(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = BatchHeader::parse(buf)?;
+    let total = header.total_len();
+    if buf.len() < total {
+        return Err(BatchError::Truncated {
+            needed: total,
+            available: buf.len(),
+        });
+    }
+    let computed = compute_crc(&buf[..total]);
+    if computed != header.crc {
+        return Err(BatchError::CrcMismatch {
+            stored: header.crc,
+            computed,
+        });
+    }
+    if header.record_count == 0 || header.last_offset_delta != header.record_count - 1 {
+        return Err(BatchError::BadCount {
+            record_count: header.record_count,
+            last_offset_delta: header.last_offset_delta,
+        });
+    }
+    Ok(header)
+}
+
+/// Stamp the fields outside the CRC: the base offset and the term (done by the leader).
+/// `batch` must be at least a header long.
+pub fn stamp(batch: &mut [u8], base_offset: u64, term: u64) {
+    batch[OFFSET_BASE..OFFSET_BASE + 8].copy_from_slice(&base_offset.to_le_bytes());
+    batch[OFFSET_TERM..OFFSET_TERM + 8].copy_from_slice(&term.to_le_bytes());
+}
+
+/// One header of a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub key: String,
+    pub value: Option<Bytes>,
+}
+
+/// One decoded record with its absolute offset and timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: u64,
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<RecordHeader>,
+}
+
+/// A validated batch (header, length and CRC checked) held as opaque bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordBatch {
+    header: BatchHeader,
+    bytes: Bytes,
+}
+
+impl RecordBatch {
+    /// Validate `bytes`, which must hold exactly one batch.
+    pub fn new(bytes: Bytes) -> Result<Self, BatchError> {
+        let header = validate(&bytes)?;
+        if header.total_len() != bytes.len() {
+            return Err(BatchError::BadLength(header.batch_length));
+        }
+        Ok(RecordBatch { header, bytes })
+    }
+
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
+
+    /// Decode the records. Fails on the first malformed record (the CRC held, so a malformed
+    /// record means a buggy or malicious producer, not a damaged disk).
+    pub fn records(&self) -> Result<Vec<Record>, BatchError> {
+        if self.header.compression() != 0 {
+            return Err(BatchError::UnsupportedCompression(
+                self.header.compression(),
+            ));
+        }
+        let mut records = Vec::with_capacity(self.header.record_count.min(4096) as usize);
+        let mut cursor = Cursor {
+            bytes: &self.bytes,
+            position: BATCH_HEADER_LEN,
+        };
+        for index in 0..self.header.record_count {
+            let bad = |reason: &'static str| BatchError::BadRecord { index, reason };
+            let length = cursor.uvarint().map_err(bad)?;
+            let start = cursor.position;
+            let end = start
+                .checked_add(usize::try_from(length).map_err(|_| bad("length overflows"))?)
+                .filter(|end| *end <= self.bytes.len())
+                .ok_or(bad("record runs past the batch"))?;
+            cursor.byte().map_err(bad)?; // attributes, reserved
+            let timestamp_delta = cursor.varint().map_err(bad)?;
+            let offset_delta = cursor.uvarint().map_err(bad)?;
+            if offset_delta > u64::from(self.header.last_offset_delta) {
+                return Err(bad("offset delta beyond the batch"));
+            }
+            let key = cursor.nullable_bytes().map_err(bad)?;
+            let value = cursor.nullable_bytes().map_err(bad)?;
+            let header_count = cursor.uvarint().map_err(bad)?;
+            let mut headers = Vec::new();
+            for _ in 0..header_count {
+                let key_len = cursor.uvarint().map_err(bad)?;
+                let key = cursor.take(key_len).map_err(bad)?;
+                let key =
+                    String::from_utf8(key.to_vec()).map_err(|_| bad("header key not UTF-8"))?;
+                let value = cursor.nullable_bytes().map_err(bad)?;
+                headers.push(RecordHeader { key, value });
+            }
+            if cursor.position != end {
+                return Err(bad("record length does not match its fields"));
+            }
+            records.push(Record {
+                offset: self.header.base_offset + offset_delta,
+                timestamp: self.header.first_timestamp.wrapping_add(timestamp_delta),
+                key,
+                value,
+                headers,
+            });
+        }
+        if cursor.position != self.bytes.len() {
+            return Err(BatchError::BadRecord {
+                index: self.header.record_count,
+                reason: "trailing bytes after the last record",
+            });
+        }
+        Ok(records)
+    }
+}
+
+struct Cursor<'a> {
+    bytes: &'a Bytes,
+    position: usize,
+}
+
+impl Cursor<'_> {
+    fn byte(&mut self) -> Result<u8, &'static str> {
+        let byte = *self.bytes.get(self.position).ok_or("record truncated")?;
+        self.position += 1;
+        Ok(byte)
+    }
+    fn uvarint(&mut self) -> Result<u64, &'static str> {
+        let (value, len) = varint::get_u64(&self.bytes[self.position..])?;
+        self.position += len;
+        Ok(value)
+    }
+    fn varint(&mut self) -> Result<i64, &'static str> {
+        let (value, len) = varint::get_i64(&self.bytes[self.position..])?;
+        self.position += len;
+        Ok(value)
+    }
+    fn take(&mut self, len: u64) -> Result<Bytes, &'static str> {
+        let len = usize::try_from(len).map_err(|_| "length overflows")?;
+        let end = self
+            .position
+            .checked_add(len)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or("field runs past the batch")?;
+        let slice = self.bytes.slice(self.position..end);
+        self.position = end;
+        Ok(slice)
+    }
+    fn nullable_bytes(&mut self) -> Result<Option<Bytes>, &'static str> {
+        match self.varint()? {
+            -1 => Ok(None),
+            len if len < 0 => Err("negative length"),
+            len => self.take(len as u64).map(Some),
+        }
+    }
+}
+
+/// Split a buffer of concatenated whole batches (a fetch response, a log read) into validated
+/// batches. Stops with an error at the first bad batch.
+pub fn split_batches(mut bytes: Bytes) -> impl Iterator<Item = Result<RecordBatch, BatchError>> {
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed || bytes.is_empty() {
+            return None;
+        }
+        let result = validate(&bytes).map(|header| {
+            let batch = bytes.split_to(header.total_len());
+            RecordBatch {
+                header,
+                bytes: batch,
+            }
+        });
+        failed = result.is_err();
+        Some(result)
+    })
+}
+
+/// Builds a batch on the producer side. Offsets are relative (the leader stamps the base);
+/// the CRC is computed once in [`BatchBuilder::finish`].
+#[derive(Debug)]
+pub struct BatchBuilder {
+    buf: Vec<u8>,
+    record_count: u32,
+    first_timestamp: Option<i64>,
+    max_timestamp: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+}
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BatchBuilder {
+    /// A builder for a batch without an idempotent producer.
+    pub fn new() -> Self {
+        Self::with_producer(-1, -1, -1)
+    }
+
+    /// A builder for a batch of an idempotent producer.
+    pub fn with_producer(producer_id: i64, producer_epoch: i16, base_sequence: i32) -> Self {
+        let mut buf = Vec::with_capacity(BATCH_HEADER_LEN + 256);
+        buf.resize(BATCH_HEADER_LEN, 0);
+        BatchBuilder {
+            buf,
+            record_count: 0,
+            first_timestamp: None,
+            max_timestamp: i64::MIN,
+            producer_id,
+            producer_epoch,
+            base_sequence,
+        }
+    }
+
+    /// Reserve room for `bytes` more bytes of records.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.buf.reserve(bytes);
+    }
+
+    /// Number of records pushed so far.
+    pub fn record_count(&self) -> u32 {
+        self.record_count
+    }
+
+    /// Size the batch would have if finished now.
+    pub fn size_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Size a record would add to the batch (an upper bound, for batch-size decisions).
+    pub fn record_size_estimate(key: Option<&[u8]>, value: Option<&[u8]>) -> usize {
+        let body =
+            1 + 10 + 5 + 10 + key.map_or(0, <[u8]>::len) + 10 + value.map_or(0, <[u8]>::len) + 1;
+        body + varint::len_u64(body as u64)
+    }
+
+    /// Append a record.
+    pub fn push(
+        &mut self,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[RecordHeader],
+    ) {
+        let first = *self.first_timestamp.get_or_insert(timestamp);
+        self.max_timestamp = self.max_timestamp.max(timestamp);
+        let mut body =
+            Vec::with_capacity(16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
+        body.push(0);
+        varint::put_i64(&mut body, timestamp.wrapping_sub(first));
+        varint::put_u64(&mut body, u64::from(self.record_count));
+        put_nullable(&mut body, key);
+        put_nullable(&mut body, value);
+        varint::put_u64(&mut body, headers.len() as u64);
+        for header in headers {
+            varint::put_u64(&mut body, header.key.len() as u64);
+            body.extend_from_slice(header.key.as_bytes());
+            put_nullable(&mut body, header.value.as_deref());
+        }
+        varint::put_u64(&mut self.buf, body.len() as u64);
+        self.buf.extend_from_slice(&body);
+        self.record_count += 1;
+    }
+
+    /// Finish the batch: fill the header and compute the CRC. Base offset and term are zero
+    /// until the leader stamps them. Panics if no record was pushed (a caller bug).
+    pub fn finish(mut self) -> BytesMut {
+        assert!(self.record_count > 0, "a batch holds at least one record");
+        let buf = &mut self.buf;
+        let batch_length = (buf.len() - LENGTH_PREFIX_LEN) as u32;
+        buf[OFFSET_LENGTH..OFFSET_LENGTH + 4].copy_from_slice(&batch_length.to_le_bytes());
+        buf[OFFSET_MAGIC] = MAGIC;
+        buf[OFFSET_ATTRIBUTES..OFFSET_ATTRIBUTES + 2].copy_from_slice(&0u16.to_le_bytes());
+        buf[OFFSET_LAST_OFFSET_DELTA..OFFSET_LAST_OFFSET_DELTA + 4]
+            .copy_from_slice(&(self.record_count - 1).to_le_bytes());
+        let first = self.first_timestamp.unwrap_or(0);
+        buf[OFFSET_FIRST_TIMESTAMP..OFFSET_FIRST_TIMESTAMP + 8]
+            .copy_from_slice(&first.to_le_bytes());
+        buf[OFFSET_MAX_TIMESTAMP..OFFSET_MAX_TIMESTAMP + 8]
+            .copy_from_slice(&self.max_timestamp.to_le_bytes());
+        buf[OFFSET_PRODUCER_ID..OFFSET_PRODUCER_ID + 8]
+            .copy_from_slice(&self.producer_id.to_le_bytes());
+        buf[OFFSET_PRODUCER_EPOCH..OFFSET_PRODUCER_EPOCH + 2]
+            .copy_from_slice(&self.producer_epoch.to_le_bytes());
+        buf[OFFSET_BASE_SEQUENCE..OFFSET_BASE_SEQUENCE + 4]
+            .copy_from_slice(&self.base_sequence.to_le_bytes());
+        buf[OFFSET_RECORD_COUNT..OFFSET_RECORD_COUNT + 4]
+            .copy_from_slice(&self.record_count.to_le_bytes());
+        let crc = compute_crc(buf);
+        buf[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        BytesMut::from(&self.buf[..])
+    }
+}
+
+fn put_nullable(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => varint::put_i64(out, -1),
+        Some(bytes) => {
+            varint::put_i64(out, bytes.len() as i64);
+            out.extend_from_slice(bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> BytesMut {
+        let mut builder = BatchBuilder::with_producer(7, 1, 42);
+        builder.push(1_000, Some(b"k1"), Some(b"v1"), &[]);
+        builder.push(
+            1_005,
+            None,
+            Some(b"v2"),
+            &[RecordHeader {
+                key: "h".into(),
+                value: Some(Bytes::from_static(b"x")),
+            }],
+        );
+        builder.finish()
+    }
+
+    /// Golden bytes: the format is a contract with every stored segment and every client.
+    #[test]
+    fn golden_bytes() {
+        let mut batch = sample();
+        stamp(&mut batch, 100, 3);
+        let expected: &[u8] = &[
+            100, 0, 0, 0, 0, 0, 0, 0, // base offset
+            77, 0, 0, 0, // batch length = 89 - 12
+            3, 0, 0, 0, 0, 0, 0, 0, // term
+            1, // magic
+            0xa9, 0x84, 0x58, 0x2a, // crc
+            0, 0, // attributes
+            1, 0, 0, 0, // last offset delta
+            0xe8, 3, 0, 0, 0, 0, 0, 0, // first timestamp 1000
+            0xed, 3, 0, 0, 0, 0, 0, 0, // max timestamp 1005
+            7, 0, 0, 0, 0, 0, 0, 0, // producer id
+            1, 0, // producer epoch
+            42, 0, 0, 0, // base sequence
+            2, 0, 0, 0, // record count
+            // record 0: len 10, attr, ts delta 0, offset delta 0, key len 2 "k1", value len 2 "v1", 0 headers
+            10, 0, 0, 0, 4, b'k', b'1', 4, b'v', b'1', 0,
+            // record 1: len 12, attr, ts delta 5 (zigzag 10), offset delta 1, null key, "v2", 1 header "h"="x"
+            12, 0, 10, 1, 1, 4, b'v', b'2', 1, 1, b'h', 2, b'x',
+        ];
+        assert_eq!(&batch[..], expected, "actual: {:?}", &batch[..]);
+        let crc = compute_crc(&batch);
+        assert_eq!(crc, u32::from_le_bytes([0xa9, 0x84, 0x58, 0x2a]));
+    }
+
+    #[test]
+    fn stamping_keeps_the_crc_valid_and_records_decode() {
+        let mut batch = sample();
+        stamp(&mut batch, 1 << 40, 9);
+        let batch = RecordBatch::new(batch.freeze()).expect("valid");
+        assert_eq!(batch.header().base_offset, 1 << 40);
+        assert_eq!(batch.header().term, 9);
+        assert_eq!(batch.header().last_offset(), (1 << 40) + 1);
+        let records = batch.records().expect("records");
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].offset, 1 << 40);
+        assert_eq!(records[0].key.as_deref(), Some(&b"k1"[..]));
+        assert_eq!(records[1].timestamp, 1_005);
+        assert_eq!(records[1].key, None);
+        assert_eq!(records[1].headers[0].key, "h");
+    }
+
+    #[test]
+    fn detects_corruption_in_the_covered_region() {
+        let clean = sample();
+        for position in CRC_START..clean.len() {
+            let mut damaged = clean.clone();
+            damaged[position] ^= 0x10;
+            assert!(
+                matches!(validate(&damaged), Err(BatchError::CrcMismatch { .. })),
+                "flip at {position} not detected"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_bad_headers() {
+        let clean = sample();
+        assert!(matches!(
+            validate(&clean[..30]),
+            Err(BatchError::Truncated { .. })
+        ));
+        assert!(matches!(
+            validate(&clean[..clean.len() - 1]),
+            Err(BatchError::Truncated { .. })
+        ));
+        let mut bad_magic = clean.clone();
+        bad_magic[OFFSET_MAGIC] = 9;
+        assert_eq!(validate(&bad_magic), Err(BatchError::BadMagic(9)));
+        let mut bad_length = clean.clone();
+        bad_length[OFFSET_LENGTH..OFFSET_LENGTH + 4].copy_from_slice(&3u32.to_le_bytes());
+        assert_eq!(validate(&bad_length), Err(BatchError::BadLength(3)));
+    }
+
+    #[test]
+    fn split_concatenated_batches() {
+        let mut all = BytesMut::new();
+        for base in [0u64, 2, 4] {
+            let mut batch = sample();
+            stamp(&mut batch, base, 1);
+            all.extend_from_slice(&batch);
+        }
+        let batches: Vec<_> = split_batches(all.freeze())
+            .collect::<Result<_, _>>()
+            .expect("valid");
+        assert_eq!(
+            batches
+                .iter()
+                .map(|b| b.header().base_offset)
+                .collect::<Vec<_>>(),
+            [0, 2, 4]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(
+            records in proptest::collection::vec(
+                (any::<i32>(), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+                 proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200))),
+                1..30),
+            base in any::<u32>(),
+        ) {
+            let mut builder = BatchBuilder::new();
+            for (timestamp, key, value) in &records {
+                builder.push(i64::from(*timestamp), key.as_deref(), value.as_deref(), &[]);
+            }
+            let mut batch = builder.finish();
+            stamp(&mut batch, u64::from(base), 2);
+            let batch = RecordBatch::new(batch.freeze()).expect("valid");
+            let decoded = batch.records().expect("records");
+            prop_assert_eq!(decoded.len(), records.len());
+            for (index, (record, (timestamp, key, value))) in decoded.iter().zip(&records).enumerate() {
+                prop_assert_eq!(record.offset, u64::from(base) + index as u64);
+                prop_assert_eq!(record.timestamp, i64::from(*timestamp));
+                prop_assert_eq!(record.key.as_deref(), key.as_deref());
+                prop_assert_eq!(record.value.as_deref(), value.as_deref());
+            }
+        }
+
+        /// Decoding arbitrary bytes never panics.
+        #[test]
+        fn decode_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(batch) = RecordBatch::new(Bytes::from(bytes)) {
+                let _ = batch.records();
+            }
+        }
+    }
+}
