@@ -1,0 +1,538 @@
+//! The partition actor: sole owner of one partition's [`Log`].
+//!
+//! Produce appends the batch at once (offsets are assigned by the log) and answers according to
+//! `acks` and the fsync policy; fetch reads whole batches below the high watermark or parks the
+//! request (long poll) until data arrives or its wait expires.
+//!
+//! Durability (single node, before replication): with `fsync = always` the high watermark is
+//! the log's durable offset, so an acks=all produce is answered, and its records become
+//! visible to consumers, only once an fsync covering them has returned. Syncs run off the
+//! actor (on the runtime's blocking pool) and one sync covers every batch appended before it
+//! started (group commit): while a sync is in flight, produces keep appending, and the next
+//! sync covers them all. With `fsync = interval` the high watermark is the log end and a timer
+//! syncs every interval (records acknowledged in between can be lost by a crash).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use brook_storage::log::{FsyncPolicy, Log, LogError};
+use brook_storage::DiskError;
+use brook_wire::batch::BatchHeader;
+use brook_wire::error::{BrokerError, ErrorCode};
+use brook_wire::protocol::{Acks, OffsetSpec};
+use bytes::{Bytes, BytesMut};
+
+use crate::runtime::{Actor, Context, Duration, Reply, TimerHandle};
+
+/// Tunables of a partition actor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionConfig {
+    /// Most fetches parked at once waiting for data; beyond it a fetch is answered at once
+    /// (empty) rather than parked.
+    pub fetch_waiters_max: usize,
+    /// Longest wait a fetch may ask for.
+    pub fetch_wait_ms_max: u64,
+    /// Most produce requests waiting for an fsync; beyond it produces fail with a retriable
+    /// timeout error (backpressure on a disk that cannot keep up).
+    pub pending_acks_max: usize,
+}
+
+impl Default for PartitionConfig {
+    fn default() -> Self {
+        PartitionConfig {
+            fetch_waiters_max: 1024,
+            fetch_wait_ms_max: 30_000,
+            pending_acks_max: 8192,
+        }
+    }
+}
+
+/// A produce answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceResult {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub log_start_offset: u64,
+}
+
+/// A fetch answered: whole batches (possibly none) and the partition's bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchResult {
+    pub batches: Bytes,
+    pub batch_count: u32,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+/// Offsets of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionStatus {
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
+    pub log_end_offset: u64,
+    pub durable_offset: u64,
+}
+
+pub type PartitionReply<T> = Reply<Result<T, BrokerError>>;
+
+/// Messages of the partition actor.
+pub enum PartitionMessage {
+    /// Append one or more whole batches (concatenated) from a producer. Acks::None still gets
+    /// a reply (the connection just does not forward it).
+    Produce {
+        batches: Bytes,
+        acks: Acks,
+        reply: PartitionReply<ProduceResult>,
+    },
+    Fetch {
+        offset: u64,
+        bytes_max: u32,
+        wait_ms_max: u32,
+        reply: PartitionReply<FetchResult>,
+    },
+    ListOffsets {
+        spec: OffsetSpec,
+        reply: PartitionReply<(u64, Option<i64>)>,
+    },
+    Status {
+        reply: Reply<PartitionStatus>,
+    },
+    /// Internal: an fsync started by this actor finished.
+    SyncDone {
+        result: Result<u64, DiskError>,
+    },
+    /// Internal: a parked fetch's wait is over.
+    FetchExpired {
+        waiter: u64,
+    },
+    /// Internal: periodic sync under `fsync = interval`.
+    SyncTick,
+    /// Sync the log and stop; the reply comes once the log is synced.
+    Stop {
+        reply: Reply<()>,
+    },
+}
+
+struct PendingAck {
+    last_offset: u64,
+    result: ProduceResult,
+    reply: PartitionReply<ProduceResult>,
+}
+
+struct FetchWaiter {
+    offset: u64,
+    bytes_max: u32,
+    reply: PartitionReply<FetchResult>,
+    timer: TimerHandle,
+}
+
+/// The partition actor.
+pub struct PartitionActor {
+    topic: String,
+    partition: u32,
+    log: Log,
+    term: u64,
+    config: PartitionConfig,
+    pending_acks: VecDeque<PendingAck>,
+    sync_in_flight: bool,
+    waiters: BTreeMap<u64, FetchWaiter>,
+    next_waiter: u64,
+    interval_timer: Option<TimerHandle>,
+    stop_reply: Option<Reply<()>>,
+}
+
+impl PartitionActor {
+    pub fn new(
+        topic: String,
+        partition: u32,
+        log: Log,
+        term: u64,
+        config: PartitionConfig,
+    ) -> Self {
+        PartitionActor {
+            topic,
+            partition,
+            log,
+            term,
+            config,
+            pending_acks: VecDeque::new(),
+            sync_in_flight: false,
+            waiters: BTreeMap::new(),
+            next_waiter: 0,
+            interval_timer: None,
+            stop_reply: None,
+        }
+    }
+
+    /// What consumers may see: everything durable under `always`, the log end under `interval`.
+    fn high_watermark(&self) -> u64 {
+        match self.log.config().fsync {
+            FsyncPolicy::Always => self.log.durable_offset(),
+            FsyncPolicy::Interval { .. } => self.log.next_offset(),
+        }
+    }
+
+    fn status(&self) -> PartitionStatus {
+        PartitionStatus {
+            log_start_offset: self.log.log_start_offset(),
+            high_watermark: self.high_watermark(),
+            log_end_offset: self.log.next_offset(),
+            durable_offset: self.log.durable_offset(),
+        }
+    }
+
+    fn produce(&mut self, batches: Bytes, now_ms: u64) -> Result<ProduceResult, BrokerError> {
+        if batches.is_empty() {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidRequest,
+                "produce without a batch",
+            ));
+        }
+        // Check every batch's framing before appending any, so a request is all or nothing as
+        // far as validation goes.
+        let mut bounds = Vec::new();
+        let mut position = 0;
+        while position < batches.len() {
+            let header = BatchHeader::parse(&batches[position..]).map_err(|error| {
+                BrokerError::new(
+                    ErrorCode::CorruptBatch,
+                    format!("batch at byte {position}: {error}"),
+                )
+            })?;
+            let end = position + header.total_len();
+            if end > batches.len() {
+                return Err(BrokerError::new(
+                    ErrorCode::CorruptBatch,
+                    format!(
+                        "batch at byte {position} runs past the request ({} > {})",
+                        end,
+                        batches.len()
+                    ),
+                ));
+            }
+            if header.total_len() > self.log.config().batch_bytes_max {
+                return Err(BrokerError::new(
+                    ErrorCode::RecordTooLarge,
+                    format!(
+                        "batch of {} bytes exceeds the limit of {} bytes",
+                        header.total_len(),
+                        self.log.config().batch_bytes_max
+                    ),
+                ));
+            }
+            brook_wire::batch::validate(&batches[position..end]).map_err(|error| {
+                BrokerError::new(
+                    ErrorCode::CorruptBatch,
+                    format!("batch at byte {position}: {error}"),
+                )
+            })?;
+            bounds.push((position, end));
+            position = end;
+        }
+        // Stamping needs a mutable buffer: zero-copy when the request owns its bytes.
+        let mut buffer = match batches.try_into_mut() {
+            Ok(buffer) => buffer,
+            Err(shared) => BytesMut::from(&shared[..]),
+        };
+        let mut first: Option<u64> = None;
+        let mut last = 0;
+        for (start, end) in bounds {
+            let info = self
+                .log
+                .append(&mut buffer[start..end], self.term, now_ms)
+                .map_err(|error| storage_error(&error))?;
+            first.get_or_insert(info.base_offset);
+            last = info.last_offset;
+        }
+        Ok(ProduceResult {
+            base_offset: first.unwrap_or(0),
+            last_offset: last,
+            log_start_offset: self.log.log_start_offset(),
+        })
+    }
+
+    fn start_sync(&mut self, context: &mut Context<Self>) {
+        if self.sync_in_flight || self.log.durable_offset() >= self.log.next_offset() {
+            return;
+        }
+        let job = match self.log.sync_job() {
+            Ok(job) => job,
+            Err(error) => {
+                self.fail_pending(&storage_error(&error));
+                return;
+            }
+        };
+        self.sync_in_flight = true;
+        let address = context.address();
+        let runtime = context.runtime().clone();
+        drop(context.runtime().spawn(async move {
+            let result = match runtime.run_blocking(move || job.run()).await {
+                Ok(result) => result,
+                Err(error) => Err(DiskError::SyncFailed {
+                    path: Default::default(),
+                    reason: format!("sync task failed: {error}"),
+                }),
+            };
+            // If the actor is gone there is nobody left to tell.
+            let _ = address.send(PartitionMessage::SyncDone { result }).await;
+        }));
+    }
+
+    fn fail_pending(&mut self, error: &BrokerError) {
+        for pending in self.pending_acks.drain(..) {
+            pending.reply.send(Err(error.clone()));
+        }
+    }
+
+    /// Answer what the high watermark now covers: pending acks and parked fetches.
+    fn advance(&mut self) {
+        let high_watermark = self.high_watermark();
+        while self
+            .pending_acks
+            .front()
+            .is_some_and(|pending| pending.last_offset < high_watermark)
+        {
+            if let Some(pending) = self.pending_acks.pop_front() {
+                pending.reply.send(Ok(pending.result));
+            }
+        }
+        let ready: Vec<u64> = self
+            .waiters
+            .iter()
+            .filter(|(_, waiter)| waiter.offset < high_watermark)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            if let Some(waiter) = self.waiters.remove(&id) {
+                waiter.timer.cancel();
+                let result = self.read(waiter.offset, waiter.bytes_max);
+                waiter.reply.send(result);
+            }
+        }
+    }
+
+    fn read(&self, offset: u64, bytes_max: u32) -> Result<FetchResult, BrokerError> {
+        let high_watermark = self.high_watermark();
+        let read = self
+            .log
+            .read(offset, bytes_max as usize, high_watermark)
+            .map_err(|error| storage_error(&error))?;
+        let batch_count = count_batches(&read.batches);
+        Ok(FetchResult {
+            batches: read.batches,
+            batch_count,
+            high_watermark,
+            log_start_offset: self.log.log_start_offset(),
+        })
+    }
+
+    fn fetch(
+        &mut self,
+        offset: u64,
+        bytes_max: u32,
+        wait_ms_max: u32,
+        reply: PartitionReply<FetchResult>,
+        context: &mut Context<Self>,
+    ) {
+        let high_watermark = self.high_watermark();
+        let log_start = self.log.log_start_offset();
+        if offset < log_start || offset > self.log.next_offset() {
+            reply.send(Err(BrokerError::new(
+                ErrorCode::OffsetOutOfRange,
+                format!(
+                    "offset {offset} is outside [{log_start}, {high_watermark}] of {}-{}",
+                    self.topic, self.partition
+                ),
+            )));
+            return;
+        }
+        if offset < high_watermark
+            || wait_ms_max == 0
+            || self.waiters.len() >= self.config.fetch_waiters_max
+        {
+            reply.send(self.read(offset, bytes_max));
+            return;
+        }
+        let id = self.next_waiter;
+        self.next_waiter += 1;
+        let wait = u64::from(wait_ms_max).min(self.config.fetch_wait_ms_max);
+        let timer = context.run_after(
+            Duration::from_millis(wait),
+            PartitionMessage::FetchExpired { waiter: id },
+        );
+        self.waiters.insert(
+            id,
+            FetchWaiter {
+                offset,
+                bytes_max,
+                reply,
+                timer,
+            },
+        );
+    }
+}
+
+fn count_batches(batches: &Bytes) -> u32 {
+    let mut count = 0;
+    let mut position = 0;
+    while let Ok(header) = BatchHeader::parse(&batches[position..]) {
+        count += 1;
+        position += header.total_len();
+        if position >= batches.len() {
+            break;
+        }
+    }
+    count
+}
+
+/// How a storage error is reported to a client.
+pub fn storage_error(error: &LogError) -> BrokerError {
+    match error {
+        LogError::BatchTooLarge { .. } => {
+            BrokerError::new(ErrorCode::RecordTooLarge, error.to_string())
+        }
+        LogError::InvalidBatch(_) => BrokerError::new(ErrorCode::CorruptBatch, error.to_string()),
+        LogError::OffsetOutOfRange { .. } => {
+            BrokerError::new(ErrorCode::OffsetOutOfRange, error.to_string())
+        }
+        _ => BrokerError::new(ErrorCode::StorageError, error.to_string()),
+    }
+}
+
+impl Actor for PartitionActor {
+    type Message = PartitionMessage;
+
+    fn name(&self) -> String {
+        format!("partition {}-{}", self.topic, self.partition)
+    }
+
+    async fn started(&mut self, context: &mut Context<Self>) {
+        if let FsyncPolicy::Interval { interval_ms } = self.log.config().fsync {
+            let period = Duration::from_millis(interval_ms.max(1));
+            self.interval_timer = Some(context.run_interval(period, || PartitionMessage::SyncTick));
+        }
+    }
+
+    async fn handle(&mut self, message: PartitionMessage, context: &mut Context<Self>) {
+        match message {
+            PartitionMessage::Produce {
+                batches,
+                acks,
+                reply,
+            } => {
+                let now_ms = u64::try_from(context.wall_clock_ms()).unwrap_or(0);
+                let result = self.produce(batches, now_ms);
+                match (result, self.log.config().fsync) {
+                    (Err(error), _) => reply.send(Err(error)),
+                    (Ok(result), FsyncPolicy::Always) => {
+                        if acks == Acks::All {
+                            if self.pending_acks.len() >= self.config.pending_acks_max {
+                                // Appended but not acknowledged: the client retries (idempotence
+                                // will make that exact; until then it may duplicate).
+                                reply.send(Err(BrokerError::new(
+                                    ErrorCode::Timeout,
+                                    "too many produces waiting for fsync",
+                                )));
+                            } else {
+                                self.pending_acks.push_back(PendingAck {
+                                    last_offset: result.last_offset,
+                                    result,
+                                    reply,
+                                });
+                            }
+                        } else {
+                            reply.send(Ok(result));
+                        }
+                        self.start_sync(context);
+                    }
+                    (Ok(result), FsyncPolicy::Interval { .. }) => {
+                        reply.send(Ok(result));
+                        self.advance();
+                    }
+                }
+            }
+            PartitionMessage::Fetch {
+                offset,
+                bytes_max,
+                wait_ms_max,
+                reply,
+            } => {
+                self.fetch(offset, bytes_max, wait_ms_max, reply, context);
+            }
+            PartitionMessage::ListOffsets { spec, reply } => {
+                let high_watermark = self.high_watermark();
+                let result = match spec {
+                    OffsetSpec::Earliest => Ok((self.log.log_start_offset(), None)),
+                    OffsetSpec::Latest => Ok((high_watermark, None)),
+                    OffsetSpec::Timestamp(timestamp) => {
+                        match self.log.offset_for_timestamp(timestamp) {
+                            Ok(Some((offset, found))) if offset < high_watermark => {
+                                Ok((offset, Some(found)))
+                            }
+                            Ok(_) => Ok((high_watermark, None)),
+                            Err(error) => Err(storage_error(&error)),
+                        }
+                    }
+                };
+                reply.send(result);
+            }
+            PartitionMessage::Status { reply } => reply.send(self.status()),
+            PartitionMessage::SyncDone { result } => {
+                self.sync_in_flight = false;
+                let now_ms = u64::try_from(context.wall_clock_ms()).unwrap_or(0);
+                match self.log.complete_sync(result, now_ms) {
+                    Ok(_) => {
+                        self.advance();
+                        if self.log.config().fsync == FsyncPolicy::Always {
+                            self.start_sync(context);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(topic = %self.topic, partition = self.partition, %error, "fsync failed; partition refuses writes until restarted");
+                        self.fail_pending(&storage_error(&error));
+                    }
+                }
+            }
+            PartitionMessage::FetchExpired { waiter } => {
+                if let Some(waiter) = self.waiters.remove(&waiter) {
+                    waiter
+                        .reply
+                        .send(self.read(waiter.offset, waiter.bytes_max));
+                }
+            }
+            PartitionMessage::Stop { reply } => {
+                self.stop_reply = Some(reply);
+                context.stop();
+            }
+            PartitionMessage::SyncTick => {
+                let now_ms = u64::try_from(context.wall_clock_ms()).unwrap_or(0);
+                if self.log.sync_due(now_ms) {
+                    self.start_sync(context);
+                }
+            }
+        }
+    }
+
+    async fn stopped(&mut self, context: &mut Context<Self>) {
+        if let Some(timer) = self.interval_timer.take() {
+            timer.cancel();
+        }
+        // A clean stop leaves nothing unsynced.
+        let now_ms = u64::try_from(context.wall_clock_ms()).unwrap_or(0);
+        if let Err(error) = self.log.sync(now_ms) {
+            tracing::error!(topic = %self.topic, partition = self.partition, %error, "final sync failed");
+        }
+        self.advance();
+        self.fail_pending(&BrokerError::new(
+            ErrorCode::BrokerShuttingDown,
+            "partition stopped",
+        ));
+        for (_, waiter) in std::mem::take(&mut self.waiters) {
+            waiter
+                .reply
+                .send(self.read(waiter.offset, waiter.bytes_max));
+        }
+        if let Some(reply) = self.stop_reply.take() {
+            reply.send(());
+        }
+    }
+}

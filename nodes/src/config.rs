@@ -1,0 +1,308 @@
+//! The node's configuration: a TOML file, every key optional with a sensible default, unknown
+//! keys refused. `brook.example.toml` at the repository root documents every key; keep the two
+//! in step (a test parses the example).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use brook_storage::log::{FsyncPolicy, LogConfig};
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration was refused. Names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid config key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// When partition logs are synced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// Before acknowledging acks=all (group commit). No acknowledged record is lost on power
+    /// failure. The default.
+    Always,
+    /// Every `fsync_interval_ms`; acknowledged records written since the last sync can be lost
+    /// if the machine loses power (Kafka's default trade-off).
+    Interval,
+}
+
+/// Everything a node can be told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// This node's id in the cluster.
+    pub node_id: u32,
+    /// Address the client listener binds to.
+    pub listen: SocketAddr,
+    /// Address clients are told to connect to; defaults to `listen`.
+    pub advertised_address: Option<String>,
+    /// Where partition logs and topic metadata live.
+    pub data_dir: PathBuf,
+    /// Name of the cluster, returned in the handshake.
+    pub cluster_id: String,
+    pub log: LogSection,
+    pub limits: LimitsSection,
+    pub topics: TopicsSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// Roll a partition's active segment before it exceeds this many bytes.
+    pub segment_bytes_max: u64,
+    /// Roll a segment whose first append is older than this.
+    pub segment_age_ms_max: u64,
+    /// Bytes between two entries of a segment's sparse offset index.
+    pub index_interval_bytes: u64,
+    /// `always` (sync before acknowledging acks=all) or `interval`.
+    pub fsync: Fsync,
+    /// Sync period under `fsync = "interval"`.
+    pub fsync_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Largest frame accepted from a client; a larger one closes the connection.
+    pub frame_bytes_max: u32,
+    /// Largest record batch accepted (a produce with a larger one gets RecordTooLarge).
+    pub batch_bytes_max: u32,
+    /// Most client connections at once; more are accepted and closed at once.
+    pub connections_max: u32,
+    /// Most requests of one connection being processed at once (pipelining depth); the
+    /// connection stops reading until one completes.
+    pub requests_in_flight_max: u32,
+    /// Longest long-poll a fetch may ask for.
+    pub fetch_wait_ms_max: u32,
+    /// Most fetches parked per partition waiting for data.
+    pub fetch_waiters_max: u32,
+    /// Most produces per partition waiting for an fsync.
+    pub pending_acks_max: u32,
+    /// Capacity of each partition actor's mailbox.
+    pub partition_mailbox_capacity: u32,
+    /// Most partitions one topic may have.
+    pub partitions_max: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsSection {
+    /// Partitions of a topic created without an explicit count.
+    pub default_partitions: u32,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: 0,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            advertised_address: None,
+            data_dir: PathBuf::from("./brook-data"),
+            cluster_id: "brook".into(),
+            log: LogSection::default(),
+            limits: LimitsSection::default(),
+            topics: TopicsSection::default(),
+        }
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        let log = LogConfig::default();
+        LogSection {
+            segment_bytes_max: log.segment_bytes_max,
+            segment_age_ms_max: log.segment_age_ms_max,
+            index_interval_bytes: log.index_interval_bytes,
+            fsync: Fsync::Always,
+            fsync_interval_ms: 1_000,
+        }
+    }
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            frame_bytes_max: brook_wire::frame::FRAME_BYTES_MAX_DEFAULT as u32,
+            batch_bytes_max: brook_wire::frame::PAYLOAD_BYTES_MAX_DEFAULT as u32,
+            connections_max: 1024,
+            requests_in_flight_max: 64,
+            fetch_wait_ms_max: 30_000,
+            fetch_waiters_max: 1024,
+            pending_acks_max: 8192,
+            partition_mailbox_capacity: 1024,
+            partitions_max: 1024,
+        }
+    }
+}
+
+impl Default for TopicsSection {
+    fn default() -> Self {
+        TopicsSection {
+            default_partitions: 1,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Parse TOML text and validate it.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: NodeConfig =
+            toml::from_str(text).map_err(|error| ConfigError::Parse(error.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Read, parse and validate a config file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// The config as TOML (logged at start).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|error| format!("<unprintable config: {error}>"))
+    }
+
+    /// Check every value; the first bad key is named.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            })
+        }
+        if self.cluster_id.is_empty() {
+            return invalid("cluster_id", "must not be empty");
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir", "must not be empty");
+        }
+        let log = &self.log;
+        if !(64 * 1024..=u64::from(u32::MAX)).contains(&log.segment_bytes_max) {
+            return invalid("log.segment_bytes_max", "must be between 64 KiB and 4 GiB");
+        }
+        if log.segment_age_ms_max == 0 {
+            return invalid("log.segment_age_ms_max", "must be positive");
+        }
+        if log.index_interval_bytes == 0 {
+            return invalid("log.index_interval_bytes", "must be positive");
+        }
+        if log.fsync == Fsync::Interval && log.fsync_interval_ms == 0 {
+            return invalid("log.fsync_interval_ms", "must be positive");
+        }
+        let limits = &self.limits;
+        if limits.frame_bytes_max < 1024 {
+            return invalid("limits.frame_bytes_max", "must be at least 1024");
+        }
+        if limits.batch_bytes_max == 0 || u64::from(limits.batch_bytes_max) > log.segment_bytes_max
+        {
+            return invalid(
+                "limits.batch_bytes_max",
+                "must be positive and at most log.segment_bytes_max",
+            );
+        }
+        if limits.batch_bytes_max >= limits.frame_bytes_max {
+            return invalid(
+                "limits.batch_bytes_max",
+                "must be below limits.frame_bytes_max",
+            );
+        }
+        for (key, value) in [
+            ("limits.connections_max", limits.connections_max),
+            (
+                "limits.requests_in_flight_max",
+                limits.requests_in_flight_max,
+            ),
+            ("limits.fetch_waiters_max", limits.fetch_waiters_max),
+            ("limits.pending_acks_max", limits.pending_acks_max),
+            (
+                "limits.partition_mailbox_capacity",
+                limits.partition_mailbox_capacity,
+            ),
+            ("limits.partitions_max", limits.partitions_max),
+            ("topics.default_partitions", self.topics.default_partitions),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be positive");
+            }
+        }
+        if self.topics.default_partitions > limits.partitions_max {
+            return invalid(
+                "topics.default_partitions",
+                "must not exceed limits.partitions_max",
+            );
+        }
+        Ok(())
+    }
+
+    /// The storage configuration of a partition log.
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig {
+            segment_bytes_max: self.log.segment_bytes_max,
+            segment_age_ms_max: self.log.segment_age_ms_max,
+            index_interval_bytes: self.log.index_interval_bytes,
+            batch_bytes_max: self.limits.batch_bytes_max as usize,
+            fsync: match self.log.fsync {
+                Fsync::Always => FsyncPolicy::Always,
+                Fsync::Interval => FsyncPolicy::Interval {
+                    interval_ms: self.log.fsync_interval_ms,
+                },
+            },
+        }
+    }
+
+    /// The address clients should use.
+    pub fn advertised(&self) -> String {
+        self.advertised_address
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses_and_equals_the_defaults() {
+        let text = include_str!("../../brook.example.toml");
+        let config = NodeConfig::from_toml(text).expect("example parses");
+        assert_eq!(config, NodeConfig::default());
+    }
+
+    #[test]
+    fn unknown_and_bad_keys_are_named() {
+        let error = NodeConfig::from_toml("listen_port = 9092").expect_err("unknown key");
+        assert!(error.to_string().contains("listen_port"), "{error}");
+        let error = NodeConfig::from_toml("[log]\nfsync = \"sometimes\"").expect_err("bad enum");
+        assert!(error.to_string().contains("sometimes"), "{error}");
+        let error = NodeConfig::from_toml("[limits]\nconnections_max = 0").expect_err("zero");
+        assert!(
+            error.to_string().contains("limits.connections_max"),
+            "{error}"
+        );
+        let error = NodeConfig::from_toml("listen = \"nowhere\"").expect_err("bad address");
+        assert!(error.to_string().contains("listen"), "{error}");
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let config = NodeConfig::default();
+        assert_eq!(
+            NodeConfig::from_toml(&config.to_toml()).expect("round trip"),
+            config
+        );
+    }
+}

@@ -1,0 +1,509 @@
+//! One client connection: a reader loop that decodes frames and dispatches requests, and a
+//! writer task that sends responses.
+//!
+//! Pipelining: a client may have up to `requests_in_flight_max` requests outstanding; the
+//! reader stops reading when that many are being processed. Requests are *enqueued* to their
+//! partition actor by the reader, in the order they arrived, so two produces to one partition
+//! on one connection are appended in the order they were sent; only the waiting for their
+//! answers runs concurrently (responses carry correlation ids and may come back in any order).
+//!
+//! Bad input: a frame over the size limit, a frame with a bad CRC, an envelope that does not
+//! decode (garbage, an unknown request variant) or a request before the handshake gets an error
+//! response (with the correlation id when it could be recovered) and the connection is closed.
+//! Nothing else is affected.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use brook_actors::controller::{Controller, ControllerMessage};
+use brook_actors::partition::{PartitionActor, PartitionMessage};
+use brook_actors::runtime::{Addr, Runtime};
+use brook_wire::error::{BrokerError, ErrorCode};
+use brook_wire::frame::{FrameDecoder, FrameEncoder, FrameError};
+use brook_wire::protocol::{
+    self, negotiate_version, Acks, Request, RequestEnvelope, Response, ResponseEnvelope,
+    CORRELATION_ID_NONE, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
+};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+/// What every connection of a node shares.
+#[derive(Debug)]
+pub struct ConnectionShared {
+    pub runtime: Runtime,
+    pub controller: Addr<Controller>,
+    pub node_id: u32,
+    pub cluster_id: String,
+    pub frame_bytes_max: usize,
+    pub requests_in_flight_max: usize,
+}
+
+/// A response on its way to the writer.
+struct Outgoing {
+    correlation_id: u64,
+    response: Response,
+    payload: Bytes,
+}
+
+/// Serve one connection until the client closes it or sends something unacceptable.
+pub async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<ConnectionShared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (reader, writer) = tokio::io::split(stream);
+    let (sender, receiver) = mpsc::channel::<Outgoing>(shared.requests_in_flight_max + 1);
+    let encoder = FrameEncoder::default();
+    let writer_task = shared
+        .runtime
+        .spawn(write_loop(writer, receiver, encoder, peer));
+    let mut connection = Connection {
+        shared: shared.clone(),
+        sender,
+        in_flight: Arc::new(Semaphore::new(shared.requests_in_flight_max)),
+        partitions: BTreeMap::new(),
+        handshaken: false,
+        peer,
+    };
+    if let Err(reason) = connection.read_loop(reader).await {
+        tracing::debug!(%peer, %reason, "closing connection");
+    }
+    // Dropping the last sender (the spawned request tasks hold clones) ends the writer once
+    // every in-flight response has been written.
+    drop(connection);
+    let _ = writer_task.await;
+}
+
+struct Connection {
+    shared: Arc<ConnectionShared>,
+    sender: mpsc::Sender<Outgoing>,
+    in_flight: Arc<Semaphore>,
+    /// Partition actors this connection has looked up.
+    partitions: BTreeMap<(String, u32), Addr<PartitionActor>>,
+    handshaken: bool,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut reader: R) -> Result<(), String> {
+        let decoder = FrameDecoder::new(self.shared.frame_bytes_max);
+        let mut buffer = BytesMut::with_capacity(64 * 1024);
+        loop {
+            loop {
+                match decoder.decode(&mut buffer) {
+                    Ok(Some(frame)) => match protocol::decode_request(frame) {
+                        Ok((envelope, payload)) => self.dispatch(envelope, payload).await?,
+                        Err(error) => {
+                            let response = error.to_response();
+                            self.respond(response.correlation_id, response.response, Bytes::new())
+                                .await;
+                            return Err(format!("undecodable request: {error}"));
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(error) => {
+                        let code = match error {
+                            FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+                            _ => ErrorCode::CorruptFrame,
+                        };
+                        self.respond(
+                            CORRELATION_ID_NONE,
+                            Response::error(code, error.to_string()),
+                            Bytes::new(),
+                        )
+                        .await;
+                        return Err(format!("bad frame: {error}"));
+                    }
+                }
+            }
+            if buffer.capacity() - buffer.len() < 16 * 1024 {
+                buffer.reserve(64 * 1024);
+            }
+            match reader.read_buf(&mut buffer).await {
+                Ok(0) if buffer.is_empty() => return Ok(()),
+                Ok(0) => {
+                    return Err(format!(
+                        "connection closed inside a frame ({} bytes buffered)",
+                        buffer.len()
+                    ))
+                }
+                Ok(_) => {}
+                Err(error) => return Err(format!("read failed: {error}")),
+            }
+        }
+    }
+
+    async fn respond(&self, correlation_id: u64, response: Response, payload: Bytes) {
+        // The writer only goes away when the connection is closing anyway.
+        let _ = self
+            .sender
+            .send(Outgoing {
+                correlation_id,
+                response,
+                payload,
+            })
+            .await;
+    }
+
+    async fn permit(&self) -> Result<OwnedSemaphorePermit, String> {
+        self.in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| "in-flight limiter closed".to_owned())
+    }
+
+    async fn lookup(
+        &mut self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Addr<PartitionActor>, BrokerError> {
+        let key = (topic.to_owned(), partition);
+        if let Some(address) = self.partitions.get(&key) {
+            if !address.is_closed() {
+                return Ok(address.clone());
+            }
+            self.partitions.remove(&key);
+        }
+        let address = self
+            .shared
+            .controller
+            .ask(|reply| ControllerMessage::Lookup {
+                topic: topic.to_owned(),
+                partition,
+                reply,
+            })
+            .await
+            .map_err(|_| shutting_down())??;
+        self.partitions.insert(key, address.clone());
+        Ok(address)
+    }
+
+    async fn dispatch(&mut self, envelope: RequestEnvelope, payload: Bytes) -> Result<(), String> {
+        let RequestEnvelope {
+            correlation_id,
+            request,
+        } = envelope;
+        if !self.handshaken {
+            let Request::Handshake {
+                protocol_version_min,
+                protocol_version_max,
+                client_name,
+            } = request
+            else {
+                self.respond(
+                    correlation_id,
+                    Response::error(
+                        ErrorCode::InvalidRequest,
+                        "the first request must be a handshake",
+                    ),
+                    Bytes::new(),
+                )
+                .await;
+                return Err("request before handshake".into());
+            };
+            let Some(version) = negotiate_version(protocol_version_min, protocol_version_max)
+            else {
+                self.respond(
+                    correlation_id,
+                    Response::error(
+                        ErrorCode::UnsupportedVersion,
+                        format!(
+                            "client speaks versions {protocol_version_min}..={protocol_version_max}, broker {PROTOCOL_VERSION_MIN}..={PROTOCOL_VERSION_MAX}"
+                        ),
+                    ),
+                    Bytes::new(),
+                )
+                .await;
+                return Err("no common protocol version".into());
+            };
+            tracing::debug!(peer = %self.peer, %client_name, version, "handshake");
+            self.handshaken = true;
+            let response = Response::Handshake {
+                protocol_version: version,
+                broker_id: self.shared.node_id,
+                cluster_id: self.shared.cluster_id.clone(),
+                frame_bytes_max: self.shared.frame_bytes_max as u32,
+            };
+            self.respond(correlation_id, response, Bytes::new()).await;
+            return Ok(());
+        }
+        let permit = self.permit().await?;
+        match request {
+            Request::Handshake { .. } => {
+                self.respond(
+                    correlation_id,
+                    Response::error(ErrorCode::InvalidRequest, "handshake already done"),
+                    Bytes::new(),
+                )
+                .await;
+            }
+            Request::Produce {
+                topic,
+                partition,
+                acks,
+                timeout_ms: _,
+                batch_count: _,
+            } => {
+                let address = match self.lookup(&topic, partition).await {
+                    Ok(address) => address,
+                    Err(error) => {
+                        if acks != Acks::None {
+                            self.respond(correlation_id, Response::Error(error), Bytes::new())
+                                .await;
+                        }
+                        return Ok(());
+                    }
+                };
+                // Enqueue now, in arrival order; wait for the answer in a task.
+                let (reply, pending) = brook_actors::runtime::reply_pair();
+                let enqueued = address
+                    .send(PartitionMessage::Produce {
+                        batches: payload,
+                        acks,
+                        reply,
+                    })
+                    .await;
+                let sender = self.sender.clone();
+                drop(self.shared.runtime.spawn(async move {
+                    let _permit = permit;
+                    let response = match (enqueued, pending.await) {
+                        (Err(_), _) | (_, Err(_)) => Response::Error(shutting_down()),
+                        (Ok(()), Ok(Ok(result))) => Response::Produce {
+                            base_offset: result.base_offset,
+                            log_append_time_ms: None,
+                            log_start_offset: result.log_start_offset,
+                        },
+                        (Ok(()), Ok(Err(error))) => Response::Error(error),
+                    };
+                    if acks == Acks::None {
+                        if let Response::Error(error) = &response {
+                            tracing::debug!(%error, "acks=0 produce failed");
+                        }
+                        return;
+                    }
+                    let _ = sender
+                        .send(Outgoing {
+                            correlation_id,
+                            response,
+                            payload: Bytes::new(),
+                        })
+                        .await;
+                }));
+            }
+            Request::Fetch {
+                topic,
+                partition,
+                offset,
+                bytes_max,
+                wait_ms_max,
+                bytes_min: _,
+            } => {
+                let address = match self.lookup(&topic, partition).await {
+                    Ok(address) => address,
+                    Err(error) => {
+                        self.respond(correlation_id, Response::Error(error), Bytes::new())
+                            .await;
+                        return Ok(());
+                    }
+                };
+                let (reply, pending) = brook_actors::runtime::reply_pair();
+                let enqueued = address
+                    .send(PartitionMessage::Fetch {
+                        offset,
+                        bytes_max,
+                        wait_ms_max,
+                        reply,
+                    })
+                    .await;
+                let sender = self.sender.clone();
+                drop(self.shared.runtime.spawn(async move {
+                    let _permit = permit;
+                    let (response, payload) = match (enqueued, pending.await) {
+                        (Err(_), _) | (_, Err(_)) => {
+                            (Response::Error(shutting_down()), Bytes::new())
+                        }
+                        (Ok(()), Ok(Ok(result))) => (
+                            Response::Fetch {
+                                high_watermark: result.high_watermark,
+                                log_start_offset: result.log_start_offset,
+                                batch_count: result.batch_count,
+                            },
+                            result.batches,
+                        ),
+                        (Ok(()), Ok(Err(error))) => (Response::Error(error), Bytes::new()),
+                    };
+                    let _ = sender
+                        .send(Outgoing {
+                            correlation_id,
+                            response,
+                            payload,
+                        })
+                        .await;
+                }));
+            }
+            Request::ListOffsets {
+                topic,
+                partition,
+                spec,
+            } => {
+                let address = match self.lookup(&topic, partition).await {
+                    Ok(address) => address,
+                    Err(error) => {
+                        self.respond(correlation_id, Response::Error(error), Bytes::new())
+                            .await;
+                        return Ok(());
+                    }
+                };
+                let sender = self.sender.clone();
+                drop(self.shared.runtime.spawn(async move {
+                    let _permit = permit;
+                    let response = match address
+                        .ask(|reply| PartitionMessage::ListOffsets { spec, reply })
+                        .await
+                    {
+                        Ok(Ok((offset, timestamp))) => Response::ListOffsets { offset, timestamp },
+                        Ok(Err(error)) => Response::Error(error),
+                        Err(_) => Response::Error(shutting_down()),
+                    };
+                    let _ = sender
+                        .send(Outgoing {
+                            correlation_id,
+                            response,
+                            payload: Bytes::new(),
+                        })
+                        .await;
+                }));
+            }
+            admin => {
+                let controller = self.shared.controller.clone();
+                let sender = self.sender.clone();
+                drop(self.shared.runtime.spawn(async move {
+                    let _permit = permit;
+                    let response = admin_request(&controller, admin).await;
+                    let _ = sender
+                        .send(Outgoing {
+                            correlation_id,
+                            response,
+                            payload: Bytes::new(),
+                        })
+                        .await;
+                }));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn shutting_down() -> BrokerError {
+    BrokerError::new(ErrorCode::BrokerShuttingDown, "the broker is shutting down")
+}
+
+async fn admin_request(controller: &Addr<Controller>, request: Request) -> Response {
+    let result = match request {
+        Request::CreateTopic {
+            name,
+            partitions,
+            replication_factor,
+            config,
+        } => controller
+            .ask(|reply| ControllerMessage::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                config,
+                reply,
+            })
+            .await
+            .map(|result| result.map(|topic| Response::CreateTopic { topic })),
+        Request::DeleteTopic { name } => controller
+            .ask(|reply| ControllerMessage::DeleteTopic {
+                name: name.clone(),
+                reply,
+            })
+            .await
+            .map(|result| result.map(|()| Response::DeleteTopic { name })),
+        Request::ListTopics => controller
+            .ask(|reply| ControllerMessage::ListTopics { reply })
+            .await
+            .map(|topics| Ok(Response::ListTopics { topics })),
+        Request::DescribeTopic { name } => controller
+            .ask(|reply| ControllerMessage::DescribeTopic { name, reply })
+            .await
+            .map(|result| result.map(|topic| Response::DescribeTopic { topic })),
+        Request::Metadata { topics } => controller
+            .ask(|reply| ControllerMessage::Metadata { topics, reply })
+            .await
+            .map(|(brokers, topics)| {
+                Ok(Response::Metadata {
+                    brokers,
+                    controller_id: None,
+                    topics,
+                })
+            }),
+        other => Ok(Err(BrokerError::new(
+            ErrorCode::InvalidRequest,
+            format!("unexpected request {other:?}"),
+        ))),
+    };
+    match result {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => Response::Error(error),
+        Err(_) => Response::Error(shutting_down()),
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    writer: W,
+    mut receiver: mpsc::Receiver<Outgoing>,
+    encoder: FrameEncoder,
+    peer: SocketAddr,
+) {
+    let mut writer = BufWriter::with_capacity(64 * 1024, writer);
+    while let Some(first) = receiver.recv().await {
+        let mut next = Some(first);
+        while let Some(outgoing) = next.take() {
+            if let Err(error) = write_one(&mut writer, &encoder, outgoing).await {
+                tracing::debug!(%peer, %error, "write failed; closing");
+                return;
+            }
+            next = receiver.try_recv().ok();
+        }
+        // Flush once per burst (and always: under madsim bytes leave on flush only).
+        if let Err(error) = writer.flush().await {
+            tracing::debug!(%peer, %error, "flush failed; closing");
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+async fn write_one<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    encoder: &FrameEncoder,
+    outgoing: Outgoing,
+) -> std::io::Result<()> {
+    let envelope = ResponseEnvelope {
+        correlation_id: outgoing.correlation_id,
+        response: outgoing.response,
+    };
+    let head = match protocol::encode_response_head(encoder, &envelope, &[&outgoing.payload]) {
+        Ok(head) => head,
+        Err(error) => {
+            // Only a payload over the frame limit can fail here; answer with an error instead.
+            let envelope = ResponseEnvelope {
+                correlation_id: envelope.correlation_id,
+                response: Response::error(
+                    ErrorCode::StorageError,
+                    format!("response could not be encoded: {error}"),
+                ),
+            };
+            let head = protocol::encode_response_head::<&[u8]>(encoder, &envelope, &[])
+                .map_err(|error| std::io::Error::other(error.to_string()))?;
+            return writer.write_all(&head).await;
+        }
+    };
+    writer.write_all(&head).await?;
+    writer.write_all(&outgoing.payload).await
+}

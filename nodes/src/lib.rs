@@ -1,0 +1,9 @@
+//! brook-node: the broker process. Configuration, the client listener and connections, and the
+//! wiring of the actors (controller, partitions) into a running node.
+
+pub mod broker;
+pub mod config;
+pub mod connection;
+
+pub use broker::{Broker, StartError};
+pub use config::NodeConfig;

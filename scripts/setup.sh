@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what building and testing brook needs on a fresh machine (idempotent, quick when
+# everything is there): the rustfmt and clippy components and cargo-nextest.
+set -euo pipefail
+
+if command -v rustup >/dev/null 2>&1; then
+  for component in rustfmt clippy; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
+      rustup component add "${component}"
+    fi
+  done
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest (once per machine)"
+  cargo install cargo-nextest --locked
+fi
