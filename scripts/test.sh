@@ -10,7 +10,9 @@ scripts/setup.sh
 step() { printf '\n==> %s\n' "$*"; }
 
 # Packages whose tests have a simulated (--cfg madsim) variant.
-SIM_PACKAGES=(-p brook-actors)
+SIM_PACKAGES=(-p brook-actors -p brook-sim)
+# Seeds per simulation test (each #[madsim::test] runs this many seeds).
+export MADSIM_TEST_NUM="${MADSIM_TEST_NUM:-64}"
 SIM_ENV=(env RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target/sim)
 
 step "cargo fmt --check"

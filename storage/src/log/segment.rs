@@ -89,14 +89,13 @@ impl Segment {
         (offset - self.base_offset) as u32
     }
 
-    /// Record index entries for a batch just written at `position`. Updates the in-memory
-    /// indexes and appends to the index files.
+    /// Record index entries for a batch just written at `position` (in memory; the files are
+    /// written by [`Self::rewrite_index_files`]).
     pub fn index_batch(
         &mut self,
         header: &BatchHeader,
         position: u64,
         index_interval_bytes: u64,
-        write_files: bool,
     ) -> Result<(), LogError> {
         let first = self.offset_index.is_empty();
         if first || self.bytes_since_index_entry >= index_interval_bytes {
@@ -104,9 +103,6 @@ impl Segment {
                 relative_offset: self.relative(header.base_offset),
                 position: position as u32,
             };
-            if write_files {
-                self.offset_index_file.append(&entry.encode())?;
-            }
             self.offset_index.push(entry);
             self.bytes_since_index_entry = 0;
             let last_time = self.time_index.last().map_or(i64::MIN, |e| e.timestamp);
@@ -116,9 +112,6 @@ impl Segment {
                     timestamp: max_so_far,
                     relative_offset: self.relative(header.base_offset),
                 };
-                if write_files {
-                    self.time_index_file.append(&time_entry.encode())?;
-                }
                 self.time_index.push(time_entry);
             }
         }
@@ -141,14 +134,6 @@ impl Segment {
             return Some(entry);
         }
         None
-    }
-
-    /// [`Self::seal_time_index_in_memory`], also appending the entry to the file.
-    pub fn seal_time_index(&mut self) -> Result<(), LogError> {
-        if let Some(entry) = self.seal_time_index_in_memory() {
-            self.time_index_file.append(&entry.encode())?;
-        }
-        Ok(())
     }
 
     /// Rewrite both index files from the in-memory indexes.
