@@ -27,6 +27,9 @@ step "clippy (simulated build)"
 step "benches build"
 cargo bench --workspace --no-run
 
+step "fuzz targets build (stable; run them with cargo +nightly fuzz, see README)"
+cargo check --manifest-path fuzz/Cargo.toml --bins
+
 step "doc tests"
 cargo test --workspace --doc
 

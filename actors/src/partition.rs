@@ -34,6 +34,23 @@ pub struct PartitionConfig {
     /// Most produce requests waiting for an fsync; beyond it produces fail with a retriable
     /// timeout error (backpressure on a disk that cannot keep up).
     pub pending_acks_max: usize,
+    /// Known bugs planted on purpose, to prove the simulator's checkers catch them. Compiled
+    /// into simulation builds only.
+    #[cfg(madsim)]
+    pub planted: PlantedBugs,
+}
+
+/// Bugs the simulation can plant (`cargo sim --plant NAME`). They exist only under
+/// `--cfg madsim`, so no production build can carry them.
+#[cfg(madsim)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlantedBugs {
+    /// Answer acks=all produces before the fsync that makes them durable.
+    pub ack_before_fsync: bool,
+    /// Drop the first batch of a fetch that returns more than one.
+    pub skip_on_fetch: bool,
+    /// Serve records above the high watermark (not yet durable).
+    pub serve_above_hw: bool,
 }
 
 impl Default for PartitionConfig {
@@ -42,6 +59,8 @@ impl Default for PartitionConfig {
             fetch_waiters_max: 1024,
             fetch_wait_ms_max: 30_000,
             pending_acks_max: 8192,
+            #[cfg(madsim)]
+            planted: PlantedBugs::default(),
         }
     }
 }
@@ -312,10 +331,25 @@ impl PartitionActor {
 
     fn read(&self, offset: u64, bytes_max: u32) -> Result<FetchResult, BrokerError> {
         let high_watermark = self.high_watermark();
-        let read = self
+        #[allow(unused_mut)]
+        let mut upper = high_watermark;
+        #[cfg(madsim)]
+        if self.config.planted.serve_above_hw {
+            upper = u64::MAX;
+        }
+        #[allow(unused_mut)]
+        let mut read = self
             .log
-            .read(offset, bytes_max as usize, high_watermark)
+            .read(offset, bytes_max as usize, upper)
             .map_err(|error| storage_error(&error))?;
+        #[cfg(madsim)]
+        if self.config.planted.skip_on_fetch {
+            if let Ok(first) = BatchHeader::parse(&read.batches) {
+                if first.total_len() < read.batches.len() {
+                    read.batches = read.batches.slice(first.total_len()..);
+                }
+            }
+        }
         let batch_count = count_batches(&read.batches);
         Ok(FetchResult {
             batches: read.batches,
@@ -424,7 +458,13 @@ impl Actor for PartitionActor {
                 match (result, self.log.config().fsync) {
                     (Err(error), _) => reply.send(Err(error)),
                     (Ok(result), FsyncPolicy::Always) => {
-                        if acks == Acks::All {
+                        #[allow(unused_mut)]
+                        let mut wait_for_fsync = acks == Acks::All;
+                        #[cfg(madsim)]
+                        if self.config.planted.ack_before_fsync {
+                            wait_for_fsync = false;
+                        }
+                        if wait_for_fsync {
                             if self.pending_acks.len() >= self.config.pending_acks_max {
                                 // Appended but not acknowledged: the client retries (idempotence
                                 // will make that exact; until then it may duplicate).

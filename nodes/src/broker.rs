@@ -37,6 +37,7 @@ pub struct Broker {
     controller: Addr<Controller>,
     local_address: SocketAddr,
     accept_task: TaskHandle<()>,
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl Broker {
@@ -71,6 +72,8 @@ impl Broker {
                 fetch_waiters_max: config.limits.fetch_waiters_max as usize,
                 fetch_wait_ms_max: u64::from(config.limits.fetch_wait_ms_max),
                 pending_acks_max: config.limits.pending_acks_max as usize,
+                #[cfg(madsim)]
+                planted: config.planted,
             },
             partition_mailbox_capacity: config.limits.partition_mailbox_capacity as usize,
             partitions_max: config.limits.partitions_max,
@@ -78,6 +81,7 @@ impl Broker {
         };
         let controller = Controller::load(runtime.clone(), disk, controller_config)?;
         let controller = runtime.spawn_actor(controller, CONTROLLER_MAILBOX_CAPACITY);
+        let (shutdown, shutdown_receiver) = tokio::sync::watch::channel(false);
         let shared = Arc::new(ConnectionShared {
             runtime: runtime.clone(),
             controller: controller.clone(),
@@ -85,6 +89,7 @@ impl Broker {
             cluster_id: config.cluster_id.clone(),
             frame_bytes_max: config.limits.frame_bytes_max as usize,
             requests_in_flight_max: config.limits.requests_in_flight_max as usize,
+            shutdown: shutdown_receiver,
         });
         let connections = Arc::new(Semaphore::new(config.limits.connections_max as usize));
         let accept_runtime = runtime.clone();
@@ -120,6 +125,7 @@ impl Broker {
             controller,
             local_address,
             accept_task,
+            shutdown,
         })
     }
 
@@ -128,9 +134,13 @@ impl Broker {
         self.local_address
     }
 
-    /// Stop accepting clients, sync and stop every partition.
+    /// Stop accepting clients (the listener is closed), close every connection, then sync and
+    /// stop every partition.
     pub async fn shutdown(self) {
         self.accept_task.abort();
+        // Wait for the accept task to end so the listener (and its port) is released.
+        let _ = self.accept_task.await;
+        let _ = self.shutdown.send(true);
         let _ = self
             .controller
             .ask(|reply| ControllerMessage::Shutdown { reply })

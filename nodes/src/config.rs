@@ -52,6 +52,10 @@ pub struct NodeConfig {
     pub log: LogSection,
     pub limits: LimitsSection,
     pub topics: TopicsSection,
+    /// Bugs planted on purpose by the simulator (simulation builds only; never in a file).
+    #[cfg(madsim)]
+    #[serde(skip)]
+    pub planted: brook_actors::partition::PlantedBugs,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +115,8 @@ impl Default for NodeConfig {
             log: LogSection::default(),
             limits: LimitsSection::default(),
             topics: TopicsSection::default(),
+            #[cfg(madsim)]
+            planted: Default::default(),
         }
     }
 }

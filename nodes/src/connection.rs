@@ -38,6 +38,8 @@ pub struct ConnectionShared {
     pub cluster_id: String,
     pub frame_bytes_max: usize,
     pub requests_in_flight_max: usize,
+    /// Flips to `true` when the broker shuts down: every connection stops reading and closes.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A response on its way to the writer.
@@ -54,7 +56,12 @@ where
 {
     let (reader, writer) = tokio::io::split(stream);
     let (sender, receiver) = mpsc::channel::<Outgoing>(shared.requests_in_flight_max + 1);
-    let encoder = FrameEncoder::default();
+    // Responses may be as large as the frames the broker accepts (and at least the default).
+    let encoder = FrameEncoder::new(
+        shared
+            .frame_bytes_max
+            .max(brook_wire::frame::FRAME_BYTES_MAX_DEFAULT),
+    );
     let writer_task = shared
         .runtime
         .spawn(write_loop(writer, receiver, encoder, peer));
@@ -66,8 +73,16 @@ where
         handshaken: false,
         peer,
     };
-    if let Err(reason) = connection.read_loop(reader).await {
-        tracing::debug!(%peer, %reason, "closing connection");
+    let mut shutdown = shared.shutdown.clone();
+    tokio::select! {
+        result = connection.read_loop(reader) => {
+            if let Err(reason) = result {
+                tracing::debug!(%peer, %reason, "closing connection");
+            }
+        }
+        _ = shutdown.wait_for(|stopping| *stopping) => {
+            tracing::debug!(%peer, "broker shutting down; closing connection");
+        }
     }
     // Dropping the last sender (the spawned request tasks hold clones) ends the writer once
     // every in-flight response has been written.

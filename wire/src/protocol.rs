@@ -99,7 +99,8 @@ pub enum Request {
         protocol_version_max: u16,
         client_name: String,
     },
-    /// Variant 1: answered by [`Response::CreateTopic`].
+    /// Variant 1: answered by [`Response::CreateTopic`]. `partitions: 0` asks for the broker's
+    /// default partition count.
     CreateTopic {
         name: String,
         partitions: u32,

@@ -1,0 +1,149 @@
+//! Topic administration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use brook_actors::runtime::Runtime;
+use brook_wire::protocol::{Request, Response, TopicDescription, TopicSummary};
+
+use crate::cluster::Cluster;
+use crate::error::{ClientError, Result};
+
+/// Time limit of an admin request (and of connecting).
+pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Creates, lists, describes and deletes topics. Cheap to clone (clones share the
+/// connection).
+///
+/// Admin requests are not retried: creating or deleting a topic is not idempotent, so a lost
+/// connection or a timeout is reported (as [`ClientError::Closed`] or
+/// [`ClientError::Timeout`]) and the caller decides (e.g. describe the topic to see whether a
+/// create went through). The next request reconnects.
+///
+/// ```
+/// use brook_actors::runtime::Runtime;
+/// use brook_client::{Admin, ErrorCode};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let data = tempfile::tempdir()?;
+/// # let node = brook_node::NodeConfig { listen: "127.0.0.1:0".parse()?, data_dir: data.path().into(), ..Default::default() };
+/// # let broker = brook_node::Broker::start(node, Runtime::new(0), std::sync::Arc::new(brook_storage::FsDisk::new())).await?;
+/// # let bootstrap = broker.local_address().to_string();
+/// # let bootstrap = bootstrap.as_str(); // "HOST:PORT" of any broker, e.g. "127.0.0.1:9092"
+/// let admin = Admin::connect(Runtime::new(1), bootstrap).await?;
+/// match admin.create_topic("orders", 3, 1).await {
+///     Ok(topic) => println!("created {} with {} partitions", topic.name, topic.partitions.len()),
+///     Err(error) if error.code() == Some(ErrorCode::TopicAlreadyExists) => {}
+///     Err(error) => return Err(error.into()),
+/// }
+/// for topic in admin.list_topics().await? {
+///     println!("{}: {} partitions", topic.name, topic.partitions);
+/// }
+/// let error = admin.create_topic("orders", 3, 1).await.unwrap_err();
+/// assert_eq!(error.code(), Some(ErrorCode::TopicAlreadyExists));
+/// admin.delete_topic("orders").await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Admin {
+    cluster: Arc<Cluster>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Admin").finish_non_exhaustive()
+    }
+}
+
+fn unexpected(what: &str, response: Response) -> ClientError {
+    ClientError::Protocol(format!("expected a {what} response, got {response:?}"))
+}
+
+impl Admin {
+    /// Connect to one of the comma-separated `bootstrap` brokers (`HOST:PORT[,HOST:PORT]`).
+    pub async fn connect(runtime: Runtime, bootstrap: &str) -> Result<Admin> {
+        let cluster = Cluster::connect(
+            runtime,
+            bootstrap,
+            "brook-client admin",
+            ADMIN_REQUEST_TIMEOUT,
+        )
+        .await?;
+        Ok(Admin {
+            cluster: Arc::new(cluster),
+        })
+    }
+
+    /// Create a topic with `partitions` partitions (0: the broker's default count).
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u16,
+    ) -> Result<TopicDescription> {
+        self.create_topic_with_config(name, partitions, replication_factor, Vec::new())
+            .await
+    }
+
+    /// Create a topic with config overrides (`key`, `value`).
+    pub async fn create_topic_with_config(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u16,
+        config: Vec<(String, String)>,
+    ) -> Result<TopicDescription> {
+        let response = self
+            .cluster
+            .request(Request::CreateTopic {
+                name: name.to_owned(),
+                partitions,
+                replication_factor,
+                config,
+            })
+            .await?;
+        match response {
+            Response::CreateTopic { topic } => Ok(topic),
+            other => Err(unexpected("create-topic", other)),
+        }
+    }
+
+    /// Delete a topic and its data.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let response = self
+            .cluster
+            .request(Request::DeleteTopic {
+                name: name.to_owned(),
+            })
+            .await?;
+        self.cluster.invalidate(name);
+        match response {
+            Response::DeleteTopic { .. } => Ok(()),
+            other => Err(unexpected("delete-topic", other)),
+        }
+    }
+
+    /// Every topic, sorted by name.
+    pub async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
+        match self.cluster.request(Request::ListTopics).await? {
+            Response::ListTopics { topics } => Ok(topics),
+            other => Err(unexpected("list-topics", other)),
+        }
+    }
+
+    /// A topic's partitions (leaders, replicas, log start offsets, high watermarks) and config.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
+        let response = self
+            .cluster
+            .request(Request::DescribeTopic {
+                name: name.to_owned(),
+            })
+            .await?;
+        match response {
+            Response::DescribeTopic { topic } => Ok(topic),
+            other => Err(unexpected("describe-topic", other)),
+        }
+    }
+}

@@ -1,0 +1,599 @@
+//! The consumer: assigned partitions, positions, pipelined long-poll fetches.
+//!
+//! Every assigned partition has at most one fetch in flight, all of them at once (pipelined on
+//! the leader's connection); [`Consumer::poll`] returns the records of whichever fetches
+//! complete first. A fetch still in flight when `poll` times out stays in flight for the next
+//! `poll`. Positions only move when records are returned: position = last returned offset + 1.
+//!
+//! What a consumer never does: return a record above the high watermark the broker reported
+//! with it, skip a corrupt batch (it is an error, and the position stays before it), or skip
+//! records (the next fetch starts at the position).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brook_actors::runtime::{Instant, Runtime};
+use brook_wire::batch::split_batches;
+use brook_wire::frame::PAYLOAD_BYTES_MAX_DEFAULT;
+use brook_wire::protocol::{OffsetSpec, Request, Response};
+use bytes::Bytes;
+
+use crate::cluster::{unknown_partition, Cluster};
+use crate::error::{ClientError, Result};
+use crate::future_set::{join_all, BoxFuture, FutureSet};
+
+/// How a [`Consumer`] fetches.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Bytes one fetch asks for, per partition (the broker still returns a whole first batch
+    /// if it is larger, so a consumer never stalls). Capped at 8 MiB, what a broker's response
+    /// frame carries. Default 1 MiB.
+    pub fetch_bytes_max: u32,
+    /// How long the broker may hold a fetch while the partition has no new record
+    /// (long poll). Default 500 ms.
+    pub fetch_wait_ms_max: u32,
+    /// Time limit of a request (a fetch gets `fetch_wait_ms_max` on top) and of connecting.
+    /// Default 30 s.
+    pub request_timeout: Duration,
+    /// Pause before fetching a partition again after a retriable failure (a lost connection,
+    /// a moved leader). Default 100 ms.
+    pub retry_backoff: Duration,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            fetch_bytes_max: 1024 * 1024,
+            fetch_wait_ms_max: 500,
+            request_timeout: Duration::from_secs(30),
+            retry_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A record as consumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerRecord {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+}
+
+/// Where a partition's position starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOffset {
+    /// The log start offset (the oldest record still stored).
+    Earliest,
+    /// The high watermark: only records produced from now on.
+    Latest,
+    /// This offset (a fetch reports [`ErrorCode::OffsetOutOfRange`](crate::ErrorCode) if the
+    /// log does not cover it).
+    Offset(u64),
+    /// The first record whose timestamp is at or after this one (ms since the epoch); the high
+    /// watermark if there is none.
+    Timestamp(i64),
+}
+
+#[derive(Debug, Clone)]
+struct Position {
+    offset: u64,
+    /// Bumped by every seek: a fetch of an older epoch is discarded.
+    epoch: u64,
+    /// The epoch of the fetch in flight, if any.
+    fetching: Option<u64>,
+    retry_at: Option<Instant>,
+}
+
+struct FetchOutcome {
+    key: (String, u32),
+    epoch: u64,
+    result: Result<(Response, Bytes)>,
+}
+
+/// Reads records from assigned partitions.
+///
+/// ```
+/// use std::time::Duration;
+/// use brook_actors::runtime::Runtime;
+/// use brook_client::{Admin, Consumer, ConsumerConfig, Producer, ProducerRecord, StartOffset};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let data = tempfile::tempdir()?;
+/// # let node = brook_node::NodeConfig { listen: "127.0.0.1:0".parse()?, data_dir: data.path().into(), ..Default::default() };
+/// # let broker = brook_node::Broker::start(node, Runtime::new(0), std::sync::Arc::new(brook_storage::FsDisk::new())).await?;
+/// # let bootstrap = broker.local_address().to_string();
+/// # let bootstrap = bootstrap.as_str(); // "HOST:PORT" of any broker, e.g. "127.0.0.1:9092"
+/// # Admin::connect(Runtime::new(1), bootstrap).await?.create_topic("orders", 3, 1).await?;
+/// # let producer = Producer::connect(Runtime::new(1), bootstrap, Default::default()).await?;
+/// # producer.send(ProducerRecord::new("orders", "order #1")).await?.await?;
+/// let mut consumer =
+///     Consumer::connect(Runtime::new(1), bootstrap, ConsumerConfig::default()).await?;
+/// let partitions = consumer.assign_all("orders", StartOffset::Earliest).await?;
+/// println!("reading partitions {partitions:?}");
+/// let mut seen = 0;
+/// loop {
+///     let records = consumer.poll(Duration::from_secs(1)).await?;
+///     if records.is_empty() {
+///         break; // a second without news
+///     }
+///     for record in records {
+///         println!("{}-{}@{}: {:?}", record.topic, record.partition, record.offset, record.value);
+///         seen += 1;
+///     }
+/// }
+/// assert_eq!(seen, 1);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Consumer {
+    cluster: Arc<Cluster>,
+    config: ConsumerConfig,
+    assignment: BTreeMap<(String, u32), Position>,
+    next_epoch: u64,
+    fetches: FutureSet<FetchOutcome>,
+    /// An error met while other partitions had records to return: reported by the next poll.
+    deferred_error: Option<ClientError>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Consumer")
+            .field("config", &self.config)
+            .field("assignment", &self.assignment)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// Connect to one of the comma-separated `bootstrap` brokers.
+    pub async fn connect(
+        runtime: Runtime,
+        bootstrap: &str,
+        config: ConsumerConfig,
+    ) -> Result<Consumer> {
+        if config.request_timeout.is_zero() {
+            return Err(ClientError::InvalidArgument(
+                "ConsumerConfig::request_timeout must be positive".into(),
+            ));
+        }
+        if config.fetch_bytes_max == 0 {
+            return Err(ClientError::InvalidArgument(
+                "ConsumerConfig::fetch_bytes_max must be positive".into(),
+            ));
+        }
+        let cluster = Cluster::connect(
+            runtime,
+            bootstrap,
+            "brook-client consumer",
+            config.request_timeout,
+        )
+        .await?;
+        Ok(Consumer {
+            cluster: Arc::new(cluster),
+            config,
+            assignment: BTreeMap::new(),
+            next_epoch: 0,
+            fetches: FutureSet::default(),
+            deferred_error: None,
+        })
+    }
+
+    fn runtime(&self) -> &Runtime {
+        self.cluster.runtime()
+    }
+
+    /// Assign partitions of `topic` (replacing the previous assignment, of every topic);
+    /// positions start at `start`.
+    pub async fn assign(
+        &mut self,
+        topic: &str,
+        partitions: &[u32],
+        start: StartOffset,
+    ) -> Result<()> {
+        let info = self.cluster.topic(topic).await?;
+        let count = info.partition_count();
+        let mut wanted: Vec<u32> = partitions.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if let Some(&bad) = wanted.iter().find(|&&partition| partition >= count) {
+            return Err(unknown_partition(topic, bad, count));
+        }
+        let lookups: Vec<BoxFuture<Result<u64>>> = wanted
+            .iter()
+            .map(|&partition| -> BoxFuture<Result<u64>> {
+                Box::pin(resolve(
+                    self.cluster.clone(),
+                    self.config.request_timeout,
+                    topic.to_owned(),
+                    partition,
+                    start,
+                ))
+            })
+            .collect();
+        let offsets = join_all(lookups).await;
+        let mut assignment = BTreeMap::new();
+        for (partition, offset) in wanted.into_iter().zip(offsets) {
+            let epoch = self.next_epoch;
+            self.next_epoch += 1;
+            assignment.insert(
+                (topic.to_owned(), partition),
+                Position {
+                    offset: offset?,
+                    epoch,
+                    fetching: None,
+                    retry_at: None,
+                },
+            );
+        }
+        // Fetches of the old assignment are abandoned (their responses are discarded).
+        self.fetches.clear();
+        self.assignment = assignment;
+        self.deferred_error = None;
+        Ok(())
+    }
+
+    /// Assign every partition of `topic`; returns them.
+    pub async fn assign_all(&mut self, topic: &str, start: StartOffset) -> Result<Vec<u32>> {
+        let info = self.cluster.refresh(topic).await?;
+        let partitions: Vec<u32> = (0..info.partition_count()).collect();
+        self.assign(topic, &partitions, start).await?;
+        Ok(partitions)
+    }
+
+    /// Move an assigned partition's position; returns the new position.
+    pub async fn seek(&mut self, topic: &str, partition: u32, start: StartOffset) -> Result<u64> {
+        let key = (topic.to_owned(), partition);
+        if !self.assignment.contains_key(&key) {
+            return Err(ClientError::InvalidArgument(format!(
+                "{topic}-{partition} is not assigned to this consumer"
+            )));
+        }
+        let offset = resolve(
+            self.cluster.clone(),
+            self.config.request_timeout,
+            topic.to_owned(),
+            partition,
+            start,
+        )
+        .await?;
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        if let Some(position) = self.assignment.get_mut(&key) {
+            *position = Position {
+                offset,
+                epoch,
+                fetching: None,
+                retry_at: None,
+            };
+        }
+        Ok(offset)
+    }
+
+    /// The next offset this consumer will return for a partition, if it is assigned.
+    pub fn position(&self, topic: &str, partition: u32) -> Option<u64> {
+        self.assignment
+            .get(&(topic.to_owned(), partition))
+            .map(|position| position.offset)
+    }
+
+    /// The assigned partitions.
+    pub fn assignment(&self) -> Vec<(String, u32)> {
+        self.assignment.keys().cloned().collect()
+    }
+
+    /// Next records (in offset order per partition; records below the position, when a batch
+    /// starts earlier, are skipped), waiting up to `timeout` for at least one. Empty on
+    /// timeout.
+    ///
+    /// Retriable failures (a lost connection, a moved leader) are retried after
+    /// [`ConsumerConfig::retry_backoff`] without surfacing. Other failures are returned:
+    /// [`ErrorCode::OffsetOutOfRange`](crate::ErrorCode) (seek to recover),
+    /// [`ClientError::CorruptBatch`], [`ClientError::Protocol`].
+    pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
+        if let Some(error) = self.deferred_error.take() {
+            return Err(error);
+        }
+        if self.assignment.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "no partition is assigned: call assign or assign_all first".into(),
+            ));
+        }
+        let runtime = self.runtime().clone();
+        let deadline = runtime.now() + timeout;
+        let mut records = Vec::new();
+        loop {
+            self.start_fetches(runtime.now());
+            while let Some(outcome) = self.fetches.next_ready().await {
+                self.on_fetch(outcome, &mut records)?;
+            }
+            if !records.is_empty() {
+                return Ok(records);
+            }
+            let now = runtime.now();
+            if now >= deadline {
+                return Ok(records);
+            }
+            let wake = self
+                .assignment
+                .values()
+                .filter_map(|position| position.retry_at)
+                .filter(|at| *at > now)
+                .min()
+                .map_or(deadline, |at| at.min(deadline));
+            let sleep = runtime.sleep_until(wake);
+            tokio::select! {
+                outcome = self.fetches.next(), if !self.fetches.is_empty() => {
+                    self.on_fetch(outcome, &mut records)?;
+                }
+                () = sleep => {}
+            }
+        }
+    }
+
+    fn start_fetches(&mut self, now: Instant) {
+        let bytes_max = self
+            .config
+            .fetch_bytes_max
+            .min(PAYLOAD_BYTES_MAX_DEFAULT as u32);
+        let wait_ms_max = self.config.fetch_wait_ms_max;
+        let timeout = self.config.request_timeout + Duration::from_millis(u64::from(wait_ms_max));
+        for (key, position) in &mut self.assignment {
+            if position.fetching.is_some() || position.retry_at.is_some_and(|at| at > now) {
+                continue;
+            }
+            position.fetching = Some(position.epoch);
+            position.retry_at = None;
+            let cluster = self.cluster.clone();
+            let key = key.clone();
+            let epoch = position.epoch;
+            let request = Request::Fetch {
+                topic: key.0.clone(),
+                partition: key.1,
+                offset: position.offset,
+                bytes_max,
+                wait_ms_max,
+                bytes_min: 1,
+            };
+            self.fetches.push(async move {
+                let result = cluster
+                    .partition_request(&key.0, key.1, request, timeout)
+                    .await;
+                FetchOutcome { key, epoch, result }
+            });
+        }
+    }
+
+    /// Handle one fetch outcome: append its records to `records` and advance the position,
+    /// or report (or defer) its error.
+    fn on_fetch(&mut self, outcome: FetchOutcome, records: &mut Vec<ConsumerRecord>) -> Result<()> {
+        let FetchOutcome { key, epoch, result } = outcome;
+        let Some(position) = self.assignment.get_mut(&key) else {
+            return Ok(());
+        };
+        if position.epoch != epoch {
+            // Fetched before a seek: the position has moved on.
+            return Ok(());
+        }
+        position.fetching = None;
+        let decoded = result.and_then(|(response, payload)| {
+            decode_fetch(&key.0, key.1, position.offset, response, payload)
+        });
+        match decoded {
+            Ok(fetched) => {
+                if let Some(last) = fetched.last() {
+                    position.offset = last.offset + 1;
+                }
+                records.extend(fetched);
+                Ok(())
+            }
+            Err(error) => {
+                // Back off before fetching this partition again, whatever the error, so that a
+                // caller polling in a loop does not spin on a persistent one.
+                position.retry_at = Some(self.cluster.runtime().now() + self.config.retry_backoff);
+                if error.is_retriable() {
+                    tracing::debug!(topic = %key.0, partition = key.1, %error, "fetch failed; will retry");
+                    Ok(())
+                } else if records.is_empty() {
+                    Err(error)
+                } else {
+                    // Return the records already taken (their positions have moved) first.
+                    self.deferred_error.get_or_insert(error);
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// Decode a fetch response: records at or after `position`, checked against the high
+/// watermark and for increasing offsets.
+fn decode_fetch(
+    topic: &str,
+    partition: u32,
+    position: u64,
+    response: Response,
+    payload: Bytes,
+) -> Result<Vec<ConsumerRecord>> {
+    let Response::Fetch {
+        high_watermark,
+        batch_count,
+        ..
+    } = response
+    else {
+        return Err(ClientError::Protocol(format!(
+            "expected a fetch response for {topic}-{partition}, got {response:?}"
+        )));
+    };
+    let mut records = Vec::new();
+    let mut batches = 0u32;
+    let mut next_offset = position;
+    for batch in split_batches(payload) {
+        let batch = batch.map_err(|source| ClientError::CorruptBatch {
+            topic: topic.to_owned(),
+            partition,
+            offset: position,
+            source,
+        })?;
+        batches += 1;
+        let decoded = batch
+            .records()
+            .map_err(|source| ClientError::CorruptBatch {
+                topic: topic.to_owned(),
+                partition,
+                offset: position,
+                source,
+            })?;
+        for record in decoded {
+            if record.offset < next_offset {
+                // Before the position (the batch started earlier), or a repeated offset.
+                if record.offset >= position {
+                    return Err(ClientError::Protocol(format!(
+                        "{topic}-{partition}: offsets go backwards in a fetch ({} after {})",
+                        record.offset,
+                        next_offset - 1
+                    )));
+                }
+                continue;
+            }
+            if record.offset >= high_watermark {
+                return Err(ClientError::Protocol(format!(
+                    "{topic}-{partition}: the broker returned offset {} at or above its high watermark {high_watermark}",
+                    record.offset
+                )));
+            }
+            next_offset = record.offset + 1;
+            records.push(ConsumerRecord {
+                topic: topic.to_owned(),
+                partition,
+                offset: record.offset,
+                timestamp: record.timestamp,
+                key: record.key,
+                value: record.value,
+                headers: record
+                    .headers
+                    .into_iter()
+                    .map(|header| (header.key, header.value))
+                    .collect(),
+            });
+        }
+    }
+    if batches != batch_count {
+        return Err(ClientError::Protocol(format!(
+            "{topic}-{partition}: the fetch response announces {batch_count} batches but carries {batches}"
+        )));
+    }
+    if batches > 0 && records.is_empty() {
+        return Err(ClientError::Protocol(format!(
+            "{topic}-{partition}: a fetch at offset {position} returned only records below it"
+        )));
+    }
+    Ok(records)
+}
+
+/// The offset `start` designates in a partition.
+async fn resolve(
+    cluster: Arc<Cluster>,
+    timeout: Duration,
+    topic: String,
+    partition: u32,
+    start: StartOffset,
+) -> Result<u64> {
+    let spec = match start {
+        StartOffset::Offset(offset) => return Ok(offset),
+        StartOffset::Earliest => OffsetSpec::Earliest,
+        StartOffset::Latest => OffsetSpec::Latest,
+        StartOffset::Timestamp(timestamp) => OffsetSpec::Timestamp(timestamp),
+    };
+    let request = Request::ListOffsets {
+        topic: topic.clone(),
+        partition,
+        spec,
+    };
+    match cluster
+        .partition_request(&topic, partition, request, timeout)
+        .await?
+    {
+        (Response::ListOffsets { offset, .. }, _) => Ok(offset),
+        (other, _) => Err(ClientError::Protocol(format!(
+            "expected a list-offsets response, got {other:?}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use brook_wire::batch::{stamp, BatchBuilder};
+    use bytes::BytesMut;
+
+    fn batch(base: u64, count: u32) -> BytesMut {
+        let mut builder = BatchBuilder::new();
+        for index in 0..count {
+            builder.push(1_000 + i64::from(index), Some(b"k"), Some(b"v"), &[]);
+        }
+        let mut bytes = builder.finish();
+        stamp(&mut bytes, base, 1);
+        bytes
+    }
+
+    fn fetch(high_watermark: u64, batch_count: u32) -> Response {
+        Response::Fetch {
+            high_watermark,
+            log_start_offset: 0,
+            batch_count,
+        }
+    }
+
+    #[test]
+    fn skips_records_below_the_position() {
+        let mut payload = batch(10, 5);
+        payload.extend_from_slice(&batch(15, 2));
+        let records = decode_fetch("t", 0, 12, fetch(17, 2), payload.freeze()).expect("decodes");
+        let offsets: Vec<u64> = records.iter().map(|record| record.offset).collect();
+        assert_eq!(offsets, [12, 13, 14, 15, 16]);
+        assert_eq!(records[0].timestamp, 1_002);
+    }
+
+    #[test]
+    fn refuses_records_above_the_high_watermark() {
+        let error =
+            decode_fetch("t", 0, 0, fetch(2, 1), batch(0, 3).freeze()).expect_err("above hw");
+        assert!(matches!(error, ClientError::Protocol(_)), "{error}");
+    }
+
+    #[test]
+    fn corrupt_batches_are_errors() {
+        let mut payload = batch(0, 3);
+        let last = payload.len() - 1;
+        payload[last] ^= 0xff;
+        let error = decode_fetch("t", 4, 0, fetch(3, 1), payload.freeze()).expect_err("corrupt");
+        assert!(
+            matches!(
+                error,
+                ClientError::CorruptBatch {
+                    partition: 4,
+                    offset: 0,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(!error.is_retriable());
+    }
+
+    #[test]
+    fn batch_count_must_match() {
+        let error = decode_fetch("t", 0, 0, fetch(3, 2), batch(0, 3).freeze()).expect_err("count");
+        assert!(matches!(error, ClientError::Protocol(_)), "{error}");
+        let empty = decode_fetch("t", 0, 0, fetch(0, 0), Bytes::new()).expect("empty");
+        assert!(empty.is_empty());
+    }
+}

@@ -1,0 +1,1037 @@
+//! The Kafka-style queue checker (CHECKERS.md, "The order of a partition, inferred" and
+//! "Anomalies").
+//!
+//! Per partition it infers `offset -> values` from every poll and from every send known to have
+//! happened (`ok`; an `info` send whose value was read shows up through the read). Offsets sorted
+//! give each value a dense *index* (gaps left by control records are skipped). Against that
+//! order it judges every acknowledged send, every poll of every consumer and the consumer
+//! group's commits and ownership.
+//!
+//! Cost: one sort of all observations plus a binary search per record, so a history of 100k
+//! ops checks in tens of milliseconds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::history::{History, HistoryError, OpKind, Operation, Outcome};
+
+/// The anomalies the queue checker names. The string forms (Display and serde) are the names
+/// of CHECKERS.md; the three consumer-group anomalies are named here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AnomalyKind {
+    /// Two different values at one offset.
+    #[serde(rename = "inconsistent-offsets")]
+    InconsistentOffsets,
+    /// One value at two positions (two offsets, or two partitions).
+    #[serde(rename = "duplicate")]
+    Duplicate,
+    /// An acknowledged value never read although a value at a higher index was read.
+    #[serde(rename = "lost-write")]
+    LostWrite,
+    /// An acknowledged value never read by the end of the run (and not a lost-write).
+    #[serde(rename = "unseen")]
+    Unseen,
+    /// A value whose send failed was read.
+    #[serde(rename = "G1a")]
+    G1a,
+    /// A consumer's next poll of a partition started beyond the index after its last one.
+    #[serde(rename = "poll-skip")]
+    PollSkip,
+    /// A gap between two consecutive records of one partition inside one poll.
+    #[serde(rename = "int-poll-skip")]
+    IntPollSkip,
+    /// A consumer's next poll of a partition started at or before an index it already had.
+    #[serde(rename = "nonmonotonic-poll")]
+    NonmonotonicPoll,
+    /// Two consecutive records of one partition inside one poll went backwards.
+    #[serde(rename = "int-nonmonotonic-poll")]
+    IntNonmonotonicPoll,
+    /// One producer's acknowledged sends to one partition got offsets going backwards.
+    #[serde(rename = "nonmonotonic-send")]
+    NonmonotonicSend,
+    /// The group's committed offset of a partition moved backwards.
+    #[serde(rename = "nonmonotonic-commit")]
+    NonmonotonicCommit,
+    /// Two members owned one partition in the same generation.
+    #[serde(rename = "split-ownership")]
+    SplitOwnership,
+    /// A partition's new owner resumed above the committed offset, skipping records.
+    #[serde(rename = "resume-above-commit")]
+    ResumeAboveCommit,
+}
+
+impl AnomalyKind {
+    /// Every kind, in report order.
+    pub const ALL: [AnomalyKind; 13] = [
+        AnomalyKind::InconsistentOffsets,
+        AnomalyKind::Duplicate,
+        AnomalyKind::LostWrite,
+        AnomalyKind::Unseen,
+        AnomalyKind::G1a,
+        AnomalyKind::PollSkip,
+        AnomalyKind::IntPollSkip,
+        AnomalyKind::NonmonotonicPoll,
+        AnomalyKind::IntNonmonotonicPoll,
+        AnomalyKind::NonmonotonicSend,
+        AnomalyKind::NonmonotonicCommit,
+        AnomalyKind::SplitOwnership,
+        AnomalyKind::ResumeAboveCommit,
+    ];
+
+    /// The anomaly's name, as in CHECKERS.md.
+    pub fn name(self) -> &'static str {
+        match self {
+            AnomalyKind::InconsistentOffsets => "inconsistent-offsets",
+            AnomalyKind::Duplicate => "duplicate",
+            AnomalyKind::LostWrite => "lost-write",
+            AnomalyKind::Unseen => "unseen",
+            AnomalyKind::G1a => "G1a",
+            AnomalyKind::PollSkip => "poll-skip",
+            AnomalyKind::IntPollSkip => "int-poll-skip",
+            AnomalyKind::NonmonotonicPoll => "nonmonotonic-poll",
+            AnomalyKind::IntNonmonotonicPoll => "int-nonmonotonic-poll",
+            AnomalyKind::NonmonotonicSend => "nonmonotonic-send",
+            AnomalyKind::NonmonotonicCommit => "nonmonotonic-commit",
+            AnomalyKind::SplitOwnership => "split-ownership",
+            AnomalyKind::ResumeAboveCommit => "resume-above-commit",
+        }
+    }
+
+    /// The kind named `name`, if any.
+    pub fn from_name(name: &str) -> Option<AnomalyKind> {
+        AnomalyKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
+    }
+}
+
+impl fmt::Display for AnomalyKind {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.name())
+    }
+}
+
+/// One anomaly with the evidence: the partitions, offsets and values involved and the history
+/// indexes of the ops that carry it (the completions that returned the results).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anomaly {
+    /// What went wrong.
+    pub kind: AnomalyKind,
+    /// Partitions involved.
+    pub partitions: Vec<u32>,
+    /// Offsets involved.
+    pub offsets: Vec<u64>,
+    /// Values involved.
+    pub values: Vec<u64>,
+    /// History indexes of the ops involved.
+    pub ops: Vec<usize>,
+    /// The producer or consumer involved, if one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<u64>,
+    /// The same, in words.
+    pub message: String,
+}
+
+impl fmt::Display for Anomaly {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}: {}", self.kind, self.message)
+    }
+}
+
+/// Knobs of the queue checker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueOptions {
+    /// Check nonmonotonic-send: the producers promise per-partition ordering of their sends.
+    pub producer_ordering: bool,
+    /// Anomalies kept per kind (all are counted in `anomaly_counts`); bounds a report of a
+    /// badly broken run.
+    pub anomalies_per_kind_max: usize,
+    /// Values listed in one anomaly (for example the records a poll skipped).
+    pub values_per_anomaly_max: usize,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions {
+            producer_ordering: true,
+            anomalies_per_kind_max: 1000,
+            values_per_anomaly_max: 32,
+        }
+    }
+}
+
+/// What the queue checker looked at.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCounts {
+    /// Paired operations.
+    pub operations: usize,
+    /// Sends acknowledged `ok`.
+    pub sends_ok: usize,
+    /// Sends that failed.
+    pub sends_failed: usize,
+    /// Sends that ended indeterminate (or never completed).
+    pub sends_indeterminate: usize,
+    /// Indeterminate sends whose value was read (so they happened).
+    pub sends_indeterminate_read: usize,
+    /// Polls.
+    pub polls: usize,
+    /// Records delivered by all polls.
+    pub records_read: usize,
+    /// Distinct values read.
+    pub values_read: usize,
+    /// Distinct values read that no send in the history carried.
+    pub values_read_never_sent: usize,
+    /// Partitions seen.
+    pub partitions: usize,
+    /// Commits acknowledged `ok`.
+    pub commits_ok: usize,
+    /// Ownership (rebalance) events.
+    pub ownerships: usize,
+}
+
+/// The queue checker's verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueReport {
+    /// True if no anomaly was found.
+    pub valid: bool,
+    /// Anomalies found, by kind (at most `anomalies_per_kind_max` each).
+    pub anomalies: BTreeMap<AnomalyKind, Vec<Anomaly>>,
+    /// How many anomalies of each kind were found, including those not kept.
+    pub anomaly_counts: BTreeMap<AnomalyKind, usize>,
+    /// What was checked.
+    pub counts: QueueCounts,
+}
+
+impl QueueReport {
+    /// Anomalies of one kind (empty if none).
+    pub fn of(&self, kind: AnomalyKind) -> &[Anomaly] {
+        self.anomalies.get(&kind).map_or(&[], Vec::as_slice)
+    }
+
+    /// True if at least one anomaly of `kind` was found.
+    pub fn has(&self, kind: AnomalyKind) -> bool {
+        self.anomaly_counts
+            .get(&kind)
+            .is_some_and(|&count| count > 0)
+    }
+
+    /// A human summary: counts, then up to `examples_per_kind` anomalies of each kind.
+    pub fn summary(&self, examples_per_kind: usize) -> String {
+        let counts = &self.counts;
+        let mut text = format!(
+            "queue: {} ({} operations; sends {} ok, {} failed, {} indeterminate ({} read); \
+             {} polls, {} records, {} distinct values read, {} never sent; {} partitions)\n",
+            if self.valid { "valid" } else { "INVALID" },
+            counts.operations,
+            counts.sends_ok,
+            counts.sends_failed,
+            counts.sends_indeterminate,
+            counts.sends_indeterminate_read,
+            counts.polls,
+            counts.records_read,
+            counts.values_read,
+            counts.values_read_never_sent,
+            counts.partitions,
+        );
+        for (kind, count) in &self.anomaly_counts {
+            text.push_str(&format!("  {kind}: {count}\n"));
+            for anomaly in self.of(*kind).iter().take(examples_per_kind) {
+                text.push_str(&format!("    {}\n", anomaly.message));
+            }
+        }
+        text
+    }
+}
+
+impl fmt::Display for QueueReport {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.summary(5))
+    }
+}
+
+/// Pairs the history and checks it.
+pub fn check(history: &History, options: &QueueOptions) -> Result<QueueReport, HistoryError> {
+    check_operations(&history.operations()?, options)
+}
+
+/// Checks paired operations (sorted by invocation, as [`History::operations`] returns them).
+/// Fails only if two sends carry one value.
+pub fn check_operations(
+    operations: &[Operation],
+    options: &QueueOptions,
+) -> Result<QueueReport, HistoryError> {
+    let mut checker = Checker::new(operations, options)?;
+    checker.infer_orders();
+    checker.check_positions();
+    checker.check_sends();
+    checker.check_consumers();
+    checker.check_commits();
+    Ok(checker.finish())
+}
+
+/// A send, from its operation.
+struct Send {
+    process: u64,
+    value: u64,
+    outcome: Outcome,
+    partition: Option<u32>,
+    offset: Option<u64>,
+    /// History index of the completion (or invocation).
+    op: usize,
+}
+
+/// One `(partition, offset, value)` fact and the first op that showed it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Observation {
+    partition: u32,
+    offset: u64,
+    value: u64,
+    op: usize,
+}
+
+/// The inferred order of one partition: distinct offsets, ascending, and the (smallest) value
+/// seen at each.
+#[derive(Default)]
+struct Order {
+    offsets: Vec<u64>,
+    values: Vec<u64>,
+}
+
+impl Order {
+    fn index(&self, offset: u64) -> usize {
+        match self.offsets.binary_search(&offset) {
+            Ok(index) => index,
+            // Every offset asked about was observed, hence is in the order.
+            Err(_) => unreachable!("offset {offset} missing from its partition's order"),
+        }
+    }
+
+    /// Index of the first offset at or above `offset`.
+    fn index_at_or_above(&self, offset: u64) -> usize {
+        self.offsets.partition_point(|&known| known < offset)
+    }
+}
+
+/// A consumer's position on one partition.
+#[derive(Clone, Copy)]
+struct Cursor {
+    last_index: usize,
+    max_index: usize,
+    last_offset: u64,
+    last_value: u64,
+    last_op: usize,
+}
+
+/// A new owner's first poll must start at or below this index.
+#[derive(Clone, Copy)]
+struct Resume {
+    bound_index: usize,
+    committed_offset: u64,
+    rebalance_op: usize,
+    generation: u64,
+}
+
+#[derive(Default, Clone, Copy)]
+struct ConsumerPartition {
+    cursor: Option<Cursor>,
+    resume: Option<Resume>,
+}
+
+struct Checker<'a> {
+    operations: &'a [Operation],
+    options: &'a QueueOptions,
+    sends: Vec<Send>,
+    /// Value -> position in `sends`.
+    send_by_value: BTreeMap<u64, usize>,
+    /// Every poll record, in history order.
+    reads: Vec<Observation>,
+    /// Distinct `(partition, offset, value)` facts, sorted, each with its first op.
+    positions: Vec<Observation>,
+    orders: BTreeMap<u32, Order>,
+    /// Value -> its first read.
+    first_read: BTreeMap<u64, Observation>,
+    /// Partition -> the read at the highest index.
+    highest_read: BTreeMap<u32, (usize, Observation)>,
+    anomalies: BTreeMap<AnomalyKind, Vec<Anomaly>>,
+    anomaly_counts: BTreeMap<AnomalyKind, usize>,
+    counts: QueueCounts,
+}
+
+/// `value@offset` pairs for messages.
+fn describe(records: &[(u64, u64)]) -> String {
+    let items: Vec<String> = records
+        .iter()
+        .map(|(offset, value)| format!("{value}@{offset}"))
+        .collect();
+    items.join(", ")
+}
+
+impl<'a> Checker<'a> {
+    fn new(operations: &'a [Operation], options: &'a QueueOptions) -> Result<Self, HistoryError> {
+        let mut checker = Checker {
+            operations,
+            options,
+            sends: Vec::new(),
+            send_by_value: BTreeMap::new(),
+            reads: Vec::new(),
+            positions: Vec::new(),
+            orders: BTreeMap::new(),
+            first_read: BTreeMap::new(),
+            highest_read: BTreeMap::new(),
+            anomalies: BTreeMap::new(),
+            anomaly_counts: BTreeMap::new(),
+            counts: QueueCounts {
+                operations: operations.len(),
+                ..QueueCounts::default()
+            },
+        };
+        for operation in operations {
+            match &operation.kind {
+                OpKind::Send {
+                    partition,
+                    value,
+                    offset,
+                    ..
+                } => {
+                    match operation.outcome {
+                        Outcome::Ok => checker.counts.sends_ok += 1,
+                        Outcome::Fail => checker.counts.sends_failed += 1,
+                        Outcome::Info => checker.counts.sends_indeterminate += 1,
+                    }
+                    let send = Send {
+                        process: operation.process,
+                        value: *value,
+                        outcome: operation.outcome,
+                        partition: *partition,
+                        offset: *offset,
+                        op: operation.evidence(),
+                    };
+                    if let Some(&earlier) = checker.send_by_value.get(value) {
+                        return Err(HistoryError::DuplicateValue {
+                            value: *value,
+                            first: checker.sends[earlier].op,
+                            second: send.op,
+                        });
+                    }
+                    checker.send_by_value.insert(*value, checker.sends.len());
+                    checker.sends.push(send);
+                }
+                OpKind::Poll { records } => {
+                    checker.counts.polls += 1;
+                    checker.counts.records_read += records.len();
+                    let op = operation.evidence();
+                    checker
+                        .reads
+                        .extend(records.iter().map(|record| Observation {
+                            partition: record.partition,
+                            offset: record.offset,
+                            value: record.value,
+                            op,
+                        }));
+                }
+                OpKind::Commit { .. } if operation.outcome == Outcome::Ok => {
+                    checker.counts.commits_ok += 1;
+                }
+                OpKind::Rebalance { .. } if operation.outcome == Outcome::Ok => {
+                    checker.counts.ownerships += 1;
+                }
+                _ => {}
+            }
+        }
+        // Operations are sorted by invocation, not completion: order reads by the op that
+        // returned them so "first read" means first in the history.
+        checker.reads.sort_by_key(|read| read.op);
+        Ok(checker)
+    }
+
+    fn report(&mut self, anomaly: Anomaly) {
+        let count = self.anomaly_counts.entry(anomaly.kind).or_insert(0);
+        *count += 1;
+        if *count <= self.options.anomalies_per_kind_max {
+            self.anomalies
+                .entry(anomaly.kind)
+                .or_default()
+                .push(anomaly);
+        }
+    }
+
+    /// Builds `offset -> values` per partition and the dense order of offsets.
+    fn infer_orders(&mut self) {
+        let mut positions = self.reads.clone();
+        positions.extend(self.sends.iter().filter_map(|send| match send {
+            Send {
+                outcome: Outcome::Ok,
+                partition: Some(partition),
+                offset: Some(offset),
+                ..
+            } => Some(Observation {
+                partition: *partition,
+                offset: *offset,
+                value: send.value,
+                op: send.op,
+            }),
+            _ => None,
+        }));
+        positions.sort_unstable();
+        positions.dedup_by(|later, earlier| {
+            (later.partition, later.offset, later.value)
+                == (earlier.partition, earlier.offset, earlier.value)
+        });
+        for position in &positions {
+            let order = self.orders.entry(position.partition).or_default();
+            if order.offsets.last() != Some(&position.offset) {
+                order.offsets.push(position.offset);
+                order.values.push(position.value);
+            }
+        }
+        self.counts.partitions = self.orders.len();
+        self.positions = positions;
+
+        for read in &self.reads {
+            self.first_read.entry(read.value).or_insert(*read);
+            let index = self.orders[&read.partition].index(read.offset);
+            let highest = self
+                .highest_read
+                .entry(read.partition)
+                .or_insert((index, *read));
+            if index > highest.0 {
+                *highest = (index, *read);
+            }
+        }
+        self.counts.values_read = self.first_read.len();
+        self.counts.values_read_never_sent = self
+            .first_read
+            .keys()
+            .filter(|value| !self.send_by_value.contains_key(value))
+            .count();
+        self.counts.sends_indeterminate_read = self
+            .sends
+            .iter()
+            .filter(|send| {
+                send.outcome == Outcome::Info && self.first_read.contains_key(&send.value)
+            })
+            .count();
+    }
+
+    /// inconsistent-offsets and duplicate.
+    fn check_positions(&mut self) {
+        let positions = std::mem::take(&mut self.positions);
+        for group in positions.chunk_by(|a, b| (a.partition, a.offset) == (b.partition, b.offset)) {
+            if group.len() > 1 {
+                let partition = group[0].partition;
+                let offset = group[0].offset;
+                let values: Vec<u64> = group.iter().map(|position| position.value).collect();
+                self.report(Anomaly {
+                    kind: AnomalyKind::InconsistentOffsets,
+                    partitions: vec![partition],
+                    offsets: vec![offset],
+                    ops: group.iter().map(|position| position.op).collect(),
+                    process: None,
+                    message: format!(
+                        "partition {partition} offset {offset} holds values {values:?} \
+                         (seen by ops {:?})",
+                        group.iter().map(|position| position.op).collect::<Vec<_>>()
+                    ),
+                    values,
+                });
+            }
+        }
+        let mut by_value = positions.clone();
+        by_value.sort_unstable_by_key(|p| (p.value, p.partition, p.offset, p.op));
+        for group in by_value.chunk_by(|a, b| a.value == b.value) {
+            if group.len() > 1 {
+                let value = group[0].value;
+                let places: Vec<String> = group
+                    .iter()
+                    .map(|p| {
+                        let index = self.orders[&p.partition].index(p.offset);
+                        format!(
+                            "partition {} offset {} index {} (op {})",
+                            p.partition, p.offset, index, p.op
+                        )
+                    })
+                    .collect();
+                let mut partitions: Vec<u32> = group.iter().map(|p| p.partition).collect();
+                partitions.dedup();
+                self.report(Anomaly {
+                    kind: AnomalyKind::Duplicate,
+                    partitions,
+                    offsets: group.iter().map(|p| p.offset).collect(),
+                    values: vec![value],
+                    ops: group.iter().map(|p| p.op).collect(),
+                    process: None,
+                    message: format!("value {value} is at {}", places.join(" and ")),
+                });
+            }
+        }
+        self.positions = positions;
+    }
+
+    /// lost-write, unseen, G1a, nonmonotonic-send.
+    fn check_sends(&mut self) {
+        let mut anomalies = Vec::new();
+        // (process, partition) -> last acknowledged (offset, value, op).
+        let mut last_ack: BTreeMap<(u64, u32), (u64, u64, usize)> = BTreeMap::new();
+        // Sends are in invocation order, which is each producer's send order.
+        for send in &self.sends {
+            let read = self.first_read.get(&send.value);
+            match (send.outcome, read) {
+                (Outcome::Ok, None) => anomalies.push(self.unread(send)),
+                (Outcome::Fail, Some(read)) => anomalies.push(Anomaly {
+                    kind: AnomalyKind::G1a,
+                    partitions: vec![read.partition],
+                    offsets: vec![read.offset],
+                    values: vec![send.value],
+                    ops: vec![send.op, read.op],
+                    process: Some(send.process),
+                    message: format!(
+                        "value {} failed to send (op {}) but was read at partition {} offset {} \
+                         (op {})",
+                        send.value, send.op, read.partition, read.offset, read.op
+                    ),
+                }),
+                _ => {}
+            }
+            if !self.options.producer_ordering || send.outcome != Outcome::Ok {
+                continue;
+            }
+            let (Some(partition), Some(offset)) = (send.partition, send.offset) else {
+                continue;
+            };
+            let key = (send.process, partition);
+            if let Some(&(last_offset, last_value, last_op)) = last_ack.get(&key) {
+                if offset <= last_offset {
+                    anomalies.push(Anomaly {
+                        kind: AnomalyKind::NonmonotonicSend,
+                        partitions: vec![partition],
+                        offsets: vec![last_offset, offset],
+                        values: vec![last_value, send.value],
+                        ops: vec![last_op, send.op],
+                        process: Some(send.process),
+                        message: format!(
+                            "producer {} sent {} then {} to partition {partition}, acknowledged \
+                             at offsets {last_offset} (op {last_op}) then {offset} (op {})",
+                            send.process, last_value, send.value, send.op
+                        ),
+                    });
+                }
+            }
+            last_ack.insert(key, (offset, send.value, send.op));
+        }
+        for anomaly in anomalies {
+            self.report(anomaly);
+        }
+    }
+
+    /// An acknowledged send never read: lost-write if a higher index was read, else unseen.
+    fn unread(&self, send: &Send) -> Anomaly {
+        if let (Some(partition), Some(offset)) = (send.partition, send.offset) {
+            let index = self.orders[&partition].index(offset);
+            if let Some(&(highest, read)) = self.highest_read.get(&partition) {
+                if highest > index {
+                    return Anomaly {
+                        kind: AnomalyKind::LostWrite,
+                        partitions: vec![partition],
+                        offsets: vec![offset, read.offset],
+                        values: vec![send.value, read.value],
+                        ops: vec![send.op, read.op],
+                        process: Some(send.process),
+                        message: format!(
+                            "value {} acknowledged at partition {partition} offset {offset} \
+                             (op {}) was never read, but value {} at offset {} was (op {})",
+                            send.value, send.op, read.value, read.offset, read.op
+                        ),
+                    };
+                }
+            }
+        }
+        let place = match (send.partition, send.offset) {
+            (Some(partition), Some(offset)) => format!("partition {partition} offset {offset}"),
+            (Some(partition), None) => format!("partition {partition}"),
+            _ => "an unknown partition".to_owned(),
+        };
+        Anomaly {
+            kind: AnomalyKind::Unseen,
+            partitions: send.partition.into_iter().collect(),
+            offsets: send.offset.into_iter().collect(),
+            values: vec![send.value],
+            ops: vec![send.op],
+            process: Some(send.process),
+            message: format!(
+                "value {} acknowledged at {place} (op {}) was never read",
+                send.value, send.op
+            ),
+        }
+    }
+
+    /// `(offset, value)` of the order's indexes in `from..to`, capped.
+    fn slice(&self, partition: u32, from: usize, to: usize) -> Vec<(u64, u64)> {
+        let order = &self.orders[&partition];
+        let to = to
+            .min(order.offsets.len())
+            .min(from + self.options.values_per_anomaly_max);
+        (from..to)
+            .map(|index| (order.offsets[index], order.values[index]))
+            .collect()
+    }
+
+    /// Ownership in each (partition, generation): split-ownership, and the owners by
+    /// generation for resume checks.
+    fn owners(&mut self) -> BTreeMap<(u32, u64), (u64, usize)> {
+        let mut owners: BTreeMap<(u32, u64), (u64, usize)> = BTreeMap::new();
+        let mut anomalies = Vec::new();
+        let mut reported: BTreeSet<(u32, u64, u64)> = BTreeSet::new();
+        let mut rebalances: Vec<&Operation> = self
+            .operations
+            .iter()
+            .filter(|op| op.outcome == Outcome::Ok && matches!(op.kind, OpKind::Rebalance { .. }))
+            .collect();
+        rebalances.sort_by_key(|op| op.evidence());
+        for operation in rebalances {
+            let OpKind::Rebalance {
+                generation,
+                partitions,
+            } = &operation.kind
+            else {
+                continue;
+            };
+            for &partition in partitions {
+                let member = operation.process;
+                let op = operation.evidence();
+                let (owner, owner_op) = *owners
+                    .entry((partition, *generation))
+                    .or_insert((member, op));
+                if owner != member && reported.insert((partition, *generation, member)) {
+                    anomalies.push(Anomaly {
+                        kind: AnomalyKind::SplitOwnership,
+                        partitions: vec![partition],
+                        offsets: Vec::new(),
+                        values: Vec::new(),
+                        ops: vec![owner_op, op],
+                        process: Some(member),
+                        message: format!(
+                            "partition {partition} owned by members {owner} (op {owner_op}) and \
+                             {member} (op {op}) in generation {generation}"
+                        ),
+                    });
+                }
+            }
+        }
+        for anomaly in anomalies {
+            self.report(anomaly);
+        }
+        owners
+    }
+
+    /// Per partition, `(history index from which it counts, offset)` of every commit that may
+    /// have taken effect (invoked and not failed) and every committed offset read, sorted, with
+    /// the running maximum of the offset.
+    fn commit_bounds(&self) -> BTreeMap<u32, Vec<(usize, u64)>> {
+        let mut bounds: BTreeMap<u32, Vec<(usize, u64)>> = BTreeMap::new();
+        for operation in self.operations {
+            match operation.kind {
+                OpKind::Commit {
+                    partition, offset, ..
+                } if operation.outcome != Outcome::Fail => {
+                    bounds
+                        .entry(partition)
+                        .or_default()
+                        .push((operation.invoke, offset));
+                }
+                OpKind::FetchCommitted {
+                    partition,
+                    offset: Some(offset),
+                } if operation.outcome == Outcome::Ok => {
+                    bounds
+                        .entry(partition)
+                        .or_default()
+                        .push((operation.evidence(), offset));
+                }
+                _ => {}
+            }
+        }
+        for marks in bounds.values_mut() {
+            marks.sort_unstable();
+            let mut highest = 0;
+            for mark in marks.iter_mut() {
+                highest = highest.max(mark.1);
+                mark.1 = highest;
+            }
+        }
+        bounds
+    }
+
+    /// poll-skip, int-poll-skip, nonmonotonic-poll, int-nonmonotonic-poll, resume-above-commit.
+    fn check_consumers(&mut self) {
+        let owners = self.owners();
+        let bounds = self.commit_bounds();
+        let mut state: BTreeMap<(u64, u32), ConsumerPartition> = BTreeMap::new();
+        let mut anomalies = Vec::new();
+        for operation in self.operations {
+            let consumer = operation.process;
+            match &operation.kind {
+                OpKind::Assign { .. } | OpKind::Subscribe | OpKind::Rebalance { .. } => {
+                    let keys: Vec<(u64, u32)> = state
+                        .range((consumer, 0)..=(consumer, u32::MAX))
+                        .map(|(key, _)| *key)
+                        .collect();
+                    for key in keys {
+                        state.remove(&key);
+                    }
+                    if let (
+                        OpKind::Rebalance {
+                            generation,
+                            partitions,
+                        },
+                        Outcome::Ok,
+                    ) = (&operation.kind, operation.outcome)
+                    {
+                        for &partition in partitions {
+                            let resume = self.resume_bound(
+                                &owners,
+                                &bounds,
+                                consumer,
+                                partition,
+                                *generation,
+                                operation,
+                            );
+                            state.insert(
+                                (consumer, partition),
+                                ConsumerPartition {
+                                    cursor: None,
+                                    resume,
+                                },
+                            );
+                        }
+                    }
+                }
+                OpKind::Seek { partition, .. } => {
+                    state.remove(&(consumer, *partition));
+                }
+                OpKind::Poll { records } => {
+                    let op = operation.evidence();
+                    for record in records {
+                        let partition = record.partition;
+                        let index = self.orders[&partition].index(record.offset);
+                        let entry = state.entry((consumer, partition)).or_default();
+                        if let Some(resume) = entry.resume.take() {
+                            if index > resume.bound_index {
+                                let skipped = self.slice(partition, resume.bound_index, index);
+                                anomalies.push(Anomaly {
+                                    kind: AnomalyKind::ResumeAboveCommit,
+                                    partitions: vec![partition],
+                                    offsets: std::iter::once(resume.committed_offset)
+                                        .chain(std::iter::once(record.offset))
+                                        .collect(),
+                                    values: skipped.iter().map(|&(_, value)| value).collect(),
+                                    ops: vec![resume.rebalance_op, op],
+                                    process: Some(consumer),
+                                    message: format!(
+                                        "consumer {consumer} took partition {partition} in \
+                                         generation {} (op {}) with offset {} committed, but \
+                                         resumed at offset {} (op {op}), skipping {}",
+                                        resume.generation,
+                                        resume.rebalance_op,
+                                        resume.committed_offset,
+                                        record.offset,
+                                        describe(&skipped)
+                                    ),
+                                });
+                            }
+                        }
+                        if let Some(cursor) = entry.cursor {
+                            let inside = cursor.last_op == op;
+                            if index > cursor.last_index + 1 {
+                                let skipped = self.slice(partition, cursor.last_index + 1, index);
+                                anomalies.push(Anomaly {
+                                    kind: if inside {
+                                        AnomalyKind::IntPollSkip
+                                    } else {
+                                        AnomalyKind::PollSkip
+                                    },
+                                    partitions: vec![partition],
+                                    offsets: vec![cursor.last_offset, record.offset],
+                                    values: skipped.iter().map(|&(_, value)| value).collect(),
+                                    ops: if inside {
+                                        vec![op]
+                                    } else {
+                                        vec![cursor.last_op, op]
+                                    },
+                                    process: Some(consumer),
+                                    message: format!(
+                                        "consumer {consumer} read partition {partition} value \
+                                         {}@{} (op {}) then {}@{} (op {op}), skipping {}",
+                                        cursor.last_value,
+                                        cursor.last_offset,
+                                        cursor.last_op,
+                                        record.value,
+                                        record.offset,
+                                        describe(&skipped)
+                                    ),
+                                });
+                            }
+                            let backwards = if inside {
+                                index <= cursor.last_index
+                            } else {
+                                index <= cursor.max_index
+                            };
+                            if backwards {
+                                anomalies.push(Anomaly {
+                                    kind: if inside {
+                                        AnomalyKind::IntNonmonotonicPoll
+                                    } else {
+                                        AnomalyKind::NonmonotonicPoll
+                                    },
+                                    partitions: vec![partition],
+                                    offsets: vec![cursor.last_offset, record.offset],
+                                    values: vec![cursor.last_value, record.value],
+                                    ops: if inside {
+                                        vec![op]
+                                    } else {
+                                        vec![cursor.last_op, op]
+                                    },
+                                    process: Some(consumer),
+                                    message: format!(
+                                        "consumer {consumer} read partition {partition} value \
+                                         {}@{} (op {}) then {}@{} (op {op}), at or before an \
+                                         index already delivered",
+                                        cursor.last_value,
+                                        cursor.last_offset,
+                                        cursor.last_op,
+                                        record.value,
+                                        record.offset
+                                    ),
+                                });
+                            }
+                        }
+                        let max_index = entry.cursor.map_or(index, |c| c.max_index.max(index));
+                        entry.cursor = Some(Cursor {
+                            last_index: index,
+                            max_index,
+                            last_offset: record.offset,
+                            last_value: record.value,
+                            last_op: op,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        for anomaly in anomalies {
+            self.report(anomaly);
+        }
+    }
+
+    /// Where a member that took `partition` in `generation` must resume, if it is a new owner
+    /// and an offset may have been committed before.
+    fn resume_bound(
+        &self,
+        owners: &BTreeMap<(u32, u64), (u64, usize)>,
+        bounds: &BTreeMap<u32, Vec<(usize, u64)>>,
+        member: u64,
+        partition: u32,
+        generation: u64,
+        rebalance: &Operation,
+    ) -> Option<Resume> {
+        let previous = owners
+            .range((partition, 0)..(partition, generation))
+            .next_back();
+        if previous.is_some_and(|(_, &(owner, _))| owner == member) {
+            return None;
+        }
+        let at = rebalance.evidence();
+        let marks = bounds.get(&partition)?;
+        let before = marks.partition_point(|&(index, _)| index < at);
+        let committed_offset = marks.get(before.checked_sub(1)?)?.1;
+        let bound_index = self
+            .orders
+            .get(&partition)?
+            .index_at_or_above(committed_offset);
+        Some(Resume {
+            bound_index,
+            committed_offset,
+            rebalance_op: at,
+            generation,
+        })
+    }
+
+    /// nonmonotonic-commit: an observed committed offset (an acknowledged commit, or a read of
+    /// the committed offset) lower than one observed by an operation that completed before it
+    /// was invoked.
+    fn check_commits(&mut self) {
+        // (history index, is completion, operation)
+        let mut events: Vec<(usize, bool, &Operation)> = Vec::new();
+        for operation in self.operations {
+            let observed = match operation.kind {
+                OpKind::Commit { .. } => operation.outcome == Outcome::Ok,
+                OpKind::FetchCommitted { offset, .. } => {
+                    operation.outcome == Outcome::Ok && offset.is_some()
+                }
+                _ => false,
+            };
+            if observed {
+                events.push((operation.invoke, false, operation));
+                events.push((operation.evidence(), true, operation));
+            }
+        }
+        events.sort_by_key(|&(index, is_completion, _)| (index, is_completion));
+        // Partition -> highest (offset, op) among completed observations.
+        let mut highest: BTreeMap<u32, (u64, usize)> = BTreeMap::new();
+        // Invocation index -> the floor seen at invocation.
+        let mut floors: BTreeMap<usize, (u64, usize)> = BTreeMap::new();
+        let mut anomalies = Vec::new();
+        for (index, is_completion, operation) in events {
+            let (partition, offset, verb) = match operation.kind {
+                OpKind::Commit {
+                    partition, offset, ..
+                } => (partition, offset, "committed"),
+                OpKind::FetchCommitted {
+                    partition,
+                    offset: Some(offset),
+                } => (partition, offset, "read committed offset"),
+                _ => continue,
+            };
+            if !is_completion {
+                if let Some(&floor) = highest.get(&partition) {
+                    floors.insert(index, floor);
+                }
+                continue;
+            }
+            if let Some(&(floor, floor_op)) = floors.get(&operation.invoke) {
+                if offset < floor {
+                    anomalies.push(Anomaly {
+                        kind: AnomalyKind::NonmonotonicCommit,
+                        partitions: vec![partition],
+                        offsets: vec![floor, offset],
+                        values: Vec::new(),
+                        ops: vec![floor_op, index],
+                        process: Some(operation.process),
+                        message: format!(
+                            "partition {partition}: offset {floor} was committed (op {floor_op}), \
+                             then member {} {verb} {offset} (op {index})",
+                            operation.process
+                        ),
+                    });
+                }
+            }
+            let entry = highest.entry(partition).or_insert((offset, index));
+            if offset > entry.0 {
+                *entry = (offset, index);
+            }
+        }
+        for anomaly in anomalies {
+            self.report(anomaly);
+        }
+    }
+
+    fn finish(self) -> QueueReport {
+        QueueReport {
+            valid: self.anomaly_counts.is_empty(),
+            anomalies: self.anomalies,
+            anomaly_counts: self.anomaly_counts,
+            counts: self.counts,
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! The queue checker: for every anomaly, a history that contains it and a clean one close to it
+//! (CHECKERS.md, "Tests of the checkers").
+
+use brook_jepsen::queue::{self, AnomalyKind, QueueOptions, QueueReport};
+use brook_jepsen::{History, HistoryBuilder, HistoryError, Outcome};
+
+fn check(history: &History) -> QueueReport {
+    queue::check(history, &QueueOptions::default()).expect("history pairs")
+}
+
+/// The report names exactly these kinds.
+fn assert_kinds(report: &QueueReport, kinds: &[AnomalyKind]) {
+    let found: Vec<AnomalyKind> = report.anomaly_counts.keys().copied().collect();
+    assert_eq!(found, kinds, "{report}");
+    assert_eq!(report.valid, kinds.is_empty());
+}
+
+fn assert_clean(report: &QueueReport) {
+    assert_kinds(report, &[]);
+}
+
+/// Three values acknowledged at offsets 0, 1, 2 of partition 0 by producer 1.
+fn three_sends() -> HistoryBuilder {
+    HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .send_ok(1, 0, 1, 2)
+        .send_ok(1, 0, 2, 3)
+}
+
+/// Consumer 90 reads all of three_sends (so nothing is lost or unseen).
+fn drain(builder: HistoryBuilder) -> HistoryBuilder {
+    builder
+        .assign(90, &[0])
+        .poll(90, &[(0, 0, 1), (0, 1, 2), (0, 2, 3)])
+}
+
+#[test]
+fn inconsistent_offsets() {
+    let bad = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .send_ok(2, 0, 0, 2)
+        .poll(10, &[(0, 0, 1)])
+        .poll(11, &[(0, 0, 2)])
+        .build();
+    let report = check(&bad);
+    assert_kinds(&report, &[AnomalyKind::InconsistentOffsets]);
+    let anomaly = &report.of(AnomalyKind::InconsistentOffsets)[0];
+    assert_eq!(anomaly.partitions, vec![0]);
+    assert_eq!(anomaly.offsets, vec![0]);
+    assert_eq!(anomaly.values, vec![1, 2]);
+    assert_eq!(anomaly.ops, vec![1, 3]);
+
+    let clean = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .send_ok(2, 0, 1, 2)
+        .poll(10, &[(0, 0, 1), (0, 1, 2)])
+        .poll(11, &[(0, 0, 1), (0, 1, 2)])
+        .build();
+    assert_clean(&check(&clean));
+}
+
+#[test]
+fn duplicate() {
+    let bad = drain(three_sends())
+        .poll(10, &[(0, 0, 1), (0, 1, 2), (0, 2, 3), (0, 3, 1)])
+        .build();
+    let report = check(&bad);
+    assert_kinds(&report, &[AnomalyKind::Duplicate]);
+    let anomaly = &report.of(AnomalyKind::Duplicate)[0];
+    assert_eq!(anomaly.values, vec![1]);
+    assert_eq!(anomaly.offsets, vec![0, 3]);
+
+    let clean = drain(three_sends())
+        .poll(10, &[(0, 0, 1), (0, 1, 2), (0, 2, 3)])
+        .build();
+    assert_clean(&check(&clean));
+}
+
+#[test]
+fn duplicate_across_partitions() {
+    let bad = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .poll(10, &[(0, 0, 1), (1, 0, 1)])
+        .build();
+    let report = check(&bad);
+    assert_kinds(&report, &[AnomalyKind::Duplicate]);
+    assert_eq!(report.of(AnomalyKind::Duplicate)[0].partitions, vec![0, 1]);
+
+    let clean = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .send_ok(1, 1, 0, 2)
+        .poll(10, &[(0, 0, 1), (1, 0, 2)])
+        .build();
+    assert_clean(&check(&clean));
+}
+
+#[test]
+fn duplicate_when_the_acknowledged_offset_differs_from_the_read_one() {
+    let bad = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .poll(10, &[(0, 1, 1)])
+        .build();
+    assert_kinds(&check(&bad), &[AnomalyKind::Duplicate]);
+}
+
+#[test]
+fn lost_write() {
+    let bad = three_sends().poll(10, &[(0, 1, 2), (0, 2, 3)]).build();
+    let report = check(&bad);
+    assert_kinds(&report, &[AnomalyKind::LostWrite]);
+    let anomaly = &report.of(AnomalyKind::LostWrite)[0];
+    assert_eq!(anomaly.values, vec![1, 3]);
+    assert_eq!(anomaly.offsets, vec![0, 2]);
+    assert_eq!(anomaly.partitions, vec![0]);
+    assert_eq!(anomaly.ops, vec![1, 7]);
+    assert_eq!(anomaly.process, Some(1));
+
+    let clean = three_sends()
+        .poll(10, &[(0, 0, 1), (0, 1, 2), (0, 2, 3)])
+        .build();
+    assert_clean(&check(&clean));
+}
+
+#[test]
+fn lost_write_is_judged_by_index_not_offset() {
+    // Offset 1 is a control record: the order is 1@0, 2@2, 3@3. Reading 3 loses 2.
+    let bad = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .send_ok(1, 0, 2, 2)
+        .send_ok(1, 0, 3, 3)
+        .poll(10, &[(0, 0, 1)])
+        .poll(11, &[(0, 3, 3)])
+        .build();
+    assert_kinds(&check(&bad), &[AnomalyKind::LostWrite]);
+}
+
+#[test]
+fn unseen() {
+    let bad = three_sends().poll(10, &[(0, 0, 1), (0, 1, 2)]).build();
+    let report = check(&bad);
+    assert_kinds(&report, &[AnomalyKind::Unseen]);
+    let anomaly = &report.of(AnomalyKind::Unseen)[0];
+    assert_eq!(anomaly.values, vec![3]);
+    assert_eq!(anomaly.offsets, vec![2]);
+    assert_eq!(anomaly.ops, vec![5]);
+
+    // An indeterminate send never read is neither lost nor unseen.
+    let clean = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .send_ok(1, 0, 1, 2)
+        .send_info(1, 0, 3)
+        .poll(10, &[(0, 0, 1), (0, 1, 2)])
+        .build();
+    assert_clean(&check(&clean));
+}
+
+#[test]
+fn g1a() {
+    let bad = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .send_fail(1, 0, 2)
+        .poll(10, &[(0, 0, 1), (0, 1, 2)])
+        .build();
+    let report = check(&bad);
+    assert_kinds(&report, &[AnomalyKind::G1a]);
+    let anomaly = &report.of(AnomalyKind::G1a)[0];
+    assert_eq!(anomaly.values, vec![2]);
+    assert_eq!(anomaly.offsets, vec![1]);
+    assert_eq!(anomaly.ops, vec![3, 5]);
+
+    // The same with an indeterminate send: it may have happened.
+    let clean = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .send_info(1, 0, 2)
+        .poll(10, &[(0, 0, 1), (0, 1, 2)])
+        .build();
+    let report = check(&clean);
+    assert_clean(&report);
+    assert_eq!(report.counts.sends_indeterminate_read, 1);
+}
+
+#[test]
+fn poll_skip() {
+    let bad = drain(three_sends())
+        .poll(10, &[(0, 0, 1)])
+        .poll(10, &[(0, 2, 3)])
+        .build();
+    let report = check(&bad);
+    assert_kinds(&report, &[AnomalyKind::PollSkip]);
+    let anomaly = &report.of(AnomalyKind::PollSkip)[0];
+    assert_eq!(anomaly.values, vec![2], "the skipped value");
+    assert_eq!(anomaly.offsets, vec![0, 2]);
+    assert_eq!(anomaly.ops, vec![11, 13]);
+    assert_eq!(anomaly.process, Some(10));
+
+    let clean = drain(three_sends())
+        .poll(10, &[(0, 0, 1)])
+        .poll(10, &[(0, 1, 2), (0, 2, 3)]);
+    assert_clean(&check(&clean.build()));
+}
+
+#[test]
+fn poll_skip_is_reset_by_assign_seek_and_rebalance() {
+    for reset in 0..4 {
+        let builder = drain(three_sends()).poll(10, &[(0, 0, 1)]);
+        let builder = match reset {
+            0 => builder.assign(10, &[0]),
+            1 => builder.seek(10, 0, 2),
+            2 => builder.subscribe(10),
+            _ => builder.rebalance(10, 1, &[0]),
+        };
+        let history = builder.poll(10, &[(0, 2, 3)]).build();
+        assert_clean(&check(&history));
+    }
+    // A seek of another partition does not reset this one.
+    let bad = drain(three_sends())
+        .poll(10, &[(0, 0, 1)])
+        .seek(10, 1, 0)
+        .poll(10, &[(0, 2, 3)]);
+    assert_kinds(&check(&bad.build()), &[AnomalyKind::PollSkip]);
+}
+
+#[test]
+fn poll_skip_ignores_offset_gaps() {
+    // Offset 1 is a control record: reading 0 then 2 skips nothing.
+    let clean = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .send_ok(1, 0, 2, 2)
+        .poll(10, &[(0, 0, 1)])
+        .poll(10, &[(0, 2, 2)])
+        .build();
+    assert_clean(&check(&clean));
+}
+
+#[test]
+fn int_poll_skip() {
+    let bad = drain(three_sends())
+        .poll(10, &[(0, 0, 1), (0, 2, 3)])
+        .build();
+    let report = check(&bad);
+    assert_kinds(&report, &[AnomalyKind::IntPollSkip]);
+    let anomaly = &report.of(AnomalyKind::IntPollSkip)[0];
+    assert_eq!(anomaly.values, vec![2]);
+    assert_eq!(anomaly.ops, vec![11]);
+
+    // Records of other partitions in between do not matter.
+    let clean = drain(three_sends())
+        .send_ok(1, 1, 0, 4)
+        .poll(10, &[(0, 0, 1), (1, 0, 4), (0, 1, 2), (0, 2, 3)])
+        .build();
+    assert_clean(&check(&clean));
+}
+
+#[test]
+fn nonmonotonic_poll() {
+    let bad = drain(three_sends())
+        .poll(10, &[(0, 0, 1), (0, 1, 2)])
+        .poll(10, &[(0, 1, 2), (0, 2, 3)]);
+    let report = check(&bad.build());
+    assert_kinds(&report, &[AnomalyKind::NonmonotonicPoll]);
+    let anomaly = &report.of(AnomalyKind::NonmonotonicPoll)[0];
+    assert_eq!(anomaly.offsets, vec![1, 1]);
+    assert_eq!(anomaly.values, vec![2, 2]);
+    assert_eq!(anomaly.ops, vec![11, 13]);
+
+    let clean = drain(three_sends())
+        .poll(10, &[(0, 0, 1), (0, 1, 2)])
+        .seek(10, 0, 1)
+        .poll(10, &[(0, 1, 2), (0, 2, 3)]);
+    assert_clean(&check(&clean.build()));
+}
+
+#[test]
+fn int_nonmonotonic_poll() {
+    let bad = drain(three_sends())
+        .poll(10, &[(0, 1, 2), (0, 0, 1)])
+        .build();
+    let report = check(&bad);
+    assert_kinds(&report, &[AnomalyKind::IntNonmonotonicPoll]);
+    assert_eq!(
+        report.of(AnomalyKind::IntNonmonotonicPoll)[0].offsets,
+        vec![1, 0]
+    );
+
+    let clean = drain(three_sends())
+        .poll(10, &[(0, 0, 1), (0, 1, 2)])
+        .build();
+    assert_clean(&check(&clean));
+}
+
+#[test]
+fn nonmonotonic_send() {
+    let bad = HistoryBuilder::new()
+        .send_ok(1, 0, 1, 1)
+        .send_ok(1, 0, 0, 2)
+        .poll(10, &[(0, 0, 2), (0, 1, 1)])
+        .build();
+    let report = check(&bad);
+    assert_kinds(&report, &[AnomalyKind::NonmonotonicSend]);
+    let anomaly = &report.of(AnomalyKind::NonmonotonicSend)[0];
+    assert_eq!(anomaly.offsets, vec![1, 0]);
+    assert_eq!(anomaly.values, vec![1, 2]);
+    assert_eq!(anomaly.process, Some(1));
+
+    // Without the ordering promise it is not checked.
+    let unordered = QueueOptions {
+        producer_ordering: false,
+        ..QueueOptions::default()
+    };
+    assert!(queue::check(&bad, &unordered).unwrap().valid);
+
+    // Two producers, or two partitions, are not ordered against each other.
+    let clean = HistoryBuilder::new()
+        .send_ok(1, 0, 1, 1)
+        .send_ok(2, 0, 0, 2)
+        .send_ok(1, 1, 0, 3)
+        .poll(10, &[(0, 0, 2), (0, 1, 1), (1, 0, 3)])
+        .build();
+    assert_clean(&check(&clean));
+}
+
+#[test]
+fn nonmonotonic_commit() {
+    let bad = HistoryBuilder::new()
+        .commit_ok(10, 0, 5, 1)
+        .commit_ok(11, 0, 3, 2)
+        .build();
+    let report = check(&bad);
+    assert_kinds(&report, &[AnomalyKind::NonmonotonicCommit]);
+    let anomaly = &report.of(AnomalyKind::NonmonotonicCommit)[0];
+    assert_eq!(anomaly.offsets, vec![5, 3]);
+    assert_eq!(anomaly.ops, vec![1, 3]);
+
+    // Read back lower than an acknowledged commit.
+    let bad = HistoryBuilder::new()
+        .commit_ok(10, 0, 5, 1)
+        .fetch_committed(11, 0, Some(3))
+        .build();
+    assert_kinds(&check(&bad), &[AnomalyKind::NonmonotonicCommit]);
+
+    // Increasing; concurrent commits in either order; a failed commit; another partition.
+    let clean = HistoryBuilder::new()
+        .commit_ok(10, 0, 3, 1)
+        .commit_ok(10, 0, 5, 1)
+        .commit_invoke(10, 0, 7, 1)
+        .commit_invoke(11, 0, 6, 1)
+        .complete(10, Outcome::Ok)
+        .complete(11, Outcome::Ok)
+        .commit_fail(11, 0, 1, 1)
+        .commit_ok(11, 1, 0, 1)
+        .fetch_committed(12, 0, Some(7))
+        .build();
+    assert_clean(&check(&clean));
+}
+
+#[test]
+fn split_ownership() {
+    let bad = HistoryBuilder::new()
+        .rebalance(10, 1, &[0, 1])
+        .rebalance(11, 1, &[1])
+        .build();
+    let report = check(&bad);
+    assert_kinds(&report, &[AnomalyKind::SplitOwnership]);
+    let anomaly = &report.of(AnomalyKind::SplitOwnership)[0];
+    assert_eq!(anomaly.partitions, vec![1]);
+    assert_eq!(anomaly.ops, vec![0, 1]);
+    assert_eq!(anomaly.process, Some(11));
+
+    let clean = HistoryBuilder::new()
+        .rebalance(10, 1, &[0, 1])
+        .rebalance(10, 2, &[0])
+        .rebalance(11, 2, &[1])
+        .build();
+    assert_clean(&check(&clean));
+}
+
+/// Four values at offsets 0..4; consumer 10 owns partition 0 in generation 1, reads two and
+/// commits offset 2; consumer 90 (no group) reads everything.
+fn handover() -> HistoryBuilder {
+    HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .send_ok(1, 0, 1, 2)
+        .send_ok(1, 0, 2, 3)
+        .send_ok(1, 0, 3, 4)
+        .assign(90, &[0])
+        .poll(90, &[(0, 0, 1), (0, 1, 2), (0, 2, 3), (0, 3, 4)])
+        .rebalance(10, 1, &[0])
+        .poll(10, &[(0, 0, 1), (0, 1, 2)])
+        .commit_ok(10, 0, 2, 1)
+}
+
+#[test]
+fn resume_above_commit() {
+    let bad = handover()
+        .rebalance(11, 2, &[0])
+        .poll(11, &[(0, 3, 4)])
+        .build();
+    let report = check(&bad);
+    assert_kinds(&report, &[AnomalyKind::ResumeAboveCommit]);
+    let anomaly = &report.of(AnomalyKind::ResumeAboveCommit)[0];
+    assert_eq!(anomaly.values, vec![3], "the skipped value");
+    assert_eq!(anomaly.offsets, vec![2, 3]);
+    assert_eq!(anomaly.process, Some(11));
+
+    // Resuming at the committed offset, or below it (re-delivery), is fine.
+    let clean = handover()
+        .rebalance(11, 2, &[0])
+        .poll(11, &[(0, 2, 3), (0, 3, 4)])
+        .build();
+    assert_clean(&check(&clean));
+    let clean = handover()
+        .rebalance(11, 2, &[0])
+        .poll(11, &[(0, 1, 2), (0, 2, 3)])
+        .build();
+    assert_clean(&check(&clean));
+    // The same owner keeping the partition continues from its own position.
+    let clean = handover()
+        .poll(10, &[(0, 2, 3)])
+        .rebalance(10, 2, &[0])
+        .poll(10, &[(0, 3, 4)]);
+    assert_clean(&check(&clean.build()));
+    // A seek after taking ownership is deliberate.
+    let clean = handover()
+        .rebalance(11, 2, &[0])
+        .seek(11, 0, 3)
+        .poll(11, &[(0, 3, 4)]);
+    assert_clean(&check(&clean.build()));
+}
+
+#[test]
+fn anomalies_serialise_with_their_checkers_md_names() {
+    let bad = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .send_ok(1, 0, 1, 2)
+        .send_fail(1, 0, 3)
+        .poll(10, &[(0, 1, 2), (0, 2, 3)])
+        .build();
+    let report = check(&bad);
+    assert_kinds(&report, &[AnomalyKind::LostWrite, AnomalyKind::G1a]);
+    let json = serde_json::to_string(&report).unwrap();
+    assert!(json.contains("\"lost-write\":["), "{json}");
+    assert!(json.contains("\"G1a\":["), "{json}");
+    let back: QueueReport = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, report);
+    for kind in AnomalyKind::ALL {
+        assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{kind}\""));
+        assert_eq!(AnomalyKind::from_name(kind.name()), Some(kind));
+    }
+    let summary = report.to_string();
+    assert!(summary.starts_with("queue: INVALID"), "{summary}");
+    assert!(summary.contains("lost-write: 1"), "{summary}");
+    assert!(summary.contains("G1a: 1"), "{summary}");
+}
+
+#[test]
+fn anomalies_kept_are_bounded_but_all_are_counted() {
+    let mut builder = HistoryBuilder::new();
+    for value in 0..10 {
+        builder = builder.send_ok(1, 0, value, value);
+    }
+    let history = builder.build();
+    let options = QueueOptions {
+        anomalies_per_kind_max: 3,
+        ..QueueOptions::default()
+    };
+    let report = queue::check(&history, &options).unwrap();
+    assert_eq!(report.anomaly_counts[&AnomalyKind::Unseen], 10);
+    assert_eq!(report.of(AnomalyKind::Unseen).len(), 3);
+}
+
+#[test]
+fn two_sends_of_one_value_are_an_error() {
+    let history = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 7)
+        .send_ok(2, 0, 1, 7)
+        .build();
+    let error = queue::check(&history, &QueueOptions::default()).unwrap_err();
+    assert!(matches!(
+        error,
+        HistoryError::DuplicateValue {
+            value: 7,
+            first: 1,
+            second: 3
+        }
+    ));
+}
+
+#[test]
+fn keyed_sends_and_multi_partition_polls() {
+    let clean = HistoryBuilder::new()
+        .send_invoke_keyed(1, "a", 1)
+        .send_complete_ok(1, 2, 0)
+        .send_invoke_keyed(1, "b", 2)
+        .send_complete_ok(1, 0, 0)
+        .send_invoke_keyed(1, "a", 3)
+        .send_complete_ok(1, 2, 1)
+        .poll(10, &[(2, 0, 1), (0, 0, 2)])
+        .poll(10, &[(2, 1, 3)])
+        .build();
+    let report = check(&clean);
+    assert_clean(&report);
+    assert_eq!(report.counts.partitions, 2);
+    assert_eq!(report.counts.sends_ok, 3);
+    assert_eq!(report.counts.values_read, 3);
+}

@@ -1,0 +1,217 @@
+//! The replica checker: each anomaly, and a clean input close to it.
+
+use brook_jepsen::replica::{self, ReplicaAnomalyKind, ReplicaReport};
+use brook_jepsen::{
+    ReplicaEntry, ReplicaInput, ReplicaLog, Role, RoleObservation, ServeObservation,
+};
+
+fn log(node: &str, high_watermark: u64, entries: &[(u64, &[u8])]) -> ReplicaLog {
+    ReplicaLog {
+        node: node.to_owned(),
+        partition: 0,
+        high_watermark,
+        entries: entries
+            .iter()
+            .map(|&(offset, bytes)| ReplicaEntry {
+                offset,
+                bytes: bytes.to_vec(),
+            })
+            .collect(),
+    }
+}
+
+fn role(node: &str, group: &str, term: u64, role: Role) -> RoleObservation {
+    RoleObservation {
+        node: node.to_owned(),
+        group: group.to_owned(),
+        term,
+        role,
+    }
+}
+
+fn serve(node: &str, served_offset: u64, high_watermark: u64) -> ServeObservation {
+    ServeObservation {
+        node: node.to_owned(),
+        partition: 0,
+        served_offset,
+        high_watermark,
+    }
+}
+
+fn kinds(report: &ReplicaReport) -> Vec<ReplicaAnomalyKind> {
+    report.anomalies.keys().copied().collect()
+}
+
+fn logs(logs: Vec<ReplicaLog>) -> ReplicaInput {
+    ReplicaInput {
+        logs,
+        ..ReplicaInput::default()
+    }
+}
+
+#[test]
+fn divergent_prefix() {
+    let bad = logs(vec![
+        log("n1", 3, &[(0, b"a"), (1, b"b"), (2, b"c")]),
+        log("n2", 3, &[(0, b"a"), (1, b"X"), (2, b"c")]),
+        log("n3", 2, &[(0, b"a"), (1, b"b")]),
+    ]);
+    let report = replica::check(&bad);
+    assert!(!report.valid);
+    assert_eq!(kinds(&report), vec![ReplicaAnomalyKind::DivergentPrefix]);
+    let anomalies = report.of(ReplicaAnomalyKind::DivergentPrefix);
+    assert_eq!(anomalies.len(), 2, "n2 differs from n1 and from n3");
+    assert_eq!(anomalies[0].nodes, vec!["n1".to_owned(), "n2".to_owned()]);
+    assert_eq!(anomalies[0].offsets, vec![1]);
+    assert_eq!(anomalies[0].partition, Some(0));
+
+    // Uncommitted tails may differ, and a replica may lag behind.
+    let clean = logs(vec![
+        log("n1", 3, &[(0, b"a"), (1, b"b"), (2, b"c"), (3, b"d")]),
+        log("n2", 3, &[(0, b"a"), (1, b"b"), (2, b"c"), (3, b"Y")]),
+        log("n3", 2, &[(0, b"a"), (1, b"b"), (2, b"Z")]),
+    ]);
+    let report = replica::check(&clean);
+    assert!(report.valid, "{report}");
+    assert_eq!(report.counts.entries_compared, 3 + 2 + 2);
+}
+
+#[test]
+fn a_committed_entry_missing_from_one_replica_diverges() {
+    let bad = logs(vec![
+        log("n1", 3, &[(0, b"a"), (1, b"b"), (2, b"c")]),
+        log("n2", 3, &[(0, b"a"), (2, b"c")]),
+    ]);
+    let report = replica::check(&bad);
+    assert_eq!(kinds(&report), vec![ReplicaAnomalyKind::DivergentPrefix]);
+    assert_eq!(
+        report.of(ReplicaAnomalyKind::DivergentPrefix)[0].offsets,
+        vec![1]
+    );
+
+    let bad = logs(vec![
+        log("n1", 2, &[(0, b"a"), (1, b"b")]),
+        log("n2", 2, &[(0, b"a")]),
+    ]);
+    assert_eq!(
+        kinds(&replica::check(&bad)),
+        vec![ReplicaAnomalyKind::DivergentPrefix]
+    );
+
+    // Other partitions are not compared with this one.
+    let mut other = log("n2", 2, &[(0, b"q")]);
+    other.partition = 1;
+    let clean = logs(vec![log("n1", 2, &[(0, b"a"), (1, b"b")]), other]);
+    assert!(replica::check(&clean).valid);
+}
+
+#[test]
+fn nonmonotonic_log() {
+    let bad = logs(vec![log("n1", 3, &[(0, b"a"), (2, b"c"), (1, b"b")])]);
+    let report = replica::check(&bad);
+    assert_eq!(kinds(&report), vec![ReplicaAnomalyKind::NonmonotonicLog]);
+    assert_eq!(
+        report.of(ReplicaAnomalyKind::NonmonotonicLog)[0].offsets,
+        vec![2, 1]
+    );
+
+    let clean = logs(vec![log("n1", 3, &[(0, b"a"), (1, b"b"), (2, b"c")])]);
+    assert!(replica::check(&clean).valid);
+}
+
+#[test]
+fn two_leaders_in_one_term() {
+    let bad = ReplicaInput {
+        roles: vec![
+            role("n1", "p0", 1, Role::Leader),
+            role("n2", "p0", 1, Role::Follower),
+            role("n2", "p0", 1, Role::Leader),
+            role("n1", "p0", 1, Role::Leader),
+        ],
+        ..ReplicaInput::default()
+    };
+    let report = replica::check(&bad);
+    assert_eq!(kinds(&report), vec![ReplicaAnomalyKind::TwoLeaders]);
+    let anomaly = &report.of(ReplicaAnomalyKind::TwoLeaders)[0];
+    assert_eq!(anomaly.nodes, vec!["n1".to_owned(), "n2".to_owned()]);
+    assert_eq!(anomaly.terms, vec![1]);
+    assert_eq!(anomaly.observations, vec![0, 2]);
+    assert_eq!(anomaly.group.as_deref(), Some("p0"));
+
+    // Different terms, or different groups, may have different leaders.
+    let clean = ReplicaInput {
+        roles: vec![
+            role("n1", "p0", 1, Role::Leader),
+            role("n2", "p0", 2, Role::Leader),
+            role("n1", "p1", 2, Role::Leader),
+            role("n1", "p0", 2, Role::Follower),
+        ],
+        ..ReplicaInput::default()
+    };
+    assert!(replica::check(&clean).valid);
+}
+
+#[test]
+fn term_regression() {
+    let bad = ReplicaInput {
+        roles: vec![
+            role("n1", "p0", 3, Role::Follower),
+            role("n1", "p1", 1, Role::Follower),
+            role("n1", "p0", 2, Role::Candidate),
+        ],
+        ..ReplicaInput::default()
+    };
+    let report = replica::check(&bad);
+    assert_eq!(kinds(&report), vec![ReplicaAnomalyKind::TermRegression]);
+    let anomaly = &report.of(ReplicaAnomalyKind::TermRegression)[0];
+    assert_eq!(anomaly.terms, vec![3, 2]);
+    assert_eq!(anomaly.observations, vec![0, 2]);
+
+    let clean = ReplicaInput {
+        roles: vec![
+            role("n1", "p0", 3, Role::Follower),
+            role("n1", "p1", 1, Role::Follower),
+            role("n1", "p0", 3, Role::Candidate),
+            role("n2", "p0", 1, Role::Follower),
+        ],
+        ..ReplicaInput::default()
+    };
+    assert!(replica::check(&clean).valid);
+}
+
+#[test]
+fn served_above_high_watermark() {
+    let bad = ReplicaInput {
+        serves: vec![serve("n1", 4, 5), serve("n2", 5, 5)],
+        ..ReplicaInput::default()
+    };
+    let report = replica::check(&bad);
+    assert_eq!(
+        kinds(&report),
+        vec![ReplicaAnomalyKind::ServedAboveHighWatermark]
+    );
+    let anomaly = &report.of(ReplicaAnomalyKind::ServedAboveHighWatermark)[0];
+    assert_eq!(anomaly.nodes, vec!["n2".to_owned()]);
+    assert_eq!(anomaly.observations, vec![1]);
+    assert_eq!(anomaly.offsets, vec![5, 5]);
+
+    let clean = ReplicaInput {
+        serves: vec![serve("n1", 4, 5), serve("n2", 0, 1)],
+        ..ReplicaInput::default()
+    };
+    assert!(replica::check(&clean).valid);
+}
+
+#[test]
+fn report_names_and_summary() {
+    let bad = ReplicaInput {
+        serves: vec![serve("n1", 9, 5)],
+        ..ReplicaInput::default()
+    };
+    let report = replica::check(&bad);
+    let json = serde_json::to_string(&report).unwrap();
+    assert!(json.contains("\"served-above-hw\""), "{json}");
+    assert!(report
+        .to_string()
+        .contains("served partition 0 offset 9 with high watermark 5"));
+}

@@ -1,0 +1,264 @@
+//! `cargo sim`: run brook's deterministic simulation for one seed or many.
+//!
+//! ```text
+//! cargo sim --seed 1234                 # one seed, with its trace summary
+//! cargo sim --seeds 200 [--from 0]      # many seeds; a one-line repro per failure
+//! cargo sim --seeds 20 --plant skip-on-fetch
+//! cargo sim --seed 7 --trace trace.txt --history history.jsonl
+//! cargo sim --seeds 100000 --time-budget-secs 600   # a deeper search
+//! cargo sim --seeds 10 --check-determinism          # run each seed twice, compare traces
+//! ```
+//! `cargo sim` is a cargo alias (see .cargo/config.toml) that builds this binary with
+//! `--cfg madsim` in `target/sim`.
+
+#[cfg(not(madsim))]
+fn main() {
+    eprintln!("brook-sim only runs in a simulation build: use `cargo sim ...` (see README)");
+    std::process::exit(2);
+}
+
+#[cfg(madsim)]
+fn main() {
+    std::process::exit(runner::main());
+}
+
+#[cfg(madsim)]
+mod runner {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use brook_sim::harness::{self, Options, RunReport};
+    use brook_sim::Plant;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    #[command(
+        name = "cargo sim",
+        about = "brook's deterministic simulation: seeds, faults, checkers"
+    )]
+    struct Args {
+        /// Run this one seed and print its trace summary.
+        #[arg(long, conflicts_with = "seeds")]
+        seed: Option<u64>,
+        /// Run this many seeds.
+        #[arg(long)]
+        seeds: Option<u64>,
+        /// First seed of --seeds.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Plant a known bug: ack-before-fsync, skip-on-fetch, serve-above-hw.
+        #[arg(long)]
+        plant: Option<String>,
+        /// Simulated seconds of faults per seed.
+        #[arg(long, default_value_t = 30)]
+        fault_secs: u64,
+        /// Stop starting new seeds after this many wall-clock seconds.
+        #[arg(long)]
+        time_budget_secs: Option<u64>,
+        /// Run every seed twice and fail if the two traces differ.
+        #[arg(long)]
+        check_determinism: bool,
+        /// Write the trace of the (last) run to this file.
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        /// Write the history of the (last) run to this file, as JSON lines.
+        #[arg(long)]
+        history: Option<PathBuf>,
+        /// Print every seed's line, not only failures.
+        #[arg(long)]
+        verbose: bool,
+    }
+
+    /// Runs one simulation on a fresh thread, as madsim's own test macro does: a fresh
+    /// thread keeps std's per-thread hash seeds (used inside dependencies) fresh too.
+    fn run_on_fresh_thread(options: Options) -> Result<RunReport, String> {
+        #[allow(clippy::disallowed_methods)] // outside any simulation: the runner itself
+        let worker = std::thread::Builder::new()
+            .name(format!("seed-{}", options.seed))
+            .spawn(move || harness::run(&options))
+            .map_err(|error| format!("cannot start a thread: {error}"))?;
+        worker.join().map_err(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "the simulation panicked".into())
+        })
+    }
+
+    #[allow(clippy::disallowed_methods)] // wall-clock timing of the runner, outside simulations
+    fn wall_now() -> std::time::Instant {
+        std::time::Instant::now()
+    }
+
+    pub fn main() -> i32 {
+        let args = Args::parse();
+        let plant = match args
+            .plant
+            .as_deref()
+            .map(|name| (name, Plant::from_name(name)))
+        {
+            None => None,
+            Some((_, Some(plant))) => Some(plant),
+            Some((name, None)) => {
+                let known: Vec<_> = Plant::ALL.iter().map(|p| p.name()).collect();
+                eprintln!("error: unknown plant {name:?}; known: {}", known.join(", "));
+                return 2;
+            }
+        };
+        let (seeds, verbose) = match (args.seed, args.seeds) {
+            (Some(seed), _) => (seed..seed + 1, true),
+            (None, Some(count)) => (args.from..args.from.saturating_add(count), args.verbose),
+            (None, None) => {
+                eprintln!("error: give --seed S or --seeds N");
+                return 2;
+            }
+        };
+        let started = wall_now();
+        let mut failed = Vec::new();
+        let mut run_count = 0u64;
+        let mut simulated = 0f64;
+        let mut operations = 0usize;
+        let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut anomalies: BTreeMap<String, usize> = BTreeMap::new();
+        let mut last: Option<RunReport> = None;
+        for seed in seeds {
+            if args
+                .time_budget_secs
+                .is_some_and(|budget| started.elapsed().as_secs() >= budget)
+            {
+                println!("time budget reached after {run_count} seeds");
+                break;
+            }
+            let options = Options {
+                plant,
+                fault_secs: args.fault_secs,
+                ..Options::new(seed)
+            };
+            let seed_started = wall_now();
+            let report = match run_on_fresh_thread(options.clone()) {
+                Ok(report) => report,
+                Err(panic) => {
+                    println!(
+                        "seed {seed}: PANIC {panic}\n  repro: cargo sim --seed {seed}{}",
+                        plant
+                            .map(|p| format!(" --plant {}", p.name()))
+                            .unwrap_or_default()
+                    );
+                    failed.push(seed);
+                    run_count += 1;
+                    continue;
+                }
+            };
+            let wall = seed_started.elapsed().as_secs_f64();
+            run_count += 1;
+            let mut problems: Vec<String> = report
+                .anomalies()
+                .iter()
+                .map(|(name, count)| format!("{name}={count}"))
+                .collect();
+            if args.check_determinism {
+                match run_on_fresh_thread(options) {
+                    Ok(again) if again.trace_hash() == report.trace_hash() => {}
+                    Ok(again) => problems.push(format!(
+                        "nondeterministic: trace hash {:08x} then {:08x}",
+                        report.trace_hash(),
+                        again.trace_hash()
+                    )),
+                    Err(panic) => problems.push(format!("second run panicked: {panic}")),
+                }
+            }
+            simulated += report.simulated_secs;
+            operations += report.operations();
+            for (fault, count) in &report.faults {
+                *faults.entry(fault).or_default() += count;
+            }
+            for (name, count) in report.anomalies() {
+                *anomalies.entry(name).or_default() += count;
+            }
+            let fault_list: Vec<String> = report
+                .faults
+                .iter()
+                .map(|(f, c)| format!("{f}={c}"))
+                .collect();
+            if problems.is_empty() {
+                if verbose {
+                    println!(
+                        "seed {seed}: ok ({} ops, {:.1} simulated s in {wall:.2} wall s, faults {}, trace {:08x})",
+                        report.operations(),
+                        report.simulated_secs,
+                        fault_list.join(" "),
+                        report.trace_hash()
+                    );
+                }
+            } else {
+                println!("seed {seed}: FAILED {}", problems.join(" "));
+                println!("  draw: {}", report.draw);
+                if let Some(queue) = &report.queue {
+                    if !queue.valid {
+                        for line in queue.summary(2).lines() {
+                            println!("  {line}");
+                        }
+                    }
+                }
+                if let Some(witness) = report.linear.as_ref().and_then(|l| l.witness.as_ref()) {
+                    println!("  linearizability: {}", witness.message);
+                }
+                for error in &report.errors {
+                    println!("  {error}");
+                }
+                println!("  repro: {}", report.repro());
+                failed.push(seed);
+            }
+            if verbose && args.seed.is_some() {
+                println!("  draw: {}", report.draw);
+                if let Some(linear) = &report.linear {
+                    println!("  {}", linear.summary());
+                }
+                if let Some(queue) = &report.queue {
+                    println!("  queue: {:?}", queue.counts);
+                }
+                let tail = report.trace.len().saturating_sub(12);
+                println!(
+                    "  trace ({} lines, last {}):",
+                    report.trace.len(),
+                    report.trace.len() - tail
+                );
+                for line in &report.trace[tail..] {
+                    println!("    {line}");
+                }
+            }
+            last = Some(report);
+        }
+        let wall = started.elapsed().as_secs_f64();
+        if let Some(report) = &last {
+            if let Some(path) = &args.trace {
+                if let Err(error) = std::fs::write(path, report.trace.join("\n") + "\n") {
+                    eprintln!("error: cannot write {}: {error}", path.display());
+                    return 1;
+                }
+            }
+            if let Some(path) = &args.history {
+                if let Err(error) = std::fs::write(path, report.history.to_json_lines()) {
+                    eprintln!("error: cannot write {}: {error}", path.display());
+                    return 1;
+                }
+            }
+        }
+        let fault_list: Vec<String> = faults.iter().map(|(f, c)| format!("{f}={c}")).collect();
+        let anomaly_list: Vec<String> = anomalies.iter().map(|(a, c)| format!("{a}={c}")).collect();
+        println!(
+            "summary: {run_count} seeds, {} failed; {simulated:.0} simulated s in {wall:.1} wall s ({:.0} simulated s per wall s); {operations} ops checked; faults: {}; anomalies: {}",
+            failed.len(),
+            simulated / wall.max(1e-9),
+            if fault_list.is_empty() { "none".into() } else { fault_list.join(" ") },
+            if anomaly_list.is_empty() { "none".into() } else { anomaly_list.join(" ") },
+        );
+        if failed.is_empty() {
+            0
+        } else {
+            println!("failed seeds: {failed:?}");
+            1
+        }
+    }
+}
