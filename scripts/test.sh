@@ -10,7 +10,7 @@ scripts/setup.sh
 step() { printf '\n==> %s\n' "$*"; }
 
 # Packages whose tests have a simulated (--cfg madsim) variant.
-SIM_PACKAGES=(-p brook-actors -p brook-sim)
+SIM_PACKAGES=(-p brook-actors -p brook-sim -p brook-client)
 # Seeds per simulation test (each #[madsim::test] runs this many seeds).
 export MADSIM_TEST_NUM="${MADSIM_TEST_NUM:-64}"
 SIM_ENV=(env RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target/sim)
@@ -35,6 +35,22 @@ cargo test --workspace --doc
 
 step "simulation tests (--cfg madsim)"
 "${SIM_ENV[@]}" cargo nextest run "${SIM_PACKAGES[@]}" --no-fail-fast
+
+step "simulation tests, determinism check (each seed run twice by madsim)"
+MADSIM_TEST_NUM=4 MADSIM_TEST_CHECK_DETERMINISM=1 "${SIM_ENV[@]}" cargo nextest run -p brook-sim --no-fail-fast
+
+step "simulation: ${SIM_SEEDS:=200} seeds, each 30 simulated seconds of faults (cargo sim, release)"
+cargo sim --seeds "${SIM_SEEDS}"
+
+step "simulation: regression seeds (sim/regression-seeds.txt)"
+cargo sim --seed-file sim/regression-seeds.txt
+
+step "simulation: the same seed gives the same trace"
+cargo sim --seeds 5 --from 100000 --check-determinism
+
+step "simulation: planted bugs are caught (the checkers are not blind)"
+cargo sim --seeds 60 --plant ack-before-fsync --expect-found
+cargo sim --seeds 10 --plant skip-on-fetch --expect-found
 
 step "tests (normal build)"
 cargo nextest run --workspace --no-fail-fast

@@ -43,6 +43,10 @@ mod runner {
         /// Run this many seeds.
         #[arg(long)]
         seeds: Option<u64>,
+        /// Run the seeds listed in this file (one per line, `#` starts a comment): the
+        /// regression seeds, each one a bug that a simulation once found.
+        #[arg(long, conflicts_with_all = ["seed", "seeds"])]
+        seed_file: Option<PathBuf>,
         /// First seed of --seeds.
         #[arg(long, default_value_t = 0)]
         from: u64,
@@ -67,6 +71,10 @@ mod runner {
         /// Print every seed's line, not only failures.
         #[arg(long)]
         verbose: bool,
+        /// With --plant: succeed as soon as a seed reports one of the anomalies that betray the
+        /// planted bug; fail if no seed in the range does. Proves the checkers are not blind.
+        #[arg(long, requires = "plant")]
+        expect_found: bool,
     }
 
     /// Runs one simulation on a fresh thread, as madsim's own test macro does: a fresh
@@ -91,6 +99,22 @@ mod runner {
         std::time::Instant::now()
     }
 
+    fn read_seed_file(path: &std::path::Path) -> Result<Vec<u64>, String> {
+        let text = std::fs::read_to_string(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        let mut seeds = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
+                continue;
+            }
+            let seed = line
+                .parse()
+                .map_err(|_| format!("{}:{}: not a seed: {line:?}", path.display(), number + 1))?;
+            seeds.push(seed);
+        }
+        Ok(seeds)
+    }
+
     pub fn main() -> i32 {
         let args = Args::parse();
         let plant = match args
@@ -106,11 +130,18 @@ mod runner {
                 return 2;
             }
         };
-        let (seeds, verbose) = match (args.seed, args.seeds) {
-            (Some(seed), _) => (seed..seed + 1, true),
-            (None, Some(count)) => (args.from..args.from.saturating_add(count), args.verbose),
-            (None, None) => {
-                eprintln!("error: give --seed S or --seeds N");
+        let (seeds, verbose): (Vec<u64>, bool) = match (args.seed, args.seeds, &args.seed_file) {
+            (Some(seed), _, _) => (vec![seed], true),
+            (None, Some(count), _) => ((args.from..args.from.saturating_add(count)).collect(), args.verbose),
+            (None, None, Some(path)) => match read_seed_file(path) {
+                Ok(seeds) => (seeds, args.verbose),
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return 2;
+                }
+            },
+            (None, None, None) => {
+                eprintln!("error: give --seed S, --seeds N or --seed-file FILE");
                 return 2;
             }
         };
@@ -228,7 +259,29 @@ mod runner {
                     println!("    {line}");
                 }
             }
+            if args.expect_found {
+                if let Some(plant) = plant {
+                    let found: Vec<String> = report
+                        .anomalies()
+                        .into_keys()
+                        .filter(|name| plant.expected_anomalies().contains(&name.as_str()))
+                        .collect();
+                    if !found.is_empty() {
+                        println!(
+                            "planted bug {} found by seed {seed} after {run_count} seeds: {}",
+                            plant.name(),
+                            found.join(", ")
+                        );
+                        return 0;
+                    }
+                }
+            }
             last = Some(report);
+        }
+        if args.expect_found {
+            let names = plant.map(|p| p.expected_anomalies().join("/")).unwrap_or_default();
+            println!("planted bug NOT found: no seed of {run_count} reported {names}");
+            return 1;
         }
         let wall = started.elapsed().as_secs_f64();
         if let Some(report) = &last {

@@ -220,8 +220,8 @@ impl Runtime {
     /// [`TaskError::Panicked`]. Under madsim: inline, on the simulation's single thread. madsim
     /// has no blocking pool (its deprecated `spawn_blocking` merely wraps the closure in a
     /// task), and the simulated disk's "blocking" calls are in-memory and instant, so running
-    /// inline adds no scheduling point and keeps replay exact; a panic fails the simulation with
-    /// its seed, which is what we want.
+    /// inline keeps replay exact; a simulated delay of 0.1 to 5 ms first models the time such
+    /// work takes. A panic fails the simulation with its seed, which is what we want.
     pub async fn run_blocking<F, R>(&self, work: F) -> Result<R, TaskError>
     where
         F: FnOnce() -> R + Send + 'static,
@@ -235,6 +235,11 @@ impl Runtime {
         }
         #[cfg(madsim)]
         {
+            // Blocking work takes time on a real machine (an fsync: 0.1 to 5 ms here); model
+            // it in simulated time so the windows it opens (appended but not yet durable)
+            // exist in simulation too. Drawn from madsim's seeded RNG.
+            let micros = rand::Rng::gen_range(&mut madsim::rand::thread_rng(), 100..5_000);
+            tokio::time::sleep(Duration::from_micros(micros)).await;
             Ok(work())
         }
     }
