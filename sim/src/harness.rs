@@ -64,6 +64,10 @@ pub enum Fault {
     ClogClient,
     /// Raise network latency for a while.
     Latency,
+    /// Lose a share of packets for a while (TCP retransmits: delays and stalls).
+    PacketLoss,
+    /// Clog the node's links to the clients one by one, then heal them in random order.
+    Swizzle,
     /// Fail the next fsync (EIO).
     FsyncError,
     /// Make the disk full for a while (ENOSPC).
@@ -73,12 +77,14 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 10] = [
         Fault::Kill,
         Fault::Pause,
         Fault::Isolate,
         Fault::ClogClient,
         Fault::Latency,
+        Fault::PacketLoss,
+        Fault::Swizzle,
         Fault::FsyncError,
         Fault::DiskFull,
         Fault::ReadBitFlip,
@@ -91,6 +97,8 @@ impl Fault {
             Fault::Isolate => "isolate",
             Fault::ClogClient => "clog-client",
             Fault::Latency => "latency",
+            Fault::PacketLoss => "packet-loss",
+            Fault::Swizzle => "swizzle",
             Fault::FsyncError => "fsync-error",
             Fault::DiskFull => "disk-full",
             Fault::ReadBitFlip => "read-bit-flip",
@@ -263,9 +271,10 @@ impl Recorder {
             .push(process, time_ns, Some("n0".into()), phase, kind)
     }
 
+    /// One trace event, as a JSON line: `{"ms":<simulated ms>,"event":"..."}`.
     fn trace(&mut self, line: impl fmt::Display) {
-        let millis = self.elapsed().as_millis();
-        self.trace.push(format!("{millis:>8} {line}"));
+        let millis = self.elapsed().as_millis() as u64;
+        self.trace.push(serde_json::json!({ "ms": millis, "event": line.to_string() }).to_string());
     }
 }
 
@@ -519,6 +528,32 @@ async fn simulate(options: Options) -> RunReport {
                 });
                 lock(&shared).trace("nemesis latency back to normal");
             }
+            Fault::PacketLoss => {
+                let rate = rng.gen_range(0.01..0.3);
+                let span = rng.gen_range(1_000..5_000);
+                net.update_config(|config| config.packet_loss_rate = rate);
+                lock(&shared).trace(format_args!("nemesis lose {:.0}% of packets for {span} ms", rate * 100.0));
+                runtime.sleep(Duration::from_millis(span)).await;
+                net.update_config(|config| config.packet_loss_rate = 0.0);
+                lock(&shared).trace("nemesis packet loss over");
+            }
+            Fault::Swizzle => {
+                let mut links = client_nodes.clone();
+                links.shuffle(&mut rng);
+                for client in &links {
+                    net.clog_link(*client, node.id());
+                    net.clog_link(node.id(), *client);
+                    lock(&shared).trace(format_args!("nemesis swizzle: clog {client}<->n0"));
+                    runtime.sleep(Duration::from_millis(rng.gen_range(100..1_000))).await;
+                }
+                links.shuffle(&mut rng);
+                for client in &links {
+                    net.unclog_link(*client, node.id());
+                    net.unclog_link(node.id(), *client);
+                    lock(&shared).trace(format_args!("nemesis swizzle: heal {client}<->n0"));
+                    runtime.sleep(Duration::from_millis(rng.gen_range(100..1_000))).await;
+                }
+            }
             Fault::FsyncError => {
                 disk.fail_next_sync();
                 lock(&shared).trace("nemesis fail next fsync");
@@ -544,6 +579,10 @@ async fn simulate(options: Options) -> RunReport {
 
     // Heal: everything connected, the disk healthy. A node poisoned by an fsync error stays
     // unusable until restarted, as an operator would do: restart it once, cleanly.
+    net.update_config(|config| {
+        config.packet_loss_rate = 0.0;
+        config.send_latency = Duration::from_millis(1)..Duration::from_millis(10);
+    });
     lock(&shared).trace("heal");
     producing.store(false, Ordering::Relaxed);
     if disk.stats().sync_failures > 0 {
