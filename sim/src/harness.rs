@@ -274,7 +274,8 @@ impl Recorder {
     /// One trace event, as a JSON line: `{"ms":<simulated ms>,"event":"..."}`.
     fn trace(&mut self, line: impl fmt::Display) {
         let millis = self.elapsed().as_millis() as u64;
-        self.trace.push(serde_json::json!({ "ms": millis, "event": line.to_string() }).to_string());
+        self.trace
+            .push(serde_json::json!({ "ms": millis, "event": line.to_string() }).to_string());
     }
 }
 
@@ -532,7 +533,10 @@ async fn simulate(options: Options) -> RunReport {
                 let rate = rng.gen_range(0.01..0.3);
                 let span = rng.gen_range(1_000..5_000);
                 net.update_config(|config| config.packet_loss_rate = rate);
-                lock(&shared).trace(format_args!("nemesis lose {:.0}% of packets for {span} ms", rate * 100.0));
+                lock(&shared).trace(format_args!(
+                    "nemesis lose {:.0}% of packets for {span} ms",
+                    rate * 100.0
+                ));
                 runtime.sleep(Duration::from_millis(span)).await;
                 net.update_config(|config| config.packet_loss_rate = 0.0);
                 lock(&shared).trace("nemesis packet loss over");
@@ -544,14 +548,18 @@ async fn simulate(options: Options) -> RunReport {
                     net.clog_link(*client, node.id());
                     net.clog_link(node.id(), *client);
                     lock(&shared).trace(format_args!("nemesis swizzle: clog {client}<->n0"));
-                    runtime.sleep(Duration::from_millis(rng.gen_range(100..1_000))).await;
+                    runtime
+                        .sleep(Duration::from_millis(rng.gen_range(100..1_000)))
+                        .await;
                 }
                 links.shuffle(&mut rng);
                 for client in &links {
                     net.unclog_link(*client, node.id());
                     net.unclog_link(node.id(), *client);
                     lock(&shared).trace(format_args!("nemesis swizzle: heal {client}<->n0"));
-                    runtime.sleep(Duration::from_millis(rng.gen_range(100..1_000))).await;
+                    runtime
+                        .sleep(Duration::from_millis(rng.gen_range(100..1_000)))
+                        .await;
                 }
             }
             Fault::FsyncError => {

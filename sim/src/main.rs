@@ -100,7 +100,8 @@ mod runner {
     }
 
     fn read_seed_file(path: &std::path::Path) -> Result<Vec<u64>, String> {
-        let text = std::fs::read_to_string(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
         let mut seeds = Vec::new();
         for (number, line) in text.lines().enumerate() {
             let line = line.split('#').next().unwrap_or_default().trim();
@@ -132,7 +133,10 @@ mod runner {
         };
         let (seeds, verbose): (Vec<u64>, bool) = match (args.seed, args.seeds, &args.seed_file) {
             (Some(seed), _, _) => (vec![seed], true),
-            (None, Some(count), _) => ((args.from..args.from.saturating_add(count)).collect(), args.verbose),
+            (None, Some(count), _) => (
+                (args.from..args.from.saturating_add(count)).collect(),
+                args.verbose,
+            ),
             (None, None, Some(path)) => match read_seed_file(path) {
                 Ok(seeds) => (seeds, args.verbose),
                 Err(error) => {
@@ -279,7 +283,9 @@ mod runner {
             last = Some(report);
         }
         if args.expect_found {
-            let names = plant.map(|p| p.expected_anomalies().join("/")).unwrap_or_default();
+            let names = plant
+                .map(|p| p.expected_anomalies().join("/"))
+                .unwrap_or_default();
             println!("planted bug NOT found: no seed of {run_count} reported {names}");
             return 1;
         }
