@@ -204,10 +204,18 @@ impl Controller {
             .join(topic)
             .join(partition.to_string());
         let now_ms = u64::try_from(self.runtime.wall_clock_ms()).unwrap_or(0);
-        let (log, report) = Log::open(self.disk.clone(), &dir, self.config.log.clone(), now_ms)
-            .map_err(|source| ControllerError::Log {
-                path: dir.clone(),
-                source,
+        // On a single node every batch is written in the one term: any other term read back
+        // is a damaged header.
+        let log_config = LogConfig {
+            term_max: SINGLE_NODE_TERM,
+            ..self.config.log.clone()
+        };
+        let (log, report) =
+            Log::open(self.disk.clone(), &dir, log_config, now_ms).map_err(|source| {
+                ControllerError::Log {
+                    path: dir.clone(),
+                    source,
+                }
             })?;
         if !report.truncated.is_empty()
             || !report.corrupt.is_empty()

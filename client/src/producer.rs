@@ -521,6 +521,11 @@ impl PartitionQueue {
             .map(|slot| slot.sequence)
     }
 
+    /// Whether a batch closed now could be sent at once (see `Background::close_lingered`).
+    fn may_close_open(&self, in_flight_max: usize, now: Instant) -> bool {
+        !self.paused && self.in_flight < in_flight_max && self.retry_at.map_or(true, |at| at <= now)
+    }
+
     fn close_open(&mut self) {
         if let Some(open) = self.open.take() {
             self.batches.push_back(Batch {
@@ -658,13 +663,12 @@ impl Background {
     fn append(&mut self, record: PendingRecord) {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        let now = self.runtime.now();
         let batch_bytes_max = self.batch_bytes_max;
         let linger = self.config.linger;
         let key = (record.topic, record.partition);
         let queue = self
             .partitions
-            .entry(key.clone())
+            .entry(key)
             .or_insert_with(|| PartitionQueue {
                 open: None,
                 batches: VecDeque::new(),
@@ -703,11 +707,12 @@ impl Background {
                     record.value.as_deref(),
                     &record.headers,
                 );
+                // The clock is read once per batch, not per record.
                 queue.open = Some(OpenBatch {
                     builder,
                     records: vec![slot],
                     permit: record.permit,
-                    deadline: now + linger,
+                    deadline: self.runtime.now() + linger,
                 });
             }
         }
@@ -728,19 +733,40 @@ impl Background {
         }
     }
 
+    /// Close the open batches whose linger has expired, unless their partition cannot send
+    /// now (requests in flight at the limit, paused for a retry, backing off): as in Kafka's
+    /// producer, such a batch stays open and keeps taking records until the partition may
+    /// send again or it is full, so a busy partition sends fewer, larger batches instead of a
+    /// queue of small ones (each of which costs a request slot, a header and an append on the
+    /// broker).
     fn close_lingered(&mut self, now: Instant) {
+        let in_flight_max = self.config.requests_in_flight_max;
         for queue in self.partitions.values_mut() {
-            if queue.open.as_ref().is_some_and(|open| open.deadline <= now) {
+            if queue.open.as_ref().is_some_and(|open| open.deadline <= now)
+                && queue.may_close_open(in_flight_max, now)
+            {
                 queue.close_open();
             }
         }
     }
 
     fn next_wake(&self, now: Instant) -> Option<Instant> {
+        let in_flight_max = self.config.requests_in_flight_max;
         self.partitions
             .values()
             .flat_map(|queue| {
-                let linger = queue.open.as_ref().map(|open| open.deadline);
+                // A partition blocked by its requests in flight (or paused until they end) is
+                // woken by their completions, not by a timer.
+                let blocked = queue.paused || queue.in_flight >= in_flight_max;
+                let linger =
+                    queue
+                        .open
+                        .as_ref()
+                        .filter(|_| !blocked)
+                        .map(|open| match queue.retry_at {
+                            Some(at) if at > open.deadline => at,
+                            _ => open.deadline,
+                        });
                 let retry = queue.retry_at.filter(|at| {
                     *at > now
                         && queue

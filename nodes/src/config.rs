@@ -266,6 +266,8 @@ impl NodeConfig {
                     interval_ms: self.log.fsync_interval_ms,
                 },
             },
+            // The controller narrows this to the partition's term.
+            term_max: u64::MAX,
         }
     }
 

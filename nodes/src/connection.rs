@@ -94,8 +94,9 @@ struct Connection {
     shared: Arc<ConnectionShared>,
     sender: mpsc::Sender<Outgoing>,
     in_flight: Arc<Semaphore>,
-    /// Partition actors this connection has looked up.
-    partitions: BTreeMap<(String, u32), Addr<PartitionActor>>,
+    /// Partition actors this connection has looked up, by topic then partition (looked up by
+    /// `&str`: no allocation per request).
+    partitions: BTreeMap<String, BTreeMap<u32, Addr<PartitionActor>>>,
     handshaken: bool,
     peer: SocketAddr,
 }
@@ -174,12 +175,13 @@ impl Connection {
         topic: &str,
         partition: u32,
     ) -> Result<Addr<PartitionActor>, BrokerError> {
-        let key = (topic.to_owned(), partition);
-        if let Some(address) = self.partitions.get(&key) {
-            if !address.is_closed() {
-                return Ok(address.clone());
+        if let Some(partitions) = self.partitions.get_mut(topic) {
+            if let Some(address) = partitions.get(&partition) {
+                if !address.is_closed() {
+                    return Ok(address.clone());
+                }
+                partitions.remove(&partition);
             }
-            self.partitions.remove(&key);
         }
         let address = self
             .shared
@@ -191,7 +193,10 @@ impl Connection {
             })
             .await
             .map_err(|_| shutting_down())??;
-        self.partitions.insert(key, address.clone());
+        self.partitions
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(partition, address.clone());
         Ok(address)
     }
 

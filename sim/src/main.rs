@@ -118,6 +118,14 @@ mod runner {
 
     pub fn main() -> i32 {
         let args = Args::parse();
+        // Logs of the simulated nodes and clients, for reading a failing seed:
+        // BROOK_LOG=warn cargo sim --seed S (off by default: it slows runs down).
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("BROOK_LOG") {
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+        }
         let plant = match args
             .plant
             .as_deref()

@@ -16,6 +16,7 @@ use brook_client::{
     Acks, Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, StartOffset,
     TopicDescription,
 };
+use brook_node::bench::BenchCommand;
 use brook_node::{Broker, NodeConfig};
 use brook_storage::FsDisk;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -94,6 +95,11 @@ enum Command {
         timeout_ms: Option<u64>,
         #[arg(long, default_value = "json")]
         output: ConsumeOutput,
+    },
+    /// Benchmarks: produce, consume, e2e against the broker; baseline of this machine.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
     },
 }
 
@@ -263,6 +269,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 output,
             )
             .await
+        }
+        Command::Bench { command } => {
+            brook_node::bench::run(runtime, &cli.bootstrap, command).await
         }
     }
 }

@@ -53,6 +53,10 @@ pub struct LogConfig {
     /// Largest batch accepted.
     pub batch_bytes_max: usize,
     pub fsync: FsyncPolicy,
+    /// The highest term any stored batch can carry (Raft's persisted current term; 1 on a
+    /// single node). The term sits outside the batch CRC, so recovery rejects a batch whose
+    /// term is above it: a bit flipped in a torn write's header, not data.
+    pub term_max: u64,
 }
 
 impl Default for LogConfig {
@@ -63,6 +67,7 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             batch_bytes_max: 16 * 1024 * 1024,
             fsync: FsyncPolicy::Always,
+            term_max: u64::MAX,
         }
     }
 }
@@ -751,11 +756,14 @@ fn recover_active(
     segment.max_timestamp = i64::MIN;
     segment.bytes_since_index_entry = 0;
     segment.next_offset = segment.base_offset;
-    let bytes = if size > 0 {
+    let mut bytes = if size > 0 {
         segment.data.read_at(0, size as usize)?
     } else {
         Bytes::new()
     };
+    // A read can return damaged bytes that are fine on disk (a transient fault); before
+    // cutting anything, the suspect region is read again, a bounded number of times.
+    let mut rereads_left = 2;
     let mut position = 0usize;
     let mut last_term = 0u64;
     while position < bytes.len() {
@@ -769,6 +777,10 @@ fn recover_active(
                 "batch term {} below the previous batch's term {last_term}",
                 header.term
             )),
+            Ok(header) if header.term > config.term_max => Some(format!(
+                "batch term {} above the highest possible term {}",
+                header.term, config.term_max
+            )),
             Ok(header) => {
                 segment.index_batch(&header, position as u64, config.index_interval_bytes)?;
                 last_term = header.term;
@@ -778,6 +790,19 @@ fn recover_active(
             Err(error) => Some(error.to_string()),
         };
         let Some(reason) = problem else { continue };
+        if rereads_left > 0 {
+            rereads_left -= 1;
+            let again = segment
+                .data
+                .read_at(position as u64, bytes.len() - position)?;
+            if again[..] != bytes[position..] {
+                tracing::warn!(path = %segment.path().display(), position, %reason, "a read of the segment returned damaged bytes; read again");
+                let mut fresh = bytes[..position].to_vec();
+                fresh.extend_from_slice(&again);
+                bytes = Bytes::from(fresh);
+                continue;
+            }
+        }
         // A bad batch followed by a valid one at the offset after it is damage inside the
         // segment, not a torn tail: keep it (it is never served) and report it.
         if let Ok(header) = BatchHeader::parse(rest) {
@@ -796,6 +821,8 @@ fn recover_active(
                             position as u64,
                             config.index_interval_bytes,
                         )?;
+                        // Its term may be the damaged field: the check goes on from the
+                        // last good batch's term.
                         position = end;
                         continue;
                     }

@@ -538,3 +538,85 @@ fn fs_disk_torn_tail_from_a_real_file() {
     assert_eq!(log.next_offset(), 9);
     assert_eq!(read_values(&log, 0), expected(0..9));
 }
+
+/// Regression (simulation seed 107): a bit flipped in the term of a torn last write (the term
+/// is outside the CRC) was accepted, and every batch appended after the restart then looked
+/// "below the previous term", was kept as corrupt and finally cut as a torn tail: acknowledged
+/// records lost. With the highest possible term known, the damaged tail is cut at once.
+#[test]
+fn a_torn_tail_with_a_flipped_term_is_cut_and_later_appends_survive() {
+    let (_sim, disk, dir) = sim();
+    let config = LogConfig {
+        term_max: 1,
+        ..LogConfig::default()
+    };
+    let (mut log, _) = Log::open(disk.clone(), &dir, config.clone(), 0).expect("open");
+    append_many(&mut log, 3, 2);
+    log.sync(0).expect("sync");
+    drop(log);
+    // The torn write: a whole batch whose term has bit 19 flipped (1 -> 524289).
+    let segment = dir.join("00000000000000000000.log");
+    let file = disk
+        .open(&segment, crate::disk::OpenMode::Existing)
+        .expect("open");
+    let mut damaged = batch(6, 2, 0);
+    brook_wire::batch::stamp(&mut damaged, 6, 1 | (1 << 19));
+    file.append(&damaged).expect("append");
+    file.sync().expect("sync");
+    drop(file);
+    let (mut log, report) = Log::open(disk.clone(), &dir, config.clone(), 0).expect("reopen");
+    assert_eq!(report.truncated.len(), 1, "{report:?}");
+    assert_eq!(log.next_offset(), 6);
+    append_many(&mut log, 2, 2);
+    log.sync(0).expect("sync");
+    drop(log);
+    let (log, report) = Log::open(disk, &dir, config, 0).expect("reopen again");
+    assert!(
+        report.truncated.is_empty() && report.corrupt.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(read_values(&log, 0), expected(0..10));
+}
+
+/// A read that returns a flipped bit during recovery must not cut synced batches: the suspect
+/// region is read again.
+#[test]
+fn a_transient_read_fault_during_recovery_cuts_nothing() {
+    for _ in 0..10 {
+        let (sim, disk, dir) = sim();
+        let (mut log, _) = open(&disk, &dir, LogConfig::default());
+        append_many(&mut log, 5, 3);
+        log.sync(0).expect("sync");
+        drop(log);
+        sim.flip_bit_on_next_read(Some(&dir.join("00000000000000000000.log")));
+        let (log, report) = open(&disk, &dir, LogConfig::default());
+        assert!(
+            report.truncated.is_empty() && report.corrupt.is_empty(),
+            "{report:?}"
+        );
+        assert_eq!(read_values(&log, 0), expected(0..15));
+    }
+}
+
+/// Damage inside the active segment (here: a term field flipped at rest) is kept and
+/// reported; the batches after it are not poisoned by its term.
+#[test]
+fn a_flipped_term_inside_the_segment_does_not_poison_the_batches_after_it() {
+    let (sim, disk, dir) = sim();
+    let config = LogConfig {
+        term_max: 1,
+        ..LogConfig::default()
+    };
+    let (mut log, _) = Log::open(disk.clone(), &dir, config.clone(), 0).expect("open");
+    append_many(&mut log, 5, 3);
+    log.sync(0).expect("sync");
+    drop(log);
+    let segment = dir.join("00000000000000000000.log");
+    // Byte 14 of the first batch is in its term (bytes 12..20): 1 -> 1 + 2^16.
+    sim.corrupt_durable(&segment, 14, 0).expect("corrupt");
+    let (log, report) = Log::open(disk, &dir, config, 0).expect("reopen");
+    assert!(report.truncated.is_empty(), "{report:?}");
+    assert_eq!(report.corrupt.len(), 1, "{report:?}");
+    assert_eq!(log.next_offset(), 15);
+    assert_eq!(read_values(&log, 3), expected(3..15));
+}
