@@ -12,11 +12,22 @@
 //! linearized operations)), one partition at a time (P-compositionality).
 //!
 //! Indeterminate appends may be linearized anywhere after their invocation or left out; failed
-//! operations are left out. Two refinements keep the search small without changing the verdict:
+//! operations are left out. These refinements keep the search small without changing the
+//! verdict (each only skips orders that cannot succeed, or that succeed only if an order the
+//! search does try succeeds):
 //! - Indeterminate appends nobody read are interchangeable (their result is unknown, so any of
 //!   them has the same effect), and one invoked earlier can stand wherever one invoked later
 //!   can. The search therefore only ever linearizes the earliest-invoked one not yet used, and
 //!   the set of those used is summarised by how many.
+//! - A read (poll or end offset) that may go next and is legal goes next, with no alternative:
+//!   it leaves the length as it is and nothing left had to precede it.
+//! - Operations that require the exact length `n` (an append whose offset is known, because it
+//!   was acknowledged or read, and an end offset) are indexed by `n`. While one is pending at
+//!   the current length, no other append is tried (the log would grow past it for good), and
+//!   the append pinned there, once it may go next, is the only candidate. When nearly every
+//!   offset is known, as in a simulation run, the search thus walks straight through the
+//!   history, one configuration per operation, and backtracks only where it must choose which
+//!   append of unknown offset fills a gap.
 //! - Every other operation must be linearized, so the set of linearized ones is stored as
 //!   "all ids below `p`, plus these few above": small, exact cache keys.
 //!
@@ -388,94 +399,123 @@ fn split(operations: &[Operation], use_polls: bool) -> BTreeMap<u32, Vec<LinOp>>
 }
 
 const NIL: usize = usize::MAX;
+/// No id: an optional operation's `required_id`, or the `exact` of one that requires no
+/// particular length.
+const NONE: u32 = u32::MAX;
+/// How many of the last linearized operations a witness names.
+const WITNESS_TAIL: usize = 8;
 
-/// The set of linearized required operations: all ids below `prefix`, plus `extras`.
+/// The set of linearized required operations: all ids below `prefix`, plus `extras` (ascending,
+/// all above `prefix`).
+#[derive(Default)]
 struct Linearized {
-    bits: Vec<bool>,
     prefix: u32,
-    extras: BTreeSet<u32>,
+    extras: Vec<u32>,
 }
 
 impl Linearized {
-    fn new(size: usize) -> Self {
-        Linearized {
-            bits: vec![false; size],
-            prefix: 0,
-            extras: BTreeSet::new(),
-        }
-    }
-
+    /// Adds `id`, which must not be in the set.
     fn insert(&mut self, id: u32) {
-        self.bits[id as usize] = true;
         if id == self.prefix {
             self.prefix += 1;
-            while self.extras.remove(&self.prefix) {
-                self.prefix += 1;
-            }
+            let joined = self
+                .extras
+                .iter()
+                .zip(self.prefix..)
+                .take_while(|&(&extra, expected)| extra == expected)
+                .count();
+            self.extras.drain(..joined);
+            self.prefix += joined as u32;
         } else {
-            self.extras.insert(id);
+            let at = self.extras.partition_point(|&extra| extra < id);
+            self.extras.insert(at, id);
         }
     }
 
+    /// Removes `id`, which must be in the set.
     fn remove(&mut self, id: u32) {
-        self.bits[id as usize] = false;
         if id < self.prefix {
-            for above in id + 1..self.prefix {
-                self.extras.insert(above);
-            }
+            self.extras.splice(0..0, id + 1..self.prefix);
             self.prefix = id;
-        } else {
-            self.extras.remove(&id);
+        } else if let Ok(at) = self.extras.binary_search(&id) {
+            self.extras.remove(at);
         }
     }
 }
 
-/// Cache key: (log length, indeterminate appends used, prefix, extras).
-type Key = (u64, u32, u32, Vec<u32>);
+/// Visited configurations, each encoded as `[length (2 words), optional appends used, prefix,
+/// extras...]` (see [`Linearized`]): exact keys, no fingerprints.
+type Cache = BTreeSet<Box<[u32]>>;
 
-/// One frame of the search stack.
-struct Frame {
-    lin: usize,
-    length_before: u64,
+/// A configuration of the search on the stack: the candidates generated for it (a range of
+/// `Search::candidates` from `start`), the next one to try, and the one applied to reach the
+/// child being explored, with the log length before it.
+struct Node {
+    start: usize,
+    next: usize,
+    applied: Option<(usize, u64)>,
+}
+
+/// The deepest dead end seen, for the witness.
+#[derive(Clone, Default)]
+struct DeadEnd {
+    /// Operations linearized before it.
+    depth: usize,
+    /// The operation that could not be placed.
+    blocked: usize,
+    /// The log length then.
+    length: u64,
+    /// The last [`WITNESS_TAIL`] operations linearized, in order.
+    tail: Vec<usize>,
 }
 
 struct Search {
     ops: Vec<LinOp>,
-    /// Entry -> (op, is call). The list's head sentinel is entry `entries.len()`.
+    /// Entry -> (op, is call), required operations only (optional ones are taken in call order
+    /// from `optional`). The list's head sentinel is entry `entries.len()`.
     entries: Vec<(usize, bool)>,
     next: Vec<usize>,
     prev: Vec<usize>,
     call_entry: Vec<usize>,
     return_entry: Vec<usize>,
-    /// Op -> id among required ops (`u32::MAX` for optional ones).
+    /// Op -> id among required ops (`NONE` for optional ones).
     required_id: Vec<u32>,
     /// Optional ops, in call order, and how many are linearized.
     optional: Vec<usize>,
     optional_used: usize,
+    /// Op -> the log length it can only be linearized at (a pinned append's offset, an
+    /// end-offset read's result), if that length is reachable; else `NONE`.
+    exact: Vec<u32>,
+    /// Length -> the ops of `exact` that length.
+    exact_at: Vec<Vec<usize>>,
+    /// Length -> how many of those are not linearized.
+    exact_open: Vec<u32>,
     linearized: Linearized,
     required_remaining: usize,
     length: u64,
-    stack: Vec<Frame>,
-    cache: BTreeSet<Key>,
+    nodes: Vec<Node>,
+    candidates: Vec<usize>,
+    cache: Cache,
+    /// Scratch space for a cache key.
+    key: Vec<u32>,
     states: u64,
-    /// Deepest dead end: (depth, blocked op, log length, linearized ops).
-    deepest: Option<(usize, usize, u64, Vec<usize>)>,
+    deepest: Option<DeadEnd>,
 }
 
 impl Search {
     fn new(ops: Vec<LinOp>) -> Self {
         let mut entries: Vec<(usize, usize, bool)> = Vec::with_capacity(ops.len() * 2);
-        let mut required_id = vec![u32::MAX; ops.len()];
+        let mut required_id = vec![NONE; ops.len()];
         let mut optional = Vec::new();
         let mut required = 0u32;
         for (index, lin) in ops.iter().enumerate() {
-            entries.push((lin.call, index, true));
-            if let Some(ret) = lin.ret {
-                entries.push((ret, index, false));
-            }
             if lin.required {
                 required_id[index] = required;
                 required += 1;
+                entries.push((lin.call, index, true));
+                if let Some(ret) = lin.ret {
+                    entries.push((ret, index, false));
+                }
             } else {
                 optional.push(index);
             }
@@ -501,6 +541,28 @@ impl Search {
             *before = last;
             last = position;
         }
+        // The log can grow no longer than the number of appends.
+        let appends = ops
+            .iter()
+            .filter(|lin| matches!(lin.action, Action::Append { .. }))
+            .count();
+        let mut exact = vec![NONE; ops.len()];
+        let mut exact_at = vec![Vec::new(); appends + 1];
+        for (index, lin) in ops.iter().enumerate() {
+            let length = match lin.action {
+                Action::Append {
+                    offset: Some(offset),
+                    ..
+                }
+                | Action::EndOffset(offset) => offset,
+                _ => continue,
+            };
+            if lin.required && length <= appends as u64 {
+                exact[index] = length as u32;
+                exact_at[length as usize].push(index);
+            }
+        }
+        let exact_open = exact_at.iter().map(|ops| ops.len() as u32).collect();
         Search {
             entries: entries
                 .into_iter()
@@ -513,11 +575,16 @@ impl Search {
             required_id,
             optional,
             optional_used: 0,
-            linearized: Linearized::new(required as usize),
+            exact,
+            exact_at,
+            exact_open,
+            linearized: Linearized::default(),
             required_remaining: required as usize,
             length: 0,
-            stack: Vec::new(),
-            cache: BTreeSet::new(),
+            nodes: Vec::new(),
+            candidates: Vec::new(),
+            cache: Cache::default(),
+            key: Vec::new(),
             states: 0,
             deepest: None,
             ops,
@@ -544,143 +611,246 @@ impl Search {
         }
     }
 
-    fn lift(&mut self, lin: usize) {
-        self.unlink(self.call_entry[lin]);
-        if self.return_entry[lin] != NIL {
-            self.unlink(self.return_entry[lin]);
-        }
-    }
-
-    fn unlift(&mut self, lin: usize) {
-        if self.return_entry[lin] != NIL {
-            self.relink(self.return_entry[lin]);
-        }
-        self.relink(self.call_entry[lin]);
-    }
-
-    fn mark(&mut self, lin: usize) {
+    /// Linearizes `lin` (legal at the current length); returns the length before.
+    fn apply(&mut self, lin: usize) -> u64 {
+        let before = self.length;
         match self.required_id[lin] {
-            u32::MAX => self.optional_used += 1,
+            NONE => self.optional_used += 1,
             id => {
                 self.linearized.insert(id);
                 self.required_remaining -= 1;
+                self.unlink(self.call_entry[lin]);
+                if self.return_entry[lin] != NIL {
+                    self.unlink(self.return_entry[lin]);
+                }
             }
         }
+        if self.exact[lin] != NONE {
+            self.exact_open[self.exact[lin] as usize] -= 1;
+        }
+        if matches!(self.ops[lin].action, Action::Append { .. }) {
+            self.length += 1;
+        }
+        before
     }
 
-    fn unmark(&mut self, lin: usize) {
+    /// Undoes the last [`Search::apply`], of `lin`.
+    fn undo(&mut self, lin: usize, before: u64) {
+        self.length = before;
+        if self.exact[lin] != NONE {
+            self.exact_open[self.exact[lin] as usize] += 1;
+        }
         match self.required_id[lin] {
-            u32::MAX => self.optional_used -= 1,
+            NONE => self.optional_used -= 1,
             id => {
-                self.linearized.remove(id);
+                if self.return_entry[lin] != NIL {
+                    self.relink(self.return_entry[lin]);
+                }
+                self.relink(self.call_entry[lin]);
                 self.required_remaining += 1;
+                self.linearized.remove(id);
             }
         }
     }
 
-    fn key(&self, length: u64) -> Key {
-        (
-            length,
-            self.optional_used as u32,
-            self.linearized.prefix,
-            self.linearized.extras.iter().copied().collect(),
-        )
+    /// Adds the current configuration to the cache; false if it was there.
+    fn remember(&mut self) -> bool {
+        self.key.clear();
+        self.key.push(self.length as u32);
+        self.key.push((self.length >> 32) as u32);
+        self.key.push(self.optional_used as u32);
+        self.key.push(self.linearized.prefix);
+        self.key.extend_from_slice(&self.linearized.extras);
+        if self.cache.contains(self.key.as_slice()) {
+            return false;
+        }
+        self.cache.insert(self.key.as_slice().into());
+        true
     }
 
-    fn dead_end(&mut self, blocked: usize) {
-        let depth = self.stack.len();
-        let deeper = match &self.deepest {
-            Some(deepest) => depth > deepest.0,
-            None => true,
-        };
-        if deeper {
-            let linearized = self.stack.iter().map(|frame| frame.lin).collect();
-            self.deepest = Some((depth, blocked, self.length, linearized));
+    /// True if `lin` is a required op not linearized in the current configuration.
+    fn pending(&self, lin: usize) -> bool {
+        match self.required_id[lin] {
+            NONE => false,
+            id => {
+                id >= self.linearized.prefix && self.linearized.extras.binary_search(&id).is_err()
+            }
+        }
+    }
+
+    /// Records a dead end at the current configuration, or one step deeper after linearizing
+    /// `also`: `blocked` cannot be placed at `length`. Only the deepest is kept.
+    fn dead_end(&mut self, blocked: usize, length: u64, also: Option<usize>) {
+        let depth = self.nodes.len() + usize::from(also.is_some());
+        if self
+            .deepest
+            .as_ref()
+            .is_some_and(|deepest| depth <= deepest.depth)
+        {
+            return;
+        }
+        let skip = self.nodes.len().saturating_sub(WITNESS_TAIL);
+        let mut tail: Vec<usize> = self.nodes[skip..]
+            .iter()
+            .filter_map(|node| node.applied.map(|(lin, _)| lin))
+            .chain(also)
+            .collect();
+        tail.drain(..tail.len().saturating_sub(WITNESS_TAIL));
+        self.deepest = Some(DeadEnd {
+            depth,
+            blocked,
+            length,
+            tail,
+        });
+    }
+
+    /// Pushes onto `candidates` the operations worth linearizing next from the current
+    /// configuration, in the order to try them. Only unlinearized operations whose call comes
+    /// before every unlinearized operation's return may go next (Wing & Gong); of those:
+    /// - A read that is legal now is the only candidate: linearizing it first loses nothing
+    ///   (it leaves the length as it is, and nothing pending had to precede it).
+    /// - If some unlinearized operation requires exactly the current length `n` (an append
+    ///   pinned at offset `n`, an `end_offset` of `n`), any append but the one pinned at `n`
+    ///   would make it impossible, and that one is then the only candidate: any read that a
+    ///   legal order would place before it (all reads of at most `n`; none reads exactly `n`)
+    ///   can equally follow it. If another operation also requires `n`, neither can be placed.
+    /// - Otherwise each append of unknown offset is a candidate, and so is the earliest-invoked
+    ///   unused indeterminate append.
+    ///
+    /// Records a dead end if there is no candidate.
+    fn generate(&mut self) {
+        let start = self.candidates.len();
+        let length = self.length;
+        let mut frontier = None;
+        let mut pinned = None;
+        let mut cursor = self.next[self.head()];
+        while cursor != NIL {
+            let (lin, is_call) = self.entries[cursor];
+            if !is_call {
+                frontier = Some(lin);
+                break;
+            }
+            match self.ops[lin].action {
+                Action::ReadAtLeast(minimum) if length >= minimum => {
+                    self.candidates.truncate(start);
+                    self.candidates.push(lin);
+                    return;
+                }
+                Action::EndOffset(offset) if offset == length => {
+                    self.candidates.truncate(start);
+                    self.candidates.push(lin);
+                    return;
+                }
+                Action::Append {
+                    offset: Some(offset),
+                    ..
+                } if offset == length => {
+                    pinned = pinned.or(Some(lin));
+                }
+                Action::Append { offset: None, .. } => self.candidates.push(lin),
+                _ => {}
+            }
+            cursor = self.next[cursor];
+        }
+        let open = self.exact_open.get(length as usize).copied().unwrap_or(0);
+        if open > 0 {
+            self.candidates.truncate(start);
+            if let Some(pinned) = pinned {
+                if open == 1 {
+                    self.candidates.push(pinned);
+                    return;
+                }
+                let other = self.exact_at[length as usize]
+                    .iter()
+                    .copied()
+                    .find(|&lin| lin != pinned && self.pending(lin))
+                    .unwrap_or(pinned);
+                self.dead_end(other, length + 1, Some(pinned));
+            }
+        } else if let Some(&optional) = self.optional.get(self.optional_used) {
+            let invoked = match frontier {
+                Some(returned) => {
+                    self.ops[optional].call < self.ops[returned].ret.unwrap_or(usize::MAX)
+                }
+                None => true,
+            };
+            if invoked && self.ops[optional].step(length).is_some() {
+                self.candidates.push(optional);
+            }
+        }
+        if self.candidates.len() == start {
+            // An operation returned without having been linearized, or one that must be
+            // linearized can never be.
+            let blocked = frontier
+                .or_else(|| {
+                    self.exact_at
+                        .get(length as usize)
+                        .into_iter()
+                        .flatten()
+                        .copied()
+                        .find(|&lin| self.pending(lin))
+                })
+                .or_else(|| {
+                    let first = self.next[self.head()];
+                    (first != NIL).then(|| self.entries[first].0)
+                })
+                .unwrap_or(0);
+            self.dead_end(blocked, length, None);
         }
     }
 
     fn run(&mut self, states_max: u64) -> Verdict {
-        let head = self.head();
-        let mut cursor = self.next[head];
         loop {
             if self.required_remaining == 0 {
                 return Verdict::Linearizable;
             }
-            let mut backtrack = false;
-            if cursor == NIL {
-                // Out of entries with required operations left: those can never be placed.
-                let blocked = (0..self.ops.len())
-                    .find(|&lin| self.required_id[lin] != u32::MAX && self.call_linked(lin))
-                    .unwrap_or(0);
-                self.dead_end(blocked);
-                backtrack = true;
-            } else {
-                let (lin, is_call) = self.entries[cursor];
-                if is_call {
-                    let eligible = self.required_id[lin] != u32::MAX
-                        || self.optional.get(self.optional_used) == Some(&lin);
-                    let step = if eligible {
-                        self.ops[lin].step(self.length)
-                    } else {
-                        None
-                    };
-                    match step {
-                        Some(length) => {
-                            self.mark(lin);
-                            let key = self.key(length);
-                            if self.cache.insert(key) {
-                                self.states += 1;
-                                if self.states > states_max {
-                                    return Verdict::Unknown;
-                                }
-                                self.stack.push(Frame {
-                                    lin,
-                                    length_before: self.length,
-                                });
-                                self.length = length;
-                                self.lift(lin);
-                                cursor = self.next[head];
-                            } else {
-                                self.unmark(lin);
-                                cursor = self.next[cursor];
-                            }
-                        }
-                        None => cursor = self.next[cursor],
-                    }
-                } else {
-                    // A required operation returned without having been linearized.
-                    self.dead_end(lin);
-                    backtrack = true;
-                }
-            }
-            if backtrack {
-                let Some(frame) = self.stack.pop() else {
+            let start = self.candidates.len();
+            self.generate();
+            self.nodes.push(Node {
+                start,
+                next: start,
+                applied: None,
+            });
+            // Descend into the first untried candidate whose configuration is new; backtrack
+            // out of configurations that have none left.
+            loop {
+                let Some(top) = self.nodes.len().checked_sub(1) else {
                     return Verdict::NotLinearizable;
                 };
-                self.unlift(frame.lin);
-                self.unmark(frame.lin);
-                self.length = frame.length_before;
-                cursor = self.next[self.call_entry[frame.lin]];
+                if let Some((lin, before)) = self.nodes[top].applied.take() {
+                    self.undo(lin, before);
+                }
+                let next = self.nodes[top].next;
+                if next == self.candidates.len() {
+                    let node = self.nodes.pop();
+                    self.candidates.truncate(node.map_or(0, |node| node.start));
+                    continue;
+                }
+                let lin = self.candidates[next];
+                self.nodes[top].next += 1;
+                let before = self.apply(lin);
+                if self.remember() {
+                    self.states += 1;
+                    if self.states > states_max {
+                        return Verdict::Unknown;
+                    }
+                    self.nodes[top].applied = Some((lin, before));
+                    break;
+                }
+                self.undo(lin, before);
             }
-        }
-    }
-
-    /// True if the op's call entry is still in the list (it is not linearized).
-    fn call_linked(&self, lin: usize) -> bool {
-        match self.required_id[lin] {
-            u32::MAX => false,
-            id => !self.linearized.bits[id as usize],
         }
     }
 
     fn witness(&self, partition: u32) -> Witness {
-        let (_, blocked, log_length, linearized) = self.deepest.clone().unwrap_or_default();
+        let DeadEnd {
+            blocked,
+            length: log_length,
+            tail,
+            ..
+        } = self.deepest.clone().unwrap_or_default();
         let blocked_lin = &self.ops[blocked];
-        let tail_start = linearized.len().saturating_sub(8);
-        let linearized: Vec<usize> = linearized[tail_start..]
-            .iter()
-            .map(|&lin| self.ops[lin].op)
-            .collect();
+        let linearized: Vec<usize> = tail.iter().map(|&lin| self.ops[lin].op).collect();
         let end = blocked_lin.ret.unwrap_or(usize::MAX);
         let concurrent: Vec<usize> = self
             .ops
@@ -694,12 +864,7 @@ impl Search {
             .map(|(_, lin)| lin.op)
             .take(16)
             .collect();
-        let described: Vec<String> = self
-            .deepest
-            .iter()
-            .flat_map(|(_, _, _, stack)| stack[stack.len().saturating_sub(8)..].iter())
-            .map(|&lin| self.ops[lin].describe())
-            .collect();
+        let described: Vec<String> = tail.iter().map(|&lin| self.ops[lin].describe()).collect();
         let message = format!(
             "partition {partition} is not linearizable: {} cannot be placed; the log had length \
              {log_length} after [{}]; concurrent ops {concurrent:?}",

@@ -1,7 +1,7 @@
 //! The linearizability checker: hand-made histories that are and are not linearizable.
 
 use brook_jepsen::linear::{self, LinearOptions, LinearReport, Verdict};
-use brook_jepsen::{History, HistoryBuilder, Outcome};
+use brook_jepsen::{History, HistoryBuilder, OpKind, Outcome, Phase, PollRecord};
 
 fn check(history: &History) -> LinearReport {
     linear::check(history, &LinearOptions::default()).expect("history pairs")
@@ -286,4 +286,220 @@ fn an_empty_history_is_linearizable() {
     let report = check(&History::new());
     assert_eq!(report.verdict, Verdict::Linearizable);
     assert!(report.partitions.is_empty());
+}
+
+/// A tiny deterministic generator (64-bit LCG), so the histories below need no seed file.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % bound
+    }
+}
+
+/// How a producer's send ends in [`pinned_history`].
+#[derive(Clone, Copy, PartialEq)]
+enum SendEnd {
+    /// acks=all: acknowledged with its offset.
+    Ok,
+    /// acks=1: appended, but recorded `info` (no durability promised).
+    InfoAppended,
+    /// Timed out before reaching the log.
+    InfoLost,
+}
+
+/// The shape of a simulation run against a correct single-node broker: four producers whose
+/// sends overlap, about half acknowledged with their offset and most of the rest `info` but
+/// appended (so pinned by the polls that read them), a few lost; two consumers polling up to
+/// three records at a time, lagging at the end (the last appends are never read).
+fn pinned_history(sends: u64, seed: u64) -> History {
+    const PRODUCERS: u64 = 4;
+    const CONSUMERS: [u64; 2] = [100, 101];
+    let mut random = Lcg(seed);
+    let mut builder = HistoryBuilder::new();
+    for consumer in CONSUMERS {
+        builder = builder.assign(consumer, &[0]);
+    }
+    let mut log: Vec<u64> = Vec::new();
+    // Producer -> (value, how it ends, offset once appended).
+    let mut sending: Vec<Option<(u64, SendEnd, Option<u64>)>> = vec![None; PRODUCERS as usize];
+    let mut polling = [false; CONSUMERS.len()];
+    let mut positions = [0u64; CONSUMERS.len()];
+    let mut next_value = 1;
+    while next_value <= sends || sending.iter().any(Option::is_some) {
+        let actor = random.below(PRODUCERS + CONSUMERS.len() as u64);
+        if actor < PRODUCERS {
+            let process = actor;
+            match sending[process as usize] {
+                None if next_value <= sends => {
+                    let end = match random.below(20) {
+                        0..=9 => SendEnd::Ok,
+                        10..=18 => SendEnd::InfoAppended,
+                        _ => SendEnd::InfoLost,
+                    };
+                    builder = builder.send_invoke(process, 0, next_value);
+                    sending[process as usize] = Some((next_value, end, None));
+                    next_value += 1;
+                }
+                None => {}
+                Some((value, end, None)) if end != SendEnd::InfoLost => {
+                    log.push(value);
+                    sending[process as usize] = Some((value, end, Some(log.len() as u64 - 1)));
+                }
+                Some((_, end, offset)) => {
+                    builder = match (end, offset) {
+                        (SendEnd::Ok, Some(offset)) => builder.send_complete_ok(process, 0, offset),
+                        _ => builder.complete(process, Outcome::Info),
+                    };
+                    sending[process as usize] = None;
+                }
+            }
+        } else {
+            let index = (actor - PRODUCERS) as usize;
+            let process = CONSUMERS[index];
+            if polling[index] {
+                let end = (positions[index] + 3).min(log.len() as u64);
+                let records: Vec<(u32, u64, u64)> = (positions[index]..end)
+                    .map(|offset| (0, offset, log[offset as usize]))
+                    .collect();
+                positions[index] = end;
+                builder = builder.poll_complete(process, &records);
+            } else if next_value <= sends {
+                builder = builder.poll_invoke(process);
+            } else {
+                continue;
+            }
+            polling[index] = !polling[index];
+        }
+    }
+    for (index, process) in CONSUMERS.into_iter().enumerate() {
+        if polling[index] {
+            builder = builder.poll_complete(process, &[]);
+        }
+    }
+    builder.build()
+}
+
+/// Offsets at which a poll read a value whose send ended `info`, and the ok sends' completions.
+fn pinned_info_offsets(history: &History) -> (Vec<u64>, Vec<(usize, u64)>) {
+    let operations = history.operations().unwrap();
+    let info_values: std::collections::BTreeSet<u64> = operations
+        .iter()
+        .filter(|operation| operation.outcome == Outcome::Info)
+        .filter_map(|operation| match operation.kind {
+            OpKind::Send { value, .. } => Some(value),
+            _ => None,
+        })
+        .collect();
+    let mut pinned = Vec::new();
+    let mut acknowledged = Vec::new();
+    for op in history.ops() {
+        match &op.kind {
+            OpKind::Poll { records } => pinned.extend(
+                records
+                    .iter()
+                    .filter(|record| info_values.contains(&record.value))
+                    .map(|record| record.offset),
+            ),
+            OpKind::Send {
+                offset: Some(offset),
+                ..
+            } if op.phase == Phase::Ok => acknowledged.push((op.index, *offset)),
+            _ => {}
+        }
+    }
+    pinned.sort_unstable();
+    pinned.dedup();
+    (pinned, acknowledged)
+}
+
+/// A budget far too small for a search that is not guided by the pinned offsets.
+fn small_budget(history: &History) -> LinearOptions {
+    LinearOptions {
+        states_max: history.len() as u64,
+        ..LinearOptions::default()
+    }
+}
+
+#[test]
+fn many_pinned_indeterminate_sends_are_decided_cheaply() {
+    for seed in 1..=4 {
+        let history = pinned_history(1_500, seed);
+        let (pinned, acknowledged) = pinned_info_offsets(&history);
+        assert!(pinned.len() > 400, "{} pinned info sends", pinned.len());
+        assert!(acknowledged.len() > 400, "{} ok sends", acknowledged.len());
+        let report = linear::check(&history, &small_budget(&history)).unwrap();
+        assert_eq!(
+            report.verdict,
+            Verdict::Linearizable,
+            "seed {seed}: {report}"
+        );
+        let partition = &report.partitions[0];
+        assert!(
+            partition.states_explored <= partition.operations as u64,
+            "seed {seed}: {partition:?}"
+        );
+    }
+}
+
+#[test]
+fn a_poll_beyond_the_log_among_pinned_sends_is_not_linearizable() {
+    let history = pinned_history(1_500, 7);
+    // A poll completing mid-history returns an offset no send invoked so far can have made.
+    let mut ops = history.ops().to_vec();
+    let middle = ops.len() / 2;
+    let completion = (middle..ops.len())
+        .find(|&index| ops[index].phase == Phase::Ok && ops[index].kind.name() == "poll")
+        .unwrap();
+    let invoked = ops[..completion]
+        .iter()
+        .filter(|op| op.phase == Phase::Invoke && op.kind.name() == "send")
+        .count() as u64;
+    if let OpKind::Poll { records } = &mut ops[completion].kind {
+        records.push(PollRecord {
+            partition: 0,
+            offset: invoked,
+            value: u64::MAX,
+        });
+    }
+    let bad = History::from_ops(ops).unwrap();
+    let report = linear::check(&bad, &small_budget(&bad)).unwrap();
+    assert_eq!(report.verdict, Verdict::NotLinearizable, "{report}");
+    let witness = report.witness.unwrap();
+    assert_eq!(witness.blocked_op, completion, "{}", witness.message);
+}
+
+#[test]
+fn an_ok_send_at_a_pinned_info_send_offset_is_not_linearizable() {
+    let history = pinned_history(1_500, 11);
+    let (pinned, acknowledged) = pinned_info_offsets(&history);
+    // An acknowledgement mid-history claims the offset the next record, an info send's that a
+    // poll read, was read at.
+    let (completion, offset) = acknowledged[acknowledged.len() / 2..]
+        .iter()
+        .copied()
+        .find(|&(_, offset)| pinned.binary_search(&(offset + 1)).is_ok())
+        .unwrap();
+    let mut ops = history.ops().to_vec();
+    if let OpKind::Send {
+        offset: claimed, ..
+    } = &mut ops[completion].kind
+    {
+        *claimed = Some(offset + 1);
+    }
+    let bad = History::from_ops(ops).unwrap();
+    let report = linear::check(&bad, &small_budget(&bad)).unwrap();
+    assert_eq!(report.verdict, Verdict::NotLinearizable, "{report}");
+    // Whichever of the two is placed at `offset + 1`, the other cannot be.
+    let witness = report.witness.unwrap();
+    assert_eq!(witness.log_length, offset + 2, "{}", witness.message);
+    assert!(
+        witness.blocked.contains(&format!("offset {}", offset + 1)),
+        "{}",
+        witness.message
+    );
 }
