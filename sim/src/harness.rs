@@ -131,6 +131,11 @@ pub struct Draw {
 }
 
 impl Draw {
+    /// The draw a run of `seed` makes (the same as the first trace line).
+    pub fn for_seed(seed: u64) -> Self {
+        Draw::new(&mut ChaCha8Rng::seed_from_u64(seed))
+    }
+
     pub fn new(rng: &mut ChaCha8Rng) -> Self {
         let mut faults: Vec<Fault> = Fault::ALL
             .iter()

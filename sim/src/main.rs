@@ -178,6 +178,9 @@ mod runner {
                 fault_secs: args.fault_secs,
                 ..Options::new(seed)
             };
+            if args.seed.is_some() {
+                println!("seed {seed}: draw {}", harness::Draw::for_seed(seed));
+            }
             let seed_started = wall_now();
             let report = match run_on_fresh_thread(options.clone()) {
                 Ok(report) => report,
@@ -254,7 +257,6 @@ mod runner {
                 failed.push(seed);
             }
             if verbose && args.seed.is_some() {
-                println!("  draw: {}", report.draw);
                 if let Some(linear) = &report.linear {
                     println!("  {}", linear.summary());
                 }
