@@ -180,6 +180,7 @@ impl Values {
 
 /// One producer: sends `records_max` records (or until `deadline`) round-robin over
 /// `partitions`, paced to `rate` records/s if given, and waits for every acknowledgement.
+#[allow(clippy::too_many_arguments)]
 pub async fn produce(
     runtime: Runtime,
     spec: Arc<LoadSpec>,
@@ -284,6 +285,7 @@ pub async fn produce(
 
 /// One consumer: reads `partitions` from `start` until it has `records_max` records, or
 /// every partition reached `end_offsets` (when given), or the run's end.
+#[allow(clippy::too_many_arguments)]
 pub async fn consume(
     runtime: Runtime,
     spec: Arc<LoadSpec>,
