@@ -39,7 +39,7 @@ step "simulation tests (--cfg madsim)"
 step "simulation tests, determinism check (each seed run twice by madsim)"
 MADSIM_TEST_NUM=4 MADSIM_TEST_CHECK_DETERMINISM=1 "${SIM_ENV[@]}" cargo nextest run -p brook-sim --no-fail-fast
 
-step "simulation: ${SIM_SEEDS:=200} seeds, each 30 simulated seconds of faults (cargo sim, release)"
+step "simulation: ${SIM_SEEDS:=500} seeds, each 30 simulated seconds of faults (cargo sim, release)"
 cargo sim --seeds "${SIM_SEEDS}"
 
 step "simulation: regression seeds (sim/regression-seeds.txt)"
