@@ -817,8 +817,134 @@ fn parse_value(record: &brook_client::ConsumerRecord) -> Option<u64> {
         .ok()
 }
 
-/// A consumer: reads every partition from the start, recording each poll; on an error it
-/// reconnects and resumes at its own positions (so its view stays continuous).
+/// A consumer of every partition whose polls are recorded in the history as one process. It
+/// reads from the start; after an error it reconnects and resumes at its own positions, so
+/// what it delivers stays continuous (no assign or seek needs recording).
+struct RecordedConsumer {
+    runtime: Runtime,
+    shared: Shared,
+    bootstrap: String,
+    config: ConsumerConfig,
+    process: u64,
+    partitions: Vec<u32>,
+    positions: BTreeMap<u32, u64>,
+    assigned: bool,
+    consumer: Option<Consumer>,
+}
+
+impl RecordedConsumer {
+    fn new(
+        runtime: Runtime,
+        shared: Shared,
+        bootstrap: String,
+        config: ConsumerConfig,
+        process: u64,
+        partitions: u32,
+    ) -> Self {
+        RecordedConsumer {
+            runtime,
+            shared,
+            bootstrap,
+            config,
+            process,
+            partitions: (0..partitions).collect(),
+            positions: BTreeMap::new(),
+            assigned: false,
+            consumer: None,
+        }
+    }
+
+    /// Connect, assign every partition and resume at the positions; after a failure, wait a
+    /// little and return `false`.
+    async fn connect(&mut self) -> bool {
+        let connected =
+            match Consumer::connect(self.runtime.clone(), &self.bootstrap, self.config.clone())
+                .await
+            {
+                Ok(mut consumer) => {
+                    let mut ready = consumer
+                        .assign(TOPIC, &self.partitions, StartOffset::Earliest)
+                        .await
+                        .is_ok();
+                    for (&partition, &offset) in &self.positions {
+                        ready &= consumer
+                            .seek(TOPIC, partition, StartOffset::Offset(offset))
+                            .await
+                            .is_ok();
+                    }
+                    ready.then_some(consumer)
+                }
+                Err(_) => None,
+            };
+        match connected {
+            Some(consumer) => {
+                if !self.assigned {
+                    let kind = OpKind::Assign {
+                        partitions: self.partitions.clone(),
+                    };
+                    lock(&self.shared).op(self.process, Phase::Invoke, kind.clone());
+                    lock(&self.shared).op(self.process, Phase::Ok, kind);
+                    self.assigned = true;
+                }
+                self.consumer = Some(consumer);
+                true
+            }
+            None => {
+                self.runtime.sleep(Duration::from_millis(200)).await;
+                false
+            }
+        }
+    }
+
+    /// One recorded poll (connecting first if needed): the values read, or why it failed.
+    async fn poll(&mut self, timeout: Duration) -> Result<Vec<u64>, String> {
+        if self.consumer.is_none() && !self.connect().await {
+            return Err("cannot connect".into());
+        }
+        let Some(consumer) = self.consumer.as_mut() else {
+            return Err("not connected".into());
+        };
+        lock(&self.shared).op(
+            self.process,
+            Phase::Invoke,
+            OpKind::Poll {
+                records: Vec::new(),
+            },
+        );
+        match consumer.poll(timeout).await {
+            Ok(records) => {
+                let mut polled = Vec::with_capacity(records.len());
+                let mut values = Vec::with_capacity(records.len());
+                for record in &records {
+                    self.positions.insert(record.partition, record.offset + 1);
+                    if let Some(value) = parse_value(record) {
+                        values.push(value);
+                        polled.push((record.partition, record.offset, value).into());
+                    }
+                }
+                lock(&self.shared).op(self.process, Phase::Ok, OpKind::Poll { records: polled });
+                Ok(values)
+            }
+            Err(error) => {
+                lock(&self.shared).op(
+                    self.process,
+                    Phase::Info,
+                    OpKind::Poll {
+                        records: Vec::new(),
+                    },
+                );
+                lock(&self.shared).trace(format_args!(
+                    "consumer {} poll failed: {error}",
+                    self.process
+                ));
+                self.consumer = None;
+                Err(error.to_string())
+            }
+        }
+    }
+}
+
+/// A consumer during the fault phase: polls until told to stop.
 async fn consume(
     runtime: Runtime,
     shared: Shared,
@@ -827,94 +953,17 @@ async fn consume(
     process: u64,
     consuming: Arc<AtomicBool>,
 ) {
-    let mut positions: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut assigned = false;
+    let config = ConsumerConfig {
+        fetch_bytes_max: draw.fetch_bytes_max,
+        fetch_wait_ms_max: draw.fetch_wait_ms,
+        request_timeout: Duration::from_millis(draw.request_timeout_ms),
+        ..ConsumerConfig::default()
+    };
+    let timeout = Duration::from_millis(u64::from(draw.fetch_wait_ms) + 100);
+    let mut consumer =
+        RecordedConsumer::new(runtime, shared, bootstrap, config, process, draw.partitions);
     while consuming.load(Ordering::Relaxed) {
-        let config = ConsumerConfig {
-            fetch_bytes_max: draw.fetch_bytes_max,
-            fetch_wait_ms_max: draw.fetch_wait_ms,
-            request_timeout: Duration::from_millis(draw.request_timeout_ms),
-            ..ConsumerConfig::default()
-        };
-        let Ok(mut consumer) = Consumer::connect(runtime.clone(), &bootstrap, config).await else {
-            runtime.sleep(Duration::from_millis(200)).await;
-            continue;
-        };
-        let partitions: Vec<u32> = (0..draw.partitions).collect();
-        if consumer
-            .assign(TOPIC, &partitions, StartOffset::Earliest)
-            .await
-            .is_err()
-        {
-            runtime.sleep(Duration::from_millis(200)).await;
-            continue;
-        }
-        if !assigned {
-            lock(&shared).op(
-                process,
-                Phase::Invoke,
-                OpKind::Assign {
-                    partitions: partitions.clone(),
-                },
-            );
-            lock(&shared).op(
-                process,
-                Phase::Ok,
-                OpKind::Assign {
-                    partitions: partitions.clone(),
-                },
-            );
-            assigned = true;
-        }
-        let mut resumed = true;
-        for (&partition, &offset) in &positions {
-            if consumer
-                .seek(TOPIC, partition, StartOffset::Offset(offset))
-                .await
-                .is_err()
-            {
-                resumed = false;
-            }
-        }
-        if !resumed {
-            runtime.sleep(Duration::from_millis(200)).await;
-            continue;
-        }
-        while consuming.load(Ordering::Relaxed) {
-            lock(&shared).op(
-                process,
-                Phase::Invoke,
-                OpKind::Poll {
-                    records: Vec::new(),
-                },
-            );
-            match consumer
-                .poll(Duration::from_millis(u64::from(draw.fetch_wait_ms) + 100))
-                .await
-            {
-                Ok(records) => {
-                    let mut polled = Vec::with_capacity(records.len());
-                    for record in &records {
-                        positions.insert(record.partition, record.offset + 1);
-                        if let Some(value) = parse_value(record) {
-                            polled.push((record.partition, record.offset, value).into());
-                        }
-                    }
-                    lock(&shared).op(process, Phase::Ok, OpKind::Poll { records: polled });
-                }
-                Err(error) => {
-                    lock(&shared).op(
-                        process,
-                        Phase::Info,
-                        OpKind::Poll {
-                            records: Vec::new(),
-                        },
-                    );
-                    lock(&shared).trace(format_args!("consumer {process} poll failed: {error}"));
-                    break;
-                }
-            }
-        }
+        let _ = consumer.poll(timeout).await;
     }
 }
 
@@ -941,89 +990,33 @@ async fn drain(
     mut missing: BTreeSet<u64>,
     deadline: Duration,
 ) -> Result<(), String> {
-    let process = 9_000;
     let start = runtime.now();
-    let partitions: Vec<u32> = (0..draw.partitions).collect();
+    let mut consumer = RecordedConsumer::new(
+        runtime.clone(),
+        shared,
+        bootstrap,
+        ConsumerConfig::default(),
+        9_000,
+        draw.partitions,
+    );
     let mut last_error = String::new();
-    let mut positions: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut assigned = false;
+    let mut idle = 0;
     while runtime.now().duration_since(start) < deadline {
-        let Ok(mut consumer) =
-            Consumer::connect(runtime.clone(), &bootstrap, ConsumerConfig::default()).await
-        else {
-            runtime.sleep(Duration::from_millis(200)).await;
-            continue;
-        };
-        if consumer
-            .assign(TOPIC, &partitions, StartOffset::Earliest)
-            .await
-            .is_err()
-        {
-            runtime.sleep(Duration::from_millis(200)).await;
-            continue;
-        }
-        if !assigned {
-            lock(&shared).op(
-                process,
-                Phase::Invoke,
-                OpKind::Assign {
-                    partitions: partitions.clone(),
-                },
-            );
-            lock(&shared).op(
-                process,
-                Phase::Ok,
-                OpKind::Assign {
-                    partitions: partitions.clone(),
-                },
-            );
-            assigned = true;
-        }
-        for (&partition, &offset) in &positions {
-            let _ = consumer
-                .seek(TOPIC, partition, StartOffset::Offset(offset))
-                .await;
-        }
-        let mut idle = 0;
-        while runtime.now().duration_since(start) < deadline {
-            lock(&shared).op(
-                process,
-                Phase::Invoke,
-                OpKind::Poll {
-                    records: Vec::new(),
-                },
-            );
-            match consumer.poll(Duration::from_millis(500)).await {
-                Ok(records) => {
-                    let mut polled = Vec::with_capacity(records.len());
-                    for record in &records {
-                        positions.insert(record.partition, record.offset + 1);
-                        if let Some(value) = parse_value(record) {
-                            missing.remove(&value);
-                            polled.push((record.partition, record.offset, value).into());
-                        }
-                    }
-                    idle = if records.is_empty() { idle + 1 } else { 0 };
-                    lock(&shared).op(process, Phase::Ok, OpKind::Poll { records: polled });
-                    // Done once every acknowledged value was seen and the log is quiet.
-                    if missing.is_empty() && idle >= 2 {
-                        return Ok(());
-                    }
+        match consumer.poll(Duration::from_millis(500)).await {
+            Ok(values) => {
+                idle = if values.is_empty() { idle + 1 } else { 0 };
+                for value in values {
+                    missing.remove(&value);
                 }
-                Err(error) => {
-                    lock(&shared).op(
-                        process,
-                        Phase::Info,
-                        OpKind::Poll {
-                            records: Vec::new(),
-                        },
-                    );
-                    last_error = error.to_string();
-                    break;
+                // Done once every acknowledged value was seen and the log is quiet.
+                if missing.is_empty() && idle >= 2 {
+                    return Ok(());
                 }
             }
+            Err(error) => last_error = error,
         }
     }
+    let positions = &consumer.positions;
     Err(format!(
         "liveness: {} acknowledged values not consumed within {:?} after the heal (first: {:?}; positions {:?}; last error: {last_error})",
         missing.len(),

@@ -71,6 +71,10 @@ fn config() -> LogConfig {
         segment_bytes_max: 700,
         segment_age_ms_max: 1_000,
         index_interval_bytes: 150,
+        // Every batch is appended in term 1: a higher term read back is a damaged header
+        // (the term is outside the CRC). Without this bound a crash that flips a bit in the
+        // term of the torn last write is indistinguishable from a newer leader's batch.
+        term_max: 1,
         ..LogConfig::default()
     }
 }

@@ -450,67 +450,9 @@ pub fn work_dir() -> tempfile::TempDir {
         .expect("create a temporary directory")
 }
 
-/// Kafka's murmur2 (as in `org.apache.kafka.common.utils.Utils.murmur2`), which its default
-/// partitioner uses: partition = `(murmur2(key) & 0x7fffffff) % partitions`.
-pub fn kafka_murmur2(data: &[u8]) -> i32 {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
-    let length = data.len();
-    let mut h: u32 = SEED ^ (length as u32);
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let tail = chunks.remainder();
-    if tail.len() >= 3 {
-        h ^= u32::from(tail[2]) << 16;
-    }
-    if tail.len() >= 2 {
-        h ^= u32::from(tail[1]) << 8;
-    }
-    if !tail.is_empty() {
-        h ^= u32::from(tail[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h as i32
-}
-
-/// The partition Kafka's default partitioner picks for a key.
-pub fn kafka_partition(key: &[u8], partitions: u32) -> u32 {
-    (kafka_murmur2(key) as u32 & 0x7fff_ffff) % partitions
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Kafka's own test vectors (UtilsTest.testMurmur2).
-    #[test]
-    fn murmur2_matches_kafka() {
-        let cases: [(&str, i32); 6] = [
-            ("21", -973_932_308),
-            ("foobar", -790_332_482),
-            ("a-little-bit-long-string", -985_981_536),
-            ("a-little-bit-longer-string", -1_486_304_829),
-            (
-                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
-                -58_897_971,
-            ),
-            ("abc", 479_470_107),
-        ];
-        for (input, expected) in cases {
-            assert_eq!(kafka_murmur2(input.as_bytes()), expected, "{input}");
-        }
-    }
 
     #[test]
     fn listening_lines_parse() {

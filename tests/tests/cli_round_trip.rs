@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use brook_e2e::{kafka_partition, run_cli, work_dir, Broker, CLI_TIMEOUT};
+use brook_client::partitioner::partition_for_key as kafka_partition;
+use brook_e2e::{run_cli, work_dir, Broker, CLI_TIMEOUT};
 use serde_json::Value;
 
 const TOPIC: &str = "round-trip";
