@@ -142,6 +142,60 @@ fn unknown_topic(name: &str) -> BrokerError {
     BrokerError::new(ErrorCode::UnknownTopic, format!("unknown topic {name:?}"))
 }
 
+/// The metadata file's text: TOML, then a last line holding the CRC-32C of everything before
+/// it, so a damaged file (or a damaged read of it) is never taken for a valid topic.
+fn encode_topic_file(file: &TopicFile) -> Result<String, toml::ser::Error> {
+    let text = toml::to_string(file)?;
+    let crc = crc32c::crc32c(text.as_bytes());
+    Ok(format!("{text}{CHECKSUM_PREFIX}{crc:08x}\n"))
+}
+
+const CHECKSUM_PREFIX: &str = "# crc32c = ";
+
+fn decode_topic_file(bytes: &[u8]) -> Result<TopicFile, String> {
+    let text = std::str::from_utf8(bytes).map_err(|error| error.to_string())?;
+    let body_end = text
+        .trim_end_matches('\n')
+        .rfind('\n')
+        .map_or(0, |position| position + 1);
+    let (body, checksum_line) = text.split_at(body_end);
+    let stored = checksum_line
+        .trim_end()
+        .strip_prefix(CHECKSUM_PREFIX)
+        .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+        .ok_or("missing checksum line")?;
+    let computed = crc32c::crc32c(body.as_bytes());
+    if stored != computed {
+        return Err(format!(
+            "checksum mismatch: stored {stored:08x}, computed {computed:08x}"
+        ));
+    }
+    let file: TopicFile = toml::from_str(body).map_err(|error| error.to_string())?;
+    if file.partitions == 0 {
+        return Err("a topic has at least one partition".into());
+    }
+    Ok(file)
+}
+
+/// Read and check a topic's metadata file. A read that comes back damaged is retried (the
+/// damage may be in the read, not on disk); damage that persists stops the node with the path.
+fn read_topic_file(disk: &dyn Disk, path: &Path) -> Result<TopicFile, ControllerError> {
+    let mut last_reason = String::new();
+    for _ in 0..3 {
+        match decode_topic_file(&disk.read_file(path)?) {
+            Ok(file) => return Ok(file),
+            Err(reason) => {
+                tracing::warn!(path = %path.display(), %reason, "damaged topic metadata read; reading again");
+                last_reason = reason;
+            }
+        }
+    }
+    Err(ControllerError::Metadata {
+        path: path.to_path_buf(),
+        reason: last_reason,
+    })
+}
+
 impl Controller {
     fn topics_dir(data_dir: &Path) -> PathBuf {
         data_dir.join("topics")
@@ -176,16 +230,7 @@ impl Controller {
                 controller.disk.remove_dir_all(&dir)?;
                 continue;
             }
-            let text = controller.disk.read_file(&meta_path)?;
-            let text = std::str::from_utf8(&text).map_err(|error| ControllerError::Metadata {
-                path: meta_path.clone(),
-                reason: error.to_string(),
-            })?;
-            let file: TopicFile =
-                toml::from_str(text).map_err(|error| ControllerError::Metadata {
-                    path: meta_path.clone(),
-                    reason: error.to_string(),
-                })?;
+            let file = read_topic_file(controller.disk.as_ref(), &meta_path)?;
             let partitions = (0..file.partitions)
                 .map(|partition| controller.spawn_partition(&name, partition))
                 .collect::<Result<Vec<_>, _>>()?;
@@ -293,7 +338,7 @@ impl Controller {
         let topics_dir = Self::topics_dir(&self.config.data_dir);
         let dir = topics_dir.join(&name);
         self.disk.create_dir_all(&dir).map_err(|e| storage(&e))?;
-        let text = toml::to_string(&file).map_err(|e| storage(&e))?;
+        let text = encode_topic_file(&file).map_err(|e| storage(&e))?;
         let temp = dir.join(format!("{TOPIC_FILE}.tmp"));
         let file_handle = self
             .disk
@@ -498,5 +543,30 @@ impl Actor for Controller {
                 reply.send(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_files_are_checksummed() {
+        let file = TopicFile {
+            partitions: 3,
+            replication_factor: 1,
+            config: BTreeMap::new(),
+        };
+        let text = encode_topic_file(&file).expect("encode");
+        assert_eq!(decode_topic_file(text.as_bytes()), Ok(file));
+        // Regression (simulation seed 5044): a bit flipped in a read turned "partitions = 1"
+        // into "partitions = 0" and the node came back with a topic that had no partitions.
+        let position = text.find("partitions = 3").expect("field") + "partitions = ".len();
+        let mut damaged = text.clone().into_bytes();
+        damaged[position] ^= 1;
+        assert!(decode_topic_file(&damaged)
+            .unwrap_err()
+            .contains("checksum mismatch"));
+        assert!(decode_topic_file(b"partitions = 1\nreplication_factor = 1\n").is_err());
     }
 }

@@ -477,21 +477,41 @@ impl BatchBuilder {
     ) {
         let first = *self.first_timestamp.get_or_insert(timestamp);
         self.max_timestamp = self.max_timestamp.max(timestamp);
-        let mut body =
-            Vec::with_capacity(16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
-        body.push(0);
-        varint::put_i64(&mut body, timestamp.wrapping_sub(first));
-        varint::put_u64(&mut body, u64::from(self.record_count));
-        put_nullable(&mut body, key);
-        put_nullable(&mut body, value);
-        varint::put_u64(&mut body, headers.len() as u64);
+        let timestamp_delta = timestamp.wrapping_sub(first);
+        let offset_delta = u64::from(self.record_count);
+        // Encoded straight into the batch: the body's length (a varint in front of it) is
+        // computed first, so no per-record buffer is allocated.
+        let mut body_len = 1
+            + varint::len_i64(timestamp_delta)
+            + varint::len_u64(offset_delta)
+            + nullable_len(key)
+            + nullable_len(value)
+            + varint::len_u64(headers.len() as u64);
         for header in headers {
-            varint::put_u64(&mut body, header.key.len() as u64);
-            body.extend_from_slice(header.key.as_bytes());
-            put_nullable(&mut body, header.value.as_deref());
+            body_len += varint::len_u64(header.key.len() as u64)
+                + header.key.len()
+                + nullable_len(header.value.as_deref());
         }
-        varint::put_u64(&mut self.buf, body.len() as u64);
-        self.buf.extend_from_slice(&body);
+        let buf = &mut self.buf;
+        buf.reserve(body_len + 10);
+        varint::put_u64(buf, body_len as u64);
+        let body_start = buf.len();
+        buf.push(0);
+        varint::put_i64(buf, timestamp_delta);
+        varint::put_u64(buf, offset_delta);
+        put_nullable(buf, key);
+        put_nullable(buf, value);
+        varint::put_u64(buf, headers.len() as u64);
+        for header in headers {
+            varint::put_u64(buf, header.key.len() as u64);
+            buf.extend_from_slice(header.key.as_bytes());
+            put_nullable(buf, header.value.as_deref());
+        }
+        debug_assert_eq!(
+            buf.len() - body_start,
+            body_len,
+            "record length computed wrongly"
+        );
         self.record_count += 1;
     }
 
@@ -521,7 +541,18 @@ impl BatchBuilder {
             .copy_from_slice(&self.record_count.to_le_bytes());
         let crc = compute_crc(buf);
         buf[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_le_bytes());
-        BytesMut::from(&self.buf[..])
+        // Hand the buffer over without copying it.
+        Bytes::from(self.buf)
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]))
+    }
+}
+
+/// Encoded length of a nullable field: a zigzag varint length (-1 for null) and the bytes.
+fn nullable_len(bytes: Option<&[u8]>) -> usize {
+    match bytes {
+        None => 1,
+        Some(bytes) => varint::len_i64(bytes.len() as i64) + bytes.len(),
     }
 }
 

@@ -33,6 +33,11 @@ pub fn len_u64(mut value: u64) -> usize {
     len
 }
 
+/// Number of bytes `value` takes as a zigzag varint.
+pub fn len_i64(value: i64) -> usize {
+    len_u64(((value << 1) ^ (value >> 63)) as u64)
+}
+
 /// Decode an unsigned varint at the start of `buf`; returns the value and its length.
 pub fn get_u64(buf: &[u8]) -> Result<(u64, usize), VarintError> {
     let mut value: u64 = 0;
@@ -92,6 +97,7 @@ mod tests {
             prop_assert_eq!(get_u64(&out), Ok((unsigned, out.len())));
             out.clear();
             put_i64(&mut out, signed);
+            prop_assert_eq!(out.len(), len_i64(signed));
             prop_assert_eq!(get_i64(&out), Ok((signed, out.len())));
         }
     }
