@@ -3,6 +3,10 @@
 //! Files are opened read+write (never in `O_APPEND` mode): appends are positional writes at a
 //! length tracked in memory, so that reads and the fsync of a group commit never contend with
 //! the file cursor. Whole-file reads map the file with memmap2 (index files).
+//!
+//! This module is the one place outside the simulator where brook touches the file system
+//! (`std::fs`): everything else reaches files through the [`Disk`] trait, and a simulation
+//! swaps this implementation for `SimDisk`.
 
 use std::fs::{File, OpenOptions};
 use std::io;
