@@ -17,7 +17,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use brook_actors::controller::{Controller, ControllerMessage};
-use brook_actors::partition::{PartitionActor, PartitionMessage};
+use brook_actors::partition::{
+    FetchResult, PartitionActor, PartitionMessage, PartitionReply, ProduceResult,
+};
 use brook_actors::runtime::{Addr, Runtime};
 use brook_wire::error::{BrokerError, ErrorCode};
 use brook_wire::frame::{FrameDecoder, FrameEncoder, FrameError};
@@ -200,6 +202,49 @@ impl Connection {
         Ok(address)
     }
 
+    /// A request for one partition: look up its actor, *enqueue* the message now (so requests
+    /// of this connection reach the partition in arrival order), and let a task wait for the
+    /// answer, turn it into a response with `answer` (`None`: send nothing) and hand it to the
+    /// writer. The in-flight `permit` is held until then.
+    async fn forward_to_partition<T: Send + 'static>(
+        &mut self,
+        correlation_id: u64,
+        topic: &str,
+        partition: u32,
+        permit: OwnedSemaphorePermit,
+        answer: impl FnOnce(Result<T, BrokerError>) -> Option<(Response, Bytes)> + Send + 'static,
+        message: impl FnOnce(PartitionReply<T>) -> PartitionMessage,
+    ) {
+        let address = match self.lookup(topic, partition).await {
+            Ok(address) => address,
+            Err(error) => {
+                if let Some((response, payload)) = answer(Err(error)) {
+                    self.respond(correlation_id, response, payload).await;
+                }
+                return;
+            }
+        };
+        let (reply, pending) = brook_actors::runtime::reply_pair();
+        let enqueued = address.send(message(reply)).await.is_ok();
+        let sender = self.sender.clone();
+        drop(self.shared.runtime.spawn(async move {
+            let _permit = permit;
+            let result = match pending.await {
+                Ok(result) if enqueued => result,
+                _ => Err(shutting_down()),
+            };
+            if let Some((response, payload)) = answer(result) {
+                let _ = sender
+                    .send(Outgoing {
+                        correlation_id,
+                        response,
+                        payload,
+                    })
+                    .await;
+            }
+        }));
+    }
+
     async fn dispatch(&mut self, envelope: RequestEnvelope, payload: Bytes) -> Result<(), String> {
         let RequestEnvelope {
             correlation_id,
@@ -266,51 +311,37 @@ impl Connection {
                 timeout_ms: _,
                 batch_count: _,
             } => {
-                let address = match self.lookup(&topic, partition).await {
-                    Ok(address) => address,
-                    Err(error) => {
-                        if acks != Acks::None {
-                            self.respond(correlation_id, Response::Error(error), Bytes::new())
-                                .await;
-                        }
-                        return Ok(());
-                    }
-                };
-                // Enqueue now, in arrival order; wait for the answer in a task.
-                let (reply, pending) = brook_actors::runtime::reply_pair();
-                let enqueued = address
-                    .send(PartitionMessage::Produce {
-                        batches: payload,
-                        acks,
-                        reply,
-                    })
-                    .await;
-                let sender = self.sender.clone();
-                drop(self.shared.runtime.spawn(async move {
-                    let _permit = permit;
-                    let response = match (enqueued, pending.await) {
-                        (Err(_), _) | (_, Err(_)) => Response::Error(shutting_down()),
-                        (Ok(()), Ok(Ok(result))) => Response::Produce {
+                let answer = move |result: Result<ProduceResult, BrokerError>| {
+                    let response = match result {
+                        Ok(result) => Response::Produce {
                             base_offset: result.base_offset,
                             log_append_time_ms: None,
                             log_start_offset: result.log_start_offset,
                         },
-                        (Ok(()), Ok(Err(error))) => Response::Error(error),
+                        Err(error) => Response::Error(error),
                     };
                     if acks == Acks::None {
+                        // The client asked for no answer; failures are only logged.
                         if let Response::Error(error) = &response {
                             tracing::debug!(%error, "acks=0 produce failed");
                         }
-                        return;
+                        return None;
                     }
-                    let _ = sender
-                        .send(Outgoing {
-                            correlation_id,
-                            response,
-                            payload: Bytes::new(),
-                        })
-                        .await;
-                }));
+                    Some((response, Bytes::new()))
+                };
+                self.forward_to_partition(
+                    correlation_id,
+                    &topic,
+                    partition,
+                    permit,
+                    answer,
+                    |reply| PartitionMessage::Produce {
+                        batches: payload,
+                        acks,
+                        reply,
+                    },
+                )
+                .await;
             }
             Request::Fetch {
                 topic,
@@ -320,31 +351,17 @@ impl Connection {
                 wait_ms_max,
                 bytes_min: _,
             } => {
-                let address = match self.lookup(&topic, partition).await {
-                    Ok(address) => address,
-                    Err(error) => {
-                        self.respond(correlation_id, Response::Error(error), Bytes::new())
-                            .await;
-                        return Ok(());
-                    }
-                };
-                let (reply, pending) = brook_actors::runtime::reply_pair();
-                let enqueued = address
-                    .send(PartitionMessage::Fetch {
-                        offset,
-                        bytes_max,
-                        wait_ms_max,
-                        reply,
-                    })
-                    .await;
-                let sender = self.sender.clone();
-                drop(self.shared.runtime.spawn(async move {
-                    let _permit = permit;
-                    let (response, payload) = match (enqueued, pending.await) {
-                        (Err(_), _) | (_, Err(_)) => {
-                            (Response::Error(shutting_down()), Bytes::new())
-                        }
-                        (Ok(()), Ok(Ok(result))) => (
+                // A response must fit in a frame: cap what is read. (One batch larger than this
+                // cannot exist: batches are limited well below the frame size.)
+                let payload_max = self
+                    .shared
+                    .frame_bytes_max
+                    .max(brook_wire::frame::FRAME_BYTES_MAX_DEFAULT)
+                    .saturating_sub(brook_wire::frame::FRAME_OVERHEAD_BYTES_MAX);
+                let bytes_max = bytes_max.min(u32::try_from(payload_max).unwrap_or(u32::MAX));
+                let answer = |result: Result<FetchResult, BrokerError>| {
+                    Some(match result {
+                        Ok(result) => (
                             Response::Fetch {
                                 high_watermark: result.high_watermark,
                                 log_start_offset: result.log_start_offset,
@@ -352,49 +369,46 @@ impl Connection {
                             },
                             result.batches,
                         ),
-                        (Ok(()), Ok(Err(error))) => (Response::Error(error), Bytes::new()),
-                    };
-                    let _ = sender
-                        .send(Outgoing {
-                            correlation_id,
-                            response,
-                            payload,
-                        })
-                        .await;
-                }));
+                        Err(error) => (Response::Error(error), Bytes::new()),
+                    })
+                };
+                self.forward_to_partition(
+                    correlation_id,
+                    &topic,
+                    partition,
+                    permit,
+                    answer,
+                    |reply| PartitionMessage::Fetch {
+                        offset,
+                        bytes_max,
+                        wait_ms_max,
+                        reply,
+                    },
+                )
+                .await;
             }
             Request::ListOffsets {
                 topic,
                 partition,
                 spec,
             } => {
-                let address = match self.lookup(&topic, partition).await {
-                    Ok(address) => address,
-                    Err(error) => {
-                        self.respond(correlation_id, Response::Error(error), Bytes::new())
-                            .await;
-                        return Ok(());
-                    }
+                let answer = |result: Result<(u64, Option<i64>), BrokerError>| {
+                    Some(match result {
+                        Ok((offset, timestamp)) => {
+                            (Response::ListOffsets { offset, timestamp }, Bytes::new())
+                        }
+                        Err(error) => (Response::Error(error), Bytes::new()),
+                    })
                 };
-                let sender = self.sender.clone();
-                drop(self.shared.runtime.spawn(async move {
-                    let _permit = permit;
-                    let response = match address
-                        .ask(|reply| PartitionMessage::ListOffsets { spec, reply })
-                        .await
-                    {
-                        Ok(Ok((offset, timestamp))) => Response::ListOffsets { offset, timestamp },
-                        Ok(Err(error)) => Response::Error(error),
-                        Err(_) => Response::Error(shutting_down()),
-                    };
-                    let _ = sender
-                        .send(Outgoing {
-                            correlation_id,
-                            response,
-                            payload: Bytes::new(),
-                        })
-                        .await;
-                }));
+                self.forward_to_partition(
+                    correlation_id,
+                    &topic,
+                    partition,
+                    permit,
+                    answer,
+                    |reply| PartitionMessage::ListOffsets { spec, reply },
+                )
+                .await;
             }
             admin => {
                 let controller = self.shared.controller.clone();
