@@ -228,23 +228,12 @@ impl PartitionActor {
                     ),
                 ));
             }
-            if header.total_len() > self.log.config().batch_bytes_max {
-                return Err(BrokerError::new(
-                    ErrorCode::RecordTooLarge,
-                    format!(
-                        "batch of {} bytes exceeds the limit of {} bytes",
-                        header.total_len(),
-                        self.log.config().batch_bytes_max
-                    ),
-                ));
-            }
-            brook_wire::batch::validate(&batches[position..end]).map_err(|error| {
-                BrokerError::new(
-                    ErrorCode::CorruptBatch,
-                    format!("batch at byte {position}: {error}"),
-                )
-            })?;
-            bounds.push((position, end));
+            // Size, framing and CRC, as the log will need them; computed once.
+            let checked = self
+                .log
+                .check(&batches[position..end])
+                .map_err(|error| storage_error(&error))?;
+            bounds.push((position, end, checked));
             position = end;
         }
         // Stamping needs a mutable buffer: zero-copy when the request owns its bytes.
@@ -254,10 +243,10 @@ impl PartitionActor {
         };
         let mut first: Option<u64> = None;
         let mut last = 0;
-        for (start, end) in bounds {
+        for (start, end, checked) in bounds {
             let info = self
                 .log
-                .append(&mut buffer[start..end], self.term, now_ms)
+                .append_checked(&mut buffer[start..end], checked, self.term, now_ms)
                 .map_err(|error| storage_error(&error))?;
             first.get_or_insert(info.base_offset);
             last = info.last_offset;

@@ -620,3 +620,20 @@ fn a_flipped_term_inside_the_segment_does_not_poison_the_batches_after_it() {
     assert_eq!(log.next_offset(), 15);
     assert_eq!(read_values(&log, 3), expected(3..15));
 }
+
+#[test]
+fn append_checked_refuses_a_token_of_another_batch() {
+    let (_sim, disk, dir) = sim();
+    let (mut log, _) = open(&disk, &dir, LogConfig::default());
+    let mut first = batch(0, 2, 0);
+    let mut other = batch(100, 3, 0);
+    let checked = log.check(&first).expect("check");
+    assert!(matches!(
+        log.append_checked(&mut other, checked, 1, 0),
+        Err(LogError::InvalidBatch(_))
+    ));
+    assert_eq!(log.next_offset(), 0);
+    log.append_checked(&mut first, checked, 1, 0)
+        .expect("append");
+    assert_eq!(read_values(&log, 0), expected(0..2));
+}
