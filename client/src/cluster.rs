@@ -20,7 +20,7 @@ use crate::error::{ClientError, Result};
 
 /// How long cached topic metadata is trusted before it is fetched again (partition counts and
 /// leaders change rarely; failures invalidate the cache sooner).
-const METADATA_AGE_MAX: Duration = Duration::from_secs(60);
+pub(crate) const METADATA_AGE_MAX: Duration = Duration::from_secs(60);
 
 /// One topic's cached metadata.
 #[derive(Debug, Clone)]
@@ -55,6 +55,9 @@ pub(crate) struct Cluster {
     brokers: tokio::sync::Mutex<Brokers>,
     topics: Mutex<BTreeMap<String, TopicInfo>>,
     next_connection_id: AtomicU64,
+    /// Counts invalidations, so that a cache of partition counts kept elsewhere (the
+    /// producer's) knows when to ask again.
+    generation: AtomicU64,
 }
 
 /// Parse `host:port[,host:port...]`.
@@ -95,6 +98,7 @@ impl Cluster {
             brokers: tokio::sync::Mutex::new(Brokers::default()),
             topics: Mutex::new(BTreeMap::new()),
             next_connection_id: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         };
         cluster.any_connection().await?;
         Ok(cluster)
@@ -267,6 +271,12 @@ impl Cluster {
         if let Some(info) = self.topics().get_mut(topic) {
             info.stale = true;
         }
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many times metadata was invalidated so far.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The connection to the leader of `topic`-`partition`.

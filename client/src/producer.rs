@@ -4,11 +4,13 @@
 //!
 //! [`Producer::send`] runs on the caller's task: it checks the record, picks its partition
 //! (key hash, explicit, or sticky), reserves the record's bytes in the buffer (waiting while
-//! [`ProducerConfig::buffer_bytes_max`] bytes are unacknowledged: backpressure) and hands the
-//! record to the producer's background task over a bounded channel. The background task owns
-//! everything else: one open batch per partition (closed when full, when its linger expired,
-//! or on flush/close), the queue of closed batches, the produce requests in flight, retries
-//! and the replies to each record's [`DeliveryFuture`].
+//! [`ProducerConfig::buffer_bytes_max`] bytes are unacknowledged: backpressure) and encodes
+//! the record straight into its partition's open batch, in an accumulator shared with the
+//! producer's background task (one short lock per record; no message, channel or allocation
+//! per record). The background task hears of a batch when it opens (its linger starts) or
+//! fills, and owns everything after: closing batches whose linger expired, the queue of
+//! closed batches, the produce requests in flight, retries, and the outcome of each batch,
+//! which all its records' [`DeliveryFuture`]s share.
 //!
 //! # Ordering and retries: what is guaranteed
 //!
@@ -48,9 +50,9 @@ use brook_wire::error::ErrorCode;
 use brook_wire::protocol::{Acks, Request, Response};
 use bytes::Bytes;
 use rand::Rng;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::cluster::{unknown_partition, Cluster};
+use crate::cluster::{unknown_partition, Cluster, METADATA_AGE_MAX};
 use crate::connection::Connection;
 use crate::error::{ClientError, Result};
 use crate::future_set::FutureSet;
@@ -59,10 +61,8 @@ use crate::partitioner::{partition_for_key, StickyPartitioner};
 /// The offset reported for a record produced with [`Acks::None`]: the broker sends no answer,
 /// so the client never learns it.
 pub const OFFSET_UNKNOWN: u64 = u64::MAX;
-/// Records and commands waiting for the background task.
-const COMMAND_QUEUE_CAPACITY: usize = 1024;
-/// Commands the background task takes in one go before sending what became ready.
-const COMMANDS_PER_ROUND_MAX: usize = 256;
+/// Flush and close commands waiting for the background task.
+const COMMAND_QUEUE_CAPACITY: usize = 64;
 /// Smallest `batch_bytes_max` accepted: a header and a small record.
 const BATCH_BYTES_MIN: usize = BATCH_HEADER_LEN + 64;
 
@@ -202,7 +202,11 @@ pub struct RecordMetadata {
 /// Resolves when the broker acknowledged the record (with [`Acks::None`]: when it was
 /// written to the connection), or with the error that made the producer give up on it.
 pub struct DeliveryFuture {
-    receiver: oneshot::Receiver<Result<RecordMetadata>>,
+    outcome: Arc<Outcome>,
+    /// The record's index in its batch as first built.
+    index: u32,
+    /// The record's own timestamp (reported unless the broker stamps append time).
+    timestamp: i64,
 }
 
 impl std::fmt::Debug for DeliveryFuture {
@@ -214,13 +218,157 @@ impl std::fmt::Debug for DeliveryFuture {
 impl Future for DeliveryFuture {
     type Output = Result<RecordMetadata>;
 
-    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.receiver)
-            .poll(context)
-            .map(|result| result.unwrap_or(Err(ClientError::Closed)))
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let outcome = &this.outcome;
+        let mut state = outcome.lock();
+        let index = this.index;
+        if let Some(resolved) = state
+            .resolved
+            .iter()
+            .find(|resolved| (resolved.start..resolved.end).contains(&index))
+        {
+            return Poll::Ready(match &resolved.result {
+                Ok(acknowledged) => Ok(RecordMetadata {
+                    topic: outcome.topic.clone(),
+                    partition: outcome.partition,
+                    offset: acknowledged.map_or(OFFSET_UNKNOWN, |(base, _)| {
+                        base + u64::from(index - resolved.start)
+                    }),
+                    timestamp: acknowledged
+                        .and_then(|(_, append_time)| append_time)
+                        .unwrap_or(this.timestamp),
+                }),
+                Err(error) => Err(error.duplicate()),
+            });
+        }
+        let slot = index as usize;
+        if state.wakers.len() <= slot {
+            state.wakers.resize_with(slot + 1, || None);
+        }
+        match &mut state.wakers[slot] {
+            Some(waker) if waker.will_wake(context.waker()) => {}
+            waker => *waker = Some(context.waker().clone()),
+        }
+        Poll::Pending
     }
 }
 
+/// The outcome of the records of one batch, shared by their delivery futures: one allocation
+/// and one lock per batch instead of a channel per record. A batch split for a retry resolves
+/// in parts, each a range of record indexes.
+struct Outcome {
+    topic: String,
+    partition: u32,
+    state: Mutex<OutcomeState>,
+}
+
+#[derive(Default)]
+struct OutcomeState {
+    resolved: Vec<Resolved>,
+    /// Wakers of pending delivery futures, by record index.
+    wakers: Vec<Option<std::task::Waker>>,
+}
+
+struct Resolved {
+    start: u32,
+    end: u32,
+    /// `Ok(None)`: written without acknowledgement (acks=0); `Ok(Some((offset of `start`,
+    /// log append time)))`.
+    result: Result<Option<(u64, Option<i64>)>>,
+}
+
+impl Outcome {
+    fn new(topic: String, partition: u32) -> Arc<Outcome> {
+        Arc::new(Outcome {
+            topic,
+            partition,
+            state: Mutex::new(OutcomeState::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutcomeState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Records `start..end` of an [`Outcome`] that are not resolved yet. Dropped unresolved (the
+/// producer's task ended without an answer), its records fail with [`ClientError::Closed`].
+struct RecordRange {
+    outcome: Arc<Outcome>,
+    start: u32,
+    end: u32,
+    done: bool,
+}
+
+impl RecordRange {
+    fn new(outcome: Arc<Outcome>) -> Self {
+        RecordRange {
+            outcome,
+            start: 0,
+            end: 0,
+            done: false,
+        }
+    }
+
+    fn len(&self) -> u32 {
+        self.end - self.start
+    }
+
+    /// A range over the same outcome: `start..end`, within this one.
+    fn part(&self, start: u32, end: u32) -> RecordRange {
+        debug_assert!(self.start <= start && start <= end && end <= self.end);
+        RecordRange {
+            outcome: self.outcome.clone(),
+            start,
+            end,
+            done: false,
+        }
+    }
+
+    fn resolve(mut self, result: Result<Option<(u64, Option<i64>)>>) {
+        self.done = true;
+        let wakers: Vec<std::task::Waker> = {
+            let mut state = self.outcome.lock();
+            state.resolved.push(Resolved {
+                start: self.start,
+                end: self.end,
+                result,
+            });
+            let end = (self.end as usize).min(state.wakers.len());
+            let start = (self.start as usize).min(end);
+            state.wakers[start..end]
+                .iter_mut()
+                .filter_map(Option::take)
+                .collect()
+        };
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// Replaced by its parts: no outcome of its own.
+    fn forget(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for RecordRange {
+    fn drop(&mut self) {
+        if !self.done && self.start < self.end {
+            let range = RecordRange {
+                outcome: self.outcome.clone(),
+                start: self.start,
+                end: self.end,
+                done: false,
+            };
+            self.done = true;
+            range.resolve(Err(ClientError::Closed));
+        }
+    }
+}
 /// Sends records to a brook cluster: batches them per partition, pipelines produce requests,
 /// retries retriable failures (see the [module docs](self) for the ordering guarantee).
 ///
@@ -274,29 +422,130 @@ impl std::fmt::Debug for Producer {
 struct ProducerShared {
     cluster: Arc<Cluster>,
     config: ProducerConfig,
-    /// Batch size limit: the configured one, bounded by what one request may carry.
+    /// Batch size limit at connect: the configured one, bounded by what one request may
+    /// carry (the background task may lower the accumulator's after a refusal).
     batch_bytes_max: usize,
     commands: mpsc::Sender<Command>,
-    buffer: Arc<Semaphore>,
-    sticky: Mutex<StickyPartitioner>,
+    accumulator: Arc<Accumulator>,
 }
 
+/// Flush and close travel to the background task over a channel; records do not (they go
+/// straight into the [`Accumulator`]).
 enum Command {
-    Record(PendingRecord),
-    Flush(oneshot::Sender<()>),
+    /// Resolve once every record up to this sequence number is done.
+    Flush(u64, oneshot::Sender<()>),
     Close(oneshot::Sender<()>),
 }
 
-struct PendingRecord {
-    topic: String,
-    partition: u32,
-    timestamp: i64,
-    key: Option<Bytes>,
-    value: Option<Bytes>,
-    headers: Vec<RecordHeader>,
+/// The batches being filled, shared by [`Producer::send`] (on the caller's task) and the
+/// background task: `send` appends a record to its partition's open batch under one lock, so
+/// a record costs an encode and a few counters, not a message; the background task hears of a
+/// batch only when one opens or fills.
+struct Accumulator {
+    state: Mutex<AccumulatorState>,
+    /// Wakes the background task: a batch opened (its linger starts) or filled.
+    work: Notify,
+    /// Wakes senders waiting for buffer room, or for the close.
+    room: Notify,
+}
+
+struct AccumulatorState {
+    accepting: bool,
+    topics: BTreeMap<String, TopicRecords>,
+    /// Batches closed by senders (full) or by flush/close, for the background task, in order.
+    ready: Vec<(u32, String, Batch)>,
+    next_sequence: u64,
+    /// Record bytes sent and not yet acknowledged or failed.
+    buffered_bytes: usize,
+    buffer_bytes_max: usize,
+    /// Lowered by the background task when the broker refuses a batch as too large.
+    batch_bytes_max: usize,
+    sticky: StickyPartitioner,
+}
+
+/// One topic in the accumulator: its partition count (from the cluster's metadata, checked
+/// against the cluster's invalidation count) and its open batches.
+struct TopicRecords {
+    partitions: u32,
+    generation: u64,
+    fetched_at: Instant,
+    open: BTreeMap<u32, OpenBatch>,
+}
+
+struct OpenBatch {
+    builder: BatchBuilder,
+    range: RecordRange,
+    first_sequence: u64,
+    reserved: usize,
+    /// When linger expires.
+    deadline: Instant,
+}
+
+impl OpenBatch {
+    fn close(self) -> Batch {
+        Batch {
+            bytes: self.builder.finish().freeze(),
+            range: self.range,
+            first_sequence: self.first_sequence,
+            reserved: self.reserved,
+            attempts: 0,
+            status: BatchStatus::Queued,
+        }
+    }
+}
+
+enum Appended {
+    Done {
+        future: DeliveryFuture,
+        /// The background task should look: a batch opened or filled.
+        wake: bool,
+    },
+    /// The topic's partition count is unknown, stale or old.
+    NeedMetadata,
+    /// The buffer is full.
+    NeedRoom,
+}
+
+impl Accumulator {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AccumulatorState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Release the buffer bytes of finished batches.
+    fn release(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        {
+            let mut state = self.lock();
+            state.buffered_bytes = state.buffered_bytes.saturating_sub(bytes);
+        }
+        self.room.notify_waiters();
+    }
+}
+
+impl AccumulatorState {
+    /// Close every open batch (flush, close).
+    fn close_all(&mut self) {
+        for (topic, records) in &mut self.topics {
+            for (partition, open) in std::mem::take(&mut records.open) {
+                self.ready.push((partition, topic.clone(), open.close()));
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.topics.values().all(|records| records.open.is_empty())
+    }
+}
+
+struct SendArgs<'a> {
+    record: &'a ProducerRecord,
     size: usize,
-    permit: OwnedSemaphorePermit,
-    reply: oneshot::Sender<Result<RecordMetadata>>,
+    reserve: usize,
+    timestamp: i64,
 }
 
 impl Producer {
@@ -319,36 +568,45 @@ impl Producer {
         let batch_bytes_max = config.batch_bytes_max.min(payload_max);
         let cluster = Arc::new(cluster);
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE_CAPACITY);
-        let buffer = Arc::new(Semaphore::new(
-            config.buffer_bytes_max.min(Semaphore::MAX_PERMITS),
-        ));
+        let accumulator = Arc::new(Accumulator {
+            state: Mutex::new(AccumulatorState {
+                accepting: true,
+                topics: BTreeMap::new(),
+                ready: Vec::new(),
+                next_sequence: 0,
+                buffered_bytes: 0,
+                buffer_bytes_max: config.buffer_bytes_max,
+                batch_bytes_max,
+                sticky: StickyPartitioner::new(
+                    runtime.rng_for("brook-client producer partitioner"),
+                    batch_bytes_max,
+                ),
+            }),
+            work: Notify::new(),
+            room: Notify::new(),
+        });
         let background = Background {
             runtime: runtime.clone(),
             cluster: cluster.clone(),
             config: config.clone(),
+            accumulator: accumulator.clone(),
             commands: receiver,
             accepting: true,
             partitions: BTreeMap::new(),
             in_flight: FutureSet::default(),
-            next_sequence: 0,
             next_request_id: 0,
             flush_waiters: Vec::new(),
             close_waiters: Vec::new(),
-            batch_bytes_max,
             rng: runtime.rng_for("brook-client producer backoff"),
         };
         drop(runtime.spawn(background.run()));
         Ok(Producer {
             shared: Arc::new(ProducerShared {
-                sticky: Mutex::new(StickyPartitioner::new(
-                    runtime.rng_for("brook-client producer partitioner"),
-                    batch_bytes_max,
-                )),
                 cluster,
                 config,
                 batch_bytes_max,
                 commands,
-                buffer,
+                accumulator,
             }),
         })
     }
@@ -360,7 +618,7 @@ impl Producer {
     /// Fails at once for an unknown topic ([`ErrorCode::UnknownTopic`]), a partition the topic
     /// does not have, or a record too large for a batch ([`ClientError::InvalidArgument`]).
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
-        let shared = &self.shared;
+        let shared = &*self.shared;
         if record.topic.is_empty() {
             return Err(ClientError::InvalidArgument(
                 "a record needs a topic".into(),
@@ -374,73 +632,187 @@ impl Producer {
                 shared.batch_bytes_max
             )));
         }
-        let partitions = shared.cluster.partition_count(&record.topic).await?;
+        let timestamp = record
+            .timestamp
+            .unwrap_or_else(|| shared.cluster.runtime().wall_clock_ms());
+        // A record larger than the whole buffer takes all of it.
+        let args = SendArgs {
+            record: &record,
+            size,
+            reserve: size.min(shared.config.buffer_bytes_max),
+            timestamp,
+        };
+        loop {
+            match self.try_append(&args)? {
+                Appended::Done { future, wake } => {
+                    if wake {
+                        shared.accumulator.work.notify_one();
+                    }
+                    return Ok(future);
+                }
+                Appended::NeedMetadata => {
+                    let generation = shared.cluster.generation();
+                    let partitions = shared.cluster.partition_count(&record.topic).await?;
+                    let now = shared.cluster.runtime().now();
+                    let mut state = shared.accumulator.lock();
+                    let records =
+                        state
+                            .topics
+                            .entry(record.topic.clone())
+                            .or_insert_with(|| TopicRecords {
+                                partitions,
+                                generation,
+                                fetched_at: now,
+                                open: BTreeMap::new(),
+                            });
+                    records.partitions = partitions;
+                    records.generation = generation;
+                    records.fetched_at = now;
+                }
+                Appended::NeedRoom => {
+                    let accumulator = &shared.accumulator;
+                    let room = accumulator.room.notified();
+                    tokio::pin!(room);
+                    room.as_mut().enable();
+                    let waiting = {
+                        let state = accumulator.lock();
+                        state.accepting
+                            && state.buffered_bytes + args.reserve > state.buffer_bytes_max
+                    };
+                    if waiting {
+                        room.await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Append the record to its partition's open batch, if the topic's metadata is at hand
+    /// and the buffer has room.
+    fn try_append(&self, args: &SendArgs<'_>) -> Result<Appended> {
+        let shared = &*self.shared;
+        let record = args.record;
+        let mut guard = shared.accumulator.lock();
+        let state = &mut *guard;
+        if !state.accepting {
+            return Err(ClientError::Closed);
+        }
+        let generation = shared.cluster.generation();
+        let Some(records) = state
+            .topics
+            .get_mut(&record.topic)
+            .filter(|records| records.generation == generation)
+        else {
+            return Ok(Appended::NeedMetadata);
+        };
+        if state.buffered_bytes + args.reserve > state.buffer_bytes_max {
+            return Ok(Appended::NeedRoom);
+        }
+        let partitions = records.partitions;
         let partition = match (record.partition, &record.key) {
             (Some(partition), _) if partition < partitions => partition,
             (Some(partition), _) => {
                 return Err(unknown_partition(&record.topic, partition, partitions))
             }
             (None, Some(key)) => partition_for_key(key, partitions),
-            (None, None) => shared
-                .sticky
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .partition(&record.topic, partitions, size),
+            (None, None) => state.sticky.partition(&record.topic, partitions, args.size),
         };
-        // Reserve the record's bytes (a record larger than the whole buffer takes all of it).
-        let permits = size
-            .min(shared.config.buffer_bytes_max)
-            .min(Semaphore::MAX_PERMITS)
-            .min(u32::MAX as usize) as u32;
-        let permit = shared
-            .buffer
-            .clone()
-            .acquire_many_owned(permits)
-            .await
-            .map_err(|_| ClientError::Closed)?;
-        let timestamp = record
-            .timestamp
-            .unwrap_or_else(|| shared.cluster.runtime().wall_clock_ms());
-        let (reply, receiver) = oneshot::channel();
-        let pending = PendingRecord {
-            topic: record.topic,
-            partition,
-            timestamp,
-            key: record.key,
-            value: record.value,
-            headers: record
-                .headers
-                .into_iter()
-                .map(|(key, value)| RecordHeader { key, value })
-                .collect(),
-            size,
-            permit,
-            reply,
+        let mut wake = false;
+        let batch_bytes_max = state.batch_bytes_max;
+        if let Some(open) = records.open.get(&partition) {
+            if open.builder.size_bytes() + args.size > batch_bytes_max {
+                if let Some(open) = records.open.remove(&partition) {
+                    state
+                        .ready
+                        .push((partition, record.topic.clone(), open.close()));
+                    wake = true;
+                }
+            }
+        }
+        let open = match records.open.entry(partition) {
+            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                // The clock is read once per batch, not per record.
+                let now = shared.cluster.runtime().now();
+                if now.duration_since(records.fetched_at) >= METADATA_AGE_MAX {
+                    return Ok(Appended::NeedMetadata);
+                }
+                wake = true;
+                entry.insert(OpenBatch {
+                    builder: BatchBuilder::new(),
+                    range: RecordRange::new(Outcome::new(record.topic.clone(), partition)),
+                    first_sequence: state.next_sequence,
+                    reserved: 0,
+                    deadline: now + shared.config.linger,
+                })
+            }
         };
-        shared
-            .commands
-            .send(Command::Record(pending))
-            .await
-            .map_err(|_| ClientError::Closed)?;
-        Ok(DeliveryFuture { receiver })
+        let headers: Vec<RecordHeader> = record
+            .headers
+            .iter()
+            .map(|(key, value)| RecordHeader {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect();
+        open.builder.push(
+            args.timestamp,
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &headers,
+        );
+        let index = open.range.end;
+        open.range.end += 1;
+        open.reserved += args.reserve;
+        state.buffered_bytes += args.reserve;
+        state.next_sequence += 1;
+        let future = DeliveryFuture {
+            outcome: open.range.outcome.clone(),
+            index,
+            timestamp: args.timestamp,
+        };
+        if open.builder.size_bytes() >= batch_bytes_max {
+            if let Some(open) = records.open.remove(&partition) {
+                state
+                    .ready
+                    .push((partition, record.topic.clone(), open.close()));
+                wake = true;
+            }
+        }
+        Ok(Appended::Done { future, wake })
     }
 
     /// Send everything buffered now (without waiting for linger) and wait until every record
     /// enqueued before this call is acknowledged or failed (each record's outcome is reported
     /// by its [`DeliveryFuture`]).
     pub async fn flush(&self) -> Result<()> {
+        let last = {
+            let mut state = self.shared.accumulator.lock();
+            state.close_all();
+            state.next_sequence.checked_sub(1)
+        };
+        let Some(last) = last else {
+            return Ok(());
+        };
         let (reply, done) = oneshot::channel();
         self.shared
             .commands
-            .send(Command::Flush(reply))
+            .send(Command::Flush(last, reply))
             .await
             .map_err(|_| ClientError::Closed)?;
         done.await.map_err(|_| ClientError::Closed)
     }
 
-    /// Flush, then stop the background task and close the connections. Other clones of this
-    /// producer fail with [`ClientError::Closed`] afterwards.
+    /// Flush, then stop the background task and close the connections. Sends from this or
+    /// any other clone of this producer fail with [`ClientError::Closed`] from now on.
     pub async fn close(self) -> Result<()> {
+        {
+            let mut state = self.shared.accumulator.lock();
+            state.accepting = false;
+            state.close_all();
+        }
+        // Senders waiting for room learn of the close.
+        self.shared.accumulator.room.notify_waiters();
         let (reply, done) = oneshot::channel();
         if self
             .shared
@@ -452,26 +824,8 @@ impl Producer {
             // An error here means the task had already stopped: nothing is left to flush.
             let _ = done.await;
         }
-        self.shared.buffer.close();
         Ok(())
     }
-}
-
-/// One record in a batch, waiting for its outcome.
-struct RecordSlot {
-    /// Order of arrival at the background task (for flush).
-    sequence: u64,
-    timestamp: i64,
-    size: usize,
-    reply: oneshot::Sender<Result<RecordMetadata>>,
-}
-
-struct OpenBatch {
-    builder: BatchBuilder,
-    records: Vec<RecordSlot>,
-    permit: OwnedSemaphorePermit,
-    /// When linger expires.
-    deadline: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -487,15 +841,17 @@ enum BatchStatus {
 
 struct Batch {
     bytes: Bytes,
-    records: Vec<RecordSlot>,
-    /// The buffer bytes of its records, released when the batch completes.
-    permit: Option<OwnedSemaphorePermit>,
+    /// Its records' delivery futures.
+    range: RecordRange,
+    /// Sequence number (order of `send`) of its first record, for flush.
+    first_sequence: u64,
+    /// Buffer bytes of its records, released when the batch completes.
+    reserved: usize,
     attempts: u32,
     status: BatchStatus,
 }
 
 struct PartitionQueue {
-    open: Option<OpenBatch>,
     /// Closed batches not yet completed, oldest first.
     batches: VecDeque<Batch>,
     in_flight: usize,
@@ -509,33 +865,27 @@ struct PartitionQueue {
 }
 
 impl PartitionQueue {
+    fn new() -> Self {
+        PartitionQueue {
+            batches: VecDeque::new(),
+            in_flight: 0,
+            connection: None,
+            paused: false,
+            retry_at: None,
+        }
+    }
+
     fn is_idle(&self) -> bool {
-        self.open.is_none() && self.batches.is_empty() && self.in_flight == 0
+        self.batches.is_empty() && self.in_flight == 0
     }
 
     fn oldest_sequence(&self) -> Option<u64> {
-        self.batches
-            .front()
-            .and_then(|batch| batch.records.first())
-            .or_else(|| self.open.as_ref().and_then(|open| open.records.first()))
-            .map(|slot| slot.sequence)
+        self.batches.front().map(|batch| batch.first_sequence)
     }
 
-    /// Whether a batch closed now could be sent at once (see `Background::close_lingered`).
+    /// Whether a batch closed now could be sent at once (see `Background::collect`).
     fn may_close_open(&self, in_flight_max: usize, now: Instant) -> bool {
         !self.paused && self.in_flight < in_flight_max && self.retry_at.map_or(true, |at| at <= now)
-    }
-
-    fn close_open(&mut self) {
-        if let Some(open) = self.open.take() {
-            self.batches.push_back(Batch {
-                bytes: open.builder.finish().freeze(),
-                records: open.records,
-                permit: Some(open.permit),
-                attempts: 0,
-                status: BatchStatus::Queued,
-            });
-        }
     }
 }
 
@@ -559,16 +909,14 @@ struct Background {
     runtime: Runtime,
     cluster: Arc<Cluster>,
     config: ProducerConfig,
+    accumulator: Arc<Accumulator>,
     commands: mpsc::Receiver<Command>,
     accepting: bool,
     partitions: BTreeMap<(String, u32), PartitionQueue>,
     in_flight: FutureSet<Completion>,
-    next_sequence: u64,
     next_request_id: u64,
     flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
     close_waiters: Vec<oneshot::Sender<()>>,
-    /// Batch size limit; lowered when the broker refuses a batch as too large.
-    batch_bytes_max: usize,
     rng: ChaCha8Rng,
 }
 
@@ -576,10 +924,13 @@ impl Background {
     async fn run(mut self) {
         loop {
             let now = self.runtime.now();
-            self.close_lingered(now);
+            self.collect(now);
             self.dispatch(now).await;
             self.resolve_flushes();
-            if !self.accepting && self.partitions.values().all(PartitionQueue::is_idle) {
+            if !self.accepting
+                && self.partitions.values().all(PartitionQueue::is_idle)
+                && self.accumulator.lock().is_empty()
+            {
                 break;
             }
             let wake = self.next_wake(now);
@@ -592,28 +943,17 @@ impl Background {
                     }
                 }
             };
+            let accumulator = self.accumulator.clone();
             let event = tokio::select! {
                 command = self.commands.recv(), if self.accepting => Event::Command(command),
                 completion = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     Event::Completion(completion)
                 }
+                () = accumulator.work.notified() => Event::Wake,
                 () = sleep => Event::Wake,
             };
             match event {
-                Event::Command(command) => {
-                    self.on_command(command);
-                    // Take what else is waiting before sending, so batches fill up.
-                    for _ in 0..COMMANDS_PER_ROUND_MAX {
-                        if !self.accepting {
-                            break;
-                        }
-                        match self.commands.try_recv() {
-                            Ok(command) => self.on_command(Some(command)),
-                            Err(mpsc::error::TryRecvError::Empty) => break,
-                            Err(mpsc::error::TryRecvError::Disconnected) => self.on_command(None),
-                        }
-                    }
-                }
+                Event::Command(command) => self.on_command(command),
                 Event::Completion(completion) => {
                     self.on_completion(completion);
                     while let Some(completion) = self.in_flight.next_ready().await {
@@ -634,156 +974,103 @@ impl Background {
 
     fn on_command(&mut self, command: Option<Command>) {
         match command {
-            Some(Command::Record(record)) => self.append(record),
-            Some(Command::Flush(reply)) => {
-                self.close_all_open();
-                match self.next_sequence.checked_sub(1) {
-                    Some(last) => self.flush_waiters.push((last, reply)),
-                    None => {
-                        let _ = reply.send(());
-                    }
-                }
-            }
+            Some(Command::Flush(last, reply)) => self.flush_waiters.push((last, reply)),
             Some(Command::Close(reply)) => {
                 self.accepting = false;
-                // Later sends fail at once; records already queued behind the close are
-                // dropped, and their delivery futures report `Closed`.
                 self.commands.close();
-                self.close_all_open();
                 self.close_waiters.push(reply);
             }
             None => {
                 // Every producer handle is gone: send what is buffered, then stop.
                 self.accepting = false;
-                self.close_all_open();
             }
+        }
+        if !self.accepting {
+            let mut state = self.accumulator.lock();
+            state.accepting = false;
+            state.close_all();
         }
     }
 
-    fn append(&mut self, record: PendingRecord) {
-        let sequence = self.next_sequence;
-        self.next_sequence += 1;
-        let batch_bytes_max = self.batch_bytes_max;
-        let linger = self.config.linger;
-        let key = (record.topic, record.partition);
-        let queue = self
-            .partitions
-            .entry(key)
-            .or_insert_with(|| PartitionQueue {
-                open: None,
-                batches: VecDeque::new(),
-                in_flight: 0,
-                connection: None,
-                paused: false,
-                retry_at: None,
-            });
-        if let Some(open) = &queue.open {
-            if open.builder.size_bytes() + record.size > batch_bytes_max {
-                queue.close_open();
-            }
-        }
-        let slot = RecordSlot {
-            sequence,
-            timestamp: record.timestamp,
-            size: record.size,
-            reply: record.reply,
-        };
-        match &mut queue.open {
-            Some(open) => {
-                open.permit.merge(record.permit);
-                open.records.push(slot);
-                open.builder.push(
-                    record.timestamp,
-                    record.key.as_deref(),
-                    record.value.as_deref(),
-                    &record.headers,
-                );
-            }
-            None => {
-                let mut builder = BatchBuilder::new();
-                builder.push(
-                    record.timestamp,
-                    record.key.as_deref(),
-                    record.value.as_deref(),
-                    &record.headers,
-                );
-                // The clock is read once per batch, not per record.
-                queue.open = Some(OpenBatch {
-                    builder,
-                    records: vec![slot],
-                    permit: record.permit,
-                    deadline: self.runtime.now() + linger,
-                });
-            }
-        }
-        let full = queue
-            .open
-            .as_ref()
-            .is_some_and(|open| open.builder.size_bytes() >= batch_bytes_max);
-        // With no linger the batch still takes every record that arrives before the task
-        // sends again (see `run`): it closes at the top of the next round.
-        if full {
-            queue.close_open();
-        }
+    fn queue(&mut self, topic: String, partition: u32) -> &mut PartitionQueue {
+        self.partitions
+            .entry((topic, partition))
+            .or_insert_with(PartitionQueue::new)
     }
 
-    fn close_all_open(&mut self) {
-        for queue in self.partitions.values_mut() {
-            queue.close_open();
+    /// Take the batches senders closed, and close the open batches whose linger has expired,
+    /// unless their partition cannot send now (requests in flight at the limit, paused for a
+    /// retry, backing off): as in Kafka's producer, such a batch stays open and keeps taking
+    /// records until the partition may send again or it is full, so a busy partition sends
+    /// fewer, larger batches instead of a queue of small ones (each of which costs a request
+    /// slot, a header and an append on the broker).
+    fn collect(&mut self, now: Instant) {
+        let accumulator = self.accumulator.clone();
+        let mut state = accumulator.lock();
+        for (partition, topic, batch) in std::mem::take(&mut state.ready) {
+            self.queue(topic, partition).batches.push_back(batch);
         }
-    }
-
-    /// Close the open batches whose linger has expired, unless their partition cannot send
-    /// now (requests in flight at the limit, paused for a retry, backing off): as in Kafka's
-    /// producer, such a batch stays open and keeps taking records until the partition may
-    /// send again or it is full, so a busy partition sends fewer, larger batches instead of a
-    /// queue of small ones (each of which costs a request slot, a header and an append on the
-    /// broker).
-    fn close_lingered(&mut self, now: Instant) {
         let in_flight_max = self.config.requests_in_flight_max;
-        for queue in self.partitions.values_mut() {
-            if queue.open.as_ref().is_some_and(|open| open.deadline <= now)
-                && queue.may_close_open(in_flight_max, now)
-            {
-                queue.close_open();
+        for (topic, records) in &mut state.topics {
+            let lingered: Vec<u32> = records
+                .open
+                .iter()
+                .filter(|(partition, open)| {
+                    open.deadline <= now
+                        && self
+                            .partitions
+                            .get(&(topic.clone(), **partition))
+                            .map_or(true, |queue| queue.may_close_open(in_flight_max, now))
+                })
+                .map(|(partition, _)| *partition)
+                .collect();
+            for partition in lingered {
+                if let Some(open) = records.open.remove(&partition) {
+                    self.queue(topic.clone(), partition)
+                        .batches
+                        .push_back(open.close());
+                }
             }
         }
     }
 
     fn next_wake(&self, now: Instant) -> Option<Instant> {
         let in_flight_max = self.config.requests_in_flight_max;
-        self.partitions
-            .values()
-            .flat_map(|queue| {
-                // A partition blocked by its requests in flight (or paused until they end) is
-                // woken by their completions, not by a timer.
-                let blocked = queue.paused || queue.in_flight >= in_flight_max;
-                let linger =
-                    queue
-                        .open
-                        .as_ref()
-                        .filter(|_| !blocked)
-                        .map(|open| match queue.retry_at {
-                            Some(at) if at > open.deadline => at,
-                            _ => open.deadline,
-                        });
-                let retry = queue.retry_at.filter(|at| {
-                    *at > now
-                        && queue
-                            .batches
-                            .iter()
-                            .any(|batch| batch.status == BatchStatus::Queued)
-                });
-                [linger, retry]
+        // A partition blocked by its requests in flight (or paused until they end) is woken
+        // by their completions, not by a timer.
+        let blocked = |queue: &PartitionQueue| queue.paused || queue.in_flight >= in_flight_max;
+        let retries = self.partitions.values().filter_map(|queue| {
+            queue.retry_at.filter(|at| {
+                *at > now
+                    && queue
+                        .batches
+                        .iter()
+                        .any(|batch| batch.status == BatchStatus::Queued)
             })
-            .flatten()
-            .min()
+        });
+        let state = self.accumulator.lock();
+        let lingers = state.topics.iter().flat_map(|(topic, records)| {
+            records.open.iter().filter_map(move |(partition, open)| {
+                let queue = self.partitions.get(&(topic.clone(), *partition));
+                match queue {
+                    Some(queue) if blocked(queue) => None,
+                    Some(queue) => Some(match queue.retry_at {
+                        Some(at) if at > open.deadline => at,
+                        _ => open.deadline,
+                    }),
+                    None => Some(open.deadline),
+                }
+            })
+        });
+        retries.chain(lingers).min()
     }
 
     fn resolve_flushes(&mut self) {
         if self.flush_waiters.is_empty() {
             return;
         }
+        // Every record a flush waits for was in a closed batch when it was asked for, and the
+        // batches senders closed were collected before this: only this task's queues matter.
         let oldest = self
             .partitions
             .values()
@@ -958,6 +1245,7 @@ impl Background {
             result,
         } = completion;
         let retries_max = self.config.retries_max;
+        let mut released = 0;
         let Some(queue) = self.partitions.get_mut(&key) else {
             return;
         };
@@ -976,23 +1264,21 @@ impl Background {
                     let Some(batch) = queue.batches.remove(index) else {
                         break;
                     };
-                    for slot in batch.records {
-                        let offset = next_offset.unwrap_or(OFFSET_UNKNOWN);
-                        next_offset = next_offset.map(|offset| offset + 1);
-                        let _ = slot.reply.send(Ok(RecordMetadata {
-                            topic: key.0.clone(),
-                            partition: key.1,
-                            offset,
-                            timestamp: append_time.unwrap_or(slot.timestamp),
-                        }));
-                    }
+                    released += batch.reserved;
+                    let count = u64::from(batch.range.len());
+                    let acknowledged = next_offset.map(|base| (base, append_time));
+                    next_offset = next_offset.map(|offset| offset + count);
+                    batch.range.resolve(Ok(acknowledged));
                 }
             }
             Err(error) => {
                 let too_large = error.code() == Some(ErrorCode::RecordTooLarge);
                 if too_large {
-                    self.batch_bytes_max =
-                        plan_split(queue, request_id, &error, self.batch_bytes_max);
+                    let mut state = self.accumulator.lock();
+                    let (limit, failed) =
+                        plan_split(queue, request_id, &error, state.batch_bytes_max);
+                    state.batch_bytes_max = limit;
+                    released += failed;
                 } else {
                     let retriable = error.is_retriable();
                     let mut index = 0;
@@ -1007,7 +1293,7 @@ impl Background {
                             batch.status = BatchStatus::Requeue(None);
                             index += 1;
                         } else if let Some(batch) = queue.batches.remove(index) {
-                            fail_batch(batch, &error);
+                            released += fail_batch(batch, &error);
                         }
                     }
                     if retriable {
@@ -1024,7 +1310,9 @@ impl Background {
                 }
             }
         }
-        if queue.paused && queue.in_flight == 0 {
+        let requeue = queue.paused && queue.in_flight == 0;
+        self.accumulator.release(released);
+        if requeue {
             self.requeue(&key);
         }
     }
@@ -1037,6 +1325,7 @@ impl Background {
             return;
         };
         let mut attempts_max = 0;
+        let mut released = 0;
         let mut rebuilt = VecDeque::with_capacity(queue.batches.len());
         for batch in queue.batches.drain(..) {
             match batch.status {
@@ -1045,7 +1334,7 @@ impl Background {
                     match split {
                         Some(limit) => match split_batch(batch, limit) {
                             Ok(parts) => rebuilt.extend(parts),
-                            Err((batch, error)) => fail_batch(batch, &error),
+                            Err((batch, error)) => released += fail_batch(batch, &error),
                         },
                         None => rebuilt.push_back(Batch {
                             status: BatchStatus::Queued,
@@ -1060,28 +1349,30 @@ impl Background {
         queue.paused = false;
         queue.retry_at =
             (attempts_max > 0).then(|| now + backoff(&self.config, attempts_max, &mut self.rng));
+        self.accumulator.release(released);
     }
 }
 
 /// A `record_too_large` refusal of request `request_id`: the broker checks every batch of a
 /// request before appending any, so none was appended. The largest batch is certainly too
 /// large: if it holds one record, that record fails; otherwise every batch of the request
-/// above half its size is split. Returns the new batch size limit.
+/// above half its size is split. Returns the new batch size limit and the buffer bytes of
+/// the batches that failed.
 fn plan_split(
     queue: &mut PartitionQueue,
     request_id: u64,
     error: &ClientError,
     batch_bytes_max: usize,
-) -> usize {
+) -> (usize, usize) {
     let in_request = |batch: &Batch| batch.status == BatchStatus::InFlight(request_id);
     let largest = queue
         .batches
         .iter()
         .filter(|batch| in_request(batch))
-        .map(|batch| (batch.bytes.len(), batch.records.len()))
+        .map(|batch| (batch.bytes.len(), batch.range.len()))
         .max();
     let Some((largest_bytes, largest_records)) = largest else {
-        return batch_bytes_max;
+        return (batch_bytes_max, 0);
     };
     let limit = if largest_records > 1 {
         (largest_bytes / 2)
@@ -1090,6 +1381,7 @@ fn plan_split(
     } else {
         batch_bytes_max
     };
+    let mut released = 0;
     let mut index = 0;
     while index < queue.batches.len() {
         let batch = &mut queue.batches[index];
@@ -1097,13 +1389,13 @@ fn plan_split(
             index += 1;
             continue;
         }
-        if batch.records.len() == 1 && batch.bytes.len() >= largest_bytes {
+        if batch.range.len() == 1 && batch.bytes.len() >= largest_bytes {
             if let Some(batch) = queue.batches.remove(index) {
-                fail_batch(batch, error);
+                released += fail_batch(batch, error);
             }
             continue;
         }
-        let split = (batch.records.len() > 1 && batch.bytes.len() > limit).then_some(limit);
+        let split = (batch.range.len() > 1 && batch.bytes.len() > limit).then_some(limit);
         batch.status = BatchStatus::Requeue(split);
         index += 1;
     }
@@ -1113,19 +1405,19 @@ fn plan_split(
             "the broker refused a batch of {largest_bytes} bytes as too large; splitting it and lowering the batch size"
         );
     }
-    limit
+    (limit, released)
 }
 
 /// Rebuild `batch` as consecutive batches of at most `limit` bytes (at least one record
-/// each), keeping every record's timestamp, key, value, headers and reply.
+/// each), keeping every record's timestamp, key, value, headers and delivery future.
 #[allow(clippy::result_large_err)]
 fn split_batch(
-    mut batch: Batch,
+    batch: Batch,
     limit: usize,
 ) -> std::result::Result<Vec<Batch>, (Batch, ClientError)> {
     let decoded = RecordBatch::new(batch.bytes.clone()).and_then(|decoded| decoded.records());
     let records = match decoded {
-        Ok(records) if records.len() == batch.records.len() => records,
+        Ok(records) if records.len() == batch.range.len() as usize => records,
         Ok(_) => {
             let error =
                 ClientError::Protocol("a batch could not be split: record count mismatch".into());
@@ -1138,36 +1430,28 @@ fn split_batch(
     };
     let mut parts = Vec::new();
     let mut builder = BatchBuilder::new();
-    let mut slots = Vec::new();
-    let mut permit = batch.permit.take();
-    let attempts = batch.attempts;
-    let finish = |builder: BatchBuilder,
-                  slots: Vec<RecordSlot>,
-                  permit: &mut Option<OwnedSemaphorePermit>,
-                  last: bool| {
-        let bytes: usize = slots.iter().map(|slot| slot.size).sum();
-        let part_permit = if last {
-            permit.take()
-        } else {
-            permit
-                .as_mut()
-                .and_then(|permit| permit.split(bytes.min(permit.num_permits())))
-        };
-        Batch {
-            bytes: builder.finish().freeze(),
-            records: slots,
-            permit: part_permit,
-            attempts,
-            status: BatchStatus::Queued,
-        }
-    };
+    // Records of the part being built: first index (in the batch's outcome) and buffer bytes.
+    let mut part_start = batch.range.start;
+    let mut part_bytes = 0;
+    let mut reserved_left = batch.reserved;
     let total = records.len();
-    for (index, (record, slot)) in records.into_iter().zip(batch.records.drain(..)).enumerate() {
+    for (index, record) in records.into_iter().enumerate() {
         let estimate =
             BatchBuilder::record_size_estimate(record.key.as_deref(), record.value.as_deref());
+        let record_index = batch.range.start + index as u32;
         if builder.record_count() > 0 && builder.size_bytes() + estimate > limit {
-            let full = std::mem::take(&mut builder);
-            parts.push(finish(full, std::mem::take(&mut slots), &mut permit, false));
+            let reserved = part_bytes.min(reserved_left);
+            reserved_left -= reserved;
+            parts.push(Batch {
+                bytes: std::mem::take(&mut builder).finish().freeze(),
+                range: batch.range.part(part_start, record_index),
+                first_sequence: batch.first_sequence + u64::from(part_start - batch.range.start),
+                reserved,
+                attempts: batch.attempts,
+                status: BatchStatus::Queued,
+            });
+            part_start = record_index;
+            part_bytes = 0;
         }
         builder.push(
             record.timestamp,
@@ -1175,19 +1459,26 @@ fn split_batch(
             record.value.as_deref(),
             &record.headers,
         );
-        slots.push(slot);
+        part_bytes += estimate;
         if index + 1 == total {
-            let last = std::mem::take(&mut builder);
-            parts.push(finish(last, std::mem::take(&mut slots), &mut permit, true));
+            parts.push(Batch {
+                bytes: std::mem::take(&mut builder).finish().freeze(),
+                range: batch.range.part(part_start, batch.range.end),
+                first_sequence: batch.first_sequence + u64::from(part_start - batch.range.start),
+                reserved: reserved_left,
+                attempts: batch.attempts,
+                status: BatchStatus::Queued,
+            });
         }
     }
+    batch.range.forget();
     Ok(parts)
 }
 
-fn fail_batch(batch: Batch, error: &ClientError) {
-    for slot in batch.records {
-        let _ = slot.reply.send(Err(error.duplicate()));
-    }
+/// Fail every record of `batch`; returns its buffer bytes.
+fn fail_batch(batch: Batch, error: &ClientError) -> usize {
+    batch.range.resolve(Err(error.duplicate()));
+    batch.reserved
 }
 
 /// `retry_backoff * 2^(attempts - 1)`, capped at `retry_backoff_max`, ±20% jitter.
@@ -1198,4 +1489,86 @@ fn backoff(config: &ProducerConfig, attempts: u32, rng: &mut ChaCha8Rng) -> Dura
         .saturating_mul(1 << exponent)
         .min(config.retry_backoff_max.max(config.retry_backoff));
     base.mul_f64(rng.gen_range(0.8..=1.2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poll_now(future: &mut DeliveryFuture) -> Poll<Result<RecordMetadata>> {
+        let waker = std::task::Waker::noop();
+        let mut context = Context::from_waker(waker);
+        Pin::new(future).poll(&mut context)
+    }
+
+    fn futures(outcome: &Arc<Outcome>, count: u32) -> Vec<DeliveryFuture> {
+        (0..count)
+            .map(|index| DeliveryFuture {
+                outcome: outcome.clone(),
+                index,
+                timestamp: 1000 + i64::from(index),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_split_batch_resolves_each_part_with_its_own_offsets() {
+        let outcome = Outcome::new("t".into(), 3);
+        let mut range = RecordRange::new(outcome.clone());
+        range.end = 5;
+        let mut deliveries = futures(&outcome, 5);
+        assert!(deliveries
+            .iter_mut()
+            .all(|future| poll_now(future).is_pending()));
+        let (first, second) = (range.part(0, 2), range.part(2, 5));
+        range.forget();
+        second.resolve(Ok(Some((40, Some(77)))));
+        assert!(poll_now(&mut deliveries[1]).is_pending());
+        first.resolve(Ok(Some((10, None))));
+        let offsets: Vec<(u64, i64)> = deliveries
+            .iter_mut()
+            .map(|future| match poll_now(future) {
+                Poll::Ready(Ok(metadata)) => {
+                    assert_eq!((metadata.topic.as_str(), metadata.partition), ("t", 3));
+                    (metadata.offset, metadata.timestamp)
+                }
+                other => panic!("not resolved: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            offsets,
+            vec![(10, 1000), (11, 1001), (40, 77), (41, 77), (42, 77)]
+        );
+    }
+
+    #[test]
+    fn records_of_a_batch_dropped_unanswered_fail_as_closed_and_errors_reach_all() {
+        let outcome = Outcome::new("t".into(), 0);
+        let mut range = RecordRange::new(outcome.clone());
+        range.end = 3;
+        let mut deliveries = futures(&outcome, 3);
+        let failed = range.part(0, 1);
+        let dropped = range.part(1, 3);
+        range.forget();
+        failed.resolve(Err(ClientError::Timeout("produce request")));
+        drop(dropped);
+        assert!(matches!(
+            poll_now(&mut deliveries[0]),
+            Poll::Ready(Err(ClientError::Timeout(_)))
+        ));
+        for future in &mut deliveries[1..] {
+            assert!(matches!(
+                poll_now(future),
+                Poll::Ready(Err(ClientError::Closed))
+            ));
+        }
+        let unacknowledged = Outcome::new("t".into(), 0);
+        let mut range = RecordRange::new(unacknowledged.clone());
+        range.end = 1;
+        range.resolve(Ok(None));
+        match poll_now(&mut futures(&unacknowledged, 1)[0]) {
+            Poll::Ready(Ok(metadata)) => assert_eq!(metadata.offset, OFFSET_UNKNOWN),
+            other => panic!("not resolved: {other:?}"),
+        }
+    }
 }
