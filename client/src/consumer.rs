@@ -55,7 +55,8 @@ impl Default for ConsumerConfig {
 /// A record as consumed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerRecord {
-    pub topic: String,
+    /// Shared by every record of a fetch (no allocation per record).
+    pub topic: Arc<str>,
     pub partition: u32,
     pub offset: u64,
     /// Milliseconds since the Unix epoch.
@@ -435,6 +436,7 @@ fn decode_fetch(
     let mut records = Vec::new();
     let mut batches = 0u32;
     let mut next_offset = position;
+    let shared_topic: Arc<str> = Arc::from(topic);
     for batch in split_batches(payload) {
         let batch = batch.map_err(|source| ClientError::CorruptBatch {
             topic: topic.to_owned(),
@@ -471,7 +473,7 @@ fn decode_fetch(
             }
             next_offset = record.offset + 1;
             records.push(ConsumerRecord {
-                topic: topic.to_owned(),
+                topic: shared_topic.clone(),
                 partition,
                 offset: record.offset,
                 timestamp: record.timestamp,

@@ -40,10 +40,15 @@ fuzz_target!(|data: &[u8]| {
     let frame_bytes_max = 16 + usize::from(mode >> 1) * 64;
     let decoder = FrameDecoder::new(frame_bytes_max);
     let stream: Vec<u8> = if mode & 1 == 1 {
-        // One frame around `rest`, with a right length and CRC: `rest` is the body.
+        // One frame around `rest`, with a right length and CRC (of the envelope length and
+        // the envelope, as far as `rest` has them): `rest` is the body.
+        let covered = match rest {
+            [a, b, c, d, ..] => (4 + u32::from_le_bytes([*a, *b, *c, *d]) as usize).min(rest.len()),
+            _ => rest.len(),
+        };
         let mut stream = Vec::with_capacity(8 + rest.len());
         stream.extend_from_slice(&(rest.len() as u32).to_le_bytes());
-        stream.extend_from_slice(&crc32c::crc32c(rest).to_le_bytes());
+        stream.extend_from_slice(&crc32c::crc32c(&rest[..covered]).to_le_bytes());
         stream.extend_from_slice(rest);
         stream
     } else {

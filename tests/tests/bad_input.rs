@@ -280,7 +280,7 @@ fn bad_frames_close_only_their_own_connection() {
     // (a) Garbage with a plausible length: the CRC does not match.
     let mut bad = RawConnection::connect(address);
     bad.send_bytes(&[
-        9, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+        9, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 5, 0, 0, 0, 5, 6, 7, 8, 9,
     ]);
     bad.expect_error_then_close("CRC garbage", CORRELATION_ID_NONE, ErrorCode::CorruptFrame);
     check(&mut good, &mut broker, "CRC garbage");

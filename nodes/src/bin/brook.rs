@@ -573,7 +573,7 @@ async fn consume(
                         out,
                         "{}",
                         serde_json::json!({
-                            "topic": record.topic,
+                            "topic": &*record.topic,
                             "partition": record.partition,
                             "offset": record.offset,
                             "timestamp": record.timestamp,
