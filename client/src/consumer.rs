@@ -316,6 +316,13 @@ impl Consumer {
                 self.on_fetch(outcome, &mut records)?;
             }
             if !records.is_empty() {
+                // Prefetch: send the next fetch of each partition now, so that it travels
+                // while the caller works on these records (polled once here, each request is
+                // on its connection's write queue before this returns).
+                self.start_fetches(runtime.now());
+                while let Some(outcome) = self.fetches.next_ready().await {
+                    self.on_fetch(outcome, &mut records)?;
+                }
                 return Ok(records);
             }
             let now = runtime.now();
