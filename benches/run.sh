@@ -17,8 +17,8 @@
 #
 # Cases (targets from the issue):
 #   1 produce-1KiB-acks1-interval   1 producer, 1 KiB, acks=1, fsync=interval  >= 50% of loopback
-#                                   (or of the disk's writeback if that is lower and the run
-#                                   outgrew the page cache's dirty limit); broker peak RSS <= 256 MiB
+#                                   (or of sequential append sustained as long on the data disk,
+#                                   if that is lower); broker peak RSS <= 256 MiB
 #   2 produce-100B-acks1            1 producer, 100 B, acks=1 (embedded defaults)  >= 1.5 M records/s
 #   3 produce-1KiB-acksall-fsync    1 producer, 1 KiB, acks=all, fsync=always  >= 70% of append+fsync
 #   4 consume-backlog               1 consumer reading a BACKLOG_MIB backlog   >= 70% of loopback
@@ -114,7 +114,8 @@ fi
 STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 mkdir -p "$WORK/data-baseline"
 echo "== baseline: loopback TCP and the disk of $WORK" >&2
-"$BROOK" bench baseline --data-dir "$WORK/data-baseline" --output json >"$WORK/baseline.json"
+"$BROOK" bench baseline --data-dir "$WORK/data-baseline" --append-secs "$DURATION_SECS" \
+  --output json >"$WORK/baseline.json"
 
 # Cases 1 and 5: fsync = "interval".
 cat >"$WORK/interval.toml" <<EOF
@@ -201,7 +202,7 @@ def case(name, description, result, target, value, met, note=""):
 
 c1 = load("produce-1KiB-acks1-interval")
 case("produce-1KiB-acks1-interval", "1 producer, 1 KiB, acks=1, fsync=interval", c1,
-     ">= 50% of loopback (or writeback if lower and throttling)",
+     ">= 50% of loopback (or of sustained append if lower)",
      f"{c1['ratio'] * 100:.0f}% of {c1['limit']['name']}"
      + ("" if c1["limit"]["name"] == "loopback"
         else f" ({c1['bytes_per_sec'] / baseline['loopback_bytes_per_sec'] * 100:.0f}% of loopback)"),
@@ -249,7 +250,8 @@ with open(out_path, "w") as f:
 print(f"machine: {summary['machine']['cpu']}, {summary['machine']['cores']} cores, "
       f"{summary['machine']['memory_gib']} GiB, {summary['machine']['data_fs']}; started {started_at}")
 print(f"baseline: loopback {baseline['loopback_bytes_per_sec'] / MB:.0f} MB/s, "
-      f"append {baseline['disk_write_bytes_per_sec'] / MB:.0f} MB/s (page cache), "
+      f"append sustained {baseline['disk_sustained_secs']:.0f} s {baseline['disk_sustained_bytes_per_sec'] / MB:.0f} MB/s, "
+      f"append 1 GiB {baseline['disk_write_bytes_per_sec'] / MB:.0f} MB/s (page cache), "
       f"writeback {baseline['disk_writeback_bytes_per_sec'] / MB:.0f} MB/s, "
       f"append+fsync/1MiB {baseline['disk_fsync_bytes_per_sec'] / MB:.0f} MB/s, "
       f"{baseline['fsyncs_per_sec']:.0f} fsyncs/s")

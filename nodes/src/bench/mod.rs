@@ -8,13 +8,13 @@
 //! - `brook bench e2e`: producers and consumers at once; latency is from the producer's
 //!   timestamp (in the value) to the consumer's receipt.
 //! - `brook bench baseline`: loopback TCP throughput and sequential disk appends with and
-//!   without fsync, measured now.
+//!   without fsync (one of them sustained as long as a case runs), measured now.
 //!
 //! With `--baseline` (measure first) or `--baseline-file` (a previous `baseline --output json`)
 //! a result is also given as a ratio of the limit that applies to it, and says which one:
-//! consume: loopback; acks=all: sequential append+fsync; otherwise loopback, or the disk's
-//! writeback bandwidth when the run wrote more than the page cache holds dirty before the
-//! kernel throttles writers (the lesser of the two then applies).
+//! consume: loopback; acks=all: sequential append+fsync; otherwise the lesser of loopback and
+//! sequential appends (no fsync) sustained on the data disk for as long as the case runs: a
+//! broker appends every byte it is sent, so it cannot outrun a bare append loop for long.
 //!
 //! Every loop is bounded by a record count and a deadline; traffic goes to the broker given
 //! with `-b` (127.0.0.1 in the standard runs) and, for the loopback baseline, to 127.0.0.1.
@@ -83,10 +83,12 @@ pub enum OutputFormat {
 /// Which of the machine's limits a result is compared to.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LimitArg {
-    /// consume: loopback; acks=all: append+fsync; else loopback, or writeback if lower and the
-    /// run outgrew the page cache's dirty limit.
+    /// consume: loopback; acks=all: append+fsync; else the lesser of loopback and sustained
+    /// append.
     Auto,
     Loopback,
+    /// Sequential appends with no fsync, sustained as long as a benchmark case.
+    Append,
     /// Sequential append + final fsync (what the disk sustains).
     Writeback,
     /// Sequential append with an fsync per 1 MiB.
@@ -162,6 +164,10 @@ pub struct BaselineArgs {
     /// Seconds of appends with an fsync per 1 MiB (half as long again for the fsync rate).
     #[arg(long, default_value_t = 2.0)]
     pub fsync_secs: f64,
+    /// Seconds of sustained appends with no fsync (at most 16 GiB): match the duration of the
+    /// produce runs this baseline judges.
+    #[arg(long, default_value_t = 10.0)]
+    pub append_secs: f64,
     #[arg(long, default_value = "table")]
     pub output: OutputFormat,
 }
@@ -169,7 +175,7 @@ pub struct BaselineArgs {
 /// The limit a result was compared to.
 #[derive(Debug, Clone, Serialize)]
 pub struct LimitApplied {
-    /// `loopback`, `disk-writeback` or `disk-fsync`.
+    /// `loopback`, `disk-append`, `disk-writeback` or `disk-fsync`.
     pub name: &'static str,
     pub bytes_per_sec: f64,
     pub reason: String,
@@ -222,6 +228,7 @@ pub async fn run(runtime: Runtime, bootstrap: &str, command: BenchCommand) -> an
                 &data_dir,
                 Duration::from_secs_f64(args.loopback_secs.clamp(0.1, 600.0)),
                 Duration::from_secs_f64(args.fsync_secs.clamp(0.1, 600.0)),
+                Duration::from_secs_f64(args.append_secs.clamp(0.1, 600.0)),
             )
             .await?;
             match args.output {
@@ -283,6 +290,7 @@ async fn load_run(
                 &data_dir,
                 Duration::from_secs(3),
                 Duration::from_secs(2),
+                Duration::from_secs_f64(args.duration_secs.clamp(1.0, 60.0)),
             )
             .await?;
             if args.output == OutputFormat::Table {
@@ -593,6 +601,11 @@ fn choose_limit(report: &Report, baseline: &Baseline, limit: LimitArg, acks: Ack
         bytes_per_sec: baseline.loopback_bytes_per_sec,
         reason: String::new(),
     };
+    let append = || LimitApplied {
+        name: "disk-append",
+        bytes_per_sec: baseline.disk_sustained_bytes_per_sec,
+        reason: String::new(),
+    };
     let writeback = || LimitApplied {
         name: "disk-writeback",
         bytes_per_sec: baseline.disk_writeback_bytes_per_sec,
@@ -609,6 +622,7 @@ fn choose_limit(report: &Report, baseline: &Baseline, limit: LimitArg, acks: Ack
     };
     match limit {
         LimitArg::Loopback => with(loopback(), "chosen with --limit".into()),
+        LimitArg::Append => with(append(), "chosen with --limit".into()),
         LimitArg::Writeback => with(writeback(), "chosen with --limit".into()),
         LimitArg::Fsync => with(fsync(), "chosen with --limit".into()),
         LimitArg::Auto if report.mode == "consume" => with(
@@ -621,31 +635,23 @@ fn choose_limit(report: &Report, baseline: &Baseline, limit: LimitArg, acks: Ack
         ),
         LimitArg::Auto => {
             let gib = |bytes: f64| bytes / (1024.0 * 1024.0 * 1024.0);
-            match baseline.dirty_limit_bytes {
-                Some(dirty) if report.bytes > dirty
-                    && baseline.disk_writeback_bytes_per_sec < baseline.loopback_bytes_per_sec =>
-                {
-                    with(
-                        writeback(),
-                        format!(
-                            "the run wrote {:.2} GiB, more than the page cache's dirty limit of {:.2} GiB, so writeback throttles it; the disk's writeback is below loopback",
-                            gib(report.bytes as f64),
-                            gib(dirty as f64)
-                        ),
-                    )
-                }
-                Some(dirty) => with(
-                    loopback(),
+            let wrote = format!("the run wrote {:.2} GiB", gib(report.bytes as f64));
+            if baseline.disk_sustained_bytes_per_sec > 0.0
+                && baseline.disk_sustained_bytes_per_sec < baseline.loopback_bytes_per_sec
+            {
+                with(
+                    append(),
                     format!(
-                        "the run wrote {:.2} GiB, within the page cache's dirty limit of {:.2} GiB",
-                        gib(report.bytes as f64),
-                        gib(dirty as f64)
+                        "{wrote}; a broker appends every byte it is sent, and a bare sequential append on the data disk sustained less than loopback over {:.1} s ({:.2} GiB)",
+                        baseline.disk_sustained_secs,
+                        gib(baseline.disk_sustained_bytes as f64)
                     ),
-                ),
-                None => with(
+                )
+            } else {
+                with(
                     loopback(),
-                    "the page cache's dirty limit is unknown on this system".into(),
-                ),
+                    format!("{wrote}; sustained sequential append is not below loopback"),
+                )
             }
         }
     }
@@ -696,6 +702,93 @@ fn print_report(report: &Report) {
             limit.name,
             limit.bytes_per_sec / (1024.0 * 1024.0),
             limit.reason
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn baseline(sustained: f64) -> Baseline {
+        serde_json::from_value(serde_json::json!({
+            "loopback_bytes_per_sec": 4000.0,
+            "loopback_secs": 3.0,
+            "disk_sustained_bytes_per_sec": sustained,
+            "disk_sustained_bytes": 4096,
+            "disk_sustained_secs": 15.0,
+            "disk_write_bytes_per_sec": 3000.0,
+            "disk_writeback_bytes_per_sec": 1500.0,
+            "disk_writeback_bytes": 1024,
+            "disk_fsync_bytes_per_sec": 1000.0,
+            "fsyncs_per_sec": 5000.0,
+            "data_dir": "/tmp",
+            "dirty_limit_bytes": null
+        }))
+        .expect("a baseline")
+    }
+
+    fn report(mode: &'static str) -> Report {
+        let spec = LoadSpec {
+            bootstrap: String::new(),
+            topic: "t".into(),
+            record_size: 1024,
+            batch_bytes: 1 << 20,
+            linger: Duration::ZERO,
+            acks: Acks::Leader,
+            requests_in_flight: 5,
+            buffer_bytes: 1 << 26,
+            fetch_bytes: 1 << 20,
+            rate: None,
+            duration: Duration::from_secs(1),
+            records: None,
+            timestamped: false,
+        };
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            load: LoadArgs,
+        }
+        let args = <Command as clap::Parser>::parse_from(["bench"]).load;
+        let mut report = empty_report(Mode::Produce, &spec, &args, 1);
+        report.mode = mode;
+        report
+    }
+
+    #[test]
+    fn each_case_is_judged_against_the_limit_that_applies_to_it() {
+        let produce = report("produce");
+        let consume = report("consume");
+        let slow_disk = baseline(400.0);
+        let pick = |report: &Report, baseline: &Baseline, acks| {
+            let applied = choose_limit(report, baseline, LimitArg::Auto, acks);
+            (applied.name, applied.bytes_per_sec)
+        };
+        assert_eq!(
+            pick(&consume, &slow_disk, Acks::Leader),
+            ("loopback", 4000.0)
+        );
+        assert_eq!(
+            pick(&produce, &slow_disk, Acks::All),
+            ("disk-fsync", 1000.0)
+        );
+        assert_eq!(
+            pick(&produce, &slow_disk, Acks::Leader),
+            ("disk-append", 400.0)
+        );
+        assert_eq!(
+            pick(&produce, &slow_disk, Acks::None),
+            ("disk-append", 400.0)
+        );
+        // A disk that keeps up with loopback, or a baseline file from before the sustained
+        // measurement existed (0): loopback.
+        assert_eq!(
+            pick(&produce, &baseline(5000.0), Acks::Leader),
+            ("loopback", 4000.0)
+        );
+        assert_eq!(
+            pick(&produce, &baseline(0.0), Acks::Leader),
+            ("loopback", 4000.0)
         );
     }
 }
