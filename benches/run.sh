@@ -7,8 +7,9 @@
 #   BACKLOG_MIB=512 bash benches/run.sh      # a smaller consume backlog (default 2048 MiB)
 #   FILL_PAGE_CACHE=0 bash benches/run.sh    # skip the page-cache fill (see below)
 #
-# Page-cache fill: before anything is measured, the script writes a clean file that takes
-# the memory the page cache has free (MemAvailable less 2 GiB), and deletes it at the end.
+# Page-cache fill: before anything is measured, and again whenever deleting files freed
+# memory, the script writes a clean file over the free memory (MemFree less 1 GiB); the
+# files are deleted at the end.
 # Baselines and cases then write into a full page cache that recycles its own clean pages,
 # as on a broker that has been up for a while. Without it, on this project's VM, writes that
 # land on never-touched (or recently freed) guest memory run at the hypervisor's first-touch
@@ -96,26 +97,37 @@ bench() {
 drop_topic() {
   # A case's data goes once the case is measured, so the disk holds one case at a time.
   "$BROOK" -b "$ADDRESS" topic delete "$1" >/dev/null
+  fill_page_cache
 }
 
-if [[ "${FILL_PAGE_CACHE:-1}" != 0 ]]; then
-  AVAILABLE_MIB=$(awk '/^MemAvailable:/ {print int($2 / 1024)}' /proc/meminfo)
-  FILL_MIB=$((AVAILABLE_MIB - 2048))
-  FREE_DISK_MIB=$(df -Pm "$WORK" | awk 'NR == 2 {print $4}')
-  # Leave room on the disk for the largest case (each case's topic is deleted after it).
-  if ((FILL_MIB > FREE_DISK_MIB - 24576)); then FILL_MIB=$((FREE_DISK_MIB - 24576)); fi
-  if ((FILL_MIB > 0)); then
-    echo "== filling the page cache: a clean ${FILL_MIB} MiB file, deleted at the end" >&2
-    dd if=/dev/zero of="$WORK/page-cache-fill" bs=4M count=$((FILL_MIB / 4)) status=none
+# fill_page_cache: write a clean file over the memory that is free now (less 1 GiB), so that
+# what comes next writes into a full page cache (see the top of this file). Called before the
+# baseline, and again whenever deleting files freed memory (the baseline's own files, each
+# case's topic). Bounded by the disk: 24 GiB stay free for the cases.
+FILL_INDEX=0
+fill_page_cache() {
+  [[ "${FILL_PAGE_CACHE:-1}" != 0 ]] || return 0
+  local free_mib fill_mib free_disk_mib
+  free_mib=$(awk '/^MemFree:/ {print int($2 / 1024)}' /proc/meminfo)
+  fill_mib=$((free_mib - 1024))
+  free_disk_mib=$(df -Pm "$WORK" | awk 'NR == 2 {print $4}')
+  if ((fill_mib > free_disk_mib - 24576)); then fill_mib=$((free_disk_mib - 24576)); fi
+  if ((fill_mib >= 256)); then
+    FILL_INDEX=$((FILL_INDEX + 1))
+    echo "== filling the page cache: a clean ${fill_mib} MiB file (deleted at the end)" >&2
+    dd if=/dev/zero of="$WORK/page-cache-fill-$FILL_INDEX" bs=4M count=$((fill_mib / 4)) \
+      status=none
     sync
   fi
-fi
+}
+fill_page_cache
 
 STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 mkdir -p "$WORK/data-baseline"
 echo "== baseline: loopback TCP and the disk of $WORK" >&2
 "$BROOK" bench baseline --data-dir "$WORK/data-baseline" --append-secs "$DURATION_SECS" \
   --output json >"$WORK/baseline.json"
+fill_page_cache
 
 # Cases 1 and 5: fsync = "interval".
 cat >"$WORK/interval.toml" <<EOF
