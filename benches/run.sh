@@ -2,7 +2,7 @@
 # brook's standard benchmark (issue 5): same-run baselines, then the standard cases against
 # a single broker on loopback, a JSON summary in benches/results/latest.json and a table.
 #
-#   bash benches/run.sh                      # about 7 minutes on a 2-core machine
+#   bash benches/run.sh                      # about 12 minutes on a 2-core machine
 #   DURATION_SECS=5 bash benches/run.sh      # shorter produce cases
 #   BACKLOG_MIB=512 bash benches/run.sh      # a smaller consume backlog (default 2048 MiB)
 #   FILL_PAGE_CACHE=0 bash benches/run.sh    # skip the page-cache fill (see below)
