@@ -470,6 +470,9 @@ struct TopicRecords {
     generation: u64,
     fetched_at: Instant,
     open: BTreeMap<u32, OpenBatch>,
+    /// Size of the topic's last closed batch: a new batch reserves that much at once instead
+    /// of growing (and copying) its buffer by doubling.
+    last_batch_bytes: usize,
 }
 
 struct OpenBatch {
@@ -664,6 +667,7 @@ impl Producer {
                                 generation,
                                 fetched_at: now,
                                 open: BTreeMap::new(),
+                                last_batch_bytes: 0,
                             });
                     records.partitions = partitions;
                     records.generation = generation;
@@ -722,6 +726,7 @@ impl Producer {
         if let Some(open) = records.open.get(&partition) {
             if open.builder.size_bytes() + args.size > batch_bytes_max {
                 if let Some(open) = records.open.remove(&partition) {
+                    records.last_batch_bytes = open.builder.size_bytes();
                     state
                         .ready
                         .push((partition, record.topic.clone(), open.close()));
@@ -738,8 +743,10 @@ impl Producer {
                     return Ok(Appended::NeedMetadata);
                 }
                 wake = true;
+                let mut builder = BatchBuilder::new();
+                builder.reserve(records.last_batch_bytes.min(batch_bytes_max));
                 entry.insert(OpenBatch {
-                    builder: BatchBuilder::new(),
+                    builder,
                     range: RecordRange::new(Outcome::new(record.topic.clone(), partition)),
                     first_sequence: state.next_sequence,
                     reserved: 0,
@@ -773,6 +780,7 @@ impl Producer {
         };
         if open.builder.size_bytes() >= batch_bytes_max {
             if let Some(open) = records.open.remove(&partition) {
+                records.last_batch_bytes = open.builder.size_bytes();
                 state
                     .ready
                     .push((partition, record.topic.clone(), open.close()));
@@ -1026,6 +1034,7 @@ impl Background {
                 .collect();
             for partition in lingered {
                 if let Some(open) = records.open.remove(&partition) {
+                    records.last_batch_bytes = open.builder.size_bytes();
                     self.queue(topic.clone(), partition)
                         .batches
                         .push_back(open.close());
