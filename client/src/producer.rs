@@ -529,12 +529,24 @@ impl Accumulator {
     }
 }
 
+impl TopicRecords {
+    /// Close `partition`'s open batch, if any, remembering its size for the next one.
+    fn close_open(&mut self, partition: u32) -> Option<Batch> {
+        let open = self.open.remove(&partition)?;
+        self.last_batch_bytes = open.builder.size_bytes();
+        Some(open.close())
+    }
+}
+
 impl AccumulatorState {
     /// Close every open batch (flush, close).
     fn close_all(&mut self) {
         for (topic, records) in &mut self.topics {
-            for (partition, open) in std::mem::take(&mut records.open) {
-                self.ready.push((partition, topic.clone(), open.close()));
+            let partitions: Vec<u32> = records.open.keys().copied().collect();
+            for partition in partitions {
+                if let Some(batch) = records.close_open(partition) {
+                    self.ready.push((partition, topic.clone(), batch));
+                }
             }
         }
     }
@@ -723,15 +735,14 @@ impl Producer {
         };
         let mut wake = false;
         let batch_bytes_max = state.batch_bytes_max;
-        if let Some(open) = records.open.get(&partition) {
-            if open.builder.size_bytes() + args.size > batch_bytes_max {
-                if let Some(open) = records.open.remove(&partition) {
-                    records.last_batch_bytes = open.builder.size_bytes();
-                    state
-                        .ready
-                        .push((partition, record.topic.clone(), open.close()));
-                    wake = true;
-                }
+        let no_room = records
+            .open
+            .get(&partition)
+            .is_some_and(|open| open.builder.size_bytes() + args.size > batch_bytes_max);
+        if no_room {
+            if let Some(batch) = records.close_open(partition) {
+                state.ready.push((partition, record.topic.clone(), batch));
+                wake = true;
             }
         }
         let open = match records.open.entry(partition) {
@@ -779,11 +790,8 @@ impl Producer {
             timestamp: args.timestamp,
         };
         if open.builder.size_bytes() >= batch_bytes_max {
-            if let Some(open) = records.open.remove(&partition) {
-                records.last_batch_bytes = open.builder.size_bytes();
-                state
-                    .ready
-                    .push((partition, record.topic.clone(), open.close()));
+            if let Some(batch) = records.close_open(partition) {
+                state.ready.push((partition, record.topic.clone(), batch));
                 wake = true;
             }
         }
@@ -1033,11 +1041,10 @@ impl Background {
                 .map(|(partition, _)| *partition)
                 .collect();
             for partition in lingered {
-                if let Some(open) = records.open.remove(&partition) {
-                    records.last_batch_bytes = open.builder.size_bytes();
+                if let Some(batch) = records.close_open(partition) {
                     self.queue(topic.clone(), partition)
                         .batches
-                        .push_back(open.close());
+                        .push_back(batch);
                 }
             }
         }
