@@ -66,7 +66,8 @@ enum Command {
         #[command(subcommand)]
         command: TopicCommand,
     },
-    /// Produce one record per line of stdin; prints {"partition":P,"offset":O} per acknowledged record.
+    /// Produce one record per line of stdin (lines are bytes: any encoding); prints
+    /// {"partition":P,"offset":O} per acknowledged record.
     Produce {
         topic: String,
         #[arg(long, default_value = "all")]
@@ -78,7 +79,8 @@ enum Command {
         #[arg(long)]
         partition: Option<u32>,
     },
-    /// Print records as JSON lines (topic, partition, offset, timestamp, key, value).
+    /// Print records as JSON lines (topic, partition, offset, timestamp, key, value; a key or
+    /// value that is not UTF-8 is base64, with `"key_encoding"`/`"value_encoding": "base64"`).
     Consume {
         topic: String,
         /// Only this partition (default: all).
@@ -464,18 +466,23 @@ async fn produce(
         Ok(())
     };
     // stdin is read on this task: the CLI owns the process, nothing else runs here meanwhile.
+    // Lines are bytes (a record is bytes, UTF-8 or not); a read error stops the reading, but
+    // what was read before it is still produced and reported before the error is returned.
     let stdin = std::io::stdin();
-    for line in stdin.lock().lines() {
-        let line = line.context("reading stdin")?;
-        let mut record = match &key_separator {
-            Some(separator) => match line.split_once(separator.as_str()) {
-                Some((key, value)) => {
-                    ProducerRecord::new(topic.clone(), value.to_owned()).with_key(key.to_owned())
-                }
-                None => ProducerRecord::new(topic.clone(), line),
-            },
-            None => ProducerRecord::new(topic.clone(), line),
-        };
+    let mut input = stdin.lock();
+    let mut read_error: Option<std::io::Error> = None;
+    loop {
+        let mut line = Vec::new();
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                read_error = Some(error);
+                break;
+            }
+        }
+        let mut record = line_to_record(&topic, line, key_separator.as_deref());
         if let Some(partition) = partition {
             record = record.with_partition(partition);
         }
@@ -506,8 +513,63 @@ async fn produce(
     if let Some(first) = first_failure {
         bail!("{failures} records were not acknowledged; first error: {first}");
     }
+    if let Some(error) = read_error {
+        return Err(anyhow::Error::new(error)
+            .context("reading stdin (every line read before the error was produced)"));
+    }
     closed?;
     Ok(())
+}
+
+/// One line of input (bytes, with its `\n` or `\r\n`) as a record: split into key and value at
+/// the first `separator`, if given and present.
+fn line_to_record(topic: &str, mut line: Vec<u8>, separator: Option<&str>) -> ProducerRecord {
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    }
+    let line = bytes::Bytes::from(line);
+    let split = separator.and_then(|separator| {
+        let separator = separator.as_bytes();
+        if separator.is_empty() {
+            return Some((0, 0));
+        }
+        line.windows(separator.len())
+            .position(|window| window == separator)
+            .map(|at| (at, separator.len()))
+    });
+    match split {
+        Some((at, len)) => {
+            ProducerRecord::new(topic.to_owned(), line.slice(at + len..)).with_key(line.slice(..at))
+        }
+        None => ProducerRecord::new(topic.to_owned(), line),
+    }
+}
+
+/// A key or value for `--output json`: a JSON string when it is UTF-8, else its standard
+/// base64 (with padding) and the encoding named beside it in `<field>_encoding`, so no byte is
+/// mangled and no record stops the output.
+fn json_bytes(
+    object: &mut serde_json::Map<String, serde_json::Value>,
+    field: &str,
+    bytes: Option<&bytes::Bytes>,
+) {
+    use base64::Engine as _;
+    match bytes.map(|bytes| (bytes, std::str::from_utf8(bytes))) {
+        None => {
+            object.insert(field.to_owned(), serde_json::Value::Null);
+        }
+        Some((_, Ok(text))) => {
+            object.insert(field.to_owned(), text.into());
+        }
+        Some((bytes, Err(_))) => {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+            object.insert(field.to_owned(), encoded.into());
+            object.insert(format!("{field}_encoding"), "base64".into());
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -564,23 +626,14 @@ async fn consume(
             seen += 1;
             match output {
                 ConsumeOutput::Json => {
-                    let text = |bytes: &Option<bytes::Bytes>| {
-                        bytes
-                            .as_ref()
-                            .map(|b| String::from_utf8_lossy(b).into_owned())
-                    };
-                    writeln!(
-                        out,
-                        "{}",
-                        serde_json::json!({
-                            "topic": &*record.topic,
-                            "partition": record.partition,
-                            "offset": record.offset,
-                            "timestamp": record.timestamp,
-                            "key": text(&record.key),
-                            "value": text(&record.value),
-                        })
-                    )?;
+                    let mut object = serde_json::Map::new();
+                    object.insert("topic".into(), (*record.topic).into());
+                    object.insert("partition".into(), record.partition.into());
+                    object.insert("offset".into(), record.offset.into());
+                    object.insert("timestamp".into(), record.timestamp.into());
+                    json_bytes(&mut object, "key", record.key.as_ref());
+                    json_bytes(&mut object, "value", record.value.as_ref());
+                    writeln!(out, "{}", serde_json::Value::Object(object))?;
                 }
                 ConsumeOutput::Text => {
                     out.write_all(record.value.as_deref().unwrap_or_default())?;
