@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::NodeConfig;
 use crate::connection::{self, ConnectionShared};
+use crate::data_dir_lock::{DataDirLock, LockError};
 
 /// Mailbox of the controller: admin requests and partition lookups of every connection.
 const CONTROLLER_MAILBOX_CAPACITY: usize = 1024;
@@ -29,6 +30,8 @@ pub enum StartError {
     },
     #[error("cannot load topics: {0}")]
     Controller(#[from] ControllerError),
+    #[error(transparent)]
+    DataDirLock(#[from] LockError),
 }
 
 /// A broker node serving clients.
@@ -38,6 +41,8 @@ pub struct Broker {
     local_address: SocketAddr,
     accept_task: TaskHandle<()>,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Held until the broker is dropped (after `shutdown` has synced every partition).
+    _data_dir_lock: DataDirLock,
 }
 
 impl Broker {
@@ -48,6 +53,9 @@ impl Broker {
         disk: Arc<dyn Disk>,
     ) -> Result<Broker, StartError> {
         config.validate()?;
+        // Before anything reads or writes the data directory: a second node on it must not
+        // touch the first one's files.
+        let data_dir_lock = DataDirLock::acquire(&config.data_dir)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -126,6 +134,7 @@ impl Broker {
             local_address,
             accept_task,
             shutdown,
+            _data_dir_lock: data_dir_lock,
         })
     }
 

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod connection;
+pub mod data_dir_lock;
 
 pub use broker::{Broker, StartError};
 pub use config::NodeConfig;

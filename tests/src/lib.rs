@@ -256,6 +256,11 @@ impl Broker {
         self.address.to_string()
     }
 
+    /// The broker's process id (`None` once it was killed).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.id()
+    }
+
     /// Whether the process is still alive.
     pub fn is_running(&mut self) -> bool {
         self.process.try_wait().is_none()
