@@ -2,11 +2,26 @@
 //! spawns one [`PartitionActor`] per partition. Connections ask it where a partition lives and
 //! cache the answer.
 //!
-//! On disk, under the node's data dir:
-//! `topics/<name>/topic.toml` (partition count, replication factor, config overrides; written
-//! atomically: temp file, sync, rename, sync dir) and `topics/<name>/<partition>/` (the
-//! partition's log). A topic is deleted by renaming its directory to `topics/.deleted-<name>`
-//! first, so a crash mid-delete never leaves a half topic that looks alive.
+//! On disk, under the node's data dir: `topics/<name>/topic.toml` (partition count,
+//! replication factor, config overrides; its last line a CRC-32C of the rest) and
+//! `topics/<name>/<partition>/` (the partition's log).
+//!
+//! Creation and deletion are atomic on disk, and memory follows the disk:
+//! - create: the whole topic (metadata and partition directories) is built and synced under
+//!   `topics/.creating-<name>`, then renamed to `topics/<name>` and the parent synced; only then
+//!   is it opened and announced. A crash before the rename leaves a `.creating-` directory,
+//!   which the next start removes; after it, the topic is complete.
+//! - delete: partitions are stopped, `topics/<name>` is renamed to `topics/.deleted-<name>` and
+//!   the parent synced (the moment the topic is gone), then removed. A crash after the rename
+//!   leaves the tombstone, which the next start removes. If the rename fails, the partitions
+//!   are reopened: the topic stays, in memory as on disk.
+//! - every create, rename and remove is followed by a sync of its parent directory, so a crash
+//!   cannot revert a directory entry a later step relied on.
+//!
+//! A topic that cannot be loaded at start (damaged or missing metadata, a log that does not
+//! open) does not stop the node: it is logged with its cause and kept as *unavailable*
+//! (`TopicUnavailable` in lookups, describe and metadata; listed; deletable), and the node
+//! serves the others.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +42,7 @@ use crate::runtime::{Actor, Addr, Context, Reply, Runtime};
 pub const TOPIC_NAME_LEN_MAX: usize = 200;
 const TOPIC_FILE: &str = "topic.toml";
 const DELETED_PREFIX: &str = ".deleted-";
+const CREATING_PREFIX: &str = ".creating-";
 /// The term a single node's partitions are written in (Raft terms arrive with replication).
 const SINGLE_NODE_TERM: u64 = 1;
 
@@ -73,6 +89,14 @@ struct Topic {
     partitions: Vec<Addr<PartitionActor>>,
 }
 
+/// A topic on disk that could not be loaded.
+struct UnavailableTopic {
+    /// Its metadata, if that much could be read.
+    file: Option<TopicFile>,
+    /// Why it could not be loaded (logged at start, and returned to clients).
+    reason: String,
+}
+
 /// Messages of the controller.
 pub enum ControllerMessage {
     CreateTopic {
@@ -116,6 +140,8 @@ pub struct Controller {
     disk: Arc<dyn Disk>,
     config: ControllerConfig,
     topics: BTreeMap<String, Topic>,
+    /// Topics on disk that could not be loaded; never also in `topics`.
+    unavailable: BTreeMap<String, UnavailableTopic>,
 }
 
 /// Check a topic name: 1 to 200 characters of `[A-Za-z0-9._-]`, not starting with a dot.
@@ -140,6 +166,20 @@ pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
 
 fn unknown_topic(name: &str) -> BrokerError {
     BrokerError::new(ErrorCode::UnknownTopic, format!("unknown topic {name:?}"))
+}
+
+fn unavailable_topic(name: &str, topic: &UnavailableTopic) -> BrokerError {
+    BrokerError::new(
+        ErrorCode::TopicUnavailable,
+        format!(
+            "topic {name:?} is on disk but could not be loaded: {}",
+            topic.reason
+        ),
+    )
+}
+
+fn storage_error(error: &dyn std::fmt::Display) -> BrokerError {
+    BrokerError::new(ErrorCode::StorageError, error.to_string())
 }
 
 /// The metadata file's text: TOML, then a last line holding the CRC-32C of everything before
@@ -202,7 +242,8 @@ impl Controller {
     }
 
     /// Load every topic under the data dir, opening (and recovering) its partition logs and
-    /// spawning their actors.
+    /// spawning their actors. A topic that cannot be loaded is logged and kept as unavailable;
+    /// only a data directory that cannot be read at all stops the node.
     pub fn load(
         runtime: Runtime,
         disk: Arc<dyn Disk>,
@@ -210,41 +251,114 @@ impl Controller {
     ) -> Result<Self, ControllerError> {
         let topics_dir = Self::topics_dir(&config.data_dir);
         disk.create_dir_all(&topics_dir)?;
+        // The `topics` entry itself must survive a crash.
+        disk.sync_dir(&config.data_dir)?;
         let mut controller = Controller {
             runtime,
             disk,
             config,
             topics: BTreeMap::new(),
+            unavailable: BTreeMap::new(),
         };
         for name in controller.disk.list_dir(&topics_dir)? {
             let dir = topics_dir.join(&name);
-            if name.starts_with(DELETED_PREFIX) {
-                // A delete interrupted by a crash: finish it.
-                controller.disk.remove_dir_all(&dir)?;
+            if name.starts_with(DELETED_PREFIX) || name.starts_with(CREATING_PREFIX) {
+                // A delete (finish it) or a create (undo it) interrupted by a crash. Neither is
+                // a topic; if removing it fails, it is only in the way of nothing.
+                tracing::info!(dir = %dir.display(), "removing an interrupted create or delete");
+                if let Err(error) = controller.remove_dir_synced(&dir) {
+                    tracing::warn!(dir = %dir.display(), %error, "cannot remove it; will retry at the next start");
+                }
                 continue;
             }
-            let meta_path = dir.join(TOPIC_FILE);
-            if !controller.disk.exists(&meta_path)? {
-                // Created but its metadata never landed: not a topic; clean it up.
-                tracing::warn!(dir = %dir.display(), "removing a topic directory without metadata");
-                controller.disk.remove_dir_all(&dir)?;
-                continue;
+            match controller.load_topic(&name) {
+                Ok(topic) => {
+                    tracing::info!(topic = %name, partitions = topic.file.partitions, "loaded topic");
+                    controller.topics.insert(name, topic);
+                }
+                Err(unavailable) => {
+                    tracing::error!(
+                        topic = %name,
+                        cause = %unavailable.reason,
+                        "topic unavailable: it could not be loaded; the node serves the other topics (delete it, or repair it and restart)"
+                    );
+                    controller.unavailable.insert(name, unavailable);
+                }
             }
-            let file = read_topic_file(controller.disk.as_ref(), &meta_path)?;
-            let partitions = (0..file.partitions)
-                .map(|partition| controller.spawn_partition(&name, partition))
-                .collect::<Result<Vec<_>, _>>()?;
-            tracing::info!(topic = %name, partitions = file.partitions, "loaded topic");
-            controller.topics.insert(name, Topic { file, partitions });
         }
         Ok(controller)
     }
 
-    fn spawn_partition(
+    /// Read a topic's metadata and open its partitions. On failure, the metadata if it was read.
+    fn load_topic(&self, name: &str) -> Result<Topic, UnavailableTopic> {
+        let dir = Self::topics_dir(&self.config.data_dir).join(name);
+        let meta_path = dir.join(TOPIC_FILE);
+        // Every topic directory gets its metadata before it gets its name, so one without it
+        // is damage, not an interrupted create: report it, never remove data unexplained.
+        match self.disk.exists(&meta_path) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(UnavailableTopic {
+                    file: None,
+                    reason: ControllerError::Metadata {
+                        path: meta_path,
+                        reason: "missing".into(),
+                    }
+                    .to_string(),
+                })
+            }
+            Err(error) => {
+                return Err(UnavailableTopic {
+                    file: None,
+                    reason: error.to_string(),
+                })
+            }
+        }
+        let file =
+            read_topic_file(self.disk.as_ref(), &meta_path).map_err(|error| UnavailableTopic {
+                file: None,
+                reason: error.to_string(),
+            })?;
+        let partitions = self
+            .open_partitions(name, file.partitions)
+            .map_err(|error| UnavailableTopic {
+                file: Some(file.clone()),
+                reason: error.to_string(),
+            })?;
+        Ok(Topic { file, partitions })
+    }
+
+    /// Open every partition log of a topic, then spawn their actors: either all of them run,
+    /// or none does.
+    fn open_partitions(
         &self,
         topic: &str,
-        partition: u32,
-    ) -> Result<Addr<PartitionActor>, ControllerError> {
+        partitions: u32,
+    ) -> Result<Vec<Addr<PartitionActor>>, ControllerError> {
+        let logs = (0..partitions)
+            .map(|partition| self.open_partition(topic, partition))
+            .collect::<Result<Vec<_>, _>>()?;
+        // A partition directory the log had to create must survive a crash too.
+        self.disk
+            .sync_dir(&Self::topics_dir(&self.config.data_dir).join(topic))?;
+        Ok(logs
+            .into_iter()
+            .zip(0..)
+            .map(|(log, partition)| {
+                let actor = PartitionActor::new(
+                    topic.to_owned(),
+                    partition,
+                    log,
+                    SINGLE_NODE_TERM,
+                    self.config.partition.clone(),
+                );
+                self.runtime
+                    .spawn_actor(actor, self.config.partition_mailbox_capacity)
+            })
+            .collect())
+    }
+
+    fn open_partition(&self, topic: &str, partition: u32) -> Result<Log, ControllerError> {
         let dir = Self::topics_dir(&self.config.data_dir)
             .join(topic)
             .join(partition.to_string());
@@ -275,16 +389,70 @@ impl Controller {
                 "partition log recovered"
             );
         }
-        let actor = PartitionActor::new(
-            topic.to_owned(),
-            partition,
-            log,
-            SINGLE_NODE_TERM,
-            self.config.partition.clone(),
-        );
-        Ok(self
-            .runtime
-            .spawn_actor(actor, self.config.partition_mailbox_capacity))
+        Ok(log)
+    }
+
+    /// Remove a directory tree and make the removal durable.
+    fn remove_dir_synced(&self, dir: &Path) -> Result<(), brook_storage::DiskError> {
+        self.disk.remove_dir_all(dir)?;
+        if let Some(parent) = dir.parent() {
+            self.disk.sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    /// Build a topic's directory under its staging name, complete and synced, then rename it
+    /// into place and sync the parent: the topic appears on disk whole, or not at all.
+    fn write_topic_dir(&self, name: &str, file: &TopicFile) -> Result<(), ControllerError> {
+        let topics_dir = Self::topics_dir(&self.config.data_dir);
+        let staging = topics_dir.join(format!("{CREATING_PREFIX}{name}"));
+        if self.disk.exists(&staging)? {
+            // Left by an earlier create that failed and could not clean up.
+            self.remove_dir_synced(&staging)?;
+        }
+        self.disk.create_dir_all(&staging)?;
+        self.disk.sync_dir(&topics_dir)?;
+        for partition in 0..file.partitions {
+            self.disk
+                .create_dir_all(&staging.join(partition.to_string()))?;
+        }
+        let text = encode_topic_file(file).map_err(|error| ControllerError::Metadata {
+            path: staging.join(TOPIC_FILE),
+            reason: error.to_string(),
+        })?;
+        let handle = self
+            .disk
+            .open(&staging.join(TOPIC_FILE), OpenMode::CreateNew)?;
+        handle.append(text.as_bytes())?;
+        handle.sync()?;
+        drop(handle);
+        self.disk.sync_dir(&staging)?;
+        self.disk.rename(&staging, &topics_dir.join(name))?;
+        self.disk.sync_dir(&topics_dir)?;
+        Ok(())
+    }
+
+    /// Take a topic's directory out of the live namespace (rename to a tombstone, sync the
+    /// parent: from then on the topic is gone, also after a crash), then remove it. Fails only
+    /// if the rename did not happen, so on failure the topic is still whole on disk.
+    fn remove_topic_dir(&self, name: &str) -> Result<(), brook_storage::DiskError> {
+        let topics_dir = Self::topics_dir(&self.config.data_dir);
+        let doomed = topics_dir.join(format!("{DELETED_PREFIX}{name}"));
+        if self.disk.exists(&doomed)? {
+            // A tombstone of an earlier topic of this name that could not be removed.
+            self.remove_dir_synced(&doomed)?;
+        }
+        self.disk.rename(&topics_dir.join(name), &doomed)?;
+        if let Err(error) = self.disk.sync_dir(&topics_dir) {
+            // The rename is done in the live file system, maybe not durably: the topic is gone
+            // now, and a crash may bring it back whole (never half). Say so, and go on.
+            tracing::error!(topic = name, %error, "deleted topic, but syncing the directory failed: the topic may come back after a crash");
+        }
+        if let Err(error) = self.remove_dir_synced(&doomed) {
+            // The topic is gone; its bytes are removed at the next start.
+            tracing::warn!(dir = %doomed.display(), %error, "cannot remove a deleted topic's files yet");
+        }
+        Ok(())
     }
 
     fn create_topic(
@@ -295,7 +463,7 @@ impl Controller {
         config: Vec<(String, String)>,
     ) -> Result<(), BrokerError> {
         validate_topic_name(&name)?;
-        if self.topics.contains_key(&name) {
+        if self.topics.contains_key(&name) || self.unavailable.contains_key(&name) {
             return Err(BrokerError::new(
                 ErrorCode::TopicAlreadyExists,
                 format!("topic {name:?} already exists"),
@@ -332,36 +500,36 @@ impl Controller {
             replication_factor,
             config: BTreeMap::new(),
         };
-        let storage = |error: &dyn std::fmt::Display| {
-            BrokerError::new(ErrorCode::StorageError, error.to_string())
-        };
         let topics_dir = Self::topics_dir(&self.config.data_dir);
         let dir = topics_dir.join(&name);
-        self.disk.create_dir_all(&dir).map_err(|e| storage(&e))?;
-        let text = encode_topic_file(&file).map_err(|e| storage(&e))?;
-        let temp = dir.join(format!("{TOPIC_FILE}.tmp"));
-        let file_handle = self
-            .disk
-            .open(&temp, OpenMode::Create)
-            .map_err(|e| storage(&e))?;
-        file_handle.truncate(0).map_err(|e| storage(&e))?;
-        file_handle
-            .append(text.as_bytes())
-            .map_err(|e| storage(&e))?;
-        file_handle.sync().map_err(|e| storage(&e))?;
-        drop(file_handle);
-        self.disk
-            .rename(&temp, &dir.join(TOPIC_FILE))
-            .map_err(|e| storage(&e))?;
-        self.disk.sync_dir(&dir).map_err(|e| storage(&e))?;
-        self.disk.sync_dir(&topics_dir).map_err(|e| storage(&e))?;
-        let mut addresses = Vec::with_capacity(partitions as usize);
-        for partition in 0..partitions {
-            addresses.push(
-                self.spawn_partition(&name, partition)
-                    .map_err(|e| storage(&e))?,
-            );
+        if self.disk.exists(&dir).map_err(|e| storage_error(&e))? {
+            // Not a topic in memory, yet its directory exists: never write over it.
+            return Err(storage_error(&format!(
+                "{} exists but is not a loaded topic; remove it or restart the node",
+                dir.display()
+            )));
         }
+        let opened = self
+            .write_topic_dir(&name, &file)
+            .and_then(|()| self.open_partitions(&name, partitions));
+        let addresses = match opened {
+            Ok(addresses) => addresses,
+            Err(error) => {
+                // Undo what reached the disk, so memory (no topic) and disk agree. If this
+                // fails too, the leftovers are a staging dir (removed at the next start) or a
+                // complete topic (loaded at the next start): never half a topic.
+                let staging = topics_dir.join(format!("{CREATING_PREFIX}{name}"));
+                if matches!(self.disk.exists(&staging), Ok(true)) {
+                    let _ = self.remove_dir_synced(&staging);
+                }
+                if matches!(self.disk.exists(&dir), Ok(true)) {
+                    if let Err(undo) = self.remove_topic_dir(&name) {
+                        tracing::error!(topic = %name, %undo, "cannot undo a failed create");
+                    }
+                }
+                return Err(storage_error(&error));
+            }
+        };
         tracing::info!(topic = %name, partitions, "created topic");
         self.topics.insert(
             name,
@@ -374,24 +542,33 @@ impl Controller {
     }
 
     async fn delete_topic(&mut self, name: &str) -> Result<(), BrokerError> {
-        let topic = self
-            .topics
-            .remove(name)
-            .ok_or_else(|| unknown_topic(name))?;
+        if self.unavailable.contains_key(name) {
+            self.remove_topic_dir(name).map_err(|e| storage_error(&e))?;
+            self.unavailable.remove(name);
+            tracing::info!(topic = %name, "deleted unavailable topic");
+            return Ok(());
+        }
+        let topic = self.topics.get(name).ok_or_else(|| unknown_topic(name))?;
         for address in &topic.partitions {
             // A partition that is already gone has nothing left to sync.
             let _ = address.ask(|reply| PartitionMessage::Stop { reply }).await;
         }
-        let storage = |error: &dyn std::fmt::Display| {
-            BrokerError::new(ErrorCode::StorageError, error.to_string())
-        };
-        let topics_dir = Self::topics_dir(&self.config.data_dir);
-        let doomed = topics_dir.join(format!("{DELETED_PREFIX}{name}"));
-        self.disk
-            .rename(&topics_dir.join(name), &doomed)
-            .map_err(|e| storage(&e))?;
-        self.disk.sync_dir(&topics_dir).map_err(|e| storage(&e))?;
-        self.disk.remove_dir_all(&doomed).map_err(|e| storage(&e))?;
+        if let Err(error) = self.remove_topic_dir(name) {
+            // The topic is still whole on disk: bring its partitions back so memory agrees.
+            tracing::error!(topic = %name, %error, "cannot delete topic; reopening it");
+            match self.load_topic(name) {
+                Ok(topic) => {
+                    self.topics.insert(name.to_owned(), topic);
+                }
+                Err(unavailable) => {
+                    tracing::error!(topic = %name, cause = %unavailable.reason, "topic unavailable: cannot reopen it");
+                    self.topics.remove(name);
+                    self.unavailable.insert(name.to_owned(), unavailable);
+                }
+            }
+            return Err(storage_error(&error));
+        }
+        self.topics.remove(name);
         tracing::info!(topic = %name, "deleted topic");
         Ok(())
     }
@@ -422,6 +599,9 @@ impl Controller {
     }
 
     async fn describe(&self, name: &str) -> Result<TopicDescription, BrokerError> {
+        if let Some(topic) = self.unavailable.get(name) {
+            return Err(unavailable_topic(name, topic));
+        }
         let topic = self.topics.get(name).ok_or_else(|| unknown_topic(name))?;
         Ok(TopicDescription {
             name: name.to_owned(),
@@ -461,16 +641,26 @@ impl Actor for Controller {
                 reply.send(result);
             }
             ControllerMessage::ListTopics { reply } => {
-                reply.send(
-                    self.topics
-                        .iter()
-                        .map(|(name, topic)| TopicSummary {
-                            name: name.clone(),
-                            partitions: topic.file.partitions,
-                            replication_factor: topic.file.replication_factor,
-                        })
-                        .collect(),
-                );
+                // Unavailable topics are listed too (with what their metadata says, if it could
+                // be read): they exist, and describe says why they cannot be used.
+                let available = self
+                    .topics
+                    .iter()
+                    .map(|(name, topic)| (name, Some(&topic.file)));
+                let unavailable = self
+                    .unavailable
+                    .iter()
+                    .map(|(name, topic)| (name, topic.file.as_ref()));
+                let mut summaries: Vec<TopicSummary> = available
+                    .chain(unavailable)
+                    .map(|(name, file)| TopicSummary {
+                        name: name.clone(),
+                        partitions: file.map_or(0, |file| file.partitions),
+                        replication_factor: file.map_or(0, |file| file.replication_factor),
+                    })
+                    .collect();
+                summaries.sort_by(|a, b| a.name.cmp(&b.name));
+                reply.send(summaries);
             }
             ControllerMessage::DescribeTopic { name, reply } => {
                 let result = self.describe(&name).await;
@@ -483,7 +673,16 @@ impl Actor for Controller {
                         names.dedup();
                         names
                     }
-                    None => self.topics.keys().cloned().collect(),
+                    None => {
+                        let mut names: Vec<String> = self
+                            .topics
+                            .keys()
+                            .chain(self.unavailable.keys())
+                            .cloned()
+                            .collect();
+                        names.sort();
+                        names
+                    }
                 };
                 let mut result = Vec::with_capacity(names.len());
                 for name in names {
@@ -496,11 +695,18 @@ impl Actor for Controller {
                                 partitions,
                             });
                         }
-                        None => result.push(TopicMetadata {
-                            name,
-                            error: Some(ErrorCode::UnknownTopic),
-                            partitions: Vec::new(),
-                        }),
+                        None => {
+                            let error = if self.unavailable.contains_key(&name) {
+                                ErrorCode::TopicUnavailable
+                            } else {
+                                ErrorCode::UnknownTopic
+                            };
+                            result.push(TopicMetadata {
+                                name,
+                                error: Some(error),
+                                partitions: Vec::new(),
+                            });
+                        }
                     }
                 }
                 let brokers = vec![BrokerMetadata {
@@ -515,7 +721,10 @@ impl Actor for Controller {
                 reply,
             } => {
                 let result = match self.topics.get(&topic) {
-                    None => Err(unknown_topic(&topic)),
+                    None => Err(match self.unavailable.get(&topic) {
+                        Some(unavailable) => unavailable_topic(&topic, unavailable),
+                        None => unknown_topic(&topic),
+                    }),
                     Some(entry) => entry
                         .partitions
                         .get(partition as usize)
@@ -549,6 +758,357 @@ impl Actor for Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use brook_storage::disk::DiskFile;
+    use brook_storage::{DiskError, SimDisk};
+    use bytes::Bytes;
+    use rand::SeedableRng;
+
+    /// Ops that change the disk, counted once armed; those numbered in
+    /// `[fail_from, fail_from + fail_count)` fail (as an EIO would), the others pass through.
+    #[derive(Debug)]
+    struct Faults {
+        armed: std::sync::atomic::AtomicBool,
+        next: AtomicUsize,
+        fail_from: usize,
+        fail_count: usize,
+        failed: AtomicUsize,
+    }
+
+    impl Faults {
+        fn check(&self, path: &Path, operation: &'static str) -> Result<(), DiskError> {
+            if !self.armed.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let op = self.next.fetch_add(1, Ordering::SeqCst);
+            if op >= self.fail_from && op - self.fail_from < self.fail_count {
+                self.failed.fetch_add(1, Ordering::SeqCst);
+                return Err(DiskError::Io {
+                    path: path.to_path_buf(),
+                    operation,
+                    source: std::io::Error::other("injected fault"),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    #[derive(Debug)]
+    struct FaultyDisk {
+        inner: SimDisk,
+        faults: Arc<Faults>,
+    }
+
+    #[derive(Debug)]
+    struct FaultyFile {
+        inner: Arc<dyn DiskFile>,
+        faults: Arc<Faults>,
+    }
+
+    impl Disk for FaultyDisk {
+        fn create_dir_all(&self, path: &Path) -> Result<(), DiskError> {
+            self.faults.check(path, "create_dir_all")?;
+            self.inner.create_dir_all(path)
+        }
+        fn open(&self, path: &Path, mode: OpenMode) -> Result<Arc<dyn DiskFile>, DiskError> {
+            if mode != OpenMode::Existing {
+                self.faults.check(path, "create")?;
+            }
+            Ok(Arc::new(FaultyFile {
+                inner: self.inner.open(path, mode)?,
+                faults: self.faults.clone(),
+            }))
+        }
+        fn exists(&self, path: &Path) -> Result<bool, DiskError> {
+            self.inner.exists(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> Result<(), DiskError> {
+            self.faults.check(from, "rename")?;
+            self.inner.rename(from, to)
+        }
+        fn remove_file(&self, path: &Path) -> Result<(), DiskError> {
+            self.faults.check(path, "remove_file")?;
+            self.inner.remove_file(path)
+        }
+        fn remove_dir_all(&self, path: &Path) -> Result<(), DiskError> {
+            self.faults.check(path, "remove_dir_all")?;
+            self.inner.remove_dir_all(path)
+        }
+        fn list_dir(&self, path: &Path) -> Result<Vec<String>, DiskError> {
+            self.inner.list_dir(path)
+        }
+        fn sync_dir(&self, path: &Path) -> Result<(), DiskError> {
+            self.faults.check(path, "sync_dir")?;
+            self.inner.sync_dir(path)
+        }
+        fn read_file(&self, path: &Path) -> Result<Bytes, DiskError> {
+            self.inner.read_file(path)
+        }
+    }
+
+    impl DiskFile for FaultyFile {
+        fn path(&self) -> &Path {
+            self.inner.path()
+        }
+        fn len(&self) -> u64 {
+            self.inner.len()
+        }
+        fn append(&self, data: &[u8]) -> Result<u64, DiskError> {
+            self.faults.check(self.inner.path(), "append")?;
+            self.inner.append(data)
+        }
+        fn read_at(&self, position: u64, len: usize) -> Result<Bytes, DiskError> {
+            self.inner.read_at(position, len)
+        }
+        fn truncate(&self, len: u64) -> Result<(), DiskError> {
+            self.faults.check(self.inner.path(), "truncate")?;
+            self.inner.truncate(len)
+        }
+        fn sync(&self) -> Result<(), DiskError> {
+            self.faults.check(self.inner.path(), "sync")?;
+            self.inner.sync()
+        }
+    }
+
+    const DATA_DIR: &str = "/data";
+    const PARTITIONS: u32 = 3;
+    /// More disk operations than one create or delete takes (the loops stop at the first run
+    /// in which no fault was injected, and fail if they get here).
+    const OPERATIONS_MAX: usize = 500;
+
+    fn config() -> ControllerConfig {
+        ControllerConfig {
+            node_id: 0,
+            advertised_address: "127.0.0.1:9092".into(),
+            data_dir: PathBuf::from(DATA_DIR),
+            log: LogConfig::default(),
+            partition: PartitionConfig {
+                fetch_waiters_max: 16,
+                fetch_wait_ms_max: 1_000,
+                pending_acks_max: 16,
+                #[cfg(madsim)]
+                planted: Default::default(),
+            },
+            partition_mailbox_capacity: 16,
+            partitions_max: 16,
+            default_partitions: 1,
+        }
+    }
+
+    /// A controller on `disk` whose faults are armed from now on.
+    fn faulty_controller(
+        disk: &SimDisk,
+        fail_from: usize,
+        fail_count: usize,
+    ) -> (Controller, Arc<Faults>) {
+        let faults = Arc::new(Faults {
+            armed: false.into(),
+            next: AtomicUsize::new(0),
+            fail_from,
+            fail_count,
+            failed: AtomicUsize::new(0),
+        });
+        let faulty = FaultyDisk {
+            inner: disk.clone(),
+            faults: faults.clone(),
+        };
+        let controller =
+            Controller::load(Runtime::new(1), Arc::new(faulty), config()).expect("load");
+        faults.armed.store(true, Ordering::SeqCst);
+        (controller, faults)
+    }
+
+    /// How a topic is found by a node started on `disk`: whole (all partitions open), absent,
+    /// or something else (the test fails). Also: no staging or tombstone directory is left.
+    fn reload(disk: &SimDisk, name: &str) -> bool {
+        let controller = Controller::load(Runtime::new(2), Arc::new(disk.clone()), config())
+            .expect("a node starts");
+        assert!(
+            controller.unavailable.is_empty(),
+            "a topic is half there: {:?}",
+            controller
+                .unavailable
+                .values()
+                .map(|topic| &topic.reason)
+                .collect::<Vec<_>>()
+        );
+        let leftovers = disk
+            .list_dir(&Controller::topics_dir(Path::new(DATA_DIR)))
+            .expect("list topics");
+        assert!(
+            leftovers.iter().all(|entry| !entry.starts_with('.')),
+            "the start did not clean up: {leftovers:?}"
+        );
+        match controller.topics.get(name) {
+            Some(topic) => {
+                assert_eq!(topic.file.partitions, PARTITIONS);
+                assert_eq!(topic.partitions.len(), PARTITIONS as usize);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A failure or a crash at every step of a create leaves the topic whole or absent, in
+    /// memory and on disk; a create that succeeded survives the crash, and a create that failed
+    /// without a crash is undone on disk as in memory.
+    #[tokio::test]
+    async fn create_is_atomic_at_every_step() {
+        for (mode, fail_count) in [("crash", usize::MAX), ("one failed operation", 1)] {
+            let mut completed = false;
+            for fail_from in 0..OPERATIONS_MAX {
+                let disk = SimDisk::new(fail_from as u64);
+                let (mut controller, faults) = faulty_controller(&disk, fail_from, fail_count);
+                let result = controller.create_topic("events".into(), PARTITIONS, 1, Vec::new());
+                let injected = faults.failed.load(Ordering::SeqCst) > 0;
+                assert_eq!(
+                    result.is_ok(),
+                    controller.topics.contains_key("events"),
+                    "{mode} at operation {fail_from}: memory follows the outcome"
+                );
+                assert!(controller.unavailable.is_empty());
+                if mode == "crash" {
+                    disk.crash(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+                        fail_from as u64,
+                    ));
+                }
+                let found = reload(&disk, "events");
+                if result.is_ok() {
+                    assert!(
+                        found,
+                        "{mode} at operation {fail_from}: an acknowledged create is kept"
+                    );
+                } else if mode != "crash" {
+                    assert!(
+                        !found,
+                        "{mode} at operation {fail_from}: a failed create is undone"
+                    );
+                }
+                if !injected {
+                    assert!(result.is_ok(), "{result:?}");
+                    completed = true;
+                    break;
+                }
+            }
+            assert!(
+                completed,
+                "{mode}: a create takes fewer than {OPERATIONS_MAX} operations"
+            );
+        }
+    }
+
+    /// The same for a delete: whole or absent at every step; an acknowledged delete stays done
+    /// across a crash; a delete that failed without a crash leaves the topic whole and served.
+    #[tokio::test]
+    async fn delete_is_atomic_at_every_step() {
+        for (mode, fail_count) in [("crash", usize::MAX), ("one failed operation", 1)] {
+            let mut completed = false;
+            for fail_from in 0..OPERATIONS_MAX {
+                let disk = SimDisk::new(fail_from as u64);
+                let (mut controller, faults) = faulty_controller(&disk, usize::MAX, 0);
+                controller
+                    .create_topic("events".into(), PARTITIONS, 1, Vec::new())
+                    .expect("create");
+                drop(faults);
+                drop(controller);
+                let (mut controller, faults) = faulty_controller(&disk, fail_from, fail_count);
+                assert!(controller.topics.contains_key("events"));
+                let result = controller.delete_topic("events").await;
+                let injected = faults.failed.load(Ordering::SeqCst) > 0;
+                // (With a dead disk the reopened topic may be unavailable; it is still there.)
+                let present = controller.topics.contains_key("events")
+                    || controller.unavailable.contains_key("events");
+                assert_eq!(
+                    result.is_ok(),
+                    !present,
+                    "{mode} at operation {fail_from}: memory follows the outcome ({result:?})"
+                );
+                if mode == "crash" {
+                    disk.crash(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+                        fail_from as u64,
+                    ));
+                } else {
+                    assert!(
+                        controller.unavailable.is_empty(),
+                        "{mode} at operation {fail_from}"
+                    );
+                    if result.is_err() {
+                        let lookup = controller.topics["events"].partitions[0]
+                            .ask(|reply| PartitionMessage::Status { reply })
+                            .await;
+                        assert!(
+                            lookup.is_ok(),
+                            "{mode} at operation {fail_from}: the topic is served again"
+                        );
+                    }
+                }
+                let found = reload(&disk, "events");
+                if result.is_ok() {
+                    assert!(
+                        !found,
+                        "{mode} at operation {fail_from}: an acknowledged delete stays done"
+                    );
+                } else if mode != "crash" {
+                    assert!(
+                        found,
+                        "{mode} at operation {fail_from}: a failed delete keeps the topic"
+                    );
+                }
+                if !injected {
+                    assert!(result.is_ok(), "{result:?}");
+                    completed = true;
+                    break;
+                }
+            }
+            assert!(
+                completed,
+                "{mode}: a delete takes fewer than {OPERATIONS_MAX} operations"
+            );
+        }
+    }
+
+    /// A topic whose metadata is damaged does not stop the node: the others load, and it is
+    /// reported unavailable (describe, lookup, metadata), listed, and can be deleted.
+    #[tokio::test]
+    async fn an_unreadable_topic_is_reported_and_the_others_load() {
+        let disk = SimDisk::new(7);
+        let (mut controller, _faults) = faulty_controller(&disk, usize::MAX, 0);
+        controller
+            .create_topic("good".into(), 2, 1, Vec::new())
+            .expect("create");
+        controller
+            .create_topic("bad".into(), 2, 1, Vec::new())
+            .expect("create");
+        drop(controller);
+        let meta = Path::new(DATA_DIR).join("topics/bad").join(TOPIC_FILE);
+        let file = disk.open(&meta, OpenMode::Existing).expect("open");
+        file.truncate(5).expect("damage the metadata");
+        file.sync().expect("sync");
+
+        let mut controller = Controller::load(Runtime::new(3), Arc::new(disk.clone()), config())
+            .expect("the node starts");
+        assert!(controller.topics.contains_key("good"));
+        let reason = &controller.unavailable["bad"].reason;
+        assert!(
+            reason.contains("topic.toml"),
+            "the cause names the file: {reason}"
+        );
+        let error = controller.describe("bad").await.expect_err("unavailable");
+        assert_eq!(error.code, ErrorCode::TopicUnavailable, "{error}");
+        assert!(controller.describe("good").await.is_ok());
+        controller
+            .delete_topic("bad")
+            .await
+            .expect("an unavailable topic can be deleted");
+        assert!(controller.unavailable.is_empty());
+        assert!(!disk
+            .exists(&Path::new(DATA_DIR).join("topics/bad"))
+            .expect("exists"));
+        controller
+            .create_topic("bad".into(), 1, 1, Vec::new())
+            .expect("and its name used again");
+    }
 
     #[test]
     fn topic_files_are_checksummed() {

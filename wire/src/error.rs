@@ -57,11 +57,14 @@ pub enum ErrorCode {
     /// lengths, fields past the record), the record count, offset deltas out of order,
     /// trailing bytes, or an unsupported compression. Nothing of the request is stored.
     InvalidRecord = 20,
+    /// The topic exists on the broker's disk but could not be loaded (damaged metadata, a log
+    /// that does not open); the broker logged the cause at start. Deleting it is allowed.
+    TopicUnavailable = 21,
 }
 
 impl ErrorCode {
     /// Every code, in wire order (for tests and for tools that list them).
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::Unknown,
         ErrorCode::UnknownTopic,
         ErrorCode::UnknownPartition,
@@ -83,6 +86,7 @@ impl ErrorCode {
         ErrorCode::InvalidPartitions,
         ErrorCode::InvalidReplicationFactor,
         ErrorCode::InvalidRecord,
+        ErrorCode::TopicUnavailable,
     ];
 
     /// The wire number.
@@ -123,7 +127,8 @@ impl ErrorCode {
             | ErrorCode::InvalidTopic
             | ErrorCode::InvalidPartitions
             | ErrorCode::InvalidReplicationFactor
-            | ErrorCode::InvalidRecord => false,
+            | ErrorCode::InvalidRecord
+            | ErrorCode::TopicUnavailable => false,
         }
     }
 
@@ -151,6 +156,7 @@ impl ErrorCode {
             ErrorCode::InvalidPartitions => "invalid_partitions",
             ErrorCode::InvalidReplicationFactor => "invalid_replication_factor",
             ErrorCode::InvalidRecord => "invalid_record",
+            ErrorCode::TopicUnavailable => "topic_unavailable",
         }
     }
 }
@@ -216,6 +222,7 @@ mod tests {
         assert_eq!(ErrorCode::BrokerShuttingDown.code(), 14);
         assert_eq!(ErrorCode::InvalidReplicationFactor.code(), 19);
         assert_eq!(ErrorCode::InvalidRecord.code(), 20);
+        assert_eq!(ErrorCode::TopicUnavailable.code(), 21);
     }
 
     #[test]
@@ -238,7 +245,7 @@ mod tests {
         // 300 as a varint: a code from a newer peer.
         let code: ErrorCode = postcard::from_bytes(&[0xac, 0x02]).expect("decode");
         assert_eq!(code, ErrorCode::Unknown);
-        let code: ErrorCode = postcard::from_bytes(&[21]).expect("decode");
+        let code: ErrorCode = postcard::from_bytes(&[22]).expect("decode");
         assert_eq!(code, ErrorCode::Unknown);
     }
 
