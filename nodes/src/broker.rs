@@ -41,6 +41,7 @@ pub struct Broker {
     local_address: SocketAddr,
     accept_task: TaskHandle<()>,
     shutdown: tokio::sync::watch::Sender<bool>,
+    request_bytes: Arc<Semaphore>,
     /// Held until the broker is dropped (after `shutdown` has synced every partition).
     _data_dir_lock: DataDirLock,
 }
@@ -90,6 +91,9 @@ impl Broker {
         let controller = Controller::load(runtime.clone(), disk, controller_config)?;
         let controller = runtime.spawn_actor(controller, CONTROLLER_MAILBOX_CAPACITY);
         let (shutdown, shutdown_receiver) = tokio::sync::watch::channel(false);
+        // Validated to fit a u32 (one reservation is at most the whole budget).
+        let request_bytes_in_flight_max = config.limits.request_bytes_in_flight_max as usize;
+        let request_bytes = Arc::new(Semaphore::new(request_bytes_in_flight_max));
         let shared = Arc::new(ConnectionShared {
             runtime: runtime.clone(),
             controller: controller.clone(),
@@ -97,6 +101,8 @@ impl Broker {
             cluster_id: config.cluster_id.clone(),
             frame_bytes_max: config.limits.frame_bytes_max as usize,
             requests_in_flight_max: config.limits.requests_in_flight_max as usize,
+            request_bytes: request_bytes.clone(),
+            request_bytes_in_flight_max,
             shutdown: shutdown_receiver,
         });
         let connections = Arc::new(Semaphore::new(config.limits.connections_max as usize));
@@ -134,8 +140,15 @@ impl Broker {
             local_address,
             accept_task,
             shutdown,
+            request_bytes,
             _data_dir_lock: data_dir_lock,
         })
+    }
+
+    /// Bytes of the node's request budget (`limits.request_bytes_in_flight_max`) not held by
+    /// any request now.
+    pub fn request_bytes_available(&self) -> usize {
+        self.request_bytes.available_permits()
     }
 
     /// The address the listener is bound to (useful with port 0).

@@ -95,6 +95,12 @@ pub struct LimitsSection {
     pub partition_mailbox_capacity: u32,
     /// Most partitions one topic may have.
     pub partitions_max: u32,
+    /// Node-wide budget of request bytes being read or processed, over all connections: a
+    /// connection reserves a frame's size from it before it reads the frame's body, and gives
+    /// it back once the response is written. When it is spent, connections stop reading (TCP
+    /// backpressure on the clients) instead of the broker buffering without bound. A frame
+    /// larger than the budget waits for all of it.
+    pub request_bytes_in_flight_max: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +152,7 @@ impl Default for LimitsSection {
             pending_acks_max: 8192,
             partition_mailbox_capacity: 1024,
             partitions_max: 1024,
+            request_bytes_in_flight_max: 64 * 1024 * 1024,
         }
     }
 }
@@ -244,6 +251,12 @@ impl NodeConfig {
                 return invalid(key, "must be positive");
             }
         }
+        if !(1024..=u64::from(u32::MAX)).contains(&limits.request_bytes_in_flight_max) {
+            return invalid(
+                "limits.request_bytes_in_flight_max",
+                "must be between 1024 and 4294967295",
+            );
+        }
         if self.topics.default_partitions > limits.partitions_max {
             return invalid(
                 "topics.default_partitions",
@@ -303,6 +316,28 @@ mod tests {
         );
         let error = NodeConfig::from_toml("listen = \"nowhere\"").expect_err("bad address");
         assert!(error.to_string().contains("listen"), "{error}");
+    }
+
+    #[test]
+    fn the_request_byte_budget_parses_and_is_checked() {
+        let config = NodeConfig::from_toml("[limits]\nrequest_bytes_in_flight_max = 1048576")
+            .expect("a budget of 1 MiB");
+        assert_eq!(config.limits.request_bytes_in_flight_max, 1024 * 1024);
+        assert_eq!(
+            NodeConfig::default().limits.request_bytes_in_flight_max,
+            64 * 1024 * 1024
+        );
+        for bad in ["0", "1023", "4294967296"] {
+            let error =
+                NodeConfig::from_toml(&format!("[limits]\nrequest_bytes_in_flight_max = {bad}"))
+                    .expect_err(bad);
+            assert!(
+                error
+                    .to_string()
+                    .contains("limits.request_bytes_in_flight_max"),
+                "{bad}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,13 @@
 //! on one connection are appended in the order they were sent; only the waiting for their
 //! answers runs concurrently (responses carry correlation ids and may come back in any order).
 //!
+//! Memory: besides each connection's bound on requests in flight, every connection of the node
+//! draws on one budget of request bytes (`limits.request_bytes_in_flight_max`). As soon as a
+//! frame's 8-byte header is in, the reader reserves the frame's size from the budget, and only
+//! then reads its body; the reservation travels with the request and is given back when its
+//! response has been written (or, with acks=0, when the produce is done). When the budget is
+//! spent the readers wait, the socket buffers fill, and TCP pushes back on the clients.
+//!
 //! Bad input: a frame over the size limit, a frame with a bad CRC, an envelope that does not
 //! decode (garbage, an unknown request variant) or a request before the handshake gets an error
 //! response (with the correlation id when it could be recovered) and the connection is closed.
@@ -22,7 +29,7 @@ use brook_actors::partition::{
 };
 use brook_actors::runtime::{Addr, Runtime};
 use brook_wire::error::{BrokerError, ErrorCode};
-use brook_wire::frame::{FrameDecoder, FrameEncoder, FrameError};
+use brook_wire::frame::{FrameDecoder, FrameEncoder, FrameError, FRAME_HEADER_LEN};
 use brook_wire::protocol::{
     self, negotiate_version, Acks, Request, RequestEnvelope, Response, ResponseEnvelope,
     CORRELATION_ID_NONE, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
@@ -40,8 +47,19 @@ pub struct ConnectionShared {
     pub cluster_id: String,
     pub frame_bytes_max: usize,
     pub requests_in_flight_max: usize,
+    /// Bytes of requests being read or processed, node-wide (see the module documentation).
+    pub request_bytes: Arc<Semaphore>,
+    /// The size of that budget: a frame larger than it reserves all of it.
+    pub request_bytes_in_flight_max: usize,
     /// Flips to `true` when the broker shuts down: every connection stops reading and closes.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// What a request holds until its response is written: its place among the connection's
+/// requests in flight and its bytes of the node's budget.
+struct Held {
+    _in_flight: OwnedSemaphorePermit,
+    _bytes: Option<OwnedSemaphorePermit>,
 }
 
 /// A response on its way to the writer.
@@ -49,6 +67,8 @@ struct Outgoing {
     correlation_id: u64,
     response: Response,
     payload: Bytes,
+    /// Released once the response is written.
+    held: Option<Held>,
 }
 
 /// Serve one connection until the client closes it or sends something unacceptable.
@@ -107,11 +127,23 @@ impl Connection {
     async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut reader: R) -> Result<(), String> {
         let decoder = FrameDecoder::new(self.shared.frame_bytes_max);
         let mut buffer = BytesMut::with_capacity(64 * 1024);
+        // The budget reserved for the frame at the front of the buffer.
+        let mut reserved: Option<OwnedSemaphorePermit> = None;
         loop {
             loop {
+                if reserved.is_none() {
+                    if let Some(frame_bytes) = next_frame_bytes(&buffer) {
+                        // A frame over the limit is refused by the decoder below, unreserved.
+                        if frame_bytes <= self.shared.frame_bytes_max {
+                            reserved = Some(self.reserve(frame_bytes).await?);
+                        }
+                    }
+                }
                 match decoder.decode(&mut buffer) {
                     Ok(Some(frame)) => match protocol::decode_request(frame) {
-                        Ok((envelope, payload)) => self.dispatch(envelope, payload).await?,
+                        Ok((envelope, payload)) => {
+                            self.dispatch(envelope, payload, reserved.take()).await?
+                        }
                         Err(error) => {
                             let response = error.to_response();
                             self.respond(response.correlation_id, response.response, Bytes::new())
@@ -160,16 +192,35 @@ impl Connection {
                 correlation_id,
                 response,
                 payload,
+                held: None,
             })
             .await;
     }
 
-    async fn permit(&self) -> Result<OwnedSemaphorePermit, String> {
-        self.in_flight
+    async fn permit(&self, bytes: Option<OwnedSemaphorePermit>) -> Result<Held, String> {
+        let in_flight = self
+            .in_flight
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| "in-flight limiter closed".to_owned())
+            .map_err(|_| "in-flight limiter closed".to_owned())?;
+        Ok(Held {
+            _in_flight: in_flight,
+            _bytes: bytes,
+        })
+    }
+
+    /// Reserve `frame_bytes` of the node's request budget (all of it for a larger frame),
+    /// waiting while other requests hold it: meanwhile this connection reads nothing.
+    async fn reserve(&self, frame_bytes: usize) -> Result<OwnedSemaphorePermit, String> {
+        let bytes = frame_bytes.min(self.shared.request_bytes_in_flight_max);
+        let bytes = u32::try_from(bytes).map_err(|_| "request budget over 4 GiB".to_owned())?;
+        self.shared
+            .request_bytes
+            .clone()
+            .acquire_many_owned(bytes)
+            .await
+            .map_err(|_| "request byte budget closed".to_owned())
     }
 
     async fn lookup(
@@ -211,7 +262,7 @@ impl Connection {
         correlation_id: u64,
         topic: &str,
         partition: u32,
-        permit: OwnedSemaphorePermit,
+        permit: Held,
         answer: impl FnOnce(Result<T, BrokerError>) -> Option<(Response, Bytes)> + Send + 'static,
         message: impl FnOnce(PartitionReply<T>) -> PartitionMessage,
     ) {
@@ -228,24 +279,30 @@ impl Connection {
         let enqueued = address.send(message(reply)).await.is_ok();
         let sender = self.sender.clone();
         drop(self.shared.runtime.spawn(async move {
-            let _permit = permit;
             let result = match pending.await {
                 Ok(result) if enqueued => result,
                 _ => Err(shutting_down()),
             };
+            // No answer (acks=0): the permits are released here, the request being done.
             if let Some((response, payload)) = answer(result) {
                 let _ = sender
                     .send(Outgoing {
                         correlation_id,
                         response,
                         payload,
+                        held: Some(permit),
                     })
                     .await;
             }
         }));
     }
 
-    async fn dispatch(&mut self, envelope: RequestEnvelope, payload: Bytes) -> Result<(), String> {
+    async fn dispatch(
+        &mut self,
+        envelope: RequestEnvelope,
+        payload: Bytes,
+        bytes: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), String> {
         let RequestEnvelope {
             correlation_id,
             request,
@@ -294,7 +351,7 @@ impl Connection {
             self.respond(correlation_id, response, Bytes::new()).await;
             return Ok(());
         }
-        let permit = self.permit().await?;
+        let permit = self.permit(bytes).await?;
         match request {
             Request::Handshake { .. } => {
                 self.respond(
@@ -414,13 +471,13 @@ impl Connection {
                 let controller = self.shared.controller.clone();
                 let sender = self.sender.clone();
                 drop(self.shared.runtime.spawn(async move {
-                    let _permit = permit;
                     let response = admin_request(&controller, admin).await;
                     let _ = sender
                         .send(Outgoing {
                             correlation_id,
                             response,
                             payload: Bytes::new(),
+                            held: Some(permit),
                         })
                         .await;
                 }));
@@ -428,6 +485,13 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// The size of the frame at the front of `buffer` (header included), once its header is in.
+fn next_frame_bytes(buffer: &[u8]) -> Option<usize> {
+    let header = buffer.get(..FRAME_HEADER_LEN)?;
+    let body = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    Some(FRAME_HEADER_LEN + body as usize)
 }
 
 fn shutting_down() -> BrokerError {
@@ -518,6 +582,9 @@ async fn write_one<W: AsyncWrite + Unpin>(
     encoder: &FrameEncoder,
     outgoing: Outgoing,
 ) -> std::io::Result<()> {
+    // The request's permits go when this returns: its response is written (into the buffered
+    // writer; at most its capacity waits there for the flush).
+    let _held = outgoing.held;
     let envelope = ResponseEnvelope {
         correlation_id: outgoing.correlation_id,
         response: outgoing.response,
