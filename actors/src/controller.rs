@@ -251,8 +251,16 @@ impl Controller {
     ) -> Result<Self, ControllerError> {
         let topics_dir = Self::topics_dir(&config.data_dir);
         disk.create_dir_all(&topics_dir)?;
-        // The `topics` entry itself must survive a crash.
+        // The `topics` entry, and the data directory's own entry if it was just created, must
+        // survive a crash (the first topic's acknowledged records live below them).
         disk.sync_dir(&config.data_dir)?;
+        if let Some(parent) = config
+            .data_dir
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+        {
+            disk.sync_dir(parent)?;
+        }
         let mut controller = Controller {
             runtime,
             disk,

@@ -97,7 +97,8 @@ pub struct LimitsSection {
     pub partitions_max: u32,
     /// Node-wide budget of request bytes being read or processed, over all connections: a
     /// connection reserves a frame's size from it before it reads the frame's body, and gives
-    /// it back once the response is written. When it is spent, connections stop reading (TCP
+    /// it back once the request is done and its response handed to the connection's writer.
+    /// When it is spent, connections stop reading (TCP
     /// backpressure on the clients) instead of the broker buffering without bound. A frame
     /// larger than the budget waits for all of it.
     pub request_bytes_in_flight_max: u64,

@@ -10,9 +10,12 @@
 //! Memory: besides each connection's bound on requests in flight, every connection of the node
 //! draws on one budget of request bytes (`limits.request_bytes_in_flight_max`). As soon as a
 //! frame's 8-byte header is in, the reader reserves the frame's size from the budget, and only
-//! then reads its body; the reservation travels with the request and is given back when its
-//! response has been written (or, with acks=0, when the produce is done). When the budget is
-//! spent the readers wait, the socket buffers fill, and TCP pushes back on the clients.
+//! then reads its body; the reservation travels with the request and is given back when the
+//! request is done and its response handed to the writer (with acks=0: when the produce is
+//! done). By then the request's bytes are freed (a produced batch is dropped once appended),
+//! and a client that does not read its responses cannot pin the node's budget: it only fills
+//! its own connection's bounded writer queue. When the budget is spent the readers wait, the
+//! socket buffers fill, and TCP pushes back on the clients.
 //!
 //! Bad input: a frame over the size limit, a frame with a bad CRC, an envelope that does not
 //! decode (garbage, an unknown request variant) or a request before the handshake gets an error
@@ -55,8 +58,8 @@ pub struct ConnectionShared {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
-/// What a request holds until its response is written: its place among the connection's
-/// requests in flight and its bytes of the node's budget.
+/// What a request holds until it is done and its response handed to the writer: its place
+/// among the connection's requests in flight and its bytes of the node's budget.
 struct Held {
     _in_flight: OwnedSemaphorePermit,
     _bytes: Option<OwnedSemaphorePermit>,
@@ -67,8 +70,6 @@ struct Outgoing {
     correlation_id: u64,
     response: Response,
     payload: Bytes,
-    /// Released once the response is written.
-    held: Option<Held>,
 }
 
 /// Serve one connection until the client closes it or sends something unacceptable.
@@ -192,7 +193,6 @@ impl Connection {
                 correlation_id,
                 response,
                 payload,
-                held: None,
             })
             .await;
     }
@@ -279,18 +279,18 @@ impl Connection {
         let enqueued = address.send(message(reply)).await.is_ok();
         let sender = self.sender.clone();
         drop(self.shared.runtime.spawn(async move {
+            // Released when this task ends: the request is done and its answer handed over.
+            let _permit = permit;
             let result = match pending.await {
                 Ok(result) if enqueued => result,
                 _ => Err(shutting_down()),
             };
-            // No answer (acks=0): the permits are released here, the request being done.
             if let Some((response, payload)) = answer(result) {
                 let _ = sender
                     .send(Outgoing {
                         correlation_id,
                         response,
                         payload,
-                        held: Some(permit),
                     })
                     .await;
             }
@@ -471,13 +471,13 @@ impl Connection {
                 let controller = self.shared.controller.clone();
                 let sender = self.sender.clone();
                 drop(self.shared.runtime.spawn(async move {
+                    let _permit = permit;
                     let response = admin_request(&controller, admin).await;
                     let _ = sender
                         .send(Outgoing {
                             correlation_id,
                             response,
                             payload: Bytes::new(),
-                            held: Some(permit),
                         })
                         .await;
                 }));
@@ -582,9 +582,6 @@ async fn write_one<W: AsyncWrite + Unpin>(
     encoder: &FrameEncoder,
     outgoing: Outgoing,
 ) -> std::io::Result<()> {
-    // The request's permits go when this returns: its response is written (into the buffered
-    // writer; at most its capacity waits there for the flush).
-    let _held = outgoing.held;
     let envelope = ResponseEnvelope {
         correlation_id: outgoing.correlation_id,
         response: outgoing.response,
