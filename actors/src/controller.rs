@@ -36,13 +36,16 @@ use brook_wire::protocol::{
 use serde::{Deserialize, Serialize};
 
 use crate::partition::{PartitionActor, PartitionConfig, PartitionMessage, PartitionStatus};
-use crate::runtime::{Actor, Addr, Context, Reply, Runtime};
+use crate::runtime::{Actor, Addr, Context, Duration, Instant, Reply, Runtime};
 
 /// Longest topic name.
 pub const TOPIC_NAME_LEN_MAX: usize = 200;
 const TOPIC_FILE: &str = "topic.toml";
 const DELETED_PREFIX: &str = ".deleted-";
 const CREATING_PREFIX: &str = ".creating-";
+/// How often an unavailable topic is tried again, at most, when a client asks for it: a cause
+/// that was transient (an I/O error during recovery) heals without a restart.
+const UNAVAILABLE_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// The term a single node's partitions are written in (Raft terms arrive with replication).
 const SINGLE_NODE_TERM: u64 = 1;
 
@@ -95,6 +98,8 @@ struct UnavailableTopic {
     file: Option<TopicFile>,
     /// Why it could not be loaded (logged at start, and returned to clients).
     reason: String,
+    /// When it was last tried.
+    attempted_at: Instant,
 }
 
 /// Messages of the controller.
@@ -313,12 +318,14 @@ impl Controller {
                         reason: "missing".into(),
                     }
                     .to_string(),
+                    attempted_at: self.runtime.now(),
                 })
             }
             Err(error) => {
                 return Err(UnavailableTopic {
                     file: None,
                     reason: error.to_string(),
+                    attempted_at: self.runtime.now(),
                 })
             }
         }
@@ -326,12 +333,14 @@ impl Controller {
             read_topic_file(self.disk.as_ref(), &meta_path).map_err(|error| UnavailableTopic {
                 file: None,
                 reason: error.to_string(),
+                attempted_at: self.runtime.now(),
             })?;
         let partitions = self
             .open_partitions(name, file.partitions)
             .map_err(|error| UnavailableTopic {
                 file: Some(file.clone()),
                 reason: error.to_string(),
+                attempted_at: self.runtime.now(),
             })?;
         Ok(Topic { file, partitions })
     }
@@ -461,6 +470,32 @@ impl Controller {
             tracing::warn!(dir = %doomed.display(), %error, "cannot remove a deleted topic's files yet");
         }
         Ok(())
+    }
+
+    /// If `name` is unavailable and was last tried long enough ago, try to load it again (the
+    /// cause may have been transient, e.g. an I/O error during recovery).
+    fn retry_unavailable(&mut self, name: &str) {
+        let due = self.unavailable.get(name).is_some_and(|topic| {
+            self.runtime.now().duration_since(topic.attempted_at) >= UNAVAILABLE_RETRY_INTERVAL
+        });
+        if !due {
+            return;
+        }
+        match self.load_topic(name) {
+            Ok(topic) => {
+                tracing::info!(
+                    topic = name,
+                    partitions = topic.file.partitions,
+                    "loaded topic on a retry; it is available"
+                );
+                self.unavailable.remove(name);
+                self.topics.insert(name.to_owned(), topic);
+            }
+            Err(unavailable) => {
+                tracing::warn!(topic = name, cause = %unavailable.reason, "topic still unavailable");
+                self.unavailable.insert(name.to_owned(), unavailable);
+            }
+        }
     }
 
     fn create_topic(
@@ -671,6 +706,7 @@ impl Actor for Controller {
                 reply.send(summaries);
             }
             ControllerMessage::DescribeTopic { name, reply } => {
+                self.retry_unavailable(&name);
                 let result = self.describe(&name).await;
                 reply.send(result);
             }
@@ -692,6 +728,9 @@ impl Actor for Controller {
                         names
                     }
                 };
+                for name in &names {
+                    self.retry_unavailable(name);
+                }
                 let mut result = Vec::with_capacity(names.len());
                 for name in names {
                     match self.topics.get(&name) {
@@ -728,6 +767,7 @@ impl Actor for Controller {
                 partition,
                 reply,
             } => {
+                self.retry_unavailable(&topic);
                 let result = match self.topics.get(&topic) {
                     None => Err(match self.unavailable.get(&topic) {
                         Some(unavailable) => unavailable_topic(&topic, unavailable),
@@ -1074,6 +1114,47 @@ mod tests {
                 "{mode}: a delete takes fewer than {OPERATIONS_MAX} operations"
             );
         }
+    }
+
+    /// A topic that failed to load on a transient disk error is tried again when a client asks
+    /// for it (at most once per retry interval), and becomes available.
+    #[tokio::test]
+    async fn a_topic_unavailable_by_a_transient_fault_comes_back_when_asked_for() {
+        let disk = SimDisk::new(11);
+        let (mut controller, _faults) = faulty_controller(&disk, usize::MAX, 0);
+        controller
+            .create_topic("flaky".into(), 1, 1, Vec::new())
+            .expect("create");
+        drop(controller);
+        // Armed from the start: operations 0-2 are the load's own (create and sync the topics
+        // directory, sync its parent); operation 3 is the first of the topic's recovery.
+        let faults = Arc::new(Faults {
+            armed: true.into(),
+            next: AtomicUsize::new(0),
+            fail_from: 3,
+            fail_count: 1,
+            failed: AtomicUsize::new(0),
+        });
+        let faulty = FaultyDisk {
+            inner: disk.clone(),
+            faults: faults.clone(),
+        };
+        let mut controller =
+            Controller::load(Runtime::new(4), Arc::new(faulty), config()).expect("the node starts");
+        assert_eq!(faults.failed.load(Ordering::SeqCst), 1);
+        assert!(controller.unavailable.contains_key("flaky"));
+        // Not retried before the interval.
+        controller.retry_unavailable("flaky");
+        assert!(controller.unavailable.contains_key("flaky"));
+        tokio::time::sleep(UNAVAILABLE_RETRY_INTERVAL).await;
+        let described = controller.describe("flaky").await;
+        assert!(
+            described.is_err(),
+            "describe alone does not retry: {described:?}"
+        );
+        controller.retry_unavailable("flaky");
+        assert!(controller.unavailable.is_empty());
+        assert_eq!(controller.topics["flaky"].partitions.len(), 1);
     }
 
     /// A topic whose metadata is damaged does not stop the node: the others load, and it is
