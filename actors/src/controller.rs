@@ -1146,7 +1146,7 @@ mod tests {
         // Not retried before the interval.
         controller.retry_unavailable("flaky");
         assert!(controller.unavailable.contains_key("flaky"));
-        tokio::time::sleep(UNAVAILABLE_RETRY_INTERVAL).await;
+        controller.runtime.sleep(UNAVAILABLE_RETRY_INTERVAL).await;
         let described = controller.describe("flaky").await;
         assert!(
             described.is_err(),
