@@ -41,6 +41,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+/// Largest frame accepted before the handshake (a handshake is a few dozen bytes).
+pub const HANDSHAKE_FRAME_BYTES_MAX: usize = 64 * 1024;
+
 /// What every connection of a node shares.
 #[derive(Debug)]
 pub struct ConnectionShared {
@@ -127,15 +130,24 @@ struct Connection {
 impl Connection {
     async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut reader: R) -> Result<(), String> {
         let decoder = FrameDecoder::new(self.shared.frame_bytes_max);
+        // Before the handshake only a handshake is accepted, and it is small: a bigger frame is
+        // refused from its header, so a connection that never handshakes cannot hold a large
+        // share of the node's request budget.
+        let before_handshake = FrameDecoder::new(HANDSHAKE_FRAME_BYTES_MAX);
         let mut buffer = BytesMut::with_capacity(64 * 1024);
         // The budget reserved for the frame at the front of the buffer.
         let mut reserved: Option<OwnedSemaphorePermit> = None;
         loop {
             loop {
+                let decoder = if self.handshaken {
+                    &decoder
+                } else {
+                    &before_handshake
+                };
                 if reserved.is_none() {
                     if let Some(frame_bytes) = next_frame_bytes(&buffer) {
                         // A frame over the limit is refused by the decoder below, unreserved.
-                        if frame_bytes <= self.shared.frame_bytes_max {
+                        if frame_bytes <= decoder.frame_bytes_max() {
                             reserved = Some(self.reserve(frame_bytes).await?);
                         }
                     }

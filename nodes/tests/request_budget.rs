@@ -131,6 +131,22 @@ async fn a_spent_budget_stops_reading_until_it_is_given_back() {
         "{response:?}"
     );
 
+    // Before a handshake, a frame that big is refused from its header: a connection that
+    // never handshakes cannot hold the budget.
+    let mut stranger = Raw {
+        stream: TcpStream::connect(address).await.expect("connect"),
+        buffer: BytesMut::new(),
+    };
+    let mut header = (HOG_BODY as u32).to_le_bytes().to_vec();
+    header.extend_from_slice(&[0; 4]);
+    stranger.stream.write_all(&header).await.expect("write");
+    let response = stranger.receive().await;
+    assert!(
+        matches!(&response, Response::Error(error) if error.code == brook_wire::ErrorCode::FrameTooLarge),
+        "{response:?}"
+    );
+    assert_eq!(broker.request_bytes_available(), BUDGET);
+
     // A frame header announcing 900 KB, and only the start of its body: the broker reserves
     // the whole frame before reading the body, and holds it while the body does not come.
     let mut hog = Raw::connect(address).await;
