@@ -63,6 +63,12 @@ pub enum PlantedBug {
     KeepDivergentSuffix,
     /// A follower acknowledges entries before they are persisted.
     AcknowledgeBeforePersist,
+    /// Campaign without a pre-vote (a node back from a partition bumps the term).
+    NoPreVote,
+    /// A leader never checks that a majority still answers.
+    NoCheckQuorum,
+    /// Election timeouts are not randomised (split votes can repeat forever).
+    FixedElectionTimeout,
 }
 
 /// What the host feeds the core.
@@ -378,20 +384,31 @@ impl Raft {
 
     fn reset_election_deadline(&mut self, now_ms: u64) {
         let timeout = self.config.election_timeout_ms;
-        self.election_deadline_ms = now_ms + timeout + self.rng.next_u64() % timeout;
+        let jitter = if self.config.planted_bug == Some(PlantedBug::FixedElectionTimeout) {
+            0
+        } else {
+            self.rng.next_u64() % timeout
+        };
+        self.election_deadline_ms = now_ms + timeout + jitter;
     }
 
     fn tick<P: Clone>(&mut self, now_ms: u64, out: &mut Vec<Effect<P>>) {
         if self.role != Role::Leader {
             if now_ms >= self.election_deadline_ms {
-                self.start_pre_election(now_ms, out);
+                if self.config.planted_bug == Some(PlantedBug::NoPreVote) {
+                    self.start_election(now_ms, false, out);
+                } else {
+                    self.start_pre_election(now_ms, out);
+                }
             }
             return;
         }
         if now_ms >= self.check_quorum_due_ms {
             // Check-quorum: a leader cut off from a majority stops acting as leader, so it
             // stops acknowledging writes that can no longer commit.
-            if self.recently_active.len() + 1 < self.quorum() {
+            if self.recently_active.len() + 1 < self.quorum()
+                && self.config.planted_bug != Some(PlantedBug::NoCheckQuorum)
+            {
                 self.become_follower(now_ms, self.hard_state.term, None, out);
                 return;
             }
