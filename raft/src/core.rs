@@ -832,6 +832,10 @@ impl Raft {
         message: Message<P>,
         out: &mut Vec<Effect<P>>,
     ) -> Result<(), RaftError> {
+        if let Message::Append(append) = &message {
+            // Refused before anything changes (the term included).
+            self.check_append(from, append)?;
+        }
         let term = self.hard_state.term;
         let message_term = message.term();
         if message_term > term {
@@ -932,7 +936,6 @@ impl Raft {
                 if self.role == Role::Leader {
                     return Ok(()); // two leaders in a term cannot be; ignore rather than obey
                 }
-                Self::validate_append(from, &append)?;
                 self.heard_from_leader(now_ms, from, out);
                 self.receive_append(from, append, out)?;
             }
@@ -990,7 +993,8 @@ impl Raft {
         self.reset_election_deadline(now_ms);
     }
 
-    fn validate_append<P>(from: NodeId, append: &AppendEntries<P>) -> Result<(), RaftError> {
+    /// A malformed append, or one that would replace a committed entry, is refused whole.
+    fn check_append<P>(&self, from: NodeId, append: &AppendEntries<P>) -> Result<(), RaftError> {
         let mut previous = (append.prev_index, append.prev_term);
         for entry in &append.entries {
             if entry.index != previous.0 + 1 {
@@ -1006,6 +1010,19 @@ impl Raft {
                 });
             }
             previous = (entry.index, entry.term);
+            if entry.index <= self.commit_index
+                && self
+                    .log
+                    .term_at(entry.index)
+                    .is_some_and(|term| term != entry.term)
+                && self.config.planted_bug != Some(PlantedBug::KeepDivergentSuffix)
+            {
+                return Err(RaftError::ConflictWithCommitted {
+                    from,
+                    index: entry.index,
+                    commit_index: self.commit_index,
+                });
+            }
         }
         Ok(())
     }
@@ -1052,13 +1069,11 @@ impl Raft {
                 Some(term) if term == entry.term => {}
                 Some(_) if keep_divergent => {}
                 Some(_) => {
-                    if entry.index <= self.commit_index {
-                        return Err(RaftError::ConflictWithCommitted {
-                            from,
-                            index: entry.index,
-                            commit_index: self.commit_index,
-                        });
-                    }
+                    // check_append refused conflicts with committed entries.
+                    assert!(
+                        entry.index > self.commit_index,
+                        "raft: truncating a committed entry"
+                    );
                     first_new = Some(position);
                     break;
                 }

@@ -225,12 +225,6 @@ impl Cluster {
         match effect {
             Effect::PersistHardState(hard_state) => host.durable_hard_state = hard_state,
             Effect::Truncate { from_index } => {
-                if from_index <= host.commit_index {
-                    return Err(Violation::CommittedEntryTruncated {
-                        node: id,
-                        index: from_index,
-                    });
-                }
                 self.truncations += 1;
                 let keep = (from_index - host.log_start) as usize;
                 host.log.truncate(keep);
