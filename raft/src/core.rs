@@ -12,6 +12,11 @@ use crate::message::{
     LogStart, Message, NodeId, Payload, Term, VoteRequest, VoteResponse,
 };
 
+/// Messages with a term at or above this are refused as malformed: no honest group gets near
+/// it (one election per millisecond would take 146 million years), and it leaves room for the
+/// terms that follow without overflow.
+pub const TERM_LIMIT: Term = 1 << 62;
+
 /// Timing and limits of one group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -155,8 +160,8 @@ pub enum RaftError {
     TransferInProgress { to: NodeId },
     #[error("{uncommitted} entries are uncommitted, more would pass the limit of {limit}")]
     TooManyUncommitted { uncommitted: u64, limit: u64 },
-    #[error("malformed append from node {from}: {reason}")]
-    MalformedAppend { from: NodeId, reason: &'static str },
+    #[error("malformed message from node {from}: {reason}")]
+    MalformedMessage { from: NodeId, reason: &'static str },
     #[error("append from node {from} conflicts with committed entry {index} (commit index {commit_index})")]
     ConflictWithCommitted {
         from: NodeId,
@@ -832,9 +837,23 @@ impl Raft {
         message: Message<P>,
         out: &mut Vec<Effect<P>>,
     ) -> Result<(), RaftError> {
-        if let Message::Append(append) = &message {
-            // Refused before anything changes (the term included).
-            self.check_append(from, append)?;
+        // Refused before anything changes (the term included).
+        match &message {
+            _ if message.term() >= TERM_LIMIT => {
+                // Adopting it would leave no room for the terms that must follow.
+                return Err(RaftError::MalformedMessage {
+                    from,
+                    reason: "term beyond the limit",
+                });
+            }
+            Message::Append(append) => self.check_append(from, append)?,
+            Message::LogStart(log_start) if log_start.log_start_index == 0 => {
+                return Err(RaftError::MalformedMessage {
+                    from,
+                    reason: "log start index 0",
+                });
+            }
+            _ => {}
         }
         let term = self.hard_state.term;
         let message_term = message.term();
@@ -997,14 +1016,14 @@ impl Raft {
     fn check_append<P>(&self, from: NodeId, append: &AppendEntries<P>) -> Result<(), RaftError> {
         let mut previous = (append.prev_index, append.prev_term);
         for entry in &append.entries {
-            if entry.index != previous.0 + 1 {
-                return Err(RaftError::MalformedAppend {
+            if previous.0.checked_add(1) != Some(entry.index) {
+                return Err(RaftError::MalformedMessage {
                     from,
                     reason: "entries are not contiguous",
                 });
             }
             if entry.term < previous.1 || entry.term > append.term {
-                return Err(RaftError::MalformedAppend {
+                return Err(RaftError::MalformedMessage {
                     from,
                     reason: "entry terms out of order",
                 });
@@ -1185,7 +1204,7 @@ impl Raft {
             } => {
                 let stale = rejected_prev_index < progress.match_index
                     || matches!(progress.replication, Replication::Probe { .. })
-                        && rejected_prev_index + 1 != progress.next_index;
+                        && rejected_prev_index.checked_add(1) != Some(progress.next_index);
                 if stale {
                     return;
                 }
@@ -1196,6 +1215,7 @@ impl Raft {
                 };
                 progress.next_index = hinted
                     .min(rejected_prev_index)
+                    .min(last_index + 1)
                     .max(progress.match_index + 1);
                 progress.replication = Replication::Probe { paused: false };
                 progress.in_flight.clear();

@@ -60,7 +60,9 @@ mod core;
 mod log;
 mod message;
 
-pub use crate::core::{Config, Effect, Input, PlantedBug, Raft, RaftError, Recovered, Role};
+pub use crate::core::{
+    Config, Effect, Input, PlantedBug, Raft, RaftError, Recovered, Role, TERM_LIMIT,
+};
 pub use crate::log::{InvalidLogTerms, LogTerms, TermStart};
 pub use crate::message::{
     AppendEntries, AppendHeader, AppendOutcome, AppendResponse, Entry, HardState, Heartbeat, Index,

@@ -587,7 +587,7 @@ fn messages_from_strangers_and_malformed_appends_are_refused_without_effect() {
                 message: gap
             }
         ),
-        Err(RaftError::MalformedAppend { .. })
+        Err(RaftError::MalformedMessage { .. })
     ));
     assert_eq!(raft.log().last_index(), 0);
     // A restarted core takes its log from the host.
