@@ -75,6 +75,8 @@ struct Coverage {
     leader_changes: u64,
     committed_entries: u64,
     truncations: u64,
+    /// The most rounds a run needed after its heal to commit a proposal everywhere.
+    liveness_rounds_max: usize,
 }
 
 fn run(size: u64, seed: u64, actions: &[Action], bug: Option<PlantedBug>) -> Result<(), Violation> {
@@ -143,8 +145,8 @@ fn run_with_coverage(
         leader_changes: cluster.leaders.len() as u64,
         committed_entries: cluster.committed.len() as u64,
         truncations: cluster.truncations,
+        liveness_rounds_max: cluster.check_liveness(LIVENESS_ROUNDS_MAX)?,
     };
-    cluster.check_liveness(LIVENESS_ROUNDS_MAX)?;
     Ok(coverage)
 }
 
@@ -181,6 +183,7 @@ fn raft_is_safe_and_live_under_random_faults() {
             leader_changes: sum.leader_changes + coverage.leader_changes,
             committed_entries: sum.committed_entries + coverage.committed_entries,
             truncations: sum.truncations + coverage.truncations,
+            liveness_rounds_max: sum.liveness_rounds_max.max(coverage.liveness_rounds_max),
         });
         Ok(())
     });
