@@ -846,7 +846,10 @@ impl Raft {
                     reason: "term beyond the limit",
                 });
             }
-            Message::Append(append) => self.check_append(from, append)?,
+            // A stale leader's append is answered with our term below, whatever it holds.
+            Message::Append(append) if append.term >= self.hard_state.term => {
+                self.check_append(from, append)?
+            }
             Message::LogStart(log_start) if log_start.log_start_index == 0 => {
                 return Err(RaftError::MalformedMessage {
                     from,

@@ -41,7 +41,11 @@ enum Action {
     Propose(u8),
     Crash(u8),
     Isolate(u8),
-    Heal,
+    /// Heal; then maybe every node that believes it leads takes a proposal at once (clients
+    /// still talking to a deposed leader that has not heard the news yet).
+    Heal {
+        propose_to_leaders: bool,
+    },
     Transfer {
         to: u8,
     },
@@ -59,7 +63,7 @@ fn action() -> impl Strategy<Value = Action> {
         10 => any::<u8>().prop_map(Action::Propose),
         3 => any::<u8>().prop_map(Action::Crash),
         2 => any::<u8>().prop_map(Action::Isolate),
-        2 => Just(Action::Heal),
+        2 => any::<bool>().prop_map(|propose_to_leaders| Action::Heal { propose_to_leaders }),
         1 => any::<u8>().prop_map(|to| Action::Transfer { to }),
     ]
 }
@@ -130,7 +134,14 @@ fn run_with_coverage(
             }
             Action::Crash(selector) => cluster.crash(node(*selector))?,
             Action::Isolate(selector) => cluster.isolate(node(*selector)),
-            Action::Heal => cluster.heal(),
+            Action::Heal { propose_to_leaders } => {
+                cluster.heal();
+                if *propose_to_leaders {
+                    for leader in cluster.leaders_now() {
+                        cluster.propose(leader)?;
+                    }
+                }
+            }
             Action::Transfer { to } => {
                 if let [leader] = cluster.leaders_now()[..] {
                     cluster
