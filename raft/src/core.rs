@@ -1066,6 +1066,12 @@ impl Raft {
                 },
             }),
         };
+        if append.prev_index < self.commit_index {
+            // Our log up to the commit index is the leader's (committed entries are in every
+            // later leader's log), and may start above prev_index (retention): skip to there.
+            self.acknowledge_committed_prefix(out);
+            return Ok(());
+        }
         if append.prev_index > self.log.last_index() {
             out.push(reject(self, self.log.last_index() + 1, None));
             return Ok(());
@@ -1138,9 +1144,14 @@ impl Raft {
         out: &mut Vec<Effect<P>>,
     ) {
         let prev_index = log_start.log_start_index - 1;
+        if prev_index < self.commit_index {
+            // We hold committed entries past the leader's log start (our own retention may
+            // even have removed more than the leader's): nothing to reset.
+            self.acknowledge_committed_prefix(out);
+            return;
+        }
         if self.log.term_at(prev_index) != Some(log_start.prev_term)
             && log_start.log_start_index > self.log.start_index()
-            && prev_index >= self.commit_index
         {
             out.push(Effect::ResetLog {
                 log_start_index: log_start.log_start_index,
@@ -1169,6 +1180,11 @@ impl Raft {
                 }),
             });
         }
+    }
+
+    fn acknowledge_committed_prefix<P>(&mut self, out: &mut Vec<Effect<P>>) {
+        self.agreed_index = self.agreed_index.max(self.commit_index);
+        self.acknowledge(out);
     }
 
     fn receive_append_response<P: Clone>(

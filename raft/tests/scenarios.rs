@@ -667,3 +667,65 @@ fn a_follower_refuses_an_append_that_would_replace_a_committed_entry() {
     assert_eq!((raft.log().last_index(), raft.log().last_term()), (2, 1));
     assert_eq!(raft.term(), 1, "nothing applied, not even the term");
 }
+
+#[test]
+fn a_follower_whose_log_starts_above_the_leaders_is_caught_up_without_a_reset() {
+    // Node 2 kept entries 1..=10 (term 1) until its retention removed 1..=7; it restarts.
+    let log = LogTerms::new(
+        8,
+        1,
+        10,
+        vec![brook_raft::TermStart {
+            term: 1,
+            first_index: 1,
+        }],
+    )
+    .expect("valid");
+    let mut raft = Raft::new(
+        2,
+        [1, 2, 3].into_iter().collect(),
+        Config::default(),
+        Recovered {
+            hard_state: HardState {
+                term: 1,
+                voted_for: None,
+            },
+            log,
+        },
+        0,
+        0,
+    )
+    .expect("valid");
+    assert_eq!(
+        raft.commit_index(),
+        7,
+        "entries below the log start were committed"
+    );
+    // The leader, whose log starts at 5, probes below our log start, then sends its start.
+    let probe = brook_raft::AppendHeader {
+        term: 1,
+        prev_index: 3,
+        prev_term: 1,
+        commit_index: 10,
+    }
+    .into_message::<u64>(vec![]);
+    let log_start = Message::LogStart(brook_raft::LogStart {
+        term: 1,
+        log_start_index: 5,
+        prev_term: 1,
+        commit_index: 10,
+    });
+    for message in [probe, log_start] {
+        let effects = raft
+            .step(0, Input::Message { from: 1, message })
+            .expect("valid");
+        assert!(acknowledges(&effects, 7), "{effects:?}");
+        assert!(
+            !effects
+                .iter()
+                .any(|effect| matches!(effect, Effect::ResetLog { .. } | Effect::Truncate { .. })),
+            "{effects:?}"
+        );
+    }
+    assert_eq!(raft.log().start_index(), 8);
+}
