@@ -49,6 +49,11 @@ enum Action {
     Transfer {
         to: u8,
     },
+    /// Retention: the node drops committed, durable entries below a new log start.
+    Compact {
+        node: u8,
+        keep: u8,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -65,6 +70,7 @@ fn action() -> impl Strategy<Value = Action> {
         2 => any::<u8>().prop_map(Action::Isolate),
         2 => any::<bool>().prop_map(|propose_to_leaders| Action::Heal { propose_to_leaders }),
         1 => any::<u8>().prop_map(|to| Action::Transfer { to }),
+        2 => (any::<u8>(), 0u8..3).prop_map(|(node, keep)| Action::Compact { node, keep }),
     ]
 }
 
@@ -79,6 +85,7 @@ struct Coverage {
     leader_changes: u64,
     committed_entries: u64,
     truncations: u64,
+    log_resets: u64,
     /// The most rounds a run needed after its heal to commit a proposal everywhere.
     liveness_rounds_max: usize,
 }
@@ -142,6 +149,19 @@ fn run_with_coverage(
                     }
                 }
             }
+            Action::Compact {
+                node: selector,
+                keep,
+            } => {
+                let id = node(*selector);
+                let host = &cluster.hosts[&id];
+                let durable_last = host.log_start + host.durable_entries as u64 - 1;
+                let removable_last = host.commit_index.min(durable_last);
+                let start = (removable_last + 1).saturating_sub(u64::from(*keep));
+                if start > host.log_start {
+                    cluster.advance_log_start(id, start)?;
+                }
+            }
             Action::Transfer { to } => {
                 if let [leader] = cluster.leaders_now()[..] {
                     cluster
@@ -156,6 +176,7 @@ fn run_with_coverage(
         leader_changes: cluster.leaders.len() as u64,
         committed_entries: cluster.committed.len() as u64,
         truncations: cluster.truncations,
+        log_resets: cluster.log_resets,
         liveness_rounds_max: cluster.check_liveness(LIVENESS_ROUNDS_MAX)?,
     };
     Ok(coverage)
@@ -194,6 +215,7 @@ fn raft_is_safe_and_live_under_random_faults() {
             leader_changes: sum.leader_changes + coverage.leader_changes,
             committed_entries: sum.committed_entries + coverage.committed_entries,
             truncations: sum.truncations + coverage.truncations,
+            log_resets: sum.log_resets + coverage.log_resets,
             liveness_rounds_max: sum.liveness_rounds_max.max(coverage.liveness_rounds_max),
         });
         Ok(())

@@ -127,6 +127,8 @@ pub struct Cluster {
     pub next_payload: u64,
     /// Suffixes truncated on followers (how much log repair a run exercised).
     pub truncations: u64,
+    /// Followers restarted at a leader's log start.
+    pub log_resets: u64,
     seed: u64,
     restarts: u64,
 }
@@ -173,6 +175,7 @@ impl Cluster {
             committed: BTreeMap::new(),
             next_payload: 1,
             truncations: 0,
+            log_resets: 0,
             seed,
             restarts: 0,
         }
@@ -234,6 +237,7 @@ impl Cluster {
                 log_start_index,
                 prev_term,
             } => {
+                self.log_resets += 1;
                 host.log.clear();
                 host.durable_entries = 0;
                 host.log_start = log_start_index;
@@ -548,6 +552,9 @@ impl Cluster {
     /// Makes a node's log durable up to `index` only (a slow disk).
     pub fn flush_to(&mut self, id: NodeId, index: Index) -> Result<(), Violation> {
         let host = self.hosts.get_mut(&id).expect("known node");
+        if index < host.log_start {
+            return Ok(());
+        }
         let durable = (index + 1 - host.log_start) as usize;
         host.durable_entries = host.durable_entries.max(durable.min(host.log.len()));
         let Some(term) = host.entry(index).map(|entry| entry.term) else {
