@@ -8,7 +8,8 @@
 //! The planted-bug tests show each property catching a deliberate bug within the same search.
 //! (Committing an old term's entry by counting replicas needs the precise interleaving of the
 //! Raft paper's figure 8, which random search rarely builds: `scenarios.rs` builds it.)
-//! `PROPTEST_CASES` raises the number of runs (default below, fast enough for CI).
+//! `PROPTEST_CASES` raises the number of runs (default below, fast enough for CI) and
+//! `PROPTEST_RNG_SEED` (default 0) moves the search; a failure prints its replay command.
 
 mod cluster;
 
@@ -16,7 +17,7 @@ use brook_raft::{Input, PlantedBug};
 use cluster::{config, Cluster, Violation};
 use proptest::prelude::*;
 use proptest::test_runner::{
-    Config as ProptestConfig, RngAlgorithm, TestCaseError, TestRng, TestRunner,
+    Config as ProptestConfig, RngAlgorithm, RngSeed, TestCaseError, TestRng, TestRunner,
 };
 
 #[derive(Clone, Debug)]
@@ -199,9 +200,17 @@ fn cases(default: u32) -> u32 {
 
 #[test]
 fn raft_is_safe_and_live_under_random_faults() {
+    // The search is seeded (0 unless PROPTEST_RNG_SEED says otherwise), so a failure is
+    // replayed by the command it prints; other seeds search elsewhere.
+    let rng_seed = std::env::var("PROPTEST_RNG_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or(0);
+    let cases = cases(512);
     let mut runner = TestRunner::new(ProptestConfig {
-        cases: cases(512),
+        cases,
         failure_persistence: None,
+        rng_seed: RngSeed::Fixed(rng_seed),
         ..ProptestConfig::default()
     });
     let total = std::cell::Cell::new(Coverage::default());
@@ -221,7 +230,10 @@ fn raft_is_safe_and_live_under_random_faults() {
         Ok(())
     });
     if let Err(error) = result {
-        panic!("{error}");
+        panic!(
+            "{error}\nreplay: PROPTEST_RNG_SEED={rng_seed} PROPTEST_CASES={cases} \
+             cargo nextest run -p brook-raft --test properties raft_is_safe"
+        );
     }
     // The search must reach what it claims to check: elections, commits, log repair.
     let total = total.get();
