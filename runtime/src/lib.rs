@@ -1,5 +1,12 @@
-//! The actor runtime: the one place in brook that spawns tasks, sleeps, reads clocks and draws
+//! brook-runtime: the one place in brook that spawns tasks, sleeps, reads clocks and draws
 //! randomness, so that swapping real tokio for the madsim simulator happens here and nowhere else.
+//!
+//! Both the broker's actors (`brook-actors`, which re-exports this crate as
+//! `brook_actors::runtime`) and the client (`brook-client`) build on it; it depends on nothing
+//! of brook's, so the client's dependency tree stays small. Besides the [`Runtime`] handle
+//! (spawn, sleep, timeout, clock, seeded RNGs, blocking work) it holds the small actor layer
+//! the broker is made of ([`Actor`], [`Addr`], [`Context`]): that layer spawns and keeps
+//! timers, so it lives on this side of the seam.
 //!
 //! # Why not actix
 //!
@@ -27,7 +34,7 @@
 //!   a madsim simulation; what it spawns belongs to the current (simulated) node.
 //!
 //! ```
-//! use brook_actors::runtime::{Actor, Context, Reply, Runtime};
+//! use brook_runtime::{Actor, Context, Reply, Runtime};
 //!
 //! struct Counter {
 //!     total: u64,
@@ -68,7 +75,7 @@
 //! [`Runtime::run_blocking`] runs its closure on tokio's blocking pool in a real build and inline
 //! under madsim (see there).
 
-// This module is the swap point between real tokio and madsim: it alone may call the spawning,
+// This crate is the swap point between real tokio and madsim: it alone may call the spawning,
 // sleeping, clock and randomness functions that clippy.toml forbids everywhere else.
 #![allow(clippy::disallowed_methods)]
 
@@ -242,6 +249,22 @@ impl Runtime {
             tokio::time::sleep(Duration::from_micros(micros)).await;
             Ok(work())
         }
+    }
+}
+
+/// A fresh seed for a [`Runtime`] whose user gave none (a client in a real application).
+///
+/// Real build: drawn from the operating system's entropy (through `rand`). Under madsim: from
+/// the simulation's seeded RNG, so a simulated run that takes a default seed still replays
+/// exactly. Log or record it where a run must be reproducible.
+pub fn entropy_seed() -> u64 {
+    #[cfg(not(madsim))]
+    {
+        rand::random()
+    }
+    #[cfg(madsim)]
+    {
+        rand::Rng::gen(&mut madsim::rand::thread_rng())
     }
 }
 
