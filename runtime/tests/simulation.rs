@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use brook_actors::runtime::{Actor, Addr, Context, Reply, Runtime};
+use brook_runtime::{Actor, Addr, Context, Reply, Runtime};
 use rand::Rng;
 
 /// Keeps a running total; answers requests; ticks on a timer.
 struct Counter {
     total: u64,
     ticks: Vec<Duration>,
-    started_at: Option<brook_actors::runtime::Instant>,
+    started_at: Option<brook_runtime::Instant>,
 }
 
 enum CounterMessage {
