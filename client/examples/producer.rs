@@ -6,7 +6,7 @@
 use brook_client::{Admin, ErrorCode, Producer, ProducerConfig, ProducerRecord};
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut arguments = std::env::args().skip(1);
     let bootstrap = arguments.next().unwrap_or_else(|| "127.0.0.1:9092".into());
     let topic = arguments.next().unwrap_or_else(|| "greetings".into());
