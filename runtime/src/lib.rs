@@ -366,6 +366,13 @@ mod tests {
         assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 
+    /// Outside a simulation a default seed is fresh each time (two equal draws: 2^-64).
+    #[cfg(not(madsim))]
+    #[test]
+    fn entropy_seeds_differ() {
+        assert_ne!(entropy_seed(), entropy_seed());
+    }
+
     #[test]
     fn wall_clock_is_after_2020() {
         let runtime = Runtime::new(0);

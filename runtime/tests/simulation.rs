@@ -210,3 +210,18 @@ fn same_seed_replays_the_same_draws_and_timer_order() {
     assert_eq!(first, run(42), "same seed, same trace");
     assert_ne!(first, run(43), "another seed, another trace");
 }
+
+/// A default seed (`entropy_seed`, what a client without a configured seed uses) comes from
+/// the simulation's seeded RNG: the same simulation seed gives the same draws, another one
+/// other draws. (Plain #[test]: each case builds its own simulation from a fixed seed.)
+#[test]
+fn entropy_seed_replays_with_the_simulation_seed() {
+    let draws = |simulation_seed: u64| {
+        madsim::runtime::Runtime::with_seed_and_config(simulation_seed, madsim::Config::default())
+            .block_on(async { [brook_runtime::entropy_seed(), brook_runtime::entropy_seed()] })
+    };
+    let first = draws(11);
+    assert_eq!(first, draws(11));
+    assert_ne!(first[0], first[1]);
+    assert_ne!(first, draws(12));
+}
