@@ -729,3 +729,43 @@ fn a_follower_whose_log_starts_above_the_leaders_is_caught_up_without_a_reset() 
     }
     assert_eq!(raft.log().start_index(), 8);
 }
+
+/// Appends in flight to one follower stay within `in_flight_appends_max`, each within
+/// `entries_per_append_max`, however much the leader takes; a silent follower is caught up once
+/// it answers again.
+#[test]
+fn pipelining_is_bounded_per_follower() -> Outcome {
+    let config = Config {
+        in_flight_appends_max: 3,
+        entries_per_append_max: 4,
+        ..Config::default()
+    };
+    let mut cluster = Cluster::new(3, config, 12);
+    cluster.elect(1)?;
+    cluster.run_until(10, |cluster| cluster.raft(2).commit_index() == 1)?;
+    // Node 2's answers are lost from now on; node 3 keeps the majority.
+    cluster.cut_links.insert((2, 1));
+    let batch: Vec<u64> = (1_000..1_020).collect();
+    cluster.step(1, Input::Propose(batch))?.expect("leader");
+    let mut last = 0;
+    for _ in 0..100 {
+        last = cluster.propose(1)?.expect("leader");
+    }
+    let appends_to_2: Vec<usize> = cluster
+        .network
+        .iter()
+        .filter_map(|(from, to, message)| match message {
+            Message::Append(append) if (*from, *to) == (1, 2) => Some(append.entries.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(appends_to_2.len(), 3, "{appends_to_2:?}");
+    assert!(
+        appends_to_2.iter().all(|entries| *entries <= 4),
+        "{appends_to_2:?}"
+    );
+    cluster.heal();
+    let rounds = cluster.run_until(200, |cluster| committed_everywhere(cluster, last))?;
+    assert!(rounds.is_some(), "{}", cluster.describe());
+    Ok(())
+}
