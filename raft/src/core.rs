@@ -133,7 +133,9 @@ pub enum Effect<P> {
     },
     /// The commit index moved (for a partition: the high watermark).
     CommitIndex(Index),
-    /// The role, term or known leader changed.
+    /// The role, term or known leader changed. A host leaving the leader role fails the writes
+    /// still waiting for commit (retriable: they may commit under the next leader or be
+    /// truncated), so a deposed leader acknowledges nothing more.
     RoleChanged {
         role: Role,
         term: Term,
