@@ -41,20 +41,30 @@ fn a_leader_is_elected_and_replicates() -> Outcome {
     Ok(())
 }
 
-#[test]
-fn a_lone_node_elects_itself_and_commits_once_persisted() -> Outcome {
-    let mut cluster = Cluster::new(1, config(None), 2);
+/// A lone node's commit index after its proposal, before and after its disk confirms it.
+fn lone_node_commits(bug: Option<PlantedBug>) -> Result<(u64, bool), Violation> {
+    let mut cluster = Cluster::new(1, config(bug), 2);
     cluster.elect(1)?;
     assert_eq!(cluster.leaders_now(), vec![1]);
     let payload = cluster.propose(1)?.expect("leader");
-    assert_eq!(
-        cluster.raft(1).commit_index(),
-        1,
-        "only the leader's first entry"
-    );
+    let commit_before_persisting = cluster.raft(1).commit_index();
     cluster.flush(1)?;
-    assert!(committed_everywhere(&cluster, payload));
-    Ok(())
+    Ok((
+        commit_before_persisting,
+        committed_everywhere(&cluster, payload),
+    ))
+}
+
+#[test]
+fn a_lone_node_elects_itself_and_commits_once_persisted() {
+    // Index 1 is the leader's first entry, index 2 the proposal.
+    assert_eq!(lone_node_commits(None), Ok((1, true)));
+    // Committing on its own append, the planted bug commits what is not durable (and the
+    // harness sees a committed entry on no disk).
+    assert!(matches!(
+        lone_node_commits(Some(PlantedBug::CommitWithoutQuorum)),
+        Err(Violation::CommittedNotOnMajority { .. })
+    ));
 }
 
 /// Elections with competing candidates yield at most one leader per term; the harness checks
@@ -457,9 +467,9 @@ fn a_vote_is_persisted_before_it_is_granted() {
     assert!(!vote_persisted_before_granted(&effects), "{effects:?}");
 }
 
-#[test]
-fn a_candidate_persists_its_term_and_vote_before_asking_for_votes() {
-    let mut raft = lone_core(1, None);
+/// Whether a candidate's term and vote are persisted before its first vote request.
+fn candidate_persists_first(bug: Option<PlantedBug>) -> bool {
+    let mut raft = lone_core(1, bug);
     let mut effects = raft.step::<u64>(10_000, Input::Tick).expect("valid");
     for peer in [2, 3] {
         let granted = Message::PreVoteResponse(brook_raft::VoteResponse {
@@ -495,10 +505,13 @@ fn a_candidate_persists_its_term_and_vote_before_asking_for_votes() {
             }
         )
     });
-    assert!(
-        persisted.is_some() && persisted < first_request,
-        "{effects:?}"
-    );
+    persisted.is_some() && persisted < first_request
+}
+
+#[test]
+fn a_candidate_persists_its_term_and_vote_before_asking_for_votes() {
+    assert!(candidate_persists_first(None));
+    assert!(!candidate_persists_first(Some(PlantedBug::ForgetHardState)));
 }
 
 /// Feeds a follower one append; returns the effects before and after the entries are durable.
