@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use brook_storage::log::{FsyncPolicy, Log, LogError};
 use brook_storage::DiskError;
-use brook_wire::batch::BatchHeader;
+use brook_wire::batch::{self, BatchHeader};
 use brook_wire::error::{BrokerError, ErrorCode};
 use brook_wire::protocol::{Acks, OffsetSpec};
 use bytes::{Bytes, BytesMut};
@@ -233,6 +233,14 @@ impl PartitionActor {
                 .log
                 .check(&batches[position..end])
                 .map_err(|error| storage_error(&error))?;
+            // Then every record: a batch whose CRC holds can still lie about its records, and
+            // once stored it would stop every consumer at its offset for good.
+            batch::validate_records(&batches[position..end]).map_err(|error| {
+                BrokerError::new(
+                    ErrorCode::InvalidRecord,
+                    format!("batch at byte {position}: {error}"),
+                )
+            })?;
             bounds.push((position, end, checked));
             position = end;
         }

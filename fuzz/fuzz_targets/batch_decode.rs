@@ -1,12 +1,15 @@
 //! Arbitrary bytes into the record-batch decoders: `RecordBatch::new` + `records()`, and
-//! `split_batches` (+ `records()` of each batch).
+//! `split_batches` (+ `records()` of each batch), and `validate_records` (which must agree with
+//! `records()`).
 //!
 //! Input: byte 0 picks the mode, the rest is the batch. In "fixed" mode (odd byte 0) the batch
 //! length, magic and CRC are set right before decoding, so the fuzzer reaches the record
 //! decoder without having to forge a CRC-32C.
 #![no_main]
 
-use brook_wire::batch::{compute_crc, split_batches, RecordBatch, BATCH_HEADER_LEN, MAGIC};
+use brook_wire::batch::{
+    compute_crc, split_batches, validate_records, RecordBatch, BATCH_HEADER_LEN, MAGIC,
+};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 
@@ -31,9 +34,13 @@ fuzz_target!(|data: &[u8]| {
     let bytes = Bytes::from(batch);
     if let Ok(batch) = RecordBatch::new(bytes.clone()) {
         let header = *batch.header();
-        if let Ok(records) = batch.records() {
+        let decoded = batch.records();
+        if let Ok(records) = &decoded {
             assert_eq!(records.len() as u64, u64::from(header.record_count));
         }
+        // The broker's produce-time validation and the consumers' decoder must agree: a batch
+        // the broker accepts is one every consumer can read.
+        assert_eq!(validate_records(batch.bytes()).is_ok(), decoded.is_ok());
     }
     for batch in split_batches(bytes).take(64) {
         match batch {

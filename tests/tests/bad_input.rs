@@ -10,6 +10,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use brook_e2e::{run_cli, work_dir, Broker, CLI_TIMEOUT};
+use brook_wire::batch::{compute_crc, BatchBuilder};
 use brook_wire::frame::{FrameDecoder, FrameEncoder};
 use brook_wire::protocol::{
     decode_response, encode_request, Request, RequestEnvelope, Response, ResponseEnvelope,
@@ -519,6 +520,167 @@ fn a_burst_of_bad_connections_does_not_disturb_a_client() {
     );
     consumed.assert_success();
     assert_eq!(consumed.stdout, input, "values read back in order");
+    assert!(broker.is_running(), "{}", broker.stderr());
+}
+
+impl RawConnection {
+    /// A produce of `batch` (acks=all) with a raw frame payload.
+    fn send_produce(&mut self, correlation_id: u64, topic: &str, batch: &[u8]) {
+        let mut frame = BytesMut::new();
+        encode_request(
+            &FrameEncoder::default(),
+            &RequestEnvelope {
+                correlation_id,
+                request: Request::Produce {
+                    topic: topic.into(),
+                    partition: 0,
+                    acks: brook_wire::protocol::Acks::All,
+                    timeout_ms: 10_000,
+                    batch_count: 1,
+                },
+            },
+            batch,
+            &mut frame,
+        )
+        .expect("encode produce");
+        self.send_bytes(&frame);
+    }
+}
+
+/// A well-formed batch of `values`, as a producer builds it.
+fn good_batch(values: &[&str]) -> Vec<u8> {
+    let mut builder = BatchBuilder::new();
+    for value in values {
+        builder.push(1_700_000_000_000, None, Some(value.as_bytes()), &[]);
+    }
+    builder.finish().to_vec()
+}
+
+/// Header fields (see the table in wire/src/batch.rs), rewritten as a lying producer would.
+const OFFSET_LAST_OFFSET_DELTA: usize = 27;
+const OFFSET_RECORD_COUNT: usize = 61;
+const OFFSET_CRC: usize = 21;
+
+/// `batch` with its header's record count (and last offset delta, so the two agree) set to
+/// `record_count`, and a CRC that matches: framing and CRC checks alone accept it.
+fn with_record_count(mut batch: Vec<u8>, record_count: u32) -> Vec<u8> {
+    batch[OFFSET_RECORD_COUNT..OFFSET_RECORD_COUNT + 4]
+        .copy_from_slice(&record_count.to_le_bytes());
+    batch[OFFSET_LAST_OFFSET_DELTA..OFFSET_LAST_OFFSET_DELTA + 4]
+        .copy_from_slice(&(record_count - 1).to_le_bytes());
+    let crc = compute_crc(&batch);
+    batch[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    batch
+}
+
+/// Regression (issue 9): the broker checked a produced batch's CRC and header but not its
+/// records, so a batch whose record count lies was stored, and every consumer then failed at
+/// its offset forever (a poison pill). Now it is refused with `InvalidRecord`, nothing is
+/// stored, the connection and the broker carry on, and consumers read on past it.
+#[test]
+fn a_batch_that_lies_about_its_records_is_refused_and_stores_nothing() {
+    const POISONED: &str = "poisoned";
+    let work = work_dir();
+    let mut broker = Broker::dev(work.path(), &work.path().join("data"));
+    let bootstrap = broker.bootstrap();
+    let address = broker.address;
+    run_cli(
+        &["-b", &bootstrap, "topic", "create", POISONED],
+        b"",
+        CLI_TIMEOUT,
+    )
+    .assert_success();
+    run_cli(
+        &["-b", &bootstrap, "produce", POISONED],
+        b"before-1\nbefore-2\n",
+        CLI_TIMEOUT,
+    )
+    .assert_success();
+
+    let mut liar = RawConnection::connect(address);
+    liar.handshake();
+    let lies = [
+        // Says three records, holds two.
+        (
+            "count larger than the records",
+            with_record_count(good_batch(&["a", "b"]), 3),
+        ),
+        // Says one record, holds two (the second would be trailing bytes).
+        (
+            "count smaller than the records",
+            with_record_count(good_batch(&["a", "b"]), 1),
+        ),
+    ];
+    for (index, (what, batch)) in lies.iter().enumerate() {
+        let correlation_id = 10 + index as u64;
+        liar.send_produce(correlation_id, POISONED, batch);
+        let envelope = liar.receive_frame(what);
+        assert_eq!(envelope.correlation_id, correlation_id, "{what}");
+        match envelope.response {
+            Response::Error(error) => {
+                assert_eq!(
+                    error.code,
+                    ErrorCode::InvalidRecord,
+                    "{what}: {}",
+                    error.message
+                );
+                assert!(
+                    error.message.contains("record"),
+                    "{what}: {}",
+                    error.message
+                );
+            }
+            other => panic!("{what}: expected InvalidRecord, got {other:?}"),
+        }
+    }
+    // The same connection goes on: an honest batch after the lies is stored.
+    liar.send_produce(20, POISONED, &good_batch(&["after-1", "after-2"]));
+    let envelope = liar.receive_frame("an honest produce after the lies");
+    assert_eq!(envelope.correlation_id, 20);
+    assert!(
+        matches!(envelope.response, Response::Produce { base_offset: 2, .. }),
+        "the lies stored nothing: the honest batch follows the first two records: {envelope:?}"
+    );
+
+    // Other clients: a consumer reads everything, in order, with nothing of the lies.
+    let consumed = run_cli(
+        &[
+            "-b",
+            &bootstrap,
+            "consume",
+            POISONED,
+            "--output",
+            "text",
+            "--max",
+            "4",
+            "--timeout-ms",
+            "5000",
+        ],
+        b"",
+        CLI_TIMEOUT,
+    );
+    consumed.assert_success();
+    assert_eq!(
+        consumed.stdout, "before-1\nbefore-2\nafter-1\nafter-2\n",
+        "{consumed}"
+    );
+    // And a producer after it.
+    run_cli(
+        &["-b", &bootstrap, "produce", POISONED],
+        b"later\n",
+        CLI_TIMEOUT,
+    )
+    .assert_success();
+    let described = run_cli(
+        &[
+            "-b", &bootstrap, "topic", "describe", POISONED, "--output", "json",
+        ],
+        b"",
+        CLI_TIMEOUT,
+    );
+    described.assert_success();
+    let topic: Value = serde_json::from_str(described.stdout.trim()).expect("describe is JSON");
+    assert_eq!(topic["partitions"][0]["high_watermark"], 5, "{described}");
     assert!(broker.is_running(), "{}", broker.stderr());
 }
 

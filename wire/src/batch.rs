@@ -285,67 +285,148 @@ impl RecordBatch {
     }
 
     /// Decode the records. Fails on the first malformed record (the CRC held, so a malformed
-    /// record means a buggy or malicious producer, not a damaged disk).
+    /// record means a buggy or malicious producer, not a damaged disk). The broker refuses such
+    /// a batch on produce ([`validate_records`] walks the records the same way), so a batch it
+    /// stored always decodes.
     pub fn records(&self) -> Result<Vec<Record>, BatchError> {
-        if self.header.compression() != 0 {
-            return Err(BatchError::UnsupportedCompression(
-                self.header.compression(),
-            ));
-        }
         let mut records = Vec::with_capacity(self.header.record_count.min(4096) as usize);
-        let mut cursor = Cursor {
-            bytes: &self.bytes,
-            position: BATCH_HEADER_LEN,
-        };
-        for index in 0..self.header.record_count {
-            let bad = |reason: &'static str| BatchError::BadRecord { index, reason };
-            let length = cursor.uvarint().map_err(bad)?;
-            let start = cursor.position;
-            let end = start
-                .checked_add(usize::try_from(length).map_err(|_| bad("length overflows"))?)
-                .filter(|end| *end <= self.bytes.len())
-                .ok_or(bad("record runs past the batch"))?;
-            cursor.byte().map_err(bad)?; // attributes, reserved
-            let timestamp_delta = cursor.varint().map_err(bad)?;
-            let offset_delta = cursor.uvarint().map_err(bad)?;
-            if offset_delta > u64::from(self.header.last_offset_delta) {
-                return Err(bad("offset delta beyond the batch"));
-            }
-            let key = cursor.nullable_bytes().map_err(bad)?;
-            let value = cursor.nullable_bytes().map_err(bad)?;
-            let header_count = cursor.uvarint().map_err(bad)?;
-            let mut headers = Vec::new();
-            for _ in 0..header_count {
-                let key_len = cursor.uvarint().map_err(bad)?;
-                let key = cursor.take(key_len).map_err(bad)?;
-                let key =
-                    String::from_utf8(key.to_vec()).map_err(|_| bad("header key not UTF-8"))?;
-                let value = cursor.nullable_bytes().map_err(bad)?;
-                headers.push(RecordHeader { key, value });
-            }
-            if cursor.position != end {
-                return Err(bad("record length does not match its fields"));
-            }
+        let bytes = &self.bytes;
+        walk_records(bytes, &self.header, |view| {
             records.push(Record {
-                offset: self.header.base_offset + offset_delta,
-                timestamp: self.header.first_timestamp.wrapping_add(timestamp_delta),
-                key,
-                value,
-                headers,
+                offset: self.header.base_offset + view.offset_delta,
+                timestamp: self
+                    .header
+                    .first_timestamp
+                    .wrapping_add(view.timestamp_delta),
+                key: view.key.map(|range| bytes.slice(range)),
+                value: view.value.map(|range| bytes.slice(range)),
+                headers: view
+                    .headers
+                    .iter()
+                    .map(|header| RecordHeader {
+                        key: String::from_utf8_lossy(&bytes[header.key.clone()]).into_owned(),
+                        value: header.value.clone().map(|range| bytes.slice(range)),
+                    })
+                    .collect(),
             });
-        }
-        if cursor.position != self.bytes.len() {
-            return Err(BatchError::BadRecord {
-                index: self.header.record_count,
-                reason: "trailing bytes after the last record",
-            });
-        }
+        })?;
         Ok(records)
     }
 }
 
+/// Check the records of one batch whose header, length and CRC [`validate`] accepted: no
+/// compression (none is supported yet), exactly `record_count` records, each framed within its
+/// length (every varint complete and at most 10 bytes, every key, value and header inside the
+/// record, header keys UTF-8), offset deltas 0, 1, .., `last_offset_delta` in order, and no
+/// bytes after the last record. This is exactly what [`RecordBatch::records`] needs, so a batch
+/// that passes is readable by every consumer; the broker runs it on every produced batch so
+/// that a lying producer cannot store a batch that no consumer can get past. Allocates nothing
+/// (unless records carry headers).
+pub fn validate_records(batch: &[u8]) -> Result<(), BatchError> {
+    let header = BatchHeader::parse(batch)?;
+    let end = header.total_len();
+    if batch.len() < end {
+        return Err(BatchError::Truncated {
+            needed: end,
+            available: batch.len(),
+        });
+    }
+    walk_records(&batch[..end], &header, |_| {})
+}
+
+/// Where one header of a record lies in the batch.
+struct HeaderView {
+    key: std::ops::Range<usize>,
+    value: Option<std::ops::Range<usize>>,
+}
+
+/// One record as positions in its batch (no copy).
+struct RecordView<'a> {
+    offset_delta: u64,
+    timestamp_delta: i64,
+    key: Option<std::ops::Range<usize>>,
+    value: Option<std::ops::Range<usize>>,
+    headers: &'a [HeaderView],
+}
+
+/// Walk every record of `batch` (exactly one whole batch), checking its framing, and hand each
+/// one to `visit`. The one record decoder: consumers decode with it and the broker validates
+/// produced batches with it, so the two cannot disagree on what a good batch is.
+fn walk_records(
+    batch: &[u8],
+    header: &BatchHeader,
+    mut visit: impl FnMut(RecordView<'_>),
+) -> Result<(), BatchError> {
+    if header.compression() != 0 {
+        return Err(BatchError::UnsupportedCompression(header.compression()));
+    }
+    let mut cursor = Cursor {
+        bytes: batch,
+        position: BATCH_HEADER_LEN,
+    };
+    // Reused for every record; allocates only if some record has headers.
+    let mut headers: Vec<HeaderView> = Vec::new();
+    // Bounded by the record count of the header, and each record consumes at least one byte,
+    // so a lying count fails at the end of the batch.
+    for index in 0..header.record_count {
+        let bad = |reason: &'static str| BatchError::BadRecord { index, reason };
+        let length = cursor.uvarint().map_err(bad)?;
+        let start = cursor.position;
+        let end = start
+            .checked_add(usize::try_from(length).map_err(|_| bad("length overflows"))?)
+            .filter(|end| *end <= batch.len())
+            .ok_or(bad("record runs past the batch"))?;
+        // The fields must lie inside the record: decode them from the record's bytes alone.
+        let mut record = Cursor {
+            bytes: &batch[..end],
+            position: start,
+        };
+        record.byte().map_err(bad)?; // attributes, reserved
+        let timestamp_delta = record.varint().map_err(bad)?;
+        let offset_delta = record.uvarint().map_err(bad)?;
+        if offset_delta != u64::from(index) {
+            // Offsets are dense inside a batch: record i is at base + i. A delta out of order
+            // would give two records one offset, or put a record past the batch's last offset.
+            return Err(bad("offset delta is not the record's index in the batch"));
+        }
+        let key = record.nullable().map_err(bad)?;
+        let value = record.nullable().map_err(bad)?;
+        let header_count = record.uvarint().map_err(bad)?;
+        headers.clear();
+        // Each header takes at least two bytes: the count is bounded by the record's length.
+        for _ in 0..header_count {
+            let key_len = record.uvarint().map_err(bad)?;
+            let key = record.take(key_len).map_err(bad)?;
+            if std::str::from_utf8(&batch[key.clone()]).is_err() {
+                return Err(bad("header key not UTF-8"));
+            }
+            let value = record.nullable().map_err(bad)?;
+            headers.push(HeaderView { key, value });
+        }
+        if record.position != end {
+            return Err(bad("record length does not match its fields"));
+        }
+        cursor.position = end;
+        visit(RecordView {
+            offset_delta,
+            timestamp_delta,
+            key,
+            value,
+            headers: &headers,
+        });
+    }
+    if cursor.position != batch.len() {
+        return Err(BatchError::BadRecord {
+            index: header.record_count,
+            reason: "trailing bytes after the last record",
+        });
+    }
+    Ok(())
+}
+
+/// Reads fields from `bytes[position..]`; never past `bytes.len()`.
 struct Cursor<'a> {
-    bytes: &'a Bytes,
+    bytes: &'a [u8],
     position: usize,
 }
 
@@ -365,18 +446,18 @@ impl Cursor<'_> {
         self.position += len;
         Ok(value)
     }
-    fn take(&mut self, len: u64) -> Result<Bytes, &'static str> {
+    fn take(&mut self, len: u64) -> Result<std::ops::Range<usize>, &'static str> {
         let len = usize::try_from(len).map_err(|_| "length overflows")?;
         let end = self
             .position
             .checked_add(len)
             .filter(|end| *end <= self.bytes.len())
-            .ok_or("field runs past the batch")?;
-        let slice = self.bytes.slice(self.position..end);
+            .ok_or("field runs past the record")?;
+        let range = self.position..end;
         self.position = end;
-        Ok(slice)
+        Ok(range)
     }
-    fn nullable_bytes(&mut self) -> Result<Option<Bytes>, &'static str> {
+    fn nullable(&mut self) -> Result<Option<std::ops::Range<usize>>, &'static str> {
         match self.varint()? {
             -1 => Ok(None),
             len if len < 0 => Err("negative length"),
@@ -695,6 +776,129 @@ mod tests {
                 .collect::<Vec<_>>(),
             [0, 2, 4]
         );
+    }
+
+    /// Rewrite a batch's records and header fields as a lying producer would, then give it a
+    /// valid CRC: only record-level validation can refuse it.
+    fn forge(records: &[u8], record_count: u32, last_offset_delta: u32) -> Vec<u8> {
+        let mut batch = sample()[..BATCH_HEADER_LEN].to_vec();
+        batch.extend_from_slice(records);
+        let length = (batch.len() - LENGTH_PREFIX_LEN) as u32;
+        batch[OFFSET_LENGTH..OFFSET_LENGTH + 4].copy_from_slice(&length.to_le_bytes());
+        batch[OFFSET_RECORD_COUNT..OFFSET_RECORD_COUNT + 4]
+            .copy_from_slice(&record_count.to_le_bytes());
+        batch[OFFSET_LAST_OFFSET_DELTA..OFFSET_LAST_OFFSET_DELTA + 4]
+            .copy_from_slice(&last_offset_delta.to_le_bytes());
+        let crc = compute_crc(&batch);
+        batch[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        batch
+    }
+
+    /// One well-formed record: attributes, timestamp delta 0, `offset_delta`, null key, value.
+    fn record(offset_delta: u8, value: &[u8]) -> Vec<u8> {
+        let mut body = vec![0, 0, offset_delta, 1, (value.len() * 2) as u8];
+        body.extend_from_slice(value);
+        body.push(0);
+        let mut record = vec![body.len() as u8];
+        record.extend_from_slice(&body);
+        record
+    }
+
+    #[test]
+    fn well_formed_records_pass_validation() {
+        assert_eq!(validate_records(&sample()), Ok(()));
+        let two = [record(0, b"a"), record(1, b"bc")].concat();
+        let batch = forge(&two, 2, 1);
+        assert!(validate(&batch).is_ok());
+        assert_eq!(validate_records(&batch), Ok(()));
+        let batch = RecordBatch::new(Bytes::from(batch)).expect("valid");
+        assert_eq!(batch.records().expect("records").len(), 2);
+    }
+
+    /// Each lie passes the CRC and header checks of [`validate`] (what the broker checked before
+    /// record-level validation) and is refused by [`validate_records`], and a consumer's
+    /// [`RecordBatch::records`] agrees that it is unreadable.
+    #[test]
+    fn lying_batches_are_refused_record_by_record() {
+        let good = [record(0, b"a"), record(1, b"bc")].concat();
+        let mut cases: Vec<(&str, Vec<u8>)> = vec![
+            // The header claims three records, the batch holds two (count and last offset
+            // delta agree with each other, so the header check passes).
+            ("count larger than the records", forge(&good, 3, 2)),
+            (
+                "count smaller than the records",
+                forge(
+                    &[record(0, b"a"), record(1, b"bc"), record(2, b"d")].concat(),
+                    2,
+                    1,
+                ),
+            ),
+            (
+                "offset deltas out of order",
+                forge(&[record(1, b"a"), record(0, b"bc")].concat(), 2, 1),
+            ),
+            (
+                "offset delta repeated",
+                forge(&[record(0, b"a"), record(0, b"bc")].concat(), 2, 1),
+            ),
+            ("truncated varint", forge(&[0x80], 1, 0)),
+            ("overlong varint", forge(&[0xff; 12], 1, 0)),
+            (
+                "record length past the batch",
+                forge(&[100, 0, 0, 0, 1, 0], 1, 0),
+            ),
+        ];
+        // A value length that runs past its record (but not past the batch).
+        let mut long_value = record(0, b"a");
+        long_value[5] = 4; // value length 2 (zigzag), but one byte follows before the next field
+        cases.push((
+            "value past its record",
+            forge(&[long_value, record(1, b"zz")].concat(), 2, 1),
+        ));
+        // A record length longer than its fields.
+        let mut padded = record(0, b"a");
+        padded[0] += 1;
+        padded.push(0);
+        cases.push(("record length beyond its fields", forge(&padded, 1, 0)));
+        // A non-UTF-8 header key.
+        let body = [0u8, 0, 0, 1, 0, 1, 1, 0xff, 1];
+        let mut bad_header = vec![body.len() as u8];
+        bad_header.extend_from_slice(&body);
+        cases.push(("header key not UTF-8", forge(&bad_header, 1, 0)));
+        // Compression bits set.
+        let mut compressed = forge(&good, 2, 1);
+        compressed[OFFSET_ATTRIBUTES] = 1;
+        let crc = compute_crc(&compressed);
+        compressed[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        cases.push(("compressed", compressed));
+        for (what, batch) in cases {
+            assert!(validate(&batch).is_ok(), "{what}: the header check passes");
+            let error = validate_records(&batch).expect_err(what);
+            assert!(
+                matches!(
+                    error,
+                    BatchError::BadRecord { .. } | BatchError::UnsupportedCompression(_)
+                ),
+                "{what}: {error}"
+            );
+            let decoded = RecordBatch::new(Bytes::from(batch)).expect(what);
+            assert!(decoded.records().is_err(), "{what}: a consumer agrees");
+        }
+    }
+
+    proptest! {
+        /// Whatever bytes follow a valid header, validation and decoding agree, and neither
+        /// panics.
+        #[test]
+        fn validation_agrees_with_decoding(
+            records in proptest::collection::vec(any::<u8>(), 0..200),
+            record_count in 1u32..6,
+        ) {
+            let batch = forge(&records, record_count, record_count - 1);
+            let valid = validate_records(&batch).is_ok();
+            let decoded = RecordBatch::new(Bytes::from(batch)).expect("header valid");
+            prop_assert_eq!(valid, decoded.records().is_ok());
+        }
     }
 
     proptest! {

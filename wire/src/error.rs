@@ -53,11 +53,15 @@ pub enum ErrorCode {
     InvalidPartitions = 18,
     /// A replication factor of zero or above the number of brokers.
     InvalidReplicationFactor = 19,
+    /// A produced batch's CRC holds but a record inside it is malformed: its framing (varint
+    /// lengths, fields past the record), the record count, offset deltas out of order,
+    /// trailing bytes, or an unsupported compression. Nothing of the request is stored.
+    InvalidRecord = 20,
 }
 
 impl ErrorCode {
     /// Every code, in wire order (for tests and for tools that list them).
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::Unknown,
         ErrorCode::UnknownTopic,
         ErrorCode::UnknownPartition,
@@ -78,6 +82,7 @@ impl ErrorCode {
         ErrorCode::InvalidTopic,
         ErrorCode::InvalidPartitions,
         ErrorCode::InvalidReplicationFactor,
+        ErrorCode::InvalidRecord,
     ];
 
     /// The wire number.
@@ -117,7 +122,8 @@ impl ErrorCode {
             | ErrorCode::CorruptFrame
             | ErrorCode::InvalidTopic
             | ErrorCode::InvalidPartitions
-            | ErrorCode::InvalidReplicationFactor => false,
+            | ErrorCode::InvalidReplicationFactor
+            | ErrorCode::InvalidRecord => false,
         }
     }
 
@@ -144,6 +150,7 @@ impl ErrorCode {
             ErrorCode::InvalidTopic => "invalid_topic",
             ErrorCode::InvalidPartitions => "invalid_partitions",
             ErrorCode::InvalidReplicationFactor => "invalid_replication_factor",
+            ErrorCode::InvalidRecord => "invalid_record",
         }
     }
 }
@@ -208,6 +215,7 @@ mod tests {
         assert_eq!(ErrorCode::NotLeader.code(), 8);
         assert_eq!(ErrorCode::BrokerShuttingDown.code(), 14);
         assert_eq!(ErrorCode::InvalidReplicationFactor.code(), 19);
+        assert_eq!(ErrorCode::InvalidRecord.code(), 20);
     }
 
     #[test]
@@ -230,7 +238,7 @@ mod tests {
         // 300 as a varint: a code from a newer peer.
         let code: ErrorCode = postcard::from_bytes(&[0xac, 0x02]).expect("decode");
         assert_eq!(code, ErrorCode::Unknown);
-        let code: ErrorCode = postcard::from_bytes(&[20]).expect("decode");
+        let code: ErrorCode = postcard::from_bytes(&[21]).expect("decode");
         assert_eq!(code, ErrorCode::Unknown);
     }
 
