@@ -202,6 +202,8 @@ pub struct Consumer {
     /// out yet: returned first by the next `poll` or stream, so dropping a stream loses none.
     /// At most one poll's worth.
     buffered: VecDeque<ConsumerRecord>,
+    /// Bytes of record batches received in fetch responses (as sent, compressed or not).
+    batch_bytes_fetched: u64,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -247,6 +249,7 @@ impl Consumer {
             fetches: FutureSet::default(),
             deferred_error: None,
             buffered: VecDeque::new(),
+            batch_bytes_fetched: 0,
         })
     }
 
@@ -342,6 +345,12 @@ impl Consumer {
             };
         }
         Ok(offset)
+    }
+
+    /// Bytes of record batches this consumer has received in fetch responses so far, as they
+    /// came on the wire (compressed batches count their compressed size).
+    pub fn batch_bytes_fetched(&self) -> u64 {
+        self.batch_bytes_fetched
     }
 
     /// The next offset this consumer will return for a partition, if it is assigned.
@@ -518,6 +527,9 @@ impl Consumer {
             return Ok(());
         }
         position.fetching = None;
+        if let Ok((_, payload)) = &result {
+            self.batch_bytes_fetched += payload.len() as u64;
+        }
         let decoded = result.and_then(|(response, payload)| {
             decode_fetch(&key.0, key.1, position.offset, response, payload)
         });
