@@ -267,10 +267,10 @@ fn read_bounded(
 
 /// Compress the records section of a finished, uncompressed `batch` (from
 /// [`crate::BatchBuilder::finish`]) and set the codec's id and the CRC: the same batch, smaller.
-/// [`Compression::None`] returns it unchanged.
-pub fn compress_batch(batch: BytesMut, codec: Compression) -> Result<BytesMut, CompressionError> {
+/// [`Compression::None`] returns a copy.
+pub fn compress_batch(batch: &[u8], codec: Compression) -> Result<BytesMut, CompressionError> {
     if codec == Compression::None {
-        return Ok(batch);
+        return Ok(BytesMut::from(batch));
     }
     let compressed = compress(codec, &batch[BATCH_HEADER_LEN..])?;
     let mut output = BytesMut::with_capacity(BATCH_HEADER_LEN + compressed.len());

@@ -1,6 +1,7 @@
 use super::*;
 use crate::batch::{stamp, validate, BatchBuilder, RecordHeader};
 use proptest::prelude::*;
+use std::io::Read;
 
 const CODECS: [Compression; 4] = [
     Compression::Gzip,
@@ -88,7 +89,7 @@ fn golden_compressed_header() {
     builder.push(1_000, Some(b"k1"), Some(b"v1v1v1v1v1v1v1v1"), &[]);
     builder.push(1_005, None, Some(b"v1v1v1v1v1v1v1v1"), &[]);
     let plain = builder.finish();
-    let mut batch = compress_batch(plain.clone(), Compression::Lz4).expect("compress");
+    let mut batch = compress_batch(&plain, Compression::Lz4).expect("compress");
     stamp(&mut batch, 5, 2);
     #[rustfmt::skip]
     let expected_header: [u8; BATCH_HEADER_LEN] = [
@@ -128,7 +129,7 @@ fn golden_compressed_header() {
     );
     // Every codec: the same header but for length, attributes and CRC.
     for codec in CODECS {
-        let compressed = compress_batch(plain.clone(), codec).expect("compress");
+        let compressed = compress_batch(&plain, codec).expect("compress");
         let header = validate(&compressed).expect("a valid batch");
         assert_eq!(header.compression(), codec.id());
         assert_eq!(header.attributes, codec.id());
@@ -150,7 +151,7 @@ fn a_compressed_batch_decodes_like_the_plain_one() {
         .records()
         .expect("records");
     for codec in CODECS {
-        let mut compressed = compress_batch(sample(100), codec).expect("compress");
+        let mut compressed = compress_batch(&sample(100), codec).expect("compress");
         assert!(compressed.len() < plain.len() / 2, "{codec} compresses");
         stamp(&mut compressed, 1_000, 3);
         assert_eq!(validate_records_bounded(&compressed, plain.len()), Ok(()));
@@ -168,7 +169,7 @@ fn a_compressed_batch_decodes_like_the_plain_one() {
 #[test]
 fn a_corrupt_payload_with_a_valid_crc_is_refused() {
     for codec in CODECS {
-        let compressed = compress_batch(sample(20), codec).expect("compress");
+        let compressed = compress_batch(&sample(20), codec).expect("compress");
         let payload = &compressed[BATCH_HEADER_LEN..];
         let mut cases: Vec<(&str, Vec<u8>)> = vec![
             ("empty", Vec::new()),
@@ -206,13 +207,13 @@ fn a_corrupt_payload_with_a_valid_crc_is_refused() {
     lying[61] = 4;
     lying[27] = 3;
     reseal(&mut lying);
-    let lying = compress_batch(lying, Compression::Zstd).expect("compress");
+    let lying = compress_batch(&lying, Compression::Zstd).expect("compress");
     assert!(matches!(
         validate_records_bounded(&lying, DECOMPRESSED_BYTES_MAX),
         Err(BatchError::BadRecord { .. })
     ));
     // An id no codec has.
-    let mut unknown = compress_batch(sample(3), Compression::Lz4).expect("compress");
+    let mut unknown = compress_batch(&sample(3), Compression::Lz4).expect("compress");
     unknown[batch::OFFSET_ATTRIBUTES] = 6;
     reseal(&mut unknown);
     assert_eq!(
@@ -269,7 +270,7 @@ fn a_decompression_bomb_is_refused() {
     // And in a batch: the broker's validation refuses it as too large.
     let mut builder = BatchBuilder::new();
     builder.push(0, None, Some(&zeros), &[]);
-    let batch = compress_batch(builder.finish(), Compression::Zstd).expect("compress");
+    let batch = compress_batch(&builder.finish(), Compression::Zstd).expect("compress");
     assert!(batch.len() < 4096);
     assert!(matches!(
         validate_records_bounded(&batch, limit),
@@ -309,7 +310,7 @@ proptest! {
                 .collect();
             builder.push(i64::from(*timestamp), key.as_deref(), value.as_deref(), &headers);
         }
-        let mut batch = compress_batch(builder.finish(), codec).expect("compress");
+        let mut batch = compress_batch(&builder.finish(), codec).expect("compress");
         stamp(&mut batch, u64::from(base), 2);
         prop_assert_eq!(validate_records_bounded(&batch, DECOMPRESSED_BYTES_MAX), Ok(()));
         let batch = RecordBatch::new(batch.freeze()).expect("valid");
@@ -337,4 +338,39 @@ proptest! {
             prop_assert!(output.len() <= 4096);
         }
     }
+}
+
+/// An endless stream (a bomb whose size is announced nowhere) is read no further than the
+/// limit and a byte: the allocation is bounded by the limit, not by the stream.
+#[test]
+fn a_stream_is_read_no_further_than_the_limit() {
+    struct Endless {
+        served: usize,
+        bound: usize,
+    }
+    impl Read for Endless {
+        fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+            self.served += buffer.len();
+            assert!(
+                self.served <= self.bound,
+                "read {} bytes, past the bound {}",
+                self.served,
+                self.bound
+            );
+            buffer.fill(0);
+            Ok(buffer.len())
+        }
+    }
+    let limit = 100_000;
+    let endless = Endless {
+        served: 0,
+        bound: limit + 1,
+    };
+    assert_eq!(
+        read_bounded(Compression::Gzip, endless, limit),
+        Err(CompressionError::TooLarge {
+            codec: Compression::Gzip,
+            limit
+        })
+    );
 }
