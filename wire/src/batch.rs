@@ -332,9 +332,9 @@ impl RecordBatch {
 /// Check the records of one batch whose header, length and CRC [`validate`] accepted: no
 /// compression (a compressed batch is checked on its decompressed copy, see
 /// [`crate::compression::validate_records_bounded`]), exactly `record_count` records, each
-/// framed within its length (every varint complete and at most 10 bytes, every key, value and header inside the
-/// record, header keys UTF-8), offset deltas 0, 1, .., `last_offset_delta` in order, and no
-/// bytes after the last record. This is exactly what [`RecordBatch::records`] needs, so a batch
+/// framed within its length (every varint complete and at most 10 bytes, every key, value and
+/// header inside the record, header keys UTF-8), offset deltas 0, 1, .., `last_offset_delta` in
+/// order, and no bytes after the last record. This is exactly what [`RecordBatch::records`] needs, so a batch
 /// that passes is readable by every consumer; the broker runs it on every produced batch so
 /// that a lying producer cannot store a batch that no consumer can get past. Allocates nothing
 /// (unless records carry headers).
