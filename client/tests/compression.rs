@@ -135,7 +135,7 @@ async fn every_codec_round_trips_through_the_broker() -> anyhow::Result<()> {
 }
 
 /// A consumer whose position is inside a compressed batch gets the rest of it and what
-/// follows, from the right offset.
+/// follows, from the right offset; seeking by offset or by timestamp lands inside it.
 #[tokio::test]
 async fn a_consumer_may_start_inside_a_compressed_batch() -> anyhow::Result<()> {
     let (broker, address, runtime, _dir) = start_broker().await?;
@@ -172,6 +172,13 @@ async fn a_consumer_may_start_inside_a_compressed_batch() -> anyhow::Result<()> 
     let records = consume(&runtime, &mut consumer, 2).await?;
     assert_eq!(records[0].offset, 98);
     assert_eq!(records[1].value.as_ref(), Some(&value(99)));
+    // By timestamp: the broker finds the first record at or after it inside the compressed
+    // batch (record 50 is at base + 150 ms; 149 ms falls between 49 and 50).
+    consumer
+        .seek(topic, 0, StartOffset::Timestamp(1_700_000_000_000 + 149))
+        .await?;
+    let records = consume(&runtime, &mut consumer, 1).await?;
+    assert_eq!(records[0].offset, 50);
     broker.shutdown().await;
     Ok(())
 }
