@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use brook_storage::log::{FsyncPolicy, Log, LogError};
 use brook_storage::DiskError;
-use brook_wire::batch::{self, BatchHeader};
+use brook_wire::batch::{BatchError, BatchHeader};
+use brook_wire::compression::{self, CompressionError};
 use brook_wire::error::{BrokerError, ErrorCode};
 use brook_wire::protocol::{Acks, OffsetSpec};
 use bytes::{Bytes, BytesMut};
@@ -234,13 +235,21 @@ impl PartitionActor {
                 .check(&batches[position..end])
                 .map_err(|error| storage_error(&error))?;
             // Then every record: a batch whose CRC holds can still lie about its records, and
-            // once stored it would stop every consumer at its offset for good.
-            batch::validate_records(&batches[position..end]).map_err(|error| {
-                BrokerError::new(
-                    ErrorCode::InvalidRecord,
-                    format!("batch at byte {position}: {error}"),
-                )
-            })?;
+            // once stored it would stop every consumer at its offset for good. A compressed
+            // batch is checked on a decompressed copy, bounded, and stored as sent.
+            let limit = compression::decompressed_bytes_limit(self.log.config().batch_bytes_max);
+            compression::validate_records_bounded(&batches[position..end], limit).map_err(
+                |error| {
+                    let code = match error {
+                        // Too large once decompressed: the producer splits and resends.
+                        BatchError::Compression(CompressionError::TooLarge { .. }) => {
+                            ErrorCode::RecordTooLarge
+                        }
+                        _ => ErrorCode::InvalidRecord,
+                    };
+                    BrokerError::new(code, format!("batch at byte {position}: {error}"))
+                },
+            )?;
             bounds.push((position, end, checked));
             position = end;
         }

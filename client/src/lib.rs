@@ -70,6 +70,7 @@ pub mod partitioner;
 pub mod producer;
 
 pub use admin::{Admin, ADMIN_REQUEST_TIMEOUT};
+pub use brook_wire::compression::Compression;
 pub use brook_wire::error::{BrokerError, ErrorCode};
 pub use brook_wire::protocol::{Acks, PartitionMetadata, TopicDescription, TopicSummary};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, RecordStream, StartOffset};

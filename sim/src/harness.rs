@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use brook_actors::runtime::{Instant, Runtime};
 use brook_client::{
-    Acks, Admin, ClientError, Consumer, ConsumerConfig, ErrorCode, Producer, ProducerConfig,
-    ProducerRecord, StartOffset,
+    Acks, Admin, ClientError, Compression, Consumer, ConsumerConfig, ErrorCode, Producer,
+    ProducerConfig, ProducerRecord, StartOffset,
 };
 use brook_jepsen::history::{History, OpKind, Phase};
 use brook_jepsen::linear::{self, LinearOptions, LinearReport};
@@ -701,6 +701,12 @@ async fn connect_producer(context: &WorkerContext, acks: Acks) -> Option<Produce
         .retries_max(0)
         .linger(Duration::from_millis(context.draw.linger_ms))
         .batch_bytes_max(16 * 1024)
+        // Every codec runs under the fault matrix: picked from the worker's process number and
+        // the seed (no draw from an RNG, so the rest of the run's choices stay as they were).
+        .compression(
+            Compression::ALL[((context.process ^ context.runtime.seed())
+                % Compression::ALL.len() as u64) as usize],
+        )
         .request_timeout(Duration::from_millis(context.draw.request_timeout_ms))
         // The streams the producer drew from when it was handed the worker's runtime: a seed
         // replays as it did then.
