@@ -73,6 +73,7 @@ impl Simulation {
                 let log = &mut self.logs[*partition as usize];
                 log.push(*value);
                 OpKind::Send {
+                    acks: Default::default(),
                     partition: Some(*partition),
                     key: None,
                     value: *value,
@@ -129,6 +130,7 @@ impl Simulation {
                     let value = self.next_value;
                     self.next_value += 1;
                     OpKind::Send {
+                        acks: Default::default(),
                         partition: Some(partition),
                         key: None,
                         value,
