@@ -336,6 +336,10 @@ struct Send {
     offset: Option<u64>,
     /// History index of the completion (or invocation).
     op: usize,
+    /// History index of the invocation. The broker's acknowledgement happened somewhere
+    /// between the two, so a crash after the invocation may have come after it: crash windows
+    /// start here.
+    invoke: usize,
     acks: SendAcks,
     /// An `ok` that promises to survive crashes (acks=all under `durable_acks_all`).
     durable: bool,
@@ -479,6 +483,7 @@ impl<'a> Checker<'a> {
                         partition: *partition,
                         offset: *offset,
                         op: operation.evidence(),
+                        invoke: operation.invoke,
                         acks: *acks,
                         durable: operation.outcome == Outcome::Ok
                             && *acks == SendAcks::All
@@ -543,7 +548,9 @@ impl<'a> Checker<'a> {
         // An acknowledgement that need not survive a crash, never read, with a crash after it,
         // may be gone and its offset reused: its claim does not place it.
         let placed = |send: &&Send| {
-            send.durable || read_values.contains(&send.value) || self.next_crash(send.op).is_none()
+            send.durable
+                || read_values.contains(&send.value)
+                || self.next_crash(send.invoke).is_none()
         };
         positions.extend(
             self.sends
@@ -643,13 +650,19 @@ impl<'a> Checker<'a> {
         self.crashes.get(self.epoch(op + 1)).copied()
     }
 
-    /// A read of `partition` above `offset`, after history index `after` and before the next
-    /// crash (the highest such read), if any.
-    fn read_past(&self, partition: u32, offset: u64, after: usize) -> Option<Observation> {
+    /// A read of `partition` above `offset`, after history index `after`, with no crash since
+    /// history index `since` (the highest such read), if any.
+    fn read_past(
+        &self,
+        partition: u32,
+        offset: u64,
+        after: usize,
+        since: usize,
+    ) -> Option<Observation> {
         let reads = self.epoch_suffix_max.get(&partition)?;
         let first = reads.partition_point(|&(op, _, _)| op <= after);
         let &(_, epoch, best) = reads.get(first)?;
-        (epoch == self.epoch(after + 1) && best.offset > offset).then_some(best)
+        (epoch == self.epoch(since + 1) && best.offset > offset).then_some(best)
     }
 
     /// Whether the observations of the values at one offset are separated by crashes: every
@@ -748,7 +761,7 @@ impl<'a> Checker<'a> {
         let mut anomalies = Vec::new();
         let mut lost_to_crash = 0;
         // (process, partition) -> last acknowledged (offset, value, op, durable).
-        let mut last_ack: BTreeMap<(u64, u32), (u64, u64, usize, bool)> = BTreeMap::new();
+        let mut last_ack: BTreeMap<(u64, u32), (u64, u64, usize, usize, bool)> = BTreeMap::new();
         // Sends are in invocation order, which is each producer's send order.
         for send in &self.sends {
             let read = self.first_read.get(&send.value);
@@ -780,11 +793,13 @@ impl<'a> Checker<'a> {
                 continue;
             };
             let key = (send.process, partition);
-            if let Some(&(last_offset, last_value, last_op, last_durable)) = last_ack.get(&key) {
+            if let Some(&(last_offset, last_value, last_op, last_invoke, last_durable)) =
+                last_ack.get(&key)
+            {
                 // An earlier acknowledgement that need not survive a crash may be gone, and
                 // its offset reused, once a crash came after it.
                 let excused =
-                    !last_durable && self.next_crash(last_op).is_some_and(|c| c < send.op);
+                    !last_durable && self.next_crash(last_invoke).is_some_and(|c| c < send.op);
                 if offset <= last_offset && !excused {
                     anomalies.push(Anomaly {
                         kind: AnomalyKind::NonmonotonicSend,
@@ -801,7 +816,10 @@ impl<'a> Checker<'a> {
                     });
                 }
             }
-            last_ack.insert(key, (offset, send.value, send.op, send.durable));
+            last_ack.insert(
+                key,
+                (offset, send.value, send.op, send.invoke, send.durable),
+            );
         }
         self.counts.sends_lost_to_crash = lost_to_crash;
         for anomaly in anomalies {
@@ -811,17 +829,18 @@ impl<'a> Checker<'a> {
 
     /// An acknowledged send whose promise ends at a crash (acks=1, or acks=all under
     /// `fsync = interval`), never read: lost-write-acks1 (lost-write for acks=all) if a later
-    /// offset of its partition was read after the acknowledgement with no crash between;
-    /// excused (`None`) if a crash came after the acknowledgement; unseen otherwise.
+    /// offset of its partition was read after the acknowledgement with no crash since the
+    /// send's invocation; excused (`None`) if a crash came after the invocation (the broker
+    /// may have acknowledged before it, the client after); unseen otherwise.
     fn unread_until_crash(&self, send: &Send) -> Option<Anomaly> {
-        let next_crash = self.next_crash(send.op);
+        let next_crash = self.next_crash(send.invoke);
         let kind = if send.acks == SendAcks::All {
             AnomalyKind::LostWrite
         } else {
             AnomalyKind::LostWriteAcks1
         };
         if let (Some(partition), Some(offset)) = (send.partition, send.offset) {
-            if let Some(read) = self.read_past(partition, offset, send.op) {
+            if let Some(read) = self.read_past(partition, offset, send.op, send.invoke) {
                 return Some(Anomaly {
                     kind,
                     partitions: vec![partition],

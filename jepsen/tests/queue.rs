@@ -743,3 +743,27 @@ fn unparseable_value() {
     assert!(anomaly.message.contains("0xff00"), "{}", anomaly.message);
     assert_clean(&check(&drain(three_sends()).build()));
 }
+
+#[test]
+fn a_crash_during_the_send_excuses_acks1() {
+    // The broker acknowledged, then crashed, then the acknowledgement reached the client: the
+    // crash sits between the send's invocation and its completion. acks=1 promised nothing.
+    let clean = HistoryBuilder::new()
+        .send_invoke_acks(1, 0, 1, brook_jepsen::SendAcks::Leader)
+        .crash(500, "n0")
+        .send_complete_ok(1, 0, 0)
+        .send_ok(2, 0, 0, 2)
+        .send_ok(2, 0, 1, 3)
+        .poll(90, &[(0, 0, 2), (0, 1, 3)])
+        .build();
+    assert_clean(&check(&clean));
+    // A crash before the invocation excuses nothing.
+    let bad = HistoryBuilder::new()
+        .crash(500, "n0")
+        .send_invoke_acks(1, 0, 1, brook_jepsen::SendAcks::Leader)
+        .send_complete_ok(1, 0, 0)
+        .send_ok(2, 0, 1, 3)
+        .poll(90, &[(0, 1, 3)])
+        .build();
+    assert_kinds(&check(&bad), &[AnomalyKind::LostWriteAcks1]);
+}
