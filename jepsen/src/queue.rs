@@ -780,8 +780,8 @@ impl<'a> Checker<'a> {
     fn check_sends(&mut self) {
         let mut anomalies = Vec::new();
         let mut lost_to_crash = 0;
-        // (process, partition) -> last acknowledged (offset, value, op, durable).
-        let mut last_ack: BTreeMap<(u64, u32), (u64, u64, usize, usize, bool)> = BTreeMap::new();
+        // (process, partition) -> its last acknowledged send (with an offset).
+        let mut last_ack: BTreeMap<(u64, u32), &Send> = BTreeMap::new();
         // Sends are in invocation order, which is each producer's send order.
         for send in &self.sends {
             let read = self.first_read.get(&send.value);
@@ -813,13 +813,13 @@ impl<'a> Checker<'a> {
                 continue;
             };
             let key = (send.process, partition);
-            if let Some(&(last_offset, last_value, last_op, last_invoke, last_durable)) =
-                last_ack.get(&key)
-            {
+            if let Some(&last) = last_ack.get(&key) {
+                let (last_offset, last_value, last_op) =
+                    (last.offset.unwrap_or_default(), last.value, last.op);
                 // An earlier acknowledgement that need not survive a crash may be gone, and
                 // its offset reused, once a crash came after it.
                 let excused =
-                    !last_durable && self.next_crash(last_invoke).is_some_and(|c| c < send.op);
+                    !last.durable && self.next_crash(last.invoke).is_some_and(|c| c < send.op);
                 if offset <= last_offset && !excused {
                     anomalies.push(Anomaly {
                         kind: AnomalyKind::NonmonotonicSend,
@@ -836,10 +836,7 @@ impl<'a> Checker<'a> {
                     });
                 }
             }
-            last_ack.insert(
-                key,
-                (offset, send.value, send.op, send.invoke, send.durable),
-            );
+            last_ack.insert(key, send);
         }
         self.counts.sends_lost_to_crash = lost_to_crash;
         for anomaly in anomalies {

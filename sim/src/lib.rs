@@ -43,13 +43,17 @@ pub enum Plant {
     SkipOnFetch,
     /// Fetches serve records above the high watermark (not yet durable).
     ServeAboveHw,
+    /// The broker refuses every produce with a retriable error: nothing is ever acknowledged,
+    /// nothing breaks, and only the progress verdict can tell.
+    RefuseProduce,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 3] = [
+    pub const ALL: [Plant; 4] = [
         Plant::AckBeforeFsync,
         Plant::SkipOnFetch,
         Plant::ServeAboveHw,
+        Plant::RefuseProduce,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +61,7 @@ impl Plant {
             Plant::AckBeforeFsync => "ack-before-fsync",
             Plant::SkipOnFetch => "skip-on-fetch",
             Plant::ServeAboveHw => "serve-above-hw",
+            Plant::RefuseProduce => "refuse-produce",
         }
     }
 
@@ -76,6 +81,7 @@ impl Plant {
                 "lost-write",
                 "not-linearizable",
             ],
+            Plant::RefuseProduce => &["no-progress"],
         }
     }
 
@@ -86,6 +92,79 @@ impl Plant {
             Plant::AckBeforeFsync => planted.ack_before_fsync = true,
             Plant::SkipOnFetch => planted.skip_on_fetch = true,
             Plant::ServeAboveHw => planted.serve_above_hw = true,
+            Plant::RefuseProduce => planted.refuse_produce = true,
         }
+    }
+}
+
+/// One line of `sim/regression-seeds.txt`: a seed that once found a bug, and the fingerprint
+/// of the draw it made then (`harness::Draw::fingerprint`). A seed is only a bug report while
+/// it draws the same run: when the draw changes, the runner refuses the seed rather than
+/// silently running another scenario under its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptSeed {
+    pub seed: u64,
+    pub fingerprint: String,
+    /// 1-based line in the file.
+    pub line: usize,
+}
+
+/// Parses a seed file: `SEED FINGERPRINT` per line, `#` starts a comment, blank lines skipped.
+pub fn parse_seed_file(text: &str) -> Result<Vec<KeptSeed>, String> {
+    let mut seeds = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let content = line.split('#').next().unwrap_or_default().trim();
+        if content.is_empty() {
+            continue;
+        }
+        let mut fields = content.split_whitespace();
+        let (Some(seed), Some(fingerprint), None) = (fields.next(), fields.next(), fields.next())
+        else {
+            return Err(format!(
+                "line {}: expected `SEED FINGERPRINT` (the draw's fingerprint, printed by \
+                 `cargo sim --seed SEED`), got {content:?}",
+                index + 1
+            ));
+        };
+        let seed = seed
+            .parse()
+            .map_err(|_| format!("line {}: not a seed: {seed:?}", index + 1))?;
+        seeds.push(KeptSeed {
+            seed,
+            fingerprint: fingerprint.to_owned(),
+            line: index + 1,
+        });
+    }
+    Ok(seeds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_file_lines() {
+        let text = "# kept seeds\n\n7 v2-0000abcd # found a bug\n  12   v2-12345678\n";
+        let seeds = parse_seed_file(text).expect("parses");
+        assert_eq!(
+            seeds,
+            vec![
+                KeptSeed {
+                    seed: 7,
+                    fingerprint: "v2-0000abcd".into(),
+                    line: 3
+                },
+                KeptSeed {
+                    seed: 12,
+                    fingerprint: "v2-12345678".into(),
+                    line: 4
+                },
+            ]
+        );
+        // A seed without its draw's fingerprint is refused: it would go stale silently.
+        let error = parse_seed_file("7 # found a bug\n").expect_err("no fingerprint");
+        assert!(error.contains("line 1"), "{error}");
+        assert!(parse_seed_file("x v2-1\n").is_err());
+        assert!(parse_seed_file("7 v2-1 extra\n").is_err());
     }
 }
