@@ -72,6 +72,62 @@ impl Default for LogConfig {
     }
 }
 
+/// Bugs the simulator can plant in the log (`cargo sim --plant NAME`), to show that its
+/// checkers catch them. They exist only under `--cfg madsim`, so no production build carries
+/// them; they reach a log through its disk ([`Disk::planted_storage_bugs`], set with
+/// `SimDisk::plant`).
+#[cfg(madsim)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlantedStorageBugs {
+    /// Skip the directory syncs after creating or removing segment files and the recovery
+    /// point: a crash can make a new segment (and what was acknowledged in it) vanish.
+    pub no_dir_sync: bool,
+    /// After a failed fsync, do not poison the log: the next sync "succeeds" and moves the
+    /// durable offset over data the failed fsync dropped.
+    pub retry_failed_fsync: bool,
+}
+
+/// Whether `path` names a segment data file (`<20 digits>.log`), e.g. to choose where the
+/// simulator injects corruption at rest.
+pub fn is_segment_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .and_then(segment::parse_data_file_name)
+        .is_some()
+}
+
+/// Where a batch lies in a segment file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLocation {
+    /// File position of the batch's first byte.
+    pub position: u64,
+    pub base_offset: u64,
+    pub last_offset: u64,
+}
+
+/// The batch of a segment file's bytes that covers file position `position`, found by walking
+/// the batch headers from the start (no CRC check). `None` if `position` lies beyond the last
+/// whole batch or a header on the way does not parse. Use it on undamaged bytes.
+pub fn locate_batch(segment_bytes: &[u8], position: u64) -> Option<BatchLocation> {
+    let mut start = 0usize;
+    while start < segment_bytes.len() {
+        let header = BatchHeader::parse(&segment_bytes[start..]).ok()?;
+        let end = start.checked_add(header.total_len())?;
+        if end > segment_bytes.len() {
+            return None;
+        }
+        if (position as usize) < end {
+            return Some(BatchLocation {
+                position: start as u64,
+                base_offset: header.base_offset,
+                last_offset: header.last_offset(),
+            });
+        }
+        start = end;
+    }
+    None
+}
+
 /// Errors of the log.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -460,7 +516,12 @@ impl Log {
                 next_offset: next,
             });
         }
-        let upper = upper_offset.min(next);
+        let mut upper = upper_offset.min(next);
+        if self.poisoned.is_some() {
+            // A failed fsync may have dropped what was not durable yet (Linux marks those
+            // pages clean): only what a successful sync covered is known to be there.
+            upper = upper.min(self.durable_offset);
+        }
         if offset >= upper {
             return Ok(LogRead {
                 batches: Bytes::new(),
