@@ -139,7 +139,7 @@ pub struct CrashReport {
 pub struct SimDiskStats {
     /// Successful file syncs.
     pub syncs: u64,
-    /// Syncs failed by [`SimDisk::fail_next_sync`].
+    /// Syncs failed by [`SimDisk::fail_next_sync`] and [`SimDisk::fail_next_directory_sync`].
     pub sync_failures: u64,
     /// Calls of [`Disk::sync_dir`] that succeeded.
     pub directory_syncs: u64,
@@ -219,6 +219,7 @@ struct State {
     durable_directories: BTreeMap<PathBuf, InodeId>,
     capacity: Option<u64>,
     fail_next_sync: bool,
+    fail_next_directory_sync: bool,
     /// An armed read fault: `Some(None)` for any file, `Some(Some(path))` for one file.
     flip_on_read: Option<Option<PathBuf>>,
     /// Draws the bit of read faults.
@@ -599,6 +600,7 @@ impl SimDisk {
                 durable_directories: BTreeMap::new(),
                 capacity: None,
                 fail_next_sync: false,
+                fail_next_directory_sync: false,
                 flip_on_read: None,
                 rng: ChaCha8Rng::seed_from_u64(seed),
                 stats: SimDiskStats::default(),
@@ -690,6 +692,12 @@ impl SimDisk {
     /// nothing durable and drops that file's unsynced data (see the module docs).
     pub fn fail_next_sync(&self) {
         self.lock().fail_next_sync = true;
+    }
+
+    /// The next [`Disk::sync_dir`] fails with [`DiskError::SyncFailed`] and makes no entry of
+    /// that directory durable.
+    pub fn fail_next_directory_sync(&self) {
+        self.lock().fail_next_directory_sync = true;
     }
 
     /// Limit the total bytes of all files (`None`: unlimited). An append that does not fit
@@ -1021,6 +1029,14 @@ impl Disk for SimDisk {
         let path = normalize(path);
         let mut state = self.lock();
         match state.kind(&path) {
+            Kind::Directory if state.fail_next_directory_sync => {
+                state.fail_next_directory_sync = false;
+                state.stats.sync_failures += 1;
+                Err(DiskError::SyncFailed {
+                    path,
+                    reason: "injected fault".to_string(),
+                })
+            }
             Kind::Directory => {
                 state.sync_entries(&path);
                 state.stats.directory_syncs += 1;

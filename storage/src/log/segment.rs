@@ -46,6 +46,20 @@ pub struct Segment {
     /// When the first batch was appended since the segment was created or opened (for rolling
     /// by age).
     pub first_append_ms: Option<u64>,
+    /// Damage found by recovery below the recovery point, in position order: reads of the
+    /// offsets it covers get [`LogError::Corrupt`], never data.
+    pub damaged: Vec<Damage>,
+}
+
+/// A damaged region of a segment: the bytes `[position, end)` should have held the offsets
+/// `[first_offset, next_offset)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    pub position: u64,
+    pub end: u64,
+    pub first_offset: u64,
+    pub next_offset: u64,
+    pub reason: String,
 }
 
 impl Segment {
@@ -73,6 +87,7 @@ impl Segment {
             max_timestamp: i64::MIN,
             bytes_since_index_entry: 0,
             first_append_ms: None,
+            damaged: Vec::new(),
         })
     }
 
@@ -119,6 +134,36 @@ impl Segment {
         self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
         self.next_offset = header.next_offset();
         Ok(())
+    }
+
+    /// Record damage at `[position, end)` covering the offsets from the current `next_offset` to
+    /// `next_offset`, and index the position after it so that lookups never walk through it.
+    pub fn mark_damaged(&mut self, position: u64, end: u64, next_offset: u64, reason: String) {
+        self.damaged.push(Damage {
+            position,
+            end,
+            first_offset: self.next_offset,
+            next_offset,
+            reason,
+        });
+        self.index_after_damage(end, next_offset);
+    }
+
+    /// Index entry for the first batch after a damaged region.
+    pub fn index_after_damage(&mut self, end: u64, next_offset: u64) {
+        self.offset_index.push(OffsetEntry {
+            relative_offset: self.relative(next_offset),
+            position: end as u32,
+        });
+        self.bytes_since_index_entry = 0;
+        self.next_offset = next_offset;
+    }
+
+    /// The damage covering `offset`, if any.
+    pub fn damage_at(&self, offset: u64) -> Option<&Damage> {
+        self.damaged
+            .iter()
+            .find(|damage| damage.first_offset <= offset && offset < damage.next_offset)
     }
 
     /// Add a final time-index entry so the index knows the segment's max timestamp (when the
@@ -171,6 +216,18 @@ impl Segment {
     /// Position of the batch that contains `offset`, found from the sparse index and a walk
     /// over batch headers. `offset` must lie in `[base_offset, next_offset)`.
     pub fn position_of(&self, offset: u64) -> Result<(u64, BatchHeader), LogError> {
+        if let Some(damage) = self.damage_at(offset) {
+            return Err(LogError::Corrupt {
+                path: self.path().to_path_buf(),
+                position: damage.position,
+                reason: format!(
+                    "offsets {} to {} are damaged and not served: {}",
+                    damage.first_offset,
+                    damage.next_offset - 1,
+                    damage.reason
+                ),
+            });
+        }
         let mut position = index::floor_entry(&self.offset_index, self.relative(offset))
             .map_or(0, |entry| u64::from(entry.position));
         let size = self.size();
