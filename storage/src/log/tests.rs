@@ -980,3 +980,63 @@ fn a_full_disk_survives_a_crash_and_a_restart() {
     assert_eq!(read_values(&log, next), expected(next..next + 4));
     assert_eq!(read_prefixes(&log, 0)[..want.len()], want[..]);
 }
+
+/// The planted bugs do what they say (their checkers are in the simulator): without a
+/// directory sync a crash takes the segment file, and what was acknowledged in it, away.
+#[cfg(madsim)]
+#[test]
+fn planted_no_dir_sync_loses_acknowledged_records_at_a_crash() {
+    for planted in [false, true] {
+        let (sim, disk, dir) = sim();
+        sim.plant(PlantedStorageBugs {
+            no_dir_sync: planted,
+            ..PlantedStorageBugs::default()
+        });
+        let (mut log, _) = open(&disk, &dir, small_config());
+        append_many(&mut log, 30, 3);
+        log.sync(0).expect("sync");
+        assert_eq!(log.durable_offset(), 90);
+        drop(log);
+        sim.crash_with(CrashMode::DropUnsynced, &mut ChaCha8Rng::seed_from_u64(1));
+        let (log, _) = open(&disk, &dir, small_config());
+        if planted {
+            assert!(log.next_offset() < 90, "acknowledged records vanished");
+        } else {
+            assert_eq!(read_values(&log, 0), expected(0..90));
+        }
+    }
+}
+
+/// With `retry-failed-fsync` a sync after a failed one "succeeds" and the durable offset
+/// covers records the failed fsync dropped: they are not there after a crash.
+#[cfg(madsim)]
+#[test]
+fn planted_retry_failed_fsync_acknowledges_dropped_records() {
+    for planted in [false, true] {
+        let (sim, disk, dir) = sim();
+        sim.plant(PlantedStorageBugs {
+            retry_failed_fsync: planted,
+            ..PlantedStorageBugs::default()
+        });
+        let (mut log, _) = open(&disk, &dir, LogConfig::default());
+        append_many(&mut log, 2, 2);
+        log.sync(0).expect("sync");
+        append_many(&mut log, 2, 2);
+        sim.fail_next_sync();
+        assert!(log.sync(0).is_err());
+        let retried = log.sync(0);
+        if !planted {
+            assert!(matches!(retried, Err(LogError::Poisoned { .. })));
+            continue;
+        }
+        assert_eq!(retried.expect("the planted retry succeeds"), 8);
+        drop(log);
+        sim.crash_with(CrashMode::DropUnsynced, &mut ChaCha8Rng::seed_from_u64(1));
+        let (log, _) = open(&disk, &dir, LogConfig::default());
+        assert_eq!(
+            log.next_offset(),
+            4,
+            "offsets 4..8 were acknowledged and lost"
+        );
+    }
+}
