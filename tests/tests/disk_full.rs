@@ -87,7 +87,8 @@ impl Drop for Tmpfs {
 fn value(index: u64) -> String {
     let mut text = format!("value-{index}-");
     if index < SMALL_RECORDS_FROM {
-        text.extend(std::iter::repeat_n('.', VALUE_BYTES - text.len()));
+        let padding = VALUE_BYTES - text.len();
+        text.push_str(&".".repeat(padding));
     }
     text
 }
