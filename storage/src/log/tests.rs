@@ -1,6 +1,7 @@
 //! Log tests. Each scenario is a function over `(disk, dir)` run against both the simulated
 //! and the real file disk; fault scenarios need `SimDisk`.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -1039,4 +1040,43 @@ fn planted_retry_failed_fsync_acknowledges_dropped_records() {
             "offsets 4..8 were acknowledged and lost"
         );
     }
+}
+
+/// Corruption at rest under a running log: the read of the damaged batch is a typed error
+/// naming the file and the batch's position, never data; the batches around it are served.
+#[test]
+fn corruption_at_rest_under_a_running_log_is_an_error_naming_file_and_position() {
+    let mut hit = BTreeSet::new();
+    for seed in 0..16 {
+        let (sim, disk, dir) = sim();
+        let (mut log, _) = open(&disk, &dir, small_config());
+        append_many(&mut log, 20, 3);
+        log.sync(0).expect("sync");
+        let corruption = sim
+            .corrupt_at_rest(&mut ChaCha8Rng::seed_from_u64(seed), &|path: &Path| {
+                is_segment_file(path)
+            })
+            .expect("segments to corrupt");
+        let mut clean = sim
+            .durable_contents(&corruption.path)
+            .expect("segment")
+            .to_vec();
+        clean[corruption.position as usize] ^= 1 << corruption.bit;
+        let damaged = locate_batch(&clean, corruption.position).expect("a batch was hit");
+        match log.read(damaged.base_offset, 10_000, u64::MAX) {
+            Err(LogError::Corrupt { path, position, .. }) => {
+                assert_eq!(path, corruption.path);
+                assert_eq!(position, damaged.position);
+            }
+            other => panic!("the damaged batch was served: {other:?}"),
+        }
+        // Everything else is served.
+        let mut values = read_values_below(&log, 0, damaged.base_offset);
+        values.extend(read_values(&log, damaged.last_offset + 1));
+        let mut want = expected(0..damaged.base_offset);
+        want.extend(expected(damaged.last_offset + 1..60));
+        assert_eq!(values, want);
+        hit.insert(damaged.base_offset);
+    }
+    assert!(hit.len() > 5, "{hit:?}");
 }
