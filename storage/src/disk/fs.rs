@@ -78,7 +78,28 @@ impl FsDisk {
 
 impl Disk for FsDisk {
     fn create_dir_all(&self, path: &Path) -> DiskResult<()> {
-        std::fs::create_dir_all(path).map_err(|e| disk_error(path, "create_dir_all", e))
+        // The directories that do not exist yet, outermost first: each new entry is synced in
+        // its parent so the creation is durable (the trait's contract).
+        let mut missing = Vec::new();
+        for ancestor in path.ancestors() {
+            if ancestor.as_os_str().is_empty()
+                || ancestor
+                    .try_exists()
+                    .map_err(|e| disk_error(ancestor, "exists", e))?
+            {
+                break;
+            }
+            missing.push(ancestor);
+        }
+        std::fs::create_dir_all(path).map_err(|e| disk_error(path, "create_dir_all", e))?;
+        for created in missing.into_iter().rev() {
+            let parent = match created.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            self.sync_dir(parent)?;
+        }
+        Ok(())
     }
 
     fn open(&self, path: &Path, mode: OpenMode) -> DiskResult<Arc<dyn DiskFile>> {
