@@ -188,6 +188,12 @@ pub struct QueueOptions {
     /// (offset 0: no retention in these runs) in order; their offsets must be dense, and end at
     /// the end offset the process read last, if it read one (offset-gap).
     pub drain_processes: Vec<u64>,
+    /// Per partition, offset ranges `(first, last)` whose stored records were corrupted at
+    /// rest (by a nemesis): the node must refuse to serve them, so an acknowledged value there
+    /// that was never read is not lost-write or unseen, and a drain may seek over exactly
+    /// these ranges. Everything else still holds for them (inconsistent-offsets, duplicate).
+    #[serde(default)]
+    pub unreadable: BTreeMap<u32, Vec<(u64, u64)>>,
 }
 
 impl Default for QueueOptions {
@@ -200,6 +206,7 @@ impl Default for QueueOptions {
             sends_ok_min: 1,
             records_read_min: 1,
             drain_processes: Vec::new(),
+            unreadable: BTreeMap::new(),
         }
     }
 }
@@ -218,6 +225,8 @@ pub struct QueueCounts {
     pub sends_lost_to_crash: usize,
     /// Crash events in the history.
     pub crashes: usize,
+    /// Acknowledged sends never read whose offset was corrupted at rest (`unreadable`).
+    pub sends_unreadable: usize,
     /// Sends that failed.
     pub sends_failed: usize,
     /// Sends that ended indeterminate (or never completed).
@@ -780,12 +789,14 @@ impl<'a> Checker<'a> {
     fn check_sends(&mut self) {
         let mut anomalies = Vec::new();
         let mut lost_to_crash = 0;
+        let mut unreadable = 0;
         // (process, partition) -> its last acknowledged send (with an offset).
         let mut last_ack: BTreeMap<(u64, u32), &Send> = BTreeMap::new();
         // Sends are in invocation order, which is each producer's send order.
         for send in &self.sends {
             let read = self.first_read.get(&send.value);
             match (send.outcome, read) {
+                (Outcome::Ok, None) if self.is_unreadable(send) => unreadable += 1,
                 (Outcome::Ok, None) if send.durable => anomalies.push(self.unread(send)),
                 (Outcome::Ok, None) => match self.unread_until_crash(send) {
                     Some(anomaly) => anomalies.push(anomaly),
@@ -839,9 +850,26 @@ impl<'a> Checker<'a> {
             last_ack.insert(key, send);
         }
         self.counts.sends_lost_to_crash = lost_to_crash;
+        self.counts.sends_unreadable = unreadable;
         for anomaly in anomalies {
             self.report(anomaly);
         }
+    }
+
+    /// Whether the send's acknowledged offset lies in a range corrupted at rest.
+    fn is_unreadable(&self, send: &Send) -> bool {
+        let (Some(partition), Some(offset)) = (send.partition, send.offset) else {
+            return false;
+        };
+        self.in_unreadable(partition, offset, offset)
+    }
+
+    /// Whether every offset of `first..=last` of `partition` lies in one unreadable range.
+    fn in_unreadable(&self, partition: u32, first: u64, last: u64) -> bool {
+        self.options
+            .unreadable
+            .get(&partition)
+            .is_some_and(|spans| spans.iter().any(|&(from, to)| from <= first && last <= to))
     }
 
     /// An acknowledged send whose promise ends at a crash (acks=1, or acks=all under
@@ -955,6 +983,30 @@ impl<'a> Checker<'a> {
                         Outcome::Ok,
                     ) => {
                         ends.insert(*partition, (*end, op));
+                    }
+                    // A drain may skip exactly a range corrupted at rest, nothing more.
+                    (OpKind::Seek { partition, offset }, Outcome::Ok) => {
+                        let (next, last_op) = expected.entry(*partition).or_insert((0, None));
+                        if *offset > *next && !self.in_unreadable(*partition, *next, *offset - 1) {
+                            anomalies.push(Anomaly {
+                                kind: AnomalyKind::OffsetGap,
+                                partitions: vec![*partition],
+                                offsets: (*next..*offset)
+                                    .take(self.options.values_per_anomaly_max)
+                                    .collect(),
+                                values: Vec::new(),
+                                ops: last_op.iter().copied().chain([op]).collect(),
+                                process: Some(drain),
+                                message: format!(
+                                    "the final drain (process {drain}) of partition {partition} \
+                                     skipped offsets {}..{offset} (op {op}), which are not a \
+                                     range corrupted at rest",
+                                    *next
+                                ),
+                            });
+                        }
+                        *next = (*next).max(*offset);
+                        *last_op = Some(op);
                     }
                     _ => {}
                 }

@@ -830,3 +830,47 @@ fn fsync_interval_consumers_past_a_refilled_offset() {
         .build();
     assert!(check_with(&bad, &interval).has(AnomalyKind::LostWrite));
 }
+
+#[test]
+fn corrupted_at_rest() {
+    let corrupt = QueueOptions {
+        drain_processes: vec![90],
+        unreadable: [(0, vec![(1, 1)])].into_iter().collect(),
+        ..QueueOptions::default()
+    };
+    // The drain was refused offset 1 (corrupt) and sought past it: value 2 is excused.
+    let history = three_sends()
+        .assign(90, &[0])
+        .poll(90, &[(0, 0, 1)])
+        .seek(90, 0, 2)
+        .poll(90, &[(0, 2, 3)])
+        .end_offset(90, 0, 3)
+        .build();
+    let report = check_with(&history, &corrupt);
+    assert_clean(&report);
+    assert_eq!(report.counts.sends_unreadable, 1);
+    // Without the corruption on record the same history loses value 2 and skips offset 1.
+    let report = check_with(
+        &history,
+        &QueueOptions {
+            drain_processes: vec![90],
+            ..QueueOptions::default()
+        },
+    );
+    assert_kinds(&report, &[AnomalyKind::LostWrite, AnomalyKind::OffsetGap]);
+    // Skipping more than the corrupt range is an offset-gap; the value is lost.
+    let history = three_sends()
+        .assign(90, &[0])
+        .poll(90, &[(0, 0, 1)])
+        .seek(90, 0, 3)
+        .end_offset(90, 0, 3)
+        .build();
+    let report = check_with(&history, &corrupt);
+    assert_kinds(&report, &[AnomalyKind::Unseen, AnomalyKind::OffsetGap]);
+    // A value at a corrupt offset that reads back as another value is still inconsistent.
+    let history = three_sends()
+        .assign(90, &[0])
+        .poll(90, &[(0, 0, 1), (0, 1, 7), (0, 2, 3)])
+        .build();
+    assert!(check_with(&history, &corrupt).has(AnomalyKind::InconsistentOffsets));
+}

@@ -46,14 +46,22 @@ pub enum Plant {
     /// The broker refuses every produce with a retriable error: nothing is ever acknowledged,
     /// nothing breaks, and only the progress verdict can tell.
     RefuseProduce,
+    /// The log skips the directory syncs after creating or removing segment files: a crash
+    /// can make a new segment, and what was acknowledged in it, vanish.
+    NoDirSync,
+    /// After a failed fsync the log does not poison itself: the next sync "succeeds" over the
+    /// data the failed one dropped.
+    RetryFailedFsync,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 4] = [
+    pub const ALL: [Plant; 6] = [
         Plant::AckBeforeFsync,
         Plant::SkipOnFetch,
         Plant::ServeAboveHw,
         Plant::RefuseProduce,
+        Plant::NoDirSync,
+        Plant::RetryFailedFsync,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +70,8 @@ impl Plant {
             Plant::SkipOnFetch => "skip-on-fetch",
             Plant::ServeAboveHw => "serve-above-hw",
             Plant::RefuseProduce => "refuse-produce",
+            Plant::NoDirSync => "no-dir-sync",
+            Plant::RetryFailedFsync => "retry-failed-fsync",
         }
     }
 
@@ -82,18 +92,45 @@ impl Plant {
                 "not-linearizable",
             ],
             Plant::RefuseProduce => &["no-progress"],
+            Plant::NoDirSync => &["lost-write", "unseen", "inconsistent-offsets", "offset-gap"],
+            Plant::RetryFailedFsync => &[
+                "lost-write",
+                "unseen",
+                "inconsistent-offsets",
+                "offset-gap",
+                "unparseable-value",
+            ],
         }
     }
 
-    /// Switch the bug on in a node's configuration.
+    /// Switch the bug on in a node's configuration (storage bugs ride on the disk instead: see
+    /// `apply_to_disk`).
     #[cfg(madsim)]
     pub fn apply(self, planted: &mut brook_actors::partition::PlantedBugs) {
         match self {
+            Plant::NoDirSync | Plant::RetryFailedFsync => {}
             Plant::AckBeforeFsync => planted.ack_before_fsync = true,
             Plant::SkipOnFetch => planted.skip_on_fetch = true,
             Plant::ServeAboveHw => planted.serve_above_hw = true,
             Plant::RefuseProduce => planted.refuse_produce = true,
         }
+    }
+
+    /// Switch a storage bug on in the simulated disk, where every log opened on it reads it.
+    #[cfg(madsim)]
+    pub fn apply_to_disk(self, disk: &brook_storage::SimDisk) {
+        let bugs = match self {
+            Plant::NoDirSync => brook_storage::PlantedStorageBugs {
+                no_dir_sync: true,
+                ..Default::default()
+            },
+            Plant::RetryFailedFsync => brook_storage::PlantedStorageBugs {
+                retry_failed_fsync: true,
+                ..Default::default()
+            },
+            _ => return,
+        };
+        disk.plant(bugs);
     }
 }
 
