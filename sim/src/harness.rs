@@ -638,6 +638,8 @@ async fn simulate(options: Options) -> RunReport {
     let net = madsim::net::NetSim::current();
     let fault_phase = Duration::from_secs(options.fault_secs);
     let fault_start = runtime.now();
+    // Every bit the nemesis flipped at rest: (file, position, bit).
+    let mut at_rest_flips: Vec<(std::path::PathBuf, u64, u8)> = Vec::new();
     while runtime.now().duration_since(fault_start) < fault_phase {
         let gap = rng.gen_range(draw.fault_gap_ms / 2..=draw.fault_gap_ms * 3 / 2);
         runtime.sleep(Duration::from_millis(gap)).await;
@@ -781,11 +783,18 @@ async fn simulate(options: Options) -> RunReport {
                     lock(&shared).trace("nemesis corrupt at rest: no synced segment data yet");
                     continue;
                 };
-                // Which batch: locate it in the image as it was before the flip.
+                // Which batch: locate it in the image as it was before this flip and every
+                // earlier one in the same file (an earlier flip in a length field would
+                // otherwise stop the walk over the batches).
+                at_rest_flips.push((hit.path.clone(), hit.position, hit.bit));
                 let batch = disk.durable_contents(&hit.path).ok().and_then(|bytes| {
                     let mut original = bytes.to_vec();
-                    let byte = original.get_mut(usize::try_from(hit.position).ok()?)?;
-                    *byte ^= 1 << hit.bit;
+                    for (path, position, bit) in &at_rest_flips {
+                        if *path == hit.path {
+                            let byte = original.get_mut(usize::try_from(*position).ok()?)?;
+                            *byte ^= 1 << *bit;
+                        }
+                    }
                     brook_storage::log::locate_batch(&original, hit.position)
                 });
                 let partition = hit
@@ -977,11 +986,14 @@ fn batch_stats(disk: &SimDisk, partitions: u32) -> BatchStats {
             let mut position = 0;
             // A torn tail ends the walk; every header advances it by at least its own length.
             while let Ok(header) = BatchHeader::parse(&bytes[position..]) {
-                let records = u64::from(header.record_count);
-                stats.batches += 1;
-                stats.records += records;
-                stats.multi_record_batches += u64::from(records > 1);
-                stats.records_per_batch_max = stats.records_per_batch_max.max(records);
+                // Only whole batches with a good CRC count (the nemesis corrupts some).
+                if brook_wire::batch::validate(&bytes[position..]).is_ok() {
+                    let records = u64::from(header.record_count);
+                    stats.batches += 1;
+                    stats.records += records;
+                    stats.multi_record_batches += u64::from(records > 1);
+                    stats.records_per_batch_max = stats.records_per_batch_max.max(records);
+                }
                 position += header.total_len();
                 if position >= bytes.len() {
                     break;
