@@ -50,6 +50,8 @@ pub struct Options {
     pub fault_secs: u64,
     /// Simulated seconds the liveness drain may take after the heal.
     pub drain_secs_max: u64,
+    /// States the linearizability search may explore per partition (`unknown` beyond).
+    pub linear_states_max: u64,
 }
 
 impl Options {
@@ -59,6 +61,7 @@ impl Options {
             plant: None,
             fault_secs: 30,
             drain_secs_max: 60,
+            linear_states_max: LINEAR_STATES_MAX,
         }
     }
 }
@@ -938,7 +941,7 @@ async fn simulate(options: Options) -> RunReport {
         match linear::check(
             &history,
             &LinearOptions {
-                states_max: LINEAR_STATES_MAX,
+                states_max: options.linear_states_max,
                 use_polls: true,
             },
         ) {

@@ -30,7 +30,10 @@ fn healthy_runs_pass_and_count_their_batches() {
     }
     // The stored batches were counted (one record each for now: workers do not share a
     // producer, see README, Simulation).
-    assert!(batches.batches > 0 && batches.records >= batches.batches, "{batches:?}");
+    assert!(
+        batches.batches > 0 && batches.records >= batches.batches,
+        "{batches:?}"
+    );
 }
 
 #[test]
@@ -46,4 +49,24 @@ fn a_broker_that_acknowledges_nothing_fails_as_no_progress() {
     assert_eq!(queue.counts.sends_ok_acks_all, 0);
     let message = &queue.of(brook_jepsen::AnomalyKind::NoProgress)[0].message;
     assert!(message.contains("minimum"), "{message}");
+}
+
+#[test]
+fn an_undecided_linearizability_search_fails_the_seed() {
+    // A budget of one state cannot decide any partition of a real run: the seed must fail as
+    // `unknown`, with the states explored in the report, never pass.
+    let report = harness::run(&Options {
+        fault_secs: FAULT_SECS,
+        linear_states_max: 1,
+        ..Options::new(0)
+    });
+    let anomalies = report.anomalies();
+    assert!(anomalies.contains_key("unknown"), "{anomalies:?}");
+    assert!(!report.passed());
+    let linear = report.linear.as_ref().expect("checked");
+    assert!(
+        linear.summary().contains("unknown after"),
+        "{}",
+        linear.summary()
+    );
 }
