@@ -598,13 +598,9 @@ async fn simulate(options: Options) -> RunReport {
                 .expect("ip"))
             .build();
         client_nodes.push(host.id());
-        // Each worker gets its own producers. Workers sharing one `Producer` (so that their
-        // records meet in batches) made runs nondeterministic: the same seed gave another
-        // trace when it ran after another seed in the same process (`--check-determinism`
-        // fails on most seeds), with one task or one task per worker alike. Until that is
-        // found (see README, Simulation), batches hold one record each.
+        // The client's workers share its producers, so their records meet in batches.
+        let client = ProducerClient::default();
         for worker in 0..draw.workers_per_producer {
-            let client = ProducerClient::default();
             let process = u64::from(producer_index * 100 + worker);
             let context = WorkerContext {
                 runtime: runtime.clone(),
