@@ -839,7 +839,9 @@ impl Log {
         }
         self.sync_directory()
             .map_err(|error| self.sync_failed(error))?;
-        self.durable_offset = self.durable_offset.min(offset);
+        // Everything below the cut is synced now: earlier segments when they were sealed,
+        // this one just above.
+        self.durable_offset = offset;
         Ok(())
     }
 
