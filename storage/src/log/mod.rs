@@ -634,12 +634,15 @@ impl Log {
         for file in &files {
             self.sync_file(file)?;
         }
+        // An empty file of that name (a stray of an earlier failed roll) is taken over; one
+        // with data is not ours to touch.
         let paths = Segment::paths(&self.dir, next);
-        if self.disk.exists(&paths.0)? {
+        if self.disk.exists(&paths.0)? && !self.disk.open(&paths.0, OpenMode::Existing)?.is_empty()
+        {
             return Err(LogError::Corrupt {
                 path: paths.0,
                 position: 0,
-                reason: "the next segment's file already exists".into(),
+                reason: "a new segment's file already has data".into(),
             });
         }
         let created =
