@@ -381,7 +381,7 @@ async fn simulate(options: Options) -> RunReport {
     let created = setup
         .spawn(async move {
             for _ in 0..100 {
-                if let Ok(admin) = Admin::connect(setup_runtime.clone(), &setup_bootstrap).await {
+                if let Ok(admin) = Admin::connect(&setup_bootstrap).await {
                     if admin.create_topic(TOPIC, partitions, 1).await.is_ok() {
                         return true;
                     }
@@ -696,17 +696,16 @@ struct WorkerContext {
 }
 
 async fn connect_producer(context: &WorkerContext, acks: Acks) -> Option<Producer> {
-    let config = ProducerConfig {
-        acks,
-        retries_max: 0,
-        linger: Duration::from_millis(context.draw.linger_ms),
-        batch_bytes_max: 16 * 1024,
-        request_timeout: Duration::from_millis(context.draw.request_timeout_ms),
-        ..ProducerConfig::default()
-    };
-    Producer::connect(context.runtime.clone(), &context.bootstrap, config)
-        .await
-        .ok()
+    let config = ProducerConfig::default()
+        .acks(acks)
+        .retries_max(0)
+        .linger(Duration::from_millis(context.draw.linger_ms))
+        .batch_bytes_max(16 * 1024)
+        .request_timeout(Duration::from_millis(context.draw.request_timeout_ms))
+        // The streams the producer drew from when it was handed the worker's runtime: a seed
+        // replays as it did then.
+        .seed(context.runtime.seed());
+    Producer::connect(&context.bootstrap, config).await.ok()
 }
 
 /// One producer worker: sends unique values one at a time until the fault phase ends. Sends
@@ -857,25 +856,22 @@ impl RecordedConsumer {
     /// Connect, assign every partition and resume at the positions; after a failure, wait a
     /// little and return `false`.
     async fn connect(&mut self) -> bool {
-        let connected =
-            match Consumer::connect(self.runtime.clone(), &self.bootstrap, self.config.clone())
-                .await
-            {
-                Ok(mut consumer) => {
-                    let mut ready = consumer
-                        .assign(TOPIC, &self.partitions, StartOffset::Earliest)
+        let connected = match Consumer::connect(&self.bootstrap, self.config.clone()).await {
+            Ok(mut consumer) => {
+                let mut ready = consumer
+                    .assign(TOPIC, &self.partitions, StartOffset::Earliest)
+                    .await
+                    .is_ok();
+                for (&partition, &offset) in &self.positions {
+                    ready &= consumer
+                        .seek(TOPIC, partition, StartOffset::Offset(offset))
                         .await
                         .is_ok();
-                    for (&partition, &offset) in &self.positions {
-                        ready &= consumer
-                            .seek(TOPIC, partition, StartOffset::Offset(offset))
-                            .await
-                            .is_ok();
-                    }
-                    ready.then_some(consumer)
                 }
-                Err(_) => None,
-            };
+                ready.then_some(consumer)
+            }
+            Err(_) => None,
+        };
         match connected {
             Some(consumer) => {
                 if !self.assigned {
@@ -953,12 +949,10 @@ async fn consume(
     process: u64,
     consuming: Arc<AtomicBool>,
 ) {
-    let config = ConsumerConfig {
-        fetch_bytes_max: draw.fetch_bytes_max,
-        fetch_wait_ms_max: draw.fetch_wait_ms,
-        request_timeout: Duration::from_millis(draw.request_timeout_ms),
-        ..ConsumerConfig::default()
-    };
+    let config = ConsumerConfig::default()
+        .fetch_bytes_max(draw.fetch_bytes_max)
+        .fetch_wait_ms_max(draw.fetch_wait_ms)
+        .request_timeout(Duration::from_millis(draw.request_timeout_ms));
     let timeout = Duration::from_millis(u64::from(draw.fetch_wait_ms) + 100);
     let mut consumer =
         RecordedConsumer::new(runtime, shared, bootstrap, config, process, draw.partitions);
