@@ -1230,7 +1230,11 @@ fn encode_recovery_point(offset: u64) -> [u8; 12] {
     bytes
 }
 
-fn decode_recovery_point(bytes: &[u8]) -> Option<u64> {
+/// The offset stored in a [`RECOVERY_POINT_FILE`]'s bytes; `None` if they are damaged. Below
+/// it, a log takes a bad batch for damage at rest (reported, kept, never served); above it,
+/// a bad last batch may be taken for a torn write and cut, since the recovery point is
+/// written lazily (at a roll, at open, every [`RECOVERY_POINT_SYNCS`] syncs), as in Kafka.
+pub fn decode_recovery_point(bytes: &[u8]) -> Option<u64> {
     let offset: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
     let crc: [u8; 4] = bytes.get(8..12)?.try_into().ok()?;
     (bytes.len() == 12 && crc32c::crc32c(&offset) == u32::from_le_bytes(crc))
