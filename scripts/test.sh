@@ -10,7 +10,7 @@ scripts/setup.sh
 step() { printf '\n==> %s\n' "$*"; }
 
 # Packages whose tests have a simulated (--cfg madsim) variant.
-SIM_PACKAGES=(-p brook-actors -p brook-sim -p brook-client)
+SIM_PACKAGES=(-p brook-runtime -p brook-actors -p brook-sim -p brook-client)
 # Seeds per simulation test (each #[madsim::test] runs this many seeds).
 export MADSIM_TEST_NUM="${MADSIM_TEST_NUM:-64}"
 SIM_ENV=(env RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target/sim)
@@ -32,6 +32,9 @@ cargo check --manifest-path fuzz/Cargo.toml --bins
 
 step "doc tests"
 cargo test --workspace --doc
+
+step "client docs build without warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc -p brook-client --no-deps
 
 step "simulation tests (--cfg madsim)"
 "${SIM_ENV[@]}" cargo nextest run "${SIM_PACKAGES[@]}" --no-fail-fast

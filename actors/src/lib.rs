@@ -1,6 +1,9 @@
-//! brook's actors: the actor runtime (the one place that touches tokio/madsim), and — to come —
-//! the sans-IO Raft core and the broker's actors.
+//! brook's actors: the partition actor, the controller and — to come — the sans-IO Raft core.
+//!
+//! The actor layer and the runtime seam they run on live in `brook-runtime`; `runtime` below
+//! re-exports that crate, so `brook_actors::runtime::Runtime` and `crate::runtime::...` keep
+//! naming the same items.
 
 pub mod controller;
 pub mod partition;
-pub mod runtime;
+pub use brook_runtime as runtime;

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use brook_actors::runtime::Runtime;
 use brook_wire::protocol::{Request, Response, TopicDescription, TopicSummary};
 
 use crate::cluster::Cluster;
@@ -21,17 +20,16 @@ pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// create went through). The next request reconnects.
 ///
 /// ```
-/// use brook_actors::runtime::Runtime;
 /// use brook_client::{Admin, ErrorCode};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let data = tempfile::tempdir()?;
 /// # let node = brook_node::NodeConfig { listen: "127.0.0.1:0".parse()?, data_dir: data.path().into(), ..Default::default() };
-/// # let broker = brook_node::Broker::start(node, Runtime::new(0), std::sync::Arc::new(brook_storage::FsDisk::new())).await?;
+/// # let broker = brook_node::Broker::start(node, brook_runtime::Runtime::new(0), std::sync::Arc::new(brook_storage::FsDisk::new())).await?;
 /// # let bootstrap = broker.local_address().to_string();
 /// # let bootstrap = bootstrap.as_str(); // "HOST:PORT" of any broker, e.g. "127.0.0.1:9092"
-/// let admin = Admin::connect(Runtime::new(1), bootstrap).await?;
+/// let admin = Admin::connect(bootstrap).await?;
 /// match admin.create_topic("orders", 3, 1).await {
 ///     Ok(topic) => println!("created {} with {} partitions", topic.name, topic.partitions.len()),
 ///     Err(error) if error.code() == Some(ErrorCode::TopicAlreadyExists) => {}
@@ -62,10 +60,14 @@ fn unexpected(what: &str, response: Response) -> ClientError {
 }
 
 impl Admin {
-    /// Connect to one of the comma-separated `bootstrap` brokers (`HOST:PORT[,HOST:PORT]`).
-    pub async fn connect(runtime: Runtime, bootstrap: &str) -> Result<Admin> {
+    /// Connect to one of the comma-separated `bootstrap` brokers (`HOST:PORT[,HOST:PORT]`),
+    /// on the current tokio runtime (under madsim: the current simulated node).
+    ///
+    /// Fails with [`ClientError::InvalidArgument`] for a malformed bootstrap list,
+    /// [`ClientError::Connect`] if no bootstrap broker answers.
+    pub async fn connect(bootstrap: &str) -> Result<Admin> {
         let cluster = Cluster::connect(
-            runtime,
+            crate::runtime_without_randomness(),
             bootstrap,
             "brook-client admin",
             ADMIN_REQUEST_TIMEOUT,

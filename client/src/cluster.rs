@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use brook_actors::runtime::{Instant, Runtime};
+use brook_runtime::{Instant, Runtime};
 use brook_wire::error::{BrokerError, ErrorCode};
 use brook_wire::protocol::{PartitionMetadata, Request, Response};
 use bytes::Bytes;

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use brook_actors::runtime::{Runtime, TaskHandle};
+use brook_runtime::{Runtime, TaskHandle};
 use brook_wire::error::ErrorCode;
 use brook_wire::frame::{FrameDecoder, FrameEncoder, FrameError, FRAME_BYTES_MAX_DEFAULT};
 use brook_wire::protocol::{

@@ -5,26 +5,48 @@
 //! complete first. A fetch still in flight when `poll` times out stays in flight for the next
 //! `poll`. Positions only move when records are returned: position = last returned offset + 1.
 //!
+//! [`Consumer::stream`] turns the same polls into a [`Stream`] of records, the way tokio
+//! applications usually consume.
+//!
 //! What a consumer never does: return a record above the high watermark the broker reported
 //! with it, skip a corrupt batch (it is an error, and the position stays before it), or skip
 //! records (the next fetch starts at the position).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use brook_actors::runtime::{Instant, Runtime};
+use brook_runtime::{Instant, Runtime};
 use brook_wire::batch::split_batches;
 use brook_wire::frame::PAYLOAD_BYTES_MAX_DEFAULT;
 use brook_wire::protocol::{OffsetSpec, Request, Response};
 use bytes::Bytes;
+use futures_core::Stream;
 
 use crate::cluster::{unknown_partition, Cluster};
 use crate::error::{ClientError, Result};
 use crate::future_set::{join_all, BoxFuture, FutureSet};
 
 /// How a [`Consumer`] fetches.
+///
+/// Start from the default and change what you need with the builder-style setters (new
+/// fields may be added in any release, so the struct cannot be built with a literal outside
+/// this crate):
+///
+/// ```
+/// use std::time::Duration;
+/// use brook_client::ConsumerConfig;
+///
+/// let config = ConsumerConfig::default()
+///     .fetch_wait_ms_max(100)
+///     .request_timeout(Duration::from_secs(5));
+/// assert_eq!(config.fetch_wait_ms_max, 100);
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ConsumerConfig {
     /// Bytes one fetch asks for, per partition (the broker still returns a whole first batch
     /// if it is larger, so a consumer never stalls). Capped at 8 MiB, what a broker's response
@@ -52,22 +74,59 @@ impl Default for ConsumerConfig {
     }
 }
 
+impl ConsumerConfig {
+    /// Sets the `fetch_bytes_max` field.
+    #[must_use]
+    pub fn fetch_bytes_max(mut self, fetch_bytes_max: u32) -> Self {
+        self.fetch_bytes_max = fetch_bytes_max;
+        self
+    }
+
+    /// Sets the `fetch_wait_ms_max` field.
+    #[must_use]
+    pub fn fetch_wait_ms_max(mut self, fetch_wait_ms_max: u32) -> Self {
+        self.fetch_wait_ms_max = fetch_wait_ms_max;
+        self
+    }
+
+    /// Sets the `request_timeout` field.
+    #[must_use]
+    pub fn request_timeout(mut self, request_timeout: Duration) -> Self {
+        self.request_timeout = request_timeout;
+        self
+    }
+
+    /// Sets the `retry_backoff` field.
+    #[must_use]
+    pub fn retry_backoff(mut self, retry_backoff: Duration) -> Self {
+        self.retry_backoff = retry_backoff;
+        self
+    }
+}
+
 /// A record as consumed.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConsumerRecord {
-    /// Shared by every record of a fetch (no allocation per record).
+    /// The record's topic, shared by every record of a fetch (no allocation per record).
     pub topic: Arc<str>,
+    /// The partition it was read from.
     pub partition: u32,
+    /// Its offset in the partition.
     pub offset: u64,
     /// Milliseconds since the Unix epoch.
     pub timestamp: i64,
+    /// The record's key, if it has one.
     pub key: Option<Bytes>,
+    /// The record's value (`None`: a null value).
     pub value: Option<Bytes>,
+    /// Headers: (key, value) pairs, in the order they were produced.
     pub headers: Vec<(String, Option<Bytes>)>,
 }
 
 /// Where a partition's position starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StartOffset {
     /// The log start offset (the oldest record still stored).
     Earliest,
@@ -101,21 +160,19 @@ struct FetchOutcome {
 ///
 /// ```
 /// use std::time::Duration;
-/// use brook_actors::runtime::Runtime;
 /// use brook_client::{Admin, Consumer, ConsumerConfig, Producer, ProducerRecord, StartOffset};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let data = tempfile::tempdir()?;
 /// # let node = brook_node::NodeConfig { listen: "127.0.0.1:0".parse()?, data_dir: data.path().into(), ..Default::default() };
-/// # let broker = brook_node::Broker::start(node, Runtime::new(0), std::sync::Arc::new(brook_storage::FsDisk::new())).await?;
+/// # let broker = brook_node::Broker::start(node, brook_runtime::Runtime::new(0), std::sync::Arc::new(brook_storage::FsDisk::new())).await?;
 /// # let bootstrap = broker.local_address().to_string();
 /// # let bootstrap = bootstrap.as_str(); // "HOST:PORT" of any broker, e.g. "127.0.0.1:9092"
-/// # Admin::connect(Runtime::new(1), bootstrap).await?.create_topic("orders", 3, 1).await?;
-/// # let producer = Producer::connect(Runtime::new(1), bootstrap, Default::default()).await?;
+/// # Admin::connect(bootstrap).await?.create_topic("orders", 3, 1).await?;
+/// # let producer = Producer::connect(bootstrap, Default::default()).await?;
 /// # producer.send(ProducerRecord::new("orders", "order #1")).await?.await?;
-/// let mut consumer =
-///     Consumer::connect(Runtime::new(1), bootstrap, ConsumerConfig::default()).await?;
+/// let mut consumer = Consumer::connect(bootstrap, ConsumerConfig::default()).await?;
 /// let partitions = consumer.assign_all("orders", StartOffset::Earliest).await?;
 /// println!("reading partitions {partitions:?}");
 /// let mut seen = 0;
@@ -141,6 +198,10 @@ pub struct Consumer {
     fetches: FutureSet<FetchOutcome>,
     /// An error met while other partitions had records to return: reported by the next poll.
     deferred_error: Option<ClientError>,
+    /// Records fetched (positions already past them) that a [`RecordStream`] has not handed
+    /// out yet: returned first by the next `poll` or stream, so dropping a stream loses none.
+    /// At most one poll's worth.
+    buffered: VecDeque<ConsumerRecord>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -154,12 +215,13 @@ impl std::fmt::Debug for Consumer {
 }
 
 impl Consumer {
-    /// Connect to one of the comma-separated `bootstrap` brokers.
-    pub async fn connect(
-        runtime: Runtime,
-        bootstrap: &str,
-        config: ConsumerConfig,
-    ) -> Result<Consumer> {
+    /// Connect to one of the comma-separated `bootstrap` brokers (`HOST:PORT[,HOST:PORT]`),
+    /// on the current tokio runtime (under madsim: the current simulated node). Nothing is
+    /// assigned yet: call [`assign`](Self::assign) or [`assign_all`](Self::assign_all).
+    ///
+    /// Fails with [`ClientError::InvalidArgument`] for an invalid config or bootstrap list,
+    /// [`ClientError::Connect`] if no bootstrap broker answers.
+    pub async fn connect(bootstrap: &str, config: ConsumerConfig) -> Result<Consumer> {
         if config.request_timeout.is_zero() {
             return Err(ClientError::InvalidArgument(
                 "ConsumerConfig::request_timeout must be positive".into(),
@@ -171,7 +233,7 @@ impl Consumer {
             ));
         }
         let cluster = Cluster::connect(
-            runtime,
+            crate::runtime_without_randomness(),
             bootstrap,
             "brook-client consumer",
             config.request_timeout,
@@ -184,6 +246,7 @@ impl Consumer {
             next_epoch: 0,
             fetches: FutureSet::default(),
             deferred_error: None,
+            buffered: VecDeque::new(),
         })
     }
 
@@ -238,6 +301,7 @@ impl Consumer {
         self.fetches.clear();
         self.assignment = assignment;
         self.deferred_error = None;
+        self.buffered.clear();
         Ok(())
     }
 
@@ -267,6 +331,8 @@ impl Consumer {
         .await?;
         let epoch = self.next_epoch;
         self.next_epoch += 1;
+        self.buffered
+            .retain(|record| !(record.partition == partition && *record.topic == *topic));
         if let Some(position) = self.assignment.get_mut(&key) {
             *position = Position {
                 offset,
@@ -280,9 +346,13 @@ impl Consumer {
 
     /// The next offset this consumer will return for a partition, if it is assigned.
     pub fn position(&self, topic: &str, partition: u32) -> Option<u64> {
-        self.assignment
-            .get(&(topic.to_owned(), partition))
-            .map(|position| position.offset)
+        let position = self.assignment.get(&(topic.to_owned(), partition))?;
+        // Records a stream fetched but has not handed out yet come first.
+        let buffered = self
+            .buffered
+            .iter()
+            .find(|record| record.partition == partition && *record.topic == *topic);
+        Some(buffered.map_or(position.offset, |record| record.offset))
     }
 
     /// The assigned partitions.
@@ -298,7 +368,13 @@ impl Consumer {
     /// [`ConsumerConfig::retry_backoff`] without surfacing. Other failures are returned:
     /// [`ErrorCode::OffsetOutOfRange`](crate::ErrorCode) (seek to recover),
     /// [`ClientError::CorruptBatch`], [`ClientError::Protocol`].
+    ///
+    /// Cancel-safe: dropping the future before it completes loses no record (a fetch that
+    /// completes later is picked up by the next `poll`).
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
+        if !self.buffered.is_empty() {
+            return Ok(self.buffered.drain(..).collect());
+        }
         if let Some(error) = self.deferred_error.take() {
             return Err(error);
         }
@@ -345,6 +421,57 @@ impl Consumer {
                 }
                 () = sleep => {}
             }
+        }
+    }
+
+    /// The records of the assigned partitions as a [`Stream`], one record per item, in the
+    /// order [`poll`](Self::poll) returns them; what tokio applications usually consume
+    /// (with `StreamExt::next` from `futures` or `tokio-stream`, or
+    /// [`RecordStream::next_record`] without either).
+    ///
+    /// The stream waits as long as it takes for the next record. It yields an error where
+    /// `poll` would return one and carries on after it (the failing partition is fetched
+    /// again after [`ConsumerConfig::retry_backoff`]); to recover from
+    /// [`ErrorCode::OffsetOutOfRange`](crate::ErrorCode), drop the stream, [`seek`](Self::seek)
+    /// and stream again. It ends only if nothing is assigned.
+    ///
+    /// The stream borrows the consumer; dropping it loses nothing: records it fetched but did
+    /// not hand out yet are returned first by the next `poll` or stream, and
+    /// [`position`](Self::position) counts them as not yet returned.
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// use brook_client::{Admin, Consumer, ConsumerConfig, Producer, ProducerRecord, StartOffset};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let data = tempfile::tempdir()?;
+    /// # let node = brook_node::NodeConfig { listen: "127.0.0.1:0".parse()?, data_dir: data.path().into(), ..Default::default() };
+    /// # let broker = brook_node::Broker::start(node, brook_runtime::Runtime::new(0), std::sync::Arc::new(brook_storage::FsDisk::new())).await?;
+    /// # let bootstrap = broker.local_address().to_string();
+    /// # let bootstrap = bootstrap.as_str(); // "HOST:PORT" of any broker, e.g. "127.0.0.1:9092"
+    /// # Admin::connect(bootstrap).await?.create_topic("orders", 1, 1).await?;
+    /// # let producer = Producer::connect(bootstrap, Default::default()).await?;
+    /// # for index in 0..3 { producer.send(ProducerRecord::new("orders", format!("order #{index}"))).await?; }
+    /// # producer.close().await?;
+    /// let mut consumer = Consumer::connect(bootstrap, ConsumerConfig::default()).await?;
+    /// consumer.assign_all("orders", StartOffset::Earliest).await?;
+    /// let mut records = consumer.stream();
+    /// while let Some(record) = records.next().await {
+    ///     let record = record?;
+    ///     println!("{}-{}@{}: {:?}", record.topic, record.partition, record.offset, record.value);
+    ///     if record.offset == 2 {
+    ///         break;
+    ///     }
+    /// }
+    /// drop(records);
+    /// assert_eq!(consumer.position("orders", 0), Some(3));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn stream(&mut self) -> RecordStream<'_> {
+        RecordStream {
+            state: StreamState::Idle(self),
         }
     }
 
@@ -418,6 +545,94 @@ impl Consumer {
                     self.deferred_error.get_or_insert(error);
                     Ok(())
                 }
+            }
+        }
+    }
+}
+
+/// How long one poll behind a [`RecordStream`] waits before it starts the next (an empty poll
+/// only restarts the wait; the stream itself waits as long as it takes).
+const STREAM_POLL_WAIT: Duration = Duration::from_secs(1);
+
+type PollFuture<'a> =
+    Pin<Box<dyn Future<Output = (&'a mut Consumer, Result<Vec<ConsumerRecord>>)> + Send + 'a>>;
+
+/// The records of a [`Consumer`] as a [`Stream`]: see [`Consumer::stream`].
+#[must_use = "streams do nothing unless polled"]
+pub struct RecordStream<'a> {
+    state: StreamState<'a>,
+}
+
+enum StreamState<'a> {
+    /// Between polls: the consumer (and its buffered records) at hand.
+    Idle(&'a mut Consumer),
+    /// A poll in progress; it hands the consumer back when it completes.
+    Polling(PollFuture<'a>),
+    /// Only while `poll_next` moves between the two.
+    Moving,
+}
+
+impl std::fmt::Debug for RecordStream<'_> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            StreamState::Idle(_) => "idle",
+            StreamState::Polling(_) => "polling",
+            StreamState::Moving => "moving",
+        };
+        formatter
+            .debug_struct("RecordStream")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl RecordStream<'_> {
+    /// The next record: what `StreamExt::next` gives, for callers without `futures` or
+    /// `tokio-stream`. `None` once nothing is assigned.
+    pub async fn next_record(&mut self) -> Option<Result<ConsumerRecord>> {
+        std::future::poll_fn(|context| Pin::new(&mut *self).poll_next(context)).await
+    }
+}
+
+impl Stream for RecordStream<'_> {
+    type Item = Result<ConsumerRecord>;
+
+    fn poll_next(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        // Each turn either returns or moves Idle -> Polling or Polling -> Idle; a poll that
+        // completes at once with no record cannot repeat (the next one waits its full wait),
+        // so this loop ends.
+        loop {
+            match std::mem::replace(&mut this.state, StreamState::Moving) {
+                StreamState::Idle(consumer) => {
+                    if let Some(record) = consumer.buffered.pop_front() {
+                        this.state = StreamState::Idle(consumer);
+                        return Poll::Ready(Some(Ok(record)));
+                    }
+                    if consumer.assignment.is_empty() && consumer.deferred_error.is_none() {
+                        this.state = StreamState::Idle(consumer);
+                        return Poll::Ready(None);
+                    }
+                    this.state = StreamState::Polling(Box::pin(async move {
+                        let result = consumer.poll(STREAM_POLL_WAIT).await;
+                        (consumer, result)
+                    }));
+                }
+                StreamState::Polling(mut poll) => match poll.as_mut().poll(context) {
+                    Poll::Pending => {
+                        this.state = StreamState::Polling(poll);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready((consumer, Ok(records))) => {
+                        consumer.buffered.extend(records);
+                        this.state = StreamState::Idle(consumer);
+                    }
+                    Poll::Ready((consumer, Err(error))) => {
+                        this.state = StreamState::Idle(consumer);
+                        return Poll::Ready(Some(Err(error)));
+                    }
+                },
+                StreamState::Moving => return Poll::Ready(None),
             }
         }
     }

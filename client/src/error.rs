@@ -4,12 +4,19 @@ use brook_wire::batch::BatchError;
 use brook_wire::error::{BrokerError, ErrorCode};
 
 /// Why a client operation failed.
+///
+/// New variants may be added in any release: match the ones you handle and keep a `_` arm
+/// (or ask [`code`](Self::code) and [`is_retriable`](Self::is_retriable)).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// No TCP connection could be made to the broker.
     #[error("cannot connect to broker at {address}: {reason}")]
     Connect {
+        /// The broker address tried (`HOST:PORT`).
         address: String,
+        /// Why the connection failed.
+        ///
         /// Not named `source`: the message already quotes it, and a source would make error
         /// chains print it twice.
         reason: std::io::Error,
@@ -36,10 +43,13 @@ pub enum ClientError {
     /// skips it silently: the partition's position stays before it.
     #[error("corrupt batch in {topic}-{partition} at offset {offset}: {source}")]
     CorruptBatch {
+        /// The partition's topic.
         topic: String,
+        /// The partition.
         partition: u32,
         /// The consumer's position when the batch was fetched.
         offset: u64,
+        /// What the validation found.
         source: BatchError,
     },
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use brook_actors::runtime::ChaCha8Rng;
+use brook_runtime::ChaCha8Rng;
 use rand::Rng;
 
 /// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`): the 32-bit MurmurHash2

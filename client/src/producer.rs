@@ -44,7 +44,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use brook_actors::runtime::{ChaCha8Rng, Instant, Runtime};
+use brook_runtime::{ChaCha8Rng, Instant, Runtime};
 use brook_wire::batch::{BatchBuilder, RecordBatch, RecordHeader, BATCH_HEADER_LEN};
 use brook_wire::error::ErrorCode;
 use brook_wire::protocol::{Acks, Request, Response};
@@ -67,7 +67,23 @@ const COMMAND_QUEUE_CAPACITY: usize = 64;
 const BATCH_BYTES_MIN: usize = BATCH_HEADER_LEN + 64;
 
 /// How a [`Producer`] batches, retries and bounds its memory.
+///
+/// Start from the default and change what you need with the builder-style setters (the
+/// fields are public to read; new ones may be added in any release, so the struct cannot be
+/// built with a literal outside this crate):
+///
+/// ```
+/// use std::time::Duration;
+/// use brook_client::{Acks, ProducerConfig};
+///
+/// let config = ProducerConfig::default()
+///     .acks(Acks::Leader)
+///     .linger(Duration::from_millis(20))
+///     .retries_max(3);
+/// assert_eq!(config.retries_max, 3);
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ProducerConfig {
     /// How many replicas must have a batch before the broker acknowledges it.
     /// Default [`Acks::All`].
@@ -94,6 +110,11 @@ pub struct ProducerConfig {
     /// Most record bytes sent but not yet acknowledged (or failed); `send` waits while the
     /// buffer is full. Default 32 MiB.
     pub buffer_bytes_max: usize,
+    /// Seed of the producer's randomness (the sticky partitioner's choices, retry jitter).
+    /// `None` (the default): a fresh seed at connect, from the operating system's entropy (in
+    /// a madsim simulation, from the simulation's seeded RNG). A simulation or a test that
+    /// wants the same choices on every run sets one.
+    pub seed: Option<u64>,
 }
 
 impl Default for ProducerConfig {
@@ -108,7 +129,80 @@ impl Default for ProducerConfig {
             retry_backoff_max: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
             buffer_bytes_max: 32 * 1024 * 1024,
+            seed: None,
         }
+    }
+}
+
+impl ProducerConfig {
+    /// Sets the `acks` field.
+    #[must_use]
+    pub fn acks(mut self, acks: Acks) -> Self {
+        self.acks = acks;
+        self
+    }
+
+    /// Sets the `linger` field.
+    #[must_use]
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// Sets the `batch_bytes_max` field.
+    #[must_use]
+    pub fn batch_bytes_max(mut self, batch_bytes_max: usize) -> Self {
+        self.batch_bytes_max = batch_bytes_max;
+        self
+    }
+
+    /// Sets the `requests_in_flight_max` field.
+    #[must_use]
+    pub fn requests_in_flight_max(mut self, requests_in_flight_max: usize) -> Self {
+        self.requests_in_flight_max = requests_in_flight_max;
+        self
+    }
+
+    /// Sets the `retries_max` field (0: never retry).
+    #[must_use]
+    pub fn retries_max(mut self, retries_max: u32) -> Self {
+        self.retries_max = retries_max;
+        self
+    }
+
+    /// Sets the `retry_backoff` field.
+    #[must_use]
+    pub fn retry_backoff(mut self, retry_backoff: Duration) -> Self {
+        self.retry_backoff = retry_backoff;
+        self
+    }
+
+    /// Sets the `retry_backoff_max` field.
+    #[must_use]
+    pub fn retry_backoff_max(mut self, retry_backoff_max: Duration) -> Self {
+        self.retry_backoff_max = retry_backoff_max;
+        self
+    }
+
+    /// Sets the `request_timeout` field.
+    #[must_use]
+    pub fn request_timeout(mut self, request_timeout: Duration) -> Self {
+        self.request_timeout = request_timeout;
+        self
+    }
+
+    /// Sets the `buffer_bytes_max` field.
+    #[must_use]
+    pub fn buffer_bytes_max(mut self, buffer_bytes_max: usize) -> Self {
+        self.buffer_bytes_max = buffer_bytes_max;
+        self
+    }
+
+    /// Sets the `seed` field: the producer's random choices become the same on every run.
+    #[must_use]
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
     }
 }
 
@@ -133,16 +227,21 @@ impl ProducerConfig {
     }
 }
 
-/// A record to produce.
+/// A record to produce: build it with [`ProducerRecord::new`] and the `with_` methods.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ProducerRecord {
+    /// The topic it goes to.
     pub topic: String,
     /// `None`: by key hash (Kafka's murmur2 rule), or sticky for records without a key.
     pub partition: Option<u32>,
+    /// The record's key (records with the same key go to the same partition).
     pub key: Option<Bytes>,
+    /// The record's value (`None`: a null value, a tombstone for compacted topics).
     pub value: Option<Bytes>,
-    /// Milliseconds since the Unix epoch; `None`: the runtime's wall clock at `send`.
+    /// Milliseconds since the Unix epoch; `None`: the wall clock at `send`.
     pub timestamp: Option<i64>,
+    /// Headers: (key, value) pairs, in order; keys may repeat.
     pub headers: Vec<(String, Option<Bytes>)>,
 }
 
@@ -156,11 +255,13 @@ impl ProducerRecord {
         }
     }
 
+    /// Sets the key: the partition is then the key's hash (unless set explicitly).
     pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
         self.key = Some(key.into());
         self
     }
 
+    /// Sends the record to this partition instead of choosing one.
     pub fn with_partition(mut self, partition: u32) -> Self {
         self.partition = Some(partition);
         self
@@ -172,6 +273,7 @@ impl ProducerRecord {
         self
     }
 
+    /// Appends a header.
     pub fn with_header(mut self, key: impl Into<String>, value: Option<Bytes>) -> Self {
         self.headers.push((key.into(), value));
         self
@@ -190,8 +292,11 @@ impl ProducerRecord {
 
 /// Where an acknowledged record was stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RecordMetadata {
+    /// The record's topic.
     pub topic: String,
+    /// The partition it was stored in.
     pub partition: u32,
     /// The record's offset; [`OFFSET_UNKNOWN`] with [`Acks::None`].
     pub offset: u64,
@@ -372,28 +477,42 @@ impl Drop for RecordRange {
 /// Sends records to a brook cluster: batches them per partition, pipelines produce requests,
 /// retries retriable failures (see the [module docs](self) for the ordering guarantee).
 ///
-/// Cheap to clone: clones share the background task, the buffer and the connections.
-/// [`Producer::close`] (or dropping every clone) sends what is buffered and stops the task.
+/// Cheap to clone: clones share the background task, the buffer and the connections. The
+/// producer runs on the tokio runtime it was connected from (its background task is spawned
+/// there).
+///
+/// # What happens to records not yet sent
+///
+/// - [`send`](Producer::send) only puts the record in its partition's batch; the batch goes
+///   out when it is full or its [`linger`](ProducerConfig::linger) expires. The returned
+///   [`DeliveryFuture`] says what became of the record; dropping it changes nothing (the
+///   record is still sent, its outcome is just not reported).
+/// - [`flush`](Producer::flush) sends every batch now and waits until each record sent
+///   before it is acknowledged or has failed.
+/// - [`close`](Producer::close) flushes, then stops the background task; later sends fail
+///   with [`ClientError::Closed`].
+/// - Dropping the last clone without `close` does not lose what is buffered by itself: the
+///   background task sends it (with retries) and then stops. But that task lives on the
+///   tokio runtime: if the runtime shuts down first (your `main` returns), records not yet
+///   acknowledged are lost and their delivery futures fail with [`ClientError::Closed`]. So
+///   call `close` (or `flush`) before the program ends.
 ///
 /// ```
 /// use std::time::Duration;
-/// use brook_actors::runtime::Runtime;
 /// use brook_client::{Acks, Admin, Producer, ProducerConfig, ProducerRecord};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let data = tempfile::tempdir()?;
 /// # let node = brook_node::NodeConfig { listen: "127.0.0.1:0".parse()?, data_dir: data.path().into(), ..Default::default() };
-/// # let broker = brook_node::Broker::start(node, Runtime::new(0), std::sync::Arc::new(brook_storage::FsDisk::new())).await?;
+/// # let broker = brook_node::Broker::start(node, brook_runtime::Runtime::new(0), std::sync::Arc::new(brook_storage::FsDisk::new())).await?;
 /// # let bootstrap = broker.local_address().to_string();
 /// # let bootstrap = bootstrap.as_str(); // "HOST:PORT" of any broker, e.g. "127.0.0.1:9092"
-/// # Admin::connect(Runtime::new(1), bootstrap).await?.create_topic("orders", 3, 1).await?;
-/// let config = ProducerConfig {
-///     acks: Acks::All,
-///     linger: Duration::from_millis(10),
-///     ..ProducerConfig::default()
-/// };
-/// let producer = Producer::connect(Runtime::new(1), bootstrap, config).await?;
+/// # Admin::connect(bootstrap).await?.create_topic("orders", 3, 1).await?;
+/// let config = ProducerConfig::default()
+///     .acks(Acks::All)
+///     .linger(Duration::from_millis(10));
+/// let producer = Producer::connect(bootstrap, config).await?;
 /// // `send` waits only for buffer room; the returned future waits for the acknowledgement.
 /// let delivery = producer
 ///     .send(ProducerRecord::new("orders", "order #1").with_key("customer-7"))
@@ -564,14 +683,19 @@ struct SendArgs<'a> {
 }
 
 impl Producer {
-    /// Connect to the cluster (one of the comma-separated `bootstrap` brokers) and start the
-    /// producer's background task.
-    pub async fn connect(
-        runtime: Runtime,
-        bootstrap: &str,
-        config: ProducerConfig,
-    ) -> Result<Producer> {
+    /// Connect to the cluster (one of the comma-separated `bootstrap` brokers,
+    /// `HOST:PORT[,HOST:PORT...]`) and start the producer's background task on the current
+    /// tokio runtime (under madsim: the current simulated node).
+    ///
+    /// Fails with [`ClientError::InvalidArgument`] for an invalid config or bootstrap list,
+    /// [`ClientError::Connect`] if no bootstrap broker answers.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub async fn connect(bootstrap: &str, config: ProducerConfig) -> Result<Producer> {
         config.validate()?;
+        let runtime = Runtime::new(config.seed.unwrap_or_else(brook_runtime::entropy_seed));
         let cluster = Cluster::connect(
             runtime.clone(),
             bootstrap,
@@ -628,7 +752,9 @@ impl Producer {
 
     /// Enqueue a record; waits only for buffer room (and, the first time a topic is used, for
     /// its metadata). The returned future resolves when the broker acknowledged the record
-    /// (acks=0: when it was written).
+    /// (acks=0: when it was written), or with the error that made the producer give up on
+    /// it. Once `send` has returned, the record is sent whether or not the future is awaited
+    /// or kept (see [what happens to records not yet sent](Producer#what-happens-to-records-not-yet-sent)).
     ///
     /// Fails at once for an unknown topic ([`ErrorCode::UnknownTopic`]), a partition the topic
     /// does not have, or a record too large for a batch ([`ClientError::InvalidArgument`]).
@@ -820,7 +946,8 @@ impl Producer {
     }
 
     /// Flush, then stop the background task and close the connections. Sends from this or
-    /// any other clone of this producer fail with [`ClientError::Closed`] from now on.
+    /// any other clone of this producer fail with [`ClientError::Closed`] from now on. When it
+    /// returns, every record sent before it has its outcome (acknowledged or failed).
     pub async fn close(self) -> Result<()> {
         {
             let mut state = self.shared.accumulator.lock();

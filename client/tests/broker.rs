@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _};
-use brook_actors::runtime::Runtime;
 use brook_client::partitioner::partition_for_key;
 use brook_client::{
     Acks, Admin, ClientError, Consumer, ConsumerConfig, ConsumerRecord, DeliveryFuture, ErrorCode,
     Producer, ProducerConfig, ProducerRecord, RecordMetadata, StartOffset, OFFSET_UNKNOWN,
 };
 use brook_node::{Broker, NodeConfig};
+use brook_runtime::Runtime;
 use brook_storage::FsDisk;
 use tempfile::TempDir;
 
@@ -80,20 +80,15 @@ impl TestBroker {
     }
 
     async fn admin(&self) -> anyhow::Result<Admin> {
-        Ok(Admin::connect(self.runtime.clone(), &self.address).await?)
+        Ok(Admin::connect(&self.address).await?)
     }
 
     async fn producer(&self, config: ProducerConfig) -> anyhow::Result<Producer> {
-        Ok(Producer::connect(self.runtime.clone(), &self.address, config).await?)
+        Ok(Producer::connect(&self.address, config).await?)
     }
 
     async fn consumer(&self) -> anyhow::Result<Consumer> {
-        Ok(Consumer::connect(
-            self.runtime.clone(),
-            &self.address,
-            ConsumerConfig::default(),
-        )
-        .await?)
+        Ok(Consumer::connect(&self.address, ConsumerConfig::default()).await?)
     }
 }
 
@@ -254,10 +249,7 @@ async fn acks_leader_and_acks_none() -> anyhow::Result<()> {
     broker.admin().await?.create_topic("events", 2, 1).await?;
 
     let leader = broker
-        .producer(ProducerConfig {
-            acks: Acks::Leader,
-            ..ProducerConfig::default()
-        })
+        .producer(ProducerConfig::default().acks(Acks::Leader))
         .await?;
     let acknowledged = produce_all(
         &leader,
@@ -273,10 +265,7 @@ async fn acks_leader_and_acks_none() -> anyhow::Result<()> {
     leader.close().await?;
 
     let none = broker
-        .producer(ProducerConfig {
-            acks: Acks::None,
-            ..ProducerConfig::default()
-        })
+        .producer(ProducerConfig::default().acks(Acks::None))
         .await?;
     let written = produce_all(
         &none,
@@ -413,10 +402,7 @@ async fn records_too_large_are_refused_clearly() -> anyhow::Result<()> {
 
     // Over the producer's own batch limit: refused by send.
     let small_batches = broker
-        .producer(ProducerConfig {
-            batch_bytes_max: 16 * 1024,
-            ..ProducerConfig::default()
-        })
+        .producer(ProducerConfig::default().batch_bytes_max(16 * 1024))
         .await?;
     let result = small_batches
         .send(ProducerRecord::new("big", vec![0u8; 20 * 1024]))
@@ -440,10 +426,7 @@ async fn records_too_large_are_refused_clearly() -> anyhow::Result<()> {
 
     // Small records that batch beyond the broker's limit: the producer splits the batch.
     let lingering = broker
-        .producer(ProducerConfig {
-            linger: Duration::from_millis(200),
-            ..ProducerConfig::default()
-        })
+        .producer(ProducerConfig::default().linger(Duration::from_millis(200)))
         .await?;
     let acknowledged = produce_all(
         &lingering,
@@ -583,9 +566,7 @@ async fn unreachable_broker_is_a_connect_error() -> anyhow::Result<()> {
         listener.local_addr()?.port()
     };
     let address = format!("127.0.0.1:{port}");
-    let error = Admin::connect(Runtime::new(1), &address)
-        .await
-        .expect_err("nobody listens");
+    let error = Admin::connect(&address).await.expect_err("nobody listens");
     assert!(matches!(error, ClientError::Connect { .. }), "{error}");
     assert!(
         error
@@ -594,9 +575,7 @@ async fn unreachable_broker_is_a_connect_error() -> anyhow::Result<()> {
         "{error}"
     );
     assert!(error.is_retriable());
-    let error = Admin::connect(Runtime::new(1), "no-port")
-        .await
-        .expect_err("bad address");
+    let error = Admin::connect("no-port").await.expect_err("bad address");
     assert!(matches!(error, ClientError::InvalidArgument(_)), "{error}");
     Ok(())
 }
@@ -606,10 +585,7 @@ async fn flush_sends_lingering_batches_and_close_stops() -> anyhow::Result<()> {
     let broker = TestBroker::start().await?;
     broker.admin().await?.create_topic("slow", 1, 1).await?;
     let producer = broker
-        .producer(ProducerConfig {
-            linger: Duration::from_secs(3_600),
-            ..ProducerConfig::default()
-        })
+        .producer(ProducerConfig::default().linger(Duration::from_secs(3_600)))
         .await?;
     let mut deliveries = Vec::new();
     for index in 0..10 {
@@ -637,6 +613,137 @@ async fn flush_sends_lingering_batches_and_close_stops() -> anyhow::Result<()> {
     producer.close().await?;
     let result = clone.send(ProducerRecord::new("slow", "late")).await;
     assert!(matches!(result, Err(ClientError::Closed)), "{result:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn dropping_the_producer_still_sends_what_it_buffered() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    broker.admin().await?.create_topic("dropped", 1, 1).await?;
+    let producer = broker
+        .producer(ProducerConfig::default().linger(Duration::from_millis(200)))
+        .await?;
+    let mut deliveries = Vec::new();
+    for index in 0..10 {
+        deliveries.push(
+            producer
+                .send(ProducerRecord::new("dropped", format!("{index}")))
+                .await?,
+        );
+    }
+    // No flush, no close: the last handle goes while the batch still lingers.
+    drop(producer);
+    for (index, delivery) in deliveries.into_iter().enumerate() {
+        let metadata = broker
+            .runtime
+            .timeout(PATIENCE, delivery)
+            .await
+            .context("a record buffered before the drop was never acknowledged")??;
+        assert_eq!(metadata.offset, index as u64);
+    }
+    let mut consumer = broker.consumer().await?;
+    consumer
+        .assign_all("dropped", StartOffset::Earliest)
+        .await?;
+    let records = consume(&broker.runtime, &mut consumer, 10).await?;
+    let values: Vec<String> = records.iter().map(|record| text(&record.value)).collect();
+    let expected: Vec<String> = (0..10).map(|index| index.to_string()).collect();
+    assert_eq!(values, expected);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_stream_yields_every_record_in_order_and_dropping_it_loses_none() -> anyhow::Result<()>
+{
+    use futures_util::StreamExt;
+
+    const PER_PARTITION: u64 = 30;
+    let broker = TestBroker::start().await?;
+    broker.admin().await?.create_topic("streamed", 2, 1).await?;
+    let producer = broker.producer(ProducerConfig::default()).await?;
+    produce_all(
+        &producer,
+        (0..2 * PER_PARTITION).map(|index| {
+            ProducerRecord::new("streamed", format!("value-{index}"))
+                .with_partition((index % 2) as u32)
+        }),
+    )
+    .await?;
+    producer.close().await?;
+
+    let mut consumer = broker.consumer().await?;
+    consumer
+        .assign_all("streamed", StartOffset::Earliest)
+        .await?;
+    let mut seen: BTreeMap<u32, Vec<(u64, String)>> = BTreeMap::new();
+    {
+        // A few records through the Stream trait, then the stream is dropped while the rest
+        // of what it fetched is still unread.
+        let mut stream = consumer.stream();
+        for _ in 0..10 {
+            let record = broker
+                .runtime
+                .timeout(PATIENCE, stream.next())
+                .await
+                .context("the stream stalled")?
+                .context("the stream ended")??;
+            seen.entry(record.partition)
+                .or_default()
+                .push((record.offset, text(&record.value)));
+        }
+    }
+    for partition in 0..2 {
+        let handed_out = seen.get(&partition).map_or(0, Vec::len) as u64;
+        assert_eq!(
+            consumer.position("streamed", partition),
+            Some(handed_out),
+            "a dropped stream's unread records are not counted as returned"
+        );
+    }
+    // The rest: first what the dropped stream had fetched (poll returns it first), then a
+    // second stream, without the futures crate.
+    let polled = consumer.poll(Duration::from_secs(5)).await?;
+    for record in polled {
+        seen.entry(record.partition)
+            .or_default()
+            .push((record.offset, text(&record.value)));
+    }
+    let mut stream = consumer.stream();
+    while seen.values().map(Vec::len).sum::<usize>() < (2 * PER_PARTITION) as usize {
+        let record = broker
+            .runtime
+            .timeout(PATIENCE, stream.next_record())
+            .await
+            .context("the stream stalled")?
+            .context("the stream ended")??;
+        seen.entry(record.partition)
+            .or_default()
+            .push((record.offset, text(&record.value)));
+    }
+    drop(stream);
+    for partition in 0..2u32 {
+        let expected: Vec<(u64, String)> = (0..PER_PARTITION)
+            .map(|offset| {
+                let index = offset * 2 + u64::from(partition);
+                (offset, format!("value-{index}"))
+            })
+            .collect();
+        assert_eq!(seen[&partition], expected, "partition {partition}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_stream_ends_when_nothing_is_assigned() -> anyhow::Result<()> {
+    let broker = TestBroker::start().await?;
+    let mut consumer = broker.consumer().await?;
+    let mut stream = consumer.stream();
+    let next = broker
+        .runtime
+        .timeout(PATIENCE, stream.next_record())
+        .await
+        .context("the stream of an unassigned consumer waited")?;
+    assert!(next.is_none(), "{next:?}");
     Ok(())
 }
 

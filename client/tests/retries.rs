@@ -4,10 +4,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use brook_actors::runtime::Runtime;
 use brook_client::{
     ClientError, DeliveryFuture, ErrorCode, Producer, ProducerConfig, ProducerRecord,
 };
+use brook_runtime::Runtime;
 use brook_wire::batch::split_batches;
 use brook_wire::frame::{FrameDecoder, FrameEncoder};
 use brook_wire::protocol::{
@@ -146,13 +146,11 @@ async fn serve(mut stream: TcpStream, script: Shared, address: String) {
 }
 
 fn config() -> ProducerConfig {
-    ProducerConfig {
-        retry_backoff: Duration::from_millis(1),
-        retry_backoff_max: Duration::from_millis(5),
-        linger: Duration::from_millis(1),
-        request_timeout: Duration::from_secs(10),
-        ..ProducerConfig::default()
-    }
+    ProducerConfig::default()
+        .retry_backoff(Duration::from_millis(1))
+        .retry_backoff_max(Duration::from_millis(5))
+        .linger(Duration::from_millis(1))
+        .request_timeout(Duration::from_secs(10))
 }
 
 async fn send_values(
@@ -176,7 +174,7 @@ async fn retriable_errors_and_lost_connections_are_retried_in_order() -> anyhow:
         Fault::Refuse(ErrorCode::Timeout),
     ];
     let (address, script) = start(&runtime, faults).await?;
-    let producer = Producer::connect(runtime.clone(), &address, config()).await?;
+    let producer = Producer::connect(&address, config()).await?;
     let mut deliveries = Vec::new();
     // Several rounds so that failures hit different batches.
     for round in 0..5 {
@@ -203,15 +201,7 @@ async fn retries_stop_after_retries_max() -> anyhow::Result<()> {
     let runtime = Runtime::new(4);
     let faults = vec![Fault::Refuse(ErrorCode::NotEnoughReplicas); 100];
     let (address, script) = start(&runtime, faults).await?;
-    let producer = Producer::connect(
-        runtime.clone(),
-        &address,
-        ProducerConfig {
-            retries_max: 3,
-            ..config()
-        },
-    )
-    .await?;
+    let producer = Producer::connect(&address, config().retries_max(3)).await?;
     let delivery = producer.send(ProducerRecord::new("t", "doomed")).await?;
     let error = delivery.await.expect_err("retries exhausted");
     assert_eq!(error.code(), Some(ErrorCode::NotEnoughReplicas), "{error}");
@@ -226,7 +216,7 @@ async fn retries_stop_after_retries_max() -> anyhow::Result<()> {
 async fn non_retriable_errors_fail_at_once() -> anyhow::Result<()> {
     let runtime = Runtime::new(5);
     let (address, script) = start(&runtime, vec![Fault::Refuse(ErrorCode::CorruptBatch)]).await?;
-    let producer = Producer::connect(runtime.clone(), &address, config()).await?;
+    let producer = Producer::connect(&address, config()).await?;
     let first = producer.send(ProducerRecord::new("t", "refused")).await?;
     let error = first.await.expect_err("not retriable");
     assert!(

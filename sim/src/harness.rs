@@ -565,7 +565,7 @@ async fn simulate(options: Options) -> RunReport {
     let created = setup
         .spawn(async move {
             for _ in 0..100 {
-                if let Ok(admin) = Admin::connect(setup_runtime.clone(), &setup_bootstrap).await {
+                if let Ok(admin) = Admin::connect(&setup_bootstrap).await {
                     if admin.create_topic(TOPIC, partitions, 1).await.is_ok() {
                         return true;
                     }
@@ -1039,24 +1039,22 @@ impl ProducerClient {
         if let Some(producer) = self.producers().get(&acks) {
             return Some(producer.clone());
         }
-        let config = ProducerConfig {
-            acks: match acks {
+        let config = ProducerConfig::default()
+            .acks(match acks {
                 SendAcks::All => Acks::All,
                 SendAcks::Leader => Acks::Leader,
                 SendAcks::None => Acks::None,
-            },
+            })
             // No retries: a retry could duplicate a record, and one send in flight per worker
             // with no retries is what makes per-worker ordering (nonmonotonic-send) checkable.
-            retries_max: 0,
-            linger: Duration::from_millis(context.draw.linger_ms),
-            batch_bytes_max: 16 * 1024,
-            requests_in_flight_max: context.draw.requests_in_flight_max,
-            request_timeout: Duration::from_millis(context.draw.request_timeout_ms),
-            ..ProducerConfig::default()
-        };
-        let producer = Producer::connect(context.runtime.clone(), &context.bootstrap, config)
-            .await
-            .ok()?;
+            .retries_max(0)
+            .linger(Duration::from_millis(context.draw.linger_ms))
+            .batch_bytes_max(16 * 1024)
+            .requests_in_flight_max(context.draw.requests_in_flight_max)
+            .request_timeout(Duration::from_millis(context.draw.request_timeout_ms))
+            // The producer's own random streams derive from the run's seed: a seed replays.
+            .seed(context.runtime.seed());
+        let producer = Producer::connect(&context.bootstrap, config).await.ok()?;
         // Another worker may have connected meanwhile: keep the first, so they share one.
         Some(self.producers().entry(acks).or_insert(producer).clone())
     }
@@ -1203,25 +1201,22 @@ impl RecordedConsumer {
     /// Connect, assign every partition and resume at the positions; after a failure, wait a
     /// little and return `false`.
     async fn connect(&mut self) -> bool {
-        let connected =
-            match Consumer::connect(self.runtime.clone(), &self.bootstrap, self.config.clone())
-                .await
-            {
-                Ok(mut consumer) => {
-                    let mut ready = consumer
-                        .assign(TOPIC, &self.partitions, StartOffset::Earliest)
+        let connected = match Consumer::connect(&self.bootstrap, self.config.clone()).await {
+            Ok(mut consumer) => {
+                let mut ready = consumer
+                    .assign(TOPIC, &self.partitions, StartOffset::Earliest)
+                    .await
+                    .is_ok();
+                for (&partition, &offset) in &self.positions {
+                    ready &= consumer
+                        .seek(TOPIC, partition, StartOffset::Offset(offset))
                         .await
                         .is_ok();
-                    for (&partition, &offset) in &self.positions {
-                        ready &= consumer
-                            .seek(TOPIC, partition, StartOffset::Offset(offset))
-                            .await
-                            .is_ok();
-                    }
-                    ready.then_some(consumer)
                 }
-                Err(_) => None,
-            };
+                ready.then_some(consumer)
+            }
+            Err(_) => None,
+        };
         match connected {
             Some(consumer) => {
                 if !self.assigned {
@@ -1373,12 +1368,10 @@ async fn consume(
     process: u64,
     consuming: Arc<AtomicBool>,
 ) {
-    let config = ConsumerConfig {
-        fetch_bytes_max: draw.fetch_bytes_max,
-        fetch_wait_ms_max: draw.fetch_wait_ms,
-        request_timeout: Duration::from_millis(draw.request_timeout_ms),
-        ..ConsumerConfig::default()
-    };
+    let config = ConsumerConfig::default()
+        .fetch_bytes_max(draw.fetch_bytes_max)
+        .fetch_wait_ms_max(draw.fetch_wait_ms)
+        .request_timeout(Duration::from_millis(draw.request_timeout_ms));
     let timeout = Duration::from_millis(u64::from(draw.fetch_wait_ms) + 100);
     let mut consumer =
         RecordedConsumer::new(runtime, shared, bootstrap, config, process, draw.partitions);
@@ -1467,7 +1460,7 @@ async fn drain(
                 // Done once every acknowledged value was seen, the log is quiet and the drain
                 // reached every partition's end offset, which it records for offset-gap.
                 if missing.is_empty() && idle >= 2 {
-                    match end_offsets(&runtime, &bootstrap, draw.partitions).await {
+                    match end_offsets(&bootstrap, draw.partitions).await {
                         Ok(ends) => {
                             let reached = ends.iter().all(|(partition, end)| {
                                 consumer.positions.get(partition).copied().unwrap_or(0) >= *end
@@ -1507,13 +1500,9 @@ async fn drain(
 }
 
 /// Every partition's end offset (high watermark), read by a separate consumer.
-async fn end_offsets(
-    runtime: &Runtime,
-    bootstrap: &str,
-    partitions: u32,
-) -> Result<BTreeMap<u32, u64>, String> {
+async fn end_offsets(bootstrap: &str, partitions: u32) -> Result<BTreeMap<u32, u64>, String> {
     let all: Vec<u32> = (0..partitions).collect();
-    let mut consumer = Consumer::connect(runtime.clone(), bootstrap, ConsumerConfig::default())
+    let mut consumer = Consumer::connect(bootstrap, ConsumerConfig::default())
         .await
         .map_err(|error| format!("end offsets: {error}"))?;
     consumer

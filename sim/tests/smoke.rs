@@ -27,7 +27,7 @@ const RECORDS: u64 = 300;
 /// Connect with retries: the broker may still be starting.
 async fn admin(runtime: &Runtime) -> Admin {
     for _ in 0..100 {
-        if let Ok(admin) = Admin::connect(runtime.clone(), &node_address(0).to_string()).await {
+        if let Ok(admin) = Admin::connect(&node_address(0).to_string()).await {
             return admin;
         }
         runtime.sleep(Duration::from_millis(100)).await;
@@ -74,14 +74,13 @@ async fn acknowledged_records_survive_kill_and_disk_crash() {
             .create_topic(TOPIC, PARTITIONS, 1)
             .await
             .expect("create topic");
-        let config = ProducerConfig {
-            acks: Acks::All,
-            retries_max: 0,
-            linger: Duration::from_millis(2),
-            request_timeout: Duration::from_secs(2),
-            ..ProducerConfig::default()
-        };
-        let producer = Producer::connect(runtime.clone(), &node_address(0).to_string(), config)
+        let config = ProducerConfig::default()
+            .acks(Acks::All)
+            .retries_max(0)
+            .linger(Duration::from_millis(2))
+            .request_timeout(Duration::from_secs(2))
+            .seed(runtime.seed());
+        let producer = Producer::connect(&node_address(0).to_string(), config)
             .await
             .expect("producer connects");
         let mut deliveries = Vec::new();
@@ -123,13 +122,10 @@ async fn acknowledged_records_survive_kill_and_disk_crash() {
         .spawn(async move {
             let runtime = Runtime::new(seed ^ 2);
             let _ = admin(&runtime).await;
-            let mut consumer = Consumer::connect(
-                runtime.clone(),
-                &node_address(0).to_string(),
-                ConsumerConfig::default(),
-            )
-            .await
-            .expect("consumer connects");
+            let mut consumer =
+                Consumer::connect(&node_address(0).to_string(), ConsumerConfig::default())
+                    .await
+                    .expect("consumer connects");
             consumer
                 .assign_all(TOPIC, StartOffset::Earliest)
                 .await

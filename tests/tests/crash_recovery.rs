@@ -74,8 +74,8 @@ struct Acked {
 type Read = (u32, u64, Option<String>, String);
 
 /// Read `topic` from the start until every partition reaches the high watermark it has now.
-async fn read_everything(runtime: &Runtime, bootstrap: &str, topic: &str) -> Vec<Read> {
-    let admin = Admin::connect(runtime.clone(), bootstrap)
+async fn read_everything(bootstrap: &str, topic: &str) -> Vec<Read> {
+    let admin = Admin::connect(bootstrap)
         .await
         .expect("admin connects to the restarted broker");
     let description = admin.describe_topic(topic).await.expect("describe topic");
@@ -85,7 +85,7 @@ async fn read_everything(runtime: &Runtime, bootstrap: &str, topic: &str) -> Vec
         .map(|partition| (partition.partition, partition.high_watermark))
         .collect();
     assert_eq!(ends.len(), PARTITIONS as usize, "{description:?}");
-    let mut consumer = Consumer::connect(runtime.clone(), bootstrap, ConsumerConfig::default())
+    let mut consumer = Consumer::connect(bootstrap, ConsumerConfig::default())
         .await
         .expect("consumer connects");
     consumer
@@ -215,12 +215,8 @@ async fn produce_until_killed(
     topic: &str,
     first_index: u64,
 ) -> (Vec<Acked>, u64, u64) {
-    let config = ProducerConfig {
-        acks: Acks::All,
-        retries_max: 0,
-        ..ProducerConfig::default()
-    };
-    let producer = Producer::connect(runtime.clone(), &broker.bootstrap(), config)
+    let config = ProducerConfig::default().acks(Acks::All).retries_max(0);
+    let producer = Producer::connect(&broker.bootstrap(), config)
         .await
         .expect("producer connects");
 
@@ -318,7 +314,7 @@ fn acknowledged_records_survive_sigkill_of_the_broker() {
         let mut broker = Broker::dev(work.path(), &data_dir);
         let (round_acked, failed, next_index) = tokio.block_on(async {
             if round == 0 {
-                Admin::connect(runtime.clone(), &broker.bootstrap())
+                Admin::connect(&broker.bootstrap())
                     .await
                     .expect("admin connects")
                     .create_topic(TOPIC, PARTITIONS, 1)
@@ -339,7 +335,7 @@ fn acknowledged_records_survive_sigkill_of_the_broker() {
 
     // Restart on the same data, on a new port, and read everything back.
     let broker = Broker::dev(work.path(), &data_dir);
-    let read = tokio.block_on(read_everything(&runtime, &broker.bootstrap(), TOPIC));
+    let read = tokio.block_on(read_everything(&broker.bootstrap(), TOPIC));
     eprintln!(
         "sent {sent}, acknowledged {}, read back {} after the last restart",
         acked.len(),
@@ -353,11 +349,8 @@ fn acknowledged_records_survive_sigkill_of_the_broker() {
         expected_next.insert(*partition, offset + 1);
     }
     let more = tokio.block_on(async {
-        let config = ProducerConfig {
-            acks: Acks::All,
-            ..ProducerConfig::default()
-        };
-        let producer = Producer::connect(runtime.clone(), &broker.bootstrap(), config)
+        let config = ProducerConfig::default().acks(Acks::All);
+        let producer = Producer::connect(&broker.bootstrap(), config)
             .await
             .expect("producer connects after the restart");
         let mut deliveries = Vec::new();
@@ -499,10 +492,7 @@ fn acknowledged_records_survive_sigkill_during_cli_produce() {
 
     let broker = Broker::dev(work.path(), &data_dir);
     let tokio = tokio_runtime();
-    let read = tokio.block_on(async {
-        let runtime = Runtime::new(0xc11);
-        read_everything(&runtime, &broker.bootstrap(), TOPIC).await
-    });
+    let read = tokio.block_on(read_everything(&broker.bootstrap(), TOPIC));
     eprintln!(
         "fed {written} lines, {} acknowledged, {} read back after the restart",
         acked.len(),

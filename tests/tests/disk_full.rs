@@ -105,11 +105,7 @@ fn tokio_runtime() -> tokio::runtime::Runtime {
 }
 
 fn producer_config() -> ProducerConfig {
-    ProducerConfig {
-        acks: Acks::All,
-        retries_max: 0,
-        ..ProducerConfig::default()
-    }
+    ProducerConfig::default().acks(Acks::All).retries_max(0)
 }
 
 /// Send records `first..` in windows, each window awaited, until one is refused. Returns the
@@ -123,7 +119,7 @@ async fn produce(
     window: u64,
     deadline: Instant,
 ) -> (BTreeMap<u64, u64>, Option<String>) {
-    let producer = Producer::connect(runtime.clone(), bootstrap, producer_config())
+    let producer = Producer::connect(bootstrap, producer_config())
         .await
         .expect("producer connects");
     let mut acked = BTreeMap::new();
@@ -174,13 +170,11 @@ async fn produce(
 }
 
 /// Every record of the (one-partition) topic up to its high watermark: offset -> value.
-async fn read_everything(runtime: &Runtime, bootstrap: &str) -> BTreeMap<u64, String> {
-    let admin = Admin::connect(runtime.clone(), bootstrap)
-        .await
-        .expect("admin connects");
+async fn read_everything(bootstrap: &str) -> BTreeMap<u64, String> {
+    let admin = Admin::connect(bootstrap).await.expect("admin connects");
     let description = admin.describe_topic(TOPIC).await.expect("describe topic");
     let end = description.partitions[0].high_watermark;
-    let mut consumer = Consumer::connect(runtime.clone(), bootstrap, ConsumerConfig::default())
+    let mut consumer = Consumer::connect(bootstrap, ConsumerConfig::default())
         .await
         .expect("consumer connects");
     consumer
@@ -256,7 +250,7 @@ fn a_node_with_a_full_disk_restarts_serves_everything_and_writes_once_space_is_f
     let mut broker = Broker::dev(work.path(), &data_dir);
     let deadline = Instant::now() + FILL_TIMEOUT;
     let (mut acked, refusal) = tokio.block_on(async {
-        Admin::connect(runtime.clone(), &broker.bootstrap())
+        Admin::connect(&broker.bootstrap())
             .await
             .expect("admin connects")
             .create_topic(TOPIC, 1, 1)
@@ -298,7 +292,7 @@ fn a_node_with_a_full_disk_restarts_serves_everything_and_writes_once_space_is_f
     let mut broker = Broker::dev(work.path(), &data_dir);
     let next_index = acked.keys().next_back().map_or(0, |last| last + 1) + SMALL_RECORDS_FROM;
     tokio.block_on(async {
-        let read = read_everything(&runtime, &broker.bootstrap()).await;
+        let read = read_everything(&broker.bootstrap()).await;
         assert_all_there(&acked, &read);
         let (more, refusal) = produce(
             &runtime,
@@ -329,7 +323,7 @@ fn a_node_with_a_full_disk_restarts_serves_everything_and_writes_once_space_is_f
         assert_eq!(refusal, None, "writes after space was freed");
         assert_eq!(more.len(), 100);
         acked.extend(more);
-        let read = read_everything(&runtime, &broker.bootstrap()).await;
+        let read = read_everything(&broker.bootstrap()).await;
         assert_all_there(&acked, &read);
     });
     broker.kill();

@@ -192,15 +192,13 @@ pub async fn produce(
     progress: Arc<Progress>,
 ) -> anyhow::Result<ProducerOutcome> {
     anyhow::ensure!(!partitions.is_empty(), "a producer needs a partition");
-    let config = ProducerConfig {
-        acks: spec.acks,
-        linger: spec.linger,
-        batch_bytes_max: spec.batch_bytes,
-        requests_in_flight_max: spec.requests_in_flight,
-        buffer_bytes_max: spec.buffer_bytes,
-        ..ProducerConfig::default()
-    };
-    let producer = Producer::connect(runtime.clone(), &spec.bootstrap, config)
+    let config = ProducerConfig::default()
+        .acks(spec.acks)
+        .linger(spec.linger)
+        .batch_bytes_max(spec.batch_bytes)
+        .requests_in_flight_max(spec.requests_in_flight)
+        .buffer_bytes_max(spec.buffer_bytes);
+    let producer = Producer::connect(&spec.bootstrap, config)
         .await
         .context("connecting a producer")?;
     let mut outcome = ProducerOutcome::default();
@@ -367,18 +365,15 @@ pub async fn consume(
 /// A consumer of `partitions`, positioned at `start`; with `find_ends`, also the end offsets
 /// (high watermarks) of those partitions at this moment.
 pub async fn consumer_at(
-    runtime: &Runtime,
     spec: &LoadSpec,
     partitions: &[u32],
     start: StartOffset,
     find_ends: bool,
 ) -> anyhow::Result<(Consumer, Option<Vec<(u32, u64)>>)> {
-    let config = ConsumerConfig {
-        fetch_bytes_max: spec.fetch_bytes,
-        fetch_wait_ms_max: 100,
-        ..ConsumerConfig::default()
-    };
-    let mut consumer = Consumer::connect(runtime.clone(), &spec.bootstrap, config)
+    let config = ConsumerConfig::default()
+        .fetch_bytes_max(spec.fetch_bytes)
+        .fetch_wait_ms_max(100);
+    let mut consumer = Consumer::connect(&spec.bootstrap, config)
         .await
         .context("connecting a consumer")?;
     let mut ends = None;

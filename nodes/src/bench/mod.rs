@@ -300,7 +300,7 @@ async fn load_run(
         }
         (None, false) => None,
     };
-    let partitions = ensure_topic(&runtime, bootstrap, &args.topic, args.partitions).await?;
+    let partitions = ensure_topic(bootstrap, &args.topic, args.partitions).await?;
     let spec = Arc::new(LoadSpec {
         bootstrap: bootstrap.to_owned(),
         topic: args.topic.clone(),
@@ -335,13 +335,8 @@ async fn load_run(
 }
 
 /// Create the topic if it is missing; returns its partition count.
-async fn ensure_topic(
-    runtime: &Runtime,
-    bootstrap: &str,
-    topic: &str,
-    partitions: u32,
-) -> anyhow::Result<u32> {
-    let admin = Admin::connect(runtime.clone(), bootstrap).await?;
+async fn ensure_topic(bootstrap: &str, topic: &str, partitions: u32) -> anyhow::Result<u32> {
+    let admin = Admin::connect(bootstrap).await?;
     match admin.create_topic(topic, partitions, 1).await {
         Ok(created) => Ok(created.partitions.len() as u32),
         Err(error) if error.code() == Some(ErrorCode::TopicAlreadyExists) => {
@@ -434,8 +429,7 @@ async fn produce_run(
     let consumer_shares = load::share_partitions(partitions, args.consumers);
     if mode == Mode::E2e {
         for share in consumer_shares.iter().filter(|share| !share.is_empty()) {
-            let (consumer, _) =
-                load::consumer_at(runtime, spec, share, StartOffset::Latest, false).await?;
+            let (consumer, _) = load::consumer_at(spec, share, StartOffset::Latest, false).await?;
             consumer_tasks.push(consumer);
         }
     }
@@ -547,7 +541,7 @@ async fn consume_run(
     let shares = load::share_partitions(partitions, args.consumers);
     let mut consumers = Vec::new();
     for share in shares.iter().filter(|share| !share.is_empty()) {
-        consumers.push(load::consumer_at(runtime, spec, share, StartOffset::Earliest, true).await?);
+        consumers.push(load::consumer_at(spec, share, StartOffset::Earliest, true).await?);
     }
     let start = runtime.now();
     let deadline = start + spec.duration;

@@ -233,23 +233,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             serve(node, runtime, false).await
         }
-        Command::Topic { command } => topic(runtime, &cli.bootstrap, command).await,
+        Command::Topic { command } => topic(&cli.bootstrap, command).await,
         Command::Produce {
             topic,
             acks,
             key_separator,
             partition,
-        } => {
-            produce(
-                runtime,
-                &cli.bootstrap,
-                topic,
-                acks,
-                key_separator,
-                partition,
-            )
-            .await
-        }
+        } => produce(&cli.bootstrap, topic, acks, key_separator, partition).await,
         Command::Consume {
             topic,
             partition,
@@ -301,8 +291,8 @@ async fn serve(config: NodeConfig, runtime: Runtime, dev: bool) -> anyhow::Resul
     Ok(())
 }
 
-async fn topic(runtime: Runtime, bootstrap: &str, command: TopicCommand) -> anyhow::Result<()> {
-    let admin = Admin::connect(runtime, bootstrap).await?;
+async fn topic(bootstrap: &str, command: TopicCommand) -> anyhow::Result<()> {
+    let admin = Admin::connect(bootstrap).await?;
     match command {
         TopicCommand::Create {
             name,
@@ -415,7 +405,6 @@ fn print_topic(topic: &TopicDescription, output: Output) {
 }
 
 async fn produce(
-    runtime: Runtime,
     bootstrap: &str,
     topic: String,
     acks: AcksArg,
@@ -427,15 +416,7 @@ async fn produce(
         AcksArg::One => Acks::Leader,
         AcksArg::All => Acks::All,
     };
-    let producer = Producer::connect(
-        runtime,
-        bootstrap,
-        ProducerConfig {
-            acks,
-            ..ProducerConfig::default()
-        },
-    )
-    .await?;
+    let producer = Producer::connect(bootstrap, ProducerConfig::default().acks(acks)).await?;
     let mut outstanding = VecDeque::new();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -528,8 +509,7 @@ async fn consume(
             format!("--from must be earliest, latest or an offset, not {offset:?}")
         })?),
     };
-    let mut consumer =
-        Consumer::connect(runtime.clone(), bootstrap, ConsumerConfig::default()).await?;
+    let mut consumer = Consumer::connect(bootstrap, ConsumerConfig::default()).await?;
     match partition {
         Some(partition) => consumer.assign(&topic, &[partition], start).await?,
         None => {

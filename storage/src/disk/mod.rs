@@ -2,7 +2,7 @@
 //!
 //! Two implementations:
 //! - [`FsDisk`]: real files (positional writes, `fdatasync`, memmap2 for whole-file reads of
-//!   index files);
+//!   small files replaced only by rename);
 //! - [`SimDisk`]: in memory, with a durable and a volatile image per file, crash semantics and
 //!   injectable faults, for property tests and the deterministic simulator.
 //!
@@ -110,8 +110,9 @@ pub trait Disk: Send + Sync + Debug {
     fn list_dir(&self, path: &Path) -> DiskResult<Vec<String>>;
     /// Make the directory's entries (creates, renames, removes) durable.
     fn sync_dir(&self, path: &Path) -> DiskResult<()>;
-    /// Read a whole file. `FsDisk` maps it with memmap2 (used for index files), so the bytes
-    /// must be treated as a snapshot that the caller will not see change.
+    /// Read a whole file. `FsDisk` maps it with memmap2, so it may only be used on files that
+    /// are replaced by rename and never changed in place (`topic.toml`, `recovery-point`; not
+    /// index files), and the bytes are a snapshot that the caller will not see change.
     fn read_file(&self, path: &Path) -> DiskResult<Bytes>;
     /// Bugs the simulator planted in the logs opened on this disk (`SimDisk::plant`); none on
     /// any other disk. They ride on the disk because the simulator owns it across restarts.

@@ -634,12 +634,15 @@ impl Log {
         for file in &files {
             self.sync_file(file)?;
         }
+        // An empty file of that name (a stray of an earlier failed roll) is taken over; one
+        // with data is not ours to touch.
         let paths = Segment::paths(&self.dir, next);
-        if self.disk.exists(&paths.0)? {
+        if self.disk.exists(&paths.0)? && !self.disk.open(&paths.0, OpenMode::Existing)?.is_empty()
+        {
             return Err(LogError::Corrupt {
                 path: paths.0,
                 position: 0,
-                reason: "the next segment's file already exists".into(),
+                reason: "a new segment's file already has data".into(),
             });
         }
         let created =
@@ -839,7 +842,9 @@ impl Log {
         }
         self.sync_directory()
             .map_err(|error| self.sync_failed(error))?;
-        self.durable_offset = self.durable_offset.min(offset);
+        // Everything below the cut is synced now: earlier segments when they were sealed,
+        // this one just above.
+        self.durable_offset = offset;
         Ok(())
     }
 
@@ -1225,7 +1230,11 @@ fn encode_recovery_point(offset: u64) -> [u8; 12] {
     bytes
 }
 
-fn decode_recovery_point(bytes: &[u8]) -> Option<u64> {
+/// The offset stored in a [`RECOVERY_POINT_FILE`]'s bytes; `None` if they are damaged. Below
+/// it, a log takes a bad batch for damage at rest (reported, kept, never served); above it,
+/// a bad last batch may be taken for a torn write and cut, since the recovery point is
+/// written lazily (at a roll, at open, every [`RECOVERY_POINT_SYNCS`] syncs), as in Kafka.
+pub fn decode_recovery_point(bytes: &[u8]) -> Option<u64> {
     let offset: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
     let crc: [u8; 4] = bytes.get(8..12)?.try_into().ok()?;
     (bytes.len() == 12 && crc32c::crc32c(&offset) == u32::from_le_bytes(crc))

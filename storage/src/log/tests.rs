@@ -1080,3 +1080,27 @@ fn corruption_at_rest_under_a_running_log_is_an_error_naming_file_and_position()
     }
     assert!(hit.len() > 5, "{hit:?}");
 }
+
+#[test]
+fn the_recovery_point_file_holds_the_offset_under_its_crc() {
+    let (sim, disk, dir) = sim();
+    let (mut log, _) = open(&disk, &dir, small_config());
+    append_many(&mut log, 30, 3);
+    log.sync(0).expect("sync");
+    let rolled_at = log.recovery_point();
+    assert!(
+        rolled_at > 0 && rolled_at < 90,
+        "written at the last roll: {rolled_at}"
+    );
+    let bytes = sim
+        .durable_contents(&dir.join(RECOVERY_POINT_FILE))
+        .expect("recovery point file");
+    assert_eq!(decode_recovery_point(&bytes), Some(rolled_at));
+    let mut damaged = bytes.to_vec();
+    damaged[3] ^= 4;
+    assert_eq!(decode_recovery_point(&damaged), None);
+    assert_eq!(decode_recovery_point(&bytes[..11]), None);
+    drop(log);
+    let (log, _) = open(&disk, &dir, small_config());
+    assert_eq!(log.recovery_point(), 90, "written at open");
+}

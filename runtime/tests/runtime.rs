@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use brook_actors::runtime::{
+use brook_runtime::{
     Actor, Addr, AskError, Context, Reply, Runtime, TaskError, TimerHandle, TrySendError,
 };
 use rand::RngCore;

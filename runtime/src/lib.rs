@@ -1,5 +1,12 @@
-//! The actor runtime: the one place in brook that spawns tasks, sleeps, reads clocks and draws
+//! brook-runtime: the one place in brook that spawns tasks, sleeps, reads clocks and draws
 //! randomness, so that swapping real tokio for the madsim simulator happens here and nowhere else.
+//!
+//! Both the broker's actors (`brook-actors`, which re-exports this crate as
+//! `brook_actors::runtime`) and the client (`brook-client`) build on it; it depends on nothing
+//! of brook's, so the client's dependency tree stays small. Besides the [`Runtime`] handle
+//! (spawn, sleep, timeout, clock, seeded RNGs, blocking work) it holds the small actor layer
+//! the broker is made of ([`Actor`], [`Addr`], [`Context`]): that layer spawns and keeps
+//! timers, so it lives on this side of the seam.
 //!
 //! # Why not actix
 //!
@@ -27,7 +34,7 @@
 //!   a madsim simulation; what it spawns belongs to the current (simulated) node.
 //!
 //! ```
-//! use brook_actors::runtime::{Actor, Context, Reply, Runtime};
+//! use brook_runtime::{Actor, Context, Reply, Runtime};
 //!
 //! struct Counter {
 //!     total: u64,
@@ -68,7 +75,7 @@
 //! [`Runtime::run_blocking`] runs its closure on tokio's blocking pool in a real build and inline
 //! under madsim (see there).
 
-// This module is the swap point between real tokio and madsim: it alone may call the spawning,
+// This crate is the swap point between real tokio and madsim: it alone may call the spawning,
 // sleeping, clock and randomness functions that clippy.toml forbids everywhere else.
 #![allow(clippy::disallowed_methods)]
 
@@ -245,6 +252,22 @@ impl Runtime {
     }
 }
 
+/// A fresh seed for a [`Runtime`] whose user gave none (a client in a real application).
+///
+/// Real build: drawn from the operating system's entropy (through `rand`). Under madsim: from
+/// the simulation's seeded RNG, so a simulated run that takes a default seed still replays
+/// exactly. Log or record it where a run must be reproducible.
+pub fn entropy_seed() -> u64 {
+    #[cfg(not(madsim))]
+    {
+        rand::random()
+    }
+    #[cfg(madsim)]
+    {
+        rand::Rng::gen(&mut madsim::rand::thread_rng())
+    }
+}
+
 /// `tokio::time::timeout` with our error type; `Send` whenever `future` is, on madsim too
 /// (madsim's own timeout future makes no such promise).
 pub(crate) fn with_timeout<F: Future>(
@@ -341,6 +364,13 @@ mod tests {
     fn fnv1a_matches_reference_vectors() {
         assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    /// Outside a simulation a default seed is fresh each time (two equal draws: 2^-64).
+    #[cfg(not(madsim))]
+    #[test]
+    fn entropy_seeds_differ() {
+        assert_ne!(entropy_seed(), entropy_seed());
     }
 
     #[test]

@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use brook_actors::runtime::{Actor, Addr, Context, Reply, Runtime};
+use brook_runtime::{Actor, Addr, Context, Reply, Runtime};
 use rand::Rng;
 
 /// Keeps a running total; answers requests; ticks on a timer.
 struct Counter {
     total: u64,
     ticks: Vec<Duration>,
-    started_at: Option<brook_actors::runtime::Instant>,
+    started_at: Option<brook_runtime::Instant>,
 }
 
 enum CounterMessage {
@@ -209,4 +209,19 @@ fn same_seed_replays_the_same_draws_and_timer_order() {
     assert!(first.iter().any(|event| event.starts_with("client")));
     assert_eq!(first, run(42), "same seed, same trace");
     assert_ne!(first, run(43), "another seed, another trace");
+}
+
+/// A default seed (`entropy_seed`, what a client without a configured seed uses) comes from
+/// the simulation's seeded RNG: the same simulation seed gives the same draws, another one
+/// other draws. (Plain #[test]: each case builds its own simulation from a fixed seed.)
+#[test]
+fn entropy_seed_replays_with_the_simulation_seed() {
+    let draws = |simulation_seed: u64| {
+        madsim::runtime::Runtime::with_seed_and_config(simulation_seed, madsim::Config::default())
+            .block_on(async { [brook_runtime::entropy_seed(), brook_runtime::entropy_seed()] })
+    };
+    let first = draws(11);
+    assert_eq!(first, draws(11));
+    assert_ne!(first[0], first[1]);
+    assert_ne!(first, draws(12));
 }
