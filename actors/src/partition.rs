@@ -52,6 +52,9 @@ pub struct PlantedBugs {
     pub skip_on_fetch: bool,
     /// Serve records above the high watermark (not yet durable).
     pub serve_above_hw: bool,
+    /// Refuse every produce with a retriable error (a broker that does nothing: only the
+    /// progress verdict can tell it from a healthy one).
+    pub refuse_produce: bool,
 }
 
 impl Default for PartitionConfig {
@@ -459,6 +462,14 @@ impl Actor for PartitionActor {
                 acks,
                 reply,
             } => {
+                #[cfg(madsim)]
+                if self.config.planted.refuse_produce {
+                    reply.send(Err(BrokerError::new(
+                        ErrorCode::NotEnoughReplicas,
+                        "planted bug refuse-produce",
+                    )));
+                    return;
+                }
                 let now_ms = u64::try_from(context.wall_clock_ms()).unwrap_or(0);
                 let result = self.produce(batches, now_ms);
                 match (result, self.log.config().fsync) {

@@ -422,7 +422,9 @@ impl Consumer {
                 .min()
                 .map_or(deadline, |at| at.min(deadline));
             let sleep = runtime.sleep_until(wake);
+            // biased: deterministic in simulation (see the producer's loop).
             tokio::select! {
+                biased;
                 outcome = self.fetches.next(), if !self.fetches.is_empty() => {
                     self.on_fetch(outcome, &mut records)?;
                 }

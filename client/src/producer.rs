@@ -1141,7 +1141,10 @@ impl Background {
                 }
             };
             let accumulator = self.accumulator.clone();
+            // biased: tokio's unbiased select! draws its start branch from a process-wide
+            // counter, which made simulations differ between runs of one seed.
             let event = tokio::select! {
+                biased;
                 command = self.commands.recv(), if self.accepting => Event::Command(command),
                 completion = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     Event::Completion(completion)
