@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod error;
 pub mod frame;
+pub mod peer;
 pub mod protocol;
 pub mod varint;
 
