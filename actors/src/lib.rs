@@ -6,4 +6,5 @@
 
 pub mod controller;
 pub mod partition;
+pub mod replica;
 pub use brook_runtime as runtime;
