@@ -260,7 +260,7 @@ impl ReplicaCore {
         let spans = scan_spans(&log)?;
         let mut term_starts: Vec<TermStart> = Vec::new();
         for (position, span) in spans.iter().enumerate() {
-            if term_starts.last().is_none_or(|last| last.term != span.term) {
+            if term_starts.last().map(|last| last.term) != Some(span.term) {
                 if term_starts.last().is_some_and(|last| last.term > span.term) {
                     return Err(ReplicaError::Inconsistent(
                         "batch terms decrease in the log",

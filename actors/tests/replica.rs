@@ -19,7 +19,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use brook_actors::replica::{
-    FetchRefused, ReplicaConfig, ReplicaCore, ReplicaInput, ReplicaOutput, ReplicaPlantedBug,
+    FetchRefused, ProduceAnswer, ProduceRefused, ReplicaConfig, ReplicaCore, ReplicaInput,
+    ReplicaOutput, ReplicaPlantedBug,
 };
 use brook_raft::{Config, PlantedBug, Role, Term};
 use brook_storage::disk::CrashMode;
@@ -28,7 +29,7 @@ use brook_storage::SimDisk;
 use brook_wire::batch::{BatchBuilder, BatchHeader, CRC_START};
 use brook_wire::frame::{FrameDecoder, FrameEncoder};
 use brook_wire::peer::{decode_peer, encode_peer, GroupId, PeerMessage};
-use brook_wire::Acks;
+use brook_wire::{Acks, ErrorCode};
 use bytes::{Bytes, BytesMut};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -216,6 +217,8 @@ struct Cluster {
     /// Request ids of acks=all produces answered Ok.
     acknowledged_requests: BTreeSet<u64>,
     group: GroupId,
+    /// Every produce answer routed so far (for tests that look at answers themselves).
+    answers: Vec<ProduceAnswer>,
 }
 
 fn node_ids() -> std::ops::RangeInclusive<u64> {
@@ -276,6 +279,7 @@ impl Cluster {
                 topic: "t".into(),
                 partition: 0,
             },
+            answers: Vec::new(),
         })
     }
 
@@ -317,6 +321,7 @@ impl Cluster {
                 });
             }
         }
+        self.answers.extend(output.answers.iter().cloned());
         for answer in output.answers {
             let Some((_, records)) = self.produced.remove(&answer.request_id) else {
                 continue;
@@ -800,5 +805,101 @@ fn the_history_checks_fail_on_hand_made_bad_histories() {
     assert_eq!(
         history.observe_leader(2, 3).expect_err("second").check,
         "one-leader-per-term"
+    );
+}
+
+#[test]
+fn acks_follow_the_leader_append_or_the_commit_and_followers_name_the_leader() {
+    let mut cluster = Cluster::new(7, Bugs::default()).expect("cluster");
+    cluster.loss_probability = 0.0;
+    let mut leader = None;
+    for _ in 0..HEAL_ROUNDS_MAX {
+        cluster.heal_round().expect("healthy");
+        leader = cluster.leader();
+        if leader.is_some() {
+            break;
+        }
+    }
+    let leader = leader.expect("a leader is elected");
+    let follower = node_ids().find(|id| *id != leader).expect("a follower");
+    // Let the follower learn who leads.
+    for _ in 0..5 {
+        cluster.heal_round().expect("healthy");
+    }
+    let batch = |value: &[u8]| {
+        let mut builder = BatchBuilder::new();
+        builder.push(0, None, Some(value), &[]);
+        builder.finish().freeze()
+    };
+    let now_ms = cluster.now_ms;
+    let step = |cluster: &mut Cluster, id: u64, request_id: u64, acks: Acks| {
+        cluster.node(id).core.as_mut().expect("up").step(
+            now_ms,
+            ReplicaInput::Produce {
+                request_id,
+                batch: batch(b"x"),
+                acks,
+            },
+        )
+    };
+    let refused = step(&mut cluster, follower, 1_000, Acks::All).expect("step");
+    assert_eq!(refused.answers.len(), 1);
+    assert_eq!(
+        refused.answers[0].result,
+        Err(ProduceRefused::NotLeader {
+            leader: Some(leader)
+        })
+    );
+    assert_eq!(
+        refused.answers[0].result.clone().unwrap_err().code(),
+        ErrorCode::NotLeader
+    );
+    let high_watermark = cluster
+        .node(leader)
+        .core
+        .as_ref()
+        .expect("up")
+        .high_watermark();
+    // acks=1: answered on the leader's append, above the high watermark.
+    let leader_only = step(&mut cluster, leader, 1_001, Acks::Leader).expect("step");
+    assert_eq!(leader_only.answers.len(), 1);
+    let range = leader_only.answers[0].result.clone().expect("appended");
+    assert_eq!(
+        range.base_offset,
+        cluster
+            .node(leader)
+            .core
+            .as_ref()
+            .expect("up")
+            .log_end_offset()
+            - 1
+    );
+    assert!(range.base_offset >= high_watermark);
+    // acks=all: no answer until a majority has it synced.
+    let all = step(&mut cluster, leader, 1_002, Acks::All).expect("step");
+    assert!(
+        all.answers.is_empty(),
+        "acks=all answered before commit: {all:?}"
+    );
+    assert!(all.sync_wanted);
+    cluster.route(leader, all).expect("route");
+    let mut answered = None;
+    for _ in 0..10 {
+        cluster.heal_round().expect("healthy");
+        answered = cluster
+            .answers
+            .iter()
+            .find(|answer| answer.request_id == 1_002)
+            .cloned();
+        if answered.is_some() {
+            break;
+        }
+    }
+    let answer = answered.expect("acks=all answered after commit");
+    let range = answer.result.expect("committed");
+    let core = cluster.node(leader).core.as_ref().expect("up");
+    assert!(
+        core.high_watermark() > range.last_offset,
+        "answered above the high watermark"
     );
 }
