@@ -246,11 +246,12 @@ impl ReplicaCore {
         now_ms: u64,
     ) -> Result<ReplicaCore, ReplicaError> {
         disk.create_dir_all(&config.dir)?;
-        let hard_state = read_hard_state(disk.as_ref(), &config.dir)?;
+        let stored_hard_state = read_hard_state(disk.as_ref(), &config.dir)?;
         let mut log_config = config.log.clone();
         // No stored batch can carry a term above the persisted current term: the term is
-        // persisted before any entry of it is appended.
-        log_config.term_max = hard_state.term;
+        // persisted before any entry of it is appended. Without a hard-state file nothing
+        // bounds it, and the log must turn out empty (checked below) rather than be cut.
+        log_config.term_max = stored_hard_state.map_or(u64::MAX, |hard_state| hard_state.term);
         let (log, _report) = Log::open(
             disk.clone(),
             config.dir.join(LOG_DIRECTORY),
@@ -258,6 +259,18 @@ impl ReplicaCore {
             now_ms,
         )?;
         let spans = scan_spans(&log)?;
+        let hard_state = match stored_hard_state {
+            Some(hard_state) => hard_state,
+            None if spans.is_empty() => HardState::default(),
+            // Entries are appended only after their term is persisted: a log without a
+            // hard state lost its vote, and starting from term 0 could vote twice.
+            None => {
+                return Err(ReplicaError::CorruptHardState {
+                    path: config.dir.join(HARD_STATE_FILE),
+                    reason: "missing, but the log holds batches",
+                })
+            }
+        };
         let mut term_starts: Vec<TermStart> = Vec::new();
         for (position, span) in spans.iter().enumerate() {
             if term_starts.last().map(|last| last.term) != Some(span.term) {
@@ -771,16 +784,18 @@ fn decode_hard_state(bytes: &[u8]) -> Result<HardState, &'static str> {
     })
 }
 
-/// The persisted hard state, or the initial one if the replica never persisted any. The file
-/// is replaced by rename, so a torn write can only hit the temporary file: a damaged
-/// hard-state file is an error, never silently reset (that would forget a vote).
-fn read_hard_state(disk: &dyn Disk, dir: &Path) -> Result<HardState, ReplicaError> {
+/// The persisted hard state, or `None` if the replica never persisted any. The file is
+/// replaced by rename, so a torn write can only hit the temporary file: a damaged hard-state
+/// file is an error, never silently reset (that would forget a vote).
+fn read_hard_state(disk: &dyn Disk, dir: &Path) -> Result<Option<HardState>, ReplicaError> {
     let path = dir.join(HARD_STATE_FILE);
     if !disk.exists(&path)? {
-        return Ok(HardState::default());
+        return Ok(None);
     }
     let bytes = disk.read_file(&path)?;
-    decode_hard_state(&bytes).map_err(|reason| ReplicaError::CorruptHardState { path, reason })
+    decode_hard_state(&bytes)
+        .map(Some)
+        .map_err(|reason| ReplicaError::CorruptHardState { path, reason })
 }
 
 /// Replace the hard-state file atomically and durably.
@@ -973,6 +988,157 @@ mod tests {
         bytes[6] ^= 1;
         assert_eq!(decode_hard_state(&bytes), Err("checksum mismatch"));
         assert!(decode_hard_state(&bytes[..10]).is_err());
+    }
+
+    fn config(node_id: NodeId, voters: &[NodeId]) -> ReplicaConfig {
+        ReplicaConfig {
+            node_id,
+            voters: voters.iter().copied().collect(),
+            raft: Config {
+                election_timeout_ms: 300,
+                heartbeat_interval_ms: 50,
+                ..Config::default()
+            },
+            log: LogConfig::default(),
+            dir: PathBuf::from("/replica"),
+            seed: 1,
+            planted_bug: None,
+        }
+    }
+
+    fn batch(value: &[u8]) -> Bytes {
+        let mut builder = BatchBuilder::new();
+        builder.push(0, None, Some(value), &[]);
+        builder.finish().freeze()
+    }
+
+    /// A lone replica: elected after its timeout, appends its leader-start batch, commits a
+    /// produce after the sync, and reopens from disk with its term, vote and log.
+    #[test]
+    fn a_lone_replica_leads_commits_and_reopens() {
+        let disk = brook_storage::SimDisk::new(1);
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(1, &[1]), 0).expect("opens");
+        let mut now_ms = 0;
+        while replica.role() != Role::Leader && now_ms < 10_000 {
+            now_ms += 50;
+            replica.step(now_ms, ReplicaInput::Tick).expect("tick");
+            replica.step(now_ms, ReplicaInput::Sync).expect("sync");
+        }
+        assert_eq!(replica.role(), Role::Leader);
+        let output = replica
+            .step(
+                now_ms,
+                ReplicaInput::Produce {
+                    request_id: 9,
+                    batch: batch(b"v"),
+                    acks: Acks::All,
+                },
+            )
+            .expect("produce");
+        assert!(output.answers.is_empty(), "acks=all before the sync");
+        let output = replica.step(now_ms, ReplicaInput::Sync).expect("sync");
+        // Offset 0 holds the leader-start control batch.
+        assert_eq!(
+            output.answers,
+            vec![ProduceAnswer {
+                request_id: 9,
+                result: Ok(ProducedRange {
+                    base_offset: 1,
+                    last_offset: 1
+                })
+            }]
+        );
+        assert_eq!(replica.high_watermark(), 2);
+        let term = replica.term();
+        drop(replica);
+        let reopened = ReplicaCore::open(Arc::new(disk), config(1, &[1]), now_ms).expect("reopens");
+        assert_eq!(reopened.term(), term);
+        assert_eq!(reopened.log_end_offset(), 2);
+        assert_eq!(reopened.batches_below(u64::MAX).expect("reads").len(), 2);
+    }
+
+    /// Malformed peer messages are dropped with nothing applied.
+    #[test]
+    fn malformed_peer_messages_change_nothing() {
+        let disk = brook_storage::SimDisk::new(2);
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(2, &[1, 2, 3]), 0).expect("opens");
+        let mut stamped = BytesMut::from(&batch(b"a")[..]);
+        batch::stamp(&mut stamped, 0, 9);
+        let append = |batch_count, term| {
+            RaftMessage::Append(peer::AppendEntries {
+                term,
+                prev_index: 0,
+                prev_term: 0,
+                commit_index: 0,
+                batch_count,
+            })
+        };
+        let cases = [
+            // The batch count disagrees with the batches.
+            (1, append(2, 9), vec![stamped.clone().freeze()]),
+            // An entry's term above the leader's.
+            (1, append(1, 3), vec![stamped.clone().freeze()]),
+            // Not contiguous: two batches at offset 0.
+            (
+                1,
+                append(2, 9),
+                vec![stamped.clone().freeze(), stamped.clone().freeze()],
+            ),
+            // Not a peer of the group.
+            (7, append(1, 9), vec![stamped.clone().freeze()]),
+        ];
+        for (from, message, batches) in cases {
+            let output = replica
+                .step(
+                    1,
+                    ReplicaInput::Peer {
+                        from,
+                        message,
+                        batches,
+                    },
+                )
+                .expect("a refused message is not an error");
+            assert_eq!(output, ReplicaOutput::default(), "{message:?}");
+            assert_eq!(replica.term(), 0);
+            assert_eq!(replica.log_end_offset(), 0);
+        }
+        // The control: the same append, well formed, is applied.
+        let output = replica
+            .step(
+                1,
+                ReplicaInput::Peer {
+                    from: 1,
+                    message: append(1, 9),
+                    batches: vec![stamped.freeze()],
+                },
+            )
+            .expect("applied");
+        assert_eq!(replica.term(), 9);
+        assert_eq!(replica.log_end_offset(), 1);
+        assert!(output.sync_wanted);
+    }
+
+    /// A log with batches but no hard-state file is refused rather than started at term 0.
+    #[test]
+    fn a_missing_hard_state_with_a_log_is_refused() {
+        let disk = brook_storage::SimDisk::new(3);
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(1, &[1]), 0).expect("opens");
+        let mut now_ms = 0;
+        while replica.log_end_offset() == 0 && now_ms < 10_000 {
+            now_ms += 50;
+            replica.step(now_ms, ReplicaInput::Tick).expect("tick");
+        }
+        replica.step(now_ms, ReplicaInput::Sync).expect("sync");
+        drop(replica);
+        disk.remove_file(&PathBuf::from("/replica").join(HARD_STATE_FILE))
+            .expect("removes");
+        assert!(matches!(
+            ReplicaCore::open(Arc::new(disk), config(1, &[1]), now_ms),
+            Err(ReplicaError::CorruptHardState { .. })
+        ));
     }
 
     #[test]
