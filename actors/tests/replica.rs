@@ -60,6 +60,9 @@ struct Bugs {
     replica: Option<ReplicaPlantedBug>,
     /// Percent of events that crash or restart a node (0: the default, [`CRASH_PERCENT`]).
     crash_percent: u32,
+    /// What a crash does to unsynced data: `false` drops it all, `true` draws per file among
+    /// dropping it, keeping a torn prefix of the last write, or flipping a bit in it.
+    torn_writes: bool,
 }
 
 /// Default share of crash/restart events.
@@ -210,6 +213,7 @@ struct Cluster {
     loss_probability: f64,
     /// Percent of events that crash a node or restart the crashed one.
     crash_percent: u32,
+    crash_mode: CrashMode,
     history: History,
     /// Produce requests in flight: request id -> (the node asked, the producer's records).
     produced: BTreeMap<u64, (u64, Bytes)>,
@@ -270,6 +274,11 @@ impl Cluster {
                 CRASH_PERCENT
             } else {
                 bugs.crash_percent
+            },
+            crash_mode: if bugs.torn_writes {
+                CrashMode::Random
+            } else {
+                CrashMode::DropUnsynced
             },
             history: History::default(),
             produced: BTreeMap::new(),
@@ -402,9 +411,10 @@ impl Cluster {
 
     fn crash(&mut self, id: u64) {
         let mut rng = ChaCha8Rng::seed_from_u64(self.rng.gen());
+        let crash_mode = self.crash_mode;
         let node = self.node(id);
         node.core = None;
-        node.disk.crash_with(CrashMode::DropUnsynced, &mut rng);
+        node.disk.crash_with(crash_mode, &mut rng);
         // Answers the crashed node owed will never come.
         self.produced.retain(|_, (node, _)| *node != id);
     }
@@ -636,17 +646,20 @@ fn replicas_stay_safe_under_faults_and_recover_after_heal() {
     safe_under(Bugs::default());
 }
 
-/// The same with a crash or restart in 15% of events (the profile of the
-/// acknowledge-before-persist planted test, which must be clean without the bug).
+/// The same with a crash or restart in 15% of events, crashes also tearing or flipping bits in
+/// the last unsynced write (the profile of the acknowledge-before-persist planted test, which
+/// must be clean without the bug).
 #[test]
-fn replicas_stay_safe_under_frequent_crashes() {
-    safe_under(Bugs {
-        crash_percent: FREQUENT_CRASH_PERCENT,
-        ..Bugs::default()
-    });
+fn replicas_stay_safe_under_frequent_crashes_and_torn_writes() {
+    safe_under(FREQUENT_CRASHES);
 }
 
-const FREQUENT_CRASH_PERCENT: u32 = 15;
+const FREQUENT_CRASHES: Bugs = Bugs {
+    raft: None,
+    replica: None,
+    crash_percent: 15,
+    torn_writes: true,
+};
 
 fn safe_under(bugs: Bugs) {
     let mut rounds_max = 0;
@@ -718,8 +731,7 @@ fn planted_acknowledge_before_persist_is_caught() {
     planted(
         Bugs {
             raft: Some(PlantedBug::AcknowledgeBeforePersist),
-            replica: None,
-            crash_percent: FREQUENT_CRASH_PERCENT,
+            ..FREQUENT_CRASHES
         },
         &["committed-prefix", "acknowledged"],
         32,
