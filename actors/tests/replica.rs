@@ -1,6 +1,8 @@
 //! Three partition replicas ([`ReplicaCore`]) on three simulated disks, exchanging peer frames
 //! through a seeded scheduler that drops, reorders and partitions them and crashes nodes (the
-//! crash drops unsynced data; the replica is reopened from its disk). No runtime, no network:
+//! crash drops unsynced data; the replica is reopened from its disk). Frames are encoded and
+//! decoded with brook-wire's peer protocol, heartbeats coalesced as a peer link would (see
+//! `brook_actors::heartbeats`). No runtime, no network:
 //! every step is a function call, so a seed replays exactly.
 //!
 //! Checked after every step: at most one leader per term; every replica's committed prefix (up
@@ -18,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use brook_actors::heartbeats::{coalesce, split};
 use brook_actors::replica::{
     FetchRefused, ProduceAnswer, ProduceRefused, ReplicaConfig, ReplicaCore, ReplicaInput,
     ReplicaOutput, ReplicaPlantedBug,
@@ -28,7 +31,7 @@ use brook_storage::log::{FsyncPolicy, LogConfig};
 use brook_storage::SimDisk;
 use brook_wire::batch::{BatchBuilder, BatchHeader, CRC_START};
 use brook_wire::frame::{FrameDecoder, FrameEncoder};
-use brook_wire::peer::{decode_peer, encode_peer, GroupId, PeerMessage};
+use brook_wire::peer::{decode_peer, encode_peer, GroupId};
 use brook_wire::{Acks, ErrorCode};
 use bytes::{Bytes, BytesMut};
 use rand::{Rng, SeedableRng};
@@ -309,23 +312,25 @@ impl Cluster {
     }
 
     fn route(&mut self, from: u64, output: ReplicaOutput) -> Result<(), Violation> {
-        for send in output.messages {
+        // Through the peer link's coalescing: heartbeats travel as `Heartbeats` frames.
+        let sends = output
+            .messages
+            .into_iter()
+            .map(|send| (self.group.clone(), send))
+            .collect();
+        for frame in coalesce(sends) {
             let mut bytes = BytesMut::new();
-            let message = PeerMessage::Raft {
-                group: self.group.clone(),
-                message: send.message,
-            };
             encode_peer(
                 &FrameEncoder::default(),
-                &message,
-                &send.batches,
+                &frame.message,
+                &frame.batches,
                 &mut bytes,
             )
             .map_err(|error| violation("replica-error", error.to_string()))?;
             if self.network.len() < IN_FLIGHT_FRAMES_MAX {
                 self.network.push(Frame {
                     from,
-                    to: send.to,
+                    to: frame.to,
                     bytes,
                 });
             }
@@ -361,17 +366,23 @@ impl Cluster {
             .ok_or_else(|| violation("replica-error", "a partial frame".into()))?;
         let (message, batches) =
             decode_peer(decoded).map_err(|error| violation("replica-error", error.to_string()))?;
-        let PeerMessage::Raft { message, .. } = message else {
-            return Err(violation("replica-error", "not a Raft frame".into()));
-        };
-        self.step(
-            frame.to,
-            ReplicaInput::Peer {
-                from: frame.from,
-                message,
-                batches,
-            },
-        )
+        for (group, message, batches) in split(message, batches) {
+            if group != self.group {
+                return Err(violation(
+                    "replica-error",
+                    format!("unknown group {group:?}"),
+                ));
+            }
+            self.step(
+                frame.to,
+                ReplicaInput::Peer {
+                    from: frame.from,
+                    message,
+                    batches,
+                },
+            )?;
+        }
+        Ok(())
     }
 
     fn tick(&mut self) -> Result<(), Violation> {
