@@ -561,6 +561,8 @@ impl Cluster {
 struct RunReport {
     /// Rounds after the heal until an acks=all produce was acknowledged.
     rounds_to_commit: u32,
+    /// Simulated time of those rounds.
+    heal_to_commit_ms: u64,
     acknowledged: usize,
     committed_batches: usize,
 }
@@ -580,6 +582,7 @@ fn run(seed: u64, steps: u32, bugs: Bugs) -> Result<RunReport, Violation> {
     }
     let mut rounds_to_commit = None;
     let mut probe_request = None;
+    let healed_at_ms = cluster.now_ms;
     for round in 0..HEAL_ROUNDS_MAX {
         cluster.heal_round()?;
         if let Some(request) = probe_request {
@@ -608,6 +611,7 @@ fn run(seed: u64, steps: u32, bugs: Bugs) -> Result<RunReport, Violation> {
             format!("no acks=all produce committed within {HEAL_ROUNDS_MAX} rounds after the heal"),
         )
     })?;
+    let heal_to_commit_ms = cluster.now_ms - healed_at_ms;
     // Every replica catches up: its high watermark covers every acknowledged batch.
     let needed = cluster
         .history
@@ -626,6 +630,7 @@ fn run(seed: u64, steps: u32, bugs: Bugs) -> Result<RunReport, Violation> {
             cluster.history.check_acknowledged()?;
             return Ok(RunReport {
                 rounds_to_commit,
+                heal_to_commit_ms,
                 acknowledged: cluster.history.acknowledged.len(),
                 committed_batches: cluster.history.committed.len(),
             });
@@ -674,12 +679,14 @@ const FREQUENT_CRASHES: Bugs = Bugs {
 
 fn safe_under(bugs: Bugs) {
     let mut rounds_max = 0;
+    let mut heal_to_commit_ms_max = 0;
     let mut acknowledged = 0;
     let mut committed = 0;
     for seed in seeds() {
         match run(seed, STEPS_PER_SEED, bugs) {
             Ok(report) => {
                 rounds_max = rounds_max.max(report.rounds_to_commit);
+                heal_to_commit_ms_max = heal_to_commit_ms_max.max(report.heal_to_commit_ms);
                 acknowledged += report.acknowledged;
                 committed += report.committed_batches;
             }
@@ -690,7 +697,8 @@ fn safe_under(bugs: Bugs) {
     }
     println!(
         "seeds {:?}: {acknowledged} acks=all acknowledged, {committed} batches committed, \
-         at most {rounds_max} rounds from heal to a committed produce",
+         at most {rounds_max} rounds ({heal_to_commit_ms_max} simulated ms, election timeout \
+         300 ms) from heal to a committed produce",
         seeds()
     );
     assert!(acknowledged > 0, "the workload acknowledged nothing");
