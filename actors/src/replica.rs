@@ -92,6 +92,8 @@ pub enum ReplicaPlantedBug {
     AcknowledgeAllOnAppend,
     /// Fetch serves batches above the high watermark.
     ServeAboveHighWatermark,
+    /// Sync without telling the core (`Input::Persisted` never sent): nothing commits.
+    ForgetPersistedNotice,
 }
 
 /// What a replica needs to open.
@@ -495,6 +497,9 @@ impl ReplicaCore {
         let Some(last) = self.spans.last().copied() else {
             return Ok(());
         };
+        if self.planted_bug == Some(ReplicaPlantedBug::ForgetPersistedNotice) {
+            return Ok(());
+        }
         let index = self.start_index + self.spans.len() as Index - 1;
         let effects = self.raft.step(
             now_ms,

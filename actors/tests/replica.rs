@@ -796,6 +796,18 @@ fn planted_serve_above_high_watermark_is_caught() {
     );
 }
 
+#[test]
+fn planted_forget_persisted_notice_is_caught() {
+    planted(
+        Bugs {
+            replica: Some(ReplicaPlantedBug::ForgetPersistedNotice),
+            ..Bugs::default()
+        },
+        &["liveness"],
+        2,
+    );
+}
+
 fn stamped_batch(base_offset: u64, value: &[u8]) -> Bytes {
     let mut builder = BatchBuilder::new();
     builder.push(0, None, Some(value), &[]);
