@@ -1104,3 +1104,49 @@ fn the_recovery_point_file_holds_the_offset_under_its_crc() {
     let (log, _) = open(&disk, &dir, small_config());
     assert_eq!(log.recovery_point(), 90, "written at open");
 }
+
+/// A flipped bit in the length field of a batch under a running log (no restart): only that
+/// batch is refused; every batch after it is served, also those the walk from the index
+/// entry before the damage has to reach.
+#[test]
+fn a_damaged_length_under_a_running_log_refuses_only_that_batch() {
+    for bit in 0..8u8 {
+        for byte in 8..12u64 {
+            let (sim, disk, dir) = sim();
+            let config = LogConfig {
+                index_interval_bytes: 100_000,
+                ..LogConfig::default()
+            };
+            let (mut log, _) = open(&disk, &dir, config.clone());
+            append_many(&mut log, 12, 3);
+            log.sync(0).expect("sync");
+            let path = dir.join("00000000000000000000.log");
+            let bytes = sim.durable_contents(&path).expect("segment");
+            let mut position = 0;
+            for _ in 0..4 {
+                position += BatchHeader::parse(&bytes[position as usize..])
+                    .expect("header")
+                    .total_len() as u64;
+            }
+            // The fifth batch holds offsets 12..15.
+            sim.corrupt_durable(&path, position + byte, bit)
+                .expect("corrupt");
+            assert!(
+                matches!(log.read(13, 100, u64::MAX), Err(LogError::Corrupt { .. })),
+                "byte {byte} bit {bit}"
+            );
+            for offset in [15, 16, 20, 35] {
+                let read = log.read(offset, 100, u64::MAX).unwrap_or_else(|error| {
+                    panic!("byte {byte} bit {bit} offset {offset}: {error}")
+                });
+                let first = split_batches(read.batches)
+                    .next()
+                    .expect("a batch")
+                    .expect("valid");
+                assert!(
+                    first.header().base_offset <= offset && offset <= first.header().last_offset()
+                );
+            }
+        }
+    }
+}
