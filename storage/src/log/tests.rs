@@ -1150,3 +1150,32 @@ fn a_damaged_length_under_a_running_log_refuses_only_that_batch() {
         }
     }
 }
+
+/// The recovery point follows the durable offset lazily: after a failed fsync and once a
+/// second has passed since it was written, never beyond what a sync covered.
+#[test]
+fn the_recovery_point_follows_the_durable_offset_lazily() {
+    let (sim, disk, dir) = sim();
+    let (mut log, _) = open(&disk, &dir, LogConfig::default());
+    append_many(&mut log, 3, 2);
+    log.sync(10).expect("sync");
+    assert_eq!(log.recovery_point(), 0, "not yet: one sync, 10 ms");
+    append_many(&mut log, 1, 2);
+    log.sync(RECOVERY_POINT_INTERVAL_MS).expect("sync");
+    assert_eq!(log.recovery_point(), 8, "a second after the last write");
+    append_many(&mut log, 2, 2);
+    log.sync(RECOVERY_POINT_INTERVAL_MS + 1).expect("sync");
+    append_many(&mut log, 2, 2);
+    assert_eq!(log.recovery_point(), 8);
+    sim.fail_next_sync();
+    assert!(log.sync(RECOVERY_POINT_INTERVAL_MS + 2).is_err());
+    assert_eq!(
+        log.recovery_point(),
+        12,
+        "a failed fsync records what was durable before it, nothing more"
+    );
+    let bytes = sim
+        .durable_contents(&dir.join(RECOVERY_POINT_FILE))
+        .expect("file");
+    assert_eq!(decode_recovery_point(&bytes), Some(12));
+}
