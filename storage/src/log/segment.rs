@@ -248,7 +248,7 @@ impl Segment {
             }
             let header = match self.header_at(position) {
                 Ok(header)
-                    if header.base_offset == expected && self.is_followed(position, &header) =>
+                    if header.base_offset == expected && self.is_trusted(position, &header) =>
                 {
                     header
                 }
@@ -288,10 +288,25 @@ impl Segment {
         }
     }
 
+    /// Whether a walk may take the length of the batch whose `header` was read at `position`:
+    /// the length lies outside the CRC, and a damaged one would send the walk into the middle
+    /// of other batches. Trusted when the batch after it agrees ([`Self::is_followed`]), or,
+    /// if that one's header is the damaged one, when the batch's own CRC holds over the length
+    /// it claims.
+    fn is_trusted(&self, position: u64, header: &BatchHeader) -> bool {
+        if self.is_followed(position, header) {
+            return true;
+        }
+        let len = header.total_len();
+        position + len as u64 <= self.size()
+            && self
+                .data
+                .read_at(position, len)
+                .is_ok_and(|bytes| batch::validate(&bytes).is_ok())
+    }
+
     /// Whether the batch whose `header` was read at `position` ends where the segment ends or
-    /// where a header of the batch that must follow it starts. Its length and base offset lie
-    /// outside its CRC: a damaged length would send a walk into the middle of other batches,
-    /// so a header is trusted only when what follows it agrees.
+    /// where a header of the batch that must follow it starts.
     fn is_followed(&self, position: u64, header: &BatchHeader) -> bool {
         let end = position + header.total_len() as u64;
         let size = self.size();

@@ -1179,3 +1179,39 @@ fn the_recovery_point_follows_the_durable_offset_lazily() {
         .expect("file");
     assert_eq!(decode_recovery_point(&bytes), Some(12));
 }
+
+/// A flipped bit in the base offset of a batch (outside its CRC) under a running log: the
+/// batch before it, whose successor now disagrees, is still served, and so is the one after.
+#[test]
+fn a_damaged_base_offset_under_a_running_log_refuses_only_that_batch() {
+    for bit in 0..64u8 {
+        let (sim, disk, dir) = sim();
+        let config = LogConfig {
+            index_interval_bytes: 100_000,
+            ..LogConfig::default()
+        };
+        let (mut log, _) = open(&disk, &dir, config.clone());
+        append_many(&mut log, 12, 3);
+        log.sync(0).expect("sync");
+        let path = dir.join("00000000000000000000.log");
+        let bytes = sim.durable_contents(&path).expect("segment");
+        let second = BatchHeader::parse(&bytes).expect("header").total_len() as u64;
+        // The second batch holds offsets 3..6; its base offset is its first 8 bytes.
+        sim.corrupt_durable(&path, second + u64::from(bit / 8), bit % 8)
+            .expect("corrupt");
+        assert!(
+            matches!(log.read(4, 100, u64::MAX), Err(LogError::Corrupt { .. })),
+            "bit {bit}"
+        );
+        for offset in [0, 2, 6, 20, 35] {
+            let read = log
+                .read(offset, 100, u64::MAX)
+                .unwrap_or_else(|error| panic!("bit {bit} offset {offset}: {error}"));
+            let first = split_batches(read.batches)
+                .next()
+                .expect("a batch")
+                .expect("valid");
+            assert!(first.header().base_offset <= offset && offset <= first.header().last_offset());
+        }
+    }
+}
