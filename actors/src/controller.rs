@@ -28,14 +28,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use brook_storage::disk::{Disk, OpenMode};
-use brook_storage::log::{Log, LogConfig};
+use brook_storage::log::{Log, LogConfig, RetentionPolicy};
 use brook_wire::error::{BrokerError, ErrorCode};
 use brook_wire::protocol::{
     BrokerMetadata, PartitionMetadata, TopicDescription, TopicMetadata, TopicSummary,
 };
+use brook_wire::topic_config::{ConfigEntry, TopicConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::partition::{PartitionActor, PartitionConfig, PartitionMessage, PartitionStatus};
+use crate::partition::{
+    PartitionActor, PartitionConfig, PartitionLimits, PartitionMessage, PartitionStatus,
+};
 use crate::runtime::{Actor, Addr, Context, Duration, Instant, Reply, Runtime};
 
 /// Longest topic name.
@@ -61,6 +64,10 @@ pub struct ControllerConfig {
     pub partition_mailbox_capacity: usize,
     pub partitions_max: u32,
     pub default_partitions: u32,
+    /// The node's topic config defaults; a topic's overrides apply on top.
+    pub topic_defaults: TopicConfig,
+    /// How often the retention task asks every partition to delete what retention allows.
+    pub retention_check_interval: Duration,
 }
 
 /// Errors loading the topics at start.
@@ -89,6 +96,8 @@ struct TopicFile {
 
 struct Topic {
     file: TopicFile,
+    /// The defaults with the file's overrides applied.
+    config: TopicConfig,
     partitions: Vec<Addr<PartitionActor>>,
 }
 
@@ -133,6 +142,20 @@ pub enum ControllerMessage {
         partition: u32,
         reply: Reply<Result<Addr<PartitionActor>, BrokerError>>,
     },
+    /// Set (`set`) and remove (`delete`) config overrides of a topic; all or nothing.
+    AlterTopicConfig {
+        name: String,
+        set: Vec<(String, String)>,
+        delete: Vec<String>,
+        reply: Reply<Result<Vec<ConfigEntry>, BrokerError>>,
+    },
+    /// Every config key of a topic with its effective value and source.
+    DescribeConfigs {
+        name: String,
+        reply: Reply<Result<Vec<ConfigEntry>, BrokerError>>,
+    },
+    /// Internal: the retention task's period elapsed.
+    RetentionTick,
     /// Stop every partition (each syncs its log) and then the controller.
     Shutdown {
         reply: Reply<()>,
@@ -181,6 +204,10 @@ fn unavailable_topic(name: &str, topic: &UnavailableTopic) -> BrokerError {
             topic.reason
         ),
     )
+}
+
+fn invalid_config(error: &dyn std::fmt::Display) -> BrokerError {
+    BrokerError::new(ErrorCode::InvalidConfig, error.to_string())
 }
 
 fn storage_error(error: &dyn std::fmt::Display) -> BrokerError {
@@ -335,14 +362,27 @@ impl Controller {
                 reason: error.to_string(),
                 attempted_at: self.runtime.now(),
             })?;
+        let config = self
+            .config
+            .topic_defaults
+            .with_overrides(&file.config)
+            .map_err(|error| UnavailableTopic {
+                file: Some(file.clone()),
+                reason: format!("{}: {error}", meta_path.display()),
+                attempted_at: self.runtime.now(),
+            })?;
         let partitions = self
-            .open_partitions(name, file.partitions)
+            .open_partitions(name, file.partitions, &config)
             .map_err(|error| UnavailableTopic {
                 file: Some(file.clone()),
                 reason: error.to_string(),
                 attempted_at: self.runtime.now(),
             })?;
-        Ok(Topic { file, partitions })
+        Ok(Topic {
+            file,
+            config,
+            partitions,
+        })
     }
 
     /// Open every partition log of a topic, then spawn their actors: either all of them run,
@@ -351,7 +391,9 @@ impl Controller {
         &self,
         topic: &str,
         partitions: u32,
+        config: &TopicConfig,
     ) -> Result<Vec<Addr<PartitionActor>>, ControllerError> {
+        let limits = self.partition_limits(config);
         let logs = (0..partitions)
             .map(|partition| self.open_partition(topic, partition))
             .collect::<Result<Vec<_>, _>>()?;
@@ -362,17 +404,40 @@ impl Controller {
             .into_iter()
             .zip(0..)
             .map(|(log, partition)| {
-                let actor = PartitionActor::new(
+                let mut actor = PartitionActor::new(
                     topic.to_owned(),
                     partition,
                     log,
                     SINGLE_NODE_TERM,
                     self.config.partition.clone(),
                 );
+                // Validated limits: the log accepts every segment size a config allows.
+                if let Err(error) = actor.set_limits(limits) {
+                    tracing::error!(topic, partition, %error, "topic config limits refused by the log; using the node's");
+                }
                 self.runtime
                     .spawn_actor(actor, self.config.partition_mailbox_capacity)
             })
             .collect())
+    }
+
+    /// What a topic config sets on its partitions' logs.
+    fn partition_limits(&self, config: &TopicConfig) -> PartitionLimits {
+        let non_negative = |value: i64| u64::try_from(value).ok();
+        PartitionLimits {
+            segment_bytes_max: config.segment_bytes,
+            segment_age_ms_max: config.segment_ms,
+            batch_bytes_max: (config.max_message_bytes as usize)
+                .min(self.config.log.batch_bytes_max),
+            retention: if config.cleanup_policy.deletes() {
+                RetentionPolicy {
+                    age_ms_max: non_negative(config.retention_ms),
+                    bytes_max: non_negative(config.retention_bytes),
+                }
+            } else {
+                RetentionPolicy::default()
+            },
+        }
     }
 
     fn open_partition(&self, topic: &str, partition: u32) -> Result<Log, ControllerError> {
@@ -532,16 +597,16 @@ impl Controller {
                 format!("replication factor {replication_factor} is not possible on a single node (use 1)"),
             ));
         }
-        if let Some((key, _)) = config.first() {
-            return Err(BrokerError::new(
-                ErrorCode::InvalidConfig,
-                format!("unknown topic config key {key:?}"),
-            ));
-        }
+        let overrides: BTreeMap<String, String> = config.into_iter().collect();
+        let topic_config = self
+            .config
+            .topic_defaults
+            .with_overrides(&overrides)
+            .map_err(|error| invalid_config(&error))?;
         let file = TopicFile {
             partitions,
             replication_factor,
-            config: BTreeMap::new(),
+            config: overrides,
         };
         let topics_dir = Self::topics_dir(&self.config.data_dir);
         let dir = topics_dir.join(&name);
@@ -554,7 +619,7 @@ impl Controller {
         }
         let opened = self
             .write_topic_dir(&name, &file)
-            .and_then(|()| self.open_partitions(&name, partitions));
+            .and_then(|()| self.open_partitions(&name, partitions, &topic_config));
         let addresses = match opened {
             Ok(addresses) => addresses,
             Err(error) => {
@@ -578,6 +643,7 @@ impl Controller {
             name,
             Topic {
                 file,
+                config: topic_config,
                 partitions: addresses,
             },
         );
@@ -614,6 +680,86 @@ impl Controller {
         self.topics.remove(name);
         tracing::info!(topic = %name, "deleted topic");
         Ok(())
+    }
+
+    /// Replace a topic's metadata file: the new text is written and synced under a temporary
+    /// name, then renamed over the old one and the directory synced, so a crash leaves the old
+    /// file or the new one, whole.
+    fn rewrite_topic_file(&self, name: &str, file: &TopicFile) -> Result<(), ControllerError> {
+        let dir = Self::topics_dir(&self.config.data_dir).join(name);
+        let path = dir.join(TOPIC_FILE);
+        let staging = dir.join(format!("{TOPIC_FILE}.new"));
+        let text = encode_topic_file(file).map_err(|error| ControllerError::Metadata {
+            path: path.clone(),
+            reason: error.to_string(),
+        })?;
+        if self.disk.exists(&staging)? {
+            self.disk.remove_file(&staging)?;
+        }
+        let handle = self.disk.open(&staging, OpenMode::CreateNew)?;
+        handle.append(text.as_bytes())?;
+        handle.sync()?;
+        drop(handle);
+        self.disk.rename(&staging, &path)?;
+        self.disk.sync_dir(&dir)?;
+        Ok(())
+    }
+
+    async fn alter_topic_config(
+        &mut self,
+        name: &str,
+        set: Vec<(String, String)>,
+        delete: Vec<String>,
+    ) -> Result<Vec<ConfigEntry>, BrokerError> {
+        if let Some(topic) = self.unavailable.get(name) {
+            return Err(unavailable_topic(name, topic));
+        }
+        let topic = self.topics.get(name).ok_or_else(|| unknown_topic(name))?;
+        let mut file = topic.file.clone();
+        for (key, value) in set {
+            file.config.insert(key, value);
+        }
+        for key in delete {
+            if TopicConfig::default().get(&key).is_none() {
+                return Err(invalid_config(
+                    &brook_wire::topic_config::TopicConfigError::UnknownKey { key },
+                ));
+            }
+            file.config.remove(&key);
+        }
+        let config = self
+            .config
+            .topic_defaults
+            .with_overrides(&file.config)
+            .map_err(|error| invalid_config(&error))?;
+        self.rewrite_topic_file(name, &file)
+            .map_err(|error| storage_error(&error))?;
+        let limits = self.partition_limits(&config);
+        for address in &topic.partitions {
+            match address
+                .ask(|reply| PartitionMessage::SetLimits { limits, reply })
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(error),
+                Err(error) => return Err(storage_error(&error)),
+            }
+        }
+        let entries = config.entries(&file.config);
+        tracing::info!(topic = name, overrides = ?file.config, "altered topic config");
+        if let Some(topic) = self.topics.get_mut(name) {
+            topic.file = file;
+            topic.config = config;
+        }
+        Ok(entries)
+    }
+
+    fn describe_configs(&self, name: &str) -> Result<Vec<ConfigEntry>, BrokerError> {
+        if let Some(topic) = self.unavailable.get(name) {
+            return Err(unavailable_topic(name, topic));
+        }
+        let topic = self.topics.get(name).ok_or_else(|| unknown_topic(name))?;
+        Ok(topic.config.entries(&topic.file.config))
     }
 
     async fn partition_metadata(&self, topic: &Topic) -> Vec<PartitionMetadata> {
@@ -662,6 +808,15 @@ impl Controller {
 
 impl Actor for Controller {
     type Message = ControllerMessage;
+
+    async fn started(&mut self, context: &mut Context<Self>) {
+        let period = self
+            .config
+            .retention_check_interval
+            .max(Duration::from_millis(1));
+        // The timer lives as long as the controller; nothing needs its handle.
+        drop(context.run_interval(period, || ControllerMessage::RetentionTick));
+    }
 
     async fn handle(&mut self, message: ControllerMessage, context: &mut Context<Self>) {
         match message {
@@ -788,6 +943,28 @@ impl Actor for Controller {
                         }),
                 };
                 reply.send(result);
+            }
+            ControllerMessage::AlterTopicConfig {
+                name,
+                set,
+                delete,
+                reply,
+            } => {
+                let result = self.alter_topic_config(&name, set, delete).await;
+                reply.send(result);
+            }
+            ControllerMessage::DescribeConfigs { name, reply } => {
+                self.retry_unavailable(&name);
+                reply.send(self.describe_configs(&name));
+            }
+            ControllerMessage::RetentionTick => {
+                for topic in self.topics.values() {
+                    for address in &topic.partitions {
+                        // A full mailbox means a busy partition: it is asked again next period.
+                        let _ =
+                            address.try_send(PartitionMessage::EnforceRetention { reply: None });
+                    }
+                }
             }
             ControllerMessage::Shutdown { reply } => {
                 for topic in self.topics.values() {
@@ -941,6 +1118,8 @@ mod tests {
             partition_mailbox_capacity: 16,
             partitions_max: 16,
             default_partitions: 1,
+            topic_defaults: TopicConfig::default(),
+            retention_check_interval: Duration::from_secs(10),
         }
     }
 

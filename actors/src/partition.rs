@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use brook_storage::log::{FsyncPolicy, Log, LogError};
+use brook_storage::log::{FsyncPolicy, Log, LogError, RetentionOutcome, RetentionPolicy};
 use brook_storage::DiskError;
 use brook_wire::batch::{self, BatchHeader};
 use brook_wire::error::{BrokerError, ErrorCode};
@@ -125,10 +125,33 @@ pub enum PartitionMessage {
     },
     /// Internal: periodic sync under `fsync = interval`.
     SyncTick,
+    /// Apply a topic config change: segment limits (from the next append on) and retention.
+    SetLimits {
+        limits: PartitionLimits,
+        reply: PartitionReply<()>,
+    },
+    /// Delete whole segments beyond retention (sent by the node's retention task). Never
+    /// deletes the active segment or anything at or above the high watermark.
+    EnforceRetention {
+        reply: Option<Reply<Result<RetentionOutcome, BrokerError>>>,
+    },
     /// Sync the log and stop; the reply comes once the log is synced.
     Stop {
         reply: Reply<()>,
     },
+}
+
+/// What a topic's config sets on each of its partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionLimits {
+    /// `segment.bytes`.
+    pub segment_bytes_max: u64,
+    /// `segment.ms`.
+    pub segment_age_ms_max: u64,
+    /// `max.message.bytes`, capped by the node's batch limit.
+    pub batch_bytes_max: usize,
+    /// `retention.ms` and `retention.bytes` (none under `cleanup.policy = compact`).
+    pub retention: RetentionPolicy,
 }
 
 struct PendingAck {
@@ -157,6 +180,7 @@ pub struct PartitionActor {
     next_waiter: u64,
     interval_timer: Option<TimerHandle>,
     stop_reply: Option<Reply<()>>,
+    retention: RetentionPolicy,
 }
 
 impl PartitionActor {
@@ -179,7 +203,39 @@ impl PartitionActor {
             next_waiter: 0,
             interval_timer: None,
             stop_reply: None,
+            retention: RetentionPolicy::default(),
         }
+    }
+
+    /// Apply a topic's limits (before the actor runs, or on a config change).
+    pub fn set_limits(&mut self, limits: PartitionLimits) -> Result<(), BrokerError> {
+        self.log
+            .set_segment_limits(
+                limits.segment_bytes_max,
+                limits.segment_age_ms_max,
+                limits.batch_bytes_max,
+            )
+            .map_err(|error| storage_error(&error))?;
+        self.retention = limits.retention;
+        Ok(())
+    }
+
+    fn enforce_retention(&mut self, now_ms: u64) -> Result<RetentionOutcome, BrokerError> {
+        let outcome = self
+            .log
+            .apply_retention(self.retention, now_ms, self.high_watermark())
+            .map_err(|error| storage_error(&error))?;
+        if outcome.segments_deleted > 0 {
+            tracing::info!(
+                topic = %self.topic,
+                partition = self.partition,
+                segments = outcome.segments_deleted,
+                bytes = outcome.bytes_deleted,
+                log_start_offset = outcome.log_start_offset,
+                "retention deleted segments"
+            );
+        }
+        Ok(outcome)
     }
 
     /// What consumers may see: everything durable under `always`, the log end under `interval`.
@@ -534,6 +590,19 @@ impl Actor for PartitionActor {
                     waiter
                         .reply
                         .send(self.read(waiter.offset, waiter.bytes_max));
+                }
+            }
+            PartitionMessage::SetLimits { limits, reply } => {
+                reply.send(self.set_limits(limits));
+            }
+            PartitionMessage::EnforceRetention { reply } => {
+                let now_ms = u64::try_from(context.wall_clock_ms()).unwrap_or(0);
+                let result = self.enforce_retention(now_ms);
+                if let Err(error) = &result {
+                    tracing::warn!(topic = %self.topic, partition = self.partition, %error, "retention failed; retried at the next pass");
+                }
+                if let Some(reply) = reply {
+                    reply.send(result);
                 }
             }
             PartitionMessage::Stop { reply } => {
