@@ -3,6 +3,7 @@
 //! records keep coming, the log start offset moves (and survives a restart), a fetch below
 //! it is refused with offset-out-of-range naming the log start, and a consumer whose reset
 //! policy is `earliest` or `latest` moves on by itself.
+#![allow(clippy::disallowed_methods)] // real processes and the real clock: not simulated code
 
 use std::path::Path;
 use std::time::{Duration, Instant};
