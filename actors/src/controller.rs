@@ -732,9 +732,39 @@ impl Controller {
             .topic_defaults
             .with_overrides(&file.config)
             .map_err(|error| invalid_config(&error))?;
-        self.rewrite_topic_file(name, &file)
-            .map_err(|error| storage_error(&error))?;
+        if let Err(error) = self.rewrite_topic_file(name, &file) {
+            // The rename may have happened before the failure: memory follows what the disk
+            // now says, so that a restart without a crash changes nothing.
+            let path = Self::topics_dir(&self.config.data_dir)
+                .join(name)
+                .join(TOPIC_FILE);
+            if let Ok(on_disk) = read_topic_file(self.disk.as_ref(), &path) {
+                if on_disk == file {
+                    tracing::warn!(topic = name, %error, "the new topic config is in place but may not be durable");
+                    self.apply_topic_config(name, file, config).await?;
+                }
+            }
+            return Err(storage_error(&error));
+        }
+        self.apply_topic_config(name, file.clone(), config.clone())
+            .await?;
+        tracing::info!(topic = name, overrides = ?file.config, "altered topic config");
+        Ok(config.entries(&file.config))
+    }
+
+    /// Take a new topic config into memory and apply it to the topic's running partitions.
+    async fn apply_topic_config(
+        &mut self,
+        name: &str,
+        file: TopicFile,
+        config: TopicConfig,
+    ) -> Result<(), BrokerError> {
         let limits = self.partition_limits(&config);
+        let Some(topic) = self.topics.get_mut(name) else {
+            return Err(unknown_topic(name));
+        };
+        topic.file = file;
+        topic.config = config;
         for address in &topic.partitions {
             match address
                 .ask(|reply| PartitionMessage::SetLimits { limits, reply })
@@ -745,13 +775,7 @@ impl Controller {
                 Err(error) => return Err(storage_error(&error)),
             }
         }
-        let entries = config.entries(&file.config);
-        tracing::info!(topic = name, overrides = ?file.config, "altered topic config");
-        if let Some(topic) = self.topics.get_mut(name) {
-            topic.file = file;
-            topic.config = config;
-        }
-        Ok(entries)
+        Ok(())
     }
 
     fn describe_configs(&self, name: &str) -> Result<Vec<ConfigEntry>, BrokerError> {
@@ -1376,6 +1400,127 @@ mod tests {
         controller
             .create_topic("bad".into(), 1, 1, Vec::new())
             .expect("and its name used again");
+    }
+
+    /// The overrides a node started on `disk` finds for `name`.
+    fn reloaded_overrides(disk: &SimDisk, name: &str) -> BTreeMap<String, String> {
+        let controller = Controller::load(Runtime::new(4), Arc::new(disk.clone()), config())
+            .expect("a node starts");
+        assert!(controller.unavailable.is_empty(), "the topic file is whole");
+        controller.topics[name].file.config.clone()
+    }
+
+    /// Alter at every step, with a crash or one failed operation there: a node restarted on the
+    /// disk finds the old overrides or the new ones, whole; an acknowledged alter survives a
+    /// crash; after a failure without a crash, memory says what the disk says.
+    #[tokio::test]
+    async fn alter_config_is_whole_and_durable_at_every_step() {
+        let old = BTreeMap::from([("retention.ms".to_owned(), "1000".to_owned())]);
+        let new = BTreeMap::from([("segment.bytes".to_owned(), "2048".to_owned())]);
+        for (mode, fail_count) in [("crash", usize::MAX), ("one failed operation", 1)] {
+            let mut completed = false;
+            for fail_from in 0..OPERATIONS_MAX {
+                let disk = SimDisk::new(fail_from as u64);
+                let (mut controller, faults) = faulty_controller(&disk, fail_from, fail_count);
+                faults.armed.store(false, Ordering::SeqCst);
+                controller
+                    .create_topic("events".into(), 1, 1, old.clone().into_iter().collect())
+                    .expect("create");
+                faults.armed.store(true, Ordering::SeqCst);
+                let result = controller
+                    .alter_topic_config(
+                        "events",
+                        vec![("segment.bytes".into(), "2048".into())],
+                        vec!["retention.ms".into()],
+                    )
+                    .await;
+                let injected = faults.failed.load(Ordering::SeqCst) > 0;
+                let in_memory = controller.topics["events"].file.config.clone();
+                drop(controller);
+                if mode == "crash" {
+                    disk.crash(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+                        fail_from as u64,
+                    ));
+                }
+                let found = reloaded_overrides(&disk, "events");
+                assert!(
+                    found == old || found == new,
+                    "{mode} at operation {fail_from}: {found:?}"
+                );
+                if result.is_ok() {
+                    assert_eq!(found, new, "{mode} at operation {fail_from}: acknowledged");
+                    assert_eq!(in_memory, new);
+                } else if mode != "crash" {
+                    assert_eq!(in_memory, found, "{mode} at operation {fail_from}");
+                }
+                if !injected {
+                    assert!(result.is_ok(), "{result:?}");
+                    completed = true;
+                    break;
+                }
+            }
+            assert!(
+                completed,
+                "{mode}: an alter takes fewer than {OPERATIONS_MAX} operations"
+            );
+        }
+    }
+
+    /// A bad key or value refuses the whole change and names the key; nothing changes.
+    #[tokio::test]
+    async fn a_bad_alter_names_the_key_and_changes_nothing() {
+        let disk = SimDisk::new(9);
+        let (mut controller, _faults) = faulty_controller(&disk, usize::MAX, 0);
+        let error = controller
+            .create_topic(
+                "events".into(),
+                1,
+                1,
+                vec![("retention.hours".into(), "1".into())],
+            )
+            .expect_err("unknown key");
+        assert_eq!(error.code, ErrorCode::InvalidConfig);
+        assert!(error.message.contains("retention.hours"), "{error}");
+        controller
+            .create_topic("events".into(), 1, 1, Vec::new())
+            .expect("create");
+        for (set, delete, key) in [
+            (
+                vec![("segment.ms".to_owned(), "0".to_owned())],
+                vec![],
+                "segment.ms",
+            ),
+            (
+                vec![],
+                vec!["retention.weeks".to_owned()],
+                "retention.weeks",
+            ),
+            (
+                vec![
+                    ("retention.ms".to_owned(), "5".to_owned()),
+                    ("compression.type".to_owned(), "brotli".to_owned()),
+                ],
+                vec![],
+                "compression.type",
+            ),
+        ] {
+            let error = controller
+                .alter_topic_config("events", set, delete)
+                .await
+                .expect_err(key);
+            assert_eq!(error.code, ErrorCode::InvalidConfig);
+            assert!(error.message.contains(key), "{error}");
+        }
+        assert!(controller.topics["events"].file.config.is_empty());
+        assert!(reloaded_overrides(&disk, "events").is_empty());
+        let entries = controller.describe_configs("events").expect("describe");
+        assert_eq!(
+            entries.len(),
+            brook_wire::topic_config::TOPIC_CONFIG_KEYS.len()
+        );
+        assert!(entries
+            .iter()
+            .all(|entry| entry.source == brook_wire::topic_config::ConfigSource::Default));
     }
 
     #[test]
