@@ -642,3 +642,91 @@ impl Actor for PartitionActor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use brook_storage::log::LogConfig;
+    use brook_storage::SimDisk;
+    use brook_wire::batch::BatchBuilder;
+
+    use super::*;
+    use crate::runtime::Runtime;
+
+    fn batch() -> Bytes {
+        let mut builder = BatchBuilder::new();
+        builder.push(0, None, Some(&[1u8; 300][..]), &[]);
+        builder.finish().freeze()
+    }
+
+    /// Retention through the actor: segments beyond `retention.bytes` go, the log start moves,
+    /// a fetch below it is out of range and names it, and a fetch at it is served.
+    #[tokio::test]
+    async fn retention_moves_the_log_start_and_fetches_below_it_are_out_of_range() {
+        let disk = Arc::new(SimDisk::new(5));
+        let (log, _) = Log::open(disk, "/p", LogConfig::default(), 0).expect("open");
+        let mut actor = PartitionActor::new("t".into(), 0, log, 1, PartitionConfig::default());
+        actor
+            .set_limits(PartitionLimits {
+                segment_bytes_max: 1024,
+                segment_age_ms_max: u64::MAX,
+                batch_bytes_max: 1024,
+                retention: RetentionPolicy {
+                    age_ms_max: None,
+                    bytes_max: Some(2048),
+                },
+            })
+            .expect("limits");
+        let runtime = Runtime::new(1);
+        let address = runtime.spawn_actor(actor, 16);
+        for _ in 0..20 {
+            address
+                .ask(|reply| PartitionMessage::Produce {
+                    batches: batch(),
+                    acks: Acks::All,
+                    reply,
+                })
+                .await
+                .expect("ask")
+                .expect("produce");
+        }
+        let outcome = address
+            .ask(|reply| PartitionMessage::EnforceRetention { reply: Some(reply) })
+            .await
+            .expect("ask")
+            .expect("retention");
+        assert!(outcome.segments_deleted > 0, "{outcome:?}");
+        let start = outcome.log_start_offset;
+        assert!(start > 0 && start < 20, "{outcome:?}");
+        let status = address
+            .ask(|reply| PartitionMessage::Status { reply })
+            .await
+            .expect("ask");
+        assert_eq!(status.log_start_offset, start);
+        assert_eq!(status.high_watermark, 20);
+        let error = address
+            .ask(|reply| PartitionMessage::Fetch {
+                offset: start - 1,
+                bytes_max: 4096,
+                wait_ms_max: 0,
+                reply,
+            })
+            .await
+            .expect("ask")
+            .expect_err("below the log start");
+        assert_eq!(error.code, ErrorCode::OffsetOutOfRange);
+        assert!(error.message.contains(&format!("[{start}, 20]")), "{error}");
+        let fetched = address
+            .ask(|reply| PartitionMessage::Fetch {
+                offset: start,
+                bytes_max: 4096,
+                wait_ms_max: 0,
+                reply,
+            })
+            .await
+            .expect("ask")
+            .expect("at the log start");
+        assert!(fetched.batch_count > 0);
+    }
+}
