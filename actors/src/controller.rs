@@ -421,6 +421,23 @@ impl Controller {
             .collect())
     }
 
+    /// A topic may not promise more than the node accepts: `max.message.bytes` above the
+    /// node's batch limit would be refused by every produce anyway.
+    fn check_node_limits(&self, config: &TopicConfig) -> Result<(), BrokerError> {
+        let node_limit = self.config.log.batch_bytes_max;
+        if config.max_message_bytes as usize > node_limit {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "invalid value \"{}\" for topic config {}: above the node's limit of {node_limit} bytes (limits.batch_bytes_max)",
+                    config.max_message_bytes,
+                    brook_wire::topic_config::MAX_MESSAGE_BYTES
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// What a topic config sets on its partitions' logs.
     fn partition_limits(&self, config: &TopicConfig) -> PartitionLimits {
         let non_negative = |value: i64| u64::try_from(value).ok();
@@ -603,6 +620,7 @@ impl Controller {
             .topic_defaults
             .with_overrides(&overrides)
             .map_err(|error| invalid_config(&error))?;
+        self.check_node_limits(&topic_config)?;
         let file = TopicFile {
             partitions,
             replication_factor,
@@ -732,6 +750,7 @@ impl Controller {
             .topic_defaults
             .with_overrides(&file.config)
             .map_err(|error| invalid_config(&error))?;
+        self.check_node_limits(&config)?;
         if let Err(error) = self.rewrite_topic_file(name, &file) {
             // The rename may have happened before the failure: memory follows what the disk
             // now says, so that a restart without a crash changes nothing.
@@ -1494,6 +1513,11 @@ mod tests {
                 vec![],
                 vec!["retention.weeks".to_owned()],
                 "retention.weeks",
+            ),
+            (
+                vec![("max.message.bytes".to_owned(), "2147483647".to_owned())],
+                vec![],
+                "max.message.bytes",
             ),
             (
                 vec![
