@@ -231,5 +231,14 @@ mod tests {
             Err(LogError::BatchTooLarge { .. })
         ));
         assert!(log.set_segment_limits(10, 1, 1).is_err());
+        // segment.ms: the active segment rolls once its first append is that old.
+        log.set_segment_limits(1 << 20, 1000, 1 << 20)
+            .expect("limits");
+        log.append(&mut batch(0), 1, 10_000).expect("append");
+        let before = log.segment_count();
+        log.append(&mut batch(0), 1, 10_500).expect("append");
+        assert_eq!(log.segment_count(), before, "younger than segment.ms");
+        log.append(&mut batch(0), 1, 11_000).expect("append");
+        assert_eq!(log.segment_count(), before + 1, "rolled at segment.ms");
     }
 }
