@@ -15,3 +15,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest (once per machine)"
   cargo install cargo-nextest --locked
 fi
+
+# zstd (batch compression) builds the reference C library with the `cc` crate: a C compiler.
+if ! command -v cc >/dev/null 2>&1; then
+  echo "installing gcc (zstd-sys builds C)"
+  apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev
+fi

@@ -5,5 +5,7 @@
 //! naming the same items.
 
 pub mod controller;
+pub mod heartbeats;
 pub mod partition;
+pub mod replica;
 pub use brook_runtime as runtime;

@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use brook_storage::log::{FsyncPolicy, Log, LogError, RetentionOutcome, RetentionPolicy};
 use brook_storage::DiskError;
-use brook_wire::batch::{self, BatchHeader};
+use brook_wire::batch::{BatchError, BatchHeader};
+use brook_wire::compression::{self, CompressionError};
 use brook_wire::error::{BrokerError, ErrorCode};
 use brook_wire::protocol::{Acks, OffsetSpec};
 use bytes::{Bytes, BytesMut};
@@ -51,6 +52,9 @@ pub struct PlantedBugs {
     pub skip_on_fetch: bool,
     /// Serve records above the high watermark (not yet durable).
     pub serve_above_hw: bool,
+    /// Refuse every produce with a retriable error (a broker that does nothing: only the
+    /// progress verdict can tell it from a healthy one).
+    pub refuse_produce: bool,
 }
 
 impl Default for PartitionConfig {
@@ -290,13 +294,21 @@ impl PartitionActor {
                 .check(&batches[position..end])
                 .map_err(|error| storage_error(&error))?;
             // Then every record: a batch whose CRC holds can still lie about its records, and
-            // once stored it would stop every consumer at its offset for good.
-            batch::validate_records(&batches[position..end]).map_err(|error| {
-                BrokerError::new(
-                    ErrorCode::InvalidRecord,
-                    format!("batch at byte {position}: {error}"),
-                )
-            })?;
+            // once stored it would stop every consumer at its offset for good. A compressed
+            // batch is checked on a decompressed copy, bounded, and stored as sent.
+            let limit = compression::decompressed_bytes_limit(self.log.config().batch_bytes_max);
+            compression::validate_records_bounded(&batches[position..end], limit).map_err(
+                |error| {
+                    let code = match error {
+                        // Too large once decompressed: the producer splits and resends.
+                        BatchError::Compression(CompressionError::TooLarge { .. }) => {
+                            ErrorCode::RecordTooLarge
+                        }
+                        _ => ErrorCode::InvalidRecord,
+                    };
+                    BrokerError::new(code, format!("batch at byte {position}: {error}"))
+                },
+            )?;
             bounds.push((position, end, checked));
             position = end;
         }
@@ -506,6 +518,14 @@ impl Actor for PartitionActor {
                 acks,
                 reply,
             } => {
+                #[cfg(madsim)]
+                if self.config.planted.refuse_produce {
+                    reply.send(Err(BrokerError::new(
+                        ErrorCode::NotEnoughReplicas,
+                        "planted bug refuse-produce",
+                    )));
+                    return;
+                }
                 let now_ms = u64::try_from(context.wall_clock_ms()).unwrap_or(0);
                 let result = self.produce(batches, now_ms);
                 match (result, self.log.config().fsync) {

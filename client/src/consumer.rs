@@ -232,6 +232,8 @@ pub struct Consumer {
     /// out yet: returned first by the next `poll` or stream, so dropping a stream loses none.
     /// At most one poll's worth.
     buffered: VecDeque<ConsumerRecord>,
+    /// Bytes of record batches received in fetch responses (as sent, compressed or not).
+    batch_bytes_fetched: u64,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -277,6 +279,7 @@ impl Consumer {
             fetches: FutureSet::default(),
             deferred_error: None,
             buffered: VecDeque::new(),
+            batch_bytes_fetched: 0,
         })
     }
 
@@ -374,6 +377,12 @@ impl Consumer {
         Ok(offset)
     }
 
+    /// Bytes of record batches this consumer has received in fetch responses so far, as they
+    /// came on the wire (compressed batches count their compressed size).
+    pub fn batch_bytes_fetched(&self) -> u64 {
+        self.batch_bytes_fetched
+    }
+
     /// The next offset this consumer will return for a partition, if it is assigned.
     pub fn position(&self, topic: &str, partition: u32) -> Option<u64> {
         let position = self.assignment.get(&(topic.to_owned(), partition))?;
@@ -443,7 +452,9 @@ impl Consumer {
                 .min()
                 .map_or(deadline, |at| at.min(deadline));
             let sleep = runtime.sleep_until(wake);
+            // biased: deterministic in simulation (see the producer's loop).
             tokio::select! {
+                biased;
                 outcome = self.fetches.next(), if !self.fetches.is_empty() => {
                     self.on_fetch(outcome, &mut records)?;
                 }
@@ -583,6 +594,9 @@ impl Consumer {
             return Ok(());
         }
         position.fetching = None;
+        if let Ok((_, payload)) = &result {
+            self.batch_bytes_fetched += payload.len() as u64;
+        }
         if let Some(offset) = reset_to {
             tracing::warn!(topic = %key.0, partition = key.1, from = position.offset, to = offset, policy = ?self.config.offset_reset, "position out of the log's range; reset");
             position.offset = offset;
@@ -825,7 +839,8 @@ async fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use brook_wire::batch::{stamp, BatchBuilder};
+    use brook_wire::batch::{stamp, BatchBuilder, BatchError};
+    use brook_wire::compression::{compress_batch, Compression};
     use bytes::BytesMut;
 
     fn batch(base: u64, count: u32) -> BytesMut {
@@ -854,6 +869,59 @@ mod tests {
         let offsets: Vec<u64> = records.iter().map(|record| record.offset).collect();
         assert_eq!(offsets, [12, 13, 14, 15, 16]);
         assert_eq!(records[0].timestamp, 1_002);
+    }
+
+    /// `batch`, compressed with `codec`.
+    fn compressed(base: u64, count: u32, codec: Compression) -> BytesMut {
+        let mut bytes = compress_batch(&batch(0, count), codec).expect("compress");
+        stamp(&mut bytes, base, 1);
+        bytes
+    }
+
+    #[test]
+    fn skips_records_below_the_position_inside_a_compressed_batch() {
+        for codec in [Compression::Lz4, Compression::Zstd] {
+            let mut payload = compressed(10, 5, codec);
+            payload.extend_from_slice(&compressed(15, 2, Compression::Gzip));
+            let records =
+                decode_fetch("t", 0, 12, fetch(17, 2), payload.freeze()).expect("decodes");
+            let offsets: Vec<u64> = records.iter().map(|record| record.offset).collect();
+            assert_eq!(offsets, [12, 13, 14, 15, 16]);
+            assert_eq!(records[0].timestamp, 1_002);
+            assert_eq!(records[0].key.as_deref(), Some(&b"k"[..]));
+            assert_eq!(records[4].value.as_deref(), Some(&b"v"[..]));
+        }
+    }
+
+    /// A compressed batch whose CRC holds but whose payload does not decompress (a broker
+    /// that skipped validation, or a bug): a typed, non-retriable error, never a panic.
+    #[test]
+    fn a_corrupt_compressed_payload_is_a_corrupt_batch() {
+        // Snappy's announced length, an overlong varint.
+        let mut payload = compressed(0, 3, Compression::Snappy);
+        payload.truncate(brook_wire::batch::BATCH_HEADER_LEN);
+        payload.extend_from_slice(&[0xff; 12]);
+        let new_length = (payload.len() - 12) as u32;
+        payload[8..12].copy_from_slice(&new_length.to_le_bytes());
+        let crc = brook_wire::batch::compute_crc(&payload);
+        payload[21..25].copy_from_slice(&crc.to_le_bytes());
+        assert!(
+            brook_wire::batch::validate(&payload).is_ok(),
+            "the CRC holds"
+        );
+        let error = decode_fetch("t", 4, 0, fetch(3, 1), payload.freeze()).expect_err("corrupt");
+        assert!(
+            matches!(
+                error,
+                ClientError::CorruptBatch {
+                    partition: 4,
+                    source: BatchError::Compression(_),
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(!error.is_retriable());
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub mod partitioner;
 pub mod producer;
 
 pub use admin::{Admin, AlterConfig, ADMIN_REQUEST_TIMEOUT};
+pub use brook_wire::compression::Compression;
 pub use brook_wire::error::{BrokerError, ErrorCode};
 pub use brook_wire::protocol::{Acks, PartitionMetadata, TopicDescription, TopicSummary};
 pub use brook_wire::topic_config::{ConfigEntry, ConfigSource};

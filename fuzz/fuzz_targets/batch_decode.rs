@@ -1,15 +1,14 @@
 //! Arbitrary bytes into the record-batch decoders: `RecordBatch::new` + `records()`, and
-//! `split_batches` (+ `records()` of each batch), and `validate_records` (which must agree with
-//! `records()`).
+//! `split_batches` (+ `records()` of each batch), and `validate_records_bounded` (the broker's
+//! check, which must agree with `records()`).
 //!
 //! Input: byte 0 picks the mode, the rest is the batch. In "fixed" mode (odd byte 0) the batch
 //! length, magic and CRC are set right before decoding, so the fuzzer reaches the record
 //! decoder without having to forge a CRC-32C.
 #![no_main]
 
-use brook_wire::batch::{
-    compute_crc, split_batches, validate_records, RecordBatch, BATCH_HEADER_LEN, MAGIC,
-};
+use brook_wire::batch::{compute_crc, split_batches, RecordBatch, BATCH_HEADER_LEN, MAGIC};
+use brook_wire::compression::{validate_records_bounded, DECOMPRESSED_BYTES_MAX};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 
@@ -39,8 +38,12 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(records.len() as u64, u64::from(header.record_count));
         }
         // The broker's produce-time validation and the consumers' decoder must agree: a batch
-        // the broker accepts is one every consumer can read.
-        assert_eq!(validate_records(batch.bytes()).is_ok(), decoded.is_ok());
+        // the broker accepts is one every consumer can read (compressed ones decompressed
+        // within the limit every reader accepts).
+        assert_eq!(
+            validate_records_bounded(batch.bytes(), DECOMPRESSED_BYTES_MAX).is_ok(),
+            decoded.is_ok()
+        );
     }
     for batch in split_batches(bytes).take(64) {
         match batch {

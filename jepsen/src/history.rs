@@ -79,6 +79,39 @@ impl From<(u32, u64, u64)> for PollRecord {
     }
 }
 
+/// How many replicas must hold a send before the broker acknowledges it, which sets what an
+/// `ok` completion promises (CHECKERS.md): acks=all survives crashes (with `fsync = always`),
+/// acks=1 survives everything but a crash or failover, acks=0 promises nothing.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum SendAcks {
+    /// acks=all (the default of a history that does not say).
+    #[default]
+    All,
+    /// acks=1: the leader has it.
+    Leader,
+    /// acks=0: no answer; the send always completes `info`.
+    None,
+}
+
+impl SendAcks {
+    /// True for acks=all, the default (keeps JSON lines short).
+    pub fn is_all(&self) -> bool {
+        *self == SendAcks::All
+    }
+
+    /// The name used in messages: `all`, `1`, `0`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SendAcks::All => "all",
+            SendAcks::Leader => "1",
+            SendAcks::None => "0",
+        }
+    }
+}
+
 /// What an op does. On an invocation the result fields are empty (`None`, or no records); on an
 /// `ok` completion they carry the result.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +127,9 @@ pub enum OpKind {
         value: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         offset: Option<u64>,
+        /// What the acknowledgement promises; acks=all if absent.
+        #[serde(default, skip_serializing_if = "SendAcks::is_all")]
+        acks: SendAcks,
     },
     /// One poll of the consumer that is the op's process; the completion carries the records in
     /// the order they were delivered.
@@ -133,6 +169,22 @@ pub enum OpKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         offset: Option<u64>,
     },
+    /// The nemesis crashed the node named by the op (process killed, unsynced disk writes
+    /// lost): an instantaneous event. What was acknowledged without the promise to survive a
+    /// crash (acks=1, or acks=all under `fsync = interval`) may be gone after it.
+    Crash,
+    /// The node named by the op was started again after a crash: an instantaneous event.
+    Restart,
+    /// A consumer received a record whose value it could not parse (an instantaneous event of
+    /// the consumer's process, right after the poll that delivered it). Values are never
+    /// dropped silently: the checker reports each as an anomaly.
+    Unparseable {
+        partition: u32,
+        offset: u64,
+        /// The raw value, hex-encoded (`None`: the record had no value).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bytes_hex: Option<String>,
+    },
 }
 
 impl OpKind {
@@ -148,6 +200,9 @@ impl OpKind {
             OpKind::EndOffset { .. } => "end-offset",
             OpKind::Commit { .. } => "commit",
             OpKind::FetchCommitted { .. } => "fetch-committed",
+            OpKind::Crash => "crash",
+            OpKind::Restart => "restart",
+            OpKind::Unparseable { .. } => "unparseable",
         }
     }
 
@@ -161,18 +216,21 @@ impl OpKind {
                     key: k0,
                     value: v0,
                     offset: _,
+                    acks: a0,
                 },
                 OpKind::Send {
                     partition: p1,
                     key: k1,
                     value: v1,
                     offset,
+                    acks: a1,
                 },
-            ) => (v0 == v1).then(|| OpKind::Send {
+            ) => (v0 == v1 && a0 == a1).then(|| OpKind::Send {
                 partition: p1.or(*p0),
                 key: k1.clone().or_else(|| k0.clone()),
                 value: *v1,
                 offset: *offset,
+                acks: *a1,
             }),
             (OpKind::EndOffset { partition: p0, .. }, OpKind::EndOffset { partition: p1, .. })
             | (
@@ -487,6 +545,17 @@ impl HistoryBuilder {
 
     /// Invokes a send of `value` to `partition`.
     pub fn send_invoke(self, process: u64, partition: u32, value: u64) -> Self {
+        self.send_invoke_acks(process, partition, value, SendAcks::All)
+    }
+
+    /// Invokes a send of `value` to `partition` with `acks`.
+    pub fn send_invoke_acks(
+        self,
+        process: u64,
+        partition: u32,
+        value: u64,
+        acks: SendAcks,
+    ) -> Self {
         self.invoke(
             process,
             OpKind::Send {
@@ -494,6 +563,48 @@ impl HistoryBuilder {
                 key: None,
                 value,
                 offset: None,
+                acks,
+            },
+        )
+    }
+
+    /// An acks=1 send of `value` acknowledged at `partition`/`offset`.
+    pub fn send_ok_acks1(self, process: u64, partition: u32, offset: u64, value: u64) -> Self {
+        self.send_invoke_acks(process, partition, value, SendAcks::Leader)
+            .send_complete_ok(process, partition, offset)
+    }
+
+    /// The nemesis crashed node `node` (instantaneous event of `process`).
+    pub fn crash(self, process: u64, node: &str) -> Self {
+        self.node_event(process, node, OpKind::Crash)
+    }
+
+    /// Node `node` started again (instantaneous event of `process`).
+    pub fn restart(self, process: u64, node: &str) -> Self {
+        self.node_event(process, node, OpKind::Restart)
+    }
+
+    fn node_event(mut self, process: u64, node: &str, kind: OpKind) -> Self {
+        self.history.push(
+            process,
+            self.time_ns,
+            Some(node.to_owned()),
+            Phase::Ok,
+            kind,
+        );
+        self.time_ns += 1;
+        self
+    }
+
+    /// Consumer `process` received a record at `partition`/`offset` whose value did not parse.
+    pub fn unparseable(self, process: u64, partition: u32, offset: u64, bytes_hex: &str) -> Self {
+        self.op(
+            process,
+            Phase::Ok,
+            OpKind::Unparseable {
+                partition,
+                offset,
+                bytes_hex: Some(bytes_hex.to_owned()),
             },
         )
     }
@@ -507,14 +618,17 @@ impl HistoryBuilder {
                 key: Some(key.to_owned()),
                 value,
                 offset: None,
+                acks: SendAcks::All,
             },
         )
     }
 
     /// Completes the in-flight send `ok` at `partition`/`offset`.
     pub fn send_complete_ok(self, process: u64, partition: u32, offset: u64) -> Self {
-        let (key, value) = match self.pending(process) {
-            OpKind::Send { key, value, .. } => (key, value),
+        let (key, value, acks) = match self.pending(process) {
+            OpKind::Send {
+                key, value, acks, ..
+            } => (key, value, acks),
             other => panic!(
                 "process {process} has a {} in flight, not a send",
                 other.name()
@@ -528,6 +642,7 @@ impl HistoryBuilder {
                 key,
                 value,
                 offset: Some(offset),
+                acks,
             },
         )
     }

@@ -16,6 +16,7 @@ pub mod replica;
 
 pub use history::{
     History, HistoryBuilder, HistoryError, Op, OpKind, Operation, Outcome, Phase, PollRecord,
+    SendAcks,
 };
 pub use linear::{LinearOptions, LinearReport, PartitionResult, Verdict, Witness};
 pub use queue::{Anomaly, AnomalyKind, QueueCounts, QueueOptions, QueueReport};

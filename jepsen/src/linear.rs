@@ -39,7 +39,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::history::{History, HistoryError, OpKind, Operation, Outcome};
+use crate::history::{History, HistoryError, OpKind, Operation, Outcome, SendAcks};
 
 /// Knobs of the linearizability checker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,6 +298,7 @@ fn split(operations: &[Operation], use_polls: bool) -> BTreeMap<u32, Vec<LinOp>>
                     partition,
                     value,
                     offset,
+                    acks: SendAcks::All,
                     ..
                 },
                 Outcome::Ok,
@@ -317,11 +318,13 @@ fn split(operations: &[Operation], use_polls: bool) -> BTreeMap<u32, Vec<LinOp>>
                     partitions.entry(*partition).or_default().push(lin);
                 }
             }
+            // An acks=1 acknowledgement promises nothing across a crash, so the model takes
+            // it as indeterminate (its value, if read, still pins it).
             (
                 OpKind::Send {
                     partition, value, ..
                 },
-                Outcome::Info,
+                Outcome::Info | Outcome::Ok,
             ) => {
                 if let Some(&(read_partition, read_offset)) = reads.get(value) {
                     partitions.entry(read_partition).or_default().push(LinOp {

@@ -15,7 +15,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::history::{History, HistoryError, OpKind, Operation, Outcome};
+use crate::history::{History, HistoryError, OpKind, Operation, Outcome, SendAcks};
 
 /// The anomalies the queue checker names. The string forms (Display and serde) are the names
 /// of CHECKERS.md; the three consumer-group anomalies are named here.
@@ -60,11 +60,25 @@ pub enum AnomalyKind {
     /// A partition's new owner resumed above the committed offset, skipping records.
     #[serde(rename = "resume-above-commit")]
     ResumeAboveCommit,
+    /// An acks=1 acknowledgement never read although a later index was read, with no crash
+    /// between the acknowledgement and that read.
+    #[serde(rename = "lost-write-acks1")]
+    LostWriteAcks1,
+    /// The final drain's offsets of a partition, from the log start to the end, are not dense.
+    #[serde(rename = "offset-gap")]
+    OffsetGap,
+    /// A consumer received a value it could not parse.
+    #[serde(rename = "unparseable-value")]
+    UnparseableValue,
+    /// The history holds fewer acknowledged acks=all sends, or fewer records read, than the
+    /// run's minimum: a run with no evidence is not a pass.
+    #[serde(rename = "no-progress")]
+    NoProgress,
 }
 
 impl AnomalyKind {
     /// Every kind, in report order.
-    pub const ALL: [AnomalyKind; 13] = [
+    pub const ALL: [AnomalyKind; 17] = [
         AnomalyKind::InconsistentOffsets,
         AnomalyKind::Duplicate,
         AnomalyKind::LostWrite,
@@ -78,6 +92,10 @@ impl AnomalyKind {
         AnomalyKind::NonmonotonicCommit,
         AnomalyKind::SplitOwnership,
         AnomalyKind::ResumeAboveCommit,
+        AnomalyKind::LostWriteAcks1,
+        AnomalyKind::OffsetGap,
+        AnomalyKind::UnparseableValue,
+        AnomalyKind::NoProgress,
     ];
 
     /// The anomaly's name, as in CHECKERS.md.
@@ -96,6 +114,10 @@ impl AnomalyKind {
             AnomalyKind::NonmonotonicCommit => "nonmonotonic-commit",
             AnomalyKind::SplitOwnership => "split-ownership",
             AnomalyKind::ResumeAboveCommit => "resume-above-commit",
+            AnomalyKind::LostWriteAcks1 => "lost-write-acks1",
+            AnomalyKind::OffsetGap => "offset-gap",
+            AnomalyKind::UnparseableValue => "unparseable-value",
+            AnomalyKind::NoProgress => "no-progress",
         }
     }
 
@@ -150,6 +172,28 @@ pub struct QueueOptions {
     pub anomalies_per_kind_max: usize,
     /// Values listed in one anomaly (for example the records a poll skipped).
     pub values_per_anomaly_max: usize,
+    /// acks=all acknowledgements, and the reads (which see only acknowledged data), survive a
+    /// crash: true with `fsync = always`. False with `fsync = interval`, whose weaker promise is
+    /// "survives everything but a crash": then acks=all sends are judged like acks=1 ones, two
+    /// values at one offset are legal if a crash separates their reads, and a crash resets
+    /// what every consumer is expected to see next.
+    pub durable_acks_all: bool,
+    /// Fewest acks=all sends acknowledged `ok` for the history to count as evidence; below it
+    /// (or below `records_read_min`) the checker reports no-progress. At least 1 by default,
+    /// so an empty history is never valid.
+    pub sends_ok_min: usize,
+    /// Fewest records the polls must have delivered (see `sends_ok_min`).
+    pub records_read_min: usize,
+    /// Processes whose polls are a final drain: each reads every partition from the log start
+    /// (offset 0: no retention in these runs) in order; their offsets must be dense, and end at
+    /// the end offset the process read last, if it read one (offset-gap).
+    pub drain_processes: Vec<u64>,
+    /// Per partition, offset ranges `(first, last)` whose stored records were corrupted at
+    /// rest (by a nemesis): the node must refuse to serve them, so an acknowledged value there
+    /// that was never read is not lost-write or unseen, and a drain may seek over exactly
+    /// these ranges. Everything else still holds for them (inconsistent-offsets, duplicate).
+    #[serde(default)]
+    pub unreadable: BTreeMap<u32, Vec<(u64, u64)>>,
 }
 
 impl Default for QueueOptions {
@@ -158,6 +202,11 @@ impl Default for QueueOptions {
             producer_ordering: true,
             anomalies_per_kind_max: 1000,
             values_per_anomaly_max: 32,
+            durable_acks_all: true,
+            sends_ok_min: 1,
+            records_read_min: 1,
+            drain_processes: Vec::new(),
+            unreadable: BTreeMap::new(),
         }
     }
 }
@@ -169,6 +218,15 @@ pub struct QueueCounts {
     pub operations: usize,
     /// Sends acknowledged `ok`.
     pub sends_ok: usize,
+    /// Of those, acks=all sends (the no-progress minimum counts these).
+    pub sends_ok_acks_all: usize,
+    /// Sends acknowledged `ok` without the promise to survive a crash, never read, with a
+    /// crash after their acknowledgement: allowed to be gone.
+    pub sends_lost_to_crash: usize,
+    /// Crash events in the history.
+    pub crashes: usize,
+    /// Acknowledged sends never read whose offset was corrupted at rest (`unreadable`).
+    pub sends_unreadable: usize,
     /// Sends that failed.
     pub sends_failed: usize,
     /// Sends that ended indeterminate (or never completed).
@@ -221,11 +279,14 @@ impl QueueReport {
     pub fn summary(&self, examples_per_kind: usize) -> String {
         let counts = &self.counts;
         let mut text = format!(
-            "queue: {} ({} operations; sends {} ok, {} failed, {} indeterminate ({} read); \
-             {} polls, {} records, {} distinct values read, {} never sent; {} partitions)\n",
+            "queue: {} ({} operations; sends {} ok ({} acks=all, {} allowed lost to a crash), \
+             {} failed, {} indeterminate ({} read); {} polls, {} records, {} distinct values \
+             read, {} never sent; {} partitions; {} crashes)\n",
             if self.valid { "valid" } else { "INVALID" },
             counts.operations,
             counts.sends_ok,
+            counts.sends_ok_acks_all,
+            counts.sends_lost_to_crash,
             counts.sends_failed,
             counts.sends_indeterminate,
             counts.sends_indeterminate_read,
@@ -234,6 +295,7 @@ impl QueueReport {
             counts.values_read,
             counts.values_read_never_sent,
             counts.partitions,
+            counts.crashes,
         );
         for (kind, count) in &self.anomaly_counts {
             text.push_str(&format!("  {kind}: {count}\n"));
@@ -268,6 +330,9 @@ pub fn check_operations(
     checker.check_sends();
     checker.check_consumers();
     checker.check_commits();
+    checker.check_drains();
+    checker.check_unparseable();
+    checker.check_progress();
     Ok(checker.finish())
 }
 
@@ -280,6 +345,13 @@ struct Send {
     offset: Option<u64>,
     /// History index of the completion (or invocation).
     op: usize,
+    /// History index of the invocation. The broker's acknowledgement happened somewhere
+    /// between the two, so a crash after the invocation may have come after it: crash windows
+    /// start here.
+    invoke: usize,
+    acks: SendAcks,
+    /// An `ok` that promises to survive crashes (acks=all under `durable_acks_all`).
+    durable: bool,
 }
 
 /// One `(partition, offset, value)` fact and the first op that showed it.
@@ -354,6 +426,13 @@ struct Checker<'a> {
     first_read: BTreeMap<u64, Observation>,
     /// Partition -> the read at the highest index.
     highest_read: BTreeMap<u32, (usize, Observation)>,
+    /// History indexes of crash events, ascending.
+    crashes: Vec<usize>,
+    /// A poll's completion -> its invocation.
+    poll_invokes: BTreeMap<usize, usize>,
+    /// Partition -> its reads as `(op, index)` sorted by op, each with the highest-index read
+    /// from it to the last read before the next crash (see `read_past`).
+    epoch_suffix_max: BTreeMap<u32, Vec<(usize, usize, Observation)>>,
     anomalies: BTreeMap<AnomalyKind, Vec<Anomaly>>,
     anomaly_counts: BTreeMap<AnomalyKind, usize>,
     counts: QueueCounts,
@@ -380,6 +459,9 @@ impl<'a> Checker<'a> {
             orders: BTreeMap::new(),
             first_read: BTreeMap::new(),
             highest_read: BTreeMap::new(),
+            crashes: Vec::new(),
+            poll_invokes: BTreeMap::new(),
+            epoch_suffix_max: BTreeMap::new(),
             anomalies: BTreeMap::new(),
             anomaly_counts: BTreeMap::new(),
             counts: QueueCounts {
@@ -393,10 +475,16 @@ impl<'a> Checker<'a> {
                     partition,
                     value,
                     offset,
+                    acks,
                     ..
                 } => {
                     match operation.outcome {
-                        Outcome::Ok => checker.counts.sends_ok += 1,
+                        Outcome::Ok => {
+                            checker.counts.sends_ok += 1;
+                            if *acks == SendAcks::All {
+                                checker.counts.sends_ok_acks_all += 1;
+                            }
+                        }
                         Outcome::Fail => checker.counts.sends_failed += 1,
                         Outcome::Info => checker.counts.sends_indeterminate += 1,
                     }
@@ -407,6 +495,11 @@ impl<'a> Checker<'a> {
                         partition: *partition,
                         offset: *offset,
                         op: operation.evidence(),
+                        invoke: operation.invoke,
+                        acks: *acks,
+                        durable: operation.outcome == Outcome::Ok
+                            && *acks == SendAcks::All
+                            && options.durable_acks_all,
                     };
                     if let Some(&earlier) = checker.send_by_value.get(value) {
                         return Err(HistoryError::DuplicateValue {
@@ -422,6 +515,7 @@ impl<'a> Checker<'a> {
                     checker.counts.polls += 1;
                     checker.counts.records_read += records.len();
                     let op = operation.evidence();
+                    checker.poll_invokes.insert(op, operation.invoke);
                     checker
                         .reads
                         .extend(records.iter().map(|record| Observation {
@@ -437,12 +531,15 @@ impl<'a> Checker<'a> {
                 OpKind::Rebalance { .. } if operation.outcome == Outcome::Ok => {
                     checker.counts.ownerships += 1;
                 }
+                OpKind::Crash => checker.crashes.push(operation.evidence()),
                 _ => {}
             }
         }
         // Operations are sorted by invocation, not completion: order reads by the op that
         // returned them so "first read" means first in the history.
         checker.reads.sort_by_key(|read| read.op);
+        checker.crashes.sort_unstable();
+        checker.counts.crashes = checker.crashes.len();
         Ok(checker)
     }
 
@@ -460,20 +557,33 @@ impl<'a> Checker<'a> {
     /// Builds `offset -> values` per partition and the dense order of offsets.
     fn infer_orders(&mut self) {
         let mut positions = self.reads.clone();
-        positions.extend(self.sends.iter().filter_map(|send| match send {
-            Send {
-                outcome: Outcome::Ok,
-                partition: Some(partition),
-                offset: Some(offset),
-                ..
-            } => Some(Observation {
-                partition: *partition,
-                offset: *offset,
-                value: send.value,
-                op: send.op,
-            }),
-            _ => None,
-        }));
+        let read_values: BTreeSet<u64> = self.reads.iter().map(|read| read.value).collect();
+        // An acknowledgement that need not survive a crash, never read, with a crash after it,
+        // may be gone and its offset reused: its claim does not place it.
+        let placed = |send: &&Send| {
+            send.durable
+                || read_values.contains(&send.value)
+                || self.next_crash(send.invoke).is_none()
+        };
+        positions.extend(
+            self.sends
+                .iter()
+                .filter(placed)
+                .filter_map(|send| match send {
+                    Send {
+                        outcome: Outcome::Ok,
+                        partition: Some(partition),
+                        offset: Some(offset),
+                        ..
+                    } => Some(Observation {
+                        partition: *partition,
+                        offset: *offset,
+                        value: send.value,
+                        op: send.op,
+                    }),
+                    _ => None,
+                }),
+        );
         positions.sort_unstable();
         positions.dedup_by(|later, earlier| {
             (later.partition, later.offset, later.value)
@@ -513,6 +623,106 @@ impl<'a> Checker<'a> {
                 send.outcome == Outcome::Info && self.first_read.contains_key(&send.value)
             })
             .count();
+
+        // Per partition, reads by op with the highest offset read from each one to the next
+        // crash: "was a later offset read after op `a` and before the next crash?" is then one
+        // binary search.
+        let mut by_partition: BTreeMap<u32, Vec<Observation>> = BTreeMap::new();
+        for read in &self.reads {
+            by_partition.entry(read.partition).or_default().push(*read);
+        }
+        for (partition, reads) in by_partition {
+            let mut suffix: Vec<(usize, usize, Observation)> = Vec::with_capacity(reads.len());
+            let mut best: Option<(usize, Observation)> = None;
+            for read in reads.iter().rev() {
+                let epoch = self.epoch(read.op);
+                best = match best {
+                    Some((best_epoch, best_read))
+                        if best_epoch == epoch && best_read.offset >= read.offset =>
+                    {
+                        Some((best_epoch, best_read))
+                    }
+                    _ => Some((epoch, *read)),
+                };
+                if let Some((_, best_read)) = best {
+                    suffix.push((read.op, epoch, best_read));
+                }
+            }
+            suffix.reverse();
+            self.epoch_suffix_max.insert(partition, suffix);
+        }
+    }
+
+    /// How many crashes happened before history index `op`.
+    fn epoch(&self, op: usize) -> usize {
+        self.crashes.partition_point(|&crash| crash < op)
+    }
+
+    /// The first crash after history index `op`.
+    fn next_crash(&self, op: usize) -> Option<usize> {
+        self.crashes.get(self.epoch(op + 1)).copied()
+    }
+
+    /// A read of `partition` above `offset`, after history index `after`, with no crash since
+    /// history index `since` (the highest such read), if any.
+    fn read_past(
+        &self,
+        partition: u32,
+        offset: u64,
+        after: usize,
+        since: usize,
+    ) -> Option<Observation> {
+        let reads = self.epoch_suffix_max.get(&partition)?;
+        let first = reads.partition_point(|&(op, _, _)| op <= after);
+        let &(_, epoch, best) = reads.get(first)?;
+        (epoch == self.epoch(since + 1) && best.offset > offset).then_some(best)
+    }
+
+    /// Whether the observations of the values at one offset can be separated by crashes:
+    /// ordered by when they were seen, every value's sightings may all precede a crash that
+    /// may precede all the next value's sightings. A sighting happened somewhere between its
+    /// operation's invocation and completion (a response can arrive after a crash), so a
+    /// value must be seen before a crash if it was invoked before it, and after it if it
+    /// completed after it.
+    fn separated_by_crashes(&self, partition: u32, offset: u64, values: &[u64]) -> bool {
+        // Per value: (latest invocation of a sighting, earliest completion of a sighting).
+        let mut spans: Vec<(usize, usize)> = values
+            .iter()
+            .map(|&value| {
+                let sightings = self
+                    .reads
+                    .iter()
+                    .filter(|read| {
+                        (read.partition, read.offset, read.value) == (partition, offset, value)
+                    })
+                    .map(|read| {
+                        (
+                            self.poll_invokes.get(&read.op).copied().unwrap_or(read.op),
+                            read.op,
+                        )
+                    })
+                    .chain(
+                        self.send_by_value
+                            .get(&value)
+                            .map(|&send| &self.sends[send])
+                            .filter(|send| send.offset == Some(offset))
+                            .map(|send| (send.invoke, send.op)),
+                    );
+                sightings.fold(
+                    (0, usize::MAX),
+                    |(latest_invoke, earliest_completion), (invoke, completion)| {
+                        (
+                            latest_invoke.max(invoke),
+                            earliest_completion.min(completion),
+                        )
+                    },
+                )
+            })
+            .collect();
+        spans.sort_unstable();
+        spans
+            .windows(2)
+            .all(|pair| self.epoch(pair[0].0 + 1) < self.epoch(pair[1].1))
     }
 
     /// inconsistent-offsets and duplicate.
@@ -523,6 +733,12 @@ impl<'a> Checker<'a> {
                 let partition = group[0].partition;
                 let offset = group[0].offset;
                 let values: Vec<u64> = group.iter().map(|position| position.value).collect();
+                if !self.options.durable_acks_all
+                    && self.separated_by_crashes(partition, offset, &values)
+                {
+                    // fsync = interval: what was read before a crash may be gone after it.
+                    continue;
+                }
                 self.report(Anomaly {
                     kind: AnomalyKind::InconsistentOffsets,
                     partitions: vec![partition],
@@ -572,13 +788,20 @@ impl<'a> Checker<'a> {
     /// lost-write, unseen, G1a, nonmonotonic-send.
     fn check_sends(&mut self) {
         let mut anomalies = Vec::new();
-        // (process, partition) -> last acknowledged (offset, value, op).
-        let mut last_ack: BTreeMap<(u64, u32), (u64, u64, usize)> = BTreeMap::new();
+        let mut lost_to_crash = 0;
+        let mut unreadable = 0;
+        // (process, partition) -> its last acknowledged send (with an offset).
+        let mut last_ack: BTreeMap<(u64, u32), &Send> = BTreeMap::new();
         // Sends are in invocation order, which is each producer's send order.
         for send in &self.sends {
             let read = self.first_read.get(&send.value);
             match (send.outcome, read) {
-                (Outcome::Ok, None) => anomalies.push(self.unread(send)),
+                (Outcome::Ok, None) if self.is_unreadable(send) => unreadable += 1,
+                (Outcome::Ok, None) if send.durable => anomalies.push(self.unread(send)),
+                (Outcome::Ok, None) => match self.unread_until_crash(send) {
+                    Some(anomaly) => anomalies.push(anomaly),
+                    None => lost_to_crash += 1,
+                },
                 (Outcome::Fail, Some(read)) => anomalies.push(Anomaly {
                     kind: AnomalyKind::G1a,
                     partitions: vec![read.partition],
@@ -601,8 +824,14 @@ impl<'a> Checker<'a> {
                 continue;
             };
             let key = (send.process, partition);
-            if let Some(&(last_offset, last_value, last_op)) = last_ack.get(&key) {
-                if offset <= last_offset {
+            if let Some(&last) = last_ack.get(&key) {
+                let (last_offset, last_value, last_op) =
+                    (last.offset.unwrap_or_default(), last.value, last.op);
+                // An earlier acknowledgement that need not survive a crash may be gone, and
+                // its offset reused, once a crash came after it.
+                let excused =
+                    !last.durable && self.next_crash(last.invoke).is_some_and(|c| c < send.op);
+                if offset <= last_offset && !excused {
                     anomalies.push(Anomaly {
                         kind: AnomalyKind::NonmonotonicSend,
                         partitions: vec![partition],
@@ -618,10 +847,251 @@ impl<'a> Checker<'a> {
                     });
                 }
             }
-            last_ack.insert(key, (offset, send.value, send.op));
+            last_ack.insert(key, send);
+        }
+        self.counts.sends_lost_to_crash = lost_to_crash;
+        self.counts.sends_unreadable = unreadable;
+        for anomaly in anomalies {
+            self.report(anomaly);
+        }
+    }
+
+    /// Whether the send's acknowledged offset lies in a range corrupted at rest.
+    fn is_unreadable(&self, send: &Send) -> bool {
+        let (Some(partition), Some(offset)) = (send.partition, send.offset) else {
+            return false;
+        };
+        self.in_unreadable(partition, offset, offset)
+    }
+
+    /// Whether every offset of `first..=last` of `partition` lies in one unreadable range.
+    fn in_unreadable(&self, partition: u32, first: u64, last: u64) -> bool {
+        self.options
+            .unreadable
+            .get(&partition)
+            .is_some_and(|spans| spans.iter().any(|&(from, to)| from <= first && last <= to))
+    }
+
+    /// An acknowledged send whose promise ends at a crash (acks=1, or acks=all under
+    /// `fsync = interval`), never read: lost-write-acks1 (lost-write for acks=all) if a later
+    /// offset of its partition was read after the acknowledgement with no crash since the
+    /// send's invocation; excused (`None`) if a crash came after the invocation (the broker
+    /// may have acknowledged before it, the client after); unseen otherwise.
+    fn unread_until_crash(&self, send: &Send) -> Option<Anomaly> {
+        let next_crash = self.next_crash(send.invoke);
+        let kind = if send.acks == SendAcks::All {
+            AnomalyKind::LostWrite
+        } else {
+            AnomalyKind::LostWriteAcks1
+        };
+        // fsync = interval: consumers may have read past this offset before a crash took it
+        // back and this send refilled it, so a higher read proves nothing; the final drain,
+        // after the last crash, reads it if it is there.
+        if !self.options.durable_acks_all && next_crash.is_some() {
+            return None;
+        }
+        if let (Some(partition), Some(offset)) = (send.partition, send.offset) {
+            if let Some(read) = self.read_past(partition, offset, send.op, send.invoke) {
+                return Some(Anomaly {
+                    kind,
+                    partitions: vec![partition],
+                    offsets: vec![offset, read.offset],
+                    values: vec![send.value, read.value],
+                    ops: vec![send.op, read.op],
+                    process: Some(send.process),
+                    message: format!(
+                        "value {} acknowledged (acks={}) at partition {partition} offset {offset} \
+                         (op {}) was never read, but value {} at offset {} was (op {}) with no \
+                         crash in between",
+                        send.value,
+                        send.acks.name(),
+                        send.op,
+                        read.value,
+                        read.offset,
+                        read.op
+                    ),
+                });
+            }
+        }
+        if next_crash.is_some() {
+            return None;
+        }
+        let mut anomaly = self.unread_unplaced(send);
+        anomaly.message = format!(
+            "{} (acks={}), and no crash came after its acknowledgement",
+            anomaly.message,
+            send.acks.name()
+        );
+        Some(anomaly)
+    }
+
+    /// offset-gap: a drain process's offsets of each partition must run densely from the log
+    /// start (0) to the last end offset it read.
+    fn check_drains(&mut self) {
+        let mut anomalies = Vec::new();
+        for &drain in &self.options.drain_processes {
+            // Partition -> (next offset expected, op of the last record read).
+            let mut expected: BTreeMap<u32, (u64, Option<usize>)> = BTreeMap::new();
+            let mut ends: BTreeMap<u32, (u64, usize)> = BTreeMap::new();
+            let mut operations: Vec<&Operation> = self
+                .operations
+                .iter()
+                .filter(|operation| operation.process == drain)
+                .collect();
+            operations.sort_by_key(|operation| operation.evidence());
+            for operation in operations {
+                let op = operation.evidence();
+                match (&operation.kind, operation.outcome) {
+                    (OpKind::Poll { records }, _) => {
+                        for record in records {
+                            let (next, last_op) =
+                                expected.entry(record.partition).or_insert((0, None));
+                            if record.offset > *next {
+                                anomalies.push(Anomaly {
+                                    kind: AnomalyKind::OffsetGap,
+                                    partitions: vec![record.partition],
+                                    offsets: (*next..record.offset)
+                                        .take(self.options.values_per_anomaly_max)
+                                        .collect(),
+                                    values: vec![record.value],
+                                    ops: last_op.iter().copied().chain([op]).collect(),
+                                    process: Some(drain),
+                                    message: format!(
+                                        "the final drain (process {drain}) of partition {} read \
+                                         offset {} (value {}, op {op}) after offset {}: offsets \
+                                         {}..{} are missing",
+                                        record.partition,
+                                        record.offset,
+                                        record.value,
+                                        next.checked_sub(1)
+                                            .map_or("none (log start 0)".to_owned(), |o| o
+                                                .to_string()),
+                                        *next,
+                                        record.offset
+                                    ),
+                                });
+                            }
+                            *next = (*next).max(record.offset + 1);
+                            *last_op = Some(op);
+                        }
+                    }
+                    (
+                        OpKind::EndOffset {
+                            partition,
+                            offset: Some(end),
+                        },
+                        Outcome::Ok,
+                    ) => {
+                        ends.insert(*partition, (*end, op));
+                    }
+                    // A drain may skip exactly a range corrupted at rest, nothing more.
+                    (OpKind::Seek { partition, offset }, Outcome::Ok) => {
+                        let (next, last_op) = expected.entry(*partition).or_insert((0, None));
+                        if *offset > *next && !self.in_unreadable(*partition, *next, *offset - 1) {
+                            anomalies.push(Anomaly {
+                                kind: AnomalyKind::OffsetGap,
+                                partitions: vec![*partition],
+                                offsets: (*next..*offset)
+                                    .take(self.options.values_per_anomaly_max)
+                                    .collect(),
+                                values: Vec::new(),
+                                ops: last_op.iter().copied().chain([op]).collect(),
+                                process: Some(drain),
+                                message: format!(
+                                    "the final drain (process {drain}) of partition {partition} \
+                                     skipped offsets {}..{offset} (op {op}), which are not a \
+                                     range corrupted at rest",
+                                    *next
+                                ),
+                            });
+                        }
+                        *next = (*next).max(*offset);
+                        *last_op = Some(op);
+                    }
+                    _ => {}
+                }
+            }
+            for (partition, (end, end_op)) in ends {
+                let (next, last_op) = expected.get(&partition).copied().unwrap_or((0, None));
+                if end > next {
+                    anomalies.push(Anomaly {
+                        kind: AnomalyKind::OffsetGap,
+                        partitions: vec![partition],
+                        offsets: (next..end)
+                            .take(self.options.values_per_anomaly_max)
+                            .collect(),
+                        values: Vec::new(),
+                        ops: last_op.into_iter().chain([end_op]).collect(),
+                        process: Some(drain),
+                        message: format!(
+                            "the final drain (process {drain}) of partition {partition} stopped \
+                             at offset {next} but the end offset is {end} (op {end_op}): \
+                             offsets {next}..{end} were never read"
+                        ),
+                    });
+                }
+            }
         }
         for anomaly in anomalies {
             self.report(anomaly);
+        }
+    }
+
+    /// unparseable-value: every record a consumer could not parse.
+    fn check_unparseable(&mut self) {
+        let anomalies: Vec<Anomaly> = self
+            .operations
+            .iter()
+            .filter_map(|operation| match &operation.kind {
+                OpKind::Unparseable {
+                    partition,
+                    offset,
+                    bytes_hex,
+                } => Some(Anomaly {
+                    kind: AnomalyKind::UnparseableValue,
+                    partitions: vec![*partition],
+                    offsets: vec![*offset],
+                    values: Vec::new(),
+                    ops: vec![operation.evidence()],
+                    process: Some(operation.process),
+                    message: format!(
+                        "consumer {} read partition {partition} offset {offset} (op {}) with a \
+                         value that does not parse: {}",
+                        operation.process,
+                        operation.evidence(),
+                        bytes_hex
+                            .as_deref()
+                            .map_or("no value".to_owned(), |hex| format!("0x{hex}"))
+                    ),
+                }),
+                _ => None,
+            })
+            .collect();
+        for anomaly in anomalies {
+            self.report(anomaly);
+        }
+    }
+
+    /// no-progress: too few acknowledged acks=all sends or records read to count as evidence.
+    fn check_progress(&mut self) {
+        let sends = self.counts.sends_ok_acks_all;
+        let records = self.counts.records_read;
+        if sends < self.options.sends_ok_min || records < self.options.records_read_min {
+            self.report(Anomaly {
+                kind: AnomalyKind::NoProgress,
+                partitions: Vec::new(),
+                offsets: Vec::new(),
+                values: Vec::new(),
+                ops: Vec::new(),
+                process: None,
+                message: format!(
+                    "{sends} acks=all sends acknowledged (minimum {}), {records} records read \
+                     (minimum {}) in {} operations",
+                    self.options.sends_ok_min,
+                    self.options.records_read_min,
+                    self.counts.operations
+                ),
+            });
         }
     }
 
@@ -647,6 +1117,11 @@ impl<'a> Checker<'a> {
                 }
             }
         }
+        self.unread_unplaced(send)
+    }
+
+    /// unseen: an acknowledged send that no poll returned.
+    fn unread_unplaced(&self, send: &Send) -> Anomaly {
         let place = match (send.partition, send.offset) {
             (Some(partition), Some(offset)) => format!("partition {partition} offset {offset}"),
             (Some(partition), None) => format!("partition {partition}"),
@@ -810,8 +1285,16 @@ impl<'a> Checker<'a> {
                 OpKind::Seek { partition, .. } => {
                     state.remove(&(consumer, *partition));
                 }
+                // fsync = interval: a crash may take back what consumers read, so it resets
+                // what each one is expected to see next (and so does a crash during a poll).
+                OpKind::Crash if !self.options.durable_acks_all => state.clear(),
                 OpKind::Poll { records } => {
                     let op = operation.evidence();
+                    if !self.options.durable_acks_all
+                        && self.epoch(operation.invoke) < self.epoch(op)
+                    {
+                        state.retain(|&(process, _), _| process != consumer);
+                    }
                     for record in records {
                         let partition = record.partition;
                         let index = self.orders[&partition].index(record.offset);

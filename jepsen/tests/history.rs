@@ -48,6 +48,7 @@ fn hand_written_json_lines_parse() {
     assert_eq!(
         operations[0].kind,
         OpKind::Send {
+            acks: Default::default(),
             partition: Some(3),
             key: Some("a".into()),
             value: 42,
@@ -118,6 +119,7 @@ fn pairing() {
             1,
             Phase::Fail,
             OpKind::Send {
+                acks: Default::default(),
                 partition: None,
                 key: None,
                 value: 1,
@@ -173,6 +175,7 @@ fn pairing_errors() {
             1,
             Phase::Ok,
             OpKind::Send {
+                acks: Default::default(),
                 partition: Some(0),
                 key: None,
                 value: 2,

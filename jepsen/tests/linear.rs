@@ -503,3 +503,53 @@ fn an_ok_send_at_a_pinned_info_send_offset_is_not_linearizable() {
         witness.message
     );
 }
+
+#[test]
+fn acks1_acknowledgements_are_indeterminate() {
+    // An acks=1 send acknowledged at offset 0, then lost to a crash: another send takes offset
+    // 0. acks=1 promised nothing across the crash, so the model may leave the first out.
+    let history = HistoryBuilder::new()
+        .send_ok_acks1(1, 0, 0, 1)
+        .crash(500, "n0")
+        .send_ok(1, 0, 0, 2)
+        .end_offset(4, 0, 1)
+        .build();
+    assert_eq!(verdict(&history), Verdict::Linearizable);
+    // Acknowledged with acks=all, the same history is not linearizable.
+    let history = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .crash(500, "n0")
+        .send_ok(1, 0, 0, 2)
+        .end_offset(4, 0, 1)
+        .build();
+    assert_eq!(verdict(&history), Verdict::NotLinearizable);
+}
+
+#[test]
+fn unknown_reports_the_states_explored() {
+    // Many concurrent indeterminate sends and a read that no order satisfies: with a tiny
+    // budget the search gives up, and says so with the states it explored.
+    let mut builder = HistoryBuilder::new();
+    for process in 0..12 {
+        builder = builder.send_invoke(process, 0, process + 1);
+    }
+    for process in 0..12 {
+        builder = builder.send_complete_ok(process, 0, 11 - process);
+    }
+    let history = builder.end_offset(100, 0, 12).build();
+    let tiny = LinearOptions {
+        states_max: 3,
+        ..LinearOptions::default()
+    };
+    let report = linear::check(&history, &tiny).expect("history pairs");
+    assert_eq!(report.verdict, Verdict::Unknown, "{report}");
+    assert!(!report.valid());
+    assert!(report.partitions[0].states_explored > 3, "{report}");
+    assert!(
+        report.summary().contains("unknown after"),
+        "{}",
+        report.summary()
+    );
+    // With the default budget it decides.
+    assert_eq!(verdict(&history), Verdict::Linearizable);
+}

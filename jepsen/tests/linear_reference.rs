@@ -174,6 +174,7 @@ fn history(steps: &[(u8, u8)], mutation: (u8, u8)) -> History {
                                 process,
                                 Phase::Ok,
                                 OpKind::Send {
+                                    acks: Default::default(),
                                     partition: Some(0),
                                     key: None,
                                     value,

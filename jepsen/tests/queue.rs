@@ -15,6 +15,17 @@ fn assert_kinds(report: &QueueReport, kinds: &[AnomalyKind]) {
     assert_eq!(report.valid, kinds.is_empty());
 }
 
+/// Checks a history that holds only a consumer group's events (no sends, no reads): the
+/// no-progress minimums are off, since the group checks are what these tests are about.
+fn check_group_events(history: &History) -> QueueReport {
+    let options = QueueOptions {
+        sends_ok_min: 0,
+        records_read_min: 0,
+        ..QueueOptions::default()
+    };
+    queue::check(history, &options).expect("history pairs")
+}
+
 fn assert_clean(report: &QueueReport) {
     assert_kinds(report, &[]);
 }
@@ -325,7 +336,7 @@ fn nonmonotonic_commit() {
         .commit_ok(10, 0, 5, 1)
         .commit_ok(11, 0, 3, 2)
         .build();
-    let report = check(&bad);
+    let report = check_group_events(&bad);
     assert_kinds(&report, &[AnomalyKind::NonmonotonicCommit]);
     let anomaly = &report.of(AnomalyKind::NonmonotonicCommit)[0];
     assert_eq!(anomaly.offsets, vec![5, 3]);
@@ -336,7 +347,10 @@ fn nonmonotonic_commit() {
         .commit_ok(10, 0, 5, 1)
         .fetch_committed(11, 0, Some(3))
         .build();
-    assert_kinds(&check(&bad), &[AnomalyKind::NonmonotonicCommit]);
+    assert_kinds(
+        &check_group_events(&bad),
+        &[AnomalyKind::NonmonotonicCommit],
+    );
 
     // Increasing; concurrent commits in either order; a failed commit; another partition.
     let clean = HistoryBuilder::new()
@@ -350,7 +364,7 @@ fn nonmonotonic_commit() {
         .commit_ok(11, 1, 0, 1)
         .fetch_committed(12, 0, Some(7))
         .build();
-    assert_clean(&check(&clean));
+    assert_clean(&check_group_events(&clean));
 }
 
 #[test]
@@ -359,7 +373,7 @@ fn split_ownership() {
         .rebalance(10, 1, &[0, 1])
         .rebalance(11, 1, &[1])
         .build();
-    let report = check(&bad);
+    let report = check_group_events(&bad);
     assert_kinds(&report, &[AnomalyKind::SplitOwnership]);
     let anomaly = &report.of(AnomalyKind::SplitOwnership)[0];
     assert_eq!(anomaly.partitions, vec![1]);
@@ -371,7 +385,7 @@ fn split_ownership() {
         .rebalance(10, 2, &[0])
         .rebalance(11, 2, &[1])
         .build();
-    assert_clean(&check(&clean));
+    assert_clean(&check_group_events(&clean));
 }
 
 /// Four values at offsets 0..4; consumer 10 owns partition 0 in generation 1, reads two and
@@ -502,4 +516,361 @@ fn keyed_sends_and_multi_partition_polls() {
     assert_eq!(report.counts.partitions, 2);
     assert_eq!(report.counts.sends_ok, 3);
     assert_eq!(report.counts.values_read, 3);
+}
+
+fn check_with(history: &History, options: &QueueOptions) -> QueueReport {
+    queue::check(history, options).expect("history pairs")
+}
+
+#[test]
+fn no_progress() {
+    // An empty history is no evidence.
+    let report = check(&HistoryBuilder::new().build());
+    assert_kinds(&report, &[AnomalyKind::NoProgress]);
+    let message = &report.of(AnomalyKind::NoProgress)[0].message;
+    assert!(message.contains("0 acks=all sends"), "{message}");
+
+    // Acknowledged but never read: no evidence that reads work (and the sends are unseen).
+    let report = check(&three_sends().build());
+    assert!(report.has(AnomalyKind::NoProgress), "{report}");
+
+    // acks=1 acknowledgements do not count towards the acks=all minimum.
+    let acks1_only = HistoryBuilder::new()
+        .send_ok_acks1(1, 0, 0, 1)
+        .poll(90, &[(0, 0, 1)])
+        .build();
+    assert_kinds(&check(&acks1_only), &[AnomalyKind::NoProgress]);
+
+    // The minimums scale: three sends and three records meet a minimum of three, not four.
+    let history = drain(three_sends()).build();
+    let three = QueueOptions {
+        sends_ok_min: 3,
+        records_read_min: 3,
+        ..QueueOptions::default()
+    };
+    assert_clean(&check_with(&history, &three));
+    let four_sends = QueueOptions {
+        sends_ok_min: 4,
+        ..three.clone()
+    };
+    assert_kinds(
+        &check_with(&history, &four_sends),
+        &[AnomalyKind::NoProgress],
+    );
+    let four_records = QueueOptions {
+        records_read_min: 4,
+        ..three
+    };
+    assert_kinds(
+        &check_with(&history, &four_records),
+        &[AnomalyKind::NoProgress],
+    );
+}
+
+#[test]
+fn lost_write_acks1() {
+    // Acknowledged at offset 0 with acks=1, never read, offset 1 read later, no crash.
+    let bad = HistoryBuilder::new()
+        .send_ok_acks1(1, 0, 0, 1)
+        .send_ok(1, 0, 1, 2)
+        .poll(90, &[(0, 1, 2)])
+        .build();
+    let report = check(&bad);
+    assert_kinds(&report, &[AnomalyKind::LostWriteAcks1]);
+    let anomaly = &report.of(AnomalyKind::LostWriteAcks1)[0];
+    assert_eq!(anomaly.values, vec![1, 2]);
+    assert_eq!(anomaly.offsets, vec![0, 1]);
+
+    // The same with a crash between the acknowledgement and the read: acks=1 promised nothing.
+    let clean = HistoryBuilder::new()
+        .send_ok_acks1(1, 0, 0, 1)
+        .crash(500, "n0")
+        .restart(500, "n0")
+        .send_ok(1, 0, 0, 2)
+        .poll(90, &[(0, 0, 2)])
+        .build();
+    let report = check(&clean);
+    assert_clean(&report);
+    assert_eq!(report.counts.sends_lost_to_crash, 1);
+    assert_eq!(report.counts.crashes, 1);
+
+    // Without that crash, the second value at offset 0 betrays the loss.
+    let bad = HistoryBuilder::new()
+        .send_ok_acks1(1, 0, 0, 1)
+        .send_ok(1, 0, 0, 2)
+        .poll(90, &[(0, 0, 2)])
+        .build();
+    let report = check(&bad);
+    assert!(report.has(AnomalyKind::InconsistentOffsets), "{report}");
+
+    // A crash before the acknowledgement does not excuse it.
+    let bad = HistoryBuilder::new()
+        .crash(500, "n0")
+        .send_ok_acks1(1, 0, 0, 1)
+        .send_ok(1, 0, 1, 2)
+        .poll(90, &[(0, 1, 2)])
+        .build();
+    assert!(check(&bad).has(AnomalyKind::LostWriteAcks1));
+
+    // Never read, nothing read above it, no crash after it: unseen.
+    let bad = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .send_ok_acks1(1, 0, 1, 2)
+        .poll(90, &[(0, 0, 1)])
+        .build();
+    let report = check(&bad);
+    assert_kinds(&report, &[AnomalyKind::Unseen]);
+}
+
+#[test]
+fn nonmonotonic_send_across_a_crash() {
+    // An acks=1 acknowledgement lost to a crash lets the next send reuse its offset.
+    let clean = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .send_ok_acks1(1, 0, 1, 2)
+        .crash(500, "n0")
+        .send_ok(1, 0, 1, 3)
+        .poll(90, &[(0, 0, 1), (0, 1, 3)])
+        .build();
+    assert_clean(&check(&clean));
+    // The same offsets acknowledged with acks=all: the crash excuses nothing.
+    let bad = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .send_ok(1, 0, 1, 2)
+        .crash(500, "n0")
+        .send_ok(1, 0, 1, 3)
+        .poll(90, &[(0, 0, 1), (0, 1, 3)])
+        .build();
+    let report = check(&bad);
+    assert!(report.has(AnomalyKind::NonmonotonicSend), "{report}");
+    assert!(report.has(AnomalyKind::InconsistentOffsets), "{report}");
+}
+
+#[test]
+fn fsync_interval_promise() {
+    let interval = QueueOptions {
+        durable_acks_all: false,
+        ..QueueOptions::default()
+    };
+    // acks=all under fsync = interval, read at offset 0, then a crash, then another value at
+    // offset 0: legal for the weaker promise, not for fsync = always.
+    let history = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .poll(90, &[(0, 0, 1)])
+        .crash(500, "n0")
+        .send_ok(1, 0, 0, 2)
+        .poll(91, &[(0, 0, 2)])
+        .build();
+    assert_clean(&check_with(&history, &interval));
+    let report = check(&history);
+    assert!(report.has(AnomalyKind::InconsistentOffsets), "{report}");
+
+    // Without a crash between the two reads, it is an anomaly under either promise.
+    let history = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .poll(90, &[(0, 0, 1)])
+        .send_ok(1, 0, 0, 2)
+        .poll(91, &[(0, 0, 2)])
+        .crash(500, "n0")
+        .build();
+    assert!(check_with(&history, &interval).has(AnomalyKind::InconsistentOffsets));
+
+    // An acks=all acknowledgement lost to a crash: fine under interval, lost under always.
+    let history = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .send_ok(1, 0, 1, 2)
+        .crash(500, "n0")
+        .send_ok(1, 0, 0, 3)
+        .poll(90, &[(0, 0, 3)])
+        .build();
+    assert_clean(&check_with(&history, &interval));
+    assert!(check(&history).has(AnomalyKind::Unseen));
+
+    // Lost with no crash at all: a lost-write even under interval.
+    let history = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .send_ok(1, 0, 1, 2)
+        .poll(90, &[(0, 1, 2)])
+        .build();
+    assert_kinds(&check_with(&history, &interval), &[AnomalyKind::LostWrite]);
+}
+
+#[test]
+fn offset_gap() {
+    let drains = QueueOptions {
+        drain_processes: vec![90],
+        ..QueueOptions::default()
+    };
+    // The drain read offsets 0, 1, 3: offset 2 (a value nobody sent, so no other anomaly
+    // names it) is missing.
+    let bad = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .send_ok(1, 0, 1, 2)
+        .send_ok(1, 0, 3, 3)
+        .assign(90, &[0])
+        .poll(90, &[(0, 0, 1), (0, 1, 2), (0, 3, 3)])
+        .build();
+    let report = check_with(&bad, &drains);
+    assert_kinds(&report, &[AnomalyKind::OffsetGap]);
+    assert_eq!(report.of(AnomalyKind::OffsetGap)[0].offsets, vec![2]);
+    // Not a drain: gaps are legal (control records).
+    assert_clean(&check(&bad));
+
+    // Dense up to the end offset: clean; an end offset beyond what was read: a gap.
+    let clean = drain(three_sends()).end_offset(90, 0, 3).build();
+    assert_clean(&check_with(&clean, &drains));
+    let bad = drain(three_sends()).end_offset(90, 0, 5).build();
+    let report = check_with(&bad, &drains);
+    assert_kinds(&report, &[AnomalyKind::OffsetGap]);
+    assert_eq!(report.of(AnomalyKind::OffsetGap)[0].offsets, vec![3, 4]);
+
+    // A drain that does not start at the log start.
+    let bad = three_sends()
+        .assign(90, &[0])
+        .poll(90, &[(0, 1, 2), (0, 2, 3)])
+        .poll(91, &[(0, 0, 1)])
+        .build();
+    assert_kinds(&check_with(&bad, &drains), &[AnomalyKind::OffsetGap]);
+}
+
+#[test]
+fn unparseable_value() {
+    let bad = drain(three_sends()).unparseable(90, 0, 3, "ff00").build();
+    let report = check(&bad);
+    assert_kinds(&report, &[AnomalyKind::UnparseableValue]);
+    let anomaly = &report.of(AnomalyKind::UnparseableValue)[0];
+    assert_eq!(anomaly.offsets, vec![3]);
+    assert!(anomaly.message.contains("0xff00"), "{}", anomaly.message);
+    assert_clean(&check(&drain(three_sends()).build()));
+}
+
+#[test]
+fn a_crash_during_the_send_excuses_acks1() {
+    // The broker acknowledged, then crashed, then the acknowledgement reached the client: the
+    // crash sits between the send's invocation and its completion. acks=1 promised nothing.
+    let clean = HistoryBuilder::new()
+        .send_invoke_acks(1, 0, 1, brook_jepsen::SendAcks::Leader)
+        .crash(500, "n0")
+        .send_complete_ok(1, 0, 0)
+        .send_ok(2, 0, 0, 2)
+        .send_ok(2, 0, 1, 3)
+        .poll(90, &[(0, 0, 2), (0, 1, 3)])
+        .build();
+    assert_clean(&check(&clean));
+    // A crash before the invocation excuses nothing.
+    let bad = HistoryBuilder::new()
+        .crash(500, "n0")
+        .send_invoke_acks(1, 0, 1, brook_jepsen::SendAcks::Leader)
+        .send_complete_ok(1, 0, 0)
+        .send_ok(2, 0, 1, 3)
+        .poll(90, &[(0, 1, 3)])
+        .build();
+    assert_kinds(&check(&bad), &[AnomalyKind::LostWriteAcks1]);
+}
+
+#[test]
+fn fsync_interval_read_answered_after_the_crash() {
+    let interval = QueueOptions {
+        durable_acks_all: false,
+        ..QueueOptions::default()
+    };
+    // A poll invoked before the crash returns value 1 after it (the response was on the wire):
+    // the read happened before the crash, which then took value 1 back.
+    let clean = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .poll_invoke(90)
+        .crash(500, "n0")
+        .poll_complete(90, &[(0, 0, 1)])
+        .send_ok(1, 0, 0, 2)
+        .poll(91, &[(0, 0, 2)])
+        .build();
+    assert_clean(&check_with(&clean, &interval));
+    // Invoked after the crash: it read value 1 after the crash, and value 2 later took its
+    // offset with no crash between.
+    let bad = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .crash(500, "n0")
+        .poll(90, &[(0, 0, 1)])
+        .send_ok(1, 0, 0, 2)
+        .poll(91, &[(0, 0, 2)])
+        .build();
+    assert!(check_with(&bad, &interval).has(AnomalyKind::InconsistentOffsets));
+}
+
+#[test]
+fn fsync_interval_consumers_past_a_refilled_offset() {
+    let interval = QueueOptions {
+        durable_acks_all: false,
+        ..QueueOptions::default()
+    };
+    // Consumer 90 read value 1 at offset 0; a crash took it back; value 2 refilled offset 0
+    // and value 3 went to offset 1, which 90 read (it was past offset 0 already). A later crash
+    // took value 2 back too, and nobody read it: legal under the weaker promise.
+    let clean = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .poll(90, &[(0, 0, 1)])
+        .crash(500, "n0")
+        .send_ok(1, 0, 0, 2)
+        .send_ok(1, 0, 1, 3)
+        .poll(90, &[(0, 1, 3)])
+        .crash(500, "n0")
+        .send_ok(1, 0, 0, 4)
+        .poll(91, &[(0, 0, 4)])
+        .build();
+    assert_clean(&check_with(&clean, &interval));
+    // Without the second crash, the drain would have read value 2: it is lost.
+    let bad = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .poll(90, &[(0, 0, 1)])
+        .crash(500, "n0")
+        .send_ok(1, 0, 0, 2)
+        .send_ok(1, 0, 1, 3)
+        .poll(90, &[(0, 1, 3)])
+        .poll(91, &[(0, 1, 3)])
+        .build();
+    assert!(check_with(&bad, &interval).has(AnomalyKind::LostWrite));
+}
+
+#[test]
+fn corrupted_at_rest() {
+    let corrupt = QueueOptions {
+        drain_processes: vec![90],
+        unreadable: [(0, vec![(1, 1)])].into_iter().collect(),
+        ..QueueOptions::default()
+    };
+    // The drain was refused offset 1 (corrupt) and sought past it: value 2 is excused.
+    let history = three_sends()
+        .assign(90, &[0])
+        .poll(90, &[(0, 0, 1)])
+        .seek(90, 0, 2)
+        .poll(90, &[(0, 2, 3)])
+        .end_offset(90, 0, 3)
+        .build();
+    let report = check_with(&history, &corrupt);
+    assert_clean(&report);
+    assert_eq!(report.counts.sends_unreadable, 1);
+    // Without the corruption on record the same history loses value 2 and skips offset 1.
+    let report = check_with(
+        &history,
+        &QueueOptions {
+            drain_processes: vec![90],
+            ..QueueOptions::default()
+        },
+    );
+    assert_kinds(&report, &[AnomalyKind::LostWrite, AnomalyKind::OffsetGap]);
+    // Skipping more than the corrupt range is an offset-gap; the value is lost.
+    let history = three_sends()
+        .assign(90, &[0])
+        .poll(90, &[(0, 0, 1)])
+        .seek(90, 0, 3)
+        .end_offset(90, 0, 3)
+        .build();
+    let report = check_with(&history, &corrupt);
+    assert_kinds(&report, &[AnomalyKind::Unseen, AnomalyKind::OffsetGap]);
+    // A value at a corrupt offset that reads back as another value is still inconsistent.
+    let history = three_sends()
+        .assign(90, &[0])
+        .poll(90, &[(0, 0, 1), (0, 1, 7), (0, 2, 3)])
+        .build();
+    assert!(check_with(&history, &corrupt).has(AnomalyKind::InconsistentOffsets));
 }

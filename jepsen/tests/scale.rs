@@ -29,6 +29,7 @@ fn big_history(sends: u64) -> History {
             process,
             Phase::Invoke,
             OpKind::Send {
+                acks: Default::default(),
                 partition: Some(partition),
                 key: None,
                 value,
@@ -41,6 +42,7 @@ fn big_history(sends: u64) -> History {
         // The previous send completes after this one was invoked.
         if let Some((process, partition, value, offset)) = pending.take() {
             let kind = OpKind::Send {
+                acks: Default::default(),
                 partition: Some(partition),
                 key: None,
                 value,
@@ -80,6 +82,7 @@ fn big_history(sends: u64) -> History {
     }
     if let Some((process, partition, value, offset)) = pending {
         let kind = OpKind::Send {
+            acks: Default::default(),
             partition: Some(partition),
             key: None,
             value,

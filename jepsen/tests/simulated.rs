@@ -73,6 +73,7 @@ impl Simulation {
                 let log = &mut self.logs[*partition as usize];
                 log.push(*value);
                 OpKind::Send {
+                    acks: Default::default(),
                     partition: Some(*partition),
                     key: None,
                     value: *value,
@@ -129,6 +130,7 @@ impl Simulation {
                     let value = self.next_value;
                     self.next_value += 1;
                     OpKind::Send {
+                        acks: Default::default(),
                         partition: Some(partition),
                         key: None,
                         value,
@@ -209,8 +211,16 @@ fn steps() -> impl Strategy<Value = Vec<(u8, u8, bool)>> {
     )
 }
 
+/// The generated logs may acknowledge or read nothing (a few steps of failures): these
+/// properties are about the anomalies of a correct or mutated log, so the evidence minimums
+/// (no-progress, tested on its own in tests/queue.rs) are off.
 fn queue_report(history: &History) -> queue::QueueReport {
-    queue::check(history, &QueueOptions::default()).expect("pairs")
+    let options = QueueOptions {
+        sends_ok_min: 0,
+        records_read_min: 0,
+        ..QueueOptions::default()
+    };
+    queue::check(history, &options).expect("pairs")
 }
 
 fn linear_verdict(history: &History) -> Verdict {

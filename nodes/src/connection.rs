@@ -100,7 +100,10 @@ where
         peer,
     };
     let mut shutdown = shared.shutdown.clone();
+    // biased: tokio's unbiased select! seeds its branch order from a process-wide counter,
+    // which breaks simulation determinism.
     tokio::select! {
+        biased;
         result = connection.read_loop(reader) => {
             if let Err(reason) = result {
                 tracing::debug!(%peer, %reason, "closing connection");

@@ -117,7 +117,10 @@ impl<A: Actor> Context<A> {
         let sender = self.sender.clone();
         let runtime = self.runtime.clone();
         let task = self.runtime.spawn(async move {
+            // biased: deterministic in simulation (unbiased select! draws from a process-wide
+            // counter).
             tokio::select! {
+                biased;
                 () = sender.closed() => {}
                 () = runtime.sleep(delay) => {
                     // A closed mailbox means the actor stopped: the message has no one to go to.
@@ -142,6 +145,7 @@ impl<A: Actor> Context<A> {
         let task = self.runtime.spawn(async move {
             loop {
                 tokio::select! {
+                    biased;
                     () = sender.closed() => return,
                     () = runtime.sleep(period) => {}
                 }

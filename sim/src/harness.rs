@@ -13,14 +13,16 @@ use std::time::Duration;
 
 use brook_actors::runtime::{Instant, Runtime};
 use brook_client::{
-    Acks, Admin, ClientError, Consumer, ConsumerConfig, ErrorCode, Producer, ProducerConfig,
-    ProducerRecord, StartOffset,
+    Acks, Admin, ClientError, Compression, Consumer, ConsumerConfig, ErrorCode, Producer,
+    ProducerConfig, ProducerRecord, StartOffset,
 };
-use brook_jepsen::history::{History, OpKind, Phase};
+use brook_jepsen::history::{History, OpKind, Phase, SendAcks};
 use brook_jepsen::linear::{self, LinearOptions, LinearReport};
 use brook_jepsen::queue::{self, QueueOptions, QueueReport};
+use brook_node::config::Fsync;
 use brook_node::Broker;
-use brook_storage::disk::{CrashMode, SimDisk};
+use brook_storage::disk::{CrashMode, Disk, SimDisk};
+use brook_wire::batch::BatchHeader;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -28,6 +30,16 @@ use rand_chacha::ChaCha8Rng;
 use crate::{node_address, node_config, node_seed, Plant};
 
 const TOPIC: &str = "jepsen";
+/// The history process of the nemesis (its crash and restart events).
+const NEMESIS_PROCESS: u64 = 10_000;
+/// The history process of the final drain.
+const DRAIN_PROCESS: u64 = 9_000;
+/// Bumped whenever `Draw::new` changes what a seed draws; kept regression seeds record the
+/// fingerprint of their draw (see `Draw::fingerprint`), which catches the change either way.
+pub const DRAW_VERSION: u32 = 3;
+/// Empty polls in a row, positioned inside a range the nemesis corrupted, after which a
+/// consumer takes the node's refusal as final and seeks past the range (recorded).
+const STUCK_POLLS: u32 = 3;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -38,6 +50,8 @@ pub struct Options {
     pub fault_secs: u64,
     /// Simulated seconds the liveness drain may take after the heal.
     pub drain_secs_max: u64,
+    /// States the linearizability search may explore per partition (`unknown` beyond).
+    pub linear_states_max: u64,
 }
 
 impl Options {
@@ -47,6 +61,7 @@ impl Options {
             plant: None,
             fault_secs: 30,
             drain_secs_max: 60,
+            linear_states_max: LINEAR_STATES_MAX,
         }
     }
 }
@@ -74,10 +89,13 @@ pub enum Fault {
     DiskFull,
     /// Flip a bit in the next read.
     ReadBitFlip,
+    /// Flip a bit at rest in a synced part of a segment: the node must report those records,
+    /// never serve them, never hide them.
+    CorruptAtRest,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 11] = [
         Fault::Kill,
         Fault::Pause,
         Fault::Isolate,
@@ -88,6 +106,7 @@ impl Fault {
         Fault::FsyncError,
         Fault::DiskFull,
         Fault::ReadBitFlip,
+        Fault::CorruptAtRest,
     ];
 
     pub fn name(self) -> &'static str {
@@ -102,6 +121,7 @@ impl Fault {
             Fault::FsyncError => "fsync-error",
             Fault::DiskFull => "disk-full",
             Fault::ReadBitFlip => "read-bit-flip",
+            Fault::CorruptAtRest => "corrupt-at-rest",
         }
     }
 }
@@ -114,10 +134,12 @@ pub struct Draw {
     pub fault_gap_ms: u64,
     pub partitions: u32,
     pub producers: u32,
-    /// Concurrent senders per producer client (each one op at a time).
+    /// Concurrent senders per producer client, sharing its `Producer`s (one per acks level),
+    /// so their records meet in batches and requests; each is one history process with one
+    /// send in flight (which makes per-process ordering checkable).
     pub workers_per_producer: u32,
     pub consumers: u32,
-    /// Share of sends with acks=all (the rest acks=1), in percent.
+    /// Share of sends with acks=all, in percent (the rest acks=1 or acks=0).
     pub acks_all_percent: u32,
     /// Share of keyed sends, in percent.
     pub keyed_percent: u32,
@@ -128,9 +150,30 @@ pub struct Draw {
     pub fetch_bytes_max: u32,
     pub fetch_wait_ms: u32,
     pub request_timeout_ms: u64,
+    /// Of the sends that are not acks=all, the share with acks=0 (the rest acks=1), percent.
+    pub acks_none_percent: u32,
+    /// Produce requests in flight per partition, per producer client.
+    pub requests_in_flight_max: usize,
+    /// `Some(period)`: the node runs `fsync = interval` with this period (acks=all then
+    /// survives everything but a crash); `None`: `fsync = always`.
+    pub fsync_interval_ms: Option<u64>,
 }
 
 impl Draw {
+    /// A short hash of everything drawn (of the draw's text): a kept regression seed records
+    /// it, and the runner refuses the seed if it no longer draws the same.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "v{DRAW_VERSION}-{:08x}",
+            crc32c::crc32c(self.to_string().as_bytes())
+        )
+    }
+
+    /// Whether a crash may take back acknowledged acks=all records.
+    pub fn durable_acks_all(&self) -> bool {
+        self.fsync_interval_ms.is_none()
+    }
+
     /// The draw a run of `seed` makes (the same as the first trace line).
     pub fn for_seed(seed: u64) -> Self {
         Draw::new(&mut ChaCha8Rng::seed_from_u64(seed))
@@ -150,12 +193,12 @@ impl Draw {
             fault_gap_ms: rng.gen_range(500..4_000),
             partitions: rng.gen_range(1..=3),
             producers: rng.gen_range(1..=2),
-            workers_per_producer: rng.gen_range(1..=3),
+            workers_per_producer: rng.gen_range(1..=8),
             consumers: rng.gen_range(1..=2),
             acks_all_percent: *[100, 100, 80, 50].choose(rng).unwrap_or(&100),
             keyed_percent: *[0, 50, 100].choose(rng).unwrap_or(&50),
             send_gap_ms: rng.gen_range(5..40),
-            linger_ms: rng.gen_range(0..10),
+            linger_ms: rng.gen_range(0..20),
             segment_bytes_max: *[64 * 1024, 256 * 1024, 1024 * 1024]
                 .choose(rng)
                 .unwrap_or(&(1024 * 1024)),
@@ -165,6 +208,9 @@ impl Draw {
                 .unwrap_or(&65_536),
             fetch_wait_ms: rng.gen_range(10..500),
             request_timeout_ms: rng.gen_range(1_000..5_000),
+            acks_none_percent: *[0, 10, 30].choose(rng).unwrap_or(&0),
+            requests_in_flight_max: rng.gen_range(1..=5),
+            fsync_interval_ms: rng.gen_bool(0.25).then(|| rng.gen_range(10..2_000)),
         }
     }
 }
@@ -174,12 +220,110 @@ impl fmt::Display for Draw {
         let faults: Vec<_> = self.faults.iter().map(|fault| fault.name()).collect();
         write!(
             f,
-            "faults=[{}] fault_gap_ms={} partitions={} producers={}x{} consumers={} acks_all={}% keyed={}% send_gap_ms={} linger_ms={} segment_bytes_max={} index_interval_bytes={} fetch_bytes_max={} fetch_wait_ms={} request_timeout_ms={}",
+            "faults=[{}] fault_gap_ms={} partitions={} producers={}x{} consumers={} acks_all={}% acks_none={}% keyed={}% send_gap_ms={} linger_ms={} in_flight={} segment_bytes_max={} index_interval_bytes={} fetch_bytes_max={} fetch_wait_ms={} request_timeout_ms={} fsync={}",
             faults.join(","), self.fault_gap_ms, self.partitions, self.producers, self.workers_per_producer,
-            self.consumers, self.acks_all_percent, self.keyed_percent, self.send_gap_ms, self.linger_ms,
-            self.segment_bytes_max, self.index_interval_bytes, self.fetch_bytes_max, self.fetch_wait_ms,
+            self.consumers, self.acks_all_percent, self.acks_none_percent, self.keyed_percent, self.send_gap_ms, self.linger_ms,
+            self.requests_in_flight_max, self.segment_bytes_max, self.index_interval_bytes, self.fetch_bytes_max, self.fetch_wait_ms,
             self.request_timeout_ms,
+            self.fsync_interval_ms.map_or("always".to_owned(), |ms| format!("interval-{ms}ms")),
         )
+    }
+}
+
+/// Why a run failed outside the checkers' anomalies; each has its own name in the verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunError {
+    /// The run could not be set up (the topic was never created).
+    Setup(String),
+    /// After the heal, the system did not finish what it must within the bound.
+    Liveness(String),
+    /// The history could not be paired (a harness bug, never a pass).
+    MalformedHistory(String),
+    /// A simulated client task panicked.
+    TaskPanic(String),
+}
+
+impl RunError {
+    /// The name in the seed's verdict.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RunError::Setup(_) => "setup-error",
+            RunError::Liveness(_) => "liveness",
+            RunError::MalformedHistory(_) => "malformed-history",
+            RunError::TaskPanic(_) => "task-panic",
+        }
+    }
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (RunError::Setup(message)
+        | RunError::Liveness(message)
+        | RunError::MalformedHistory(message)
+        | RunError::TaskPanic(message)) = self;
+        write!(f, "{}: {message}", self.name())
+    }
+}
+
+/// Batches found in the partition logs at the end of a run: proof that the workload made
+/// batches of many records (a simulation of one-record batches never runs the batch paths).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    pub batches: u64,
+    pub records: u64,
+    /// Batches holding more than one record.
+    pub multi_record_batches: u64,
+    pub records_per_batch_max: u64,
+}
+
+impl BatchStats {
+    pub fn add(&mut self, other: &BatchStats) {
+        self.batches += other.batches;
+        self.records += other.records;
+        self.multi_record_batches += other.multi_record_batches;
+        self.records_per_batch_max = self.records_per_batch_max.max(other.records_per_batch_max);
+    }
+}
+
+/// The evidence a seed must show: the fewest acknowledged acks=all sends and records read that
+/// a healthy system certainly reaches under this draw (see `Progress::for_draw`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub sends_ok_min: usize,
+    pub records_read_min: usize,
+}
+
+/// The longest a single fault keeps the node unusable (a pause of up to twice the request
+/// timeout, at most 2 x 5 s; isolation, latency or loss up to 5 s; a kill's downtime up to 3 s).
+const FAULT_SPAN_MS_MAX: u64 = 10_000;
+
+impl Progress {
+    /// A deliberately low bar, scaled to the draw. The unit is what a healthy node would
+    /// acknowledge if every worker got one acks=all send through per (send gap + linger + a
+    /// slow round trip of 200 ms), over the time the draw's faults certainly leave healthy:
+    /// the nemesis waits at least half the fault gap before each fault, and a fault lasts at
+    /// most `FAULT_SPAN_MS_MAX`; an fsync error can poison the partition until the heal, so
+    /// with it drawn only the fault-free prefix before the first fault counts. The bar is half
+    /// of that ideal. Calibrated on seeds 1000..1600 (draw v2): with a bar of a third, the
+    /// lowest seed acknowledged 16 times its bar (so about 10 times this one); a broker that
+    /// acknowledges nothing never clears it, and the bar is never below one send and one
+    /// record.
+    pub fn for_draw(draw: &Draw, fault_secs: u64) -> Progress {
+        let workers = u64::from(draw.producers * draw.workers_per_producer);
+        let cycle_ms = draw.send_gap_ms + draw.linger_ms + 200;
+        let quiet_ms = draw.fault_gap_ms / 2;
+        let healthy_ms = if draw.faults.contains(&Fault::FsyncError) {
+            quiet_ms
+        } else {
+            fault_secs * 1_000 * quiet_ms / (quiet_ms + FAULT_SPAN_MS_MAX)
+        };
+        let ideal = workers * healthy_ms / cycle_ms * u64::from(draw.acks_all_percent) / 100;
+        let sends_ok_min = (ideal / 2).max(1) as usize;
+        Progress {
+            sends_ok_min,
+            // The drain alone reads every acknowledged acks=all value.
+            records_read_min: sends_ok_min,
+        }
     }
 }
 
@@ -195,12 +339,22 @@ pub struct RunReport {
     pub trace: Vec<String>,
     pub queue: Option<QueueReport>,
     pub linear: Option<LinearReport>,
-    /// Why the run failed outside the checkers (liveness, harness errors).
-    pub errors: Vec<String>,
+    /// Why linearizability was not checked, if it was not.
+    pub linear_skipped: Option<String>,
+    /// The evidence this seed had to show.
+    pub progress: Progress,
+    pub batch_stats: BatchStats,
+    /// Offset ranges corrupted at rest by the nemesis, per partition.
+    pub corrupt: BTreeMap<u32, Vec<(u64, u64)>>,
+    /// Polls that got a batch failing its CRC: the node served corrupt data.
+    pub served_corrupt: u64,
+    /// Why the run failed outside the checkers' anomalies, each with its own name.
+    pub errors: Vec<RunError>,
 }
 
 impl RunReport {
-    /// Anomaly names found, with counts (queue anomalies, `not-linearizable`, `liveness`).
+    /// Anomaly names found, with counts: queue anomalies, `not-linearizable`, `unknown` (the
+    /// linearizability search ran out of budget), and the run errors by name.
     pub fn anomalies(&self) -> BTreeMap<String, usize> {
         let mut found = BTreeMap::new();
         if let Some(queue) = &self.queue {
@@ -214,9 +368,20 @@ impl RunReport {
             if linear.verdict == linear::Verdict::NotLinearizable {
                 found.insert("not-linearizable".into(), 1);
             }
+            let unknown = linear
+                .partitions
+                .iter()
+                .filter(|partition| partition.verdict == linear::Verdict::Unknown)
+                .count();
+            if unknown > 0 {
+                found.insert("unknown".into(), unknown);
+            }
         }
-        if !self.errors.is_empty() {
-            found.insert("liveness".into(), self.errors.len());
+        for error in &self.errors {
+            *found.entry(error.name().to_owned()).or_default() += 1;
+        }
+        if self.served_corrupt > 0 {
+            found.insert("served-corrupt".into(), self.served_corrupt as usize);
         }
         found
     }
@@ -256,6 +421,10 @@ struct Recorder {
     history: History,
     trace: Vec<String>,
     faults: BTreeMap<&'static str, u64>,
+    /// Per partition, the offset ranges (first, last) of batches the nemesis corrupted at rest.
+    corrupt: BTreeMap<u32, Vec<(u64, u64)>>,
+    /// Polls that received a corrupt batch (the client's CRC check caught what the node served).
+    served_corrupt: u64,
 }
 
 type Shared = Arc<Mutex<Recorder>>;
@@ -274,6 +443,14 @@ impl Recorder {
         let time_ns = self.elapsed().as_nanos() as u64;
         self.history
             .push(process, time_ns, Some("n0".into()), phase, kind)
+    }
+
+    /// A crash or restart of node n0, as an instantaneous history event of the nemesis: the
+    /// checkers hold acknowledgements that need not survive a crash only until the next one.
+    fn node_event(&mut self, kind: OpKind) {
+        let time_ns = self.elapsed().as_nanos() as u64;
+        self.history
+            .push(NEMESIS_PROCESS, time_ns, Some("n0".into()), Phase::Ok, kind);
     }
 
     /// One trace event, as a JSON line: `{"ms":<simulated ms>,"event":"..."}`.
@@ -321,6 +498,8 @@ async fn simulate(options: Options) -> RunReport {
         history: History::new(),
         trace: Vec::new(),
         faults: BTreeMap::new(),
+        corrupt: BTreeMap::new(),
+        served_corrupt: 0,
     }));
     lock(&shared).trace(format_args!(
         "seed {seed} plant {:?} draw {draw}",
@@ -335,8 +514,13 @@ async fn simulate(options: Options) -> RunReport {
     config.log.index_interval_bytes = draw.index_interval_bytes;
     config.limits.batch_bytes_max = (draw.segment_bytes_max / 2).min(1024 * 1024) as u32;
     config.limits.frame_bytes_max = 2 * 1024 * 1024;
+    if let Some(interval_ms) = draw.fsync_interval_ms {
+        config.log.fsync = Fsync::Interval;
+        config.log.fsync_interval_ms = interval_ms;
+    }
     if let Some(plant) = options.plant {
         plant.apply(&mut config.planted);
+        plant.apply_to_disk(&disk);
     }
     let node_disk = disk.clone();
     let node = handle
@@ -394,7 +578,7 @@ async fn simulate(options: Options) -> RunReport {
         .unwrap_or(false);
     let mut errors = Vec::new();
     if !created {
-        errors.push("could not create the topic".to_owned());
+        errors.push(RunError::Setup("could not create the topic".to_owned()));
     }
 
     let producing = Arc::new(AtomicBool::new(true));
@@ -414,6 +598,8 @@ async fn simulate(options: Options) -> RunReport {
                 .expect("ip"))
             .build();
         client_nodes.push(host.id());
+        // The client's workers share its producers, so their records meet in batches.
+        let client = ProducerClient::default();
         for worker in 0..draw.workers_per_producer {
             let process = u64::from(producer_index * 100 + worker);
             let context = WorkerContext {
@@ -423,6 +609,7 @@ async fn simulate(options: Options) -> RunReport {
                 draw: draw.clone(),
                 producing: producing.clone(),
                 next_value: next_value.clone(),
+                client: client.clone(),
                 rng: ChaCha8Rng::seed_from_u64(seed ^ (0x5eed_0000 + process)),
                 process,
             };
@@ -455,6 +642,8 @@ async fn simulate(options: Options) -> RunReport {
     let net = madsim::net::NetSim::current();
     let fault_phase = Duration::from_secs(options.fault_secs);
     let fault_start = runtime.now();
+    // Every bit the nemesis flipped at rest: (file, position, bit).
+    let mut at_rest_flips: Vec<(std::path::PathBuf, u64, u8)> = Vec::new();
     while runtime.now().duration_since(fault_start) < fault_phase {
         let gap = rng.gen_range(draw.fault_gap_ms / 2..=draw.fault_gap_ms * 3 / 2);
         runtime.sleep(Duration::from_millis(gap)).await;
@@ -469,10 +658,12 @@ async fn simulate(options: Options) -> RunReport {
                     CrashMode::DropUnsynced,
                     CrashMode::TornLastWrite,
                     CrashMode::FlipBitInLastWrite,
+                    CrashMode::TornUnsynced,
                     CrashMode::Random,
                 ]
                 .choose(&mut rng)
                 .unwrap_or(&CrashMode::Random);
+                lock(&shared).node_event(OpKind::Crash);
                 let crash = disk.crash_with(mode, &mut rng);
                 let down = rng.gen_range(100..3_000);
                 lock(&shared).trace(format_args!(
@@ -481,6 +672,7 @@ async fn simulate(options: Options) -> RunReport {
                 ));
                 runtime.sleep(Duration::from_millis(down)).await;
                 handle.restart(node.id());
+                lock(&shared).node_event(OpKind::Restart);
                 lock(&shared).trace("nemesis restart n0");
             }
             Fault::Pause => {
@@ -587,6 +779,59 @@ async fn simulate(options: Options) -> RunReport {
                 disk.flip_bit_on_next_read(None);
                 lock(&shared).trace("nemesis flip a bit in the next read");
             }
+            Fault::CorruptAtRest => {
+                let hit = disk.corrupt_at_rest(&mut rng, &|path: &std::path::Path| {
+                    brook_storage::log::is_segment_file(path)
+                });
+                let Some(hit) = hit else {
+                    lock(&shared).trace("nemesis corrupt at rest: no synced segment data yet");
+                    continue;
+                };
+                // Which batch: locate it in the image as it was before this flip and every
+                // earlier one in the same file (an earlier flip in a length field would
+                // otherwise stop the walk over the batches).
+                at_rest_flips.push((hit.path.clone(), hit.position, hit.bit));
+                let batch = disk.durable_contents(&hit.path).ok().and_then(|bytes| {
+                    let mut original = bytes.to_vec();
+                    for (path, position, bit) in &at_rest_flips {
+                        if *path == hit.path {
+                            let byte = original.get_mut(usize::try_from(*position).ok()?)?;
+                            *byte ^= 1 << *bit;
+                        }
+                    }
+                    brook_storage::log::locate_batch(&original, hit.position)
+                });
+                let partition = hit
+                    .path
+                    .parent()
+                    .and_then(|directory| directory.file_name())
+                    .and_then(|name| name.to_str())
+                    .and_then(|name| name.parse::<u32>().ok());
+                let mut recorder = lock(&shared);
+                match (partition, batch) {
+                    (Some(partition), Some(batch)) => {
+                        recorder
+                            .corrupt
+                            .entry(partition)
+                            .or_default()
+                            .push((batch.base_offset, batch.last_offset));
+                        recorder.trace(format_args!(
+                            "nemesis corrupt at rest {} position {} bit {}: partition {partition} offsets {}..={}",
+                            hit.path.display(),
+                            hit.position,
+                            hit.bit,
+                            batch.base_offset,
+                            batch.last_offset
+                        ));
+                    }
+                    _ => recorder.trace(format_args!(
+                        "nemesis corrupt at rest {} position {} bit {}: outside any batch",
+                        hit.path.display(),
+                        hit.position,
+                        hit.bit
+                    )),
+                }
+            }
         }
     }
 
@@ -600,23 +845,32 @@ async fn simulate(options: Options) -> RunReport {
     producing.store(false, Ordering::Relaxed);
     if disk.stats().sync_failures > 0 {
         handle.kill(node.id());
+        lock(&shared).node_event(OpKind::Crash);
         handle.restart(node.id());
+        lock(&shared).node_event(OpKind::Restart);
         lock(&shared).trace("heal: restart n0 after fsync errors");
     }
     for task in tasks {
         if task.await.is_err() {
-            errors.push("a producer task panicked".into());
+            errors.push(RunError::TaskPanic("a producer task panicked".into()));
         }
     }
     consuming.store(false, Ordering::Relaxed);
     for task in consumer_tasks {
         if task.await.is_err() {
-            errors.push("a consumer task panicked".into());
+            errors.push(RunError::TaskPanic("a consumer task panicked".into()));
         }
     }
 
     // Liveness: a fresh consumer must read every acknowledged value within the bound.
-    let acknowledged = acknowledged_values(&lock(&shared).history);
+    let acknowledged = {
+        let recorder = lock(&shared);
+        must_be_read(
+            &recorder.history,
+            draw.durable_acks_all(),
+            &recorder.corrupt,
+        )
+    };
     let drain_host = handle
         .create_node()
         .name("drain")
@@ -634,38 +888,66 @@ async fn simulate(options: Options) -> RunReport {
         .await;
     match drained {
         Ok(Ok(())) => {}
-        Ok(Err(stuck)) => errors.push(stuck),
-        Err(_) => errors.push("the drain task panicked".into()),
+        Ok(Err(stuck)) => errors.push(RunError::Liveness(stuck)),
+        Err(_) => errors.push(RunError::TaskPanic("the drain task panicked".into())),
     }
+    let batch_stats = batch_stats(&disk, draw.partitions);
 
     let recorder = lock(&shared);
     let simulated_secs = recorder.elapsed().as_secs_f64();
     let history = recorder.history.clone();
     let mut trace = recorder.trace.clone();
     let faults = recorder.faults.clone();
+    let corrupt = recorder.corrupt.clone();
+    let served_corrupt = recorder.served_corrupt;
     drop(recorder);
+    let progress = Progress::for_draw(&draw, options.fault_secs);
     let queue = queue::check(
         &history,
         &QueueOptions {
-            producer_ordering: false,
+            // Sound: each worker has one send in flight and the producers never retry.
+            producer_ordering: true,
+            durable_acks_all: draw.durable_acks_all(),
+            sends_ok_min: progress.sends_ok_min,
+            records_read_min: progress.records_read_min,
+            drain_processes: vec![DRAIN_PROCESS],
+            unreadable: corrupt.clone(),
             ..QueueOptions::default()
-        },
-    );
-    let linear = linear::check(
-        &history,
-        &LinearOptions {
-            states_max: 200_000,
-            use_polls: true,
         },
     );
     let queue = match queue {
         Ok(report) => Some(report),
         Err(error) => {
-            errors.push(format!("history is malformed: {error}"));
+            errors.push(RunError::MalformedHistory(error.to_string()));
             None
         }
     };
-    let linear = linear.ok();
+    let crashed = history
+        .ops()
+        .iter()
+        .any(|op| matches!(op.kind, OpKind::Crash));
+    // Under fsync = interval a crash may shorten the log that reads already saw: the log model
+    // (whose length never shrinks) does not apply across it.
+    let (linear, linear_skipped) = if !draw.durable_acks_all() && crashed {
+        (
+            None,
+            Some("fsync = interval with crashes: the log may shrink at a crash".to_owned()),
+        )
+    } else {
+        match linear::check(
+            &history,
+            &LinearOptions {
+                states_max: options.linear_states_max,
+                use_polls: true,
+            },
+        ) {
+            Ok(report) => (Some(report), None),
+            Err(error) => {
+                errors.push(RunError::MalformedHistory(error.to_string()));
+                (None, Some(format!("malformed history: {error}")))
+            }
+        }
+    };
     trace.push(format!(
         "end after {simulated_secs:.1} simulated s, {} ops",
         history.len()
@@ -680,8 +962,50 @@ async fn simulate(options: Options) -> RunReport {
         trace,
         queue,
         linear,
+        linear_skipped,
+        progress,
+        batch_stats,
+        corrupt,
+        served_corrupt,
         errors,
     }
+}
+
+/// States the linearizability search may explore per partition before it answers `unknown`
+/// (which fails the seed).
+const LINEAR_STATES_MAX: u64 = 2_000_000;
+
+/// Batches and records stored in the topic's partition logs (read straight from the disk).
+fn batch_stats(disk: &SimDisk, partitions: u32) -> BatchStats {
+    let mut stats = BatchStats::default();
+    for partition in 0..partitions {
+        let directory = std::path::PathBuf::from(format!("/brook/topics/{TOPIC}/{partition}"));
+        let Ok(names) = disk.list_dir(&directory) else {
+            continue;
+        };
+        for name in names.iter().filter(|name| name.ends_with(".log")) {
+            let Ok(bytes) = disk.read_file(&directory.join(name)) else {
+                continue;
+            };
+            let mut position = 0;
+            // A torn tail ends the walk; every header advances it by at least its own length.
+            while let Ok(header) = BatchHeader::parse(&bytes[position..]) {
+                // Only whole batches with a good CRC count (the nemesis corrupts some).
+                if brook_wire::batch::validate(&bytes[position..]).is_ok() {
+                    let records = u64::from(header.record_count);
+                    stats.batches += 1;
+                    stats.records += records;
+                    stats.multi_record_batches += u64::from(records > 1);
+                    stats.records_per_batch_max = stats.records_per_batch_max.max(records);
+                }
+                position += header.total_len();
+                if position >= bytes.len() {
+                    break;
+                }
+            }
+        }
+    }
+    stats
 }
 
 struct WorkerContext {
@@ -691,41 +1015,79 @@ struct WorkerContext {
     draw: Draw,
     producing: Arc<AtomicBool>,
     next_value: Arc<AtomicU64>,
+    client: ProducerClient,
     rng: ChaCha8Rng,
     process: u64,
 }
 
-async fn connect_producer(context: &WorkerContext, acks: Acks) -> Option<Producer> {
-    let config = ProducerConfig::default()
-        .acks(acks)
-        .retries_max(0)
-        .linger(Duration::from_millis(context.draw.linger_ms))
-        .batch_bytes_max(16 * 1024)
-        .request_timeout(Duration::from_millis(context.draw.request_timeout_ms))
-        // The streams the producer drew from when it was handed the worker's runtime: a seed
-        // replays as it did then.
-        .seed(context.runtime.seed());
-    Producer::connect(&context.bootstrap, config).await.ok()
+/// The `Producer`s of one producer client host, one per acks level, shared by its workers so
+/// that their records meet in batches (linger) and their batches in requests.
+#[derive(Clone, Default)]
+struct ProducerClient {
+    producers: Arc<Mutex<BTreeMap<SendAcks, Producer>>>,
 }
 
-/// One producer worker: sends unique values one at a time until the fault phase ends. Sends
-/// with acks=1 promise no durability, so their acknowledgement is recorded as indeterminate.
+impl ProducerClient {
+    fn producers(&self) -> MutexGuard<'_, BTreeMap<SendAcks, Producer>> {
+        self.producers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The client's producer for `acks`, connecting one if there is none.
+    async fn get(&self, context: &WorkerContext, acks: SendAcks) -> Option<Producer> {
+        if let Some(producer) = self.producers().get(&acks) {
+            return Some(producer.clone());
+        }
+        let config = ProducerConfig::default()
+            .acks(match acks {
+                SendAcks::All => Acks::All,
+                SendAcks::Leader => Acks::Leader,
+                SendAcks::None => Acks::None,
+            })
+            // No retries: a retry could duplicate a record, and one send in flight per worker
+            // with no retries is what makes per-worker ordering (nonmonotonic-send) checkable.
+            .retries_max(0)
+            .linger(Duration::from_millis(context.draw.linger_ms))
+            .batch_bytes_max(16 * 1024)
+            .requests_in_flight_max(context.draw.requests_in_flight_max)
+            // Every codec runs under the fault matrix: picked from the client's process number
+            // and the seed (no draw from an RNG, so the rest of the run's choices stay as they
+            // were).
+            .compression(
+                Compression::ALL[((context.process ^ context.runtime.seed())
+                    % Compression::ALL.len() as u64) as usize],
+            )
+            .request_timeout(Duration::from_millis(context.draw.request_timeout_ms))
+            // The producer's own random streams derive from the run's seed: a seed replays.
+            .seed(context.runtime.seed());
+        let producer = Producer::connect(&context.bootstrap, config).await.ok()?;
+        // Another worker may have connected meanwhile: keep the first, so they share one.
+        Some(self.producers().entry(acks).or_insert(producer).clone())
+    }
+
+    /// Drop the client's producer for `acks` (its connection is likely gone).
+    fn forget(&self, acks: SendAcks) {
+        self.producers().remove(&acks);
+    }
+}
+
+/// One producer worker: sends unique values one at a time until the fault phase ends, through
+/// its client's shared producers. acks=all and acks=1 acknowledgements are recorded `ok` with
+/// their partition and offset (the checkers know what each promises); acks=0 sends, which
+/// get no answer, are recorded `info`.
 async fn produce(mut context: WorkerContext) {
-    let mut producers: BTreeMap<bool, Producer> = BTreeMap::new();
     while context.producing.load(Ordering::Relaxed) {
-        let acks_all = context.rng.gen_range(0..100) < context.draw.acks_all_percent;
-        let producer = match producers.entry(acks_all) {
-            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::btree_map::Entry::Vacant(entry) => {
-                let acks = if acks_all { Acks::All } else { Acks::Leader };
-                match connect_producer(&context, acks).await {
-                    Some(producer) => entry.insert(producer),
-                    None => {
-                        context.runtime.sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                }
-            }
+        let acks = if context.rng.gen_range(0..100) < context.draw.acks_all_percent {
+            SendAcks::All
+        } else if context.rng.gen_range(0..100) < context.draw.acks_none_percent {
+            SendAcks::None
+        } else {
+            SendAcks::Leader
+        };
+        let Some(producer) = context.client.clone().get(&context, acks).await else {
+            context.runtime.sleep(Duration::from_millis(200)).await;
+            continue;
         };
         let value = context.next_value.fetch_add(1, Ordering::Relaxed);
         let keyed = context.rng.gen_range(0..100) < context.draw.keyed_percent;
@@ -745,55 +1107,37 @@ async fn produce(mut context: WorkerContext) {
                 key: key.clone(),
                 value,
                 offset: None,
+                acks,
             },
         );
         let result = match producer.send(record).await {
             Ok(delivery) => delivery.await,
             Err(error) => Err(error),
         };
-        let (phase, completion) = match &result {
-            Ok(metadata) if acks_all => (
-                Phase::Ok,
-                OpKind::Send {
-                    partition: Some(metadata.partition),
-                    key,
-                    value,
-                    offset: Some(metadata.offset),
-                },
-            ),
-            Ok(_) => (
-                Phase::Info,
-                OpKind::Send {
-                    partition,
-                    key,
-                    value,
-                    offset: None,
-                },
-            ),
-            Err(error) if definitely_failed(error) => (
-                Phase::Fail,
-                OpKind::Send {
-                    partition,
-                    key,
-                    value,
-                    offset: None,
-                },
-            ),
-            Err(_) => (
-                Phase::Info,
-                OpKind::Send {
-                    partition,
-                    key,
-                    value,
-                    offset: None,
-                },
-            ),
+        let (phase, partition, offset) = match &result {
+            Ok(metadata) if acks != SendAcks::None => {
+                (Phase::Ok, Some(metadata.partition), Some(metadata.offset))
+            }
+            // acks=0: written to the connection, nothing more is known.
+            Ok(metadata) => (Phase::Info, Some(metadata.partition), None),
+            Err(error) if definitely_failed(error) => (Phase::Fail, partition, None),
+            Err(_) => (Phase::Info, partition, None),
         };
-        lock(&context.shared).op(context.process, phase, completion);
+        lock(&context.shared).op(
+            context.process,
+            phase,
+            OpKind::Send {
+                partition,
+                key,
+                value,
+                offset,
+                acks,
+            },
+        );
         if let Err(error) = &result {
             if !error.is_retriable() && !definitely_failed(error) {
                 // The connection is likely gone: start afresh.
-                producers.remove(&acks_all);
+                context.client.forget(acks);
             }
         }
         context
@@ -801,12 +1145,17 @@ async fn produce(mut context: WorkerContext) {
             .sleep(Duration::from_millis(context.draw.send_gap_ms))
             .await;
     }
-    for (_, producer) in producers {
-        let _ = context
-            .runtime
-            .timeout(Duration::from_secs(10), producer.close())
-            .await;
-    }
+}
+
+/// Bytes of an unparseable value shown in its anomaly.
+const UNPARSEABLE_BYTES_SHOWN_MAX: usize = 32;
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .take(UNPARSEABLE_BYTES_SHOWN_MAX)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 fn parse_value(record: &brook_client::ConsumerRecord) -> Option<u64> {
@@ -829,6 +1178,8 @@ struct RecordedConsumer {
     positions: BTreeMap<u32, u64>,
     assigned: bool,
     consumer: Option<Consumer>,
+    /// Empty polls in a row (see `STUCK_POLLS`).
+    empty_polls: u32,
 }
 
 impl RecordedConsumer {
@@ -850,6 +1201,7 @@ impl RecordedConsumer {
             positions: BTreeMap::new(),
             assigned: false,
             consumer: None,
+            empty_polls: 0,
         }
     }
 
@@ -911,14 +1263,37 @@ impl RecordedConsumer {
             Ok(records) => {
                 let mut polled = Vec::with_capacity(records.len());
                 let mut values = Vec::with_capacity(records.len());
+                let mut unparseable = Vec::new();
                 for record in &records {
                     self.positions.insert(record.partition, record.offset + 1);
-                    if let Some(value) = parse_value(record) {
-                        values.push(value);
-                        polled.push((record.partition, record.offset, value).into());
+                    match parse_value(record) {
+                        Some(value) => {
+                            values.push(value);
+                            polled.push((record.partition, record.offset, value).into());
+                        }
+                        None => unparseable.push(OpKind::Unparseable {
+                            partition: record.partition,
+                            offset: record.offset,
+                            bytes_hex: record.value.as_deref().map(hex_prefix),
+                        }),
                     }
                 }
-                lock(&self.shared).op(self.process, Phase::Ok, OpKind::Poll { records: polled });
+                {
+                    let mut recorder = lock(&self.shared);
+                    recorder.op(self.process, Phase::Ok, OpKind::Poll { records: polled });
+                    // Never dropped silently: each is an anomaly for the checker.
+                    for event in unparseable {
+                        recorder.op(self.process, Phase::Ok, event);
+                    }
+                }
+                self.empty_polls = if records.is_empty() {
+                    self.empty_polls + 1
+                } else {
+                    0
+                };
+                if self.empty_polls >= STUCK_POLLS {
+                    self.skip_corrupt().await;
+                }
                 Ok(values)
             }
             Err(error) => {
@@ -929,12 +1304,63 @@ impl RecordedConsumer {
                         records: Vec::new(),
                     },
                 );
-                lock(&self.shared).trace(format_args!(
-                    "consumer {} poll failed: {error}",
-                    self.process
-                ));
+                {
+                    let mut recorder = lock(&self.shared);
+                    if matches!(error, ClientError::CorruptBatch { .. }) {
+                        // The node served a batch that fails its CRC: it must report corruption,
+                        // never serve it.
+                        recorder.served_corrupt += 1;
+                    }
+                    recorder.trace(format_args!(
+                        "consumer {} poll failed: {error}",
+                        self.process
+                    ));
+                }
                 self.consumer = None;
                 Err(error.to_string())
+            }
+        }
+    }
+}
+
+impl RecordedConsumer {
+    /// Past a range the nemesis corrupted at rest, once the node has refused it for
+    /// `STUCK_POLLS` polls: seek beyond it, and record the seek (the checker allows the drain
+    /// to skip exactly such ranges).
+    async fn skip_corrupt(&mut self) {
+        self.empty_polls = 0;
+        let ranges = lock(&self.shared).corrupt.clone();
+        let Some(consumer) = self.consumer.as_mut() else {
+            return;
+        };
+        for (&partition, spans) in &ranges {
+            let position = self.positions.get(&partition).copied().unwrap_or(0);
+            let Some(&(_, last)) = spans
+                .iter()
+                .find(|(first, last)| (*first..=*last).contains(&position))
+            else {
+                continue;
+            };
+            let target = last + 1;
+            if consumer
+                .seek(TOPIC, partition, StartOffset::Offset(target))
+                .await
+                .is_ok()
+            {
+                let kind = OpKind::Seek {
+                    partition,
+                    offset: target,
+                };
+                {
+                    let mut recorder = lock(&self.shared);
+                    recorder.op(self.process, Phase::Invoke, kind.clone());
+                    recorder.op(self.process, Phase::Ok, kind);
+                    recorder.trace(format_args!(
+                        "consumer {} skips partition {partition} offsets {position}..{target}, corrupt at rest",
+                        self.process
+                    ));
+                }
+                self.positions.insert(partition, target);
             }
         }
     }
@@ -961,14 +1387,50 @@ async fn consume(
     }
 }
 
-/// Values whose send was acknowledged ok.
-fn acknowledged_values(history: &History) -> BTreeSet<u64> {
-    history
+/// Values the final drain must read: every acknowledged send whose promise covers the crashes
+/// that came after it (acks=all under `fsync = always`; otherwise only those acknowledged after
+/// the last crash).
+fn must_be_read(
+    history: &History,
+    durable_acks_all: bool,
+    corrupt: &BTreeMap<u32, Vec<(u64, u64)>>,
+) -> BTreeSet<u64> {
+    let last_crash = history
         .ops()
         .iter()
-        .filter(|op| op.phase == Phase::Ok)
-        .filter_map(|op| match op.kind {
-            OpKind::Send { value, .. } => Some(value),
+        .rposition(|op| matches!(op.kind, OpKind::Crash));
+    // A malformed history fails the run in the checkers; here it just asks for nothing.
+    let operations = history.operations().unwrap_or_default();
+    operations
+        .iter()
+        .filter(|operation| operation.outcome == brook_jepsen::Outcome::Ok)
+        .filter_map(|operation| match operation.kind {
+            OpKind::Send {
+                value,
+                acks,
+                partition,
+                offset,
+                ..
+            } => {
+                // Records corrupted at rest cannot be read back (the node must refuse them).
+                let unreadable = partition
+                    .zip(offset)
+                    .and_then(|(partition, offset)| {
+                        corrupt.get(&partition).map(|spans| {
+                            spans
+                                .iter()
+                                .any(|(first, last)| (*first..=*last).contains(&offset))
+                        })
+                    })
+                    .unwrap_or(false);
+                if unreadable {
+                    return None;
+                }
+                let durable = acks == SendAcks::All && durable_acks_all;
+                // The acknowledgement may precede a crash that came after the invocation.
+                let after_last_crash = last_crash.map_or(true, |crash| operation.invoke > crash);
+                (durable || after_last_crash).then_some(value)
+            }
             _ => None,
         })
         .collect()
@@ -987,10 +1449,10 @@ async fn drain(
     let start = runtime.now();
     let mut consumer = RecordedConsumer::new(
         runtime.clone(),
-        shared,
-        bootstrap,
+        shared.clone(),
+        bootstrap.clone(),
         ConsumerConfig::default(),
-        9_000,
+        DRAIN_PROCESS,
         draw.partitions,
     );
     let mut last_error = String::new();
@@ -1002,9 +1464,33 @@ async fn drain(
                 for value in values {
                     missing.remove(&value);
                 }
-                // Done once every acknowledged value was seen and the log is quiet.
+                // Done once every acknowledged value was seen, the log is quiet and the drain
+                // reached every partition's end offset, which it records for offset-gap.
                 if missing.is_empty() && idle >= 2 {
-                    return Ok(());
+                    match end_offsets(&bootstrap, draw.partitions).await {
+                        Ok(ends) => {
+                            let reached = ends.iter().all(|(partition, end)| {
+                                consumer.positions.get(partition).copied().unwrap_or(0) >= *end
+                            });
+                            if reached {
+                                let mut recorder = lock(&shared);
+                                for (partition, end) in ends {
+                                    let asked = OpKind::EndOffset {
+                                        partition,
+                                        offset: None,
+                                    };
+                                    recorder.op(DRAIN_PROCESS, Phase::Invoke, asked);
+                                    let answered = OpKind::EndOffset {
+                                        partition,
+                                        offset: Some(end),
+                                    };
+                                    recorder.op(DRAIN_PROCESS, Phase::Ok, answered);
+                                }
+                                return Ok(());
+                            }
+                        }
+                        Err(error) => last_error = error,
+                    }
                 }
             }
             Err(error) => last_error = error,
@@ -1018,4 +1504,25 @@ async fn drain(
         missing.iter().take(5).collect::<Vec<_>>(),
         positions,
     ))
+}
+
+/// Every partition's end offset (high watermark), read by a separate consumer.
+async fn end_offsets(bootstrap: &str, partitions: u32) -> Result<BTreeMap<u32, u64>, String> {
+    let all: Vec<u32> = (0..partitions).collect();
+    let mut consumer = Consumer::connect(bootstrap, ConsumerConfig::default())
+        .await
+        .map_err(|error| format!("end offsets: {error}"))?;
+    consumer
+        .assign(TOPIC, &all, StartOffset::Latest)
+        .await
+        .map_err(|error| format!("end offsets: {error}"))?;
+    let mut ends = BTreeMap::new();
+    for partition in all {
+        let end = consumer
+            .seek(TOPIC, partition, StartOffset::Latest)
+            .await
+            .map_err(|error| format!("end offsets: {error}"))?;
+        ends.insert(partition, end);
+    }
+    Ok(ends)
 }

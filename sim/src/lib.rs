@@ -43,13 +43,25 @@ pub enum Plant {
     SkipOnFetch,
     /// Fetches serve records above the high watermark (not yet durable).
     ServeAboveHw,
+    /// The broker refuses every produce with a retriable error: nothing is ever acknowledged,
+    /// nothing breaks, and only the progress verdict can tell.
+    RefuseProduce,
+    /// The log skips the directory syncs after creating or removing segment files: a crash
+    /// can make a new segment, and what was acknowledged in it, vanish.
+    NoDirSync,
+    /// After a failed fsync the log does not poison itself: the next sync "succeeds" over the
+    /// data the failed one dropped.
+    RetryFailedFsync,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 3] = [
+    pub const ALL: [Plant; 6] = [
         Plant::AckBeforeFsync,
         Plant::SkipOnFetch,
         Plant::ServeAboveHw,
+        Plant::RefuseProduce,
+        Plant::NoDirSync,
+        Plant::RetryFailedFsync,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +69,9 @@ impl Plant {
             Plant::AckBeforeFsync => "ack-before-fsync",
             Plant::SkipOnFetch => "skip-on-fetch",
             Plant::ServeAboveHw => "serve-above-hw",
+            Plant::RefuseProduce => "refuse-produce",
+            Plant::NoDirSync => "no-dir-sync",
+            Plant::RetryFailedFsync => "retry-failed-fsync",
         }
     }
 
@@ -69,23 +84,121 @@ impl Plant {
         match self {
             Plant::AckBeforeFsync => &["lost-write", "unseen"],
             Plant::SkipOnFetch => &["poll-skip", "lost-write"],
-            Plant::ServeAboveHw => &[
-                "G1a",
-                "inconsistent-offsets",
-                "unseen",
+            // Only the direct evidence: a value served above the high watermark and then lost
+            // (G1a, two values at one offset, an order no log allows). `unseen` is not
+            // evidence of this bug: it caught seeds whose drain was stuck elsewhere.
+            Plant::ServeAboveHw => &["G1a", "inconsistent-offsets", "not-linearizable"],
+            Plant::RefuseProduce => &["no-progress"],
+            Plant::NoDirSync => &["lost-write", "unseen", "inconsistent-offsets", "offset-gap"],
+            Plant::RetryFailedFsync => &[
                 "lost-write",
-                "not-linearizable",
+                "unseen",
+                "inconsistent-offsets",
+                "offset-gap",
+                "unparseable-value",
             ],
         }
     }
 
-    /// Switch the bug on in a node's configuration.
+    /// Switch the bug on in a node's configuration (storage bugs ride on the disk instead: see
+    /// `apply_to_disk`).
     #[cfg(madsim)]
     pub fn apply(self, planted: &mut brook_actors::partition::PlantedBugs) {
         match self {
+            Plant::NoDirSync | Plant::RetryFailedFsync => {}
             Plant::AckBeforeFsync => planted.ack_before_fsync = true,
             Plant::SkipOnFetch => planted.skip_on_fetch = true,
             Plant::ServeAboveHw => planted.serve_above_hw = true,
+            Plant::RefuseProduce => planted.refuse_produce = true,
         }
+    }
+
+    /// Switch a storage bug on in the simulated disk, where every log opened on it reads it.
+    #[cfg(madsim)]
+    pub fn apply_to_disk(self, disk: &brook_storage::SimDisk) {
+        let bugs = match self {
+            Plant::NoDirSync => brook_storage::PlantedStorageBugs {
+                no_dir_sync: true,
+                ..Default::default()
+            },
+            Plant::RetryFailedFsync => brook_storage::PlantedStorageBugs {
+                retry_failed_fsync: true,
+                ..Default::default()
+            },
+            _ => return,
+        };
+        disk.plant(bugs);
+    }
+}
+
+/// One line of `sim/regression-seeds.txt`: a seed that once found a bug, and the fingerprint
+/// of the draw it made then (`harness::Draw::fingerprint`). A seed is only a bug report while
+/// it draws the same run: when the draw changes, the runner refuses the seed rather than
+/// silently running another scenario under its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptSeed {
+    pub seed: u64,
+    pub fingerprint: String,
+    /// 1-based line in the file.
+    pub line: usize,
+}
+
+/// Parses a seed file: `SEED FINGERPRINT` per line, `#` starts a comment, blank lines skipped.
+pub fn parse_seed_file(text: &str) -> Result<Vec<KeptSeed>, String> {
+    let mut seeds = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let content = line.split('#').next().unwrap_or_default().trim();
+        if content.is_empty() {
+            continue;
+        }
+        let mut fields = content.split_whitespace();
+        let (Some(seed), Some(fingerprint), None) = (fields.next(), fields.next(), fields.next())
+        else {
+            return Err(format!(
+                "line {}: expected `SEED FINGERPRINT` (the draw's fingerprint, printed by \
+                 `cargo sim --seed SEED`), got {content:?}",
+                index + 1
+            ));
+        };
+        let seed = seed
+            .parse()
+            .map_err(|_| format!("line {}: not a seed: {seed:?}", index + 1))?;
+        seeds.push(KeptSeed {
+            seed,
+            fingerprint: fingerprint.to_owned(),
+            line: index + 1,
+        });
+    }
+    Ok(seeds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_file_lines() {
+        let text = "# kept seeds\n\n7 v2-0000abcd # found a bug\n  12   v2-12345678\n";
+        let seeds = parse_seed_file(text).expect("parses");
+        assert_eq!(
+            seeds,
+            vec![
+                KeptSeed {
+                    seed: 7,
+                    fingerprint: "v2-0000abcd".into(),
+                    line: 3
+                },
+                KeptSeed {
+                    seed: 12,
+                    fingerprint: "v2-12345678".into(),
+                    line: 4
+                },
+            ]
+        );
+        // A seed without its draw's fingerprint is refused: it would go stale silently.
+        let error = parse_seed_file("7 # found a bug\n").expect_err("no fingerprint");
+        assert!(error.contains("line 1"), "{error}");
+        assert!(parse_seed_file("x v2-1\n").is_err());
+        assert!(parse_seed_file("7 v2-1 extra\n").is_err());
     }
 }

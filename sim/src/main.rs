@@ -27,8 +27,8 @@ mod runner {
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
-    use brook_sim::harness::{self, Options, RunReport};
-    use brook_sim::Plant;
+    use brook_sim::harness::{self, BatchStats, Draw, Options, RunReport};
+    use brook_sim::{parse_seed_file, Plant};
     use clap::Parser;
 
     #[derive(Parser, Debug)]
@@ -43,8 +43,9 @@ mod runner {
         /// Run this many seeds.
         #[arg(long)]
         seeds: Option<u64>,
-        /// Run the seeds listed in this file (one per line, `#` starts a comment): the
-        /// regression seeds, each one a bug that a simulation once found.
+        /// Run the seeds listed in this file (`SEED FINGERPRINT` per line, `#` starts a
+        /// comment): the regression seeds, each one a bug that a simulation once found. A seed
+        /// whose draw no longer has the recorded fingerprint fails: the draw changed.
         #[arg(long, conflicts_with_all = ["seed", "seeds"])]
         seed_file: Option<PathBuf>,
         /// First seed of --seeds.
@@ -99,21 +100,34 @@ mod runner {
         std::time::Instant::now()
     }
 
+    /// The seeds of a seed file, each checked against the fingerprint of its draw.
     fn read_seed_file(path: &std::path::Path) -> Result<Vec<u64>, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-        let mut seeds = Vec::new();
-        for (number, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or_default().trim();
-            if line.is_empty() {
-                continue;
+        let kept =
+            parse_seed_file(&text).map_err(|error| format!("{}: {error}", path.display()))?;
+        let mut stale = Vec::new();
+        for seed in &kept {
+            let now = Draw::for_seed(seed.seed).fingerprint();
+            if now != seed.fingerprint {
+                stale.push(format!(
+                    "{}:{}: seed {} was kept for the draw {} but now draws {now}: the draw \
+                     changed (harness::DRAW_VERSION {}), so this seed no longer replays the run \
+                     it was kept for; find a seed that reproduces the scenario under the new \
+                     draw (see README, Simulation) and record its fingerprint",
+                    path.display(),
+                    seed.line,
+                    seed.seed,
+                    seed.fingerprint,
+                    harness::DRAW_VERSION
+                ));
             }
-            let seed = line
-                .parse()
-                .map_err(|_| format!("{}:{}: not a seed: {line:?}", path.display(), number + 1))?;
-            seeds.push(seed);
         }
-        Ok(seeds)
+        if stale.is_empty() {
+            Ok(kept.into_iter().map(|seed| seed.seed).collect())
+        } else {
+            Err(stale.join("\n"))
+        }
     }
 
     pub fn main() -> i32 {
@@ -165,6 +179,7 @@ mod runner {
         let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut anomalies: BTreeMap<String, usize> = BTreeMap::new();
         let mut last: Option<RunReport> = None;
+        let mut batches = BatchStats::default();
         for seed in seeds {
             if args
                 .time_budget_secs
@@ -179,7 +194,11 @@ mod runner {
                 ..Options::new(seed)
             };
             if args.seed.is_some() {
-                println!("seed {seed}: draw {}", harness::Draw::for_seed(seed));
+                let draw = Draw::for_seed(seed);
+                println!(
+                    "seed {seed}: draw {draw}\n  draw fingerprint {} (record it with the seed in sim/regression-seeds.txt)",
+                    draw.fingerprint()
+                );
             }
             let seed_started = wall_now();
             let report = match run_on_fresh_thread(options.clone()) {
@@ -215,6 +234,7 @@ mod runner {
                 }
             }
             simulated += report.simulated_secs;
+            batches.add(&report.batch_stats);
             operations += report.operations();
             for (fault, count) in &report.faults {
                 *faults.entry(fault).or_default() += count;
@@ -229,9 +249,14 @@ mod runner {
                 .collect();
             if problems.is_empty() {
                 if verbose {
+                    let (sends_ok, records) = report.queue.as_ref().map_or((0, 0), |queue| {
+                        (queue.counts.sends_ok_acks_all, queue.counts.records_read)
+                    });
                     println!(
-                        "seed {seed}: ok ({} ops, {:.1} simulated s in {wall:.2} wall s, faults {}, trace {:08x})",
+                        "seed {seed}: ok ({} ops, {sends_ok} acks=all acknowledged (minimum {}), {records} records read (minimum {}), {:.1} simulated s in {wall:.2} wall s, faults {}, trace {:08x})",
                         report.operations(),
+                        report.progress.sends_ok_min,
+                        report.progress.records_read_min,
                         report.simulated_secs,
                         fault_list.join(" "),
                         report.trace_hash()
@@ -247,8 +272,12 @@ mod runner {
                         }
                     }
                 }
-                if let Some(witness) = report.linear.as_ref().and_then(|l| l.witness.as_ref()) {
-                    println!("  linearizability: {}", witness.message);
+                if let Some(linear) = report.linear.as_ref().filter(|linear| !linear.valid()) {
+                    // The verdict, each partition that is not linearizable or undecided with
+                    // the states the search explored, and the witness.
+                    for line in linear.summary().lines() {
+                        println!("  {line}");
+                    }
                 }
                 for error in &report.errors {
                     println!("  {error}");
@@ -260,6 +289,20 @@ mod runner {
                 if let Some(linear) = &report.linear {
                     println!("  {}", linear.summary());
                 }
+                if let Some(reason) = &report.linear_skipped {
+                    println!("  linearizability not checked: {reason}");
+                }
+                println!(
+                    "  progress: at least {} acks=all sends acknowledged and {} records read required",
+                    report.progress.sends_ok_min, report.progress.records_read_min
+                );
+                println!(
+                    "  batches on disk: {} holding {} records ({} with more than one record, at most {})",
+                    report.batch_stats.batches,
+                    report.batch_stats.records,
+                    report.batch_stats.multi_record_batches,
+                    report.batch_stats.records_per_batch_max
+                );
                 if let Some(queue) = &report.queue {
                     println!("  queue: {:?}", queue.counts);
                 }
@@ -317,9 +360,13 @@ mod runner {
         let fault_list: Vec<String> = faults.iter().map(|(f, c)| format!("{f}={c}")).collect();
         let anomaly_list: Vec<String> = anomalies.iter().map(|(a, c)| format!("{a}={c}")).collect();
         println!(
-            "summary: {run_count} seeds, {} failed; {simulated:.0} simulated s in {wall:.1} wall s ({:.0} simulated s per wall s); {operations} ops checked; faults: {}; anomalies: {}",
+            "summary: {run_count} seeds, {} failed; {simulated:.0} simulated s in {wall:.1} wall s ({:.0} simulated s per wall s); {operations} ops checked; batches on disk: {} holding {} records ({} with more than one, at most {}); faults: {}; anomalies: {}",
             failed.len(),
             simulated / wall.max(1e-9),
+            batches.batches,
+            batches.records,
+            batches.multi_record_batches,
+            batches.records_per_batch_max,
             if fault_list.is_empty() { "none".into() } else { fault_list.join(" ") },
             if anomaly_list.is_empty() { "none".into() } else { anomaly_list.join(" ") },
         );

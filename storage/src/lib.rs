@@ -5,4 +5,6 @@ pub mod disk;
 pub mod log;
 
 pub use disk::{Disk, DiskError, DiskFile, FsDisk, OpenMode, SimDisk};
+#[cfg(madsim)]
+pub use log::PlantedStorageBugs;
 pub use log::{FsyncPolicy, Log, LogConfig, LogError};

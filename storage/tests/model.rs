@@ -1,7 +1,9 @@
 //! Model-based property tests of the log: random sequences of append, read, truncate, roll
 //! (small segments and aging), sync, crash (SimDisk) and reopen, checked against a plain
 //! in-memory model. After a crash exactly a prefix of the appended batches survives, and it
-//! includes every synced batch: never a half batch, never a reordered one.
+//! includes every synced batch: never a half batch, never a reordered one. A failed fsync
+//! (SimDisk drops the unsynced data, as Linux may) poisons the log until it is reopened, and
+//! the reopened log holds every synced batch and reports no corruption.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,6 +39,8 @@ enum Op {
     LookupTimestamp {
         at: prop::sample::Index,
     },
+    /// A sync that fails (SimDisk only).
+    FailSync,
 }
 
 fn op(with_crash: bool) -> impl Strategy<Value = Op> {
@@ -49,6 +53,7 @@ fn op(with_crash: bool) -> impl Strategy<Value = Op> {
         1 => (0u64..1500).prop_map(|ms| Op::AdvanceClock { ms }),
         1 => Just(Op::Reopen),
         crash_weight => any::<u64>().prop_map(|seed| Op::Crash { seed }),
+        crash_weight / 2 => Just(Op::FailSync),
         1 => any::<prop::sample::Index>().prop_map(|at| Op::LookupTimestamp { at }),
     ]
 }
@@ -128,10 +133,42 @@ fn run(
     let (mut log, _) = Log::open(disk.clone(), dir, config(), now).expect("open");
     let mut model: Vec<ModelBatch> = Vec::new();
     let mut synced = 0usize; // batches known durable
+    let mut poisoned = false; // a sync failed since the log was opened
     for op in ops {
         let next = model.last().map_or(0, ModelBatch::next);
         prop_assert_eq!(log.next_offset(), next);
         match op {
+            Op::Append { .. } | Op::Truncate { .. } | Op::Sync if poisoned => {
+                let refused = match op {
+                    Op::Append { records, value_len } => {
+                        let (mut bytes, _) = build(next, *records, *value_len, &mut counter);
+                        log.append(&mut bytes, 1, now).map(|_| ())
+                    }
+                    Op::Truncate { .. } => log.truncate(0),
+                    _ => log.sync(now).map(|_| ()),
+                };
+                prop_assert!(
+                    matches!(refused, Err(LogError::Poisoned { .. })),
+                    "a poisoned log refuses {:?}: {:?}",
+                    op,
+                    refused
+                );
+            }
+            // Reads above the durable offset are refused while poisoned; nothing to compare.
+            Op::Read { .. } | Op::LookupTimestamp { .. } if poisoned => {}
+            Op::FailSync => {
+                let Some(sim) = sim.as_ref().filter(|_| !poisoned) else {
+                    continue;
+                };
+                let durable = log.durable_offset();
+                sim.fail_next_sync();
+                let failed = log.sync(now);
+                prop_assert!(failed.is_err(), "the injected fsync failure surfaces");
+                prop_assert_eq!(log.durable_offset(), durable, "a failed sync moves nothing");
+                // Rolls sync too: the batches below the durable offset are the synced ones.
+                synced = model.iter().take_while(|b| b.next() <= durable).count();
+                poisoned = true;
+            }
             Op::Append { records, value_len } => {
                 let (mut bytes, batch) = build(next, *records, *value_len, &mut counter);
                 let info = log.append(&mut bytes, 1, now).expect("append");
@@ -195,13 +232,19 @@ fn run(
                 drop(log);
                 let (reopened, report) =
                     Log::open(disk.clone(), dir, config(), now).expect("reopen");
-                prop_assert!(
-                    report.truncated.is_empty() && report.corrupt.is_empty(),
-                    "clean reopen: {:?}",
-                    report
-                );
+                prop_assert!(report.corrupt.is_empty(), "no corruption: {:?}", report);
                 log = reopened;
-                prop_assert_eq!(contents(&log), model.clone());
+                if poisoned {
+                    // The failed fsync dropped what was not synced: its zeros are a torn tail.
+                    let survived = contents(&log);
+                    prop_assert_eq!(survived.len(), synced, "exactly the synced batches");
+                    prop_assert_eq!(&survived[..], &model[..synced]);
+                    model.truncate(synced);
+                    poisoned = false;
+                } else {
+                    prop_assert!(report.truncated.is_empty(), "clean reopen: {:?}", report);
+                    prop_assert_eq!(contents(&log), model.clone());
+                }
             }
             Op::Crash { seed } => {
                 let Some(sim) = &sim else { continue };
@@ -230,6 +273,7 @@ fn run(
                 );
                 model.truncate(survived.len());
                 synced = model.len();
+                poisoned = false;
             }
             Op::LookupTimestamp { at } => {
                 // Timestamps equal offsets, so the lookup of t finds offset t.
@@ -239,6 +283,12 @@ fn run(
                 prop_assert_eq!(found, expected);
             }
         }
+    }
+    if poisoned {
+        drop(log);
+        let (reopened, _) = Log::open(disk.clone(), dir, config(), now).expect("reopen");
+        log = reopened;
+        model.truncate(synced);
     }
     prop_assert_eq!(contents(&log), model);
     Ok(())

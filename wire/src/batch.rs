@@ -47,11 +47,11 @@ pub const ATTRIBUTE_COMPRESSION_MASK: u16 = 0b111;
 pub const ATTRIBUTE_KNOWN_MASK: u16 = 0b11_1111;
 
 const OFFSET_BASE: usize = 0;
-const OFFSET_LENGTH: usize = 8;
+pub(crate) const OFFSET_LENGTH: usize = 8;
 const OFFSET_TERM: usize = 12;
 const OFFSET_MAGIC: usize = 20;
-const OFFSET_CRC: usize = 21;
-const OFFSET_ATTRIBUTES: usize = 25;
+pub(crate) const OFFSET_CRC: usize = 21;
+pub(crate) const OFFSET_ATTRIBUTES: usize = 25;
 const OFFSET_LAST_OFFSET_DELTA: usize = 27;
 const OFFSET_FIRST_TIMESTAMP: usize = 31;
 const OFFSET_MAX_TIMESTAMP: usize = 39;
@@ -89,6 +89,9 @@ pub enum BatchError {
     ReservedAttributes(u16),
     #[error("record {index}: {reason}")]
     BadRecord { index: u32, reason: &'static str },
+    /// A compressed records section that does not decompress, or decompresses past the limit.
+    #[error("batch compression: {0}")]
+    Compression(#[from] crate::compression::CompressionError),
 }
 
 impl From<VarintError> for &'static str {
@@ -100,7 +103,7 @@ impl From<VarintError> for &'static str {
     }
 }
 
-fn read_u16(buf: &[u8], at: usize) -> u16 {
+pub(crate) fn read_u16(buf: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([buf[at], buf[at + 1]])
 }
 fn read_u32(buf: &[u8], at: usize) -> u32 {
@@ -272,6 +275,12 @@ impl RecordBatch {
         Ok(RecordBatch { header, bytes })
     }
 
+    /// A batch whose header was parsed from `bytes` and whose bytes need no further check
+    /// (built by this crate, e.g. a decompressed copy of a validated batch).
+    pub(crate) fn from_checked(header: BatchHeader, bytes: Bytes) -> Self {
+        RecordBatch { header, bytes }
+    }
+
     pub fn header(&self) -> &BatchHeader {
         &self.header
     }
@@ -289,6 +298,12 @@ impl RecordBatch {
     /// a batch on produce ([`validate_records`] walks the records the same way), so a batch it
     /// stored always decodes.
     pub fn records(&self) -> Result<Vec<Record>, BatchError> {
+        if self.header.compression() != 0 {
+            // Decoded from a decompressed copy; the broker checked it decompresses within its
+            // limit, which is never above this one.
+            let limit = crate::compression::DECOMPRESSED_BYTES_MAX;
+            return self.decompressed(limit)?.records();
+        }
         let mut records = Vec::with_capacity(self.header.record_count.min(4096) as usize);
         let bytes = &self.bytes;
         walk_records(bytes, &self.header, |view| {
@@ -315,10 +330,11 @@ impl RecordBatch {
 }
 
 /// Check the records of one batch whose header, length and CRC [`validate`] accepted: no
-/// compression (none is supported yet), exactly `record_count` records, each framed within its
-/// length (every varint complete and at most 10 bytes, every key, value and header inside the
-/// record, header keys UTF-8), offset deltas 0, 1, .., `last_offset_delta` in order, and no
-/// bytes after the last record. This is exactly what [`RecordBatch::records`] needs, so a batch
+/// compression (a compressed batch is checked on its decompressed copy, see
+/// [`crate::compression::validate_records_bounded`]), exactly `record_count` records, each
+/// framed within its length (every varint complete and at most 10 bytes, every key, value and
+/// header inside the record, header keys UTF-8), offset deltas 0, 1, .., `last_offset_delta` in
+/// order, and no bytes after the last record. This is exactly what [`RecordBatch::records`] needs, so a batch
 /// that passes is readable by every consumer; the broker runs it on every produced batch so
 /// that a lying producer cannot store a batch that no consumer can get past. Allocates nothing
 /// (unless records carry headers).

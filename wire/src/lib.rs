@@ -3,13 +3,16 @@
 //! messages; and the error codes.
 
 pub mod batch;
+pub mod compression;
 pub mod error;
 pub mod frame;
+pub mod peer;
 pub mod protocol;
 pub mod topic_config;
 pub mod varint;
 
 pub use batch::{BatchBuilder, BatchError, BatchHeader, Record, RecordBatch, RecordHeader};
+pub use compression::{Compression, CompressionError};
 pub use error::{BrokerError, ErrorCode};
 pub use frame::{Frame, FrameDecoder, FrameEncoder, FrameError, FRAME_BYTES_MAX_DEFAULT};
 pub use protocol::{

@@ -20,8 +20,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use brook_actors::runtime::{Instant, Runtime};
 use brook_client::{
-    Acks, Consumer, ConsumerConfig, DeliveryFuture, Producer, ProducerConfig, ProducerRecord,
-    StartOffset,
+    Acks, Compression, Consumer, ConsumerConfig, DeliveryFuture, Producer, ProducerConfig,
+    ProducerRecord, StartOffset,
 };
 use bytes::{Bytes, BytesMut};
 
@@ -48,6 +48,9 @@ pub struct LoadSpec {
     pub bootstrap: String,
     pub topic: String,
     pub record_size: usize,
+    /// JSON-like values, each different (else one run of letters).
+    pub json_values: bool,
+    pub compression: Compression,
     pub batch_bytes: usize,
     pub linger: Duration,
     pub acks: Acks,
@@ -69,6 +72,8 @@ pub struct ProducerOutcome {
     pub sent: u64,
     pub acknowledged: u64,
     pub bytes: u64,
+    /// Batch bytes put on the wire (after compression).
+    pub wire_bytes: u64,
     pub errors: u64,
     pub first_error: Option<String>,
     pub latencies: Latencies,
@@ -80,6 +85,8 @@ pub struct ProducerOutcome {
 pub struct ConsumerOutcome {
     pub records: u64,
     pub bytes: u64,
+    /// Batch bytes received in fetches (as stored: compressed or not).
+    pub wire_bytes: u64,
     pub latencies: Latencies,
     pub finished_at: Option<Instant>,
     pub error: Option<String>,
@@ -140,42 +147,145 @@ impl Tracked {
     }
 }
 
-/// Values to send: one shared buffer, or (e2e) fresh timestamped copies carved from an arena.
+/// Values to send, in turn from a pool: one run of letters, or distinct JSON-like values;
+/// for e2e, fresh timestamped copies carved from an arena.
 struct Values {
-    template: Bytes,
+    pool: Vec<Bytes>,
+    next: usize,
     arena: BytesMut,
     timestamped: bool,
     epoch: Instant,
 }
 
 impl Values {
-    fn new(record_size: usize, timestamped: bool, epoch: Instant) -> Self {
-        let template: Bytes = (0..record_size)
-            .map(|index| b'a' + (index % 26) as u8)
-            .collect::<Vec<u8>>()
-            .into();
+    fn new(spec: &LoadSpec, epoch: Instant) -> Self {
+        let pool = if spec.json_values {
+            // Distinct values, more than a producer batch holds, so that a codec finds only
+            // the redundancy of real records, not whole repeated ones.
+            let count = (JSON_POOL_BYTES / spec.record_size.max(1)).clamp(1, JSON_POOL_VALUES_MAX);
+            (0..count as u64)
+                .map(|index| Bytes::from(json_value(index, spec.record_size)))
+                .collect()
+        } else {
+            vec![(0..spec.record_size)
+                .map(|index| b'a' + (index % 26) as u8)
+                .collect::<Vec<u8>>()
+                .into()]
+        };
         Values {
-            template,
+            pool,
+            next: 0,
             arena: BytesMut::new(),
-            timestamped,
+            timestamped: spec.timestamped,
             epoch,
         }
     }
 
     fn next(&mut self, now: Instant) -> Bytes {
+        let template = &self.pool[self.next];
+        self.next = (self.next + 1) % self.pool.len();
         if !self.timestamped {
-            return self.template.clone();
+            return template.clone();
         }
-        let size = self.template.len();
+        let size = template.len();
         if self.arena.capacity() - self.arena.len() < size {
             self.arena = BytesMut::with_capacity(VALUE_ARENA_BYTES.max(size));
         }
         let nanos = now.duration_since(self.epoch).as_nanos() as u64;
         self.arena.extend_from_slice(&nanos.to_le_bytes());
-        self.arena
-            .extend_from_slice(&self.template[TIMESTAMP_BYTES..]);
+        self.arena.extend_from_slice(&template[TIMESTAMP_BYTES..]);
         self.arena.split().freeze()
     }
+}
+
+/// Bytes of distinct JSON-like values a producer task keeps to cycle through.
+const JSON_POOL_BYTES: usize = 8 * 1024 * 1024;
+/// Most distinct JSON-like values (at 1 KiB: 8 MiB, more than a 1 MiB producer batch).
+const JSON_POOL_VALUES_MAX: usize = 8192;
+
+/// The `index`th JSON-like value, exactly `size` bytes: an application event with ids,
+/// names, numbers, a hex session id and free text from a small vocabulary. Deterministic
+/// (a splitmix64 sequence seeded by `index`), so runs compare.
+pub fn json_value(index: u64, size: usize) -> Vec<u8> {
+    const EVENTS: [&str; 6] = [
+        "page_view",
+        "add_to_cart",
+        "checkout",
+        "search",
+        "login",
+        "logout",
+    ];
+    const COUNTRIES: [&str; 8] = ["FR", "DE", "US", "JP", "BR", "IN", "GB", "NG"];
+    const BROWSERS: [&str; 4] = ["firefox", "chrome", "safari", "edge"];
+    const WORDS: [&str; 32] = [
+        "order",
+        "shipped",
+        "customer",
+        "blue",
+        "shoes",
+        "size",
+        "delivery",
+        "express",
+        "cart",
+        "discount",
+        "coupon",
+        "review",
+        "stars",
+        "return",
+        "refund",
+        "warehouse",
+        "lyon",
+        "berlin",
+        "payment",
+        "card",
+        "pending",
+        "confirmed",
+        "gift",
+        "wrap",
+        "note",
+        "please",
+        "leave",
+        "at",
+        "door",
+        "thanks",
+        "again",
+        "soon",
+    ];
+    let mut state = index.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5eed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut mixed = state;
+        mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        mixed ^ (mixed >> 31)
+    };
+    let pick = |value: u64, len: usize| (value % len as u64) as usize;
+    let mut text = format!(
+        r#"{{"id":{index},"user":"user-{}","event":"{}","ts":{},"session":"{:016x}{:016x}","device":{{"browser":"{}","version":"{}.{}"}},"geo":{{"country":"{}","zip":"{:05}"}},"price":{}.{:02},"items":[{},{},{}],"note":""#,
+        next() % 100_000,
+        EVENTS[pick(next(), EVENTS.len())],
+        1_764_000_000_000 + next() % 100_000_000,
+        next(),
+        next(),
+        BROWSERS[pick(next(), BROWSERS.len())],
+        100 + next() % 40,
+        next() % 10,
+        COUNTRIES[pick(next(), COUNTRIES.len())],
+        next() % 100_000,
+        next() % 1000,
+        next() % 100,
+        next() % 10_000,
+        next() % 10_000,
+        next() % 10_000,
+    );
+    while text.len() + 2 < size {
+        text.push_str(WORDS[pick(next(), WORDS.len())]);
+        text.push(' ');
+    }
+    let mut bytes = text.into_bytes();
+    bytes.truncate(size.saturating_sub(2));
+    bytes.extend_from_slice(&b"\"}"[..size.min(2)]);
+    bytes
 }
 
 /// One producer: sends `records_max` records (or until `deadline`) round-robin over
@@ -197,7 +307,8 @@ pub async fn produce(
         .linger(spec.linger)
         .batch_bytes_max(spec.batch_bytes)
         .requests_in_flight_max(spec.requests_in_flight)
-        .buffer_bytes_max(spec.buffer_bytes);
+        .buffer_bytes_max(spec.buffer_bytes)
+        .compression(spec.compression);
     let producer = Producer::connect(&spec.bootstrap, config)
         .await
         .context("connecting a producer")?;
@@ -206,7 +317,7 @@ pub async fn produce(
         queues: partitions.iter().map(|_| VecDeque::new()).collect(),
         len: 0,
     };
-    let mut values = Values::new(spec.record_size, spec.timestamped, epoch);
+    let mut values = Values::new(&spec, epoch);
     let start = runtime.now();
     let mut acknowledged_reported = 0;
     while outcome.sent < records_max {
@@ -277,6 +388,7 @@ pub async fn produce(
         outcome.first_error.get_or_insert_with(|| error.to_string());
     }
     outcome.bytes = outcome.acknowledged * spec.record_size as u64;
+    outcome.wire_bytes = producer.batch_bytes_sent();
     let _ = producer.close().await;
     Ok(outcome)
 }
@@ -359,6 +471,7 @@ pub async fn consume(
             .sum::<usize>() as u64;
         outcome.finished_at = Some(received);
     }
+    outcome.wire_bytes = consumer.batch_bytes_fetched();
     outcome
 }
 
@@ -418,6 +531,17 @@ pub fn share_count(total: u64, parts: usize) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_values_have_the_size_asked_and_differ() {
+        for size in [0, 1, 2, 100, 1024, 5000] {
+            assert_eq!(json_value(7, size).len(), size);
+        }
+        assert_ne!(json_value(1, 1024), json_value(2, 1024));
+        let value = String::from_utf8(json_value(3, 1024)).expect("UTF-8");
+        assert!(value.starts_with(r#"{"id":3,"user":"user-"#), "{value}");
+        assert!(value.ends_with(r#""}"#), "{value}");
+    }
 
     #[test]
     fn partitions_and_counts_are_shared_out() {

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use brook_actors::runtime::Runtime;
-use brook_client::{Acks, Admin, ErrorCode, StartOffset};
+use brook_client::{Acks, Admin, Compression, ErrorCode, StartOffset};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 
@@ -95,6 +95,17 @@ pub enum LimitArg {
     Fsync,
 }
 
+/// What the records' values look like.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValuesArg {
+    /// The same run of letters in every record (compresses to almost nothing: not a fair
+    /// test of a codec).
+    Letters,
+    /// JSON-like events, each one different (ids, names, numbers, a hex session, words), as
+    /// compressible as typical application records.
+    Json,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct LoadArgs {
     /// Topic (created with --partitions if missing).
@@ -103,6 +114,16 @@ pub struct LoadArgs {
     /// Value bytes per record (no key).
     #[arg(long, default_value_t = 1024)]
     pub record_size: usize,
+    /// What the values look like.
+    #[arg(long, default_value = "letters")]
+    pub values: ValuesArg,
+    /// Producer codec (ProducerConfig::compression): none, gzip, snappy, lz4 or zstd.
+    #[arg(long, default_value = "none")]
+    pub compression: Compression,
+    /// The broker's data directory (a local broker): report the bytes the run added on disk
+    /// under its `topics/<topic>`.
+    #[arg(long)]
+    pub broker_data_dir: Option<PathBuf>,
     /// Largest producer batch in bytes (ProducerConfig::batch_bytes_max).
     #[arg(long, default_value_t = 1024 * 1024)]
     pub batch_size: usize,
@@ -187,6 +208,8 @@ pub struct Report {
     pub mode: &'static str,
     pub topic: String,
     pub record_size: usize,
+    pub values: &'static str,
+    pub compression: &'static str,
     pub acks: &'static str,
     pub producers: usize,
     pub consumers: usize,
@@ -198,6 +221,13 @@ pub struct Report {
     pub records_per_sec: f64,
     pub bytes_per_sec: f64,
     pub mb_per_sec: f64,
+    /// Bytes of record batches on the wire (produce: sent in requests, retries included;
+    /// consume: received in fetches), after compression.
+    pub wire_bytes: u64,
+    /// `wire_bytes` over the records' key and value bytes.
+    pub wire_ratio: f64,
+    /// With `--broker-data-dir`: bytes the run added under the topic's directory.
+    pub disk_bytes: Option<u64>,
     /// What the latency figures measure.
     pub latency: &'static str,
     pub avg_ms: f64,
@@ -305,6 +335,8 @@ async fn load_run(
         bootstrap: bootstrap.to_owned(),
         topic: args.topic.clone(),
         record_size: args.record_size,
+        json_values: args.values == ValuesArg::Json,
+        compression: args.compression,
         batch_bytes: args.batch_size,
         linger: Duration::from_millis(args.linger_ms),
         acks: args.acks.into(),
@@ -316,10 +348,19 @@ async fn load_run(
         records: args.records,
         timestamped: mode == Mode::E2e,
     });
+    let topic_dir = args
+        .broker_data_dir
+        .as_ref()
+        .map(|dir| dir.join("topics").join(&args.topic));
+    let disk_before = topic_dir.as_deref().map(directory_bytes).transpose()?;
     let mut report = match mode {
         Mode::Produce | Mode::E2e => produce_run(&runtime, &spec, mode, partitions, &args).await?,
         Mode::Consume => consume_run(&runtime, &spec, partitions, &args).await?,
     };
+    if let (Some(dir), Some(before)) = (&topic_dir, disk_before) {
+        report.disk_bytes = Some(directory_bytes(dir)?.saturating_sub(before));
+    }
+    report.wire_ratio = report.wire_bytes as f64 / (report.bytes as f64).max(1.0);
     if let Some(baseline) = &baseline {
         let limit = choose_limit(&report, baseline, args.limit, spec.acks);
         report.baseline_bytes_per_sec = Some(limit.bytes_per_sec);
@@ -332,6 +373,32 @@ async fn load_run(
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
     }
     Ok(())
+}
+
+/// Bytes of the files under `dir` (recursively; 0 if it does not exist). Bounded by the
+/// directory's size: a topic's directory holds one directory per partition and their segments.
+fn directory_bytes(dir: &std::path::Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error).with_context(|| format!("reading {}", dir.display())),
+        };
+        for entry in entries {
+            let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+            let metadata = entry
+                .metadata()
+                .with_context(|| format!("reading {}", entry.path().display()))?;
+            if metadata.is_dir() {
+                pending.push(entry.path());
+            } else {
+                total += metadata.len();
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// Create the topic if it is missing; returns its partition count.
@@ -366,6 +433,11 @@ fn empty_report(mode: Mode, spec: &LoadSpec, args: &LoadArgs, partitions: u32) -
         mode: mode.name(),
         topic: spec.topic.clone(),
         record_size: spec.record_size,
+        values: match args.values {
+            ValuesArg::Letters => "letters",
+            ValuesArg::Json => "json",
+        },
+        compression: spec.compression.name(),
         acks: acks_name(spec.acks),
         producers: args.producers,
         consumers: args.consumers,
@@ -377,6 +449,9 @@ fn empty_report(mode: Mode, spec: &LoadSpec, args: &LoadArgs, partitions: u32) -
         records_per_sec: 0.0,
         bytes_per_sec: 0.0,
         mb_per_sec: 0.0,
+        wire_bytes: 0,
+        wire_ratio: 0.0,
+        disk_bytes: None,
         latency: "",
         avg_ms: 0.0,
         p50_ms: 0.0,
@@ -494,6 +569,7 @@ async fn produce_run(
         latencies.merge(&outcome.latencies);
         acknowledged += outcome.acknowledged;
         bytes += outcome.bytes;
+        report.wire_bytes += outcome.wire_bytes;
         report.errors += outcome.errors;
         if report.first_error.is_none() {
             report.first_error = outcome.first_error;
@@ -575,6 +651,7 @@ async fn consume_run(
         latencies.merge(&outcome.latencies);
         records += outcome.records;
         bytes += outcome.bytes;
+        report.wire_bytes += outcome.wire_bytes;
         if let Some(at) = outcome.finished_at {
             finished = finished.max(at);
         }
@@ -682,6 +759,18 @@ fn print_report(report: &Report) {
             report.consumed.unwrap_or(0),
         );
     }
+    println!(
+        "  values {}, compression {}: {} record bytes, {} batch bytes on the wire ({:.3} of the records){}.",
+        report.values,
+        report.compression,
+        report.bytes,
+        report.wire_bytes,
+        report.wire_ratio,
+        report
+            .disk_bytes
+            .map(|bytes| format!(", {bytes} bytes added on disk"))
+            .unwrap_or_default(),
+    );
     if report.errors > 0 {
         println!(
             "  {} errors; first: {}",
@@ -727,6 +816,8 @@ mod tests {
             bootstrap: String::new(),
             topic: "t".into(),
             record_size: 1024,
+            json_values: false,
+            compression: Compression::None,
             batch_bytes: 1 << 20,
             linger: Duration::ZERO,
             acks: Acks::Leader,

@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use brook_actors::runtime::Runtime;
 use brook_client::{
-    Acks, Admin, AlterConfig, ConfigEntry, Consumer, ConsumerConfig, Producer, ProducerConfig,
-    ProducerRecord, StartOffset, TopicDescription,
+    Acks, Admin, AlterConfig, Compression, ConfigEntry, Consumer, ConsumerConfig, Producer,
+    ProducerConfig, ProducerRecord, StartOffset, TopicDescription,
 };
 use brook_node::bench::BenchCommand;
 use brook_node::{Broker, NodeConfig};
@@ -78,6 +78,9 @@ enum Command {
         /// Send every record to this partition (default: by key hash, or spread when unkeyed).
         #[arg(long)]
         partition: Option<u32>,
+        /// Compress batches with this codec: none, gzip, snappy, lz4 or zstd.
+        #[arg(long, default_value = "none")]
+        compression: Compression,
     },
     /// Print records as JSON lines (topic, partition, offset, timestamp, key, value; a key or
     /// value that is not UTF-8 is base64, with `"key_encoding"`/`"value_encoding": "base64"`).
@@ -182,6 +185,16 @@ enum AcksArg {
     All,
 }
 
+impl From<AcksArg> for Acks {
+    fn from(acks: AcksArg) -> Self {
+        match acks {
+            AcksArg::Zero => Acks::None,
+            AcksArg::One => Acks::Leader,
+            AcksArg::All => Acks::All,
+        }
+    }
+}
+
 /// Records produced but not yet reported, before the CLI waits for the oldest.
 const PRODUCE_OUTSTANDING_MAX: usize = 10_000;
 
@@ -266,7 +279,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             acks,
             key_separator,
             partition,
-        } => produce(&cli.bootstrap, topic, acks, key_separator, partition).await,
+            compression,
+        } => {
+            let config = ProducerConfig::default()
+                .acks(acks.into())
+                .compression(compression);
+            produce(&cli.bootstrap, topic, config, key_separator, partition).await
+        }
         Command::Consume {
             topic,
             partition,
@@ -502,16 +521,12 @@ fn print_topic(topic: &TopicDescription, config: &[ConfigEntry], output: Output)
 async fn produce(
     bootstrap: &str,
     topic: String,
-    acks: AcksArg,
+    config: ProducerConfig,
     key_separator: Option<String>,
     partition: Option<u32>,
 ) -> anyhow::Result<()> {
-    let acks = match acks {
-        AcksArg::Zero => Acks::None,
-        AcksArg::One => Acks::Leader,
-        AcksArg::All => Acks::All,
-    };
-    let producer = Producer::connect(bootstrap, ProducerConfig::default().acks(acks)).await?;
+    let acks = config.acks;
+    let producer = Producer::connect(bootstrap, config).await?;
     let mut outstanding = VecDeque::new();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

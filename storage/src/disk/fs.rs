@@ -2,7 +2,10 @@
 //!
 //! Files are opened read+write (never in `O_APPEND` mode): appends are positional writes at a
 //! length tracked in memory, so that reads and the fsync of a group commit never contend with
-//! the file cursor. Whole-file reads map the file with memmap2 (index files).
+//! the file cursor. [`Disk::read_file`] maps the whole file with memmap2; it serves only small
+//! files that are replaced by rename and never changed in place (`topic.toml`, a log's
+//! `recovery-point`). Index files are read with `pread` at open and kept in memory (they are
+//! rewritten in place, so they must never be mapped); nothing on the data path is mapped.
 //!
 //! This module is the one place outside the simulator where brook touches the file system
 //! (`std::fs`): everything else reaches files through the [`Disk`] trait, and a simulation
@@ -78,7 +81,28 @@ impl FsDisk {
 
 impl Disk for FsDisk {
     fn create_dir_all(&self, path: &Path) -> DiskResult<()> {
-        std::fs::create_dir_all(path).map_err(|e| disk_error(path, "create_dir_all", e))
+        // The directories that do not exist yet, outermost first: each new entry is synced in
+        // its parent so the creation is durable (the trait's contract).
+        let mut missing = Vec::new();
+        for ancestor in path.ancestors() {
+            if ancestor.as_os_str().is_empty()
+                || ancestor
+                    .try_exists()
+                    .map_err(|e| disk_error(ancestor, "exists", e))?
+            {
+                break;
+            }
+            missing.push(ancestor);
+        }
+        std::fs::create_dir_all(path).map_err(|e| disk_error(path, "create_dir_all", e))?;
+        for created in missing.into_iter().rev() {
+            let parent = match created.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            self.sync_dir(parent)?;
+        }
+        Ok(())
     }
 
     fn open(&self, path: &Path, mode: OpenMode) -> DiskResult<Arc<dyn DiskFile>> {
@@ -164,10 +188,11 @@ impl Disk for FsDisk {
             return Ok(Bytes::new());
         }
         // SAFETY: a mapping is undefined behaviour if the file changes under it. The files read
-        // this way (indexes) are written append-only by this process and never truncated or
-        // rewritten while a snapshot of them is in use: bytes below the length we mapped are
-        // never modified, so the map is an immutable snapshot. No other process writes brook's
-        // data directory (an operator editing it by hand voids this, as it voids the log).
+        // this way (`topic.toml`, `recovery-point`) are only ever replaced whole by a rename,
+        // which gives the name a new inode and leaves the mapped one untouched: the map is an
+        // immutable snapshot. Files rewritten in place (index files) must not be read with
+        // `read_file`. No other process writes brook's data directory (an operator editing it
+        // by hand voids this, as it voids the log).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| disk_error(path, "mmap", e))?;
         Ok(Bytes::from_owner(map))
     }

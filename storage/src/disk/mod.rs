@@ -2,7 +2,7 @@
 //!
 //! Two implementations:
 //! - [`FsDisk`]: real files (positional writes, `fdatasync`, memmap2 for whole-file reads of
-//!   index files);
+//!   small files replaced only by rename);
 //! - [`SimDisk`]: in memory, with a durable and a volatile image per file, crash semantics and
 //!   injectable faults, for property tests and the deterministic simulator.
 //!
@@ -19,7 +19,10 @@ mod fs;
 mod sim;
 
 pub use fs::FsDisk;
-pub use sim::{CrashMode, CrashOutcome, CrashReport, FileCrash, SimDisk, SimDiskStats};
+pub use sim::{
+    AtRestCorruption, CrashMode, CrashOutcome, CrashReport, FileCrash, SimDisk, SimDiskStats,
+    GARBLED_BYTES_MAX,
+};
 
 /// How [`Disk::open`] treats an existing or missing file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,11 +87,14 @@ pub type DiskResult<T> = Result<T, DiskError>;
 /// implementation was given; implementations must not depend on the process's working
 /// directory for correctness.
 ///
-/// Metadata operations (create, rename, remove) are durable once [`Disk::sync_dir`] on the
-/// parent returns. `SimDisk` models them as durable immediately (a simplification stated in its
-/// documentation); the log calls `sync_dir` anyway so that `FsDisk` is correct.
+/// Directory entries (a file created, renamed or removed) are durable only once
+/// [`Disk::sync_dir`] on the parent returns (on both directories for a rename), as on Linux: a
+/// crash before that may revert them (a created file gone, a renamed one back under its old
+/// name, a removed one back). `SimDisk` models exactly that. The one exception is
+/// [`Disk::create_dir_all`], durable by contract.
 pub trait Disk: Send + Sync + Debug {
-    /// Create a directory and all its parents; succeeds if it exists.
+    /// Create a directory and all its parents; succeeds if it exists. Durable when it returns:
+    /// every entry it creates is synced in its parent, so callers never sync for it.
     fn create_dir_all(&self, path: &Path) -> DiskResult<()>;
     /// Open or create a file for reading and appending.
     fn open(&self, path: &Path, mode: OpenMode) -> DiskResult<Arc<dyn DiskFile>>;
@@ -104,9 +110,16 @@ pub trait Disk: Send + Sync + Debug {
     fn list_dir(&self, path: &Path) -> DiskResult<Vec<String>>;
     /// Make the directory's entries (creates, renames, removes) durable.
     fn sync_dir(&self, path: &Path) -> DiskResult<()>;
-    /// Read a whole file. `FsDisk` maps it with memmap2 (used for index files), so the bytes
-    /// must be treated as a snapshot that the caller will not see change.
+    /// Read a whole file. `FsDisk` maps it with memmap2, so it may only be used on files that
+    /// are replaced by rename and never changed in place (`topic.toml`, `recovery-point`; not
+    /// index files), and the bytes are a snapshot that the caller will not see change.
     fn read_file(&self, path: &Path) -> DiskResult<Bytes>;
+    /// Bugs the simulator planted in the logs opened on this disk (`SimDisk::plant`); none on
+    /// any other disk. They ride on the disk because the simulator owns it across restarts.
+    #[cfg(madsim)]
+    fn planted_storage_bugs(&self) -> crate::log::PlantedStorageBugs {
+        crate::log::PlantedStorageBugs::default()
+    }
 }
 
 /// One open file. All methods take `&self` so that one thread can `sync` while the owner

@@ -6,20 +6,32 @@
 //! Every file (an inode) has two images: the *volatile* one, which reads see and writes change
 //! (the page cache), and the *durable* one, what survives power loss. [`DiskFile::sync`] copies
 //! the volatile image to the durable one. [`SimDisk::crash`] simulates power loss: for every
-//! file with unsynced changes it keeps the durable image plus, depending on the drawn
-//! [`CrashMode`], a torn prefix of the last append or the last append with one bit flipped;
-//! every handle opened before the crash becomes stale ([`DiskError::Stale`]).
+//! file with unsynced changes it keeps the durable image plus what the drawn [`CrashMode`]
+//! lets survive (see below); every handle opened before the crash becomes stale
+//! ([`DiskError::Stale`]).
+//!
+//! Directory entries have a durable image too: creating, renaming or removing a file changes
+//! the volatile namespace at once, and [`Disk::sync_dir`] of the parent makes the change
+//! durable. A crash reverts every entry change whose parent was not synced since (a created
+//! file is gone, a renamed one is back under its old name, a removed one is back), as on
+//! Linux. [`Disk::create_dir_all`] is durable by contract (it syncs the parents it adds entries
+//! to), so the directories it creates survive a crash.
+//!
+//! A failed sync ([`SimDisk::fail_next_sync`]) drops the file's unsynced data, as Linux may
+//! after an fsync error ("fsyncgate"): every byte not in the durable image reads back as what
+//! is on the platter (zeros beyond the durable length), the length stays, and a later
+//! successful sync makes those zeros durable, never the lost data.
+//!
+//! A crash keeps, per file, the durable image plus, depending on the drawn [`CrashMode`],
+//! nothing, a torn prefix of the last append, the unsynced data with one bit flipped in the
+//! last append, or an arbitrary prefix of all unsynced bytes whose last part may be garbled.
+//! [`SimDisk::corrupt_at_rest`] flips a bit of synced data (media corruption).
 //!
 //! Simplifications, each erring on the side of what the log must cope with anyway:
-//! - Directory entries (create, rename, remove, `create_dir_all`) are durable immediately;
-//!   [`Disk::sync_dir`] only checks that the directory exists. The log calls it anyway so that
-//!   [`FsDisk`](super::FsDisk) is correct.
-//! - Only the last unsynced append of a file can be torn or bit-flipped; earlier unsynced
-//!   appends survive a torn crash whole. After an unsynced truncate, a crash always falls back
-//!   to the durable image (which may resurrect truncated bytes, as on a real disk).
-//! - A failed sync ([`SimDisk::fail_next_sync`]) makes nothing durable but leaves the data in
-//!   the volatile image, so a later successful sync makes it durable (Linux may instead drop
-//!   the dirty pages; the log treats a failed fsync as fatal either way).
+//! - After an unsynced truncate, a crash always falls back to the durable image (which may
+//!   resurrect truncated bytes, as on a real disk).
+//! - A rename becomes durable as a whole when either directory involved is synced (Linux
+//!   journals a rename in one transaction).
 //! - A file that was removed while still open lives on (as on POSIX) until its last handle is
 //!   dropped or the disk crashes.
 //! - Armed faults (`fail_next_sync`, `flip_bit_on_next_read`) and the capacity survive a crash.
@@ -56,9 +68,19 @@ pub enum CrashMode {
     /// Keep all unsynced appends but flip one random bit inside the last one. Falls back to
     /// `DropUnsynced` if the file was truncated since its last sync.
     FlipBitInLastWrite,
-    /// Draw one of the three above, independently for every file.
+    /// Draw one of the others, independently for every file.
     Random,
+    /// Keep an arbitrary prefix (possibly empty, possibly all) of the bytes appended since the
+    /// last sync, anywhere in that suffix, and possibly garble (random bytes or zeros) up to
+    /// [`GARBLED_BYTES_MAX`] bytes at the end of what is kept: writeback reached the platter
+    /// up to some point, the last sectors half written. Falls back to `DropUnsynced` if the
+    /// file was truncated since its last sync.
+    TornUnsynced,
 }
+
+/// Most bytes a [`CrashMode::TornUnsynced`] crash garbles at the end of what it keeps (one
+/// sector).
+pub const GARBLED_BYTES_MAX: u64 = 512;
 
 /// What a crash did to one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +92,21 @@ pub enum CrashOutcome {
     /// The byte at `position` (inside the last append) had bit `bit` (0 = least significant)
     /// flipped.
     FlippedBit { position: u64, bit: u8 },
+    /// `kept` bytes of the unsynced suffix (which started at the durable length) survived; the
+    /// file positions in `garbled`, at the end of them, hold random bytes or zeros.
+    TornUnsynced {
+        kept: u64,
+        garbled: Option<Range<u64>>,
+    },
+}
+
+/// What [`SimDisk::corrupt_at_rest`] damaged: bit `bit` (0 = least significant) of the byte at
+/// `position` of `path`, in synced data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AtRestCorruption {
+    pub path: PathBuf,
+    pub position: u64,
+    pub bit: u8,
 }
 
 /// One file with unsynced data at the time of a crash.
@@ -92,6 +129,9 @@ pub struct CrashReport {
     /// The disk's generation after the crash (handles of earlier generations are stale).
     pub generation: u64,
     pub files: Vec<FileCrash>,
+    /// Paths whose directory entry the crash changed back (never synced: a created file
+    /// gone, a removed or renamed one back), sorted.
+    pub entries_reverted: Vec<PathBuf>,
 }
 
 /// Counters of a [`SimDisk`] since its creation (all clones share them).
@@ -99,10 +139,12 @@ pub struct CrashReport {
 pub struct SimDiskStats {
     /// Successful file syncs.
     pub syncs: u64,
-    /// Syncs failed by [`SimDisk::fail_next_sync`].
+    /// Syncs failed by [`SimDisk::fail_next_sync`] and [`SimDisk::fail_next_directory_sync`].
     pub sync_failures: u64,
     /// Calls of [`Disk::sync_dir`] that succeeded.
     pub directory_syncs: u64,
+    /// Bits flipped at rest by [`SimDisk::corrupt_at_rest`] and [`SimDisk::corrupt_durable`].
+    pub at_rest_corruptions: u64,
     /// Calls of [`DiskFile::append`] on live handles.
     pub appends: u64,
     /// Bytes written by appends (including the prefix of an append that ran out of space).
@@ -133,8 +175,6 @@ struct Inode {
     truncated_since_sync: bool,
     /// The range of the last append since the last sync (never empty).
     last_append: Option<Range<u64>>,
-    /// Whether a directory entry refers to the inode.
-    linked: bool,
     /// Live handles of the current generation.
     open_handles: usize,
 }
@@ -147,7 +187,6 @@ impl Inode {
             dirty: false,
             truncated_since_sync: false,
             last_append: None,
-            linked: true,
             open_handles: 0,
         }
     }
@@ -169,17 +208,25 @@ enum Kind {
 struct State {
     /// Bumped by every crash; handles of older generations are stale.
     generation: u64,
+    /// Numbers both inodes and directories.
     next_inode: InodeId,
     inodes: BTreeMap<InodeId, Inode>,
+    /// The namespace as the running system sees it.
     files: BTreeMap<PathBuf, InodeId>,
-    directories: BTreeSet<PathBuf>,
+    directories: BTreeMap<PathBuf, InodeId>,
+    /// The namespace as a crash would leave it (entries made durable by `sync_dir`).
+    durable_files: BTreeMap<PathBuf, InodeId>,
+    durable_directories: BTreeMap<PathBuf, InodeId>,
     capacity: Option<u64>,
     fail_next_sync: bool,
+    fail_next_directory_sync: bool,
     /// An armed read fault: `Some(None)` for any file, `Some(Some(path))` for one file.
     flip_on_read: Option<Option<PathBuf>>,
     /// Draws the bit of read faults.
     rng: ChaCha8Rng,
     stats: SimDiskStats,
+    #[cfg(madsim)]
+    planted: crate::log::PlantedStorageBugs,
 }
 
 /// Paths are keys: `a//b`, `a/./b` and `a/b/` all name `a/b`.
@@ -218,7 +265,7 @@ impl State {
     fn kind(&self, path: &Path) -> Kind {
         if let Some(inode) = self.files.get(path) {
             Kind::File(*inode)
-        } else if is_root(path) || self.directories.contains(path) {
+        } else if is_root(path) || self.directories.contains_key(path) {
             Kind::Directory
         } else {
             Kind::Missing
@@ -227,7 +274,7 @@ impl State {
 
     fn require_parent(&self, path: &Path) -> DiskResult<()> {
         match path.parent() {
-            Some(parent) if !is_root(parent) && !self.directories.contains(parent) => {
+            Some(parent) if !is_root(parent) && !self.directories.contains_key(parent) => {
                 Err(not_found(path))
             }
             _ => Ok(()),
@@ -240,13 +287,167 @@ impl State {
             .expect("a linked path or a live handle keeps its inode")
     }
 
-    /// The directory entry of `inode` is gone; free it unless a handle still has it open.
-    fn unlink(&mut self, inode: InodeId) {
-        let entry = self.inode_mut(inode);
-        entry.linked = false;
-        if entry.open_handles == 0 {
+    /// Free `inode` if nothing refers to it any more: no entry of the volatile or the durable
+    /// namespace, no open handle.
+    fn release_if_unused(&mut self, inode: InodeId) {
+        let unused = self
+            .inodes
+            .get(&inode)
+            .is_some_and(|entry| entry.open_handles == 0)
+            && !self.files.values().any(|id| *id == inode)
+            && !self.durable_files.values().any(|id| *id == inode);
+        if unused {
             self.inodes.remove(&inode);
         }
+    }
+
+    /// Move every durable entry at or below `from` to the same place below `to` (a directory
+    /// rename made durable).
+    fn move_durable_subtree(&mut self, from: &Path, to: &Path) {
+        let moved = |path: &Path| -> PathBuf {
+            match path.strip_prefix(from) {
+                Ok(rest) if rest.as_os_str().is_empty() => to.to_path_buf(),
+                Ok(rest) => to.join(rest),
+                Err(_) => path.to_path_buf(),
+            }
+        };
+        let directories: Vec<(PathBuf, InodeId)> = self
+            .durable_directories
+            .iter()
+            .filter(|(path, _)| path.starts_with(from))
+            .map(|(path, id)| (path.clone(), *id))
+            .collect();
+        for (path, id) in directories {
+            self.durable_directories.remove(&path);
+            self.durable_directories.insert(moved(&path), id);
+        }
+        let files: Vec<(PathBuf, InodeId)> = self
+            .durable_files
+            .iter()
+            .filter(|(path, _)| path.starts_with(from))
+            .map(|(path, id)| (path.clone(), *id))
+            .collect();
+        for (path, id) in files {
+            self.durable_files.remove(&path);
+            self.durable_files.insert(moved(&path), id);
+        }
+    }
+
+    /// Forget every durable entry at or below `path`.
+    fn remove_durable_subtree(&mut self, path: &Path) {
+        self.durable_directories
+            .retain(|directory, _| !directory.starts_with(path));
+        let removed: Vec<InodeId> = self
+            .durable_files
+            .iter()
+            .filter(|(file, _)| file.starts_with(path))
+            .map(|(_, id)| *id)
+            .collect();
+        self.durable_files.retain(|file, _| !file.starts_with(path));
+        for inode in removed {
+            self.release_if_unused(inode);
+        }
+    }
+
+    /// `sync_dir`: make the entries of `directory` durable as the volatile namespace has them.
+    fn sync_entries(&mut self, directory: &Path) {
+        let is_child = |path: &Path| path.parent() == Some(directory);
+        // Files: entries that left the directory.
+        let durable_children: Vec<(PathBuf, InodeId)> = self
+            .durable_files
+            .iter()
+            .filter(|(path, _)| is_child(path))
+            .map(|(path, id)| (path.clone(), *id))
+            .collect();
+        for (path, inode) in durable_children {
+            if self.files.get(&path) == Some(&inode) {
+                continue;
+            }
+            self.durable_files.remove(&path);
+            // Renamed elsewhere: the rename is durable as a whole.
+            if let Some((new_path, _)) = self.files.iter().find(|(_, id)| **id == inode) {
+                let new_path = new_path.clone();
+                self.durable_files.insert(new_path, inode);
+            } else {
+                self.release_if_unused(inode);
+            }
+        }
+        // Files: entries that came into the directory.
+        let volatile_children: Vec<(PathBuf, InodeId)> = self
+            .files
+            .iter()
+            .filter(|(path, _)| is_child(path))
+            .map(|(path, id)| (path.clone(), *id))
+            .collect();
+        for (path, inode) in volatile_children {
+            if self.durable_files.get(&path) == Some(&inode) {
+                continue;
+            }
+            // Renamed from elsewhere: the old entry goes in the same step.
+            let old: Vec<PathBuf> = self
+                .durable_files
+                .iter()
+                .filter(|(_, id)| **id == inode)
+                .map(|(old_path, _)| old_path.clone())
+                .collect();
+            for old_path in old {
+                self.durable_files.remove(&old_path);
+            }
+            if let Some(replaced) = self.durable_files.insert(path, inode) {
+                self.release_if_unused(replaced);
+            }
+        }
+        // Directories that left.
+        let durable_children: Vec<(PathBuf, InodeId)> = self
+            .durable_directories
+            .iter()
+            .filter(|(path, _)| is_child(path))
+            .map(|(path, id)| (path.clone(), *id))
+            .collect();
+        for (path, id) in durable_children {
+            if self.directories.get(&path) == Some(&id) {
+                continue;
+            }
+            match self.directories.iter().find(|(_, other)| **other == id) {
+                Some((new_path, _)) => {
+                    let new_path = new_path.clone();
+                    self.remove_durable_subtree(&new_path);
+                    self.move_durable_subtree(&path, &new_path);
+                }
+                None => self.remove_durable_subtree(&path),
+            }
+        }
+        // Directories that came.
+        let volatile_children: Vec<(PathBuf, InodeId)> = self
+            .directories
+            .iter()
+            .filter(|(path, _)| is_child(path))
+            .map(|(path, id)| (path.clone(), *id))
+            .collect();
+        for (path, id) in volatile_children {
+            if self.durable_directories.get(&path) == Some(&id) {
+                continue;
+            }
+            let old = self
+                .durable_directories
+                .iter()
+                .find(|(_, other)| **other == id)
+                .map(|(old_path, _)| old_path.clone());
+            self.remove_durable_subtree(&path);
+            match old {
+                Some(old_path) => self.move_durable_subtree(&old_path, &path),
+                None => {
+                    self.durable_directories.insert(path, id);
+                }
+            }
+        }
+    }
+
+    /// Whether every ancestor of `path` is a durable directory.
+    fn durably_reachable(&self, path: &Path) -> bool {
+        path.ancestors()
+            .skip(1)
+            .all(|ancestor| is_root(ancestor) || self.durable_directories.contains_key(ancestor))
     }
 
     fn used_bytes(&self) -> u64 {
@@ -282,7 +483,7 @@ impl State {
     fn children(&self, directory: &Path) -> Vec<&Path> {
         self.files
             .keys()
-            .chain(self.directories.iter())
+            .chain(self.directories.keys())
             .filter(|path| path.parent() == Some(directory))
             .map(PathBuf::as_path)
             .collect()
@@ -296,10 +497,11 @@ fn crash_inode<R: RngCore + ?Sized>(
     rng: &mut R,
 ) -> CrashOutcome {
     let mode = match mode {
-        CrashMode::Random => match rng.gen_range(0..3u32) {
+        CrashMode::Random => match rng.gen_range(0..4u32) {
             0 => CrashMode::DropUnsynced,
             1 => CrashMode::TornLastWrite,
-            _ => CrashMode::FlipBitInLastWrite,
+            2 => CrashMode::FlipBitInLastWrite,
+            _ => CrashMode::TornUnsynced,
         },
         mode => mode,
     };
@@ -327,6 +529,28 @@ fn crash_inode<R: RngCore + ?Sized>(
             let bit = rng.gen_range(0..8u8);
             inode.volatile[position as usize] ^= 1 << bit;
             CrashOutcome::FlippedBit { position, bit }
+        }
+        (CrashMode::TornUnsynced, Some(_)) => {
+            // Only appends since the last sync: the durable image is a prefix of the volatile.
+            let durable_len = inode.durable.len() as u64;
+            let unsynced = inode.volatile.len() as u64 - durable_len;
+            let kept = rng.gen_range(0..=unsynced);
+            let end = durable_len + kept;
+            inode.volatile.truncate(end as usize);
+            let garbled = if kept > 0 && rng.gen_bool(0.5) {
+                let len = rng.gen_range(1..=kept.min(GARBLED_BYTES_MAX));
+                let range = end - len..end;
+                let region = &mut inode.volatile[range.start as usize..range.end as usize];
+                if rng.gen_bool(0.5) {
+                    rng.fill_bytes(region);
+                } else {
+                    region.fill(0);
+                }
+                Some(range)
+            } else {
+                None
+            };
+            CrashOutcome::TornUnsynced { kept, garbled }
         }
         _ => {
             inode.volatile.clone_from(&inode.durable);
@@ -371,12 +595,17 @@ impl SimDisk {
                 next_inode: 0,
                 inodes: BTreeMap::new(),
                 files: BTreeMap::new(),
-                directories: BTreeSet::new(),
+                directories: BTreeMap::new(),
+                durable_files: BTreeMap::new(),
+                durable_directories: BTreeMap::new(),
                 capacity: None,
                 fail_next_sync: false,
+                fail_next_directory_sync: false,
                 flip_on_read: None,
                 rng: ChaCha8Rng::seed_from_u64(seed),
                 stats: SimDiskStats::default(),
+                #[cfg(madsim)]
+                planted: crate::log::PlantedStorageBugs::default(),
             })),
         }
     }
@@ -399,7 +628,37 @@ impl SimDisk {
         let state = &mut *guard;
         state.generation += 1;
         state.stats.crashes += 1;
-        state.inodes.retain(|_, inode| inode.linked);
+        // The namespace reverts to its durable image; entries below a directory that is not
+        // durably there are unreachable, hence gone.
+        let directories: BTreeMap<PathBuf, InodeId> = state
+            .durable_directories
+            .iter()
+            .filter(|(path, _)| state.durably_reachable(path))
+            .map(|(path, id)| (path.clone(), *id))
+            .collect();
+        let durable_files: BTreeMap<PathBuf, InodeId> = state
+            .durable_files
+            .iter()
+            .filter(|(path, _)| state.durably_reachable(path))
+            .map(|(path, id)| (path.clone(), *id))
+            .collect();
+        let mut entries_reverted: BTreeSet<PathBuf> = BTreeSet::new();
+        for (path, id) in state.files.iter().chain(state.directories.iter()) {
+            if durable_files.get(path) != Some(id) && directories.get(path) != Some(id) {
+                entries_reverted.insert(path.clone());
+            }
+        }
+        for (path, id) in durable_files.iter().chain(directories.iter()) {
+            if state.files.get(path) != Some(id) && state.directories.get(path) != Some(id) {
+                entries_reverted.insert(path.clone());
+            }
+        }
+        state.files.clone_from(&durable_files);
+        state.durable_files = durable_files;
+        state.directories.clone_from(&directories);
+        state.durable_directories = directories;
+        let linked: BTreeSet<InodeId> = state.files.values().copied().collect();
+        state.inodes.retain(|id, _| linked.contains(id));
         let mut files = Vec::new();
         // `files` is a B-tree: paths in sorted order, so the RNG draws are deterministic.
         for (path, inode_id) in &state.files {
@@ -425,13 +684,20 @@ impl SimDisk {
         CrashReport {
             generation: state.generation,
             files,
+            entries_reverted: entries_reverted.into_iter().collect(),
         }
     }
 
-    /// The next [`DiskFile::sync`] of any file fails with [`DiskError::SyncFailed`] and makes
-    /// nothing durable.
+    /// The next [`DiskFile::sync`] of any file fails with [`DiskError::SyncFailed`], makes
+    /// nothing durable and drops that file's unsynced data (see the module docs).
     pub fn fail_next_sync(&self) {
         self.lock().fail_next_sync = true;
+    }
+
+    /// The next [`Disk::sync_dir`] fails with [`DiskError::SyncFailed`] and makes no entry of
+    /// that directory durable.
+    pub fn fail_next_directory_sync(&self) {
+        self.lock().fail_next_directory_sync = true;
     }
 
     /// Limit the total bytes of all files (`None`: unlimited). An append that does not fit
@@ -468,12 +734,59 @@ impl SimDisk {
                 file_len: durable_len,
             });
         }
-        let mask = 1u8 << bit;
-        inode.durable[position as usize] ^= mask;
-        if let Some(byte) = inode.volatile.get_mut(position as usize) {
-            *byte ^= mask;
-        }
+        flip_at_rest(inode, position, bit);
+        state.stats.at_rest_corruptions += 1;
         Ok(())
+    }
+
+    /// Media corruption of synced data: flip one random bit at a random position of the
+    /// durable image of one file, drawn among the files `filter` accepts whose durable image
+    /// is not empty (weighted by that length). The volatile image (what reads see) changes too
+    /// where it still holds the synced byte, as if the page had been evicted and read back.
+    /// Returns what was damaged; `None` if no file qualifies.
+    pub fn corrupt_at_rest<R: RngCore + ?Sized>(
+        &self,
+        rng: &mut R,
+        filter: &dyn Fn(&Path) -> bool,
+    ) -> Option<AtRestCorruption> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        // `files` is a B-tree: candidates in path order, so the draw is deterministic.
+        let candidates: Vec<(PathBuf, InodeId, u64)> = state
+            .files
+            .iter()
+            .filter(|(path, _)| filter(path))
+            .filter_map(|(path, id)| {
+                let len = state.inodes.get(id)?.durable.len() as u64;
+                (len > 0).then(|| (path.clone(), *id, len))
+            })
+            .collect();
+        let total: u64 = candidates.iter().map(|(_, _, len)| len).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut draw = rng.gen_range(0..total);
+        let bit = rng.gen_range(0..8u8);
+        for (path, id, len) in candidates {
+            if draw < len {
+                flip_at_rest(state.inode_mut(id), draw, bit);
+                state.stats.at_rest_corruptions += 1;
+                return Some(AtRestCorruption {
+                    path,
+                    position: draw,
+                    bit,
+                });
+            }
+            draw -= len;
+        }
+        None
+    }
+
+    /// Plant bugs in every [`Log`](crate::log::Log) opened on this disk from now on (the
+    /// simulator's `--plant`); they travel with the disk so that no node code has to carry them.
+    #[cfg(madsim)]
+    pub fn plant(&self, bugs: crate::log::PlantedStorageBugs) {
+        self.lock().planted = bugs;
     }
 
     /// The durable image of a file: what a crash that drops unsynced data would leave.
@@ -502,10 +815,26 @@ impl SimDisk {
     }
 }
 
+/// Flip bit `bit` of the byte at `position` of the durable image, and of the volatile image if
+/// it still holds the same byte there.
+fn flip_at_rest(inode: &mut Inode, position: u64, bit: u8) {
+    let mask = 1u8 << bit;
+    let index = position as usize;
+    let durable = inode.durable[index];
+    inode.durable[index] ^= mask;
+    if let Some(byte) = inode.volatile.get_mut(index) {
+        if *byte == durable {
+            *byte ^= mask;
+        }
+    }
+}
+
 impl Disk for SimDisk {
+    /// Creates the missing directories durably: each new entry is synced in its parent.
     fn create_dir_all(&self, path: &Path) -> DiskResult<()> {
         let path = normalize(path);
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let mut ancestors: Vec<&Path> = path.ancestors().filter(|a| !is_root(a)).collect();
         ancestors.reverse();
         for ancestor in ancestors {
@@ -514,9 +843,20 @@ impl Disk for SimDisk {
                     path: ancestor.to_path_buf(),
                 });
             }
-            state.directories.insert(ancestor.to_path_buf());
+            if state.directories.contains_key(ancestor) {
+                continue;
+            }
+            let id = state.next_inode;
+            state.next_inode += 1;
+            state.directories.insert(ancestor.to_path_buf(), id);
+            state.durable_directories.insert(ancestor.to_path_buf(), id);
         }
         Ok(())
+    }
+
+    #[cfg(madsim)]
+    fn planted_storage_bugs(&self) -> crate::log::PlantedStorageBugs {
+        self.lock().planted
     }
 
     fn open(&self, path: &Path, mode: OpenMode) -> DiskResult<Arc<dyn DiskFile>> {
@@ -569,13 +909,16 @@ impl Disk for SimDisk {
             Kind::Missing => Err(not_found(&from)),
             Kind::File(inode) => {
                 state.require_parent(&to)?;
-                match state.kind(&to) {
+                let replaced = match state.kind(&to) {
                     Kind::Directory => return Err(io_error(&to, "rename", "is a directory")),
-                    Kind::File(replaced) => state.unlink(replaced),
-                    Kind::Missing => {}
-                }
+                    Kind::File(replaced) => Some(replaced),
+                    Kind::Missing => None,
+                };
                 state.files.remove(&from);
                 state.files.insert(to, inode);
+                if let Some(replaced) = replaced {
+                    state.release_if_unused(replaced);
+                }
                 Ok(())
             }
             Kind::Directory => {
@@ -600,15 +943,15 @@ impl Disk for SimDisk {
                         Err(_) => path.to_path_buf(),
                     }
                 };
-                let directories: Vec<PathBuf> = state
+                let directories: Vec<(PathBuf, InodeId)> = state
                     .directories
                     .iter()
-                    .filter(|d| d.starts_with(&from))
-                    .cloned()
+                    .filter(|(d, _)| d.starts_with(&from))
+                    .map(|(d, id)| (d.clone(), *id))
                     .collect();
-                for directory in directories {
+                for (directory, id) in directories {
                     state.directories.remove(&directory);
-                    state.directories.insert(moved(&directory));
+                    state.directories.insert(moved(&directory), id);
                 }
                 let files: Vec<(PathBuf, InodeId)> = state
                     .files
@@ -631,7 +974,7 @@ impl Disk for SimDisk {
         match state.kind(&path) {
             Kind::File(inode) => {
                 state.files.remove(&path);
-                state.unlink(inode);
+                state.release_if_unused(inode);
                 Ok(())
             }
             Kind::Directory => Err(io_error(&path, "remove_file", "is a directory")),
@@ -652,9 +995,9 @@ impl Disk for SimDisk {
                     .collect();
                 for (file, inode) in files {
                     state.files.remove(&file);
-                    state.unlink(inode);
+                    state.release_if_unused(inode);
                 }
-                state.directories.retain(|d| !d.starts_with(&path));
+                state.directories.retain(|d, _| !d.starts_with(&path));
                 Ok(())
             }
             Kind::File(_) => Err(io_error(&path, "remove_dir_all", "not a directory")),
@@ -686,7 +1029,16 @@ impl Disk for SimDisk {
         let path = normalize(path);
         let mut state = self.lock();
         match state.kind(&path) {
+            Kind::Directory if state.fail_next_directory_sync => {
+                state.fail_next_directory_sync = false;
+                state.stats.sync_failures += 1;
+                Err(DiskError::SyncFailed {
+                    path,
+                    reason: "injected fault".to_string(),
+                })
+            }
             Kind::Directory => {
+                state.sync_entries(&path);
                 state.stats.directory_syncs += 1;
                 Ok(())
             }
@@ -753,11 +1105,8 @@ impl Drop for SimFile {
         if state.generation != self.generation {
             return;
         }
-        let inode = state.inode_mut(self.inode);
-        inode.open_handles -= 1;
-        if inode.open_handles == 0 && !inode.linked {
-            state.inodes.remove(&self.inode);
-        }
+        state.inode_mut(self.inode).open_handles -= 1;
+        state.release_if_unused(self.inode);
     }
 }
 
@@ -852,6 +1201,18 @@ impl DiskFile for SimFile {
         if state.fail_next_sync {
             state.fail_next_sync = false;
             state.stats.sync_failures += 1;
+            // Linux may drop the dirty pages of a file whose writeback failed and mark them
+            // clean ("fsyncgate"): reads then see what is on the platter, zeros past its end,
+            // and no later fsync writes the lost data.
+            let inode = state.inode_mut(self.inode);
+            if inode.dirty {
+                for (index, byte) in inode.volatile.iter_mut().enumerate() {
+                    *byte = inode.durable.get(index).copied().unwrap_or(0);
+                }
+                // The durable image is no longer a prefix of the volatile one in general.
+                inode.truncated_since_sync = true;
+                inode.last_append = None;
+            }
             return Err(DiskError::SyncFailed {
                 path: self.path.clone(),
                 reason: "injected fault".to_string(),
@@ -887,6 +1248,13 @@ mod tests {
         let disk = SimDisk::new(7);
         disk.create_dir_all(Path::new("/data/topic-0")).unwrap();
         (disk, PathBuf::from("/data/topic-0/0.log"))
+    }
+
+    /// Open (creating) a file and make its directory entry durable.
+    fn open_durably(disk: &SimDisk, path: &Path) -> Arc<dyn DiskFile> {
+        let file = disk.open(path, OpenMode::Create).unwrap();
+        disk.sync_dir(path.parent().unwrap()).unwrap();
+        file
     }
 
     fn bit_difference(a: &[u8], b: &[u8]) -> Vec<(usize, u32)> {
@@ -974,7 +1342,7 @@ mod tests {
     #[test]
     fn crash_drops_unsynced_data() {
         let (disk, path) = setup();
-        let file = disk.open(&path, OpenMode::Create).unwrap();
+        let file = open_durably(&disk, &path);
         file.append(b"synced").unwrap();
         file.sync().unwrap();
         file.append(b" unsynced").unwrap();
@@ -990,20 +1358,17 @@ mod tests {
             }]
         );
         assert_eq!(&disk.read_file(&path).unwrap()[..], b"synced");
-        // A file created but never synced exists (entries are durable) and is empty.
+        // A file whose entry was synced but not its data exists and is empty.
         let other = Path::new("/data/topic-0/1.log");
-        disk.open(other, OpenMode::Create)
-            .unwrap()
-            .append(b"x")
-            .unwrap();
-        disk.crash(&mut rng(2));
+        open_durably(&disk, other).append(b"x").unwrap();
+        disk.crash_with(CrashMode::DropUnsynced, &mut rng(2));
         assert!(disk.read_file(other).unwrap().is_empty());
     }
 
     #[test]
     fn unsynced_truncate_falls_back_to_durable() {
         let (disk, path) = setup();
-        let file = disk.open(&path, OpenMode::Create).unwrap();
+        let file = open_durably(&disk, &path);
         file.append(b"0123456789").unwrap();
         file.sync().unwrap();
         file.truncate(4).unwrap();
@@ -1018,7 +1383,7 @@ mod tests {
         let mut seen_lengths = BTreeSet::new();
         for seed in 0..64 {
             let (disk, path) = setup();
-            let file = disk.open(&path, OpenMode::Create).unwrap();
+            let file = open_durably(&disk, &path);
             file.append(b"durable|").unwrap();
             file.sync().unwrap();
             file.append(b"earlier|").unwrap();
@@ -1050,7 +1415,7 @@ mod tests {
     fn bit_flip_changes_one_bit_in_the_last_append() {
         for seed in 0..32 {
             let (disk, path) = setup();
-            let file = disk.open(&path, OpenMode::Create).unwrap();
+            let file = open_durably(&disk, &path);
             file.append(&[0u8; 8]).unwrap();
             file.sync().unwrap();
             file.append(&[1u8; 8]).unwrap();
@@ -1076,7 +1441,7 @@ mod tests {
     #[test]
     fn handles_are_stale_after_a_crash() {
         let (disk, path) = setup();
-        let file = disk.open(&path, OpenMode::Create).unwrap();
+        let file = open_durably(&disk, &path);
         file.append(b"abc").unwrap();
         file.sync().unwrap();
         let report = disk.crash(&mut rng(4));
@@ -1094,9 +1459,10 @@ mod tests {
     #[test]
     fn removed_open_file_lives_until_crash() {
         let (disk, path) = setup();
-        let file = disk.open(&path, OpenMode::Create).unwrap();
+        let file = open_durably(&disk, &path);
         file.append(b"abc").unwrap();
         disk.remove_file(&path).unwrap();
+        disk.sync_dir(path.parent().unwrap()).unwrap();
         assert_eq!(&file.read_at(0, 3).unwrap()[..], b"abc");
         assert_eq!(disk.stats().bytes_used, 3);
         disk.crash(&mut rng(5));
@@ -1107,14 +1473,15 @@ mod tests {
     #[test]
     fn failed_sync_leaves_data_not_durable() {
         let (disk, path) = setup();
-        let file = disk.open(&path, OpenMode::Create).unwrap();
+        let file = open_durably(&disk, &path);
         file.append(b"one").unwrap();
         file.sync().unwrap();
         file.append(b"two").unwrap();
         disk.fail_next_sync();
         assert!(matches!(file.sync(), Err(DiskError::SyncFailed { .. })));
         assert_eq!(&disk.durable_contents(&path).unwrap()[..], b"one");
-        assert_eq!(&disk.read_file(&path).unwrap()[..], b"onetwo");
+        // The dirty pages were dropped: the length stays, the data reads as the platter has it.
+        assert_eq!(&disk.read_file(&path).unwrap()[..], b"one\0\0\0");
         disk.crash_with(CrashMode::DropUnsynced, &mut rng(6));
         assert_eq!(&disk.read_file(&path).unwrap()[..], b"one");
         let stats = disk.stats();
@@ -1126,6 +1493,205 @@ mod tests {
         assert_eq!(&disk.durable_contents(&path).unwrap()[..], b"onethree");
     }
 
+    /// fsyncgate: a later successful sync does not make the data of a failed one durable.
+    #[test]
+    fn a_sync_after_a_failed_one_does_not_bring_the_data_back() {
+        let (disk, path) = setup();
+        let file = open_durably(&disk, &path);
+        file.append(b"one").unwrap();
+        file.sync().unwrap();
+        file.append(b"two").unwrap();
+        disk.fail_next_sync();
+        assert!(file.sync().is_err());
+        file.append(b"3").unwrap();
+        file.sync().unwrap();
+        assert_eq!(&disk.durable_contents(&path).unwrap()[..], b"one\0\0\0\x33");
+        for mode in [CrashMode::DropUnsynced, CrashMode::TornUnsynced] {
+            disk.crash_with(mode, &mut rng(9));
+            assert_eq!(&disk.read_file(&path).unwrap()[..], b"one\0\0\0\x33");
+        }
+    }
+
+    /// A created file, a rename and a remove are reverted by a crash until their directory
+    /// is synced; after the sync they survive.
+    #[test]
+    fn directory_entries_are_durable_only_after_a_directory_sync() {
+        let disk = SimDisk::new(1);
+        let dir = Path::new("/data/t");
+        disk.create_dir_all(dir).unwrap();
+        let kept = dir.join("kept");
+        let file = disk.open(&kept, OpenMode::Create).unwrap();
+        file.append(b"kept").unwrap();
+        file.sync().unwrap();
+        disk.sync_dir(dir).unwrap();
+        drop(file);
+
+        // Created, data synced, entry not: gone after a crash.
+        let created = dir.join("created");
+        let file = disk.open(&created, OpenMode::Create).unwrap();
+        file.append(b"data").unwrap();
+        file.sync().unwrap();
+        drop(file);
+        // Renamed and removed without a directory sync: undone by a crash.
+        disk.rename(&kept, &dir.join("renamed")).unwrap();
+        let report = disk.crash_with(CrashMode::DropUnsynced, &mut rng(1));
+        assert_eq!(
+            report.entries_reverted,
+            [dir.join("created"), kept.clone(), dir.join("renamed")]
+        );
+        assert_eq!(disk.list_dir(dir).unwrap(), ["kept"]);
+        assert_eq!(&disk.read_file(&kept).unwrap()[..], b"kept");
+        disk.remove_file(&kept).unwrap();
+        assert!(!disk.exists(&kept).unwrap());
+        disk.crash_with(CrashMode::DropUnsynced, &mut rng(2));
+        assert_eq!(&disk.read_file(&kept).unwrap()[..], b"kept");
+
+        // With the directory synced, each change survives.
+        let file = disk.open(&created, OpenMode::Create).unwrap();
+        file.append(b"data").unwrap();
+        file.sync().unwrap();
+        drop(file);
+        disk.rename(&kept, &dir.join("renamed")).unwrap();
+        disk.sync_dir(dir).unwrap();
+        let report = disk.crash_with(CrashMode::DropUnsynced, &mut rng(3));
+        assert!(report.entries_reverted.is_empty());
+        assert_eq!(disk.list_dir(dir).unwrap(), ["created", "renamed"]);
+        assert_eq!(&disk.read_file(&dir.join("renamed")).unwrap()[..], b"kept");
+        disk.remove_file(&created).unwrap();
+        disk.sync_dir(dir).unwrap();
+        disk.crash_with(CrashMode::DropUnsynced, &mut rng(4));
+        assert_eq!(disk.list_dir(dir).unwrap(), ["renamed"]);
+        // A replacing rename reverts to the replaced file.
+        let temp = dir.join("renamed.tmp");
+        let file = disk.open(&temp, OpenMode::Create).unwrap();
+        file.append(b"new").unwrap();
+        file.sync().unwrap();
+        drop(file);
+        disk.rename(&temp, &dir.join("renamed")).unwrap();
+        assert_eq!(&disk.read_file(&dir.join("renamed")).unwrap()[..], b"new");
+        disk.crash_with(CrashMode::DropUnsynced, &mut rng(5));
+        assert_eq!(&disk.read_file(&dir.join("renamed")).unwrap()[..], b"kept");
+        assert_eq!(disk.stats().files, 1);
+    }
+
+    /// Directory renames and removals follow the same rule; `create_dir_all` is durable.
+    #[test]
+    fn directory_renames_and_removals_need_a_sync_of_the_parent() {
+        let disk = SimDisk::new(1);
+        let topics = Path::new("/brook/topics");
+        disk.create_dir_all(&topics.join("a/0")).unwrap();
+        let segment = topics.join("a/0/0.log");
+        let file = disk.open(&segment, OpenMode::Create).unwrap();
+        file.append(b"records").unwrap();
+        file.sync().unwrap();
+        disk.sync_dir(&topics.join("a/0")).unwrap();
+        drop(file);
+        disk.crash_with(CrashMode::DropUnsynced, &mut rng(1));
+        assert_eq!(&disk.read_file(&segment).unwrap()[..], b"records");
+
+        disk.rename(&topics.join("a"), &topics.join(".deleted-a"))
+            .unwrap();
+        disk.crash_with(CrashMode::DropUnsynced, &mut rng(2));
+        assert_eq!(disk.list_dir(topics).unwrap(), ["a"]);
+        disk.rename(&topics.join("a"), &topics.join(".deleted-a"))
+            .unwrap();
+        disk.sync_dir(topics).unwrap();
+        disk.remove_dir_all(&topics.join(".deleted-a")).unwrap();
+        disk.crash_with(CrashMode::DropUnsynced, &mut rng(3));
+        assert_eq!(disk.list_dir(topics).unwrap(), [".deleted-a"]);
+        assert_eq!(
+            &disk.read_file(&topics.join(".deleted-a/0/0.log")).unwrap()[..],
+            b"records"
+        );
+        disk.remove_dir_all(&topics.join(".deleted-a")).unwrap();
+        disk.sync_dir(topics).unwrap();
+        disk.crash_with(CrashMode::DropUnsynced, &mut rng(4));
+        assert!(disk.list_dir(topics).unwrap().is_empty());
+        assert_eq!(disk.stats().files, 0);
+    }
+
+    /// A torn crash keeps any prefix of the unsynced suffix, not only of the last append, and
+    /// garbles the end of what it keeps at times.
+    #[test]
+    fn torn_unsynced_keeps_any_prefix_of_the_unsynced_suffix() {
+        let mut kept_lengths = BTreeSet::new();
+        let mut garbled = 0;
+        for seed in 0..200 {
+            let (disk, path) = setup();
+            let file = open_durably(&disk, &path);
+            file.append(&[1u8; 100]).unwrap();
+            file.sync().unwrap();
+            for round in 0..10u8 {
+                file.append(&[round + 2; 100]).unwrap();
+            }
+            let before = disk.read_file(&path).unwrap();
+            let report = disk.crash_with(CrashMode::TornUnsynced, &mut rng(seed));
+            let after = disk.read_file(&path).unwrap();
+            let CrashOutcome::TornUnsynced {
+                kept,
+                garbled: range,
+            } = report.files[0].outcome.clone()
+            else {
+                panic!("expected a torn suffix: {:?}", report.files[0].outcome);
+            };
+            assert_eq!(after.len() as u64, 100 + kept);
+            assert_eq!(&after[..100], &before[..100], "synced data is intact");
+            let clean_end = range.as_ref().map_or(after.len(), |r| r.start as usize);
+            assert_eq!(&after[..clean_end], &before[..clean_end]);
+            if let Some(range) = range {
+                assert!(range.start >= 100 && range.end == 100 + kept);
+                assert!(range.end - range.start <= GARBLED_BYTES_MAX);
+                garbled += 1;
+            }
+            kept_lengths.insert(kept / 100);
+        }
+        // Cuts land in every one of the ten unsynced appends, not only the last.
+        assert!(kept_lengths.len() >= 10, "{kept_lengths:?}");
+        assert!(garbled > 20 && garbled < 180, "{garbled} garbled");
+    }
+
+    #[test]
+    fn corrupt_at_rest_flips_one_bit_of_synced_data_in_a_chosen_file() {
+        let mut positions = BTreeSet::new();
+        for seed in 0..64 {
+            let (disk, path) = setup();
+            let file = open_durably(&disk, &path);
+            file.append(&[7u8; 64]).unwrap();
+            file.sync().unwrap();
+            file.append(&[8u8; 64]).unwrap();
+            let index = open_durably(&disk, &path.with_extension("index"));
+            index.append(&[9u8; 64]).unwrap();
+            index.sync().unwrap();
+            let before = disk.read_file(&path).unwrap();
+            let corruption = disk
+                .corrupt_at_rest(&mut rng(seed), &|p: &Path| {
+                    p.extension().is_some_and(|e| e == "log")
+                })
+                .expect("a file qualifies");
+            assert_eq!(corruption.path, path);
+            assert!(corruption.position < 64, "only synced bytes");
+            let after = disk.read_file(&path).unwrap();
+            let difference = bit_difference(&before, &after);
+            assert_eq!(
+                difference,
+                [(corruption.position as usize, 1)],
+                "one bit, where reported"
+            );
+            assert_eq!(
+                before[corruption.position as usize] ^ after[corruption.position as usize],
+                1 << corruption.bit
+            );
+            assert_eq!(
+                disk.durable_contents(&path).unwrap()[corruption.position as usize],
+                after[corruption.position as usize]
+            );
+            positions.insert(corruption.position);
+        }
+        assert!(positions.len() > 20);
+        let (disk, _) = setup();
+        assert_eq!(disk.corrupt_at_rest(&mut rng(1), &|_: &Path| true), None);
+    }
+
     #[test]
     fn capacity_writes_a_prefix_then_no_space() {
         let (disk, path) = setup();
@@ -1134,7 +1700,7 @@ mod tests {
             .open(Path::new("/data/other"), OpenMode::Create)
             .unwrap();
         other.append(b"1234").unwrap();
-        let file = disk.open(&path, OpenMode::Create).unwrap();
+        let file = open_durably(&disk, &path);
         file.append(b"abc").unwrap();
         match file.append(b"defghij") {
             Err(DiskError::NoSpace { path: p }) => assert_eq!(p, path),
@@ -1156,7 +1722,7 @@ mod tests {
     #[test]
     fn flip_on_read_changes_one_bit_of_the_result_only() {
         let (disk, path) = setup();
-        let file = disk.open(&path, OpenMode::Create).unwrap();
+        let file = open_durably(&disk, &path);
         let data: Vec<u8> = (0..64).collect();
         file.append(&data).unwrap();
         let other = Path::new("/data/other");
@@ -1186,7 +1752,7 @@ mod tests {
     #[test]
     fn corrupt_durable_survives_a_crash() {
         let (disk, path) = setup();
-        let file = disk.open(&path, OpenMode::Create).unwrap();
+        let file = open_durably(&disk, &path);
         file.append(&[0u8; 16]).unwrap();
         file.sync().unwrap();
         file.append(&[0u8; 16]).unwrap();
@@ -1212,7 +1778,7 @@ mod tests {
         for round in 0..5u8 {
             for index in 0..4u8 {
                 let path = directory.join(format!("{index}.log"));
-                let file = disk.open(&path, OpenMode::Create).unwrap();
+                let file = open_durably(&disk, &path);
                 file.append(&[round; 10]).unwrap();
                 if (round + index) % 2 == 0 {
                     file.sync().unwrap();

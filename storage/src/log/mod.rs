@@ -29,7 +29,7 @@ use std::sync::Arc;
 use brook_wire::batch::{self, BatchError, BatchHeader, RecordBatch, BATCH_HEADER_LEN};
 use bytes::Bytes;
 
-use crate::disk::{Disk, DiskError, DiskFile};
+use crate::disk::{Disk, DiskError, DiskFile, OpenMode};
 pub use retention::{RetentionOutcome, RetentionPolicy};
 use segment::Segment;
 
@@ -72,6 +72,62 @@ impl Default for LogConfig {
             term_max: u64::MAX,
         }
     }
+}
+
+/// Bugs the simulator can plant in the log (`cargo sim --plant NAME`), to show that its
+/// checkers catch them. They exist only under `--cfg madsim`, so no production build carries
+/// them; they reach a log through its disk ([`Disk::planted_storage_bugs`], set with
+/// `SimDisk::plant`).
+#[cfg(madsim)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlantedStorageBugs {
+    /// Skip the directory syncs after creating or removing segment files and the recovery
+    /// point: a crash can make a new segment (and what was acknowledged in it) vanish.
+    pub no_dir_sync: bool,
+    /// After a failed fsync, do not poison the log: the next sync "succeeds" and moves the
+    /// durable offset over data the failed fsync dropped.
+    pub retry_failed_fsync: bool,
+}
+
+/// Whether `path` names a segment data file (`<20 digits>.log`), e.g. to choose where the
+/// simulator injects corruption at rest.
+pub fn is_segment_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .and_then(segment::parse_data_file_name)
+        .is_some()
+}
+
+/// Where a batch lies in a segment file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLocation {
+    /// File position of the batch's first byte.
+    pub position: u64,
+    pub base_offset: u64,
+    pub last_offset: u64,
+}
+
+/// The batch of a segment file's bytes that covers file position `position`, found by walking
+/// the batch headers from the start (no CRC check). `None` if `position` lies beyond the last
+/// whole batch or a header on the way does not parse. Use it on undamaged bytes.
+pub fn locate_batch(segment_bytes: &[u8], position: u64) -> Option<BatchLocation> {
+    let mut start = 0usize;
+    while start < segment_bytes.len() {
+        let header = BatchHeader::parse(&segment_bytes[start..]).ok()?;
+        let end = start.checked_add(header.total_len())?;
+        if end > segment_bytes.len() {
+            return None;
+        }
+        if (position as usize) < end {
+            return Some(BatchLocation {
+                position: start as u64,
+                base_offset: header.base_offset,
+                last_offset: header.last_offset(),
+            });
+        }
+        start = end;
+    }
+    None
 }
 
 /// Errors of the log.
@@ -150,16 +206,35 @@ pub struct SyncJob {
     files: Vec<Arc<dyn DiskFile>>,
     /// The offset that will be durable once the job succeeds.
     pub target_offset: u64,
+    /// Names the job to [`Log::complete_sync`], which forgets the tickets of jobs handed out
+    /// before a truncation: such a job may have synced the file before the truncation, so it
+    /// covers nothing appended after it.
+    ticket: u64,
 }
 
 impl SyncJob {
+    /// Sync the files; on success returns the job's ticket (opaque: pass the result on to
+    /// [`Log::complete_sync`] as it is).
     pub fn run(&self) -> Result<u64, DiskError> {
         for file in &self.files {
             file.sync()?;
         }
-        Ok(self.target_offset)
+        Ok(self.ticket)
     }
 }
+
+/// The file, in a log's directory, holding its recovery point: every offset below it was
+/// synced, so recovery takes a bad batch below it for corruption, never for a torn tail.
+/// 8 bytes of little-endian offset, then the CRC-32C of those 8 bytes; replaced atomically
+/// (written to [`RECOVERY_POINT_TEMP_FILE`], synced, renamed, directory synced).
+pub const RECOVERY_POINT_FILE: &str = "recovery-point";
+pub const RECOVERY_POINT_TEMP_FILE: &str = "recovery-point.tmp";
+/// The recovery point is written lazily: at a roll, at open, at a truncation below it, and
+/// after this many successful syncs (each write costs two fsyncs).
+pub const RECOVERY_POINT_SYNCS: u64 = 64;
+/// Sync jobs remembered for [`Log::complete_sync`]; beyond it the oldest is forgotten (its
+/// completion then advances nothing, which is safe).
+pub const SYNC_JOBS_IN_FLIGHT_MAX: usize = 64;
 
 /// A partition's log. Single owner: the partition actor.
 #[derive(Debug)]
@@ -172,6 +247,15 @@ pub struct Log {
     durable_offset: u64,
     last_sync_ms: u64,
     poisoned: Option<String>,
+    /// The recovery point last written to [`RECOVERY_POINT_FILE`] (0 if none).
+    recovery_point: u64,
+    /// Successful syncs since the recovery point was last written.
+    syncs_since_recovery_point: u64,
+    /// Sync jobs handed out since the last truncation: ticket -> target offset.
+    sync_jobs: BTreeMap<u64, u64>,
+    next_sync_ticket: u64,
+    #[cfg(madsim)]
+    planted: PlantedStorageBugs,
 }
 
 impl Log {
@@ -219,9 +303,29 @@ impl Log {
                 }
             }
         }
+        // An empty newest segment holds nothing; it is what a roll left when it failed or
+        // crashed after creating the file. Recovering the segment before it as sealed would cut
+        // that one at the empty one's base, so the empty one goes and the one before is active.
+        while bases.len() > 1 {
+            let newest = *bases.last().expect("more than one base");
+            let (data, offset_index, time_index) = Segment::paths(&dir, newest);
+            if !disk.open(&data, OpenMode::Existing)?.is_empty() {
+                break;
+            }
+            for path in [offset_index, time_index, data] {
+                match disk.remove_file(&path) {
+                    Ok(()) | Err(DiskError::NotFound { .. }) => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            tracing::warn!(path = %dir.display(), base_offset = newest, "removed an empty newest segment");
+            report.removed.push(Segment::paths(&dir, newest).0);
+            bases.pop();
+        }
         if bases.is_empty() {
             bases.push(0);
         }
+        let recovery_point = read_recovery_point(disk.as_ref(), &dir, &mut report)?;
         let mut segments = BTreeMap::new();
         for (index, base) in bases.iter().enumerate() {
             let mut segment = Segment::open_files(disk.as_ref(), &dir, *base)?;
@@ -229,12 +333,11 @@ impl Log {
                 Some(next_base) => {
                     recover_sealed(&mut segment, *next_base, &config, &mut report)?;
                 }
-                None => recover_active(&mut segment, &config, &mut report)?,
+                None => recover_active(&mut segment, &config, recovery_point, &mut report)?,
             }
             segments.insert(*base, segment);
         }
         report.segments = segments.len();
-        disk.sync_dir(&dir)?;
         let mut log = Log {
             disk,
             dir,
@@ -243,11 +346,108 @@ impl Log {
             durable_offset: 0,
             last_sync_ms: now_ms,
             poisoned: None,
+            recovery_point,
+            syncs_since_recovery_point: 0,
+            sync_jobs: BTreeMap::new(),
+            next_sync_ticket: 0,
+            #[cfg(madsim)]
+            planted: PlantedStorageBugs::default(),
         };
+        #[cfg(madsim)]
+        {
+            log.planted = log.disk.planted_storage_bugs();
+        }
+        log.sync_directory()?;
         // Whatever survived recovery is treated as durable: make it so.
         log.active().data.sync()?;
         log.durable_offset = log.next_offset();
+        log.update_recovery_point();
         Ok((log, report))
+    }
+
+    /// Sync the log's directory (entries of segment files and of the recovery point).
+    fn sync_directory(&self) -> Result<(), DiskError> {
+        #[cfg(madsim)]
+        if self.planted.no_dir_sync {
+            return Ok(());
+        }
+        self.disk.sync_dir(&self.dir)
+    }
+
+    /// Sync one file of the log. A failed fsync poisons the log: the kernel may have dropped
+    /// the dirty pages, so what the file holds past the durable offset is unknown.
+    fn sync_file(&mut self, file: &Arc<dyn DiskFile>) -> Result<(), LogError> {
+        file.sync().map_err(|error| self.sync_failed(error))
+    }
+
+    /// Poison the log after a failed fsync (of a file or of the directory); returns the error.
+    fn sync_failed(&mut self, error: DiskError) -> LogError {
+        #[cfg(madsim)]
+        if self.planted.retry_failed_fsync {
+            return LogError::Disk(error);
+        }
+        tracing::error!(dir = %self.dir.display(), %error, "fsync failed; log poisoned until reopened");
+        self.poisoned = Some(error.to_string());
+        LogError::Disk(error)
+    }
+
+    /// The recovery point as last persisted (0 if none): every offset below it was synced.
+    pub fn recovery_point(&self) -> u64 {
+        self.recovery_point
+    }
+
+    /// Persist the durable offset as the recovery point if it moved. Best effort: a recovery
+    /// point that could not be written (a full disk) stays at its older, lower value, which
+    /// is safe; it only lets recovery take more of the tail for possibly torn.
+    fn update_recovery_point(&mut self) {
+        let offset = self.durable_offset;
+        if offset == self.recovery_point {
+            self.syncs_since_recovery_point = 0;
+            return;
+        }
+        match self.write_recovery_point(offset) {
+            Ok(()) => {
+                self.recovery_point = offset;
+                self.syncs_since_recovery_point = 0;
+            }
+            Err(error) => {
+                tracing::warn!(dir = %self.dir.display(), %error, "could not write the recovery point; keeping the older one");
+            }
+        }
+    }
+
+    fn write_recovery_point(&self, offset: u64) -> Result<(), DiskError> {
+        let temp = self.dir.join(RECOVERY_POINT_TEMP_FILE);
+        let file = self.disk.open(&temp, OpenMode::Create)?;
+        file.truncate(0)?;
+        file.append(&encode_recovery_point(offset))?;
+        file.sync()?;
+        drop(file);
+        self.disk
+            .rename(&temp, &self.dir.join(RECOVERY_POINT_FILE))?;
+        self.sync_directory()
+    }
+
+    /// Lower the recovery point to `offset` before a truncation removes what is above it: the
+    /// records appended there next are not synced yet. If it cannot be rewritten it is
+    /// removed (which needs no space); if that fails too, the truncation must not go on.
+    fn lower_recovery_point(&mut self, offset: u64) -> Result<(), LogError> {
+        if self.recovery_point <= offset {
+            return Ok(());
+        }
+        if let Err(error) = self.write_recovery_point(offset) {
+            tracing::warn!(dir = %self.dir.display(), %error, "could not lower the recovery point; removing it");
+            match self.disk.remove_file(&self.dir.join(RECOVERY_POINT_FILE)) {
+                Ok(()) | Err(DiskError::NotFound { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+            self.sync_directory()
+                .map_err(|error| self.sync_failed(error))?;
+            self.recovery_point = 0;
+            return Ok(());
+        }
+        self.recovery_point = offset;
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -420,28 +620,71 @@ impl Log {
         })
     }
 
-    /// Seal the active segment (synced, with its indexes) and start a new one.
+    /// Seal the active segment (synced, with its indexes) and start a new one. A failed fsync
+    /// poisons the log; a failure after the new segment's files were created removes them, so
+    /// no stray segment is left for recovery to take for the active one.
     fn roll(&mut self) -> Result<(), LogError> {
         let active = self.active_mut();
         active.seal_time_index_in_memory();
         active.rewrite_index_files()?;
-        active.data.sync()?;
-        active.offset_index_file.sync()?;
-        active.time_index_file.sync()?;
+        let files = [
+            active.data.clone(),
+            active.offset_index_file.clone(),
+            active.time_index_file.clone(),
+        ];
         let next = active.next_offset;
-        let segment = Segment::open_files(self.disk.as_ref(), &self.dir, next)?;
-        if segment.size() != 0 {
+        for file in &files {
+            self.sync_file(file)?;
+        }
+        // An empty file of that name (a stray of an earlier failed roll) is taken over; one
+        // with data is not ours to touch.
+        let paths = Segment::paths(&self.dir, next);
+        if self.disk.exists(&paths.0)? && !self.disk.open(&paths.0, OpenMode::Existing)?.is_empty()
+        {
             return Err(LogError::Corrupt {
-                path: segment.path().to_path_buf(),
+                path: paths.0,
                 position: 0,
                 reason: "a new segment's file already has data".into(),
             });
         }
-        self.disk.sync_dir(&self.dir)?;
+        let created =
+            Segment::open_files(self.disk.as_ref(), &self.dir, next).and_then(|segment| match self
+                .sync_directory()
+            {
+                Ok(()) => Ok(segment),
+                Err(error) => Err(self.sync_failed(error)),
+            });
+        let segment = match created {
+            Ok(segment) => segment,
+            Err(error) => {
+                self.remove_segment_files(next);
+                return Err(error);
+            }
+        };
         self.segments.insert(next, segment);
         self.durable_offset = self.durable_offset.max(next);
+        self.update_recovery_point();
         tracing::debug!(dir = %self.dir.display(), base_offset = next, "rolled segment");
         Ok(())
+    }
+
+    /// Remove the files of a segment that failed to become part of the log (best effort: if
+    /// one stays, recovery removes an empty newest segment; if it cannot be removed the log
+    /// is poisoned so that nothing is appended behind it).
+    fn remove_segment_files(&mut self, base_offset: u64) {
+        let (data, offset_index, time_index) = Segment::paths(&self.dir, base_offset);
+        for path in [offset_index, time_index, data] {
+            match self.disk.remove_file(&path) {
+                Ok(()) | Err(DiskError::NotFound { .. }) => {}
+                Err(error) => {
+                    tracing::error!(path = %path.display(), %error, "cannot remove the file of a failed roll; log poisoned");
+                    self.poisoned = Some(format!(
+                        "cannot remove {} after a failed roll: {error}",
+                        path.display()
+                    ));
+                }
+            }
+        }
     }
 
     /// Read whole batches from `offset` (the batch containing it comes first), up to
@@ -462,7 +705,12 @@ impl Log {
                 next_offset: next,
             });
         }
-        let upper = upper_offset.min(next);
+        let mut upper = upper_offset.min(next);
+        if self.poisoned.is_some() {
+            // A failed fsync may have dropped what was not durable yet (Linux marks those
+            // pages clean): only what a successful sync covered is known to be there.
+            upper = upper.min(self.durable_offset);
+        }
         if offset >= upper {
             return Ok(LogRead {
                 batches: Bytes::new(),
@@ -564,6 +812,10 @@ impl Log {
         if header.base_offset != offset {
             return Err(LogError::NotBatchBoundary { offset });
         }
+        // Sync jobs handed out before now may have synced the file before the cut; they cover
+        // nothing that is appended after it.
+        self.sync_jobs.clear();
+        self.lower_recovery_point(offset)?;
         // Drop whole segments after the one holding `offset`, newest first.
         let later: Vec<u64> = self.segments.range(base + 1..).map(|(b, _)| *b).collect();
         for later_base in later.into_iter().rev() {
@@ -576,14 +828,25 @@ impl Log {
         let interval = self.config.index_interval_bytes;
         let segment = self.active_mut();
         segment.data.truncate(position)?;
+        segment
+            .damaged
+            .retain(|damage| damage.first_offset < offset);
         // Rebuild the in-memory indexes up to the cut by walking what remains.
         rebuild_indexes(segment, interval)?;
         segment.rewrite_index_files()?;
-        segment.data.sync()?;
-        segment.offset_index_file.sync()?;
-        segment.time_index_file.sync()?;
-        self.disk.sync_dir(&self.dir)?;
-        self.durable_offset = self.durable_offset.min(offset);
+        let files = [
+            segment.data.clone(),
+            segment.offset_index_file.clone(),
+            segment.time_index_file.clone(),
+        ];
+        for file in &files {
+            self.sync_file(file)?;
+        }
+        self.sync_directory()
+            .map_err(|error| self.sync_failed(error))?;
+        // Everything below the cut is synced now: earlier segments when they were sealed,
+        // this one just above.
+        self.durable_offset = offset;
         Ok(())
     }
 
@@ -604,7 +867,8 @@ impl Log {
             self.disk.remove_file(&offset_index)?;
             self.disk.remove_file(&time_index)?;
         }
-        self.disk.sync_dir(&self.dir)?;
+        self.sync_directory()
+            .map_err(|error| self.sync_failed(error))?;
         Ok(self.log_start_offset())
     }
 
@@ -618,12 +882,21 @@ impl Log {
     }
 
     /// A sync to run elsewhere (e.g. a blocking thread) while appends continue.
-    pub fn sync_job(&self) -> Result<SyncJob, LogError> {
+    pub fn sync_job(&mut self) -> Result<SyncJob, LogError> {
         self.check_usable()?;
         let active = self.active();
+        let files = vec![active.data.clone()];
+        let target_offset = active.next_offset;
+        let ticket = self.next_sync_ticket;
+        self.next_sync_ticket += 1;
+        self.sync_jobs.insert(ticket, target_offset);
+        while self.sync_jobs.len() > SYNC_JOBS_IN_FLIGHT_MAX {
+            self.sync_jobs.pop_first();
+        }
         Ok(SyncJob {
-            files: vec![active.data.clone()],
-            target_offset: active.next_offset,
+            files,
+            target_offset,
+            ticket,
         })
     }
 
@@ -634,18 +907,22 @@ impl Log {
         now_ms: u64,
     ) -> Result<u64, LogError> {
         match result {
-            Ok(target) => {
+            Ok(ticket) => {
                 self.check_usable()?;
-                // A truncation since the job started may have lowered the log end.
-                self.durable_offset = self.durable_offset.max(target.min(self.next_offset()));
                 self.last_sync_ms = now_ms;
+                // A job handed out before the last truncation is forgotten: it covers nothing
+                // appended since, and what it covered below the cut was synced by the cut.
+                let Some(target) = self.sync_jobs.remove(&ticket) else {
+                    return Ok(self.durable_offset);
+                };
+                self.durable_offset = self.durable_offset.max(target.min(self.next_offset()));
+                self.syncs_since_recovery_point += 1;
+                if self.syncs_since_recovery_point >= RECOVERY_POINT_SYNCS {
+                    self.update_recovery_point();
+                }
                 Ok(self.durable_offset)
             }
-            Err(error) => {
-                tracing::error!(dir = %self.dir.display(), %error, "fsync failed; log poisoned until reopened");
-                self.poisoned = Some(error.to_string());
-                Err(LogError::Disk(error))
-            }
+            Err(error) => Err(self.sync_failed(error)),
         }
     }
 
@@ -737,7 +1014,7 @@ fn recover_sealed(
     if rebuilt {
         rebuild_indexes(segment, config.index_interval_bytes)?;
         segment.seal_time_index_in_memory();
-        segment.rewrite_index_files()?;
+        write_index_files_or_keep_in_memory(segment)?;
         segment.offset_index_file.sync()?;
         segment.time_index_file.sync()?;
         report
@@ -770,7 +1047,14 @@ fn rebuild_indexes(segment: &mut Segment, index_interval_bytes: u64) -> Result<u
     segment.next_offset = segment.base_offset;
     let size = segment.size();
     let mut position = 0;
+    let damaged = segment.damaged.clone();
     while position + BATCH_HEADER_LEN as u64 <= size {
+        if let Some(damage) = damaged.iter().find(|damage| damage.position == position) {
+            // Known damage (found by recovery): step over it as recovery did.
+            segment.index_after_damage(damage.end, damage.next_offset);
+            position = damage.end;
+            continue;
+        }
         let Ok(header) = segment.header_at(position) else {
             break;
         };
@@ -789,8 +1073,10 @@ fn rebuild_indexes(segment: &mut Segment, index_interval_bytes: u64) -> Result<u
 fn recover_active(
     segment: &mut Segment,
     config: &LogConfig,
+    recovery_point: u64,
     report: &mut RecoveryReport,
 ) -> Result<(), LogError> {
+    segment.damaged.clear();
     let size = segment.size();
     segment.offset_index.clear();
     segment.time_index.clear();
@@ -807,7 +1093,22 @@ fn recover_active(
     let mut rereads_left = 2;
     let mut position = 0usize;
     let mut last_term = 0u64;
-    while position < bytes.len() {
+    while position < bytes.len() || segment.next_offset < recovery_point {
+        if position >= bytes.len() {
+            // The data ends below the recovery point: synced records are missing.
+            let reason = format!(
+                "the segment ends at offset {} below the recovery point {recovery_point}",
+                segment.next_offset
+            );
+            tracing::error!(path = %segment.path().display(), position, %reason, "synced records missing");
+            report.corrupt.push((
+                segment.path().to_path_buf(),
+                position as u64,
+                reason.clone(),
+            ));
+            segment.mark_damaged(position as u64, position as u64, recovery_point, reason);
+            break;
+        }
         let rest = &bytes[position..];
         let problem = match batch::validate(rest) {
             Ok(header) if header.base_offset != segment.next_offset => Some(format!(
@@ -843,6 +1144,28 @@ fn recover_active(
                 bytes = Bytes::from(fresh);
                 continue;
             }
+        }
+        // Below the recovery point every batch was synced: a bad one is damage at rest, never
+        // a torn tail. It is reported, kept on disk and never served; recovery goes on after.
+        if segment.next_offset < recovery_point {
+            let first_offset = segment.next_offset;
+            let (end, next_offset) = resume_after_damage(
+                &bytes,
+                position,
+                first_offset,
+                last_term,
+                config,
+                recovery_point,
+            );
+            tracing::error!(path = %segment.path().display(), position, %reason, "corrupt batch below the recovery point; kept, never served");
+            report.corrupt.push((
+                segment.path().to_path_buf(),
+                position as u64,
+                reason.clone(),
+            ));
+            segment.mark_damaged(position as u64, end as u64, next_offset, reason);
+            position = end;
+            continue;
         }
         // A bad batch followed by a valid one at the offset after it is damage inside the
         // segment, not a torn tail: keep it (it is never served) and report it.
@@ -882,8 +1205,113 @@ fn recover_active(
         segment.data.sync()?;
         break;
     }
-    segment.rewrite_index_files()?;
+    write_index_files_or_keep_in_memory(segment)?;
     Ok(())
+}
+
+/// Write a segment's index files during recovery. Index files are derived data: on a full
+/// disk they stay in memory (the files are emptied so no partial one is left; the next open
+/// rebuilds them), because recovery must not need free space to serve what is stored.
+fn write_index_files_or_keep_in_memory(segment: &Segment) -> Result<(), LogError> {
+    match segment.rewrite_index_files() {
+        Err(LogError::Disk(DiskError::NoSpace { path })) => {
+            tracing::warn!(path = %path.display(), "disk full: index kept in memory only");
+            segment.offset_index_file.truncate(0)?;
+            segment.time_index_file.truncate(0)?;
+            Ok(())
+        }
+        result => result,
+    }
+}
+
+fn encode_recovery_point(offset: u64) -> [u8; 12] {
+    let mut bytes = [0u8; 12];
+    bytes[..8].copy_from_slice(&offset.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[..8]);
+    bytes[8..].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+/// The offset stored in a [`RECOVERY_POINT_FILE`]'s bytes; `None` if they are damaged. Below
+/// it, a log takes a bad batch for damage at rest (reported, kept, never served); above it,
+/// a bad last batch may be taken for a torn write and cut, since the recovery point is
+/// written lazily (at a roll, at open, every [`RECOVERY_POINT_SYNCS`] syncs), as in Kafka.
+pub fn decode_recovery_point(bytes: &[u8]) -> Option<u64> {
+    let offset: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    let crc: [u8; 4] = bytes.get(8..12)?.try_into().ok()?;
+    (bytes.len() == 12 && crc32c::crc32c(&offset) == u32::from_le_bytes(crc))
+        .then(|| u64::from_le_bytes(offset))
+}
+
+/// Read the log's recovery point (0 if there is none or it is damaged: then the whole active
+/// segment may hold a torn tail, as before recovery points existed). A temporary file left by
+/// an interrupted update is removed.
+fn read_recovery_point(
+    disk: &dyn Disk,
+    dir: &Path,
+    report: &mut RecoveryReport,
+) -> Result<u64, LogError> {
+    let temp = dir.join(RECOVERY_POINT_TEMP_FILE);
+    if disk.exists(&temp)? {
+        disk.remove_file(&temp)?;
+        report.removed.push(temp);
+    }
+    let path = dir.join(RECOVERY_POINT_FILE);
+    if !disk.exists(&path)? {
+        return Ok(0);
+    }
+    let bytes = disk.read_file(&path)?;
+    match decode_recovery_point(&bytes) {
+        Some(offset) => Ok(offset),
+        None => {
+            tracing::warn!(path = %path.display(), "damaged recovery point ignored");
+            report
+                .corrupt
+                .push((path, 0, "damaged recovery point ignored".into()));
+            Ok(0)
+        }
+    }
+}
+
+/// Where recovery goes on after a damaged batch at `position` below the recovery point,
+/// whose first offset must be `first_offset`: returns (end position, next offset). The batch's
+/// own length if it lands on the end or on a valid batch; otherwise the first position after
+/// it where a valid batch with a higher offset starts; otherwise the end of the data, the
+/// damage then covering everything up to the recovery point.
+fn resume_after_damage(
+    bytes: &[u8],
+    position: usize,
+    first_offset: u64,
+    last_term: u64,
+    config: &LogConfig,
+    recovery_point: u64,
+) -> (usize, u64) {
+    let follows = |at: usize| -> Option<u64> {
+        let header = batch::validate(bytes.get(at..)?).ok()?;
+        (header.base_offset > first_offset
+            && header.term >= last_term
+            && header.term <= config.term_max)
+            .then_some(header.base_offset)
+    };
+    if let Ok(header) = BatchHeader::parse(&bytes[position..]) {
+        let end = position.saturating_add(header.total_len());
+        if header.base_offset == first_offset && header.next_offset() > first_offset {
+            if end == bytes.len() && header.next_offset() <= recovery_point {
+                return (end, header.next_offset());
+            }
+            if let Some(next) = follows(end) {
+                if next == header.next_offset() {
+                    return (end, next);
+                }
+            }
+        }
+    }
+    for at in position + 1..bytes.len() {
+        if let Some(next) = follows(at) {
+            return (at, next);
+        }
+    }
+    (bytes.len(), recovery_point.max(first_offset + 1))
 }
 
 #[cfg(test)]

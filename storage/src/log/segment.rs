@@ -13,6 +13,8 @@ use crate::disk::{Disk, DiskFile, OpenMode};
 pub const DATA_SUFFIX: &str = ".log";
 pub const OFFSET_INDEX_SUFFIX: &str = ".index";
 pub const TIME_INDEX_SUFFIX: &str = ".timeindex";
+/// How far past the next index entry a search for the batch after a damaged header reads.
+const NEXT_BATCH_SCAN_SLACK_BYTES: u64 = 16 * 1024 * 1024;
 
 /// File stem of the segment starting at `base_offset`: 20 zero-padded digits, so that the
 /// bytewise order of file names is the order of offsets.
@@ -46,6 +48,20 @@ pub struct Segment {
     /// When the first batch was appended since the segment was created or opened (for rolling
     /// by age).
     pub first_append_ms: Option<u64>,
+    /// Damage found by recovery below the recovery point, in position order: reads of the
+    /// offsets it covers get [`LogError::Corrupt`], never data.
+    pub damaged: Vec<Damage>,
+}
+
+/// A damaged region of a segment: the bytes `[position, end)` should have held the offsets
+/// `[first_offset, next_offset)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    pub position: u64,
+    pub end: u64,
+    pub first_offset: u64,
+    pub next_offset: u64,
+    pub reason: String,
 }
 
 impl Segment {
@@ -73,6 +89,7 @@ impl Segment {
             max_timestamp: i64::MIN,
             bytes_since_index_entry: 0,
             first_append_ms: None,
+            damaged: Vec::new(),
         })
     }
 
@@ -119,6 +136,36 @@ impl Segment {
         self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
         self.next_offset = header.next_offset();
         Ok(())
+    }
+
+    /// Record damage at `[position, end)` covering the offsets from the current `next_offset` to
+    /// `next_offset`, and index the position after it so that lookups never walk through it.
+    pub fn mark_damaged(&mut self, position: u64, end: u64, next_offset: u64, reason: String) {
+        self.damaged.push(Damage {
+            position,
+            end,
+            first_offset: self.next_offset,
+            next_offset,
+            reason,
+        });
+        self.index_after_damage(end, next_offset);
+    }
+
+    /// Index entry for the first batch after a damaged region.
+    pub fn index_after_damage(&mut self, end: u64, next_offset: u64) {
+        self.offset_index.push(OffsetEntry {
+            relative_offset: self.relative(next_offset),
+            position: end as u32,
+        });
+        self.bytes_since_index_entry = 0;
+        self.next_offset = next_offset;
+    }
+
+    /// The damage covering `offset`, if any.
+    pub fn damage_at(&self, offset: u64) -> Option<&Damage> {
+        self.damaged
+            .iter()
+            .find(|damage| damage.first_offset <= offset && offset < damage.next_offset)
     }
 
     /// Add a final time-index entry so the index knows the segment's max timestamp (when the
@@ -171,8 +218,25 @@ impl Segment {
     /// Position of the batch that contains `offset`, found from the sparse index and a walk
     /// over batch headers. `offset` must lie in `[base_offset, next_offset)`.
     pub fn position_of(&self, offset: u64) -> Result<(u64, BatchHeader), LogError> {
-        let mut position = index::floor_entry(&self.offset_index, self.relative(offset))
-            .map_or(0, |entry| u64::from(entry.position));
+        if let Some(damage) = self.damage_at(offset) {
+            return Err(LogError::Corrupt {
+                path: self.path().to_path_buf(),
+                position: damage.position,
+                reason: format!(
+                    "offsets {} to {} are damaged and not served: {}",
+                    damage.first_offset,
+                    damage.next_offset - 1,
+                    damage.reason
+                ),
+            });
+        }
+        let floor = index::floor_entry(&self.offset_index, self.relative(offset));
+        let mut position = floor.map_or(0, |entry| u64::from(entry.position));
+        // Where the walk knows the next batch must start, from the entry; a header that says
+        // otherwise is damaged (its base offset and length lie outside the CRC).
+        let mut expected = floor.map_or(self.base_offset, |entry| {
+            self.base_offset + u64::from(entry.relative_offset)
+        });
         let size = self.size();
         loop {
             if position + BATCH_HEADER_LEN as u64 > size {
@@ -182,22 +246,81 @@ impl Segment {
                     reason: format!("offset {offset} not found before the end of the segment"),
                 });
             }
-            let header = self.header_at(position)?;
-            if header.last_offset() >= offset {
-                if header.base_offset > offset {
-                    return Err(LogError::Corrupt {
-                        path: self.path().to_path_buf(),
-                        position,
-                        reason: format!(
-                            "offset {offset} missing: batch at this position starts at {}",
-                            header.base_offset
-                        ),
-                    });
+            let header = match self.header_at(position) {
+                Ok(header)
+                    if header.base_offset == expected
+                        && position + header.total_len() as u64 <= size =>
+                {
+                    header
                 }
+                damaged => {
+                    // Damage at rest in a header: step over it to the next valid batch so
+                    // that only the damaged batch's offsets are refused, and refuse them.
+                    let reason = match damaged {
+                        Ok(header) => format!(
+                            "batch header says base offset {} length {} where offset \
+                             {expected} was expected",
+                            header.base_offset,
+                            header.total_len()
+                        ),
+                        Err(error) => error.to_string(),
+                    };
+                    match self.next_valid_batch(position, expected)? {
+                        Some((next_position, next_base)) if next_base <= offset => {
+                            position = next_position;
+                            expected = next_base;
+                            continue;
+                        }
+                        _ => {
+                            return Err(LogError::Corrupt {
+                                path: self.path().to_path_buf(),
+                                position,
+                                reason: format!("offset {offset} is in a damaged batch: {reason}"),
+                            })
+                        }
+                    }
+                }
+            };
+            if header.last_offset() >= offset {
                 return Ok((position, header));
             }
             position += header.total_len() as u64;
+            expected = header.next_offset();
         }
+    }
+
+    /// The first batch after the damaged one at `position` (which should have started at
+    /// offset `expected`): its position and base offset, found by checking every later
+    /// position for a whole batch with a good CRC and a higher base offset, up to the next
+    /// index entry (which is known to start a batch) or the end of the segment.
+    fn next_valid_batch(
+        &self,
+        position: u64,
+        expected: u64,
+    ) -> Result<Option<(u64, u64)>, LogError> {
+        let bound = self
+            .offset_index
+            .iter()
+            .map(|entry| u64::from(entry.position))
+            .find(|entry_position| *entry_position > position)
+            .unwrap_or(self.size());
+        let size = self.size();
+        let start = position + 1;
+        if start >= size {
+            return Ok(None);
+        }
+        // Enough to validate a batch starting at the bound (the default batch size limit).
+        let end = size.min(bound.saturating_add(NEXT_BATCH_SCAN_SLACK_BYTES));
+        let bytes = self.data.read_at(start, (end - start) as usize)?;
+        let scan_end = (bound - start).min(bytes.len() as u64) as usize;
+        for at in 0..=scan_end.min(bytes.len().saturating_sub(1)) {
+            if let Ok(header) = batch::validate(&bytes[at..]) {
+                if header.base_offset > expected {
+                    return Ok(Some((start + at as u64, header.base_offset)));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Read whole batches starting at `position`, up to `max_bytes` (at least one batch),

@@ -1,0 +1,1156 @@
+//! One partition replica: brook-raft over brook's log, sans-IO-ish.
+//!
+//! A [`ReplicaCore`] owns one partition's [`Log`] and one [`Raft`] core and executes the core's
+//! effects against the log, in order. It takes `(now_ms, input)` and returns the peer messages
+//! to send and the answers to produce requests ([`ReplicaOutput`]), so it runs without a
+//! runtime: the in-memory harness in `actors/tests/replica.rs` drives three of them over
+//! simulated disks. Its only IO is the [`Disk`] it was given (log and hard-state file).
+//!
+//! # The partition log is the Raft log
+//!
+//! One Raft entry = one record batch; the entry's term is the term (leader epoch) in the batch
+//! header. Entry `start_index + i` is the i-th batch from the log start; indexes are rebuilt on
+//! open by scanning the batch headers (their terms give the core's [`LogTerms`], one term start
+//! per term change). The leader stamps offsets and term ([`Log::append`]); a follower appends the
+//! leader's bytes at exactly its log end ([`Log::append_replicated`]), so identical indexes
+//! hold identical bytes. A new leader's [`Payload::LeaderStart`] is a one-record control batch.
+//! Truncation cuts the log at the batch boundary of the first removed index ([`Log::truncate`],
+//! synced before returning). The high watermark is the end offset of the batch at the commit
+//! index.
+//!
+//! Retention (not in this slice): partitions start at index 1 and nothing removes the log's
+//! head. When retention arrives, deleting segments removes whole batches below the commit
+//! index, so the index of the new first batch can no longer be counted from the log: the
+//! hard-state file will also hold `(log start index, its offset, the term before it)`, written
+//! and synced before the segments are deleted, then [`Input::LogStartAdvanced`]; on open, batches
+//! below that offset (a crash between the two) are skipped. The core's `LogStart` / `ResetLog`
+//! (a follower caught up from the leader's log start) needs a log restarted at an arbitrary
+//! offset, which [`Log`] cannot do yet: [`ReplicaError::LogResetUnsupported`] until then.
+//!
+//! # Durability
+//!
+//! The hard state (term, vote) is a small checksummed file, replaced atomically (write a
+//! temporary file, sync it, rename, sync the directory) before any later effect, so a vote or a
+//! term is never visible to a peer before it survives a crash. Appended entries are made durable
+//! by [`ReplicaInput::Sync`] (group commit: one fsync for everything appended since the last),
+//! run synchronously inside the core in this slice; then the core is told [`Input::Persisted`]
+//! and only then does a follower acknowledge or the leader count its own copy. The runtime
+//! wiring will run [`Log::sync_job`] off the actor instead and feed the result back.
+//!
+//! # Answers
+//!
+//! acks=0 gets none; acks=1 is answered once the leader appended the batch (not synced); acks=all
+//! once the commit index reaches the batch (a majority has it fsynced). A non-leader answers
+//! [`ProduceRefused::NotLeader`] naming the leader it knows (wire code `NotLeader`, 8). Losing
+//! leadership fails every produce still waiting for commit with that error: the batch may still
+//! commit under the next leader or be truncated, so the producer retries.
+//!
+//! An `Err` from [`ReplicaCore::step`] means the log and the core may disagree (a disk error
+//! mid-list, a poisoned log): the host drops the replica and reopens it from disk.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use brook_raft::{
+    AppendEntries, AppendOutcome, AppendResponse, Config, Effect, Entry, HardState, Heartbeat,
+    Index, Input, LogStart, LogTerms, Message, NodeId, Payload, Raft, RaftError, Recovered, Role,
+    Term, TermStart, VoteRequest, VoteResponse,
+};
+use brook_storage::disk::{Disk, DiskError, OpenMode};
+use brook_storage::log::{Log, LogConfig, LogError, LogRead};
+use brook_wire::batch::{self, split_batches, BatchBuilder, BatchHeader, CRC_START};
+use brook_wire::peer::{self, RaftMessage};
+use brook_wire::{Acks, ErrorCode};
+use bytes::{Bytes, BytesMut};
+
+/// Name of the hard-state file in the replica's directory.
+pub const HARD_STATE_FILE: &str = "raft-state";
+const HARD_STATE_TEMPORARY_FILE: &str = "raft-state.tmp";
+/// Sub-directory holding the partition log.
+pub const LOG_DIRECTORY: &str = "log";
+const HARD_STATE_MAGIC: &[u8; 4] = b"BRHS";
+const HARD_STATE_VERSION: u8 = 1;
+/// magic, version, term, vote tag, vote, CRC-32C.
+const HARD_STATE_LEN: usize = 4 + 1 + 8 + 1 + 8 + 4;
+/// Bytes read per call when scanning or shipping batches.
+const READ_BYTES_MAX: usize = 1024 * 1024;
+/// Bound on the reads of one scan or one append's batches (each read returns at least one
+/// batch, so this bounds batches too).
+const READS_PER_SCAN_MAX: usize = 1 << 24;
+/// Attribute bit of a control batch (see the batch format in brook-wire).
+const ATTRIBUTE_CONTROL: u16 = 1 << 5;
+/// Where the attributes sit in a batch header, and the CRC right before them.
+const ATTRIBUTES_POSITION: usize = CRC_START;
+const CRC_POSITION: usize = CRC_START - 4;
+
+/// Deliberate bugs in the glue, so the harness can show its checks catch them (test-only).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicaPlantedBug {
+    /// Answer acks=all as soon as the leader appended the batch, before commit.
+    AcknowledgeAllOnAppend,
+    /// Fetch serves batches above the high watermark.
+    ServeAboveHighWatermark,
+    /// Sync without telling the core (`Input::Persisted` never sent): nothing commits.
+    ForgetPersistedNotice,
+}
+
+/// What a replica needs to open.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    pub node_id: NodeId,
+    /// The partition's replicas (all voters), this node included.
+    pub voters: BTreeSet<NodeId>,
+    pub raft: Config,
+    pub log: LogConfig,
+    /// The replica's directory: the hard-state file and the `log/` sub-directory.
+    pub dir: PathBuf,
+    /// Seeds the core's election-timeout RNG.
+    pub seed: u64,
+    #[doc(hidden)]
+    pub planted_bug: Option<ReplicaPlantedBug>,
+}
+
+/// What the host feeds a replica.
+#[derive(Clone, Debug)]
+pub enum ReplicaInput {
+    /// Time passed (at least every heartbeat interval).
+    Tick,
+    /// A Raft message from a peer, with the batches of an append (as decoded by
+    /// [`peer::decode_peer`]).
+    Peer {
+        from: NodeId,
+        message: RaftMessage,
+        batches: Vec<Bytes>,
+    },
+    /// A producer's batch (unstamped).
+    Produce {
+        request_id: u64,
+        batch: Bytes,
+        acks: Acks,
+    },
+    /// Make everything appended durable (group commit), then tell the core.
+    Sync,
+}
+
+/// A message for a peer of this group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerSend {
+    pub to: NodeId,
+    pub message: RaftMessage,
+    /// The entries of an append, as stored.
+    pub batches: Vec<Bytes>,
+}
+
+/// Where an acknowledged batch landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProducedRange {
+    pub base_offset: u64,
+    pub last_offset: u64,
+}
+
+/// Why a produce was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProduceRefused {
+    #[error("not the leader (known leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+    #[error("too many uncommitted batches, retry later")]
+    Backpressure,
+}
+
+impl ProduceRefused {
+    /// The wire error code for the client.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ProduceRefused::NotLeader { .. } => ErrorCode::NotLeader,
+            ProduceRefused::InvalidBatch(_) => ErrorCode::CorruptBatch,
+            ProduceRefused::Backpressure => ErrorCode::Timeout,
+        }
+    }
+}
+
+/// The answer to one produce request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProduceAnswer {
+    pub request_id: u64,
+    pub result: Result<ProducedRange, ProduceRefused>,
+}
+
+/// What one step asks the host to do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaOutput {
+    pub messages: Vec<PeerSend>,
+    pub answers: Vec<ProduceAnswer>,
+    /// Entries were appended and are not durable yet: feed [`ReplicaInput::Sync`] soon.
+    pub sync_wanted: bool,
+}
+
+/// Errors after which the replica must be reopened from disk.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("raft: {0}")]
+    Raft(#[from] RaftError),
+    #[error("corrupt hard-state file {path}: {reason}")]
+    CorruptHardState { path: PathBuf, reason: &'static str },
+    #[error("log and raft core disagree: {0}")]
+    Inconsistent(&'static str),
+    #[error("resetting the log to the leader's log start needs retention support (next slice)")]
+    LogResetUnsupported,
+}
+
+/// Offsets and term of the batch at one index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BatchSpan {
+    base_offset: u64,
+    next_offset: u64,
+    term: Term,
+}
+
+/// A produce waiting for commit (acks=all).
+#[derive(Clone, Copy, Debug)]
+struct PendingProduce {
+    request_id: u64,
+    term: Term,
+    range: ProducedRange,
+}
+
+/// One partition replica (see the module docs).
+#[derive(Debug)]
+pub struct ReplicaCore {
+    node_id: NodeId,
+    disk: Arc<dyn Disk>,
+    dir: PathBuf,
+    planted_bug: Option<ReplicaPlantedBug>,
+    log: Log,
+    raft: Raft,
+    /// Index of `spans[0]`.
+    start_index: Index,
+    /// The batch of every index from `start_index` to the log end.
+    spans: Vec<BatchSpan>,
+    high_watermark: u64,
+    /// acks=all produces by index; bounded by the core's `uncommitted_entries_max`.
+    pending: BTreeMap<Index, PendingProduce>,
+}
+
+impl ReplicaCore {
+    /// Open (or create) the replica in `config.dir`: read the hard state, recover the log,
+    /// rebuild the index<->offset map and start the core as a follower.
+    pub fn open(
+        disk: Arc<dyn Disk>,
+        config: ReplicaConfig,
+        now_ms: u64,
+    ) -> Result<ReplicaCore, ReplicaError> {
+        disk.create_dir_all(&config.dir)?;
+        let stored_hard_state = read_hard_state(disk.as_ref(), &config.dir)?;
+        let mut log_config = config.log.clone();
+        // No stored batch can carry a term above the persisted current term: the term is
+        // persisted before any entry of it is appended. Without a hard-state file nothing
+        // bounds it, and the log must turn out empty (checked below) rather than be cut.
+        log_config.term_max = stored_hard_state.map_or(u64::MAX, |hard_state| hard_state.term);
+        let (log, _report) = Log::open(
+            disk.clone(),
+            config.dir.join(LOG_DIRECTORY),
+            log_config,
+            now_ms,
+        )?;
+        let spans = scan_spans(&log)?;
+        let hard_state = match stored_hard_state {
+            Some(hard_state) => hard_state,
+            None if spans.is_empty() => HardState::default(),
+            // Entries are appended only after their term is persisted: a log without a
+            // hard state lost its vote, and starting from term 0 could vote twice.
+            None => {
+                return Err(ReplicaError::CorruptHardState {
+                    path: config.dir.join(HARD_STATE_FILE),
+                    reason: "missing, but the log holds batches",
+                })
+            }
+        };
+        let mut term_starts: Vec<TermStart> = Vec::new();
+        for (position, span) in spans.iter().enumerate() {
+            if term_starts.last().map(|last| last.term) != Some(span.term) {
+                if term_starts.last().is_some_and(|last| last.term > span.term) {
+                    return Err(ReplicaError::Inconsistent(
+                        "batch terms decrease in the log",
+                    ));
+                }
+                term_starts.push(TermStart {
+                    term: span.term,
+                    first_index: position as Index + 1,
+                });
+            }
+        }
+        let log_terms = LogTerms::new(1, 0, spans.len() as Index, term_starts)
+            .map_err(|_| ReplicaError::Inconsistent("the log's terms are not a Raft log"))?;
+        let raft = Raft::new(
+            config.node_id,
+            config.voters,
+            config.raft,
+            Recovered {
+                hard_state,
+                log: log_terms,
+            },
+            config.seed,
+            now_ms,
+        )?;
+        let high_watermark = log.log_start_offset();
+        Ok(ReplicaCore {
+            node_id: config.node_id,
+            disk,
+            dir: config.dir,
+            planted_bug: config.planted_bug,
+            log,
+            raft,
+            start_index: 1,
+            spans,
+            high_watermark,
+            pending: BTreeMap::new(),
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+    pub fn role(&self) -> Role {
+        self.raft.role()
+    }
+    pub fn term(&self) -> Term {
+        self.raft.term()
+    }
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.leader()
+    }
+    /// Offsets below are committed (Raft commit index, in offsets).
+    pub fn high_watermark(&self) -> u64 {
+        self.high_watermark
+    }
+    pub fn log_start_offset(&self) -> u64 {
+        self.log.log_start_offset()
+    }
+    pub fn log_end_offset(&self) -> u64 {
+        self.log.next_offset()
+    }
+
+    /// Feed one input; see [`ReplicaOutput`]. On `Err` reopen the replica from disk.
+    pub fn step(
+        &mut self,
+        now_ms: u64,
+        input: ReplicaInput,
+    ) -> Result<ReplicaOutput, ReplicaError> {
+        let mut out = ReplicaOutput::default();
+        match input {
+            ReplicaInput::Tick => self.drive_peer_input(now_ms, Input::Tick, &mut out)?,
+            ReplicaInput::Peer {
+                from,
+                message,
+                batches,
+            } => match message_from_wire(message, batches) {
+                Ok(message) => {
+                    self.drive_peer_input(now_ms, Input::Message { from, message }, &mut out)?
+                }
+                Err(reason) => {
+                    tracing::warn!(from, reason, "malformed peer message dropped");
+                }
+            },
+            ReplicaInput::Produce {
+                request_id,
+                batch,
+                acks,
+            } => self.produce(now_ms, request_id, batch, acks, &mut out)?,
+            ReplicaInput::Sync => self.sync(now_ms, &mut out)?,
+        }
+        Ok(out)
+    }
+
+    /// Leader only: whole batches from `offset`, never above the high watermark.
+    pub fn fetch(&self, offset: u64, max_bytes: usize) -> Result<LogRead, FetchRefused> {
+        if self.raft.role() != Role::Leader {
+            return Err(FetchRefused::NotLeader {
+                leader: self.raft.leader(),
+            });
+        }
+        let upper = match self.planted_bug {
+            Some(ReplicaPlantedBug::ServeAboveHighWatermark) => u64::MAX,
+            _ => self.high_watermark,
+        };
+        Ok(self.log.read(offset, max_bytes, upper)?)
+    }
+
+    /// Every batch below `upper_offset`, in order (for checks and tests; whole log scan).
+    pub fn batches_below(&self, upper_offset: u64) -> Result<Vec<Bytes>, ReplicaError> {
+        let mut batches = Vec::new();
+        let mut offset = self.log.log_start_offset();
+        for _ in 0..READS_PER_SCAN_MAX {
+            let read = self.log.read(offset, READ_BYTES_MAX, upper_offset)?;
+            if read.batches.is_empty() {
+                return Ok(batches);
+            }
+            for batch in split_batches(read.batches) {
+                let batch = batch.map_err(LogError::from)?;
+                batches.push(batch.into_bytes());
+            }
+            offset = read.next_offset;
+        }
+        Err(ReplicaError::Inconsistent("log scan did not end"))
+    }
+
+    fn drive_peer_input(
+        &mut self,
+        now_ms: u64,
+        input: Input<Bytes>,
+        out: &mut ReplicaOutput,
+    ) -> Result<(), ReplicaError> {
+        match self.raft.step(now_ms, input) {
+            Ok(effects) => self.execute(now_ms, effects, false, out),
+            // A peer message the core refuses (stale, malformed, unknown peer): nothing was
+            // applied; the frame is dropped.
+            Err(error) => {
+                tracing::warn!(node = self.node_id, %error, "peer message refused");
+                Ok(())
+            }
+        }
+    }
+
+    fn produce(
+        &mut self,
+        now_ms: u64,
+        request_id: u64,
+        batch: Bytes,
+        acks: Acks,
+        out: &mut ReplicaOutput,
+    ) -> Result<(), ReplicaError> {
+        let answer = |out: &mut ReplicaOutput, result| {
+            if acks != Acks::None {
+                out.answers.push(ProduceAnswer { request_id, result });
+            }
+        };
+        if self.raft.role() != Role::Leader {
+            answer(
+                out,
+                Err(ProduceRefused::NotLeader {
+                    leader: self.raft.leader(),
+                }),
+            );
+            return Ok(());
+        }
+        if let Err(error) = self.log.check(&batch) {
+            answer(out, Err(ProduceRefused::InvalidBatch(error.to_string())));
+            return Ok(());
+        }
+        let index = self.raft.log().last_index() + 1;
+        let effects = match self.raft.step(now_ms, Input::Propose(vec![batch])) {
+            Ok(effects) => effects,
+            Err(RaftError::NotLeader { leader }) => {
+                answer(out, Err(ProduceRefused::NotLeader { leader }));
+                return Ok(());
+            }
+            Err(RaftError::TransferInProgress { to }) => {
+                answer(out, Err(ProduceRefused::NotLeader { leader: Some(to) }));
+                return Ok(());
+            }
+            Err(RaftError::TooManyUncommitted { .. }) => {
+                answer(out, Err(ProduceRefused::Backpressure));
+                return Ok(());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        self.execute(now_ms, effects, true, out)?;
+        let span = self
+            .span(index)
+            .ok_or(ReplicaError::Inconsistent("a proposal was not appended"))?;
+        let range = ProducedRange {
+            base_offset: span.base_offset,
+            last_offset: span.next_offset - 1,
+        };
+        match acks {
+            Acks::None => {}
+            Acks::Leader => answer(out, Ok(range)),
+            Acks::All => {
+                if self.raft.commit_index() >= index
+                    || self.planted_bug == Some(ReplicaPlantedBug::AcknowledgeAllOnAppend)
+                {
+                    answer(out, Ok(range));
+                } else {
+                    self.pending.insert(
+                        index,
+                        PendingProduce {
+                            request_id,
+                            term: span.term,
+                            range,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self, now_ms: u64, out: &mut ReplicaOutput) -> Result<(), ReplicaError> {
+        self.log.sync(now_ms)?;
+        let Some(last) = self.spans.last().copied() else {
+            return Ok(());
+        };
+        if self.planted_bug == Some(ReplicaPlantedBug::ForgetPersistedNotice) {
+            return Ok(());
+        }
+        let index = self.start_index + self.spans.len() as Index - 1;
+        let effects = self.raft.step(
+            now_ms,
+            Input::Persisted {
+                index,
+                term: last.term,
+            },
+        )?;
+        self.execute(now_ms, effects, false, out)
+    }
+
+    fn span(&self, index: Index) -> Option<BatchSpan> {
+        let position = index.checked_sub(self.start_index)?;
+        self.spans.get(usize::try_from(position).ok()?).copied()
+    }
+
+    fn last_index(&self) -> Index {
+        self.start_index + self.spans.len() as Index - 1
+    }
+
+    /// Offset where the entry at `index` starts (the log end for the index after the last).
+    fn offset_of(&self, index: Index) -> Result<u64, ReplicaError> {
+        if index == self.last_index() + 1 {
+            return Ok(self.log.next_offset());
+        }
+        self.span(index)
+            .map(|span| span.base_offset)
+            .ok_or(ReplicaError::Inconsistent("index outside the log"))
+    }
+
+    /// Carry out the core's effects in order. `proposed`: the step was a proposal, so data
+    /// entries are unstamped producer batches (otherwise they came from the leader, stamped).
+    fn execute(
+        &mut self,
+        now_ms: u64,
+        effects: Vec<Effect<Bytes>>,
+        proposed: bool,
+        out: &mut ReplicaOutput,
+    ) -> Result<(), ReplicaError> {
+        for effect in effects {
+            match effect {
+                Effect::PersistHardState(hard_state) => {
+                    write_hard_state(self.disk.as_ref(), &self.dir, hard_state)?;
+                }
+                Effect::Truncate { from_index } => {
+                    let offset = self.offset_of(from_index)?;
+                    if offset < self.high_watermark {
+                        return Err(ReplicaError::Inconsistent(
+                            "truncation below the high watermark",
+                        ));
+                    }
+                    self.log.truncate(offset)?;
+                    let keep = usize::try_from(from_index - self.start_index)
+                        .map_err(|_| ReplicaError::Inconsistent("index overflow"))?;
+                    self.spans.truncate(keep);
+                }
+                Effect::ResetLog { .. } => return Err(ReplicaError::LogResetUnsupported),
+                Effect::PersistEntries(entries) => {
+                    for entry in entries {
+                        self.persist_entry(now_ms, entry, proposed)?;
+                    }
+                    out.sync_wanted = true;
+                }
+                Effect::Send { to, message } => {
+                    let (message, batches) = message_to_wire(message)?;
+                    out.messages.push(PeerSend {
+                        to,
+                        message,
+                        batches,
+                    });
+                }
+                Effect::SendAppend {
+                    to,
+                    header,
+                    last_index,
+                } => {
+                    let batches = self.read_entries(header.prev_index + 1, last_index)?;
+                    out.messages.push(PeerSend {
+                        to,
+                        message: RaftMessage::Append(peer::AppendEntries {
+                            term: header.term,
+                            prev_index: header.prev_index,
+                            prev_term: header.prev_term,
+                            commit_index: header.commit_index,
+                            batch_count: u32::try_from(batches.len())
+                                .map_err(|_| ReplicaError::Inconsistent("append too large"))?,
+                        }),
+                        batches,
+                    });
+                }
+                Effect::CommitIndex(commit_index) => {
+                    let high_watermark = if commit_index < self.start_index {
+                        self.log.log_start_offset()
+                    } else {
+                        self.span(commit_index)
+                            .ok_or(ReplicaError::Inconsistent("commit index beyond the log"))?
+                            .next_offset
+                    };
+                    self.high_watermark = self.high_watermark.max(high_watermark);
+                    let committed: Vec<Index> = self
+                        .pending
+                        .range(..=commit_index)
+                        .map(|(i, _)| *i)
+                        .collect();
+                    for index in committed {
+                        if let Some(pending) = self.pending.remove(&index) {
+                            // Pending produces are dropped when leadership is lost, so the
+                            // entry at `index` is still the one proposed.
+                            if self.span(index).map(|span| span.term) != Some(pending.term) {
+                                return Err(ReplicaError::Inconsistent(
+                                    "a pending produce's entry was replaced",
+                                ));
+                            }
+                            out.answers.push(ProduceAnswer {
+                                request_id: pending.request_id,
+                                result: Ok(pending.range),
+                            });
+                        }
+                    }
+                }
+                Effect::RoleChanged { role, leader, .. } => {
+                    if role != Role::Leader {
+                        for (_, pending) in std::mem::take(&mut self.pending) {
+                            out.answers.push(ProduceAnswer {
+                                request_id: pending.request_id,
+                                result: Err(ProduceRefused::NotLeader { leader }),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn persist_entry(
+        &mut self,
+        now_ms: u64,
+        entry: Entry<Bytes>,
+        proposed: bool,
+    ) -> Result<(), ReplicaError> {
+        if entry.index != self.last_index() + 1 {
+            return Err(ReplicaError::Inconsistent(
+                "entries do not follow the log end",
+            ));
+        }
+        let info = match entry.payload {
+            Payload::LeaderStart => {
+                let mut batch = leader_start_batch(now_ms);
+                self.log.append(&mut batch, entry.term, now_ms)?
+            }
+            Payload::Data(bytes) if proposed => {
+                let mut batch = BytesMut::from(&bytes[..]);
+                self.log.append(&mut batch, entry.term, now_ms)?
+            }
+            Payload::Data(bytes) => {
+                let header = BatchHeader::parse(&bytes).map_err(LogError::from)?;
+                if header.term != entry.term {
+                    return Err(ReplicaError::Inconsistent(
+                        "a replicated batch's term is not its entry's",
+                    ));
+                }
+                self.log.append_replicated(&bytes, now_ms)?
+            }
+        };
+        self.spans.push(BatchSpan {
+            base_offset: info.base_offset,
+            next_offset: info.last_offset + 1,
+            term: entry.term,
+        });
+        Ok(())
+    }
+
+    /// The stored batches of entries `first ..= last` (empty for a probe).
+    fn read_entries(&self, first: Index, last: Index) -> Result<Vec<Bytes>, ReplicaError> {
+        if last < first {
+            return Ok(Vec::new());
+        }
+        let start = self.offset_of(first)?;
+        let end = self
+            .span(last)
+            .ok_or(ReplicaError::Inconsistent("append beyond the log"))?
+            .next_offset;
+        let mut batches = Vec::new();
+        let mut offset = start;
+        for _ in 0..READS_PER_SCAN_MAX {
+            if offset >= end {
+                break;
+            }
+            let read = self.log.read(offset, READ_BYTES_MAX, end)?;
+            if read.batches.is_empty() {
+                return Err(ReplicaError::Inconsistent("entries missing from the log"));
+            }
+            for batch in split_batches(read.batches) {
+                batches.push(batch.map_err(LogError::from)?.into_bytes());
+            }
+            offset = read.next_offset;
+        }
+        if batches.len() as u64 != last - first + 1 {
+            return Err(ReplicaError::Inconsistent(
+                "the log's batches are not the core's entries",
+            ));
+        }
+        Ok(batches)
+    }
+}
+
+/// [`ReplicaCore::fetch`]'s refusal: not the leader, or a log error.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchRefused {
+    #[error("not the leader (known leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+/// Offsets and terms of every batch of the log, from its start.
+fn scan_spans(log: &Log) -> Result<Vec<BatchSpan>, ReplicaError> {
+    let mut spans = Vec::new();
+    let mut offset = log.log_start_offset();
+    for _ in 0..READS_PER_SCAN_MAX {
+        let read = log.read(offset, READ_BYTES_MAX, u64::MAX)?;
+        if read.batches.is_empty() {
+            return Ok(spans);
+        }
+        for batch in split_batches(read.batches) {
+            let header = *batch.map_err(LogError::from)?.header();
+            spans.push(BatchSpan {
+                base_offset: header.base_offset,
+                next_offset: header.next_offset(),
+                term: header.term,
+            });
+        }
+        offset = read.next_offset;
+    }
+    Err(ReplicaError::Inconsistent("log scan did not end"))
+}
+
+/// The control batch a new leader appends (Raft's no-op of the new term): one record, no key,
+/// no value, the control attribute set.
+fn leader_start_batch(now_ms: u64) -> BytesMut {
+    let mut builder = BatchBuilder::new();
+    builder.push(i64::try_from(now_ms).unwrap_or(i64::MAX), None, None, &[]);
+    let mut batch = builder.finish();
+    let attributes = ATTRIBUTE_CONTROL.to_le_bytes();
+    batch[ATTRIBUTES_POSITION..ATTRIBUTES_POSITION + 2].copy_from_slice(&attributes);
+    let crc = batch::compute_crc(&batch);
+    batch[CRC_POSITION..CRC_POSITION + 4].copy_from_slice(&crc.to_le_bytes());
+    batch
+}
+
+fn encode_hard_state(hard_state: HardState) -> [u8; HARD_STATE_LEN] {
+    let mut bytes = [0u8; HARD_STATE_LEN];
+    bytes[0..4].copy_from_slice(HARD_STATE_MAGIC);
+    bytes[4] = HARD_STATE_VERSION;
+    bytes[5..13].copy_from_slice(&hard_state.term.to_le_bytes());
+    bytes[13] = u8::from(hard_state.voted_for.is_some());
+    bytes[14..22].copy_from_slice(&hard_state.voted_for.unwrap_or(0).to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[..22]);
+    bytes[22..26].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+fn decode_hard_state(bytes: &[u8]) -> Result<HardState, &'static str> {
+    if bytes.len() != HARD_STATE_LEN {
+        return Err("wrong length");
+    }
+    if &bytes[0..4] != HARD_STATE_MAGIC || bytes[4] != HARD_STATE_VERSION {
+        return Err("bad magic or version");
+    }
+    let stored = u32::from_le_bytes([bytes[22], bytes[23], bytes[24], bytes[25]]);
+    if crc32c::crc32c(&bytes[..22]) != stored {
+        return Err("checksum mismatch");
+    }
+    let mut term = [0u8; 8];
+    term.copy_from_slice(&bytes[5..13]);
+    let mut vote = [0u8; 8];
+    vote.copy_from_slice(&bytes[14..22]);
+    let voted_for = match bytes[13] {
+        0 => None,
+        1 => Some(u64::from_le_bytes(vote)),
+        _ => return Err("bad vote tag"),
+    };
+    Ok(HardState {
+        term: u64::from_le_bytes(term),
+        voted_for,
+    })
+}
+
+/// The persisted hard state, or `None` if the replica never persisted any. The file is
+/// replaced by rename, so a torn write can only hit the temporary file: a damaged hard-state
+/// file is an error, never silently reset (that would forget a vote).
+fn read_hard_state(disk: &dyn Disk, dir: &Path) -> Result<Option<HardState>, ReplicaError> {
+    let path = dir.join(HARD_STATE_FILE);
+    if !disk.exists(&path)? {
+        return Ok(None);
+    }
+    let bytes = disk.read_file(&path)?;
+    decode_hard_state(&bytes)
+        .map(Some)
+        .map_err(|reason| ReplicaError::CorruptHardState { path, reason })
+}
+
+/// Replace the hard-state file atomically and durably.
+fn write_hard_state(
+    disk: &dyn Disk,
+    dir: &Path,
+    hard_state: HardState,
+) -> Result<(), ReplicaError> {
+    let temporary = dir.join(HARD_STATE_TEMPORARY_FILE);
+    if disk.exists(&temporary)? {
+        disk.remove_file(&temporary)?;
+    }
+    let file = disk.open(&temporary, OpenMode::CreateNew)?;
+    file.append(&encode_hard_state(hard_state))?;
+    file.sync()?;
+    disk.rename(&temporary, &dir.join(HARD_STATE_FILE))?;
+    disk.sync_dir(dir)?;
+    Ok(())
+}
+
+/// The core's message in wire form.
+fn message_to_wire(message: Message<Bytes>) -> Result<(RaftMessage, Vec<Bytes>), ReplicaError> {
+    let vote = |request: VoteRequest| peer::VoteRequest {
+        term: request.term,
+        last_index: request.last_index,
+        last_term: request.last_term,
+        leadership_transfer: request.leadership_transfer,
+    };
+    let vote_response = |response: VoteResponse| peer::VoteResponse {
+        term: response.term,
+        granted: response.granted,
+    };
+    let wire = match message {
+        Message::PreVote(request) => RaftMessage::PreVote(vote(request)),
+        Message::PreVoteResponse(response) => RaftMessage::PreVoteResponse(vote_response(response)),
+        Message::Vote(request) => RaftMessage::Vote(vote(request)),
+        Message::VoteResponse(response) => RaftMessage::VoteResponse(vote_response(response)),
+        Message::Append(append) => {
+            // The core sends appends through SendAppend (entries read from the log); an append
+            // carrying entries here would skip the log.
+            let mut batches = Vec::with_capacity(append.entries.len());
+            for entry in append.entries {
+                match entry.payload {
+                    Payload::Data(bytes) => batches.push(bytes),
+                    Payload::LeaderStart => {
+                        return Err(ReplicaError::Inconsistent("an unstored entry in an append"))
+                    }
+                }
+            }
+            let batch_count = u32::try_from(batches.len())
+                .map_err(|_| ReplicaError::Inconsistent("append too large"))?;
+            return Ok((
+                RaftMessage::Append(peer::AppendEntries {
+                    term: append.term,
+                    prev_index: append.prev_index,
+                    prev_term: append.prev_term,
+                    commit_index: append.commit_index,
+                    batch_count,
+                }),
+                batches,
+            ));
+        }
+        Message::AppendResponse(response) => RaftMessage::AppendResponse(peer::AppendResponse {
+            term: response.term,
+            outcome: match response.outcome {
+                AppendOutcome::Accepted { match_index } => {
+                    peer::AppendOutcome::Accepted { match_index }
+                }
+                AppendOutcome::Rejected {
+                    rejected_prev_index,
+                    conflict_index,
+                    conflict_term,
+                } => peer::AppendOutcome::Rejected {
+                    rejected_prev_index,
+                    conflict_index,
+                    conflict_term,
+                },
+            },
+        }),
+        Message::Heartbeat(heartbeat) => RaftMessage::Heartbeat {
+            term: heartbeat.term,
+            commit_index: heartbeat.commit_index,
+        },
+        Message::HeartbeatResponse { term } => RaftMessage::HeartbeatResponse { term },
+        Message::TimeoutNow { term } => RaftMessage::TimeoutNow { term },
+        // Not reachable in this slice (no retention); the offset is filled when log resets are.
+        Message::LogStart(_) => return Err(ReplicaError::LogResetUnsupported),
+    };
+    Ok((wire, Vec::new()))
+}
+
+/// A peer's wire message as the core's; `Err` for a message that cannot be a valid one.
+fn message_from_wire(
+    message: RaftMessage,
+    batches: Vec<Bytes>,
+) -> Result<Message<Bytes>, &'static str> {
+    let vote = |request: peer::VoteRequest| VoteRequest {
+        term: request.term,
+        last_index: request.last_index,
+        last_term: request.last_term,
+        leadership_transfer: request.leadership_transfer,
+    };
+    let vote_response = |response: peer::VoteResponse| VoteResponse {
+        term: response.term,
+        granted: response.granted,
+    };
+    if batches.len() != message.batch_count() as usize {
+        return Err("batch count disagrees with the payload");
+    }
+    Ok(match message {
+        RaftMessage::PreVote(request) => Message::PreVote(vote(request)),
+        RaftMessage::PreVoteResponse(response) => Message::PreVoteResponse(vote_response(response)),
+        RaftMessage::Vote(request) => Message::Vote(vote(request)),
+        RaftMessage::VoteResponse(response) => Message::VoteResponse(vote_response(response)),
+        RaftMessage::Append(append) => {
+            let mut entries = Vec::with_capacity(batches.len());
+            let mut index = append.prev_index;
+            let mut next_offset: Option<u64> = None;
+            for bytes in batches {
+                let header = BatchHeader::parse(&bytes).map_err(|_| "bad batch header")?;
+                if header.term > append.term {
+                    return Err("an entry's term is above the leader's");
+                }
+                if next_offset.is_some_and(|next| next != header.base_offset) {
+                    return Err("an append's batches are not contiguous");
+                }
+                next_offset = Some(header.next_offset());
+                index = index.checked_add(1).ok_or("index overflow")?;
+                entries.push(Entry {
+                    index,
+                    term: header.term,
+                    payload: Payload::Data(bytes),
+                });
+            }
+            Message::Append(AppendEntries {
+                term: append.term,
+                prev_index: append.prev_index,
+                prev_term: append.prev_term,
+                commit_index: append.commit_index,
+                entries,
+            })
+        }
+        RaftMessage::AppendResponse(response) => Message::AppendResponse(AppendResponse {
+            term: response.term,
+            outcome: match response.outcome {
+                peer::AppendOutcome::Accepted { match_index } => {
+                    AppendOutcome::Accepted { match_index }
+                }
+                peer::AppendOutcome::Rejected {
+                    rejected_prev_index,
+                    conflict_index,
+                    conflict_term,
+                } => AppendOutcome::Rejected {
+                    rejected_prev_index,
+                    conflict_index,
+                    conflict_term,
+                },
+            },
+        }),
+        RaftMessage::Heartbeat { term, commit_index } => {
+            Message::Heartbeat(Heartbeat { term, commit_index })
+        }
+        RaftMessage::HeartbeatResponse { term } => Message::HeartbeatResponse { term },
+        RaftMessage::TimeoutNow { term } => Message::TimeoutNow { term },
+        RaftMessage::LogStart(log_start) => Message::LogStart(LogStart {
+            term: log_start.term,
+            log_start_index: log_start.log_start_index,
+            prev_term: log_start.prev_term,
+            commit_index: log_start.commit_index,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hard_state_round_trips_and_damage_is_detected() {
+        let hard_state = HardState {
+            term: 7,
+            voted_for: Some(3),
+        };
+        let mut bytes = encode_hard_state(hard_state);
+        assert_eq!(decode_hard_state(&bytes), Ok(hard_state));
+        assert_eq!(
+            decode_hard_state(&encode_hard_state(HardState::default())),
+            Ok(HardState::default())
+        );
+        bytes[6] ^= 1;
+        assert_eq!(decode_hard_state(&bytes), Err("checksum mismatch"));
+        assert!(decode_hard_state(&bytes[..10]).is_err());
+    }
+
+    fn config(node_id: NodeId, voters: &[NodeId]) -> ReplicaConfig {
+        ReplicaConfig {
+            node_id,
+            voters: voters.iter().copied().collect(),
+            raft: Config {
+                election_timeout_ms: 300,
+                heartbeat_interval_ms: 50,
+                ..Config::default()
+            },
+            log: LogConfig::default(),
+            dir: PathBuf::from("/replica"),
+            seed: 1,
+            planted_bug: None,
+        }
+    }
+
+    fn batch(value: &[u8]) -> Bytes {
+        let mut builder = BatchBuilder::new();
+        builder.push(0, None, Some(value), &[]);
+        builder.finish().freeze()
+    }
+
+    /// A lone replica: elected after its timeout, appends its leader-start batch, commits a
+    /// produce after the sync, and reopens from disk with its term, vote and log.
+    #[test]
+    fn a_lone_replica_leads_commits_and_reopens() {
+        let disk = brook_storage::SimDisk::new(1);
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(1, &[1]), 0).expect("opens");
+        let mut now_ms = 0;
+        while replica.role() != Role::Leader && now_ms < 10_000 {
+            now_ms += 50;
+            replica.step(now_ms, ReplicaInput::Tick).expect("tick");
+            replica.step(now_ms, ReplicaInput::Sync).expect("sync");
+        }
+        assert_eq!(replica.role(), Role::Leader);
+        let output = replica
+            .step(
+                now_ms,
+                ReplicaInput::Produce {
+                    request_id: 9,
+                    batch: batch(b"v"),
+                    acks: Acks::All,
+                },
+            )
+            .expect("produce");
+        assert!(output.answers.is_empty(), "acks=all before the sync");
+        let output = replica.step(now_ms, ReplicaInput::Sync).expect("sync");
+        // Offset 0 holds the leader-start control batch.
+        assert_eq!(
+            output.answers,
+            vec![ProduceAnswer {
+                request_id: 9,
+                result: Ok(ProducedRange {
+                    base_offset: 1,
+                    last_offset: 1
+                })
+            }]
+        );
+        assert_eq!(replica.high_watermark(), 2);
+        let term = replica.term();
+        drop(replica);
+        let reopened = ReplicaCore::open(Arc::new(disk), config(1, &[1]), now_ms).expect("reopens");
+        assert_eq!(reopened.term(), term);
+        assert_eq!(reopened.log_end_offset(), 2);
+        assert_eq!(reopened.batches_below(u64::MAX).expect("reads").len(), 2);
+    }
+
+    /// Malformed peer messages are dropped with nothing applied.
+    #[test]
+    fn malformed_peer_messages_change_nothing() {
+        let disk = brook_storage::SimDisk::new(2);
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(2, &[1, 2, 3]), 0).expect("opens");
+        let mut stamped = BytesMut::from(&batch(b"a")[..]);
+        batch::stamp(&mut stamped, 0, 9);
+        let append = |batch_count, term| {
+            RaftMessage::Append(peer::AppendEntries {
+                term,
+                prev_index: 0,
+                prev_term: 0,
+                commit_index: 0,
+                batch_count,
+            })
+        };
+        let cases = [
+            // The batch count disagrees with the batches.
+            (1, append(2, 9), vec![stamped.clone().freeze()]),
+            // An entry's term above the leader's.
+            (1, append(1, 3), vec![stamped.clone().freeze()]),
+            // Not contiguous: two batches at offset 0.
+            (
+                1,
+                append(2, 9),
+                vec![stamped.clone().freeze(), stamped.clone().freeze()],
+            ),
+            // Not a peer of the group.
+            (7, append(1, 9), vec![stamped.clone().freeze()]),
+        ];
+        for (from, message, batches) in cases {
+            let output = replica
+                .step(
+                    1,
+                    ReplicaInput::Peer {
+                        from,
+                        message,
+                        batches,
+                    },
+                )
+                .expect("a refused message is not an error");
+            assert_eq!(output, ReplicaOutput::default(), "{message:?}");
+            assert_eq!(replica.term(), 0);
+            assert_eq!(replica.log_end_offset(), 0);
+        }
+        // The control: the same append, well formed, is applied.
+        let output = replica
+            .step(
+                1,
+                ReplicaInput::Peer {
+                    from: 1,
+                    message: append(1, 9),
+                    batches: vec![stamped.freeze()],
+                },
+            )
+            .expect("applied");
+        assert_eq!(replica.term(), 9);
+        assert_eq!(replica.log_end_offset(), 1);
+        assert!(output.sync_wanted);
+    }
+
+    /// A log with batches but no hard-state file is refused rather than started at term 0.
+    #[test]
+    fn a_missing_hard_state_with_a_log_is_refused() {
+        let disk = brook_storage::SimDisk::new(3);
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(1, &[1]), 0).expect("opens");
+        let mut now_ms = 0;
+        while replica.log_end_offset() == 0 && now_ms < 10_000 {
+            now_ms += 50;
+            replica.step(now_ms, ReplicaInput::Tick).expect("tick");
+        }
+        replica.step(now_ms, ReplicaInput::Sync).expect("sync");
+        drop(replica);
+        disk.remove_file(&PathBuf::from("/replica").join(HARD_STATE_FILE))
+            .expect("removes");
+        assert!(matches!(
+            ReplicaCore::open(Arc::new(disk), config(1, &[1]), now_ms),
+            Err(ReplicaError::CorruptHardState { .. })
+        ));
+    }
+
+    #[test]
+    fn the_leader_start_batch_is_a_valid_control_batch() {
+        let batch = leader_start_batch(5);
+        let header = batch::validate(&batch).expect("valid");
+        assert_eq!(header.attributes & ATTRIBUTE_CONTROL, ATTRIBUTE_CONTROL);
+        assert_eq!(header.record_count, 1);
+    }
+}
