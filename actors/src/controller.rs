@@ -543,9 +543,14 @@ impl Controller {
         }
         self.disk.rename(&topics_dir.join(name), &doomed)?;
         if let Err(error) = self.disk.sync_dir(&topics_dir) {
-            // The rename is done in the live file system, maybe not durably: the topic is gone
-            // now, and a crash may bring it back whole (never half). Say so, and go on.
-            tracing::error!(topic = name, %error, "deleted topic, but syncing the directory failed: the topic may come back after a crash");
+            // The rename is done in the live file system but not durably: a crash could bring
+            // the topic back after we said it was deleted. So the delete fails: put the topic
+            // back under its name (the caller reopens it) and report the error.
+            tracing::error!(topic = name, %error, "cannot make a topic's delete durable; undoing it");
+            if let Err(undo) = self.disk.rename(&doomed, &topics_dir.join(name)) {
+                tracing::error!(topic = name, error = %undo, "cannot undo a topic's delete; it is removed at the next start");
+            }
+            return Err(error);
         }
         if let Err(error) = self.remove_dir_synced(&doomed) {
             // The topic is gone; its bytes are removed at the next start.
