@@ -28,14 +28,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use brook_storage::disk::{Disk, OpenMode};
-use brook_storage::log::{Log, LogConfig};
+use brook_storage::log::{Log, LogConfig, RetentionPolicy};
 use brook_wire::error::{BrokerError, ErrorCode};
 use brook_wire::protocol::{
     BrokerMetadata, PartitionMetadata, TopicDescription, TopicMetadata, TopicSummary,
 };
+use brook_wire::topic_config::{ConfigEntry, TopicConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::partition::{PartitionActor, PartitionConfig, PartitionMessage, PartitionStatus};
+use crate::partition::{
+    PartitionActor, PartitionConfig, PartitionLimits, PartitionMessage, PartitionStatus,
+};
 use crate::runtime::{Actor, Addr, Context, Duration, Instant, Reply, Runtime};
 
 /// Longest topic name.
@@ -61,6 +64,10 @@ pub struct ControllerConfig {
     pub partition_mailbox_capacity: usize,
     pub partitions_max: u32,
     pub default_partitions: u32,
+    /// The node's topic config defaults; a topic's overrides apply on top.
+    pub topic_defaults: TopicConfig,
+    /// How often the retention task asks every partition to delete what retention allows.
+    pub retention_check_interval: Duration,
 }
 
 /// Errors loading the topics at start.
@@ -89,6 +96,8 @@ struct TopicFile {
 
 struct Topic {
     file: TopicFile,
+    /// The defaults with the file's overrides applied.
+    config: TopicConfig,
     partitions: Vec<Addr<PartitionActor>>,
 }
 
@@ -133,6 +142,20 @@ pub enum ControllerMessage {
         partition: u32,
         reply: Reply<Result<Addr<PartitionActor>, BrokerError>>,
     },
+    /// Set (`set`) and remove (`delete`) config overrides of a topic; all or nothing.
+    AlterTopicConfig {
+        name: String,
+        set: Vec<(String, String)>,
+        delete: Vec<String>,
+        reply: Reply<Result<Vec<ConfigEntry>, BrokerError>>,
+    },
+    /// Every config key of a topic with its effective value and source.
+    DescribeConfigs {
+        name: String,
+        reply: Reply<Result<Vec<ConfigEntry>, BrokerError>>,
+    },
+    /// Internal: the retention task's period elapsed.
+    RetentionTick,
     /// Stop every partition (each syncs its log) and then the controller.
     Shutdown {
         reply: Reply<()>,
@@ -181,6 +204,10 @@ fn unavailable_topic(name: &str, topic: &UnavailableTopic) -> BrokerError {
             topic.reason
         ),
     )
+}
+
+fn invalid_config(error: &dyn std::fmt::Display) -> BrokerError {
+    BrokerError::new(ErrorCode::InvalidConfig, error.to_string())
 }
 
 fn storage_error(error: &dyn std::fmt::Display) -> BrokerError {
@@ -335,14 +362,27 @@ impl Controller {
                 reason: error.to_string(),
                 attempted_at: self.runtime.now(),
             })?;
+        let config = self
+            .config
+            .topic_defaults
+            .with_overrides(&file.config)
+            .map_err(|error| UnavailableTopic {
+                file: Some(file.clone()),
+                reason: format!("{}: {error}", meta_path.display()),
+                attempted_at: self.runtime.now(),
+            })?;
         let partitions = self
-            .open_partitions(name, file.partitions)
+            .open_partitions(name, file.partitions, &config)
             .map_err(|error| UnavailableTopic {
                 file: Some(file.clone()),
                 reason: error.to_string(),
                 attempted_at: self.runtime.now(),
             })?;
-        Ok(Topic { file, partitions })
+        Ok(Topic {
+            file,
+            config,
+            partitions,
+        })
     }
 
     /// Open every partition log of a topic, then spawn their actors: either all of them run,
@@ -351,7 +391,9 @@ impl Controller {
         &self,
         topic: &str,
         partitions: u32,
+        config: &TopicConfig,
     ) -> Result<Vec<Addr<PartitionActor>>, ControllerError> {
+        let limits = self.partition_limits(config);
         let logs = (0..partitions)
             .map(|partition| self.open_partition(topic, partition))
             .collect::<Result<Vec<_>, _>>()?;
@@ -362,17 +404,57 @@ impl Controller {
             .into_iter()
             .zip(0..)
             .map(|(log, partition)| {
-                let actor = PartitionActor::new(
+                let mut actor = PartitionActor::new(
                     topic.to_owned(),
                     partition,
                     log,
                     SINGLE_NODE_TERM,
                     self.config.partition.clone(),
                 );
+                // Validated limits: the log accepts every segment size a config allows.
+                if let Err(error) = actor.set_limits(limits) {
+                    tracing::error!(topic, partition, %error, "topic config limits refused by the log; using the node's");
+                }
                 self.runtime
                     .spawn_actor(actor, self.config.partition_mailbox_capacity)
             })
             .collect())
+    }
+
+    /// A topic may not promise more than the node accepts: `max.message.bytes` above the
+    /// node's batch limit would be refused by every produce anyway.
+    fn check_node_limits(&self, config: &TopicConfig) -> Result<(), BrokerError> {
+        let node_limit = self.config.log.batch_bytes_max;
+        if config.max_message_bytes as usize > node_limit {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "invalid value \"{}\" for topic config {}: above the node's limit of {node_limit} bytes (limits.batch_bytes_max)",
+                    config.max_message_bytes,
+                    brook_wire::topic_config::MAX_MESSAGE_BYTES
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What a topic config sets on its partitions' logs.
+    fn partition_limits(&self, config: &TopicConfig) -> PartitionLimits {
+        let non_negative = |value: i64| u64::try_from(value).ok();
+        PartitionLimits {
+            segment_bytes_max: config.segment_bytes,
+            segment_age_ms_max: config.segment_ms,
+            batch_bytes_max: (config.max_message_bytes as usize)
+                .min(self.config.log.batch_bytes_max),
+            retention: if config.cleanup_policy.deletes() {
+                RetentionPolicy {
+                    age_ms_max: non_negative(config.retention_ms),
+                    bytes_max: non_negative(config.retention_bytes),
+                }
+            } else {
+                RetentionPolicy::default()
+            },
+        }
     }
 
     fn open_partition(&self, topic: &str, partition: u32) -> Result<Log, ControllerError> {
@@ -537,16 +619,17 @@ impl Controller {
                 format!("replication factor {replication_factor} is not possible on a single node (use 1)"),
             ));
         }
-        if let Some((key, _)) = config.first() {
-            return Err(BrokerError::new(
-                ErrorCode::InvalidConfig,
-                format!("unknown topic config key {key:?}"),
-            ));
-        }
+        let overrides: BTreeMap<String, String> = config.into_iter().collect();
+        let topic_config = self
+            .config
+            .topic_defaults
+            .with_overrides(&overrides)
+            .map_err(|error| invalid_config(&error))?;
+        self.check_node_limits(&topic_config)?;
         let file = TopicFile {
             partitions,
             replication_factor,
-            config: BTreeMap::new(),
+            config: overrides,
         };
         let topics_dir = Self::topics_dir(&self.config.data_dir);
         let dir = topics_dir.join(&name);
@@ -559,7 +642,7 @@ impl Controller {
         }
         let opened = self
             .write_topic_dir(&name, &file)
-            .and_then(|()| self.open_partitions(&name, partitions));
+            .and_then(|()| self.open_partitions(&name, partitions, &topic_config));
         let addresses = match opened {
             Ok(addresses) => addresses,
             Err(error) => {
@@ -583,6 +666,7 @@ impl Controller {
             name,
             Topic {
                 file,
+                config: topic_config,
                 partitions: addresses,
             },
         );
@@ -619,6 +703,111 @@ impl Controller {
         self.topics.remove(name);
         tracing::info!(topic = %name, "deleted topic");
         Ok(())
+    }
+
+    /// Replace a topic's metadata file: the new text is written and synced under a temporary
+    /// name, then renamed over the old one and the directory synced, so a crash leaves the old
+    /// file or the new one, whole.
+    fn rewrite_topic_file(&self, name: &str, file: &TopicFile) -> Result<(), ControllerError> {
+        let dir = Self::topics_dir(&self.config.data_dir).join(name);
+        let path = dir.join(TOPIC_FILE);
+        let staging = dir.join(format!("{TOPIC_FILE}.new"));
+        let text = encode_topic_file(file).map_err(|error| ControllerError::Metadata {
+            path: path.clone(),
+            reason: error.to_string(),
+        })?;
+        if self.disk.exists(&staging)? {
+            self.disk.remove_file(&staging)?;
+        }
+        let handle = self.disk.open(&staging, OpenMode::CreateNew)?;
+        handle.append(text.as_bytes())?;
+        handle.sync()?;
+        drop(handle);
+        self.disk.rename(&staging, &path)?;
+        self.disk.sync_dir(&dir)?;
+        Ok(())
+    }
+
+    async fn alter_topic_config(
+        &mut self,
+        name: &str,
+        set: Vec<(String, String)>,
+        delete: Vec<String>,
+    ) -> Result<Vec<ConfigEntry>, BrokerError> {
+        if let Some(topic) = self.unavailable.get(name) {
+            return Err(unavailable_topic(name, topic));
+        }
+        let topic = self.topics.get(name).ok_or_else(|| unknown_topic(name))?;
+        let mut file = topic.file.clone();
+        for (key, value) in set {
+            file.config.insert(key, value);
+        }
+        for key in delete {
+            if TopicConfig::default().get(&key).is_none() {
+                return Err(invalid_config(
+                    &brook_wire::topic_config::TopicConfigError::UnknownKey { key },
+                ));
+            }
+            file.config.remove(&key);
+        }
+        let config = self
+            .config
+            .topic_defaults
+            .with_overrides(&file.config)
+            .map_err(|error| invalid_config(&error))?;
+        self.check_node_limits(&config)?;
+        if let Err(error) = self.rewrite_topic_file(name, &file) {
+            // The rename may have happened before the failure: memory follows what the disk
+            // now says, so that a restart without a crash changes nothing.
+            let path = Self::topics_dir(&self.config.data_dir)
+                .join(name)
+                .join(TOPIC_FILE);
+            if let Ok(on_disk) = read_topic_file(self.disk.as_ref(), &path) {
+                if on_disk == file {
+                    tracing::warn!(topic = name, %error, "the new topic config is in place but may not be durable");
+                    self.apply_topic_config(name, file, config).await?;
+                }
+            }
+            return Err(storage_error(&error));
+        }
+        self.apply_topic_config(name, file.clone(), config.clone())
+            .await?;
+        tracing::info!(topic = name, overrides = ?file.config, "altered topic config");
+        Ok(config.entries(&file.config))
+    }
+
+    /// Take a new topic config into memory and apply it to the topic's running partitions.
+    async fn apply_topic_config(
+        &mut self,
+        name: &str,
+        file: TopicFile,
+        config: TopicConfig,
+    ) -> Result<(), BrokerError> {
+        let limits = self.partition_limits(&config);
+        let Some(topic) = self.topics.get_mut(name) else {
+            return Err(unknown_topic(name));
+        };
+        topic.file = file;
+        topic.config = config;
+        for address in &topic.partitions {
+            match address
+                .ask(|reply| PartitionMessage::SetLimits { limits, reply })
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(error),
+                Err(error) => return Err(storage_error(&error)),
+            }
+        }
+        Ok(())
+    }
+
+    fn describe_configs(&self, name: &str) -> Result<Vec<ConfigEntry>, BrokerError> {
+        if let Some(topic) = self.unavailable.get(name) {
+            return Err(unavailable_topic(name, topic));
+        }
+        let topic = self.topics.get(name).ok_or_else(|| unknown_topic(name))?;
+        Ok(topic.config.entries(&topic.file.config))
     }
 
     async fn partition_metadata(&self, topic: &Topic) -> Vec<PartitionMetadata> {
@@ -667,6 +856,15 @@ impl Controller {
 
 impl Actor for Controller {
     type Message = ControllerMessage;
+
+    async fn started(&mut self, context: &mut Context<Self>) {
+        let period = self
+            .config
+            .retention_check_interval
+            .max(Duration::from_millis(1));
+        // The timer lives as long as the controller; nothing needs its handle.
+        drop(context.run_interval(period, || ControllerMessage::RetentionTick));
+    }
 
     async fn handle(&mut self, message: ControllerMessage, context: &mut Context<Self>) {
         match message {
@@ -793,6 +991,28 @@ impl Actor for Controller {
                         }),
                 };
                 reply.send(result);
+            }
+            ControllerMessage::AlterTopicConfig {
+                name,
+                set,
+                delete,
+                reply,
+            } => {
+                let result = self.alter_topic_config(&name, set, delete).await;
+                reply.send(result);
+            }
+            ControllerMessage::DescribeConfigs { name, reply } => {
+                self.retry_unavailable(&name);
+                reply.send(self.describe_configs(&name));
+            }
+            ControllerMessage::RetentionTick => {
+                for topic in self.topics.values() {
+                    for address in &topic.partitions {
+                        // A full mailbox means a busy partition: it is asked again next period.
+                        let _ =
+                            address.try_send(PartitionMessage::EnforceRetention { reply: None });
+                    }
+                }
             }
             ControllerMessage::Shutdown { reply } => {
                 for topic in self.topics.values() {
@@ -946,6 +1166,8 @@ mod tests {
             partition_mailbox_capacity: 16,
             partitions_max: 16,
             default_partitions: 1,
+            topic_defaults: TopicConfig::default(),
+            retention_check_interval: Duration::from_secs(10),
         }
     }
 
@@ -1202,6 +1424,132 @@ mod tests {
         controller
             .create_topic("bad".into(), 1, 1, Vec::new())
             .expect("and its name used again");
+    }
+
+    /// The overrides a node started on `disk` finds for `name`.
+    fn reloaded_overrides(disk: &SimDisk, name: &str) -> BTreeMap<String, String> {
+        let controller = Controller::load(Runtime::new(4), Arc::new(disk.clone()), config())
+            .expect("a node starts");
+        assert!(controller.unavailable.is_empty(), "the topic file is whole");
+        controller.topics[name].file.config.clone()
+    }
+
+    /// Alter at every step, with a crash or one failed operation there: a node restarted on the
+    /// disk finds the old overrides or the new ones, whole; an acknowledged alter survives a
+    /// crash; after a failure without a crash, memory says what the disk says.
+    #[tokio::test]
+    async fn alter_config_is_whole_and_durable_at_every_step() {
+        let old = BTreeMap::from([("retention.ms".to_owned(), "1000".to_owned())]);
+        let new = BTreeMap::from([("segment.bytes".to_owned(), "2048".to_owned())]);
+        for (mode, fail_count) in [("crash", usize::MAX), ("one failed operation", 1)] {
+            let mut completed = false;
+            for fail_from in 0..OPERATIONS_MAX {
+                let disk = SimDisk::new(fail_from as u64);
+                let (mut controller, faults) = faulty_controller(&disk, fail_from, fail_count);
+                faults.armed.store(false, Ordering::SeqCst);
+                controller
+                    .create_topic("events".into(), 1, 1, old.clone().into_iter().collect())
+                    .expect("create");
+                faults.armed.store(true, Ordering::SeqCst);
+                let result = controller
+                    .alter_topic_config(
+                        "events",
+                        vec![("segment.bytes".into(), "2048".into())],
+                        vec!["retention.ms".into()],
+                    )
+                    .await;
+                let injected = faults.failed.load(Ordering::SeqCst) > 0;
+                let in_memory = controller.topics["events"].file.config.clone();
+                drop(controller);
+                if mode == "crash" {
+                    disk.crash(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+                        fail_from as u64,
+                    ));
+                }
+                let found = reloaded_overrides(&disk, "events");
+                assert!(
+                    found == old || found == new,
+                    "{mode} at operation {fail_from}: {found:?}"
+                );
+                if result.is_ok() {
+                    assert_eq!(found, new, "{mode} at operation {fail_from}: acknowledged");
+                    assert_eq!(in_memory, new);
+                } else if mode != "crash" {
+                    assert_eq!(in_memory, found, "{mode} at operation {fail_from}");
+                }
+                if !injected {
+                    assert!(result.is_ok(), "{result:?}");
+                    completed = true;
+                    break;
+                }
+            }
+            assert!(
+                completed,
+                "{mode}: an alter takes fewer than {OPERATIONS_MAX} operations"
+            );
+        }
+    }
+
+    /// A bad key or value refuses the whole change and names the key; nothing changes.
+    #[tokio::test]
+    async fn a_bad_alter_names_the_key_and_changes_nothing() {
+        let disk = SimDisk::new(9);
+        let (mut controller, _faults) = faulty_controller(&disk, usize::MAX, 0);
+        let error = controller
+            .create_topic(
+                "events".into(),
+                1,
+                1,
+                vec![("retention.hours".into(), "1".into())],
+            )
+            .expect_err("unknown key");
+        assert_eq!(error.code, ErrorCode::InvalidConfig);
+        assert!(error.message.contains("retention.hours"), "{error}");
+        controller
+            .create_topic("events".into(), 1, 1, Vec::new())
+            .expect("create");
+        for (set, delete, key) in [
+            (
+                vec![("segment.ms".to_owned(), "0".to_owned())],
+                vec![],
+                "segment.ms",
+            ),
+            (
+                vec![],
+                vec!["retention.weeks".to_owned()],
+                "retention.weeks",
+            ),
+            (
+                vec![("max.message.bytes".to_owned(), "2147483647".to_owned())],
+                vec![],
+                "max.message.bytes",
+            ),
+            (
+                vec![
+                    ("retention.ms".to_owned(), "5".to_owned()),
+                    ("compression.type".to_owned(), "brotli".to_owned()),
+                ],
+                vec![],
+                "compression.type",
+            ),
+        ] {
+            let error = controller
+                .alter_topic_config("events", set, delete)
+                .await
+                .expect_err(key);
+            assert_eq!(error.code, ErrorCode::InvalidConfig);
+            assert!(error.message.contains(key), "{error}");
+        }
+        assert!(controller.topics["events"].file.config.is_empty());
+        assert!(reloaded_overrides(&disk, "events").is_empty());
+        let entries = controller.describe_configs("events").expect("describe");
+        assert_eq!(
+            entries.len(),
+            brook_wire::topic_config::TOPIC_CONFIG_KEYS.len()
+        );
+        assert!(entries
+            .iter()
+            .all(|entry| entry.source == brook_wire::topic_config::ConfigSource::Default));
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use brook_storage::log::{FsyncPolicy, Log, LogError};
+use brook_storage::log::{FsyncPolicy, Log, LogError, RetentionOutcome, RetentionPolicy};
 use brook_storage::DiskError;
 use brook_wire::batch::{BatchError, BatchHeader};
 use brook_wire::compression::{self, CompressionError};
@@ -129,10 +129,33 @@ pub enum PartitionMessage {
     },
     /// Internal: periodic sync under `fsync = interval`.
     SyncTick,
+    /// Apply a topic config change: segment limits (from the next append on) and retention.
+    SetLimits {
+        limits: PartitionLimits,
+        reply: PartitionReply<()>,
+    },
+    /// Delete whole segments beyond retention (sent by the node's retention task). Never
+    /// deletes the active segment or anything at or above the high watermark.
+    EnforceRetention {
+        reply: Option<Reply<Result<RetentionOutcome, BrokerError>>>,
+    },
     /// Sync the log and stop; the reply comes once the log is synced.
     Stop {
         reply: Reply<()>,
     },
+}
+
+/// What a topic's config sets on each of its partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionLimits {
+    /// `segment.bytes`.
+    pub segment_bytes_max: u64,
+    /// `segment.ms`.
+    pub segment_age_ms_max: u64,
+    /// `max.message.bytes`, capped by the node's batch limit.
+    pub batch_bytes_max: usize,
+    /// `retention.ms` and `retention.bytes` (none under `cleanup.policy = compact`).
+    pub retention: RetentionPolicy,
 }
 
 struct PendingAck {
@@ -161,6 +184,7 @@ pub struct PartitionActor {
     next_waiter: u64,
     interval_timer: Option<TimerHandle>,
     stop_reply: Option<Reply<()>>,
+    retention: RetentionPolicy,
 }
 
 impl PartitionActor {
@@ -183,7 +207,39 @@ impl PartitionActor {
             next_waiter: 0,
             interval_timer: None,
             stop_reply: None,
+            retention: RetentionPolicy::default(),
         }
+    }
+
+    /// Apply a topic's limits (before the actor runs, or on a config change).
+    pub fn set_limits(&mut self, limits: PartitionLimits) -> Result<(), BrokerError> {
+        self.log
+            .set_segment_limits(
+                limits.segment_bytes_max,
+                limits.segment_age_ms_max,
+                limits.batch_bytes_max,
+            )
+            .map_err(|error| storage_error(&error))?;
+        self.retention = limits.retention;
+        Ok(())
+    }
+
+    fn enforce_retention(&mut self, now_ms: u64) -> Result<RetentionOutcome, BrokerError> {
+        let outcome = self
+            .log
+            .apply_retention(self.retention, now_ms, self.high_watermark())
+            .map_err(|error| storage_error(&error))?;
+        if outcome.segments_deleted > 0 {
+            tracing::info!(
+                topic = %self.topic,
+                partition = self.partition,
+                segments = outcome.segments_deleted,
+                bytes = outcome.bytes_deleted,
+                log_start_offset = outcome.log_start_offset,
+                "retention deleted segments"
+            );
+        }
+        Ok(outcome)
     }
 
     /// What consumers may see: everything durable under `always`, the log end under `interval`.
@@ -556,6 +612,19 @@ impl Actor for PartitionActor {
                         .send(self.read(waiter.offset, waiter.bytes_max));
                 }
             }
+            PartitionMessage::SetLimits { limits, reply } => {
+                reply.send(self.set_limits(limits));
+            }
+            PartitionMessage::EnforceRetention { reply } => {
+                let now_ms = u64::try_from(context.wall_clock_ms()).unwrap_or(0);
+                let result = self.enforce_retention(now_ms);
+                if let Err(error) = &result {
+                    tracing::warn!(topic = %self.topic, partition = self.partition, %error, "retention failed; retried at the next pass");
+                }
+                if let Some(reply) = reply {
+                    reply.send(result);
+                }
+            }
             PartitionMessage::Stop { reply } => {
                 self.stop_reply = Some(reply);
                 context.stop();
@@ -591,5 +660,93 @@ impl Actor for PartitionActor {
         if let Some(reply) = self.stop_reply.take() {
             reply.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use brook_storage::log::LogConfig;
+    use brook_storage::SimDisk;
+    use brook_wire::batch::BatchBuilder;
+
+    use super::*;
+    use crate::runtime::Runtime;
+
+    fn batch() -> Bytes {
+        let mut builder = BatchBuilder::new();
+        builder.push(0, None, Some(&[1u8; 300][..]), &[]);
+        builder.finish().freeze()
+    }
+
+    /// Retention through the actor: segments beyond `retention.bytes` go, the log start moves,
+    /// a fetch below it is out of range and names it, and a fetch at it is served.
+    #[tokio::test]
+    async fn retention_moves_the_log_start_and_fetches_below_it_are_out_of_range() {
+        let disk = Arc::new(SimDisk::new(5));
+        let (log, _) = Log::open(disk, "/p", LogConfig::default(), 0).expect("open");
+        let mut actor = PartitionActor::new("t".into(), 0, log, 1, PartitionConfig::default());
+        actor
+            .set_limits(PartitionLimits {
+                segment_bytes_max: 1024,
+                segment_age_ms_max: u64::MAX,
+                batch_bytes_max: 1024,
+                retention: RetentionPolicy {
+                    age_ms_max: None,
+                    bytes_max: Some(2048),
+                },
+            })
+            .expect("limits");
+        let runtime = Runtime::new(1);
+        let address = runtime.spawn_actor(actor, 16);
+        for _ in 0..20 {
+            address
+                .ask(|reply| PartitionMessage::Produce {
+                    batches: batch(),
+                    acks: Acks::All,
+                    reply,
+                })
+                .await
+                .expect("ask")
+                .expect("produce");
+        }
+        let outcome = address
+            .ask(|reply| PartitionMessage::EnforceRetention { reply: Some(reply) })
+            .await
+            .expect("ask")
+            .expect("retention");
+        assert!(outcome.segments_deleted > 0, "{outcome:?}");
+        let start = outcome.log_start_offset;
+        assert!(start > 0 && start < 20, "{outcome:?}");
+        let status = address
+            .ask(|reply| PartitionMessage::Status { reply })
+            .await
+            .expect("ask");
+        assert_eq!(status.log_start_offset, start);
+        assert_eq!(status.high_watermark, 20);
+        let error = address
+            .ask(|reply| PartitionMessage::Fetch {
+                offset: start - 1,
+                bytes_max: 4096,
+                wait_ms_max: 0,
+                reply,
+            })
+            .await
+            .expect("ask")
+            .expect_err("below the log start");
+        assert_eq!(error.code, ErrorCode::OffsetOutOfRange);
+        assert!(error.message.contains(&format!("[{start}, 20]")), "{error}");
+        let fetched = address
+            .ask(|reply| PartitionMessage::Fetch {
+                offset: start,
+                bytes_max: 4096,
+                wait_ms_max: 0,
+                reply,
+            })
+            .await
+            .expect("ask")
+            .expect("at the log start");
+        assert!(fetched.batch_count > 0);
     }
 }

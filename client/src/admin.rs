@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use brook_wire::protocol::{Request, Response, TopicDescription, TopicSummary};
+use brook_wire::protocol::{ConfigEntry, Request, Response, TopicDescription, TopicSummary};
 
 use crate::cluster::Cluster;
 use crate::error::{ClientError, Result};
@@ -147,5 +147,86 @@ impl Admin {
             Response::DescribeTopic { topic } => Ok(topic),
             other => Err(unexpected("describe-topic", other)),
         }
+    }
+
+    /// Change a topic's config overrides: `alter.set` keys get their values, `alter.delete`
+    /// keys go back to the node's default. All or nothing: an unknown key or a bad value
+    /// refuses the whole change with [`ErrorCode::InvalidConfig`](crate::ErrorCode) naming
+    /// the key. Returns every key's effective value afterwards. Segment limits and
+    /// `max.message.bytes` apply to the running partitions at once.
+    ///
+    /// ```no_run
+    /// # async fn example(admin: brook_client::Admin) -> brook_client::Result<()> {
+    /// use brook_client::AlterConfig;
+    /// let entries = admin
+    ///     .alter_topic_config(
+    ///         "orders",
+    ///         AlterConfig::new().set("retention.ms", "86400000").delete("segment.bytes"),
+    ///     )
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn alter_topic_config(
+        &self,
+        name: &str,
+        alter: AlterConfig,
+    ) -> Result<Vec<ConfigEntry>> {
+        let response = self
+            .cluster
+            .request(Request::AlterTopicConfig {
+                name: name.to_owned(),
+                set: alter.set,
+                delete: alter.delete,
+            })
+            .await?;
+        match response {
+            Response::AlterTopicConfig { entries, .. } => Ok(entries),
+            other => Err(unexpected("alter-topic-config", other)),
+        }
+    }
+
+    /// Every config key of a topic, sorted, with its effective value and whether it is the
+    /// node's default or the topic's override.
+    pub async fn describe_topic_config(&self, name: &str) -> Result<Vec<ConfigEntry>> {
+        let response = self
+            .cluster
+            .request(Request::DescribeConfigs {
+                name: name.to_owned(),
+            })
+            .await?;
+        match response {
+            Response::DescribeConfigs { entries, .. } => Ok(entries),
+            other => Err(unexpected("describe-configs", other)),
+        }
+    }
+}
+
+/// A change of a topic's config overrides, for [`Admin::alter_topic_config`]: keys to set and
+/// keys to reset to the node's default (Kafka's names: `retention.ms`, `segment.bytes`, ...).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AlterConfig {
+    /// `(key, value)` overrides to set.
+    pub set: Vec<(String, String)>,
+    /// Keys whose override is removed.
+    pub delete: Vec<String>,
+}
+
+impl AlterConfig {
+    /// An empty change.
+    pub fn new() -> Self {
+        AlterConfig::default()
+    }
+
+    /// Set `key` to `value`.
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.set.push((key.into(), value.into()));
+        self
+    }
+
+    /// Remove `key`'s override (back to the node's default).
+    pub fn delete(mut self, key: impl Into<String>) -> Self {
+        self.delete.push(key.into());
+        self
     }
 }

@@ -197,6 +197,8 @@ pub(crate) fn request_name(request: &Request) -> &'static str {
         Request::Produce { .. } => "produce request",
         Request::Fetch { .. } => "fetch request",
         Request::ListOffsets { .. } => "list-offsets request",
+        Request::AlterTopicConfig { .. } => "alter-topic-config request",
+        Request::DescribeConfigs { .. } => "describe-configs request",
     }
 }
 

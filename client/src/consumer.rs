@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use brook_runtime::{Instant, Runtime};
 use brook_wire::batch::split_batches;
+use brook_wire::error::ErrorCode;
 use brook_wire::frame::PAYLOAD_BYTES_MAX_DEFAULT;
 use brook_wire::protocol::{OffsetSpec, Request, Response};
 use bytes::Bytes;
@@ -61,6 +62,25 @@ pub struct ConsumerConfig {
     /// Pause before fetching a partition again after a retriable failure (a lost connection,
     /// a moved leader). Default 100 ms.
     pub retry_backoff: Duration,
+    /// What a fetch outside the partition's log does (its position is below the log start,
+    /// e.g. deleted by retention, or above the high watermark): Kafka's `auto.offset.reset`.
+    /// Default [`OffsetReset::Error`]: the poll returns
+    /// [`ErrorCode::OffsetOutOfRange`](crate::ErrorCode), never a silent skip.
+    pub offset_reset: OffsetReset,
+}
+
+/// Where a [`Consumer`] moves a partition's position that is out of the log's range
+/// ([`ConsumerConfig::offset_reset`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OffsetReset {
+    /// Report [`ErrorCode::OffsetOutOfRange`](crate::ErrorCode) (the caller seeks).
+    #[default]
+    Error,
+    /// Move to the log start offset (the oldest record still stored).
+    Earliest,
+    /// Move to the high watermark (skip to new records).
+    Latest,
 }
 
 impl Default for ConsumerConfig {
@@ -70,6 +90,7 @@ impl Default for ConsumerConfig {
             fetch_wait_ms_max: 500,
             request_timeout: Duration::from_secs(30),
             retry_backoff: Duration::from_millis(100),
+            offset_reset: OffsetReset::Error,
         }
     }
 }
@@ -100,6 +121,13 @@ impl ConsumerConfig {
     #[must_use]
     pub fn retry_backoff(mut self, retry_backoff: Duration) -> Self {
         self.retry_backoff = retry_backoff;
+        self
+    }
+
+    /// Sets the `offset_reset` field.
+    #[must_use]
+    pub fn offset_reset(mut self, offset_reset: OffsetReset) -> Self {
+        self.offset_reset = offset_reset;
         self
     }
 }
@@ -154,6 +182,8 @@ struct FetchOutcome {
     key: (String, u32),
     epoch: u64,
     result: Result<(Response, Bytes)>,
+    /// The fetch was out of range and the reset policy moved the position here.
+    reset_to: Option<u64>,
 }
 
 /// Reads records from assigned partitions.
@@ -508,11 +538,41 @@ impl Consumer {
                 wait_ms_max,
                 bytes_min: 1,
             };
+            let reset = match self.config.offset_reset {
+                OffsetReset::Error => None,
+                OffsetReset::Earliest => Some(StartOffset::Earliest),
+                OffsetReset::Latest => Some(StartOffset::Latest),
+            };
+            let reset_timeout = self.config.request_timeout;
             self.fetches.push(async move {
                 let result = cluster
                     .partition_request(&key.0, key.1, request, timeout)
                     .await;
-                FetchOutcome { key, epoch, result }
+                let out_of_range = matches!(&result, Err(error) if error.code() == Some(ErrorCode::OffsetOutOfRange));
+                if let (true, Some(start)) = (out_of_range, reset) {
+                    // Where the policy says to go; if that lookup fails, its error is
+                    // reported like a failed fetch (retried if retriable).
+                    return match resolve(cluster, reset_timeout, key.0.clone(), key.1, start).await {
+                        Ok(offset) => FetchOutcome {
+                            key,
+                            epoch,
+                            result,
+                            reset_to: Some(offset),
+                        },
+                        Err(error) => FetchOutcome {
+                            key,
+                            epoch,
+                            result: Err(error),
+                            reset_to: None,
+                        },
+                    };
+                }
+                FetchOutcome {
+                    key,
+                    epoch,
+                    result,
+                    reset_to: None,
+                }
             });
         }
     }
@@ -520,7 +580,12 @@ impl Consumer {
     /// Handle one fetch outcome: append its records to `records` and advance the position,
     /// or report (or defer) its error.
     fn on_fetch(&mut self, outcome: FetchOutcome, records: &mut Vec<ConsumerRecord>) -> Result<()> {
-        let FetchOutcome { key, epoch, result } = outcome;
+        let FetchOutcome {
+            key,
+            epoch,
+            result,
+            reset_to,
+        } = outcome;
         let Some(position) = self.assignment.get_mut(&key) else {
             return Ok(());
         };
@@ -531,6 +596,11 @@ impl Consumer {
         position.fetching = None;
         if let Ok((_, payload)) = &result {
             self.batch_bytes_fetched += payload.len() as u64;
+        }
+        if let Some(offset) = reset_to {
+            tracing::warn!(topic = %key.0, partition = key.1, from = position.offset, to = offset, policy = ?self.config.offset_reset, "position out of the log's range; reset");
+            position.offset = offset;
+            return Ok(());
         }
         let decoded = result.and_then(|(response, payload)| {
             decode_fetch(&key.0, key.1, position.offset, response, payload)

@@ -69,11 +69,14 @@ mod future_set;
 pub mod partitioner;
 pub mod producer;
 
-pub use admin::{Admin, ADMIN_REQUEST_TIMEOUT};
+pub use admin::{Admin, AlterConfig, ADMIN_REQUEST_TIMEOUT};
 pub use brook_wire::compression::Compression;
 pub use brook_wire::error::{BrokerError, ErrorCode};
 pub use brook_wire::protocol::{Acks, PartitionMetadata, TopicDescription, TopicSummary};
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, RecordStream, StartOffset};
+pub use brook_wire::topic_config::{ConfigEntry, ConfigSource};
+pub use consumer::{
+    Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, RecordStream, StartOffset,
+};
 pub use error::{ClientError, Result};
 pub use producer::{
     DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata, OFFSET_UNKNOWN,

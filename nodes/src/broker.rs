@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use brook_actors::controller::{Controller, ControllerConfig, ControllerError, ControllerMessage};
 use brook_actors::partition::PartitionConfig;
-use brook_actors::runtime::{Addr, Runtime, TaskHandle};
+use brook_actors::runtime::{Addr, Duration, Runtime, TaskHandle};
 use brook_storage::Disk;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -87,6 +87,8 @@ impl Broker {
             partition_mailbox_capacity: config.limits.partition_mailbox_capacity as usize,
             partitions_max: config.limits.partitions_max,
             default_partitions: config.topics.default_partitions,
+            topic_defaults: config.topic_defaults(),
+            retention_check_interval: Duration::from_millis(config.log.retention_check_interval_ms),
         };
         let controller = Controller::load(runtime.clone(), disk, controller_config)?;
         let controller = runtime.spawn_actor(controller, CONTROLLER_MAILBOX_CAPACITY);

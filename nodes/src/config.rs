@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use brook_storage::log::{FsyncPolicy, LogConfig};
+use brook_wire::topic_config::{CleanupPolicy, CompressionType, TopicConfig, TopicConfigError};
 use serde::{Deserialize, Serialize};
 
 /// Why a configuration was refused. Names the key at fault.
@@ -52,6 +53,11 @@ pub struct NodeConfig {
     pub log: LogSection,
     pub limits: LimitsSection,
     pub topics: TopicsSection,
+    /// Topic config defaults (Kafka's keys with `_` for `.`); a topic's overrides apply on
+    /// top. `segment_bytes`, `segment_ms` and `max_message_bytes` are not here: their
+    /// defaults are `log.segment_bytes_max`, `log.segment_age_ms_max` and
+    /// `limits.batch_bytes_max`.
+    pub topic_defaults: TopicDefaultsSection,
     /// Bugs planted on purpose by the simulator (simulation builds only; never in a file).
     #[cfg(madsim)]
     #[serde(skip)]
@@ -71,6 +77,8 @@ pub struct LogSection {
     pub fsync: Fsync,
     /// Sync period under `fsync = "interval"`.
     pub fsync_interval_ms: u64,
+    /// How often the retention task deletes the segments that retention allows.
+    pub retention_check_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +119,38 @@ pub struct TopicsSection {
     pub default_partitions: u32,
 }
 
+/// The node's defaults of the topic configs that have no other node-level key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicDefaultsSection {
+    /// `retention.ms`; -1: keep forever.
+    pub retention_ms: i64,
+    /// `retention.bytes` per partition; -1: no limit.
+    pub retention_bytes: i64,
+    /// `cleanup.policy`: "delete", "compact" or "compact,delete".
+    pub cleanup_policy: CleanupPolicy,
+    /// `delete.retention.ms`.
+    pub delete_retention_ms: u64,
+    /// `min.compaction.lag.ms`.
+    pub min_compaction_lag_ms: u64,
+    /// `compression.type`: "producer", "none", "gzip", "snappy", "lz4" or "zstd".
+    pub compression_type: CompressionType,
+}
+
+impl Default for TopicDefaultsSection {
+    fn default() -> Self {
+        let topic = TopicConfig::default();
+        TopicDefaultsSection {
+            retention_ms: topic.retention_ms,
+            retention_bytes: topic.retention_bytes,
+            cleanup_policy: topic.cleanup_policy,
+            delete_retention_ms: topic.delete_retention_ms,
+            min_compaction_lag_ms: topic.min_compaction_lag_ms,
+            compression_type: topic.compression_type,
+        }
+    }
+}
+
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
@@ -122,6 +162,7 @@ impl Default for NodeConfig {
             log: LogSection::default(),
             limits: LimitsSection::default(),
             topics: TopicsSection::default(),
+            topic_defaults: TopicDefaultsSection::default(),
             #[cfg(madsim)]
             planted: Default::default(),
         }
@@ -137,6 +178,7 @@ impl Default for LogSection {
             index_interval_bytes: log.index_interval_bytes,
             fsync: Fsync::Always,
             fsync_interval_ms: 1_000,
+            retention_check_interval_ms: 10_000,
         }
     }
 }
@@ -216,6 +258,25 @@ impl NodeConfig {
         if log.fsync == Fsync::Interval && log.fsync_interval_ms == 0 {
             return invalid("log.fsync_interval_ms", "must be positive");
         }
+        if log.retention_check_interval_ms == 0 {
+            return invalid("log.retention_check_interval_ms", "must be positive");
+        }
+        if let Err(error) = self.topic_defaults().validate() {
+            let key = match &error {
+                TopicConfigError::UnknownKey { .. } => "topic_defaults",
+                TopicConfigError::InvalidValue { key, .. } => match key.as_str() {
+                    "retention.ms" => "topic_defaults.retention_ms",
+                    "retention.bytes" => "topic_defaults.retention_bytes",
+                    "delete.retention.ms" => "topic_defaults.delete_retention_ms",
+                    "min.compaction.lag.ms" => "topic_defaults.min_compaction_lag_ms",
+                    "segment.bytes" => "log.segment_bytes_max",
+                    "segment.ms" => "log.segment_age_ms_max",
+                    "max.message.bytes" => "limits.batch_bytes_max",
+                    _ => "topic_defaults",
+                },
+            };
+            return invalid(key, error.to_string());
+        }
         let limits = &self.limits;
         if limits.frame_bytes_max < 1024 {
             return invalid("limits.frame_bytes_max", "must be at least 1024");
@@ -285,6 +346,22 @@ impl NodeConfig {
         }
     }
 
+    /// The topic config a topic without overrides has.
+    pub fn topic_defaults(&self) -> TopicConfig {
+        let defaults = &self.topic_defaults;
+        TopicConfig {
+            retention_ms: defaults.retention_ms,
+            retention_bytes: defaults.retention_bytes,
+            segment_bytes: self.log.segment_bytes_max,
+            segment_ms: self.log.segment_age_ms_max,
+            cleanup_policy: defaults.cleanup_policy,
+            delete_retention_ms: defaults.delete_retention_ms,
+            min_compaction_lag_ms: defaults.min_compaction_lag_ms,
+            max_message_bytes: self.limits.batch_bytes_max,
+            compression_type: defaults.compression_type,
+        }
+    }
+
     /// The address clients should use.
     pub fn advertised(&self) -> String {
         self.advertised_address
@@ -338,6 +415,46 @@ mod tests {
                     .contains("limits.request_bytes_in_flight_max"),
                 "{bad}: {error}"
             );
+        }
+    }
+
+    #[test]
+    fn topic_defaults_parse_and_bad_ones_are_named() {
+        let config = NodeConfig::from_toml(
+            "[topic_defaults]\nretention_ms = 3600000\nretention_bytes = 1048576\ncleanup_policy = \"compact,delete\"\ncompression_type = \"zstd\"\n[log]\nretention_check_interval_ms = 500",
+        )
+        .expect("valid defaults");
+        let topic = config.topic_defaults();
+        assert_eq!(topic.retention_ms, 3_600_000);
+        assert_eq!(topic.retention_bytes, 1_048_576);
+        assert_eq!(topic.cleanup_policy, CleanupPolicy::CompactDelete);
+        assert_eq!(topic.compression_type, CompressionType::Zstd);
+        assert_eq!(topic.segment_bytes, config.log.segment_bytes_max);
+        assert_eq!(topic.max_message_bytes, config.limits.batch_bytes_max);
+        assert_eq!(config.log.retention_check_interval_ms, 500);
+        assert_eq!(
+            NodeConfig::default().topic_defaults().retention_ms,
+            TopicConfig::default().retention_ms
+        );
+        for (text, key) in [
+            (
+                "[topic_defaults]\nretention_ms = -7",
+                "topic_defaults.retention_ms",
+            ),
+            (
+                "[topic_defaults]\nretention_bytes = -2",
+                "topic_defaults.retention_bytes",
+            ),
+            ("[topic_defaults]\ncleanup_policy = \"archive\"", "archive"),
+            ("[topic_defaults]\ncompression_type = \"brotli\"", "brotli"),
+            ("[topic_defaults]\nsegment_bytes = 1024", "segment_bytes"),
+            (
+                "[log]\nretention_check_interval_ms = 0",
+                "log.retention_check_interval_ms",
+            ),
+        ] {
+            let error = NodeConfig::from_toml(text).expect_err(text);
+            assert!(error.to_string().contains(key), "{text}: {error}");
         }
     }
 

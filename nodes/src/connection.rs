@@ -555,6 +555,22 @@ async fn admin_request(controller: &Addr<Controller>, request: Request) -> Respo
                     topics,
                 })
             }),
+        Request::AlterTopicConfig { name, set, delete } => controller
+            .ask(|reply| ControllerMessage::AlterTopicConfig {
+                name: name.clone(),
+                set,
+                delete,
+                reply,
+            })
+            .await
+            .map(|result| result.map(|entries| Response::AlterTopicConfig { name, entries })),
+        Request::DescribeConfigs { name } => controller
+            .ask(|reply| ControllerMessage::DescribeConfigs {
+                name: name.clone(),
+                reply,
+            })
+            .await
+            .map(|result| result.map(|entries| Response::DescribeConfigs { name, entries })),
         other => Ok(Err(BrokerError::new(
             ErrorCode::InvalidRequest,
             format!("unexpected request {other:?}"),

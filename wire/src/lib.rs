@@ -8,6 +8,7 @@ pub mod error;
 pub mod frame;
 pub mod peer;
 pub mod protocol;
+pub mod topic_config;
 pub mod varint;
 
 pub use batch::{BatchBuilder, BatchError, BatchHeader, Record, RecordBatch, RecordHeader};
@@ -18,3 +19,4 @@ pub use protocol::{
     decode_request, decode_response, Acks, DecodeError, EncodeError, OffsetSpec, Request,
     RequestEnvelope, Response, ResponseEnvelope,
 };
+pub use topic_config::{ConfigEntry, ConfigSource, TopicConfig, TopicConfigError};

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::error::{BrokerError, ErrorCode};
 use crate::frame::{Frame, FrameEncoder, FrameError};
+pub use crate::topic_config::{ConfigEntry, ConfigSource};
 
 /// Oldest protocol version this build speaks.
 pub const PROTOCOL_VERSION_MIN: u16 = 1;
@@ -141,6 +142,18 @@ pub enum Request {
         partition: u32,
         spec: OffsetSpec,
     },
+    /// Variant 9: change a topic's config overrides: set each `(key, value)` of `set`, then
+    /// remove each key of `delete` (back to the node's default). All or nothing: one bad key or
+    /// value refuses the whole request with [`ErrorCode::InvalidConfig`] naming it. Answered
+    /// by [`Response::AlterTopicConfig`].
+    AlterTopicConfig {
+        name: String,
+        set: Vec<(String, String)>,
+        delete: Vec<String>,
+    },
+    /// Variant 10: every config key of a topic with its effective value and source. Answered
+    /// by [`Response::DescribeConfigs`].
+    DescribeConfigs { name: String },
 }
 
 /// A broker, as metadata describes it.
@@ -243,6 +256,16 @@ pub enum Response {
     /// Variant 9. For [`OffsetSpec::Timestamp`]: the first offset at or after the timestamp,
     /// with that record's timestamp; if no record is that recent, the high watermark and `None`.
     ListOffsets { offset: u64, timestamp: Option<i64> },
+    /// Variant 10: the topic's config after the change.
+    AlterTopicConfig {
+        name: String,
+        entries: Vec<ConfigEntry>,
+    },
+    /// Variant 11: every key, sorted.
+    DescribeConfigs {
+        name: String,
+        entries: Vec<ConfigEntry>,
+    },
 }
 
 impl Response {

@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use brook_actors::runtime::Runtime;
 use brook_client::{
-    Acks, Admin, Compression, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
-    StartOffset, TopicDescription,
+    Acks, Admin, AlterConfig, Compression, ConfigEntry, Consumer, ConsumerConfig, Producer,
+    ProducerConfig, ProducerRecord, StartOffset, TopicDescription,
 };
 use brook_node::bench::BenchCommand;
 use brook_node::{Broker, NodeConfig};
@@ -117,6 +117,22 @@ enum TopicCommand {
         partitions: Option<u32>,
         #[arg(long, default_value_t = 1)]
         replication_factor: u16,
+        /// A topic config override, `KEY=VALUE` with Kafka's keys (`retention.ms`,
+        /// `segment.bytes`, ...); repeatable.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config_pair)]
+        configs: Vec<(String, String)>,
+        #[arg(long, default_value = "table")]
+        output: Output,
+    },
+    /// Change a topic's config overrides (applied to its running partitions).
+    Alter {
+        name: String,
+        /// Set an override, `KEY=VALUE`; repeatable.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config_pair)]
+        configs: Vec<(String, String)>,
+        /// Remove an override (back to the node's default); repeatable.
+        #[arg(long = "delete-config", value_name = "KEY")]
+        delete_configs: Vec<String>,
         #[arg(long, default_value = "table")]
         output: Output,
     },
@@ -134,6 +150,15 @@ enum TopicCommand {
         #[arg(long, default_value = "table")]
         output: Output,
     },
+}
+
+fn parse_config_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -319,13 +344,45 @@ async fn topic(bootstrap: &str, command: TopicCommand) -> anyhow::Result<()> {
             name,
             partitions,
             replication_factor,
+            configs,
             output,
         } => {
             // 0 asks the broker for its default partition count.
             let topic = admin
-                .create_topic(&name, partitions.unwrap_or(0), replication_factor)
+                .create_topic_with_config(
+                    &name,
+                    partitions.unwrap_or(0),
+                    replication_factor,
+                    configs,
+                )
                 .await?;
-            print_topic(&topic, output);
+            let config = admin.describe_topic_config(&name).await?;
+            print_topic(&topic, &config, output);
+        }
+        TopicCommand::Alter {
+            name,
+            configs,
+            delete_configs,
+            output,
+        } => {
+            let mut alter = AlterConfig::new();
+            for (key, value) in configs {
+                alter = alter.set(key, value);
+            }
+            for key in delete_configs {
+                alter = alter.delete(key);
+            }
+            let entries = admin.alter_topic_config(&name, alter).await?;
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"name": name, "config": config_json(&entries)})
+                ),
+                Output::Table => {
+                    println!("altered topic {name}");
+                    print_config_table(&entries);
+                }
+            }
         }
         TopicCommand::List { output } => {
             let topics = admin.list_topics().await?;
@@ -353,7 +410,8 @@ async fn topic(bootstrap: &str, command: TopicCommand) -> anyhow::Result<()> {
         }
         TopicCommand::Describe { name, output } => {
             let topic = admin.describe_topic(&name).await?;
-            print_topic(&topic, output);
+            let config = admin.describe_topic_config(&name).await?;
+            print_topic(&topic, &config, output);
         }
         TopicCommand::Delete { name, output } => {
             admin.delete_topic(&name).await?;
@@ -366,7 +424,34 @@ async fn topic(bootstrap: &str, command: TopicCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_topic(topic: &TopicDescription, output: Output) {
+/// `{"key": {"value": ..., "source": "default"|"override"}}`, sorted by key.
+fn config_json(entries: &[ConfigEntry]) -> serde_json::Value {
+    serde_json::Value::Object(
+        entries
+            .iter()
+            .map(|entry| {
+                (
+                    entry.key.clone(),
+                    serde_json::json!({"value": entry.value, "source": entry.source.name()}),
+                )
+            })
+            .collect(),
+    )
+}
+
+fn print_config_table(entries: &[ConfigEntry]) {
+    println!("{:<24} {:<20} {:<8}", "CONFIG", "VALUE", "SOURCE");
+    for entry in entries {
+        println!(
+            "{:<24} {:<20} {:<8}",
+            entry.key,
+            entry.value,
+            entry.source.name()
+        );
+    }
+}
+
+fn print_topic(topic: &TopicDescription, config: &[ConfigEntry], output: Output) {
     match output {
         Output::Json => {
             let partitions: Vec<_> = topic
@@ -389,7 +474,7 @@ fn print_topic(topic: &TopicDescription, output: Output) {
                 serde_json::json!({
                     "name": topic.name,
                     "replication_factor": topic.replication_factor,
-                    "config": topic.config.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                    "config": config_json(config),
                     "partitions": partitions,
                 })
             );
@@ -420,6 +505,14 @@ fn print_topic(topic: &TopicDescription, output: Output) {
                     p.log_start_offset,
                     p.high_watermark
                 );
+            }
+            let overrides: Vec<ConfigEntry> = config
+                .iter()
+                .filter(|entry| entry.source == brook_client::ConfigSource::Override)
+                .cloned()
+                .collect();
+            if !overrides.is_empty() {
+                print_config_table(&overrides);
             }
         }
     }

@@ -19,6 +19,7 @@
 //! on disk, and never served.
 
 mod index;
+mod retention;
 mod segment;
 
 use std::collections::BTreeMap;
@@ -29,6 +30,7 @@ use brook_wire::batch::{self, BatchError, BatchHeader, RecordBatch, BATCH_HEADER
 use bytes::Bytes;
 
 use crate::disk::{Disk, DiskError, DiskFile, OpenMode};
+pub use retention::{RetentionOutcome, RetentionPolicy};
 use segment::Segment;
 
 /// When the owner of a log makes appends durable.

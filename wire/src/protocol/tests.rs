@@ -17,9 +17,11 @@ fn request_variant(request: &Request) -> u8 {
         Request::Produce { .. } => 6,
         Request::Fetch { .. } => 7,
         Request::ListOffsets { .. } => 8,
+        Request::AlterTopicConfig { .. } => 9,
+        Request::DescribeConfigs { .. } => 10,
     }
 }
-const REQUEST_VARIANTS: u8 = 9;
+const REQUEST_VARIANTS: u8 = 11;
 
 /// The variant index of a response (see [`request_variant`]).
 fn response_variant(response: &Response) -> u8 {
@@ -34,9 +36,11 @@ fn response_variant(response: &Response) -> u8 {
         Response::Produce { .. } => 7,
         Response::Fetch { .. } => 8,
         Response::ListOffsets { .. } => 9,
+        Response::AlterTopicConfig { .. } => 10,
+        Response::DescribeConfigs { .. } => 11,
     }
 }
-const RESPONSE_VARIANTS: u8 = 10;
+const RESPONSE_VARIANTS: u8 = 12;
 
 fn request(correlation_id: u64, request: Request) -> RequestEnvelope {
     RequestEnvelope {
@@ -192,6 +196,27 @@ fn golden_requests() -> Vec<(RequestEnvelope, Vec<u8>)> {
                 },
             ),
             vec![9, 8, 1, b't', 1, 1],
+        ),
+        (
+            request(
+                10,
+                Request::AlterTopicConfig {
+                    name: "t".into(),
+                    set: vec![("segment.ms".into(), "9".into())],
+                    delete: vec!["retention.ms".into()],
+                },
+            ),
+            [
+                &[10, 9, 1, b't', 1, 10][..],
+                b"segment.ms",
+                &[1, b'9', 1, 12],
+                b"retention.ms",
+            ]
+            .concat(),
+        ),
+        (
+            request(11, Request::DescribeConfigs { name: "t".into() }),
+            vec![11, 10, 1, b't'],
         ),
     ]
 }
@@ -369,6 +394,39 @@ fn golden_responses() -> Vec<(ResponseEnvelope, Vec<u8>)> {
             ),
             // 1000 zigzags to 2000 = d0 0f
             vec![10, 9, 4, 1, 0xd0, 0x0f],
+        ),
+        (
+            response(
+                11,
+                Response::AlterTopicConfig {
+                    name: "t".into(),
+                    entries: vec![ConfigEntry {
+                        key: "segment.ms".into(),
+                        value: "9".into(),
+                        source: ConfigSource::Override,
+                    }],
+                },
+            ),
+            [&[11, 10, 1, b't', 1, 10][..], b"segment.ms", &[1, b'9', 1]].concat(),
+        ),
+        (
+            response(
+                12,
+                Response::DescribeConfigs {
+                    name: "t".into(),
+                    entries: vec![ConfigEntry {
+                        key: "retention.ms".into(),
+                        value: "-1".into(),
+                        source: ConfigSource::Default,
+                    }],
+                },
+            ),
+            [
+                &[12, 11, 1, b't', 1, 12][..],
+                b"retention.ms",
+                &[2, b'-', b'1', 0],
+            ]
+            .concat(),
         ),
     ]
 }
