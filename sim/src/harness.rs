@@ -36,7 +36,7 @@ const NEMESIS_PROCESS: u64 = 10_000;
 const DRAIN_PROCESS: u64 = 9_000;
 /// Bumped whenever `Draw::new` changes what a seed draws; kept regression seeds record the
 /// fingerprint of their draw (see `Draw::fingerprint`), which catches the change either way.
-pub const DRAW_VERSION: u32 = 3;
+pub const DRAW_VERSION: u32 = 4;
 /// Empty polls in a row, positioned inside a range the nemesis corrupted, after which a
 /// consumer takes the node's refusal as final and seeks past the range (recorded).
 const STUCK_POLLS: u32 = 3;
@@ -157,6 +157,10 @@ pub struct Draw {
     /// `Some(period)`: the node runs `fsync = interval` with this period (acks=all then
     /// survives everything but a crash); `None`: `fsync = always`.
     pub fsync_interval_ms: Option<u64>,
+    /// The longest a simulated fsync takes, in milliseconds (each takes between half of it
+    /// and all of it, drawn by the node's runtime): records appended but not yet synced sit
+    /// above the high watermark that long, as on a real disk.
+    pub fsync_ms_max: u64,
 }
 
 impl Draw {
@@ -180,6 +184,11 @@ impl Draw {
     }
 
     pub fn new(rng: &mut ChaCha8Rng) -> Self {
+        // Knobs added after draw v3 come from a side stream of the same seed, so that adding
+        // them changed no other draw of the seed, nor the nemesis's schedule (which goes on
+        // drawing from `rng`).
+        let mut side = ChaCha8Rng::from_seed(rng.get_seed());
+        side.set_stream(1);
         let mut faults: Vec<Fault> = Fault::ALL
             .iter()
             .copied()
@@ -211,6 +220,7 @@ impl Draw {
             acks_none_percent: *[0, 10, 30].choose(rng).unwrap_or(&0),
             requests_in_flight_max: rng.gen_range(1..=5),
             fsync_interval_ms: rng.gen_bool(0.25).then(|| rng.gen_range(10..2_000)),
+            fsync_ms_max: side.gen_range(1..=20),
         }
     }
 }
@@ -220,12 +230,13 @@ impl fmt::Display for Draw {
         let faults: Vec<_> = self.faults.iter().map(|fault| fault.name()).collect();
         write!(
             f,
-            "faults=[{}] fault_gap_ms={} partitions={} producers={}x{} consumers={} acks_all={}% acks_none={}% keyed={}% send_gap_ms={} linger_ms={} in_flight={} segment_bytes_max={} index_interval_bytes={} fetch_bytes_max={} fetch_wait_ms={} request_timeout_ms={} fsync={}",
+            "faults=[{}] fault_gap_ms={} partitions={} producers={}x{} consumers={} acks_all={}% acks_none={}% keyed={}% send_gap_ms={} linger_ms={} in_flight={} segment_bytes_max={} index_interval_bytes={} fetch_bytes_max={} fetch_wait_ms={} request_timeout_ms={} fsync={} fsync_ms_max={}",
             faults.join(","), self.fault_gap_ms, self.partitions, self.producers, self.workers_per_producer,
             self.consumers, self.acks_all_percent, self.acks_none_percent, self.keyed_percent, self.send_gap_ms, self.linger_ms,
             self.requests_in_flight_max, self.segment_bytes_max, self.index_interval_bytes, self.fetch_bytes_max, self.fetch_wait_ms,
             self.request_timeout_ms,
             self.fsync_interval_ms.map_or("always".to_owned(), |ms| format!("interval-{ms}ms")),
+            self.fsync_ms_max,
         )
     }
 }
@@ -348,6 +359,11 @@ pub struct RunReport {
     pub corrupt: BTreeMap<u32, Vec<(u64, u64)>>,
     /// Polls that got a batch failing its CRC: the node served corrupt data.
     pub served_corrupt: u64,
+    /// Polls whose response broke the protocol (records at or above the high watermark the
+    /// response announced, offsets going backwards, a batch count that lies): the client
+    /// refuses such a response, so without this count a node serving uncommitted records
+    /// would only show as failed polls, which faults make anyway.
+    pub protocol_violations: u64,
     /// Why the run failed outside the checkers' anomalies, each with its own name.
     pub errors: Vec<RunError>,
 }
@@ -382,6 +398,12 @@ impl RunReport {
         }
         if self.served_corrupt > 0 {
             found.insert("served-corrupt".into(), self.served_corrupt as usize);
+        }
+        if self.protocol_violations > 0 {
+            found.insert(
+                "protocol-violation".into(),
+                self.protocol_violations as usize,
+            );
         }
         found
     }
@@ -425,6 +447,8 @@ struct Recorder {
     corrupt: BTreeMap<u32, Vec<(u64, u64)>>,
     /// Polls that received a corrupt batch (the client's CRC check caught what the node served).
     served_corrupt: u64,
+    /// Polls whose response the client refused as a protocol violation.
+    protocol_violations: u64,
 }
 
 type Shared = Arc<Mutex<Recorder>>;
@@ -500,6 +524,7 @@ async fn simulate(options: Options) -> RunReport {
         faults: BTreeMap::new(),
         corrupt: BTreeMap::new(),
         served_corrupt: 0,
+        protocol_violations: 0,
     }));
     lock(&shared).trace(format_args!(
         "seed {seed} plant {:?} draw {draw}",
@@ -523,6 +548,9 @@ async fn simulate(options: Options) -> RunReport {
         plant.apply_to_disk(&disk);
     }
     let node_disk = disk.clone();
+    // Each fsync takes between half of the drawn maximum and all of it, in simulated time.
+    let fsync_latency =
+        Duration::from_micros(draw.fsync_ms_max * 500)..Duration::from_millis(draw.fsync_ms_max);
     let node = handle
         .create_node()
         .name("n0")
@@ -531,8 +559,10 @@ async fn simulate(options: Options) -> RunReport {
             let disk = node_disk.clone();
             let config = config.clone();
             let incarnation = incarnations.fetch_add(1, Ordering::Relaxed);
+            let fsync_latency = fsync_latency.clone();
             async move {
-                let runtime = Runtime::new(node_seed(seed, 0, incarnation));
+                let runtime =
+                    Runtime::with_blocking_latency(node_seed(seed, 0, incarnation), fsync_latency);
                 // Like a supervisor: a start that fails (a disk fault during recovery) is
                 // retried; a node that never starts fails the run (liveness).
                 for attempt in 0..20 {
@@ -900,6 +930,7 @@ async fn simulate(options: Options) -> RunReport {
     let faults = recorder.faults.clone();
     let corrupt = recorder.corrupt.clone();
     let served_corrupt = recorder.served_corrupt;
+    let protocol_violations = recorder.protocol_violations;
     drop(recorder);
     let progress = Progress::for_draw(&draw, options.fault_secs);
     let queue = queue::check(
@@ -967,6 +998,7 @@ async fn simulate(options: Options) -> RunReport {
         batch_stats,
         corrupt,
         served_corrupt,
+        protocol_violations,
         errors,
     }
 }
@@ -1310,6 +1342,11 @@ impl RecordedConsumer {
                         // The node served a batch that fails its CRC: it must report corruption,
                         // never serve it.
                         recorder.served_corrupt += 1;
+                    }
+                    if matches!(error, ClientError::Protocol(_)) {
+                        // The node answered against the protocol (the client's checks of a
+                        // fetch response): never a transient fault.
+                        recorder.protocol_violations += 1;
                     }
                     recorder.trace(format_args!(
                         "consumer {} poll failed: {error}",

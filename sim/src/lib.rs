@@ -84,10 +84,17 @@ impl Plant {
         match self {
             Plant::AckBeforeFsync => &["lost-write", "unseen"],
             Plant::SkipOnFetch => &["poll-skip", "lost-write"],
-            // Only the direct evidence: a value served above the high watermark and then lost
-            // (G1a, two values at one offset, an order no log allows). `unseen` is not
-            // evidence of this bug: it caught seeds whose drain was stuck elsewhere.
-            Plant::ServeAboveHw => &["G1a", "inconsistent-offsets", "not-linearizable"],
+            // Only the direct evidence: a fetch response carrying records at or above the high
+            // watermark it announces (the client refuses it: `protocol-violation`), or a value
+            // served above the high watermark and then lost (G1a, two values at one offset, an
+            // order no log allows). `unseen` is not evidence of this bug: it caught seeds whose
+            // drain was stuck elsewhere.
+            Plant::ServeAboveHw => &[
+                "protocol-violation",
+                "G1a",
+                "inconsistent-offsets",
+                "not-linearizable",
+            ],
             Plant::RefuseProduce => &["no-progress"],
             Plant::NoDirSync => &["lost-write", "unseen", "inconsistent-offsets", "offset-gap"],
             Plant::RetryFailedFsync => &[
