@@ -58,6 +58,7 @@ cargo sim --seeds 5 --plant refuse-produce --expect-found   # no-progress: no ve
 cargo sim --seeds 5 --plant serve-above-hw --expect-found  # protocol-violation (fsyncs take simulated time)
 cargo sim --seeds 20 --plant no-dir-sync --expect-found
 cargo sim --seeds 20 --plant retry-failed-fsync --expect-found
+cargo sim --seeds 3 --plant skip-in-batch --expect-found     # poll-skip: a record dropped inside a batch
 
 step "tests (normal build)"
 cargo nextest run --workspace --no-fail-fast

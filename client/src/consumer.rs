@@ -61,6 +61,22 @@ pub struct ConsumerConfig {
     /// Pause before fetching a partition again after a retriable failure (a lost connection,
     /// a moved leader). Default 100 ms.
     pub retry_backoff: Duration,
+    /// Bugs the simulation can plant in the consumer (`cargo sim --plant NAME`). They exist
+    /// only under `--cfg madsim`, so no production build can carry them.
+    #[cfg(madsim)]
+    #[doc(hidden)]
+    pub planted: PlantedConsumerBugs,
+}
+
+/// Consumer bugs the simulation can plant, to prove its checkers see them.
+#[cfg(madsim)]
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlantedConsumerBugs {
+    /// Drop the second record of every fetched batch holding more than one (what an
+    /// off-by-one in a batch's record loop would do): the records around it still arrive,
+    /// in order, so only a checker that knows the offsets can tell.
+    pub skip_in_batch: bool,
 }
 
 impl Default for ConsumerConfig {
@@ -70,6 +86,8 @@ impl Default for ConsumerConfig {
             fetch_wait_ms_max: 500,
             request_timeout: Duration::from_secs(30),
             retry_backoff: Duration::from_millis(100),
+            #[cfg(madsim)]
+            planted: PlantedConsumerBugs::default(),
         }
     }
 }
@@ -532,8 +550,19 @@ impl Consumer {
         if let Ok((_, payload)) = &result {
             self.batch_bytes_fetched += payload.len() as u64;
         }
+        #[cfg(madsim)]
+        let planted = self.config.planted;
         let decoded = result.and_then(|(response, payload)| {
-            decode_fetch(&key.0, key.1, position.offset, response, payload)
+            #[cfg(madsim)]
+            let dropped = planted_skips(planted, &payload);
+            #[allow(clippy::let_and_return)]
+            let decoded = decode_fetch(&key.0, key.1, position.offset, response, payload);
+            #[cfg(madsim)]
+            let decoded = decoded.map(|mut records| {
+                records.retain(|record| !dropped.contains(&record.offset));
+                records
+            });
+            decoded
         });
         match decoded {
             Ok(fetched) => {
@@ -648,6 +677,19 @@ impl Stream for RecordStream<'_> {
             }
         }
     }
+}
+
+/// The offsets a planted bug drops from a fetch: the second of each multi-record batch.
+#[cfg(madsim)]
+fn planted_skips(planted: PlantedConsumerBugs, payload: &Bytes) -> Vec<u64> {
+    if !planted.skip_in_batch {
+        return Vec::new();
+    }
+    split_batches(payload.clone())
+        .filter_map(|batch| batch.ok())
+        .filter(|batch| batch.header().record_count > 1)
+        .map(|batch| batch.header().base_offset + 1)
+        .collect()
 }
 
 /// Decode a fetch response: records at or after `position`, checked against the high

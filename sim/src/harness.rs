@@ -665,6 +665,7 @@ async fn simulate(options: Options) -> RunReport {
             draw.clone(),
             process,
             consuming.clone(),
+            options.plant,
         )));
     }
 
@@ -1411,11 +1412,17 @@ async fn consume(
     draw: Draw,
     process: u64,
     consuming: Arc<AtomicBool>,
+    plant: Option<Plant>,
 ) {
-    let config = ConsumerConfig::default()
+    let mut config = ConsumerConfig::default()
         .fetch_bytes_max(draw.fetch_bytes_max)
         .fetch_wait_ms_max(draw.fetch_wait_ms)
         .request_timeout(Duration::from_millis(draw.request_timeout_ms));
+    // A client bug planted in the workload's consumers; the final drain stays the harness's
+    // own, unplanted reader.
+    if let Some(plant) = plant {
+        plant.apply_to_consumer(&mut config.planted);
+    }
     let timeout = Duration::from_millis(u64::from(draw.fetch_wait_ms) + 100);
     let mut consumer =
         RecordedConsumer::new(runtime, shared, bootstrap, config, process, draw.partitions);
