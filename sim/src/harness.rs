@@ -308,26 +308,35 @@ pub struct Progress {
 /// timeout, at most 2 x 5 s; isolation, latency or loss up to 5 s; a kill's downtime up to 3 s).
 const FAULT_SPAN_MS_MAX: u64 = 10_000;
 
+/// How long producers go on after the heal once the node is healthy again: every seed then
+/// has a stretch of health the progress bar can count on, whatever its faults (an fsync error
+/// poisons partitions until the heal restarts the node, so before this stretch a seed drawing
+/// fsync errors could owe only the few sends of its first quiet gap).
+pub const HEALED_PRODUCE_MS: u64 = 5_000;
+
 impl Progress {
     /// A deliberately low bar, scaled to the draw. The unit is what a healthy node would
     /// acknowledge if every worker got one acks=all send through per (send gap + linger + a
     /// slow round trip of 200 ms), over the time the draw's faults certainly leave healthy:
     /// the nemesis waits at least half the fault gap before each fault, and a fault lasts at
     /// most `FAULT_SPAN_MS_MAX`; an fsync error can poison the partition until the heal, so
-    /// with it drawn only the fault-free prefix before the first fault counts. The bar is half
-    /// of that ideal. Calibrated on seeds 1000..1600 (draw v2): with a bar of a third, the
-    /// lowest seed acknowledged 16 times its bar (so about 10 times this one); a broker that
-    /// acknowledges nothing never clears it, and the bar is never below one send and one
-    /// record.
+    /// with it drawn only the fault-free prefix before the first fault counts. To that comes
+    /// `HEALED_PRODUCE_MS` after the heal, when the node is healthy whatever the draw (the
+    /// producers go on for the request timeout first, so that sends stuck on a connection the
+    /// heal's restart broke have timed out). The bar is half of that ideal. Calibrated on seeds
+    /// 1000..1600 (draw v2): with a bar of a third, the lowest seed acknowledged 16 times its
+    /// bar (so about 10 times this one); a broker that acknowledges nothing never clears it,
+    /// and the bar is never below one send and one record.
     pub fn for_draw(draw: &Draw, fault_secs: u64) -> Progress {
         let workers = u64::from(draw.producers * draw.workers_per_producer);
         let cycle_ms = draw.send_gap_ms + draw.linger_ms + 200;
         let quiet_ms = draw.fault_gap_ms / 2;
-        let healthy_ms = if draw.faults.contains(&Fault::FsyncError) {
+        let faulty_healthy_ms = if draw.faults.contains(&Fault::FsyncError) {
             quiet_ms
         } else {
             fault_secs * 1_000 * quiet_ms / (quiet_ms + FAULT_SPAN_MS_MAX)
         };
+        let healthy_ms = faulty_healthy_ms + HEALED_PRODUCE_MS;
         let ideal = workers * healthy_ms / cycle_ms * u64::from(draw.acks_all_percent) / 100;
         let sends_ok_min = (ideal / 2).max(1) as usize;
         Progress {
@@ -873,7 +882,6 @@ async fn simulate(options: Options) -> RunReport {
         config.send_latency = Duration::from_millis(1)..Duration::from_millis(10);
     });
     lock(&shared).trace("heal");
-    producing.store(false, Ordering::Relaxed);
     if disk.stats().sync_failures > 0 {
         handle.kill(node.id());
         lock(&shared).node_event(OpKind::Crash);
@@ -881,6 +889,15 @@ async fn simulate(options: Options) -> RunReport {
         lock(&shared).node_event(OpKind::Restart);
         lock(&shared).trace("heal: restart n0 after fsync errors");
     }
+    // Producers go on for a healthy stretch (see `HEALED_PRODUCE_MS`), after the request
+    // timeout that frees sends stuck on a connection the faults or the restart broke.
+    runtime
+        .sleep(Duration::from_millis(
+            draw.request_timeout_ms + HEALED_PRODUCE_MS,
+        ))
+        .await;
+    producing.store(false, Ordering::Relaxed);
+    lock(&shared).trace("heal: producers stop");
     for task in tasks {
         if task.await.is_err() {
             errors.push(RunError::TaskPanic("a producer task panicked".into()));

@@ -176,6 +176,10 @@ mod runner {
         let mut run_count = 0u64;
         let mut simulated = 0f64;
         let mut operations = 0usize;
+        // Over the seeds run: the lowest progress bar, and the lowest ratio of acknowledged
+        // acks=all sends to the bar (margin, bar, seed) among seeds that acknowledged any.
+        let mut lowest_bar: Option<(usize, u64)> = None;
+        let mut lowest_margin: Option<(f64, usize, u64)> = None;
         let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut anomalies: BTreeMap<String, usize> = BTreeMap::new();
         let mut last: Option<RunReport> = None;
@@ -234,6 +238,19 @@ mod runner {
                 }
             }
             simulated += report.simulated_secs;
+            if let Some(queue) = &report.queue {
+                // The evidence margin: acknowledged acks=all sends over the bar, lowest first.
+                let bar = report.progress.sends_ok_min;
+                let margin = queue.counts.sends_ok_acks_all as f64 / bar.max(1) as f64;
+                if queue.counts.sends_ok_acks_all > 0
+                    && !lowest_margin.is_some_and(|(lowest, _, _)| margin >= lowest)
+                {
+                    lowest_margin = Some((margin, bar, seed));
+                }
+                if !lowest_bar.is_some_and(|(lowest, _)| bar >= lowest) {
+                    lowest_bar = Some((bar, seed));
+                }
+            }
             batches.add(&report.batch_stats);
             operations += report.operations();
             for (fault, count) in &report.faults {
@@ -370,6 +387,13 @@ mod runner {
             if fault_list.is_empty() { "none".into() } else { fault_list.join(" ") },
             if anomaly_list.is_empty() { "none".into() } else { anomaly_list.join(" ") },
         );
+        if let (Some((bar, bar_seed)), Some((margin, margin_bar, margin_seed))) =
+            (lowest_bar, lowest_margin)
+        {
+            println!(
+                "progress: lowest bar {bar} acks=all sends (seed {bar_seed}); lowest margin {margin:.1} times the bar (seed {margin_seed}, bar {margin_bar})"
+            );
+        }
         if failed.is_empty() {
             0
         } else {
