@@ -76,7 +76,8 @@ pub use brook_wire::protocol::{Acks, PartitionMetadata, TopicDescription, TopicS
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, RecordStream, StartOffset};
 pub use error::{ClientError, Result};
 pub use producer::{
-    DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata, OFFSET_UNKNOWN,
+    DeliveryFuture, ProduceRequestCounter, ProduceRequestCounts, Producer, ProducerConfig,
+    ProducerRecord, RecordMetadata, OFFSET_UNKNOWN,
 };
 
 /// The runtime handle of a client object that draws no randomness (the admin client, the

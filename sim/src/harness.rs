@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use brook_actors::runtime::{Instant, Runtime};
 use brook_client::{
-    Acks, Admin, ClientError, Compression, Consumer, ConsumerConfig, ErrorCode, Producer,
-    ProducerConfig, ProducerRecord, StartOffset,
+    Acks, Admin, ClientError, Compression, Consumer, ConsumerConfig, ErrorCode,
+    ProduceRequestCounter, ProduceRequestCounts, Producer, ProducerConfig, ProducerRecord,
+    StartOffset,
 };
 use brook_jepsen::history::{History, OpKind, Phase, SendAcks};
 use brook_jepsen::linear::{self, LinearOptions, LinearReport};
@@ -161,6 +162,12 @@ pub struct Draw {
     /// and all of it, drawn by the node's runtime): records appended but not yet synced sit
     /// above the high watermark that long, as on a real disk.
     pub fsync_ms_max: u64,
+    /// The producers' `batch_bytes_max`: small batches fill while a request is in flight, so
+    /// several queue up and the next request carries them all (multi-batch requests).
+    pub producer_batch_bytes_max: usize,
+    /// Bytes of padding each record carries in a header (the value stays the bare number):
+    /// with a small `producer_batch_bytes_max`, a batch fills after a record or two.
+    pub record_padding_bytes: usize,
 }
 
 impl Draw {
@@ -221,6 +228,10 @@ impl Draw {
             requests_in_flight_max: rng.gen_range(1..=5),
             fsync_interval_ms: rng.gen_bool(0.25).then(|| rng.gen_range(10..2_000)),
             fsync_ms_max: side.gen_range(1..=20),
+            producer_batch_bytes_max: *[16 * 1024, 1024, 384, 224]
+                .choose(&mut side)
+                .unwrap_or(&(16 * 1024)),
+            record_padding_bytes: *[0, 0, 16, 48].choose(&mut side).unwrap_or(&0),
         }
     }
 }
@@ -230,13 +241,15 @@ impl fmt::Display for Draw {
         let faults: Vec<_> = self.faults.iter().map(|fault| fault.name()).collect();
         write!(
             f,
-            "faults=[{}] fault_gap_ms={} partitions={} producers={}x{} consumers={} acks_all={}% acks_none={}% keyed={}% send_gap_ms={} linger_ms={} in_flight={} segment_bytes_max={} index_interval_bytes={} fetch_bytes_max={} fetch_wait_ms={} request_timeout_ms={} fsync={} fsync_ms_max={}",
+            "faults=[{}] fault_gap_ms={} partitions={} producers={}x{} consumers={} acks_all={}% acks_none={}% keyed={}% send_gap_ms={} linger_ms={} in_flight={} segment_bytes_max={} index_interval_bytes={} fetch_bytes_max={} fetch_wait_ms={} request_timeout_ms={} fsync={} fsync_ms_max={} producer_batch_bytes_max={} record_padding_bytes={}",
             faults.join(","), self.fault_gap_ms, self.partitions, self.producers, self.workers_per_producer,
             self.consumers, self.acks_all_percent, self.acks_none_percent, self.keyed_percent, self.send_gap_ms, self.linger_ms,
             self.requests_in_flight_max, self.segment_bytes_max, self.index_interval_bytes, self.fetch_bytes_max, self.fetch_wait_ms,
             self.request_timeout_ms,
             self.fsync_interval_ms.map_or("always".to_owned(), |ms| format!("interval-{ms}ms")),
             self.fsync_ms_max,
+            self.producer_batch_bytes_max,
+            self.record_padding_bytes,
         )
     }
 }
@@ -364,6 +377,9 @@ pub struct RunReport {
     /// The evidence this seed had to show.
     pub progress: Progress,
     pub batch_stats: BatchStats,
+    /// Produce requests the workload sent and the batches in them: proof that requests carry
+    /// several batches (a simulation of one-batch requests never runs that path).
+    pub produce_requests: ProduceRequestCounts,
     /// Offset ranges corrupted at rest by the nemesis, per partition.
     pub corrupt: BTreeMap<u32, Vec<(u64, u64)>>,
     /// Polls that got a batch failing its CRC: the node served corrupt data.
@@ -624,6 +640,7 @@ async fn simulate(options: Options) -> RunReport {
     let consuming = Arc::new(AtomicBool::new(true));
     let next_value = Arc::new(AtomicU64::new(1));
     let mut client_nodes = Vec::new();
+    let mut producer_clients = Vec::new();
     let mut tasks = Vec::new();
 
     // Producers: each client host has one Producer shared by its workers; each worker is one
@@ -639,6 +656,7 @@ async fn simulate(options: Options) -> RunReport {
         client_nodes.push(host.id());
         // The client's workers share its producers, so their records meet in batches.
         let client = ProducerClient::default();
+        producer_clients.push(client.clone());
         for worker in 0..draw.workers_per_producer {
             let process = u64::from(producer_index * 100 + worker);
             let context = WorkerContext {
@@ -940,6 +958,10 @@ async fn simulate(options: Options) -> RunReport {
         Err(_) => errors.push(RunError::TaskPanic("the drain task panicked".into())),
     }
     let batch_stats = batch_stats(&disk, draw.partitions);
+    let mut produce_requests = ProduceRequestCounts::default();
+    for client in &producer_clients {
+        produce_requests.add(&client.request_counts());
+    }
 
     let recorder = lock(&shared);
     let simulated_secs = recorder.elapsed().as_secs_f64();
@@ -1017,6 +1039,7 @@ async fn simulate(options: Options) -> RunReport {
         corrupt,
         served_corrupt,
         protocol_violations,
+        produce_requests,
         errors,
     }
 }
@@ -1075,6 +1098,9 @@ struct WorkerContext {
 #[derive(Clone, Default)]
 struct ProducerClient {
     producers: Arc<Mutex<BTreeMap<SendAcks, Producer>>>,
+    /// The request counters of every producer this client connected (they outlive the
+    /// producers, which are dropped when their connection is likely gone).
+    request_counters: Arc<Mutex<Vec<ProduceRequestCounter>>>,
 }
 
 impl ProducerClient {
@@ -1099,7 +1125,7 @@ impl ProducerClient {
             // with no retries is what makes per-worker ordering (nonmonotonic-send) checkable.
             .retries_max(0)
             .linger(Duration::from_millis(context.draw.linger_ms))
-            .batch_bytes_max(16 * 1024)
+            .batch_bytes_max(context.draw.producer_batch_bytes_max)
             .requests_in_flight_max(context.draw.requests_in_flight_max)
             // Every codec runs under the fault matrix: picked from the client's process number
             // and the seed (no draw from an RNG, so the rest of the run's choices stay as they
@@ -1112,8 +1138,26 @@ impl ProducerClient {
             // The producer's own random streams derive from the run's seed: a seed replays.
             .seed(context.runtime.seed());
         let producer = Producer::connect(&context.bootstrap, config).await.ok()?;
+        self.request_counters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(producer.request_counter());
         // Another worker may have connected meanwhile: keep the first, so they share one.
         Some(self.producers().entry(acks).or_insert(producer).clone())
+    }
+
+    /// Produce requests the client's producers sent, and the batches in them.
+    fn request_counts(&self) -> ProduceRequestCounts {
+        let mut counts = ProduceRequestCounts::default();
+        for counter in self
+            .request_counters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            counts.add(&counter.counts());
+        }
+        counts
     }
 
     /// Drop the client's producer for `acks` (its connection is likely gone).
@@ -1144,6 +1188,15 @@ async fn produce(mut context: WorkerContext) {
         let key = keyed.then(|| format!("k{}", context.rng.gen_range(0..16)));
         let partition = (!keyed).then(|| context.rng.gen_range(0..context.draw.partitions));
         let mut record = ProducerRecord::new(TOPIC, value.to_string());
+        if context.draw.record_padding_bytes > 0 {
+            record = record.with_header(
+                "padding",
+                Some(bytes::Bytes::from(vec![
+                    b'.';
+                    context.draw.record_padding_bytes
+                ])),
+            );
+        }
         match (&key, partition) {
             (Some(key), _) => record = record.with_key(key.clone()),
             (None, Some(partition)) => record = record.with_partition(partition),

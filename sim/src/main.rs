@@ -179,6 +179,7 @@ mod runner {
         // Over the seeds run: the lowest progress bar, and the lowest ratio of acknowledged
         // acks=all sends to the bar (margin, bar, seed) among seeds that acknowledged any.
         let mut lowest_bar: Option<(usize, u64)> = None;
+        let mut requests = brook_client::ProduceRequestCounts::default();
         let mut lowest_margin: Option<(f64, usize, u64)> = None;
         let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut anomalies: BTreeMap<String, usize> = BTreeMap::new();
@@ -252,6 +253,7 @@ mod runner {
                 }
             }
             batches.add(&report.batch_stats);
+            requests.add(&report.produce_requests);
             operations += report.operations();
             for (fault, count) in &report.faults {
                 *faults.entry(fault).or_default() += count;
@@ -320,6 +322,13 @@ mod runner {
                     report.batch_stats.multi_record_batches,
                     report.batch_stats.records_per_batch_max
                 );
+                println!(
+                    "  produce requests: {} holding {} batches ({} with more than one, at most {})",
+                    report.produce_requests.requests,
+                    report.produce_requests.batches,
+                    report.produce_requests.multi_batch_requests,
+                    report.produce_requests.batches_per_request_max
+                );
                 if let Some(queue) = &report.queue {
                     println!("  queue: {:?}", queue.counts);
                 }
@@ -386,6 +395,13 @@ mod runner {
             batches.records_per_batch_max,
             if fault_list.is_empty() { "none".into() } else { fault_list.join(" ") },
             if anomaly_list.is_empty() { "none".into() } else { anomaly_list.join(" ") },
+        );
+        println!(
+            "produce requests: {} holding {} batches ({} with more than one, at most {})",
+            requests.requests,
+            requests.batches,
+            requests.multi_batch_requests,
+            requests.batches_per_request_max
         );
         if let (Some((bar, bar_seed)), Some((margin, margin_bar, margin_seed))) =
             (lowest_bar, lowest_margin)
