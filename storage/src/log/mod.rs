@@ -227,9 +227,11 @@ impl SyncJob {
 /// (written to [`RECOVERY_POINT_TEMP_FILE`], synced, renamed, directory synced).
 pub const RECOVERY_POINT_FILE: &str = "recovery-point";
 pub const RECOVERY_POINT_TEMP_FILE: &str = "recovery-point.tmp";
-/// The recovery point is written lazily: at a roll, at open, at a truncation below it, and
-/// after this many successful syncs (each write costs two fsyncs).
+/// The recovery point is written lazily: at a roll, at open, at a truncation below it, after a
+/// failed fsync (what was durable before it still is), and after this many successful syncs or
+/// this long since the last write, whichever comes first (each write costs two fsyncs).
 pub const RECOVERY_POINT_SYNCS: u64 = 64;
+pub const RECOVERY_POINT_INTERVAL_MS: u64 = 1_000;
 /// Sync jobs remembered for [`Log::complete_sync`]; beyond it the oldest is forgotten (its
 /// completion then advances nothing, which is safe).
 pub const SYNC_JOBS_IN_FLIGHT_MAX: usize = 64;
@@ -249,6 +251,8 @@ pub struct Log {
     recovery_point: u64,
     /// Successful syncs since the recovery point was last written.
     syncs_since_recovery_point: u64,
+    /// When the recovery point was last written (or the log opened).
+    recovery_point_written_ms: u64,
     /// Sync jobs handed out since the last truncation: ticket -> target offset.
     sync_jobs: BTreeMap<u64, u64>,
     next_sync_ticket: u64,
@@ -346,6 +350,7 @@ impl Log {
             poisoned: None,
             recovery_point,
             syncs_since_recovery_point: 0,
+            recovery_point_written_ms: now_ms,
             sync_jobs: BTreeMap::new(),
             next_sync_ticket: 0,
             #[cfg(madsim)]
@@ -386,6 +391,9 @@ impl Log {
         }
         tracing::error!(dir = %self.dir.display(), %error, "fsync failed; log poisoned until reopened");
         self.poisoned = Some(error.to_string());
+        // What was durable before the failure still is: record it, so that damage found below
+        // it after the restart is taken for damage, not for a torn tail (best effort).
+        self.update_recovery_point();
         LogError::Disk(error)
     }
 
@@ -814,6 +822,9 @@ impl Log {
         // nothing that is appended after it.
         self.sync_jobs.clear();
         self.lower_recovery_point(offset)?;
+        // Nothing above the cut is in the log any more (a failed fsync below must not record a
+        // recovery point above it).
+        self.durable_offset = self.durable_offset.min(offset);
         // Drop whole segments after the one holding `offset`, newest first.
         let later: Vec<u64> = self.segments.range(base + 1..).map(|(b, _)| *b).collect();
         for later_base in later.into_iter().rev() {
@@ -915,7 +926,11 @@ impl Log {
                 };
                 self.durable_offset = self.durable_offset.max(target.min(self.next_offset()));
                 self.syncs_since_recovery_point += 1;
-                if self.syncs_since_recovery_point >= RECOVERY_POINT_SYNCS {
+                if self.syncs_since_recovery_point >= RECOVERY_POINT_SYNCS
+                    || now_ms.saturating_sub(self.recovery_point_written_ms)
+                        >= RECOVERY_POINT_INTERVAL_MS
+                {
+                    self.recovery_point_written_ms = now_ms;
                     self.update_recovery_point();
                 }
                 Ok(self.durable_offset)

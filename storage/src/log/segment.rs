@@ -248,8 +248,7 @@ impl Segment {
             }
             let header = match self.header_at(position) {
                 Ok(header)
-                    if header.base_offset == expected
-                        && position + header.total_len() as u64 <= size =>
+                    if header.base_offset == expected && self.is_trusted(position, &header) =>
                 {
                     header
                 }
@@ -289,10 +288,40 @@ impl Segment {
         }
     }
 
+    /// Whether a walk may take the length of the batch whose `header` was read at `position`:
+    /// the length lies outside the CRC, and a damaged one would send the walk into the middle
+    /// of other batches. Trusted when the batch after it agrees ([`Self::is_followed`]), or,
+    /// if that one's header is the damaged one, when the batch's own CRC holds over the length
+    /// it claims.
+    fn is_trusted(&self, position: u64, header: &BatchHeader) -> bool {
+        if self.is_followed(position, header) {
+            return true;
+        }
+        let len = header.total_len();
+        position + len as u64 <= self.size()
+            && self
+                .data
+                .read_at(position, len)
+                .is_ok_and(|bytes| batch::validate(&bytes).is_ok())
+    }
+
+    /// Whether the batch whose `header` was read at `position` ends where the segment ends or
+    /// where a header of the batch that must follow it starts.
+    fn is_followed(&self, position: u64, header: &BatchHeader) -> bool {
+        let end = position + header.total_len() as u64;
+        let size = self.size();
+        end == size
+            || (end < size
+                && self
+                    .header_at(end)
+                    .is_ok_and(|next| next.base_offset == header.next_offset()))
+    }
+
     /// The first batch after the damaged one at `position` (which should have started at
     /// offset `expected`): its position and base offset, found by checking every later
-    /// position for a whole batch with a good CRC and a higher base offset, up to the next
-    /// index entry (which is known to start a batch) or the end of the segment.
+    /// position for a whole batch with a good CRC, a higher base offset and a consistent
+    /// follower (see [`Self::is_followed`]), up to the next index entry (which is known to
+    /// start a batch) or the end of the segment.
     fn next_valid_batch(
         &self,
         position: u64,
@@ -315,8 +344,9 @@ impl Segment {
         let scan_end = (bound - start).min(bytes.len() as u64) as usize;
         for at in 0..=scan_end.min(bytes.len().saturating_sub(1)) {
             if let Ok(header) = batch::validate(&bytes[at..]) {
-                if header.base_offset > expected {
-                    return Ok(Some((start + at as u64, header.base_offset)));
+                let candidate = start + at as u64;
+                if header.base_offset > expected && self.is_followed(candidate, &header) {
+                    return Ok(Some((candidate, header.base_offset)));
                 }
             }
         }

@@ -1104,3 +1104,114 @@ fn the_recovery_point_file_holds_the_offset_under_its_crc() {
     let (log, _) = open(&disk, &dir, small_config());
     assert_eq!(log.recovery_point(), 90, "written at open");
 }
+
+/// A flipped bit in the length field of a batch under a running log (no restart): only that
+/// batch is refused; every batch after it is served, also those the walk from the index
+/// entry before the damage has to reach.
+#[test]
+fn a_damaged_length_under_a_running_log_refuses_only_that_batch() {
+    for bit in 0..8u8 {
+        for byte in 8..12u64 {
+            let (sim, disk, dir) = sim();
+            let config = LogConfig {
+                index_interval_bytes: 100_000,
+                ..LogConfig::default()
+            };
+            let (mut log, _) = open(&disk, &dir, config.clone());
+            append_many(&mut log, 12, 3);
+            log.sync(0).expect("sync");
+            let path = dir.join("00000000000000000000.log");
+            let bytes = sim.durable_contents(&path).expect("segment");
+            let mut position = 0;
+            for _ in 0..4 {
+                position += BatchHeader::parse(&bytes[position as usize..])
+                    .expect("header")
+                    .total_len() as u64;
+            }
+            // The fifth batch holds offsets 12..15.
+            sim.corrupt_durable(&path, position + byte, bit)
+                .expect("corrupt");
+            assert!(
+                matches!(log.read(13, 100, u64::MAX), Err(LogError::Corrupt { .. })),
+                "byte {byte} bit {bit}"
+            );
+            for offset in [15, 16, 20, 35] {
+                let read = log.read(offset, 100, u64::MAX).unwrap_or_else(|error| {
+                    panic!("byte {byte} bit {bit} offset {offset}: {error}")
+                });
+                let first = split_batches(read.batches)
+                    .next()
+                    .expect("a batch")
+                    .expect("valid");
+                assert!(
+                    first.header().base_offset <= offset && offset <= first.header().last_offset()
+                );
+            }
+        }
+    }
+}
+
+/// The recovery point follows the durable offset lazily: after a failed fsync and once a
+/// second has passed since it was written, never beyond what a sync covered.
+#[test]
+fn the_recovery_point_follows_the_durable_offset_lazily() {
+    let (sim, disk, dir) = sim();
+    let (mut log, _) = open(&disk, &dir, LogConfig::default());
+    append_many(&mut log, 3, 2);
+    log.sync(10).expect("sync");
+    assert_eq!(log.recovery_point(), 0, "not yet: one sync, 10 ms");
+    append_many(&mut log, 1, 2);
+    log.sync(RECOVERY_POINT_INTERVAL_MS).expect("sync");
+    assert_eq!(log.recovery_point(), 8, "a second after the last write");
+    append_many(&mut log, 2, 2);
+    log.sync(RECOVERY_POINT_INTERVAL_MS + 1).expect("sync");
+    append_many(&mut log, 2, 2);
+    assert_eq!(log.recovery_point(), 8);
+    sim.fail_next_sync();
+    assert!(log.sync(RECOVERY_POINT_INTERVAL_MS + 2).is_err());
+    assert_eq!(
+        log.recovery_point(),
+        12,
+        "a failed fsync records what was durable before it, nothing more"
+    );
+    let bytes = sim
+        .durable_contents(&dir.join(RECOVERY_POINT_FILE))
+        .expect("file");
+    assert_eq!(decode_recovery_point(&bytes), Some(12));
+}
+
+/// A flipped bit in the base offset of a batch (outside its CRC) under a running log: the
+/// batch before it, whose successor now disagrees, is still served, and so is the one after.
+#[test]
+fn a_damaged_base_offset_under_a_running_log_refuses_only_that_batch() {
+    for bit in 0..64u8 {
+        let (sim, disk, dir) = sim();
+        let config = LogConfig {
+            index_interval_bytes: 100_000,
+            ..LogConfig::default()
+        };
+        let (mut log, _) = open(&disk, &dir, config.clone());
+        append_many(&mut log, 12, 3);
+        log.sync(0).expect("sync");
+        let path = dir.join("00000000000000000000.log");
+        let bytes = sim.durable_contents(&path).expect("segment");
+        let second = BatchHeader::parse(&bytes).expect("header").total_len() as u64;
+        // The second batch holds offsets 3..6; its base offset is its first 8 bytes.
+        sim.corrupt_durable(&path, second + u64::from(bit / 8), bit % 8)
+            .expect("corrupt");
+        assert!(
+            matches!(log.read(4, 100, u64::MAX), Err(LogError::Corrupt { .. })),
+            "bit {bit}"
+        );
+        for offset in [0, 2, 6, 20, 35] {
+            let read = log
+                .read(offset, 100, u64::MAX)
+                .unwrap_or_else(|error| panic!("bit {bit} offset {offset}: {error}"));
+            let first = split_batches(read.batches)
+                .next()
+                .expect("a batch")
+                .expect("valid");
+            assert!(first.header().base_offset <= offset && offset <= first.header().last_offset());
+        }
+    }
+}
