@@ -1783,6 +1783,34 @@ fn backoff(config: &ProducerConfig, attempts: u32, rng: &mut ChaCha8Rng) -> Dura
 mod tests {
     use super::*;
 
+    #[test]
+    fn request_counter_counts_multi_batch_requests() {
+        let counter = ProduceRequestCounter::default();
+        let handle = counter.clone();
+        counter.record(1);
+        counter.record(3);
+        counter.record(2);
+        assert_eq!(
+            handle.counts(),
+            ProduceRequestCounts {
+                requests: 3,
+                batches: 6,
+                multi_batch_requests: 2,
+                batches_per_request_max: 3,
+            }
+        );
+        let mut total = ProduceRequestCounts::default();
+        total.add(&handle.counts());
+        total.add(&ProduceRequestCounts {
+            requests: 1,
+            batches: 5,
+            multi_batch_requests: 1,
+            batches_per_request_max: 5,
+        });
+        assert_eq!((total.requests, total.batches), (4, 11));
+        assert_eq!(total.batches_per_request_max, 5);
+    }
+
     fn poll_now(future: &mut DeliveryFuture) -> Poll<Result<RecordMetadata>> {
         let waker = std::task::Waker::noop();
         let mut context = Context::from_waker(waker);
