@@ -51,7 +51,8 @@ mod runner {
         /// First seed of --seeds.
         #[arg(long, default_value_t = 0)]
         from: u64,
-        /// Plant a known bug: ack-before-fsync, skip-on-fetch, serve-above-hw.
+        /// Plant a known bug: ack-before-fsync, skip-on-fetch, serve-above-hw, refuse-produce,
+        /// no-dir-sync, retry-failed-fsync, skip-in-batch.
         #[arg(long)]
         plant: Option<String>,
         /// Simulated seconds of faults per seed.
