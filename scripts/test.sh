@@ -55,9 +55,10 @@ step "simulation: planted bugs are caught (the checkers are not blind)"
 cargo sim --seeds 60 --plant ack-before-fsync --expect-found
 cargo sim --seeds 10 --plant skip-on-fetch --expect-found
 cargo sim --seeds 5 --plant refuse-produce --expect-found   # no-progress: no verdict without evidence
-# serve-above-hw is not caught on one node: see README, Simulation.
+cargo sim --seeds 5 --plant serve-above-hw --expect-found  # protocol-violation (fsyncs take simulated time)
 cargo sim --seeds 20 --plant no-dir-sync --expect-found
 cargo sim --seeds 20 --plant retry-failed-fsync --expect-found
+cargo sim --seeds 3 --plant skip-in-batch --expect-found     # poll-skip: a record dropped inside a batch
 
 step "tests (normal build)"
 cargo nextest run --workspace --no-fail-fast

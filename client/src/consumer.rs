@@ -67,6 +67,11 @@ pub struct ConsumerConfig {
     /// Default [`OffsetReset::Error`]: the poll returns
     /// [`ErrorCode::OffsetOutOfRange`](crate::ErrorCode), never a silent skip.
     pub offset_reset: OffsetReset,
+    /// Bugs the simulation can plant in the consumer (`cargo sim --plant NAME`). They exist
+    /// only under `--cfg madsim`, so no production build can carry them.
+    #[cfg(madsim)]
+    #[doc(hidden)]
+    pub planted: PlantedConsumerBugs,
 }
 
 /// Where a [`Consumer`] moves a partition's position that is out of the log's range
@@ -83,6 +88,17 @@ pub enum OffsetReset {
     Latest,
 }
 
+/// Consumer bugs the simulation can plant, to prove its checkers see them.
+#[cfg(madsim)]
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlantedConsumerBugs {
+    /// Drop the second record of every fetched batch holding more than one (what an
+    /// off-by-one in a batch's record loop would do): the records around it still arrive,
+    /// in order, so only a checker that knows the offsets can tell.
+    pub skip_in_batch: bool,
+}
+
 impl Default for ConsumerConfig {
     fn default() -> Self {
         ConsumerConfig {
@@ -91,6 +107,8 @@ impl Default for ConsumerConfig {
             request_timeout: Duration::from_secs(30),
             retry_backoff: Duration::from_millis(100),
             offset_reset: OffsetReset::Error,
+            #[cfg(madsim)]
+            planted: PlantedConsumerBugs::default(),
         }
     }
 }
@@ -602,8 +620,19 @@ impl Consumer {
             position.offset = offset;
             return Ok(());
         }
+        #[cfg(madsim)]
+        let planted = self.config.planted;
         let decoded = result.and_then(|(response, payload)| {
-            decode_fetch(&key.0, key.1, position.offset, response, payload)
+            #[cfg(madsim)]
+            let dropped = planted_skips(planted, &payload);
+            #[allow(clippy::let_and_return)]
+            let decoded = decode_fetch(&key.0, key.1, position.offset, response, payload);
+            #[cfg(madsim)]
+            let decoded = decoded.map(|mut records| {
+                records.retain(|record| !dropped.contains(&record.offset));
+                records
+            });
+            decoded
         });
         match decoded {
             Ok(fetched) => {
@@ -718,6 +747,19 @@ impl Stream for RecordStream<'_> {
             }
         }
     }
+}
+
+/// The offsets a planted bug drops from a fetch: the second of each multi-record batch.
+#[cfg(madsim)]
+fn planted_skips(planted: PlantedConsumerBugs, payload: &Bytes) -> Vec<u64> {
+    if !planted.skip_in_batch {
+        return Vec::new();
+    }
+    split_batches(payload.clone())
+        .filter_map(|batch| batch.ok())
+        .filter(|batch| batch.header().record_count > 1)
+        .map(|batch| batch.header().base_offset + 1)
+        .collect()
 }
 
 /// Decode a fetch response: records at or after `position`, checked against the high

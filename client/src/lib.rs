@@ -79,7 +79,8 @@ pub use consumer::{
 };
 pub use error::{ClientError, Result};
 pub use producer::{
-    DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata, OFFSET_UNKNOWN,
+    DeliveryFuture, ProduceRequestCounter, ProduceRequestCounts, Producer, ProducerConfig,
+    ProducerRecord, RecordMetadata, OFFSET_UNKNOWN,
 };
 
 /// The runtime handle of a client object that draws no randomness (the admin client, the

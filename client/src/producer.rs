@@ -583,6 +583,74 @@ struct Accumulator {
     room: Notify,
     /// Bytes of record batches put in produce requests (after compression, retries included).
     batch_bytes_sent: AtomicU64,
+    /// Produce requests sent and the batches they carried.
+    requests: ProduceRequestCounter,
+}
+
+/// A handle on a producer's counts of produce requests and of the batches in them (a request
+/// carries all the batches of one partition that are ready and fit). Cheap to clone; it does not
+/// keep the producer alive, so a test can read the counts after the producer is gone.
+#[derive(Debug, Clone, Default)]
+pub struct ProduceRequestCounter {
+    inner: Arc<ProduceRequestAtomics>,
+}
+
+#[derive(Debug, Default)]
+struct ProduceRequestAtomics {
+    requests: AtomicU64,
+    batches: AtomicU64,
+    multi_batch_requests: AtomicU64,
+    batches_per_request_max: AtomicU64,
+}
+
+/// What a [`ProduceRequestCounter`] counted so far (retries count again).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProduceRequestCounts {
+    /// Produce requests sent.
+    pub requests: u64,
+    /// Batches carried by those requests.
+    pub batches: u64,
+    /// Requests carrying more than one batch.
+    pub multi_batch_requests: u64,
+    /// The most batches one request carried.
+    pub batches_per_request_max: u64,
+}
+
+impl ProduceRequestCounts {
+    /// Adds `other`'s counts (the maximum is the larger one).
+    pub fn add(&mut self, other: &ProduceRequestCounts) {
+        self.requests += other.requests;
+        self.batches += other.batches;
+        self.multi_batch_requests += other.multi_batch_requests;
+        self.batches_per_request_max = self
+            .batches_per_request_max
+            .max(other.batches_per_request_max);
+    }
+}
+
+impl ProduceRequestCounter {
+    fn record(&self, batches: u64) {
+        let counts = &self.inner;
+        counts.requests.fetch_add(1, Ordering::Relaxed);
+        counts.batches.fetch_add(batches, Ordering::Relaxed);
+        if batches > 1 {
+            counts.multi_batch_requests.fetch_add(1, Ordering::Relaxed);
+        }
+        counts
+            .batches_per_request_max
+            .fetch_max(batches, Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub fn counts(&self) -> ProduceRequestCounts {
+        let counts = &self.inner;
+        ProduceRequestCounts {
+            requests: counts.requests.load(Ordering::Relaxed),
+            batches: counts.batches.load(Ordering::Relaxed),
+            multi_batch_requests: counts.multi_batch_requests.load(Ordering::Relaxed),
+            batches_per_request_max: counts.batches_per_request_max.load(Ordering::Relaxed),
+        }
+    }
 }
 
 struct AccumulatorState {
@@ -742,6 +810,7 @@ impl Producer {
                 ),
             }),
             batch_bytes_sent: AtomicU64::new(0),
+            requests: ProduceRequestCounter::default(),
             work: Notify::new(),
             room: Notify::new(),
         });
@@ -953,6 +1022,11 @@ impl Producer {
             .accumulator
             .batch_bytes_sent
             .load(Ordering::Relaxed)
+    }
+
+    /// A handle on this producer's counts of produce requests and of the batches in them.
+    pub fn request_counter(&self) -> ProduceRequestCounter {
+        self.shared.accumulator.requests.clone()
     }
 
     /// Send everything buffered now (without waiting for linger) and wait until every record
@@ -1376,6 +1450,8 @@ impl Background {
                 return false;
             }
         };
+        // Counted once it has a connection to go on: a request that never left is none.
+        self.accumulator.requests.record(payload.len() as u64);
         queue.connection = Some(connection.id());
         let request = Request::Produce {
             topic: key.0.clone(),
@@ -1706,6 +1782,34 @@ fn backoff(config: &ProducerConfig, attempts: u32, rng: &mut ChaCha8Rng) -> Dura
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_counter_counts_multi_batch_requests() {
+        let counter = ProduceRequestCounter::default();
+        let handle = counter.clone();
+        counter.record(1);
+        counter.record(3);
+        counter.record(2);
+        assert_eq!(
+            handle.counts(),
+            ProduceRequestCounts {
+                requests: 3,
+                batches: 6,
+                multi_batch_requests: 2,
+                batches_per_request_max: 3,
+            }
+        );
+        let mut total = ProduceRequestCounts::default();
+        total.add(&handle.counts());
+        total.add(&ProduceRequestCounts {
+            requests: 1,
+            batches: 5,
+            multi_batch_requests: 1,
+            batches_per_request_max: 5,
+        });
+        assert_eq!((total.requests, total.batches), (4, 11));
+        assert_eq!(total.batches_per_request_max, 5);
+    }
 
     fn poll_now(future: &mut DeliveryFuture) -> Poll<Result<RecordMetadata>> {
         let waker = std::task::Waker::noop();

@@ -117,16 +117,32 @@ pub struct Runtime {
 struct Shared {
     seed: u64,
     next_actor_id: AtomicU64,
+    /// How long blocking work takes in simulated time (see [`Runtime::run_blocking`]).
+    #[cfg_attr(not(madsim), allow(dead_code))]
+    blocking_latency: std::ops::Range<Duration>,
 }
+
+/// The simulated duration of blocking work unless the harness draws another (0.1 to 5 ms).
+const BLOCKING_LATENCY_DEFAULT: std::ops::Range<Duration> =
+    Duration::from_micros(100)..Duration::from_millis(5);
 
 impl Runtime {
     /// A runtime whose randomness all derives from `seed`. Under madsim the harness passes a
     /// seed derived from the simulation's; in a real build any seed will do (log it).
     pub fn new(seed: u64) -> Self {
+        Runtime::with_blocking_latency(seed, BLOCKING_LATENCY_DEFAULT)
+    }
+
+    /// Like [`Runtime::new`], with the simulated duration of each blocking job (an fsync) drawn
+    /// from `latency` under madsim. A simulation draws it per run, so that records appended but
+    /// not yet synced sit above the high watermark for a while, as on a real disk. A real build
+    /// ignores it: there the work takes what it takes. An empty range means no delay.
+    pub fn with_blocking_latency(seed: u64, latency: std::ops::Range<Duration>) -> Self {
         Runtime {
             shared: Arc::new(Shared {
                 seed,
                 next_actor_id: AtomicU64::new(0),
+                blocking_latency: latency,
             }),
         }
     }
@@ -227,8 +243,9 @@ impl Runtime {
     /// [`TaskError::Panicked`]. Under madsim: inline, on the simulation's single thread. madsim
     /// has no blocking pool (its deprecated `spawn_blocking` merely wraps the closure in a
     /// task), and the simulated disk's "blocking" calls are in-memory and instant, so running
-    /// inline keeps replay exact; a simulated delay of 0.1 to 5 ms first models the time such
-    /// work takes. A panic fails the simulation with its seed, which is what we want.
+    /// inline keeps replay exact; a simulated delay first models the time such work takes
+    /// (0.1 to 5 ms, or the range given to [`Runtime::with_blocking_latency`]). A panic fails
+    /// the simulation with its seed, which is what we want.
     pub async fn run_blocking<F, R>(&self, work: F) -> Result<R, TaskError>
     where
         F: FnOnce() -> R + Send + 'static,
@@ -242,11 +259,14 @@ impl Runtime {
         }
         #[cfg(madsim)]
         {
-            // Blocking work takes time on a real machine (an fsync: 0.1 to 5 ms here); model
-            // it in simulated time so the windows it opens (appended but not yet durable)
-            // exist in simulation too. Drawn from madsim's seeded RNG.
-            let micros = rand::Rng::gen_range(&mut madsim::rand::thread_rng(), 100..5_000);
-            tokio::time::sleep(Duration::from_micros(micros)).await;
+            // Blocking work takes time on a real machine (an fsync: milliseconds); model it in
+            // simulated time so the windows it opens (appended but not yet durable) exist in
+            // simulation too. Drawn from madsim's seeded RNG.
+            let latency = &self.shared.blocking_latency;
+            if !latency.is_empty() {
+                let delay = rand::Rng::gen_range(&mut madsim::rand::thread_rng(), latency.clone());
+                tokio::time::sleep(delay).await;
+            }
             Ok(work())
         }
     }

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use brook_actors::runtime::{Instant, Runtime};
 use brook_client::{
-    Acks, Admin, ClientError, Compression, Consumer, ConsumerConfig, ErrorCode, Producer,
-    ProducerConfig, ProducerRecord, StartOffset,
+    Acks, Admin, ClientError, Compression, Consumer, ConsumerConfig, ErrorCode,
+    ProduceRequestCounter, ProduceRequestCounts, Producer, ProducerConfig, ProducerRecord,
+    StartOffset,
 };
 use brook_jepsen::history::{History, OpKind, Phase, SendAcks};
 use brook_jepsen::linear::{self, LinearOptions, LinearReport};
@@ -36,7 +37,7 @@ const NEMESIS_PROCESS: u64 = 10_000;
 const DRAIN_PROCESS: u64 = 9_000;
 /// Bumped whenever `Draw::new` changes what a seed draws; kept regression seeds record the
 /// fingerprint of their draw (see `Draw::fingerprint`), which catches the change either way.
-pub const DRAW_VERSION: u32 = 3;
+pub const DRAW_VERSION: u32 = 4;
 /// Empty polls in a row, positioned inside a range the nemesis corrupted, after which a
 /// consumer takes the node's refusal as final and seeks past the range (recorded).
 const STUCK_POLLS: u32 = 3;
@@ -157,6 +158,16 @@ pub struct Draw {
     /// `Some(period)`: the node runs `fsync = interval` with this period (acks=all then
     /// survives everything but a crash); `None`: `fsync = always`.
     pub fsync_interval_ms: Option<u64>,
+    /// The longest a simulated fsync takes, in milliseconds (each takes between half of it
+    /// and all of it, drawn by the node's runtime): records appended but not yet synced sit
+    /// above the high watermark that long, as on a real disk.
+    pub fsync_ms_max: u64,
+    /// The producers' `batch_bytes_max`: small batches fill while a request is in flight, so
+    /// several queue up and the next request carries them all (multi-batch requests).
+    pub producer_batch_bytes_max: usize,
+    /// Bytes of padding each record carries in a header (the value stays the bare number):
+    /// with a small `producer_batch_bytes_max`, a batch fills after a record or two.
+    pub record_padding_bytes: usize,
 }
 
 impl Draw {
@@ -180,6 +191,11 @@ impl Draw {
     }
 
     pub fn new(rng: &mut ChaCha8Rng) -> Self {
+        // Knobs added after draw v3 come from a side stream of the same seed, so that adding
+        // them changed no other draw of the seed, nor the nemesis's schedule (which goes on
+        // drawing from `rng`).
+        let mut side = ChaCha8Rng::from_seed(rng.get_seed());
+        side.set_stream(1);
         let mut faults: Vec<Fault> = Fault::ALL
             .iter()
             .copied()
@@ -211,6 +227,11 @@ impl Draw {
             acks_none_percent: *[0, 10, 30].choose(rng).unwrap_or(&0),
             requests_in_flight_max: rng.gen_range(1..=5),
             fsync_interval_ms: rng.gen_bool(0.25).then(|| rng.gen_range(10..2_000)),
+            fsync_ms_max: side.gen_range(1..=20),
+            producer_batch_bytes_max: *[16 * 1024, 1024, 384, 224]
+                .choose(&mut side)
+                .unwrap_or(&(16 * 1024)),
+            record_padding_bytes: *[0, 0, 16, 48].choose(&mut side).unwrap_or(&0),
         }
     }
 }
@@ -220,12 +241,15 @@ impl fmt::Display for Draw {
         let faults: Vec<_> = self.faults.iter().map(|fault| fault.name()).collect();
         write!(
             f,
-            "faults=[{}] fault_gap_ms={} partitions={} producers={}x{} consumers={} acks_all={}% acks_none={}% keyed={}% send_gap_ms={} linger_ms={} in_flight={} segment_bytes_max={} index_interval_bytes={} fetch_bytes_max={} fetch_wait_ms={} request_timeout_ms={} fsync={}",
+            "faults=[{}] fault_gap_ms={} partitions={} producers={}x{} consumers={} acks_all={}% acks_none={}% keyed={}% send_gap_ms={} linger_ms={} in_flight={} segment_bytes_max={} index_interval_bytes={} fetch_bytes_max={} fetch_wait_ms={} request_timeout_ms={} fsync={} fsync_ms_max={} producer_batch_bytes_max={} record_padding_bytes={}",
             faults.join(","), self.fault_gap_ms, self.partitions, self.producers, self.workers_per_producer,
             self.consumers, self.acks_all_percent, self.acks_none_percent, self.keyed_percent, self.send_gap_ms, self.linger_ms,
             self.requests_in_flight_max, self.segment_bytes_max, self.index_interval_bytes, self.fetch_bytes_max, self.fetch_wait_ms,
             self.request_timeout_ms,
             self.fsync_interval_ms.map_or("always".to_owned(), |ms| format!("interval-{ms}ms")),
+            self.fsync_ms_max,
+            self.producer_batch_bytes_max,
+            self.record_padding_bytes,
         )
     }
 }
@@ -297,26 +321,35 @@ pub struct Progress {
 /// timeout, at most 2 x 5 s; isolation, latency or loss up to 5 s; a kill's downtime up to 3 s).
 const FAULT_SPAN_MS_MAX: u64 = 10_000;
 
+/// How long producers go on after the heal once the node is healthy again: every seed then
+/// has a stretch of health the progress bar can count on, whatever its faults (an fsync error
+/// poisons partitions until the heal restarts the node, so before this stretch a seed drawing
+/// fsync errors could owe only the few sends of its first quiet gap).
+pub const HEALED_PRODUCE_MS: u64 = 5_000;
+
 impl Progress {
     /// A deliberately low bar, scaled to the draw. The unit is what a healthy node would
     /// acknowledge if every worker got one acks=all send through per (send gap + linger + a
     /// slow round trip of 200 ms), over the time the draw's faults certainly leave healthy:
     /// the nemesis waits at least half the fault gap before each fault, and a fault lasts at
     /// most `FAULT_SPAN_MS_MAX`; an fsync error can poison the partition until the heal, so
-    /// with it drawn only the fault-free prefix before the first fault counts. The bar is half
-    /// of that ideal. Calibrated on seeds 1000..1600 (draw v2): with a bar of a third, the
-    /// lowest seed acknowledged 16 times its bar (so about 10 times this one); a broker that
-    /// acknowledges nothing never clears it, and the bar is never below one send and one
-    /// record.
+    /// with it drawn only the fault-free prefix before the first fault counts. To that comes
+    /// `HEALED_PRODUCE_MS` after the heal, when the node is healthy whatever the draw (the
+    /// producers go on for the request timeout first, so that sends stuck on a connection the
+    /// heal's restart broke have timed out). The bar is half of that ideal. Calibrated on seeds
+    /// 1000..1600 (draw v2): with a bar of a third, the lowest seed acknowledged 16 times its
+    /// bar (so about 10 times this one); a broker that acknowledges nothing never clears it,
+    /// and the bar is never below one send and one record.
     pub fn for_draw(draw: &Draw, fault_secs: u64) -> Progress {
         let workers = u64::from(draw.producers * draw.workers_per_producer);
         let cycle_ms = draw.send_gap_ms + draw.linger_ms + 200;
         let quiet_ms = draw.fault_gap_ms / 2;
-        let healthy_ms = if draw.faults.contains(&Fault::FsyncError) {
+        let faulty_healthy_ms = if draw.faults.contains(&Fault::FsyncError) {
             quiet_ms
         } else {
             fault_secs * 1_000 * quiet_ms / (quiet_ms + FAULT_SPAN_MS_MAX)
         };
+        let healthy_ms = faulty_healthy_ms + HEALED_PRODUCE_MS;
         let ideal = workers * healthy_ms / cycle_ms * u64::from(draw.acks_all_percent) / 100;
         let sends_ok_min = (ideal / 2).max(1) as usize;
         Progress {
@@ -344,10 +377,18 @@ pub struct RunReport {
     /// The evidence this seed had to show.
     pub progress: Progress,
     pub batch_stats: BatchStats,
+    /// Produce requests the workload sent and the batches in them: proof that requests carry
+    /// several batches (a simulation of one-batch requests never runs that path).
+    pub produce_requests: ProduceRequestCounts,
     /// Offset ranges corrupted at rest by the nemesis, per partition.
     pub corrupt: BTreeMap<u32, Vec<(u64, u64)>>,
     /// Polls that got a batch failing its CRC: the node served corrupt data.
     pub served_corrupt: u64,
+    /// Polls whose response broke the protocol (records at or above the high watermark the
+    /// response announced, offsets going backwards, a batch count that lies): the client
+    /// refuses such a response, so without this count a node serving uncommitted records
+    /// would only show as failed polls, which faults make anyway.
+    pub protocol_violations: u64,
     /// Why the run failed outside the checkers' anomalies, each with its own name.
     pub errors: Vec<RunError>,
 }
@@ -382,6 +423,12 @@ impl RunReport {
         }
         if self.served_corrupt > 0 {
             found.insert("served-corrupt".into(), self.served_corrupt as usize);
+        }
+        if self.protocol_violations > 0 {
+            found.insert(
+                "protocol-violation".into(),
+                self.protocol_violations as usize,
+            );
         }
         found
     }
@@ -425,6 +472,8 @@ struct Recorder {
     corrupt: BTreeMap<u32, Vec<(u64, u64)>>,
     /// Polls that received a corrupt batch (the client's CRC check caught what the node served).
     served_corrupt: u64,
+    /// Polls whose response the client refused as a protocol violation.
+    protocol_violations: u64,
 }
 
 type Shared = Arc<Mutex<Recorder>>;
@@ -500,6 +549,7 @@ async fn simulate(options: Options) -> RunReport {
         faults: BTreeMap::new(),
         corrupt: BTreeMap::new(),
         served_corrupt: 0,
+        protocol_violations: 0,
     }));
     lock(&shared).trace(format_args!(
         "seed {seed} plant {:?} draw {draw}",
@@ -523,6 +573,9 @@ async fn simulate(options: Options) -> RunReport {
         plant.apply_to_disk(&disk);
     }
     let node_disk = disk.clone();
+    // Each fsync takes between half of the drawn maximum and all of it, in simulated time.
+    let fsync_latency =
+        Duration::from_micros(draw.fsync_ms_max * 500)..Duration::from_millis(draw.fsync_ms_max);
     let node = handle
         .create_node()
         .name("n0")
@@ -531,8 +584,10 @@ async fn simulate(options: Options) -> RunReport {
             let disk = node_disk.clone();
             let config = config.clone();
             let incarnation = incarnations.fetch_add(1, Ordering::Relaxed);
+            let fsync_latency = fsync_latency.clone();
             async move {
-                let runtime = Runtime::new(node_seed(seed, 0, incarnation));
+                let runtime =
+                    Runtime::with_blocking_latency(node_seed(seed, 0, incarnation), fsync_latency);
                 // Like a supervisor: a start that fails (a disk fault during recovery) is
                 // retried; a node that never starts fails the run (liveness).
                 for attempt in 0..20 {
@@ -585,6 +640,7 @@ async fn simulate(options: Options) -> RunReport {
     let consuming = Arc::new(AtomicBool::new(true));
     let next_value = Arc::new(AtomicU64::new(1));
     let mut client_nodes = Vec::new();
+    let mut producer_clients = Vec::new();
     let mut tasks = Vec::new();
 
     // Producers: each client host has one Producer shared by its workers; each worker is one
@@ -600,6 +656,7 @@ async fn simulate(options: Options) -> RunReport {
         client_nodes.push(host.id());
         // The client's workers share its producers, so their records meet in batches.
         let client = ProducerClient::default();
+        producer_clients.push(client.clone());
         for worker in 0..draw.workers_per_producer {
             let process = u64::from(producer_index * 100 + worker);
             let context = WorkerContext {
@@ -635,6 +692,7 @@ async fn simulate(options: Options) -> RunReport {
             draw.clone(),
             process,
             consuming.clone(),
+            options.plant,
         )));
     }
 
@@ -842,7 +900,6 @@ async fn simulate(options: Options) -> RunReport {
         config.send_latency = Duration::from_millis(1)..Duration::from_millis(10);
     });
     lock(&shared).trace("heal");
-    producing.store(false, Ordering::Relaxed);
     if disk.stats().sync_failures > 0 {
         handle.kill(node.id());
         lock(&shared).node_event(OpKind::Crash);
@@ -850,6 +907,15 @@ async fn simulate(options: Options) -> RunReport {
         lock(&shared).node_event(OpKind::Restart);
         lock(&shared).trace("heal: restart n0 after fsync errors");
     }
+    // Producers go on for a healthy stretch (see `HEALED_PRODUCE_MS`), after the request
+    // timeout that frees sends stuck on a connection the faults or the restart broke.
+    runtime
+        .sleep(Duration::from_millis(
+            draw.request_timeout_ms + HEALED_PRODUCE_MS,
+        ))
+        .await;
+    producing.store(false, Ordering::Relaxed);
+    lock(&shared).trace("heal: producers stop");
     for task in tasks {
         if task.await.is_err() {
             errors.push(RunError::TaskPanic("a producer task panicked".into()));
@@ -892,6 +958,10 @@ async fn simulate(options: Options) -> RunReport {
         Err(_) => errors.push(RunError::TaskPanic("the drain task panicked".into())),
     }
     let batch_stats = batch_stats(&disk, draw.partitions);
+    let mut produce_requests = ProduceRequestCounts::default();
+    for client in &producer_clients {
+        produce_requests.add(&client.request_counts());
+    }
 
     let recorder = lock(&shared);
     let simulated_secs = recorder.elapsed().as_secs_f64();
@@ -900,6 +970,7 @@ async fn simulate(options: Options) -> RunReport {
     let faults = recorder.faults.clone();
     let corrupt = recorder.corrupt.clone();
     let served_corrupt = recorder.served_corrupt;
+    let protocol_violations = recorder.protocol_violations;
     drop(recorder);
     let progress = Progress::for_draw(&draw, options.fault_secs);
     let queue = queue::check(
@@ -967,6 +1038,8 @@ async fn simulate(options: Options) -> RunReport {
         batch_stats,
         corrupt,
         served_corrupt,
+        protocol_violations,
+        produce_requests,
         errors,
     }
 }
@@ -1025,6 +1098,9 @@ struct WorkerContext {
 #[derive(Clone, Default)]
 struct ProducerClient {
     producers: Arc<Mutex<BTreeMap<SendAcks, Producer>>>,
+    /// The request counters of every producer this client connected (they outlive the
+    /// producers, which are dropped when their connection is likely gone).
+    request_counters: Arc<Mutex<Vec<ProduceRequestCounter>>>,
 }
 
 impl ProducerClient {
@@ -1049,7 +1125,7 @@ impl ProducerClient {
             // with no retries is what makes per-worker ordering (nonmonotonic-send) checkable.
             .retries_max(0)
             .linger(Duration::from_millis(context.draw.linger_ms))
-            .batch_bytes_max(16 * 1024)
+            .batch_bytes_max(context.draw.producer_batch_bytes_max)
             .requests_in_flight_max(context.draw.requests_in_flight_max)
             // Every codec runs under the fault matrix: picked from the client's process number
             // and the seed (no draw from an RNG, so the rest of the run's choices stay as they
@@ -1062,8 +1138,26 @@ impl ProducerClient {
             // The producer's own random streams derive from the run's seed: a seed replays.
             .seed(context.runtime.seed());
         let producer = Producer::connect(&context.bootstrap, config).await.ok()?;
+        self.request_counters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(producer.request_counter());
         // Another worker may have connected meanwhile: keep the first, so they share one.
         Some(self.producers().entry(acks).or_insert(producer).clone())
+    }
+
+    /// Produce requests the client's producers sent, and the batches in them.
+    fn request_counts(&self) -> ProduceRequestCounts {
+        let mut counts = ProduceRequestCounts::default();
+        for counter in self
+            .request_counters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            counts.add(&counter.counts());
+        }
+        counts
     }
 
     /// Drop the client's producer for `acks` (its connection is likely gone).
@@ -1094,6 +1188,15 @@ async fn produce(mut context: WorkerContext) {
         let key = keyed.then(|| format!("k{}", context.rng.gen_range(0..16)));
         let partition = (!keyed).then(|| context.rng.gen_range(0..context.draw.partitions));
         let mut record = ProducerRecord::new(TOPIC, value.to_string());
+        if context.draw.record_padding_bytes > 0 {
+            record = record.with_header(
+                "padding",
+                Some(bytes::Bytes::from(vec![
+                    b'.';
+                    context.draw.record_padding_bytes
+                ])),
+            );
+        }
         match (&key, partition) {
             (Some(key), _) => record = record.with_key(key.clone()),
             (None, Some(partition)) => record = record.with_partition(partition),
@@ -1311,6 +1414,11 @@ impl RecordedConsumer {
                         // never serve it.
                         recorder.served_corrupt += 1;
                     }
+                    if matches!(error, ClientError::Protocol(_)) {
+                        // The node answered against the protocol (the client's checks of a
+                        // fetch response): never a transient fault.
+                        recorder.protocol_violations += 1;
+                    }
                     recorder.trace(format_args!(
                         "consumer {} poll failed: {error}",
                         self.process
@@ -1374,11 +1482,17 @@ async fn consume(
     draw: Draw,
     process: u64,
     consuming: Arc<AtomicBool>,
+    plant: Option<Plant>,
 ) {
-    let config = ConsumerConfig::default()
+    let mut config = ConsumerConfig::default()
         .fetch_bytes_max(draw.fetch_bytes_max)
         .fetch_wait_ms_max(draw.fetch_wait_ms)
         .request_timeout(Duration::from_millis(draw.request_timeout_ms));
+    // A client bug planted in the workload's consumers; the final drain stays the harness's
+    // own, unplanted reader.
+    if let Some(plant) = plant {
+        plant.apply_to_consumer(&mut config.planted);
+    }
     let timeout = Duration::from_millis(u64::from(draw.fetch_wait_ms) + 100);
     let mut consumer =
         RecordedConsumer::new(runtime, shared, bootstrap, config, process, draw.partitions);

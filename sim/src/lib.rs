@@ -52,16 +52,20 @@ pub enum Plant {
     /// After a failed fsync the log does not poison itself: the next sync "succeeds" over the
     /// data the failed one dropped.
     RetryFailedFsync,
+    /// The client's consumer drops the second record of every fetched batch holding more than
+    /// one (the workload's consumers; the final drain is unplanted).
+    SkipInBatch,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 6] = [
+    pub const ALL: [Plant; 7] = [
         Plant::AckBeforeFsync,
         Plant::SkipOnFetch,
         Plant::ServeAboveHw,
         Plant::RefuseProduce,
         Plant::NoDirSync,
         Plant::RetryFailedFsync,
+        Plant::SkipInBatch,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +76,7 @@ impl Plant {
             Plant::RefuseProduce => "refuse-produce",
             Plant::NoDirSync => "no-dir-sync",
             Plant::RetryFailedFsync => "retry-failed-fsync",
+            Plant::SkipInBatch => "skip-in-batch",
         }
     }
 
@@ -84,10 +89,17 @@ impl Plant {
         match self {
             Plant::AckBeforeFsync => &["lost-write", "unseen"],
             Plant::SkipOnFetch => &["poll-skip", "lost-write"],
-            // Only the direct evidence: a value served above the high watermark and then lost
-            // (G1a, two values at one offset, an order no log allows). `unseen` is not
-            // evidence of this bug: it caught seeds whose drain was stuck elsewhere.
-            Plant::ServeAboveHw => &["G1a", "inconsistent-offsets", "not-linearizable"],
+            // Only the direct evidence: a fetch response carrying records at or above the high
+            // watermark it announces (the client refuses it: `protocol-violation`), or a value
+            // served above the high watermark and then lost (G1a, two values at one offset, an
+            // order no log allows). `unseen` is not evidence of this bug: it caught seeds whose
+            // drain was stuck elsewhere.
+            Plant::ServeAboveHw => &[
+                "protocol-violation",
+                "G1a",
+                "inconsistent-offsets",
+                "not-linearizable",
+            ],
             Plant::RefuseProduce => &["no-progress"],
             Plant::NoDirSync => &["lost-write", "unseen", "inconsistent-offsets", "offset-gap"],
             Plant::RetryFailedFsync => &[
@@ -97,6 +109,9 @@ impl Plant {
                 "offset-gap",
                 "unparseable-value",
             ],
+            // A poll that jumps over an offset the log holds (within one poll or between
+            // two); the drain still reads the value, so not lost-write.
+            Plant::SkipInBatch => &["poll-skip", "int-poll-skip"],
         }
     }
 
@@ -105,11 +120,19 @@ impl Plant {
     #[cfg(madsim)]
     pub fn apply(self, planted: &mut brook_actors::partition::PlantedBugs) {
         match self {
-            Plant::NoDirSync | Plant::RetryFailedFsync => {}
+            Plant::NoDirSync | Plant::RetryFailedFsync | Plant::SkipInBatch => {}
             Plant::AckBeforeFsync => planted.ack_before_fsync = true,
             Plant::SkipOnFetch => planted.skip_on_fetch = true,
             Plant::ServeAboveHw => planted.serve_above_hw = true,
             Plant::RefuseProduce => planted.refuse_produce = true,
+        }
+    }
+
+    /// Switch a client bug on in the workload's consumers.
+    #[cfg(madsim)]
+    pub fn apply_to_consumer(self, planted: &mut brook_client::consumer::PlantedConsumerBugs) {
+        if self == Plant::SkipInBatch {
+            planted.skip_in_batch = true;
         }
     }
 

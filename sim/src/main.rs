@@ -51,7 +51,8 @@ mod runner {
         /// First seed of --seeds.
         #[arg(long, default_value_t = 0)]
         from: u64,
-        /// Plant a known bug: ack-before-fsync, skip-on-fetch, serve-above-hw.
+        /// Plant a known bug: ack-before-fsync, skip-on-fetch, serve-above-hw, refuse-produce,
+        /// no-dir-sync, retry-failed-fsync, skip-in-batch.
         #[arg(long)]
         plant: Option<String>,
         /// Simulated seconds of faults per seed.
@@ -176,6 +177,11 @@ mod runner {
         let mut run_count = 0u64;
         let mut simulated = 0f64;
         let mut operations = 0usize;
+        // Over the seeds run: the lowest progress bar, and the lowest ratio of acknowledged
+        // acks=all sends to the bar (margin, bar, seed) among seeds that acknowledged any.
+        let mut lowest_bar: Option<(usize, u64)> = None;
+        let mut requests = brook_client::ProduceRequestCounts::default();
+        let mut lowest_margin: Option<(f64, usize, u64)> = None;
         let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut anomalies: BTreeMap<String, usize> = BTreeMap::new();
         let mut last: Option<RunReport> = None;
@@ -234,7 +240,21 @@ mod runner {
                 }
             }
             simulated += report.simulated_secs;
+            if let Some(queue) = &report.queue {
+                // The evidence margin: acknowledged acks=all sends over the bar, lowest first.
+                let bar = report.progress.sends_ok_min;
+                let margin = queue.counts.sends_ok_acks_all as f64 / bar.max(1) as f64;
+                if queue.counts.sends_ok_acks_all > 0
+                    && !lowest_margin.is_some_and(|(lowest, _, _)| margin >= lowest)
+                {
+                    lowest_margin = Some((margin, bar, seed));
+                }
+                if !lowest_bar.is_some_and(|(lowest, _)| bar >= lowest) {
+                    lowest_bar = Some((bar, seed));
+                }
+            }
             batches.add(&report.batch_stats);
+            requests.add(&report.produce_requests);
             operations += report.operations();
             for (fault, count) in &report.faults {
                 *faults.entry(fault).or_default() += count;
@@ -303,6 +323,13 @@ mod runner {
                     report.batch_stats.multi_record_batches,
                     report.batch_stats.records_per_batch_max
                 );
+                println!(
+                    "  produce requests: {} holding {} batches ({} with more than one, at most {})",
+                    report.produce_requests.requests,
+                    report.produce_requests.batches,
+                    report.produce_requests.multi_batch_requests,
+                    report.produce_requests.batches_per_request_max
+                );
                 if let Some(queue) = &report.queue {
                     println!("  queue: {:?}", queue.counts);
                 }
@@ -370,6 +397,20 @@ mod runner {
             if fault_list.is_empty() { "none".into() } else { fault_list.join(" ") },
             if anomaly_list.is_empty() { "none".into() } else { anomaly_list.join(" ") },
         );
+        println!(
+            "produce requests: {} holding {} batches ({} with more than one, at most {})",
+            requests.requests,
+            requests.batches,
+            requests.multi_batch_requests,
+            requests.batches_per_request_max
+        );
+        if let (Some((bar, bar_seed)), Some((margin, margin_bar, margin_seed))) =
+            (lowest_bar, lowest_margin)
+        {
+            println!(
+                "progress: lowest bar {bar} acks=all sends (seed {bar_seed}); lowest margin {margin:.1} times the bar (seed {margin_seed}, bar {margin_bar})"
+            );
+        }
         if failed.is_empty() {
             0
         } else {
