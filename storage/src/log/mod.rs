@@ -16,7 +16,10 @@
 //! are checked (and rebuilt if missing or behind). The active segment is scanned batch by batch
 //! (length, CRC, offsets); a torn tail is truncated and logged. A CRC failure that is followed
 //! by valid batches is corruption, not a torn tail: it is reported with file and position, kept
-//! on disk, and never served.
+//! on disk, and never served. The base offset and term lie outside the CRC, so a batch whose
+//! CRC holds is still damaged when its base offset breaks the dense sequence (the previous
+//! batch's next offset, the segment's base offset for the first): the log's next offset is
+//! never taken from such a header.
 
 mod index;
 mod retention;
@@ -1301,11 +1304,25 @@ fn resume_after_damage(
     config: &LogConfig,
     recovery_point: u64,
 ) -> (usize, u64) {
+    // A candidate's base offset lies outside its CRC, so a whole batch with a good CRC is not
+    // enough: offsets are dense, so it must also fit where it is found (at most one offset per
+    // byte skipped since `first_offset`, not above the recovery point) and its end must agree
+    // with what follows it (the next header starts at its next offset, or the recovery point
+    // is its end). Otherwise a flipped base offset (2^53 + 64, seed 244) would become the
+    // log's next offset.
     let follows = |at: usize| -> Option<u64> {
         let header = batch::validate(bytes.get(at..)?).ok()?;
-        (header.base_offset > first_offset
-            && header.term >= last_term
-            && header.term <= config.term_max)
+        let skipped_bytes = (at - position) as u64;
+        let dense = header.base_offset > first_offset
+            && header.base_offset - first_offset <= skipped_bytes
+            && header.base_offset <= recovery_point;
+        let end = at.saturating_add(header.total_len());
+        let agrees = header.base_offset == recovery_point
+            || header.next_offset() == recovery_point
+            || bytes.get(end..).is_some_and(|rest| {
+                BatchHeader::parse(rest).is_ok_and(|next| next.base_offset == header.next_offset())
+            });
+        (dense && agrees && header.term >= last_term && header.term <= config.term_max)
             .then_some(header.base_offset)
     };
     if let Ok(header) = BatchHeader::parse(&bytes[position..]) {
