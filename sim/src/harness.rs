@@ -265,6 +265,8 @@ pub enum RunError {
     MalformedHistory(String),
     /// A simulated client task panicked.
     TaskPanic(String),
+    /// A fault took effect after the heal (the harness promised a healthy system).
+    UnhealthyHeal(String),
 }
 
 impl RunError {
@@ -275,6 +277,7 @@ impl RunError {
             RunError::Liveness(_) => "liveness",
             RunError::MalformedHistory(_) => "malformed-history",
             RunError::TaskPanic(_) => "task-panic",
+            RunError::UnhealthyHeal(_) => "unhealthy-heal",
         }
     }
 }
@@ -284,7 +287,8 @@ impl fmt::Display for RunError {
         let (RunError::Setup(message)
         | RunError::Liveness(message)
         | RunError::MalformedHistory(message)
-        | RunError::TaskPanic(message)) = self;
+        | RunError::TaskPanic(message)
+        | RunError::UnhealthyHeal(message)) = self;
         write!(f, "{}: {message}", self.name())
     }
 }
@@ -913,8 +917,8 @@ async fn simulate(options: Options) -> RunReport {
             u64::from(spent)
         }
         Err(error) => {
-            errors.push(RunError::Setup(format!(
-                "heal: the fsync probe failed: {error}"
+            errors.push(RunError::UnhealthyHeal(format!(
+                "the fsync probe failed: {error}"
             )));
             0
         }
@@ -926,6 +930,8 @@ async fn simulate(options: Options) -> RunReport {
         lock(&shared).node_event(OpKind::Restart);
         lock(&shared).trace("heal: restart n0 after fsync errors");
     }
+    // Checked after the drain: no sync may fail after this point.
+    let healed_sync_failures = disk.stats().sync_failures;
     // Producers go on for a healthy stretch (see `HEALED_PRODUCE_MS`), after the request
     // timeout that frees sends stuck on a connection the faults or the restart broke.
     runtime
@@ -975,6 +981,12 @@ async fn simulate(options: Options) -> RunReport {
         Ok(Ok(())) => {}
         Ok(Err(stuck)) => errors.push(RunError::Liveness(stuck)),
         Err(_) => errors.push(RunError::TaskPanic("the drain task panicked".into())),
+    }
+    let late_sync_failures = disk.stats().sync_failures - healed_sync_failures;
+    if late_sync_failures > 0 {
+        errors.push(RunError::UnhealthyHeal(format!(
+            "{late_sync_failures} fsyncs failed after the heal (a log poisoned then is never restarted)"
+        )));
     }
     let batch_stats = batch_stats(&disk, draw.partitions);
     let mut produce_requests = ProduceRequestCounts::default();
