@@ -241,6 +241,10 @@ pub const RECOVERY_POINT_INTERVAL_MS: u64 = 1_000;
 /// completion then advances nothing, which is safe).
 pub const SYNC_JOBS_IN_FLIGHT_MAX: usize = 64;
 
+/// How many times [`Log::read`] looks an offset up before it refuses: a read that came back
+/// damaged is transient, so a second lookup finds the right batch.
+const READ_ATTEMPTS_MAX: u32 = 2;
+
 /// A partition's log. Single owner: the partition actor.
 #[derive(Debug)]
 pub struct Log {
@@ -744,12 +748,35 @@ impl Log {
                 next_offset: offset,
             });
         }
-        let (position, header) = segment.position_of(offset)?;
-        let (batches, next_offset) = segment.read_from(position, &header, max_bytes, upper)?;
-        Ok(LogRead {
-            batches,
-            next_offset,
-        })
+        // The lookup walks unchecked headers (the offset fields are outside the CRC): a read
+        // that came back damaged can pick the wrong batch, whose own bytes are valid. So the
+        // first batch served must hold `offset`; if it does not, read again (a damaged read is
+        // transient), and if it still does not, refuse rather than serve the wrong batch.
+        let mut attempt = 0;
+        loop {
+            let (position, header) = segment.position_of(offset)?;
+            let (batches, next_offset) = segment.read_from(position, &header, max_bytes, upper)?;
+            let holds_offset = BatchHeader::parse(&batches).map_or(batches.is_empty(), |first| {
+                first.base_offset <= offset && offset < first.next_offset()
+            });
+            if holds_offset {
+                return Ok(LogRead {
+                    batches,
+                    next_offset,
+                });
+            }
+            attempt += 1;
+            if attempt >= READ_ATTEMPTS_MAX {
+                return Err(LogError::Corrupt {
+                    path: segment.path().to_path_buf(),
+                    position,
+                    reason: format!(
+                        "the batch found for offset {offset} does not hold it (a damaged header)"
+                    ),
+                });
+            }
+            tracing::warn!(path = %segment.path().display(), position, offset, "the batch found for an offset does not hold it; reading again");
+        }
     }
 
     /// The first offset whose record timestamp is at or after `timestamp`, with that record's
