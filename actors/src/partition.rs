@@ -239,6 +239,9 @@ impl PartitionActor {
                 "retention deleted segments"
             );
         }
+        if outcome.rolled {
+            tracing::debug!(topic = %self.topic, partition = self.partition, "retention rolled an idle active segment older than segment.ms");
+        }
         Ok(outcome)
     }
 

@@ -374,6 +374,12 @@ impl Log {
         log.active().data.sync()?;
         log.durable_offset = log.next_offset();
         log.update_recovery_point();
+        // The first append's time is not on disk: a recovered non-empty active segment ages
+        // from the restart, so `segment.ms` still rolls it (at most that long after).
+        let active = log.active_mut();
+        if active.size() > 0 {
+            active.first_append_ms = Some(now_ms);
+        }
         Ok((log, report))
     }
 

@@ -27,6 +27,8 @@ pub struct RetentionOutcome {
     pub segments_deleted: usize,
     pub bytes_deleted: u64,
     pub log_start_offset: u64,
+    /// Whether the pass sealed an idle active segment older than `segment.ms`.
+    pub rolled: bool,
 }
 
 impl Log {
@@ -80,18 +82,32 @@ impl Log {
         cut
     }
 
-    /// Delete what [`Log::retention_offset`] allows; the new log start offset is durable when
-    /// this returns.
+    /// Seal the active segment if it is non-empty and its first append is `segment.ms` old.
+    /// Appends roll by age too, but an idle partition gets no append: without this its
+    /// active segment would never be sealed, so `retention.ms` could never delete it.
+    pub fn roll_if_due(&mut self, now_ms: u64) -> Result<bool, LogError> {
+        self.check_usable()?;
+        if !self.roll_due(now_ms) {
+            return Ok(false);
+        }
+        self.roll()?;
+        Ok(true)
+    }
+
+    /// Roll an idle active segment that is due ([`Log::roll_if_due`]), then delete what
+    /// [`Log::retention_offset`] allows; the new log start offset is durable when this returns.
     pub fn apply_retention(
         &mut self,
         policy: RetentionPolicy,
         now_ms: u64,
         upper_offset: u64,
     ) -> Result<RetentionOutcome, LogError> {
+        let rolled = self.roll_if_due(now_ms)?;
         let cut = self.retention_offset(policy, now_ms, upper_offset);
         if cut <= self.log_start_offset() {
             return Ok(RetentionOutcome {
                 log_start_offset: self.log_start_offset(),
+                rolled,
                 ..RetentionOutcome::default()
             });
         }
@@ -102,6 +118,7 @@ impl Log {
             segments_deleted: segments_before - self.segments.len(),
             bytes_deleted: bytes_before - self.size_bytes(),
             log_start_offset,
+            rolled,
         })
     }
 }
@@ -240,5 +257,71 @@ mod tests {
         assert_eq!(log.segment_count(), before, "younger than segment.ms");
         log.append(&mut batch(0), 1, 11_000).expect("append");
         assert_eq!(log.segment_count(), before + 1, "rolled at segment.ms");
+    }
+
+    /// An idle partition: one append, then only retention passes. The pass rolls the active
+    /// segment once it is `segment.ms` old (synced, durable), and a later pass deletes it by
+    /// `retention.ms`. A restart counts the active segment's age from the reopening.
+    #[test]
+    fn retention_rolls_an_idle_active_segment_so_age_can_delete_it() {
+        let disk = SimDisk::new(3);
+        let config = LogConfig {
+            segment_age_ms_max: 1_000,
+            ..LogConfig::default()
+        };
+        let (mut log, _) = Log::open(Arc::new(disk.clone()), DIR, config.clone(), 0).expect("open");
+        let policy = RetentionPolicy {
+            age_ms_max: Some(5_000),
+            bytes_max: None,
+        };
+        // An empty active segment never rolls.
+        let outcome = log.apply_retention(policy, 100_000, 0).expect("retention");
+        assert!(!outcome.rolled && log.segment_count() == 1, "{outcome:?}");
+        log.append(&mut batch(100_000), 1, 100_000).expect("append");
+        log.append(&mut batch(100_000), 1, 100_000).expect("append");
+        let end = log.next_offset();
+        let outcome = log
+            .apply_retention(policy, 100_999, end)
+            .expect("retention");
+        assert!(!outcome.rolled, "younger than segment.ms: {outcome:?}");
+        assert_eq!(log.segment_count(), 1);
+        let outcome = log
+            .apply_retention(policy, 101_000, end)
+            .expect("retention");
+        assert!(outcome.rolled, "{outcome:?}");
+        assert_eq!(
+            outcome.segments_deleted, 0,
+            "not yet older than retention.ms"
+        );
+        assert_eq!(log.segment_count(), 2);
+        assert_eq!(log.durable_offset(), end, "the sealed segment is synced");
+        assert_eq!(log.recovery_point(), end);
+        // The new active segment is empty: a later pass does not roll it again.
+        let outcome = log
+            .apply_retention(policy, 105_001, end)
+            .expect("retention");
+        assert!(!outcome.rolled, "{outcome:?}");
+        assert_eq!(outcome.segments_deleted, 1, "{outcome:?}");
+        assert_eq!(outcome.log_start_offset, end);
+        assert_eq!(log.log_start_offset(), end);
+        assert_eq!(log.segment_count(), 1);
+        assert!(log.read(0, 4096, end).is_err());
+
+        // After a restart the first append's time is gone: the age counts from the reopening.
+        log.append(&mut batch(106_000), 1, 106_000).expect("append");
+        log.sync(106_000).expect("sync");
+        drop(log);
+        let (mut log, _) = Log::open(Arc::new(disk.clone()), DIR, config, 200_000).expect("reopen");
+        let end = log.next_offset();
+        let outcome = log
+            .apply_retention(policy, 200_999, end)
+            .expect("retention");
+        assert!(!outcome.rolled, "{outcome:?}");
+        let outcome = log
+            .apply_retention(policy, 201_000, end)
+            .expect("retention");
+        assert!(outcome.rolled, "{outcome:?}");
+        assert_eq!(outcome.segments_deleted, 1, "{outcome:?}");
+        assert_eq!(log.log_start_offset(), end);
     }
 }
