@@ -236,3 +236,162 @@ fn retention_bounds_the_disk_and_consumers_below_the_log_start_are_told_or_reset
         "{start_after} < {start_before}"
     );
 }
+
+/// An idle partition: a few records, then nothing. The retention pass rolls its active segment
+/// once it is `segment.ms` old, so `retention.ms` deletes the records and the log start moves
+/// to the log end. `brook consume --from 0` then fails naming the log start, unless
+/// `--offset-reset earliest` (reads from the log start) or `latest` (waits at the end).
+#[test]
+fn an_idle_partition_ages_out_and_consume_resets_by_its_flag() {
+    const IDLE: &str = "idle";
+    let work = work_dir();
+    let config = work.path().join("brook.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[log]\nretention_check_interval_ms = 100\n",
+            work.path().join("data").to_str().expect("utf-8 temp path"),
+        ),
+    )
+    .expect("write config");
+    let broker = Broker::node(work.path(), &config);
+    let bootstrap = broker.bootstrap();
+    let idle_partition = || {
+        let output = cli(
+            &bootstrap,
+            &["topic", "describe", IDLE, "--output", "json"],
+            b"",
+        );
+        output.assert_success();
+        let described: Value = serde_json::from_str(output.stdout.trim()).expect("describe JSON");
+        described["partitions"][0].clone()
+    };
+    cli(
+        &bootstrap,
+        &[
+            "topic",
+            "create",
+            IDLE,
+            "--config",
+            "segment.ms=500",
+            "--config",
+            "retention.ms=500",
+        ],
+        b"",
+    )
+    .assert_success();
+    cli(
+        &bootstrap,
+        &["produce", IDLE, "--acks", "all"],
+        b"old-0\nold-1\nold-2\n",
+    )
+    .assert_success();
+    // No more appends: only the retention pass can roll the active segment.
+    assert!(
+        wait_until(RETENTION_WAIT, || idle_partition()["log_start_offset"] == 3),
+        "the idle partition's records age out: {}",
+        idle_partition()
+    );
+    assert_eq!(idle_partition()["high_watermark"], 3);
+
+    // Keep what comes next, so the reads below see it.
+    cli(
+        &bootstrap,
+        &["topic", "alter", IDLE, "--config", "retention.ms=3600000"],
+        b"",
+    )
+    .assert_success();
+    cli(
+        &bootstrap,
+        &["produce", IDLE, "--acks", "all"],
+        b"new-3\nnew-4\n",
+    )
+    .assert_success();
+    let start = idle_partition()["log_start_offset"]
+        .as_u64()
+        .expect("log_start_offset");
+    assert_eq!(start, 3);
+
+    // The default (--offset-reset error): out of range, naming the log start.
+    let output = cli(
+        &bootstrap,
+        &["consume", IDLE, "--from", "0", "--max", "1"],
+        b"",
+    );
+    let line = output.assert_one_line_error();
+    assert!(line.contains("offset_out_of_range"), "{output}");
+    assert!(line.contains("[3, 5]"), "names the log start: {output}");
+    let output = cli(
+        &bootstrap,
+        &[
+            "consume",
+            IDLE,
+            "--from",
+            "0",
+            "--max",
+            "1",
+            "--offset-reset",
+            "error",
+        ],
+        b"",
+    );
+    assert!(output
+        .assert_one_line_error()
+        .contains("offset_out_of_range"));
+
+    // earliest: reads from the log start.
+    let output = cli(
+        &bootstrap,
+        &[
+            "consume",
+            IDLE,
+            "--from",
+            "0",
+            "--max",
+            "2",
+            "--timeout-ms",
+            "5000",
+            "--offset-reset",
+            "earliest",
+        ],
+        b"",
+    );
+    output.assert_success();
+    let offsets: Vec<u64> = output
+        .stdout
+        .lines()
+        .map(|line| {
+            let record: Value = serde_json::from_str(line).expect("record JSON");
+            record["offset"].as_u64().expect("offset")
+        })
+        .collect();
+    assert_eq!(offsets, vec![3, 4], "{output}");
+    assert!(output.stdout.contains("new-3"), "{output}");
+
+    // latest: moves to the high watermark, where nothing is left to read.
+    let output = cli(
+        &bootstrap,
+        &[
+            "consume",
+            IDLE,
+            "--from",
+            "0",
+            "--timeout-ms",
+            "500",
+            "--offset-reset",
+            "latest",
+        ],
+        b"",
+    );
+    output.assert_success();
+    assert_eq!(output.stdout.trim(), "", "{output}");
+
+    // A bad value is refused by the argument parser (clap's usage error), naming the choices.
+    let output = cli(
+        &bootstrap,
+        &["consume", IDLE, "--offset-reset", "sideways"],
+        b"",
+    );
+    assert_eq!(output.code(), Some(2), "{output}");
+    assert!(output.stderr.contains("earliest"), "{output}");
+}

@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use brook_actors::runtime::Runtime;
 use brook_client::{
-    Acks, Admin, AlterConfig, Compression, ConfigEntry, Consumer, ConsumerConfig, Producer,
-    ProducerConfig, ProducerRecord, StartOffset, TopicDescription,
+    Acks, Admin, AlterConfig, Compression, ConfigEntry, Consumer, ConsumerConfig, OffsetReset,
+    Producer, ProducerConfig, ProducerRecord, StartOffset, TopicDescription,
 };
 use brook_node::bench::BenchCommand;
 use brook_node::{Broker, NodeConfig};
@@ -100,6 +100,10 @@ enum Command {
         timeout_ms: Option<u64>,
         #[arg(long, default_value = "json")]
         output: ConsumeOutput,
+        /// What to do when the position is outside the log (below the log start after
+        /// retention): report the error, or move to the log start / high watermark.
+        #[arg(long, default_value = "error")]
+        offset_reset: OffsetResetArg,
     },
     /// Benchmarks: produce, consume, e2e against the broker; baseline of this machine.
     Bench {
@@ -173,6 +177,26 @@ enum ConsumeOutput {
     Json,
     /// The value alone, one per line.
     Text,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum OffsetResetArg {
+    /// Report offset_out_of_range naming the log start.
+    Error,
+    /// Move to the log start offset.
+    Earliest,
+    /// Move to the high watermark.
+    Latest,
+}
+
+impl From<OffsetResetArg> for OffsetReset {
+    fn from(reset: OffsetResetArg) -> Self {
+        match reset {
+            OffsetResetArg::Error => OffsetReset::Error,
+            OffsetResetArg::Earliest => OffsetReset::Earliest,
+            OffsetResetArg::Latest => OffsetReset::Latest,
+        }
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -293,6 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max,
             timeout_ms,
             output,
+            offset_reset,
         } => {
             consume(
                 runtime,
@@ -303,6 +328,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 max,
                 timeout_ms,
                 output,
+                offset_reset,
             )
             .await
         }
@@ -671,6 +697,7 @@ async fn consume(
     max: Option<u64>,
     timeout_ms: Option<u64>,
     output: ConsumeOutput,
+    offset_reset: OffsetResetArg,
 ) -> anyhow::Result<()> {
     let start = match from {
         "earliest" => StartOffset::Earliest,
@@ -679,7 +706,8 @@ async fn consume(
             format!("--from must be earliest, latest or an offset, not {offset:?}")
         })?),
     };
-    let mut consumer = Consumer::connect(bootstrap, ConsumerConfig::default()).await?;
+    let config = ConsumerConfig::default().offset_reset(offset_reset.into());
+    let mut consumer = Consumer::connect(bootstrap, config).await?;
     match partition {
         Some(partition) => consumer.assign(&topic, &[partition], start).await?,
         None => {
