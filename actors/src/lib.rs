@@ -7,5 +7,6 @@
 pub mod controller;
 pub mod heartbeats;
 pub mod partition;
+pub mod peer_router;
 pub mod replica;
 pub use brook_runtime as runtime;

@@ -199,6 +199,8 @@ pub(crate) fn request_name(request: &Request) -> &'static str {
         Request::ListOffsets { .. } => "list-offsets request",
         Request::AlterTopicConfig { .. } => "alter-topic-config request",
         Request::DescribeConfigs { .. } => "describe-configs request",
+        Request::ClusterStatus => "cluster-status request",
+        Request::PartitionStatus { .. } => "partition-status request",
     }
 }
 

@@ -60,11 +60,15 @@ pub enum ErrorCode {
     /// The topic exists on the broker's disk but could not be loaded (damaged metadata, a log
     /// that does not open); the broker logged the cause at start. Deleting it is allowed.
     TopicUnavailable = 21,
+    /// An admin request reached a node that is not the active controller (in a cluster). Sent
+    /// to protocol-v2 clients as [`crate::protocol::Response::ErrorWithLeader`] naming the
+    /// controller it knows; retry there.
+    NotController = 22,
 }
 
 impl ErrorCode {
     /// Every code, in wire order (for tests and for tools that list them).
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::Unknown,
         ErrorCode::UnknownTopic,
         ErrorCode::UnknownPartition,
@@ -87,6 +91,7 @@ impl ErrorCode {
         ErrorCode::InvalidReplicationFactor,
         ErrorCode::InvalidRecord,
         ErrorCode::TopicUnavailable,
+        ErrorCode::NotController,
     ];
 
     /// The wire number.
@@ -108,6 +113,7 @@ impl ErrorCode {
     pub fn is_retriable(self) -> bool {
         match self {
             ErrorCode::NotLeader
+            | ErrorCode::NotController
             | ErrorCode::Timeout
             | ErrorCode::StorageError
             | ErrorCode::NotEnoughReplicas
@@ -157,6 +163,7 @@ impl ErrorCode {
             ErrorCode::InvalidReplicationFactor => "invalid_replication_factor",
             ErrorCode::InvalidRecord => "invalid_record",
             ErrorCode::TopicUnavailable => "topic_unavailable",
+            ErrorCode::NotController => "not_controller",
         }
     }
 }
@@ -223,6 +230,7 @@ mod tests {
         assert_eq!(ErrorCode::InvalidReplicationFactor.code(), 19);
         assert_eq!(ErrorCode::InvalidRecord.code(), 20);
         assert_eq!(ErrorCode::TopicUnavailable.code(), 21);
+        assert_eq!(ErrorCode::NotController.code(), 22);
     }
 
     #[test]
@@ -245,7 +253,7 @@ mod tests {
         // 300 as a varint: a code from a newer peer.
         let code: ErrorCode = postcard::from_bytes(&[0xac, 0x02]).expect("decode");
         assert_eq!(code, ErrorCode::Unknown);
-        let code: ErrorCode = postcard::from_bytes(&[22]).expect("decode");
+        let code: ErrorCode = postcard::from_bytes(&[23]).expect("decode");
         assert_eq!(code, ErrorCode::Unknown);
     }
 
@@ -262,7 +270,8 @@ mod tests {
                 ErrorCode::Timeout,
                 ErrorCode::StorageError,
                 ErrorCode::NotEnoughReplicas,
-                ErrorCode::BrokerShuttingDown
+                ErrorCode::BrokerShuttingDown,
+                ErrorCode::NotController
             ]
         );
     }

@@ -42,7 +42,11 @@ pub use crate::topic_config::{ConfigEntry, ConfigSource};
 /// Oldest protocol version this build speaks.
 pub const PROTOCOL_VERSION_MIN: u16 = 1;
 /// Newest protocol version this build speaks.
-pub const PROTOCOL_VERSION_MAX: u16 = 1;
+pub const PROTOCOL_VERSION_MAX: u16 = 2;
+/// The first version with [`Response::ErrorWithLeader`], [`Request::ClusterStatus`] and
+/// [`Request::PartitionStatus`]: a broker sends those responses only to a client that
+/// negotiated at least this version.
+pub const PROTOCOL_VERSION_CLUSTER: u16 = 2;
 /// The correlation id of a response that answers no particular request: a connection-level
 /// error sent just before the broker closes the connection.
 pub const CORRELATION_ID_NONE: u64 = u64::MAX;
@@ -154,6 +158,12 @@ pub enum Request {
     /// Variant 10: every config key of a topic with its effective value and source. Answered
     /// by [`Response::DescribeConfigs`].
     DescribeConfigs { name: String },
+    /// Variant 11 (protocol v2): the cluster's brokers and the active controller, as this node
+    /// knows them. Answered by [`Response::ClusterStatus`].
+    ClusterStatus,
+    /// Variant 12 (protocol v2): one partition's replicas and log bounds, answered by its
+    /// leader with [`Response::PartitionStatus`] (by a non-leader with `NotLeader`).
+    PartitionStatus { topic: String, partition: u32 },
 }
 
 /// A broker, as metadata describes it.
@@ -178,6 +188,30 @@ pub struct PartitionMetadata {
     pub in_sync_replicas: Vec<u32>,
     pub log_start_offset: u64,
     pub high_watermark: u64,
+}
+
+/// A broker in [`Response::ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerStatus {
+    pub broker_id: u32,
+    /// `host:port` that clients connect to.
+    pub address: String,
+    /// Whether the answering node has heard from it recently (itself: always).
+    pub alive: bool,
+}
+
+/// One partition as its leader sees it ([`Response::PartitionStatus`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStatusReport {
+    pub partition: u32,
+    pub leader: Option<u32>,
+    pub leader_term: u64,
+    pub replicas: Vec<u32>,
+    /// Replicas whose log matches the leader's up to its last entry (the leader included).
+    pub in_sync_replicas: Vec<u32>,
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
+    pub log_end_offset: u64,
 }
 
 /// One topic in [`Response::Metadata`]: either its partitions or why it has none.
@@ -265,6 +299,21 @@ pub enum Response {
     DescribeConfigs {
         name: String,
         entries: Vec<ConfigEntry>,
+    },
+    /// Variant 12 (protocol v2).
+    ClusterStatus {
+        controller_id: Option<u32>,
+        /// Sorted by id.
+        brokers: Vec<BrokerStatus>,
+    },
+    /// Variant 13 (protocol v2).
+    PartitionStatus(PartitionStatusReport),
+    /// Variant 14 (protocol v2): [`Response::Error`] with the node the request should go to
+    /// instead: the partition's leader for [`ErrorCode::NotLeader`], the active controller for
+    /// [`ErrorCode::NotController`] (`None`: not known yet; refresh metadata and retry).
+    ErrorWithLeader {
+        error: BrokerError,
+        leader: Option<u32>,
     },
 }
 

@@ -19,9 +19,11 @@ fn request_variant(request: &Request) -> u8 {
         Request::ListOffsets { .. } => 8,
         Request::AlterTopicConfig { .. } => 9,
         Request::DescribeConfigs { .. } => 10,
+        Request::ClusterStatus => 11,
+        Request::PartitionStatus { .. } => 12,
     }
 }
-const REQUEST_VARIANTS: u8 = 11;
+const REQUEST_VARIANTS: u8 = 13;
 
 /// The variant index of a response (see [`request_variant`]).
 fn response_variant(response: &Response) -> u8 {
@@ -38,9 +40,12 @@ fn response_variant(response: &Response) -> u8 {
         Response::ListOffsets { .. } => 9,
         Response::AlterTopicConfig { .. } => 10,
         Response::DescribeConfigs { .. } => 11,
+        Response::ClusterStatus { .. } => 12,
+        Response::PartitionStatus(_) => 13,
+        Response::ErrorWithLeader { .. } => 14,
     }
 }
-const RESPONSE_VARIANTS: u8 = 12;
+const RESPONSE_VARIANTS: u8 = 15;
 
 fn request(correlation_id: u64, request: Request) -> RequestEnvelope {
     RequestEnvelope {
@@ -217,6 +222,17 @@ fn golden_requests() -> Vec<(RequestEnvelope, Vec<u8>)> {
         (
             request(11, Request::DescribeConfigs { name: "t".into() }),
             vec![11, 10, 1, b't'],
+        ),
+        (request(12, Request::ClusterStatus), vec![12, 11]),
+        (
+            request(
+                13,
+                Request::PartitionStatus {
+                    topic: "t".into(),
+                    partition: 2,
+                },
+            ),
+            vec![13, 12, 1, b't', 2],
         ),
     ]
 }
@@ -427,6 +443,48 @@ fn golden_responses() -> Vec<(ResponseEnvelope, Vec<u8>)> {
                 &[2, b'-', b'1', 0],
             ]
             .concat(),
+        ),
+        (
+            response(
+                13,
+                Response::ClusterStatus {
+                    controller_id: Some(1),
+                    brokers: vec![BrokerStatus {
+                        broker_id: 1,
+                        address: "h:1".into(),
+                        alive: true,
+                    }],
+                },
+            ),
+            // controller Some(1); one broker: id 1, "h:1", alive
+            vec![13, 12, 1, 1, 1, 1, 3, b'h', b':', b'1', 1],
+        ),
+        (
+            response(
+                14,
+                Response::PartitionStatus(PartitionStatusReport {
+                    partition: 2,
+                    leader: Some(3),
+                    leader_term: 4,
+                    replicas: vec![1, 3],
+                    in_sync_replicas: vec![3],
+                    log_start_offset: 5,
+                    high_watermark: 6,
+                    log_end_offset: 7,
+                }),
+            ),
+            vec![14, 13, 2, 1, 3, 4, 2, 1, 3, 1, 3, 5, 6, 7],
+        ),
+        (
+            response(
+                15,
+                Response::ErrorWithLeader {
+                    error: BrokerError::new(ErrorCode::NotController, "x"),
+                    leader: Some(2),
+                },
+            ),
+            // code 22, message "x", leader Some(2)
+            vec![15, 14, 22, 1, b'x', 1, 2],
         ),
     ]
 }
