@@ -18,6 +18,7 @@ use brook_client::{
     Producer, ProducerConfig, ProducerRecord, StartOffset, TopicDetails, OFFSET_UNKNOWN,
 };
 use brook_node::bench::BenchCommand;
+use brook_node::config::{parse_controller_voters, parse_peers, ClusterSection};
 use brook_node::{Broker, NodeConfig};
 use brook_storage::FsDisk;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -58,7 +59,8 @@ enum Command {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=DEV_NODES_MAX))]
         nodes: u32,
     },
-    /// Run a broker node from a config file (flags override the file).
+    /// Run a broker node from a config file (flags override the file). With `--peers` (or a
+    /// `[cluster]` section) the node is one member of a replicated cluster.
     Node {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -68,6 +70,14 @@ enum Command {
         listen: Option<SocketAddr>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Every node of the cluster, this one included: ID@HOST:PORT,ID@HOST:PORT,... (the
+        /// address each node listens on for clients; peers use the same port).
+        #[arg(long, value_name = "ID@HOST:PORT,...")]
+        peers: Option<String>,
+        /// The nodes that hold the controller's metadata log (1, 3 or 5 ids of --peers);
+        /// default: the first three ids of --peers.
+        #[arg(long, value_name = "ID,...")]
+        controller_voters: Option<String>,
     },
     /// Create, list, describe and delete topics.
     Topic {
@@ -321,6 +331,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             node_id,
             listen,
             data_dir,
+            peers,
+            controller_voters,
         } => {
             let mut node = match &config {
                 Some(path) => NodeConfig::from_file(path)?,
@@ -334,6 +346,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(data_dir) = data_dir {
                 node.data_dir = data_dir;
+            }
+            if let Some(peers) = peers {
+                let section = node.cluster.get_or_insert_with(ClusterSection::default);
+                section.peers = parse_peers(&peers)?;
+            }
+            if let Some(voters) = controller_voters {
+                let Some(section) = node.cluster.as_mut() else {
+                    bail!("--controller-voters needs --peers (or a [cluster] section with peers in --config)");
+                };
+                section.controller_voters = Some(parse_controller_voters(&voters)?);
             }
             serve(node, runtime, false).await
         }
