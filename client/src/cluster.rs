@@ -35,6 +35,11 @@ pub(crate) const METADATA_AGE_MAX: Duration = Duration::from_secs(60);
 /// Most "not leader" / "not controller" hints one request follows before it gives up on hints
 /// (two nodes that name each other must not bounce a request forever).
 pub(crate) const REDIRECTS_MAX: u32 = 5;
+/// Longest a connect + handshake may take, whatever the request timeout: a node that accepts
+/// TCP connections but does not answer (a paused process) must not hold a client back for a
+/// whole request timeout before it tries another broker (Kafka's
+/// `socket.connection.setup.timeout.ms` is 10 s too).
+pub(crate) const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(10);
 /// Most brokers one read of metadata tries after connection failures.
 const BROKER_ATTEMPTS_MAX: usize = 8;
 /// First pause of an admin write that found no controller (an election under way); it doubles
@@ -152,7 +157,7 @@ impl Cluster {
             self.next_connection_id.fetch_add(1, Ordering::Relaxed),
             address,
             &self.client_name,
-            self.request_timeout,
+            self.request_timeout.min(CONNECT_TIMEOUT_MAX),
         )
         .await
     }

@@ -113,7 +113,8 @@ pub struct ProducerConfig {
     pub retry_backoff: Duration,
     /// Cap of the exponential backoff. Default 1 s.
     pub retry_backoff_max: Duration,
-    /// Time limit of one produce request (and of connecting to a broker). Default 30 s.
+    /// Time limit of one produce request (and of connecting to a broker, at most 10 s of it).
+    /// Default 30 s.
     pub request_timeout: Duration,
     /// How long a record may take from the moment its batch opened to its acknowledgement,
     /// retries included: a retriable failure after that fails the batch's records with that

@@ -640,3 +640,28 @@ async fn retries_stop_at_the_delivery_timeout() -> anyhow::Result<()> {
     assert!(asked(&script, 1, "produce") > 3);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_silent_first_bootstrap_entry_costs_at_most_the_connect_timeout() -> anyhow::Result<()> {
+    let runtime = Runtime::new(8);
+    let script = start(&runtime, 1, one_partition(1, 1)).await?;
+    // A node that accepts connections and never answers (a paused process).
+    let silent = TcpListener::bind("127.0.0.1:0").await?;
+    let silent_address = silent.local_addr()?.to_string();
+    drop(runtime.spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    }));
+    let started = runtime.now();
+    // The admin's request timeout is 30 s; the silent node costs the 10 s connect limit only.
+    let admin = Admin::connect(&format!("{silent_address},{}", address(&script, 1))).await?;
+    let elapsed = runtime.now().duration_since(started);
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "connected after {elapsed:?}"
+    );
+    assert_eq!(admin.cluster_status().await?.controller, Some(1));
+    Ok(())
+}
