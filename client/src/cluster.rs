@@ -113,6 +113,12 @@ pub(crate) fn parse_bootstrap(bootstrap: &str) -> Result<Vec<String>> {
     Ok(addresses)
 }
 
+/// Whether a metadata answer says `topic` does not exist.
+fn unknown_topic(response: &Response, topic: &str) -> bool {
+    matches!(response, Response::Metadata { topics, .. }
+        if topics.iter().any(|t| t.name == topic && t.error == Some(ErrorCode::UnknownTopic)))
+}
+
 /// Whether a read that failed so may succeed on another broker.
 fn try_another_broker(error: &ClientError) -> bool {
     error.is_connection_failure() || error.code() == Some(ErrorCode::BrokerShuttingDown)
@@ -274,6 +280,11 @@ impl Cluster {
     /// known from metadata, whichever is more), at most [`BROKER_ATTEMPTS_MAX`]. Not for writes: a request
     /// whose connection failed may have been applied.
     pub(crate) async fn request(&self, request: Request) -> Result<Response> {
+        Ok(self.request_answered_by(request).await?.0)
+    }
+
+    /// [`Cluster::request`], and the id of the broker that answered.
+    async fn request_answered_by(&self, request: Request) -> Result<(Response, u32)> {
         // As many brokers as there may be (a single node: one try, as an error to report).
         let attempts_max = {
             let brokers = self.brokers.lock().await;
@@ -294,7 +305,7 @@ impl Cluster {
                 )
                 .await;
             match result {
-                Ok((response, _payload)) => return Ok(response),
+                Ok((response, _payload)) => return Ok((response, connection.identity().broker_id)),
                 Err(error) if try_another_broker(&error) && attempts < attempts_max => {
                     tracing::debug!(%error, broker = connection.identity().broker_id, "read failed; asking another broker");
                     self.discard(&connection).await;
@@ -425,13 +436,42 @@ impl Cluster {
         Ok(self.refresh(topic).await?.partition_count())
     }
 
-    /// Fetch `topic`'s metadata from the cluster and cache it.
+    /// Fetch `topic`'s metadata from the cluster and cache it. A broker that does not know the
+    /// topic may just not have applied its creation yet (in a cluster, brokers learn metadata
+    /// from the controller a heartbeat or so after it commits): then the controller, if it is
+    /// another broker, is asked too before the topic is reported unknown.
     pub(crate) async fn refresh(&self, topic: &str) -> Result<TopicInfo> {
-        let response = self
-            .request(Request::Metadata {
-                topics: Some(vec![topic.to_owned()]),
-            })
-            .await?;
+        let request = Request::Metadata {
+            topics: Some(vec![topic.to_owned()]),
+        };
+        let (response, answered_by) = self.request_answered_by(request.clone()).await?;
+        let controller = match &response {
+            Response::Metadata {
+                brokers,
+                controller_id,
+                ..
+            } if unknown_topic(&response, topic) => {
+                // Its address is needed to ask it.
+                self.absorb_brokers(brokers.clone(), *controller_id).await;
+                *controller_id
+            }
+            _ => None,
+        };
+        let response = match controller {
+            Some(controller) if controller != answered_by => {
+                match self.broker_connection(controller).await {
+                    Ok(connection) => connection
+                        .request(&self.runtime, request, Vec::new(), self.request_timeout)
+                        .await
+                        .map_or(response, |(answer, _payload)| answer),
+                    Err(error) => {
+                        tracing::debug!(%error, controller, "controller unreachable; the topic is unknown");
+                        response
+                    }
+                }
+            }
+            _ => response,
+        };
         let Response::Metadata {
             brokers,
             controller_id,

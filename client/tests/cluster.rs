@@ -57,6 +57,8 @@ struct Script {
     created: Vec<(String, u32)>,
     /// The batches of the fetch being answered (the response's payload).
     fetch_payload: Option<Bytes>,
+    /// Brokers whose metadata does not list the topic yet (they have not applied its creation).
+    lagging: BTreeSet<u32>,
 }
 
 type Shared = Arc<Mutex<Script>>;
@@ -170,6 +172,7 @@ fn answer(script: &mut Script, id: u32, request: Request, payload: Bytes) -> Res
         },
         Request::Metadata { topics } => {
             let wanted = topics.map_or(true, |names| names.iter().any(|name| name == TOPIC));
+            let lagging = script.lagging.contains(&id);
             Response::Metadata {
                 brokers: script
                     .addresses
@@ -180,7 +183,13 @@ fn answer(script: &mut Script, id: u32, request: Request, payload: Bytes) -> Res
                     })
                     .collect(),
                 controller_id: script.metadata_controller,
-                topics: if wanted {
+                topics: if wanted && lagging {
+                    vec![TopicMetadata {
+                        name: TOPIC.into(),
+                        error: Some(ErrorCode::UnknownTopic),
+                        partitions: Vec::new(),
+                    }]
+                } else if wanted {
                     vec![TopicMetadata {
                         name: TOPIC.into(),
                         error: None,
@@ -663,5 +672,30 @@ async fn a_silent_first_bootstrap_entry_costs_at_most_the_connect_timeout() -> a
         "connected after {elapsed:?}"
     );
     assert_eq!(admin.cluster_status().await?.controller, Some(1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_topic_unknown_to_a_lagging_broker_is_looked_up_at_the_controller() -> anyhow::Result<()>
+{
+    let runtime = Runtime::new(9);
+    // Broker 1 has not applied the topic's creation yet; the controller (2) has.
+    let mut plan = one_partition(3, 3);
+    plan.controller = 2;
+    plan.metadata_controller = Some(2);
+    plan.lagging = BTreeSet::from([1]);
+    let script = start(&runtime, 3, plan).await?;
+    let producer = Producer::connect(&address(&script, 1), producer_config()).await?;
+    assert_eq!(produce(&runtime, &producer, "v", 3).await?, [0, 1, 2]);
+    producer.close().await?;
+    assert_eq!(asked(&script, 2, "metadata"), 1, "the controller was asked");
+    // A topic no broker knows is still unknown, at once.
+    let producer = Producer::connect(&address(&script, 1), producer_config()).await?;
+    lock(&script).lagging = BTreeSet::from([1, 2, 3]);
+    let error = producer
+        .send(ProducerRecord::new(TOPIC, "x"))
+        .await
+        .expect_err("unknown topic");
+    assert_eq!(error.code(), Some(ErrorCode::UnknownTopic), "{error}");
     Ok(())
 }
