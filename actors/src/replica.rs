@@ -32,10 +32,22 @@
 //! The hard state (term, vote) is a small checksummed file, replaced atomically (write a
 //! temporary file, sync it, rename, sync the directory) before any later effect, so a vote or a
 //! term is never visible to a peer before it survives a crash. Appended entries are made durable
-//! by [`ReplicaInput::Sync`] (group commit: one fsync for everything appended since the last),
-//! run synchronously inside the core in this slice; then the core is told [`Input::Persisted`]
-//! and only then does a follower acknowledge or the leader count its own copy. The runtime
-//! wiring will run [`Log::sync_job`] off the actor instead and feed the result back.
+//! off the core (group commit: one fsync for everything appended before it started): the host
+//! takes a [`SyncJob`] from [`ReplicaCore::sync_job`], runs it (on the runtime's blocking pool
+//! in the actor, inline in tests: [`ReplicaCore::sync_now`]) and feeds the outcome back as
+//! [`ReplicaInput::Synced`]. The core then tells Raft [`Input::Persisted`] up to the last entry
+//! the log's durable offset covers, and only then does a follower acknowledge or the leader
+//! count its own copy. Appends and peer traffic go on while a job runs; a truncation meanwhile
+//! makes the log forget the job (it may have synced the file before the cut), and the log's
+//! durable offset never covers an entry that is not in the log, so a late notice cannot
+//! persist a replaced entry.
+//!
+//! # Reads
+//!
+//! [`ReplicaCore::fetch`] serves consumers: leader only, below the high watermark.
+//! [`ReplicaCore::read_committed`] reads below the high watermark on any role (the controller
+//! applies its committed metadata records on every node). A follower's high watermark follows
+//! the commit index it learns from appends and heartbeats.
 //!
 //! # Answers
 //!
@@ -58,7 +70,7 @@ use brook_raft::{
     Term, TermStart, VoteRequest, VoteResponse,
 };
 use brook_storage::disk::{Disk, DiskError, OpenMode};
-use brook_storage::log::{Log, LogConfig, LogError, LogRead};
+use brook_storage::log::{Log, LogConfig, LogError, LogRead, SyncJob};
 use brook_wire::batch::{self, split_batches, BatchBuilder, BatchHeader, CRC_START};
 use brook_wire::peer::{self, RaftMessage};
 use brook_wire::{Acks, ErrorCode};
@@ -113,7 +125,7 @@ pub struct ReplicaConfig {
 }
 
 /// What the host feeds a replica.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum ReplicaInput {
     /// Time passed (at least every heartbeat interval).
     Tick,
@@ -130,8 +142,12 @@ pub enum ReplicaInput {
         batch: Bytes,
         acks: Acks,
     },
-    /// Make everything appended durable (group commit), then tell the core.
-    Sync,
+    /// A [`SyncJob`] from [`ReplicaCore::sync_job`] finished with this result (pass
+    /// [`SyncJob::run`]'s result as it is).
+    Synced { result: Result<u64, DiskError> },
+    /// Hand leadership to `to` (graceful shutdown): refused unless leading; produces are
+    /// refused while the transfer runs.
+    TransferLeadership { to: NodeId },
 }
 
 /// A message for a peer of this group.
@@ -184,8 +200,24 @@ pub struct ProduceAnswer {
 pub struct ReplicaOutput {
     pub messages: Vec<PeerSend>,
     pub answers: Vec<ProduceAnswer>,
-    /// Entries were appended and are not durable yet: feed [`ReplicaInput::Sync`] soon.
+    /// Entries were appended and are not durable yet: run a [`ReplicaCore::sync_job`] soon.
     pub sync_wanted: bool,
+}
+
+/// A replica's view of its partition, for status reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaReport {
+    pub role: Role,
+    pub leader: Option<NodeId>,
+    pub term: Term,
+    /// Every replica of the partition (the Raft voters), sorted.
+    pub replicas: Vec<NodeId>,
+    /// Leader: itself and the followers whose log matches its own up to its last entry (from
+    /// the core's match indexes), sorted. Empty on a follower or candidate (it cannot know).
+    pub in_sync_replicas: Vec<NodeId>,
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
+    pub log_end_offset: u64,
 }
 
 /// Errors after which the replica must be reopened from disk.
@@ -225,6 +257,7 @@ struct PendingProduce {
 #[derive(Debug)]
 pub struct ReplicaCore {
     node_id: NodeId,
+    voters: BTreeSet<NodeId>,
     disk: Arc<dyn Disk>,
     dir: PathBuf,
     planted_bug: Option<ReplicaPlantedBug>,
@@ -291,7 +324,7 @@ impl ReplicaCore {
             .map_err(|_| ReplicaError::Inconsistent("the log's terms are not a Raft log"))?;
         let raft = Raft::new(
             config.node_id,
-            config.voters,
+            config.voters.clone(),
             config.raft,
             Recovered {
                 hard_state,
@@ -303,6 +336,7 @@ impl ReplicaCore {
         let high_watermark = log.log_start_offset();
         Ok(ReplicaCore {
             node_id: config.node_id,
+            voters: config.voters,
             disk,
             dir: config.dir,
             planted_bug: config.planted_bug,
@@ -337,6 +371,104 @@ impl ReplicaCore {
     pub fn log_end_offset(&self) -> u64 {
         self.log.next_offset()
     }
+    /// Every offset below is on stable storage.
+    pub fn durable_offset(&self) -> u64 {
+        self.log.durable_offset()
+    }
+    /// The partition's replicas (the Raft voters).
+    pub fn voters(&self) -> &BTreeSet<NodeId> {
+        &self.voters
+    }
+    /// The log's configuration (limits the host checks batches against).
+    pub fn log_config(&self) -> &LogConfig {
+        self.log.config()
+    }
+
+    /// Change the segment and batch limits from the next append on (a topic config change).
+    pub fn set_segment_limits(
+        &mut self,
+        segment_bytes_max: u64,
+        segment_age_ms_max: u64,
+        batch_bytes_max: usize,
+    ) -> Result<(), LogError> {
+        self.log
+            .set_segment_limits(segment_bytes_max, segment_age_ms_max, batch_bytes_max)
+    }
+
+    /// The first offset whose timestamp is at or after `timestamp`, and that timestamp (any
+    /// role; the caller bounds it by the high watermark).
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>, LogError> {
+        self.log.offset_for_timestamp(timestamp)
+    }
+
+    /// Role, leader, term, replicas, in-sync replicas and offsets (see [`ReplicaReport`]).
+    pub fn report(&self) -> ReplicaReport {
+        let in_sync_replicas = if self.raft.role() == Role::Leader {
+            let last_index = self.raft.log().last_index();
+            let mut in_sync: Vec<NodeId> = self
+                .raft
+                .match_indexes()
+                .into_iter()
+                .filter(|(_, match_index)| *match_index >= last_index)
+                .map(|(node, _)| node)
+                .collect();
+            in_sync.push(self.node_id);
+            in_sync.sort_unstable();
+            in_sync
+        } else {
+            Vec::new()
+        };
+        ReplicaReport {
+            role: self.raft.role(),
+            leader: self.raft.leader(),
+            term: self.raft.term(),
+            replicas: self.voters.iter().copied().collect(),
+            in_sync_replicas,
+            log_start_offset: self.log.log_start_offset(),
+            high_watermark: self.high_watermark,
+            log_end_offset: self.log.next_offset(),
+        }
+    }
+
+    /// The follower to hand leadership to on a graceful stop: the one with the highest match
+    /// index (the least to catch up), the lowest id among equals. `None` unless leading with
+    /// at least one follower.
+    pub fn transfer_candidate(&self) -> Option<NodeId> {
+        if self.raft.role() != Role::Leader {
+            return None;
+        }
+        self.raft
+            .match_indexes()
+            .into_iter()
+            .filter(|(node, _)| *node != self.node_id)
+            // Highest match index first; `min_by_key` keeps the first (lowest id) of equals.
+            .min_by_key(|(_, match_index)| std::cmp::Reverse(*match_index))
+            .map(|(node, _)| node)
+    }
+
+    /// A job making everything appended so far durable, to run off the core; feed its result
+    /// back as [`ReplicaInput::Synced`]. `None` when nothing waits for a sync (the log is
+    /// durable to its end and the core knows it).
+    pub fn sync_job(&mut self) -> Result<Option<SyncJob>, ReplicaError> {
+        let unsynced = self.log.durable_offset() < self.log.next_offset();
+        let unnoticed = self.raft.persisted_index() < self.last_index();
+        if !unsynced && !unnoticed {
+            return Ok(None);
+        }
+        Ok(Some(self.log.sync_job()?))
+    }
+
+    /// [`sync_job`](Self::sync_job), run inline, then [`ReplicaInput::Synced`]: for tests and
+    /// for a final sync where blocking is fine.
+    pub fn sync_now(&mut self, now_ms: u64) -> Result<ReplicaOutput, ReplicaError> {
+        match self.sync_job()? {
+            None => Ok(ReplicaOutput::default()),
+            Some(job) => {
+                let result = job.run();
+                self.step(now_ms, ReplicaInput::Synced { result })
+            }
+        }
+    }
 
     /// Feed one input; see [`ReplicaOutput`]. On `Err` reopen the replica from disk.
     pub fn step(
@@ -364,9 +496,23 @@ impl ReplicaCore {
                 batch,
                 acks,
             } => self.produce(now_ms, request_id, batch, acks, &mut out)?,
-            ReplicaInput::Sync => self.sync(now_ms, &mut out)?,
+            ReplicaInput::Synced { result } => self.synced(now_ms, result, &mut out)?,
+            ReplicaInput::TransferLeadership { to } => {
+                match self.raft.step(now_ms, Input::TransferLeadership { to }) {
+                    Ok(effects) => self.execute(now_ms, effects, false, &mut out)?,
+                    Err(error) => {
+                        tracing::info!(node = self.node_id, to, %error, "leadership transfer refused");
+                    }
+                }
+            }
         }
         Ok(out)
+    }
+
+    /// Whole batches from `offset` below the high watermark, on any role (committed data only:
+    /// the controller's metadata on every node).
+    pub fn read_committed(&self, offset: u64, max_bytes: usize) -> Result<LogRead, LogError> {
+        self.log.read(offset, max_bytes, self.high_watermark)
     }
 
     /// Leader only: whole batches from `offset`, never above the high watermark.
@@ -492,22 +638,32 @@ impl ReplicaCore {
         Ok(())
     }
 
-    fn sync(&mut self, now_ms: u64, out: &mut ReplicaOutput) -> Result<(), ReplicaError> {
-        self.log.sync(now_ms)?;
-        let Some(last) = self.spans.last().copied() else {
-            return Ok(());
-        };
+    fn synced(
+        &mut self,
+        now_ms: u64,
+        result: Result<u64, DiskError>,
+        out: &mut ReplicaOutput,
+    ) -> Result<(), ReplicaError> {
+        // A failed sync poisons the log: the error makes the host reopen the replica.
+        let durable = self.log.complete_sync(result, now_ms)?;
         if self.planted_bug == Some(ReplicaPlantedBug::ForgetPersistedNotice) {
             return Ok(());
         }
-        let index = self.start_index + self.spans.len() as Index - 1;
-        let effects = self.raft.step(
-            now_ms,
-            Input::Persisted {
-                index,
-                term: last.term,
-            },
-        )?;
+        // The last entry wholly below the durable offset. The log's durable offset never
+        // exceeds its end and drops to the cut at a truncation, so it covers only entries in
+        // the log now (a job from before a truncation is forgotten by the log).
+        let covered = self
+            .spans
+            .partition_point(|span| span.next_offset <= durable);
+        if covered == 0 {
+            return Ok(());
+        }
+        let index = self.start_index + covered as Index - 1;
+        if index <= self.raft.persisted_index() {
+            return Ok(());
+        }
+        let term = self.spans[covered - 1].term;
+        let effects = self.raft.step(now_ms, Input::Persisted { index, term })?;
         self.execute(now_ms, effects, false, out)
     }
 
@@ -1028,7 +1184,7 @@ mod tests {
         while replica.role() != Role::Leader && now_ms < 10_000 {
             now_ms += 50;
             replica.step(now_ms, ReplicaInput::Tick).expect("tick");
-            replica.step(now_ms, ReplicaInput::Sync).expect("sync");
+            replica.sync_now(now_ms).expect("sync");
         }
         assert_eq!(replica.role(), Role::Leader);
         let output = replica
@@ -1042,7 +1198,7 @@ mod tests {
             )
             .expect("produce");
         assert!(output.answers.is_empty(), "acks=all before the sync");
-        let output = replica.step(now_ms, ReplicaInput::Sync).expect("sync");
+        let output = replica.sync_now(now_ms).expect("sync");
         // Offset 0 holds the leader-start control batch.
         assert_eq!(
             output.answers,
@@ -1061,6 +1217,116 @@ mod tests {
         assert_eq!(reopened.term(), term);
         assert_eq!(reopened.log_end_offset(), 2);
         assert_eq!(reopened.batches_below(u64::MAX).expect("reads").len(), 2);
+    }
+
+    /// A sync job covers what was appended before it was taken: a batch appended while it
+    /// runs is not acknowledged by its completion, only by the next job's.
+    #[test]
+    fn a_sync_job_covers_only_what_was_appended_before_it() {
+        let disk = brook_storage::SimDisk::new(4);
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(1, &[1]), 0).expect("opens");
+        let mut now_ms = 0;
+        while replica.role() != Role::Leader && now_ms < 10_000 {
+            now_ms += 50;
+            replica.step(now_ms, ReplicaInput::Tick).expect("tick");
+            replica.sync_now(now_ms).expect("sync");
+        }
+        assert!(
+            replica.sync_job().expect("job").is_none(),
+            "nothing to sync"
+        );
+        let produce = |replica: &mut ReplicaCore, request_id| {
+            replica
+                .step(
+                    now_ms,
+                    ReplicaInput::Produce {
+                        request_id,
+                        batch: batch(b"v"),
+                        acks: Acks::All,
+                    },
+                )
+                .expect("produce")
+        };
+        assert!(produce(&mut replica, 1).sync_wanted);
+        let first_job = replica.sync_job().expect("job").expect("something to sync");
+        let first_result = first_job.run();
+        produce(&mut replica, 2);
+        let output = replica
+            .step(
+                now_ms,
+                ReplicaInput::Synced {
+                    result: first_result,
+                },
+            )
+            .expect("synced");
+        let answered: Vec<u64> = output.answers.iter().map(|a| a.request_id).collect();
+        assert_eq!(answered, vec![1], "only the batch the job covered");
+        assert_eq!(replica.high_watermark(), 2);
+        let output = replica.sync_now(now_ms).expect("sync");
+        let answered: Vec<u64> = output.answers.iter().map(|a| a.request_id).collect();
+        assert_eq!(answered, vec![2]);
+        assert_eq!(replica.high_watermark(), 3);
+        // A failed sync poisons the log: an error, so the host reopens the replica.
+        produce(&mut replica, 3);
+        let failed = replica.step(
+            now_ms,
+            ReplicaInput::Synced {
+                result: Err(DiskError::SyncFailed {
+                    path: PathBuf::from("/replica"),
+                    reason: "injected".into(),
+                }),
+            },
+        );
+        assert!(failed.is_err(), "{failed:?}");
+    }
+
+    /// The report of a lone leader, and committed reads on any role.
+    #[test]
+    fn a_report_names_role_replicas_and_offsets() {
+        let disk = brook_storage::SimDisk::new(5);
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(1, &[1]), 0).expect("opens");
+        let report = replica.report();
+        assert_eq!(report.role, Role::Follower);
+        assert_eq!(report.replicas, vec![1]);
+        assert!(report.in_sync_replicas.is_empty());
+        let mut now_ms = 0;
+        while replica.role() != Role::Leader && now_ms < 10_000 {
+            now_ms += 50;
+            replica.step(now_ms, ReplicaInput::Tick).expect("tick");
+            replica.sync_now(now_ms).expect("sync");
+        }
+        replica
+            .step(
+                now_ms,
+                ReplicaInput::Produce {
+                    request_id: 1,
+                    batch: batch(b"v"),
+                    acks: Acks::Leader,
+                },
+            )
+            .expect("produce");
+        let report = replica.report();
+        assert_eq!(
+            report,
+            ReplicaReport {
+                role: Role::Leader,
+                leader: Some(1),
+                term: replica.term(),
+                replicas: vec![1],
+                in_sync_replicas: vec![1],
+                log_start_offset: 0,
+                high_watermark: 1,
+                log_end_offset: 2,
+            }
+        );
+        // Not committed yet: a committed read stops at the high watermark.
+        let read = replica.read_committed(0, 1 << 20).expect("reads");
+        assert_eq!(read.next_offset, 1);
+        replica.sync_now(now_ms).expect("sync");
+        let read = replica.read_committed(0, 1 << 20).expect("reads");
+        assert_eq!(read.next_offset, 2);
     }
 
     /// Malformed peer messages are dropped with nothing applied.
@@ -1136,7 +1402,7 @@ mod tests {
             now_ms += 50;
             replica.step(now_ms, ReplicaInput::Tick).expect("tick");
         }
-        replica.step(now_ms, ReplicaInput::Sync).expect("sync");
+        replica.sync_now(now_ms).expect("sync");
         drop(replica);
         disk.remove_file(&PathBuf::from("/replica").join(HARD_STATE_FILE))
             .expect("removes");
