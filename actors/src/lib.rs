@@ -9,4 +9,5 @@ pub mod heartbeats;
 pub mod partition;
 pub mod peer_router;
 pub mod replica;
+pub mod replicated;
 pub use brook_runtime as runtime;
