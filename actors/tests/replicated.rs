@@ -697,6 +697,13 @@ async fn stop_scenario(bugs: Bugs) -> Result<(), Violation> {
     )?;
     let others: Vec<NodeId> = NODES.iter().copied().filter(|id| *id != leader).collect();
     let next = cluster.wait_for_leader(&others).await?;
+    // A new leader's high watermark reaches the old leader's only once it commits an entry of
+    // its own term: an acks=all produce there does (and must keep everything before it).
+    let result = cluster
+        .produce(next, batch_of(&["after"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    acknowledged.push((result.base_offset, Bytes::from("after")));
     let served = cluster.read_all(next).await?;
     let served: BTreeMap<u64, Bytes> = served.into_iter().collect();
     for (offset, value) in &acknowledged {
