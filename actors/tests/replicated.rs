@@ -779,6 +779,70 @@ async fn partition_scenario(bugs: Bugs) -> Result<(), Violation> {
     Ok(())
 }
 
+/// An fsync failure on the leader: the produce waiting for it fails with a retriable error,
+/// the replica reopens from its disk and carries on (a leader is elected again, acks=all
+/// produces commit, the reopened replica catches up and keeps every acknowledged record).
+async fn fsync_failure_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    let before = cluster
+        .produce(leader, batch_of(&["before"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    cluster.nodes[&leader].disk.fail_next_sync();
+    let answer = cluster
+        .runtime
+        .timeout(
+            Duration::from_millis(WAIT_MS_MAX),
+            cluster.send_produce(leader, batch_of(&["failed"]), Acks::All),
+        )
+        .await;
+    let answer = match answer {
+        Ok(Ok(answer)) => answer,
+        other => {
+            return Err(violation(
+                "failed-sync-answered",
+                format!("no answer in {WAIT_MS_MAX} ms: {other:?}"),
+            ))
+        }
+    };
+    check(
+        answer.as_ref().is_err_and(BrokerError::is_retriable),
+        "failed-sync-answered",
+        || format!("{answer:?}"),
+    )?;
+    let next = cluster.wait_for_leader(&NODES).await?;
+    let after = cluster
+        .produce(next, batch_of(&["after"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    let served: BTreeMap<u64, Bytes> = cluster.read_all(next).await?.into_iter().collect();
+    for (offset, value) in [(before.base_offset, "before"), (after.base_offset, "after")] {
+        check(
+            served.get(&offset) == Some(&Bytes::from(value)),
+            "acknowledged-kept",
+            || format!("offset {offset}: {:?}", served.get(&offset)),
+        )?;
+    }
+    let target = cluster.report(next).await.high_watermark;
+    let mut caught_up = false;
+    for _ in 0..WAIT_MS_MAX / POLL_MS {
+        if cluster.address(leader).is_closed() {
+            break;
+        }
+        if cluster.report(leader).await.high_watermark >= target {
+            caught_up = true;
+            break;
+        }
+        cluster.pause(POLL_MS).await;
+    }
+    check(caught_up, "reopened-replica-catches-up", || {
+        format!("node {leader} never reached {target}")
+    })?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
 fn expect_clean(result: Result<(), Violation>) {
     if let Err(found) = result {
         panic!("{}: {}", found.check, found.detail);
@@ -810,6 +874,11 @@ async fn stopping_the_leader_transfers_leadership_and_keeps_acknowledged_records
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_leader_stops_acknowledging() {
     expect_clean(partition_scenario(Bugs::default()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_fails_the_waiting_produce_and_the_replica_reopens() {
+    expect_clean(fsync_failure_scenario(Bugs::default()).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
