@@ -24,6 +24,10 @@
 //! - **Stop**: a leader first hands leadership to its most caught-up follower and waits (at
 //!   most an election timeout) for someone else to lead, then the log is synced and the actor
 //!   stops. Pending requests are failed with a retriable error.
+//! - **Retention** (`EnforceRetention`, with the policy of the last `SetLimits`): every
+//!   replica deletes whole segments of its own committed prefix; the log start is persisted
+//!   with the hard state first. A follower that needs what the leader deleted is caught up
+//!   from the leader's log start (its log restarts there).
 //! - **Errors**: a [`ReplicaError`] from the core means the log and the core may disagree: the
 //!   actor fails what was pending (retriable), reopens the replica from disk (at most
 //!   [`REOPEN_ATTEMPTS_MAX`] attempts in a row, then it stops) and carries on.
@@ -42,7 +46,7 @@ use std::sync::Arc;
 
 use brook_raft::{NodeId, Role, Term};
 use brook_storage::disk::{Disk, DiskError};
-use brook_storage::log::RetentionOutcome;
+use brook_storage::log::{RetentionOutcome, RetentionPolicy};
 use brook_wire::batch::{self, BatchError};
 use brook_wire::compression::{self, CompressionError};
 use brook_wire::error::{BrokerError, ErrorCode};
@@ -162,6 +166,8 @@ pub struct ReplicatedPartition {
     waiters: BTreeMap<u64, FetchWaiter>,
     next_waiter: u64,
     stopping: Option<Stopping>,
+    /// `retention.ms` / `retention.bytes` (SetLimits), applied at EnforceRetention.
+    retention: RetentionPolicy,
     /// The core could not be reopened: nothing is served any more.
     broken: bool,
 }
@@ -218,6 +224,7 @@ impl ReplicatedPartition {
             waiters: BTreeMap::new(),
             next_waiter: 0,
             stopping: None,
+            retention: RetentionPolicy::default(),
             broken: false,
         })
     }
@@ -690,6 +697,41 @@ impl ReplicatedPartition {
         self.after_step(context);
     }
 
+    /// Every replica applies retention to its own committed prefix (below its high
+    /// watermark); a follower that falls behind the leader's log start is caught up from it.
+    fn enforce_retention(
+        &mut self,
+        context: &mut Context<Self>,
+    ) -> Result<RetentionOutcome, BrokerError> {
+        if self.broken {
+            return Err(BrokerError::new(
+                ErrorCode::StorageError,
+                "the replica could not be reopened",
+            ));
+        }
+        let now_ms = self.clock(context);
+        match self.core.apply_retention(now_ms, self.retention) {
+            Ok(outcome) => {
+                if outcome.segments_deleted > 0 {
+                    tracing::info!(
+                        group = ?self.group,
+                        segments = outcome.segments_deleted,
+                        bytes = outcome.bytes_deleted,
+                        log_start_offset = outcome.log_start_offset,
+                        "retention deleted segments"
+                    );
+                }
+                Ok(outcome)
+            }
+            Err(error) => {
+                let answer = BrokerError::new(ErrorCode::StorageError, error.to_string());
+                self.recover(error, context);
+                self.after_step(context);
+                Err(answer)
+            }
+        }
+    }
+
     fn handle_client(&mut self, message: PartitionMessage, context: &mut Context<Self>) {
         match message {
             PartitionMessage::Produce {
@@ -711,8 +753,9 @@ impl ReplicatedPartition {
                 durable_offset: self.core.durable_offset(),
             }),
             PartitionMessage::SetLimits { limits, reply } => {
-                // Segment and batch limits apply to this replica's log; retention is not
-                // enforced on replicated partitions yet (see EnforceRetention).
+                // Segment and batch limits apply to this replica's log from the next append;
+                // retention at the next EnforceRetention.
+                self.retention = limits.retention;
                 let result = self
                     .core
                     .set_segment_limits(
@@ -724,14 +767,9 @@ impl ReplicatedPartition {
                 reply.send(result);
             }
             PartitionMessage::EnforceRetention { reply } => {
-                // Retention needs the log start index in the hard state (a follower behind it
-                // is caught up from the leader's log start): not in this slice, so nothing
-                // is deleted.
+                let result = self.enforce_retention(context);
                 if let Some(reply) = reply {
-                    reply.send(Ok(RetentionOutcome {
-                        log_start_offset: self.core.log_start_offset(),
-                        ..RetentionOutcome::default()
-                    }));
+                    reply.send(result);
                 }
             }
             PartitionMessage::Stop { reply } => self.stop(reply, context),

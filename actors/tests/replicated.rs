@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use brook_actors::partition::{FetchResult, PartitionConfig, PartitionMessage, ProduceResult};
+use brook_actors::partition::{
+    FetchResult, PartitionConfig, PartitionLimits, PartitionMessage, ProduceResult,
+};
 use brook_actors::peer_router::{partition_group, GroupInbox, PeerOutbox, PeerRouter};
 use brook_actors::replica::{ReplicaConfig, ReplicaPlantedBug};
 use brook_actors::replicated::{
@@ -21,7 +23,7 @@ use brook_actors::replicated::{
 };
 use brook_actors::runtime::{reply_pair, Addr, Duration, PendingReply, Runtime, TaskHandle};
 use brook_raft::{Config, NodeId, PlantedBug};
-use brook_storage::log::{FsyncPolicy, LogConfig};
+use brook_storage::log::{FsyncPolicy, LogConfig, RetentionPolicy};
 use brook_storage::SimDisk;
 use brook_wire::batch::{split_batches, BatchBuilder};
 use brook_wire::peer::{GroupId, RaftMessage};
@@ -404,8 +406,16 @@ impl Cluster {
 
     /// Every committed data record the leader serves, from offset 0.
     async fn read_all(&self, leader: NodeId) -> Result<Vec<(u64, Bytes)>, Violation> {
+        self.read_all_from(leader, 0).await
+    }
+
+    /// Every committed data record the leader serves, from `offset`.
+    async fn read_all_from(
+        &self,
+        leader: NodeId,
+        mut offset: u64,
+    ) -> Result<Vec<(u64, Bytes)>, Violation> {
         let mut records = Vec::new();
-        let mut offset = 0;
         for _ in 0..10_000 {
             let fetched = self
                 .fetch(leader, offset)
@@ -789,6 +799,10 @@ async fn fsync_failure_scenario(bugs: Bugs) -> Result<(), Violation> {
         .produce(leader, batch_of(&["before"]), Acks::All)
         .await
         .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    // With the followers' copies held back, the commit needs the leader's own fsync (with
+    // them, a majority of followers may commit the batch before the leader's fsync fails,
+    // and then the answer is rightly a success).
+    cluster.network.rules().drop_appends = true;
     cluster.nodes[&leader].disk.fail_next_sync();
     let answer = cluster
         .runtime
@@ -811,6 +825,7 @@ async fn fsync_failure_scenario(bugs: Bugs) -> Result<(), Violation> {
         "failed-sync-answered",
         || format!("{answer:?}"),
     )?;
+    cluster.network.heal();
     let next = cluster.wait_for_leader(&NODES).await?;
     let after = cluster
         .produce(next, batch_of(&["after"]), Acks::All)
@@ -839,6 +854,133 @@ async fn fsync_failure_scenario(bugs: Bugs) -> Result<(), Violation> {
     check(caught_up, "reopened-replica-catches-up", || {
         format!("node {leader} never reached {target}")
     })?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// A follower that was down while retention removed what it lacks is caught up from the
+/// leader's log start: it restarts its log there, follows the leader's high watermark, takes
+/// part in commits again, and, once leading, serves every acknowledged record at or above its
+/// log start.
+async fn catch_up_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let mut cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    let lagging = NODES
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let other = NODES
+        .iter()
+        .copied()
+        .find(|id| *id != leader && *id != lagging)
+        .expect("another follower");
+    cluster.stop(lagging).await;
+    let value = "x".repeat(200);
+    let mut acknowledged = Vec::new();
+    for round in 0..40 {
+        let tagged = format!("{round}-{value}");
+        let result = cluster
+            .produce(leader, batch_of(&[&tagged, &tagged]), Acks::All)
+            .await
+            .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+        acknowledged.push((result.base_offset, Bytes::from(tagged.clone())));
+        acknowledged.push((result.last_offset, Bytes::from(tagged)));
+    }
+    for id in [leader, other] {
+        let limits = PartitionLimits {
+            segment_bytes_max: 4096,
+            segment_age_ms_max: u64::MAX,
+            batch_bytes_max: 1 << 20,
+            retention: RetentionPolicy {
+                age_ms_max: None,
+                bytes_max: Some(4096),
+            },
+        };
+        let address = cluster.address(id);
+        address
+            .ask(|reply| ReplicaMessage::Client(PartitionMessage::SetLimits { limits, reply }))
+            .await
+            .expect("asked")
+            .map_err(|error| violation("retention", error.to_string()))?;
+        address
+            .ask(|reply| {
+                ReplicaMessage::Client(PartitionMessage::EnforceRetention { reply: Some(reply) })
+            })
+            .await
+            .expect("asked")
+            .map_err(|error| violation("retention", error.to_string()))?;
+    }
+    let leader_report = cluster.report(leader).await;
+    check(leader_report.log_start_offset > 0, "retention", || {
+        format!("{leader_report:?}")
+    })?;
+    cluster.open(lagging);
+    let mut caught_up = None;
+    for _ in 0..WAIT_MS_MAX / POLL_MS {
+        let report = cluster.report(lagging).await;
+        if report.log_start_offset == leader_report.log_start_offset
+            && report.high_watermark == leader_report.high_watermark
+        {
+            caught_up = Some(report);
+            break;
+        }
+        cluster.pause(POLL_MS).await;
+    }
+    let Some(_) = caught_up else {
+        let report = cluster.report(lagging).await;
+        return Err(violation(
+            "caught-up-from-log-start",
+            format!("node {lagging}: {report:?}, leader: {leader_report:?}"),
+        ));
+    };
+    // The caught-up follower is needed for a commit once the other follower is down.
+    cluster.stop(other).await;
+    let result = cluster
+        .produce(
+            leader,
+            batch_of(&["with-the-caught-up-follower"]),
+            Acks::All,
+        )
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    acknowledged.push((
+        result.base_offset,
+        Bytes::from("with-the-caught-up-follower"),
+    ));
+    // Leadership goes to the caught-up follower (the only one up); with the other back, it
+    // commits in its term and serves everything acknowledged from its log start on.
+    cluster.stop(leader).await;
+    cluster.open(other);
+    let next = cluster.wait_for_leader(&[lagging, other]).await?;
+    let result = cluster
+        .produce(next, batch_of(&["after"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    acknowledged.push((result.base_offset, Bytes::from("after")));
+    let start = cluster.report(next).await.log_start_offset;
+    let served: BTreeMap<u64, Bytes> = cluster
+        .read_all_from(next, start)
+        .await?
+        .into_iter()
+        .collect();
+    for (offset, value) in acknowledged.iter().filter(|(offset, _)| *offset >= start) {
+        check(
+            served.get(offset) == Some(value),
+            "acknowledged-kept",
+            || {
+                format!(
+                    "node {next} at offset {offset}: {:?}",
+                    served.get(offset).map(Bytes::len)
+                )
+            },
+        )?;
+    }
+    check(
+        next == lagging || served.len() > 1,
+        "acknowledged-kept",
+        || "nothing served".to_owned(),
+    )?;
     cluster.shutdown().await;
     Ok(())
 }
@@ -879,6 +1021,11 @@ async fn a_partitioned_leader_stops_acknowledging() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fsync_fails_the_waiting_produce_and_the_replica_reopens() {
     expect_clean(fsync_failure_scenario(Bugs::default()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_log_start_is_caught_up_from_it() {
+    expect_clean(catch_up_scenario(Bugs::default()).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
