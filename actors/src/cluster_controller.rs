@@ -699,7 +699,9 @@ impl ClusterController {
                 continue;
             };
             match answer.result {
-                Ok(range) => match results.get(&range.base_offset) {
+                // An admin write's own record is the batch's last (a cluster record may
+                // precede it).
+                Ok(range) => match results.get(&range.last_offset) {
                     Some(Ok(_)) => self.succeed_pending(pending),
                     Some(Err(error)) => {
                         let error = metadata_error(error);
@@ -767,6 +769,17 @@ impl ClusterController {
                 ),
             ));
         }
+        // The cluster record goes first until one is applied: records are validated against
+        // the brokers it names.
+        let with_cluster;
+        let records = if self.state.peers.is_empty() {
+            with_cluster = std::iter::once(self.cluster_record())
+                .chain(records.iter().cloned())
+                .collect::<Vec<_>>();
+            &with_cluster[..]
+        } else {
+            records
+        };
         let Some(batch) = records_batch(records, self.runtime.wall_clock_ms()) else {
             return Ok(());
         };
@@ -1198,7 +1211,12 @@ impl ClusterController {
             return;
         }
         self.cluster_record_term = Some(self.core.term());
-        let record = MetadataRecord::Cluster {
+        // `propose` puts the cluster record first while none is applied.
+        let _ = self.propose(&[], PendingWrite::Internal);
+    }
+
+    fn cluster_record(&self) -> MetadataRecord {
+        MetadataRecord::Cluster {
             peers: self
                 .config
                 .peers
@@ -1209,8 +1227,7 @@ impl ClusterController {
                 })
                 .collect(),
             controller_voters: self.config.controller_voters.iter().copied().collect(),
-        };
-        let _ = self.propose(&[record], PendingWrite::Internal);
+        }
     }
 
     fn brokers(&self) -> &BTreeMap<u32, String> {
