@@ -317,7 +317,7 @@ async fn agreed_assignment(cluster: &Cluster, name: &str) -> Vec<Vec<u32>> {
                 return assignment;
             }
         }
-        deadline.pause("nodes disagree on {name}").await;
+        deadline.pause(&format!("nodes to agree on {name}")).await;
     }
 }
 
