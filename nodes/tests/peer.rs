@@ -436,7 +436,9 @@ async fn bad_callers_are_dropped_and_nothing_is_applied() {
     let mut garbage = BytesMut::from(&[0xAB_u8; 64][..]);
     garbage[0..4].copy_from_slice(&40u32.to_le_bytes());
     let cases: Vec<(&str, Vec<BytesMut>)> = vec![
-        ("a node not in peers", vec![hello(9), raft.clone()]),
+        // Lower than the acceptor's id, so that only the peers check refuses it.
+        ("a node not in peers", vec![hello(0), raft.clone()]),
+        ("a higher node not in peers", vec![hello(9), raft.clone()]),
         (
             "a node claiming the acceptor's id",
             vec![hello(2), raft.clone()],
