@@ -106,6 +106,7 @@ impl Broker {
             request_bytes: request_bytes.clone(),
             request_bytes_in_flight_max,
             shutdown: shutdown_receiver,
+            peers: None,
         });
         let connections = Arc::new(Semaphore::new(config.limits.connections_max as usize));
         let accept_runtime = runtime.clone();
