@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use brook_actors::controller::{Controller, ControllerConfig, ControllerError, ControllerMessage};
+use brook_actors::handle::ControllerHandle;
 use brook_actors::partition::PartitionConfig;
 use brook_actors::runtime::{Addr, Duration, Runtime, TaskHandle};
 use brook_storage::Disk;
@@ -98,7 +99,7 @@ impl Broker {
         let request_bytes = Arc::new(Semaphore::new(request_bytes_in_flight_max));
         let shared = Arc::new(ConnectionShared {
             runtime: runtime.clone(),
-            controller: controller.clone(),
+            controller: ControllerHandle::Local(controller.clone()),
             node_id: config.node_id,
             cluster_id: config.cluster_id.clone(),
             frame_bytes_max: config.limits.frame_bytes_max as usize,
