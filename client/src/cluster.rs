@@ -265,9 +265,18 @@ impl Cluster {
 
     /// A read (metadata, list, describe) to any broker, within the request timeout per broker
     /// tried: a broker whose connection fails (or that is shutting down) is dropped and the
-    /// next one is asked, up to [`BROKER_ATTEMPTS_MAX`] brokers. Not for writes: a request
+    /// next one is asked, as many times as there are brokers (bootstrap entries or brokers
+    /// known from metadata, whichever is more), at most [`BROKER_ATTEMPTS_MAX`]. Not for writes: a request
     /// whose connection failed may have been applied.
     pub(crate) async fn request(&self, request: Request) -> Result<Response> {
+        // As many brokers as there may be (a single node: one try, as an error to report).
+        let attempts_max = {
+            let brokers = self.brokers.lock().await;
+            self.bootstrap
+                .len()
+                .max(brokers.addresses.len())
+                .clamp(1, BROKER_ATTEMPTS_MAX)
+        };
         let mut attempts = 1;
         loop {
             let connection = self.any_connection().await?;
@@ -281,7 +290,7 @@ impl Cluster {
                 .await;
             match result {
                 Ok((response, _payload)) => return Ok(response),
-                Err(error) if try_another_broker(&error) && attempts < BROKER_ATTEMPTS_MAX => {
+                Err(error) if try_another_broker(&error) && attempts < attempts_max => {
                     tracing::debug!(%error, broker = connection.identity().broker_id, "read failed; asking another broker");
                     self.discard(&connection).await;
                     attempts += 1;

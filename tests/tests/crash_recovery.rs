@@ -502,7 +502,10 @@ fn acknowledged_records_survive_sigkill_during_cli_produce() {
             ),
         ));
     }
-    assert!(errors > 0, "the records in flight at the kill are reported failed");
+    assert!(
+        errors > 0,
+        "the records in flight at the kill are reported failed"
+    );
     assert!(complete_lines_before_kill as u64 >= KILL_AFTER_ACKS);
     assert!(places.len() >= complete_lines_before_kill);
     let acked: Vec<Acked> = places[..complete_lines_before_kill]
