@@ -555,6 +555,15 @@ impl NodeConfig {
         }
     }
 
+    /// The Raft timing of every group of a node in cluster mode.
+    pub fn raft_config(&self, cluster: &ClusterConfig) -> brook_raft::Config {
+        brook_raft::Config {
+            heartbeat_interval_ms: cluster.heartbeat_interval_ms,
+            election_timeout_ms: cluster.election_timeout_ms,
+            ..brook_raft::Config::default()
+        }
+    }
+
     /// The topic config a topic without overrides has.
     pub fn topic_defaults(&self) -> TopicConfig {
         let defaults = &self.topic_defaults;
