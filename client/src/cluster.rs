@@ -316,6 +316,49 @@ impl Cluster {
         }
     }
 
+    /// A read about one topic (describe, describe configs) for the admin: to the controller if
+    /// metadata named one (it has applied every topic change it acknowledged, so a describe
+    /// right after a create finds the topic), else to any broker; a broker that says the topic
+    /// is unknown while another node is the controller may just lag behind it, so the
+    /// controller is asked too before the topic is reported unknown.
+    pub(crate) async fn topic_read(&self, request: Request) -> Result<Response> {
+        let cached = self.brokers.lock().await.controller;
+        if let Some(controller) = cached {
+            match self.request_at(controller, request.clone()).await {
+                Ok(response) => return Ok(response),
+                Err(error) if !try_another_broker(&error) => return Err(error),
+                Err(error) => {
+                    tracing::debug!(%error, controller, "controller unreachable; reading from any broker");
+                }
+            }
+        }
+        let error = match self.request(request.clone()).await {
+            Ok(response) => return Ok(response),
+            Err(error) if error.code() == Some(ErrorCode::UnknownTopic) => error,
+            Err(error) => return Err(error),
+        };
+        match self.refresh_brokers().await {
+            Ok(Some(controller)) if Some(controller) != cached => {
+                self.request_at(controller, request).await
+            }
+            _ => Err(error),
+        }
+    }
+
+    /// A request to broker `broker_id` (a connection that fails is dropped).
+    async fn request_at(&self, broker_id: u32, request: Request) -> Result<Response> {
+        let connection = self.broker_connection(broker_id).await?;
+        let result = connection
+            .request(&self.runtime, request, Vec::new(), self.request_timeout)
+            .await;
+        if let Err(error) = &result {
+            if error.is_connection_failure() {
+                self.discard(&connection).await;
+            }
+        }
+        result.map(|(response, _payload)| response)
+    }
+
     /// An admin write (create, delete, alter) to the active controller: the one metadata
     /// names, else any broker (a single node has no separate controller). A "not controller"
     /// answer naming another node sends the request there (at most [`REDIRECTS_MAX`] times);
@@ -610,6 +653,18 @@ impl Cluster {
                     self.invalidate(topic);
                     if error.is_connection_failure() {
                         self.discard(&connection).await;
+                    }
+                } else if error.code() == Some(ErrorCode::UnknownTopic) {
+                    // The node metadata names as the leader does not know the topic: deleted
+                    // meanwhile, or (in a cluster) created so recently that this node has not
+                    // applied it yet. Metadata decides: a topic that still exists makes this a
+                    // retriable "not leader yet".
+                    self.invalidate(topic);
+                    if self.refresh(topic).await.is_ok() {
+                        return Err(ClientError::Broker(BrokerError::new(
+                            ErrorCode::NotLeader,
+                            format!("broker {asked} does not know {topic}-{partition} yet"),
+                        )));
                     }
                 }
             }

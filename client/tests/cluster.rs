@@ -303,6 +303,9 @@ fn answer(script: &mut Script, id: u32, request: Request, payload: Bytes) -> Res
                 },
             }
         }
+        Request::DescribeTopic { .. } if script.lagging.contains(&id) => {
+            Response::error(ErrorCode::UnknownTopic, "unknown topic \"t\"")
+        }
         Request::DescribeTopic { .. } => Response::DescribeTopic {
             topic: description(script),
         },
@@ -689,6 +692,14 @@ async fn a_topic_unknown_to_a_lagging_broker_is_looked_up_at_the_controller() ->
     assert_eq!(produce(&runtime, &producer, "v", 3).await?, [0, 1, 2]);
     producer.close().await?;
     assert_eq!(asked(&script, 2, "metadata"), 1, "the controller was asked");
+    // So is an admin's describe, right after a create (the admin knows no controller yet).
+    let admin = Admin::connect(&address(&script, 1)).await?;
+    assert_eq!(admin.describe_topic(TOPIC).await?.partitions.len(), 1);
+    assert_eq!(asked(&script, 2, "describe-topic"), 1);
+    // Once the controller is known, describes go there first.
+    assert_eq!(admin.describe_topic(TOPIC).await?.partitions.len(), 1);
+    assert_eq!(asked(&script, 2, "describe-topic"), 2);
+    assert_eq!(asked(&script, 1, "describe-topic"), 1);
     // A topic no broker knows is still unknown, at once.
     let producer = Producer::connect(&address(&script, 1), producer_config()).await?;
     lock(&script).lagging = BTreeSet::from([1, 2, 3]);
