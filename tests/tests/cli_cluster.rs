@@ -119,7 +119,8 @@ fn json(output: &CliOutput) -> Value {
     serde_json::from_str(output.stdout.trim()).unwrap_or_else(|error| panic!("{error}: {output}"))
 }
 
-/// The values of the records of `topic` (null values skipped: Raft's no-op entries).
+/// The values of the records of `topic`, sorted (every record must have one: the new leaders'
+/// control batches are not records).
 fn consume_values(bootstrap: &str, topic: &str) -> Vec<String> {
     let consumed = run_cli(
         &["-b", bootstrap, "consume", topic, "--timeout-ms", "3000"],
@@ -130,9 +131,12 @@ fn consume_values(bootstrap: &str, topic: &str) -> Vec<String> {
     let mut values: Vec<String> = consumed
         .stdout_lines()
         .iter()
-        .filter_map(|line| {
+        .map(|line| {
             let record: Value = serde_json::from_str(line).expect("a JSON record");
-            record["value"].as_str().map(str::to_owned)
+            record["value"]
+                .as_str()
+                .unwrap_or_else(|| panic!("a record without a value: {line}"))
+                .to_owned()
         })
         .collect();
     values.sort();
