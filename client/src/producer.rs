@@ -1463,9 +1463,6 @@ impl Background {
             batch.status = BatchStatus::InFlight(request_id);
         }
         queue.in_flight += 1;
-        self.accumulator
-            .batch_bytes_sent
-            .fetch_add(payload_bytes as u64, Ordering::Relaxed);
         let completion_key = key.clone();
         let connection = match connection {
             Ok(connection) => connection,
@@ -1480,8 +1477,13 @@ impl Background {
                 return false;
             }
         };
-        // Counted once it has a connection to go on: a request that never left is none.
+        // Counted once it has a connection to go on: a request that never left is none, and
+        // its bytes were not on the wire (a partition with no leader yet fails every attempt
+        // here, and counting them made the bytes "sent" several times the records').
         self.accumulator.requests.record(payload.len() as u64);
+        self.accumulator
+            .batch_bytes_sent
+            .fetch_add(payload_bytes as u64, Ordering::Relaxed);
         queue.connection = Some(connection.id());
         let request = Request::Produce {
             topic: key.0.clone(),

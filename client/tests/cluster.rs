@@ -125,7 +125,12 @@ fn not_leader(script: &Script, partition: u32) -> Response {
 fn partition_metadata(script: &Script, partition: u32) -> PartitionMetadata {
     PartitionMetadata {
         partition,
-        leader: script.metadata_leaders.get(&partition).copied(),
+        // 0: no leader (an election under way).
+        leader: script
+            .metadata_leaders
+            .get(&partition)
+            .copied()
+            .filter(|leader| *leader != 0),
         leader_term: 1,
         replicas: vec![1, 2, 3],
         in_sync_replicas: vec![1, 2, 3],
@@ -708,5 +713,33 @@ async fn a_topic_unknown_to_a_lagging_broker_is_looked_up_at_the_controller() ->
         .await
         .expect_err("unknown topic");
     assert_eq!(error.code(), Some(ErrorCode::UnknownTopic), "{error}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn attempts_without_a_leader_are_not_counted_as_bytes_sent() -> anyhow::Result<()> {
+    let runtime = Runtime::new(10);
+    // Partition 0 has no leader yet (an election under way): every attempt fails before a
+    // request leaves ...
+    let script = start(&runtime, 1, one_partition(1, 0)).await?;
+    let producer = Producer::connect(&address(&script, 1), producer_config()).await?;
+    let value = "x".repeat(1_000);
+    let mut deliveries = Vec::new();
+    for _ in 0..10 {
+        let record = ProducerRecord::new(TOPIC, value.clone()).with_partition(0);
+        deliveries.push(producer.send(record).await?);
+    }
+    // ... for a while: the producer retries meanwhile.
+    runtime.sleep(Duration::from_millis(300)).await;
+    lock(&script).metadata_leaders.insert(0, 1);
+    for delivery in deliveries {
+        runtime.timeout(TEST_TIMEOUT, delivery).await??;
+    }
+    let sent = producer.batch_bytes_sent();
+    assert!(
+        (10_000..20_000).contains(&sent),
+        "{sent} batch bytes counted as sent for 10 records of 1000 bytes sent once"
+    );
+    producer.close().await?;
     Ok(())
 }
