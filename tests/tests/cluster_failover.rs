@@ -1,0 +1,444 @@
+//! A 3-node cluster of real `brook node --peers ...` processes on loopback: acks=all producers
+//! write to a replication-factor-3 partition while its leader is SIGKILLed and restarted several
+//! times. Afterwards every acknowledged record must be in the partition, where it was
+//! acknowledged, exactly once, and the partition's offsets must be dense (judged by
+//! brook-jepsen's queue checker over the recorded history, plus a direct density check of the
+//! final read, since a new leader's control batch holds an offset no consumer value does).
+#![allow(clippy::disallowed_methods)] // real processes and the real clock: not simulated code
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use brook_actors::runtime::Runtime;
+use brook_client::{
+    Acks, Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, StartOffset,
+};
+use brook_e2e::{work_dir, Broker};
+use brook_jepsen::queue::{self, QueueOptions};
+use brook_jepsen::{History, OpKind, Phase, PollRecord, SendAcks};
+use brook_wire::error::ErrorCode;
+
+const NODES: u32 = 3;
+const TOPIC: &str = "failover";
+/// Leader kills (each followed by a restart of the killed node).
+const KILL_ROUNDS: u64 = 3;
+/// Producer workers, each one history process with one send in flight.
+const WORKERS: u64 = 4;
+/// Acknowledgements to wait for before each kill and after the last restart.
+const ACKS_PER_ROUND: u64 = 100;
+/// How long the killed leader stays down (longer than the election timeout).
+const DOWNTIME: Duration = Duration::from_millis(2_000);
+/// Bound on one phase (enough acks, a leader known, everything committed, the drain).
+const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on one send, from the call to its acknowledgement or failure.
+const SEND_TIMEOUT: Duration = Duration::from_secs(15);
+/// Bound on sends per worker (the phases end long before).
+const SENDS_PER_WORKER_MAX: u64 = 1_000_000;
+/// History process of the nemesis (crash and restart events) and of the final read.
+const NEMESIS_PROCESS: u64 = 1_000;
+const DRAIN_PROCESS: u64 = 9_000;
+
+/// The history, recorded from every task.
+struct Recorder {
+    started: Instant,
+    history: Mutex<History>,
+}
+
+impl Recorder {
+    fn push(&self, process: u64, node: Option<String>, phase: Phase, kind: OpKind) {
+        let time_ns = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.history
+            .lock()
+            .expect("history lock")
+            .push(process, time_ns, node, phase, kind);
+    }
+}
+
+fn send_kind(value: u64, partition: Option<u32>, offset: Option<u64>) -> OpKind {
+    OpKind::Send {
+        partition,
+        key: None,
+        value,
+        offset,
+        acks: SendAcks::All,
+    }
+}
+
+struct Cluster {
+    work: tempfile::TempDir,
+    data: BTreeMap<u32, PathBuf>,
+    ports: BTreeMap<u32, u16>,
+    nodes: BTreeMap<u32, Broker>,
+}
+
+impl Cluster {
+    fn args(&self, id: u32) -> Vec<String> {
+        let peers = self
+            .ports
+            .iter()
+            .map(|(id, port)| format!("{id}@127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        vec![
+            "--node-id".into(),
+            id.to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", self.ports[&id]),
+            "--data-dir".into(),
+            self.data[&id].display().to_string(),
+            "--peers".into(),
+            peers,
+        ]
+    }
+
+    fn bootstrap(&self) -> String {
+        self.ports
+            .values()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn start(&mut self, id: u32) {
+        let broker = Broker::node_with_args(self.work.path(), &self.args(id));
+        self.nodes.insert(id, broker);
+    }
+
+    /// Every node's log, for failure messages.
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(id, broker)| {
+                let stderr = broker.stderr();
+                let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
+                format!(
+                    "--- node {id} (last 40 log lines, newest first):\n{}",
+                    tail.join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
+}
+
+fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// One producer worker: sends its own values one at a time until told to stop.
+async fn produce(
+    process: u64,
+    producer: Arc<Producer>,
+    recorder: Arc<Recorder>,
+    runtime: Runtime,
+    stop: Arc<AtomicBool>,
+    acks: Arc<AtomicU64>,
+) {
+    for index in 0..SENDS_PER_WORKER_MAX {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let value = process * 10_000_000 + index;
+        recorder.push(
+            process,
+            None,
+            Phase::Invoke,
+            send_kind(value, Some(0), None),
+        );
+        let record = ProducerRecord::new(TOPIC, value.to_string()).with_partition(0);
+        let delivered = runtime
+            .timeout(SEND_TIMEOUT, async { producer.send(record).await?.await })
+            .await;
+        match delivered {
+            Ok(Ok(metadata)) => {
+                recorder.push(
+                    process,
+                    None,
+                    Phase::Ok,
+                    send_kind(value, Some(metadata.partition), Some(metadata.offset)),
+                );
+                acks.fetch_add(1, Ordering::Relaxed);
+            }
+            // A timeout, a lost connection, a leader change: the record may or may not be in.
+            _ => {
+                recorder.push(process, None, Phase::Info, send_kind(value, Some(0), None));
+                runtime.sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One poll of the final read that delivered `records`.
+fn record_poll(recorder: &Recorder, records: Vec<PollRecord>) {
+    let invoke = OpKind::Poll {
+        records: Vec::new(),
+    };
+    recorder.push(DRAIN_PROCESS, None, Phase::Invoke, invoke);
+    recorder.push(DRAIN_PROCESS, None, Phase::Ok, OpKind::Poll { records });
+}
+
+async fn wait_for_acks(acks: &AtomicU64, target: u64, cluster: &Cluster, runtime: &Runtime) {
+    let deadline = Instant::now() + PHASE_TIMEOUT;
+    while acks.load(Ordering::Relaxed) < target {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {target} acks within {PHASE_TIMEOUT:?}\n{}",
+            acks.load(Ordering::Relaxed),
+            cluster.logs()
+        );
+        runtime.sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The partition's leader as the cluster reports it, once it has one.
+async fn leader(admin: &Admin, cluster: &Cluster, runtime: &Runtime) -> u32 {
+    let deadline = Instant::now() + PHASE_TIMEOUT;
+    loop {
+        if let Ok(topic) = admin.describe_topic(TOPIC).await {
+            if let Some(leader) = topic.partitions.first().and_then(|p| p.leader) {
+                return leader;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader within {PHASE_TIMEOUT:?}\n{}",
+            cluster.logs()
+        );
+        runtime.sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn acknowledged_records_survive_leader_kills_in_a_three_node_cluster() {
+    let work = work_dir();
+    let data = (1..=NODES)
+        .map(|id| (id, work.path().join(format!("node-{id}"))))
+        .collect();
+    let ports = (1..=NODES).map(|id| (id, free_port())).collect();
+    let mut cluster = Cluster {
+        work,
+        data,
+        ports,
+        nodes: BTreeMap::new(),
+    };
+    for id in 1..=NODES {
+        cluster.start(id);
+    }
+    let bootstrap = cluster.bootstrap();
+    let tokio = tokio_runtime();
+    let _enter = tokio.enter();
+    let runtime = Runtime::new(11);
+    let recorder = Arc::new(Recorder {
+        started: Instant::now(),
+        history: Mutex::new(History::new()),
+    });
+
+    tokio.block_on(async {
+        let admin = Admin::connect(&bootstrap).await.expect("admin connects");
+        let deadline = Instant::now() + PHASE_TIMEOUT;
+        loop {
+            match admin.create_topic(TOPIC, 1, 3).await {
+                Ok(_) => break,
+                // An earlier attempt that timed out was applied after all.
+                Err(error) if error.code() == Some(ErrorCode::TopicAlreadyExists) => break,
+                Err(error) => assert!(
+                    Instant::now() < deadline,
+                    "cannot create the topic: {error}\n{}",
+                    cluster.logs()
+                ),
+            }
+            runtime.sleep(Duration::from_millis(100)).await;
+        }
+        leader(&admin, &cluster, &runtime).await;
+
+        let config = ProducerConfig::default()
+            .acks(Acks::All)
+            // No retries: without the idempotent producer a retry may duplicate a record.
+            .retries_max(0)
+            .request_timeout(Duration::from_secs(5))
+            .delivery_timeout(Duration::from_secs(10));
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(AtomicU64::new(0));
+        let mut workers = Vec::new();
+        for process in 0..WORKERS {
+            let producer = Arc::new(
+                Producer::connect(&bootstrap, config.clone())
+                    .await
+                    .expect("producer connects"),
+            );
+            workers.push(runtime.spawn(produce(
+                process,
+                producer,
+                recorder.clone(),
+                runtime.clone(),
+                stop.clone(),
+                acks.clone(),
+            )));
+        }
+
+        for round in 1..=KILL_ROUNDS {
+            wait_for_acks(&acks, round * ACKS_PER_ROUND, &cluster, &runtime).await;
+            let victim = leader(&admin, &cluster, &runtime).await;
+            let node = format!("n{victim}");
+            recorder.push(
+                NEMESIS_PROCESS,
+                Some(node.clone()),
+                Phase::Ok,
+                OpKind::Crash,
+            );
+            cluster.nodes.get_mut(&victim).expect("running node").kill();
+            runtime.sleep(DOWNTIME).await;
+            cluster.start(victim);
+            recorder.push(NEMESIS_PROCESS, Some(node), Phase::Ok, OpKind::Restart);
+        }
+        wait_for_acks(
+            &acks,
+            (KILL_ROUNDS + 1) * ACKS_PER_ROUND,
+            &cluster,
+            &runtime,
+        )
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        for worker in workers {
+            worker.await.expect("worker task");
+        }
+
+        // Everything the leader has is committed once every replica caught up.
+        let deadline = Instant::now() + PHASE_TIMEOUT;
+        let end = loop {
+            if let Ok(topic) = admin.describe_topic(TOPIC).await {
+                let partition = &topic.partitions[0];
+                if partition.leader.is_some()
+                    && partition.in_sync_replicas.len() == 3
+                    && partition.log_end_offset == Some(partition.high_watermark)
+                {
+                    break partition.high_watermark;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the partition did not settle within {PHASE_TIMEOUT:?}\n{}",
+                cluster.logs()
+            );
+            runtime.sleep(Duration::from_millis(100)).await;
+        };
+
+        // The final read: every offset from 0 to the end.
+        recorder.push(
+            DRAIN_PROCESS,
+            None,
+            Phase::Invoke,
+            OpKind::Assign {
+                partitions: vec![0],
+            },
+        );
+        recorder.push(
+            DRAIN_PROCESS,
+            None,
+            Phase::Ok,
+            OpKind::Assign {
+                partitions: vec![0],
+            },
+        );
+        let mut consumer = Consumer::connect(&bootstrap, ConsumerConfig::default())
+            .await
+            .expect("consumer connects");
+        consumer
+            .assign_all(TOPIC, StartOffset::Earliest)
+            .await
+            .expect("assign");
+        let mut offsets = Vec::new();
+        let mut control_offsets = Vec::new();
+        let deadline = Instant::now() + PHASE_TIMEOUT;
+        while offsets.last().map_or(0, |&offset: &u64| offset + 1) < end {
+            assert!(
+                Instant::now() < deadline,
+                "the final read did not finish: {} offsets read of {end}",
+                offsets.len()
+            );
+            let polled = consumer
+                .poll(Duration::from_millis(500))
+                .await
+                .expect("poll");
+            // Recorded as polls of the records between control records, each control record
+            // a seek past it: a new leader's control batch (no key, no value) holds an offset
+            // but no producer's record, and the checker must not take it for a skipped one.
+            let mut records = Vec::new();
+            for record in polled {
+                offsets.push(record.offset);
+                let Some(value) = &record.value else {
+                    assert!(record.key.is_none(), "a keyed record without value");
+                    control_offsets.push(record.offset);
+                    record_poll(&recorder, std::mem::take(&mut records));
+                    let seek = OpKind::Seek {
+                        partition: 0,
+                        offset: record.offset + 1,
+                    };
+                    recorder.push(DRAIN_PROCESS, None, Phase::Invoke, seek.clone());
+                    recorder.push(DRAIN_PROCESS, None, Phase::Ok, seek);
+                    continue;
+                };
+                let value: u64 = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|text| text.parse().ok())
+                    .unwrap_or_else(|| panic!("unexpected value {value:?}"));
+                records.push(PollRecord {
+                    partition: record.partition,
+                    offset: record.offset,
+                    value,
+                });
+            }
+            record_poll(&recorder, records);
+        }
+
+        // Dense: the final read saw every offset from 0 to the end, once, in order.
+        let misplaced: Vec<(usize, u64)> = offsets
+            .iter()
+            .enumerate()
+            .filter(|(position, offset)| **offset != *position as u64)
+            .map(|(position, offset)| (position, *offset))
+            .take(10)
+            .collect();
+        assert!(
+            misplaced.is_empty() && offsets.len() as u64 == end,
+            "the partition's offsets are not dense from 0 to {end}: {} read, first misplaced \
+             (position, offset): {misplaced:?}",
+            offsets.len()
+        );
+        assert!(
+            control_offsets.len() as u64 >= KILL_ROUNDS,
+            "each new leader writes a control batch: {control_offsets:?}"
+        );
+    });
+
+    let history = recorder.history.lock().expect("history lock").clone();
+    let options = QueueOptions {
+        sends_ok_min: ((KILL_ROUNDS + 1) * ACKS_PER_ROUND) as usize,
+        records_read_min: ((KILL_ROUNDS + 1) * ACKS_PER_ROUND) as usize,
+        ..QueueOptions::default()
+    };
+    let report = queue::check(&history, &options).expect("a well-formed history");
+    if !report.valid {
+        let path = cluster.work.path().join("history.jsonl");
+        std::fs::write(&path, history.to_json_lines()).expect("write the history");
+        let kept = cluster.work.keep();
+        panic!(
+            "the queue checker found anomalies (history and logs kept in {}):\n{}",
+            kept.display(),
+            report.summary(5)
+        );
+    }
+    eprintln!("{}", report.summary(0));
+}
