@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use brook_actors::runtime::Runtime;
+use brook_actors::runtime::{Runtime, TaskHandle};
 use brook_client::{
     Acks, Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, StartOffset,
 };
@@ -220,32 +220,41 @@ async fn leader(admin: &Admin, cluster: &Cluster, runtime: &Runtime) -> u32 {
     }
 }
 
-#[test]
-fn acknowledged_records_survive_leader_kills_in_a_three_node_cluster() {
-    let work = work_dir();
-    let data = (1..=NODES)
-        .map(|id| (id, work.path().join(format!("node-{id}"))))
-        .collect();
-    let ports = (1..=NODES).map(|id| (id, free_port())).collect();
-    let mut cluster = Cluster {
-        work,
-        data,
-        ports,
-        nodes: BTreeMap::new(),
-    };
-    for id in 1..=NODES {
-        cluster.start(id);
-    }
-    let bootstrap = cluster.bootstrap();
-    let tokio = tokio_runtime();
-    let _enter = tokio.enter();
-    let runtime = Runtime::new(11);
-    let recorder = Arc::new(Recorder {
-        started: Instant::now(),
-        history: Mutex::new(History::new()),
-    });
+/// A running cluster with a replication-factor-3 topic and producer workers recording a
+/// history.
+struct Scenario {
+    cluster: Cluster,
+    runtime: Runtime,
+    recorder: Arc<Recorder>,
+    bootstrap: String,
+    admin: Admin,
+    acks: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<TaskHandle<()>>,
+}
 
-    tokio.block_on(async {
+impl Scenario {
+    /// Three nodes, the topic, and the producers sending.
+    async fn start(runtime: Runtime) -> Scenario {
+        let work = work_dir();
+        let data = (1..=NODES)
+            .map(|id| (id, work.path().join(format!("node-{id}"))))
+            .collect();
+        let ports = (1..=NODES).map(|id| (id, free_port())).collect();
+        let mut cluster = Cluster {
+            work,
+            data,
+            ports,
+            nodes: BTreeMap::new(),
+        };
+        for id in 1..=NODES {
+            cluster.start(id);
+        }
+        let bootstrap = cluster.bootstrap();
+        let recorder = Arc::new(Recorder {
+            started: Instant::now(),
+            history: Mutex::new(History::new()),
+        });
         let admin = Admin::connect(&bootstrap).await.expect("admin connects");
         let deadline = Instant::now() + PHASE_TIMEOUT;
         loop {
@@ -287,29 +296,40 @@ fn acknowledged_records_survive_leader_kills_in_a_three_node_cluster() {
                 acks.clone(),
             )));
         }
-
-        for round in 1..=KILL_ROUNDS {
-            wait_for_acks(&acks, round * ACKS_PER_ROUND, &cluster, &runtime).await;
-            let victim = leader(&admin, &cluster, &runtime).await;
-            let node = format!("n{victim}");
-            recorder.push(
-                NEMESIS_PROCESS,
-                Some(node.clone()),
-                Phase::Ok,
-                OpKind::Crash,
-            );
-            cluster.nodes.get_mut(&victim).expect("running node").kill();
-            runtime.sleep(DOWNTIME).await;
-            cluster.start(victim);
-            recorder.push(NEMESIS_PROCESS, Some(node), Phase::Ok, OpKind::Restart);
+        Scenario {
+            cluster,
+            runtime,
+            recorder,
+            bootstrap,
+            admin,
+            acks,
+            stop,
+            workers,
         }
-        wait_for_acks(
-            &acks,
-            (KILL_ROUNDS + 1) * ACKS_PER_ROUND,
-            &cluster,
-            &runtime,
-        )
-        .await;
+    }
+
+    async fn wait_for_acks(&self, target: u64) {
+        wait_for_acks(&self.acks, target, &self.cluster, &self.runtime).await;
+    }
+
+    async fn leader(&self) -> u32 {
+        leader(&self.admin, &self.cluster, &self.runtime).await
+    }
+
+    /// Stop the producers, wait until every replica has everything, read the partition from
+    /// offset 0 to its end, check the offsets are dense and let brook-jepsen judge the history.
+    /// Returns the end offset and the offsets of the leaders' control batches.
+    async fn finish(self) -> (Cluster, u64, Vec<u64>) {
+        let Scenario {
+            cluster,
+            runtime,
+            recorder,
+            bootstrap,
+            admin,
+            acks: _,
+            stop,
+            workers,
+        } = self;
         stop.store(true, Ordering::Relaxed);
         for worker in workers {
             worker.await.expect("worker task");
@@ -417,28 +437,180 @@ fn acknowledged_records_survive_leader_kills_in_a_three_node_cluster() {
              (position, offset): {misplaced:?}",
             offsets.len()
         );
+        let history = recorder.history.lock().expect("history lock").clone();
+        let options = QueueOptions {
+            sends_ok_min: ((KILL_ROUNDS + 1) * ACKS_PER_ROUND) as usize,
+            records_read_min: ((KILL_ROUNDS + 1) * ACKS_PER_ROUND) as usize,
+            ..QueueOptions::default()
+        };
+        let report = queue::check(&history, &options).expect("a well-formed history");
+        if !report.valid {
+            let path = cluster.work.path().join("history.jsonl");
+            std::fs::write(&path, history.to_json_lines()).expect("write the history");
+            panic!(
+                "the queue checker found anomalies (history and logs in {}, kept):\n{}",
+                cluster.work.keep().display(),
+                report.summary(5)
+            );
+        }
+        eprintln!("{}", report.summary(0));
+        (cluster, end, control_offsets)
+    }
+}
+
+#[test]
+fn acknowledged_records_survive_leader_kills_in_a_three_node_cluster() {
+    let tokio = tokio_runtime();
+    let _enter = tokio.enter();
+    tokio.block_on(async {
+        let mut scenario = Scenario::start(Runtime::new(11)).await;
+        for round in 1..=KILL_ROUNDS {
+            scenario.wait_for_acks(round * ACKS_PER_ROUND).await;
+            let victim = scenario.leader().await;
+            let node = format!("n{victim}");
+            scenario.recorder.push(
+                NEMESIS_PROCESS,
+                Some(node.clone()),
+                Phase::Ok,
+                OpKind::Crash,
+            );
+            scenario
+                .cluster
+                .nodes
+                .get_mut(&victim)
+                .expect("running node")
+                .kill();
+            scenario.runtime.sleep(DOWNTIME).await;
+            scenario.cluster.start(victim);
+            scenario
+                .recorder
+                .push(NEMESIS_PROCESS, Some(node), Phase::Ok, OpKind::Restart);
+        }
+        scenario
+            .wait_for_acks((KILL_ROUNDS + 1) * ACKS_PER_ROUND)
+            .await;
+        let (_, _, control_offsets) = scenario.finish().await;
+        // Each leader (the first, then one per kill at least) began its term with a control
+        // batch: the leader did change every round.
         assert!(
-            control_offsets.len() as u64 >= KILL_ROUNDS,
-            "each new leader writes a control batch: {control_offsets:?}"
+            control_offsets.len() as u64 > KILL_ROUNDS,
+            "{control_offsets:?}"
         );
     });
+}
 
-    let history = recorder.history.lock().expect("history lock").clone();
-    let options = QueueOptions {
-        sends_ok_min: ((KILL_ROUNDS + 1) * ACKS_PER_ROUND) as usize,
-        records_read_min: ((KILL_ROUNDS + 1) * ACKS_PER_ROUND) as usize,
-        ..QueueOptions::default()
-    };
-    let report = queue::check(&history, &options).expect("a well-formed history");
-    if !report.valid {
-        let path = cluster.work.path().join("history.jsonl");
-        std::fs::write(&path, history.to_json_lines()).expect("write the history");
-        let kept = cluster.work.keep();
-        panic!(
-            "the queue checker found anomalies (history and logs kept in {}):\n{}",
-            kept.display(),
-            report.summary(5)
-        );
+/// Send `signal` (`STOP`, `CONT`) to a node's process.
+fn signal(cluster: &Cluster, id: u32, signal: &str) {
+    let pid = cluster.nodes[&id].pid().expect("a running node");
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// The bytes of a node's replica of the topic's partition 0 (its segment files, in order).
+fn replica_log(cluster: &Cluster, id: u32) -> Vec<u8> {
+    let partitions = cluster.data[&id].join("cluster").join("partitions");
+    let mut segments = Vec::new();
+    for entry in std::fs::read_dir(&partitions).expect("the node's partitions") {
+        let topic = entry.expect("directory entry").path();
+        let name = topic
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if !name.starts_with(&format!("{TOPIC}@")) {
+            continue;
+        }
+        for segment in std::fs::read_dir(topic.join("0").join("log")).expect("the replica's log") {
+            let path = segment.expect("directory entry").path();
+            if path.extension().is_some_and(|extension| extension == "log") {
+                segments.push(path);
+            }
+        }
     }
-    eprintln!("{}", report.summary(0));
+    assert!(!segments.is_empty(), "node {id} has no segment of {TOPIC}");
+    segments.sort();
+    segments
+        .iter()
+        .flat_map(|path| std::fs::read(path).expect("read a segment"))
+        .collect()
+}
+
+/// The issue's second real-process test: SIGSTOP the leader past the election timeout, produce
+/// through the new leader, resume the old one: it steps down (a later term leads, it follows
+/// and is in sync) and truncates whatever it had that the cluster did not commit, so that every
+/// replica ends with byte-identical logs; nothing acknowledged is lost, offsets stay dense.
+#[test]
+fn a_paused_leader_steps_down_and_converges_after_it_resumes() {
+    let tokio = tokio_runtime();
+    let _enter = tokio.enter();
+    tokio.block_on(async {
+        let scenario = Scenario::start(Runtime::new(12)).await;
+        scenario.wait_for_acks(ACKS_PER_ROUND).await;
+        let paused = scenario.leader().await;
+        let term_before = scenario
+            .admin
+            .describe_topic(TOPIC)
+            .await
+            .expect("describe")
+            .partitions[0]
+            .leader_term;
+        signal(&scenario.cluster, paused, "STOP");
+        // Asked of the other nodes only: the paused one would answer nothing.
+        let others = scenario
+            .cluster
+            .ports
+            .iter()
+            .filter(|(id, _)| **id != paused)
+            .map(|(_, port)| format!("127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let admin = Admin::connect(&others).await.expect("admin connects");
+        let deadline = Instant::now() + PHASE_TIMEOUT;
+        let new_leader = loop {
+            if let Ok(topic) = admin.describe_topic(TOPIC).await {
+                let partition = &topic.partitions[0];
+                match partition.leader {
+                    Some(leader) if leader != paused && partition.leader_term > term_before => {
+                        break leader
+                    }
+                    _ => {}
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new leader while node {paused} is paused\n{}",
+                scenario.cluster.logs()
+            );
+            scenario.runtime.sleep(Duration::from_millis(50)).await;
+        };
+        // Produce through the new leader while the old one sleeps.
+        let acked = scenario.acks.load(Ordering::Relaxed);
+        scenario.wait_for_acks(acked + ACKS_PER_ROUND).await;
+        signal(&scenario.cluster, paused, "CONT");
+        scenario
+            .wait_for_acks((KILL_ROUNDS + 1) * ACKS_PER_ROUND)
+            .await;
+        let (cluster, end, control_offsets) = scenario.finish().await;
+        assert!(control_offsets.len() >= 2, "{control_offsets:?}");
+        let topic = admin.describe_topic(TOPIC).await.expect("describe");
+        assert!(
+            topic.partitions[0].leader_term > term_before,
+            "leader {new_leader} of a later term expected: {topic:?}"
+        );
+        // Every replica holds the same bytes: the resumed node dropped anything it had that
+        // the others did not commit.
+        let reference = replica_log(&cluster, new_leader);
+        assert!(end > 0 && !reference.is_empty());
+        for id in 1..=NODES {
+            let log = replica_log(&cluster, id);
+            assert!(
+                log == reference,
+                "node {id}'s log ({} bytes) differs from the leader's ({} bytes)",
+                log.len(),
+                reference.len()
+            );
+        }
+    });
 }
