@@ -13,15 +13,18 @@
 //!   not in its peers, itself, a higher id (it should be dialled instead) or another protocol
 //!   version; the dialer refuses an answer from another node than the one it dialled. A refused
 //!   or malformed handshake is a log line and a dropped connection; nothing is applied.
-//! - **Outgoing**: [`PeerOutbox::send`] puts the message on the destination link's bounded
-//!   queue and returns; a full queue drops the message and counts it (Raft retries appends and
-//!   heartbeats are periodic). The link's writer drains everything queued (up to
-//!   [`PeerNetworkConfig::drain_messages_max`]), gathers every heartbeat and heartbeat answer
-//!   of the drain into one `Heartbeats` / `HeartbeatResponses` frame
-//!   ([`brook_actors::heartbeats::coalesce`]), writes the frames and flushes once. When a drain
-//!   holds only heartbeats it first waits [`PeerNetworkConfig::heartbeat_linger`], so that the
-//!   heartbeats every group emits on one tick (each from its own actor, at slightly different
-//!   moments) leave together: one frame per peer per tick, whatever the number of groups.
+//! - **Outgoing**: [`PeerOutbox::send`] never blocks. A heartbeat or heartbeat answer goes to
+//!   the link's slot for its group, replacing one not yet written (a newer heartbeat of a group
+//!   says all an older one did): a slow link holds at most one of each per group and never
+//!   drops one, however many groups the node hosts. Every other message goes on the link's
+//!   bounded queue; a full queue drops the message and counts it (Raft retries). The link's
+//!   writer drains the queue (up to [`PeerNetworkConfig::drain_messages_max`]) and takes every
+//!   pending heartbeat slot, gathers the heartbeats and heartbeat answers into one
+//!   `Heartbeats` / `HeartbeatResponses` frame ([`brook_actors::heartbeats::coalesce`]), writes
+//!   the frames and flushes once. Woken by heartbeats alone it first waits
+//!   [`PeerNetworkConfig::heartbeat_linger`], so that the heartbeats every group emits on one
+//!   tick (each from its own actor, at slightly different moments) leave together: one frame
+//!   per peer per tick, whatever the number of groups.
 //! - **Incoming**: the reader decodes frames (size capped by
 //!   [`PeerNetworkConfig::frame_bytes_max`]), splits coalesced ones per group, notes the peer
 //!   as heard from ([`PeerRouter::heard_from`]) and delivers each message
@@ -81,8 +84,12 @@ const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
 /// Tuning of the peer network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerNetworkConfig {
-    /// Messages queued per link at most; a send to a full link is dropped and counted.
+    /// Messages queued per link at most (heartbeats aside); a send to a full link is dropped
+    /// and counted.
     pub queue_messages_max: usize,
+    /// Groups with a heartbeat (or a heartbeat answer) waiting per link at most: a bound on the
+    /// heartbeat slots, far above any node's group count; beyond it new groups' are dropped.
+    pub heartbeat_groups_max: usize,
     /// Messages the writer takes off the queue for one round of frames at most.
     pub drain_messages_max: usize,
     /// Largest frame sent or accepted (header included). An append larger than this cannot be
@@ -110,7 +117,8 @@ pub struct PeerNetworkConfig {
 impl Default for PeerNetworkConfig {
     fn default() -> Self {
         PeerNetworkConfig {
-            queue_messages_max: 4_096,
+            queue_messages_max: 16_384,
+            heartbeat_groups_max: 1_000_000,
             drain_messages_max: 4_096,
             frame_bytes_max: PEER_FRAME_BYTES_MAX_DEFAULT,
             heartbeat_linger: Duration::from_millis(2),
@@ -139,6 +147,8 @@ pub struct PeerCounters {
     pub heartbeats_coalesced: u64,
     /// Outgoing messages dropped: full queue, unknown destination, unencodable.
     pub messages_dropped: u64,
+    /// Heartbeats and answers replaced by a newer one of their group before being written.
+    pub heartbeats_superseded: u64,
     /// Incoming messages for a group this node does not host.
     pub unknown_group_messages: u64,
     /// Incoming messages whose group's mailbox was full.
@@ -161,6 +171,7 @@ struct Counters {
     messages_received: AtomicU64,
     heartbeats_coalesced: AtomicU64,
     messages_dropped: AtomicU64,
+    heartbeats_superseded: AtomicU64,
     unknown_group_messages: AtomicU64,
     busy_group_messages: AtomicU64,
     connections_established: AtomicU64,
@@ -184,6 +195,7 @@ impl Counters {
             messages_received: get(&self.messages_received),
             heartbeats_coalesced: get(&self.heartbeats_coalesced),
             messages_dropped: get(&self.messages_dropped),
+            heartbeats_superseded: get(&self.heartbeats_superseded),
             unknown_group_messages: get(&self.unknown_group_messages),
             busy_group_messages: get(&self.busy_group_messages),
             connections_established: get(&self.connections_established),
@@ -207,6 +219,53 @@ struct Link {
     /// Bumped by every connection that completes its handshake; an older connection sees it
     /// move and closes.
     generation: watch::Sender<u64>,
+    /// The newest unwritten heartbeat and heartbeat answer of each group.
+    heartbeats: Mutex<HeartbeatSlots>,
+    /// Wakes the writer when a heartbeat slot is filled.
+    heartbeat_ready: tokio::sync::Notify,
+}
+
+/// Per group: the newest heartbeat `(term, commit index)` and heartbeat answer (term) not yet
+/// written.
+#[derive(Debug, Default)]
+struct HeartbeatSlots {
+    heartbeats: BTreeMap<GroupId, (u64, u64)>,
+    responses: BTreeMap<GroupId, u64>,
+}
+
+impl HeartbeatSlots {
+    fn is_empty(&self) -> bool {
+        self.heartbeats.is_empty() && self.responses.is_empty()
+    }
+
+    /// Every pending slot as sends to `to`, emptying them.
+    fn take(&mut self, to: NodeId, sends: &mut Vec<Queued>) {
+        for (group, (term, commit_index)) in std::mem::take(&mut self.heartbeats) {
+            let message = RaftMessage::Heartbeat { term, commit_index };
+            sends.push((group, peer_send(to, message)));
+        }
+        for (group, term) in std::mem::take(&mut self.responses) {
+            let message = RaftMessage::HeartbeatResponse { term };
+            sends.push((group, peer_send(to, message)));
+        }
+    }
+}
+
+fn peer_send(to: NodeId, message: RaftMessage) -> PeerSend {
+    PeerSend {
+        to,
+        message,
+        batches: Vec::new(),
+    }
+}
+
+impl Link {
+    fn lock_heartbeats(&self) -> std::sync::MutexGuard<'_, HeartbeatSlots> {
+        // Every update is one insert or one take: a poisoned lock is still consistent.
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 #[derive(Debug)]
@@ -265,6 +324,8 @@ impl PeerNetwork {
                     sender,
                     receiver: tokio::sync::Mutex::new(receiver),
                     generation: watch::channel(0).0,
+                    heartbeats: Mutex::new(HeartbeatSlots::default()),
+                    heartbeat_ready: tokio::sync::Notify::new(),
                 };
                 (peer, Arc::new(link))
             })
@@ -394,6 +455,45 @@ impl PeerOutbox for PeerNetwork {
             }
             return;
         };
+        let slot = match message {
+            RaftMessage::Heartbeat { term, commit_index } => {
+                Some((Some((term, commit_index)), None))
+            }
+            RaftMessage::HeartbeatResponse { term } => Some((None, Some(term))),
+            _ => None,
+        };
+        if let Some((heartbeat, response)) = slot {
+            let mut slots = link.lock_heartbeats();
+            let (present, full) = match (heartbeat, response) {
+                (Some(_), _) => (
+                    slots.heartbeats.contains_key(&group),
+                    slots.heartbeats.len() >= inner.config.heartbeat_groups_max,
+                ),
+                _ => (
+                    slots.responses.contains_key(&group),
+                    slots.responses.len() >= inner.config.heartbeat_groups_max,
+                ),
+            };
+            if !present && full {
+                drop(slots);
+                let dropped = add(&inner.counters.messages_dropped, 1);
+                if should_log(dropped, inner.config.log_every) {
+                    tracing::warn!(to, dropped, "heartbeat dropped: too many groups waiting");
+                }
+                return;
+            }
+            if present {
+                add(&inner.counters.heartbeats_superseded, 1);
+            }
+            match (heartbeat, response) {
+                (Some(heartbeat), _) => slots.heartbeats.insert(group, heartbeat).map(|_| ()),
+                (_, Some(term)) => slots.responses.insert(group, term).map(|_| ()),
+                (None, None) => None,
+            };
+            drop(slots);
+            link.heartbeat_ready.notify_one();
+            return;
+        }
         let send = PeerSend {
             to,
             message,
@@ -585,7 +685,7 @@ where
         _ = shutdown.wait_for(|stopping| *stopping) => "network shut down".into(),
         () = superseded(generation, mine) => "replaced by a newer connection".into(),
         reason = read_loop(&inner, link.peer, &mut reader, &mut buffer) => reason,
-        reason = write_loop(&inner, &mut queue, &mut writer) => reason,
+        reason = write_loop(&inner, &link, &mut queue, &mut writer) => reason,
     }
 }
 
@@ -676,13 +776,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
-fn is_heartbeat(message: &RaftMessage) -> bool {
-    matches!(
-        message,
-        RaftMessage::Heartbeat { .. } | RaftMessage::HeartbeatResponse { .. }
-    )
-}
-
 /// Take what is queued, up to the drain limit.
 fn drain(queue: &mut mpsc::Receiver<Queued>, sends: &mut Vec<Queued>, limit: usize) {
     while sends.len() < limit {
@@ -693,9 +786,18 @@ fn drain(queue: &mut mpsc::Receiver<Queued>, sends: &mut Vec<Queued>, limit: usi
     }
 }
 
-/// Write what the link's queue holds, coalescing heartbeats, until the stream fails.
+/// What woke a writer.
+enum Woken {
+    Message(Queued),
+    Heartbeats,
+    Closed,
+}
+
+/// Write what the link's queue and heartbeat slots hold, coalescing heartbeats, until the
+/// stream fails.
 async fn write_loop<W: AsyncWrite + Unpin>(
     inner: &Inner,
+    link: &Link,
     queue: &mut mpsc::Receiver<Queued>,
     writer: &mut W,
 ) -> Reason {
@@ -706,13 +808,20 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let mut sends = Vec::new();
     let mut out = BytesMut::new();
     loop {
-        let first = inner
+        let woken = inner
             .runtime
-            .timeout(config.keepalive_interval, queue.recv())
+            .timeout(config.keepalive_interval, async {
+                tokio::select! {
+                    biased;
+                    queued = queue.recv() => queued.map_or(Woken::Closed, Woken::Message),
+                    () = link.heartbeat_ready.notified() => Woken::Heartbeats,
+                }
+            })
             .await;
-        match first {
-            Ok(Some(first)) => sends.push(first),
-            Ok(None) => return "queue closed".into(),
+        match woken {
+            Ok(Woken::Message(first)) => sends.push(first),
+            Ok(Woken::Heartbeats) => {}
+            Ok(Woken::Closed) => return "queue closed".into(),
             Err(_) => {
                 if let Err(error) = encode_peer(&encoder, &KEEPALIVE, &[], &mut out) {
                     return format!("cannot encode a keepalive: {error}");
@@ -729,12 +838,20 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
         }
         drain(queue, &mut sends, limit);
-        if !config.heartbeat_linger.is_zero()
-            && sends.len() < limit
-            && sends.iter().all(|(_, send)| is_heartbeat(&send.message))
-        {
+        if sends.is_empty() && !config.heartbeat_linger.is_zero() {
+            // Woken by heartbeats alone: let the rest of this tick's heartbeats arrive.
             inner.runtime.sleep(config.heartbeat_linger).await;
             drain(queue, &mut sends, limit);
+        }
+        {
+            let mut slots = link.lock_heartbeats();
+            if !slots.is_empty() {
+                slots.take(link.peer, &mut sends);
+            }
+        }
+        if sends.is_empty() {
+            // A wake-up whose heartbeats an earlier round already took.
+            continue;
         }
         let mut frames_written = 0;
         let mut messages_written = 0;

@@ -219,6 +219,7 @@ fn delta(after: PeerCounters, before: PeerCounters) -> PeerCounters {
         messages_received: after.messages_received - before.messages_received,
         heartbeats_coalesced: after.heartbeats_coalesced - before.heartbeats_coalesced,
         messages_dropped: after.messages_dropped - before.messages_dropped,
+        heartbeats_superseded: after.heartbeats_superseded - before.heartbeats_superseded,
         unknown_group_messages: after.unknown_group_messages - before.unknown_group_messages,
         busy_group_messages: after.busy_group_messages - before.busy_group_messages,
         connections_established: after.connections_established - before.connections_established,
@@ -722,4 +723,74 @@ async fn idle_links_live_on_keepalives_and_a_silent_peer_is_dropped() {
     );
     assert_eq!(node.network.counters().connections_established, 1);
     node.network.shutdown();
+}
+
+#[tokio::test]
+async fn a_link_that_cannot_write_keeps_the_newest_heartbeat_of_each_group() {
+    let runtime = Runtime::new(8);
+    let (listener_one, address_one) = bind().await;
+    let (listener_two, address_two) = bind().await;
+    let peers = BTreeMap::from([(1, address_one.to_string()), (2, address_two.to_string())]);
+    let one = start_node(&runtime, 1, peers.clone(), listener_one, test_config());
+    // Node 2's network runs, but its listener is not served yet: node 1 cannot connect.
+    let router_two = PeerRouter::new();
+    let network_two =
+        PeerNetwork::start(runtime.clone(), 2, peers, router_two.clone(), test_config());
+    let inboxes: Vec<Arc<Inbox>> = (0..3)
+        .map(|partition| {
+            let inbox = Inbox::new(group(partition), network_two.clone(), Vec::new());
+            router_two.register(group(partition), inbox.clone());
+            inbox
+        })
+        .collect();
+    // Five rounds of heartbeats for groups 0 and 1 (a queue would have dropped none of them
+    // either, but it would deliver stale ones), one vote for group 2, while the link is down.
+    for round in 1..=5u64 {
+        for partition in 0..2 {
+            one.network.send(
+                2,
+                group(partition),
+                RaftMessage::Heartbeat {
+                    term: 3,
+                    commit_index: round,
+                },
+                Vec::new(),
+            );
+        }
+    }
+    one.network.send(2, group(2), vote(4), Vec::new());
+    let counters = one.network.counters();
+    assert_eq!(counters.heartbeats_superseded, 8, "{counters:?}");
+    assert_eq!(counters.messages_dropped, 0, "{counters:?}");
+    // Now node 2 serves its port: the link comes up and delivers what waited.
+    let _server = runtime.spawn(serve_peers(
+        runtime.clone(),
+        listener_two,
+        network_two.clone(),
+    ));
+    wait_until(&runtime, "delivered", || {
+        inboxes.iter().all(|inbox| inbox.count() == 1)
+    })
+    .await;
+    for inbox in &inboxes[..2] {
+        assert_eq!(
+            inbox.received(),
+            vec![(
+                1,
+                RaftMessage::Heartbeat {
+                    term: 3,
+                    commit_index: 5
+                },
+                Vec::new()
+            )]
+        );
+    }
+    assert_eq!(inboxes[2].received(), vec![(1, vote(4), Vec::new())]);
+    // Node 2's answers come back the same way (one slot per group).
+    wait_until(&runtime, "answers", || {
+        one.network.counters().messages_received == 2
+    })
+    .await;
+    one.network.shutdown();
+    network_two.shutdown();
 }
