@@ -215,7 +215,7 @@ struct Link {
     address: String,
     sender: mpsc::Sender<Queued>,
     /// Held by the connection that writes to the peer now.
-    receiver: tokio::sync::Mutex<mpsc::Receiver<Queued>>,
+    receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>,
     /// Bumped by every connection that completes its handshake; an older connection sees it
     /// move and closes.
     generation: watch::Sender<u64>,
@@ -322,7 +322,7 @@ impl PeerNetwork {
                     peer,
                     address,
                     sender,
-                    receiver: tokio::sync::Mutex::new(receiver),
+                    receiver: Arc::new(tokio::sync::Mutex::new(receiver)),
                     generation: watch::channel(0).0,
                     heartbeats: Mutex::new(HeartbeatSlots::default()),
                     heartbeat_ready: tokio::sync::Notify::new(),
@@ -678,15 +678,32 @@ where
         biased;
         _ = shutdown.wait_for(|stopping| *stopping) => return "network shut down".into(),
         () = superseded(generation.clone(), mine) => return "replaced by a newer connection".into(),
-        queue = link.receiver.lock() => queue,
+        queue = link.receiver.clone().lock_owned() => queue,
     };
-    tokio::select! {
+    // The writer is a task of its own: sharing one task with a reader that always has input
+    // would starve it (the reader would use up the task's cooperative budget every poll).
+    let mut writer_task = inner.runtime.spawn({
+        let inner = inner.clone();
+        let link = link.clone();
+        async move { write_loop(&inner, &link, &mut queue, &mut writer).await }
+    });
+    let (reason, writer_ended) = tokio::select! {
         biased;
-        _ = shutdown.wait_for(|stopping| *stopping) => "network shut down".into(),
-        () = superseded(generation, mine) => "replaced by a newer connection".into(),
-        reason = read_loop(&inner, link.peer, &mut reader, &mut buffer) => reason,
-        reason = write_loop(&inner, &link, &mut queue, &mut writer) => reason,
+        _ = shutdown.wait_for(|stopping| *stopping) => ("network shut down".into(), false),
+        () = superseded(generation, mine) => ("replaced by a newer connection".into(), false),
+        written = &mut writer_task => (
+            written.unwrap_or_else(|error| format!("writer failed: {error}")),
+            true,
+        ),
+        reason = read_loop(&inner, link.peer, &mut reader, &mut buffer) => (reason, false),
+    };
+    if !writer_ended {
+        // Dropping the writer's future releases the link's queue for the next connection
+        // (and its half of the stream).
+        writer_task.abort();
+        let _ = writer_task.await;
     }
+    reason
 }
 
 /// Read frames and deliver their messages until the stream ends or misbehaves.

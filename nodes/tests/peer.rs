@@ -794,3 +794,76 @@ async fn a_link_that_cannot_write_keeps_the_newest_heartbeat_of_each_group() {
     one.network.shutdown();
     network_two.shutdown();
 }
+
+// Several threads: the flood is written while node 2 reads it, so its reader never runs dry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_flooded_with_incoming_frames_still_writes() {
+    const FLOOD: usize = 200_000;
+    let runtime = Runtime::new(9);
+    let (listener, address) = bind().await;
+    let node = start_node(
+        &runtime,
+        2,
+        BTreeMap::from([(1, "127.0.0.1:1".to_owned()), (2, address.to_string())]),
+        listener,
+        test_config(),
+    );
+    let inbox = Inbox::new(group(0), node.network.clone(), Vec::new());
+    node.router.register(group(0), inbox.clone());
+    // The test plays node 1.
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    let mut bytes = BytesMut::from(&PEER_MAGIC[..]);
+    bytes.extend_from_slice(&hello(1));
+    stream.write_all(&bytes).await.expect("write");
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut flood = BytesMut::new();
+    let one = frame(
+        &PeerMessage::Raft {
+            group: group(0),
+            message: vote(5),
+        },
+        &[],
+    );
+    for _ in 0..FLOOD {
+        flood.extend_from_slice(&one);
+    }
+    let flooding = runtime.spawn(async move {
+        writer.write_all(&flood).await.expect("flood");
+        writer
+    });
+    // While node 2 reads the flood, it sends node 1 a message: it must leave before the flood
+    // is all read, not after.
+    wait_until(&runtime, "the flood started", || inbox.count() > 0).await;
+    node.network.send(1, group(0), vote(42), Vec::new());
+    let mut buffer = BytesMut::new();
+    let decoder = brook_wire::frame::FrameDecoder::default();
+    let mut read_when_answered = None;
+    let deadline = runtime.now() + PATIENCE;
+    while read_when_answered.is_none() {
+        assert!(runtime.now() < deadline, "node 2 never wrote");
+        let read = runtime
+            .timeout(PATIENCE, reader.read_buf(&mut buffer))
+            .await
+            .expect("node 2 writes something")
+            .expect("read");
+        assert!(read > 0, "node 2 closed the link");
+        while let Some(frame) = decoder.decode(&mut buffer).expect("a good frame") {
+            let (message, _) = brook_wire::peer::decode_peer(frame).expect("decodes");
+            if message
+                == (PeerMessage::Raft {
+                    group: group(0),
+                    message: vote(42),
+                })
+            {
+                read_when_answered = Some(inbox.count());
+            }
+        }
+    }
+    let read = read_when_answered.expect("answered");
+    assert!(
+        read < FLOOD,
+        "node 2 wrote only after reading all {FLOOD} flood frames ({read})"
+    );
+    let _writer = flooding.await.expect("flood task");
+    node.network.shutdown();
+}
