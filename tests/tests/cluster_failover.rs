@@ -6,7 +6,7 @@
 //! final read, since a new leader's control batch holds an offset no consumer value does).
 #![allow(clippy::disallowed_methods)] // real processes and the real clock: not simulated code
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,9 @@ use brook_client::{
 use brook_e2e::{work_dir, Broker};
 use brook_jepsen::queue::{self, QueueOptions};
 use brook_jepsen::{History, OpKind, Phase, PollRecord, SendAcks};
+use brook_wire::batch::split_batches;
 use brook_wire::error::ErrorCode;
+use bytes::Bytes;
 
 const NODES: u32 = 3;
 const TOPIC: &str = "failover";
@@ -319,7 +321,7 @@ impl Scenario {
     /// Stop the producers, wait until every replica has everything, read the partition from
     /// offset 0 to its end, check the offsets are dense and let brook-jepsen judge the history.
     /// Returns the end offset and the offsets of the leaders' control batches.
-    async fn finish(self) -> (Cluster, u64, Vec<u64>) {
+    async fn finish(self) -> (Cluster, u64, BTreeSet<u64>) {
         let Scenario {
             cluster,
             runtime,
@@ -379,41 +381,51 @@ impl Scenario {
             .assign_all(TOPIC, StartOffset::Earliest)
             .await
             .expect("assign");
-        let mut offsets = Vec::new();
-        let mut control_offsets = Vec::new();
+        // A new leader's control batch holds an offset but no producer's record; the client
+        // may hand it over as a record without key and value, or skip it. Which offsets are
+        // control batches is read from a replica's segment files (all replicas hold the same
+        // committed log once settled).
+        let control_offsets = control_offsets_on_disk(&cluster, 1);
+        let mut value_offsets = Vec::new();
+        let mut valueless = Vec::new();
+        let mut next = 0u64;
         let deadline = Instant::now() + PHASE_TIMEOUT;
-        while offsets.last().map_or(0, |&offset: &u64| offset + 1) < end {
+        while consumer.position(TOPIC, 0).unwrap_or(0) < end {
             assert!(
                 Instant::now() < deadline,
-                "the final read did not finish: {} offsets read of {end}",
-                offsets.len()
+                "the final read did not finish: {} records read, position {:?} of {end}",
+                value_offsets.len(),
+                consumer.position(TOPIC, 0)
             );
             let polled = consumer
                 .poll(Duration::from_millis(500))
                 .await
                 .expect("poll");
-            // Recorded as polls of the records between control records, each control record
-            // a seek past it: a new leader's control batch (no key, no value) holds an offset
-            // but no producer's record, and the checker must not take it for a skipped one.
+            // Recorded as polls of the records between gaps, each gap a seek: the checker must
+            // not take a control batch for a skipped record (the density check below makes
+            // sure the gaps are exactly the control batches).
             let mut records = Vec::new();
             for record in polled {
-                offsets.push(record.offset);
                 let Some(value) = &record.value else {
                     assert!(record.key.is_none(), "a keyed record without value");
-                    control_offsets.push(record.offset);
-                    record_poll(&recorder, std::mem::take(&mut records));
-                    let seek = OpKind::Seek {
-                        partition: 0,
-                        offset: record.offset + 1,
-                    };
-                    recorder.push(DRAIN_PROCESS, None, Phase::Invoke, seek.clone());
-                    recorder.push(DRAIN_PROCESS, None, Phase::Ok, seek);
+                    valueless.push(record.offset);
                     continue;
                 };
                 let value: u64 = std::str::from_utf8(value)
                     .ok()
                     .and_then(|text| text.parse().ok())
                     .unwrap_or_else(|| panic!("unexpected value {value:?}"));
+                if record.offset > next {
+                    record_poll(&recorder, std::mem::take(&mut records));
+                    let seek = OpKind::Seek {
+                        partition: 0,
+                        offset: record.offset,
+                    };
+                    recorder.push(DRAIN_PROCESS, None, Phase::Invoke, seek.clone());
+                    recorder.push(DRAIN_PROCESS, None, Phase::Ok, seek);
+                }
+                next = record.offset + 1;
+                value_offsets.push(record.offset);
                 records.push(PollRecord {
                     partition: record.partition,
                     offset: record.offset,
@@ -423,19 +435,35 @@ impl Scenario {
             record_poll(&recorder, records);
         }
 
-        // Dense: the final read saw every offset from 0 to the end, once, in order.
-        let misplaced: Vec<(usize, u64)> = offsets
-            .iter()
-            .enumerate()
-            .filter(|(position, offset)| **offset != *position as u64)
-            .map(|(position, offset)| (position, *offset))
+        // Dense: every offset from 0 to the end is a record read or a control batch, never
+        // both, and each record was read once, in order.
+        assert!(
+            valueless
+                .iter()
+                .all(|offset| control_offsets.contains(offset)),
+            "records without a value that are not control batches: {valueless:?} (control \
+             batches at {control_offsets:?})"
+        );
+        assert!(
+            value_offsets.windows(2).all(|pair| pair[0] < pair[1]),
+            "the final read went back or repeated an offset"
+        );
+        let mut covered: BTreeSet<u64> = control_offsets.clone();
+        for offset in &value_offsets {
+            assert!(
+                covered.insert(*offset),
+                "offset {offset} is both a control batch and a record"
+            );
+        }
+        let missing: Vec<u64> = (0..end)
+            .filter(|offset| !covered.contains(offset))
             .take(10)
             .collect();
         assert!(
-            misplaced.is_empty() && offsets.len() as u64 == end,
-            "the partition's offsets are not dense from 0 to {end}: {} read, first misplaced \
-             (position, offset): {misplaced:?}",
-            offsets.len()
+            missing.is_empty() && covered.len() as u64 == end,
+            "the partition's offsets are not dense from 0 to {end}: first missing {missing:?}, \
+             {} covered",
+            covered.len()
         );
         let history = recorder.history.lock().expect("history lock").clone();
         let options = QueueOptions {
@@ -535,6 +563,20 @@ fn replica_log(cluster: &Cluster, id: u32) -> Vec<u8> {
         .iter()
         .flat_map(|path| std::fs::read(path).expect("read a segment"))
         .collect()
+}
+
+/// The offsets of the control batches (a new leader's first entry) in node `id`'s replica.
+fn control_offsets_on_disk(cluster: &Cluster, id: u32) -> BTreeSet<u64> {
+    /// Attribute bit of a control batch (brook-wire's batch format).
+    const ATTRIBUTE_CONTROL: u16 = 1 << 5;
+    let mut offsets = BTreeSet::new();
+    for batch in split_batches(Bytes::from(replica_log(cluster, id))) {
+        let header = *batch.expect("a stored batch").header();
+        if header.attributes & ATTRIBUTE_CONTROL != 0 {
+            offsets.extend(header.base_offset..=header.last_offset());
+        }
+    }
+    offsets
 }
 
 /// The issue's second real-process test: SIGSTOP the leader past the election timeout, produce
