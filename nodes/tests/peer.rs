@@ -573,7 +573,7 @@ async fn a_dialled_node_answering_with_another_id_is_dropped() {
 
 #[tokio::test]
 async fn heartbeats_of_one_tick_leave_as_one_frame_per_peer() {
-    const GROUPS: u32 = 500;
+    const GROUPS: u32 = 3_000;
     let runtime = Runtime::new(5);
     let nodes = start_cluster(&runtime, 3).await;
     let mut inboxes: BTreeMap<(u32, u32), Arc<Inbox>> = BTreeMap::new();
