@@ -87,6 +87,10 @@ pub struct PeerNetworkConfig {
     /// Messages queued per link at most (heartbeats aside); a send to a full link is dropped
     /// and counted.
     pub queue_messages_max: usize,
+    /// Bytes of appended batches queued per link at most (a link to a node that is down must
+    /// not hold its groups' retried appends without bound); past it sends are dropped and
+    /// counted, except into an empty queue, so that one large append can always leave.
+    pub queue_bytes_max: u64,
     /// Groups with a heartbeat (or a heartbeat answer) waiting per link at most: a bound on the
     /// heartbeat slots, far above any node's group count; beyond it new groups' are dropped.
     pub heartbeat_groups_max: usize,
@@ -118,6 +122,7 @@ impl Default for PeerNetworkConfig {
     fn default() -> Self {
         PeerNetworkConfig {
             queue_messages_max: 16_384,
+            queue_bytes_max: 64 * 1024 * 1024,
             heartbeat_groups_max: 1_000_000,
             drain_messages_max: 4_096,
             frame_bytes_max: PEER_FRAME_BYTES_MAX_DEFAULT,
@@ -223,6 +228,8 @@ struct Link {
     heartbeats: Mutex<HeartbeatSlots>,
     /// Wakes the writer when a heartbeat slot is filled.
     heartbeat_ready: tokio::sync::Notify,
+    /// Bytes of batches in the queue (see [`PeerNetworkConfig::queue_bytes_max`]).
+    queued_bytes: AtomicU64,
 }
 
 /// Per group: the newest heartbeat `(term, commit index)` and heartbeat answer (term) not yet
@@ -326,6 +333,7 @@ impl PeerNetwork {
                     generation: watch::channel(0).0,
                     heartbeats: Mutex::new(HeartbeatSlots::default()),
                     heartbeat_ready: tokio::sync::Notify::new(),
+                    queued_bytes: AtomicU64::new(0),
                 };
                 (peer, Arc::new(link))
             })
@@ -494,22 +502,35 @@ impl PeerOutbox for PeerNetwork {
             link.heartbeat_ready.notify_one();
             return;
         }
-        let send = PeerSend {
-            to,
-            message,
-            batches,
+        let bytes = batch_bytes(&batches);
+        let before = link.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let why = if before > 0 && before.saturating_add(bytes) > inner.config.queue_bytes_max {
+            Some("queue bytes full")
+        } else {
+            let send = PeerSend {
+                to,
+                message,
+                batches,
+            };
+            match link.sender.try_send((group, send)) {
+                Ok(()) => None,
+                Err(mpsc::error::TrySendError::Full(_)) => Some("queue full"),
+                Err(mpsc::error::TrySendError::Closed(_)) => Some("link closed"),
+            }
         };
-        if let Err(error) = link.sender.try_send((group, send)) {
+        if let Some(why) = why {
+            link.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             let dropped = add(&inner.counters.messages_dropped, 1);
             if should_log(dropped, inner.config.log_every) {
-                let why = match error {
-                    mpsc::error::TrySendError::Full(_) => "queue full",
-                    mpsc::error::TrySendError::Closed(_) => "link closed",
-                };
                 tracing::warn!(to, why, dropped, "peer message dropped");
             }
         }
     }
+}
+
+/// Bytes of an append's batches (what a queued message holds beyond its small envelope).
+fn batch_bytes(batches: &[Bytes]) -> u64 {
+    batches.iter().map(|batch| batch.len() as u64).sum()
 }
 
 /// Log the first occurrence and then every `every`-th.
@@ -794,13 +815,22 @@ async fn read_loop<R: AsyncRead + Unpin>(
 }
 
 /// Take what is queued, up to the drain limit.
-fn drain(queue: &mut mpsc::Receiver<Queued>, sends: &mut Vec<Queued>, limit: usize) {
+fn drain(link: &Link, queue: &mut mpsc::Receiver<Queued>, sends: &mut Vec<Queued>, limit: usize) {
     while sends.len() < limit {
         match queue.try_recv() {
-            Ok(queued) => sends.push(queued),
+            Ok(queued) => {
+                dequeued(link, &queued);
+                sends.push(queued);
+            }
             Err(_) => break,
         }
     }
+}
+
+/// A message left the queue: its batches no longer count against the queue's bytes.
+fn dequeued(link: &Link, (_, send): &Queued) {
+    link.queued_bytes
+        .fetch_sub(batch_bytes(&send.batches), Ordering::Relaxed);
 }
 
 /// What woke a writer.
@@ -836,7 +866,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             })
             .await;
         match woken {
-            Ok(Woken::Message(first)) => sends.push(first),
+            Ok(Woken::Message(first)) => {
+                dequeued(link, &first);
+                sends.push(first);
+            }
             Ok(Woken::Heartbeats) => {}
             Ok(Woken::Closed) => return "queue closed".into(),
             Err(_) => {
@@ -854,11 +887,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 continue;
             }
         }
-        drain(queue, &mut sends, limit);
+        drain(link, queue, &mut sends, limit);
         if sends.is_empty() && !config.heartbeat_linger.is_zero() {
             // Woken by heartbeats alone: let the rest of this tick's heartbeats arrive.
             inner.runtime.sleep(config.heartbeat_linger).await;
-            drain(queue, &mut sends, limit);
+            drain(link, queue, &mut sends, limit);
         }
         {
             let mut slots = link.lock_heartbeats();

@@ -867,3 +867,91 @@ async fn a_link_flooded_with_incoming_frames_still_writes() {
     let _writer = flooding.await.expect("flood task");
     node.network.shutdown();
 }
+
+#[tokio::test]
+async fn a_queue_holds_a_bounded_number_of_bytes() {
+    const QUEUE_BYTES: u64 = 1_000;
+    let runtime = Runtime::new(10);
+    let (listener, address) = bind().await;
+    // Nodes 2 and 3 accept TCP but never answer the handshake: nothing drains the queues.
+    let (mute_two, mute_two_address) = bind().await;
+    let (mute_three, mute_three_address) = bind().await;
+    let node = start_node(
+        &runtime,
+        1,
+        BTreeMap::from([
+            (1, address.to_string()),
+            (2, mute_two_address.to_string()),
+            (3, mute_three_address.to_string()),
+        ]),
+        listener,
+        PeerNetworkConfig {
+            queue_bytes_max: QUEUE_BYTES,
+            ..test_config()
+        },
+    );
+    let (_held_two, _) = mute_two.accept().await.expect("node 1 dials 2");
+    let (_held_three, _) = mute_three.accept().await.expect("node 1 dials 3");
+    let entry = batch(&[7u8; 200]);
+    let size = entry.len() as u64;
+    let append = RaftMessage::Append(AppendEntries {
+        term: 2,
+        prev_index: 0,
+        prev_term: 0,
+        commit_index: 0,
+        batch_count: 1,
+    });
+    for _ in 0..10 {
+        node.network.send(2, group(0), append, vec![entry.clone()]);
+    }
+    let admitted = (QUEUE_BYTES / size).max(1);
+    assert!(
+        admitted < 10,
+        "the test's batches are too small ({size} bytes)"
+    );
+    let counters = node.network.counters();
+    assert_eq!(counters.messages_dropped, 10 - admitted, "{counters:?}");
+    // Messages without batches still fit (the bound is on bytes of batches, and on messages).
+    node.network.send(2, group(0), vote(3), Vec::new());
+    assert_eq!(node.network.counters().messages_dropped, 10 - admitted);
+    // One append larger than the whole bound still leaves through an empty queue.
+    let large = batch(&[9u8; 2_000]);
+    node.network.send(3, group(0), append, vec![large.clone()]);
+    assert_eq!(node.network.counters().messages_dropped, 10 - admitted);
+    node.network.send(3, group(0), append, vec![large]);
+    assert_eq!(node.network.counters().messages_dropped, 11 - admitted);
+    node.network.shutdown();
+}
+
+#[tokio::test]
+async fn written_appends_give_their_bytes_back_to_the_queue() {
+    let runtime = Runtime::new(11);
+    let config = PeerNetworkConfig {
+        queue_bytes_max: 1_000,
+        ..test_config()
+    };
+    let (listener_one, address_one) = bind().await;
+    let (listener_two, address_two) = bind().await;
+    let peers = BTreeMap::from([(1, address_one.to_string()), (2, address_two.to_string())]);
+    let one = start_node(&runtime, 1, peers.clone(), listener_one, config.clone());
+    let two = start_node(&runtime, 2, peers, listener_two, config);
+    let inbox = Inbox::new(group(0), two.network.clone(), Vec::new());
+    two.router.register(group(0), inbox.clone());
+    let entry = batch(&[7u8; 300]);
+    let append = RaftMessage::Append(AppendEntries {
+        term: 2,
+        prev_index: 0,
+        prev_term: 0,
+        commit_index: 0,
+        batch_count: 1,
+    });
+    // Ten times the bound in all, one at a time: each leaves before the next is sent.
+    for sent in 1..=10usize {
+        one.network.send(2, group(0), append, vec![entry.clone()]);
+        one.network.send(2, group(0), append, vec![entry.clone()]);
+        wait_until(&runtime, "both delivered", || inbox.count() == 2 * sent).await;
+    }
+    assert_eq!(one.network.counters().messages_dropped, 0);
+    one.network.shutdown();
+    two.network.shutdown();
+}
