@@ -100,6 +100,9 @@ const HARD_STATE_TERM_ONLY_LEN: usize = 4 + 1 + 8 + 1 + 8 + 4;
 const HARD_STATE_LEN: usize = 4 + 1 + 8 + 1 + 8 + 8 + 8 + 8 + 1 + 4;
 /// Bytes read per call when scanning or shipping batches.
 const READ_BYTES_MAX: usize = 1024 * 1024;
+/// Bytes of batches in one append at most (one batch more if a single batch is larger): an
+/// append travels in one peer frame, capped at 64 MiB by default.
+pub const APPEND_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Bound on the reads of one scan or one append's batches (each read returns at least one
 /// batch, so this bounds batches too).
 const READS_PER_SCAN_MAX: usize = 1 << 24;
@@ -932,7 +935,10 @@ impl ReplicaCore {
                     header,
                     last_index,
                 } => {
-                    let batches = self.read_entries(header.prev_index + 1, last_index)?;
+                    // An append that would not fit one peer frame is cut short: the follower
+                    // acknowledges what it got and the leader sends the rest next.
+                    let batches =
+                        self.read_entries(header.prev_index + 1, last_index, APPEND_BYTES_MAX)?;
                     out.messages.push(PeerSend {
                         to,
                         message: RaftMessage::Append(peer::AppendEntries {
@@ -1029,8 +1035,14 @@ impl ReplicaCore {
         Ok(())
     }
 
-    /// The stored batches of entries `first ..= last` (empty for a probe).
-    fn read_entries(&self, first: Index, last: Index) -> Result<Vec<Bytes>, ReplicaError> {
+    /// The stored batches of entries `first ..= last` (empty for a probe), cut short after the
+    /// first batch where `bytes_max` would be exceeded.
+    fn read_entries(
+        &self,
+        first: Index,
+        last: Index,
+        bytes_max: usize,
+    ) -> Result<Vec<Bytes>, ReplicaError> {
         if last < first {
             return Ok(Vec::new());
         }
@@ -1039,9 +1051,11 @@ impl ReplicaCore {
             .span(last)
             .ok_or(ReplicaError::Inconsistent("append beyond the log"))?
             .next_offset;
-        let mut batches = Vec::new();
+        let mut batches: Vec<Bytes> = Vec::new();
+        let mut bytes = 0usize;
+        let mut cut_short = false;
         let mut offset = start;
-        for _ in 0..READS_PER_SCAN_MAX {
+        'reads: for _ in 0..READS_PER_SCAN_MAX {
             if offset >= end {
                 break;
             }
@@ -1050,11 +1064,19 @@ impl ReplicaCore {
                 return Err(ReplicaError::Inconsistent("entries missing from the log"));
             }
             for batch in split_batches(read.batches) {
-                batches.push(batch.map_err(LogError::from)?.into_bytes());
+                let batch = batch.map_err(LogError::from)?.into_bytes();
+                if !batches.is_empty() && bytes + batch.len() > bytes_max {
+                    cut_short = true;
+                    break 'reads;
+                }
+                bytes += batch.len();
+                batches.push(batch);
             }
             offset = read.next_offset;
         }
-        if batches.len() as u64 != last - first + 1 {
+        let expected = last - first + 1;
+        let count = batches.len() as u64;
+        if count == 0 || count > expected || (!cut_short && count != expected) {
             return Err(ReplicaError::Inconsistent(
                 "the log's batches are not the core's entries",
             ));
@@ -1674,6 +1696,55 @@ mod tests {
         let output = reopened.sync_now(now_ms).expect("sync");
         assert_eq!(output.answers.len(), 1, "{output:?}");
         assert!(output.answers[0].result.is_ok(), "{output:?}");
+    }
+
+    /// Reading entries for an append stops at the byte budget (never below one batch).
+    #[test]
+    fn append_reads_stop_at_the_byte_budget() {
+        let disk = brook_storage::SimDisk::new(7);
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(1, &[1]), 0).expect("opens");
+        let mut now_ms = 0;
+        while replica.role() != Role::Leader && now_ms < 10_000 {
+            now_ms += 50;
+            replica.step(now_ms, ReplicaInput::Tick).expect("tick");
+            replica.sync_now(now_ms).expect("sync");
+        }
+        for request_id in 0..5 {
+            replica
+                .step(
+                    now_ms,
+                    ReplicaInput::Produce {
+                        request_id,
+                        batch: batch(b"value"),
+                        acks: Acks::Leader,
+                    },
+                )
+                .expect("produce");
+        }
+        // Indexes 1 (leader start) ..= 6.
+        let all = replica.read_entries(1, 6, usize::MAX).expect("reads");
+        assert_eq!(all.len(), 6);
+        let data = all[1].len();
+        assert_eq!(
+            replica.read_entries(2, 6, 2 * data).expect("reads").len(),
+            2
+        );
+        assert_eq!(
+            replica
+                .read_entries(2, 6, 2 * data + 1)
+                .expect("reads")
+                .len(),
+            2
+        );
+        assert_eq!(replica.read_entries(2, 6, 1).expect("reads").len(), 1);
+        assert_eq!(
+            replica
+                .read_entries(2, 6, APPEND_BYTES_MAX)
+                .expect("reads")
+                .len(),
+            5
+        );
     }
 
     /// Malformed peer messages are dropped with nothing applied.
