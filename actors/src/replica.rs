@@ -47,6 +47,11 @@
 //! durable offset never covers an entry that is not in the log, so a late notice cannot
 //! persist a replaced entry.
 //!
+//! Under `fsync = interval` (the log's policy) entries count as persisted once appended and the
+//! host syncs on its timer: Kafka's default trade-off, weaker by design (an acknowledged record
+//! can be lost if a majority loses power before the next sync). The hard state and
+//! truncations are synced whatever the policy.
+//!
 //! # Reads
 //!
 //! [`ReplicaCore::fetch`] serves consumers: leader only, below the high watermark.
@@ -76,7 +81,7 @@ use brook_raft::{
 };
 use brook_storage::disk::{Disk, DiskError, OpenMode};
 use brook_storage::log::{
-    Log, LogConfig, LogError, LogRead, RetentionOutcome, RetentionPolicy, SyncJob,
+    FsyncPolicy, Log, LogConfig, LogError, LogRead, RetentionOutcome, RetentionPolicy, SyncJob,
 };
 use brook_wire::batch::{self, split_batches, BatchBuilder, BatchHeader, CRC_START};
 use brook_wire::peer::{self, RaftMessage};
@@ -585,7 +590,44 @@ impl ReplicaCore {
                 }
             }
         }
+        if self.counts_appended_as_persisted() {
+            self.notice_appended(now_ms, &mut out)?;
+        }
         Ok(out)
+    }
+
+    /// `fsync = interval`: entries count as persisted once appended (the host syncs on a
+    /// timer). Kafka's default trade-off, documented as weaker: an acknowledged record can be
+    /// lost if a majority of replicas loses power before the next sync. Term, vote, log start
+    /// and truncations are synced whatever the policy.
+    fn counts_appended_as_persisted(&self) -> bool {
+        matches!(self.log.config().fsync, FsyncPolicy::Interval { .. })
+    }
+
+    /// Tell the core that everything appended is persisted (interval mode).
+    fn notice_appended(
+        &mut self,
+        now_ms: u64,
+        out: &mut ReplicaOutput,
+    ) -> Result<(), ReplicaError> {
+        if self.planted_bug == Some(ReplicaPlantedBug::ForgetPersistedNotice) {
+            return Ok(());
+        }
+        let Some(last) = self.spans.last().copied() else {
+            return Ok(());
+        };
+        let index = self.last_index();
+        if index <= self.raft.persisted_index() {
+            return Ok(());
+        }
+        let effects = self.raft.step(
+            now_ms,
+            Input::Persisted {
+                index,
+                term: last.term,
+            },
+        )?;
+        self.execute(now_ms, effects, false, out)
     }
 
     /// Whole batches from `offset` below the high watermark, on any role (committed data only:
@@ -1745,6 +1787,39 @@ mod tests {
                 .len(),
             5
         );
+    }
+
+    /// `fsync = interval`: acks=all is answered on append for a lone replica (no sync), the
+    /// log is durable only after the host's sync.
+    #[test]
+    fn under_fsync_interval_appended_entries_count_as_persisted() {
+        let disk = brook_storage::SimDisk::new(8);
+        let mut interval = config(1, &[1]);
+        interval.log.fsync = FsyncPolicy::Interval { interval_ms: 1_000 };
+        let mut replica = ReplicaCore::open(Arc::new(disk.clone()), interval, 0).expect("opens");
+        let mut now_ms = 0;
+        while replica.role() != Role::Leader && now_ms < 10_000 {
+            now_ms += 50;
+            replica.step(now_ms, ReplicaInput::Tick).expect("tick");
+        }
+        assert_eq!(replica.role(), Role::Leader);
+        let output = replica
+            .step(
+                now_ms,
+                ReplicaInput::Produce {
+                    request_id: 1,
+                    batch: batch(b"v"),
+                    acks: Acks::All,
+                },
+            )
+            .expect("produce");
+        assert_eq!(output.answers.len(), 1, "{output:?}");
+        assert!(output.answers[0].result.is_ok(), "{output:?}");
+        assert!(output.sync_wanted);
+        assert_eq!(replica.high_watermark(), 2);
+        assert!(replica.durable_offset() < replica.log_end_offset());
+        replica.sync_now(now_ms).expect("sync");
+        assert_eq!(replica.durable_offset(), replica.log_end_offset());
     }
 
     /// Malformed peer messages are dropped with nothing applied.

@@ -61,6 +61,8 @@ fn violation(check: &'static str, detail: impl Into<String>) -> Violation {
 struct Bugs {
     raft: Option<PlantedBug>,
     replica: Option<ReplicaPlantedBug>,
+    /// Run the logs under `fsync = interval` with this interval (default: `always`).
+    fsync_interval_ms: Option<u64>,
 }
 
 /// The switches of the in-memory network.
@@ -186,7 +188,11 @@ fn config(id: NodeId, group: &GroupId, bugs: Bugs) -> ReplicatedPartitionConfig 
             },
             log: LogConfig {
                 segment_bytes_max: 4096,
-                fsync: FsyncPolicy::Always,
+                fsync: bugs
+                    .fsync_interval_ms
+                    .map_or(FsyncPolicy::Always, |interval_ms| FsyncPolicy::Interval {
+                        interval_ms,
+                    }),
                 ..LogConfig::default()
             },
             dir: PathBuf::from(format!("/node-{id}/t@7/0")),
@@ -985,6 +991,40 @@ async fn catch_up_scenario(bugs: Bugs) -> Result<(), Violation> {
     Ok(())
 }
 
+/// Under `fsync = interval`: acks=all still waits for a follower (the produce checks hold) and
+/// the periodic sync makes every replica's log durable to its end.
+async fn interval_scenario(bugs: Bugs) -> Result<(), Violation> {
+    produce_scenario(bugs).await?;
+    let cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    for round in 0..5 {
+        cluster
+            .produce(leader, batch_of(&[&format!("i{round}")]), Acks::All)
+            .await
+            .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    }
+    for id in NODES {
+        let mut durable = false;
+        for _ in 0..WAIT_MS_MAX / POLL_MS {
+            let status = cluster
+                .address(id)
+                .ask(|reply| ReplicaMessage::Client(PartitionMessage::Status { reply }))
+                .await
+                .expect("status");
+            if status.durable_offset == status.log_end_offset && status.log_end_offset > 5 {
+                durable = true;
+                break;
+            }
+            cluster.pause(POLL_MS).await;
+        }
+        check(durable, "interval-sync", || {
+            format!("node {id} never synced")
+        })?;
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
 fn expect_clean(result: Result<(), Violation>) {
     if let Err(found) = result {
         panic!("{}: {}", found.check, found.detail);
@@ -1026,6 +1066,17 @@ async fn a_failed_fsync_fails_the_waiting_produce_and_the_replica_reopens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_the_log_start_is_caught_up_from_it() {
     expect_clean(catch_up_scenario(Bugs::default()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_fsync_interval_commits_still_need_a_follower_and_logs_get_synced() {
+    expect_clean(
+        interval_scenario(Bugs {
+            fsync_interval_ms: Some(100),
+            ..Bugs::default()
+        })
+        .await,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
