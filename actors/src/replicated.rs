@@ -171,6 +171,8 @@ pub struct ReplicatedPartition {
     retention: RetentionPolicy,
     /// The periodic sync under `fsync = interval`.
     interval_timer: Option<TimerHandle>,
+    /// The high watermark parked fetches were last checked against.
+    scanned_high_watermark: u64,
     /// The core could not be reopened: nothing is served any more.
     broken: bool,
 }
@@ -229,6 +231,7 @@ impl ReplicatedPartition {
             stopping: None,
             retention: RetentionPolicy::default(),
             interval_timer: None,
+            scanned_high_watermark: 0,
             broken: false,
         })
     }
@@ -382,6 +385,12 @@ impl ReplicatedPartition {
         }
         if self.core.role() == Role::Leader && !self.broken {
             let high_watermark = self.core.high_watermark();
+            // A waiter is parked at or above the high watermark of its time: only a moved
+            // high watermark can make one ready (this runs after every peer message).
+            if high_watermark == self.scanned_high_watermark {
+                return self.finish_stop_if_done(context);
+            }
+            self.scanned_high_watermark = high_watermark;
             let ready: Vec<u64> = self
                 .waiters
                 .iter()
@@ -403,6 +412,11 @@ impl ReplicatedPartition {
                 waiter.reply.send(Err(self.not_leader()));
             }
         }
+        self.finish_stop_if_done(context);
+    }
+
+    /// A stop waiting for leadership to move finishes once this replica no longer leads.
+    fn finish_stop_if_done(&mut self, context: &mut Context<Self>) {
         if self.stopping.is_some()
             && (self.core.role() != Role::Leader || self.broken || self.core.voters().len() < 2)
         {

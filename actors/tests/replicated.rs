@@ -63,6 +63,8 @@ struct Bugs {
     replica: Option<ReplicaPlantedBug>,
     /// Run the logs under `fsync = interval` with this interval (default: `always`).
     fsync_interval_ms: Option<u64>,
+    /// Produce requests waiting at most (default 64).
+    pending_acks_max: Option<usize>,
 }
 
 /// The switches of the in-memory network.
@@ -200,7 +202,7 @@ fn config(id: NodeId, group: &GroupId, bugs: Bugs) -> ReplicatedPartitionConfig 
             planted_bug: bugs.replica,
         },
         partition_config: PartitionConfig {
-            pending_acks_max: 64,
+            pending_acks_max: bugs.pending_acks_max.unwrap_or(64),
             ..PartitionConfig::default()
         },
     }
@@ -761,6 +763,8 @@ async fn partition_scenario(bugs: Bugs) -> Result<(), Violation> {
         .produce(leader, batch_of(&["before"]), Acks::All)
         .await
         .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    let high_watermark = cluster.report(leader).await.high_watermark;
+    let parked = cluster.send_fetch(leader, high_watermark, PARKED_WAIT_MS);
     cluster.network.isolate(leader);
     let answer = cluster
         .runtime
@@ -784,6 +788,16 @@ async fn partition_scenario(bugs: Bugs) -> Result<(), Violation> {
             .is_err_and(|error| error.code == ErrorCode::NotLeader),
         "isolated-leader-acknowledges-nothing",
         || format!("isolated leader answered {answer:?}"),
+    )?;
+    // Its parked fetch is sent on to the next leader at once, not left to its wait.
+    let fetched = cluster
+        .runtime
+        .timeout(Duration::from_millis(u64::from(PARKED_WAIT_MS) / 2), parked)
+        .await;
+    check(
+        matches!(&fetched, Ok(Ok(Err(error))) if error.code == ErrorCode::NotLeader),
+        "deposed-leader-releases-fetches",
+        || format!("{fetched:?}"),
     )?;
     let others: Vec<NodeId> = NODES.iter().copied().filter(|id| *id != leader).collect();
     let next = cluster.wait_for_leader(&others).await?;
@@ -1025,6 +1039,42 @@ async fn interval_scenario(bugs: Bugs) -> Result<(), Violation> {
     Ok(())
 }
 
+/// At most `pending_acks_max` produce requests wait: the next one is refused at once with a
+/// retriable error, and the waiting ones are answered once they commit.
+async fn backpressure_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    cluster.network.rules().drop_appends = true;
+    let waiting_max = bugs.pending_acks_max.unwrap_or(64);
+    let waiting: Vec<_> = (0..waiting_max)
+        .map(|round| cluster.send_produce(leader, batch_of(&[&format!("w{round}")]), Acks::All))
+        .collect();
+    let refused = cluster
+        .runtime
+        .timeout(
+            Duration::from_millis(ELECTION_TIMEOUT_MS),
+            cluster.send_produce(leader, batch_of(&["one-too-many"]), Acks::All),
+        )
+        .await;
+    check(
+        matches!(&refused, Ok(Ok(Err(error))) if error.code == ErrorCode::Timeout && error.is_retriable()),
+        "backpressure",
+        || format!("{refused:?}"),
+    )?;
+    cluster.network.heal();
+    for pending in waiting {
+        let answer = cluster
+            .runtime
+            .timeout(Duration::from_millis(WAIT_MS_MAX), pending)
+            .await;
+        check(matches!(&answer, Ok(Ok(Ok(_)))), "backpressure", || {
+            format!("a waiting produce: {answer:?}")
+        })?;
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
 fn expect_clean(result: Result<(), Violation>) {
     if let Err(found) = result {
         panic!("{}: {}", found.check, found.detail);
@@ -1073,6 +1123,17 @@ async fn under_fsync_interval_commits_still_need_a_follower_and_logs_get_synced(
     expect_clean(
         interval_scenario(Bugs {
             fsync_interval_ms: Some(100),
+            ..Bugs::default()
+        })
+        .await,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produces_beyond_the_pending_limit_are_refused_and_retriable() {
+    expect_clean(
+        backpressure_scenario(Bugs {
+            pending_acks_max: Some(3),
             ..Bugs::default()
         })
         .await,
