@@ -103,6 +103,14 @@ pub enum ReplicaMessage {
     Tick,
     /// The replica's view of the partition (the leader's is authoritative).
     Report { reply: Reply<PartitionStatusReport> },
+    /// Hand leadership to `to` (leader balancing: the controller moves leadership to a
+    /// partition's preferred replica). Answered at once: `Ok` when the leader started the
+    /// transfer (it completes once `to` has caught up, or is abandoned after an election
+    /// timeout) or `to` already leads; `NotLeader` from a replica that does not lead.
+    TransferLeadership {
+        to: NodeId,
+        reply: Reply<Result<(), BrokerError>>,
+    },
     /// Internal: a sync job finished. `generation` names the core it was taken from (a job
     /// from before a reopen is ignored: its ticket means nothing to the new log).
     Synced {
@@ -855,6 +863,25 @@ impl Actor for ReplicatedPartition {
             ),
             ReplicaMessage::Tick => self.step(ReplicaInput::Tick, context),
             ReplicaMessage::Report { reply } => reply.send(self.report()),
+            ReplicaMessage::TransferLeadership { to, reply } => {
+                let result = if self.broken || self.core.role() != Role::Leader {
+                    Err(self.not_leader())
+                } else if to == self.core.node_id() {
+                    Ok(())
+                } else if !self.core.voters().contains(&to) {
+                    Err(BrokerError::new(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "node {to} is not a replica of {}-{}",
+                            self.topic, self.partition
+                        ),
+                    ))
+                } else {
+                    self.step(ReplicaInput::TransferLeadership { to }, context);
+                    Ok(())
+                };
+                reply.send(result);
+            }
             ReplicaMessage::Synced { generation, result } => {
                 if generation != self.generation {
                     return;

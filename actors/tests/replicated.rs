@@ -1075,6 +1075,70 @@ async fn backpressure_scenario(bugs: Bugs) -> Result<(), Violation> {
     Ok(())
 }
 
+/// Leadership moves to the replica it is handed to (leader balancing), in a higher term,
+/// without losing what was acknowledged; a non-leader refuses to hand it over.
+async fn transfer_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    let before = cluster
+        .produce(leader, batch_of(&["before"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    let term = cluster.report(leader).await.leader_term;
+    let target = NODES
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let bystander = NODES
+        .iter()
+        .copied()
+        .find(|id| *id != leader && *id != target)
+        .expect("another follower");
+    let refused = cluster
+        .address(bystander)
+        .ask(|reply| ReplicaMessage::TransferLeadership { to: target, reply })
+        .await
+        .expect("asked");
+    check(
+        refused
+            .as_ref()
+            .is_err_and(|error| error.code == ErrorCode::NotLeader),
+        "transfer-only-from-the-leader",
+        || format!("{refused:?}"),
+    )?;
+    cluster
+        .address(leader)
+        .ask(|reply| ReplicaMessage::TransferLeadership { to: target, reply })
+        .await
+        .expect("asked")
+        .map_err(|error| violation("transfer", error.to_string()))?;
+    let mut moved = false;
+    for _ in 0..WAIT_MS_MAX / POLL_MS {
+        let report = cluster.report(target).await;
+        if report.leader == u32::try_from(target).ok() && report.leader_term > term {
+            moved = true;
+            break;
+        }
+        cluster.pause(POLL_MS).await;
+    }
+    check(moved, "transfer", || format!("node {target} never led"))?;
+    let after = cluster
+        .produce(target, batch_of(&["after"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    let served: BTreeMap<u64, Bytes> = cluster.read_all(target).await?.into_iter().collect();
+    for (offset, value) in [(before.base_offset, "before"), (after.base_offset, "after")] {
+        check(
+            served.get(&offset) == Some(&Bytes::from(value)),
+            "acknowledged-kept",
+            || format!("offset {offset}: {:?}", served.get(&offset)),
+        )?;
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
 fn expect_clean(result: Result<(), Violation>) {
     if let Err(found) = result {
         panic!("{}: {}", found.check, found.detail);
@@ -1138,6 +1202,11 @@ async fn produces_beyond_the_pending_limit_are_refused_and_retriable() {
         })
         .await,
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_the_replica_it_is_handed_to() {
+    expect_clean(transfer_scenario(Bugs::default()).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
