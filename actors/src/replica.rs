@@ -1822,6 +1822,108 @@ mod tests {
         assert_eq!(replica.durable_offset(), replica.log_end_offset());
     }
 
+    /// A lone leader with `batches` data batches on a fresh disk, logs in 256-byte segments.
+    fn lone_leader_with(disk: &brook_storage::SimDisk, batches: u64) -> (ReplicaCore, u64) {
+        let mut small = config(1, &[1]);
+        small.log.segment_bytes_max = 256;
+        let mut replica = ReplicaCore::open(Arc::new(disk.clone()), small, 0).expect("opens");
+        let mut now_ms = 0;
+        while replica.role() != Role::Leader && now_ms < 10_000 {
+            now_ms += 50;
+            replica.step(now_ms, ReplicaInput::Tick).expect("tick");
+            replica.sync_now(now_ms).expect("sync");
+        }
+        for request_id in 0..batches {
+            replica
+                .step(
+                    now_ms,
+                    ReplicaInput::Produce {
+                        request_id,
+                        batch: batch(b"value"),
+                        acks: Acks::Leader,
+                    },
+                )
+                .expect("produce");
+        }
+        replica.sync_now(now_ms).expect("sync");
+        (replica, now_ms)
+    }
+
+    /// A crash after retention recorded the new log start but before it deleted the
+    /// segments: the reopen deletes them and starts where retention would have.
+    #[test]
+    fn a_reopen_finishes_an_interrupted_retention() {
+        let policy = RetentionPolicy {
+            age_ms_max: None,
+            bytes_max: Some(0),
+        };
+        // Two disks, the same history; retention runs on the first only.
+        let done = brook_storage::SimDisk::new(9);
+        let interrupted = brook_storage::SimDisk::new(9);
+        let (mut replica, now_ms) = lone_leader_with(&done, 20);
+        let (other, _) = lone_leader_with(&interrupted, 20);
+        replica.apply_retention(now_ms, policy).expect("retention");
+        let start = replica.log_start_offset();
+        assert!(start > 0);
+        let kept = replica.batches_below(u64::MAX).expect("reads");
+        drop(other);
+        // The interrupted replica got only the hard-state file.
+        let path = PathBuf::from("/replica").join(HARD_STATE_FILE);
+        let bytes = done.read_file(&path).expect("hard state");
+        let file = interrupted
+            .open(
+                &PathBuf::from("/replica").join("raft-state.new"),
+                OpenMode::CreateNew,
+            )
+            .expect("creates");
+        file.append(&bytes).expect("writes");
+        file.sync().expect("syncs");
+        interrupted
+            .rename(&PathBuf::from("/replica").join("raft-state.new"), &path)
+            .expect("renames");
+        let mut small = config(1, &[1]);
+        small.log.segment_bytes_max = 256;
+        let reopened =
+            ReplicaCore::open(Arc::new(interrupted.clone()), small, now_ms).expect("reopens");
+        assert_eq!(reopened.log_start_offset(), start);
+        assert_eq!(reopened.batches_below(u64::MAX).expect("reads"), kept);
+    }
+
+    /// A crash in the middle of a log reset (the hard state says reset pending): the reopen
+    /// resets again, to the recorded log start, and clears the flag.
+    #[test]
+    fn a_reopen_redoes_an_interrupted_log_reset() {
+        let disk = brook_storage::SimDisk::new(10);
+        let (replica, now_ms) = lone_leader_with(&disk, 5);
+        let hard_state = replica.raft.hard_state();
+        let term = replica.term();
+        drop(replica);
+        let log_start = LogStartRecord {
+            index: 40,
+            offset: 90,
+            prev_term: term,
+            reset_pending: true,
+        };
+        write_hard_state(&disk, Path::new("/replica"), hard_state, log_start).expect("writes");
+        let mut small = config(1, &[1]);
+        small.log.segment_bytes_max = 256;
+        let reopened = ReplicaCore::open(Arc::new(disk.clone()), small, now_ms).expect("reopens");
+        assert_eq!(reopened.log_start_offset(), 90);
+        assert_eq!(reopened.log_end_offset(), 90);
+        assert_eq!(reopened.raft.log().start_index(), 40);
+        assert_eq!(reopened.raft.log().last_index(), 39);
+        assert_eq!(
+            read_hard_state(&disk, Path::new("/replica")).expect("reads"),
+            Some((
+                hard_state,
+                LogStartRecord {
+                    reset_pending: false,
+                    ..log_start
+                }
+            ))
+        );
+    }
+
     /// Malformed peer messages are dropped with nothing applied.
     #[test]
     fn malformed_peer_messages_change_nothing() {
