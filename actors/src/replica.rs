@@ -313,6 +313,8 @@ pub struct ReplicaCore {
     incoming_log_start: Option<(Index, u64)>,
     /// Index of `spans[0]` (= `log_start.index`).
     start_index: Index,
+    /// A read for a follower hit a batch damaged at rest (see [`Self::take_read_damage`]).
+    read_damage: bool,
     /// The batch of every index from `start_index` to the log end.
     spans: Vec<BatchSpan>,
     high_watermark: u64,
@@ -419,6 +421,7 @@ impl ReplicaCore {
             log_start,
             incoming_log_start: None,
             start_index,
+            read_damage: false,
             spans,
             high_watermark,
             pending: BTreeMap::new(),
@@ -504,6 +507,12 @@ impl ReplicaCore {
             high_watermark: self.high_watermark,
             log_end_offset: self.log.next_offset(),
         }
+    }
+
+    /// Whether a read of entries for a follower hit a batch damaged at rest since the last
+    /// call: a leader that cannot send a batch should hand leadership to a follower.
+    pub fn take_read_damage(&mut self) -> bool {
+        std::mem::take(&mut self.read_damage)
     }
 
     /// The follower to hand leadership to on a graceful stop: the one with the highest match
@@ -979,8 +988,22 @@ impl ReplicaCore {
                 } => {
                     // An append that would not fit one peer frame is cut short: the follower
                     // acknowledges what it got and the leader sends the rest next.
-                    let batches =
-                        self.read_entries(header.prev_index + 1, last_index, APPEND_BYTES_MAX)?;
+                    let batches = match self.read_entries(
+                        header.prev_index + 1,
+                        last_index,
+                        APPEND_BYTES_MAX,
+                    ) {
+                        Ok(batches) => batches,
+                        // A batch damaged at rest: this replica cannot send it. Not an error
+                        // for the step (reopening would find the same damage); the host hands
+                        // leadership to a follower that has the batch.
+                        Err(ReplicaError::Log(error @ LogError::Corrupt { .. })) => {
+                            tracing::warn!(node = self.node_id, to, %error, "cannot read entries for a follower");
+                            self.read_damage = true;
+                            continue;
+                        }
+                        Err(error) => return Err(error),
+                    };
                     out.messages.push(PeerSend {
                         to,
                         message: RaftMessage::Append(peer::AppendEntries {

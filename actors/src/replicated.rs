@@ -39,13 +39,14 @@
 //! segment ages come from it too), never moving backwards within an actor; pass the same clock
 //! (`Runtime::wall_clock_ms`) to [`ReplicatedPartition::open`].
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use brook_raft::{NodeId, Role, Term};
 use brook_storage::disk::{Disk, DiskError};
-use brook_storage::log::{FsyncPolicy, RetentionOutcome, RetentionPolicy};
+use brook_storage::log::{FsyncPolicy, LogError, RetentionOutcome, RetentionPolicy};
 use brook_wire::batch::{self, BatchError};
 use brook_wire::compression::{self, CompressionError};
 use brook_wire::error::{BrokerError, ErrorCode};
@@ -183,6 +184,12 @@ pub struct ReplicatedPartition {
     scanned_high_watermark: u64,
     /// The core could not be reopened: nothing is served any more.
     broken: bool,
+    /// A read (fetch, or entries for a follower) hit a batch damaged at rest: a leader hands
+    /// leadership to a follower, which has the batch intact (damage never hits a majority).
+    damage_seen: Cell<bool>,
+    /// When leadership was last handed over because of damage (at most once per election
+    /// timeout).
+    damage_hand_over_ms: Option<u64>,
 }
 
 impl std::fmt::Debug for ReplicatedPartition {
@@ -241,6 +248,8 @@ impl ReplicatedPartition {
             interval_timer: None,
             scanned_high_watermark: 0,
             broken: false,
+            damage_seen: Cell::new(false),
+            damage_hand_over_ms: None,
         })
     }
 
@@ -395,16 +404,16 @@ impl ReplicatedPartition {
             let high_watermark = self.core.high_watermark();
             // A waiter is parked at or above the high watermark of its time: only a moved
             // high watermark can make one ready (this runs after every peer message).
-            if high_watermark == self.scanned_high_watermark {
-                return self.finish_stop_if_done(context);
-            }
-            self.scanned_high_watermark = high_watermark;
-            let ready: Vec<u64> = self
-                .waiters
-                .iter()
-                .filter(|(_, waiter)| waiter.offset < high_watermark)
-                .map(|(id, _)| *id)
-                .collect();
+            let ready: Vec<u64> = if high_watermark == self.scanned_high_watermark {
+                Vec::new()
+            } else {
+                self.scanned_high_watermark = high_watermark;
+                self.waiters
+                    .iter()
+                    .filter(|(_, waiter)| waiter.offset < high_watermark)
+                    .map(|(id, _)| *id)
+                    .collect()
+            };
             for id in ready {
                 if let Some(waiter) = self.waiters.remove(&id) {
                     waiter.timer.cancel();
@@ -420,7 +429,37 @@ impl ReplicatedPartition {
                 waiter.reply.send(Err(self.not_leader()));
             }
         }
+        self.hand_over_if_damaged(context);
         self.finish_stop_if_done(context);
+    }
+
+    /// A leader that cannot read a batch of its own log (damaged at rest) hands leadership to
+    /// its most caught-up follower, at most once per election timeout.
+    fn hand_over_if_damaged(&mut self, context: &mut Context<Self>) {
+        let damaged = self.core.take_read_damage() | self.damage_seen.replace(false);
+        if !damaged || self.broken || self.core.role() != Role::Leader {
+            return;
+        }
+        let now_ms = self.clock(context);
+        let election_timeout_ms = self.replica_config.raft.election_timeout_ms;
+        if self
+            .damage_hand_over_ms
+            .is_some_and(|last| now_ms < last.saturating_add(election_timeout_ms))
+        {
+            return;
+        }
+        let Some(to) = self.core.transfer_candidate() else {
+            return;
+        };
+        self.damage_hand_over_ms = Some(now_ms);
+        tracing::warn!(group = ?self.group, to, "a batch of this leader's log is damaged; handing leadership over");
+        match self
+            .core
+            .step(now_ms, ReplicaInput::TransferLeadership { to })
+        {
+            Ok(output) => self.apply(output, context),
+            Err(error) => self.recover(error, context),
+        }
     }
 
     /// A stop waiting for leadership to move finishes once this replica no longer leads.
@@ -643,7 +682,12 @@ impl ReplicatedPartition {
                 log_start_offset: self.core.log_start_offset(),
             }),
             Err(FetchRefused::NotLeader { .. }) => Err(self.not_leader()),
-            Err(FetchRefused::Log(error)) => Err(storage_error(&error)),
+            Err(FetchRefused::Log(error)) => {
+                if matches!(error, LogError::Corrupt { .. }) {
+                    self.damage_seen.set(true);
+                }
+                Err(storage_error(&error))
+            }
         }
     }
 

@@ -24,7 +24,7 @@ use brook_actors::replicated::{
 use brook_actors::runtime::{reply_pair, Addr, Duration, PendingReply, Runtime, TaskHandle};
 use brook_raft::{Config, NodeId, PlantedBug};
 use brook_storage::log::{FsyncPolicy, LogConfig, RetentionPolicy};
-use brook_storage::SimDisk;
+use brook_storage::{Disk, SimDisk};
 use brook_wire::batch::{split_batches, BatchBuilder};
 use brook_wire::peer::{GroupId, RaftMessage};
 use brook_wire::protocol::{Acks, PartitionStatusReport};
@@ -1139,6 +1139,66 @@ async fn transfer_scenario(bugs: Bugs) -> Result<(), Violation> {
     Ok(())
 }
 
+/// A committed batch damaged at rest on the leader (one replica only): its fetch fails with a
+/// retriable error, the leader hands leadership to a follower, and the next leader serves
+/// every acknowledged record.
+async fn damage_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    let mut acknowledged = Vec::new();
+    for round in 0..20 {
+        let value = format!("d{round}");
+        let result = cluster
+            .produce(leader, batch_of(&[&value]), Acks::All)
+            .await
+            .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+        acknowledged.push((result.base_offset, Bytes::from(value)));
+    }
+    let high_watermark = cluster.report(leader).await.high_watermark;
+    for id in NODES {
+        for _ in 0..WAIT_MS_MAX / POLL_MS {
+            if cluster.report(id).await.high_watermark >= high_watermark {
+                break;
+            }
+            cluster.pause(POLL_MS).await;
+        }
+    }
+    let segment = PathBuf::from(format!("/node-{leader}/t@7/0/log/00000000000000000000.log"));
+    let disk = &cluster.nodes[&leader].disk;
+    let length = disk
+        .open(&segment, brook_storage::OpenMode::Existing)
+        .expect("segment")
+        .len();
+    disk.corrupt_durable(&segment, length / 2, 3)
+        .expect("corrupts");
+    let failed = cluster.read_all(leader).await;
+    check(failed.is_err(), "damage-detected", || {
+        "the damaged batch was served".to_owned()
+    })?;
+    let others: Vec<NodeId> = NODES.iter().copied().filter(|id| *id != leader).collect();
+    let next = cluster.wait_for_leader(&others).await.map_err(|_| {
+        violation(
+            "damaged-leader-hands-over",
+            format!("node {leader} kept leading with a damaged batch"),
+        )
+    })?;
+    let result = cluster
+        .produce(next, batch_of(&["after"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    acknowledged.push((result.base_offset, Bytes::from("after")));
+    let served: BTreeMap<u64, Bytes> = cluster.read_all(next).await?.into_iter().collect();
+    for (offset, value) in &acknowledged {
+        check(
+            served.get(offset) == Some(value),
+            "acknowledged-kept",
+            || format!("offset {offset}: {:?}", served.get(offset)),
+        )?;
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
 fn expect_clean(result: Result<(), Violation>) {
     if let Err(found) = result {
         panic!("{}: {}", found.check, found.detail);
@@ -1207,6 +1267,11 @@ async fn produces_beyond_the_pending_limit_are_refused_and_retriable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leadership_moves_to_the_replica_it_is_handed_to() {
     expect_clean(transfer_scenario(Bugs::default()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_with_a_damaged_batch_hands_leadership_over() {
+    expect_clean(damage_scenario(Bugs::default()).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
