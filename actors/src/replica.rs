@@ -994,10 +994,15 @@ impl ReplicaCore {
                         APPEND_BYTES_MAX,
                     ) {
                         Ok(batches) => batches,
-                        // A batch damaged at rest: this replica cannot send it. Not an error
+                        // A committed batch damaged at rest: this replica cannot send it, but
+                        // a majority has it, so the most caught-up follower does. Not an error
                         // for the step (reopening would find the same damage); the host hands
-                        // leadership to a follower that has the batch.
-                        Err(ReplicaError::Log(error @ LogError::Corrupt { .. })) => {
+                        // leadership to that follower. (Damage in an uncommitted range stays
+                        // an error: no follower may have the batch, and a leader keeping its
+                        // lease would stall the group; reopening takes this replica out.)
+                        Err(ReplicaError::Log(error @ LogError::Corrupt { .. }))
+                            if last_index <= self.raft.commit_index() =>
+                        {
                             tracing::warn!(node = self.node_id, to, %error, "cannot read entries for a follower");
                             self.read_damage = true;
                             continue;

@@ -1199,6 +1199,71 @@ async fn damage_scenario(bugs: Bugs) -> Result<(), Violation> {
     Ok(())
 }
 
+/// A committed batch damaged at rest on the leader that a lagging follower needs: the leader
+/// cannot send it, hands leadership to the follower that has it, and the lagging follower is
+/// caught up by the next leader.
+async fn damaged_append_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let mut cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    let lagging = NODES
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    cluster.stop(lagging).await;
+    for round in 0..20 {
+        cluster
+            .produce(leader, batch_of(&[&format!("a{round}")]), Acks::All)
+            .await
+            .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    }
+    let segment = PathBuf::from(format!("/node-{leader}/t@7/0/log/00000000000000000000.log"));
+    let disk = &cluster.nodes[&leader].disk;
+    let length = disk
+        .open(&segment, brook_storage::OpenMode::Existing)
+        .expect("segment")
+        .len();
+    disk.corrupt_durable(&segment, length / 2, 3)
+        .expect("corrupts");
+    cluster.open(lagging);
+    let others: Vec<NodeId> = NODES.iter().copied().filter(|id| *id != leader).collect();
+    let next = cluster.wait_for_leader(&others).await.map_err(|_| {
+        violation(
+            "damaged-leader-hands-over",
+            format!("node {leader} kept leading without sending a batch it cannot read"),
+        )
+    })?;
+    let target = cluster.report(next).await.high_watermark;
+    let mut caught_up = false;
+    for _ in 0..WAIT_MS_MAX / POLL_MS {
+        if cluster.report(lagging).await.high_watermark >= target {
+            caught_up = true;
+            break;
+        }
+        cluster.pause(POLL_MS).await;
+    }
+    check(caught_up, "lagging-follower-caught-up", || {
+        format!("node {lagging} never reached {target}")
+    })?;
+    // The damaged replica stays up, following the next leader (it is not reopened and lost).
+    let mut following = false;
+    for _ in 0..WAIT_MS_MAX / POLL_MS {
+        if cluster.address(leader).is_closed() {
+            break;
+        }
+        if cluster.report(leader).await.leader == u32::try_from(next).ok() {
+            following = true;
+            break;
+        }
+        cluster.pause(POLL_MS).await;
+    }
+    check(following, "damaged-replica-stays-up", || {
+        format!("node {leader} stopped or does not follow node {next}")
+    })?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
 fn expect_clean(result: Result<(), Violation>) {
     if let Err(found) = result {
         panic!("{}: {}", found.check, found.detail);
@@ -1272,6 +1337,11 @@ async fn leadership_moves_to_the_replica_it_is_handed_to() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_with_a_damaged_batch_hands_leadership_over() {
     expect_clean(damage_scenario(Bugs::default()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_send_a_damaged_batch_hands_leadership_over() {
+    expect_clean(damaged_append_scenario(Bugs::default()).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
