@@ -90,6 +90,10 @@ const SYNCS_PER_STEP_MAX: usize = 8;
 /// How long a stopping replica of a deleted topic may take before its directory is removed
 /// anyway (its actor is unregistered and unreachable by then).
 const REPLICA_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A node that is not a voter tries another voter after this many ticks without an answer.
+const FETCH_SILENCE_TICKS_MAX: u64 = 20;
+/// Bytes of metadata batches in one fetch answer, about (at least one batch).
+const FETCH_RESPONSE_BYTES_MAX: usize = 256 * 1024;
 /// A peer heard from within this many election timeouts counts as alive.
 const ALIVE_ELECTION_TIMEOUTS: u64 = 2;
 
@@ -100,14 +104,100 @@ const METADATA_DIRECTORY: &str = "metadata";
 const PARTITIONS_DIRECTORY: &str = "partitions";
 const DELETED_PREFIX: &str = ".deleted-";
 
-/// The topic part of [`leader_reports_group`].
-pub const LEADER_REPORTS_GROUP_TOPIC: &str = "@leader-reports";
+/// The topic part of [`controller_peer_group`].
+pub const CONTROLLER_PEER_GROUP_TOPIC: &str = "@controller";
 
-/// The pseudo-group on which nodes forward leader reports to the active controller.
-pub fn leader_reports_group() -> GroupId {
+/// The pseudo-group on which controllers talk outside the metadata group's Raft: leader reports
+/// forwarded to the active controller, and metadata fetched by nodes that are not voters. See
+/// [`ControllerPeerMessage`].
+pub fn controller_peer_group() -> GroupId {
     GroupId {
-        topic: LEADER_REPORTS_GROUP_TOPIC.to_owned(),
+        topic: CONTROLLER_PEER_GROUP_TOPIC.to_owned(),
         partition: 0,
+    }
+}
+
+/// A message between controllers outside Raft, carried by the peer link as an append of
+/// [`controller_peer_group`] (so the link needs no message type of its own): `prev_term` says
+/// which message it is, the other fields carry its numbers, the batches its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControllerPeerMessage {
+    /// Leader reports (`PartitionLeader` records) for the active controller to propose.
+    LeaderReports { batches: Vec<Bytes> },
+    /// A node that is not a voter asks a voter for the committed metadata from `from_offset`.
+    FetchMetadata { from_offset: u64 },
+    /// The answer: committed batches from `from_offset` (whole batches, possibly none), the
+    /// voter's high watermark, and the active controller it knows.
+    MetadataBatches {
+        from_offset: u64,
+        high_watermark: u64,
+        controller: Option<NodeId>,
+        batches: Vec<Bytes>,
+    },
+}
+
+const CARRIER_LEADER_REPORTS: u64 = 1;
+const CARRIER_FETCH_METADATA: u64 = 2;
+const CARRIER_METADATA_BATCHES: u64 = 3;
+
+impl ControllerPeerMessage {
+    /// The carrier form, for [`PeerOutbox::send`] on [`controller_peer_group`].
+    pub fn into_carrier(self) -> (RaftMessage, Vec<Bytes>) {
+        let append = |kind, term, prev_index, commit_index, batches: Vec<Bytes>| {
+            (
+                RaftMessage::Append(AppendEntries {
+                    term,
+                    prev_index,
+                    prev_term: kind,
+                    commit_index,
+                    batch_count: u32::try_from(batches.len()).unwrap_or(u32::MAX),
+                }),
+                batches,
+            )
+        };
+        match self {
+            ControllerPeerMessage::LeaderReports { batches } => {
+                append(CARRIER_LEADER_REPORTS, 0, 0, 0, batches)
+            }
+            ControllerPeerMessage::FetchMetadata { from_offset } => {
+                append(CARRIER_FETCH_METADATA, 0, from_offset, 0, Vec::new())
+            }
+            ControllerPeerMessage::MetadataBatches {
+                from_offset,
+                high_watermark,
+                controller,
+                batches,
+            } => append(
+                CARRIER_METADATA_BATCHES,
+                controller.map_or(0, |controller| controller.saturating_add(1)),
+                from_offset,
+                high_watermark,
+                batches,
+            ),
+        }
+    }
+
+    /// Back from the carrier form; `None` for anything else.
+    pub fn from_carrier(message: RaftMessage, batches: Vec<Bytes>) -> Option<Self> {
+        let RaftMessage::Append(append) = message else {
+            return None;
+        };
+        if append.batch_count as usize != batches.len() {
+            return None;
+        }
+        match append.prev_term {
+            CARRIER_LEADER_REPORTS => Some(ControllerPeerMessage::LeaderReports { batches }),
+            CARRIER_FETCH_METADATA => Some(ControllerPeerMessage::FetchMetadata {
+                from_offset: append.prev_index,
+            }),
+            CARRIER_METADATA_BATCHES => Some(ControllerPeerMessage::MetadataBatches {
+                from_offset: append.prev_index,
+                high_watermark: append.commit_index,
+                controller: append.term.checked_sub(1),
+                batches,
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -285,8 +375,11 @@ pub enum ClusterMessage {
     },
     /// One heartbeat interval passed.
     Tick,
-    /// Leader reports forwarded by another node (see [`leader_reports_group`]).
-    ForwardedReports { from: NodeId, batches: Vec<Bytes> },
+    /// A message of another node's controller (see [`controller_peer_group`]).
+    FromController {
+        from: NodeId,
+        message: ControllerPeerMessage,
+    },
     /// Internal: the replicas of a deleted topic stopped and its directory was removed.
     TopicRemoved { directory: String },
 }
@@ -347,14 +440,21 @@ enum PendingWrite {
     Internal,
 }
 
-/// The GroupInbox of the leader-reports pseudo-group.
-struct ReportsInbox(Addr<ClusterController>);
+/// The GroupInbox of [`controller_peer_group`].
+struct ControllerPeerInbox(Addr<ClusterController>);
 
-impl GroupInbox for ReportsInbox {
-    fn deliver(&self, from: NodeId, _message: RaftMessage, batches: Vec<Bytes>) -> bool {
-        self.0
-            .try_send(ClusterMessage::ForwardedReports { from, batches })
-            .is_ok()
+impl GroupInbox for ControllerPeerInbox {
+    fn deliver(&self, from: NodeId, message: RaftMessage, batches: Vec<Bytes>) -> bool {
+        match ControllerPeerMessage::from_carrier(message, batches) {
+            Some(message) => self
+                .0
+                .try_send(ClusterMessage::FromController { from, message })
+                .is_ok(),
+            None => {
+                tracing::debug!(from, "malformed controller message dropped");
+                true
+            }
+        }
     }
 
     fn tick(&self) -> bool {
@@ -384,7 +484,15 @@ pub struct ClusterController {
     config: ClusterControllerConfig,
     router: PeerRouter,
     outbox: Arc<dyn PeerOutbox>,
-    core: ReplicaCore,
+    /// This node's member of the metadata group; `None` on a node that is not a controller
+    /// voter (it fetches the committed metadata from a voter instead).
+    core: Option<ReplicaCore>,
+    /// On a node that is not a voter: the active controller the voters named last.
+    learned_controller: Option<NodeId>,
+    /// On a node that is not a voter: the voter asked next (index into the voters), and the
+    /// tick of the last answer.
+    fetch_target: usize,
+    fetch_answered_tick: u64,
     state: MetadataState,
     /// Offsets of the metadata log below this are applied.
     applied_offset: u64,
@@ -438,10 +546,6 @@ impl ClusterController {
             });
         }
         check_or_write_peers_file(disk.as_ref(), &config)?;
-        let metadata_dir = config
-            .data_dir
-            .join(CLUSTER_DIRECTORY)
-            .join(METADATA_DIRECTORY);
         let partitions_dir = config
             .data_dir
             .join(CLUSTER_DIRECTORY)
@@ -450,27 +554,17 @@ impl ClusterController {
         sync_parents(disk.as_ref(), &partitions_dir)?;
         let mut rng = runtime.rng_for(&format!("cluster-controller-{}", config.node_id));
         let opened_ms = u64::try_from(runtime.wall_clock_ms()).unwrap_or(0);
-        let core = ReplicaCore::open(
-            disk.clone(),
-            ReplicaConfig {
-                node_id: NodeId::from(config.node_id),
-                voters: config
-                    .controller_voters
-                    .iter()
-                    .map(|voter| NodeId::from(*voter))
-                    .collect(),
-                raft: config.raft.clone(),
-                log: config.log.clone(),
-                dir: metadata_dir.clone(),
-                seed: rng.next_u64(),
-                planted_bug: None,
-            },
-            opened_ms,
-        )
-        .map_err(|error| ControllerError::Metadata {
-            path: metadata_dir,
-            reason: error.to_string(),
-        })?;
+        let voter = config.controller_voters.contains(&config.node_id);
+        let core = if voter {
+            Some(Self::open_core(
+                disk.clone(),
+                &config,
+                rng.next_u64(),
+                opened_ms,
+            )?)
+        } else {
+            None
+        };
         let controller = Arc::new(AtomicU64::new(NO_NODE));
         let actor = ClusterController {
             runtime: runtime.clone(),
@@ -479,6 +573,9 @@ impl ClusterController {
             router: router.clone(),
             outbox,
             core,
+            learned_controller: None,
+            fetch_target: 0,
+            fetch_answered_tick: 0,
             state: MetadataState::default(),
             applied_offset: 0,
             controller: controller.clone(),
@@ -498,12 +595,46 @@ impl ClusterController {
         let address = runtime.spawn_actor(actor, CLUSTER_CONTROLLER_MAILBOX_CAPACITY);
         router.register(metadata_group(), Arc::new(address.clone()));
         router.register(
-            leader_reports_group(),
-            Arc::new(ReportsInbox(address.clone())),
+            controller_peer_group(),
+            Arc::new(ControllerPeerInbox(address.clone())),
         );
         Ok(ControllerHandle::Cluster {
             address,
             controller,
+        })
+    }
+
+    /// Open this node's member of the metadata group.
+    fn open_core(
+        disk: Arc<dyn Disk>,
+        config: &ClusterControllerConfig,
+        seed: u64,
+        now_ms: u64,
+    ) -> Result<ReplicaCore, ControllerError> {
+        let metadata_dir = config
+            .data_dir
+            .join(CLUSTER_DIRECTORY)
+            .join(METADATA_DIRECTORY);
+        ReplicaCore::open(
+            disk,
+            ReplicaConfig {
+                node_id: NodeId::from(config.node_id),
+                voters: config
+                    .controller_voters
+                    .iter()
+                    .map(|voter| NodeId::from(*voter))
+                    .collect(),
+                raft: config.raft.clone(),
+                log: config.log.clone(),
+                dir: metadata_dir.clone(),
+                seed,
+                planted_bug: None,
+            },
+            now_ms,
+        )
+        .map_err(|error| ControllerError::Metadata {
+            path: metadata_dir,
+            reason: error.to_string(),
         })
     }
 
@@ -523,13 +654,21 @@ impl ClusterController {
     }
 
     fn is_active(&self) -> bool {
-        self.core.leader() == Some(self.node()) && self.core.role() == brook_raft::Role::Leader
+        self.core.as_ref().is_some_and(|core| {
+            core.leader() == Some(self.node()) && core.role() == brook_raft::Role::Leader
+        })
+    }
+
+    /// The active controller as this node knows it.
+    fn leader(&self) -> Option<NodeId> {
+        match &self.core {
+            Some(core) => core.leader(),
+            None => self.learned_controller,
+        }
     }
 
     fn controller_hint(&self) -> Option<u32> {
-        self.core
-            .leader()
-            .and_then(|leader| u32::try_from(leader).ok())
+        self.leader().and_then(|leader| u32::try_from(leader).ok())
     }
 
     fn not_controller(&self) -> BrokerError {
@@ -555,7 +694,10 @@ impl ClusterController {
     fn step(&mut self, input: ReplicaInput) {
         let now_ms = self.now_ms();
         let mut output = ReplicaOutput::default();
-        let mut result = self.core.step(now_ms, input);
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
+        let mut result = core.step(now_ms, input);
         for _ in 0..SYNCS_PER_STEP_MAX {
             match result {
                 Ok(step) => {
@@ -566,7 +708,7 @@ impl ClusterController {
                         result = Ok(ReplicaOutput::default());
                         break;
                     }
-                    result = self.core.step(now_ms, ReplicaInput::Sync);
+                    result = core.step(now_ms, ReplicaInput::Sync);
                 }
                 Err(_) => break,
             }
@@ -583,7 +725,7 @@ impl ClusterController {
             );
         }
         self.controller
-            .store(self.core.leader().unwrap_or(NO_NODE), Ordering::Release);
+            .store(self.leader().unwrap_or(NO_NODE), Ordering::Release);
         let results = self.apply_committed();
         self.answer(output.answers, &results);
     }
@@ -592,26 +734,9 @@ impl ClusterController {
     /// (the applied state stays: everything applied was committed).
     fn reopen_core(&mut self, error: &ReplicaError) {
         tracing::error!(%error, "metadata replica failed; reopening it from disk");
-        let config = ReplicaConfig {
-            node_id: self.node(),
-            voters: self
-                .config
-                .controller_voters
-                .iter()
-                .map(|voter| NodeId::from(*voter))
-                .collect(),
-            raft: self.config.raft.clone(),
-            log: self.config.log.clone(),
-            dir: self
-                .config
-                .data_dir
-                .join(CLUSTER_DIRECTORY)
-                .join(METADATA_DIRECTORY),
-            seed: self.rng.next_u64(),
-            planted_bug: None,
-        };
-        match ReplicaCore::open(self.disk.clone(), config, self.now_ms()) {
-            Ok(core) => self.core = core,
+        let seed = self.rng.next_u64();
+        match Self::open_core(self.disk.clone(), &self.config, seed, self.now_ms()) {
+            Ok(core) => self.core = Some(core),
             Err(error) => {
                 tracing::error!(%error, "cannot reopen the metadata replica; will retry on the next input")
             }
@@ -623,20 +748,62 @@ impl ClusterController {
 
     /// Apply every committed record not applied yet; the result of each, by offset.
     fn apply_committed(&mut self) -> BTreeMap<u64, Result<Change, MetadataError>> {
-        let mut results = BTreeMap::new();
-        let high_watermark = self.core.high_watermark();
+        let Some(core) = &self.core else {
+            return BTreeMap::new();
+        };
+        let high_watermark = core.high_watermark();
         if high_watermark <= self.applied_offset {
-            return results;
+            return BTreeMap::new();
         }
-        // TODO(replica): read from `applied_offset` with the replica's committed read once it
-        // exists; the metadata log is small, so a scan from its start is affordable.
-        let batches = match self.core.batches_below(high_watermark) {
+        let batches = match self.committed_batches(self.applied_offset, usize::MAX) {
             Ok(batches) => batches,
             Err(error) => {
                 tracing::error!(%error, "cannot read the committed metadata log");
-                return results;
+                return BTreeMap::new();
             }
         };
+        self.apply_batches(batches, high_watermark)
+    }
+
+    /// The committed batches of the metadata log from `from_offset` (a batch boundary), whole,
+    /// at least one if there is any, up to about `bytes_max`.
+    fn committed_batches(
+        &self,
+        from_offset: u64,
+        bytes_max: usize,
+    ) -> Result<Vec<Bytes>, ReplicaError> {
+        let Some(core) = &self.core else {
+            return Ok(Vec::new());
+        };
+        let high_watermark = core.high_watermark();
+        // TODO(replica): read from `from_offset` with the replica's committed read once it
+        // exists; the metadata log is small, so a scan from its start is affordable.
+        let mut batches = Vec::new();
+        let mut bytes = 0;
+        for batch in core.batches_below(high_watermark)? {
+            let Ok(header) = brook_wire::batch::BatchHeader::parse(&batch) else {
+                continue;
+            };
+            if header.base_offset < from_offset || header.next_offset() > high_watermark {
+                continue;
+            }
+            if !batches.is_empty() && bytes + batch.len() > bytes_max {
+                break;
+            }
+            bytes += batch.len();
+            batches.push(batch);
+        }
+        Ok(batches)
+    }
+
+    /// Apply the records of `batches` below `high_watermark` not applied yet, reconcile; the
+    /// result of each record, by offset.
+    fn apply_batches(
+        &mut self,
+        batches: Vec<Bytes>,
+        high_watermark: u64,
+    ) -> BTreeMap<u64, Result<Change, MetadataError>> {
+        let mut results = BTreeMap::new();
         let mut changes = Vec::new();
         for bytes in batches {
             for batch in split_batches(bytes) {
@@ -1122,19 +1289,13 @@ impl ClusterController {
         }
         if self.is_active() {
             let _ = self.propose(&records, PendingWrite::Internal);
-        } else if let Some(controller) = self.core.leader() {
+        } else if let Some(controller) = self.leader() {
             if let Some(batch) = records_batch(&records, self.runtime.wall_clock_ms()) {
-                self.outbox.send(
+                self.send_to_controller(
                     controller,
-                    leader_reports_group(),
-                    RaftMessage::Append(AppendEntries {
-                        term: 0,
-                        prev_index: 0,
-                        prev_term: 0,
-                        commit_index: 0,
-                        batch_count: 1,
-                    }),
-                    vec![batch],
+                    ControllerPeerMessage::LeaderReports {
+                        batches: vec![batch],
+                    },
                 );
             }
         } else {
@@ -1203,14 +1364,18 @@ impl ClusterController {
 
     /// Write the cluster record once the active controller finds the log without one.
     fn propose_cluster_record(&mut self) {
+        let Some(core) = &self.core else {
+            return;
+        };
+        let term = core.term();
         if !self.is_active()
             || !self.state.peers.is_empty()
-            || self.cluster_record_term == Some(self.core.term())
-            || self.core.high_watermark() < self.core.log_end_offset()
+            || self.cluster_record_term == Some(term)
+            || core.high_watermark() < core.log_end_offset()
         {
             return;
         }
-        self.cluster_record_term = Some(self.core.term());
+        self.cluster_record_term = Some(term);
         // `propose` puts the cluster record first while none is applied.
         let _ = self.propose(&[], PendingWrite::Internal);
     }
@@ -1228,6 +1393,117 @@ impl ClusterController {
                 .collect(),
             controller_voters: self.config.controller_voters.iter().copied().collect(),
         }
+    }
+
+    fn send_to_controller(&self, to: NodeId, message: ControllerPeerMessage) {
+        let (message, batches) = message.into_carrier();
+        self.outbox
+            .send(to, controller_peer_group(), message, batches);
+    }
+
+    /// On a node that is not a voter: ask a voter for the metadata committed since what this
+    /// node applied. The known controller first; another voter after a silence.
+    fn fetch_metadata(&mut self) {
+        if self.core.is_some() {
+            return;
+        }
+        let voters: Vec<NodeId> = self
+            .config
+            .controller_voters
+            .iter()
+            .map(|voter| NodeId::from(*voter))
+            .collect();
+        if voters.is_empty() {
+            return;
+        }
+        if self.ticks.saturating_sub(self.fetch_answered_tick) > FETCH_SILENCE_TICKS_MAX {
+            // The voter asked does not answer: try the next one, forget the controller.
+            self.fetch_target = (self.fetch_target + 1) % voters.len();
+            self.fetch_answered_tick = self.ticks;
+            self.learned_controller = None;
+        }
+        let target = self
+            .learned_controller
+            .filter(|controller| voters.contains(controller))
+            .unwrap_or(voters[self.fetch_target % voters.len()]);
+        self.send_to_controller(
+            target,
+            ControllerPeerMessage::FetchMetadata {
+                from_offset: self.applied_offset,
+            },
+        );
+    }
+
+    /// On a voter: answer a fetch with the committed batches from `from_offset`.
+    fn serve_metadata_fetch(&mut self, from: NodeId, from_offset: u64) {
+        let Some(core) = &self.core else {
+            return;
+        };
+        if !self
+            .config
+            .peers
+            .contains_key(&u32::try_from(from).unwrap_or(u32::MAX))
+        {
+            return;
+        }
+        let high_watermark = core.high_watermark();
+        let batches = if from_offset < high_watermark {
+            match self.committed_batches(from_offset, FETCH_RESPONSE_BYTES_MAX) {
+                Ok(batches) => batches,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the metadata log for a fetch");
+                    return;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        self.send_to_controller(
+            from,
+            ControllerPeerMessage::MetadataBatches {
+                from_offset,
+                high_watermark,
+                controller: self.leader(),
+                batches,
+            },
+        );
+    }
+
+    /// On a node that is not a voter: apply what a voter sent, if it continues what this node
+    /// applied (an answer to an older fetch is dropped).
+    fn learn_metadata(
+        &mut self,
+        from_offset: u64,
+        high_watermark: u64,
+        controller: Option<NodeId>,
+        batches: Vec<Bytes>,
+    ) {
+        if self.core.is_some() {
+            return;
+        }
+        self.fetch_answered_tick = self.ticks;
+        self.learned_controller = controller;
+        self.controller
+            .store(controller.unwrap_or(NO_NODE), Ordering::Release);
+        if from_offset != self.applied_offset || batches.is_empty() {
+            return;
+        }
+        // The batches must follow one another from `from_offset`, all below the high watermark.
+        let mut next = from_offset;
+        for batch in &batches {
+            match brook_wire::batch::BatchHeader::parse(batch) {
+                Ok(header)
+                    if header.base_offset == next && header.next_offset() <= high_watermark =>
+                {
+                    next = header.next_offset();
+                }
+                _ => {
+                    tracing::warn!(from_offset, "metadata batches out of order; dropped");
+                    return;
+                }
+            }
+        }
+        self.apply_batches(batches, next);
     }
 
     fn brokers(&self) -> &BTreeMap<u32, String> {
@@ -1563,7 +1839,7 @@ impl ClusterController {
 
     async fn shutdown(&mut self, context: &mut Context<Self>) {
         self.router.unregister(&metadata_group());
-        self.router.unregister(&leader_reports_group());
+        self.router.unregister(&controller_peer_group());
         for (group, replica) in std::mem::take(&mut self.replicas) {
             self.router.unregister(&group);
             let _ = self
@@ -1576,7 +1852,10 @@ impl ClusterController {
                 )
                 .await;
         }
-        let _ = self.core.step(self.now_ms(), ReplicaInput::Sync);
+        let now_ms = self.now_ms();
+        if let Some(core) = self.core.as_mut() {
+            let _ = core.step(now_ms, ReplicaInput::Sync);
+        }
         for (_, pending) in std::mem::take(&mut self.pending) {
             self.fail_pending(
                 pending,
@@ -1723,12 +2002,24 @@ impl Actor for ClusterController {
             ClusterMessage::Tick => {
                 self.ticks += 1;
                 self.step(ReplicaInput::Tick);
+                self.fetch_metadata();
                 self.propose_cluster_record();
                 self.report_leaders();
             }
-            ClusterMessage::ForwardedReports { from, batches } => {
-                self.forwarded_reports(from, batches)
-            }
+            ClusterMessage::FromController { from, message } => match message {
+                ControllerPeerMessage::LeaderReports { batches } => {
+                    self.forwarded_reports(from, batches)
+                }
+                ControllerPeerMessage::FetchMetadata { from_offset } => {
+                    self.serve_metadata_fetch(from, from_offset)
+                }
+                ControllerPeerMessage::MetadataBatches {
+                    from_offset,
+                    high_watermark,
+                    controller,
+                    batches,
+                } => self.learn_metadata(from_offset, high_watermark, controller, batches),
+            },
             ClusterMessage::TopicRemoved { directory } => {
                 self.removing.remove(&directory);
             }
@@ -1737,7 +2028,7 @@ impl Actor for ClusterController {
 
     async fn stopped(&mut self, _context: &mut Context<Self>) {
         self.router.unregister(&metadata_group());
-        self.router.unregister(&leader_reports_group());
+        self.router.unregister(&controller_peer_group());
         for group in self.replicas.keys() {
             self.router.unregister(group);
         }

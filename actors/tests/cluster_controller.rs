@@ -323,12 +323,26 @@ async fn agreed_assignment(cluster: &Cluster, name: &str) -> Vec<Vec<u32>> {
 
 #[tokio::test]
 async fn create_rf3_applies_everywhere_opens_assigned_replicas_and_delete_removes_them() {
-    let cluster = Cluster::start(&[1, 2, 3], &[1, 2, 3]);
+    scenario(&[1, 2, 3], &[1, 2, 3]).await;
+}
+
+/// Nodes 4 and 5 are not controller voters: they learn the metadata from a voter, open their
+/// replicas, name the controller, and remove deleted data like the others.
+#[tokio::test]
+async fn nodes_that_are_not_voters_learn_the_metadata() {
+    scenario(&[1, 2, 3, 4, 5], &[1, 2, 3]).await;
+}
+
+async fn scenario(ids: &[u32], voters: &[u32]) {
+    let cluster = Cluster::start(ids, voters);
     let controller = cluster.controller().await;
+    assert!(voters.contains(&controller));
+    // As many partitions as brokers: with replication factor 3 every broker holds some.
+    let partitions = ids.len() as u32;
 
     // A node that is not the active controller refuses admin writes, naming it.
     for node in cluster.nodes.iter().filter(|node| node.id != controller) {
-        let refused = create(&node.handle, "events", 2, 3).await;
+        let refused = create(&node.handle, "events", partitions, 3).await;
         assert_eq!(
             refused.as_ref().map_err(|error| error.code),
             Err(ErrorCode::NotController),
@@ -340,7 +354,9 @@ async fn create_rf3_applies_everywhere_opens_assigned_replicas_and_delete_remove
     // Validation on the controller: replication factor above the brokers, a bad name.
     let active = &cluster.node(controller).handle;
     assert_eq!(
-        create(active, "events", 2, 4).await.map_err(|e| e.code),
+        create(active, "events", partitions, ids.len() as u16 + 1)
+            .await
+            .map_err(|e| e.code),
         Err(ErrorCode::InvalidReplicationFactor)
     );
     assert_eq!(
@@ -348,9 +364,11 @@ async fn create_rf3_applies_everywhere_opens_assigned_replicas_and_delete_remove
         Err(ErrorCode::InvalidTopic)
     );
 
-    let created = create(active, "events", 2, 3).await.expect("created");
+    let created = create(active, "events", partitions, 3)
+        .await
+        .expect("created");
     assert_eq!(created.replication_factor, 3);
-    assert_eq!(created.partitions.len(), 2);
+    assert_eq!(created.partitions.len(), partitions as usize);
     // Preferred leaders spread: the two partitions start with different brokers.
     assert_ne!(
         created.partitions[0].replicas[0],
@@ -421,14 +439,16 @@ async fn create_rf3_applies_everywhere_opens_assigned_replicas_and_delete_remove
 
     // A replication-factor-1 partition on a node that is not the controller is led there:
     // its report reaches the metadata only by being forwarded to the controller.
-    let single = create(active, "single", 3, 1).await.expect("created");
+    let single = create(active, "single", partitions, 1)
+        .await
+        .expect("created");
     let elsewhere: Vec<u32> = single
         .partitions
         .iter()
         .map(|partition| partition.replicas[0])
         .filter(|replica| *replica != controller)
         .collect();
-    assert_eq!(elsewhere.len(), 2, "spread over the three brokers");
+    assert_eq!(elsewhere.len(), ids.len() - 1, "one per broker");
     let deadline = Deadline::new();
     loop {
         let mut all_reported = true;
@@ -464,7 +484,7 @@ async fn create_rf3_applies_everywhere_opens_assigned_replicas_and_delete_remove
             topic_directories(&node.disk).is_empty().then_some(())
         })
         .await;
-        for partition in 0..2 {
+        for partition in 0..partitions {
             assert!(!node
                 .router
                 .contains(&partition_group("events", topic_id, partition)));
