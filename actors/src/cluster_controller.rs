@@ -90,6 +90,10 @@ const SYNCS_PER_STEP_MAX: usize = 8;
 /// How long a stopping replica of a deleted topic may take before its directory is removed
 /// anyway (its actor is unregistered and unreachable by then).
 const REPLICA_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes asked of one committed read of the metadata log.
+const COMMITTED_READ_BYTES: usize = 1024 * 1024;
+/// Reads of one pass over the committed metadata log at most (bounds the loop; 64 GiB).
+const COMMITTED_READS_MAX: usize = 64 * 1024;
 /// A node that is not a voter tries another voter after this many ticks without an answer.
 const FETCH_SILENCE_TICKS_MAX: u64 = 20;
 /// Bytes of metadata batches in one fetch answer, about (at least one batch).
@@ -708,7 +712,7 @@ impl ClusterController {
                         result = Ok(ReplicaOutput::default());
                         break;
                     }
-                    result = core.step(now_ms, ReplicaInput::Sync);
+                    result = core.sync_now(now_ms);
                 }
                 Err(_) => break,
             }
@@ -775,23 +779,25 @@ impl ClusterController {
         let Some(core) = &self.core else {
             return Ok(Vec::new());
         };
-        let high_watermark = core.high_watermark();
-        // TODO(replica): read from `from_offset` with the replica's committed read once it
-        // exists; the metadata log is small, so a scan from its start is affordable.
         let mut batches = Vec::new();
         let mut bytes = 0;
-        for batch in core.batches_below(high_watermark)? {
-            let Ok(header) = brook_wire::batch::BatchHeader::parse(&batch) else {
-                continue;
-            };
-            if header.base_offset < from_offset || header.next_offset() > high_watermark {
-                continue;
-            }
-            if !batches.is_empty() && bytes + batch.len() > bytes_max {
+        let mut offset = from_offset;
+        for _ in 0..COMMITTED_READS_MAX {
+            let read = core.read_committed(offset, COMMITTED_READ_BYTES)?;
+            if read.batches.is_empty() {
                 break;
             }
-            bytes += batch.len();
-            batches.push(batch);
+            for batch in split_batches(read.batches) {
+                let batch = batch
+                    .map_err(brook_storage::log::LogError::from)?
+                    .into_bytes();
+                if !batches.is_empty() && bytes + batch.len() > bytes_max {
+                    return Ok(batches);
+                }
+                bytes += batch.len();
+                batches.push(batch);
+            }
+            offset = read.next_offset;
         }
         Ok(batches)
     }
@@ -1854,7 +1860,7 @@ impl ClusterController {
         }
         let now_ms = self.now_ms();
         if let Some(core) = self.core.as_mut() {
-            let _ = core.step(now_ms, ReplicaInput::Sync);
+            let _ = core.sync_now(now_ms);
         }
         for (_, pending) in std::mem::take(&mut self.pending) {
             self.fail_pending(

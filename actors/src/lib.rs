@@ -11,8 +11,5 @@ pub mod heartbeats;
 pub mod partition;
 pub mod peer_router;
 pub mod replica;
-// A stand-in with the contract's signature until wip-replica's `replicated.rs` is merged (then
-// this attribute and the stand-in file go, and `pub mod replicated;` stays).
-#[path = "replicated_stand_in.rs"]
 pub mod replicated;
 pub use brook_runtime as runtime;
