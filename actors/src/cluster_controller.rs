@@ -90,6 +90,9 @@ const SYNCS_PER_STEP_MAX: usize = 8;
 /// How long a stopping replica of a deleted topic may take before its directory is removed
 /// anyway (its actor is unregistered and unreachable by then).
 const REPLICA_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ticks between two reconciliations that no change asked for (retries of replicas that
+/// failed to open or stopped).
+const RECONCILE_TICKS: u64 = 10;
 /// Bytes asked of one committed read of the metadata log.
 const COMMITTED_READ_BYTES: usize = 1024 * 1024;
 /// Reads of one pass over the committed metadata log at most (bounds the loop; 64 GiB).
@@ -512,6 +515,9 @@ pub struct ClusterController {
     /// The term in which this node proposed the cluster record (once per term at most).
     cluster_record_term: Option<u64>,
     ticks: u64,
+    /// Set when the applied cluster record disagrees with this node's peers: the controller
+    /// stops (after the message being handled).
+    refusal: Option<String>,
     opened_ms: u64,
     opened_at: Instant,
     rng: ChaCha8Rng,
@@ -591,6 +597,7 @@ impl ClusterController {
             unreported: BTreeMap::new(),
             cluster_record_term: None,
             ticks: 0,
+            refusal: None,
             opened_ms,
             opened_at: runtime.now(),
             rng,
@@ -855,7 +862,13 @@ impl ClusterController {
             }
         }
         self.applied_offset = high_watermark;
-        if !changes.is_empty() {
+        if changes
+            .iter()
+            .any(|change| matches!(change, Change::Cluster))
+        {
+            self.check_cluster_record();
+        }
+        if !changes.is_empty() && self.refusal.is_none() {
             self.reconcile(&changes);
         }
         results
@@ -971,6 +984,18 @@ impl ClusterController {
     /// the applied state assigns it.
     fn reconcile(&mut self, changes: &[Change]) {
         let node = self.config.node_id;
+        // A replica whose actor gave up (its core failed to reopen) is opened again below.
+        let dead: Vec<GroupId> = self
+            .replicas
+            .iter()
+            .filter(|(_, replica)| replica.address.is_closed())
+            .map(|(group, _)| group.clone())
+            .collect();
+        for group in dead {
+            tracing::warn!(?group, "a partition replica stopped; opening it again");
+            self.router.unregister(&group);
+            self.replicas.remove(&group);
+        }
         let mut wanted: BTreeMap<GroupId, (String, u64, u32)> = BTreeMap::new();
         for (name, topic) in &self.state.topics {
             for (partition, state) in topic.partitions.iter().enumerate() {
@@ -1512,6 +1537,33 @@ impl ClusterController {
         self.apply_batches(batches, next);
     }
 
+    /// The cluster record names the peers and voters the cluster was created with: a node
+    /// started with others must not take part (its assignments and addresses would disagree).
+    fn check_cluster_record(&mut self) {
+        let stored = PeersFile {
+            node_id: self.config.node_id,
+            controller_voters: self.state.controller_voters.iter().copied().collect(),
+            peers: self
+                .state
+                .peers
+                .iter()
+                .map(|(id, address)| PeerLine {
+                    id: *id,
+                    address: address.clone(),
+                })
+                .collect(),
+        };
+        let differences = stored.differences(&PeersFile::from_config(&self.config));
+        if !differences.is_empty() && self.refusal.is_none() {
+            let reason = format!(
+                "the cluster's metadata was created with other peers than this node's --peers ({}); this node stops: restart it with the cluster's list",
+                differences.join("; ")
+            );
+            tracing::error!(node = self.config.node_id, %reason, "refusing to take part in the cluster");
+            self.refusal = Some(reason);
+        }
+    }
+
     fn brokers(&self) -> &BTreeMap<u32, String> {
         if self.state.peers.is_empty() {
             &self.config.peers
@@ -2011,6 +2063,10 @@ impl Actor for ClusterController {
                 self.fetch_metadata();
                 self.propose_cluster_record();
                 self.report_leaders();
+                if self.ticks % RECONCILE_TICKS == 0 {
+                    // Replicas that failed to open or stopped are retried.
+                    self.reconcile(&[]);
+                }
             }
             ClusterMessage::FromController { from, message } => match message {
                 ControllerPeerMessage::LeaderReports { batches } => {
@@ -2029,6 +2085,9 @@ impl Actor for ClusterController {
             ClusterMessage::TopicRemoved { directory } => {
                 self.removing.remove(&directory);
             }
+        }
+        if self.refusal.is_some() && !context.is_stopping() {
+            self.shutdown(context).await;
         }
     }
 

@@ -143,6 +143,16 @@ impl Cluster {
         ids: &[u32],
         voters: &[u32],
     ) -> Result<Node, ControllerError> {
+        Self::start_node_with_peers(network, id, disk, peers(ids), voters)
+    }
+
+    fn start_node_with_peers(
+        network: &Arc<Network>,
+        id: u32,
+        disk: SimDisk,
+        peers: BTreeMap<u32, String>,
+        voters: &[u32],
+    ) -> Result<Node, ControllerError> {
         let runtime = Runtime::new(u64::from(id));
         let router = PeerRouter::new();
         network
@@ -158,7 +168,7 @@ impl Cluster {
         let handle = ClusterController::start(
             runtime.clone(),
             Arc::new(disk.clone()),
-            config(id, peers(ids), voters),
+            config(id, peers, voters),
             router.clone(),
             outbox,
         )?;
@@ -533,4 +543,39 @@ async fn a_data_directory_started_with_other_peers_refuses_to_start() {
         .err()
         .expect("refused");
     assert!(refused.to_string().contains("node id"), "{refused}");
+}
+
+/// A node whose data directory is new but whose `--peers` disagree with the cluster's record
+/// (another address for itself) learns the record, refuses to take part and stops; the others
+/// carry on.
+#[tokio::test]
+async fn a_node_started_with_peers_that_disagree_with_the_cluster_stops() {
+    let network = Arc::new(Network::default());
+    let ids = [1, 2, 3];
+    let mut nodes = Vec::new();
+    for id in [1, 2] {
+        nodes.push(
+            Cluster::start_node(&network, id, SimDisk::new(u64::from(id)), &ids, &ids)
+                .expect("starts"),
+        );
+    }
+    let cluster = Cluster { nodes };
+    let controller = cluster.controller().await;
+    create(&cluster.node(controller).handle, "before", 1, 2)
+        .await
+        .expect("created by the two agreeing nodes");
+    let mut other = peers(&ids);
+    other.insert(3, "127.0.0.1:9999".into());
+    let stranger =
+        Cluster::start_node_with_peers(&network, 3, SimDisk::new(3), other, &ids).expect("starts");
+    wait_for("the disagreeing node to stop", || {
+        stranger.handle.is_closed().then_some(())
+    })
+    .await;
+    stranger.ticker.abort();
+    let controller = cluster.controller().await;
+    create(&cluster.node(controller).handle, "after", 1, 2)
+        .await
+        .expect("the others carry on");
+    cluster.stop().await;
 }
