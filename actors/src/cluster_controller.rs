@@ -868,7 +868,11 @@ impl ClusterController {
         {
             self.check_cluster_record();
         }
-        if !changes.is_empty() && self.refusal.is_none() {
+        // Leader reports change no replica: only topics created, deleted or altered do.
+        let topics_changed = changes
+            .iter()
+            .any(|change| !matches!(change, Change::LeaderChanged { .. } | Change::Cluster));
+        if topics_changed && self.refusal.is_none() {
             self.reconcile(&changes);
         }
         results
