@@ -579,3 +579,78 @@ async fn a_node_started_with_peers_that_disagree_with_the_cluster_stops() {
         .expect("the others carry on");
     cluster.stop().await;
 }
+
+/// A node that was down while a topic was deleted and another created replays the metadata
+/// when it comes back: it removes the deleted topic's directory (no replica of it ever runs
+/// again) and opens its replica of the new topic.
+#[tokio::test]
+async fn a_node_down_during_a_delete_removes_the_data_when_it_returns() {
+    let ids = [1, 2, 3];
+    let network = Arc::new(Network::default());
+    let mut nodes = Vec::new();
+    for id in ids {
+        nodes.push(
+            Cluster::start_node(&network, id, SimDisk::new(u64::from(id)), &ids, &ids)
+                .expect("starts"),
+        );
+    }
+    let mut cluster = Cluster { nodes };
+    let controller = cluster.controller().await;
+    let created = create(&cluster.node(controller).handle, "old", 1, 3)
+        .await
+        .expect("created");
+    assert_eq!(created.partitions[0].replicas.len(), 3);
+    let absent = *ids
+        .iter()
+        .find(|id| **id != controller)
+        .expect("a follower");
+    wait_for("the replica directory on the node to stop", || {
+        (topic_directories(&cluster.node(absent).disk).len() == 1).then_some(())
+    })
+    .await;
+    let old_directory = topic_directories(&cluster.node(absent).disk)[0].clone();
+
+    // Stop it; delete the topic and create another while it is down.
+    let position = cluster
+        .nodes
+        .iter()
+        .position(|node| node.id == absent)
+        .expect("node");
+    let stopped = cluster.nodes.remove(position);
+    stopped.ticker.abort();
+    network
+        .routers
+        .lock()
+        .expect("network lock")
+        .remove(&NodeId::from(absent));
+    let _ = stopped
+        .handle
+        .ask(|reply| ControllerMessage::Shutdown { reply })
+        .await;
+    let controller = cluster.controller().await;
+    delete(&cluster.node(controller).handle, "old")
+        .await
+        .expect("deleted");
+    create(&cluster.node(controller).handle, "new", 1, 3)
+        .await
+        .expect("created");
+    assert_eq!(
+        topic_directories(&stopped.disk),
+        vec![old_directory.clone()]
+    );
+
+    // Back: the old topic's data goes, the new topic's replica opens.
+    let returned =
+        Cluster::start_node(&network, absent, stopped.disk.clone(), &ids, &ids).expect("restarts");
+    wait_for("the old directory removed and the new one opened", || {
+        let directories = topic_directories(&returned.disk);
+        (directories.len() == 1
+            && directories[0] != old_directory
+            && directories[0].starts_with("new@"))
+        .then_some(())
+    })
+    .await;
+    cluster.nodes.push(returned);
+    assert_eq!(agreed_assignment(&cluster, "new").await.len(), 1);
+    cluster.stop().await;
+}
