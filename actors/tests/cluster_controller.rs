@@ -581,29 +581,47 @@ async fn a_node_started_with_peers_that_disagree_with_the_cluster_stops() {
 }
 
 /// A node that was down while a topic was deleted and another created replays the metadata
-/// when it comes back: it removes the deleted topic's directory (no replica of it ever runs
-/// again) and opens its replica of the new topic.
+/// when it comes back: it removes the deleted topic's directory and opens its replica of the
+/// new topic. A voter replays its log (it reopens the old replica, then removes it as the
+/// delete applies); a node that is not a voter fetches everything at once, so the old topic
+/// never runs again and its directory is found as a leftover.
 #[tokio::test]
-async fn a_node_down_during_a_delete_removes_the_data_when_it_returns() {
-    let ids = [1, 2, 3];
+async fn a_voter_down_during_a_delete_removes_the_data_when_it_returns() {
+    down_during_a_delete(&[1, 2, 3], &[1, 2, 3], None).await;
+}
+
+#[tokio::test]
+async fn a_node_that_is_not_a_voter_down_during_a_delete_removes_the_data_when_it_returns() {
+    down_during_a_delete(&[1, 2, 3, 4], &[1, 2, 3], Some(4)).await;
+}
+
+async fn down_during_a_delete(ids: &[u32], voters: &[u32], absent: Option<u32>) {
     let network = Arc::new(Network::default());
     let mut nodes = Vec::new();
     for id in ids {
         nodes.push(
-            Cluster::start_node(&network, id, SimDisk::new(u64::from(id)), &ids, &ids)
+            Cluster::start_node(&network, *id, SimDisk::new(u64::from(*id)), ids, voters)
                 .expect("starts"),
         );
     }
     let mut cluster = Cluster { nodes };
     let controller = cluster.controller().await;
-    let created = create(&cluster.node(controller).handle, "old", 1, 3)
-        .await
-        .expect("created");
-    assert_eq!(created.partitions[0].replicas.len(), 3);
-    let absent = *ids
-        .iter()
-        .find(|id| **id != controller)
-        .expect("a follower");
+    // Every broker holds the topic's one partition.
+    let replication_factor = ids.len() as u16;
+    let created = create(
+        &cluster.node(controller).handle,
+        "old",
+        1,
+        replication_factor,
+    )
+    .await
+    .expect("created");
+    assert_eq!(created.partitions[0].replicas.len(), ids.len());
+    let absent = absent.unwrap_or_else(|| {
+        *ids.iter()
+            .find(|id| **id != controller)
+            .expect("a follower")
+    });
     wait_for("the replica directory on the node to stop", || {
         (topic_directories(&cluster.node(absent).disk).len() == 1).then_some(())
     })
@@ -631,9 +649,14 @@ async fn a_node_down_during_a_delete_removes_the_data_when_it_returns() {
     delete(&cluster.node(controller).handle, "old")
         .await
         .expect("deleted");
-    create(&cluster.node(controller).handle, "new", 1, 3)
-        .await
-        .expect("created");
+    create(
+        &cluster.node(controller).handle,
+        "new",
+        1,
+        replication_factor,
+    )
+    .await
+    .expect("created");
     assert_eq!(
         topic_directories(&stopped.disk),
         vec![old_directory.clone()]
@@ -641,7 +664,7 @@ async fn a_node_down_during_a_delete_removes_the_data_when_it_returns() {
 
     // Back: the old topic's data goes, the new topic's replica opens.
     let returned =
-        Cluster::start_node(&network, absent, stopped.disk.clone(), &ids, &ids).expect("restarts");
+        Cluster::start_node(&network, absent, stopped.disk.clone(), ids, voters).expect("restarts");
     wait_for("the old directory removed and the new one opened", || {
         let directories = topic_directories(&returned.disk);
         (directories.len() == 1
