@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::peer::{PeerNetwork, PEER_MAGIC};
 use brook_actors::controller::ControllerMessage;
 use brook_actors::handle::{ControllerHandle, HintedError, PartitionHandle};
 use brook_actors::partition::{FetchResult, PartitionMessage, PartitionReply, ProduceResult};
@@ -59,6 +60,8 @@ pub struct ConnectionShared {
     pub request_bytes_in_flight_max: usize,
     /// Flips to `true` when the broker shuts down: every connection stops reading and closes.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The peer network in cluster mode (peer connections arrive on the client port).
+    pub peers: Option<PeerNetwork>,
 }
 
 /// What a request holds until it is done and its response handed to the writer: its place
@@ -75,11 +78,36 @@ struct Outgoing {
     payload: Bytes,
 }
 
-/// Serve one connection until the client closes it or sends something unacceptable.
-pub async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<ConnectionShared>)
+/// Serve one connection until the client closes it or sends something unacceptable. A
+/// connection that starts with [`PEER_MAGIC`] is another node's: it goes to the peer network.
+pub async fn serve<S>(mut stream: S, peer: SocketAddr, shared: Arc<ConnectionShared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Exactly 8 bytes, so that a peer connection's first frame stays in the stream. A client's
+    // first 8 bytes are a frame header, never the magic: read as a length, the magic exceeds
+    // the pre-handshake frame cap.
+    let mut prefix = [0u8; 8];
+    let mut shutdown = shared.shutdown.clone();
+    tokio::select! {
+        biased;
+        result = stream.read_exact(&mut prefix) => {
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "connection closed before its first frame header");
+                return;
+            }
+        }
+        _ = shutdown.wait_for(|stopping| *stopping) => return,
+    }
+    if &prefix == PEER_MAGIC {
+        match &shared.peers {
+            Some(network) => network.accept(stream, peer).await,
+            None => {
+                tracing::warn!(%peer, "peer connection to a single node (no [cluster] section); closing it")
+            }
+        }
+        return;
+    }
     let (reader, writer) = tokio::io::split(stream);
     let (sender, receiver) = mpsc::channel::<Outgoing>(shared.requests_in_flight_max + 1);
     // Responses may be as large as the frames the broker accepts (and at least the default).
@@ -105,7 +133,7 @@ where
     // which breaks simulation determinism.
     tokio::select! {
         biased;
-        result = connection.read_loop(reader) => {
+        result = connection.read_loop(reader, BytesMut::from(&prefix[..])) => {
             if let Err(reason) = result {
                 tracing::debug!(%peer, %reason, "closing connection");
             }
@@ -134,13 +162,18 @@ struct Connection {
 }
 
 impl Connection {
-    async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut reader: R) -> Result<(), String> {
+    /// Read and dispatch frames; `buffer` holds what was read before (the first 8 bytes).
+    async fn read_loop<R: AsyncRead + Unpin>(
+        &mut self,
+        mut reader: R,
+        mut buffer: BytesMut,
+    ) -> Result<(), String> {
         let decoder = FrameDecoder::new(self.shared.frame_bytes_max);
         // Before the handshake only a handshake is accepted, and it is small: a bigger frame is
         // refused from its header, so a connection that never handshakes cannot hold a large
         // share of the node's request budget.
         let before_handshake = FrameDecoder::new(HANDSHAKE_FRAME_BYTES_MAX);
-        let mut buffer = BytesMut::with_capacity(64 * 1024);
+        buffer.reserve(64 * 1024);
         // The budget reserved for the frame at the front of the buffer.
         let mut reserved: Option<OwnedSemaphorePermit> = None;
         loop {
