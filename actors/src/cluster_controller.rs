@@ -93,6 +93,11 @@ const REPLICA_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ticks between two reconciliations that no change asked for (retries of replicas that
 /// failed to open or stopped).
 const RECONCILE_TICKS: u64 = 10;
+/// Ticks between two passes of preferred-leader balancing.
+const BALANCE_TICKS: u64 = 10;
+/// Ticks before a partition's leadership is offered to its preferred replica again (a
+/// transfer the preferred replica could not take, e.g. because it lags, is not hammered).
+const BALANCE_RETRY_TICKS: u64 = 50;
 /// Bytes asked of one committed read of the metadata log.
 const COMMITTED_READ_BYTES: usize = 1024 * 1024;
 /// Reads of one pass over the committed metadata log at most (bounds the loop; 64 GiB).
@@ -512,6 +517,8 @@ pub struct ClusterController {
     removing: BTreeSet<String>,
     leader_views: Arc<LeaderViews>,
     unreported: BTreeMap<GroupId, UnreportedLeader>,
+    /// The tick leadership of each group was last offered to its preferred replica.
+    balance_offers: BTreeMap<GroupId, u64>,
     /// The term in which this node proposed the cluster record (once per term at most).
     cluster_record_term: Option<u64>,
     ticks: u64,
@@ -595,6 +602,7 @@ impl ClusterController {
             removing: BTreeSet::new(),
             leader_views: Arc::new(LeaderViews::default()),
             unreported: BTreeMap::new(),
+            balance_offers: BTreeMap::new(),
             cluster_record_term: None,
             ticks: 0,
             refusal: None,
@@ -1239,6 +1247,65 @@ impl ClusterController {
                 self.remove_topic_directory(entry, Vec::new());
             }
         }
+    }
+
+    /// Preferred-leader balancing: a replica of this node that leads a partition whose
+    /// preferred replica (the first of its replicas, spread evenly by the assignment) is another
+    /// node that is alive hands leadership over to it. This spreads the leaders after a topic
+    /// is created (the first election goes to whoever campaigns first) and after a node
+    /// returns. Raft transfers only to a caught-up replica; a refused or failed transfer is
+    /// offered again after [`BALANCE_RETRY_TICKS`].
+    fn balance_leaders(&mut self) {
+        let node = self.config.node_id;
+        let now_ms = u64::try_from(self.runtime.wall_clock_ms()).unwrap_or(0);
+        let window_ms = self.config.raft.election_timeout_ms * ALIVE_ELECTION_TIMEOUTS;
+        let ticks = self.ticks;
+        let mut offers = Vec::new();
+        for (group, replica) in &self.replicas {
+            if replica.handle.leader_hint() != Some(node) {
+                continue;
+            }
+            let Some(preferred) = self
+                .state
+                .topics
+                .get(&replica.topic)
+                .filter(|topic| topic.topic_id == replica.topic_id)
+                .and_then(|topic| topic.partitions.get(replica.partition as usize))
+                .and_then(|partition| partition.replicas.first().copied())
+            else {
+                continue;
+            };
+            let alive = self
+                .router
+                .last_heard_ms(NodeId::from(preferred))
+                .is_some_and(|heard| now_ms.saturating_sub(heard) <= window_ms);
+            let due = self
+                .balance_offers
+                .get(group)
+                .map_or(true, |offered| ticks >= offered + BALANCE_RETRY_TICKS);
+            if preferred != node && alive && due {
+                offers.push((group.clone(), preferred));
+            }
+        }
+        for (group, preferred) in offers {
+            if let Some(replica) = self.replicas.get(&group) {
+                tracing::debug!(
+                    ?group,
+                    to = preferred,
+                    "offering leadership to the preferred replica"
+                );
+                // A full mailbox: offered again next pass.
+                let _ = replica
+                    .address
+                    .try_send(ReplicaMessage::TransferLeadership {
+                        to: NodeId::from(preferred),
+                    });
+            }
+            self.balance_offers.insert(group, ticks);
+        }
+        let replicas = &self.replicas;
+        self.balance_offers
+            .retain(|group, _| replicas.contains_key(group));
     }
 
     /// Record the leader views replicas reported and send the reports not applied yet: to the
@@ -2070,6 +2137,9 @@ impl Actor for ClusterController {
                 if self.ticks % RECONCILE_TICKS == 0 {
                     // Replicas that failed to open or stopped are retried.
                     self.reconcile(&[]);
+                }
+                if self.ticks % BALANCE_TICKS == 0 {
+                    self.balance_leaders();
                 }
             }
             ClusterMessage::FromController { from, message } => match message {

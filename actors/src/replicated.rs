@@ -114,6 +114,9 @@ pub enum ReplicaMessage {
     FetchExpired { waiter: u64 },
     /// Internal: a stop's leadership transfer took too long; stop anyway.
     StopDeadline,
+    /// Hand leadership to `to` (the controller's preferred-leader balancing). The core refuses
+    /// (and logs) unless this replica leads; ignored while stopping.
+    TransferLeadership { to: NodeId },
 }
 
 /// A produce request waiting for the answers of its batches.
@@ -839,6 +842,11 @@ impl Actor for ReplicatedPartition {
                     waiter
                         .reply
                         .send(self.read(waiter.offset, waiter.bytes_max));
+                }
+            }
+            ReplicaMessage::TransferLeadership { to } => {
+                if self.stopping.is_none() {
+                    self.step(ReplicaInput::TransferLeadership { to }, context);
                 }
             }
             ReplicaMessage::StopDeadline => {

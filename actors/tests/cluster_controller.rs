@@ -447,6 +447,26 @@ async fn scenario(ids: &[u32], voters: &[u32]) {
         deadline.pause("partition leaders never reported").await;
     }
 
+    // Leaders spread: each partition ends up led by its preferred replica (the first of its
+    // replicas, spread evenly by the assignment), whoever won the first election.
+    let deadline = Deadline::new();
+    loop {
+        let mut preferred = true;
+        for node in &cluster.nodes {
+            let description = describe(&node.handle, "events").await.expect("described");
+            preferred &= description
+                .partitions
+                .iter()
+                .all(|partition| partition.leader == Some(partition.replicas[0]));
+        }
+        if preferred {
+            break;
+        }
+        deadline
+            .pause("every partition led by its preferred replica")
+            .await;
+    }
+
     // A replication-factor-1 partition on a node that is not the controller is led there:
     // its report reaches the metadata only by being forwarded to the controller.
     let single = create(active, "single", partitions, 1)
