@@ -93,6 +93,8 @@ const REPLICA_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ticks between two reconciliations that no change asked for (retries of replicas that
 /// failed to open or stopped).
 const RECONCILE_TICKS: u64 = 10;
+/// Longest wait, in ticks, before opening a replica that failed to open is tried again.
+const OPEN_RETRY_TICKS_MAX: u64 = 600;
 /// Ticks between two passes of preferred-leader balancing.
 const BALANCE_TICKS: u64 = 10;
 /// Ticks before a partition's leadership is offered to its preferred replica again (a
@@ -425,6 +427,13 @@ struct RunningReplica {
     address: Addr<ReplicatedPartition>,
 }
 
+/// A replica that failed to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OpenFailure {
+    attempts: u32,
+    retry_tick: u64,
+}
+
 /// A leader report waiting to be applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct UnreportedLeader {
@@ -517,6 +526,8 @@ pub struct ClusterController {
     removing: BTreeSet<String>,
     leader_views: Arc<LeaderViews>,
     unreported: BTreeMap<GroupId, UnreportedLeader>,
+    /// Replicas that failed to open: how often, and when to try again.
+    open_failures: BTreeMap<GroupId, OpenFailure>,
     /// The tick leadership of each group was last offered to its preferred replica.
     balance_offers: BTreeMap<GroupId, u64>,
     /// The term in which this node proposed the cluster record (once per term at most).
@@ -603,6 +614,7 @@ impl ClusterController {
             leader_views: Arc::new(LeaderViews::default()),
             unreported: BTreeMap::new(),
             balance_offers: BTreeMap::new(),
+            open_failures: BTreeMap::new(),
             cluster_record_term: None,
             ticks: 0,
             refusal: None,
@@ -1020,6 +1032,8 @@ impl ClusterController {
                 }
             }
         }
+        self.open_failures
+            .retain(|group, _| wanted.contains_key(group));
         // Stop the replicas of topics that are gone, then remove their directories.
         let gone: Vec<GroupId> = self
             .replicas
@@ -1091,6 +1105,13 @@ impl ClusterController {
     }
 
     fn open_replica(&mut self, group: GroupId, topic: String, topic_id: u64, partition: u32) {
+        if self
+            .open_failures
+            .get(&group)
+            .is_some_and(|failure| self.ticks < failure.retry_tick)
+        {
+            return;
+        }
         let Some(state) = self.state.topics.get(&topic) else {
             return;
         };
@@ -1130,8 +1151,15 @@ impl ClusterController {
         ) {
             Ok(replica) => replica,
             Err(error) => {
-                // Retried at the next reconcile (the next applied change).
-                tracing::error!(dir = %dir.display(), %error, "cannot open a partition replica");
+                // Retried by a later reconciliation, backing off (the cause may persist).
+                let failure = self.open_failures.entry(group).or_insert(OpenFailure {
+                    attempts: 0,
+                    retry_tick: 0,
+                });
+                failure.attempts = failure.attempts.saturating_add(1);
+                let wait = (RECONCILE_TICKS << failure.attempts.min(6)).min(OPEN_RETRY_TICKS_MAX);
+                failure.retry_tick = self.ticks + wait;
+                tracing::error!(dir = %dir.display(), %error, attempts = failure.attempts, retry_in_ticks = wait, "cannot open a partition replica");
                 return;
             }
         };
@@ -1145,6 +1173,7 @@ impl ClusterController {
         if let Err(error) = self.disk.sync_dir(&self.partitions_dir()) {
             tracing::warn!(%error, "cannot sync the partitions directory");
         }
+        self.open_failures.remove(&group);
         let leader = replica.leader_hint();
         let address = self
             .runtime

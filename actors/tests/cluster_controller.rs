@@ -501,6 +501,37 @@ async fn scenario(ids: &[u32], voters: &[u32]) {
     }
     delete(active, "single").await.expect("deleted");
 
+    // A replica whose actor stops (as after a core that could not be reopened) is opened
+    // again by its node's controller.
+    let host = &cluster.nodes[0];
+    let lookup = |node: &Node| {
+        let handle = node.handle.clone();
+        async move {
+            handle
+                .ask(|reply| ControllerMessage::Lookup {
+                    topic: "events".into(),
+                    partition: 0,
+                    reply,
+                })
+                .await
+                .expect("controller answers")
+        }
+    };
+    let stopped = lookup(host).await.expect("node 1 hosts partition 0");
+    let _ = stopped
+        .ask(|reply| brook_actors::partition::PartitionMessage::Stop { reply })
+        .await;
+    let deadline = Deadline::new();
+    loop {
+        if let Ok(handle) = lookup(host).await {
+            if !handle.is_closed() {
+                break;
+            }
+        }
+        deadline.pause("the stopped replica opened again").await;
+    }
+    assert!(stopped.is_closed());
+
     // Delete: refused off the controller, done on it, data gone on every node.
     for node in cluster.nodes.iter().filter(|node| node.id != controller) {
         assert_eq!(
