@@ -1212,16 +1212,8 @@ impl ClusterController {
         let runtime = self.runtime.clone();
         let controller = self.address.clone();
         drop(self.runtime.spawn(async move {
-            for address in addresses {
-                let stopped = runtime
-                    .timeout(
-                        REPLICA_STOP_TIMEOUT,
-                        address.ask(|reply| ReplicaMessage::Client(PartitionMessage::Stop { reply })),
-                    )
-                    .await;
-                if stopped.is_err() {
-                    tracing::warn!(directory, "a deleted topic's replica did not stop in time");
-                }
+            if stop_replicas(&runtime, addresses).await > 0 {
+                tracing::warn!(directory, "a deleted topic's replica did not stop in time");
             }
             if let Err(error) = remove_directory_atomically(disk.as_ref(), &parent, &directory) {
                 tracing::error!(directory, %error, "cannot remove a deleted topic's replicas; retried when the next topic is deleted or at restart");
@@ -1998,17 +1990,16 @@ impl ClusterController {
     async fn shutdown(&mut self, context: &mut Context<Self>) {
         self.router.unregister(&metadata_group());
         self.router.unregister(&controller_peer_group());
-        for (group, replica) in std::mem::take(&mut self.replicas) {
-            self.router.unregister(&group);
-            let _ = self
-                .runtime
-                .timeout(
-                    REPLICA_STOP_TIMEOUT,
-                    replica
-                        .address
-                        .ask(|reply| ReplicaMessage::Client(PartitionMessage::Stop { reply })),
-                )
-                .await;
+        let replicas = std::mem::take(&mut self.replicas);
+        for group in replicas.keys() {
+            self.router.unregister(group);
+        }
+        let addresses = replicas
+            .into_values()
+            .map(|replica| replica.address)
+            .collect();
+        if stop_replicas(&self.runtime, addresses).await > 0 {
+            tracing::warn!("some replicas did not stop in time");
         }
         let now_ms = self.now_ms();
         if let Some(core) = self.core.as_mut() {
@@ -2076,6 +2067,33 @@ impl ClusterController {
             }
         }
     }
+}
+
+/// Stop replicas all at once (each leader hands its leadership over first, so stopping them
+/// one by one could take an election timeout each), waiting at most [`REPLICA_STOP_TIMEOUT`]
+/// in all; how many did not confirm in time.
+async fn stop_replicas(runtime: &Runtime, addresses: Vec<Addr<ReplicatedPartition>>) -> usize {
+    let mut pending = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        let (reply, answer) = crate::runtime::reply_pair();
+        // A replica already gone has nothing left to stop.
+        if address
+            .send(ReplicaMessage::Client(PartitionMessage::Stop { reply }))
+            .await
+            .is_ok()
+        {
+            pending.push(answer);
+        }
+    }
+    let deadline = runtime.now() + REPLICA_STOP_TIMEOUT;
+    let mut late = 0;
+    for answer in pending {
+        let left = deadline.saturating_duration_since(runtime.now());
+        if runtime.timeout(left, answer).await.is_err() {
+            late += 1;
+        }
+    }
+    late
 }
 
 /// The batch attribute of a control batch (a new leader's no-op).
