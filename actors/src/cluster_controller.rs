@@ -95,6 +95,9 @@ const REPLICA_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const RECONCILE_TICKS: u64 = 10;
 /// Longest wait, in ticks, before opening a replica that failed to open is tried again.
 const OPEN_RETRY_TICKS_MAX: u64 = 600;
+/// Replicas opened (logs recovered) per message handled at most; more are opened by the
+/// following messages, so the metadata group keeps answering meanwhile.
+const OPENS_PER_MESSAGE_MAX: usize = 32;
 /// Ticks between two passes of preferred-leader balancing.
 const BALANCE_TICKS: u64 = 10;
 /// Ticks before a partition's leadership is offered to its preferred replica again (a
@@ -394,6 +397,8 @@ pub enum ClusterMessage {
         from: NodeId,
         message: ControllerPeerMessage,
     },
+    /// Internal: more replicas to open (see [`OPENS_PER_MESSAGE_MAX`]).
+    Reconcile,
     /// Internal: the replicas of a deleted topic stopped and its directory was removed.
     TopicRemoved { directory: String },
 }
@@ -526,6 +531,8 @@ pub struct ClusterController {
     removing: BTreeSet<String>,
     leader_views: Arc<LeaderViews>,
     unreported: BTreeMap<GroupId, UnreportedLeader>,
+    /// A [`ClusterMessage::Reconcile`] is in the mailbox.
+    reconcile_queued: bool,
     /// Replicas that failed to open: how often, and when to try again.
     open_failures: BTreeMap<GroupId, OpenFailure>,
     /// The tick leadership of each group was last offered to its preferred replica.
@@ -615,6 +622,7 @@ impl ClusterController {
             unreported: BTreeMap::new(),
             balance_offers: BTreeMap::new(),
             open_failures: BTreeMap::new(),
+            reconcile_queued: false,
             cluster_record_term: None,
             ticks: 0,
             refusal: None,
@@ -1055,9 +1063,36 @@ impl ClusterController {
         for (directory, addresses) in stopping {
             self.remove_topic_directory(directory, addresses);
         }
-        for (group, (topic, topic_id, partition)) in wanted {
-            if !self.replicas.contains_key(&group) {
-                self.open_replica(group, topic, topic_id, partition);
+        // Open what is missing, a bounded number per message: opening recovers a log, and the
+        // metadata group (heartbeats, votes) must not wait for thousands of them.
+        let mut attempts = 0;
+        let mut opened = Vec::new();
+        let mut more = false;
+        for (group, place) in wanted {
+            if self.replicas.contains_key(&group) {
+                continue;
+            }
+            if attempts == OPENS_PER_MESSAGE_MAX {
+                more = true;
+                break;
+            }
+            let due = self
+                .open_failures
+                .get(&group)
+                .map_or(true, |failure| self.ticks >= failure.retry_tick);
+            if !due {
+                continue;
+            }
+            attempts += 1;
+            if let Some(replica) = self.prepare_replica(&group, &place.0, place.2) {
+                opened.push((group, place, replica));
+            }
+        }
+        self.start_replicas(opened);
+        if more && !self.reconcile_queued {
+            if let Some(address) = &self.address {
+                // A full mailbox: the next tick's reconciliation continues.
+                self.reconcile_queued = address.try_send(ClusterMessage::Reconcile).is_ok();
             }
         }
         for change in changes {
@@ -1104,27 +1139,34 @@ impl ClusterController {
         }
     }
 
-    fn open_replica(&mut self, group: GroupId, topic: String, topic_id: u64, partition: u32) {
+    /// Open one replica (not started yet); `None` when it is not due or failed to open (then
+    /// retried later with a backoff).
+    fn prepare_replica(
+        &mut self,
+        group: &GroupId,
+        topic: &str,
+        partition: u32,
+    ) -> Option<ReplicatedPartition> {
         if self
             .open_failures
-            .get(&group)
+            .get(group)
             .is_some_and(|failure| self.ticks < failure.retry_tick)
         {
-            return;
+            return None;
         }
-        let Some(state) = self.state.topics.get(&topic) else {
-            return;
-        };
-        let Some(assignment) = state.partitions.get(partition as usize) else {
-            return;
-        };
+        let assignment = self
+            .state
+            .topics
+            .get(topic)?
+            .partitions
+            .get(partition as usize)?;
         let dir = self
             .partitions_dir()
             .join(&group.topic)
             .join(partition.to_string());
         let config = ReplicatedPartitionConfig {
             group: group.clone(),
-            topic: topic.clone(),
+            topic: topic.to_owned(),
             partition,
             replica: ReplicaConfig {
                 node_id: self.node(),
@@ -1142,59 +1184,92 @@ impl ClusterController {
             partition_config: self.config.partition.clone(),
         };
         let observer: Arc<dyn LeaderObserver> = self.leader_views.clone();
-        let replica = match ReplicatedPartition::open(
+        match ReplicatedPartition::open(
             self.disk.clone(),
             config,
             self.outbox.clone(),
             Some(observer),
             self.now_ms(),
         ) {
-            Ok(replica) => replica,
+            Ok(replica) => {
+                self.open_failures.remove(group);
+                Some(replica)
+            }
             Err(error) => {
                 // Retried by a later reconciliation, backing off (the cause may persist).
-                let failure = self.open_failures.entry(group).or_insert(OpenFailure {
-                    attempts: 0,
-                    retry_tick: 0,
-                });
+                let failure = self
+                    .open_failures
+                    .entry(group.clone())
+                    .or_insert(OpenFailure {
+                        attempts: 0,
+                        retry_tick: 0,
+                    });
                 failure.attempts = failure.attempts.saturating_add(1);
                 let wait = (RECONCILE_TICKS << failure.attempts.min(6)).min(OPEN_RETRY_TICKS_MAX);
                 failure.retry_tick = self.ticks + wait;
                 tracing::error!(dir = %dir.display(), %error, attempts = failure.attempts, retry_in_ticks = wait, "cannot open a partition replica");
-                return;
+                None
             }
-        };
-        // The topic's directory entry must survive a crash like the replica's files.
-        if let Err(error) = self
-            .disk
-            .sync_dir(&self.partitions_dir().join(&group.topic))
-        {
-            tracing::warn!(%error, "cannot sync a topic directory");
+        }
+    }
+
+    /// Start opened replicas: first make their directories' entries durable (one sync per
+    /// directory, before any replica can persist a vote in them), then spawn, register and set
+    /// their topic's limits.
+    fn start_replicas(&mut self, opened: Vec<(GroupId, (String, u64, u32), ReplicatedPartition)>) {
+        if opened.is_empty() {
+            return;
+        }
+        let topic_directories: BTreeSet<&str> = opened
+            .iter()
+            .map(|(group, _, _)| group.topic.as_str())
+            .collect();
+        for directory in topic_directories {
+            if let Err(error) = self.disk.sync_dir(&self.partitions_dir().join(directory)) {
+                tracing::warn!(%error, directory, "cannot sync a topic directory");
+            }
         }
         if let Err(error) = self.disk.sync_dir(&self.partitions_dir()) {
             tracing::warn!(%error, "cannot sync the partitions directory");
         }
-        self.open_failures.remove(&group);
-        let leader = replica.leader_hint();
-        let address = self
-            .runtime
-            .spawn_actor(replica, self.config.partition_mailbox_capacity);
-        self.router
-            .register(group.clone(), Arc::new(address.clone()));
-        tracing::info!(topic, topic_id, partition, "opened partition replica");
-        self.replicas.insert(
-            group,
-            RunningReplica {
-                topic: topic.clone(),
-                topic_id,
-                partition,
-                handle: PartitionHandle::Replicated {
-                    address: address.clone(),
-                    leader,
+        for (group, (topic, topic_id, partition), replica) in opened {
+            let limits = self
+                .state
+                .topics
+                .get(&topic)
+                .and_then(|state| self.topic_config(state).ok())
+                .map(|config| {
+                    Controller::partition_limits(&config, self.config.log.batch_bytes_max)
+                });
+            let leader = replica.leader_hint();
+            let address = self
+                .runtime
+                .spawn_actor(replica, self.config.partition_mailbox_capacity);
+            self.router
+                .register(group.clone(), Arc::new(address.clone()));
+            if let Some(limits) = limits {
+                let (reply, _pending) = crate::runtime::reply_pair();
+                // The mailbox is empty: a new actor takes it.
+                let _ = address.try_send(ReplicaMessage::Client(PartitionMessage::SetLimits {
+                    limits,
+                    reply,
+                }));
+            }
+            tracing::debug!(topic, topic_id, partition, "opened partition replica");
+            self.replicas.insert(
+                group,
+                RunningReplica {
+                    topic,
+                    topic_id,
+                    partition,
+                    handle: PartitionHandle::Replicated {
+                        address: address.clone(),
+                        leader,
+                    },
+                    address,
                 },
-                address,
-            },
-        );
-        self.apply_limits(&topic);
+            );
+        }
     }
 
     /// Stop the replicas of a deleted topic (off the actor), then take its directory away:
@@ -2205,6 +2280,12 @@ impl Actor for ClusterController {
             },
             ClusterMessage::TopicRemoved { directory } => {
                 self.removing.remove(&directory);
+            }
+            ClusterMessage::Reconcile => {
+                self.reconcile_queued = false;
+                if self.refusal.is_none() {
+                    self.reconcile(&[]);
+                }
             }
         }
         if self.refusal.is_some() && !context.is_stopping() {
