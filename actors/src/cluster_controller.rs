@@ -98,6 +98,9 @@ const OPEN_RETRY_TICKS_MAX: u64 = 600;
 /// Replicas opened (logs recovered) per message handled at most; more are opened by the
 /// following messages, so the metadata group keeps answering meanwhile.
 const OPENS_PER_MESSAGE_MAX: usize = 32;
+/// Time spent opening replicas per message handled, about (at least one is opened): on a
+/// slow disk even 32 opens must not keep the metadata group waiting.
+const OPEN_PASS_DURATION_MAX: Duration = Duration::from_millis(20);
 /// Ticks between two passes of preferred-leader balancing.
 const BALANCE_TICKS: u64 = 10;
 /// Ticks before a partition's leadership is offered to its preferred replica again (a
@@ -1068,11 +1071,15 @@ impl ClusterController {
         let mut attempts = 0;
         let mut opened = Vec::new();
         let mut more = false;
+        let pass_started = self.runtime.now();
         for (group, place) in wanted {
             if self.replicas.contains_key(&group) {
                 continue;
             }
-            if attempts == OPENS_PER_MESSAGE_MAX {
+            if attempts == OPENS_PER_MESSAGE_MAX
+                || (attempts > 0
+                    && self.runtime.now().duration_since(pass_started) >= OPEN_PASS_DURATION_MAX)
+            {
                 more = true;
                 break;
             }
