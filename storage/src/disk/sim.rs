@@ -225,8 +225,26 @@ struct State {
     /// Draws the bit of read faults.
     rng: ChaCha8Rng,
     stats: SimDiskStats,
+    /// Changes (creates, renames, removes, appends, truncations, syncs) left before the power
+    /// goes ([`SimDisk::lose_power_after`]); `None`: no power loss armed.
+    changes_before_power_loss: Option<u64>,
     #[cfg(madsim)]
     planted: crate::log::PlantedStorageBugs,
+}
+
+impl State {
+    /// Count one change against an armed power loss: once the count is spent, this and every
+    /// later change fails (the machine is off) until the next crash.
+    fn spend_change(&mut self, path: &Path, operation: &'static str) -> DiskResult<()> {
+        match self.changes_before_power_loss {
+            Some(0) => Err(io_error(path, operation, "the power is off (simulated)")),
+            Some(left) => {
+                self.changes_before_power_loss = Some(left - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// Paths are keys: `a//b`, `a/./b` and `a/b/` all name `a/b`.
@@ -604,6 +622,7 @@ impl SimDisk {
                 flip_on_read: None,
                 rng: ChaCha8Rng::seed_from_u64(seed),
                 stats: SimDiskStats::default(),
+                changes_before_power_loss: None,
                 #[cfg(madsim)]
                 planted: crate::log::PlantedStorageBugs::default(),
             })),
@@ -628,6 +647,7 @@ impl SimDisk {
         let state = &mut *guard;
         state.generation += 1;
         state.stats.crashes += 1;
+        state.changes_before_power_loss = None;
         // The namespace reverts to its durable image; entries below a directory that is not
         // durably there are unreachable, hence gone.
         let directories: BTreeMap<PathBuf, InodeId> = state
@@ -686,6 +706,19 @@ impl SimDisk {
             files,
             entries_reverted: entries_reverted.into_iter().collect(),
         }
+    }
+
+    /// Let `changes` more changes (file creations, renames, removals, appends, truncations,
+    /// file and directory syncs) happen, then fail every further change as if the power were
+    /// off, until the next [`SimDisk::crash`]: a crash at an exact step of a multi-step
+    /// operation (e.g. a compaction swap). Reads keep working.
+    pub fn lose_power_after(&self, changes: u64) {
+        self.lock().changes_before_power_loss = Some(changes);
+    }
+
+    /// Whether an armed power loss ([`SimDisk::lose_power_after`]) has struck.
+    pub fn power_lost(&self) -> bool {
+        self.lock().changes_before_power_loss == Some(0)
     }
 
     /// The next [`DiskFile::sync`] of any file fails with [`DiskError::SyncFailed`], makes
@@ -872,6 +905,7 @@ impl Disk for SimDisk {
             (Kind::Missing, OpenMode::Existing) => return Err(not_found(&key)),
             (Kind::Missing, OpenMode::Create | OpenMode::CreateNew) => {
                 state.require_parent(&key)?;
+                state.spend_change(&key, "create")?;
                 let inode = state.next_inode;
                 state.next_inode += 1;
                 state.inodes.insert(inode, Inode::new());
@@ -898,6 +932,7 @@ impl Disk for SimDisk {
         let from = normalize(from);
         let to = normalize(to);
         let mut state = self.lock();
+        state.spend_change(&from, "rename")?;
         let from_kind = state.kind(&from);
         if from == to {
             return match from_kind {
@@ -971,6 +1006,7 @@ impl Disk for SimDisk {
     fn remove_file(&self, path: &Path) -> DiskResult<()> {
         let path = normalize(path);
         let mut state = self.lock();
+        state.spend_change(&path, "remove_file")?;
         match state.kind(&path) {
             Kind::File(inode) => {
                 state.files.remove(&path);
@@ -985,6 +1021,7 @@ impl Disk for SimDisk {
     fn remove_dir_all(&self, path: &Path) -> DiskResult<()> {
         let path = normalize(path);
         let mut state = self.lock();
+        state.spend_change(&path, "remove_dir_all")?;
         match state.kind(&path) {
             Kind::Directory => {
                 let files: Vec<(PathBuf, InodeId)> = state
@@ -1028,6 +1065,7 @@ impl Disk for SimDisk {
     fn sync_dir(&self, path: &Path) -> DiskResult<()> {
         let path = normalize(path);
         let mut state = self.lock();
+        state.spend_change(&path, "sync_dir")?;
         match state.kind(&path) {
             Kind::Directory if state.fail_next_directory_sync => {
                 state.fail_next_directory_sync = false;
@@ -1127,6 +1165,7 @@ impl DiskFile for SimFile {
     fn append(&self, data: &[u8]) -> DiskResult<u64> {
         let mut guard = self.live()?;
         let state = &mut *guard;
+        state.spend_change(&self.key, "append")?;
         let available = match state.capacity {
             Some(capacity) => capacity.saturating_sub(state.used_bytes()),
             None => u64::MAX,
@@ -1174,6 +1213,7 @@ impl DiskFile for SimFile {
 
     fn truncate(&self, len: u64) -> DiskResult<()> {
         let mut state = self.live()?;
+        state.spend_change(&self.key, "truncate")?;
         let inode = state.inode_mut(self.inode);
         let current = inode.volatile.len() as u64;
         if len > current {
@@ -1198,6 +1238,7 @@ impl DiskFile for SimFile {
     fn sync(&self) -> DiskResult<()> {
         let mut guard = self.live()?;
         let state = &mut *guard;
+        state.spend_change(&self.key, "sync")?;
         if state.fail_next_sync {
             state.fail_next_sync = false;
             state.stats.sync_failures += 1;
