@@ -30,6 +30,13 @@
 //! [`CompactionPolicy::pass_bytes_max`] bytes of reading (at least one segment) and says
 //! whether more is left, so its owner interleaves passes with produce. After a restart the
 //! clean point is forgotten and the first round maps from the log start (correct, only slower).
+//! A pass is a [`CompactionJob`] ([`Log::compaction_job`]): it reads only sealed segments,
+//! which never change, and writes only its own cleaned file, so it runs on a blocking thread
+//! while the owner appends, reads and applies retention; [`Log::complete_compaction`] then
+//! swaps the cleaned group in on the owner (a handful of renames and directory syncs), or
+//! drops it if retention removed its segments meanwhile. [`Log::compact`] does both in place.
+//! A group's input is at most a segment (`segment.bytes`), so a job holds at most that much
+//! of cleaned output in memory; it reads one batch at a time.
 //!
 //! **Codecs.** A compressed batch is decompressed (bounded by
 //! [`brook_wire::compression::DECOMPRESSED_BYTES_MAX`]) to read its keys, and its cleaned
@@ -56,15 +63,16 @@
 //! it is reopened, which finishes the swap).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use brook_wire::batch::{self, CompactedBatch, Record, RecordBatch};
+use brook_wire::batch::{self, BatchHeader, CompactedBatch, Record, RecordBatch, BATCH_HEADER_LEN};
 use brook_wire::compression::{self, Compression};
 use bytes::{Bytes, BytesMut};
 
 use super::segment::{self, Segment};
 use super::{rebuild_indexes, Log, LogError, RecoveryReport};
-use crate::disk::{Disk, DiskError, OpenMode};
+use crate::disk::{Disk, DiskError, DiskFile, OpenMode};
 
 /// Suffix of a group's cleaned data while it is written (not yet committed).
 pub const CLEANED_SUFFIX: &str = ".cleaned";
@@ -134,6 +142,8 @@ pub(super) struct CleanerState {
     /// The last round replaced segments: groups are chosen by their size before cleaning, so
     /// the next round may merge what this one shrank, and is due even without new records.
     merge_due: bool,
+    /// A [`CompactionJob`] is out (made and not completed): no other is made meanwhile.
+    job_out: bool,
 }
 
 impl CleanerState {
@@ -247,51 +257,79 @@ fn remove_replaced(
     Ok(())
 }
 
-/// The batches of one segment with their records, read whole; `None` if any batch does not
-/// read back cleanly (damage: the cleaner leaves such a segment alone).
-fn read_segment_batches(segment: &Segment) -> Option<Vec<(batch::BatchHeader, Vec<Record>)>> {
-    if !segment.damaged.is_empty() {
-        return None;
+/// What a compaction job needs of one sealed segment: sealed segments never change, so the
+/// job reads them while the log's owner goes on appending to the active one.
+#[derive(Debug, Clone)]
+struct SegmentSnapshot {
+    base_offset: u64,
+    next_offset: u64,
+    size: u64,
+    data: Arc<dyn DiskFile>,
+    damaged: bool,
+}
+
+impl SegmentSnapshot {
+    fn of(segment: &Segment) -> Self {
+        SegmentSnapshot {
+            base_offset: segment.base_offset,
+            next_offset: segment.next_offset,
+            size: segment.size(),
+            data: segment.data.clone(),
+            damaged: !segment.damaged.is_empty(),
+        }
     }
-    let size = segment.size();
-    let bytes = match segment.data.read_at(0, size as usize) {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            tracing::warn!(path = %segment.path().display(), %error, "cleaner could not read a segment; left alone");
+
+    /// The batches of the segment with their records, read one batch at a time; `None` if
+    /// any batch does not read back cleanly (damage: the cleaner leaves such a segment alone).
+    fn batches(&self) -> Option<Vec<(batch::BatchHeader, Vec<Record>)>> {
+        if self.damaged {
             return None;
         }
-    };
-    let mut batches = Vec::new();
-    let mut position = 0usize;
-    let mut expected = segment.base_offset;
-    while position < bytes.len() {
-        let parsed = batch::validate(&bytes[position..]).map_err(|error| error.to_string());
-        let parsed = parsed.and_then(|header| {
-            if header.base_offset != expected {
-                return Err(format!(
-                    "batch base offset {} where {expected} was expected",
-                    header.base_offset
-                ));
-            }
-            let whole = bytes.slice(position..position + header.total_len());
-            let records = RecordBatch::new(whole)
-                .and_then(|batch| batch.records())
-                .map_err(|error| error.to_string())?;
-            Ok((header, records))
-        });
-        match parsed {
-            Ok((header, records)) => {
-                position += header.total_len();
-                expected = header.next_offset();
-                batches.push((header, records));
-            }
-            Err(reason) => {
-                tracing::warn!(path = %segment.path().display(), position, %reason, "cleaner found a bad batch; segment left alone");
-                return None;
+        let path = self.data.path();
+        let mut batches = Vec::new();
+        let mut position = 0u64;
+        let mut expected = self.base_offset;
+        while position < self.size {
+            let parsed = self
+                .data
+                .read_at(
+                    position,
+                    BATCH_HEADER_LEN.min((self.size - position) as usize),
+                )
+                .map_err(|error| error.to_string())
+                .and_then(|head| BatchHeader::parse(&head).map_err(|error| error.to_string()))
+                .and_then(|header| {
+                    if header.base_offset != expected
+                        || position + header.total_len() as u64 > self.size
+                    {
+                        return Err(format!(
+                            "batch at offset {} of {} bytes where offset {expected} was expected",
+                            header.base_offset,
+                            header.total_len()
+                        ));
+                    }
+                    let whole = self
+                        .data
+                        .read_at(position, header.total_len())
+                        .map_err(|error| error.to_string())?;
+                    let batch = RecordBatch::new(whole).map_err(|error| error.to_string())?;
+                    let records = batch.records().map_err(|error| error.to_string())?;
+                    Ok((*batch.header(), records))
+                });
+            match parsed {
+                Ok((header, records)) => {
+                    position += header.total_len() as u64;
+                    expected = header.next_offset();
+                    batches.push((header, records));
+                }
+                Err(reason) => {
+                    tracing::warn!(path = %path.display(), position, %reason, "cleaner found a bad batch; segment left alone");
+                    return None;
+                }
             }
         }
+        (expected == self.next_offset).then_some(batches)
     }
-    (expected == segment.next_offset).then_some(batches)
 }
 
 /// Whether a later record supersedes `record` (it has a key whose latest mapped offset is
@@ -316,235 +354,175 @@ struct CleanedGroup {
     next_horizon: Option<i64>,
 }
 
-impl Log {
-    /// The end of the longest prefix of sealed segments that end at or below `upper_offset`
-    /// and whose newest record is at least `min.compaction.lag.ms` old at `now_ms`.
-    pub fn cleanable_end(&self, policy: CompactionPolicy, now_ms: u64, upper_offset: u64) -> u64 {
-        let mut end = self.log_start_offset();
-        let sealed = self.segments.len().saturating_sub(1);
-        for segment in self.segments.values().take(sealed) {
-            if segment.next_offset > upper_offset {
-                break;
-            }
-            let newest = segment.max_timestamp;
-            let old_enough = policy.min_compaction_lag_ms == 0
-                || (newest != i64::MIN
-                    && i128::from(now_ms) - i128::from(newest)
-                        >= i128::from(policy.min_compaction_lag_ms));
-            if !old_enough {
-                break;
-            }
-            end = segment.next_offset;
-        }
-        end
-    }
+/// A group cleaned by a job: its data is in `<base>.<end>.cleaned`, synced, waiting for the
+/// swap.
+#[derive(Debug)]
+struct CleanedFile {
+    /// The replaced segments: base offset and size (checked again before the swap).
+    replaced: Vec<(u64, u64)>,
+    group_end: u64,
+    bytes_after: u64,
+    records_removed: u64,
+    tombstones_removed: u64,
+}
 
-    /// Below this offset the log holds at most one record per key (the end of the last
-    /// completed round since the log was opened; the log start if none).
-    pub fn cleaned_offset(&self) -> u64 {
-        self.cleaner.cleaned_offset.max(self.log_start_offset())
-    }
+/// One pass of the cleaner, to run off the log's owner (a blocking thread): it maps and
+/// cleans sealed segments (which never change) and writes a cleaned group's file; the swap
+/// itself happens in [`Log::complete_compaction`]. Made by [`Log::compaction_job`].
+#[derive(Debug)]
+pub struct CompactionJob {
+    disk: Arc<dyn Disk>,
+    dir: PathBuf,
+    round: Round,
+    /// Sealed segments from the round's rewrite or scan offset (the lower) to its end.
+    segments: Vec<SegmentSnapshot>,
+    policy: CompactionPolicy,
+    now_ms: u64,
+    segment_bytes_max: u64,
+    drops_latest: bool,
+}
 
-    /// One bounded pass of the cleaner (see the module docs): maps or rewrites at most
-    /// `policy.pass_bytes_max` bytes (at least one segment) below the cleanable end, never at
-    /// or above `upper_offset` (the high watermark). `more` in the outcome says whether to call
-    /// again. A failure before a swap's commit point leaves the log as it was; after it, the
-    /// log is poisoned until reopened (which finishes the swap).
-    pub fn compact(
-        &mut self,
-        policy: CompactionPolicy,
-        now_ms: u64,
-        upper_offset: u64,
-    ) -> Result<CompactionOutcome, LogError> {
-        self.check_usable()?;
-        let mut outcome = CompactionOutcome::default();
-        let mut round = match self.cleaner.round.take() {
-            Some(round) => round,
-            None => {
-                let start = self.log_start_offset();
-                let end = self.cleanable_end(policy, now_ms, upper_offset);
-                let clean = self.cleaned_offset();
-                let horizon_due = self
-                    .cleaner
-                    .next_horizon
-                    .is_some_and(|horizon| i128::from(horizon) <= i128::from(now_ms));
-                if end <= start || !(end > clean || horizon_due || self.cleaner.merge_due) {
-                    outcome.cleaned_offset = clean;
-                    return Ok(outcome);
+/// A finished [`CompactionJob`]: hand it to [`Log::complete_compaction`].
+#[derive(Debug)]
+pub struct CompactionJobDone {
+    round: Round,
+    bytes_read: u64,
+    cleaned: Result<Option<CleanedFile>, LogError>,
+}
+
+impl CompactionJob {
+    /// Map up to the pass budget, then clean at most one group and write its cleaned file
+    /// (synced). Never touches the log's segments.
+    pub fn run(mut self) -> CompactionJobDone {
+        let mut bytes_read = 0u64;
+        let cleaned = loop {
+            if bytes_read > 0 && bytes_read >= self.policy.pass_bytes_max {
+                break Ok(None);
+            }
+            if self.round.scan_offset < self.round.end {
+                bytes_read += self.map_segment();
+            } else if self.round.rewrite_offset < self.round.end {
+                let budget_left = self.policy.pass_bytes_max.saturating_sub(bytes_read);
+                let (read, cleaned) = self.clean_next_group(budget_left);
+                bytes_read += read;
+                match cleaned {
+                    Ok(None) => continue,
+                    other => break other,
                 }
-                Round {
-                    end,
-                    scan_offset: clean.min(end),
-                    rewrite_offset: start,
-                    latest: BTreeMap::new(),
-                    mapped_bytes: 0,
-                    next_horizon: None,
-                    replaced: false,
-                }
+            } else {
+                break Ok(None);
             }
         };
-        let mut budget_used = 0u64;
-        loop {
-            if budget_used > 0 && budget_used >= policy.pass_bytes_max {
-                break;
-            }
-            let start = self.log_start_offset();
-            round.scan_offset = round.scan_offset.max(start);
-            round.rewrite_offset = round.rewrite_offset.max(start);
-            if round.scan_offset < round.end {
-                budget_used += self.map_segment(&mut round);
-            } else if round.rewrite_offset < round.end {
-                let budget_left = policy.pass_bytes_max.saturating_sub(budget_used);
-                budget_used +=
-                    self.clean_next_group(&mut round, policy, now_ms, budget_left, &mut outcome)?;
-            } else {
-                self.cleaner.cleaned_offset = round.end;
-                self.cleaner.next_horizon = round.next_horizon;
-                self.cleaner.merge_due = round.replaced;
-                outcome.bytes_read = budget_used;
-                outcome.cleaned_offset = self.cleaned_offset();
-                outcome.more = round.replaced;
-                return Ok(outcome);
-            }
+        CompactionJobDone {
+            round: self.round,
+            bytes_read,
+            cleaned,
         }
-        outcome.bytes_read = budget_used;
-        outcome.cleaned_offset = self.cleaned_offset();
-        outcome.more = true;
-        self.cleaner.round = Some(round);
-        Ok(outcome)
+    }
+
+    /// The snapshot of the segment holding `offset`.
+    fn segment_at(&self, offset: u64) -> Option<&SegmentSnapshot> {
+        self.segments
+            .iter()
+            .rev()
+            .find(|segment| segment.base_offset <= offset)
+            .filter(|segment| offset < segment.next_offset)
     }
 
     /// Map the segment holding the round's scan offset (key -> latest offset); returns the
     /// bytes read. A damaged segment is skipped: its keys are unknown, so older values of them
     /// elsewhere are kept (safe: nothing is removed on its account).
-    fn map_segment(&self, round: &mut Round) -> u64 {
-        let Some((_, segment)) = self.segments.range(..=round.scan_offset).next_back() else {
-            round.scan_offset = round.end;
+    fn map_segment(&mut self) -> u64 {
+        let Some(segment) = self.segment_at(self.round.scan_offset).cloned() else {
+            self.round.scan_offset = self.round.end;
             return 0;
         };
-        #[cfg(madsim)]
-        let drops_latest = self.planted.compact_drops_latest;
-        #[cfg(not(madsim))]
-        let drops_latest = false;
-        let batches = read_segment_batches(segment).unwrap_or_default();
-        for (_, records) in batches {
+        for (_, records) in segment.batches().unwrap_or_default() {
             for record in records {
                 if let Some(key) = record.key {
-                    if drops_latest {
-                        round.latest.entry(key).or_insert(record.offset);
+                    if self.drops_latest {
+                        self.round.latest.entry(key).or_insert(record.offset);
                     } else {
-                        round.latest.insert(key, record.offset);
+                        self.round.latest.insert(key, record.offset);
                     }
                 }
             }
         }
+        let round = &mut self.round;
         round.scan_offset = segment.next_offset.max(round.scan_offset + 1);
-        round.mapped_bytes += segment.size();
+        round.mapped_bytes += segment.size;
         if round.mapped_bytes >= COMPACTION_MAP_BYTES_MAX && round.scan_offset < round.end {
             // The map is full: this round cleans only what it mapped.
             round.end = round.scan_offset;
         }
-        segment.size()
+        segment.size
     }
 
-    /// Choose the next group at the round's rewrite offset, clean it and swap it in; returns
-    /// the bytes read.
+    /// Choose the next group at the round's rewrite offset and clean it; returns the bytes
+    /// read and the cleaned file if the group changed.
     fn clean_next_group(
         &mut self,
-        round: &mut Round,
-        policy: CompactionPolicy,
-        now_ms: u64,
         budget_left: u64,
-        outcome: &mut CompactionOutcome,
-    ) -> Result<u64, LogError> {
+    ) -> (u64, Result<Option<CleanedFile>, LogError>) {
         // Consecutive sealed, undamaged segments below the round's end, together no larger
         // than a segment and the pass budget (at least one), spanning fewer than 2^32 offsets.
-        let mut bases = Vec::new();
+        let mut group: Vec<SegmentSnapshot> = Vec::new();
         let mut group_bytes = 0u64;
-        let mut group_end = round.rewrite_offset;
-        for (&base, segment) in self.segments.range(round.rewrite_offset..) {
-            if segment.next_offset > round.end || !segment.damaged.is_empty() {
+        for segment in self
+            .segments
+            .iter()
+            .filter(|segment| segment.base_offset >= self.round.rewrite_offset)
+        {
+            if segment.next_offset > self.round.end || segment.damaged {
                 break;
             }
-            let first = bases.is_empty();
-            let span = segment.next_offset - bases.first().copied().unwrap_or(base);
-            if !first
-                && (group_bytes + segment.size() > self.config.segment_bytes_max
-                    || group_bytes + segment.size() > budget_left
-                    || span >= u64::from(u32::MAX))
-            {
-                break;
+            if let Some(first) = group.first() {
+                if group_bytes + segment.size > self.segment_bytes_max
+                    || group_bytes + segment.size > budget_left
+                    || segment.next_offset - first.base_offset >= u64::from(u32::MAX)
+                {
+                    break;
+                }
             }
-            bases.push(base);
-            group_bytes += segment.size();
-            group_end = segment.next_offset;
+            group_bytes += segment.size;
+            group.push(segment.clone());
         }
-        let Some(&base) = bases.first() else {
+        let Some(last) = group.last() else {
             // A damaged segment (or none) at the rewrite offset: step over it.
             let next = self
                 .segments
-                .range(round.rewrite_offset..)
-                .next()
-                .map_or(round.end, |(_, segment)| segment.next_offset);
-            round.rewrite_offset = next.max(round.rewrite_offset + 1);
-            return Ok(0);
+                .iter()
+                .find(|segment| segment.base_offset >= self.round.rewrite_offset)
+                .map_or(self.round.end, |segment| segment.next_offset);
+            self.round.rewrite_offset = next.max(self.round.rewrite_offset + 1);
+            return (0, Ok(None));
         };
-        round.rewrite_offset = group_end;
-        let Some(cleaned) = self.clean_group(&bases, group_end, round, policy, now_ms) else {
-            return Ok(group_bytes);
+        let group_end = last.next_offset;
+        self.round.rewrite_offset = group_end;
+        let Some(cleaned) = self.clean_group(&group, group_end) else {
+            return (group_bytes, Ok(None));
         };
         if let Some(horizon) = cleaned.next_horizon {
-            round.next_horizon = Some(round.next_horizon.map_or(horizon, |h| h.min(horizon)));
+            self.round.next_horizon = Some(
+                self.round
+                    .next_horizon
+                    .map_or(horizon, |earlier| earlier.min(horizon)),
+            );
         }
         if !cleaned.changed {
-            return Ok(group_bytes);
+            return (group_bytes, Ok(None));
         }
-        let mut data = BytesMut::with_capacity(group_bytes as usize);
-        for (compacted, codec) in &cleaned.batches {
-            let plain = compacted.encode().map_err(|error| LogError::Corrupt {
-                path: self.dir.clone(),
-                position: compacted.base_offset,
-                reason: format!("cannot build a compacted batch: {error}"),
-            })?;
-            if *codec == Compression::None || compacted.records.is_empty() {
-                data.extend_from_slice(&plain);
-            } else {
-                let compressed = compression::compress_batch(&plain, *codec).map_err(|error| {
-                    LogError::InvalidBatch(batch::BatchError::Compression(error))
-                })?;
-                data.extend_from_slice(&compressed);
-            }
-        }
-        let bytes_after = data.len() as u64;
-        self.swap_in(&bases, base, group_end, &data)?;
-        round.replaced = true;
-        outcome.segments_replaced += bases.len();
-        outcome.bytes_before += group_bytes;
-        outcome.bytes_after += bytes_after;
-        outcome.records_removed += cleaned.records_removed;
-        outcome.tombstones_removed += cleaned.tombstones_removed;
-        tracing::debug!(dir = %self.dir.display(), base, end = group_end, group_bytes, bytes_after, "compacted a group of segments");
-        Ok(group_bytes)
+        let written = self.write_cleaned(&group, group_end, &cleaned);
+        (group_bytes, written.map(Some))
     }
 
-    /// The cleaned batches of the group `bases` (ending at `group_end`); `None` if a segment
-    /// does not read back cleanly (the group is left alone).
-    fn clean_group(
-        &self,
-        bases: &[u64],
-        group_end: u64,
-        round: &Round,
-        policy: CompactionPolicy,
-        now_ms: u64,
-    ) -> Option<CleanedGroup> {
-        #[cfg(madsim)]
-        let drops_latest = self.planted.compact_drops_latest;
-        #[cfg(not(madsim))]
-        let drops_latest = false;
-        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+    /// The cleaned batches of `group` (ending at `group_end`); `None` if a segment does not
+    /// read back cleanly (the group is left alone).
+    fn clean_group(&self, group: &[SegmentSnapshot], group_end: u64) -> Option<CleanedGroup> {
+        let now = i64::try_from(self.now_ms).unwrap_or(i64::MAX);
         let mut cleaned = CleanedGroup {
             batches: Vec::new(),
-            changed: bases.len() > 1,
+            changed: group.len() > 1,
             records_removed: 0,
             tombstones_removed: 0,
             next_horizon: None,
@@ -553,14 +531,13 @@ impl Log {
         // timestamp), written as one record-less batch.
         let mut leading: Option<(u64, u64, i64)> = None;
         let mut last_offset = None;
-        for base in bases {
-            let segment = self.segments.get(base)?;
-            for (header, records) in read_segment_batches(segment)? {
+        for segment in group {
+            for (header, records) in segment.batches()? {
                 let original_count = records.len();
                 let horizon = header.delete_horizon();
                 let mut kept = Vec::with_capacity(records.len());
                 for record in records {
-                    if superseded(&round.latest, &record, drops_latest) {
+                    if superseded(&self.round.latest, &record, self.drops_latest) {
                         cleaned.records_removed += 1;
                         continue;
                     }
@@ -598,13 +575,16 @@ impl Log {
                 let new_horizon = match horizon {
                     Some(horizon) if tombstones_kept => Some(horizon),
                     _ if tombstones_kept => Some(now.saturating_add(
-                        i64::try_from(policy.delete_retention_ms).unwrap_or(i64::MAX),
+                        i64::try_from(self.policy.delete_retention_ms).unwrap_or(i64::MAX),
                     )),
                     _ => None,
                 };
                 if let Some(horizon) = new_horizon {
-                    cleaned.next_horizon =
-                        Some(cleaned.next_horizon.map_or(horizon, |h| h.min(horizon)));
+                    cleaned.next_horizon = Some(
+                        cleaned
+                            .next_horizon
+                            .map_or(horizon, |earlier| earlier.min(horizon)),
+                    );
                 }
                 cleaned.changed |= kept.len() != original_count || new_horizon != horizon;
                 // Without a horizon the first timestamp is the original's (a horizon replaced
@@ -652,36 +632,260 @@ impl Log {
         Some(cleaned)
     }
 
-    /// Write a group's cleaned data and swap it in for the segments `bases` (steps 1-5 of the
-    /// module docs).
+    /// Step 1 of the swap: encode the cleaned batches into `<base>.<end>.cleaned` and sync
+    /// it. On failure the file is removed (best effort; the next open removes a stray one).
+    fn write_cleaned(
+        &self,
+        group: &[SegmentSnapshot],
+        group_end: u64,
+        cleaned: &CleanedGroup,
+    ) -> Result<CleanedFile, LogError> {
+        let base = group[0].base_offset;
+        let mut data = BytesMut::new();
+        for (compacted, codec) in &cleaned.batches {
+            let plain = compacted.encode().map_err(|error| LogError::Corrupt {
+                path: self.dir.clone(),
+                position: compacted.base_offset,
+                reason: format!("cannot build a compacted batch: {error}"),
+            })?;
+            if *codec == Compression::None || compacted.records.is_empty() {
+                data.extend_from_slice(&plain);
+            } else {
+                let compressed = compression::compress_batch(&plain, *codec).map_err(|error| {
+                    LogError::InvalidBatch(batch::BatchError::Compression(error))
+                })?;
+                data.extend_from_slice(&compressed);
+            }
+        }
+        let path = self
+            .dir
+            .join(range_file_name(base, group_end, CLEANED_SUFFIX));
+        let written = self.disk.open(&path, OpenMode::Create).and_then(|file| {
+            file.truncate(0)?;
+            file.append(&data)?;
+            file.sync()
+        });
+        if let Err(error) = written {
+            if let Err(remove_error) = self.disk.remove_file(&path) {
+                tracing::warn!(path = %path.display(), %remove_error, "could not remove a failed cleaned file; the next open does");
+            }
+            return Err(error.into());
+        }
+        Ok(CleanedFile {
+            replaced: group
+                .iter()
+                .map(|segment| (segment.base_offset, segment.size))
+                .collect(),
+            group_end,
+            bytes_after: data.len() as u64,
+            records_removed: cleaned.records_removed,
+            tombstones_removed: cleaned.tombstones_removed,
+        })
+    }
+}
+
+impl Log {
+    /// The end of the longest prefix of sealed segments that end at or below `upper_offset`
+    /// and whose newest record is at least `min.compaction.lag.ms` old at `now_ms`.
+    pub fn cleanable_end(&self, policy: CompactionPolicy, now_ms: u64, upper_offset: u64) -> u64 {
+        let mut end = self.log_start_offset();
+        let sealed = self.segments.len().saturating_sub(1);
+        for segment in self.segments.values().take(sealed) {
+            if segment.next_offset > upper_offset {
+                break;
+            }
+            let newest = segment.max_timestamp;
+            let old_enough = policy.min_compaction_lag_ms == 0
+                || (newest != i64::MIN
+                    && i128::from(now_ms) - i128::from(newest)
+                        >= i128::from(policy.min_compaction_lag_ms));
+            if !old_enough {
+                break;
+            }
+            end = segment.next_offset;
+        }
+        end
+    }
+
+    /// Below this offset the log holds at most one record per key (the end of the last
+    /// completed round since the log was opened; the log start if none).
+    pub fn cleaned_offset(&self) -> u64 {
+        self.cleaner.cleaned_offset.max(self.log_start_offset())
+    }
+
+    /// One bounded pass of the cleaner, here and now: [`Log::compaction_job`], its
+    /// [`CompactionJob::run`] and [`Log::complete_compaction`]. `more` in the outcome says
+    /// whether to call again.
+    pub fn compact(
+        &mut self,
+        policy: CompactionPolicy,
+        now_ms: u64,
+        upper_offset: u64,
+    ) -> Result<CompactionOutcome, LogError> {
+        match self.compaction_job(policy, now_ms, upper_offset)? {
+            Some(job) => self.complete_compaction(job.run()),
+            None => Ok(CompactionOutcome {
+                cleaned_offset: self.cleaned_offset(),
+                ..CompactionOutcome::default()
+            }),
+        }
+    }
+
+    /// The next pass of the cleaner (see the module docs) as a job to run off the log's owner,
+    /// or `None` if nothing is due (or a job is already out). It maps or cleans at most
+    /// `policy.pass_bytes_max` bytes (at least one segment) below the cleanable end, never
+    /// at or above `upper_offset` (the high watermark). Report it with
+    /// [`Log::complete_compaction`]; while it is out, the log may append, read and apply
+    /// retention as usual.
+    pub fn compaction_job(
+        &mut self,
+        policy: CompactionPolicy,
+        now_ms: u64,
+        upper_offset: u64,
+    ) -> Result<Option<CompactionJob>, LogError> {
+        self.check_usable()?;
+        if self.cleaner.job_out {
+            return Ok(None);
+        }
+        let start = self.log_start_offset();
+        let mut round = match self.cleaner.round.take() {
+            Some(round) => round,
+            None => {
+                let end = self.cleanable_end(policy, now_ms, upper_offset);
+                let clean = self.cleaned_offset();
+                let horizon_due = self
+                    .cleaner
+                    .next_horizon
+                    .is_some_and(|horizon| i128::from(horizon) <= i128::from(now_ms));
+                if end <= start || !(end > clean || horizon_due || self.cleaner.merge_due) {
+                    return Ok(None);
+                }
+                Round {
+                    end,
+                    scan_offset: clean.min(end),
+                    rewrite_offset: start,
+                    latest: BTreeMap::new(),
+                    mapped_bytes: 0,
+                    next_horizon: None,
+                    replaced: false,
+                }
+            }
+        };
+        round.scan_offset = round.scan_offset.max(start);
+        round.rewrite_offset = round.rewrite_offset.max(start);
+        let from = round.scan_offset.min(round.rewrite_offset);
+        let sealed = self.segments.len().saturating_sub(1);
+        let segments = self
+            .segments
+            .values()
+            .take(sealed)
+            .filter(|segment| segment.next_offset > from && segment.next_offset <= round.end)
+            .map(SegmentSnapshot::of)
+            .collect();
+        #[cfg(madsim)]
+        let drops_latest = self.planted.compact_drops_latest;
+        #[cfg(not(madsim))]
+        let drops_latest = false;
+        self.cleaner.job_out = true;
+        Ok(Some(CompactionJob {
+            disk: self.disk.clone(),
+            dir: self.dir.clone(),
+            round,
+            segments,
+            policy,
+            now_ms,
+            segment_bytes_max: self.config.segment_bytes_max,
+            drops_latest,
+        }))
+    }
+
+    /// Finish a pass: swap a cleaned group in (steps 2-5 of the module docs) if its segments
+    /// are still those the job read (retention or a truncation may have removed them: then
+    /// the cleaned file is dropped), and keep the round for the next pass. A failure before
+    /// the swap's commit point leaves the log as it was; after it, the log is poisoned until
+    /// reopened (which finishes the swap).
+    pub fn complete_compaction(
+        &mut self,
+        done: CompactionJobDone,
+    ) -> Result<CompactionOutcome, LogError> {
+        self.cleaner.job_out = false;
+        let CompactionJobDone {
+            mut round,
+            bytes_read,
+            cleaned,
+        } = done;
+        let mut outcome = CompactionOutcome {
+            bytes_read,
+            ..CompactionOutcome::default()
+        };
+        if let Some(cleaned) = cleaned? {
+            let base = cleaned.replaced[0].0;
+            let path = self
+                .dir
+                .join(range_file_name(base, cleaned.group_end, CLEANED_SUFFIX));
+            let unchanged = self.check_usable().is_ok()
+                && cleaned.replaced.iter().all(|(base, size)| {
+                    self.segments.get(base).is_some_and(|segment| {
+                        segment.size() == *size && segment.damaged.is_empty()
+                    })
+                })
+                && self.segments.range(base..cleaned.group_end).count() == cleaned.replaced.len()
+                && self
+                    .segments
+                    .range(cleaned.group_end..)
+                    .next()
+                    .is_some_and(|(next, _)| *next == cleaned.group_end);
+            if !unchanged {
+                tracing::debug!(path = %path.display(), "the log changed under a compaction job; its cleaned file is dropped");
+                if let Err(error) = self.disk.remove_file(&path) {
+                    tracing::warn!(path = %path.display(), %error, "could not remove a stale cleaned file; the next open does");
+                }
+                // Start over at the next pass.
+                return Ok(outcome);
+            }
+            let bases: Vec<u64> = cleaned.replaced.iter().map(|(base, _)| *base).collect();
+            self.swap_in(&bases, base, cleaned.group_end, &path)?;
+            round.replaced = true;
+            outcome.segments_replaced = bases.len();
+            outcome.bytes_before = cleaned.replaced.iter().map(|(_, size)| size).sum();
+            outcome.bytes_after = cleaned.bytes_after;
+            outcome.records_removed = cleaned.records_removed;
+            outcome.tombstones_removed = cleaned.tombstones_removed;
+            tracing::debug!(dir = %self.dir.display(), base, end = cleaned.group_end, bytes_before = outcome.bytes_before, bytes_after = outcome.bytes_after, "compacted a group of segments");
+        }
+        let start = self.log_start_offset();
+        if round.scan_offset.max(start) >= round.end && round.rewrite_offset.max(start) >= round.end
+        {
+            self.cleaner.cleaned_offset = round.end;
+            self.cleaner.next_horizon = round.next_horizon;
+            self.cleaner.merge_due = round.replaced;
+            outcome.more = round.replaced;
+        } else {
+            self.cleaner.round = Some(round);
+            outcome.more = true;
+        }
+        outcome.cleaned_offset = self.cleaned_offset();
+        Ok(outcome)
+    }
+
+    /// Forget a job that will never be completed (its blocking task failed): the next pass
+    /// starts a new round. A cleaned file it may have left is removed by the next open.
+    pub fn compaction_job_lost(&mut self) {
+        self.cleaner.job_out = false;
+        self.cleaner.round = None;
+    }
+
+    /// Steps 2-5 of the swap, for the synced cleaned file at `cleaned_path`.
     fn swap_in(
         &mut self,
         bases: &[u64],
         base: u64,
         group_end: u64,
-        data: &[u8],
+        cleaned_path: &Path,
     ) -> Result<(), LogError> {
-        let cleaned_path = self
-            .dir
-            .join(range_file_name(base, group_end, CLEANED_SUFFIX));
         let swap_path = self.dir.join(range_file_name(base, group_end, SWAP_SUFFIX));
-        // 1. The cleaned file, synced. Any failure here leaves the log as it was.
-        let written = self
-            .disk
-            .open(&cleaned_path, OpenMode::Create)
-            .and_then(|file| {
-                file.truncate(0)?;
-                file.append(data)?;
-                file.sync()
-            });
-        if let Err(error) = written {
-            if let Err(remove_error) = self.disk.remove_file(&cleaned_path) {
-                tracing::warn!(path = %cleaned_path.display(), %remove_error, "could not remove a failed cleaned file; the next open does");
-            }
-            return Err(error.into());
-        }
         // 2. The commit point.
-        self.disk.rename(&cleaned_path, &swap_path)?;
+        self.disk.rename(cleaned_path, &swap_path)?;
         self.sync_directory()
             .map_err(|error| self.sync_failed(error))?;
         // From here on the swap must finish; any failure poisons the log and the next open

@@ -10,6 +10,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::*;
+use crate::disk::Disk;
 use crate::log::{LogConfig, RecoveryReport};
 use crate::SimDisk;
 
@@ -480,4 +481,70 @@ fn assert_compacted_at_least(served: &[Record], written: &BTreeMap<u64, (String,
             "key {key}: latest record at {offset} lost"
         );
     }
+}
+
+/// A job runs off the log's owner: appends go on meanwhile, and a job whose segments retention
+/// deleted in the meantime is dropped whole (no cleaned file left, nothing swapped in).
+#[test]
+fn a_job_runs_while_the_log_appends_and_retention_moves() {
+    let disk = SimDisk::new(8);
+    let (mut log, _) = open(&disk);
+    fill(&mut log, 200, 5, Compression::None);
+    let end = log.next_offset();
+    let before = written(&log);
+    let job = log
+        .compaction_job(policy(), 10_000, end)
+        .expect("job")
+        .expect("due");
+    // No second job while one is out.
+    assert!(log
+        .compaction_job(policy(), 10_000, end)
+        .expect("job")
+        .is_none());
+    fill(&mut log, 100, 5, Compression::None);
+    let mut all = written(&log);
+    let done = job.run();
+    let outcome = log.complete_compaction(done).expect("complete");
+    assert!(outcome.more);
+    let outcome = compact_fully(&mut log, policy(), 10_000, end);
+    assert_compacted(
+        &read_all(&log, log.next_offset()),
+        &all,
+        outcome.cleaned_offset,
+    );
+    assert!(outcome.cleaned_offset <= end);
+    // Retention deletes the segments a job is cleaning: the job's work is dropped.
+    let disk = SimDisk::new(9);
+    let (mut log, _) = open(&disk);
+    fill(&mut log, 200, 5, Compression::None);
+    let end = log.next_offset();
+    let job = log
+        .compaction_job(policy(), 10_000, end)
+        .expect("job")
+        .expect("due");
+    let retention = crate::log::RetentionPolicy {
+        age_ms_max: None,
+        bytes_max: Some(0),
+    };
+    let deleted = log
+        .apply_retention(retention, 10_000, end)
+        .expect("retention");
+    assert!(deleted.segments_deleted > 0);
+    let done = job.run();
+    let outcome = log.complete_compaction(done).expect("complete");
+    assert_eq!(outcome.segments_replaced, 0, "{outcome:?}");
+    let names = disk.list_dir(std::path::Path::new(DIR)).expect("list");
+    assert!(
+        names
+            .iter()
+            .all(|name| !name.ends_with(CLEANED_SUFFIX) && !name.ends_with(SWAP_SUFFIX)),
+        "{names:?}"
+    );
+    all = written(&log);
+    let start = log.log_start_offset();
+    assert!(all.keys().all(|offset| *offset >= start));
+    assert!(before.len() > all.len());
+    // And the cleaner goes on from the new log start.
+    let outcome = compact_fully(&mut log, policy(), 10_000, end);
+    assert_compacted(&read_all(&log, end), &all, outcome.cleaned_offset);
 }

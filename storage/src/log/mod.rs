@@ -35,8 +35,8 @@ use bytes::Bytes;
 
 use crate::disk::{Disk, DiskError, DiskFile, OpenMode};
 pub use compaction::{
-    CompactionOutcome, CompactionPolicy, CLEANED_SUFFIX, COMPACTION_MAP_BYTES_MAX,
-    COMPACTION_PASS_BYTES_DEFAULT, SWAP_SUFFIX,
+    CompactionJob, CompactionJobDone, CompactionOutcome, CompactionPolicy, CLEANED_SUFFIX,
+    COMPACTION_MAP_BYTES_MAX, COMPACTION_PASS_BYTES_DEFAULT, SWAP_SUFFIX,
 };
 pub use retention::{RetentionOutcome, RetentionPolicy};
 use segment::Segment;
