@@ -537,6 +537,12 @@ impl Log {
             .expect("a log always has an active segment")
     }
 
+    /// Whether a failed fsync (or a compaction swap that failed after its commit) made the log
+    /// refuse writes until it is reopened.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
     fn check_usable(&self) -> Result<(), LogError> {
         match &self.poisoned {
             Some(reason) => Err(LogError::Poisoned {
