@@ -194,6 +194,14 @@ pub struct QueueOptions {
     /// these ranges. Everything else still holds for them (inconsistent-offsets, duplicate).
     #[serde(default)]
     pub unreadable: BTreeMap<u32, Vec<(u64, u64)>>,
+    /// The topic is compacted (CHECKERS.md, "Compacted topics"): a record superseded by a
+    /// later record of its key may be gone, so reads skip offsets (no poll-skip,
+    /// int-poll-skip or offset-gap; offsets must still only grow), and an acknowledged send
+    /// never read is lost-write or unseen only if no later record of its key is known at a
+    /// higher offset of its partition (a durable acknowledgement or a value read): a key's
+    /// latest acknowledged value is never lost.
+    #[serde(default)]
+    pub compacted: bool,
 }
 
 impl Default for QueueOptions {
@@ -207,6 +215,7 @@ impl Default for QueueOptions {
             records_read_min: 1,
             drain_processes: Vec::new(),
             unreadable: BTreeMap::new(),
+            compacted: false,
         }
     }
 }
@@ -227,6 +236,10 @@ pub struct QueueCounts {
     pub crashes: usize,
     /// Acknowledged sends never read whose offset was corrupted at rest (`unreadable`).
     pub sends_unreadable: usize,
+    /// Compacted topics: acknowledged sends never read that a later record of their key
+    /// superseded (allowed to be gone).
+    #[serde(default)]
+    pub sends_superseded: usize,
     /// Sends that failed.
     pub sends_failed: usize,
     /// Sends that ended indeterminate (or never completed).
@@ -340,6 +353,7 @@ pub fn check_operations(
 struct Send {
     process: u64,
     value: u64,
+    key: Option<String>,
     outcome: Outcome,
     partition: Option<u32>,
     offset: Option<u64>,
@@ -473,10 +487,10 @@ impl<'a> Checker<'a> {
             match &operation.kind {
                 OpKind::Send {
                     partition,
+                    key,
                     value,
                     offset,
                     acks,
-                    ..
                 } => {
                     match operation.outcome {
                         Outcome::Ok => {
@@ -491,6 +505,7 @@ impl<'a> Checker<'a> {
                     let send = Send {
                         process: operation.process,
                         value: *value,
+                        key: key.clone(),
                         outcome: operation.outcome,
                         partition: *partition,
                         offset: *offset,
@@ -790,13 +805,28 @@ impl<'a> Checker<'a> {
         let mut anomalies = Vec::new();
         let mut lost_to_crash = 0;
         let mut unreadable = 0;
+        let mut superseded = 0;
+        let latest = self.latest_by_key();
         // (process, partition) -> its last acknowledged send (with an offset).
         let mut last_ack: BTreeMap<(u64, u32), &Send> = BTreeMap::new();
         // Sends are in invocation order, which is each producer's send order.
         for send in &self.sends {
             let read = self.first_read.get(&send.value);
+            let is_superseded = || {
+                let (Some(key), Some(partition), Some(offset)) =
+                    (&send.key, send.partition, send.offset)
+                else {
+                    return false;
+                };
+                latest
+                    .get(&(partition, key.as_str()))
+                    .is_some_and(|&latest| latest > offset)
+            };
             match (send.outcome, read) {
                 (Outcome::Ok, None) if self.is_unreadable(send) => unreadable += 1,
+                (Outcome::Ok, None) if self.options.compacted && is_superseded() => {
+                    superseded += 1;
+                }
                 (Outcome::Ok, None) if send.durable => anomalies.push(self.unread(send)),
                 (Outcome::Ok, None) => match self.unread_until_crash(send) {
                     Some(anomaly) => anomalies.push(anomaly),
@@ -851,9 +881,32 @@ impl<'a> Checker<'a> {
         }
         self.counts.sends_lost_to_crash = lost_to_crash;
         self.counts.sends_unreadable = unreadable;
+        self.counts.sends_superseded = superseded;
         for anomaly in anomalies {
             self.report(anomaly);
         }
+    }
+
+    /// Compacted topics: (partition, key) -> the highest offset known to hold a record of the
+    /// key: a durable acknowledgement's offset, or the offset a keyed send's value was read
+    /// at. A record of the key below it may have been compacted away.
+    fn latest_by_key(&self) -> BTreeMap<(u32, &str), u64> {
+        let mut latest: BTreeMap<(u32, &str), u64> = BTreeMap::new();
+        for send in &self.sends {
+            let Some(key) = send.key.as_deref() else {
+                continue;
+            };
+            let acknowledged = send.partition.zip(send.offset).filter(|_| send.durable);
+            let read = self
+                .first_read
+                .get(&send.value)
+                .map(|read| (read.partition, read.offset));
+            for (partition, offset) in acknowledged.into_iter().chain(read) {
+                let entry = latest.entry((partition, key)).or_insert(offset);
+                *entry = (*entry).max(offset);
+            }
+        }
+        latest
     }
 
     /// Whether the send's acknowledged offset lies in a range corrupted at rest.
@@ -928,6 +981,11 @@ impl<'a> Checker<'a> {
     /// offset-gap: a drain process's offsets of each partition must run densely from the log
     /// start (0) to the last end offset it read.
     fn check_drains(&mut self) {
+        if self.options.compacted {
+            // Gaps are what compaction leaves; the consumers' checks still see offsets only
+            // grow.
+            return;
+        }
         let mut anomalies = Vec::new();
         for &drain in &self.options.drain_processes {
             // Partition -> (next offset expected, op of the last record read).
@@ -1326,7 +1384,8 @@ impl<'a> Checker<'a> {
                         }
                         if let Some(cursor) = entry.cursor {
                             let inside = cursor.last_op == op;
-                            if index > cursor.last_index + 1 {
+                            // A compacted topic's reads skip the records it removed.
+                            if index > cursor.last_index + 1 && !self.options.compacted {
                                 let skipped = self.slice(partition, cursor.last_index + 1, index);
                                 anomalies.push(Anomaly {
                                     kind: if inside {
