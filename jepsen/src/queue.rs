@@ -199,7 +199,9 @@ pub struct QueueOptions {
     /// int-poll-skip or offset-gap; offsets must still only grow), and an acknowledged send
     /// never read is lost-write or unseen only if no later record of its key is known at a
     /// higher offset of its partition (a durable acknowledgement or a value read): a key's
-    /// latest acknowledged value is never lost.
+    /// latest acknowledged value is never lost. With `drain_processes`, the drain must read
+    /// every key's latest durable acknowledgement itself (an earlier read by another consumer
+    /// does not prove it is still there).
     #[serde(default)]
     pub compacted: bool,
 }
@@ -341,6 +343,7 @@ pub fn check_operations(
     checker.infer_orders();
     checker.check_positions();
     checker.check_sends();
+    checker.check_latest_drained();
     checker.check_consumers();
     checker.check_commits();
     checker.check_drains();
@@ -882,6 +885,100 @@ impl<'a> Checker<'a> {
         self.counts.sends_lost_to_crash = lost_to_crash;
         self.counts.sends_unreadable = unreadable;
         self.counts.sends_superseded = superseded;
+        for anomaly in anomalies {
+            self.report(anomaly);
+        }
+    }
+
+    /// Compacted topics with a drain: every key's latest durable acknowledgement (no later
+    /// record of its key known) must be read by a drain, since compaction runs after the
+    /// consumers may have read it: lost-write if a drain read a later offset of its
+    /// partition, else unseen. Sends no one ever read are `check_sends`'s.
+    fn check_latest_drained(&mut self) {
+        if !self.options.compacted || self.options.drain_processes.is_empty() {
+            return;
+        }
+        let latest = self.latest_by_key();
+        let drains: BTreeSet<u64> = self.options.drain_processes.iter().copied().collect();
+        let mut drained: BTreeMap<u64, Observation> = BTreeMap::new();
+        let mut drained_highest: BTreeMap<u32, Observation> = BTreeMap::new();
+        for operation in self.operations {
+            let OpKind::Poll { records } = &operation.kind else {
+                continue;
+            };
+            if !drains.contains(&operation.process) {
+                continue;
+            }
+            for record in records {
+                let observation = Observation {
+                    partition: record.partition,
+                    offset: record.offset,
+                    value: record.value,
+                    op: operation.evidence(),
+                };
+                drained.entry(record.value).or_insert(observation);
+                let highest = drained_highest
+                    .entry(record.partition)
+                    .or_insert(observation);
+                if observation.offset > highest.offset {
+                    *highest = observation;
+                }
+            }
+        }
+        if drained_highest.is_empty() {
+            // No drain ran (or it read nothing: its liveness verdict says so).
+            return;
+        }
+        let mut anomalies = Vec::new();
+        for send in &self.sends {
+            let (true, Some(key), Some(partition), Some(offset)) =
+                (send.durable, &send.key, send.partition, send.offset)
+            else {
+                continue;
+            };
+            let superseded = latest
+                .get(&(partition, key.as_str()))
+                .is_some_and(|&latest| latest > offset);
+            if superseded
+                || self.is_unreadable(send)
+                || drained.contains_key(&send.value)
+                || !self.first_read.contains_key(&send.value)
+            {
+                continue;
+            }
+            let read = self.first_read[&send.value];
+            let past = drained_highest
+                .get(&partition)
+                .filter(|highest| highest.offset > offset);
+            let message = format!(
+                "value {} acknowledged at partition {partition} offset {offset} (op {}), the \
+                 latest of key {key}, was read (op {}) but not by the final drain",
+                send.value, send.op, read.op
+            );
+            anomalies.push(match past {
+                Some(past) => Anomaly {
+                    kind: AnomalyKind::LostWrite,
+                    partitions: vec![partition],
+                    offsets: vec![offset, past.offset],
+                    values: vec![send.value, past.value],
+                    ops: vec![send.op, read.op, past.op],
+                    process: Some(send.process),
+                    message: format!(
+                        "{message}, which read value {} at offset {} (op {})",
+                        past.value, past.offset, past.op
+                    ),
+                },
+                None => Anomaly {
+                    kind: AnomalyKind::Unseen,
+                    partitions: vec![partition],
+                    offsets: vec![offset],
+                    values: vec![send.value],
+                    ops: vec![send.op, read.op],
+                    process: Some(send.process),
+                    message,
+                },
+            });
+        }
         for anomaly in anomalies {
             self.report(anomaly);
         }

@@ -949,6 +949,34 @@ fn compacted_topics_never_lose_a_keys_latest_value() {
         .end_offset(90, 0, 4)
         .build();
     assert_kinds(&check_compacted(&unseen, true), &[AnomalyKind::Unseen]);
+    // A consumer read the latest values during the run, then the cleaner dropped one: the
+    // final drain must still read every key's latest durable value.
+    let read_then_dropped = compacted_sends()
+        .send_invoke_keyed(1, "j", 5)
+        .send_complete_ok(1, 0, 4)
+        .poll(10, &[(0, 3, 4), (0, 4, 5)])
+        .assign(90, &[0])
+        .poll(90, &[(0, 0, 1), (0, 4, 5)])
+        .end_offset(90, 0, 5)
+        .build();
+    let report = check_compacted(&read_then_dropped, true);
+    assert_kinds(&report, &[AnomalyKind::LostWrite]);
+    assert!(
+        report.of(AnomalyKind::LostWrite)[0]
+            .message
+            .contains("not by the final drain"),
+        "{report}"
+    );
+    // The drain reading it is clean.
+    let drained = compacted_sends()
+        .send_invoke_keyed(1, "j", 5)
+        .send_complete_ok(1, 0, 4)
+        .poll(10, &[(0, 3, 4), (0, 4, 5)])
+        .assign(90, &[0])
+        .poll(90, &[(0, 0, 1), (0, 3, 4), (0, 4, 5)])
+        .end_offset(90, 0, 5)
+        .build();
+    assert_clean(&check_compacted(&drained, true));
     // And offsets still only grow.
     let backwards = compacted_sends()
         .poll(10, &[(0, 2, 3)])
