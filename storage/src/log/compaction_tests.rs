@@ -552,7 +552,8 @@ fn a_job_runs_while_the_log_appends_and_retention_moves() {
 /// Damage at rest in the header of a compacted batch that spans more offsets than it has bytes
 /// (its base offset lies outside the CRC): only that batch's offsets are refused; the batches
 /// after it in the segment are still found and served (found by `cargo sim --seed 33
-/// --compacted`: the rest of the segment was unreadable, the drain stuck).
+/// --compacted`: the rest of the segment was unreadable, the drain stuck; and by seed 28, with
+/// a second damaged batch later in the segment).
 #[test]
 fn damage_in_a_compacted_batch_header_hides_only_that_batch() {
     let disk = SimDisk::new(10);
@@ -573,16 +574,22 @@ fn damage_in_a_compacted_batch_header_hides_only_that_batch() {
             continue;
         };
         let span = first.next_offset() - first.base_offset;
-        if span > first.total_len() as u64 && bytes.len() > first.total_len() {
-            let second = brook_wire::batch::BatchHeader::parse(&bytes[first.total_len()..])
-                .expect("second header");
-            target = Some((dir.join(&name), base, second.base_offset));
+        let Ok(second) = brook_wire::batch::BatchHeader::parse(&bytes[first.total_len()..]) else {
+            continue;
+        };
+        let third_at = first.total_len() + second.total_len();
+        if span > first.total_len() as u64 && bytes.len() > third_at {
+            target = Some((dir.join(&name), base, second.base_offset, third_at as u64));
             break;
         }
     }
-    let (path, base, second) = target.expect("a compacted segment with a wide first batch");
-    // Bit 5 of byte 6: the base offset grows by 2^53.
+    let (path, base, second, third_at) =
+        target.expect("a compacted segment with a wide first batch and two more");
+    // Bit 5 of byte 6: the base offset grows by 2^53. And a later batch is damaged too (its
+    // CRC fails): the batch between them is still found (seed 28).
     disk.corrupt_durable(&path, 6, 5).expect("corrupt");
+    disk.corrupt_durable(&path, third_at + 40, 0)
+        .expect("corrupt");
     let (log, _) = open(&disk);
     assert!(matches!(
         log.read(base, 4096, end),

@@ -345,53 +345,22 @@ impl Segment {
         for at in 0..=scan_end.min(bytes.len().saturating_sub(1)) {
             if let Ok(header) = batch::validate(&bytes[at..]) {
                 let candidate = start + at as u64;
-                // The base offset lies outside the CRC: offsets are dense, so the candidate
-                // must fit in the bytes skipped (at least one per offset) and below the
-                // segment's next offset, which the log knows; a last batch must end there.
+                // The base offset lies outside the CRC, so the candidate must fit below the
+                // segment's next offset, and a last batch must end exactly there, and any
+                // other be followed by a header at exactly its next offset (a flipped base
+                // offset breaks that). Offsets are not bounded by the bytes skipped: a
+                // compacted batch spans more offsets than it has bytes (the cleaner removed
+                // its records, not its offsets).
                 let fits =
                     header.base_offset > expected && header.next_offset() <= self.next_offset;
-                let dense = fits && header.base_offset - expected <= candidate - position;
                 let ends_in_place = candidate + header.total_len() as u64 != size
                     || header.next_offset() == self.next_offset;
-                if dense && ends_in_place && self.is_followed(candidate, &header) {
-                    return Ok(Some((candidate, header.base_offset)));
-                }
-                // A compacted batch spans more offsets than it has bytes (the cleaner removed
-                // its records, not its offsets), so a damaged one is not dense: then the
-                // candidate must start a chain of whole batches, each with a good CRC and at
-                // the previous one's next offset, that ends exactly at the segment's end and
-                // next offset (a flipped base offset breaks the chain).
-                if fits && self.chain_reaches_end(candidate, &header) {
+                if fits && ends_in_place && self.is_followed(candidate, &header) {
                     return Ok(Some((candidate, header.base_offset)));
                 }
             }
         }
         Ok(None)
-    }
-
-    /// Whether the batches from `position` (whose header is `first`) follow one another, each
-    /// whole with a good CRC, up to the end of the segment, ending at its next offset.
-    fn chain_reaches_end(&self, position: u64, first: &BatchHeader) -> bool {
-        let size = self.size();
-        let mut position = position;
-        let mut expected = first.base_offset;
-        // Each batch takes at least a header's bytes: the walk is bounded by the segment.
-        while position < size {
-            let Ok(header) = self.header_at(position) else {
-                return false;
-            };
-            let end = position + header.total_len() as u64;
-            if header.base_offset != expected || end > size {
-                return false;
-            }
-            let whole = self.data.read_at(position, header.total_len());
-            if !whole.is_ok_and(|bytes| batch::validate(&bytes).is_ok()) {
-                return false;
-            }
-            position = end;
-            expected = header.next_offset();
-        }
-        position == size && expected == self.next_offset
     }
 
     /// Read whole batches starting at `position`, up to `max_bytes` (at least one batch),
