@@ -53,6 +53,9 @@ pub struct Options {
     pub drain_secs_max: u64,
     /// States the linearizability search may explore per partition (`unknown` beyond).
     pub linear_states_max: u64,
+    /// The topic is compacted (`cargo sim --compacted`; also for `--plant
+    /// compact-drops-latest`): see `Draw::compacted`.
+    pub compacted: bool,
 }
 
 impl Options {
@@ -63,6 +66,7 @@ impl Options {
             fault_secs: 30,
             drain_secs_max: 60,
             linear_states_max: LINEAR_STATES_MAX,
+            compacted: false,
         }
     }
 }
@@ -168,6 +172,12 @@ pub struct Draw {
     /// Bytes of padding each record carries in a header (the value stays the bare number):
     /// with a small `producer_batch_bytes_max`, a batch fills after a record or two.
     pub record_padding_bytes: usize,
+    /// Not drawn (and not in the fingerprint): set from `Options::compacted`. The topic is
+    /// `cleanup.policy=compact` with 1 KiB segments and a cleaner pass every 200 ms; every
+    /// send is keyed; consumers follow compacted batches' spans; some kills first cut the
+    /// power after a few disk changes (a crash at any step of a compaction swap); the queue
+    /// checker runs in its compacted mode and the log model (linearizability) is skipped.
+    pub compacted: bool,
 }
 
 impl Draw {
@@ -232,6 +242,7 @@ impl Draw {
                 .choose(&mut side)
                 .unwrap_or(&(16 * 1024)),
             record_padding_bytes: *[0, 0, 16, 48].choose(&mut side).unwrap_or(&0),
+            compacted: false,
         }
     }
 }
@@ -453,9 +464,18 @@ impl RunReport {
 
     /// The one-line command that replays this run.
     pub fn repro(&self) -> String {
+        let compacted = if self.draw.compacted && self.plant != Some(Plant::CompactDropsLatest) {
+            " --compacted"
+        } else {
+            ""
+        };
         match self.plant {
-            Some(plant) => format!("cargo sim --seed {} --plant {}", self.seed, plant.name()),
-            None => format!("cargo sim --seed {}", self.seed),
+            Some(plant) => format!(
+                "cargo sim --seed {} --plant {}{compacted}",
+                self.seed,
+                plant.name()
+            ),
+            None => format!("cargo sim --seed {}{compacted}", self.seed),
         }
     }
 
@@ -543,7 +563,8 @@ async fn simulate(options: Options) -> RunReport {
     let handle = madsim::runtime::Handle::current();
     let seed = options.seed;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let draw = Draw::new(&mut rng);
+    let mut draw = Draw::new(&mut rng);
+    draw.compacted = options.compacted || options.plant == Some(Plant::CompactDropsLatest);
     let runtime = Runtime::new(seed);
     let shared: Shared = Arc::new(Mutex::new(Recorder {
         start: runtime.now(),
@@ -556,8 +577,9 @@ async fn simulate(options: Options) -> RunReport {
         protocol_violations: 0,
     }));
     lock(&shared).trace(format_args!(
-        "seed {seed} plant {:?} draw {draw}",
-        options.plant.map(Plant::name)
+        "seed {seed} plant {:?} draw {draw}{}",
+        options.plant.map(Plant::name),
+        if draw.compacted { " compacted" } else { "" }
     ));
 
     // The node, with a disk that outlives its restarts.
@@ -575,6 +597,9 @@ async fn simulate(options: Options) -> RunReport {
     if let Some(plant) = options.plant {
         plant.apply(&mut config.planted);
         plant.apply_to_disk(&disk);
+    }
+    if draw.compacted {
+        config.log.retention_check_interval_ms = COMPACTED_CLEANER_INTERVAL_MS;
     }
     let node_disk = disk.clone();
     // Each fsync takes between half of the drawn maximum and all of it, in simulated time.
@@ -621,11 +646,16 @@ async fn simulate(options: Options) -> RunReport {
     let setup_runtime = runtime.clone();
     let setup_bootstrap = bootstrap.clone();
     let partitions = draw.partitions;
+    let topic_config = topic_config(&draw);
     let created = setup
         .spawn(async move {
             for _ in 0..100 {
                 if let Ok(admin) = Admin::connect(&setup_bootstrap).await {
-                    if admin.create_topic(TOPIC, partitions, 1).await.is_ok() {
+                    if admin
+                        .create_topic_with_config(TOPIC, partitions, 1, topic_config.clone())
+                        .await
+                        .is_ok()
+                    {
                         return true;
                     }
                 }
@@ -715,6 +745,9 @@ async fn simulate(options: Options) -> RunReport {
         *lock(&shared).faults.entry(fault.name()).or_default() += 1;
         match fault {
             Fault::Kill => {
+                if draw.compacted {
+                    cut_power_first(&disk, &runtime, &shared, &mut rng).await;
+                }
                 handle.kill(node.id());
                 let mode = *[
                     CrashMode::DropUnsynced,
@@ -954,7 +987,11 @@ async fn simulate(options: Options) -> RunReport {
     }
 
     // Liveness: a fresh consumer must read every acknowledged value within the bound.
-    let acknowledged = {
+    let acknowledged = if draw.compacted {
+        // Superseded values are gone on purpose: the drain reads to the end offsets, and the
+        // checker's compacted mode judges what it read.
+        BTreeSet::new()
+    } else {
         let recorder = lock(&shared);
         must_be_read(
             &recorder.history,
@@ -1014,6 +1051,7 @@ async fn simulate(options: Options) -> RunReport {
             records_read_min: progress.records_read_min,
             drain_processes: vec![DRAIN_PROCESS],
             unreadable: corrupt.clone(),
+            compacted: draw.compacted,
             ..QueueOptions::default()
         },
     );
@@ -1030,7 +1068,12 @@ async fn simulate(options: Options) -> RunReport {
         .any(|op| matches!(op.kind, OpKind::Crash));
     // Under fsync = interval a crash may shorten the log that reads already saw: the log model
     // (whose length never shrinks) does not apply across it.
-    let (linear, linear_skipped) = if !draw.durable_acks_all() && crashed {
+    let (linear, linear_skipped) = if draw.compacted {
+        (
+            None,
+            Some("compacted topic: the log model keeps every record".to_owned()),
+        )
+    } else if !draw.durable_acks_all() && crashed {
         (
             None,
             Some("fsync = interval with crashes: the log may shrink at a crash".to_owned()),
@@ -1234,7 +1277,10 @@ async fn produce(mut context: WorkerContext) {
             continue;
         };
         let value = context.next_value.fetch_add(1, Ordering::Relaxed);
-        let keyed = context.rng.gen_range(0..100) < context.draw.keyed_percent;
+        // A compacted topic is about keys: every send has one (the draw is made either way,
+        // so the rest of the worker's choices stay the same).
+        let keyed =
+            context.rng.gen_range(0..100) < context.draw.keyed_percent || context.draw.compacted;
         let key = keyed.then(|| format!("k{}", context.rng.gen_range(0..16)));
         let partition = (!keyed).then(|| context.rng.gen_range(0..context.draw.partitions));
         let mut record = ProducerRecord::new(TOPIC, value.to_string());
@@ -1333,6 +1379,9 @@ struct RecordedConsumer {
     consumer: Option<Consumer>,
     /// Empty polls in a row (see `STUCK_POLLS`).
     empty_polls: u32,
+    /// Take the client's positions after each poll (a compacted batch ends after its last
+    /// record, or holds none: the client moves past its span, and so must a resume).
+    follow_batch_spans: bool,
 }
 
 impl RecordedConsumer {
@@ -1355,6 +1404,7 @@ impl RecordedConsumer {
             assigned: false,
             consumer: None,
             empty_polls: 0,
+            follow_batch_spans: false,
         }
     }
 
@@ -1417,8 +1467,18 @@ impl RecordedConsumer {
                 let mut polled = Vec::with_capacity(records.len());
                 let mut values = Vec::with_capacity(records.len());
                 let mut unparseable = Vec::new();
+                if self.follow_batch_spans {
+                    for &partition in &self.partitions {
+                        if let Some(position) = consumer.position(TOPIC, partition) {
+                            let known = self.positions.entry(partition).or_insert(position);
+                            *known = (*known).max(position);
+                        }
+                    }
+                }
                 for record in &records {
-                    self.positions.insert(record.partition, record.offset + 1);
+                    if !self.follow_batch_spans {
+                        self.positions.insert(record.partition, record.offset + 1);
+                    }
                     match parse_value(record) {
                         Some(value) => {
                             values.push(value);
@@ -1546,8 +1606,51 @@ async fn consume(
     let timeout = Duration::from_millis(u64::from(draw.fetch_wait_ms) + 100);
     let mut consumer =
         RecordedConsumer::new(runtime, shared, bootstrap, config, process, draw.partitions);
+    consumer.follow_batch_spans = draw.compacted;
     while consuming.load(Ordering::Relaxed) {
         let _ = consumer.poll(timeout).await;
+    }
+}
+
+/// How often a compacted run's node runs its retention tick, which starts cleaner passes.
+const COMPACTED_CLEANER_INTERVAL_MS: u64 = 200;
+/// Directory changes a compacted run's kill may let happen before the power goes (at most).
+const POWER_CUT_CHANGES_MAX: u64 = 12;
+
+/// The topic's config overrides: none, or for a compacted run `cleanup.policy=compact` with the
+/// smallest segments (so that segments seal and get cleaned within the fault phase).
+fn topic_config(draw: &Draw) -> Vec<(String, String)> {
+    if !draw.compacted {
+        return Vec::new();
+    }
+    vec![
+        ("cleanup.policy".to_owned(), "compact".to_owned()),
+        (
+            "segment.bytes".to_owned(),
+            brook_wire::topic_config::SEGMENT_BYTES_MIN.to_string(),
+        ),
+    ]
+}
+
+/// Before half of a compacted run's kills: let the node make a few more directory changes,
+/// then cut the power (every further change fails until the crash), so that crashes land
+/// inside multi-step operations, a compaction swap among them.
+async fn cut_power_first(disk: &SimDisk, runtime: &Runtime, shared: &Shared, rng: &mut ChaCha8Rng) {
+    if !rng.gen_bool(0.5) {
+        return;
+    }
+    // Directory changes only: most of them are the node's rolls and compaction swaps, so the
+    // cut lands inside one of those multi-step operations rather than between appends.
+    let changes = rng.gen_range(0..POWER_CUT_CHANGES_MAX);
+    disk.lose_power_after_directory_changes(changes);
+    lock(shared).trace(format_args!(
+        "nemesis power cut after {changes} more directory changes"
+    ));
+    runtime
+        .sleep(Duration::from_millis(rng.gen_range(200..2_000)))
+        .await;
+    if disk.power_lost() {
+        lock(shared).trace("nemesis: the power is off");
     }
 }
 
@@ -1619,6 +1722,7 @@ async fn drain(
         DRAIN_PROCESS,
         draw.partitions,
     );
+    consumer.follow_batch_spans = draw.compacted;
     let mut last_error = String::new();
     let mut idle = 0;
     while runtime.now().duration_since(start) < deadline {

@@ -228,6 +228,9 @@ struct State {
     /// Changes (creates, renames, removes, appends, truncations, syncs) left before the power
     /// goes ([`SimDisk::lose_power_after`]); `None`: no power loss armed.
     changes_before_power_loss: Option<u64>,
+    /// Only directory changes (creates, renames, removes, directory syncs) count against an
+    /// armed power loss ([`SimDisk::lose_power_after_directory_changes`]).
+    power_loss_counts_directory_changes_only: bool,
     #[cfg(madsim)]
     planted: crate::log::PlantedStorageBugs,
 }
@@ -236,8 +239,13 @@ impl State {
     /// Count one change against an armed power loss: once the count is spent, this and every
     /// later change fails (the machine is off) until the next crash.
     fn spend_change(&mut self, path: &Path, operation: &'static str) -> DiskResult<()> {
+        let directory_change = matches!(
+            operation,
+            "create" | "rename" | "remove_file" | "remove_dir_all" | "sync_dir"
+        );
         match self.changes_before_power_loss {
             Some(0) => Err(io_error(path, operation, "the power is off (simulated)")),
+            Some(_) if self.power_loss_counts_directory_changes_only && !directory_change => Ok(()),
             Some(left) => {
                 self.changes_before_power_loss = Some(left - 1);
                 Ok(())
@@ -623,6 +631,7 @@ impl SimDisk {
                 rng: ChaCha8Rng::seed_from_u64(seed),
                 stats: SimDiskStats::default(),
                 changes_before_power_loss: None,
+                power_loss_counts_directory_changes_only: false,
                 #[cfg(madsim)]
                 planted: crate::log::PlantedStorageBugs::default(),
             })),
@@ -713,7 +722,18 @@ impl SimDisk {
     /// off, until the next [`SimDisk::crash`]: a crash at an exact step of a multi-step
     /// operation (e.g. a compaction swap). Reads keep working.
     pub fn lose_power_after(&self, changes: u64) {
-        self.lock().changes_before_power_loss = Some(changes);
+        let mut state = self.lock();
+        state.changes_before_power_loss = Some(changes);
+        state.power_loss_counts_directory_changes_only = false;
+    }
+
+    /// [`SimDisk::lose_power_after`] counting only directory changes (file creations, renames,
+    /// removals, directory syncs): the power goes inside a roll, a retention pass or a
+    /// compaction swap rather than between appends.
+    pub fn lose_power_after_directory_changes(&self, changes: u64) {
+        let mut state = self.lock();
+        state.changes_before_power_loss = Some(changes);
+        state.power_loss_counts_directory_changes_only = true;
     }
 
     /// Whether an armed power loss ([`SimDisk::lose_power_after`]) has struck.
@@ -1845,5 +1865,35 @@ mod tests {
         assert_eq!(first, run_workload(42));
         assert!(first.0.iter().all(|report| report.files.len() == 4));
         assert_ne!(first, run_workload(43));
+    }
+
+    /// An armed power loss lets exactly N changes through, then fails every change (reads
+    /// still work) until a crash; counting directory changes only lets appends through.
+    #[test]
+    fn power_loss_after_n_changes() {
+        let disk = SimDisk::new(1);
+        let dir = Path::new("/power");
+        disk.create_dir_all(dir).expect("dir");
+        let file = disk.open(&dir.join("a"), OpenMode::Create).expect("open");
+        disk.sync_dir(dir).expect("sync dir");
+        disk.lose_power_after(2);
+        file.append(b"one").expect("first change");
+        file.sync().expect("second change");
+        assert!(disk.power_lost());
+        assert!(file.append(b"two").is_err());
+        assert!(disk.rename(&dir.join("a"), &dir.join("b")).is_err());
+        assert_eq!(&file.read_at(0, 3).expect("reads work")[..], b"one");
+        disk.crash(&mut ChaCha8Rng::seed_from_u64(1));
+        assert!(!disk.power_lost());
+        let file = disk.open(&dir.join("a"), OpenMode::Existing).expect("open");
+        file.append(b"two").expect("power back");
+        disk.lose_power_after_directory_changes(1);
+        for _ in 0..10 {
+            file.append(b"x").expect("appends do not count");
+        }
+        disk.rename(&dir.join("a"), &dir.join("b"))
+            .expect("the one directory change");
+        assert!(disk.sync_dir(dir).is_err());
+        assert!(file.append(b"y").is_err(), "once off, everything fails");
     }
 }
