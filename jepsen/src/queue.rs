@@ -242,6 +242,10 @@ pub struct QueueCounts {
     /// superseded (allowed to be gone).
     #[serde(default)]
     pub sends_superseded: usize,
+    /// Acknowledged sends never read whose offset is below a log start a consumer was told of
+    /// (deleted by retention: allowed to be gone).
+    #[serde(default)]
+    pub sends_below_log_start: usize,
     /// Sends that failed.
     pub sends_failed: usize,
     /// Sends that ended indeterminate (or never completed).
@@ -445,6 +449,8 @@ struct Checker<'a> {
     highest_read: BTreeMap<u32, (usize, Observation)>,
     /// History indexes of crash events, ascending.
     crashes: Vec<usize>,
+    /// Partition -> the highest log start any consumer was told of (retention).
+    log_starts: BTreeMap<u32, u64>,
     /// A poll's completion -> its invocation.
     poll_invokes: BTreeMap<usize, usize>,
     /// Partition -> its reads as `(op, index)` sorted by op, each with the highest-index read
@@ -477,6 +483,7 @@ impl<'a> Checker<'a> {
             first_read: BTreeMap::new(),
             highest_read: BTreeMap::new(),
             crashes: Vec::new(),
+            log_starts: BTreeMap::new(),
             poll_invokes: BTreeMap::new(),
             epoch_suffix_max: BTreeMap::new(),
             anomalies: BTreeMap::new(),
@@ -550,6 +557,10 @@ impl<'a> Checker<'a> {
                     checker.counts.ownerships += 1;
                 }
                 OpKind::Crash => checker.crashes.push(operation.evidence()),
+                OpKind::LogStart { partition, offset } => {
+                    let start = checker.log_starts.entry(*partition).or_insert(*offset);
+                    *start = (*start).max(*offset);
+                }
                 _ => {}
             }
         }
@@ -809,6 +820,7 @@ impl<'a> Checker<'a> {
         let mut lost_to_crash = 0;
         let mut unreadable = 0;
         let mut superseded = 0;
+        let mut deleted = 0;
         let latest = self.latest_by_key();
         // (process, partition) -> its last acknowledged send (with an offset).
         let mut last_ack: BTreeMap<(u64, u32), &Send> = BTreeMap::new();
@@ -825,8 +837,17 @@ impl<'a> Checker<'a> {
                     .get(&(partition, key.as_str()))
                     .is_some_and(|&latest| latest > offset)
             };
+            let below_log_start =
+                send.partition
+                    .zip(send.offset)
+                    .is_some_and(|(partition, offset)| {
+                        self.log_starts
+                            .get(&partition)
+                            .is_some_and(|&start| offset < start)
+                    });
             match (send.outcome, read) {
                 (Outcome::Ok, None) if self.is_unreadable(send) => unreadable += 1,
+                (Outcome::Ok, None) if below_log_start => deleted += 1,
                 (Outcome::Ok, None) if self.options.compacted && is_superseded() => {
                     superseded += 1;
                 }
@@ -885,6 +906,7 @@ impl<'a> Checker<'a> {
         self.counts.sends_lost_to_crash = lost_to_crash;
         self.counts.sends_unreadable = unreadable;
         self.counts.sends_superseded = superseded;
+        self.counts.sends_below_log_start = deleted;
         for anomaly in anomalies {
             self.report(anomaly);
         }
@@ -939,7 +961,12 @@ impl<'a> Checker<'a> {
             let superseded = latest
                 .get(&(partition, key.as_str()))
                 .is_some_and(|&latest| latest > offset);
+            let below_log_start = self
+                .log_starts
+                .get(&partition)
+                .is_some_and(|&start| offset < start);
             if superseded
+                || below_log_start
                 || self.is_unreadable(send)
                 || drained.contains_key(&send.value)
                 || !self.first_read.contains_key(&send.value)
@@ -1138,6 +1165,11 @@ impl<'a> Checker<'a> {
                         Outcome::Ok,
                     ) => {
                         ends.insert(*partition, (*end, op));
+                    }
+                    // A drain starts at the log start it was told of (retention).
+                    (OpKind::LogStart { partition, offset }, Outcome::Ok) => {
+                        let (next, _) = expected.entry(*partition).or_insert((0, None));
+                        *next = (*next).max(*offset);
                     }
                     // A drain may skip exactly a range corrupted at rest, nothing more.
                     (OpKind::Seek { partition, offset }, Outcome::Ok) => {
@@ -1437,7 +1469,9 @@ impl<'a> Checker<'a> {
                         }
                     }
                 }
-                OpKind::Seek { partition, .. } => {
+                // Retention (CHECKERS.md, "Retention and log start"): a move to the log start
+                // after being told it is an explicit one, like a seek.
+                OpKind::Seek { partition, .. } | OpKind::LogStart { partition, .. } => {
                     state.remove(&(consumer, *partition));
                 }
                 // fsync = interval: a crash may take back what consumers read, so it resets

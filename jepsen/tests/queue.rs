@@ -985,3 +985,59 @@ fn compacted_topics_never_lose_a_keys_latest_value() {
         .build();
     assert!(check_compacted(&backwards, true).has(AnomalyKind::NonmonotonicPoll));
 }
+
+/// Retention (CHECKERS.md, "Retention and log start"): five values at offsets 0..=4, retention
+/// deletes offsets 0..=2. A consumer told of the log start moves there; one that jumps there
+/// without being told skips (poll-skip); values below the log start need not be read, and the
+/// drain starts at the log start it was told of.
+fn retained_sends() -> HistoryBuilder {
+    HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .send_ok(1, 0, 1, 2)
+        .send_ok(1, 0, 2, 3)
+        .send_ok(1, 0, 3, 4)
+        .send_ok(1, 0, 4, 5)
+}
+
+fn check_drained(history: &History) -> QueueReport {
+    let options = QueueOptions {
+        drain_processes: vec![90],
+        ..QueueOptions::default()
+    };
+    queue::check(history, &options).expect("history pairs")
+}
+
+#[test]
+fn below_the_log_start_a_consumer_is_told_never_skipped() {
+    let told = retained_sends()
+        .poll(10, &[(0, 0, 1), (0, 1, 2)])
+        .log_start(10, 0, 3)
+        .poll(10, &[(0, 3, 4), (0, 4, 5)])
+        .log_start(90, 0, 3)
+        .poll(90, &[(0, 3, 4), (0, 4, 5)])
+        .end_offset(90, 0, 5)
+        .build();
+    let report = check_drained(&told);
+    assert_clean(&report);
+    assert_eq!(report.counts.sends_below_log_start, 1, "{report}");
+    // The same jump without the answer: poll-skip (and value 3 is then lost).
+    let silent = retained_sends()
+        .poll(10, &[(0, 0, 1), (0, 1, 2)])
+        .poll(10, &[(0, 3, 4), (0, 4, 5)])
+        .poll(90, &[(0, 3, 4), (0, 4, 5)])
+        .end_offset(90, 0, 5)
+        .build();
+    let report = check_drained(&silent);
+    assert!(report.has(AnomalyKind::PollSkip), "{report}");
+    assert!(report.has(AnomalyKind::LostWrite), "{report}");
+    assert!(report.has(AnomalyKind::OffsetGap), "{report}");
+    // A log start does not excuse a value above it.
+    let lost_above = retained_sends()
+        .poll(10, &[(0, 0, 1), (0, 1, 2), (0, 2, 3), (0, 4, 5)])
+        .log_start(90, 0, 2)
+        .poll(90, &[(0, 2, 3), (0, 4, 5)])
+        .end_offset(90, 0, 5)
+        .build();
+    let report = check_drained(&lost_above);
+    assert!(report.has(AnomalyKind::LostWrite), "{report}");
+}
