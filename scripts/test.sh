@@ -55,6 +55,9 @@ step "simulation: a compacted topic (issue 12) under the fault matrix, power cut
 cargo sim --seeds "${SIM_COMPACTED_SEEDS:=60}" --compacted
 cargo sim --seeds 3 --from 100000 --compacted --check-determinism
 
+step "simulation: short retention (issue 12): below the log start consumers are told, never skipped"
+cargo sim --seeds "${SIM_RETENTION_SEEDS:=40}" --retention
+
 step "simulation: planted bugs are caught (the checkers are not blind)"
 cargo sim --seeds 60 --plant ack-before-fsync --expect-found
 cargo sim --seeds 10 --plant skip-on-fetch --expect-found

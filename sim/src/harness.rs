@@ -56,6 +56,8 @@ pub struct Options {
     /// The topic is compacted (`cargo sim --compacted`; also for `--plant
     /// compact-drops-latest`): see `Draw::compacted`.
     pub compacted: bool,
+    /// Short retention (`cargo sim --retention`): see `Draw::retention`.
+    pub retention: bool,
 }
 
 impl Options {
@@ -67,6 +69,7 @@ impl Options {
             drain_secs_max: 60,
             linear_states_max: LINEAR_STATES_MAX,
             compacted: false,
+            retention: false,
         }
     }
 }
@@ -178,6 +181,11 @@ pub struct Draw {
     /// power after a few disk changes (a crash at any step of a compaction swap); the queue
     /// checker runs in its compacted mode and the log model (linearizability) is skipped.
     pub compacted: bool,
+    /// Not drawn (and not in the fingerprint): set from `Options::retention`. The topic keeps
+    /// `retention.bytes` of 4 KiB in 1 KiB segments, enforced every 200 ms, so the log start
+    /// keeps moving; a consumer told it is out of range records the log start and moves there
+    /// (a `log-start` event); the drain starts at the log start; the log model is skipped.
+    pub retention: bool,
 }
 
 impl Draw {
@@ -243,6 +251,7 @@ impl Draw {
                 .unwrap_or(&(16 * 1024)),
             record_padding_bytes: *[0, 0, 16, 48].choose(&mut side).unwrap_or(&0),
             compacted: false,
+            retention: false,
         }
     }
 }
@@ -464,11 +473,15 @@ impl RunReport {
 
     /// The one-line command that replays this run.
     pub fn repro(&self) -> String {
-        let compacted = if self.draw.compacted && self.plant != Some(Plant::CompactDropsLatest) {
-            " --compacted"
+        let mut compacted = if self.draw.compacted && self.plant != Some(Plant::CompactDropsLatest)
+        {
+            " --compacted".to_owned()
         } else {
-            ""
+            String::new()
         };
+        if self.draw.retention {
+            compacted.push_str(" --retention");
+        }
         match self.plant {
             Some(plant) => format!(
                 "cargo sim --seed {} --plant {}{compacted}",
@@ -565,6 +578,7 @@ async fn simulate(options: Options) -> RunReport {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut draw = Draw::new(&mut rng);
     draw.compacted = options.compacted || options.plant == Some(Plant::CompactDropsLatest);
+    draw.retention = options.retention;
     let runtime = Runtime::new(seed);
     let shared: Shared = Arc::new(Mutex::new(Recorder {
         start: runtime.now(),
@@ -579,7 +593,12 @@ async fn simulate(options: Options) -> RunReport {
     lock(&shared).trace(format_args!(
         "seed {seed} plant {:?} draw {draw}{}",
         options.plant.map(Plant::name),
-        if draw.compacted { " compacted" } else { "" }
+        match (draw.compacted, draw.retention) {
+            (true, true) => " compacted retention",
+            (true, false) => " compacted",
+            (false, true) => " retention",
+            (false, false) => "",
+        }
     ));
 
     // The node, with a disk that outlives its restarts.
@@ -598,7 +617,7 @@ async fn simulate(options: Options) -> RunReport {
         plant.apply(&mut config.planted);
         plant.apply_to_disk(&disk);
     }
-    if draw.compacted {
+    if draw.compacted || draw.retention {
         config.log.retention_check_interval_ms = COMPACTED_CLEANER_INTERVAL_MS;
     }
     let node_disk = disk.clone();
@@ -987,7 +1006,7 @@ async fn simulate(options: Options) -> RunReport {
     }
 
     // Liveness: a fresh consumer must read every acknowledged value within the bound.
-    let acknowledged = if draw.compacted {
+    let acknowledged = if draw.compacted || draw.retention {
         // Superseded values are gone on purpose: the drain reads to the end offsets, and the
         // checker's compacted mode judges what it read.
         BTreeSet::new()
@@ -1068,10 +1087,10 @@ async fn simulate(options: Options) -> RunReport {
         .any(|op| matches!(op.kind, OpKind::Crash));
     // Under fsync = interval a crash may shorten the log that reads already saw: the log model
     // (whose length never shrinks) does not apply across it.
-    let (linear, linear_skipped) = if draw.compacted {
+    let (linear, linear_skipped) = if draw.compacted || draw.retention {
         (
             None,
-            Some("compacted topic: the log model keeps every record".to_owned()),
+            Some("compacted or retained topic: the log model keeps every record".to_owned()),
         )
     } else if !draw.durable_acks_all() && crashed {
         (
@@ -1535,6 +1554,9 @@ impl RecordedConsumer {
                     ));
                 }
                 self.consumer = None;
+                if error.code() == Some(brook_client::ErrorCode::OffsetOutOfRange) {
+                    self.move_to_log_starts().await;
+                }
                 Err(error.to_string())
             }
         }
@@ -1542,6 +1564,36 @@ impl RecordedConsumer {
 }
 
 impl RecordedConsumer {
+    /// After an offset-out-of-range answer (retention moved the log start past a position):
+    /// read every partition's log start and move the positions below it there, recording
+    /// each move as a `log-start` event (the checker then expects nothing below it). A
+    /// consumer that jumped without such an answer would be a poll-skip.
+    async fn move_to_log_starts(&mut self) {
+        let Ok(starts) = log_starts(&self.bootstrap, self.partitions.len() as u32).await else {
+            return;
+        };
+        for (partition, start) in starts {
+            let position = self.positions.get(&partition).copied().unwrap_or(0);
+            if start <= position {
+                continue;
+            }
+            self.positions.insert(partition, start);
+            let mut recorder = lock(&self.shared);
+            recorder.op(
+                self.process,
+                Phase::Ok,
+                OpKind::LogStart {
+                    partition,
+                    offset: start,
+                },
+            );
+            recorder.trace(format_args!(
+                "consumer {} told partition {partition} starts at {start} (was at {position})",
+                self.process
+            ));
+        }
+    }
+
     /// Past a range the nemesis corrupted at rest, once the node has refused it for
     /// `STUCK_POLLS` polls: seek beyond it, and record the seek (the checker allows the drain
     /// to skip exactly such ranges).
@@ -1620,16 +1672,52 @@ const POWER_CUT_CHANGES_MAX: u64 = 12;
 /// The topic's config overrides: none, or for a compacted run `cleanup.policy=compact` with the
 /// smallest segments (so that segments seal and get cleaned within the fault phase).
 fn topic_config(draw: &Draw) -> Vec<(String, String)> {
-    if !draw.compacted {
-        return Vec::new();
-    }
-    vec![
-        ("cleanup.policy".to_owned(), "compact".to_owned()),
-        (
+    let mut config = Vec::new();
+    if draw.compacted || draw.retention {
+        config.push((
             "segment.bytes".to_owned(),
             brook_wire::topic_config::SEGMENT_BYTES_MIN.to_string(),
-        ),
-    ]
+        ));
+    }
+    if draw.compacted {
+        let policy = if draw.retention {
+            "compact,delete"
+        } else {
+            "compact"
+        };
+        config.push(("cleanup.policy".to_owned(), policy.to_owned()));
+    }
+    if draw.retention {
+        config.push((
+            "retention.bytes".to_owned(),
+            RETAINED_BYTES_PER_PARTITION.to_string(),
+        ));
+    }
+    config
+}
+
+/// `retention.bytes` of a `--retention` run's partitions.
+const RETAINED_BYTES_PER_PARTITION: u64 = 4 * 1024;
+
+/// Every partition's log start (earliest offset), read by a separate consumer.
+async fn log_starts(bootstrap: &str, partitions: u32) -> Result<BTreeMap<u32, u64>, String> {
+    let all: Vec<u32> = (0..partitions).collect();
+    let mut consumer = Consumer::connect(bootstrap, ConsumerConfig::default())
+        .await
+        .map_err(|error| format!("log starts: {error}"))?;
+    consumer
+        .assign(TOPIC, &all, StartOffset::Earliest)
+        .await
+        .map_err(|error| format!("log starts: {error}"))?;
+    let mut starts = BTreeMap::new();
+    for partition in all {
+        let start = consumer
+            .seek(TOPIC, partition, StartOffset::Earliest)
+            .await
+            .map_err(|error| format!("log starts: {error}"))?;
+        starts.insert(partition, start);
+    }
+    Ok(starts)
 }
 
 /// Before half of a compacted run's kills: let the node make a few more directory changes,
@@ -1723,6 +1811,24 @@ async fn drain(
         draw.partitions,
     );
     consumer.follow_batch_spans = draw.compacted;
+    if draw.retention {
+        // The drain starts at the log start, as told: nothing below it is expected.
+        for _ in 0..10 {
+            if let Ok(starts) = log_starts(&bootstrap, draw.partitions).await {
+                let mut recorder = lock(&shared);
+                for (partition, offset) in starts {
+                    recorder.op(
+                        DRAIN_PROCESS,
+                        Phase::Ok,
+                        OpKind::LogStart { partition, offset },
+                    );
+                    consumer.positions.insert(partition, offset);
+                }
+                break;
+            }
+            runtime.sleep(Duration::from_millis(500)).await;
+        }
+    }
     let mut last_error = String::new();
     let mut idle = 0;
     while runtime.now().duration_since(start) < deadline {

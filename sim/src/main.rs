@@ -8,6 +8,7 @@
 //! cargo sim --seeds 100000 --time-budget-secs 600   # a deeper search
 //! cargo sim --seeds 10 --check-determinism          # run each seed twice, compare traces
 //! cargo sim --seeds 20 --compacted                  # a compacted topic (issue 12)
+//! cargo sim --seeds 20 --retention                  # short retention: the log start moves
 //! ```
 //! `cargo sim` is a cargo alias (see .cargo/config.toml) that builds this binary with
 //! `--cfg madsim` in `target/sim`.
@@ -83,6 +84,10 @@ mod runner {
         /// judges it. `--plant compact-drops-latest` implies it.
         #[arg(long)]
         compacted: bool,
+        /// Run the topic with short retention (retention.bytes of 4 KiB in 1 KiB segments,
+        /// enforced every 200 ms): consumers below the log start must be told, never skipped.
+        #[arg(long)]
+        retention: bool,
     }
 
     /// Runs one simulation on a fresh thread, as madsim's own test macro does: a fresh
@@ -204,6 +209,7 @@ mod runner {
                 plant,
                 fault_secs: args.fault_secs,
                 compacted: args.compacted,
+                retention: args.retention,
                 ..Options::new(seed)
             };
             if args.seed.is_some() {
@@ -218,11 +224,12 @@ mod runner {
                 Ok(report) => report,
                 Err(panic) => {
                     println!(
-                        "seed {seed}: PANIC {panic}\n  repro: cargo sim --seed {seed}{}{}",
+                        "seed {seed}: PANIC {panic}\n  repro: cargo sim --seed {seed}{}{}{}",
                         plant
                             .map(|p| format!(" --plant {}", p.name()))
                             .unwrap_or_default(),
-                        if args.compacted { " --compacted" } else { "" }
+                        if args.compacted { " --compacted" } else { "" },
+                        if args.retention { " --retention" } else { "" }
                     );
                     failed.push(seed);
                     run_count += 1;
