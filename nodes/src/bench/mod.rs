@@ -9,6 +9,11 @@
 //!   timestamp (in the value) to the consumer's receipt.
 //! - `brook bench baseline`: loopback TCP throughput and sequential disk appends with and
 //!   without fsync (one of them sustained as long as a case runs), measured now.
+//! - `brook bench cluster`: acks=all produce against a single node and a replicated cluster
+//!   it starts itself (child `brook node` processes on loopback), for each fsync policy
+//!   ([`cluster`]).
+//! - `brook bench partitions`: thousands of replicated partitions on local nodes it starts:
+//!   time until every partition is led, the leaders' spread, idle CPU ([`partitions`]).
 //!
 //! With `--baseline` (measure first) or `--baseline-file` (a previous `baseline --output json`)
 //! a result is also given as a ratio of the limit that applies to it, and says which one:
@@ -20,8 +25,11 @@
 //! with `-b` (127.0.0.1 in the standard runs) and, for the loopback baseline, to 127.0.0.1.
 
 pub mod baseline;
+pub mod cluster;
 pub mod latency;
 pub mod load;
+pub mod local;
+pub mod partitions;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -50,6 +58,14 @@ pub enum BenchCommand {
     /// The machine's limits, measured now: loopback TCP, sequential append with and without
     /// fsync on the data directory's disk.
     Baseline(BaselineArgs),
+    /// Starts a single node and a cluster (default 3 nodes, replication factor 3) as child
+    /// processes on loopback, for each fsync policy: acks=all throughput of both, and latency
+    /// at half the single node's throughput (`-b` is not used).
+    Cluster(cluster::ClusterArgs),
+    /// Starts local cluster nodes, creates many replicated partitions (default 3,000, RF 3):
+    /// time until each has a leader, leaders per node, CPU of the idle nodes (`-b` is not
+    /// used).
+    Partitions(partitions::PartitionsArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -270,6 +286,8 @@ pub async fn run(runtime: Runtime, bootstrap: &str, command: BenchCommand) -> an
         BenchCommand::Produce(args) => load_run(runtime, bootstrap, Mode::Produce, args).await,
         BenchCommand::Consume(args) => load_run(runtime, bootstrap, Mode::Consume, args).await,
         BenchCommand::E2e(args) => load_run(runtime, bootstrap, Mode::E2e, args).await,
+        BenchCommand::Cluster(args) => cluster::run(runtime, args).await,
+        BenchCommand::Partitions(args) => partitions::run(runtime, args).await,
     }
 }
 
