@@ -180,6 +180,14 @@ impl LocalNodes {
             .collect()
     }
 
+    /// CPU seconds (user + system) each running node has used so far.
+    pub fn cpu_secs(&self) -> std::collections::BTreeMap<u32, f64> {
+        self.pids()
+            .into_iter()
+            .filter_map(|(node, pid)| process_cpu_secs(pid).ok().map(|secs| (node, secs)))
+            .collect()
+    }
+
     /// Fails (with the logs' tails) if a node process has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         for index in 0..self.nodes.len() {

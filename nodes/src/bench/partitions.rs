@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use brook_actors::runtime::Runtime;
+use brook_actors::runtime::{Instant, Runtime};
 use brook_client::Admin;
 use clap::Args;
 use serde::Serialize;
 
-use super::cluster::{binary, create_topic, leaders, FsyncArg};
+use super::cluster::{binary, create_topic, leaders, FsyncArg, DESCRIBE_TIMEOUT};
 use super::local::{process_cpu_secs, LocalNodes, LogSummary, NodesSpec};
 use super::OutputFormat;
 
@@ -21,6 +21,8 @@ use super::OutputFormat;
 const READY_PATIENCE: Duration = Duration::from_secs(60);
 /// Pause between two looks at the leaders.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Shortest wait for a describe, even past the deadline (the last look).
+const DESCRIBE_TIMEOUT_MIN: Duration = Duration::from_secs(5);
 /// Most partitions one topic may have (the nodes are started with this limit).
 const PARTITIONS_PER_TOPIC_MAX: u32 = 1024;
 /// Issue 11: every partition led within this long of the first creation.
@@ -190,17 +192,18 @@ pub async fn run(runtime: Runtime, args: PartitionsArgs) -> anyhow::Result<()> {
     loop {
         looks += 1;
         nodes.check_alive().ok();
-        for (topic, _) in &topics {
-            let complete = last
-                .get(topic)
-                .is_some_and(|led| led.iter().all(Option::is_some) && !led.is_empty());
-            if complete {
+        let incomplete: Vec<String> = topics
+            .iter()
+            .map(|(topic, _)| topic.clone())
+            .filter(|topic| {
                 // Counted once led; the final spread is taken again below.
-                continue;
-            }
-            if let Ok(led) = leaders(&runtime, &admin, topic).await {
-                last.insert(topic.clone(), led);
-            }
+                !last
+                    .get(topic)
+                    .is_some_and(|led| led.iter().all(Option::is_some) && !led.is_empty())
+            })
+            .collect();
+        for (topic, led) in describe_all(&runtime, &admin, incomplete, deadline).await {
+            last.insert(topic, led);
         }
         let led = count_led(&last);
         if led == args.partitions {
@@ -220,10 +223,10 @@ pub async fn run(runtime: Runtime, args: PartitionsArgs) -> anyhow::Result<()> {
         runtime.sleep(POLL_INTERVAL).await;
     }
     // The spread at the end (leaders may have moved since they were first seen).
-    for (topic, _) in &topics {
-        if let Ok(led) = leaders(&runtime, &admin, topic).await {
-            last.insert(topic.clone(), led);
-        }
+    let names = topics.iter().map(|(topic, _)| topic.clone()).collect();
+    let final_deadline = runtime.now() + DESCRIBE_TIMEOUT;
+    for (topic, led) in describe_all(&runtime, &admin, names, final_deadline).await {
+        last.insert(topic, led);
     }
     let partitions_led = count_led(&last);
     let mut leaders_by_node: BTreeMap<u32, u32> = BTreeMap::new();
@@ -296,6 +299,37 @@ pub async fn run(runtime: Runtime, args: PartitionsArgs) -> anyhow::Result<()> {
         eprintln!("warning: {error:#}");
     }
     Ok(())
+}
+
+/// Each topic's leaders, the topics described at once; a describe that fails or is not done
+/// by `deadline` (at least a few seconds from now) leaves its topic out.
+async fn describe_all(
+    runtime: &Runtime,
+    admin: &Admin,
+    topics: Vec<String>,
+    deadline: Instant,
+) -> Vec<(String, Vec<Option<u32>>)> {
+    let timeout = deadline
+        .saturating_duration_since(runtime.now())
+        .clamp(DESCRIBE_TIMEOUT_MIN, DESCRIBE_TIMEOUT);
+    let tasks: Vec<_> = topics
+        .into_iter()
+        .map(|topic| {
+            let runtime_for_task = runtime.clone();
+            let admin = admin.clone();
+            runtime.spawn(async move {
+                let led = leaders(&runtime_for_task, &admin, &topic, timeout).await;
+                (topic, led)
+            })
+        })
+        .collect();
+    let mut described = Vec::new();
+    for task in tasks {
+        if let Ok((topic, Ok(led))) = task.await {
+            described.push((topic, led));
+        }
+    }
+    described
 }
 
 fn count_led(last: &BTreeMap<String, Vec<Option<u32>>>) -> u32 {
