@@ -456,6 +456,7 @@ async fn produce(
         producers: args.producers,
         consumers: 1,
         partitions: args.partitions,
+        replication_factor: 1,
         rate: rate.unwrap_or(0.0),
         duration_secs: args.duration_secs,
         records: args.records,
