@@ -1165,11 +1165,35 @@ pub enum FetchRefused {
 }
 
 /// Offsets and terms of every batch of the log, from its start.
+///
+/// A batch that recovery found damaged at rest is kept as an entry when its header still gives
+/// its offsets and term (the batch is never served; a leader that needs it hands leadership
+/// over): forgetting it would make this replica forget an entry it may have acknowledged.
 fn scan_spans(log: &Log) -> Result<Vec<BatchSpan>, ReplicaError> {
     let mut spans = Vec::new();
     let mut offset = log.log_start_offset();
     for _ in 0..READS_PER_SCAN_MAX {
-        let read = log.read(offset, READ_BYTES_MAX, u64::MAX)?;
+        let read = match log.read(offset, READ_BYTES_MAX, u64::MAX) {
+            Ok(read) => read,
+            Err(error @ LogError::Corrupt { .. }) => {
+                if let Some(header) = log.damaged_batch_header(offset)? {
+                    tracing::warn!(dir = %log.dir().display(), offset, term = header.term, "a batch damaged at rest is kept as an entry that is never served");
+                    spans.push(BatchSpan {
+                        base_offset: header.base_offset,
+                        next_offset: header.next_offset(),
+                        term: header.term,
+                    });
+                    offset = header.next_offset();
+                    continue;
+                }
+                // The damage may lie further in this read: one batch at a time up to it.
+                match log.read(offset, 1, u64::MAX) {
+                    Ok(read) if !read.batches.is_empty() => read,
+                    _ => return Err(error.into()),
+                }
+            }
+            Err(error) => return Err(error.into()),
+        };
         if read.batches.is_empty() {
             return Ok(spans);
         }
