@@ -908,7 +908,11 @@ impl Actor for ReplicatedPartition {
             ReplicaMessage::Tick => self.step(ReplicaInput::Tick, context),
             ReplicaMessage::Report { reply } => reply.send(self.report()),
             ReplicaMessage::TransferLeadership { to, reply } => {
-                let result = if self.broken || self.core.role() != Role::Leader {
+                // A stopping replica is already handing leadership over (to its best follower).
+                let result = if self.broken
+                    || self.stopping.is_some()
+                    || self.core.role() != Role::Leader
+                {
                     Err(self.not_leader())
                 } else if to == self.core.node_id() {
                     Ok(())
