@@ -373,6 +373,13 @@ impl ReplicaCore {
                 })
             }
         };
+        // Every stored batch's term was persisted before the batch was appended (recovery
+        // checks this for intact batches; a batch kept though damaged may carry a damaged term).
+        if spans.iter().any(|span| span.term > hard_state.term) {
+            return Err(ReplicaError::Inconsistent(
+                "a batch's term is above the persisted term",
+            ));
+        }
         let mut term_starts: Vec<TermStart> = Vec::new();
         for (position, span) in spans.iter().enumerate() {
             if term_starts.last().map(|last| last.term) != Some(span.term) {
