@@ -1983,6 +1983,48 @@ mod tests {
         );
     }
 
+    /// A batch whose term field was damaged at rest to a term above the persisted one (the
+    /// term is outside the CRC) is refused at open rather than taken as a Raft entry.
+    #[test]
+    fn a_batch_term_above_the_persisted_term_is_refused() {
+        let disk = brook_storage::SimDisk::new(11);
+        let (replica, now_ms) = lone_leader_with(&disk, 4);
+        let term = replica.term();
+        drop(replica);
+        let mut small = config(1, &[1]);
+        small.log.segment_bytes_max = 256;
+        // A reopen records the recovery point at the log end; then the last batch's term
+        // (header bytes 12..20) gets a high bit flipped at rest (the last: no later batch's
+        // lower term gives it away).
+        drop(ReplicaCore::open(Arc::new(disk.clone()), small.clone(), now_ms).expect("reopens"));
+        let newest = disk
+            .list_dir(Path::new("/replica/log"))
+            .expect("lists")
+            .into_iter()
+            .filter(|name| name.ends_with(".log"))
+            .max()
+            .expect("a segment");
+        let segment = PathBuf::from("/replica/log").join(newest);
+        let bytes = disk.durable_contents(&segment).expect("segment");
+        let mut last = 0u64;
+        loop {
+            let length = BatchHeader::parse(&bytes[last as usize..])
+                .expect("header")
+                .total_len() as u64;
+            if last + length >= bytes.len() as u64 {
+                break;
+            }
+            last += length;
+        }
+        disk.corrupt_durable(&segment, last + 12 + 7, 6)
+            .expect("corrupts");
+        let opened = ReplicaCore::open(Arc::new(disk), small, now_ms);
+        assert!(
+            matches!(opened, Err(ReplicaError::Inconsistent(_))),
+            "term {term}: {opened:?}"
+        );
+    }
+
     /// Malformed peer messages are dropped with nothing applied.
     #[test]
     fn malformed_peer_messages_change_nothing() {
