@@ -114,8 +114,8 @@ pub enum ReplicaMessage {
     FetchExpired { waiter: u64 },
     /// Internal: a stop's leadership transfer took too long; stop anyway.
     StopDeadline,
-    /// Hand leadership to `to` (the controller's preferred-leader balancing). The core refuses
-    /// (and logs) unless this replica leads; ignored while stopping.
+    /// Hand leadership to `to` (the controller's preferred-leader balancing) if `to` is in sync.
+    /// The core refuses (and logs) unless this replica leads; ignored while stopping.
     TransferLeadership { to: NodeId },
 }
 
@@ -845,7 +845,9 @@ impl Actor for ReplicatedPartition {
                 }
             }
             ReplicaMessage::TransferLeadership { to } => {
-                if self.stopping.is_none() {
+                // Only to a replica that has every entry: catching a lagging one up first would
+                // keep produces refused for the whole transfer.
+                if self.stopping.is_none() && self.core.report().in_sync_replicas.contains(&to) {
                     self.step(ReplicaInput::TransferLeadership { to }, context);
                 }
             }
