@@ -1397,11 +1397,14 @@ impl ClusterController {
                     to = preferred,
                     "offering leadership to the preferred replica"
                 );
-                // A full mailbox: offered again next pass.
+                // A full mailbox: offered again next pass. The answer is not awaited: the
+                // next pass sees from the reports whether the preferred replica leads.
+                let (reply, _answer) = crate::runtime::reply_pair();
                 let _ = replica
                     .address
                     .try_send(ReplicaMessage::TransferLeadership {
                         to: NodeId::from(preferred),
+                        reply,
                     });
             }
             self.balance_offers.insert(group, ticks);
