@@ -909,25 +909,23 @@ impl Actor for ReplicatedPartition {
             ReplicaMessage::Report { reply } => reply.send(self.report()),
             ReplicaMessage::TransferLeadership { to, reply } => {
                 // A stopping replica is already handing leadership over (to its best follower).
-                let result = if self.broken
-                    || self.stopping.is_some()
-                    || self.core.role() != Role::Leader
-                {
-                    Err(self.not_leader())
-                } else if to == self.core.node_id() {
-                    Ok(())
-                } else if !self.core.voters().contains(&to) {
-                    Err(BrokerError::new(
-                        ErrorCode::InvalidRequest,
-                        format!(
-                            "node {to} is not a replica of {}-{}",
-                            self.topic, self.partition
-                        ),
-                    ))
-                } else {
-                    self.step(ReplicaInput::TransferLeadership { to }, context);
-                    Ok(())
-                };
+                let result =
+                    if self.broken || self.stopping.is_some() || self.core.role() != Role::Leader {
+                        Err(self.not_leader())
+                    } else if to == self.core.node_id() {
+                        Ok(())
+                    } else if !self.core.voters().contains(&to) {
+                        Err(BrokerError::new(
+                            ErrorCode::InvalidRequest,
+                            format!(
+                                "node {to} is not a replica of {}-{}",
+                                self.topic, self.partition
+                            ),
+                        ))
+                    } else {
+                        self.step(ReplicaInput::TransferLeadership { to }, context);
+                        Ok(())
+                    };
                 reply.send(result);
             }
             ReplicaMessage::Synced { generation, result } => {
