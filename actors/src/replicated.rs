@@ -647,6 +647,14 @@ impl ReplicatedPartition {
                 )
             })?;
             let end = position + header.total_len();
+            // Only the broker writes control batches (a new leader's entry): consumers skip
+            // them, so a produced one would be acknowledged and never read.
+            if header.is_control() {
+                return Err(BrokerError::new(
+                    ErrorCode::InvalidRecord,
+                    format!("batch at byte {position}: a control batch (no application records) may only be written by the broker"),
+                ));
+            }
             if header.total_len() > batch_bytes_max {
                 return Err(BrokerError::new(
                     ErrorCode::RecordTooLarge,
@@ -854,7 +862,9 @@ impl ReplicatedPartition {
             // The partition actor's own internal messages; this actor has its own.
             PartitionMessage::SyncDone { .. }
             | PartitionMessage::FetchExpired { .. }
-            | PartitionMessage::SyncTick => {
+            | PartitionMessage::SyncTick
+            // Compaction of replicated partitions is not done yet: nothing starts a pass here.
+            | PartitionMessage::CompactionDone { .. } => {
                 tracing::debug!(group = ?self.group, "internal partition message ignored");
             }
         }
