@@ -490,24 +490,25 @@ fn observe(view: &View, shared: &Shared, index: usize, report: &PartitionStatusR
     }
 }
 
-/// The monitor: every `MONITOR_INTERVAL_MS`, ask every node about every partition.
+/// The monitor of node `index` (one task per node, so that a node that does not answer
+/// delays no other's observations): every `MONITOR_INTERVAL_MS`, ask it about every partition.
 async fn monitor(
     runtime: Runtime,
     shared: Shared,
     view: View,
-    nodes: usize,
+    index: usize,
     partitions: u32,
     monitoring: Arc<AtomicBool>,
 ) {
-    let mut probes: Vec<Option<Probe>> = (0..nodes).map(|_| None).collect();
+    let mut probes: Vec<Option<Probe>> = (0..=index).map(|_| None).collect();
     while monitoring.load(Ordering::Relaxed) {
-        for index in 0..nodes {
-            for partition in 0..partitions {
-                if let Some(report) =
-                    partition_status(&runtime, &mut probes, index, partition).await
-                {
-                    observe(&view, &shared, index, &report);
-                }
+        for partition in 0..partitions {
+            if let Some(report) = partition_status(&runtime, &mut probes, index, partition).await {
+                observe(&view, &shared, index, &report);
+            }
+            if probes[index].is_none() {
+                // Unreachable: try again next round.
+                break;
             }
         }
         runtime
@@ -870,14 +871,18 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
         .name("monitor")
         .ip("10.0.9.2".parse().expect("ip"))
         .build();
-    let monitor_task = monitor_host.spawn(monitor(
-        runtime.clone(),
-        shared.clone(),
-        view.clone(),
-        nodes_total,
-        partitions,
-        monitoring.clone(),
-    ));
+    let monitor_tasks: Vec<_> = (0..nodes_total)
+        .map(|index| {
+            monitor_host.spawn(monitor(
+                runtime.clone(),
+                shared.clone(),
+                view.clone(),
+                index,
+                partitions,
+                monitoring.clone(),
+            ))
+        })
+        .collect();
 
     let producing = Arc::new(AtomicBool::new(true));
     let consuming = Arc::new(AtomicBool::new(true));
@@ -1278,8 +1283,10 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
 
     // Convergence, then every replica's log read from its disk.
     monitoring.store(false, Ordering::Relaxed);
-    if monitor_task.await.is_err() {
-        errors.push(RunError::TaskPanic("the monitor task panicked".into()));
+    for task in monitor_tasks {
+        if task.await.is_err() {
+            errors.push(RunError::TaskPanic("a monitor task panicked".into()));
+        }
     }
     let converged = monitor_host
         .spawn(converge(
