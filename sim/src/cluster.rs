@@ -75,6 +75,8 @@ const CONVERGENCE_SECS_MAX: u64 = 30;
 const NODE_START_ATTEMPTS_MAX: u32 = 20;
 /// Where a node keeps its partition replicas (cluster.md: `<data-dir>/cluster/partitions/`).
 const PARTITIONS_DIR: &str = "/brook/cluster/partitions";
+/// Where a node keeps its replica of the controller's metadata log.
+const METADATA_DIR: &str = "/brook/cluster/metadata";
 /// The replica's log, inside its directory.
 const REPLICA_LOG_DIR: &str = "log";
 /// Bound on the batches read from one replica's log at the end of a run.
@@ -597,10 +599,65 @@ struct SimNode {
     name: String,
 }
 
-/// Every replica log of the workload's topic on one node's disk, read straight from the
-/// segment files (the node is stopped): one entry per batch that passes its CRC (a batch the
-/// nemesis damaged at rest is left out: the node must never serve it), and the batch
-/// statistics.
+/// One Raft log read straight from its segment files (the node is stopped): one entry per
+/// batch that passes its CRC (a batch the nemesis damaged at rest is left out: the node must
+/// never serve it), with its term; the batch statistics; and how many batches failed their
+/// CRC. `None` if the directory does not exist.
+fn read_log(disk: &SimDisk, directory: &Path) -> Option<(Vec<ReplicaEntry>, BatchStats, usize)> {
+    let names = disk.list_dir(directory).ok()?;
+    let mut segments: Vec<(u64, PathBuf)> = names
+        .iter()
+        .filter_map(|name| {
+            let base: u64 = name.strip_suffix(".log")?.parse().ok()?;
+            Some((base, directory.join(name)))
+        })
+        .collect();
+    segments.sort();
+    let mut entries = Vec::new();
+    let mut stats = BatchStats::default();
+    let mut skipped = 0usize;
+    'segments: for (_, path) in segments {
+        let Ok(bytes) = disk.read_file(&path) else {
+            skipped += 1;
+            continue;
+        };
+        let mut position = 0;
+        while position < bytes.len() && entries.len() < REPLICA_BATCHES_MAX {
+            let Ok(header) = BatchHeader::parse(&bytes[position..]) else {
+                // A torn tail the next start would cut.
+                continue 'segments;
+            };
+            let end = position + header.total_len();
+            if end > bytes.len() {
+                continue 'segments;
+            }
+            let batch = &bytes[position..end];
+            if brook_wire::batch::validate(batch).is_ok() {
+                let records = u64::from(header.record_count);
+                stats.batches += 1;
+                stats.records += records;
+                stats.multi_record_batches += u64::from(records > 1);
+                stats.records_per_batch_max = stats.records_per_batch_max.max(records);
+                entries.push(ReplicaEntry {
+                    offset: header.base_offset,
+                    bytes: batch.to_vec(),
+                    term: Some(header.term),
+                });
+            } else {
+                skipped += 1;
+            }
+            position = end;
+        }
+    }
+    Some((entries, stats, skipped))
+}
+
+/// The replica checker's name for the controller's metadata log (its "partition"): only log
+/// matching is checked on it (its commit index is not reported).
+pub const METADATA_LOG_PARTITION: u32 = u32::MAX;
+
+/// Every replica log on one node's disk: the workload topic's partitions (with the high
+/// watermark all replicas converged to, if they did) and the controller's metadata log.
 fn read_replica_logs(
     disk: &SimDisk,
     node: &str,
@@ -609,7 +666,30 @@ fn read_replica_logs(
     notes: &mut Vec<String>,
 ) -> (Vec<ReplicaLog>, BatchStats) {
     let mut logs = Vec::new();
-    let mut stats = BatchStats::default();
+    let mut topic_stats = BatchStats::default();
+    let mut push =
+        |partition: u32, directory: &Path, high_watermark: u64, notes: &mut Vec<String>| {
+            let (entries, stats, skipped) = read_log(disk, directory)?;
+            if skipped > 0 {
+                notes.push(format!(
+                    "{node}: {}: {skipped} batches fail their CRC (left out)",
+                    directory.display()
+                ));
+            }
+            logs.push(ReplicaLog {
+                node: node.to_owned(),
+                partition,
+                high_watermark,
+                entries,
+            });
+            Some(stats)
+        };
+    push(
+        METADATA_LOG_PARTITION,
+        &Path::new(METADATA_DIR).join(REPLICA_LOG_DIR),
+        0,
+        notes,
+    );
     let root = Path::new(PARTITIONS_DIR);
     let names = disk.list_dir(root).unwrap_or_default();
     // The topic's incarnation: `<topic>@<topic id>`, the newest if several.
@@ -626,73 +706,20 @@ fn read_replica_logs(
         notes.push(format!(
             "{node}: no replica of {TOPIC} under {PARTITIONS_DIR}"
         ));
-        return (logs, stats);
+        return (logs, topic_stats);
     };
     for partition in 0..partitions {
         let directory = topic_dir.join(partition.to_string()).join(REPLICA_LOG_DIR);
-        let Ok(names) = disk.list_dir(&directory) else {
-            // Not a replica of this partition (5 nodes, replication factor 3).
-            continue;
-        };
-        let mut segments: Vec<(u64, PathBuf)> = names
-            .iter()
-            .filter_map(|name| {
-                let base: u64 = name.strip_suffix(".log")?.parse().ok()?;
-                Some((base, directory.join(name)))
-            })
-            .collect();
-        segments.sort();
-        let mut entries = Vec::new();
-        let mut skipped = 0usize;
-        'segments: for (_, path) in segments {
-            let Ok(bytes) = disk.read_file(&path) else {
-                notes.push(format!("{node}: cannot read {}", path.display()));
-                continue;
-            };
-            let mut position = 0;
-            while position < bytes.len() && entries.len() < REPLICA_BATCHES_MAX {
-                let Ok(header) = BatchHeader::parse(&bytes[position..]) else {
-                    // A torn tail the next start would cut.
-                    continue 'segments;
-                };
-                let end = position + header.total_len();
-                if end > bytes.len() {
-                    continue 'segments;
-                }
-                let batch = &bytes[position..end];
-                if brook_wire::batch::validate(batch).is_ok() {
-                    let records = u64::from(header.record_count);
-                    stats.batches += 1;
-                    stats.records += records;
-                    stats.multi_record_batches += u64::from(records > 1);
-                    stats.records_per_batch_max = stats.records_per_batch_max.max(records);
-                    entries.push(ReplicaEntry {
-                        offset: header.base_offset,
-                        bytes: batch.to_vec(),
-                        term: Some(header.term),
-                    });
-                } else {
-                    skipped += 1;
-                }
-                position = end;
-            }
+        // Converged: every replica's log matches the leader's to its end, so everything below
+        // the leader's high watermark must be identical everywhere. Not converged (the run
+        // failed liveness): only log matching is checked. No directory: not a replica of this
+        // partition (5 nodes, replication factor 3).
+        let high_watermark = high_watermarks.get(&partition).copied().unwrap_or(0);
+        if let Some(stats) = push(partition, &directory, high_watermark, notes) {
+            topic_stats.add(&stats);
         }
-        if skipped > 0 {
-            notes.push(format!(
-                "{node}: partition {partition}: {skipped} batches fail their CRC (left out)"
-            ));
-        }
-        logs.push(ReplicaLog {
-            node: node.to_owned(),
-            partition,
-            // Converged: every replica's log matches the leader's to its end, so everything
-            // below the leader's high watermark must be identical everywhere. Not converged
-            // (the run failed liveness): only log matching is checked.
-            high_watermark: high_watermarks.get(&partition).copied().unwrap_or(0),
-            entries,
-        });
     }
-    (logs, stats)
+    (logs, topic_stats)
 }
 
 /// Kill node `node`, crash its disk with a drawn mode, and record both.
@@ -1336,7 +1363,7 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
     let mut replica_logs = Vec::new();
     let mut batch_stats = BatchStats::default();
     let mut notes = Vec::new();
-    for (index, node) in nodes.iter().enumerate() {
+    for node in &nodes {
         let (logs, stats) = read_replica_logs(
             &node.disk,
             &node.name,
@@ -1345,10 +1372,8 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
             &mut notes,
         );
         replica_logs.extend(logs);
-        // One copy of each record: the batches of the first node only.
-        if index == 0 {
-            batch_stats = stats;
-        }
+        // Every replica's copy counts (three per record).
+        batch_stats.add(&stats);
     }
     for note in notes {
         lock(&shared).trace(format_args!("replica logs: {note}"));
