@@ -31,11 +31,12 @@ use brook_storage::disk::{Disk, OpenMode};
 use brook_storage::log::{Log, LogConfig, RetentionPolicy};
 use brook_wire::error::{BrokerError, ErrorCode};
 use brook_wire::protocol::{
-    BrokerMetadata, PartitionMetadata, TopicDescription, TopicMetadata, TopicSummary,
+    BrokerMetadata, BrokerStatus, PartitionMetadata, TopicDescription, TopicMetadata, TopicSummary,
 };
 use brook_wire::topic_config::{ConfigEntry, TopicConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::handle::{HintedError, PartitionHandle};
 use crate::partition::{
     PartitionActor, PartitionConfig, PartitionLimits, PartitionMessage, PartitionStatus,
 };
@@ -50,7 +51,7 @@ const CREATING_PREFIX: &str = ".creating-";
 /// that was transient (an I/O error during recovery) heals without a restart.
 const UNAVAILABLE_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// The term a single node's partitions are written in (Raft terms arrive with replication).
-const SINGLE_NODE_TERM: u64 = 1;
+pub const SINGLE_NODE_TERM: u64 = 1;
 
 /// What the controller needs to know.
 #[derive(Debug, Clone)]
@@ -136,11 +137,12 @@ pub enum ControllerMessage {
         topics: Option<Vec<String>>,
         reply: Reply<(Vec<BrokerMetadata>, Vec<TopicMetadata>)>,
     },
-    /// Where a partition's actor is.
+    /// Where a partition's actor is. In a cluster, a partition without a replica on this node
+    /// is refused with `NotLeader` naming its last reported leader.
     Lookup {
         topic: String,
         partition: u32,
-        reply: Reply<Result<Addr<PartitionActor>, BrokerError>>,
+        reply: Reply<Result<PartitionHandle, HintedError>>,
     },
     /// Set (`set`) and remove (`delete`) config overrides of a topic; all or nothing.
     AlterTopicConfig {
@@ -154,12 +156,24 @@ pub enum ControllerMessage {
         name: String,
         reply: Reply<Result<Vec<ConfigEntry>, BrokerError>>,
     },
+    /// The cluster's brokers (sorted by id, each alive or not as this node sees it) and the
+    /// active controller. A single node: itself, alive, its own controller.
+    ClusterStatus {
+        reply: Reply<ClusterStatusAnswer>,
+    },
     /// Internal: the retention task's period elapsed.
     RetentionTick,
     /// Stop every partition (each syncs its log) and then the controller.
     Shutdown {
         reply: Reply<()>,
     },
+}
+
+/// The answer to [`ControllerMessage::ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatusAnswer {
+    pub controller_id: Option<u32>,
+    pub brokers: Vec<BrokerStatus>,
 }
 
 /// The controller actor.
@@ -393,7 +407,7 @@ impl Controller {
         partitions: u32,
         config: &TopicConfig,
     ) -> Result<Vec<Addr<PartitionActor>>, ControllerError> {
-        let limits = self.partition_limits(config);
+        let limits = Self::partition_limits(config, self.config.log.batch_bytes_max);
         let logs = (0..partitions)
             .map(|partition| self.open_partition(topic, partition))
             .collect::<Result<Vec<_>, _>>()?;
@@ -423,8 +437,10 @@ impl Controller {
 
     /// A topic may not promise more than the node accepts: `max.message.bytes` above the
     /// node's batch limit would be refused by every produce anyway.
-    fn check_node_limits(&self, config: &TopicConfig) -> Result<(), BrokerError> {
-        let node_limit = self.config.log.batch_bytes_max;
+    pub(crate) fn check_node_limits(
+        config: &TopicConfig,
+        node_limit: usize,
+    ) -> Result<(), BrokerError> {
         if config.max_message_bytes as usize > node_limit {
             return Err(BrokerError::new(
                 ErrorCode::InvalidConfig,
@@ -439,13 +455,15 @@ impl Controller {
     }
 
     /// What a topic config sets on its partitions' logs.
-    fn partition_limits(&self, config: &TopicConfig) -> PartitionLimits {
+    pub(crate) fn partition_limits(
+        config: &TopicConfig,
+        node_batch_bytes_max: usize,
+    ) -> PartitionLimits {
         let non_negative = |value: i64| u64::try_from(value).ok();
         PartitionLimits {
             segment_bytes_max: config.segment_bytes,
             segment_age_ms_max: config.segment_ms,
-            batch_bytes_max: (config.max_message_bytes as usize)
-                .min(self.config.log.batch_bytes_max),
+            batch_bytes_max: (config.max_message_bytes as usize).min(node_batch_bytes_max),
             retention: if config.cleanup_policy.deletes() {
                 RetentionPolicy {
                     age_ms_max: non_negative(config.retention_ms),
@@ -625,7 +643,7 @@ impl Controller {
             .topic_defaults
             .with_overrides(&overrides)
             .map_err(|error| invalid_config(&error))?;
-        self.check_node_limits(&topic_config)?;
+        Self::check_node_limits(&topic_config, self.config.log.batch_bytes_max)?;
         let file = TopicFile {
             partitions,
             replication_factor,
@@ -755,7 +773,7 @@ impl Controller {
             .topic_defaults
             .with_overrides(&file.config)
             .map_err(|error| invalid_config(&error))?;
-        self.check_node_limits(&config)?;
+        Self::check_node_limits(&config, self.config.log.batch_bytes_max)?;
         if let Err(error) = self.rewrite_topic_file(name, &file) {
             // The rename may have happened before the failure: memory follows what the disk
             // now says, so that a restart without a crash changes nothing.
@@ -783,7 +801,7 @@ impl Controller {
         file: TopicFile,
         config: TopicConfig,
     ) -> Result<(), BrokerError> {
-        let limits = self.partition_limits(&config);
+        let limits = Self::partition_limits(&config, self.config.log.batch_bytes_max);
         let Some(topic) = self.topics.get_mut(name) else {
             return Err(unknown_topic(name));
         };
@@ -980,6 +998,7 @@ impl Actor for Controller {
                         .partitions
                         .get(partition as usize)
                         .cloned()
+                        .map(PartitionHandle::Local)
                         .ok_or_else(|| {
                             BrokerError::new(
                                 ErrorCode::UnknownPartition,
@@ -990,7 +1009,17 @@ impl Actor for Controller {
                             )
                         }),
                 };
-                reply.send(result);
+                reply.send(result.map_err(HintedError::from));
+            }
+            ControllerMessage::ClusterStatus { reply } => {
+                reply.send(ClusterStatusAnswer {
+                    controller_id: Some(self.config.node_id),
+                    brokers: vec![BrokerStatus {
+                        broker_id: self.config.node_id,
+                        address: self.config.advertised_address.clone(),
+                        alive: true,
+                    }],
+                });
             }
             ControllerMessage::AlterTopicConfig {
                 name,

@@ -4,9 +4,12 @@
 //! re-exports that crate, so `brook_actors::runtime::Runtime` and `crate::runtime::...` keep
 //! naming the same items.
 
+pub mod cluster_controller;
 pub mod controller;
+pub mod handle;
 pub mod heartbeats;
 pub mod partition;
 pub mod peer_router;
 pub mod replica;
+pub mod replicated;
 pub use brook_runtime as runtime;

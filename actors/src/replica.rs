@@ -18,24 +18,41 @@
 //! synced before returning). The high watermark is the end offset of the batch at the commit
 //! index.
 //!
-//! Retention (not in this slice): partitions start at index 1 and nothing removes the log's
-//! head. When retention arrives, deleting segments removes whole batches below the commit
-//! index, so the index of the new first batch can no longer be counted from the log: the
-//! hard-state file will also hold `(log start index, its offset, the term before it)`, written
-//! and synced before the segments are deleted, then [`Input::LogStartAdvanced`]; on open, batches
-//! below that offset (a crash between the two) are skipped. The core's `LogStart` / `ResetLog`
-//! (a follower caught up from the leader's log start) needs a log restarted at an arbitrary
-//! offset, which [`Log`] cannot do yet: [`ReplicaError::LogResetUnsupported`] until then.
+//! # Log start (retention, catching up from the leader's log start)
+//!
+//! Retention removes whole segments below the high watermark (committed entries only), so the
+//! index of the first batch can no longer be counted from the log: the hard-state file also
+//! holds the log start `(index, offset, term of the entry before it)`, written and synced
+//! before the segments are deleted, then the core is told [`Input::LogStartAdvanced`]. On open,
+//! segments below the recorded offset (a crash between the two) are deleted again. A follower
+//! that needs entries the leader no longer has gets a `LogStart` message (with the leader's
+//! log start offset on the wire); the core answers [`Effect::ResetLog`]: the hard state records
+//! the new log start with a reset-pending flag, [`Log::reset`] drops every record and restarts
+//! the log empty at that offset, then the flag is cleared (a crash in between resets again on
+//! open). The follower is then caught up by ordinary appends; the records below are gone on it,
+//! as on the leader.
 //!
 //! # Durability
 //!
 //! The hard state (term, vote) is a small checksummed file, replaced atomically (write a
 //! temporary file, sync it, rename, sync the directory) before any later effect, so a vote or a
 //! term is never visible to a peer before it survives a crash. Appended entries are made durable
-//! by [`ReplicaInput::Sync`] (group commit: one fsync for everything appended since the last),
-//! run synchronously inside the core in this slice; then the core is told [`Input::Persisted`]
-//! and only then does a follower acknowledge or the leader count its own copy. The runtime
-//! wiring will run [`Log::sync_job`] off the actor instead and feed the result back.
+//! off the core (group commit: one fsync for everything appended before it started): the host
+//! takes a [`SyncJob`] from [`ReplicaCore::sync_job`], runs it (on the runtime's blocking pool
+//! in the actor, inline in tests: [`ReplicaCore::sync_now`]) and feeds the outcome back as
+//! [`ReplicaInput::Synced`]. The core then tells Raft [`Input::Persisted`] up to the last entry
+//! the log's durable offset covers, and only then does a follower acknowledge or the leader
+//! count its own copy. Appends and peer traffic go on while a job runs; a truncation meanwhile
+//! makes the log forget the job (it may have synced the file before the cut), and the log's
+//! durable offset never covers an entry that is not in the log, so a late notice cannot
+//! persist a replaced entry.
+//!
+//! # Reads
+//!
+//! [`ReplicaCore::fetch`] serves consumers: leader only, below the high watermark.
+//! [`ReplicaCore::read_committed`] reads below the high watermark on any role (the controller
+//! applies its committed metadata records on every node). A follower's high watermark follows
+//! the commit index it learns from appends and heartbeats.
 //!
 //! # Answers
 //!
@@ -58,7 +75,9 @@ use brook_raft::{
     Term, TermStart, VoteRequest, VoteResponse,
 };
 use brook_storage::disk::{Disk, DiskError, OpenMode};
-use brook_storage::log::{Log, LogConfig, LogError, LogRead};
+use brook_storage::log::{
+    Log, LogConfig, LogError, LogRead, RetentionOutcome, RetentionPolicy, SyncJob,
+};
 use brook_wire::batch::{self, split_batches, BatchBuilder, BatchHeader, CRC_START};
 use brook_wire::peer::{self, RaftMessage};
 use brook_wire::{Acks, ErrorCode};
@@ -70,9 +89,15 @@ const HARD_STATE_TEMPORARY_FILE: &str = "raft-state.tmp";
 /// Sub-directory holding the partition log.
 pub const LOG_DIRECTORY: &str = "log";
 const HARD_STATE_MAGIC: &[u8; 4] = b"BRHS";
-const HARD_STATE_VERSION: u8 = 1;
-/// magic, version, term, vote tag, vote, CRC-32C.
-const HARD_STATE_LEN: usize = 4 + 1 + 8 + 1 + 8 + 4;
+/// Version 1: term and vote only (the log starts at index 1, offset 0).
+const HARD_STATE_VERSION_TERM_ONLY: u8 = 1;
+/// Version 2: term, vote and the log start.
+const HARD_STATE_VERSION: u8 = 2;
+/// Version 1: magic, version, term, vote tag, vote, CRC-32C.
+const HARD_STATE_TERM_ONLY_LEN: usize = 4 + 1 + 8 + 1 + 8 + 4;
+/// Version 2: magic, version, term, vote tag, vote, log start index, log start offset, term
+/// before the log start, reset-pending flag, CRC-32C.
+const HARD_STATE_LEN: usize = 4 + 1 + 8 + 1 + 8 + 8 + 8 + 8 + 1 + 4;
 /// Bytes read per call when scanning or shipping batches.
 const READ_BYTES_MAX: usize = 1024 * 1024;
 /// Bound on the reads of one scan or one append's batches (each read returns at least one
@@ -113,7 +138,7 @@ pub struct ReplicaConfig {
 }
 
 /// What the host feeds a replica.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum ReplicaInput {
     /// Time passed (at least every heartbeat interval).
     Tick,
@@ -130,8 +155,12 @@ pub enum ReplicaInput {
         batch: Bytes,
         acks: Acks,
     },
-    /// Make everything appended durable (group commit), then tell the core.
-    Sync,
+    /// A [`SyncJob`] from [`ReplicaCore::sync_job`] finished with this result (pass
+    /// [`SyncJob::run`]'s result as it is).
+    Synced { result: Result<u64, DiskError> },
+    /// Hand leadership to `to` (graceful shutdown): refused unless leading; produces are
+    /// refused while the transfer runs.
+    TransferLeadership { to: NodeId },
 }
 
 /// A message for a peer of this group.
@@ -184,8 +213,24 @@ pub struct ProduceAnswer {
 pub struct ReplicaOutput {
     pub messages: Vec<PeerSend>,
     pub answers: Vec<ProduceAnswer>,
-    /// Entries were appended and are not durable yet: feed [`ReplicaInput::Sync`] soon.
+    /// Entries were appended and are not durable yet: run a [`ReplicaCore::sync_job`] soon.
     pub sync_wanted: bool,
+}
+
+/// A replica's view of its partition, for status reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaReport {
+    pub role: Role,
+    pub leader: Option<NodeId>,
+    pub term: Term,
+    /// Every replica of the partition (the Raft voters), sorted.
+    pub replicas: Vec<NodeId>,
+    /// Leader: itself and the followers whose log matches its own up to its last entry (from
+    /// the core's match indexes), sorted. Empty on a follower or candidate (it cannot know).
+    pub in_sync_replicas: Vec<NodeId>,
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
+    pub log_end_offset: u64,
 }
 
 /// Errors after which the replica must be reopened from disk.
@@ -201,8 +246,28 @@ pub enum ReplicaError {
     CorruptHardState { path: PathBuf, reason: &'static str },
     #[error("log and raft core disagree: {0}")]
     Inconsistent(&'static str),
-    #[error("resetting the log to the leader's log start needs retention support (next slice)")]
-    LogResetUnsupported,
+}
+
+/// Where the log starts: the index and offset of its first batch (present or next) and the
+/// term of the entry before it. Persisted in the hard-state file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LogStartRecord {
+    index: Index,
+    offset: u64,
+    prev_term: Term,
+    /// A log reset to this start was begun and may not have finished: redo it on open.
+    reset_pending: bool,
+}
+
+impl Default for LogStartRecord {
+    fn default() -> Self {
+        LogStartRecord {
+            index: 1,
+            offset: 0,
+            prev_term: 0,
+            reset_pending: false,
+        }
+    }
 }
 
 /// Offsets and term of the batch at one index.
@@ -225,12 +290,20 @@ struct PendingProduce {
 #[derive(Debug)]
 pub struct ReplicaCore {
     node_id: NodeId,
+    voters: BTreeSet<NodeId>,
     disk: Arc<dyn Disk>,
     dir: PathBuf,
     planted_bug: Option<ReplicaPlantedBug>,
     log: Log,
     raft: Raft,
-    /// Index of `spans[0]`.
+    /// The hard state last written (rewritten with every log start change).
+    hard_state: HardState,
+    /// The log start as persisted; `log_start.index` is the index of `spans[0]`.
+    log_start: LogStartRecord,
+    /// The leader's log start offset from the last `LogStart` message: (index, offset). The
+    /// core's `ResetLog` names only the index.
+    incoming_log_start: Option<(Index, u64)>,
+    /// Index of `spans[0]` (= `log_start.index`).
     start_index: Index,
     /// The batch of every index from `start_index` to the log end.
     spans: Vec<BatchSpan>,
@@ -248,21 +321,38 @@ impl ReplicaCore {
         now_ms: u64,
     ) -> Result<ReplicaCore, ReplicaError> {
         disk.create_dir_all(&config.dir)?;
-        let stored_hard_state = read_hard_state(disk.as_ref(), &config.dir)?;
+        let stored = read_hard_state(disk.as_ref(), &config.dir)?;
         let mut log_config = config.log.clone();
         // No stored batch can carry a term above the persisted current term: the term is
         // persisted before any entry of it is appended. Without a hard-state file nothing
         // bounds it, and the log must turn out empty (checked below) rather than be cut.
-        log_config.term_max = stored_hard_state.map_or(u64::MAX, |hard_state| hard_state.term);
-        let (log, _report) = Log::open(
+        log_config.term_max = stored.map_or(u64::MAX, |(hard_state, _)| hard_state.term);
+        let (mut log, _report) = Log::open(
             disk.clone(),
             config.dir.join(LOG_DIRECTORY),
             log_config,
             now_ms,
         )?;
+        let mut log_start = stored.map_or_else(LogStartRecord::default, |(_, start)| start);
+        if log_start.reset_pending {
+            // A reset to the leader's log start was interrupted: do it again.
+            log.reset(log_start.offset)?;
+            log_start.reset_pending = false;
+            if let Some((hard_state, _)) = stored {
+                write_hard_state(disk.as_ref(), &config.dir, hard_state, log_start)?;
+            }
+        } else if log.log_start_offset() < log_start.offset {
+            // Retention recorded a new log start and crashed before deleting the segments.
+            log.delete_segments_before(log_start.offset)?;
+        }
+        if log.log_start_offset() != log_start.offset {
+            return Err(ReplicaError::Inconsistent(
+                "the log does not start at the recorded log start",
+            ));
+        }
         let spans = scan_spans(&log)?;
-        let hard_state = match stored_hard_state {
-            Some(hard_state) => hard_state,
+        let hard_state = match stored {
+            Some((hard_state, _)) => hard_state,
             None if spans.is_empty() => HardState::default(),
             // Entries are appended only after their term is persisted: a log without a
             // hard state lost its vote, and starting from term 0 could vote twice.
@@ -276,22 +366,29 @@ impl ReplicaCore {
         let mut term_starts: Vec<TermStart> = Vec::new();
         for (position, span) in spans.iter().enumerate() {
             if term_starts.last().map(|last| last.term) != Some(span.term) {
-                if term_starts.last().is_some_and(|last| last.term > span.term) {
+                if term_starts.last().is_some_and(|last| last.term > span.term)
+                    || span.term < log_start.prev_term
+                {
                     return Err(ReplicaError::Inconsistent(
                         "batch terms decrease in the log",
                     ));
                 }
                 term_starts.push(TermStart {
                     term: span.term,
-                    first_index: position as Index + 1,
+                    first_index: log_start.index + position as Index,
                 });
             }
         }
-        let log_terms = LogTerms::new(1, 0, spans.len() as Index, term_starts)
-            .map_err(|_| ReplicaError::Inconsistent("the log's terms are not a Raft log"))?;
+        let log_terms = LogTerms::new(
+            log_start.index,
+            log_start.prev_term,
+            log_start.index + spans.len() as Index - 1,
+            term_starts,
+        )
+        .map_err(|_| ReplicaError::Inconsistent("the log's terms are not a Raft log"))?;
         let raft = Raft::new(
             config.node_id,
-            config.voters,
+            config.voters.clone(),
             config.raft,
             Recovered {
                 hard_state,
@@ -301,14 +398,19 @@ impl ReplicaCore {
             now_ms,
         )?;
         let high_watermark = log.log_start_offset();
+        let start_index = log_start.index;
         Ok(ReplicaCore {
             node_id: config.node_id,
+            voters: config.voters,
             disk,
             dir: config.dir,
             planted_bug: config.planted_bug,
             log,
             raft,
-            start_index: 1,
+            hard_state,
+            log_start,
+            incoming_log_start: None,
+            start_index,
             spans,
             high_watermark,
             pending: BTreeMap::new(),
@@ -337,6 +439,104 @@ impl ReplicaCore {
     pub fn log_end_offset(&self) -> u64 {
         self.log.next_offset()
     }
+    /// Every offset below is on stable storage.
+    pub fn durable_offset(&self) -> u64 {
+        self.log.durable_offset()
+    }
+    /// The partition's replicas (the Raft voters).
+    pub fn voters(&self) -> &BTreeSet<NodeId> {
+        &self.voters
+    }
+    /// The log's configuration (limits the host checks batches against).
+    pub fn log_config(&self) -> &LogConfig {
+        self.log.config()
+    }
+
+    /// Change the segment and batch limits from the next append on (a topic config change).
+    pub fn set_segment_limits(
+        &mut self,
+        segment_bytes_max: u64,
+        segment_age_ms_max: u64,
+        batch_bytes_max: usize,
+    ) -> Result<(), LogError> {
+        self.log
+            .set_segment_limits(segment_bytes_max, segment_age_ms_max, batch_bytes_max)
+    }
+
+    /// The first offset whose timestamp is at or after `timestamp`, and that timestamp (any
+    /// role; the caller bounds it by the high watermark).
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>, LogError> {
+        self.log.offset_for_timestamp(timestamp)
+    }
+
+    /// Role, leader, term, replicas, in-sync replicas and offsets (see [`ReplicaReport`]).
+    pub fn report(&self) -> ReplicaReport {
+        let in_sync_replicas = if self.raft.role() == Role::Leader {
+            let last_index = self.raft.log().last_index();
+            let mut in_sync: Vec<NodeId> = self
+                .raft
+                .match_indexes()
+                .into_iter()
+                .filter(|(_, match_index)| *match_index >= last_index)
+                .map(|(node, _)| node)
+                .collect();
+            in_sync.push(self.node_id);
+            in_sync.sort_unstable();
+            in_sync
+        } else {
+            Vec::new()
+        };
+        ReplicaReport {
+            role: self.raft.role(),
+            leader: self.raft.leader(),
+            term: self.raft.term(),
+            replicas: self.voters.iter().copied().collect(),
+            in_sync_replicas,
+            log_start_offset: self.log.log_start_offset(),
+            high_watermark: self.high_watermark,
+            log_end_offset: self.log.next_offset(),
+        }
+    }
+
+    /// The follower to hand leadership to on a graceful stop: the one with the highest match
+    /// index (the least to catch up), the lowest id among equals. `None` unless leading with
+    /// at least one follower.
+    pub fn transfer_candidate(&self) -> Option<NodeId> {
+        if self.raft.role() != Role::Leader {
+            return None;
+        }
+        self.raft
+            .match_indexes()
+            .into_iter()
+            .filter(|(node, _)| *node != self.node_id)
+            // Highest match index first; `min_by_key` keeps the first (lowest id) of equals.
+            .min_by_key(|(_, match_index)| std::cmp::Reverse(*match_index))
+            .map(|(node, _)| node)
+    }
+
+    /// A job making everything appended so far durable, to run off the core; feed its result
+    /// back as [`ReplicaInput::Synced`]. `None` when nothing waits for a sync (the log is
+    /// durable to its end and the core knows it).
+    pub fn sync_job(&mut self) -> Result<Option<SyncJob>, ReplicaError> {
+        let unsynced = self.log.durable_offset() < self.log.next_offset();
+        let unnoticed = self.raft.persisted_index() < self.last_index();
+        if !unsynced && !unnoticed {
+            return Ok(None);
+        }
+        Ok(Some(self.log.sync_job()?))
+    }
+
+    /// [`sync_job`](Self::sync_job), run inline, then [`ReplicaInput::Synced`]: for tests and
+    /// for a final sync where blocking is fine.
+    pub fn sync_now(&mut self, now_ms: u64) -> Result<ReplicaOutput, ReplicaError> {
+        match self.sync_job()? {
+            None => Ok(ReplicaOutput::default()),
+            Some(job) => {
+                let result = job.run();
+                self.step(now_ms, ReplicaInput::Synced { result })
+            }
+        }
+    }
 
     /// Feed one input; see [`ReplicaOutput`]. On `Err` reopen the replica from disk.
     pub fn step(
@@ -345,6 +545,14 @@ impl ReplicaCore {
         input: ReplicaInput,
     ) -> Result<ReplicaOutput, ReplicaError> {
         let mut out = ReplicaOutput::default();
+        if let ReplicaInput::Peer {
+            message: RaftMessage::LogStart(log_start),
+            ..
+        } = &input
+        {
+            // The core's ResetLog names the index only; the offset comes on the wire.
+            self.incoming_log_start = Some((log_start.log_start_index, log_start.log_start_offset));
+        }
         match input {
             ReplicaInput::Tick => self.drive_peer_input(now_ms, Input::Tick, &mut out)?,
             ReplicaInput::Peer {
@@ -364,9 +572,23 @@ impl ReplicaCore {
                 batch,
                 acks,
             } => self.produce(now_ms, request_id, batch, acks, &mut out)?,
-            ReplicaInput::Sync => self.sync(now_ms, &mut out)?,
+            ReplicaInput::Synced { result } => self.synced(now_ms, result, &mut out)?,
+            ReplicaInput::TransferLeadership { to } => {
+                match self.raft.step(now_ms, Input::TransferLeadership { to }) {
+                    Ok(effects) => self.execute(now_ms, effects, false, &mut out)?,
+                    Err(error) => {
+                        tracing::info!(node = self.node_id, to, %error, "leadership transfer refused");
+                    }
+                }
+            }
         }
         Ok(out)
+    }
+
+    /// Whole batches from `offset` below the high watermark, on any role (committed data only:
+    /// the controller's metadata on every node).
+    pub fn read_committed(&self, offset: u64, max_bytes: usize) -> Result<LogRead, LogError> {
+        self.log.read(offset, max_bytes, self.high_watermark)
     }
 
     /// Leader only: whole batches from `offset`, never above the high watermark.
@@ -492,23 +714,153 @@ impl ReplicaCore {
         Ok(())
     }
 
-    fn sync(&mut self, now_ms: u64, out: &mut ReplicaOutput) -> Result<(), ReplicaError> {
-        self.log.sync(now_ms)?;
-        let Some(last) = self.spans.last().copied() else {
-            return Ok(());
-        };
+    fn synced(
+        &mut self,
+        now_ms: u64,
+        result: Result<u64, DiskError>,
+        out: &mut ReplicaOutput,
+    ) -> Result<(), ReplicaError> {
+        // A failed sync poisons the log: the error makes the host reopen the replica.
+        let durable = self.log.complete_sync(result, now_ms)?;
         if self.planted_bug == Some(ReplicaPlantedBug::ForgetPersistedNotice) {
             return Ok(());
         }
-        let index = self.start_index + self.spans.len() as Index - 1;
-        let effects = self.raft.step(
+        // The last entry wholly below the durable offset. The log's durable offset never
+        // exceeds its end and drops to the cut at a truncation, so it covers only entries in
+        // the log now (a job from before a truncation is forgotten by the log).
+        let covered = self
+            .spans
+            .partition_point(|span| span.next_offset <= durable);
+        if covered == 0 {
+            return Ok(());
+        }
+        let index = self.start_index + covered as Index - 1;
+        if index <= self.raft.persisted_index() {
+            return Ok(());
+        }
+        let term = self.spans[covered - 1].term;
+        let effects = self.raft.step(now_ms, Input::Persisted { index, term })?;
+        self.execute(now_ms, effects, false, out)
+    }
+
+    /// The core's `ResetLog`: record the new log start (reset pending), drop the log and
+    /// restart it empty at the leader's log start offset, then clear the flag.
+    fn reset_log(&mut self, index: Index, prev_term: Term) -> Result<(), ReplicaError> {
+        let offset = match self.incoming_log_start {
+            Some((incoming_index, offset)) if incoming_index == index => offset,
+            _ => {
+                return Err(ReplicaError::Inconsistent(
+                    "a log reset without the leader's log start offset",
+                ))
+            }
+        };
+        if offset < self.high_watermark {
+            return Err(ReplicaError::Inconsistent(
+                "a log reset below the high watermark",
+            ));
+        }
+        let mut log_start = LogStartRecord {
+            index,
+            offset,
+            prev_term,
+            reset_pending: true,
+        };
+        write_hard_state(self.disk.as_ref(), &self.dir, self.hard_state, log_start)?;
+        self.log_start = log_start;
+        self.log.reset(offset)?;
+        self.spans.clear();
+        self.start_index = index;
+        self.high_watermark = offset;
+        log_start.reset_pending = false;
+        write_hard_state(self.disk.as_ref(), &self.dir, self.hard_state, log_start)?;
+        self.log_start = log_start;
+        tracing::info!(
+            node = self.node_id,
+            index,
+            offset,
+            "log reset to the leader's log start"
+        );
+        Ok(())
+    }
+
+    /// Retention on this replica: roll an idle active segment that is due, then delete the
+    /// whole segments `policy` lets go below the high watermark (committed entries only). The
+    /// new log start is persisted before the segments go; then the core is told.
+    pub fn apply_retention(
+        &mut self,
+        now_ms: u64,
+        policy: RetentionPolicy,
+    ) -> Result<RetentionOutcome, ReplicaError> {
+        let rolled = self.log.roll_if_due(now_ms)?;
+        let start = self.log.log_start_offset();
+        let unchanged = RetentionOutcome {
+            log_start_offset: start,
+            rolled,
+            ..RetentionOutcome::default()
+        };
+        let cut = self
+            .log
+            .retention_offset(policy, now_ms, self.high_watermark);
+        if cut <= start {
+            return Ok(unchanged);
+        }
+        // The cut is a segment base, so a batch boundary (or the log end).
+        let position = self.spans.partition_point(|span| span.base_offset < cut);
+        let at_boundary = match self.spans.get(position) {
+            Some(span) => span.base_offset == cut,
+            None => cut == self.log.next_offset(),
+        };
+        if !at_boundary {
+            return Err(ReplicaError::Inconsistent("a retention cut inside a batch"));
+        }
+        let Some(before) = position
+            .checked_sub(1)
+            .and_then(|last| self.spans.get(last))
+        else {
+            return Ok(unchanged);
+        };
+        let index = self.start_index + position as Index;
+        if index > self.raft.commit_index() + 1 {
+            // Below the high watermark means committed; the core would refuse anything else.
+            return Ok(unchanged);
+        }
+        let log_start = LogStartRecord {
+            index,
+            offset: cut,
+            prev_term: before.term,
+            reset_pending: false,
+        };
+        let segments_before = self.log.segment_count();
+        let bytes_before = self.log.size_bytes();
+        write_hard_state(self.disk.as_ref(), &self.dir, self.hard_state, log_start)?;
+        self.log_start = log_start;
+        let log_start_offset = self.log.delete_segments_before(cut)?;
+        if log_start_offset != cut {
+            return Err(ReplicaError::Inconsistent(
+                "retention deleted up to another offset than recorded",
+            ));
+        }
+        self.spans.drain(..position);
+        self.start_index = index;
+        let effects = self.raft.step::<Bytes>(
             now_ms,
-            Input::Persisted {
-                index,
-                term: last.term,
+            Input::LogStartAdvanced {
+                log_start_index: index,
             },
         )?;
-        self.execute(now_ms, effects, false, out)
+        if !effects.is_empty() {
+            // Moving the log start changes nothing else in the core; effects here would be
+            // lost (this call returns no output).
+            return Err(ReplicaError::Inconsistent(
+                "effects from moving the log start",
+            ));
+        }
+        Ok(RetentionOutcome {
+            segments_deleted: segments_before - self.log.segment_count(),
+            bytes_deleted: bytes_before - self.log.size_bytes(),
+            log_start_offset,
+            rolled,
+        })
     }
 
     fn span(&self, index: Index) -> Option<BatchSpan> {
@@ -542,7 +894,8 @@ impl ReplicaCore {
         for effect in effects {
             match effect {
                 Effect::PersistHardState(hard_state) => {
-                    write_hard_state(self.disk.as_ref(), &self.dir, hard_state)?;
+                    write_hard_state(self.disk.as_ref(), &self.dir, hard_state, self.log_start)?;
+                    self.hard_state = hard_state;
                 }
                 Effect::Truncate { from_index } => {
                     let offset = self.offset_of(from_index)?;
@@ -556,7 +909,10 @@ impl ReplicaCore {
                         .map_err(|_| ReplicaError::Inconsistent("index overflow"))?;
                     self.spans.truncate(keep);
                 }
-                Effect::ResetLog { .. } => return Err(ReplicaError::LogResetUnsupported),
+                Effect::ResetLog {
+                    log_start_index,
+                    prev_term,
+                } => self.reset_log(log_start_index, prev_term)?,
                 Effect::PersistEntries(entries) => {
                     for entry in entries {
                         self.persist_entry(now_ms, entry, proposed)?;
@@ -564,7 +920,7 @@ impl ReplicaCore {
                     out.sync_wanted = true;
                 }
                 Effect::Send { to, message } => {
-                    let (message, batches) = message_to_wire(message)?;
+                    let (message, batches) = message_to_wire(message, self.log_start)?;
                     out.messages.push(PeerSend {
                         to,
                         message,
@@ -751,48 +1107,84 @@ fn leader_start_batch(now_ms: u64) -> BytesMut {
     batch
 }
 
-fn encode_hard_state(hard_state: HardState) -> [u8; HARD_STATE_LEN] {
+fn encode_hard_state(hard_state: HardState, log_start: LogStartRecord) -> [u8; HARD_STATE_LEN] {
     let mut bytes = [0u8; HARD_STATE_LEN];
     bytes[0..4].copy_from_slice(HARD_STATE_MAGIC);
     bytes[4] = HARD_STATE_VERSION;
     bytes[5..13].copy_from_slice(&hard_state.term.to_le_bytes());
     bytes[13] = u8::from(hard_state.voted_for.is_some());
     bytes[14..22].copy_from_slice(&hard_state.voted_for.unwrap_or(0).to_le_bytes());
-    let crc = crc32c::crc32c(&bytes[..22]);
-    bytes[22..26].copy_from_slice(&crc.to_le_bytes());
+    bytes[22..30].copy_from_slice(&log_start.index.to_le_bytes());
+    bytes[30..38].copy_from_slice(&log_start.offset.to_le_bytes());
+    bytes[38..46].copy_from_slice(&log_start.prev_term.to_le_bytes());
+    bytes[46] = u8::from(log_start.reset_pending);
+    let crc = crc32c::crc32c(&bytes[..47]);
+    bytes[47..51].copy_from_slice(&crc.to_le_bytes());
     bytes
 }
 
-fn decode_hard_state(bytes: &[u8]) -> Result<HardState, &'static str> {
-    if bytes.len() != HARD_STATE_LEN {
-        return Err("wrong length");
-    }
-    if &bytes[0..4] != HARD_STATE_MAGIC || bytes[4] != HARD_STATE_VERSION {
-        return Err("bad magic or version");
-    }
-    let stored = u32::from_le_bytes([bytes[22], bytes[23], bytes[24], bytes[25]]);
-    if crc32c::crc32c(&bytes[..22]) != stored {
-        return Err("checksum mismatch");
-    }
-    let mut term = [0u8; 8];
-    term.copy_from_slice(&bytes[5..13]);
-    let mut vote = [0u8; 8];
-    vote.copy_from_slice(&bytes[14..22]);
-    let voted_for = match bytes[13] {
-        0 => None,
-        1 => Some(u64::from_le_bytes(vote)),
-        _ => return Err("bad vote tag"),
-    };
-    Ok(HardState {
-        term: u64::from_le_bytes(term),
-        voted_for,
-    })
+fn u64_at(bytes: &[u8], position: usize) -> u64 {
+    let mut value = [0u8; 8];
+    value.copy_from_slice(&bytes[position..position + 8]);
+    u64::from_le_bytes(value)
 }
 
-/// The persisted hard state, or `None` if the replica never persisted any. The file is
-/// replaced by rename, so a torn write can only hit the temporary file: a damaged hard-state
-/// file is an error, never silently reset (that would forget a vote).
-fn read_hard_state(disk: &dyn Disk, dir: &Path) -> Result<Option<HardState>, ReplicaError> {
+fn decode_hard_state(bytes: &[u8]) -> Result<(HardState, LogStartRecord), &'static str> {
+    if bytes.len() < 5 || &bytes[0..4] != HARD_STATE_MAGIC {
+        return Err("bad magic");
+    }
+    let (length, has_log_start) = match bytes[4] {
+        HARD_STATE_VERSION_TERM_ONLY => (HARD_STATE_TERM_ONLY_LEN, false),
+        HARD_STATE_VERSION => (HARD_STATE_LEN, true),
+        _ => return Err("unknown version"),
+    };
+    if bytes.len() != length {
+        return Err("wrong length");
+    }
+    let stored = u32::from_le_bytes([
+        bytes[length - 4],
+        bytes[length - 3],
+        bytes[length - 2],
+        bytes[length - 1],
+    ]);
+    if crc32c::crc32c(&bytes[..length - 4]) != stored {
+        return Err("checksum mismatch");
+    }
+    let voted_for = match bytes[13] {
+        0 => None,
+        1 => Some(u64_at(bytes, 14)),
+        _ => return Err("bad vote tag"),
+    };
+    let hard_state = HardState {
+        term: u64_at(bytes, 5),
+        voted_for,
+    };
+    if !has_log_start {
+        return Ok((hard_state, LogStartRecord::default()));
+    }
+    let log_start = LogStartRecord {
+        index: u64_at(bytes, 22),
+        offset: u64_at(bytes, 30),
+        prev_term: u64_at(bytes, 38),
+        reset_pending: match bytes[46] {
+            0 => false,
+            1 => true,
+            _ => return Err("bad reset flag"),
+        },
+    };
+    if log_start.index == 0 || log_start.prev_term > hard_state.term {
+        return Err("impossible log start");
+    }
+    Ok((hard_state, log_start))
+}
+
+/// The persisted hard state and log start, or `None` if the replica never persisted any. The
+/// file is replaced by rename, so a torn write can only hit the temporary file: a damaged
+/// hard-state file is an error, never silently reset (that would forget a vote).
+fn read_hard_state(
+    disk: &dyn Disk,
+    dir: &Path,
+) -> Result<Option<(HardState, LogStartRecord)>, ReplicaError> {
     let path = dir.join(HARD_STATE_FILE);
     if !disk.exists(&path)? {
         return Ok(None);
@@ -808,13 +1200,14 @@ fn write_hard_state(
     disk: &dyn Disk,
     dir: &Path,
     hard_state: HardState,
+    log_start: LogStartRecord,
 ) -> Result<(), ReplicaError> {
     let temporary = dir.join(HARD_STATE_TEMPORARY_FILE);
     if disk.exists(&temporary)? {
         disk.remove_file(&temporary)?;
     }
     let file = disk.open(&temporary, OpenMode::CreateNew)?;
-    file.append(&encode_hard_state(hard_state))?;
+    file.append(&encode_hard_state(hard_state, log_start))?;
     file.sync()?;
     disk.rename(&temporary, &dir.join(HARD_STATE_FILE))?;
     disk.sync_dir(dir)?;
@@ -822,7 +1215,10 @@ fn write_hard_state(
 }
 
 /// The core's message in wire form.
-fn message_to_wire(message: Message<Bytes>) -> Result<(RaftMessage, Vec<Bytes>), ReplicaError> {
+fn message_to_wire(
+    message: Message<Bytes>,
+    log_start: LogStartRecord,
+) -> Result<(RaftMessage, Vec<Bytes>), ReplicaError> {
     let vote = |request: VoteRequest| peer::VoteRequest {
         term: request.term,
         last_index: request.last_index,
@@ -886,8 +1282,20 @@ fn message_to_wire(message: Message<Bytes>) -> Result<(RaftMessage, Vec<Bytes>),
         },
         Message::HeartbeatResponse { term } => RaftMessage::HeartbeatResponse { term },
         Message::TimeoutNow { term } => RaftMessage::TimeoutNow { term },
-        // Not reachable in this slice (no retention); the offset is filled when log resets are.
-        Message::LogStart(_) => return Err(ReplicaError::LogResetUnsupported),
+        Message::LogStart(start) => {
+            if start.log_start_index != log_start.index {
+                return Err(ReplicaError::Inconsistent(
+                    "a log start message for another log start",
+                ));
+            }
+            RaftMessage::LogStart(peer::LogStart {
+                term: start.term,
+                log_start_index: start.log_start_index,
+                prev_term: start.prev_term,
+                commit_index: start.commit_index,
+                log_start_offset: log_start.offset,
+            })
+        }
     };
     Ok((wire, Vec::new()))
 }
@@ -984,14 +1392,36 @@ mod tests {
             term: 7,
             voted_for: Some(3),
         };
-        let mut bytes = encode_hard_state(hard_state);
-        assert_eq!(decode_hard_state(&bytes), Ok(hard_state));
+        let log_start = LogStartRecord {
+            index: 12,
+            offset: 340,
+            prev_term: 6,
+            reset_pending: true,
+        };
+        let mut bytes = encode_hard_state(hard_state, log_start);
+        assert_eq!(decode_hard_state(&bytes), Ok((hard_state, log_start)));
         assert_eq!(
-            decode_hard_state(&encode_hard_state(HardState::default())),
-            Ok(HardState::default())
+            decode_hard_state(&encode_hard_state(
+                HardState::default(),
+                LogStartRecord::default()
+            )),
+            Ok((HardState::default(), LogStartRecord::default()))
         );
         bytes[6] ^= 1;
         assert_eq!(decode_hard_state(&bytes), Err("checksum mismatch"));
+        // A version-1 file (term and vote only) still reads, with the log starting at 1 / 0.
+        let mut version_one = Vec::new();
+        version_one.extend_from_slice(b"BRHS");
+        version_one.push(1);
+        version_one.extend_from_slice(&7u64.to_le_bytes());
+        version_one.push(1);
+        version_one.extend_from_slice(&3u64.to_le_bytes());
+        let crc = crc32c::crc32c(&version_one);
+        version_one.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode_hard_state(&version_one),
+            Ok((hard_state, LogStartRecord::default()))
+        );
         assert!(decode_hard_state(&bytes[..10]).is_err());
     }
 
@@ -1028,7 +1458,7 @@ mod tests {
         while replica.role() != Role::Leader && now_ms < 10_000 {
             now_ms += 50;
             replica.step(now_ms, ReplicaInput::Tick).expect("tick");
-            replica.step(now_ms, ReplicaInput::Sync).expect("sync");
+            replica.sync_now(now_ms).expect("sync");
         }
         assert_eq!(replica.role(), Role::Leader);
         let output = replica
@@ -1042,7 +1472,7 @@ mod tests {
             )
             .expect("produce");
         assert!(output.answers.is_empty(), "acks=all before the sync");
-        let output = replica.step(now_ms, ReplicaInput::Sync).expect("sync");
+        let output = replica.sync_now(now_ms).expect("sync");
         // Offset 0 holds the leader-start control batch.
         assert_eq!(
             output.answers,
@@ -1061,6 +1491,189 @@ mod tests {
         assert_eq!(reopened.term(), term);
         assert_eq!(reopened.log_end_offset(), 2);
         assert_eq!(reopened.batches_below(u64::MAX).expect("reads").len(), 2);
+    }
+
+    /// A sync job covers what was appended before it was taken: a batch appended while it
+    /// runs is not acknowledged by its completion, only by the next job's.
+    #[test]
+    fn a_sync_job_covers_only_what_was_appended_before_it() {
+        let disk = brook_storage::SimDisk::new(4);
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(1, &[1]), 0).expect("opens");
+        let mut now_ms = 0;
+        while replica.role() != Role::Leader && now_ms < 10_000 {
+            now_ms += 50;
+            replica.step(now_ms, ReplicaInput::Tick).expect("tick");
+            replica.sync_now(now_ms).expect("sync");
+        }
+        assert!(
+            replica.sync_job().expect("job").is_none(),
+            "nothing to sync"
+        );
+        let produce = |replica: &mut ReplicaCore, request_id| {
+            replica
+                .step(
+                    now_ms,
+                    ReplicaInput::Produce {
+                        request_id,
+                        batch: batch(b"v"),
+                        acks: Acks::All,
+                    },
+                )
+                .expect("produce")
+        };
+        assert!(produce(&mut replica, 1).sync_wanted);
+        let first_job = replica.sync_job().expect("job").expect("something to sync");
+        let first_result = first_job.run();
+        produce(&mut replica, 2);
+        let output = replica
+            .step(
+                now_ms,
+                ReplicaInput::Synced {
+                    result: first_result,
+                },
+            )
+            .expect("synced");
+        let answered: Vec<u64> = output.answers.iter().map(|a| a.request_id).collect();
+        assert_eq!(answered, vec![1], "only the batch the job covered");
+        assert_eq!(replica.high_watermark(), 2);
+        let output = replica.sync_now(now_ms).expect("sync");
+        let answered: Vec<u64> = output.answers.iter().map(|a| a.request_id).collect();
+        assert_eq!(answered, vec![2]);
+        assert_eq!(replica.high_watermark(), 3);
+        // A failed sync poisons the log: an error, so the host reopens the replica.
+        produce(&mut replica, 3);
+        let failed = replica.step(
+            now_ms,
+            ReplicaInput::Synced {
+                result: Err(DiskError::SyncFailed {
+                    path: PathBuf::from("/replica"),
+                    reason: "injected".into(),
+                }),
+            },
+        );
+        assert!(failed.is_err(), "{failed:?}");
+    }
+
+    /// The report of a lone leader, and committed reads on any role.
+    #[test]
+    fn a_report_names_role_replicas_and_offsets() {
+        let disk = brook_storage::SimDisk::new(5);
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(1, &[1]), 0).expect("opens");
+        let report = replica.report();
+        assert_eq!(report.role, Role::Follower);
+        assert_eq!(report.replicas, vec![1]);
+        assert!(report.in_sync_replicas.is_empty());
+        let mut now_ms = 0;
+        while replica.role() != Role::Leader && now_ms < 10_000 {
+            now_ms += 50;
+            replica.step(now_ms, ReplicaInput::Tick).expect("tick");
+            replica.sync_now(now_ms).expect("sync");
+        }
+        replica
+            .step(
+                now_ms,
+                ReplicaInput::Produce {
+                    request_id: 1,
+                    batch: batch(b"v"),
+                    acks: Acks::Leader,
+                },
+            )
+            .expect("produce");
+        let report = replica.report();
+        assert_eq!(
+            report,
+            ReplicaReport {
+                role: Role::Leader,
+                leader: Some(1),
+                term: replica.term(),
+                replicas: vec![1],
+                in_sync_replicas: vec![1],
+                log_start_offset: 0,
+                high_watermark: 1,
+                log_end_offset: 2,
+            }
+        );
+        // Not committed yet: a committed read stops at the high watermark.
+        let read = replica.read_committed(0, 1 << 20).expect("reads");
+        assert_eq!(read.next_offset, 1);
+        replica.sync_now(now_ms).expect("sync");
+        let read = replica.read_committed(0, 1 << 20).expect("reads");
+        assert_eq!(read.next_offset, 2);
+    }
+
+    /// Retention moves the log start (persisted with the hard state) below the high watermark
+    /// only; a reopen starts from it, and the replica keeps leading and committing.
+    #[test]
+    fn retention_moves_the_log_start_and_a_reopen_keeps_it() {
+        let disk = brook_storage::SimDisk::new(6);
+        let mut small = config(1, &[1]);
+        small.log.segment_bytes_max = 256;
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), small.clone(), 0).expect("opens");
+        let mut now_ms = 0;
+        while replica.role() != Role::Leader && now_ms < 10_000 {
+            now_ms += 50;
+            replica.step(now_ms, ReplicaInput::Tick).expect("tick");
+            replica.sync_now(now_ms).expect("sync");
+        }
+        for request_id in 0..30 {
+            replica
+                .step(
+                    now_ms,
+                    ReplicaInput::Produce {
+                        request_id,
+                        batch: batch(b"value"),
+                        acks: Acks::Leader,
+                    },
+                )
+                .expect("produce");
+        }
+        // Nothing committed yet: nothing may go.
+        let policy = RetentionPolicy {
+            age_ms_max: None,
+            bytes_max: Some(0),
+        };
+        let outcome = replica.apply_retention(now_ms, policy).expect("retention");
+        assert_eq!(outcome.segments_deleted, 0, "{outcome:?}");
+        replica.sync_now(now_ms).expect("sync");
+        assert_eq!(replica.high_watermark(), 31);
+        let outcome = replica.apply_retention(now_ms, policy).expect("retention");
+        assert!(outcome.segments_deleted > 0, "{outcome:?}");
+        let start = replica.log_start_offset();
+        assert!(start > 0 && start <= 31, "{start}");
+        assert_eq!(outcome.log_start_offset, start);
+        assert!(
+            replica.read_committed(0, 1 << 20).is_err(),
+            "below the log start"
+        );
+        let committed = replica.batches_below(u64::MAX).expect("reads");
+        let term = replica.term();
+        drop(replica);
+        let mut reopened = ReplicaCore::open(Arc::new(disk), small, now_ms).expect("reopens");
+        assert_eq!(reopened.log_start_offset(), start);
+        assert_eq!(reopened.term(), term);
+        assert_eq!(reopened.batches_below(u64::MAX).expect("reads"), committed);
+        while reopened.role() != Role::Leader && now_ms < 20_000 {
+            now_ms += 50;
+            reopened.step(now_ms, ReplicaInput::Tick).expect("tick");
+            reopened.sync_now(now_ms).expect("sync");
+        }
+        let output = reopened
+            .step(
+                now_ms,
+                ReplicaInput::Produce {
+                    request_id: 99,
+                    batch: batch(b"after"),
+                    acks: Acks::All,
+                },
+            )
+            .expect("produce");
+        assert!(output.answers.is_empty());
+        let output = reopened.sync_now(now_ms).expect("sync");
+        assert_eq!(output.answers.len(), 1, "{output:?}");
+        assert!(output.answers[0].result.is_ok(), "{output:?}");
     }
 
     /// Malformed peer messages are dropped with nothing applied.
@@ -1136,7 +1749,7 @@ mod tests {
             now_ms += 50;
             replica.step(now_ms, ReplicaInput::Tick).expect("tick");
         }
-        replica.step(now_ms, ReplicaInput::Sync).expect("sync");
+        replica.sync_now(now_ms).expect("sync");
         drop(replica);
         disk.remove_file(&PathBuf::from("/replica").join(HARD_STATE_FILE))
             .expect("removes");

@@ -3,21 +3,129 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use brook_wire::protocol::{ConfigEntry, Request, Response, TopicDescription, TopicSummary};
+use brook_wire::protocol::{
+    BrokerStatus, ConfigEntry, PartitionMetadata, PartitionStatusReport, Request, Response,
+    TopicDescription, TopicSummary,
+};
 
 use crate::cluster::Cluster;
 use crate::error::{ClientError, Result};
+use crate::future_set::FutureSet;
 
 /// Time limit of an admin request (and of connecting).
 pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time limit of asking one partition's leader for its status in [`Admin::describe_topic`]:
+/// shorter than [`ADMIN_REQUEST_TIMEOUT`], because a silent leader only costs that partition
+/// its live figures (metadata's are shown instead).
+pub const PARTITION_STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Partition leaders asked at once by [`Admin::describe_topic`].
+const PARTITION_STATUS_IN_FLIGHT_MAX: usize = 64;
 
-/// Creates, lists, describes and deletes topics. Cheap to clone (clones share the
-/// connection).
+/// The cluster's brokers and active controller, as the answering node knows them
+/// ([`Admin::cluster_status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterStatus {
+    /// The active controller's broker id (`None` while an election is under way).
+    pub controller: Option<u32>,
+    /// Every broker, sorted by id: its address and whether the answering node has heard from
+    /// it recently.
+    pub brokers: Vec<BrokerStatus>,
+}
+
+/// A topic as [`Admin::describe_topic`] reports it: its metadata, with each partition's
+/// figures from the partition's leader where it answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopicDetails {
+    /// The topic's name.
+    pub name: String,
+    /// Replicas per partition.
+    pub replication_factor: u16,
+    /// The topic's config overrides, sorted by key.
+    pub config: Vec<(String, String)>,
+    /// Sorted by partition number.
+    pub partitions: Vec<PartitionDetails>,
+}
+
+/// One partition in [`TopicDetails`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartitionDetails {
+    /// The partition number.
+    pub partition: u32,
+    /// The leader's broker id, or `None` while an election is under way.
+    pub leader: Option<u32>,
+    /// The leader's term (Raft term = leader epoch).
+    pub leader_term: u64,
+    /// Every replica's broker id.
+    pub replicas: Vec<u32>,
+    /// Replicas caught up with the leader.
+    pub in_sync_replicas: Vec<u32>,
+    /// The first offset still stored.
+    pub log_start_offset: u64,
+    /// Where the next committed record will land: records below it are readable.
+    pub high_watermark: u64,
+    /// Where the leader's next appended record will land (at or above the high watermark);
+    /// `None` when the leader could not be asked (then every other field is the metadata's,
+    /// which may lag behind the leader's).
+    pub log_end_offset: Option<u64>,
+}
+
+impl From<TopicDescription> for TopicDetails {
+    /// A topic as metadata describes it (no leader asked: no log end offsets).
+    fn from(topic: TopicDescription) -> Self {
+        TopicDetails {
+            name: topic.name,
+            replication_factor: topic.replication_factor,
+            config: topic.config,
+            partitions: topic
+                .partitions
+                .into_iter()
+                .map(PartitionDetails::from_metadata)
+                .collect(),
+        }
+    }
+}
+
+impl PartitionDetails {
+    fn from_metadata(metadata: PartitionMetadata) -> Self {
+        PartitionDetails {
+            partition: metadata.partition,
+            leader: metadata.leader,
+            leader_term: metadata.leader_term,
+            replicas: metadata.replicas,
+            in_sync_replicas: metadata.in_sync_replicas,
+            log_start_offset: metadata.log_start_offset,
+            high_watermark: metadata.high_watermark,
+            log_end_offset: None,
+        }
+    }
+
+    fn from_report(partition: u32, report: PartitionStatusReport) -> Self {
+        PartitionDetails {
+            partition,
+            leader: report.leader,
+            leader_term: report.leader_term,
+            replicas: report.replicas,
+            in_sync_replicas: report.in_sync_replicas,
+            log_start_offset: report.log_start_offset,
+            high_watermark: report.high_watermark,
+            log_end_offset: Some(report.log_end_offset),
+        }
+    }
+}
+
+/// Creates, lists, describes and deletes topics; reports the cluster's status. Cheap to clone
+/// (clones share the connections).
 ///
-/// Admin requests are not retried: creating or deleting a topic is not idempotent, so a lost
-/// connection or a timeout is reported (as [`ClientError::Closed`] or
+/// Changes (create, delete, alter) go to the active controller: the one metadata names, and
+/// when a node answers "not controller" naming another, that one (on a single node, the node
+/// itself). They are not retried after a lost connection or a timeout: creating or deleting a
+/// topic is not idempotent, so that is reported (as [`ClientError::Closed`] or
 /// [`ClientError::Timeout`]) and the caller decides (e.g. describe the topic to see whether a
-/// create went through). The next request reconnects.
+/// create went through). Reads (list, describe, status) go to any broker and move on to
+/// another broker of the bootstrap list (or learned from metadata) when one fails.
 ///
 /// ```
 /// use brook_client::{Admin, ErrorCode};
@@ -99,7 +207,7 @@ impl Admin {
     ) -> Result<TopicDescription> {
         let response = self
             .cluster
-            .request(Request::CreateTopic {
+            .controller_request(Request::CreateTopic {
                 name: name.to_owned(),
                 partitions,
                 replication_factor,
@@ -116,7 +224,7 @@ impl Admin {
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let response = self
             .cluster
-            .request(Request::DeleteTopic {
+            .controller_request(Request::DeleteTopic {
                 name: name.to_owned(),
             })
             .await?;
@@ -135,17 +243,88 @@ impl Admin {
         }
     }
 
-    /// A topic's partitions (leaders, replicas, log start offsets, high watermarks) and config.
-    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
+    /// A topic's partitions (leaders, replicas, log start offsets, high watermarks, log end
+    /// offsets) and config overrides: the topic's metadata from any broker, then each
+    /// partition's figures from its leader ([`Request::PartitionStatus`], at most
+    /// [`PARTITION_STATUS_TIMEOUT`] each, several at once); a partition whose leader does not
+    /// answer keeps the metadata's figures and no log end offset.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDetails> {
         let response = self
             .cluster
             .request(Request::DescribeTopic {
                 name: name.to_owned(),
             })
             .await?;
-        match response {
-            Response::DescribeTopic { topic } => Ok(topic),
-            other => Err(unexpected("describe-topic", other)),
+        let topic = match response {
+            Response::DescribeTopic { topic } => topic,
+            other => return Err(unexpected("describe-topic", other)),
+        };
+        let TopicDescription {
+            name,
+            replication_factor,
+            config,
+            partitions,
+        } = topic;
+        let mut details: Vec<PartitionDetails> = partitions
+            .into_iter()
+            .map(PartitionDetails::from_metadata)
+            .collect();
+        let mut in_flight = FutureSet::default();
+        let mut asked = 0;
+        let mut answered = 0;
+        while answered < details.len() {
+            while asked < details.len() && asked - answered < PARTITION_STATUS_IN_FLIGHT_MAX {
+                let cluster = self.cluster.clone();
+                let topic = name.clone();
+                let index = asked;
+                let partition = details[index].partition;
+                in_flight.push(async move {
+                    let request = Request::PartitionStatus {
+                        topic: topic.clone(),
+                        partition,
+                    };
+                    let result = cluster
+                        .partition_request(&topic, partition, request, PARTITION_STATUS_TIMEOUT)
+                        .await;
+                    (index, result)
+                });
+                asked += 1;
+            }
+            let (index, result) = in_flight.next().await;
+            answered += 1;
+            let partition = details[index].partition;
+            match result {
+                Ok((Response::PartitionStatus(report), _)) => {
+                    details[index] = PartitionDetails::from_report(partition, report);
+                }
+                Ok((other, _)) => {
+                    tracing::debug!(topic = %name, partition, ?other, "unexpected partition-status response; showing metadata");
+                }
+                Err(error) => {
+                    tracing::debug!(topic = %name, partition, %error, "partition leader not asked; showing metadata");
+                }
+            }
+        }
+        Ok(TopicDetails {
+            name,
+            replication_factor,
+            config,
+            partitions: details,
+        })
+    }
+
+    /// The cluster's brokers (address, alive or not) and its active controller, as the
+    /// answering broker knows them (protocol v2).
+    pub async fn cluster_status(&self) -> Result<ClusterStatus> {
+        match self.cluster.request(Request::ClusterStatus).await? {
+            Response::ClusterStatus {
+                controller_id,
+                brokers,
+            } => Ok(ClusterStatus {
+                controller: controller_id,
+                brokers,
+            }),
+            other => Err(unexpected("cluster-status", other)),
         }
     }
 
@@ -173,7 +352,7 @@ impl Admin {
     ) -> Result<Vec<ConfigEntry>> {
         let response = self
             .cluster
-            .request(Request::AlterTopicConfig {
+            .controller_request(Request::AlterTopicConfig {
                 name: name.to_owned(),
                 set: alter.set,
                 delete: alter.delete,

@@ -1,9 +1,20 @@
 //! What a client knows about the cluster: its connections (one per broker, opened lazily and
-//! reopened after a failure) and the metadata cache (partitions and leaders of each topic).
+//! reopened after a failure) and the metadata cache (partitions and leaders of each topic, the
+//! brokers' addresses, the active controller).
 //!
-//! Requests about a partition go to the partition's leader
-//! ([`Cluster::leader_connection`]); admin and metadata requests go to any broker. On a single
-//! node both are the bootstrap broker, but the routing is already the cluster's.
+//! Routing:
+//! - a request about a partition goes to the partition's leader ([`Cluster::partition_request`],
+//!   [`Cluster::leader_connection`]); a "not leader" answer that names the new leader (protocol
+//!   v2's `ErrorWithLeader`) updates the cached leader and the request goes there at once; one
+//!   without a name, or a failed connection, invalidates the topic's metadata, which is fetched
+//!   again (from any reachable broker) before the next attempt;
+//! - topic administration that changes something (create, delete, alter) goes to the active
+//!   controller ([`Cluster::controller_request`]), following "not controller" hints;
+//! - reads of metadata go to any broker ([`Cluster::request`]): an open connection, else the
+//!   bootstrap brokers in turn (starting with the one that answered last), else the brokers
+//!   learned from metadata; a broker that fails the read is dropped and the next one is asked.
+//!
+//! On a single node all of these are the one broker: the routing is the cluster's either way.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +23,7 @@ use std::time::Duration;
 
 use brook_runtime::{Instant, Runtime};
 use brook_wire::error::{BrokerError, ErrorCode};
-use brook_wire::protocol::{PartitionMetadata, Request, Response};
+use brook_wire::protocol::{BrokerMetadata, PartitionMetadata, Request, Response};
 use bytes::Bytes;
 
 use crate::connection::Connection;
@@ -21,6 +32,16 @@ use crate::error::{ClientError, Result};
 /// How long cached topic metadata is trusted before it is fetched again (partition counts and
 /// leaders change rarely; failures invalidate the cache sooner).
 pub(crate) const METADATA_AGE_MAX: Duration = Duration::from_secs(60);
+/// Most "not leader" / "not controller" hints one request follows before it gives up on hints
+/// (two nodes that name each other must not bounce a request forever).
+pub(crate) const REDIRECTS_MAX: u32 = 5;
+/// Most brokers one read of metadata tries after connection failures.
+const BROKER_ATTEMPTS_MAX: usize = 8;
+/// First pause of an admin write that found no controller (an election under way); it doubles
+/// up to [`CONTROLLER_BACKOFF_MAX`], within the request timeout.
+const CONTROLLER_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Cap of that pause.
+const CONTROLLER_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// One topic's cached metadata.
 #[derive(Debug, Clone)]
@@ -43,6 +64,12 @@ struct Brokers {
     connections: BTreeMap<u32, Connection>,
     /// Advertised addresses by broker id, from metadata.
     addresses: BTreeMap<u32, String>,
+    /// The active controller, as the last metadata answer named it (`None` on a single node,
+    /// or while a controller election is under way).
+    controller: Option<u32>,
+    /// Index in the bootstrap list of the broker that answered last: tried first next time, so
+    /// a dead first entry costs one failed connect, not one per reconnection.
+    bootstrap_next: usize,
 }
 
 /// Connections and metadata shared by one client object (and its clones).
@@ -79,6 +106,11 @@ pub(crate) fn parse_bootstrap(bootstrap: &str) -> Result<Vec<String>> {
         )));
     }
     Ok(addresses)
+}
+
+/// Whether a read that failed so may succeed on another broker.
+fn try_another_broker(error: &ClientError) -> bool {
+    error.is_connection_failure() || error.code() == Some(ErrorCode::BrokerShuttingDown)
 }
 
 impl Cluster {
@@ -125,23 +157,39 @@ impl Cluster {
         .await
     }
 
-    /// A live connection to any broker: an open one if there is one, else the first bootstrap
-    /// broker that answers.
+    /// A live connection to any broker: an open one if there is one, else the first broker
+    /// that answers among the bootstrap list (from the one that answered last, in turn) and
+    /// then the brokers learned from metadata.
     pub(crate) async fn any_connection(&self) -> Result<Connection> {
         let mut brokers = self.brokers.lock().await;
         if let Some(connection) = brokers.connections.values().find(|c| !c.is_closed()) {
             return Ok(connection.clone());
         }
+        let count = self.bootstrap.len();
+        let mut candidates: Vec<(Option<usize>, String)> = (0..count)
+            .map(|turn| {
+                let index = (brokers.bootstrap_next + turn) % count;
+                (Some(index), self.bootstrap[index].clone())
+            })
+            .collect();
+        for address in brokers.addresses.values() {
+            if !self.bootstrap.contains(address) {
+                candidates.push((None, address.clone()));
+            }
+        }
         let mut last_error = None;
-        for address in &self.bootstrap {
-            match self.open(address).await {
+        for (index, address) in candidates {
+            match self.open(&address).await {
                 Ok(connection) => {
+                    if let Some(index) = index {
+                        brokers.bootstrap_next = index;
+                    }
                     let id = connection.identity().broker_id;
                     brokers.connections.insert(id, connection.clone());
                     return Ok(connection);
                 }
                 Err(error) => {
-                    tracing::debug!(address, %error, "bootstrap broker unreachable");
+                    tracing::debug!(address, %error, "broker unreachable");
                     last_error = Some(error);
                 }
             }
@@ -149,42 +197,204 @@ impl Cluster {
         Err(last_error.unwrap_or(ClientError::Closed))
     }
 
-    /// A live connection to broker `broker_id`, opened if needed at its advertised address.
-    pub(crate) async fn broker_connection(&self, broker_id: u32) -> Result<Connection> {
+    /// Stop using `connection` for new requests (it failed or went silent); requests already
+    /// on it keep it alive until they end.
+    pub(crate) async fn discard(&self, connection: &Connection) {
+        let mut brokers = self.brokers.lock().await;
+        let id = connection.identity().broker_id;
+        if brokers
+            .connections
+            .get(&id)
+            .is_some_and(|known| known.id() == connection.id())
         {
-            let mut brokers = self.brokers.lock().await;
-            if let Some(connection) = brokers.connections.get(&broker_id) {
-                if !connection.is_closed() {
-                    return Ok(connection.clone());
-                }
-            }
-            if let Some(address) = brokers.addresses.get(&broker_id).cloned() {
-                let connection = self.open(&address).await?;
-                let actual = connection.identity().broker_id;
-                if actual != broker_id {
-                    tracing::warn!(
-                        address,
-                        expected = broker_id,
-                        actual,
-                        "the broker at an advertised address has another id"
-                    );
-                }
-                brokers.connections.insert(actual, connection.clone());
-                return Ok(connection);
-            }
+            brokers.connections.remove(&id);
         }
-        // Not in metadata yet (a single node whose metadata we have not fetched): the
-        // bootstrap broker.
+    }
+
+    /// [`Cluster::discard`] for code that cannot wait (the producer's completion handling):
+    /// the connection with this id, unless the broker table is busy right now (then it is left
+    /// alone; a closed connection is skipped anyway, only a silent one lingers).
+    pub(crate) fn discard_by_id(&self, connection_id: u64) {
+        if let Ok(mut brokers) = self.brokers.try_lock() {
+            brokers
+                .connections
+                .retain(|_, connection| connection.id() != connection_id);
+        }
+    }
+
+    /// A live connection to broker `broker_id`, opened if needed at its advertised address
+    /// (learned from metadata, asked for if unknown).
+    pub(crate) async fn broker_connection(&self, broker_id: u32) -> Result<Connection> {
+        if let Some(connection) = self.known_broker_connection(broker_id).await? {
+            return Ok(connection);
+        }
+        // A broker we have no address for (a hint naming a node metadata did not list yet):
+        // ask the cluster for its brokers, then try again.
+        self.refresh_brokers().await?;
+        if let Some(connection) = self.known_broker_connection(broker_id).await? {
+            return Ok(connection);
+        }
+        // Still unknown (a broker that does not list itself): the bootstrap broker.
         self.any_connection().await
     }
 
-    /// A request to any broker (admin and metadata), within the request timeout.
+    /// The connection to `broker_id` if its address is known (`None` if not).
+    async fn known_broker_connection(&self, broker_id: u32) -> Result<Option<Connection>> {
+        let mut brokers = self.brokers.lock().await;
+        if let Some(connection) = brokers.connections.get(&broker_id) {
+            if !connection.is_closed() {
+                return Ok(Some(connection.clone()));
+            }
+        }
+        let Some(address) = brokers.addresses.get(&broker_id).cloned() else {
+            return Ok(None);
+        };
+        let connection = self.open(&address).await?;
+        let actual = connection.identity().broker_id;
+        if actual != broker_id {
+            tracing::warn!(
+                address,
+                expected = broker_id,
+                actual,
+                "the broker at an advertised address has another id"
+            );
+        }
+        brokers.connections.insert(actual, connection.clone());
+        Ok(Some(connection))
+    }
+
+    /// A read (metadata, list, describe) to any broker, within the request timeout per broker
+    /// tried: a broker whose connection fails (or that is shutting down) is dropped and the
+    /// next one is asked, as many times as there are brokers (bootstrap entries or brokers
+    /// known from metadata, whichever is more), at most [`BROKER_ATTEMPTS_MAX`]. Not for writes: a request
+    /// whose connection failed may have been applied.
     pub(crate) async fn request(&self, request: Request) -> Result<Response> {
-        let connection = self.any_connection().await?;
-        let (response, _payload) = connection
-            .request(&self.runtime, request, Vec::new(), self.request_timeout)
+        // As many brokers as there may be (a single node: one try, as an error to report).
+        let attempts_max = {
+            let brokers = self.brokers.lock().await;
+            self.bootstrap
+                .len()
+                .max(brokers.addresses.len())
+                .clamp(1, BROKER_ATTEMPTS_MAX)
+        };
+        let mut attempts = 1;
+        loop {
+            let connection = self.any_connection().await?;
+            let result = connection
+                .request(
+                    &self.runtime,
+                    request.clone(),
+                    Vec::new(),
+                    self.request_timeout,
+                )
+                .await;
+            match result {
+                Ok((response, _payload)) => return Ok(response),
+                Err(error) if try_another_broker(&error) && attempts < attempts_max => {
+                    tracing::debug!(%error, broker = connection.identity().broker_id, "read failed; asking another broker");
+                    self.discard(&connection).await;
+                    attempts += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// An admin write (create, delete, alter) to the active controller: the one metadata
+    /// names, else any broker (a single node has no separate controller). A "not controller"
+    /// answer naming another node sends the request there (at most [`REDIRECTS_MAX`] times);
+    /// one naming nobody (an election under way) makes the client ask metadata for the
+    /// controller again and retry after a backoff, within the request timeout. Never retried
+    /// after its connection failed: the write may have been applied, the caller decides.
+    pub(crate) async fn controller_request(&self, request: Request) -> Result<Response> {
+        let deadline = self.runtime.now() + self.request_timeout;
+        let mut redirects = 0;
+        let mut backoff = CONTROLLER_BACKOFF_MIN;
+        let mut target = self.brokers.lock().await.controller;
+        loop {
+            let connection = match target {
+                Some(id) => self.broker_connection(id).await,
+                None => self.any_connection().await,
+            };
+            let (error, asked) = match connection {
+                Ok(connection) => {
+                    let result = connection
+                        .request(
+                            &self.runtime,
+                            request.clone(),
+                            Vec::new(),
+                            self.request_timeout,
+                        )
+                        .await;
+                    match result {
+                        Ok((response, _payload)) => return Ok(response),
+                        Err(error) => (error, Some(connection.identity().broker_id)),
+                    }
+                }
+                // Nothing was sent: looking for the controller elsewhere is safe.
+                Err(error) if error.is_retriable() => (error, None),
+                Err(error) => return Err(error),
+            };
+            let not_controller = error.code() == Some(ErrorCode::NotController);
+            match (error.leader_hint(), asked) {
+                (Some(hint), Some(asked))
+                    if not_controller && hint != asked && redirects < REDIRECTS_MAX =>
+                {
+                    tracing::debug!(from = asked, to = hint, "following a not-controller hint");
+                    self.brokers.lock().await.controller = Some(hint);
+                    target = Some(hint);
+                    redirects += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            if !(not_controller || asked.is_none()) {
+                return Err(error);
+            }
+            let now = self.runtime.now();
+            if now + backoff >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(%error, ?backoff, "no controller reached yet; asking metadata again");
+            self.runtime.sleep(backoff).await;
+            backoff = (backoff * 2).min(CONTROLLER_BACKOFF_MAX);
+            target = match self.refresh_brokers().await {
+                Ok(controller) => controller,
+                Err(error) if error.is_retriable() => None,
+                Err(error) => return Err(error),
+            };
+        }
+    }
+
+    /// Remember the brokers and controller a metadata answer names.
+    async fn absorb_brokers(&self, brokers: Vec<BrokerMetadata>, controller: Option<u32>) {
+        let mut known = self.brokers.lock().await;
+        for broker in brokers {
+            known.addresses.insert(broker.broker_id, broker.address);
+        }
+        known.controller = controller;
+    }
+
+    /// Ask any broker for the cluster's brokers and controller (metadata of no topic); returns
+    /// the controller.
+    pub(crate) async fn refresh_brokers(&self) -> Result<Option<u32>> {
+        let response = self
+            .request(Request::Metadata {
+                topics: Some(Vec::new()),
+            })
             .await?;
-        Ok(response)
+        let Response::Metadata {
+            brokers,
+            controller_id,
+            ..
+        } = response
+        else {
+            return Err(ClientError::Protocol(format!(
+                "expected a metadata response, got {response:?}"
+            )));
+        };
+        self.absorb_brokers(brokers, controller_id).await;
+        Ok(controller_id)
     }
 
     /// The metadata of `topic`, from the cache unless it is stale or old.
@@ -218,19 +428,16 @@ impl Cluster {
             })
             .await?;
         let Response::Metadata {
-            brokers, topics, ..
+            brokers,
+            controller_id,
+            topics,
         } = response
         else {
             return Err(ClientError::Protocol(format!(
                 "expected a metadata response, got {response:?}"
             )));
         };
-        {
-            let mut known = self.brokers.lock().await;
-            for broker in brokers {
-                known.addresses.insert(broker.broker_id, broker.address);
-            }
-        }
+        self.absorb_brokers(brokers, controller_id).await;
         let Some(metadata) = topics.into_iter().find(|t| t.name == topic) else {
             return Err(ClientError::Protocol(format!(
                 "the metadata response does not mention topic {topic:?}"
@@ -274,6 +481,18 @@ impl Cluster {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
+    /// A broker named `leader` as the leader of `topic`-`partition` (a "not leader" hint):
+    /// send the partition's next requests there, without asking metadata.
+    pub(crate) fn set_leader(&self, topic: &str, partition: u32, leader: u32) {
+        if let Some(metadata) = self
+            .topics()
+            .get_mut(topic)
+            .and_then(|info| info.partitions.get_mut(partition as usize))
+        {
+            metadata.leader = Some(leader);
+        }
+    }
+
     /// How many times metadata was invalidated so far.
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
@@ -299,7 +518,11 @@ impl Cluster {
         self.broker_connection(leader).await
     }
 
-    /// Send a request about one partition to its leader and wait for the response.
+    /// Send a request about one partition to its leader and wait for the response (each
+    /// attempt within `timeout`). A "not leader" answer naming the leader sends it there (at
+    /// most [`REDIRECTS_MAX`] times); any other retriable failure invalidates the topic's
+    /// metadata (and drops a failed connection) and is returned: the caller retries after its
+    /// backoff, and the retry asks metadata where the leader is now.
     pub(crate) async fn partition_request(
         &self,
         topic: &str,
@@ -307,16 +530,46 @@ impl Cluster {
         request: Request,
         timeout: Duration,
     ) -> Result<(Response, Bytes)> {
-        let connection = self.leader_connection(topic, partition).await?;
-        let result = connection
-            .request(&self.runtime, request, Vec::new(), timeout)
-            .await;
-        if let Err(error) = &result {
-            if error.is_retriable() {
-                self.invalidate(topic);
+        let mut redirects = 0;
+        loop {
+            let connection = match self.leader_connection(topic, partition).await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    if error.is_retriable() {
+                        self.invalidate(topic);
+                    }
+                    return Err(error);
+                }
+            };
+            let result = connection
+                .request(&self.runtime, request.clone(), Vec::new(), timeout)
+                .await;
+            if let Err(error) = &result {
+                let asked = connection.identity().broker_id;
+                match error.leader_hint() {
+                    Some(leader) if leader != asked && redirects < REDIRECTS_MAX => {
+                        tracing::debug!(
+                            topic,
+                            partition,
+                            from = asked,
+                            to = leader,
+                            "following a not-leader hint"
+                        );
+                        self.set_leader(topic, partition, leader);
+                        redirects += 1;
+                        continue;
+                    }
+                    _ => {}
+                }
+                if error.is_retriable() {
+                    self.invalidate(topic);
+                    if error.is_connection_failure() {
+                        self.discard(&connection).await;
+                    }
+                }
             }
+            return result;
         }
-        result
     }
 }
 

@@ -173,13 +173,17 @@ impl Drop for PendingGuard {
 }
 
 impl PendingResponse {
-    /// The response; a [`Response::Error`] comes back as [`ClientError::Broker`].
+    /// The response; a [`Response::Error`] comes back as [`ClientError::Broker`], a
+    /// [`Response::ErrorWithLeader`] as [`ClientError::Redirect`].
     pub(crate) async fn wait(self) -> Result<(Response, Bytes)> {
         let PendingResponse { receiver, guard } = self;
         let result = receiver.await.unwrap_or(Err(ClientError::Closed));
         drop(guard);
         match result? {
             (Response::Error(error), _) => Err(ClientError::Broker(error)),
+            (Response::ErrorWithLeader { error, leader }, _) => {
+                Err(ClientError::Redirect { error, leader })
+            }
             other => Ok(other),
         }
     }

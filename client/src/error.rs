@@ -25,6 +25,19 @@ pub enum ClientError {
     /// `{code name}: {message}` (e.g. `unknown_topic: topic "x" does not exist`).
     #[error(transparent)]
     Broker(BrokerError),
+    /// The broker refused the request because it went to the wrong node (protocol v2:
+    /// [`ErrorCode::NotLeader`] from a replica that does not lead the partition,
+    /// [`ErrorCode::NotController`] from a node that is not the active controller), and named
+    /// the node it believes should be asked instead (`None`: it does not know yet). The client
+    /// follows such hints itself; this error reaches the caller only when following them did
+    /// not help in time. Shown as the broker's error.
+    #[error("{error}")]
+    Redirect {
+        /// The broker's error code and message.
+        error: BrokerError,
+        /// The broker id the request should go to instead, if the broker knows it.
+        leader: Option<u32>,
+    },
     /// The broker sent something this client cannot make sense of: an unexpected response
     /// variant, an undecodable envelope, a bad frame, an offset above the high watermark.
     #[error("protocol error: {0}")]
@@ -62,7 +75,7 @@ impl ClientError {
     /// [`ClientError::CorruptBatch`], [`ErrorCode::CorruptBatch`]).
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Broker(error) => Some(error.code),
+            ClientError::Broker(error) | ClientError::Redirect { error, .. } => Some(error.code),
             ClientError::CorruptBatch { .. } => Some(ErrorCode::CorruptBatch),
             _ => None,
         }
@@ -72,12 +85,31 @@ impl ClientError {
     /// ([`ErrorCode::is_retriable`]), connection failures, closed connections and timeouts.
     pub fn is_retriable(&self) -> bool {
         match self {
-            ClientError::Broker(error) => error.is_retriable(),
+            ClientError::Broker(error) | ClientError::Redirect { error, .. } => {
+                error.is_retriable()
+            }
             ClientError::Connect { .. } | ClientError::Timeout(_) | ClientError::Closed => true,
             ClientError::Protocol(_)
             | ClientError::InvalidArgument(_)
             | ClientError::CorruptBatch { .. } => false,
         }
+    }
+
+    /// The node the broker named as the one to ask instead ([`ClientError::Redirect`]).
+    pub fn leader_hint(&self) -> Option<u32> {
+        match self {
+            ClientError::Redirect { leader, .. } => *leader,
+            _ => None,
+        }
+    }
+
+    /// Whether the connection this error came from is unusable or suspect (closed, failed to
+    /// open, or silent past a time limit): the next attempt should go over another one.
+    pub(crate) fn is_connection_failure(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connect { .. } | ClientError::Closed | ClientError::Timeout(_)
+        )
     }
 
     /// A copy of this error, for failing every record of a batch with the same cause
@@ -89,6 +121,10 @@ impl ClientError {
                 reason: std::io::Error::new(reason.kind(), reason.to_string()),
             },
             ClientError::Broker(error) => ClientError::Broker(error.clone()),
+            ClientError::Redirect { error, leader } => ClientError::Redirect {
+                error: error.clone(),
+                leader: *leader,
+            },
             ClientError::Protocol(message) => ClientError::Protocol(message.clone()),
             ClientError::Timeout(what) => ClientError::Timeout(what),
             ClientError::Closed => ClientError::Closed,
@@ -142,5 +178,14 @@ mod tests {
         assert!(!ClientError::InvalidArgument("x".into()).is_retriable());
         let copy = error.duplicate();
         assert_eq!(copy.to_string(), error.to_string());
+        let error = ClientError::Redirect {
+            error: BrokerError::new(ErrorCode::NotController, "ask node 2"),
+            leader: Some(2),
+        };
+        assert_eq!(error.to_string(), "not_controller: ask node 2");
+        assert_eq!(error.code(), Some(ErrorCode::NotController));
+        assert!(error.is_retriable());
+        assert_eq!(error.leader_hint(), Some(2));
+        assert_eq!(error.duplicate().leader_hint(), Some(2));
     }
 }

@@ -43,8 +43,11 @@
 //!
 //! Every client object talks to the cluster over one TCP connection per broker: a handshake
 //! first (the broker's maximum frame size bounds what the client sends), then pipelined
-//! requests matched to their responses by correlation id. Requests about a partition go to
-//! its leader as metadata names it; topic administration and metadata go to any broker.
+//! requests matched to their responses by correlation id. `bootstrap` is a comma-separated
+//! list (`HOST:PORT,HOST:PORT`): any broker of it that answers will do, the others are tried
+//! in turn. Requests about a partition go to its leader as metadata names it, and follow the
+//! broker's "not leader" hints (protocol v2) when leadership moves; topic changes (create,
+//! delete, alter) go to the active controller; metadata and other reads go to any broker.
 //!
 //! Errors are [`ClientError`]s: a broker's refusal keeps its [`ErrorCode`]
 //! ([`ClientError::code`]), and [`ClientError::is_retriable`] says whether trying again later
@@ -69,10 +72,15 @@ mod future_set;
 pub mod partitioner;
 pub mod producer;
 
-pub use admin::{Admin, AlterConfig, ADMIN_REQUEST_TIMEOUT};
+pub use admin::{
+    Admin, AlterConfig, ClusterStatus, PartitionDetails, TopicDetails, ADMIN_REQUEST_TIMEOUT,
+    PARTITION_STATUS_TIMEOUT,
+};
 pub use brook_wire::compression::Compression;
 pub use brook_wire::error::{BrokerError, ErrorCode};
-pub use brook_wire::protocol::{Acks, PartitionMetadata, TopicDescription, TopicSummary};
+pub use brook_wire::protocol::{
+    Acks, BrokerStatus, PartitionMetadata, TopicDescription, TopicSummary,
+};
 pub use brook_wire::topic_config::{ConfigEntry, ConfigSource};
 pub use consumer::{
     Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, RecordStream, StartOffset,

@@ -22,8 +22,12 @@
 //! - On a retriable failure (a retriable broker code, a lost connection, a timeout) the
 //!   partition stops sending, waits until none of its requests is in flight any more, then
 //!   resends every failed batch in its original order, before any newer batch, after an
-//!   exponential backoff. A batch is tried at most `1 + retries_max` times; then its records
-//!   fail with the last error.
+//!   exponential backoff. A batch is retried until [`ProducerConfig::delivery_timeout`] has
+//!   passed since it was opened (or it was tried `1 + retries_max` times, if that is set
+//!   lower than its unbounded default); then its records fail with the last error.
+//! - In a cluster, a "not leader" answer that names the partition's new leader sends the
+//!   retry there; one that names nobody, or a lost connection, makes the producer ask
+//!   metadata (from any reachable broker) where the leader is before the retry.
 //! - So with `requests_in_flight_max = 1` records of a partition are never reordered. With
 //!   more in flight, a reorder can only happen when a request failed retriably while a later
 //!   one of the same partition succeeded (a broker error such as `not_enough_replicas` or
@@ -100,7 +104,9 @@ pub struct ProducerConfig {
     /// Produce requests in flight per partition (see the module docs for what a value above 1
     /// means for ordering under retries). Default 5.
     pub requests_in_flight_max: usize,
-    /// Retries of a batch after a retriable failure before its records fail. Default 10.
+    /// Retries of a batch after a retriable failure before its records fail, whatever the
+    /// time left. Default [`u32::MAX`]: retries are bounded by `delivery_timeout` alone (as
+    /// in Kafka's producer).
     pub retries_max: u32,
     /// Backoff before the first retry; it doubles with each retry of the same batch up to
     /// `retry_backoff_max`, with ±20% jitter. Default 100 ms.
@@ -109,6 +115,11 @@ pub struct ProducerConfig {
     pub retry_backoff_max: Duration,
     /// Time limit of one produce request (and of connecting to a broker). Default 30 s.
     pub request_timeout: Duration,
+    /// How long a record may take from the moment its batch opened to its acknowledgement,
+    /// retries included: a retriable failure after that fails the batch's records with that
+    /// failure's error instead of retrying. It is what lets a producer ride out a leader
+    /// election or a broker restart. Default 120 s (Kafka's `delivery.timeout.ms`).
+    pub delivery_timeout: Duration,
     /// Most record bytes sent but not yet acknowledged (or failed); `send` waits while the
     /// buffer is full. Default 32 MiB.
     pub buffer_bytes_max: usize,
@@ -131,10 +142,11 @@ impl Default for ProducerConfig {
             linger: Duration::from_millis(5),
             batch_bytes_max: 1024 * 1024,
             requests_in_flight_max: 5,
-            retries_max: 10,
+            retries_max: u32::MAX,
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
+            delivery_timeout: Duration::from_secs(120),
             buffer_bytes_max: 32 * 1024 * 1024,
             seed: None,
             compression: Compression::None,
@@ -199,6 +211,13 @@ impl ProducerConfig {
         self
     }
 
+    /// Sets the `delivery_timeout` field.
+    #[must_use]
+    pub fn delivery_timeout(mut self, delivery_timeout: Duration) -> Self {
+        self.delivery_timeout = delivery_timeout;
+        self
+    }
+
     /// Sets the `buffer_bytes_max` field.
     #[must_use]
     pub fn buffer_bytes_max(mut self, buffer_bytes_max: usize) -> Self {
@@ -237,6 +256,9 @@ impl ProducerConfig {
         }
         if self.request_timeout.is_zero() {
             return invalid("ProducerConfig::request_timeout must be positive");
+        }
+        if self.delivery_timeout.is_zero() {
+            return invalid("ProducerConfig::delivery_timeout must be positive");
         }
         Ok(())
     }
@@ -684,6 +706,8 @@ struct OpenBatch {
     range: RecordRange,
     first_sequence: u64,
     reserved: usize,
+    /// When the batch opened: its delivery timeout counts from here.
+    opened_at: Instant,
     /// When linger expires.
     deadline: Instant,
 }
@@ -698,6 +722,7 @@ impl OpenBatch {
             range: self.range,
             first_sequence: self.first_sequence,
             reserved: self.reserved,
+            opened_at: self.opened_at,
             attempts: 0,
             status: BatchStatus::Queued,
         }
@@ -977,6 +1002,7 @@ impl Producer {
                     range: RecordRange::new(Outcome::new(record.topic.clone(), partition)),
                     first_sequence: state.next_sequence,
                     reserved: 0,
+                    opened_at: now,
                     deadline: now + shared.config.linger,
                 })
             }
@@ -1100,6 +1126,9 @@ struct Batch {
     first_sequence: u64,
     /// Buffer bytes of its records, released when the batch completes.
     reserved: usize,
+    /// When it opened (its parts after a split keep it): retries stop at this plus the
+    /// delivery timeout.
+    opened_at: Instant,
     attempts: u32,
     status: BatchStatus,
 }
@@ -1528,6 +1557,7 @@ impl Background {
         } = completion;
         let retries_max = self.config.retries_max;
         let mut released = 0;
+        let mut failed_connection = None;
         let Some(queue) = self.partitions.get_mut(&key) else {
             return;
         };
@@ -1563,6 +1593,8 @@ impl Background {
                     released += failed;
                 } else {
                     let retriable = error.is_retriable();
+                    let now = self.runtime.now();
+                    let delivery_timeout = self.config.delivery_timeout;
                     let mut index = 0;
                     while index < queue.batches.len() {
                         let batch = &mut queue.batches[index];
@@ -1571,7 +1603,8 @@ impl Background {
                             continue;
                         }
                         batch.attempts += 1;
-                        if retriable && batch.attempts <= retries_max {
+                        let in_time = now.duration_since(batch.opened_at) < delivery_timeout;
+                        if retriable && batch.attempts <= retries_max && in_time {
                             batch.status = BatchStatus::Requeue(None);
                             index += 1;
                         } else if let Some(batch) = queue.batches.remove(index) {
@@ -1580,7 +1613,16 @@ impl Background {
                     }
                     if retriable {
                         tracing::debug!(topic = %key.0, partition = key.1, %error, "produce failed; will retry");
-                        self.cluster.invalidate(&key.0);
+                        match error.leader_hint() {
+                            // The broker named the leader: retry there, metadata is not asked.
+                            Some(leader) => self.cluster.set_leader(&key.0, key.1, leader),
+                            None => self.cluster.invalidate(&key.0),
+                        }
+                        if error.is_connection_failure() {
+                            if let Some(connection) = queue.connection {
+                                failed_connection = Some(connection);
+                            }
+                        }
                     }
                 }
                 if queue
@@ -1594,6 +1636,9 @@ impl Background {
         }
         let requeue = queue.paused && queue.in_flight == 0;
         self.accumulator.release(released);
+        if let Some(connection) = failed_connection {
+            self.cluster.discard_by_id(connection);
+        }
         if requeue {
             self.requeue(&key);
         }
@@ -1732,6 +1777,7 @@ fn split_batch(
                 range: batch.range.part(part_start, record_index),
                 first_sequence: batch.first_sequence + u64::from(part_start - batch.range.start),
                 reserved,
+                opened_at: batch.opened_at,
                 attempts: batch.attempts,
                 status: BatchStatus::Queued,
             });
@@ -1754,6 +1800,7 @@ fn split_batch(
                 range: batch.range.part(part_start, batch.range.end),
                 first_sequence: batch.first_sequence + u64::from(part_start - batch.range.start),
                 reserved: reserved_left,
+                opened_at: batch.opened_at,
                 attempts: batch.attempts,
                 status: BatchStatus::Queued,
             });

@@ -2,6 +2,7 @@
 //! keys refused. `brook.example.toml` at the repository root documents every key; keep the two
 //! in step (a test parses the example).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -58,6 +59,8 @@ pub struct NodeConfig {
     /// defaults are `log.segment_bytes_max`, `log.segment_age_ms_max` and
     /// `limits.batch_bytes_max`.
     pub topic_defaults: TopicDefaultsSection,
+    /// Cluster mode: the peers and the Raft timing. Absent: a single node (no replication).
+    pub cluster: Option<ClusterSection>,
     /// Bugs planted on purpose by the simulator (simulation builds only; never in a file).
     #[cfg(madsim)]
     #[serde(skip)]
@@ -119,6 +122,202 @@ pub struct TopicsSection {
     pub default_partitions: u32,
 }
 
+/// `[cluster]`: the node runs as one member of a replicated cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Every node of the cluster, this one included, as `ID@HOST:PORT` (the address of its
+    /// client listener: peers connect to the same port as clients).
+    pub peers: Vec<String>,
+    /// The nodes that hold the controller's metadata log (1, 3 or 5 of `peers`). Absent: the
+    /// first three ids of `peers` in the order listed (the first one alone when fewer than
+    /// three are listed: two voters would tolerate no failure).
+    pub controller_voters: Option<Vec<u32>>,
+    /// Raft heartbeat period; also the period of the node's one ticker.
+    pub heartbeat_interval_ms: u64,
+    /// A follower that hears no leader for a random time in [this, 2 x this) campaigns; a
+    /// leader that hears no majority for this long steps down.
+    pub election_timeout_ms: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            peers: Vec::new(),
+            controller_voters: None,
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS_DEFAULT,
+            election_timeout_ms: ELECTION_TIMEOUT_MS_DEFAULT,
+        }
+    }
+}
+
+/// Default Raft heartbeat period.
+pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 100;
+/// Default Raft election timeout.
+pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 1_000;
+/// The election timeout must be at least this many heartbeat intervals, so that a healthy
+/// leader's heartbeats (a lost one included) always arrive before a follower campaigns.
+pub const ELECTION_TIMEOUT_HEARTBEATS_MIN: u64 = 3;
+/// Most nodes in `cluster.peers` (a bound on everything sized by the peer count).
+pub const PEERS_MAX: usize = 1_024;
+
+/// The `[cluster]` section checked and parsed (see [`NodeConfig::cluster`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Node id -> `HOST:PORT`, every node, this one included.
+    pub peers: BTreeMap<u32, String>,
+    /// The controller voters (1, 3 or 5 ids, all in `peers`).
+    pub controller_voters: BTreeSet<u32>,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+}
+
+/// Parse one `ID@HOST:PORT` entry of a peer list into the id and `HOST:PORT`.
+pub fn parse_peer(entry: &str) -> Result<(u32, String), String> {
+    let entry = entry.trim();
+    let (id, address) = entry
+        .split_once('@')
+        .ok_or_else(|| format!("`{entry}` is not ID@HOST:PORT"))?;
+    let id: u32 = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{entry}`: node id `{id}` is not a number (0 ..= 4294967295)"))?;
+    let address = address.trim();
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{entry}`: address `{address}` has no port (HOST:PORT)"))?;
+    if host.is_empty() {
+        return Err(format!("`{entry}`: address `{address}` has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => {}
+        _ => return Err(format!("`{entry}`: port `{port}` is not 1 ..= 65535")),
+    }
+    Ok((id, address.to_owned()))
+}
+
+/// Parse the CLI's `--peers 1@HOST:PORT,2@HOST:PORT,...` into the entries of
+/// [`ClusterSection::peers`] (each entry checked; the whole list is checked with the rest of the
+/// config by [`NodeConfig::validate`]).
+pub fn parse_peers(list: &str) -> Result<Vec<String>, ConfigError> {
+    list.split(',')
+        .map(|entry| {
+            parse_peer(entry)
+                .map(|(id, address)| format!("{id}@{address}"))
+                .map_err(|reason| ConfigError::Invalid {
+                    key: "cluster.peers",
+                    reason,
+                })
+        })
+        .collect()
+}
+
+/// Parse the CLI's `--controller-voters 1,2,3` into [`ClusterSection::controller_voters`].
+pub fn parse_controller_voters(list: &str) -> Result<Vec<u32>, ConfigError> {
+    list.split(',')
+        .map(|id| {
+            id.trim().parse().map_err(|_| ConfigError::Invalid {
+                key: "cluster.controller_voters",
+                reason: format!("`{}` is not a node id", id.trim()),
+            })
+        })
+        .collect()
+}
+
+impl ClusterSection {
+    /// Check the section for node `node_id` and parse it.
+    pub fn parse(&self, node_id: u32) -> Result<ClusterConfig, ConfigError> {
+        fn invalid<T>(key: &'static str, reason: impl Into<String>) -> Result<T, ConfigError> {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            })
+        }
+        if self.peers.is_empty() {
+            return invalid(
+                "cluster.peers",
+                "must list every node of the cluster, this one included",
+            );
+        }
+        if self.peers.len() > PEERS_MAX {
+            return invalid("cluster.peers", format!("at most {PEERS_MAX} nodes"));
+        }
+        let mut peers = BTreeMap::new();
+        let mut order = Vec::with_capacity(self.peers.len());
+        let mut addresses = BTreeSet::new();
+        for entry in &self.peers {
+            let (id, address) = match parse_peer(entry) {
+                Ok(parsed) => parsed,
+                Err(reason) => return invalid("cluster.peers", reason),
+            };
+            if !addresses.insert(address.clone()) {
+                return invalid(
+                    "cluster.peers",
+                    format!("address {address} is listed twice"),
+                );
+            }
+            if peers.insert(id, address).is_some() {
+                return invalid("cluster.peers", format!("node id {id} is listed twice"));
+            }
+            order.push(id);
+        }
+        if !peers.contains_key(&node_id) {
+            return invalid(
+                "node_id",
+                format!("node {node_id} is not in cluster.peers (which lists every node, this one included)"),
+            );
+        }
+        let controller_voters: BTreeSet<u32> = match &self.controller_voters {
+            Some(voters) => {
+                let set: BTreeSet<u32> = voters.iter().copied().collect();
+                if set.len() != voters.len() {
+                    return invalid("cluster.controller_voters", "a node is listed twice");
+                }
+                if let Some(stranger) = set.iter().find(|id| !peers.contains_key(id)) {
+                    return invalid(
+                        "cluster.controller_voters",
+                        format!("node {stranger} is not in cluster.peers"),
+                    );
+                }
+                set
+            }
+            None if order.len() >= 3 => order.iter().take(3).copied().collect(),
+            None => order.iter().take(1).copied().collect(),
+        };
+        if ![1, 3, 5].contains(&controller_voters.len()) {
+            return invalid(
+                "cluster.controller_voters",
+                format!(
+                    "must be 1, 3 or 5 nodes (a majority of an even count tolerates no more failures than one node fewer), not {}",
+                    controller_voters.len()
+                ),
+            );
+        }
+        if self.heartbeat_interval_ms == 0 {
+            return invalid("cluster.heartbeat_interval_ms", "must be positive");
+        }
+        if self.election_timeout_ms
+            < self
+                .heartbeat_interval_ms
+                .saturating_mul(ELECTION_TIMEOUT_HEARTBEATS_MIN)
+        {
+            return invalid(
+                "cluster.election_timeout_ms",
+                format!(
+                    "must be at least {ELECTION_TIMEOUT_HEARTBEATS_MIN} x cluster.heartbeat_interval_ms ({} ms)",
+                    self.heartbeat_interval_ms
+                ),
+            );
+        }
+        Ok(ClusterConfig {
+            peers,
+            controller_voters,
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            election_timeout_ms: self.election_timeout_ms,
+        })
+    }
+}
+
 /// The node's defaults of the topic configs that have no other node-level key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -163,6 +362,7 @@ impl Default for NodeConfig {
             limits: LimitsSection::default(),
             topics: TopicsSection::default(),
             topic_defaults: TopicDefaultsSection::default(),
+            cluster: None,
             #[cfg(madsim)]
             planted: Default::default(),
         }
@@ -325,7 +525,16 @@ impl NodeConfig {
                 "must not exceed limits.partitions_max",
             );
         }
+        self.cluster()?;
         Ok(())
+    }
+
+    /// The `[cluster]` section checked and parsed; `None`: a single node.
+    pub fn cluster(&self) -> Result<Option<ClusterConfig>, ConfigError> {
+        self.cluster
+            .as_ref()
+            .map(|cluster| cluster.parse(self.node_id))
+            .transpose()
     }
 
     /// The storage configuration of a partition log.
@@ -343,6 +552,15 @@ impl NodeConfig {
             },
             // The controller narrows this to the partition's term.
             term_max: u64::MAX,
+        }
+    }
+
+    /// The Raft timing of every group of a node in cluster mode.
+    pub fn raft_config(&self, cluster: &ClusterConfig) -> brook_raft::Config {
+        brook_raft::Config {
+            heartbeat_interval_ms: cluster.heartbeat_interval_ms,
+            election_timeout_ms: cluster.election_timeout_ms,
+            ..brook_raft::Config::default()
         }
     }
 
@@ -458,12 +676,243 @@ mod tests {
         }
     }
 
+    /// The example's commented `[cluster]` block, uncommented.
+    fn example_cluster_block() -> String {
+        let text = include_str!("../../brook.example.toml");
+        let block = text
+            .split_once("# [cluster]\n")
+            .expect("the example documents [cluster]")
+            .1;
+        let mut uncommented = String::from("node_id = 1\n[cluster]\n");
+        for line in block.lines() {
+            let line = line.strip_prefix("# ").unwrap_or(line);
+            // A key line starts with a lowercase key and " = "; prose does not.
+            if line
+                .split_once(" = ")
+                .is_some_and(|(key, _)| key.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            {
+                uncommented.push_str(line);
+                uncommented.push('\n');
+            }
+        }
+        uncommented
+    }
+
+    #[test]
+    fn the_example_cluster_block_documents_the_defaults() {
+        let config = NodeConfig::from_toml(&example_cluster_block()).expect("cluster block parses");
+        let section = config.cluster.clone().expect("a cluster section");
+        assert_eq!(section.peers.len(), 3, "{section:?}");
+        // Every documented value is the default (peers aside, which has none).
+        assert_eq!(
+            ClusterSection {
+                peers: section.peers.clone(),
+                controller_voters: None,
+                ..ClusterSection::default()
+            },
+            ClusterSection {
+                controller_voters: None,
+                ..section.clone()
+            }
+        );
+        let cluster = config.cluster().expect("valid").expect("cluster mode");
+        // The documented voters are what the default picks.
+        let without_voters = NodeConfig {
+            cluster: Some(ClusterSection {
+                controller_voters: None,
+                ..section
+            }),
+            ..config.clone()
+        };
+        assert_eq!(
+            without_voters
+                .cluster()
+                .expect("valid")
+                .expect("cluster")
+                .controller_voters,
+            cluster.controller_voters
+        );
+        assert_eq!(cluster.controller_voters, BTreeSet::from([1, 2, 3]));
+        assert_eq!(
+            cluster.peers.get(&2).map(String::as_str),
+            Some("127.0.0.1:9093")
+        );
+        assert_eq!(cluster.heartbeat_interval_ms, 100);
+        assert_eq!(cluster.election_timeout_ms, 1_000);
+        assert_eq!(NodeConfig::default().cluster().expect("valid"), None);
+    }
+
+    fn with_cluster(node_id: u32, cluster: &str) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::from_toml(&format!("node_id = {node_id}\n[cluster]\n{cluster}"))
+    }
+
+    #[test]
+    fn cluster_voters_default_to_the_first_three_listed() {
+        let config = with_cluster(
+            9,
+            "peers = [\"9@h:1\", \"4@h:2\", \"7@h:3\", \"1@h:4\", \"2@h:5\"]",
+        )
+        .expect("valid");
+        let cluster = config.cluster().expect("valid").expect("cluster");
+        assert_eq!(cluster.controller_voters, BTreeSet::from([9, 4, 7]));
+        assert_eq!(
+            cluster.peers.keys().copied().collect::<Vec<_>>(),
+            [1, 2, 4, 7, 9]
+        );
+        for (peers, voters) in [
+            ("[\"1@h:1\"]", vec![1]),
+            ("[\"2@h:1\", \"1@h:2\"]", vec![2]),
+        ] {
+            let cluster = with_cluster(1, &format!("peers = {peers}"))
+                .expect("valid")
+                .cluster()
+                .expect("valid")
+                .expect("cluster");
+            assert_eq!(
+                cluster.controller_voters,
+                voters.into_iter().collect(),
+                "{peers}"
+            );
+        }
+        let config = with_cluster(
+            2,
+            "peers = [\"1@h:1\", \"2@h:2\", \"3@h:3\", \"4@h:4\", \"5@h:5\"]\ncontroller_voters = [5, 1, 3, 2, 4]",
+        )
+        .expect("five voters");
+        assert_eq!(
+            config
+                .cluster()
+                .expect("valid")
+                .expect("cluster")
+                .controller_voters
+                .len(),
+            5
+        );
+    }
+
+    #[test]
+    fn bad_cluster_keys_are_named() {
+        let three = "peers = [\"1@h:1\", \"2@h:2\", \"3@h:3\"]";
+        for (node_id, cluster, key, detail) in [
+            (1, "peers = []".to_owned(), "cluster.peers", "every node"),
+            (
+                1,
+                "peers = [\"1@h\"]".to_owned(),
+                "cluster.peers",
+                "no port",
+            ),
+            (
+                1,
+                "peers = [\"one@h:1\"]".to_owned(),
+                "cluster.peers",
+                "not a number",
+            ),
+            (
+                1,
+                "peers = [\"1:h:1\"]".to_owned(),
+                "cluster.peers",
+                "ID@HOST:PORT",
+            ),
+            (1, "peers = [\"1@h:0\"]".to_owned(), "cluster.peers", "port"),
+            (
+                1,
+                "peers = [\"1@:9\"]".to_owned(),
+                "cluster.peers",
+                "no host",
+            ),
+            (
+                1,
+                "peers = [\"1@h:1\", \"1@h:2\"]".to_owned(),
+                "cluster.peers",
+                "twice",
+            ),
+            (
+                1,
+                "peers = [\"1@h:1\", \"2@h:1\"]".to_owned(),
+                "cluster.peers",
+                "twice",
+            ),
+            (4, three.to_owned(), "node_id", "not in cluster.peers"),
+            (
+                1,
+                format!("{three}\ncontroller_voters = [1, 2]"),
+                "cluster.controller_voters",
+                "1, 3 or 5",
+            ),
+            (
+                1,
+                format!("{three}\ncontroller_voters = []"),
+                "cluster.controller_voters",
+                "1, 3 or 5",
+            ),
+            (
+                1,
+                format!("{three}\ncontroller_voters = [1, 2, 9]"),
+                "cluster.controller_voters",
+                "node 9",
+            ),
+            (
+                1,
+                format!("{three}\ncontroller_voters = [1, 1, 2]"),
+                "cluster.controller_voters",
+                "twice",
+            ),
+            (
+                1,
+                format!("{three}\nheartbeat_interval_ms = 0"),
+                "cluster.heartbeat_interval_ms",
+                "positive",
+            ),
+            (
+                1,
+                format!("{three}\nelection_timeout_ms = 250"),
+                "cluster.election_timeout_ms",
+                "3 x",
+            ),
+            (1, format!("{three}\npeer = 3"), "peer", "unknown field"),
+        ] {
+            let error = with_cluster(node_id, &cluster).expect_err(&cluster);
+            let text = error.to_string();
+            assert!(
+                text.contains(key) && text.contains(detail),
+                "{cluster}: {text}"
+            );
+        }
+        // The edge of the timing rule is allowed.
+        with_cluster(1, &format!("{three}\nelection_timeout_ms = 300")).expect("3 heartbeats");
+    }
+
+    #[test]
+    fn the_cli_lists_parse() {
+        assert_eq!(
+            parse_peers("1@127.0.0.1:9092, 2@[::1]:9093").expect("valid"),
+            ["1@127.0.0.1:9092", "2@[::1]:9093"]
+        );
+        let error = parse_peers("1@127.0.0.1:9092,2@nowhere").expect_err("no port");
+        assert!(error.to_string().contains("cluster.peers"), "{error}");
+        assert_eq!(parse_controller_voters("1, 2,3").expect("valid"), [1, 2, 3]);
+        let error = parse_controller_voters("1,x").expect_err("not an id");
+        assert!(
+            error.to_string().contains("cluster.controller_voters"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn effective_config_round_trips() {
         let config = NodeConfig::default();
         assert_eq!(
             NodeConfig::from_toml(&config.to_toml()).expect("round trip"),
             config
+        );
+        let clustered = with_cluster(
+            2,
+            "peers = [\"1@h:1\", \"2@h:2\"]\nheartbeat_interval_ms = 50",
+        )
+        .expect("valid");
+        assert_eq!(
+            NodeConfig::from_toml(&clustered.to_toml()).expect("round trip"),
+            clustered
         );
     }
 }

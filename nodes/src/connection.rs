@@ -26,16 +26,16 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use brook_actors::controller::{Controller, ControllerMessage};
-use brook_actors::partition::{
-    FetchResult, PartitionActor, PartitionMessage, PartitionReply, ProduceResult,
-};
-use brook_actors::runtime::{Addr, Runtime};
+use crate::peer::{PeerNetwork, PEER_MAGIC};
+use brook_actors::controller::ControllerMessage;
+use brook_actors::handle::{ControllerHandle, HintedError, PartitionHandle};
+use brook_actors::partition::{FetchResult, PartitionMessage, PartitionReply, ProduceResult};
+use brook_actors::runtime::Runtime;
 use brook_wire::error::{BrokerError, ErrorCode};
 use brook_wire::frame::{FrameDecoder, FrameEncoder, FrameError, FRAME_HEADER_LEN};
 use brook_wire::protocol::{
     self, negotiate_version, Acks, Request, RequestEnvelope, Response, ResponseEnvelope,
-    CORRELATION_ID_NONE, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
+    CORRELATION_ID_NONE, PROTOCOL_VERSION_CLUSTER, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
 };
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
@@ -48,7 +48,8 @@ pub const HANDSHAKE_FRAME_BYTES_MAX: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct ConnectionShared {
     pub runtime: Runtime,
-    pub controller: Addr<Controller>,
+    /// The single-node controller or the cluster controller.
+    pub controller: ControllerHandle,
     pub node_id: u32,
     pub cluster_id: String,
     pub frame_bytes_max: usize,
@@ -59,6 +60,8 @@ pub struct ConnectionShared {
     pub request_bytes_in_flight_max: usize,
     /// Flips to `true` when the broker shuts down: every connection stops reading and closes.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The peer network in cluster mode (peer connections arrive on the client port).
+    pub peers: Option<PeerNetwork>,
 }
 
 /// What a request holds until it is done and its response handed to the writer: its place
@@ -75,11 +78,36 @@ struct Outgoing {
     payload: Bytes,
 }
 
-/// Serve one connection until the client closes it or sends something unacceptable.
-pub async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<ConnectionShared>)
+/// Serve one connection until the client closes it or sends something unacceptable. A
+/// connection that starts with [`PEER_MAGIC`] is another node's: it goes to the peer network.
+pub async fn serve<S>(mut stream: S, peer: SocketAddr, shared: Arc<ConnectionShared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Exactly 8 bytes, so that a peer connection's first frame stays in the stream. A client's
+    // first 8 bytes are a frame header, never the magic: read as a length, the magic exceeds
+    // the pre-handshake frame cap.
+    let mut prefix = [0u8; 8];
+    let mut shutdown = shared.shutdown.clone();
+    tokio::select! {
+        biased;
+        result = stream.read_exact(&mut prefix) => {
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "connection closed before its first frame header");
+                return;
+            }
+        }
+        _ = shutdown.wait_for(|stopping| *stopping) => return,
+    }
+    if &prefix == PEER_MAGIC {
+        match &shared.peers {
+            Some(network) => network.accept(stream, peer).await,
+            None => {
+                tracing::warn!(%peer, "peer connection to a single node (no [cluster] section); closing it")
+            }
+        }
+        return;
+    }
     let (reader, writer) = tokio::io::split(stream);
     let (sender, receiver) = mpsc::channel::<Outgoing>(shared.requests_in_flight_max + 1);
     // Responses may be as large as the frames the broker accepts (and at least the default).
@@ -97,6 +125,7 @@ where
         in_flight: Arc::new(Semaphore::new(shared.requests_in_flight_max)),
         partitions: BTreeMap::new(),
         handshaken: false,
+        version: PROTOCOL_VERSION_MIN,
         peer,
     };
     let mut shutdown = shared.shutdown.clone();
@@ -104,7 +133,7 @@ where
     // which breaks simulation determinism.
     tokio::select! {
         biased;
-        result = connection.read_loop(reader) => {
+        result = connection.read_loop(reader, BytesMut::from(&prefix[..])) => {
             if let Err(reason) = result {
                 tracing::debug!(%peer, %reason, "closing connection");
             }
@@ -123,21 +152,28 @@ struct Connection {
     shared: Arc<ConnectionShared>,
     sender: mpsc::Sender<Outgoing>,
     in_flight: Arc<Semaphore>,
-    /// Partition actors this connection has looked up, by topic then partition (looked up by
+    /// Partitions this connection has looked up, by topic then partition (looked up by
     /// `&str`: no allocation per request).
-    partitions: BTreeMap<String, BTreeMap<u32, Addr<PartitionActor>>>,
+    partitions: BTreeMap<String, BTreeMap<u32, PartitionHandle>>,
     handshaken: bool,
+    /// The protocol version negotiated in the handshake.
+    version: u16,
     peer: SocketAddr,
 }
 
 impl Connection {
-    async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut reader: R) -> Result<(), String> {
+    /// Read and dispatch frames; `buffer` holds what was read before (the first 8 bytes).
+    async fn read_loop<R: AsyncRead + Unpin>(
+        &mut self,
+        mut reader: R,
+        mut buffer: BytesMut,
+    ) -> Result<(), String> {
         let decoder = FrameDecoder::new(self.shared.frame_bytes_max);
         // Before the handshake only a handshake is accepted, and it is small: a bigger frame is
         // refused from its header, so a connection that never handshakes cannot hold a large
         // share of the node's request budget.
         let before_handshake = FrameDecoder::new(HANDSHAKE_FRAME_BYTES_MAX);
-        let mut buffer = BytesMut::with_capacity(64 * 1024);
+        buffer.reserve(64 * 1024);
         // The budget reserved for the frame at the front of the buffer.
         let mut reserved: Option<OwnedSemaphorePermit> = None;
         loop {
@@ -242,7 +278,7 @@ impl Connection {
         &mut self,
         topic: &str,
         partition: u32,
-    ) -> Result<Addr<PartitionActor>, BrokerError> {
+    ) -> Result<PartitionHandle, HintedError> {
         if let Some(partitions) = self.partitions.get_mut(topic) {
             if let Some(address) = partitions.get(&partition) {
                 if !address.is_closed() {
@@ -260,7 +296,7 @@ impl Connection {
                 reply,
             })
             .await
-            .map_err(|_| shutting_down())??;
+            .map_err(|_| HintedError::from(shutting_down()))??;
         self.partitions
             .entry(topic.to_owned())
             .or_default()
@@ -281,17 +317,19 @@ impl Connection {
         answer: impl FnOnce(Result<T, BrokerError>) -> Option<(Response, Bytes)> + Send + 'static,
         message: impl FnOnce(PartitionReply<T>) -> PartitionMessage,
     ) {
-        let address = match self.lookup(topic, partition).await {
-            Ok(address) => address,
-            Err(error) => {
+        let version = self.version;
+        let handle = match self.lookup(topic, partition).await {
+            Ok(handle) => handle,
+            Err(HintedError { error, leader }) => {
                 if let Some((response, payload)) = answer(Err(error)) {
+                    let response = with_hint(version, response, || leader);
                     self.respond(correlation_id, response, payload).await;
                 }
                 return;
             }
         };
         let (reply, pending) = brook_actors::runtime::reply_pair();
-        let enqueued = address.send(message(reply)).await.is_ok();
+        let enqueued = handle.send(message(reply)).await.is_ok();
         let sender = self.sender.clone();
         drop(self.shared.runtime.spawn(async move {
             // Released when this task ends: the request is done and its answer handed over.
@@ -301,6 +339,8 @@ impl Connection {
                 _ => Err(shutting_down()),
             };
             if let Some((response, payload)) = answer(result) {
+                // The leader as the replica knows it when it answered.
+                let response = with_hint(version, response, || handle.leader_hint());
                 let _ = sender
                     .send(Outgoing {
                         correlation_id,
@@ -357,6 +397,7 @@ impl Connection {
             };
             tracing::debug!(peer = %self.peer, %client_name, version, "handshake");
             self.handshaken = true;
+            self.version = version;
             let response = Response::Handshake {
                 protocol_version: version,
                 broker_id: self.shared.node_id,
@@ -482,12 +523,44 @@ impl Connection {
                 )
                 .await;
             }
+            Request::PartitionStatus { topic, partition } => {
+                let response = match self.lookup(&topic, partition).await {
+                    Ok(handle) => {
+                        let node_id = self.shared.node_id;
+                        let sender = self.sender.clone();
+                        let version = self.version;
+                        drop(self.shared.runtime.spawn(async move {
+                            let _permit = permit;
+                            let response = match handle.status_report(node_id, partition).await {
+                                Ok(report) => Response::PartitionStatus(report),
+                                Err(HintedError { error, leader }) => {
+                                    with_hint(version, Response::Error(error), || leader)
+                                }
+                            };
+                            let _ = sender
+                                .send(Outgoing {
+                                    correlation_id,
+                                    response,
+                                    payload: Bytes::new(),
+                                })
+                                .await;
+                        }));
+                        return Ok(());
+                    }
+                    Err(HintedError { error, leader }) => {
+                        with_hint(self.version, Response::Error(error), || leader)
+                    }
+                };
+                self.respond(correlation_id, response, Bytes::new()).await;
+            }
             admin => {
                 let controller = self.shared.controller.clone();
                 let sender = self.sender.clone();
+                let version = self.version;
                 drop(self.shared.runtime.spawn(async move {
                     let _permit = permit;
                     let response = admin_request(&controller, admin).await;
+                    let response = with_hint(version, response, || controller.controller_hint());
                     let _ = sender
                         .send(Outgoing {
                             correlation_id,
@@ -509,11 +582,29 @@ fn next_frame_bytes(buffer: &[u8]) -> Option<usize> {
     Some(FRAME_HEADER_LEN + body as usize)
 }
 
+/// A `NotLeader` or `NotController` error as the client's protocol version allows:
+/// `Response::ErrorWithLeader` naming where to go (from `hint`) for a client that negotiated
+/// [`PROTOCOL_VERSION_CLUSTER`], the plain `Response::Error` for an older one.
+fn with_hint(version: u16, response: Response, hint: impl FnOnce() -> Option<u32>) -> Response {
+    match response {
+        Response::Error(error)
+            if version >= PROTOCOL_VERSION_CLUSTER
+                && matches!(error.code, ErrorCode::NotLeader | ErrorCode::NotController) =>
+        {
+            Response::ErrorWithLeader {
+                error,
+                leader: hint(),
+            }
+        }
+        other => other,
+    }
+}
+
 fn shutting_down() -> BrokerError {
     BrokerError::new(ErrorCode::BrokerShuttingDown, "the broker is shutting down")
 }
 
-async fn admin_request(controller: &Addr<Controller>, request: Request) -> Response {
+async fn admin_request(controller: &ControllerHandle, request: Request) -> Response {
     let result = match request {
         Request::CreateTopic {
             name,
@@ -551,8 +642,17 @@ async fn admin_request(controller: &Addr<Controller>, request: Request) -> Respo
             .map(|(brokers, topics)| {
                 Ok(Response::Metadata {
                     brokers,
-                    controller_id: None,
+                    controller_id: controller.controller_hint(),
                     topics,
+                })
+            }),
+        Request::ClusterStatus => controller
+            .ask(|reply| ControllerMessage::ClusterStatus { reply })
+            .await
+            .map(|status| {
+                Ok(Response::ClusterStatus {
+                    controller_id: status.controller_id,
+                    brokers: status.brokers,
                 })
             }),
         Request::AlterTopicConfig { name, set, delete } => controller

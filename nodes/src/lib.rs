@@ -6,6 +6,7 @@ pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod data_dir_lock;
+pub mod peer;
 
 pub use broker::{Broker, StartError};
 pub use config::NodeConfig;

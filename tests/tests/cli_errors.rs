@@ -34,6 +34,22 @@ fn assert_names_a_size(line: &str) {
     );
 }
 
+/// `brook produce` printed exactly one line for its one input line, and it is
+/// `{"error":"..."}` (nothing acknowledged); returns the error text.
+fn assert_one_error_line(output: &brook_e2e::CliOutput) -> String {
+    let lines = output.stdout_lines();
+    assert_eq!(lines.len(), 1, "one output line per input line: {output}");
+    let line: Value = serde_json::from_str(lines[0]).expect("the output line is JSON");
+    assert!(
+        line.get("offset").is_none(),
+        "nothing acknowledged: {output}"
+    );
+    line["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected {{\"error\":...}}: {output}"))
+        .to_owned()
+}
+
 #[test]
 fn unknown_topics_partitions_and_offsets_are_clear_errors() {
     let work = work_dir();
@@ -50,7 +66,8 @@ fn unknown_topics_partitions_and_offsets_are_clear_errors() {
     let line = output.assert_one_line_error();
     assert_mentions(line, &["no-such-topic"]);
     assert_mentions(line, &["unknown", "does not exist", "not found"]);
-    assert!(output.stdout.is_empty(), "nothing acknowledged: {output}");
+    let error = assert_one_error_line(&output);
+    assert_mentions(&error, &["no-such-topic"]);
 
     // Consume and describe a topic that does not exist.
     let output = cli(&["consume", "no-such-topic", "--timeout-ms", "1000"], b"");
@@ -217,7 +234,7 @@ fn records_over_the_size_limits_are_clear_errors() {
         &["too large", "too_large", "exceeds", "does not fit"],
     );
     assert_names_a_size(error);
-    assert!(output.stdout.is_empty(), "nothing acknowledged: {output}");
+    assert_names_a_size(&assert_one_error_line(&output));
 
     // Over the frame limit too: the client must not send it (the broker would close the
     // connection); still one clear line.

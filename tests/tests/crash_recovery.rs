@@ -409,7 +409,18 @@ fn acknowledged_records_survive_sigkill_during_cli_produce() {
     let stdout_path = work.path().join("produce.stdout");
     let stderr_path = work.path().join("produce.stderr");
     let child = Command::new(brook_binary())
-        .args(["-b", &bootstrap, "produce", TOPIC, "--key-separator", ":"])
+        // A short delivery timeout: once the broker is dead, the CLI retries the records in
+        // flight that long, then reports them failed and exits.
+        .args([
+            "-b",
+            &bootstrap,
+            "produce",
+            TOPIC,
+            "--key-separator",
+            ":",
+            "--delivery-timeout-ms",
+            "5000",
+        ])
         .env_remove("BROOK_LOG")
         .stdin(Stdio::piped())
         .stdout(File::create(&stdout_path).expect("stdout file"))
@@ -467,24 +478,40 @@ fn acknowledged_records_survive_sigkill_during_cli_produce() {
     let written = feeder.join().expect("feeder thread");
     eprintln!("brook produce after the kill: {}", stderr.trim());
 
-    // Every printed ack is a complete JSON line.
+    // Every output line is a complete JSON line: an ack or an error, one per input line read, in
+    // input order (so output line i is about input line i).
     let stdout = std::fs::read_to_string(&stdout_path).expect("stdout");
     let mut places = Vec::new();
+    let mut errors = 0;
     for (line_number, line) in stdout.lines().enumerate() {
         let ack: Value = serde_json::from_str(line)
-            .unwrap_or_else(|error| panic!("ack line {line_number} {line:?}: {error}"));
+            .unwrap_or_else(|error| panic!("output line {line_number} {line:?}: {error}"));
+        if ack.get("error").is_some() {
+            assert!(
+                line_number >= complete_lines_before_kill,
+                "line {line_number} failed while the broker was alive: {line}"
+            );
+            errors += 1;
+            continue;
+        }
         places.push((
-            ack["partition"].as_u64().expect("partition") as u32,
-            ack["offset"].as_u64().expect("offset"),
+            line_number as u64,
+            (
+                ack["partition"].as_u64().expect("partition") as u32,
+                ack["offset"].as_u64().expect("offset"),
+            ),
         ));
     }
+    assert!(
+        errors > 0,
+        "the records in flight at the kill are reported failed"
+    );
     assert!(complete_lines_before_kill as u64 >= KILL_AFTER_ACKS);
     assert!(places.len() >= complete_lines_before_kill);
     let acked: Vec<Acked> = places[..complete_lines_before_kill]
         .iter()
-        .enumerate()
         .map(|(index, (partition, offset))| Acked {
-            index: index as u64,
+            index: *index,
             partition: *partition,
             offset: *offset,
         })
@@ -499,23 +526,21 @@ fn acknowledged_records_survive_sigkill_during_cli_produce() {
         read.len()
     );
     check_recovered(&acked, &read, written);
-    // Every ack line, also those printed after the kill, names a stored record, and they name
-    // records in input order (the CLI reports acknowledgements in input order, skipping failures).
+    // Every ack line, also those printed after the kill, names a stored record: the record of
+    // its own input line.
     let index_at: BTreeMap<(u32, u64), u64> = read
         .iter()
         .map(|(partition, offset, _, record_value)| ((*partition, *offset), index_of(record_value)))
         .collect();
-    let mut previous: Option<u64> = None;
-    for (line_number, place) in places.iter().enumerate() {
+    for (line_number, place) in &places {
         let index = *index_at.get(place).unwrap_or_else(|| {
             panic!("lost-write: ack line {line_number} {place:?} is not in the restarted broker")
         });
-        assert!(
-            previous.map_or(true, |previous| index > previous),
-            "ack line {line_number} {place:?} holds record {index}, after record {previous:?}"
+        assert_eq!(
+            index, *line_number,
+            "ack line {line_number} {place:?} holds the record of input line {index}"
         );
-        previous = Some(index);
     }
-    let distinct: BTreeSet<&(u32, u64)> = places.iter().collect();
+    let distinct: BTreeSet<&(u32, u64)> = places.iter().map(|(_, place)| place).collect();
     assert_eq!(distinct.len(), places.len(), "two ack lines for one place");
 }

@@ -6,6 +6,7 @@ pub mod batch;
 pub mod compression;
 pub mod error;
 pub mod frame;
+pub mod metadata;
 pub mod peer;
 pub mod protocol;
 pub mod topic_config;

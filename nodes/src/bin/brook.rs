@@ -1,7 +1,8 @@
 //! `brook`: run a broker node, manage topics, produce and consume from the command line.
 //!
-//! Noun-verb commands; `-b/--bootstrap HOST:PORT` (or `BROOK_BOOTSTRAP`) says which broker the
-//! client commands talk to. Errors are one line on stderr and a non-zero exit.
+//! Noun-verb commands; `-b/--bootstrap HOST:PORT[,HOST:PORT...]` (or `BROOK_BOOTSTRAP`) says
+//! which brokers the client commands may talk to (any one that answers will do). Errors are one
+//! line on stderr and a non-zero exit.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, Write};
@@ -14,9 +15,10 @@ use anyhow::{bail, Context as _};
 use brook_actors::runtime::Runtime;
 use brook_client::{
     Acks, Admin, AlterConfig, Compression, ConfigEntry, Consumer, ConsumerConfig, OffsetReset,
-    Producer, ProducerConfig, ProducerRecord, StartOffset, TopicDescription,
+    Producer, ProducerConfig, ProducerRecord, StartOffset, TopicDetails, OFFSET_UNKNOWN,
 };
 use brook_node::bench::BenchCommand;
+use brook_node::config::{parse_controller_voters, parse_peers, ClusterSection};
 use brook_node::{Broker, NodeConfig};
 use brook_storage::FsDisk;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -28,7 +30,8 @@ use clap::{Parser, Subcommand, ValueEnum};
     about = "brook: an event-streaming broker whose correctness is demonstrated"
 )]
 struct Cli {
-    /// Broker to talk to (client commands).
+    /// Brokers to talk to (client commands): HOST:PORT[,HOST:PORT...]; any one that answers
+    /// will do, the others are tried in turn.
     #[arg(
         short = 'b',
         long,
@@ -43,14 +46,21 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a single-node broker on embedded defaults (data in ./brook-data).
+    /// Run a broker on embedded defaults: one node (data in ./brook-data), or with `--nodes 3`
+    /// a local cluster of three node processes on consecutive ports from 9092 (data in
+    /// ./brook-data/node-N). Ctrl-C stops every node.
     Dev {
         #[arg(long, default_value = "./brook-data")]
         data_dir: PathBuf,
+        /// The (first) node's address; node N listens on this port + N - 1.
         #[arg(long, default_value = "127.0.0.1:9092")]
         listen: SocketAddr,
+        /// How many nodes (1: a single node, today's mode; more: a replicated cluster).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=DEV_NODES_MAX))]
+        nodes: u32,
     },
-    /// Run a broker node from a config file (flags override the file).
+    /// Run a broker node from a config file (flags override the file). With `--peers` (or a
+    /// `[cluster]` section) the node is one member of a replicated cluster.
     Node {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -60,14 +70,24 @@ enum Command {
         listen: Option<SocketAddr>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Every node of the cluster, this one included: ID@HOST:PORT,ID@HOST:PORT,... (the
+        /// address each node listens on for clients; peers use the same port).
+        #[arg(long, value_name = "ID@HOST:PORT,...")]
+        peers: Option<String>,
+        /// The nodes that hold the controller's metadata log (1, 3 or 5 ids of --peers);
+        /// default: the first three ids of --peers.
+        #[arg(long, value_name = "ID,...")]
+        controller_voters: Option<String>,
     },
     /// Create, list, describe and delete topics.
     Topic {
         #[command(subcommand)]
         command: TopicCommand,
     },
-    /// Produce one record per line of stdin (lines are bytes: any encoding); prints
-    /// {"partition":P,"offset":O} per acknowledged record.
+    /// Produce one record per line of stdin (lines are bytes: any encoding); prints exactly one
+    /// JSON line per input line, in input order: {"partition":P,"offset":O} when acknowledged,
+    /// {"error":"..."} when not (the exit code is then 1). If no broker can be reached, reading
+    /// stops at that line.
     Produce {
         topic: String,
         #[arg(long, default_value = "all")]
@@ -81,6 +101,11 @@ enum Command {
         /// Compress batches with this codec: none, gzip, snappy, lz4 or zstd.
         #[arg(long, default_value = "none")]
         compression: Compression,
+        /// How long a record may be retried (leader elections, restarts) before it is
+        /// reported as failed (the client library's default is 120 s; the CLI's is shorter, so
+        /// that a script learns of a dead cluster sooner).
+        #[arg(long, default_value_t = 30_000)]
+        delivery_timeout_ms: u64,
     },
     /// Print records as JSON lines (topic, partition, offset, timestamp, key, value; a key or
     /// value that is not UTF-8 is base64, with `"key_encoding"`/`"value_encoding": "base64"`).
@@ -104,6 +129,11 @@ enum Command {
         /// retention): report the error, or move to the log start / high watermark.
         #[arg(long, default_value = "error")]
         offset_reset: OffsetResetArg,
+    },
+    /// The cluster's brokers and controller.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
     },
     /// Benchmarks: produce, consume, e2e against the broker; baseline of this machine.
     Bench {
@@ -151,6 +181,16 @@ enum TopicCommand {
     },
     Delete {
         name: String,
+        #[arg(long, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// The brokers (address, alive or not) and the active controller, as the answering broker
+    /// knows them. JSON: {"controller":1,"brokers":[{"id":1,"address":"..","alive":true},...]}.
+    Status {
         #[arg(long, default_value = "table")]
         output: Output,
     },
@@ -268,7 +308,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // Randomness only shapes client-side choices (e.g. sticky partitions); any seed will do.
     let runtime = Runtime::new(u64::from(std::process::id()));
     match cli.command {
-        Command::Dev { data_dir, listen } => {
+        Command::Dev {
+            data_dir,
+            listen,
+            nodes: 1,
+        } => {
             let config = NodeConfig {
                 data_dir,
                 listen,
@@ -276,11 +320,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             serve(config, runtime, true).await
         }
+        Command::Dev {
+            data_dir,
+            listen,
+            nodes,
+        } => dev_cluster(&runtime, &data_dir, listen, nodes).await,
+        Command::Cluster { command } => cluster(&cli.bootstrap, command).await,
         Command::Node {
             config,
             node_id,
             listen,
             data_dir,
+            peers,
+            controller_voters,
         } => {
             let mut node = match &config {
                 Some(path) => NodeConfig::from_file(path)?,
@@ -295,6 +347,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(data_dir) = data_dir {
                 node.data_dir = data_dir;
             }
+            if let Some(peers) = peers {
+                let section = node.cluster.get_or_insert_with(ClusterSection::default);
+                section.peers = parse_peers(&peers)?;
+            }
+            if let Some(voters) = controller_voters {
+                let Some(section) = node.cluster.as_mut() else {
+                    bail!("--controller-voters needs --peers (or a [cluster] section with peers in --config)");
+                };
+                section.controller_voters = Some(parse_controller_voters(&voters)?);
+            }
             serve(node, runtime, false).await
         }
         Command::Topic { command } => topic(&cli.bootstrap, command).await,
@@ -304,10 +366,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             key_separator,
             partition,
             compression,
+            delivery_timeout_ms,
         } => {
             let config = ProducerConfig::default()
                 .acks(acks.into())
-                .compression(compression);
+                .compression(compression)
+                .delivery_timeout(Duration::from_millis(delivery_timeout_ms.max(1)));
             produce(&cli.bootstrap, topic, config, key_separator, partition).await
         }
         Command::Consume {
@@ -363,6 +427,231 @@ async fn serve(config: NodeConfig, runtime: Runtime, dev: bool) -> anyhow::Resul
     Ok(())
 }
 
+/// Most nodes `brook dev --nodes` starts.
+const DEV_NODES_MAX: i64 = 9;
+/// How often `brook dev --nodes N` looks whether a node process exited.
+const DEV_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How long `brook dev --nodes N` waits for its nodes to stop after Ctrl-C before killing them.
+const DEV_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One node process of `brook dev --nodes N`.
+struct DevNode {
+    id: u32,
+    /// Its `brook node ...` arguments (printed so that a stopped node can be restarted by hand).
+    arguments: Vec<String>,
+    child: Option<std::process::Child>,
+}
+
+impl DevNode {
+    fn command_line(&self, binary: &std::path::Path) -> String {
+        format!("{} {}", binary.display(), self.arguments.join(" "))
+    }
+}
+
+/// `brook dev --nodes N`: N `brook node` child processes forming one cluster on consecutive
+/// ports, each in `<data-dir>/node-N`. Processes rather than one process, so that a newcomer
+/// can kill one node (its pid is printed) and watch the cluster fail over, then restart it
+/// with the printed command. Ctrl-C in the terminal reaches every node (they share its
+/// process group); this process forwards SIGINT too (for a Ctrl-C sent to it alone), waits
+/// for the nodes to stop cleanly, and kills those still running after [`DEV_STOP_TIMEOUT`].
+async fn dev_cluster(
+    runtime: &Runtime,
+    data_dir: &std::path::Path,
+    listen: SocketAddr,
+    nodes: u32,
+) -> anyhow::Result<()> {
+    let binary = std::env::current_exe().context("locating the brook binary")?;
+    let last_port = u32::from(listen.port()) + nodes - 1;
+    if last_port > u32::from(u16::MAX) {
+        bail!(
+            "--listen port {} leaves no room for {nodes} consecutive ports",
+            listen.port()
+        );
+    }
+    let addresses: Vec<(u32, SocketAddr)> = (1..=nodes)
+        .map(|id| {
+            let port = listen.port() + (id - 1) as u16;
+            (id, SocketAddr::new(listen.ip(), port))
+        })
+        .collect();
+    let peers = addresses
+        .iter()
+        .map(|(id, address)| format!("{id}@{address}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let bootstrap = addresses
+        .iter()
+        .map(|(_, address)| address.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut children = Vec::new();
+    for (id, address) in &addresses {
+        let node_dir = data_dir.join(format!("node-{id}"));
+        let arguments = vec![
+            "node".to_owned(),
+            "--node-id".to_owned(),
+            id.to_string(),
+            "--listen".to_owned(),
+            address.to_string(),
+            "--data-dir".to_owned(),
+            node_dir.display().to_string(),
+            "--peers".to_owned(),
+            peers.clone(),
+        ];
+        let spawned = std::process::Command::new(&binary)
+            .args(&arguments)
+            .stdin(std::process::Stdio::null())
+            .spawn();
+        let mut node = DevNode {
+            id: *id,
+            arguments,
+            child: None,
+        };
+        match spawned {
+            Ok(child) => {
+                println!(
+                    "node {id}: pid {}, listening on {address}, data in {}",
+                    child.id(),
+                    node_dir.display()
+                );
+                node.child = Some(child);
+                children.push(node);
+            }
+            Err(error) => {
+                stop_dev_nodes(runtime, &mut children).await;
+                return Err(anyhow::Error::new(error).context(format!("starting node {id}")));
+            }
+        }
+    }
+    println!("brook dev cluster of {nodes} nodes; bootstrap list {bootstrap}");
+    println!("  create a topic:  brook -b {bootstrap} topic create demo --partitions 3 --replication-factor {}", nodes.min(3));
+    println!("  produce:         echo hello | brook -b {bootstrap} produce demo");
+    println!("  consume:         brook -b {bootstrap} consume demo --from earliest");
+    println!("  cluster status:  brook -b {bootstrap} cluster status");
+    println!("  fail over:       kill one node's pid (printed above), keep producing; restart it with the command printed when it exits");
+    println!("Stop with Ctrl-C.");
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            biased;
+            signal = &mut ctrl_c => {
+                signal.context("waiting for Ctrl-C")?;
+                break;
+            }
+            () = runtime.sleep(DEV_POLL_INTERVAL) => {}
+        }
+        let mut running = 0;
+        for node in &mut children {
+            let Some(child) = node.child.as_mut() else {
+                continue;
+            };
+            match child.try_wait() {
+                Ok(None) => running += 1,
+                Ok(Some(status)) => {
+                    println!(
+                        "node {} exited ({status}); restart it with:\n  {}",
+                        node.id,
+                        node.command_line(&binary)
+                    );
+                    node.child = None;
+                }
+                Err(error) => {
+                    tracing::warn!(node = node.id, %error, "cannot poll the node process");
+                    running += 1;
+                }
+            }
+        }
+        if running == 0 {
+            bail!("every node of the dev cluster has exited");
+        }
+    }
+    println!("stopping {nodes} nodes (syncing partitions)...");
+    stop_dev_nodes(runtime, &mut children).await;
+    Ok(())
+}
+
+/// SIGINT every node still running, wait for them for [`DEV_STOP_TIMEOUT`], SIGKILL the rest.
+async fn stop_dev_nodes(runtime: &Runtime, children: &mut [DevNode]) {
+    use rustix::process::{kill_process, Pid, Signal};
+    for node in children.iter() {
+        if let Some(child) = &node.child {
+            if let Err(error) = kill_process(Pid::from_child(child), Signal::INT) {
+                tracing::debug!(node = node.id, %error, "SIGINT not delivered (already stopped?)");
+            }
+        }
+    }
+    let polls_max = DEV_STOP_TIMEOUT.as_millis() / DEV_POLL_INTERVAL.as_millis() + 1;
+    for _ in 0..polls_max {
+        let mut running = false;
+        for node in children.iter_mut() {
+            if let Some(child) = node.child.as_mut() {
+                match child.try_wait() {
+                    Ok(None) => running = true,
+                    Ok(Some(_)) | Err(_) => node.child = None,
+                }
+            }
+        }
+        if !running {
+            return;
+        }
+        runtime.sleep(DEV_POLL_INTERVAL).await;
+    }
+    for node in children.iter_mut() {
+        if let Some(mut child) = node.child.take() {
+            eprintln!(
+                "node {} did not stop in {DEV_STOP_TIMEOUT:?}; killing it",
+                node.id
+            );
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn cluster(bootstrap: &str, command: ClusterCommand) -> anyhow::Result<()> {
+    let admin = Admin::connect(bootstrap).await?;
+    match command {
+        ClusterCommand::Status { output } => {
+            let status = admin.cluster_status().await?;
+            match output {
+                Output::Json => {
+                    let brokers: Vec<_> = status
+                        .brokers
+                        .iter()
+                        .map(|broker| {
+                            serde_json::json!({
+                                "id": broker.broker_id,
+                                "address": broker.address,
+                                "alive": broker.alive,
+                            })
+                        })
+                        .collect();
+                    println!(
+                        "{}",
+                        serde_json::json!({"controller": status.controller, "brokers": brokers})
+                    );
+                }
+                Output::Table => {
+                    let controller = status.controller.map_or_else(
+                        || "none (election under way)".to_owned(),
+                        |id| id.to_string(),
+                    );
+                    println!("controller: {controller}");
+                    println!("{:>6} {:<24} {:<6}", "BROKER", "ADDRESS", "ALIVE");
+                    for broker in &status.brokers {
+                        println!(
+                            "{:>6} {:<24} {:<6}",
+                            broker.broker_id, broker.address, broker.alive
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn topic(bootstrap: &str, command: TopicCommand) -> anyhow::Result<()> {
     let admin = Admin::connect(bootstrap).await?;
     match command {
@@ -383,7 +672,7 @@ async fn topic(bootstrap: &str, command: TopicCommand) -> anyhow::Result<()> {
                 )
                 .await?;
             let config = admin.describe_topic_config(&name).await?;
-            print_topic(&topic, &config, output);
+            print_topic(&TopicDetails::from(topic), &config, output);
         }
         TopicCommand::Alter {
             name,
@@ -477,7 +766,7 @@ fn print_config_table(entries: &[ConfigEntry]) {
     }
 }
 
-fn print_topic(topic: &TopicDescription, config: &[ConfigEntry], output: Output) {
+fn print_topic(topic: &TopicDetails, config: &[ConfigEntry], output: Output) {
     match output {
         Output::Json => {
             let partitions: Vec<_> = topic
@@ -492,6 +781,7 @@ fn print_topic(topic: &TopicDescription, config: &[ConfigEntry], output: Output)
                         "in_sync_replicas": p.in_sync_replicas,
                         "log_start_offset": p.log_start_offset,
                         "high_watermark": p.high_watermark,
+                        "log_end_offset": p.log_end_offset,
                     })
                 })
                 .collect();
@@ -511,8 +801,14 @@ fn print_topic(topic: &TopicDescription, config: &[ConfigEntry], output: Output)
                 topic.name, topic.replication_factor
             );
             println!(
-                "{:>9} {:>7} {:>6} {:>12} {:>16} {:>15}",
-                "PARTITION", "LEADER", "TERM", "REPLICAS", "LOG-START-OFFSET", "HIGH-WATERMARK"
+                "{:>9} {:>7} {:>6} {:>12} {:>16} {:>15} {:>15}",
+                "PARTITION",
+                "LEADER",
+                "TERM",
+                "REPLICAS",
+                "LOG-START-OFFSET",
+                "HIGH-WATERMARK",
+                "LOG-END-OFFSET"
             );
             for p in &topic.partitions {
                 let leader = p.leader.map_or_else(|| "-".to_owned(), |l| l.to_string());
@@ -522,14 +818,18 @@ fn print_topic(topic: &TopicDescription, config: &[ConfigEntry], output: Output)
                     .map(u32::to_string)
                     .collect::<Vec<_>>()
                     .join(",");
+                let log_end = p
+                    .log_end_offset
+                    .map_or_else(|| "-".to_owned(), |offset| offset.to_string());
                 println!(
-                    "{:>9} {:>7} {:>6} {:>12} {:>16} {:>15}",
+                    "{:>9} {:>7} {:>6} {:>12} {:>16} {:>15} {:>15}",
                     p.partition,
                     leader,
                     p.leader_term,
                     replicas,
                     p.log_start_offset,
-                    p.high_watermark
+                    p.high_watermark,
+                    log_end
                 );
             }
             let overrides: Vec<ConfigEntry> = config
@@ -544,6 +844,39 @@ fn print_topic(topic: &TopicDescription, config: &[ConfigEntry], output: Output)
     }
 }
 
+/// What became of one input line of `brook produce`, in input order.
+enum LineOutcome {
+    /// Handed to the producer: its acknowledgement (or failure) is awaited.
+    Sent(brook_client::DeliveryFuture),
+    /// Refused before it was sent (too large, unknown topic or partition, ...).
+    Refused(String),
+}
+
+/// Print one JSON line for one input line: `{"partition":P,"offset":O}` when acknowledged
+/// (`"offset":null` with `--acks 0`: the broker does not answer), `{"error":"..."}` when not.
+/// Returns the error, if any.
+async fn report_line(outcome: LineOutcome, out: &mut impl Write) -> anyhow::Result<Option<String>> {
+    let result = match outcome {
+        LineOutcome::Sent(delivery) => delivery.await.map_err(|error| error.to_string()),
+        LineOutcome::Refused(error) => Err(error),
+    };
+    match result {
+        Ok(metadata) => {
+            let offset = (metadata.offset != OFFSET_UNKNOWN).then_some(metadata.offset);
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"partition": metadata.partition, "offset": offset})
+            )?;
+            Ok(None)
+        }
+        Err(error) => {
+            writeln!(out, "{}", serde_json::json!({ "error": error }))?;
+            Ok(Some(error))
+        }
+    }
+}
+
 async fn produce(
     bootstrap: &str,
     topic: String,
@@ -551,38 +884,25 @@ async fn produce(
     key_separator: Option<String>,
     partition: Option<u32>,
 ) -> anyhow::Result<()> {
-    let acks = config.acks;
     let producer = Producer::connect(bootstrap, config).await?;
     let mut outstanding = VecDeque::new();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut lines = 0u64;
     let mut failures = 0u64;
     let mut first_failure: Option<String> = None;
-    let report = |result: brook_client::Result<brook_client::RecordMetadata>,
-                  out: &mut std::io::BufWriter<std::io::StdoutLock<'_>>,
-                  failures: &mut u64,
-                  first_failure: &mut Option<String>|
-     -> anyhow::Result<()> {
-        match result {
-            Ok(metadata) => {
-                if acks != Acks::None {
-                    writeln!(
-                        out,
-                        "{}",
-                        serde_json::json!({"partition": metadata.partition, "offset": metadata.offset})
-                    )?;
-                }
-            }
-            Err(error) => {
-                *failures += 1;
-                first_failure.get_or_insert_with(|| error.to_string());
-            }
+    let mut count = |failure: Option<String>| {
+        if let Some(failure) = failure {
+            failures += 1;
+            first_failure.get_or_insert(failure);
         }
-        Ok(())
     };
     // stdin is read on this task: the CLI owns the process, nothing else runs here meanwhile.
     // Lines are bytes (a record is bytes, UTF-8 or not); a read error stops the reading, but
     // what was read before it is still produced and reported before the error is returned.
+    // Every line read gets exactly one output line, in input order, whatever happens to it: a
+    // refused line (too large, unknown partition) does not stop the lines after it; only a
+    // cluster that cannot be reached at all stops the reading.
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut read_error: Option<std::io::Error> = None;
@@ -597,41 +917,44 @@ async fn produce(
                 break;
             }
         }
+        lines += 1;
         let mut record = line_to_record(&topic, line, key_separator.as_deref());
         if let Some(partition) = partition {
             record = record.with_partition(partition);
         }
         match producer.send(record).await {
-            Ok(delivery) => outstanding.push_back(delivery),
-            Err(error) => {
-                // Stop reading; still report what was acknowledged before the failure.
-                failures += 1;
-                first_failure.get_or_insert_with(|| error.to_string());
+            Ok(delivery) => outstanding.push_back(LineOutcome::Sent(delivery)),
+            // No broker of the cluster could be reached to look the topic up: every following
+            // line would fail the same way, so reading stops at this line, whose error is the
+            // last output line (the lines after it were not read).
+            Err(error) if error.is_retriable() => {
+                outstanding.push_back(LineOutcome::Refused(error.to_string()));
                 break;
             }
+            Err(error) => outstanding.push_back(LineOutcome::Refused(error.to_string())),
         }
         if outstanding.len() >= PRODUCE_OUTSTANDING_MAX {
-            if let Some(delivery) = outstanding.pop_front() {
-                report(delivery.await, &mut out, &mut failures, &mut first_failure)?;
+            if let Some(outcome) = outstanding.pop_front() {
+                count(report_line(outcome, &mut out).await?);
             }
         }
     }
-    if first_failure.is_none() {
-        producer.flush().await?;
-    }
-    while let Some(delivery) = outstanding.pop_front() {
-        report(delivery.await, &mut out, &mut failures, &mut first_failure)?;
+    // Send what lingers now; each line's own outcome is reported below either way.
+    let flushed = producer.flush().await;
+    while let Some(outcome) = outstanding.pop_front() {
+        count(report_line(outcome, &mut out).await?);
     }
     out.flush()?;
     drop(out);
     let closed = producer.close().await;
     if let Some(first) = first_failure {
-        bail!("{failures} records were not acknowledged; first error: {first}");
+        bail!("{failures} of {lines} records were not acknowledged; first error: {first}");
     }
     if let Some(error) = read_error {
         return Err(anyhow::Error::new(error)
             .context("reading stdin (every line read before the error was produced)"));
     }
+    flushed?;
     closed?;
     Ok(())
 }

@@ -919,6 +919,57 @@ impl Log {
         Ok(self.log_start_offset())
     }
 
+    /// Drop every record and restart the log, empty, at `offset` (Raft: a follower caught up
+    /// from the leader's log start, after retention removed what it lacks). Durable when it
+    /// returns. Not atomic: segments are removed newest first, so a crash midway leaves a
+    /// prefix of the old log (or nothing: then the log reopens empty at 0); the caller
+    /// records its intent durably first and resets again after a crash.
+    pub fn reset(&mut self, offset: u64) -> Result<(), LogError> {
+        self.check_usable()?;
+        // Jobs handed out before cover files that are about to go.
+        self.sync_jobs.clear();
+        let bases: Vec<u64> = self.segments.keys().rev().copied().collect();
+        for base in bases {
+            let (data, offset_index, time_index) = Segment::paths(&self.dir, base);
+            for path in [offset_index, time_index, data] {
+                match self.disk.remove_file(&path) {
+                    Ok(()) | Err(DiskError::NotFound { .. }) => {}
+                    Err(error) => {
+                        self.poisoned = Some(format!(
+                            "reset could not remove {}: {error}",
+                            path.display()
+                        ));
+                        return Err(error.into());
+                    }
+                }
+            }
+        }
+        self.segments.clear();
+        match self.disk.remove_file(&self.dir.join(RECOVERY_POINT_FILE)) {
+            Ok(()) | Err(DiskError::NotFound { .. }) => {}
+            Err(error) => {
+                self.poisoned = Some(format!(
+                    "reset could not remove the recovery point: {error}"
+                ));
+                return Err(error.into());
+            }
+        }
+        self.recovery_point = 0;
+        let segment = match Segment::open_files(self.disk.as_ref(), &self.dir, offset) {
+            Ok(segment) => segment,
+            Err(error) => {
+                // The map must never be empty: nothing more is served until a reopen.
+                self.poisoned = Some(format!("reset could not create its segment: {error}"));
+                return Err(error);
+            }
+        };
+        self.segments.insert(offset, segment);
+        self.sync_directory()
+            .map_err(|error| self.sync_failed(error))?;
+        self.durable_offset = offset;
+        Ok(())
+    }
+
     /// Make everything appended so far durable. On failure the log is poisoned: what reached
     /// the disk is unknown (a failed fsync may have dropped dirty pages), so nothing more is
     /// acknowledged until the log is reopened and recovered.

@@ -1374,3 +1374,39 @@ fn a_damaged_base_offset_after_a_damaged_batch_under_a_running_log_is_refused() 
         }
     }
 }
+
+/// A reset drops every record and restarts the log empty at the given offset: appends follow
+/// it, reads below it are out of range, and a reopen (also after a crash) finds it there.
+#[test]
+fn reset_restarts_the_log_empty_at_an_offset() {
+    let sim = SimDisk::new(11);
+    let disk: Arc<dyn Disk> = Arc::new(sim.clone());
+    let dir = PathBuf::from("/reset");
+    let (mut log, _) = open(&disk, &dir, small_config());
+    append_many(&mut log, 40, 3);
+    log.sync(0).expect("sync");
+    assert!(log.segment_count() > 1);
+    log.reset(500).expect("reset");
+    assert_eq!(log.log_start_offset(), 500);
+    assert_eq!(log.next_offset(), 500);
+    assert_eq!(log.durable_offset(), 500);
+    assert_eq!(log.segment_count(), 1);
+    assert!(matches!(
+        log.read(10, 300, u64::MAX),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    append_many(&mut log, 2, 3);
+    log.sync(0).expect("sync");
+    assert_eq!(read_values(&log, 500), expected(500..506));
+    drop(log);
+    sim.crash(&mut ChaCha8Rng::seed_from_u64(1));
+    let (log, _) = open(&disk, &dir, small_config());
+    assert_eq!(log.log_start_offset(), 500);
+    assert_eq!(read_values(&log, 500), expected(500..506));
+    let names = disk.list_dir(&dir).expect("list");
+    assert_eq!(
+        names.iter().filter(|name| name.ends_with(".log")).count(),
+        1,
+        "{names:?}"
+    );
+}

@@ -1,0 +1,894 @@
+//! The replicated partition actor: one partition replica ([`ReplicaCore`]) hosted in an actor.
+//!
+//! In cluster mode every replica of a partition is a `ReplicatedPartition` on its node. It
+//! serves the connection's vocabulary ([`PartitionMessage`]: produce, fetch, list offsets,
+//! status, limits, stop), the Raft traffic of its group from the node's [`PeerRouter`]
+//! (`ReplicaMessage::Peer`, delivered through [`GroupInbox`]), the node-level ticker's ticks
+//! (the group keeps no Raft timer of its own) and status reports. Messages for peers go to the
+//! node's [`PeerOutbox`], which never blocks.
+//!
+//! - **Produce** (leader only; a non-leader answers [`ErrorCode::NotLeader`] and the shared
+//!   leader hint names the leader it knows): every batch of the request is checked first
+//!   (framing, CRC, size, records), then each is proposed to the core; the request is answered
+//!   once all its batches are, with the first batch's base offset: acks=0 and acks=1 after the
+//!   leader's append, acks=all after commit (a majority has the batch fsynced). At most
+//!   `pending_acks_max` requests wait at once; beyond it a produce fails with the retriable
+//!   [`ErrorCode::Timeout`] (backpressure). Losing leadership fails the waiting requests with
+//!   `NotLeader` (their batches may still commit under the next leader, or be truncated).
+//! - **Fetch** (leader only) reads whole batches below the high watermark (= the commit index
+//!   in offsets); a fetch at the high watermark waits (long poll) until it moves or the wait
+//!   ends (a timer), at most `fetch_waiters_max` at once.
+//! - **fsync** runs off the actor: [`ReplicaCore::sync_job`] on the runtime's blocking pool,
+//!   its result fed back as `Synced` (one job in flight; the next covers everything appended
+//!   meanwhile: group commit).
+//! - **Stop**: a leader first hands leadership to its most caught-up follower and waits (at
+//!   most an election timeout) for someone else to lead, then the log is synced and the actor
+//!   stops. Pending requests are failed with a retriable error.
+//! - **Retention** (`EnforceRetention`, with the policy of the last `SetLimits`): every
+//!   replica deletes whole segments of its own committed prefix; the log start is persisted
+//!   with the hard state first. A follower that needs what the leader deleted is caught up
+//!   from the leader's log start (its log restarts there).
+//! - **Errors**: a [`ReplicaError`] from the core means the log and the core may disagree: the
+//!   actor fails what was pending (retriable), reopens the replica from disk (at most
+//!   [`REOPEN_ATTEMPTS_MAX`] attempts in a row, then it stops) and carries on.
+//!
+//! `fsync = interval` does not weaken a replicated partition: Raft counts an entry only once
+//! it is fsynced, whatever the log's policy (an `interval` mode for replicas, counting entries
+//! on append, is left for later).
+//!
+//! Time: the core runs on the runtime's wall clock in milliseconds (record timestamps and
+//! segment ages come from it too), never moving backwards within an actor; pass the same clock
+//! (`Runtime::wall_clock_ms`) to [`ReplicatedPartition::open`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use brook_raft::{NodeId, Role, Term};
+use brook_storage::disk::{Disk, DiskError};
+use brook_storage::log::{RetentionOutcome, RetentionPolicy};
+use brook_wire::batch::{self, BatchError};
+use brook_wire::compression::{self, CompressionError};
+use brook_wire::error::{BrokerError, ErrorCode};
+use brook_wire::peer::{GroupId, RaftMessage};
+use brook_wire::protocol::{Acks, OffsetSpec, PartitionStatusReport};
+use bytes::Bytes;
+
+use crate::partition::{
+    storage_error, FetchResult, PartitionConfig, PartitionMessage, PartitionReply, PartitionStatus,
+    ProduceResult,
+};
+use crate::peer_router::{GroupInbox, PeerOutbox};
+use crate::replica::{
+    FetchRefused, ProduceAnswer, ProduceRefused, ReplicaConfig, ReplicaCore, ReplicaError,
+    ReplicaInput, ReplicaOutput,
+};
+use crate::runtime::{Actor, Addr, Context, Duration, Reply, TimerHandle};
+
+/// Failed reopens in a row after which the actor gives up and stops (the disk is gone).
+pub const REOPEN_ATTEMPTS_MAX: u32 = 3;
+/// The value of the shared leader hint when no leader is known.
+pub const NO_LEADER: u64 = u64::MAX;
+
+/// What a replicated partition needs to open.
+#[derive(Clone, Debug)]
+pub struct ReplicatedPartitionConfig {
+    /// The partition's Raft group (`peer_router::partition_group`).
+    pub group: GroupId,
+    /// The topic's name (for logs and errors).
+    pub topic: String,
+    pub partition: u32,
+    /// Node id, voters (the partition's replicas), Raft config, log config, directory, seed.
+    pub replica: ReplicaConfig,
+    /// Fetch waiters, longest fetch wait, most produce requests waiting for an answer.
+    pub partition_config: PartitionConfig,
+}
+
+/// Told when this replica's view of its group's leader changes.
+pub trait LeaderObserver: Send + Sync + 'static {
+    /// Called when this replica's view of the leader changes (term grows or leader learned).
+    fn leader_changed(&self, group: &GroupId, leader: Option<NodeId>, term: u64);
+}
+
+/// Messages of a [`ReplicatedPartition`].
+pub enum ReplicaMessage {
+    /// The connection's vocabulary (Produce, Fetch, ListOffsets, Status, SetLimits, Stop...).
+    Client(PartitionMessage),
+    /// A Raft message from a peer of the group (from the node's router).
+    Peer {
+        from: NodeId,
+        message: RaftMessage,
+        batches: Vec<Bytes>,
+    },
+    /// One heartbeat interval passed (from the node-level ticker).
+    Tick,
+    /// The replica's view of the partition (the leader's is authoritative).
+    Report { reply: Reply<PartitionStatusReport> },
+    /// Internal: a sync job finished. `generation` names the core it was taken from (a job
+    /// from before a reopen is ignored: its ticket means nothing to the new log).
+    Synced {
+        generation: u64,
+        result: Result<u64, DiskError>,
+    },
+    /// Internal: a parked fetch's wait is over.
+    FetchExpired { waiter: u64 },
+    /// Internal: a stop's leadership transfer took too long; stop anyway.
+    StopDeadline,
+}
+
+/// A produce request waiting for the answers of its batches.
+struct PendingRequest {
+    /// One slot per batch of the request, filled as the core answers.
+    ranges: Vec<Option<(u64, u64)>>,
+    remaining: usize,
+    error: Option<BrokerError>,
+    reply: PartitionReply<ProduceResult>,
+}
+
+struct FetchWaiter {
+    offset: u64,
+    bytes_max: u32,
+    reply: PartitionReply<FetchResult>,
+    timer: TimerHandle,
+}
+
+/// A stop in progress: waiting for leadership to move elsewhere.
+struct Stopping {
+    reply: Reply<()>,
+    deadline: TimerHandle,
+}
+
+/// One partition replica in an actor (see the module docs).
+pub struct ReplicatedPartition {
+    group: GroupId,
+    topic: String,
+    partition: u32,
+    disk: Arc<dyn Disk>,
+    replica_config: ReplicaConfig,
+    config: PartitionConfig,
+    core: ReplicaCore,
+    /// Bumped at every reopen; sync results carry it.
+    generation: u64,
+    outbox: Arc<dyn PeerOutbox>,
+    observer: Option<Arc<dyn LeaderObserver>>,
+    leader_hint: Arc<AtomicU64>,
+    /// The (leader, term) last published to the hint and the observer.
+    published: (Option<NodeId>, Term),
+    /// The core's clock: the runtime's wall clock, never going back.
+    now_ms: u64,
+    /// Produce requests waiting for their batches' answers, by request id.
+    requests: BTreeMap<u64, PendingRequest>,
+    next_request: u64,
+    /// Core request id (one per batch) -> (request id, batch position).
+    batch_owners: BTreeMap<u64, (u64, usize)>,
+    next_batch: u64,
+    sync_in_flight: bool,
+    waiters: BTreeMap<u64, FetchWaiter>,
+    next_waiter: u64,
+    stopping: Option<Stopping>,
+    /// `retention.ms` / `retention.bytes` (SetLimits), applied at EnforceRetention.
+    retention: RetentionPolicy,
+    /// The core could not be reopened: nothing is served any more.
+    broken: bool,
+}
+
+impl std::fmt::Debug for ReplicatedPartition {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ReplicatedPartition")
+            .field("group", &self.group)
+            .field("role", &self.core.role())
+            .field("term", &self.core.term())
+            .finish()
+    }
+}
+
+impl ReplicatedPartition {
+    /// Open (or create) the replica in `config.replica.dir`; spawn the result with
+    /// `Runtime::spawn_actor` and register `Arc::new(address)` with the node's router under
+    /// `config.group`. `now_ms` is the runtime's wall clock (`Runtime::wall_clock_ms`).
+    pub fn open(
+        disk: Arc<dyn Disk>,
+        config: ReplicatedPartitionConfig,
+        outbox: Arc<dyn PeerOutbox>,
+        observer: Option<Arc<dyn LeaderObserver>>,
+        now_ms: u64,
+    ) -> Result<Self, ReplicaError> {
+        #[allow(unused_mut)]
+        let mut replica_config = config.replica;
+        #[cfg(madsim)]
+        if config.partition_config.planted.serve_above_hw {
+            replica_config.planted_bug =
+                Some(crate::replica::ReplicaPlantedBug::ServeAboveHighWatermark);
+        }
+        let core = ReplicaCore::open(disk.clone(), replica_config.clone(), now_ms)?;
+        Ok(ReplicatedPartition {
+            group: config.group,
+            topic: config.topic,
+            partition: config.partition,
+            disk,
+            replica_config,
+            config: config.partition_config,
+            core,
+            generation: 0,
+            outbox,
+            observer,
+            leader_hint: Arc::new(AtomicU64::new(NO_LEADER)),
+            published: (None, 0),
+            now_ms,
+            requests: BTreeMap::new(),
+            next_request: 0,
+            batch_owners: BTreeMap::new(),
+            next_batch: 0,
+            sync_in_flight: false,
+            waiters: BTreeMap::new(),
+            next_waiter: 0,
+            stopping: None,
+            retention: RetentionPolicy::default(),
+            broken: false,
+        })
+    }
+
+    /// Shared with PartitionHandle: the leader this replica knows (u64::MAX = none), updated on
+    /// every change, read by connections to fill `ErrorWithLeader`.
+    pub fn leader_hint(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.leader_hint)
+    }
+
+    /// The core's report as the wire's partition status (node ids above `u32::MAX` cannot
+    /// exist on the client wire: they are left out).
+    fn report(&self) -> PartitionStatusReport {
+        let report = self.core.report();
+        let ids = |nodes: Vec<NodeId>| {
+            nodes
+                .into_iter()
+                .filter_map(|node| u32::try_from(node).ok())
+                .collect()
+        };
+        PartitionStatusReport {
+            partition: self.partition,
+            leader: report.leader.and_then(|node| u32::try_from(node).ok()),
+            leader_term: report.term,
+            replicas: ids(report.replicas),
+            in_sync_replicas: ids(report.in_sync_replicas),
+            log_start_offset: report.log_start_offset,
+            high_watermark: report.high_watermark,
+            log_end_offset: report.log_end_offset,
+        }
+    }
+
+    fn clock(&mut self, context: &Context<Self>) -> u64 {
+        let wall = u64::try_from(context.wall_clock_ms()).unwrap_or(0);
+        self.now_ms = self.now_ms.max(wall);
+        self.now_ms
+    }
+
+    fn not_leader(&self) -> BrokerError {
+        let leader = match self.core.leader() {
+            Some(leader) if leader != self.core.node_id() => format!("node {leader}"),
+            _ => "not known yet".to_owned(),
+        };
+        BrokerError::new(
+            ErrorCode::NotLeader,
+            format!(
+                "node {} does not lead {}-{} (leader: {leader})",
+                self.core.node_id(),
+                self.topic,
+                self.partition
+            ),
+        )
+    }
+
+    /// Feed the core one input and carry out what it asks; a core error reopens the replica.
+    fn step(&mut self, input: ReplicaInput, context: &mut Context<Self>) {
+        if self.broken {
+            return;
+        }
+        let now_ms = self.clock(context);
+        match self.core.step(now_ms, input) {
+            Ok(output) => self.apply(output, context),
+            Err(error) => self.recover(error, context),
+        }
+        self.after_step(context);
+    }
+
+    fn apply(&mut self, output: ReplicaOutput, context: &mut Context<Self>) {
+        for send in output.messages {
+            self.outbox
+                .send(send.to, self.group.clone(), send.message, send.batches);
+        }
+        for answer in output.answers {
+            self.answer(answer);
+        }
+        if output.sync_wanted {
+            self.start_sync(context);
+        }
+    }
+
+    /// One batch's answer: fill its request's slot; answer the request once every batch is.
+    fn answer(&mut self, answer: ProduceAnswer) {
+        let Some((request_id, position)) = self.batch_owners.remove(&answer.request_id) else {
+            return;
+        };
+        let refusal = match &answer.result {
+            Ok(_) => None,
+            Err(ProduceRefused::NotLeader { .. }) => Some(self.not_leader()),
+            Err(ProduceRefused::InvalidBatch(reason)) => {
+                Some(BrokerError::new(ErrorCode::CorruptBatch, reason.clone()))
+            }
+            Err(ProduceRefused::Backpressure) => Some(BrokerError::new(
+                ErrorCode::Timeout,
+                "too many uncommitted batches; retry later",
+            )),
+        };
+        let Some(request) = self.requests.get_mut(&request_id) else {
+            return;
+        };
+        match (answer.result, refusal) {
+            (Ok(range), _) => {
+                if let Some(slot) = request.ranges.get_mut(position) {
+                    *slot = Some((range.base_offset, range.last_offset));
+                }
+            }
+            (Err(_), error) => {
+                let error = error.unwrap_or_else(|| {
+                    BrokerError::new(ErrorCode::StorageError, "produce refused")
+                });
+                request.error.get_or_insert(error);
+            }
+        }
+        request.remaining = request.remaining.saturating_sub(1);
+        if request.remaining > 0 {
+            return;
+        }
+        let Some(request) = self.requests.remove(&request_id) else {
+            return;
+        };
+        let result = match request.error {
+            Some(error) => Err(error),
+            None => {
+                let first = request.ranges.first().copied().flatten();
+                let last = request.ranges.last().copied().flatten();
+                match (first, last) {
+                    (Some((base_offset, _)), Some((_, last_offset))) => Ok(ProduceResult {
+                        base_offset,
+                        last_offset,
+                        log_start_offset: self.core.log_start_offset(),
+                    }),
+                    _ => Err(BrokerError::new(
+                        ErrorCode::StorageError,
+                        "a batch of the request was not answered",
+                    )),
+                }
+            }
+        };
+        request.reply.send(result);
+    }
+
+    /// After every step: publish a leader change, answer or fail parked fetches, finish a stop.
+    fn after_step(&mut self, context: &mut Context<Self>) {
+        let view = (self.core.leader(), self.core.term());
+        if view != self.published {
+            self.published = view;
+            self.leader_hint
+                .store(view.0.unwrap_or(NO_LEADER), Ordering::Release);
+            if let Some(observer) = &self.observer {
+                observer.leader_changed(&self.group, view.0, view.1);
+            }
+        }
+        if self.core.role() == Role::Leader && !self.broken {
+            let high_watermark = self.core.high_watermark();
+            let ready: Vec<u64> = self
+                .waiters
+                .iter()
+                .filter(|(_, waiter)| waiter.offset < high_watermark)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ready {
+                if let Some(waiter) = self.waiters.remove(&id) {
+                    waiter.timer.cancel();
+                    waiter
+                        .reply
+                        .send(self.read(waiter.offset, waiter.bytes_max));
+                }
+            }
+        } else {
+            // Only a leader serves fetches: the waiters go to the new leader.
+            for (_, waiter) in std::mem::take(&mut self.waiters) {
+                waiter.timer.cancel();
+                waiter.reply.send(Err(self.not_leader()));
+            }
+        }
+        if self.stopping.is_some()
+            && (self.core.role() != Role::Leader || self.broken || self.core.voters().len() < 2)
+        {
+            context.stop();
+        }
+    }
+
+    /// Fail every waiting produce and fetch (after a core error, or at stop).
+    fn fail_pending(&mut self, error: &BrokerError) {
+        self.batch_owners.clear();
+        for (_, request) in std::mem::take(&mut self.requests) {
+            request.reply.send(Err(error.clone()));
+        }
+        for (_, waiter) in std::mem::take(&mut self.waiters) {
+            waiter.timer.cancel();
+            waiter.reply.send(Err(error.clone()));
+        }
+    }
+
+    /// The core failed: fail what was pending (retriable) and reopen the replica from disk.
+    fn recover(&mut self, error: ReplicaError, context: &mut Context<Self>) {
+        tracing::error!(group = ?self.group, %error, "replica failed; reopening it from disk");
+        self.fail_pending(&BrokerError::new(
+            ErrorCode::StorageError,
+            format!(
+                "replica of {}-{} reopened after: {error}",
+                self.topic, self.partition
+            ),
+        ));
+        let now_ms = self.clock(context);
+        for attempt in 1..=REOPEN_ATTEMPTS_MAX {
+            match ReplicaCore::open(self.disk.clone(), self.replica_config.clone(), now_ms) {
+                Ok(core) => {
+                    self.core = core;
+                    self.generation += 1;
+                    // A job of the old core may still run; its result is ignored.
+                    self.sync_in_flight = false;
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(group = ?self.group, attempt, %error, "reopening the replica failed");
+                }
+            }
+        }
+        tracing::error!(group = ?self.group, "replica cannot be reopened; stopping it");
+        self.broken = true;
+        context.stop();
+    }
+
+    fn start_sync(&mut self, context: &mut Context<Self>) {
+        if self.sync_in_flight || self.broken {
+            return;
+        }
+        let job = match self.core.sync_job() {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(error) => {
+                self.recover(error, context);
+                return;
+            }
+        };
+        self.sync_in_flight = true;
+        let generation = self.generation;
+        let address = context.address();
+        let runtime = context.runtime().clone();
+        drop(context.runtime().spawn(async move {
+            let result = match runtime.run_blocking(move || job.run()).await {
+                Ok(result) => result,
+                Err(error) => Err(DiskError::SyncFailed {
+                    path: Default::default(),
+                    reason: format!("sync task failed: {error}"),
+                }),
+            };
+            // If the actor is gone there is nobody left to tell.
+            let _ = address
+                .send(ReplicaMessage::Synced { generation, result })
+                .await;
+        }));
+    }
+
+    fn produce(
+        &mut self,
+        batches: Bytes,
+        acks: Acks,
+        reply: PartitionReply<ProduceResult>,
+        context: &mut Context<Self>,
+    ) {
+        if self.broken {
+            reply.send(Err(BrokerError::new(
+                ErrorCode::StorageError,
+                "the replica could not be reopened",
+            )));
+            return;
+        }
+        if self.stopping.is_some() {
+            reply.send(Err(BrokerError::new(
+                ErrorCode::BrokerShuttingDown,
+                "the partition replica is stopping",
+            )));
+            return;
+        }
+        if self.core.role() != Role::Leader {
+            reply.send(Err(self.not_leader()));
+            return;
+        }
+        if self.requests.len() >= self.config.pending_acks_max {
+            reply.send(Err(BrokerError::new(
+                ErrorCode::Timeout,
+                "too many produces waiting for replication; retry later",
+            )));
+            return;
+        }
+        let split = match self.check_batches(&batches) {
+            Ok(split) => split,
+            Err(error) => {
+                reply.send(Err(error));
+                return;
+            }
+        };
+        let request_id = self.next_request;
+        self.next_request += 1;
+        self.requests.insert(
+            request_id,
+            PendingRequest {
+                ranges: vec![None; split.len()],
+                remaining: split.len(),
+                error: None,
+                reply,
+            },
+        );
+        // acks=0 still gets a reply (the connection drops it): answered on append like acks=1.
+        let core_acks = match acks {
+            Acks::All => Acks::All,
+            Acks::Leader | Acks::None => Acks::Leader,
+        };
+        for (position, batch) in split.into_iter().enumerate() {
+            if !self.requests.contains_key(&request_id) {
+                // Failed by an earlier batch's core error (the replica was reopened).
+                break;
+            }
+            let batch_id = self.next_batch;
+            self.next_batch += 1;
+            self.batch_owners.insert(batch_id, (request_id, position));
+            self.step(
+                ReplicaInput::Produce {
+                    request_id: batch_id,
+                    batch,
+                    acks: core_acks,
+                },
+                context,
+            );
+        }
+    }
+
+    /// Split a request into its batches, checking each (framing, CRC, size, records) before
+    /// any is proposed, so a request is all or nothing as far as validation goes.
+    fn check_batches(&self, batches: &Bytes) -> Result<Vec<Bytes>, BrokerError> {
+        if batches.is_empty() {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidRequest,
+                "produce without a batch",
+            ));
+        }
+        let batch_bytes_max = self.core.log_config().batch_bytes_max;
+        let limit = compression::decompressed_bytes_limit(batch_bytes_max);
+        let mut split = Vec::new();
+        let mut position = 0;
+        while position < batches.len() {
+            let header = batch::validate(&batches[position..]).map_err(|error| {
+                BrokerError::new(
+                    ErrorCode::CorruptBatch,
+                    format!("batch at byte {position}: {error}"),
+                )
+            })?;
+            let end = position + header.total_len();
+            if header.total_len() > batch_bytes_max {
+                return Err(BrokerError::new(
+                    ErrorCode::RecordTooLarge,
+                    format!(
+                        "batch at byte {position} is {} bytes, above the limit of {batch_bytes_max}",
+                        header.total_len()
+                    ),
+                ));
+            }
+            compression::validate_records_bounded(&batches[position..end], limit).map_err(
+                |error| {
+                    let code = match error {
+                        BatchError::Compression(CompressionError::TooLarge { .. }) => {
+                            ErrorCode::RecordTooLarge
+                        }
+                        _ => ErrorCode::InvalidRecord,
+                    };
+                    BrokerError::new(code, format!("batch at byte {position}: {error}"))
+                },
+            )?;
+            split.push(batches.slice(position..end));
+            position = end;
+        }
+        Ok(split)
+    }
+
+    fn read(&self, offset: u64, bytes_max: u32) -> Result<FetchResult, BrokerError> {
+        match self.core.fetch(offset, bytes_max as usize) {
+            Ok(read) => Ok(FetchResult {
+                batch_count: count_batches(&read.batches),
+                batches: read.batches,
+                high_watermark: self.core.high_watermark(),
+                log_start_offset: self.core.log_start_offset(),
+            }),
+            Err(FetchRefused::NotLeader { .. }) => Err(self.not_leader()),
+            Err(FetchRefused::Log(error)) => Err(storage_error(&error)),
+        }
+    }
+
+    fn fetch(
+        &mut self,
+        offset: u64,
+        bytes_max: u32,
+        wait_ms_max: u32,
+        reply: PartitionReply<FetchResult>,
+        context: &mut Context<Self>,
+    ) {
+        if self.broken || self.core.role() != Role::Leader {
+            reply.send(Err(self.not_leader()));
+            return;
+        }
+        let high_watermark = self.core.high_watermark();
+        let log_start = self.core.log_start_offset();
+        let log_end = self.core.log_end_offset();
+        if offset < log_start || offset > log_end {
+            reply.send(Err(BrokerError::new(
+                ErrorCode::OffsetOutOfRange,
+                format!(
+                    "offset {offset} is outside [{log_start}, {high_watermark}] of {}-{}",
+                    self.topic, self.partition
+                ),
+            )));
+            return;
+        }
+        if offset < high_watermark
+            || wait_ms_max == 0
+            || self.waiters.len() >= self.config.fetch_waiters_max
+        {
+            reply.send(self.read(offset, bytes_max));
+            return;
+        }
+        let id = self.next_waiter;
+        self.next_waiter += 1;
+        let wait = u64::from(wait_ms_max).min(self.config.fetch_wait_ms_max);
+        let timer = context.run_after(
+            Duration::from_millis(wait),
+            ReplicaMessage::FetchExpired { waiter: id },
+        );
+        self.waiters.insert(
+            id,
+            FetchWaiter {
+                offset,
+                bytes_max,
+                reply,
+                timer,
+            },
+        );
+    }
+
+    fn list_offsets(&self, spec: OffsetSpec) -> Result<(u64, Option<i64>), BrokerError> {
+        if self.core.role() != Role::Leader {
+            return Err(self.not_leader());
+        }
+        let high_watermark = self.core.high_watermark();
+        match spec {
+            OffsetSpec::Earliest => Ok((self.core.log_start_offset(), None)),
+            OffsetSpec::Latest => Ok((high_watermark, None)),
+            OffsetSpec::Timestamp(timestamp) => match self.core.offset_for_timestamp(timestamp) {
+                Ok(Some((offset, found))) if offset < high_watermark => Ok((offset, Some(found))),
+                Ok(_) => Ok((high_watermark, None)),
+                Err(error) => Err(storage_error(&error)),
+            },
+        }
+    }
+
+    /// Stop: a leader hands leadership to its most caught-up follower first and stops once
+    /// someone else leads (or an election timeout passed); others stop at once.
+    fn stop(&mut self, reply: Reply<()>, context: &mut Context<Self>) {
+        if self.stopping.is_some() {
+            // A second stop: answered at once, the first one finishes the job.
+            reply.send(());
+            return;
+        }
+        let wait = Duration::from_millis(self.replica_config.raft.election_timeout_ms.max(1));
+        let deadline = context.run_after(wait, ReplicaMessage::StopDeadline);
+        self.stopping = Some(Stopping { reply, deadline });
+        if let Some(to) = self.core.transfer_candidate() {
+            tracing::info!(group = ?self.group, to, "stopping: handing leadership over");
+            self.step(ReplicaInput::TransferLeadership { to }, context);
+        }
+        self.after_step(context);
+    }
+
+    /// Every replica applies retention to its own committed prefix (below its high
+    /// watermark); a follower that falls behind the leader's log start is caught up from it.
+    fn enforce_retention(
+        &mut self,
+        context: &mut Context<Self>,
+    ) -> Result<RetentionOutcome, BrokerError> {
+        if self.broken {
+            return Err(BrokerError::new(
+                ErrorCode::StorageError,
+                "the replica could not be reopened",
+            ));
+        }
+        let now_ms = self.clock(context);
+        match self.core.apply_retention(now_ms, self.retention) {
+            Ok(outcome) => {
+                if outcome.segments_deleted > 0 {
+                    tracing::info!(
+                        group = ?self.group,
+                        segments = outcome.segments_deleted,
+                        bytes = outcome.bytes_deleted,
+                        log_start_offset = outcome.log_start_offset,
+                        "retention deleted segments"
+                    );
+                }
+                Ok(outcome)
+            }
+            Err(error) => {
+                let answer = BrokerError::new(ErrorCode::StorageError, error.to_string());
+                self.recover(error, context);
+                self.after_step(context);
+                Err(answer)
+            }
+        }
+    }
+
+    fn handle_client(&mut self, message: PartitionMessage, context: &mut Context<Self>) {
+        match message {
+            PartitionMessage::Produce {
+                batches,
+                acks,
+                reply,
+            } => self.produce(batches, acks, reply, context),
+            PartitionMessage::Fetch {
+                offset,
+                bytes_max,
+                wait_ms_max,
+                reply,
+            } => self.fetch(offset, bytes_max, wait_ms_max, reply, context),
+            PartitionMessage::ListOffsets { spec, reply } => reply.send(self.list_offsets(spec)),
+            PartitionMessage::Status { reply } => reply.send(PartitionStatus {
+                log_start_offset: self.core.log_start_offset(),
+                high_watermark: self.core.high_watermark(),
+                log_end_offset: self.core.log_end_offset(),
+                durable_offset: self.core.durable_offset(),
+            }),
+            PartitionMessage::SetLimits { limits, reply } => {
+                // Segment and batch limits apply to this replica's log from the next append;
+                // retention at the next EnforceRetention.
+                self.retention = limits.retention;
+                let result = self
+                    .core
+                    .set_segment_limits(
+                        limits.segment_bytes_max,
+                        limits.segment_age_ms_max,
+                        limits.batch_bytes_max,
+                    )
+                    .map_err(|error| storage_error(&error));
+                reply.send(result);
+            }
+            PartitionMessage::EnforceRetention { reply } => {
+                let result = self.enforce_retention(context);
+                if let Some(reply) = reply {
+                    reply.send(result);
+                }
+            }
+            PartitionMessage::Stop { reply } => self.stop(reply, context),
+            // The partition actor's own internal messages; this actor has its own.
+            PartitionMessage::SyncDone { .. }
+            | PartitionMessage::FetchExpired { .. }
+            | PartitionMessage::SyncTick => {
+                tracing::debug!(group = ?self.group, "internal partition message ignored");
+            }
+        }
+    }
+}
+
+fn count_batches(batches: &Bytes) -> u32 {
+    let count = batch::split_batches(batches.clone())
+        .take_while(Result::is_ok)
+        .count();
+    u32::try_from(count).unwrap_or(u32::MAX)
+}
+
+impl Actor for ReplicatedPartition {
+    type Message = ReplicaMessage;
+
+    fn name(&self) -> String {
+        format!(
+            "replica {}-{} on node {}",
+            self.topic,
+            self.partition,
+            self.core.node_id()
+        )
+    }
+
+    async fn started(&mut self, context: &mut Context<Self>) {
+        // Publish the (empty) view at once so the hint and observer start consistent.
+        self.clock(context);
+        self.after_step(context);
+    }
+
+    async fn handle(&mut self, message: ReplicaMessage, context: &mut Context<Self>) {
+        match message {
+            ReplicaMessage::Client(message) => self.handle_client(message, context),
+            ReplicaMessage::Peer {
+                from,
+                message,
+                batches,
+            } => self.step(
+                ReplicaInput::Peer {
+                    from,
+                    message,
+                    batches,
+                },
+                context,
+            ),
+            ReplicaMessage::Tick => self.step(ReplicaInput::Tick, context),
+            ReplicaMessage::Report { reply } => reply.send(self.report()),
+            ReplicaMessage::Synced { generation, result } => {
+                if generation != self.generation {
+                    return;
+                }
+                self.sync_in_flight = false;
+                self.step(ReplicaInput::Synced { result }, context);
+                // The next job covers everything appended while this one ran.
+                self.start_sync(context);
+            }
+            ReplicaMessage::FetchExpired { waiter } => {
+                if let Some(waiter) = self.waiters.remove(&waiter) {
+                    waiter
+                        .reply
+                        .send(self.read(waiter.offset, waiter.bytes_max));
+                }
+            }
+            ReplicaMessage::StopDeadline => {
+                if self.stopping.is_some() {
+                    tracing::warn!(group = ?self.group, "leadership transfer did not finish in time; stopping anyway");
+                    context.stop();
+                }
+            }
+        }
+    }
+
+    async fn stopped(&mut self, context: &mut Context<Self>) {
+        if !self.broken {
+            // A clean stop leaves nothing unsynced. Blocking here is fine: the actor is done.
+            let now_ms = self.clock(context);
+            match self.core.sync_now(now_ms) {
+                Ok(output) => {
+                    for answer in output.answers {
+                        self.answer(answer);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(group = ?self.group, %error, "final sync failed");
+                }
+            }
+        }
+        self.fail_pending(&BrokerError::new(
+            ErrorCode::BrokerShuttingDown,
+            "partition replica stopped",
+        ));
+        if let Some(stopping) = self.stopping.take() {
+            stopping.deadline.cancel();
+            stopping.reply.send(());
+        }
+    }
+}
+
+/// The router's view of a replicated partition: peer messages and ticks go to its mailbox
+/// without waiting (a full mailbox drops them; Raft retries).
+impl GroupInbox for Addr<ReplicatedPartition> {
+    fn deliver(&self, from: NodeId, message: RaftMessage, batches: Vec<Bytes>) -> bool {
+        self.try_send(ReplicaMessage::Peer {
+            from,
+            message,
+            batches,
+        })
+        .is_ok()
+    }
+
+    fn tick(&self) -> bool {
+        self.try_send(ReplicaMessage::Tick).is_ok()
+    }
+}

@@ -1,0 +1,1072 @@
+//! Three [`ReplicatedPartition`] actors in one runtime (plain tokio, real time), connected by
+//! an in-memory [`PeerOutbox`] that routes through three [`PeerRouter`]s, with switches that
+//! cut links or drop the appends that carry data (heartbeats still flow, so the leader keeps
+//! its lease while nothing commits). A test ticker calls `tick_all` on every router each
+//! heartbeat interval, as the node-level ticker does.
+//!
+//! Each scenario is a function returning the first violated check; the `planted_*` tests run
+//! a scenario with a planted bug (brook-raft's `PlantedBug` or the replica's
+//! `ReplicaPlantedBug`) and assert that the expected check fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use brook_actors::partition::{
+    FetchResult, PartitionConfig, PartitionLimits, PartitionMessage, ProduceResult,
+};
+use brook_actors::peer_router::{partition_group, GroupInbox, PeerOutbox, PeerRouter};
+use brook_actors::replica::{ReplicaConfig, ReplicaPlantedBug};
+use brook_actors::replicated::{
+    LeaderObserver, ReplicaMessage, ReplicatedPartition, ReplicatedPartitionConfig, NO_LEADER,
+};
+use brook_actors::runtime::{reply_pair, Addr, Duration, PendingReply, Runtime, TaskHandle};
+use brook_raft::{Config, NodeId, PlantedBug};
+use brook_storage::log::{FsyncPolicy, LogConfig, RetentionPolicy};
+use brook_storage::SimDisk;
+use brook_wire::batch::{split_batches, BatchBuilder};
+use brook_wire::peer::{GroupId, RaftMessage};
+use brook_wire::protocol::{Acks, PartitionStatusReport};
+use brook_wire::{BrokerError, ErrorCode};
+use bytes::{Bytes, BytesMut};
+
+const NODES: [NodeId; 3] = [1, 2, 3];
+const HEARTBEAT_MS: u64 = 25;
+const ELECTION_TIMEOUT_MS: u64 = 300;
+/// Ticks the test ticker gives at most (bounds every scenario: 60 s).
+const TICKS_MAX: u32 = 2_400;
+/// Longest wait for any one answer or condition.
+const WAIT_MS_MAX: u64 = 5_000;
+const POLL_MS: u64 = 10;
+/// How long the long-poll scenario's fetch may wait (its answer must come from the commit,
+/// within half of it).
+const PARKED_WAIT_MS: u32 = 4_000;
+
+/// A failed check: which one, and what was seen.
+#[derive(Debug)]
+struct Violation {
+    check: &'static str,
+    detail: String,
+}
+
+fn violation(check: &'static str, detail: impl Into<String>) -> Violation {
+    Violation {
+        check,
+        detail: detail.into(),
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Bugs {
+    raft: Option<PlantedBug>,
+    replica: Option<ReplicaPlantedBug>,
+}
+
+/// The switches of the in-memory network.
+#[derive(Debug, Default)]
+struct Rules {
+    /// Directed links that drop everything.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// Drop every append that carries batches (probes, heartbeats and answers still flow).
+    drop_appends: bool,
+}
+
+#[derive(Debug, Default)]
+struct Network {
+    routers: Mutex<BTreeMap<NodeId, PeerRouter>>,
+    rules: Mutex<Rules>,
+}
+
+impl Network {
+    fn rules(&self) -> std::sync::MutexGuard<'_, Rules> {
+        self.rules.lock().expect("rules lock")
+    }
+    fn routers(&self) -> Vec<PeerRouter> {
+        self.routers
+            .lock()
+            .expect("routers lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+    fn isolate(&self, node: NodeId) {
+        let mut rules = self.rules();
+        for other in NODES.iter().copied().filter(|other| *other != node) {
+            rules.cut.insert((node, other));
+            rules.cut.insert((other, node));
+        }
+    }
+    fn heal(&self) {
+        let mut rules = self.rules();
+        rules.cut.clear();
+        rules.drop_appends = false;
+    }
+}
+
+/// One node's outbox: delivers straight into the destination node's router.
+#[derive(Debug)]
+struct Outbox {
+    from: NodeId,
+    network: Arc<Network>,
+}
+
+impl PeerOutbox for Outbox {
+    fn send(&self, to: NodeId, group: GroupId, message: RaftMessage, batches: Vec<Bytes>) {
+        {
+            let rules = self.network.rules();
+            if rules.cut.contains(&(self.from, to)) {
+                return;
+            }
+            if rules.drop_appends
+                && matches!(message, RaftMessage::Append(_))
+                && !batches.is_empty()
+            {
+                return;
+            }
+        }
+        let router = self
+            .network
+            .routers
+            .lock()
+            .expect("routers lock")
+            .get(&to)
+            .cloned();
+        if let Some(router) = router {
+            // An unknown group (a stopped replica) or a full mailbox drops the message.
+            let _ = router.deliver(self.from, group, message, batches);
+        }
+    }
+}
+
+/// Records every leader change a replica reports.
+#[derive(Default)]
+struct Observed {
+    changes: Mutex<Vec<(Option<NodeId>, u64)>>,
+}
+
+impl LeaderObserver for Observed {
+    fn leader_changed(&self, _group: &GroupId, leader: Option<NodeId>, term: u64) {
+        self.changes
+            .lock()
+            .expect("observer lock")
+            .push((leader, term));
+    }
+}
+
+struct Node {
+    disk: SimDisk,
+    address: Option<Addr<ReplicatedPartition>>,
+    hint: Arc<AtomicU64>,
+    observed: Arc<Observed>,
+}
+
+struct Cluster {
+    runtime: Runtime,
+    network: Arc<Network>,
+    group: GroupId,
+    bugs: Bugs,
+    nodes: BTreeMap<NodeId, Node>,
+    ticker: TaskHandle<()>,
+}
+
+fn config(id: NodeId, group: &GroupId, bugs: Bugs) -> ReplicatedPartitionConfig {
+    ReplicatedPartitionConfig {
+        group: group.clone(),
+        topic: "t".to_owned(),
+        partition: 0,
+        replica: ReplicaConfig {
+            node_id: id,
+            voters: NODES.iter().copied().collect(),
+            raft: Config {
+                election_timeout_ms: ELECTION_TIMEOUT_MS,
+                heartbeat_interval_ms: HEARTBEAT_MS,
+                planted_bug: bugs.raft,
+                ..Config::default()
+            },
+            log: LogConfig {
+                segment_bytes_max: 4096,
+                fsync: FsyncPolicy::Always,
+                ..LogConfig::default()
+            },
+            dir: PathBuf::from(format!("/node-{id}/t@7/0")),
+            seed: id,
+            planted_bug: bugs.replica,
+        },
+        partition_config: PartitionConfig {
+            pending_acks_max: 64,
+            ..PartitionConfig::default()
+        },
+    }
+}
+
+fn batch_of(values: &[&str]) -> Bytes {
+    let mut builder = BatchBuilder::new();
+    for value in values {
+        builder.push(0, None, Some(value.as_bytes()), &[]);
+    }
+    builder.finish().freeze()
+}
+
+/// (offset, value) of every data record in `batches` (control batches skipped).
+fn records_of(batches: &Bytes) -> Vec<(u64, Bytes)> {
+    let mut records = Vec::new();
+    for batch in split_batches(batches.clone()) {
+        let batch = batch.expect("a served batch is valid");
+        if batch.header().attributes & (1 << 5) != 0 {
+            continue;
+        }
+        for record in batch.records().expect("records") {
+            records.push((record.offset, record.value.unwrap_or_default()));
+        }
+    }
+    records
+}
+
+impl Cluster {
+    async fn start(bugs: Bugs) -> Cluster {
+        let runtime = Runtime::new(7);
+        let network = Arc::new(Network::default());
+        let group = partition_group("t", 7, 0);
+        let mut cluster = Cluster {
+            runtime: runtime.clone(),
+            network: network.clone(),
+            group,
+            bugs,
+            nodes: BTreeMap::new(),
+            ticker: runtime.spawn(async {}),
+        };
+        for id in NODES {
+            cluster.nodes.insert(
+                id,
+                Node {
+                    disk: SimDisk::new(id),
+                    address: None,
+                    hint: Arc::new(AtomicU64::new(NO_LEADER)),
+                    observed: Arc::new(Observed::default()),
+                },
+            );
+            network
+                .routers
+                .lock()
+                .expect("routers lock")
+                .insert(id, PeerRouter::new());
+            cluster.open(id);
+        }
+        let ticker_runtime = runtime.clone();
+        cluster.ticker = runtime.spawn(async move {
+            for _ in 0..TICKS_MAX {
+                ticker_runtime
+                    .sleep(Duration::from_millis(HEARTBEAT_MS))
+                    .await;
+                for router in network.routers() {
+                    router.tick_all();
+                }
+            }
+        });
+        cluster
+    }
+
+    fn router(&self, id: NodeId) -> PeerRouter {
+        self.network.routers.lock().expect("routers lock")[&id].clone()
+    }
+
+    fn open(&mut self, id: NodeId) {
+        let now_ms = u64::try_from(self.runtime.wall_clock_ms()).unwrap_or(0);
+        let outbox = Arc::new(Outbox {
+            from: id,
+            network: self.network.clone(),
+        });
+        let node = &self.nodes[&id];
+        let actor = ReplicatedPartition::open(
+            Arc::new(node.disk.clone()),
+            config(id, &self.group, self.bugs),
+            outbox,
+            Some(node.observed.clone() as Arc<dyn LeaderObserver>),
+            now_ms,
+        )
+        .expect("replica opens");
+        let hint = actor.leader_hint();
+        let address = self.runtime.spawn_actor(actor, 256);
+        self.router(id).register(
+            self.group.clone(),
+            Arc::new(address.clone()) as Arc<dyn GroupInbox>,
+        );
+        let node = self.nodes.get_mut(&id).expect("node");
+        node.address = Some(address);
+        node.hint = hint;
+    }
+
+    fn address(&self, id: NodeId) -> &Addr<ReplicatedPartition> {
+        self.nodes[&id].address.as_ref().expect("node is up")
+    }
+
+    fn up(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, node)| node.address.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    async fn report(&self, id: NodeId) -> PartitionStatusReport {
+        self.address(id)
+            .ask_timeout(Duration::from_millis(WAIT_MS_MAX), |reply| {
+                ReplicaMessage::Report { reply }
+            })
+            .await
+            .expect("report")
+    }
+
+    async fn pause(&self, ms: u64) {
+        self.runtime.sleep(Duration::from_millis(ms)).await;
+    }
+
+    /// The node among `among` that leads in the highest term, once one does.
+    async fn wait_for_leader(&self, among: &[NodeId]) -> Result<NodeId, Violation> {
+        for _ in 0..WAIT_MS_MAX / POLL_MS {
+            let mut best: Option<(u64, NodeId)> = None;
+            for id in among {
+                let report = self.report(*id).await;
+                if report.leader == u32::try_from(*id).ok()
+                    && best.map_or(true, |(term, _)| report.leader_term > term)
+                {
+                    best = Some((report.leader_term, *id));
+                }
+            }
+            if let Some((_, leader)) = best {
+                return Ok(leader);
+            }
+            self.pause(POLL_MS).await;
+        }
+        Err(violation(
+            "leader-elected",
+            format!("no leader among {among:?}"),
+        ))
+    }
+
+    fn send_produce(
+        &self,
+        id: NodeId,
+        batches: Bytes,
+        acks: Acks,
+    ) -> PendingReply<Result<ProduceResult, BrokerError>> {
+        let (reply, pending) = reply_pair();
+        self.address(id)
+            .try_send(ReplicaMessage::Client(PartitionMessage::Produce {
+                batches,
+                acks,
+                reply,
+            }))
+            .map_err(|_| "mailbox full")
+            .expect("produce queued");
+        pending
+    }
+
+    async fn produce(
+        &self,
+        id: NodeId,
+        batches: Bytes,
+        acks: Acks,
+    ) -> Result<ProduceResult, BrokerError> {
+        self.runtime
+            .timeout(
+                Duration::from_millis(WAIT_MS_MAX),
+                self.send_produce(id, batches, acks),
+            )
+            .await
+            .expect("produce answered in time")
+            .expect("produce answered")
+    }
+
+    fn send_fetch(
+        &self,
+        id: NodeId,
+        offset: u64,
+        wait_ms_max: u32,
+    ) -> PendingReply<Result<FetchResult, BrokerError>> {
+        let (reply, pending) = reply_pair();
+        self.address(id)
+            .try_send(ReplicaMessage::Client(PartitionMessage::Fetch {
+                offset,
+                bytes_max: 1 << 20,
+                wait_ms_max,
+                reply,
+            }))
+            .map_err(|_| "mailbox full")
+            .expect("fetch queued");
+        pending
+    }
+
+    async fn fetch(&self, id: NodeId, offset: u64) -> Result<FetchResult, BrokerError> {
+        self.send_fetch(id, offset, 0)
+            .await
+            .expect("fetch answered")
+    }
+
+    /// Every committed data record the leader serves, from offset 0.
+    async fn read_all(&self, leader: NodeId) -> Result<Vec<(u64, Bytes)>, Violation> {
+        self.read_all_from(leader, 0).await
+    }
+
+    /// Every committed data record the leader serves, from `offset`.
+    async fn read_all_from(
+        &self,
+        leader: NodeId,
+        mut offset: u64,
+    ) -> Result<Vec<(u64, Bytes)>, Violation> {
+        let mut records = Vec::new();
+        for _ in 0..10_000 {
+            let fetched = self
+                .fetch(leader, offset)
+                .await
+                .map_err(|error| violation("fetch", error.to_string()))?;
+            if fetched.batch_count == 0 {
+                return Ok(records);
+            }
+            let mut next = offset;
+            for batch in split_batches(fetched.batches.clone()) {
+                next = batch.expect("valid").header().next_offset();
+            }
+            if next > fetched.high_watermark {
+                return Err(violation(
+                    "fetch-below-high-watermark",
+                    format!(
+                        "served up to {next}, high watermark {}",
+                        fetched.high_watermark
+                    ),
+                ));
+            }
+            records.extend(records_of(&fetched.batches));
+            offset = next;
+        }
+        Err(violation("fetch", "read did not end"))
+    }
+
+    async fn stop(&mut self, id: NodeId) {
+        let address = self.nodes.get_mut(&id).expect("node").address.take();
+        let address = address.expect("node is up");
+        address
+            .ask_timeout(Duration::from_millis(WAIT_MS_MAX), |reply| {
+                ReplicaMessage::Client(PartitionMessage::Stop { reply })
+            })
+            .await
+            .expect("stopped");
+        self.router(id).unregister(&self.group);
+        // The actor is gone once its mailbox is closed.
+        address.closed().await;
+    }
+
+    async fn shutdown(mut self) {
+        self.network.heal();
+        for id in self.up() {
+            self.stop(id).await;
+        }
+        self.ticker.abort();
+    }
+}
+
+fn check(
+    condition: bool,
+    name: &'static str,
+    detail: impl FnOnce() -> String,
+) -> Result<(), Violation> {
+    if condition {
+        Ok(())
+    } else {
+        Err(violation(name, detail()))
+    }
+}
+
+/// A leader is elected; acks=all produces are answered only after commit (not while appends
+/// are dropped, even though the leader keeps its lease), with dense offsets, one request of
+/// two batches answered with the first base offset; followers answer NotLeader naming the
+/// leader (in the error and the hint) and their high watermarks follow the leader's.
+async fn produce_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    let mut previous: Option<ProduceResult> = None;
+    for round in 0..8 {
+        let value_a = format!("a{round}");
+        let value_b = format!("b{round}");
+        let result = cluster
+            .produce(leader, batch_of(&[&value_a, &value_b]), Acks::All)
+            .await
+            .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+        check(
+            result.last_offset == result.base_offset + 1,
+            "dense-offsets",
+            || format!("{result:?}"),
+        )?;
+        if let Some(previous) = previous {
+            check(
+                result.base_offset == previous.last_offset + 1,
+                "dense-offsets",
+                || format!("{previous:?} then {result:?}"),
+            )?;
+        }
+        previous = Some(result);
+    }
+    // Two batches in one request: answered once both are, with the first's base offset.
+    let mut two = BytesMut::from(&batch_of(&["c0"])[..]);
+    two.extend_from_slice(&batch_of(&["c1", "c2"]));
+    let result = cluster
+        .produce(leader, two.freeze(), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    let previous = previous.expect("produced");
+    check(
+        result.base_offset == previous.last_offset + 1
+            && result.last_offset == result.base_offset + 2,
+        "dense-offsets",
+        || format!("{previous:?} then {result:?}"),
+    )?;
+    // acks=all is not answered while nothing can commit (appends dropped, heartbeats flow).
+    cluster.network.rules().drop_appends = true;
+    let mut pending = cluster.send_produce(leader, batch_of(&["held"]), Acks::All);
+    let early = cluster
+        .runtime
+        .timeout(Duration::from_millis(ELECTION_TIMEOUT_MS), &mut pending)
+        .await;
+    check(early.is_err(), "acks-all-after-commit", || {
+        format!("answered before commit: {early:?}")
+    })?;
+    cluster.network.heal();
+    let answer = cluster
+        .runtime
+        .timeout(Duration::from_millis(WAIT_MS_MAX), pending)
+        .await
+        .map_err(|_| violation("acks-all-produced", "no answer after the heal"))?
+        .expect("answered")
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    let status = cluster.report(leader).await;
+    check(
+        status.high_watermark > answer.last_offset,
+        "acks-all-after-commit",
+        || format!("{answer:?} with {status:?}"),
+    )?;
+    check(
+        status
+            .in_sync_replicas
+            .contains(&u32::try_from(leader).unwrap_or(0)),
+        "report",
+        || format!("{status:?}"),
+    )?;
+    // Followers: NotLeader naming the leader; their high watermark follows the leader's.
+    for follower in NODES.iter().copied().filter(|id| *id != leader) {
+        let refused = cluster.produce(follower, batch_of(&["x"]), Acks::All).await;
+        check(
+            refused
+                .as_ref()
+                .is_err_and(|error| error.code == ErrorCode::NotLeader),
+            "not-leader",
+            || format!("node {follower}: {refused:?}"),
+        )?;
+        let refused = cluster.fetch(follower, 0).await;
+        check(
+            refused
+                .as_ref()
+                .is_err_and(|error| error.code == ErrorCode::NotLeader),
+            "not-leader",
+            || format!("fetch on node {follower}: {refused:?}"),
+        )?;
+        let hint = cluster.nodes[&follower].hint.load(Ordering::Acquire);
+        check(hint == leader, "leader-hint", || {
+            format!("node {follower} hints {hint}, leader {leader}")
+        })?;
+        let mut caught_up = false;
+        for _ in 0..WAIT_MS_MAX / POLL_MS {
+            let report = cluster.report(follower).await;
+            if report.high_watermark == status.high_watermark {
+                caught_up = true;
+                break;
+            }
+            cluster.pause(POLL_MS).await;
+        }
+        check(caught_up, "follower-high-watermark", || {
+            format!("node {follower} never reached {}", status.high_watermark)
+        })?;
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// A fetch at the high watermark waits until it moves and never returns uncommitted data.
+async fn fetch_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    cluster
+        .produce(leader, batch_of(&["first"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    let high_watermark = cluster.report(leader).await.high_watermark;
+    let mut parked = cluster.send_fetch(leader, high_watermark, PARKED_WAIT_MS);
+    cluster.network.rules().drop_appends = true;
+    let appended = cluster
+        .produce(leader, batch_of(&["uncommitted"]), Acks::Leader)
+        .await
+        .map_err(|error| violation("acks-one-produced", error.to_string()))?;
+    // Appended on the leader, not committed: a fetch without wait serves nothing of it...
+    let immediate = cluster
+        .fetch(leader, high_watermark)
+        .await
+        .map_err(|error| violation("fetch", error.to_string()))?;
+    check(immediate.batch_count == 0, "no-uncommitted-reads", || {
+        format!(
+            "served {} records above {high_watermark}",
+            records_of(&immediate.batches).len()
+        )
+    })?;
+    // ...and the parked one keeps waiting.
+    let early = cluster
+        .runtime
+        .timeout(Duration::from_millis(4 * HEARTBEAT_MS), &mut parked)
+        .await;
+    check(early.is_err(), "long-poll-waits", || {
+        format!("answered before the high watermark moved: {early:?}")
+    })?;
+    cluster.network.heal();
+    // Woken by the commit, well before its own wait would end it.
+    let fetched = cluster
+        .runtime
+        .timeout(Duration::from_millis(u64::from(PARKED_WAIT_MS) / 2), parked)
+        .await
+        .map_err(|_| violation("long-poll-wakes", "no answer after the commit"))?
+        .expect("answered")
+        .map_err(|error| violation("fetch", error.to_string()))?;
+    let records = records_of(&fetched.batches);
+    check(
+        records.first().map(|(offset, _)| *offset) == Some(appended.base_offset),
+        "long-poll-wakes",
+        || format!("woke with {records:?}, appended at {appended:?}"),
+    )?;
+    check(
+        records
+            .iter()
+            .all(|(offset, _)| *offset < fetched.high_watermark),
+        "no-uncommitted-reads",
+        || format!("{records:?} above {}", fetched.high_watermark),
+    )?;
+    // A parked fetch also ends when its wait does (empty).
+    let status = cluster.report(leader).await;
+    let expired = cluster
+        .runtime
+        .timeout(
+            Duration::from_millis(WAIT_MS_MAX),
+            cluster.send_fetch(leader, status.high_watermark, 50),
+        )
+        .await
+        .map_err(|_| violation("long-poll-expires", "no answer"))?
+        .expect("answered")
+        .map_err(|error| violation("fetch", error.to_string()))?;
+    check(expired.batch_count == 0, "long-poll-expires", || {
+        format!("{expired:?}")
+    })?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Stopping the leader hands leadership over first (the stopping replica saw a higher term
+/// before it stopped); the next leader serves every acknowledged record; the old leader
+/// reopened from its disk rejoins as a follower.
+async fn stop_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let mut cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    let mut acknowledged = Vec::new();
+    for round in 0..20 {
+        let value = format!("v{round}");
+        let result = cluster
+            .produce(leader, batch_of(&[&value]), Acks::All)
+            .await
+            .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+        acknowledged.push((result.base_offset, Bytes::from(value)));
+    }
+    let term = cluster.report(leader).await.leader_term;
+    let seen_before = cluster.nodes[&leader]
+        .observed
+        .changes
+        .lock()
+        .expect("lock")
+        .len();
+    cluster.stop(leader).await;
+    let changes = cluster.nodes[&leader]
+        .observed
+        .changes
+        .lock()
+        .expect("lock")
+        .clone();
+    check(
+        changes[seen_before..].iter().any(|(_, seen)| *seen > term),
+        "stop-transfers-leadership",
+        || {
+            format!(
+                "the stopping leader of term {term} saw {:?}",
+                &changes[seen_before..]
+            )
+        },
+    )?;
+    let others: Vec<NodeId> = NODES.iter().copied().filter(|id| *id != leader).collect();
+    let next = cluster.wait_for_leader(&others).await?;
+    // A new leader's high watermark reaches the old leader's only once it commits an entry of
+    // its own term: an acks=all produce there does (and must keep everything before it).
+    let result = cluster
+        .produce(next, batch_of(&["after"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    acknowledged.push((result.base_offset, Bytes::from("after")));
+    let served = cluster.read_all(next).await?;
+    let served: BTreeMap<u64, Bytes> = served.into_iter().collect();
+    for (offset, value) in &acknowledged {
+        check(
+            served.get(offset) == Some(value),
+            "acknowledged-kept",
+            || {
+                format!(
+                    "offset {offset}: acknowledged {value:?}, served {:?}",
+                    served.get(offset)
+                )
+            },
+        )?;
+    }
+    cluster.open(leader);
+    let target = cluster.report(next).await.high_watermark;
+    let mut rejoined = false;
+    for _ in 0..WAIT_MS_MAX / POLL_MS {
+        let report = cluster.report(leader).await;
+        if report.high_watermark >= target && report.leader == u32::try_from(next).ok() {
+            rejoined = true;
+            break;
+        }
+        cluster.pause(POLL_MS).await;
+    }
+    check(rejoined, "rejoins-as-follower", || {
+        format!("node {leader} did not follow node {next} up to {target}")
+    })?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// A leader cut off from both followers never acknowledges an acks=all produce: it steps
+/// down (check-quorum) and answers NotLeader; the majority elects a leader that commits.
+async fn partition_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    cluster
+        .produce(leader, batch_of(&["before"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    cluster.network.isolate(leader);
+    let answer = cluster
+        .runtime
+        .timeout(
+            Duration::from_millis(WAIT_MS_MAX),
+            cluster.send_produce(leader, batch_of(&["isolated"]), Acks::All),
+        )
+        .await;
+    let answer = match answer {
+        Ok(Ok(answer)) => answer,
+        other => {
+            return Err(violation(
+                "isolated-leader-answers",
+                format!("no answer in {WAIT_MS_MAX} ms: {other:?}"),
+            ))
+        }
+    };
+    check(
+        answer
+            .as_ref()
+            .is_err_and(|error| error.code == ErrorCode::NotLeader),
+        "isolated-leader-acknowledges-nothing",
+        || format!("isolated leader answered {answer:?}"),
+    )?;
+    let others: Vec<NodeId> = NODES.iter().copied().filter(|id| *id != leader).collect();
+    let next = cluster.wait_for_leader(&others).await?;
+    cluster
+        .produce(next, batch_of(&["majority"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// An fsync failure on the leader: the produce waiting for it fails with a retriable error,
+/// the replica reopens from its disk and carries on (a leader is elected again, acks=all
+/// produces commit, the reopened replica catches up and keeps every acknowledged record).
+async fn fsync_failure_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    let before = cluster
+        .produce(leader, batch_of(&["before"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    // With the followers' copies held back, the commit needs the leader's own fsync (with
+    // them, a majority of followers may commit the batch before the leader's fsync fails,
+    // and then the answer is rightly a success).
+    cluster.network.rules().drop_appends = true;
+    cluster.nodes[&leader].disk.fail_next_sync();
+    let answer = cluster
+        .runtime
+        .timeout(
+            Duration::from_millis(WAIT_MS_MAX),
+            cluster.send_produce(leader, batch_of(&["failed"]), Acks::All),
+        )
+        .await;
+    let answer = match answer {
+        Ok(Ok(answer)) => answer,
+        other => {
+            return Err(violation(
+                "failed-sync-answered",
+                format!("no answer in {WAIT_MS_MAX} ms: {other:?}"),
+            ))
+        }
+    };
+    check(
+        answer.as_ref().is_err_and(BrokerError::is_retriable),
+        "failed-sync-answered",
+        || format!("{answer:?}"),
+    )?;
+    cluster.network.heal();
+    let next = cluster.wait_for_leader(&NODES).await?;
+    let after = cluster
+        .produce(next, batch_of(&["after"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    let served: BTreeMap<u64, Bytes> = cluster.read_all(next).await?.into_iter().collect();
+    for (offset, value) in [(before.base_offset, "before"), (after.base_offset, "after")] {
+        check(
+            served.get(&offset) == Some(&Bytes::from(value)),
+            "acknowledged-kept",
+            || format!("offset {offset}: {:?}", served.get(&offset)),
+        )?;
+    }
+    let target = cluster.report(next).await.high_watermark;
+    let mut caught_up = false;
+    for _ in 0..WAIT_MS_MAX / POLL_MS {
+        if cluster.address(leader).is_closed() {
+            break;
+        }
+        if cluster.report(leader).await.high_watermark >= target {
+            caught_up = true;
+            break;
+        }
+        cluster.pause(POLL_MS).await;
+    }
+    check(caught_up, "reopened-replica-catches-up", || {
+        format!("node {leader} never reached {target}")
+    })?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// A follower that was down while retention removed what it lacks is caught up from the
+/// leader's log start: it restarts its log there, follows the leader's high watermark, takes
+/// part in commits again, and, once leading, serves every acknowledged record at or above its
+/// log start.
+async fn catch_up_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let mut cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    let lagging = NODES
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let other = NODES
+        .iter()
+        .copied()
+        .find(|id| *id != leader && *id != lagging)
+        .expect("another follower");
+    cluster.stop(lagging).await;
+    let value = "x".repeat(200);
+    let mut acknowledged = Vec::new();
+    for round in 0..40 {
+        let tagged = format!("{round}-{value}");
+        let result = cluster
+            .produce(leader, batch_of(&[&tagged, &tagged]), Acks::All)
+            .await
+            .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+        acknowledged.push((result.base_offset, Bytes::from(tagged.clone())));
+        acknowledged.push((result.last_offset, Bytes::from(tagged)));
+    }
+    for id in [leader, other] {
+        let limits = PartitionLimits {
+            segment_bytes_max: 4096,
+            segment_age_ms_max: u64::MAX,
+            batch_bytes_max: 1 << 20,
+            retention: RetentionPolicy {
+                age_ms_max: None,
+                bytes_max: Some(4096),
+            },
+        };
+        let address = cluster.address(id);
+        address
+            .ask(|reply| ReplicaMessage::Client(PartitionMessage::SetLimits { limits, reply }))
+            .await
+            .expect("asked")
+            .map_err(|error| violation("retention", error.to_string()))?;
+        address
+            .ask(|reply| {
+                ReplicaMessage::Client(PartitionMessage::EnforceRetention { reply: Some(reply) })
+            })
+            .await
+            .expect("asked")
+            .map_err(|error| violation("retention", error.to_string()))?;
+    }
+    let leader_report = cluster.report(leader).await;
+    check(leader_report.log_start_offset > 0, "retention", || {
+        format!("{leader_report:?}")
+    })?;
+    cluster.open(lagging);
+    let mut caught_up = None;
+    for _ in 0..WAIT_MS_MAX / POLL_MS {
+        let report = cluster.report(lagging).await;
+        if report.log_start_offset == leader_report.log_start_offset
+            && report.high_watermark == leader_report.high_watermark
+        {
+            caught_up = Some(report);
+            break;
+        }
+        cluster.pause(POLL_MS).await;
+    }
+    let Some(_) = caught_up else {
+        let report = cluster.report(lagging).await;
+        return Err(violation(
+            "caught-up-from-log-start",
+            format!("node {lagging}: {report:?}, leader: {leader_report:?}"),
+        ));
+    };
+    // The caught-up follower is needed for a commit once the other follower is down.
+    cluster.stop(other).await;
+    let result = cluster
+        .produce(
+            leader,
+            batch_of(&["with-the-caught-up-follower"]),
+            Acks::All,
+        )
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    acknowledged.push((
+        result.base_offset,
+        Bytes::from("with-the-caught-up-follower"),
+    ));
+    // Leadership goes to the caught-up follower (the only one up); with the other back, it
+    // commits in its term and serves everything acknowledged from its log start on.
+    cluster.stop(leader).await;
+    cluster.open(other);
+    let next = cluster.wait_for_leader(&[lagging, other]).await?;
+    let result = cluster
+        .produce(next, batch_of(&["after"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    acknowledged.push((result.base_offset, Bytes::from("after")));
+    let start = cluster.report(next).await.log_start_offset;
+    let served: BTreeMap<u64, Bytes> = cluster
+        .read_all_from(next, start)
+        .await?
+        .into_iter()
+        .collect();
+    for (offset, value) in acknowledged.iter().filter(|(offset, _)| *offset >= start) {
+        check(
+            served.get(offset) == Some(value),
+            "acknowledged-kept",
+            || {
+                format!(
+                    "node {next} at offset {offset}: {:?}",
+                    served.get(offset).map(Bytes::len)
+                )
+            },
+        )?;
+    }
+    check(
+        next == lagging || served.len() > 1,
+        "acknowledged-kept",
+        || "nothing served".to_owned(),
+    )?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+fn expect_clean(result: Result<(), Violation>) {
+    if let Err(found) = result {
+        panic!("{}: {}", found.check, found.detail);
+    }
+}
+
+fn expect_caught(result: Result<(), Violation>, check: &str) {
+    match result {
+        Err(found) if found.check == check => {}
+        other => panic!("expected check {check} to fail, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_acknowledges_acks_all_after_commit_with_dense_offsets() {
+    expect_clean(produce_scenario(Bugs::default()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_long_polls_and_never_returns_uncommitted_data() {
+    expect_clean(fetch_scenario(Bugs::default()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_leader_transfers_leadership_and_keeps_acknowledged_records() {
+    expect_clean(stop_scenario(Bugs::default()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_stops_acknowledging() {
+    expect_clean(partition_scenario(Bugs::default()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_fails_the_waiting_produce_and_the_replica_reopens() {
+    expect_clean(fsync_failure_scenario(Bugs::default()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_log_start_is_caught_up_from_it() {
+    expect_clean(catch_up_scenario(Bugs::default()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_acknowledge_all_on_append_is_caught() {
+    let bugs = Bugs {
+        replica: Some(ReplicaPlantedBug::AcknowledgeAllOnAppend),
+        ..Bugs::default()
+    };
+    expect_caught(produce_scenario(bugs).await, "acks-all-after-commit");
+    expect_caught(
+        partition_scenario(bugs).await,
+        "isolated-leader-acknowledges-nothing",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_serve_above_high_watermark_is_caught() {
+    let bugs = Bugs {
+        replica: Some(ReplicaPlantedBug::ServeAboveHighWatermark),
+        ..Bugs::default()
+    };
+    expect_caught(fetch_scenario(bugs).await, "no-uncommitted-reads");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_commit_without_quorum_is_caught() {
+    let bugs = Bugs {
+        raft: Some(PlantedBug::CommitWithoutQuorum),
+        ..Bugs::default()
+    };
+    expect_caught(
+        partition_scenario(bugs).await,
+        "isolated-leader-acknowledges-nothing",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_no_check_quorum_is_caught() {
+    let bugs = Bugs {
+        raft: Some(PlantedBug::NoCheckQuorum),
+        ..Bugs::default()
+    };
+    expect_caught(partition_scenario(bugs).await, "isolated-leader-answers");
+}

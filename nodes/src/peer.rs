@@ -1,0 +1,776 @@
+//! The node-to-node transport: one TCP connection per pair of nodes, carrying the Raft traffic
+//! of every group the two share (brook-wire's peer protocol).
+//!
+//! - **Who dials**: the node with the lower id dials the higher one (so a pair never has two
+//!   connections), at the address `cluster.peers` lists for it, which is the peer's client
+//!   port: a peer connection starts with the 8 bytes [`PEER_MAGIC`] (read as a client frame
+//!   length they exceed the pre-handshake cap, so no client frame can start with them), and
+//!   `connection::serve` hands such a connection to [`PeerNetwork::accept`]. The dialer
+//!   reconnects while the network runs, with exponential backoff bounded by
+//!   [`PeerNetworkConfig::reconnect_backoff_max`] (and a seeded jitter).
+//! - **Handshake**: after the magic, both sides send [`PeerMessage::Hello`] (protocol version,
+//!   node id) as their first frame and check the other's: the acceptor refuses a node that is
+//!   not in its peers, itself, a higher id (it should be dialled instead) or another protocol
+//!   version; the dialer refuses an answer from another node than the one it dialled. A refused
+//!   or malformed handshake is a log line and a dropped connection; nothing is applied.
+//! - **Outgoing**: [`PeerOutbox::send`] puts the message on the destination link's bounded
+//!   queue and returns; a full queue drops the message and counts it (Raft retries appends and
+//!   heartbeats are periodic). The link's writer drains everything queued (up to
+//!   [`PeerNetworkConfig::drain_messages_max`]), gathers every heartbeat and heartbeat answer
+//!   of the drain into one `Heartbeats` / `HeartbeatResponses` frame
+//!   ([`brook_actors::heartbeats::coalesce`]), writes the frames and flushes once. When a drain
+//!   holds only heartbeats it first waits [`PeerNetworkConfig::heartbeat_linger`], so that the
+//!   heartbeats every group emits on one tick (each from its own actor, at slightly different
+//!   moments) leave together: one frame per peer per tick, whatever the number of groups.
+//! - **Incoming**: the reader decodes frames (size capped by
+//!   [`PeerNetworkConfig::frame_bytes_max`]), splits coalesced ones per group, notes the peer
+//!   as heard from ([`PeerRouter::heard_from`]) and delivers each message
+//!   ([`PeerRouter::deliver`]). A message for a group this node does not host is counted and
+//!   logged (the first, then every [`PeerNetworkConfig::log_every`]-th); a bad frame drops the
+//!   connection (the stream cannot be resynchronised), the frame itself unapplied.
+//! - **Liveness**: a writer with nothing to send for
+//!   [`PeerNetworkConfig::keepalive_interval`] sends a keepalive (an empty `Heartbeats`
+//!   frame); a reader that hears nothing for [`PeerNetworkConfig::idle_timeout`] drops the
+//!   connection, which the dialer then replaces. TCP alone does not notice a vanished peer or a
+//!   partitioned link, and the router's `last_heard_ms` stays meaningful on idle links.
+//! - **Replacement**: when a new connection of a link completes its handshake (a peer that
+//!   restarted dials again), the older one is closed and the new one takes over the link's
+//!   queue.
+//!
+//! Everything that spawns, sleeps or reads the clock goes through [`Runtime`], and the sockets
+//! are tokio's (madsim's under `--cfg madsim`), so simulated nodes run this code unchanged.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use brook_actors::heartbeats::{coalesce, split};
+use brook_actors::peer_router::{PeerOutbox, PeerRouter, RouteError};
+use brook_actors::replica::PeerSend;
+use brook_actors::runtime::{Duration, Runtime, TaskHandle};
+use brook_raft::NodeId;
+use brook_wire::frame::{FrameDecoder, FrameEncoder, FRAME_OVERHEAD_BYTES_MAX};
+use brook_wire::peer::{
+    decode_peer, encode_peer, GroupId, PeerMessage, RaftMessage, PEER_PROTOCOL_VERSION,
+};
+use bytes::{Bytes, BytesMut};
+use rand::Rng;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+/// The first 8 bytes of a peer connection (then frames, starting with a `Hello`).
+pub const PEER_MAGIC: &[u8; 8] = b"BROOKPR1";
+
+/// Largest handshake frame (a `Hello` is a dozen bytes): what a caller can make this node
+/// buffer before it has said who it is.
+pub const HELLO_FRAME_BYTES_MAX: usize = 1024;
+
+/// Default cap on one peer frame: an append of up to 64 MiB of record batches.
+pub const PEER_FRAME_BYTES_MAX_DEFAULT: usize = 64 * 1024 * 1024 + FRAME_OVERHEAD_BYTES_MAX;
+
+/// What an idle link sends: a coalesced heartbeat frame of no group (a peer of any version
+/// splits it into nothing, and notes the link as heard from).
+const KEEPALIVE: PeerMessage = PeerMessage::Heartbeats(Vec::new());
+
+/// Bytes of encoded frames the writer gathers before it writes them out.
+const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Tuning of the peer network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerNetworkConfig {
+    /// Messages queued per link at most; a send to a full link is dropped and counted.
+    pub queue_messages_max: usize,
+    /// Messages the writer takes off the queue for one round of frames at most.
+    pub drain_messages_max: usize,
+    /// Largest frame sent or accepted (header included). An append larger than this cannot be
+    /// sent: the replicas must bound their appends below it.
+    pub frame_bytes_max: usize,
+    /// How long a writer whose drain holds only heartbeats waits for more before writing.
+    pub heartbeat_linger: Duration,
+    /// First wait before dialling again after a failed or lost connection.
+    pub reconnect_backoff_min: Duration,
+    /// Longest wait between two dials (the backoff doubles up to it).
+    pub reconnect_backoff_max: Duration,
+    /// Longest a connect or a handshake may take.
+    pub handshake_timeout: Duration,
+    /// A writer with nothing to send for this long sends a keepalive (an empty `Heartbeats`
+    /// frame), so an idle link is still heard from.
+    pub keepalive_interval: Duration,
+    /// A connection on which nothing arrives for this long is dropped (and dialled again by
+    /// the lower id): TCP alone may never notice a peer that vanished or a partitioned link.
+    pub idle_timeout: Duration,
+    /// Recurring problems (unknown groups, drops) are logged the first time and then once
+    /// every this many occurrences (all are counted).
+    pub log_every: u64,
+}
+
+impl Default for PeerNetworkConfig {
+    fn default() -> Self {
+        PeerNetworkConfig {
+            queue_messages_max: 4_096,
+            drain_messages_max: 4_096,
+            frame_bytes_max: PEER_FRAME_BYTES_MAX_DEFAULT,
+            heartbeat_linger: Duration::from_millis(2),
+            reconnect_backoff_min: Duration::from_millis(50),
+            reconnect_backoff_max: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_millis(100),
+            idle_timeout: Duration::from_secs(3),
+            log_every: 1_000,
+        }
+    }
+}
+
+/// What the network has done so far (for tests and status).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerCounters {
+    /// Frames written to peers (handshakes not counted).
+    pub frames_sent: u64,
+    /// Frames read from peers (handshakes not counted).
+    pub frames_received: u64,
+    /// Group messages written (a coalesced frame counts each of its groups).
+    pub messages_sent: u64,
+    /// Group messages read (likewise).
+    pub messages_received: u64,
+    /// Group heartbeats and heartbeat answers that left inside a coalesced frame.
+    pub heartbeats_coalesced: u64,
+    /// Outgoing messages dropped: full queue, unknown destination, unencodable.
+    pub messages_dropped: u64,
+    /// Incoming messages for a group this node does not host.
+    pub unknown_group_messages: u64,
+    /// Incoming messages whose group's mailbox was full.
+    pub busy_group_messages: u64,
+    /// Connections whose handshake completed.
+    pub connections_established: u64,
+    /// Connections refused or dropped for bad input (handshake, frame, message).
+    pub connections_refused: u64,
+    /// Keepalive frames written (not in `frames_sent`).
+    pub keepalives_sent: u64,
+    /// Keepalive frames read (not in `frames_received`).
+    pub keepalives_received: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    frames_sent: AtomicU64,
+    frames_received: AtomicU64,
+    messages_sent: AtomicU64,
+    messages_received: AtomicU64,
+    heartbeats_coalesced: AtomicU64,
+    messages_dropped: AtomicU64,
+    unknown_group_messages: AtomicU64,
+    busy_group_messages: AtomicU64,
+    connections_established: AtomicU64,
+    connections_refused: AtomicU64,
+    keepalives_sent: AtomicU64,
+    keepalives_received: AtomicU64,
+}
+
+/// Add `amount` to `counter`; returns the new value.
+fn add(counter: &AtomicU64, amount: u64) -> u64 {
+    counter.fetch_add(amount, Ordering::Relaxed) + amount
+}
+
+impl Counters {
+    fn snapshot(&self) -> PeerCounters {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        PeerCounters {
+            frames_sent: get(&self.frames_sent),
+            frames_received: get(&self.frames_received),
+            messages_sent: get(&self.messages_sent),
+            messages_received: get(&self.messages_received),
+            heartbeats_coalesced: get(&self.heartbeats_coalesced),
+            messages_dropped: get(&self.messages_dropped),
+            unknown_group_messages: get(&self.unknown_group_messages),
+            busy_group_messages: get(&self.busy_group_messages),
+            connections_established: get(&self.connections_established),
+            connections_refused: get(&self.connections_refused),
+            keepalives_sent: get(&self.keepalives_sent),
+            keepalives_received: get(&self.keepalives_received),
+        }
+    }
+}
+
+type Queued = (GroupId, PeerSend);
+
+/// The link to one other node: its queue, which outlives connections.
+#[derive(Debug)]
+struct Link {
+    peer: NodeId,
+    address: String,
+    sender: mpsc::Sender<Queued>,
+    /// Held by the connection that writes to the peer now.
+    receiver: tokio::sync::Mutex<mpsc::Receiver<Queued>>,
+    /// Bumped by every connection that completes its handshake; an older connection sees it
+    /// move and closes.
+    generation: watch::Sender<u64>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    runtime: Runtime,
+    node_id: NodeId,
+    links: BTreeMap<NodeId, Arc<Link>>,
+    router: PeerRouter,
+    config: PeerNetworkConfig,
+    counters: Counters,
+    shutdown: watch::Sender<bool>,
+    dialers: Mutex<Vec<TaskHandle<()>>>,
+}
+
+/// The node's peer links; implements [`PeerOutbox`]. Cheap to clone.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for PeerNetwork {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("PeerNetwork")
+            .field("node_id", &self.inner.node_id)
+            .field("peers", &self.inner.links.keys().collect::<Vec<_>>())
+            .field("counters", &self.inner.counters.snapshot())
+            .finish()
+    }
+}
+
+/// Why a connection ended or was refused (logged).
+type Reason = String;
+
+impl PeerNetwork {
+    /// Start the links to every node of `peers` but this one (`peers` may list it or not),
+    /// dialling those with a higher id.
+    pub fn start(
+        runtime: Runtime,
+        node_id: u32,
+        peers: BTreeMap<u32, String>,
+        router: PeerRouter,
+        config: PeerNetworkConfig,
+    ) -> PeerNetwork {
+        let node_id = NodeId::from(node_id);
+        let queue_messages_max = config.queue_messages_max.max(1);
+        let links = peers
+            .into_iter()
+            .map(|(peer, address)| (NodeId::from(peer), address))
+            .filter(|(peer, _)| *peer != node_id)
+            .map(|(peer, address)| {
+                let (sender, receiver) = mpsc::channel(queue_messages_max);
+                let link = Link {
+                    peer,
+                    address,
+                    sender,
+                    receiver: tokio::sync::Mutex::new(receiver),
+                    generation: watch::channel(0).0,
+                };
+                (peer, Arc::new(link))
+            })
+            .collect();
+        let (shutdown, _) = watch::channel(false);
+        let network = PeerNetwork {
+            inner: Arc::new(Inner {
+                runtime,
+                node_id,
+                links,
+                router,
+                config,
+                counters: Counters::default(),
+                shutdown,
+                dialers: Mutex::new(Vec::new()),
+            }),
+        };
+        let dialers: Vec<TaskHandle<()>> = network
+            .inner
+            .links
+            .values()
+            .filter(|link| link.peer > node_id)
+            .map(|link| {
+                let inner = network.inner.clone();
+                let link = link.clone();
+                network.inner.runtime.spawn(dial_loop(inner, link))
+            })
+            .collect();
+        *network.lock_dialers() = dialers;
+        network
+    }
+
+    fn lock_dialers(&self) -> std::sync::MutexGuard<'_, Vec<TaskHandle<()>>> {
+        // Only pushes and drains happen under this lock: a poisoned one is still consistent.
+        self.inner
+            .dialers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u32 {
+        // Built from a u32 in `start`.
+        u32::try_from(self.inner.node_id).unwrap_or(u32::MAX)
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> PeerCounters {
+        self.inner.counters.snapshot()
+    }
+
+    /// Serve a peer connection whose first 8 bytes, [`PEER_MAGIC`], were already read (by
+    /// `connection::serve`). Returns when the connection ends.
+    pub async fn accept<S>(&self, stream: S, address: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let inner = &self.inner;
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let mut buffer = BytesMut::with_capacity(HELLO_FRAME_BYTES_MAX);
+        let hello = inner
+            .runtime
+            .timeout(
+                inner.config.handshake_timeout,
+                read_hello(&mut reader, &mut buffer),
+            )
+            .await
+            .unwrap_or_else(|_| Err("no Hello within the handshake timeout".into()));
+        let link = hello.and_then(|(node_id, protocol_version)| {
+            if protocol_version != PEER_PROTOCOL_VERSION {
+                return Err(format!(
+                    "node {node_id} speaks peer protocol {protocol_version}, this node {PEER_PROTOCOL_VERSION}"
+                ));
+            }
+            if node_id == inner.node_id {
+                return Err(format!("the caller claims this node's own id {node_id}"));
+            }
+            let Some(link) = inner.links.get(&node_id) else {
+                return Err(format!("node {node_id} is not in cluster.peers"));
+            };
+            if node_id > inner.node_id {
+                return Err(format!(
+                    "node {node_id} dialled node {}: the lower id dials",
+                    inner.node_id
+                ));
+            }
+            Ok(link.clone())
+        });
+        let link = match link {
+            Ok(link) => link,
+            Err(reason) => {
+                add(&inner.counters.connections_refused, 1);
+                tracing::warn!(%address, %reason, "peer connection refused");
+                return;
+            }
+        };
+        if let Err(error) = send_hello(inner, &mut writer, false).await {
+            tracing::info!(%address, peer = link.peer, %error, "peer connection lost in the handshake");
+            return;
+        }
+        tracing::info!(%address, peer = link.peer, "peer connection accepted");
+        let reason = run_connection(inner.clone(), link.clone(), reader, writer, buffer).await;
+        tracing::info!(%address, peer = link.peer, %reason, "peer connection closed");
+    }
+
+    /// Close every connection and stop dialling. Messages sent afterwards are dropped.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        for dialer in self.lock_dialers().drain(..) {
+            dialer.abort();
+        }
+    }
+}
+
+impl PeerOutbox for PeerNetwork {
+    fn send(&self, to: NodeId, group: GroupId, message: RaftMessage, batches: Vec<Bytes>) {
+        let inner = &self.inner;
+        let Some(link) = inner.links.get(&to) else {
+            let dropped = add(&inner.counters.messages_dropped, 1);
+            if should_log(dropped, inner.config.log_every) {
+                tracing::warn!(
+                    to,
+                    ?group,
+                    dropped,
+                    "message for a node that is not a peer dropped"
+                );
+            }
+            return;
+        };
+        let send = PeerSend {
+            to,
+            message,
+            batches,
+        };
+        if let Err(error) = link.sender.try_send((group, send)) {
+            let dropped = add(&inner.counters.messages_dropped, 1);
+            if should_log(dropped, inner.config.log_every) {
+                let why = match error {
+                    mpsc::error::TrySendError::Full(_) => "queue full",
+                    mpsc::error::TrySendError::Closed(_) => "link closed",
+                };
+                tracing::warn!(to, why, dropped, "peer message dropped");
+            }
+        }
+    }
+}
+
+/// Log the first occurrence and then every `every`-th.
+fn should_log(count: u64, every: u64) -> bool {
+    count == 1 || count % every.max(1) == 0
+}
+
+/// Read the first frame: it must be a `Hello`. Bytes after it stay in `buffer`.
+async fn read_hello<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buffer: &mut BytesMut,
+) -> Result<(NodeId, u16), Reason> {
+    let decoder = FrameDecoder::new(HELLO_FRAME_BYTES_MAX);
+    loop {
+        match decoder.decode(buffer) {
+            Ok(Some(frame)) => {
+                return match decode_peer(frame) {
+                    Ok((
+                        PeerMessage::Hello {
+                            protocol_version,
+                            node_id,
+                        },
+                        _,
+                    )) => Ok((node_id, protocol_version)),
+                    Ok((other, _)) => Err(format!("first frame is not a Hello: {other:?}")),
+                    Err(error) => Err(format!("undecodable Hello: {error}")),
+                }
+            }
+            Ok(None) => {}
+            Err(error) => return Err(format!("bad Hello frame: {error}")),
+        }
+        match reader.read_buf(buffer).await {
+            Ok(0) => return Err("closed before its Hello".into()),
+            Ok(_) => {}
+            Err(error) => return Err(format!("read failed: {error}")),
+        }
+    }
+}
+
+/// Write this node's `Hello`, after the magic when `dialling`.
+async fn send_hello<W: AsyncWrite + Unpin>(
+    inner: &Inner,
+    writer: &mut W,
+    dialling: bool,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    if dialling {
+        out.extend_from_slice(PEER_MAGIC);
+    }
+    let hello = PeerMessage::Hello {
+        protocol_version: PEER_PROTOCOL_VERSION,
+        node_id: inner.node_id,
+    };
+    encode_peer(
+        &FrameEncoder::new(HELLO_FRAME_BYTES_MAX),
+        &hello,
+        &[],
+        &mut out,
+    )
+    .map_err(std::io::Error::other)?;
+    writer.write_all(&out).await?;
+    // madsim's streams send on flush only.
+    writer.flush().await
+}
+
+/// Dial `link`'s peer, run the connection, and dial again after it ends, until shutdown.
+async fn dial_loop(inner: Arc<Inner>, link: Arc<Link>) {
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut rng = inner.runtime.rng_for(&format!("peer-dial-{}", link.peer));
+    let backoff_min = inner
+        .config
+        .reconnect_backoff_min
+        .max(Duration::from_millis(1));
+    let backoff_max = inner.config.reconnect_backoff_max.max(backoff_min);
+    let mut backoff = backoff_min;
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        match dial_once(&inner, &link).await {
+            Ok(reason) => {
+                tracing::info!(peer = link.peer, %reason, "peer connection closed; dialling again");
+                backoff = backoff_min;
+            }
+            Err(reason) => {
+                tracing::debug!(peer = link.peer, address = %link.address, %reason, ?backoff, "dialling a peer failed");
+            }
+        }
+        // Jitter: between half the backoff and all of it, so that nodes restarted together do
+        // not dial in lockstep.
+        let wait_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX);
+        let wait = Duration::from_millis(rng.gen_range(wait_ms / 2..=wait_ms));
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stopping| *stopping) => return,
+            () = inner.runtime.sleep(wait) => {}
+        }
+        backoff = (backoff * 2).min(backoff_max);
+    }
+}
+
+/// One dial: `Err` when no connection was established, `Ok(why it ended)` otherwise.
+async fn dial_once(inner: &Arc<Inner>, link: &Arc<Link>) -> Result<Reason, Reason> {
+    let timeout = inner.config.handshake_timeout;
+    let stream = inner
+        .runtime
+        .timeout(timeout, TcpStream::connect(link.address.as_str()))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|error| format!("connect failed: {error}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    send_hello(inner, &mut writer, true)
+        .await
+        .map_err(|error| format!("sending Hello failed: {error}"))?;
+    let mut buffer = BytesMut::with_capacity(HELLO_FRAME_BYTES_MAX);
+    let hello = inner
+        .runtime
+        .timeout(timeout, read_hello(&mut reader, &mut buffer))
+        .await
+        .unwrap_or_else(|_| Err("no Hello within the handshake timeout".into()));
+    let refused = match hello {
+        Ok((node_id, _)) if node_id != link.peer => Some(format!(
+            "node {node_id} answered at {}, where node {} was expected",
+            link.address, link.peer
+        )),
+        Ok((_, protocol_version)) if protocol_version != PEER_PROTOCOL_VERSION => Some(format!(
+            "peer speaks protocol {protocol_version}, this node {PEER_PROTOCOL_VERSION}"
+        )),
+        Ok(_) => None,
+        Err(reason) => Some(reason),
+    };
+    if let Some(reason) = refused {
+        add(&inner.counters.connections_refused, 1);
+        tracing::warn!(peer = link.peer, address = %link.address, %reason, "peer connection refused");
+        return Err(reason);
+    }
+    tracing::info!(peer = link.peer, address = %link.address, "peer connection established");
+    Ok(run_connection(inner.clone(), link.clone(), reader, writer, buffer).await)
+}
+
+/// Wait until `generation` moves past `mine`.
+async fn superseded(mut generation: watch::Receiver<u64>, mine: u64) {
+    let _ = generation.wait_for(|current| *current != mine).await;
+}
+
+/// Run an established connection of `link` (handshake done; `buffer` holds what was read past
+/// the peer's `Hello`) until it fails, a newer connection replaces it, or shutdown.
+async fn run_connection<S>(
+    inner: Arc<Inner>,
+    link: Arc<Link>,
+    mut reader: ReadHalf<S>,
+    mut writer: WriteHalf<S>,
+    mut buffer: BytesMut,
+) -> Reason
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    add(&inner.counters.connections_established, 1);
+    let mut generation = link.generation.subscribe();
+    link.generation.send_modify(|current| *current += 1);
+    let mine = *generation.borrow_and_update();
+    let mut shutdown = inner.shutdown.subscribe();
+    // The older connection (if any) sees the new generation and releases the queue.
+    let mut queue = tokio::select! {
+        biased;
+        _ = shutdown.wait_for(|stopping| *stopping) => return "network shut down".into(),
+        () = superseded(generation.clone(), mine) => return "replaced by a newer connection".into(),
+        queue = link.receiver.lock() => queue,
+    };
+    tokio::select! {
+        biased;
+        _ = shutdown.wait_for(|stopping| *stopping) => "network shut down".into(),
+        () = superseded(generation, mine) => "replaced by a newer connection".into(),
+        reason = read_loop(&inner, link.peer, &mut reader, &mut buffer) => reason,
+        reason = write_loop(&inner, &mut queue, &mut writer) => reason,
+    }
+}
+
+/// Read frames and deliver their messages until the stream ends or misbehaves.
+async fn read_loop<R: AsyncRead + Unpin>(
+    inner: &Inner,
+    peer: NodeId,
+    reader: &mut R,
+    buffer: &mut BytesMut,
+) -> Reason {
+    let decoder = FrameDecoder::new(inner.config.frame_bytes_max);
+    let counters = &inner.counters;
+    loop {
+        loop {
+            let frame = match decoder.decode(buffer) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => {
+                    add(&counters.connections_refused, 1);
+                    return format!("bad frame from node {peer}: {error}");
+                }
+            };
+            let (message, batches) = match decode_peer(frame) {
+                Ok((PeerMessage::Hello { .. }, _)) => {
+                    add(&counters.connections_refused, 1);
+                    return format!("node {peer} sent a second Hello");
+                }
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    add(&counters.connections_refused, 1);
+                    return format!("undecodable frame from node {peer}: {error}");
+                }
+            };
+            if message == KEEPALIVE {
+                add(&counters.keepalives_received, 1);
+            } else {
+                add(&counters.frames_received, 1);
+            }
+            let now_ms = u64::try_from(inner.runtime.wall_clock_ms()).unwrap_or(0);
+            inner.router.heard_from(peer, now_ms);
+            for (group, message, batches) in split(message, batches) {
+                add(&counters.messages_received, 1);
+                match inner.router.deliver(peer, group, message, batches) {
+                    Ok(()) => {}
+                    Err(RouteError::UnknownGroup { group }) => {
+                        let count = add(&counters.unknown_group_messages, 1);
+                        if should_log(count, inner.config.log_every) {
+                            tracing::warn!(
+                                peer,
+                                ?group,
+                                count,
+                                "message for a group this node does not host"
+                            );
+                        }
+                    }
+                    Err(RouteError::Busy { group }) => {
+                        let count = add(&counters.busy_group_messages, 1);
+                        if should_log(count, inner.config.log_every) {
+                            tracing::debug!(
+                                peer,
+                                ?group,
+                                count,
+                                "group busy; peer message dropped"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        if buffer.capacity() - buffer.len() < 16 * 1024 {
+            buffer.reserve(64 * 1024);
+        }
+        let read = inner
+            .runtime
+            .timeout(inner.config.idle_timeout, reader.read_buf(buffer))
+            .await;
+        match read {
+            Err(_) => {
+                return format!(
+                    "nothing heard from node {peer} for {:?}",
+                    inner.config.idle_timeout
+                )
+            }
+            Ok(Ok(0)) => return format!("node {peer} closed the connection"),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return format!("read failed: {error}"),
+        }
+    }
+}
+
+fn is_heartbeat(message: &RaftMessage) -> bool {
+    matches!(
+        message,
+        RaftMessage::Heartbeat { .. } | RaftMessage::HeartbeatResponse { .. }
+    )
+}
+
+/// Take what is queued, up to the drain limit.
+fn drain(queue: &mut mpsc::Receiver<Queued>, sends: &mut Vec<Queued>, limit: usize) {
+    while sends.len() < limit {
+        match queue.try_recv() {
+            Ok(queued) => sends.push(queued),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Write what the link's queue holds, coalescing heartbeats, until the stream fails.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    inner: &Inner,
+    queue: &mut mpsc::Receiver<Queued>,
+    writer: &mut W,
+) -> Reason {
+    let config = &inner.config;
+    let counters = &inner.counters;
+    let encoder = FrameEncoder::new(config.frame_bytes_max);
+    let limit = config.drain_messages_max.max(1);
+    let mut sends = Vec::new();
+    let mut out = BytesMut::new();
+    loop {
+        let first = inner
+            .runtime
+            .timeout(config.keepalive_interval, queue.recv())
+            .await;
+        match first {
+            Ok(Some(first)) => sends.push(first),
+            Ok(None) => return "queue closed".into(),
+            Err(_) => {
+                if let Err(error) = encode_peer(&encoder, &KEEPALIVE, &[], &mut out) {
+                    return format!("cannot encode a keepalive: {error}");
+                }
+                if let Err(error) = writer.write_all(&out).await {
+                    return format!("write failed: {error}");
+                }
+                out.clear();
+                if let Err(error) = writer.flush().await {
+                    return format!("flush failed: {error}");
+                }
+                add(&counters.keepalives_sent, 1);
+                continue;
+            }
+        }
+        drain(queue, &mut sends, limit);
+        if !config.heartbeat_linger.is_zero()
+            && sends.len() < limit
+            && sends.iter().all(|(_, send)| is_heartbeat(&send.message))
+        {
+            inner.runtime.sleep(config.heartbeat_linger).await;
+            drain(queue, &mut sends, limit);
+        }
+        let mut frames_written = 0;
+        let mut messages_written = 0;
+        let mut heartbeats_coalesced = 0;
+        for frame in coalesce(std::mem::take(&mut sends)) {
+            let (messages, coalesced) = match &frame.message {
+                PeerMessage::Heartbeats(heartbeats) => (heartbeats.len(), heartbeats.len()),
+                PeerMessage::HeartbeatResponses(responses) => (responses.len(), responses.len()),
+                _ => (1, 0),
+            };
+            if let Err(error) = encode_peer(&encoder, &frame.message, &frame.batches, &mut out) {
+                let dropped = add(&counters.messages_dropped, messages as u64);
+                if should_log(dropped, config.log_every) {
+                    tracing::warn!(to = frame.to, %error, "unencodable peer frame dropped");
+                }
+                continue;
+            }
+            frames_written += 1;
+            messages_written += messages as u64;
+            heartbeats_coalesced += coalesced as u64;
+            if out.len() >= WRITE_CHUNK_BYTES {
+                if let Err(error) = writer.write_all(&out).await {
+                    return format!("write failed: {error}");
+                }
+                out.clear();
+            }
+        }
+        if let Err(error) = writer.write_all(&out).await {
+            return format!("write failed: {error}");
+        }
+        out.clear();
+        if let Err(error) = writer.flush().await {
+            return format!("flush failed: {error}");
+        }
+        add(&counters.frames_sent, frames_written);
+        add(&counters.messages_sent, messages_written);
+        add(&counters.heartbeats_coalesced, heartbeats_coalesced);
+    }
+}
