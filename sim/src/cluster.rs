@@ -306,14 +306,19 @@ pub fn cluster_node_config(index: usize, draw: &ClusterDraw) -> NodeConfig {
     config
 }
 
-/// The `[cluster]` section (wip-net's `ClusterSection`; filled in when it merges).
+/// The `[cluster]` section: every node a peer and a controller voter, the drawn Raft timing.
 fn set_cluster_section(
     config: &mut NodeConfig,
     peers: Vec<String>,
     voters: Vec<u32>,
     draw: &ClusterDraw,
 ) {
-    let _ = (config, peers, voters, draw);
+    config.cluster = Some(brook_node::config::ClusterSection {
+        peers,
+        controller_voters: Some(voters),
+        heartbeat_interval_ms: draw.heartbeat_interval_ms,
+        election_timeout_ms: draw.election_timeout_ms,
+    });
 }
 
 /// What the monitor learnt of the cluster's leaders.
