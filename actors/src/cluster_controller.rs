@@ -880,6 +880,31 @@ impl ClusterController {
         }
     }
 
+    /// The Raft config of a partition replica: the node's, with the simulator's planted Raft
+    /// bug if any (`cargo sim --plant`; simulation builds only, partition groups only, never
+    /// the metadata group).
+    fn partition_raft_config(&self) -> brook_raft::Config {
+        #[allow(unused_mut)]
+        let mut raft = self.config.raft.clone();
+        #[cfg(madsim)]
+        {
+            raft.planted_bug = self.config.partition.planted.raft;
+        }
+        raft
+    }
+
+    /// The simulator's planted replica bug, if any (simulation builds only).
+    fn partition_planted_bug(&self) -> Option<crate::replica::ReplicaPlantedBug> {
+        #[cfg(madsim)]
+        {
+            self.config.partition.planted.replica
+        }
+        #[cfg(not(madsim))]
+        {
+            None
+        }
+    }
+
     fn open_replica(&mut self, group: GroupId, topic: String, topic_id: u64, partition: u32) {
         let Some(state) = self.state.topics.get(&topic) else {
             return;
@@ -902,11 +927,11 @@ impl ClusterController {
                     .iter()
                     .map(|replica| NodeId::from(*replica))
                     .collect(),
-                raft: self.config.raft.clone(),
+                raft: self.partition_raft_config(),
                 log: self.config.log.clone(),
                 dir: dir.clone(),
                 seed: self.rng.next_u64(),
-                planted_bug: None,
+                planted_bug: self.partition_planted_bug(),
             },
             partition_config: self.config.partition.clone(),
         };
