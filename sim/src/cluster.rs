@@ -727,6 +727,36 @@ fn read_replica_logs(
     (logs, topic_stats)
 }
 
+/// Attribute bit of a control batch (a new leader's marker; brook-wire's batch format).
+const ATTRIBUTE_CONTROL: u16 = 1 << 5;
+
+/// Per partition, the offsets of control batches in the committed logs (below the high
+/// watermark the replicas converged to; every log if they did not): consumers never get them,
+/// so the drain may skip exactly these.
+fn control_offsets(logs: &[ReplicaLog]) -> BTreeMap<u32, BTreeSet<u64>> {
+    let mut control: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+    for log in logs {
+        if log.partition == METADATA_LOG_PARTITION {
+            continue;
+        }
+        for entry in &log.entries {
+            if log.high_watermark > 0 && entry.offset >= log.high_watermark {
+                continue;
+            }
+            let Ok(header) = BatchHeader::parse(&entry.bytes) else {
+                continue;
+            };
+            if header.attributes & ATTRIBUTE_CONTROL != 0 {
+                control
+                    .entry(log.partition)
+                    .or_default()
+                    .extend(header.base_offset..=header.last_offset());
+            }
+        }
+    }
+    control
+}
+
 /// Kill node `node`, crash its disk with a drawn mode, and record both.
 fn kill_and_crash(
     handle: &madsim::runtime::Handle,
@@ -1384,6 +1414,7 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
         lock(&shared).trace(format_args!("replica logs: {note}"));
     }
     let roles = std::mem::take(&mut view_lock(&view).roles);
+    let control = control_offsets(&replica_logs);
     let replica = brook_jepsen::replica::check(&ReplicaInput {
         logs: replica_logs,
         roles,
@@ -1411,6 +1442,7 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
             sends_ok_min: progress.sends_ok_min,
             records_read_min: progress.records_read_min,
             drain_processes: vec![DRAIN_PROCESS],
+            control_offsets: control,
             ..QueueOptions::default()
         },
     ) {
