@@ -606,9 +606,13 @@ struct SimNode {
 
 /// One Raft log read straight from its segment files (the node is stopped): one entry per
 /// batch that passes its CRC (a batch the nemesis damaged at rest is left out: the node must
-/// never serve it), with its term; the batch statistics; and how many batches failed their
-/// CRC. `None` if the directory does not exist.
-fn read_log(disk: &SimDisk, directory: &Path) -> Option<(Vec<ReplicaEntry>, BatchStats, usize)> {
+/// never serve it), with its term; the batch statistics; and where the first batch failing
+/// its CRC starts, if one does (the offset after the last good batch before it). `None` if the
+/// directory does not exist.
+fn read_log(
+    disk: &SimDisk,
+    directory: &Path,
+) -> Option<(Vec<ReplicaEntry>, BatchStats, Option<u64>)> {
     let names = disk.list_dir(directory).ok()?;
     let mut segments: Vec<(u64, PathBuf)> = names
         .iter()
@@ -620,10 +624,12 @@ fn read_log(disk: &SimDisk, directory: &Path) -> Option<(Vec<ReplicaEntry>, Batc
     segments.sort();
     let mut entries = Vec::new();
     let mut stats = BatchStats::default();
-    let mut skipped = 0usize;
-    'segments: for (_, path) in segments {
+    let mut damaged: Option<u64> = None;
+    // Where the next batch starts, as far as the good batches tell.
+    let mut next_offset = 0u64;
+    'segments: for (base, path) in segments {
         let Ok(bytes) = disk.read_file(&path) else {
-            skipped += 1;
+            damaged.get_or_insert(next_offset.max(base));
             continue;
         };
         let mut position = 0;
@@ -648,13 +654,15 @@ fn read_log(disk: &SimDisk, directory: &Path) -> Option<(Vec<ReplicaEntry>, Batc
                     bytes: batch.to_vec(),
                     term: Some(header.term),
                 });
+                next_offset = header.next_offset();
             } else {
-                skipped += 1;
+                // Its header may be the damaged part: place it after the last good batch.
+                damaged.get_or_insert(next_offset);
             }
             position = end;
         }
     }
-    Some((entries, stats, skipped))
+    Some((entries, stats, damaged))
 }
 
 /// The replica checker's name for the controller's metadata log (its "partition"): only log
@@ -672,23 +680,31 @@ fn read_replica_logs(
 ) -> (Vec<ReplicaLog>, BatchStats) {
     let mut logs = Vec::new();
     let mut topic_stats = BatchStats::default();
-    let mut push =
-        |partition: u32, directory: &Path, high_watermark: u64, notes: &mut Vec<String>| {
-            let (entries, stats, skipped) = read_log(disk, directory)?;
-            if skipped > 0 {
+    let mut push = |partition: u32,
+                    directory: &Path,
+                    high_watermark: u64,
+                    notes: &mut Vec<String>| {
+        let (entries, stats, damaged) = read_log(disk, directory)?;
+        // A batch damaged at rest (on this node only: never on a majority) is left out, and
+        // this replica's committed prefix is compared only up to it.
+        let high_watermark = match damaged {
+            Some(offset) => {
                 notes.push(format!(
-                    "{node}: {}: {skipped} batches fail their CRC (left out)",
+                    "{node}: {}: a batch at offset {offset} fails its CRC: committed prefix compared below it",
                     directory.display()
                 ));
+                high_watermark.min(offset)
             }
-            logs.push(ReplicaLog {
-                node: node.to_owned(),
-                partition,
-                high_watermark,
-                entries,
-            });
-            Some(stats)
+            None => high_watermark,
         };
+        logs.push(ReplicaLog {
+            node: node.to_owned(),
+            partition,
+            high_watermark,
+            entries,
+        });
+        Some(stats)
+    };
     push(
         METADATA_LOG_PARTITION,
         &Path::new(METADATA_DIR).join(REPLICA_LOG_DIR),
