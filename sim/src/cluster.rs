@@ -602,16 +602,21 @@ struct SimNode {
     id: madsim::task::NodeId,
     disk: SimDisk,
     name: String,
+    /// Every bit the nemesis flipped at rest on this disk: (file, byte position).
+    hits: Vec<(PathBuf, u64)>,
 }
 
 /// One Raft log read straight from its segment files (the node is stopped): one entry per
-/// batch that passes its CRC (a batch the nemesis damaged at rest is left out: the node must
-/// never serve it), with its term; the batch statistics; and where the first batch failing
-/// its CRC starts, if one does (the offset after the last good batch before it). `None` if the
-/// directory does not exist.
+/// batch, with its term, in file order; the batch statistics; and where the first batch the
+/// nemesis damaged at rest starts, if one is (`hits`: the positions it flipped, per file).
+/// Reading a segment stops at a damaged batch (its header may be what was hit, so what follows
+/// cannot be placed) and at a torn tail. A batch failing its CRC that no hit explains is left
+/// out too and named in `notes`. `None` if the directory does not exist.
 fn read_log(
     disk: &SimDisk,
     directory: &Path,
+    hits: &[(PathBuf, u64)],
+    notes: &mut Vec<String>,
 ) -> Option<(Vec<ReplicaEntry>, BatchStats, Option<u64>)> {
     let names = disk.list_dir(directory).ok()?;
     let mut segments: Vec<(u64, PathBuf)> = names
@@ -625,40 +630,56 @@ fn read_log(
     let mut entries = Vec::new();
     let mut stats = BatchStats::default();
     let mut damaged: Option<u64> = None;
-    // Where the next batch starts, as far as the good batches tell.
-    let mut next_offset = 0u64;
-    'segments: for (base, path) in segments {
+    for (base, path) in segments {
         let Ok(bytes) = disk.read_file(&path) else {
-            damaged.get_or_insert(next_offset.max(base));
+            notes.push(format!("cannot read {}", path.display()));
+            damaged.get_or_insert(base);
             continue;
         };
+        let hit_in = |from: usize, to: usize| {
+            hits.iter().any(|(file, position)| {
+                *file == path && (from as u64..to as u64).contains(position)
+            })
+        };
+        // Where the next batch starts: the segment's base, then each batch's next offset.
+        let mut expected = base;
         let mut position = 0;
         while position < bytes.len() && entries.len() < REPLICA_BATCHES_MAX {
-            let Ok(header) = BatchHeader::parse(&bytes[position..]) else {
-                // A torn tail the next start would cut.
-                continue 'segments;
+            let header = BatchHeader::parse(&bytes[position..]).ok();
+            let end = header.map(|header| position + header.total_len());
+            let Some((header, end)) = header.zip(end).filter(|(_, end)| *end <= bytes.len()) else {
+                if hit_in(position, bytes.len()) {
+                    damaged.get_or_insert(expected);
+                }
+                // Else a torn tail (the next start would cut it).
+                break;
             };
-            let end = position + header.total_len();
-            if end > bytes.len() {
-                continue 'segments;
+            if hit_in(position, end) {
+                damaged.get_or_insert(expected);
+                break;
             }
             let batch = &bytes[position..end];
-            if brook_wire::batch::validate(batch).is_ok() {
-                let records = u64::from(header.record_count);
-                stats.batches += 1;
-                stats.records += records;
-                stats.multi_record_batches += u64::from(records > 1);
-                stats.records_per_batch_max = stats.records_per_batch_max.max(records);
-                entries.push(ReplicaEntry {
-                    offset: header.base_offset,
-                    bytes: batch.to_vec(),
-                    term: Some(header.term),
-                });
-                next_offset = header.next_offset();
-            } else {
-                // Its header may be the damaged part: place it after the last good batch.
-                damaged.get_or_insert(next_offset);
+            if brook_wire::batch::validate(batch).is_err() {
+                notes.push(format!(
+                    "{}: the batch at byte {position} (offset {expected}) fails its CRC, and no damage at rest explains it",
+                    path.display()
+                ));
+                damaged.get_or_insert(expected);
+                break;
             }
+            let records = u64::from(header.record_count);
+            stats.batches += 1;
+            stats.records += records;
+            stats.multi_record_batches += u64::from(records > 1);
+            stats.records_per_batch_max = stats.records_per_batch_max.max(records);
+            // Kept as stored even if not dense: the checker names a log whose offsets do not
+            // grow (nonmonotonic-log).
+            entries.push(ReplicaEntry {
+                offset: header.base_offset,
+                bytes: batch.to_vec(),
+                term: Some(header.term),
+            });
+            expected = header.next_offset();
             position = end;
         }
     }
@@ -673,6 +694,7 @@ pub const METADATA_LOG_PARTITION: u32 = u32::MAX;
 /// watermark all replicas converged to, if they did) and the controller's metadata log.
 fn read_replica_logs(
     disk: &SimDisk,
+    hits: &[(PathBuf, u64)],
     node: &str,
     partitions: u32,
     high_watermarks: &BTreeMap<u32, u64>,
@@ -684,7 +706,7 @@ fn read_replica_logs(
                     directory: &Path,
                     high_watermark: u64,
                     notes: &mut Vec<String>| {
-        let (entries, stats, damaged) = read_log(disk, directory)?;
+        let (entries, stats, damaged) = read_log(disk, directory, hits, notes)?;
         // A batch damaged at rest (on this node only: never on a majority) is left out, and
         // this replica's committed prefix is compared only up to it.
         let high_watermark = match damaged {
@@ -896,6 +918,7 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
             id: host.id(),
             disk,
             name,
+            hits: Vec::new(),
         });
     }
     let bootstrap: String = (0..nodes_total)
@@ -1252,10 +1275,13 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
             }
             ClusterFault::CorruptAtRest => {
                 // One node only: no record is ever damaged on a majority of its replicas.
-                let target = &nodes[usize::from(cluster.damaged_disk_node)];
+                let target = &mut nodes[usize::from(cluster.damaged_disk_node)];
                 let hit = target.disk.corrupt_at_rest(&mut rng, &|path: &Path| {
                     brook_storage::log::is_segment_file(path)
                 });
+                if let Some(hit) = &hit {
+                    target.hits.push((hit.path.clone(), hit.position));
+                }
                 match hit {
                     Some(hit) => lock(&shared).trace(format_args!(
                         "nemesis corrupt at rest on {}: {} position {} bit {}",
@@ -1417,6 +1443,7 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
     for node in &nodes {
         let (logs, stats) = read_replica_logs(
             &node.disk,
+            &node.hits,
             &node.name,
             partitions,
             &high_watermarks,
