@@ -628,18 +628,23 @@ impl Consumer {
             #[allow(clippy::let_and_return)]
             let decoded = decode_fetch(&key.0, key.1, position.offset, response, payload);
             #[cfg(madsim)]
-            let decoded = decoded.map(|mut records| {
-                records.retain(|record| !dropped.contains(&record.offset));
-                records
+            let decoded = decoded.map(|mut fetched| {
+                fetched
+                    .records
+                    .retain(|record| !dropped.contains(&record.offset));
+                fetched
             });
             decoded
         });
         match decoded {
             Ok(fetched) => {
-                if let Some(last) = fetched.last() {
+                if let Some(last) = fetched.records.last() {
                     position.offset = last.offset + 1;
                 }
-                records.extend(fetched);
+                if let Some(next) = fetched.control_next {
+                    position.offset = position.offset.max(next);
+                }
+                records.extend(fetched.records);
                 Ok(())
             }
             Err(error) => {
@@ -764,13 +769,22 @@ fn planted_skips(planted: PlantedConsumerBugs, payload: &Bytes) -> Vec<u64> {
 
 /// Decode a fetch response: records at or after `position`, checked against the high
 /// watermark and for increasing offsets.
+/// What one fetch gave: the records at or after the position, and where the position goes
+/// when the fetch ended with control batches past the last record (a new leader's batch):
+/// they hold no records, but their offsets are passed.
+#[derive(Debug)]
+struct Fetched {
+    records: Vec<ConsumerRecord>,
+    control_next: Option<u64>,
+}
+
 fn decode_fetch(
     topic: &str,
     partition: u32,
     position: u64,
     response: Response,
     payload: Bytes,
-) -> Result<Vec<ConsumerRecord>> {
+) -> Result<Fetched> {
     let Response::Fetch {
         high_watermark,
         batch_count,
@@ -784,6 +798,7 @@ fn decode_fetch(
     let mut records = Vec::new();
     let mut batches = 0u32;
     let mut next_offset = position;
+    let mut control_next = None;
     let shared_topic: Arc<str> = Arc::from(topic);
     for batch in split_batches(payload) {
         let batch = batch.map_err(|source| ClientError::CorruptBatch {
@@ -793,6 +808,20 @@ fn decode_fetch(
             source,
         })?;
         batches += 1;
+        if batch.header().is_control() {
+            let header = batch.header();
+            if header.last_offset() >= next_offset {
+                if header.last_offset() >= high_watermark {
+                    return Err(ClientError::Protocol(format!(
+                        "{topic}-{partition}: the broker returned offset {} at or above its high watermark {high_watermark}",
+                        header.last_offset()
+                    )));
+                }
+                next_offset = header.next_offset();
+                control_next = Some(next_offset);
+            }
+            continue;
+        }
         let decoded = batch
             .records()
             .map_err(|source| ClientError::CorruptBatch {
@@ -820,6 +849,7 @@ fn decode_fetch(
                 )));
             }
             next_offset = record.offset + 1;
+            control_next = None;
             records.push(ConsumerRecord {
                 topic: shared_topic.clone(),
                 partition,
@@ -840,12 +870,15 @@ fn decode_fetch(
             "{topic}-{partition}: the fetch response announces {batch_count} batches but carries {batches}"
         )));
     }
-    if batches > 0 && records.is_empty() {
+    if batches > 0 && records.is_empty() && control_next.is_none() {
         return Err(ClientError::Protocol(format!(
             "{topic}-{partition}: a fetch at offset {position} returned only records below it"
         )));
     }
-    Ok(records)
+    Ok(Fetched {
+        records,
+        control_next,
+    })
 }
 
 /// The offset `start` designates in a partition.
@@ -907,7 +940,9 @@ mod tests {
     fn skips_records_below_the_position() {
         let mut payload = batch(10, 5);
         payload.extend_from_slice(&batch(15, 2));
-        let records = decode_fetch("t", 0, 12, fetch(17, 2), payload.freeze()).expect("decodes");
+        let records = decode_fetch("t", 0, 12, fetch(17, 2), payload.freeze())
+            .expect("decodes")
+            .records;
         let offsets: Vec<u64> = records.iter().map(|record| record.offset).collect();
         assert_eq!(offsets, [12, 13, 14, 15, 16]);
         assert_eq!(records[0].timestamp, 1_002);
@@ -925,8 +960,9 @@ mod tests {
         for codec in [Compression::Lz4, Compression::Zstd] {
             let mut payload = compressed(10, 5, codec);
             payload.extend_from_slice(&compressed(15, 2, Compression::Gzip));
-            let records =
-                decode_fetch("t", 0, 12, fetch(17, 2), payload.freeze()).expect("decodes");
+            let records = decode_fetch("t", 0, 12, fetch(17, 2), payload.freeze())
+                .expect("decodes")
+                .records;
             let offsets: Vec<u64> = records.iter().map(|record| record.offset).collect();
             assert_eq!(offsets, [12, 13, 14, 15, 16]);
             assert_eq!(records[0].timestamp, 1_002);
@@ -998,6 +1034,50 @@ mod tests {
         let error = decode_fetch("t", 0, 0, fetch(3, 2), batch(0, 3).freeze()).expect_err("count");
         assert!(matches!(error, ClientError::Protocol(_)), "{error}");
         let empty = decode_fetch("t", 0, 0, fetch(0, 0), Bytes::new()).expect("empty");
-        assert!(empty.is_empty());
+        assert!(empty.records.is_empty());
+        assert_eq!(empty.control_next, None);
+    }
+
+    /// A control batch (a new leader's entry) of one record at `base`.
+    fn control(base: u64) -> BytesMut {
+        let mut bytes = batch(base, 1);
+        use brook_wire::batch::{compute_crc, ATTRIBUTE_CONTROL, CRC_START};
+        // The attributes open the CRC-covered region; the CRC is just before it.
+        bytes[CRC_START..CRC_START + 2].copy_from_slice(&ATTRIBUTE_CONTROL.to_le_bytes());
+        let crc = compute_crc(&bytes);
+        bytes[CRC_START - 4..CRC_START].copy_from_slice(&crc.to_le_bytes());
+        assert!(brook_wire::batch::validate(&bytes)
+            .expect("valid")
+            .is_control());
+        bytes
+    }
+
+    #[test]
+    fn control_batches_are_skipped_and_passed() {
+        // A new leader's batch at 0, records 1..4, another leader's at 4, a record at 5.
+        let mut payload = control(0);
+        payload.extend_from_slice(&batch(1, 3));
+        payload.extend_from_slice(&control(4));
+        payload.extend_from_slice(&batch(5, 1));
+        let fetched = decode_fetch("t", 0, 0, fetch(6, 4), payload.freeze()).expect("decodes");
+        let offsets: Vec<u64> = fetched.records.iter().map(|record| record.offset).collect();
+        assert_eq!(offsets, [1, 2, 3, 5]);
+        assert_eq!(
+            fetched.control_next, None,
+            "a record follows the last control batch"
+        );
+        // A fetch that ends with (or holds only) a control batch moves the position past it.
+        let mut payload = batch(1, 3);
+        payload.extend_from_slice(&control(4));
+        let fetched = decode_fetch("t", 0, 1, fetch(5, 2), payload.freeze()).expect("decodes");
+        assert_eq!(fetched.records.len(), 3);
+        assert_eq!(fetched.control_next, Some(5));
+        let fetched = decode_fetch("t", 0, 4, fetch(5, 1), control(4).freeze()).expect("decodes");
+        assert!(fetched.records.is_empty());
+        assert_eq!(fetched.control_next, Some(5));
+        // Not above the high watermark, like any record.
+        let error =
+            decode_fetch("t", 0, 4, fetch(4, 1), control(4).freeze()).expect_err("above hw");
+        assert!(matches!(error, ClientError::Protocol(_)), "{error}");
     }
 }
