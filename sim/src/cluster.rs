@@ -765,9 +765,6 @@ fn read_replica_logs(
     (logs, topic_stats)
 }
 
-/// Attribute bit of a control batch (a new leader's marker; brook-wire's batch format).
-const ATTRIBUTE_CONTROL: u16 = 1 << 5;
-
 /// Per partition, the offsets of control batches in the committed logs (below the high
 /// watermark the replicas converged to; every log if they did not): consumers never get them,
 /// so the drain may skip exactly these.
@@ -784,7 +781,7 @@ fn control_offsets(logs: &[ReplicaLog]) -> BTreeMap<u32, BTreeSet<u64>> {
             let Ok(header) = BatchHeader::parse(&entry.bytes) else {
                 continue;
             };
-            if header.attributes & ATTRIBUTE_CONTROL != 0 {
+            if header.is_control() {
                 control
                     .entry(log.partition)
                     .or_default()
