@@ -45,11 +45,16 @@ MADSIM_TEST_NUM=4 MADSIM_TEST_CHECK_DETERMINISM=1 "${SIM_ENV[@]}" cargo nextest 
 step "simulation: ${SIM_SEEDS:=500} seeds, each 30 simulated seconds of faults (cargo sim, release)"
 cargo sim --seeds "${SIM_SEEDS}"
 
+step "simulation: replicated clusters, ${SIM_CLUSTER3_SEEDS:=100} seeds of 3 nodes and ${SIM_CLUSTER5_SEEDS:=30} of 5 (replication factor 3, multi-node nemesis, replica checker)"
+cargo sim --seeds "${SIM_CLUSTER3_SEEDS}" --cluster 3
+cargo sim --seeds "${SIM_CLUSTER5_SEEDS}" --cluster 5 --from 1000
+
 step "simulation: regression seeds (sim/regression-seeds.txt)"
 cargo sim --seed-file sim/regression-seeds.txt
 
 step "simulation: the same seed gives the same trace"
 cargo sim --seeds 5 --from 100000 --check-determinism
+cargo sim --seeds 2 --cluster 3 --check-determinism
 
 step "simulation: a compacted topic (issue 12) under the fault matrix, power cuts inside swaps"
 cargo sim --seeds "${SIM_COMPACTED_SEEDS:=60}" --compacted
@@ -67,6 +72,7 @@ cargo sim --seeds 20 --plant no-dir-sync --expect-found
 cargo sim --seeds 20 --plant retry-failed-fsync --expect-found
 cargo sim --seeds 3 --plant skip-in-batch --expect-found     # poll-skip: a record dropped inside a batch
 cargo sim --seeds 5 --plant compact-drops-latest --expect-found  # lost-write: a key's latest value compacted away
+cargo sim --seeds 3 --cluster 3 --plant serve-above-hw --expect-found   # protocol-violation on the replicated path
 
 step "tests (normal build)"
 cargo nextest run --workspace --no-fail-fast

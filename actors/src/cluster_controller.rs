@@ -1146,6 +1146,31 @@ impl ClusterController {
         }
     }
 
+    /// The Raft config of a partition replica: the node's, with the simulator's planted Raft
+    /// bug if any (`cargo sim --plant`; simulation builds only, partition groups only, never
+    /// the metadata group).
+    fn partition_raft_config(&self) -> brook_raft::Config {
+        #[allow(unused_mut)]
+        let mut raft = self.config.raft.clone();
+        #[cfg(madsim)]
+        {
+            raft.planted_bug = self.config.partition.planted.raft;
+        }
+        raft
+    }
+
+    /// The simulator's planted replica bug, if any (simulation builds only).
+    fn partition_planted_bug(&self) -> Option<crate::replica::ReplicaPlantedBug> {
+        #[cfg(madsim)]
+        {
+            self.config.partition.planted.replica
+        }
+        #[cfg(not(madsim))]
+        {
+            None
+        }
+    }
+
     /// Open one replica (not started yet); `None` when it is not due or failed to open (then
     /// retried later with a backoff).
     fn prepare_replica(
@@ -1182,11 +1207,11 @@ impl ClusterController {
                     .iter()
                     .map(|replica| NodeId::from(*replica))
                     .collect(),
-                raft: self.config.raft.clone(),
+                raft: self.partition_raft_config(),
                 log: self.config.log.clone(),
                 dir: dir.clone(),
                 seed: self.rng.next_u64(),
-                planted_bug: None,
+                planted_bug: self.partition_planted_bug(),
             },
             partition_config: self.config.partition.clone(),
         };

@@ -64,6 +64,12 @@ pub struct PlantedBugs {
     /// Refuse every produce with a retriable error (a broker that does nothing: only the
     /// progress verdict can tell it from a healthy one).
     pub refuse_produce: bool,
+    /// Cluster mode: a bug planted in the Raft core of every partition replica
+    /// (`ReplicaConfig::raft.planted_bug`; the controller's metadata group stays unplanted).
+    pub raft: Option<brook_raft::PlantedBug>,
+    /// Cluster mode: a bug planted in the glue of every partition replica
+    /// (`ReplicaConfig::planted_bug`).
+    pub replica: Option<crate::replica::ReplicaPlantedBug>,
 }
 
 impl Default for PartitionConfig {

@@ -5,7 +5,7 @@
 //! High watermarks follow Kafka: the offset after the last committed record, so the committed
 //! prefix is every entry with `offset < high_watermark`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,10 @@ pub struct ReplicaEntry {
     pub offset: u64,
     /// The record's bytes, or a digest that changes with any of them.
     pub bytes: Vec<u8>,
+    /// The Raft term the entry was written in (its batch's leader epoch), if known: two
+    /// entries at one offset with one term must be the same entry, committed or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
 }
 
 /// One replica's log of one partition, as read at the end of a run.
@@ -88,6 +92,10 @@ pub enum ReplicaAnomalyKind {
     /// Two replicas' committed prefixes differ.
     #[serde(rename = "divergent-prefix")]
     DivergentPrefix,
+    /// Two replicas hold different entries at one offset with one term (committed or not):
+    /// Raft's log matching says one leader wrote each (offset, term) once.
+    #[serde(rename = "divergent-entry")]
+    DivergentEntry,
     /// A replica's log offsets do not strictly increase.
     #[serde(rename = "nonmonotonic-log")]
     NonmonotonicLog,
@@ -107,6 +115,7 @@ impl ReplicaAnomalyKind {
     pub fn name(self) -> &'static str {
         match self {
             ReplicaAnomalyKind::DivergentPrefix => "divergent-prefix",
+            ReplicaAnomalyKind::DivergentEntry => "divergent-entry",
             ReplicaAnomalyKind::NonmonotonicLog => "nonmonotonic-log",
             ReplicaAnomalyKind::TwoLeaders => "two-leaders",
             ReplicaAnomalyKind::TermRegression => "term-regression",
@@ -281,6 +290,7 @@ fn check_logs(
     counts.partitions = by_partition.len();
     for (partition, mut replicas) in by_partition {
         replicas.sort_by(|a, b| a.node.cmp(&b.node));
+        check_log_matching(partition, &replicas, anomalies);
         for (position, first) in replicas.iter().enumerate() {
             for second in &replicas[position + 1..] {
                 let limit = first.high_watermark.min(second.high_watermark);
@@ -290,7 +300,8 @@ fn check_logs(
                     let (a, b) = (left.next(), right.next());
                     let divergence = match (a, b) {
                         (None, None) => break,
-                        (Some(a), Some(b)) if a == b => {
+                        // Offsets and bytes (a term, when known, is in the bytes anyway).
+                        (Some(a), Some(b)) if a.offset == b.offset && a.bytes == b.bytes => {
                             counts.entries_compared += 1;
                             continue;
                         }
@@ -333,6 +344,51 @@ fn check_logs(
                     });
                     break;
                 }
+            }
+        }
+    }
+}
+
+/// divergent-entry: per (offset, term), every replica holding an entry there holds the same
+/// bytes, committed or not (entries without a term are not compared here).
+fn check_log_matching(
+    partition: u32,
+    replicas: &[&ReplicaLog],
+    anomalies: &mut Vec<ReplicaAnomaly>,
+) {
+    // (offset, term) -> the first replica holding it and its bytes.
+    let mut first: BTreeMap<(u64, u64), (&str, &[u8])> = BTreeMap::new();
+    // One anomaly per pair of nodes: a divergent suffix repeats at every offset.
+    let mut reported: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for log in replicas {
+        for entry in &log.entries {
+            let Some(term) = entry.term else {
+                continue;
+            };
+            match first.get(&(entry.offset, term)) {
+                None => {
+                    first.insert((entry.offset, term), (log.node.as_str(), &entry.bytes));
+                }
+                Some(&(node, bytes)) if bytes != entry.bytes.as_slice() => {
+                    if !reported.insert((node, log.node.as_str())) {
+                        continue;
+                    }
+                    anomalies.push(ReplicaAnomaly {
+                        kind: ReplicaAnomalyKind::DivergentEntry,
+                        partition: Some(partition),
+                        group: None,
+                        nodes: vec![node.to_owned(), log.node.clone()],
+                        offsets: vec![entry.offset],
+                        terms: vec![term],
+                        observations: Vec::new(),
+                        message: format!(
+                            "partition {partition}: nodes {node} and {} hold different entries \
+                             at offset {} in term {term}",
+                            log.node, entry.offset
+                        ),
+                    });
+                }
+                Some(_) => {}
             }
         }
     }

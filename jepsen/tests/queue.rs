@@ -734,6 +734,39 @@ fn offset_gap() {
 }
 
 #[test]
+fn a_drain_may_skip_exactly_the_control_offsets() {
+    // Offsets 0 and 2 hold control batches (a new leader's marker): the drain reads 1 and 3,
+    // and the end offset is 5 with offset 4 a control batch too.
+    let history = HistoryBuilder::new()
+        .send_ok(1, 0, 1, 1)
+        .send_ok(1, 0, 3, 2)
+        .assign(90, &[0])
+        .poll(90, &[(0, 1, 1), (0, 3, 2)])
+        .end_offset(90, 0, 5)
+        .build();
+    let with_control = |offsets: &[u64]| QueueOptions {
+        drain_processes: vec![90],
+        control_offsets: [(0, offsets.iter().copied().collect())].into(),
+        ..QueueOptions::default()
+    };
+    assert_clean(&check_with(&history, &with_control(&[0, 2, 4])));
+    // Any gap offset that is not a control batch is still a gap.
+    let report = check_with(&history, &with_control(&[0, 4]));
+    assert_kinds(&report, &[AnomalyKind::OffsetGap]);
+    assert_eq!(report.of(AnomalyKind::OffsetGap)[0].offsets, vec![2]);
+    let report = check_with(&history, &with_control(&[0, 2]));
+    assert_kinds(&report, &[AnomalyKind::OffsetGap]);
+    assert_eq!(report.of(AnomalyKind::OffsetGap)[0].offsets, vec![4]);
+    // Control offsets of another partition excuse nothing here.
+    let other = QueueOptions {
+        drain_processes: vec![90],
+        control_offsets: [(1, [0, 2, 4].into())].into(),
+        ..QueueOptions::default()
+    };
+    assert_kinds(&check_with(&history, &other), &[AnomalyKind::OffsetGap]);
+}
+
+#[test]
 fn unparseable_value() {
     let bad = drain(three_sends()).unparseable(90, 0, 3, "ff00").build();
     let report = check(&bad);

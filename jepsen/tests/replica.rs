@@ -15,6 +15,24 @@ fn log(node: &str, high_watermark: u64, entries: &[(u64, &[u8])]) -> ReplicaLog 
             .map(|&(offset, bytes)| ReplicaEntry {
                 offset,
                 bytes: bytes.to_vec(),
+                term: None,
+            })
+            .collect(),
+    }
+}
+
+/// A log whose entries carry their terms: `(offset, term, bytes)`.
+fn log_with_terms(node: &str, high_watermark: u64, entries: &[(u64, u64, &[u8])]) -> ReplicaLog {
+    ReplicaLog {
+        node: node.to_owned(),
+        partition: 0,
+        high_watermark,
+        entries: entries
+            .iter()
+            .map(|&(offset, term, bytes)| ReplicaEntry {
+                offset,
+                bytes: bytes.to_vec(),
+                term: Some(term),
             })
             .collect(),
     }
@@ -214,4 +232,36 @@ fn report_names_and_summary() {
     assert!(report
         .to_string()
         .contains("served partition 0 offset 9 with high watermark 5"));
+}
+
+#[test]
+fn divergent_entry_at_one_offset_and_term() {
+    // Above both high watermarks, so the prefix check says nothing: only log matching sees
+    // that one leader of term 2 cannot have written two different entries at offset 2.
+    let bad = logs(vec![
+        log_with_terms("n1", 2, &[(0, 1, b"a"), (1, 1, b"b"), (2, 2, b"c")]),
+        log_with_terms("n2", 2, &[(0, 1, b"a"), (1, 1, b"b"), (2, 2, b"X")]),
+        log_with_terms(
+            "n3",
+            2,
+            &[(0, 1, b"a"), (1, 1, b"b"), (2, 2, b"Y"), (3, 2, b"Z")],
+        ),
+    ]);
+    let report = replica::check(&bad);
+    assert_eq!(kinds(&report), vec![ReplicaAnomalyKind::DivergentEntry]);
+    let anomalies = report.of(ReplicaAnomalyKind::DivergentEntry);
+    assert_eq!(anomalies.len(), 2, "n2 and n3 each differ from n1");
+    assert_eq!(anomalies[0].nodes, vec!["n1".to_owned(), "n2".to_owned()]);
+    assert_eq!(anomalies[0].offsets, vec![2]);
+    assert_eq!(anomalies[0].terms, vec![2]);
+
+    // Close but clean: uncommitted entries of different terms at one offset (a deposed
+    // leader's suffix not yet truncated), and entries without a known term.
+    let clean = logs(vec![
+        log_with_terms("n1", 2, &[(0, 1, b"a"), (1, 1, b"b"), (2, 2, b"c")]),
+        log_with_terms("n2", 2, &[(0, 1, b"a"), (1, 1, b"b"), (2, 3, b"X")]),
+        log("n3", 2, &[(0, b"a"), (1, b"b"), (2, b"Y")]),
+    ]);
+    let report = replica::check(&clean);
+    assert!(report.valid, "{report}");
 }

@@ -377,12 +377,14 @@ proptest! {
                     .map(|(offset, value)| ReplicaEntry {
                         offset: offset as u64,
                         bytes: value.to_le_bytes().to_vec(),
+                        term: None,
                     })
                     .collect();
                 // An uncommitted tail of its own.
                 entries.push(ReplicaEntry {
                     offset: log.len() as u64,
                     bytes: vec![replica as u8],
+                    term: None,
                 });
                 input.logs.push(ReplicaLog {
                     node: format!("n{replica}"),

@@ -30,11 +30,11 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::{node_address, node_config, node_seed, Plant};
 
-const TOPIC: &str = "jepsen";
+pub(crate) const TOPIC: &str = "jepsen";
 /// The history process of the nemesis (its crash and restart events).
-const NEMESIS_PROCESS: u64 = 10_000;
+pub(crate) const NEMESIS_PROCESS: u64 = 10_000;
 /// The history process of the final drain.
-const DRAIN_PROCESS: u64 = 9_000;
+pub(crate) const DRAIN_PROCESS: u64 = 9_000;
 /// Bumped whenever `Draw::new` changes what a seed draws; kept regression seeds record the
 /// fingerprint of their draw (see `Draw::fingerprint`), which catches the change either way.
 pub const DRAW_VERSION: u32 = 4;
@@ -58,6 +58,9 @@ pub struct Options {
     pub compacted: bool,
     /// Short retention (`cargo sim --retention`): see `Draw::retention`.
     pub retention: bool,
+    /// `Some(n)`: a replicated cluster of `n` nodes (3 or 5) with replication factor 3, under
+    /// the multi-node nemesis (`crate::cluster`); `None`: today's single node.
+    pub cluster_nodes: Option<u8>,
 }
 
 impl Options {
@@ -70,6 +73,7 @@ impl Options {
             linear_states_max: LINEAR_STATES_MAX,
             compacted: false,
             retention: false,
+            cluster_nodes: None,
         }
     }
 }
@@ -343,7 +347,7 @@ pub struct Progress {
 
 /// The longest a single fault keeps the node unusable (a pause of up to twice the request
 /// timeout, at most 2 x 5 s; isolation, latency or loss up to 5 s; a kill's downtime up to 3 s).
-const FAULT_SPAN_MS_MAX: u64 = 10_000;
+pub(crate) const FAULT_SPAN_MS_MAX: u64 = 10_000;
 
 /// How long producers go on after the heal once the node is healthy again: every seed then
 /// has a stretch of health the progress bar can count on, whatever its faults (an fsync error
@@ -415,6 +419,12 @@ pub struct RunReport {
     pub protocol_violations: u64,
     /// Why the run failed outside the checkers' anomalies, each with its own name.
     pub errors: Vec<RunError>,
+    /// Cluster mode: the cluster's own draw (nodes, faults, Raft timing); `draw` is then its
+    /// workload.
+    pub cluster: Option<crate::cluster::ClusterDraw>,
+    /// Cluster mode: the replica checker's verdict on the replicas' final logs and the leaders
+    /// observed during the run.
+    pub replica: Option<brook_jepsen::ReplicaReport>,
 }
 
 impl RunReport {
@@ -440,6 +450,11 @@ impl RunReport {
                 .count();
             if unknown > 0 {
                 found.insert("unknown".into(), unknown);
+            }
+        }
+        if let Some(replica) = &self.replica {
+            for (kind, anomalies) in &replica.anomalies {
+                found.insert(kind.name().to_owned(), anomalies.len());
             }
         }
         for error in &self.errors {
@@ -473,22 +488,27 @@ impl RunReport {
 
     /// The one-line command that replays this run.
     pub fn repro(&self) -> String {
-        let mut compacted = if self.draw.compacted && self.plant != Some(Plant::CompactDropsLatest)
-        {
-            " --compacted".to_owned()
-        } else {
-            String::new()
-        };
-        if self.draw.retention {
-            compacted.push_str(" --retention");
+        let mut command = format!("cargo sim --seed {}", self.seed);
+        if let Some(cluster) = &self.cluster {
+            command.push_str(&format!(" --cluster {}", cluster.nodes));
         }
-        match self.plant {
-            Some(plant) => format!(
-                "cargo sim --seed {} --plant {}{compacted}",
-                self.seed,
-                plant.name()
-            ),
-            None => format!("cargo sim --seed {}{compacted}", self.seed),
+        if let Some(plant) = self.plant {
+            command.push_str(&format!(" --plant {}", plant.name()));
+        }
+        if self.draw.compacted && self.plant != Some(Plant::CompactDropsLatest) {
+            command.push_str(" --compacted");
+        }
+        if self.draw.retention {
+            command.push_str(" --retention");
+        }
+        command
+    }
+
+    /// The fingerprint of the run's draw (the cluster's in cluster mode).
+    pub fn fingerprint(&self) -> String {
+        match &self.cluster {
+            Some(cluster) => cluster.fingerprint(),
+            None => self.draw.fingerprint(),
         }
     }
 
@@ -499,29 +519,42 @@ impl RunReport {
 }
 
 /// The shared record of what clients did and what the nemesis injected.
-struct Recorder {
-    start: Instant,
-    runtime: Runtime,
-    history: History,
-    trace: Vec<String>,
-    faults: BTreeMap<&'static str, u64>,
+pub(crate) struct Recorder {
+    pub(crate) start: Instant,
+    pub(crate) runtime: Runtime,
+    pub(crate) history: History,
+    pub(crate) trace: Vec<String>,
+    pub(crate) faults: BTreeMap<&'static str, u64>,
     /// Per partition, the offset ranges (first, last) of batches the nemesis corrupted at rest.
-    corrupt: BTreeMap<u32, Vec<(u64, u64)>>,
+    pub(crate) corrupt: BTreeMap<u32, Vec<(u64, u64)>>,
     /// Polls that received a corrupt batch (the client's CRC check caught what the node served).
-    served_corrupt: u64,
+    pub(crate) served_corrupt: u64,
     /// Polls whose response the client refused as a protocol violation.
-    protocol_violations: u64,
+    pub(crate) protocol_violations: u64,
 }
 
-type Shared = Arc<Mutex<Recorder>>;
+pub(crate) type Shared = Arc<Mutex<Recorder>>;
 
-fn lock(shared: &Shared) -> MutexGuard<'_, Recorder> {
+pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, Recorder> {
     // A panicking simulated task fails the run anyway; keep recording.
     shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Recorder {
-    fn elapsed(&self) -> Duration {
+    pub(crate) fn new(runtime: &Runtime) -> Recorder {
+        Recorder {
+            start: runtime.now(),
+            runtime: runtime.clone(),
+            history: History::new(),
+            trace: Vec::new(),
+            faults: BTreeMap::new(),
+            corrupt: BTreeMap::new(),
+            served_corrupt: 0,
+            protocol_violations: 0,
+        }
+    }
+
+    pub(crate) fn elapsed(&self) -> Duration {
         self.runtime.now().duration_since(self.start)
     }
 
@@ -534,13 +567,18 @@ impl Recorder {
     /// A crash or restart of node n0, as an instantaneous history event of the nemesis: the
     /// checkers hold acknowledgements that need not survive a crash only until the next one.
     fn node_event(&mut self, kind: OpKind) {
+        self.node_event_of("n0", kind);
+    }
+
+    /// A crash or restart of the node named `node`.
+    pub(crate) fn node_event_of(&mut self, node: &str, kind: OpKind) {
         let time_ns = self.elapsed().as_nanos() as u64;
         self.history
-            .push(NEMESIS_PROCESS, time_ns, Some("n0".into()), Phase::Ok, kind);
+            .push(NEMESIS_PROCESS, time_ns, Some(node.into()), Phase::Ok, kind);
     }
 
     /// One trace event, as a JSON line: `{"ms":<simulated ms>,"event":"..."}`.
-    fn trace(&mut self, line: impl fmt::Display) {
+    pub(crate) fn trace(&mut self, line: impl fmt::Display) {
         let millis = self.elapsed().as_millis() as u64;
         self.trace
             .push(serde_json::json!({ "ms": millis, "event": line.to_string() }).to_string());
@@ -550,7 +588,7 @@ impl Recorder {
 /// Whether a failed send definitely did not append anything: the broker refused the batch
 /// before writing it. Everything else (timeouts, lost connections, storage errors after the
 /// append) is indeterminate.
-fn definitely_failed(error: &ClientError) -> bool {
+pub(crate) fn definitely_failed(error: &ClientError) -> bool {
     matches!(
         error.code(),
         Some(
@@ -569,7 +607,10 @@ pub fn run(options: &Options) -> RunReport {
     let runtime =
         madsim::runtime::Runtime::with_seed_and_config(options.seed, madsim::Config::default());
     let options = options.clone();
-    runtime.block_on(simulate(options))
+    match options.cluster_nodes {
+        Some(nodes) => runtime.block_on(crate::cluster::simulate(options, nodes)),
+        None => runtime.block_on(simulate(options)),
+    }
 }
 
 async fn simulate(options: Options) -> RunReport {
@@ -580,16 +621,7 @@ async fn simulate(options: Options) -> RunReport {
     draw.compacted = options.compacted || options.plant == Some(Plant::CompactDropsLatest);
     draw.retention = options.retention;
     let runtime = Runtime::new(seed);
-    let shared: Shared = Arc::new(Mutex::new(Recorder {
-        start: runtime.now(),
-        runtime: runtime.clone(),
-        history: History::new(),
-        trace: Vec::new(),
-        faults: BTreeMap::new(),
-        corrupt: BTreeMap::new(),
-        served_corrupt: 0,
-        protocol_violations: 0,
-    }));
+    let shared: Shared = Arc::new(Mutex::new(Recorder::new(&runtime)));
     lock(&shared).trace(format_args!(
         "seed {seed} plant {:?} draw {draw}{}",
         options.plant.map(Plant::name),
@@ -722,6 +754,7 @@ async fn simulate(options: Options) -> RunReport {
                 client: client.clone(),
                 rng: ChaCha8Rng::seed_from_u64(seed ^ (0x5eed_0000 + process)),
                 process,
+                acks_leader_indeterminate: false,
             };
             tasks.push(host.spawn(produce(context)));
         }
@@ -1134,19 +1167,23 @@ async fn simulate(options: Options) -> RunReport {
         protocol_violations,
         produce_requests,
         errors,
+        cluster: None,
+        replica: None,
     }
 }
 
 /// States the linearizability search may explore per partition before it answers `unknown`
 /// (which fails the seed).
-const LINEAR_STATES_MAX: u64 = 2_000_000;
+pub(crate) const LINEAR_STATES_MAX: u64 = 2_000_000;
 
 /// Where the heal spends an fsync fault still armed (outside the broker's data directory).
 const HEAL_PROBE_PATH: &str = "/harness/heal-probe";
 
 /// Sync an empty harness file, so that an fsync fault armed on `disk` and not yet hit fails
 /// this sync instead of one of the broker's. `Ok(true)`: there was one, and it is spent.
-fn spend_armed_sync_fault(disk: &SimDisk) -> Result<bool, brook_storage::disk::DiskError> {
+pub(crate) fn spend_armed_sync_fault(
+    disk: &SimDisk,
+) -> Result<bool, brook_storage::disk::DiskError> {
     let path = std::path::Path::new(HEAL_PROBE_PATH);
     if let Some(parent) = path.parent() {
         disk.create_dir_all(parent)?;
@@ -1193,22 +1230,24 @@ fn batch_stats(disk: &SimDisk, partitions: u32) -> BatchStats {
     stats
 }
 
-struct WorkerContext {
-    runtime: Runtime,
-    shared: Shared,
-    bootstrap: String,
-    draw: Draw,
-    producing: Arc<AtomicBool>,
-    next_value: Arc<AtomicU64>,
-    client: ProducerClient,
-    rng: ChaCha8Rng,
-    process: u64,
+pub(crate) struct WorkerContext {
+    pub(crate) runtime: Runtime,
+    pub(crate) shared: Shared,
+    pub(crate) bootstrap: String,
+    pub(crate) draw: Draw,
+    pub(crate) producing: Arc<AtomicBool>,
+    pub(crate) next_value: Arc<AtomicU64>,
+    pub(crate) client: ProducerClient,
+    pub(crate) rng: ChaCha8Rng,
+    pub(crate) process: u64,
+    /// Cluster mode: an acknowledged acks=1 send is recorded `info` (see `produce`).
+    pub(crate) acks_leader_indeterminate: bool,
 }
 
 /// The `Producer`s of one producer client host, one per acks level, shared by its workers so
 /// that their records meet in batches (linger) and their batches in requests.
 #[derive(Clone, Default)]
-struct ProducerClient {
+pub(crate) struct ProducerClient {
     producers: Arc<Mutex<BTreeMap<SendAcks, Producer>>>,
     /// The request counters of every producer this client connected (they outlive the
     /// producers, which are dropped when their connection is likely gone).
@@ -1259,7 +1298,7 @@ impl ProducerClient {
     }
 
     /// Produce requests the client's producers sent, and the batches in them.
-    fn request_counts(&self) -> ProduceRequestCounts {
+    pub(crate) fn request_counts(&self) -> ProduceRequestCounts {
         let mut counts = ProduceRequestCounts::default();
         for counter in self
             .request_counters
@@ -1282,7 +1321,7 @@ impl ProducerClient {
 /// its client's shared producers. acks=all and acks=1 acknowledgements are recorded `ok` with
 /// their partition and offset (the checkers know what each promises); acks=0 sends, which
 /// get no answer, are recorded `info`.
-async fn produce(mut context: WorkerContext) {
+pub(crate) async fn produce(mut context: WorkerContext) {
     while context.producing.load(Ordering::Relaxed) {
         let acks = if context.rng.gen_range(0..100) < context.draw.acks_all_percent {
             SendAcks::All
@@ -1333,6 +1372,15 @@ async fn produce(mut context: WorkerContext) {
             Err(error) => Err(error),
         };
         let (phase, partition, offset) = match &result {
+            // Cluster mode: acks=1 promises nothing once its leader is deposed, and a stale
+            // leader (isolated, not yet aware of the next term) acknowledges records the new
+            // leader never had, while consumers read past their offsets from the new leader.
+            // Telling that loss from a bug needs the term of the acknowledgement, which the
+            // produce response does not carry: the send happened as far as the client knows,
+            // nothing more (its value, if read, is still checked like any other).
+            Ok(metadata) if acks == SendAcks::Leader && context.acks_leader_indeterminate => {
+                (Phase::Info, Some(metadata.partition), None)
+            }
             Ok(metadata) if acks != SendAcks::None => {
                 (Phase::Ok, Some(metadata.partition), Some(metadata.offset))
             }
@@ -1637,7 +1685,7 @@ impl RecordedConsumer {
 }
 
 /// A consumer during the fault phase: polls until told to stop.
-async fn consume(
+pub(crate) async fn consume(
     runtime: Runtime,
     shared: Shared,
     bootstrap: String,
@@ -1745,7 +1793,7 @@ async fn cut_power_first(disk: &SimDisk, runtime: &Runtime, shared: &Shared, rng
 /// Values the final drain must read: every acknowledged send whose promise covers the crashes
 /// that came after it (acks=all under `fsync = always`; otherwise only those acknowledged after
 /// the last crash).
-fn must_be_read(
+pub(crate) fn must_be_read(
     history: &History,
     durable_acks_all: bool,
     corrupt: &BTreeMap<u32, Vec<(u64, u64)>>,
@@ -1793,7 +1841,7 @@ fn must_be_read(
 
 /// After the heal: read everything from the start with a fresh consumer until every
 /// acknowledged value has been seen, within `deadline`.
-async fn drain(
+pub(crate) async fn drain(
     runtime: Runtime,
     shared: Shared,
     bootstrap: String,

@@ -32,6 +32,8 @@ pub fn node_seed(simulation_seed: u64, node: u8, incarnation: u64) -> u64 {
 }
 
 #[cfg(madsim)]
+pub mod cluster;
+#[cfg(madsim)]
 pub mod harness;
 
 /// A bug planted on purpose to prove the checkers can see it (`cargo sim --plant NAME`).
@@ -58,10 +60,19 @@ pub enum Plant {
     /// The log cleaner keeps the oldest record of each key instead of the latest (runs the
     /// topic compacted): a key's latest acknowledged value vanishes.
     CompactDropsLatest,
+    /// Cluster mode: a partition leader commits on its own append, without a majority
+    /// (brook-raft's `PlantedBug::CommitWithoutQuorum`).
+    CommitWithoutQuorum,
+    /// Cluster mode: term and vote are never persisted, so a crash forgets them and a node may
+    /// vote twice in one term (brook-raft's `PlantedBug::ForgetHardState`).
+    ForgetVote,
+    /// Cluster mode: a follower does not truncate a suffix that conflicts with the leader's
+    /// log (brook-raft's `PlantedBug::KeepDivergentSuffix`).
+    KeepDivergentSuffix,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 8] = [
+    pub const ALL: [Plant; 11] = [
         Plant::AckBeforeFsync,
         Plant::SkipOnFetch,
         Plant::ServeAboveHw,
@@ -70,6 +81,9 @@ impl Plant {
         Plant::RetryFailedFsync,
         Plant::SkipInBatch,
         Plant::CompactDropsLatest,
+        Plant::CommitWithoutQuorum,
+        Plant::ForgetVote,
+        Plant::KeepDivergentSuffix,
     ];
 
     pub fn name(self) -> &'static str {
@@ -82,11 +96,22 @@ impl Plant {
             Plant::RetryFailedFsync => "retry-failed-fsync",
             Plant::SkipInBatch => "skip-in-batch",
             Plant::CompactDropsLatest => "compact-drops-latest",
+            Plant::CommitWithoutQuorum => "commit-without-quorum",
+            Plant::ForgetVote => "forget-vote",
+            Plant::KeepDivergentSuffix => "keep-divergent-suffix",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Plant> {
         Plant::ALL.into_iter().find(|plant| plant.name() == name)
+    }
+
+    /// Whether the bug lives in replication code that only a cluster runs (`--cluster N`).
+    pub fn cluster_only(self) -> bool {
+        matches!(
+            self,
+            Plant::CommitWithoutQuorum | Plant::ForgetVote | Plant::KeepDivergentSuffix
+        )
     }
 
     /// The anomalies that betray this bug; the harness must report at least one of them.
@@ -120,6 +145,41 @@ impl Plant {
             // The latest value of a key that was not written again is gone from the cleaned
             // segments: never read although later offsets were (or nothing later was).
             Plant::CompactDropsLatest => &["lost-write", "unseen"],
+            // An entry committed by its leader alone is lost when another replica wins the
+            // next election: replicas disagree below the high watermark, or what was
+            // acknowledged or read is gone or overwritten.
+            Plant::CommitWithoutQuorum => &[
+                "divergent-prefix",
+                "divergent-entry",
+                "lost-write",
+                "unseen",
+                "inconsistent-offsets",
+                "G1a",
+                "not-linearizable",
+            ],
+            // A node that forgot its vote votes again in the same term: two leaders in one
+            // term, a term going back, and what follows from them.
+            Plant::ForgetVote => &[
+                "two-leaders",
+                "term-regression",
+                "divergent-prefix",
+                "divergent-entry",
+                "lost-write",
+                "unseen",
+                "inconsistent-offsets",
+                "not-linearizable",
+            ],
+            // A follower keeping entries the leader's log does not have: replicas disagree
+            // below the high watermark (or at one offset and term).
+            Plant::KeepDivergentSuffix => &[
+                "divergent-prefix",
+                "divergent-entry",
+                "lost-write",
+                "unseen",
+                "inconsistent-offsets",
+                "G1a",
+                "not-linearizable",
+            ],
         }
     }
 
@@ -134,8 +194,20 @@ impl Plant {
             | Plant::CompactDropsLatest => {}
             Plant::AckBeforeFsync => planted.ack_before_fsync = true,
             Plant::SkipOnFetch => planted.skip_on_fetch = true,
-            Plant::ServeAboveHw => planted.serve_above_hw = true,
+            Plant::ServeAboveHw => {
+                // The single node's partition actor, and a cluster's replicated partitions.
+                planted.serve_above_hw = true;
+                planted.replica =
+                    Some(brook_actors::replica::ReplicaPlantedBug::ServeAboveHighWatermark);
+            }
             Plant::RefuseProduce => planted.refuse_produce = true,
+            Plant::CommitWithoutQuorum => {
+                planted.raft = Some(brook_raft::PlantedBug::CommitWithoutQuorum)
+            }
+            Plant::ForgetVote => planted.raft = Some(brook_raft::PlantedBug::ForgetHardState),
+            Plant::KeepDivergentSuffix => {
+                planted.raft = Some(brook_raft::PlantedBug::KeepDivergentSuffix)
+            }
         }
     }
 

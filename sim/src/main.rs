@@ -9,6 +9,8 @@
 //! cargo sim --seeds 10 --check-determinism          # run each seed twice, compare traces
 //! cargo sim --seeds 20 --compacted                  # a compacted topic (issue 12)
 //! cargo sim --seeds 20 --retention                  # short retention: the log start moves
+//! cargo sim --seeds 50 --cluster 3                  # a replicated 3-node cluster (or 5)
+//! cargo sim --seeds 20 --cluster 3 --plant commit-without-quorum --expect-found
 //! ```
 //! `cargo sim` is a cargo alias (see .cargo/config.toml) that builds this binary with
 //! `--cfg madsim` in `target/sim`.
@@ -29,6 +31,7 @@ mod runner {
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
+    use brook_sim::cluster::ClusterDraw;
     use brook_sim::harness::{self, BatchStats, Draw, Options, RunReport};
     use brook_sim::{parse_seed_file, Plant};
     use clap::Parser;
@@ -54,9 +57,15 @@ mod runner {
         #[arg(long, default_value_t = 0)]
         from: u64,
         /// Plant a known bug: ack-before-fsync, skip-on-fetch, serve-above-hw, refuse-produce,
-        /// no-dir-sync, retry-failed-fsync, skip-in-batch, compact-drops-latest.
+        /// no-dir-sync, retry-failed-fsync, skip-in-batch, compact-drops-latest; with --cluster
+        /// also commit-without-quorum, forget-vote, keep-divergent-suffix.
         #[arg(long)]
         plant: Option<String>,
+        /// Run a replicated cluster of this many nodes (3 or 5), replication factor 3, under
+        /// the multi-node nemesis, with the replica checker. Its draw is its own (fingerprint
+        /// `c<nodes>v...`): a seed's single-node draw is unchanged.
+        #[arg(long)]
+        cluster: Option<u8>,
         /// Simulated seconds of faults per seed.
         #[arg(long, default_value_t = 30)]
         fault_secs: u64,
@@ -112,15 +121,34 @@ mod runner {
         std::time::Instant::now()
     }
 
-    /// The seeds of a seed file, each checked against the fingerprint of its draw.
-    fn read_seed_file(path: &std::path::Path) -> Result<Vec<u64>, String> {
+    /// The node count of a cluster fingerprint (`c3v1-...` -> 3); `None` for a single node's.
+    fn cluster_of(fingerprint: &str) -> Option<u8> {
+        fingerprint
+            .strip_prefix('c')?
+            .split('v')
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// The fingerprint a seed draws now, in the mode its kept fingerprint names.
+    fn fingerprint_now(seed: u64, cluster: Option<u8>) -> String {
+        match cluster {
+            Some(nodes) => ClusterDraw::for_seed(seed, nodes).fingerprint(),
+            None => Draw::for_seed(seed).fingerprint(),
+        }
+    }
+
+    /// The seeds of a seed file, each checked against the fingerprint of its draw, with the
+    /// cluster size its fingerprint names (`None`: a single node).
+    fn read_seed_file(path: &std::path::Path) -> Result<Vec<(u64, Option<u8>)>, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
         let kept =
             parse_seed_file(&text).map_err(|error| format!("{}: {error}", path.display()))?;
         let mut stale = Vec::new();
         for seed in &kept {
-            let now = Draw::for_seed(seed.seed).fingerprint();
+            let now = fingerprint_now(seed.seed, cluster_of(&seed.fingerprint));
             if now != seed.fingerprint {
                 stale.push(format!(
                     "{}:{}: seed {} was kept for the draw {} but now draws {now}: the draw \
@@ -136,7 +164,10 @@ mod runner {
             }
         }
         if stale.is_empty() {
-            Ok(kept.into_iter().map(|seed| seed.seed).collect())
+            Ok(kept
+                .into_iter()
+                .map(|seed| (seed.seed, cluster_of(&seed.fingerprint)))
+                .collect())
         } else {
             Err(stale.join("\n"))
         }
@@ -165,24 +196,40 @@ mod runner {
                 return 2;
             }
         };
-        let (seeds, verbose): (Vec<u64>, bool) = match (args.seed, args.seeds, &args.seed_file) {
-            (Some(seed), _, _) => (vec![seed], true),
-            (None, Some(count), _) => (
-                (args.from..args.from.saturating_add(count)).collect(),
-                args.verbose,
-            ),
-            (None, None, Some(path)) => match read_seed_file(path) {
-                Ok(seeds) => (seeds, args.verbose),
-                Err(error) => {
-                    eprintln!("error: {error}");
-                    return 2;
-                }
-            },
-            (None, None, None) => {
-                eprintln!("error: give --seed S, --seeds N or --seed-file FILE");
+        if let Some(nodes) = args.cluster {
+            if nodes != 3 && nodes != 5 {
+                eprintln!("error: --cluster takes 3 or 5 (nodes; replication factor 3)");
                 return 2;
             }
-        };
+        }
+        if let Some(plant) = plant.filter(|plant| plant.cluster_only() && args.cluster.is_none()) {
+            eprintln!(
+                "error: --plant {} is a replication bug: give --cluster 3 or --cluster 5",
+                plant.name()
+            );
+            return 2;
+        }
+        let (seeds, verbose): (Vec<(u64, Option<u8>)>, bool) =
+            match (args.seed, args.seeds, &args.seed_file) {
+                (Some(seed), _, _) => (vec![(seed, args.cluster)], true),
+                (None, Some(count), _) => (
+                    (args.from..args.from.saturating_add(count))
+                        .map(|seed| (seed, args.cluster))
+                        .collect(),
+                    args.verbose,
+                ),
+                (None, None, Some(path)) => match read_seed_file(path) {
+                    Ok(seeds) => (seeds, args.verbose),
+                    Err(error) => {
+                        eprintln!("error: {error}");
+                        return 2;
+                    }
+                },
+                (None, None, None) => {
+                    eprintln!("error: give --seed S, --seeds N or --seed-file FILE");
+                    return 2;
+                }
+            };
         let started = wall_now();
         let mut failed = Vec::new();
         let mut run_count = 0u64;
@@ -197,7 +244,7 @@ mod runner {
         let mut anomalies: BTreeMap<String, usize> = BTreeMap::new();
         let mut last: Option<RunReport> = None;
         let mut batches = BatchStats::default();
-        for seed in seeds {
+        for (seed, cluster) in seeds {
             if args
                 .time_budget_secs
                 .is_some_and(|budget| started.elapsed().as_secs() >= budget)
@@ -210,13 +257,22 @@ mod runner {
                 fault_secs: args.fault_secs,
                 compacted: args.compacted,
                 retention: args.retention,
+                cluster_nodes: cluster,
                 ..Options::new(seed)
             };
             if args.seed.is_some() {
-                let draw = Draw::for_seed(seed);
+                let (draw, fingerprint) = match cluster {
+                    Some(nodes) => {
+                        let draw = ClusterDraw::for_seed(seed, nodes);
+                        (draw.to_string(), draw.fingerprint())
+                    }
+                    None => {
+                        let draw = Draw::for_seed(seed);
+                        (draw.to_string(), draw.fingerprint())
+                    }
+                };
                 println!(
-                    "seed {seed}: draw {draw}\n  draw fingerprint {} (record it with the seed in sim/regression-seeds.txt)",
-                    draw.fingerprint()
+                    "seed {seed}: draw {draw}\n  draw fingerprint {fingerprint} (record it with the seed in sim/regression-seeds.txt)"
                 );
             }
             let seed_started = wall_now();
@@ -224,7 +280,10 @@ mod runner {
                 Ok(report) => report,
                 Err(panic) => {
                     println!(
-                        "seed {seed}: PANIC {panic}\n  repro: cargo sim --seed {seed}{}{}{}",
+                        "seed {seed}: PANIC {panic}\n  repro: cargo sim --seed {seed}{}{}{}{}",
+                        cluster
+                            .map(|nodes| format!(" --cluster {nodes}"))
+                            .unwrap_or_default(),
                         plant
                             .map(|p| format!(" --plant {}", p.name()))
                             .unwrap_or_default(),
@@ -299,7 +358,16 @@ mod runner {
                 }
             } else {
                 println!("seed {seed}: FAILED {}", problems.join(" "));
-                println!("  draw: {}", report.draw);
+                match &report.cluster {
+                    Some(cluster) => println!("  draw: {cluster}"),
+                    None => println!("  draw: {}", report.draw),
+                }
+                println!("  fingerprint: {}", report.fingerprint());
+                if let Some(replica) = report.replica.as_ref().filter(|replica| !replica.valid) {
+                    for line in replica.summary().lines() {
+                        println!("  {line}");
+                    }
+                }
                 if let Some(queue) = &report.queue {
                     if !queue.valid {
                         for line in queue.summary(2).lines() {
@@ -326,6 +394,9 @@ mod runner {
                 }
                 if let Some(reason) = &report.linear_skipped {
                     println!("  linearizability not checked: {reason}");
+                }
+                if let Some(replica) = &report.replica {
+                    print!("  {}", replica.summary());
                 }
                 println!(
                     "  progress: at least {} acks=all sends acknowledged and {} records read required",
