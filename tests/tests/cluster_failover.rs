@@ -385,7 +385,12 @@ impl Scenario {
         // may hand it over as a record without key and value, or skip it. Which offsets are
         // control batches is read from a replica's segment files (all replicas hold the same
         // committed log once settled).
-        let control_offsets = control_offsets_on_disk(&cluster, 1);
+        // Only those below the end read: a leadership change after the settling (the
+        // controller moving leaders back to their preferred replica) adds one above it.
+        let control_offsets: BTreeSet<u64> = control_offsets_on_disk(&cluster, 1)
+            .into_iter()
+            .filter(|offset| *offset < end)
+            .collect();
         let mut value_offsets = Vec::new();
         let mut valueless = Vec::new();
         let mut next = 0u64;
@@ -462,8 +467,9 @@ impl Scenario {
         assert!(
             missing.is_empty() && covered.len() as u64 == end,
             "the partition's offsets are not dense from 0 to {end}: first missing {missing:?}, \
-             {} covered",
-            covered.len()
+             {} covered, control batches at {control_offsets:?}, {} records read",
+            covered.len(),
+            value_offsets.len()
         );
         let history = recorder.history.lock().expect("history lock").clone();
         let options = QueueOptions {
