@@ -9,6 +9,11 @@
 //!   timestamp (in the value) to the consumer's receipt.
 //! - `brook bench baseline`: loopback TCP throughput and sequential disk appends with and
 //!   without fsync (one of them sustained as long as a case runs), measured now.
+//! - `brook bench cluster`: acks=all produce against a single node and a replicated cluster
+//!   it starts itself (child `brook node` processes on loopback), for each fsync policy
+//!   ([`cluster`]).
+//! - `brook bench partitions`: thousands of replicated partitions on local nodes it starts:
+//!   time until every partition is led, the leaders' spread, idle CPU ([`partitions`]).
 //!
 //! With `--baseline` (measure first) or `--baseline-file` (a previous `baseline --output json`)
 //! a result is also given as a ratio of the limit that applies to it, and says which one:
@@ -23,6 +28,8 @@ pub mod baseline;
 pub mod cluster;
 pub mod latency;
 pub mod load;
+pub mod local;
+pub mod partitions;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -52,9 +59,13 @@ pub enum BenchCommand {
     /// fsync on the data directory's disk.
     Baseline(BaselineArgs),
     /// A replicated cluster (default 3 nodes, replication factor 3) against a single node,
-    /// acks=all, with `fsync = always` and `interval`: local node processes this command
-    /// starts and stops itself (it ignores `-b`).
-    Cluster(cluster::ClusterBenchArgs),
+    /// acks=all, with `fsync = always` and `interval`: throughput of both, and latency at half
+    /// the single node's throughput. Local node processes this command starts and kills
+    /// itself, data in a temporary directory (it ignores `-b`).
+    Cluster(cluster::ClusterArgs),
+    /// Starts local cluster nodes, creates many replicated partitions (default 3,000, RF 3):
+    /// time until each has a leader, leaders per node, CPU of the idle nodes (ignores `-b`).
+    Partitions(partitions::PartitionsArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -279,6 +290,7 @@ pub async fn run(runtime: Runtime, bootstrap: &str, command: BenchCommand) -> an
         BenchCommand::Consume(args) => load_run(runtime, bootstrap, Mode::Consume, args).await,
         BenchCommand::E2e(args) => load_run(runtime, bootstrap, Mode::E2e, args).await,
         BenchCommand::Cluster(args) => cluster::run(runtime, args).await,
+        BenchCommand::Partitions(args) => partitions::run(runtime, args).await,
     }
 }
 
