@@ -776,7 +776,10 @@ impl ReplicatedPartition {
             // The partition actor's own internal messages; this actor has its own.
             PartitionMessage::SyncDone { .. }
             | PartitionMessage::FetchExpired { .. }
-            | PartitionMessage::SyncTick => {
+            | PartitionMessage::SyncTick
+            | PartitionMessage::CompactionDone { .. } => {
+                // (A replicated partition never compacts: its Raft log maps one entry to one
+                // batch, and the cleaner merges batches.)
                 tracing::debug!(group = ?self.group, "internal partition message ignored");
             }
         }

@@ -896,6 +896,7 @@ async fn catch_up_scenario(bugs: Bugs) -> Result<(), Violation> {
                 age_ms_max: None,
                 bytes_max: Some(4096),
             },
+            compaction: None,
         };
         let address = cluster.address(id);
         address
