@@ -90,6 +90,30 @@ const SYNCS_PER_STEP_MAX: usize = 8;
 /// How long a stopping replica of a deleted topic may take before its directory is removed
 /// anyway (its actor is unregistered and unreachable by then).
 const REPLICA_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ticks between two reconciliations that no change asked for (retries of replicas that
+/// failed to open or stopped).
+const RECONCILE_TICKS: u64 = 10;
+/// Longest wait, in ticks, before opening a replica that failed to open is tried again.
+const OPEN_RETRY_TICKS_MAX: u64 = 600;
+/// Replicas opened (logs recovered) per message handled at most; more are opened by the
+/// following messages, so the metadata group keeps answering meanwhile.
+const OPENS_PER_MESSAGE_MAX: usize = 32;
+/// Time spent opening replicas per message handled, about (at least one is opened): on a
+/// slow disk even 32 opens must not keep the metadata group waiting.
+const OPEN_PASS_DURATION_MAX: Duration = Duration::from_millis(20);
+/// Ticks between two passes of preferred-leader balancing.
+const BALANCE_TICKS: u64 = 10;
+/// Ticks before a partition's leadership is offered to its preferred replica again (a
+/// transfer the preferred replica could not take, e.g. because it lags, is not hammered).
+const BALANCE_RETRY_TICKS: u64 = 50;
+/// Bytes asked of one committed read of the metadata log.
+const COMMITTED_READ_BYTES: usize = 1024 * 1024;
+/// Reads of one pass over the committed metadata log at most (bounds the loop; 64 GiB).
+const COMMITTED_READS_MAX: usize = 64 * 1024;
+/// A node that is not a voter tries another voter after this many ticks without an answer.
+const FETCH_SILENCE_TICKS_MAX: u64 = 20;
+/// Bytes of metadata batches in one fetch answer, about (at least one batch).
+const FETCH_RESPONSE_BYTES_MAX: usize = 256 * 1024;
 /// A peer heard from within this many election timeouts counts as alive.
 const ALIVE_ELECTION_TIMEOUTS: u64 = 2;
 
@@ -100,14 +124,100 @@ const METADATA_DIRECTORY: &str = "metadata";
 const PARTITIONS_DIRECTORY: &str = "partitions";
 const DELETED_PREFIX: &str = ".deleted-";
 
-/// The topic part of [`leader_reports_group`].
-pub const LEADER_REPORTS_GROUP_TOPIC: &str = "@leader-reports";
+/// The topic part of [`controller_peer_group`].
+pub const CONTROLLER_PEER_GROUP_TOPIC: &str = "@controller";
 
-/// The pseudo-group on which nodes forward leader reports to the active controller.
-pub fn leader_reports_group() -> GroupId {
+/// The pseudo-group on which controllers talk outside the metadata group's Raft: leader reports
+/// forwarded to the active controller, and metadata fetched by nodes that are not voters. See
+/// [`ControllerPeerMessage`].
+pub fn controller_peer_group() -> GroupId {
     GroupId {
-        topic: LEADER_REPORTS_GROUP_TOPIC.to_owned(),
+        topic: CONTROLLER_PEER_GROUP_TOPIC.to_owned(),
         partition: 0,
+    }
+}
+
+/// A message between controllers outside Raft, carried by the peer link as an append of
+/// [`controller_peer_group`] (so the link needs no message type of its own): `prev_term` says
+/// which message it is, the other fields carry its numbers, the batches its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControllerPeerMessage {
+    /// Leader reports (`PartitionLeader` records) for the active controller to propose.
+    LeaderReports { batches: Vec<Bytes> },
+    /// A node that is not a voter asks a voter for the committed metadata from `from_offset`.
+    FetchMetadata { from_offset: u64 },
+    /// The answer: committed batches from `from_offset` (whole batches, possibly none), the
+    /// voter's high watermark, and the active controller it knows.
+    MetadataBatches {
+        from_offset: u64,
+        high_watermark: u64,
+        controller: Option<NodeId>,
+        batches: Vec<Bytes>,
+    },
+}
+
+const CARRIER_LEADER_REPORTS: u64 = 1;
+const CARRIER_FETCH_METADATA: u64 = 2;
+const CARRIER_METADATA_BATCHES: u64 = 3;
+
+impl ControllerPeerMessage {
+    /// The carrier form, for [`PeerOutbox::send`] on [`controller_peer_group`].
+    pub fn into_carrier(self) -> (RaftMessage, Vec<Bytes>) {
+        let append = |kind, term, prev_index, commit_index, batches: Vec<Bytes>| {
+            (
+                RaftMessage::Append(AppendEntries {
+                    term,
+                    prev_index,
+                    prev_term: kind,
+                    commit_index,
+                    batch_count: u32::try_from(batches.len()).unwrap_or(u32::MAX),
+                }),
+                batches,
+            )
+        };
+        match self {
+            ControllerPeerMessage::LeaderReports { batches } => {
+                append(CARRIER_LEADER_REPORTS, 0, 0, 0, batches)
+            }
+            ControllerPeerMessage::FetchMetadata { from_offset } => {
+                append(CARRIER_FETCH_METADATA, 0, from_offset, 0, Vec::new())
+            }
+            ControllerPeerMessage::MetadataBatches {
+                from_offset,
+                high_watermark,
+                controller,
+                batches,
+            } => append(
+                CARRIER_METADATA_BATCHES,
+                controller.map_or(0, |controller| controller.saturating_add(1)),
+                from_offset,
+                high_watermark,
+                batches,
+            ),
+        }
+    }
+
+    /// Back from the carrier form; `None` for anything else.
+    pub fn from_carrier(message: RaftMessage, batches: Vec<Bytes>) -> Option<Self> {
+        let RaftMessage::Append(append) = message else {
+            return None;
+        };
+        if append.batch_count as usize != batches.len() {
+            return None;
+        }
+        match append.prev_term {
+            CARRIER_LEADER_REPORTS => Some(ControllerPeerMessage::LeaderReports { batches }),
+            CARRIER_FETCH_METADATA => Some(ControllerPeerMessage::FetchMetadata {
+                from_offset: append.prev_index,
+            }),
+            CARRIER_METADATA_BATCHES => Some(ControllerPeerMessage::MetadataBatches {
+                from_offset: append.prev_index,
+                high_watermark: append.commit_index,
+                controller: append.term.checked_sub(1),
+                batches,
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -285,8 +395,13 @@ pub enum ClusterMessage {
     },
     /// One heartbeat interval passed.
     Tick,
-    /// Leader reports forwarded by another node (see [`leader_reports_group`]).
-    ForwardedReports { from: NodeId, batches: Vec<Bytes> },
+    /// A message of another node's controller (see [`controller_peer_group`]).
+    FromController {
+        from: NodeId,
+        message: ControllerPeerMessage,
+    },
+    /// Internal: more replicas to open (see [`OPENS_PER_MESSAGE_MAX`]).
+    Reconcile,
     /// Internal: the replicas of a deleted topic stopped and its directory was removed.
     TopicRemoved { directory: String },
 }
@@ -320,6 +435,13 @@ struct RunningReplica {
     address: Addr<ReplicatedPartition>,
 }
 
+/// A replica that failed to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OpenFailure {
+    attempts: u32,
+    retry_tick: u64,
+}
+
 /// A leader report waiting to be applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct UnreportedLeader {
@@ -347,14 +469,21 @@ enum PendingWrite {
     Internal,
 }
 
-/// The GroupInbox of the leader-reports pseudo-group.
-struct ReportsInbox(Addr<ClusterController>);
+/// The GroupInbox of [`controller_peer_group`].
+struct ControllerPeerInbox(Addr<ClusterController>);
 
-impl GroupInbox for ReportsInbox {
-    fn deliver(&self, from: NodeId, _message: RaftMessage, batches: Vec<Bytes>) -> bool {
-        self.0
-            .try_send(ClusterMessage::ForwardedReports { from, batches })
-            .is_ok()
+impl GroupInbox for ControllerPeerInbox {
+    fn deliver(&self, from: NodeId, message: RaftMessage, batches: Vec<Bytes>) -> bool {
+        match ControllerPeerMessage::from_carrier(message, batches) {
+            Some(message) => self
+                .0
+                .try_send(ClusterMessage::FromController { from, message })
+                .is_ok(),
+            None => {
+                tracing::debug!(from, "malformed controller message dropped");
+                true
+            }
+        }
     }
 
     fn tick(&self) -> bool {
@@ -384,7 +513,15 @@ pub struct ClusterController {
     config: ClusterControllerConfig,
     router: PeerRouter,
     outbox: Arc<dyn PeerOutbox>,
-    core: ReplicaCore,
+    /// This node's member of the metadata group; `None` on a node that is not a controller
+    /// voter (it fetches the committed metadata from a voter instead).
+    core: Option<ReplicaCore>,
+    /// On a node that is not a voter: the active controller the voters named last.
+    learned_controller: Option<NodeId>,
+    /// On a node that is not a voter: the voter asked next (index into the voters), and the
+    /// tick of the last answer.
+    fetch_target: usize,
+    fetch_answered_tick: u64,
     state: MetadataState,
     /// Offsets of the metadata log below this are applied.
     applied_offset: u64,
@@ -397,9 +534,18 @@ pub struct ClusterController {
     removing: BTreeSet<String>,
     leader_views: Arc<LeaderViews>,
     unreported: BTreeMap<GroupId, UnreportedLeader>,
+    /// A [`ClusterMessage::Reconcile`] is in the mailbox.
+    reconcile_queued: bool,
+    /// Replicas that failed to open: how often, and when to try again.
+    open_failures: BTreeMap<GroupId, OpenFailure>,
+    /// The tick leadership of each group was last offered to its preferred replica.
+    balance_offers: BTreeMap<GroupId, u64>,
     /// The term in which this node proposed the cluster record (once per term at most).
     cluster_record_term: Option<u64>,
     ticks: u64,
+    /// Set when the applied cluster record disagrees with this node's peers: the controller
+    /// stops (after the message being handled).
+    refusal: Option<String>,
     opened_ms: u64,
     opened_at: Instant,
     rng: ChaCha8Rng,
@@ -438,10 +584,6 @@ impl ClusterController {
             });
         }
         check_or_write_peers_file(disk.as_ref(), &config)?;
-        let metadata_dir = config
-            .data_dir
-            .join(CLUSTER_DIRECTORY)
-            .join(METADATA_DIRECTORY);
         let partitions_dir = config
             .data_dir
             .join(CLUSTER_DIRECTORY)
@@ -450,8 +592,73 @@ impl ClusterController {
         sync_parents(disk.as_ref(), &partitions_dir)?;
         let mut rng = runtime.rng_for(&format!("cluster-controller-{}", config.node_id));
         let opened_ms = u64::try_from(runtime.wall_clock_ms()).unwrap_or(0);
-        let core = ReplicaCore::open(
-            disk.clone(),
+        let voter = config.controller_voters.contains(&config.node_id);
+        let core = if voter {
+            Some(Self::open_core(
+                disk.clone(),
+                &config,
+                rng.next_u64(),
+                opened_ms,
+            )?)
+        } else {
+            None
+        };
+        let controller = Arc::new(AtomicU64::new(NO_NODE));
+        let actor = ClusterController {
+            runtime: runtime.clone(),
+            disk,
+            config,
+            router: router.clone(),
+            outbox,
+            core,
+            learned_controller: None,
+            fetch_target: 0,
+            fetch_answered_tick: 0,
+            state: MetadataState::default(),
+            applied_offset: 0,
+            controller: controller.clone(),
+            next_request_id: 0,
+            pending: BTreeMap::new(),
+            replicas: BTreeMap::new(),
+            removing: BTreeSet::new(),
+            leader_views: Arc::new(LeaderViews::default()),
+            unreported: BTreeMap::new(),
+            balance_offers: BTreeMap::new(),
+            open_failures: BTreeMap::new(),
+            reconcile_queued: false,
+            cluster_record_term: None,
+            ticks: 0,
+            refusal: None,
+            opened_ms,
+            opened_at: runtime.now(),
+            rng,
+            address: None,
+        };
+        let address = runtime.spawn_actor(actor, CLUSTER_CONTROLLER_MAILBOX_CAPACITY);
+        router.register(metadata_group(), Arc::new(address.clone()));
+        router.register(
+            controller_peer_group(),
+            Arc::new(ControllerPeerInbox(address.clone())),
+        );
+        Ok(ControllerHandle::Cluster {
+            address,
+            controller,
+        })
+    }
+
+    /// Open this node's member of the metadata group.
+    fn open_core(
+        disk: Arc<dyn Disk>,
+        config: &ClusterControllerConfig,
+        seed: u64,
+        now_ms: u64,
+    ) -> Result<ReplicaCore, ControllerError> {
+        let metadata_dir = config
+            .data_dir
+            .join(CLUSTER_DIRECTORY)
+            .join(METADATA_DIRECTORY);
+        ReplicaCore::open(
+            disk,
             ReplicaConfig {
                 node_id: NodeId::from(config.node_id),
                 voters: config
@@ -462,48 +669,14 @@ impl ClusterController {
                 raft: config.raft.clone(),
                 log: config.log.clone(),
                 dir: metadata_dir.clone(),
-                seed: rng.next_u64(),
+                seed,
                 planted_bug: None,
             },
-            opened_ms,
+            now_ms,
         )
         .map_err(|error| ControllerError::Metadata {
             path: metadata_dir,
             reason: error.to_string(),
-        })?;
-        let controller = Arc::new(AtomicU64::new(NO_NODE));
-        let actor = ClusterController {
-            runtime: runtime.clone(),
-            disk,
-            config,
-            router: router.clone(),
-            outbox,
-            core,
-            state: MetadataState::default(),
-            applied_offset: 0,
-            controller: controller.clone(),
-            next_request_id: 0,
-            pending: BTreeMap::new(),
-            replicas: BTreeMap::new(),
-            removing: BTreeSet::new(),
-            leader_views: Arc::new(LeaderViews::default()),
-            unreported: BTreeMap::new(),
-            cluster_record_term: None,
-            ticks: 0,
-            opened_ms,
-            opened_at: runtime.now(),
-            rng,
-            address: None,
-        };
-        let address = runtime.spawn_actor(actor, CLUSTER_CONTROLLER_MAILBOX_CAPACITY);
-        router.register(metadata_group(), Arc::new(address.clone()));
-        router.register(
-            leader_reports_group(),
-            Arc::new(ReportsInbox(address.clone())),
-        );
-        Ok(ControllerHandle::Cluster {
-            address,
-            controller,
         })
     }
 
@@ -523,13 +696,21 @@ impl ClusterController {
     }
 
     fn is_active(&self) -> bool {
-        self.core.leader() == Some(self.node()) && self.core.role() == brook_raft::Role::Leader
+        self.core.as_ref().is_some_and(|core| {
+            core.leader() == Some(self.node()) && core.role() == brook_raft::Role::Leader
+        })
+    }
+
+    /// The active controller as this node knows it.
+    fn leader(&self) -> Option<NodeId> {
+        match &self.core {
+            Some(core) => core.leader(),
+            None => self.learned_controller,
+        }
     }
 
     fn controller_hint(&self) -> Option<u32> {
-        self.core
-            .leader()
-            .and_then(|leader| u32::try_from(leader).ok())
+        self.leader().and_then(|leader| u32::try_from(leader).ok())
     }
 
     fn not_controller(&self) -> BrokerError {
@@ -555,7 +736,10 @@ impl ClusterController {
     fn step(&mut self, input: ReplicaInput) {
         let now_ms = self.now_ms();
         let mut output = ReplicaOutput::default();
-        let mut result = self.core.step(now_ms, input);
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
+        let mut result = core.step(now_ms, input);
         for _ in 0..SYNCS_PER_STEP_MAX {
             match result {
                 Ok(step) => {
@@ -566,7 +750,7 @@ impl ClusterController {
                         result = Ok(ReplicaOutput::default());
                         break;
                     }
-                    result = self.core.sync_now(now_ms);
+                    result = core.sync_now(now_ms);
                 }
                 Err(_) => break,
             }
@@ -583,7 +767,7 @@ impl ClusterController {
             );
         }
         self.controller
-            .store(self.core.leader().unwrap_or(NO_NODE), Ordering::Release);
+            .store(self.leader().unwrap_or(NO_NODE), Ordering::Release);
         let results = self.apply_committed();
         self.answer(output.answers, &results);
     }
@@ -592,26 +776,9 @@ impl ClusterController {
     /// (the applied state stays: everything applied was committed).
     fn reopen_core(&mut self, error: &ReplicaError) {
         tracing::error!(%error, "metadata replica failed; reopening it from disk");
-        let config = ReplicaConfig {
-            node_id: self.node(),
-            voters: self
-                .config
-                .controller_voters
-                .iter()
-                .map(|voter| NodeId::from(*voter))
-                .collect(),
-            raft: self.config.raft.clone(),
-            log: self.config.log.clone(),
-            dir: self
-                .config
-                .data_dir
-                .join(CLUSTER_DIRECTORY)
-                .join(METADATA_DIRECTORY),
-            seed: self.rng.next_u64(),
-            planted_bug: None,
-        };
-        match ReplicaCore::open(self.disk.clone(), config, self.now_ms()) {
-            Ok(core) => self.core = core,
+        let seed = self.rng.next_u64();
+        match Self::open_core(self.disk.clone(), &self.config, seed, self.now_ms()) {
+            Ok(core) => self.core = Some(core),
             Err(error) => {
                 tracing::error!(%error, "cannot reopen the metadata replica; will retry on the next input")
             }
@@ -623,20 +790,64 @@ impl ClusterController {
 
     /// Apply every committed record not applied yet; the result of each, by offset.
     fn apply_committed(&mut self) -> BTreeMap<u64, Result<Change, MetadataError>> {
-        let mut results = BTreeMap::new();
-        let high_watermark = self.core.high_watermark();
+        let Some(core) = &self.core else {
+            return BTreeMap::new();
+        };
+        let high_watermark = core.high_watermark();
         if high_watermark <= self.applied_offset {
-            return results;
+            return BTreeMap::new();
         }
-        // TODO(replica): read from `applied_offset` with the replica's committed read once it
-        // exists; the metadata log is small, so a scan from its start is affordable.
-        let batches = match self.core.batches_below(high_watermark) {
+        let batches = match self.committed_batches(self.applied_offset, usize::MAX) {
             Ok(batches) => batches,
             Err(error) => {
                 tracing::error!(%error, "cannot read the committed metadata log");
-                return results;
+                return BTreeMap::new();
             }
         };
+        self.apply_batches(batches, high_watermark)
+    }
+
+    /// The committed batches of the metadata log from `from_offset` (a batch boundary), whole,
+    /// at least one if there is any, up to about `bytes_max`.
+    fn committed_batches(
+        &self,
+        from_offset: u64,
+        bytes_max: usize,
+    ) -> Result<Vec<Bytes>, ReplicaError> {
+        let Some(core) = &self.core else {
+            return Ok(Vec::new());
+        };
+        let mut batches = Vec::new();
+        let mut bytes = 0;
+        let mut offset = from_offset;
+        for _ in 0..COMMITTED_READS_MAX {
+            let read = core.read_committed(offset, COMMITTED_READ_BYTES)?;
+            if read.batches.is_empty() {
+                break;
+            }
+            for batch in split_batches(read.batches) {
+                let batch = batch
+                    .map_err(brook_storage::log::LogError::from)?
+                    .into_bytes();
+                if !batches.is_empty() && bytes + batch.len() > bytes_max {
+                    return Ok(batches);
+                }
+                bytes += batch.len();
+                batches.push(batch);
+            }
+            offset = read.next_offset;
+        }
+        Ok(batches)
+    }
+
+    /// Apply the records of `batches` below `high_watermark` not applied yet, reconcile; the
+    /// result of each record, by offset.
+    fn apply_batches(
+        &mut self,
+        batches: Vec<Bytes>,
+        high_watermark: u64,
+    ) -> BTreeMap<u64, Result<Change, MetadataError>> {
+        let mut results = BTreeMap::new();
         let mut changes = Vec::new();
         for bytes in batches {
             for batch in split_batches(bytes) {
@@ -682,7 +893,17 @@ impl ClusterController {
             }
         }
         self.applied_offset = high_watermark;
-        if !changes.is_empty() {
+        if changes
+            .iter()
+            .any(|change| matches!(change, Change::Cluster))
+        {
+            self.check_cluster_record();
+        }
+        // Leader reports change no replica: only topics created, deleted or altered do.
+        let topics_changed = changes
+            .iter()
+            .any(|change| !matches!(change, Change::LeaderChanged { .. } | Change::Cluster));
+        if topics_changed && self.refusal.is_none() {
             self.reconcile(&changes);
         }
         results
@@ -798,6 +1019,18 @@ impl ClusterController {
     /// the applied state assigns it.
     fn reconcile(&mut self, changes: &[Change]) {
         let node = self.config.node_id;
+        // A replica whose actor gave up (its core failed to reopen) is opened again below.
+        let dead: Vec<GroupId> = self
+            .replicas
+            .iter()
+            .filter(|(_, replica)| replica.address.is_closed())
+            .map(|(group, _)| group.clone())
+            .collect();
+        for group in dead {
+            tracing::warn!(?group, "a partition replica stopped; opening it again");
+            self.router.unregister(&group);
+            self.replicas.remove(&group);
+        }
         let mut wanted: BTreeMap<GroupId, (String, u64, u32)> = BTreeMap::new();
         for (name, topic) in &self.state.topics {
             for (partition, state) in topic.partitions.iter().enumerate() {
@@ -810,6 +1043,8 @@ impl ClusterController {
                 }
             }
         }
+        self.open_failures
+            .retain(|group, _| wanted.contains_key(group));
         // Stop the replicas of topics that are gone, then remove their directories.
         let gone: Vec<GroupId> = self
             .replicas
@@ -831,9 +1066,40 @@ impl ClusterController {
         for (directory, addresses) in stopping {
             self.remove_topic_directory(directory, addresses);
         }
-        for (group, (topic, topic_id, partition)) in wanted {
-            if !self.replicas.contains_key(&group) {
-                self.open_replica(group, topic, topic_id, partition);
+        // Open what is missing, a bounded number per message: opening recovers a log, and the
+        // metadata group (heartbeats, votes) must not wait for thousands of them.
+        let mut attempts = 0;
+        let mut opened = Vec::new();
+        let mut more = false;
+        let pass_started = self.runtime.now();
+        for (group, place) in wanted {
+            if self.replicas.contains_key(&group) {
+                continue;
+            }
+            if attempts == OPENS_PER_MESSAGE_MAX
+                || (attempts > 0
+                    && self.runtime.now().duration_since(pass_started) >= OPEN_PASS_DURATION_MAX)
+            {
+                more = true;
+                break;
+            }
+            let due = self
+                .open_failures
+                .get(&group)
+                .map_or(true, |failure| self.ticks >= failure.retry_tick);
+            if !due {
+                continue;
+            }
+            attempts += 1;
+            if let Some(replica) = self.prepare_replica(&group, &place.0, place.2) {
+                opened.push((group, place, replica));
+            }
+        }
+        self.start_replicas(opened);
+        if more && !self.reconcile_queued {
+            if let Some(address) = &self.address {
+                // A full mailbox: the next tick's reconciliation continues.
+                self.reconcile_queued = address.try_send(ClusterMessage::Reconcile).is_ok();
             }
         }
         for change in changes {
@@ -880,20 +1146,34 @@ impl ClusterController {
         }
     }
 
-    fn open_replica(&mut self, group: GroupId, topic: String, topic_id: u64, partition: u32) {
-        let Some(state) = self.state.topics.get(&topic) else {
-            return;
-        };
-        let Some(assignment) = state.partitions.get(partition as usize) else {
-            return;
-        };
+    /// Open one replica (not started yet); `None` when it is not due or failed to open (then
+    /// retried later with a backoff).
+    fn prepare_replica(
+        &mut self,
+        group: &GroupId,
+        topic: &str,
+        partition: u32,
+    ) -> Option<ReplicatedPartition> {
+        if self
+            .open_failures
+            .get(group)
+            .is_some_and(|failure| self.ticks < failure.retry_tick)
+        {
+            return None;
+        }
+        let assignment = self
+            .state
+            .topics
+            .get(topic)?
+            .partitions
+            .get(partition as usize)?;
         let dir = self
             .partitions_dir()
             .join(&group.topic)
             .join(partition.to_string());
         let config = ReplicatedPartitionConfig {
             group: group.clone(),
-            topic: topic.clone(),
+            topic: topic.to_owned(),
             partition,
             replica: ReplicaConfig {
                 node_id: self.node(),
@@ -911,51 +1191,92 @@ impl ClusterController {
             partition_config: self.config.partition.clone(),
         };
         let observer: Arc<dyn LeaderObserver> = self.leader_views.clone();
-        let replica = match ReplicatedPartition::open(
+        match ReplicatedPartition::open(
             self.disk.clone(),
             config,
             self.outbox.clone(),
             Some(observer),
             self.now_ms(),
         ) {
-            Ok(replica) => replica,
-            Err(error) => {
-                // Retried at the next reconcile (the next applied change).
-                tracing::error!(dir = %dir.display(), %error, "cannot open a partition replica");
-                return;
+            Ok(replica) => {
+                self.open_failures.remove(group);
+                Some(replica)
             }
-        };
-        // The topic's directory entry must survive a crash like the replica's files.
-        if let Err(error) = self
-            .disk
-            .sync_dir(&self.partitions_dir().join(&group.topic))
-        {
-            tracing::warn!(%error, "cannot sync a topic directory");
+            Err(error) => {
+                // Retried by a later reconciliation, backing off (the cause may persist).
+                let failure = self
+                    .open_failures
+                    .entry(group.clone())
+                    .or_insert(OpenFailure {
+                        attempts: 0,
+                        retry_tick: 0,
+                    });
+                failure.attempts = failure.attempts.saturating_add(1);
+                let wait = (RECONCILE_TICKS << failure.attempts.min(6)).min(OPEN_RETRY_TICKS_MAX);
+                failure.retry_tick = self.ticks + wait;
+                tracing::error!(dir = %dir.display(), %error, attempts = failure.attempts, retry_in_ticks = wait, "cannot open a partition replica");
+                None
+            }
+        }
+    }
+
+    /// Start opened replicas: first make their directories' entries durable (one sync per
+    /// directory, before any replica can persist a vote in them), then spawn, register and set
+    /// their topic's limits.
+    fn start_replicas(&mut self, opened: Vec<(GroupId, (String, u64, u32), ReplicatedPartition)>) {
+        if opened.is_empty() {
+            return;
+        }
+        let topic_directories: BTreeSet<&str> = opened
+            .iter()
+            .map(|(group, _, _)| group.topic.as_str())
+            .collect();
+        for directory in topic_directories {
+            if let Err(error) = self.disk.sync_dir(&self.partitions_dir().join(directory)) {
+                tracing::warn!(%error, directory, "cannot sync a topic directory");
+            }
         }
         if let Err(error) = self.disk.sync_dir(&self.partitions_dir()) {
             tracing::warn!(%error, "cannot sync the partitions directory");
         }
-        let leader = replica.leader_hint();
-        let address = self
-            .runtime
-            .spawn_actor(replica, self.config.partition_mailbox_capacity);
-        self.router
-            .register(group.clone(), Arc::new(address.clone()));
-        tracing::info!(topic, topic_id, partition, "opened partition replica");
-        self.replicas.insert(
-            group,
-            RunningReplica {
-                topic: topic.clone(),
-                topic_id,
-                partition,
-                handle: PartitionHandle::Replicated {
-                    address: address.clone(),
-                    leader,
+        for (group, (topic, topic_id, partition), replica) in opened {
+            let limits = self
+                .state
+                .topics
+                .get(&topic)
+                .and_then(|state| self.topic_config(state).ok())
+                .map(|config| {
+                    Controller::partition_limits(&config, self.config.log.batch_bytes_max)
+                });
+            let leader = replica.leader_hint();
+            let address = self
+                .runtime
+                .spawn_actor(replica, self.config.partition_mailbox_capacity);
+            self.router
+                .register(group.clone(), Arc::new(address.clone()));
+            if let Some(limits) = limits {
+                let (reply, _pending) = crate::runtime::reply_pair();
+                // The mailbox is empty: a new actor takes it.
+                let _ = address.try_send(ReplicaMessage::Client(PartitionMessage::SetLimits {
+                    limits,
+                    reply,
+                }));
+            }
+            tracing::debug!(topic, topic_id, partition, "opened partition replica");
+            self.replicas.insert(
+                group,
+                RunningReplica {
+                    topic,
+                    topic_id,
+                    partition,
+                    handle: PartitionHandle::Replicated {
+                        address: address.clone(),
+                        leader,
+                    },
+                    address,
                 },
-                address,
-            },
-        );
-        self.apply_limits(&topic);
+            );
+        }
     }
 
     /// Stop the replicas of a deleted topic (off the actor), then take its directory away:
@@ -973,16 +1294,8 @@ impl ClusterController {
         let runtime = self.runtime.clone();
         let controller = self.address.clone();
         drop(self.runtime.spawn(async move {
-            for address in addresses {
-                let stopped = runtime
-                    .timeout(
-                        REPLICA_STOP_TIMEOUT,
-                        address.ask(|reply| ReplicaMessage::Client(PartitionMessage::Stop { reply })),
-                    )
-                    .await;
-                if stopped.is_err() {
-                    tracing::warn!(directory, "a deleted topic's replica did not stop in time");
-                }
+            if stop_replicas(&runtime, addresses).await > 0 {
+                tracing::warn!(directory, "a deleted topic's replica did not stop in time");
             }
             if let Err(error) = remove_directory_atomically(disk.as_ref(), &parent, &directory) {
                 tracing::error!(directory, %error, "cannot remove a deleted topic's replicas; retried when the next topic is deleted or at restart");
@@ -1037,6 +1350,68 @@ impl ClusterController {
                 self.remove_topic_directory(entry, Vec::new());
             }
         }
+    }
+
+    /// Preferred-leader balancing: a replica of this node that leads a partition whose
+    /// preferred replica (the first of its replicas, spread evenly by the assignment) is another
+    /// node that is alive hands leadership over to it. This spreads the leaders after a topic
+    /// is created (the first election goes to whoever campaigns first) and after a node
+    /// returns. Raft transfers only to a caught-up replica; a refused or failed transfer is
+    /// offered again after [`BALANCE_RETRY_TICKS`].
+    fn balance_leaders(&mut self) {
+        let node = self.config.node_id;
+        let now_ms = u64::try_from(self.runtime.wall_clock_ms()).unwrap_or(0);
+        let window_ms = self.config.raft.election_timeout_ms * ALIVE_ELECTION_TIMEOUTS;
+        let ticks = self.ticks;
+        let mut offers = Vec::new();
+        for (group, replica) in &self.replicas {
+            if replica.handle.leader_hint() != Some(node) {
+                continue;
+            }
+            let Some(preferred) = self
+                .state
+                .topics
+                .get(&replica.topic)
+                .filter(|topic| topic.topic_id == replica.topic_id)
+                .and_then(|topic| topic.partitions.get(replica.partition as usize))
+                .and_then(|partition| partition.replicas.first().copied())
+            else {
+                continue;
+            };
+            let alive = self
+                .router
+                .last_heard_ms(NodeId::from(preferred))
+                .is_some_and(|heard| now_ms.saturating_sub(heard) <= window_ms);
+            let due = self
+                .balance_offers
+                .get(group)
+                .map_or(true, |offered| ticks >= offered + BALANCE_RETRY_TICKS);
+            if preferred != node && alive && due {
+                offers.push((group.clone(), preferred));
+            }
+        }
+        for (group, preferred) in offers {
+            if let Some(replica) = self.replicas.get(&group) {
+                tracing::debug!(
+                    ?group,
+                    to = preferred,
+                    "offering leadership to the preferred replica"
+                );
+                // A full mailbox: offered again next pass. The answer is not awaited: the
+                // next pass sees from the reports whether the preferred replica leads.
+                let (reply, _answer) = crate::runtime::reply_pair();
+                let _ = replica
+                    .address
+                    .try_send(ReplicaMessage::TransferLeadership {
+                        to: NodeId::from(preferred),
+                        reply,
+                    });
+            }
+            self.balance_offers.insert(group, ticks);
+        }
+        let replicas = &self.replicas;
+        self.balance_offers
+            .retain(|group, _| replicas.contains_key(group));
     }
 
     /// Record the leader views replicas reported and send the reports not applied yet: to the
@@ -1122,19 +1497,13 @@ impl ClusterController {
         }
         if self.is_active() {
             let _ = self.propose(&records, PendingWrite::Internal);
-        } else if let Some(controller) = self.core.leader() {
+        } else if let Some(controller) = self.leader() {
             if let Some(batch) = records_batch(&records, self.runtime.wall_clock_ms()) {
-                self.outbox.send(
+                self.send_to_controller(
                     controller,
-                    leader_reports_group(),
-                    RaftMessage::Append(AppendEntries {
-                        term: 0,
-                        prev_index: 0,
-                        prev_term: 0,
-                        commit_index: 0,
-                        batch_count: 1,
-                    }),
-                    vec![batch],
+                    ControllerPeerMessage::LeaderReports {
+                        batches: vec![batch],
+                    },
                 );
             }
         } else {
@@ -1203,14 +1572,18 @@ impl ClusterController {
 
     /// Write the cluster record once the active controller finds the log without one.
     fn propose_cluster_record(&mut self) {
+        let Some(core) = &self.core else {
+            return;
+        };
+        let term = core.term();
         if !self.is_active()
             || !self.state.peers.is_empty()
-            || self.cluster_record_term == Some(self.core.term())
-            || self.core.high_watermark() < self.core.log_end_offset()
+            || self.cluster_record_term == Some(term)
+            || core.high_watermark() < core.log_end_offset()
         {
             return;
         }
-        self.cluster_record_term = Some(self.core.term());
+        self.cluster_record_term = Some(term);
         // `propose` puts the cluster record first while none is applied.
         let _ = self.propose(&[], PendingWrite::Internal);
     }
@@ -1227,6 +1600,144 @@ impl ClusterController {
                 })
                 .collect(),
             controller_voters: self.config.controller_voters.iter().copied().collect(),
+        }
+    }
+
+    fn send_to_controller(&self, to: NodeId, message: ControllerPeerMessage) {
+        let (message, batches) = message.into_carrier();
+        self.outbox
+            .send(to, controller_peer_group(), message, batches);
+    }
+
+    /// On a node that is not a voter: ask a voter for the metadata committed since what this
+    /// node applied. The known controller first; another voter after a silence.
+    fn fetch_metadata(&mut self) {
+        if self.core.is_some() {
+            return;
+        }
+        let voters: Vec<NodeId> = self
+            .config
+            .controller_voters
+            .iter()
+            .map(|voter| NodeId::from(*voter))
+            .collect();
+        if voters.is_empty() {
+            return;
+        }
+        if self.ticks.saturating_sub(self.fetch_answered_tick) > FETCH_SILENCE_TICKS_MAX {
+            // The voter asked does not answer: try the next one, forget the controller.
+            self.fetch_target = (self.fetch_target + 1) % voters.len();
+            self.fetch_answered_tick = self.ticks;
+            self.learned_controller = None;
+        }
+        let target = self
+            .learned_controller
+            .filter(|controller| voters.contains(controller))
+            .unwrap_or(voters[self.fetch_target % voters.len()]);
+        self.send_to_controller(
+            target,
+            ControllerPeerMessage::FetchMetadata {
+                from_offset: self.applied_offset,
+            },
+        );
+    }
+
+    /// On a voter: answer a fetch with the committed batches from `from_offset`.
+    fn serve_metadata_fetch(&mut self, from: NodeId, from_offset: u64) {
+        let Some(core) = &self.core else {
+            return;
+        };
+        if !self
+            .config
+            .peers
+            .contains_key(&u32::try_from(from).unwrap_or(u32::MAX))
+        {
+            return;
+        }
+        let high_watermark = core.high_watermark();
+        let batches = if from_offset < high_watermark {
+            match self.committed_batches(from_offset, FETCH_RESPONSE_BYTES_MAX) {
+                Ok(batches) => batches,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the metadata log for a fetch");
+                    return;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        self.send_to_controller(
+            from,
+            ControllerPeerMessage::MetadataBatches {
+                from_offset,
+                high_watermark,
+                controller: self.leader(),
+                batches,
+            },
+        );
+    }
+
+    /// On a node that is not a voter: apply what a voter sent, if it continues what this node
+    /// applied (an answer to an older fetch is dropped).
+    fn learn_metadata(
+        &mut self,
+        from_offset: u64,
+        high_watermark: u64,
+        controller: Option<NodeId>,
+        batches: Vec<Bytes>,
+    ) {
+        if self.core.is_some() {
+            return;
+        }
+        self.fetch_answered_tick = self.ticks;
+        self.learned_controller = controller;
+        self.controller
+            .store(controller.unwrap_or(NO_NODE), Ordering::Release);
+        if from_offset != self.applied_offset || batches.is_empty() {
+            return;
+        }
+        // The batches must follow one another from `from_offset`, all below the high watermark.
+        let mut next = from_offset;
+        for batch in &batches {
+            match brook_wire::batch::BatchHeader::parse(batch) {
+                Ok(header)
+                    if header.base_offset == next && header.next_offset() <= high_watermark =>
+                {
+                    next = header.next_offset();
+                }
+                _ => {
+                    tracing::warn!(from_offset, "metadata batches out of order; dropped");
+                    return;
+                }
+            }
+        }
+        self.apply_batches(batches, next);
+    }
+
+    /// The cluster record names the peers and voters the cluster was created with: a node
+    /// started with others must not take part (its assignments and addresses would disagree).
+    fn check_cluster_record(&mut self) {
+        let stored = PeersFile {
+            node_id: self.config.node_id,
+            controller_voters: self.state.controller_voters.iter().copied().collect(),
+            peers: self
+                .state
+                .peers
+                .iter()
+                .map(|(id, address)| PeerLine {
+                    id: *id,
+                    address: address.clone(),
+                })
+                .collect(),
+        };
+        let differences = stored.differences(&PeersFile::from_config(&self.config));
+        if !differences.is_empty() && self.refusal.is_none() {
+            let reason = format!(
+                "the cluster's metadata was created with other peers than this node's --peers ({}); this node stops: restart it with the cluster's list",
+                differences.join("; ")
+            );
+            tracing::error!(node = self.config.node_id, %reason, "refusing to take part in the cluster");
+            self.refusal = Some(reason);
         }
     }
 
@@ -1563,21 +2074,22 @@ impl ClusterController {
 
     async fn shutdown(&mut self, context: &mut Context<Self>) {
         self.router.unregister(&metadata_group());
-        self.router.unregister(&leader_reports_group());
-        for (group, replica) in std::mem::take(&mut self.replicas) {
-            self.router.unregister(&group);
-            let _ = self
-                .runtime
-                .timeout(
-                    REPLICA_STOP_TIMEOUT,
-                    replica
-                        .address
-                        .ask(|reply| ReplicaMessage::Client(PartitionMessage::Stop { reply })),
-                )
-                .await;
+        self.router.unregister(&controller_peer_group());
+        let replicas = std::mem::take(&mut self.replicas);
+        for group in replicas.keys() {
+            self.router.unregister(group);
+        }
+        let addresses = replicas
+            .into_values()
+            .map(|replica| replica.address)
+            .collect();
+        if stop_replicas(&self.runtime, addresses).await > 0 {
+            tracing::warn!("some replicas did not stop in time");
         }
         let now_ms = self.now_ms();
-        let _ = self.core.sync_now(now_ms);
+        if let Some(core) = self.core.as_mut() {
+            let _ = core.sync_now(now_ms);
+        }
         for (_, pending) in std::mem::take(&mut self.pending) {
             self.fail_pending(
                 pending,
@@ -1640,6 +2152,33 @@ impl ClusterController {
             }
         }
     }
+}
+
+/// Stop replicas all at once (each leader hands its leadership over first, so stopping them
+/// one by one could take an election timeout each), waiting at most [`REPLICA_STOP_TIMEOUT`]
+/// in all; how many did not confirm in time.
+async fn stop_replicas(runtime: &Runtime, addresses: Vec<Addr<ReplicatedPartition>>) -> usize {
+    let mut pending = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        let (reply, answer) = crate::runtime::reply_pair();
+        // A replica already gone has nothing left to stop.
+        if address
+            .send(ReplicaMessage::Client(PartitionMessage::Stop { reply }))
+            .await
+            .is_ok()
+        {
+            pending.push(answer);
+        }
+    }
+    let deadline = runtime.now() + REPLICA_STOP_TIMEOUT;
+    let mut late = 0;
+    for answer in pending {
+        let left = deadline.saturating_duration_since(runtime.now());
+        if runtime.timeout(left, answer).await.is_err() {
+            late += 1;
+        }
+    }
+    late
 }
 
 /// The batch attribute of a control batch (a new leader's no-op).
@@ -1724,21 +2263,49 @@ impl Actor for ClusterController {
             ClusterMessage::Tick => {
                 self.ticks += 1;
                 self.step(ReplicaInput::Tick);
+                self.fetch_metadata();
                 self.propose_cluster_record();
                 self.report_leaders();
+                if self.ticks % RECONCILE_TICKS == 0 {
+                    // Replicas that failed to open or stopped are retried.
+                    self.reconcile(&[]);
+                }
+                if self.ticks % BALANCE_TICKS == 0 {
+                    self.balance_leaders();
+                }
             }
-            ClusterMessage::ForwardedReports { from, batches } => {
-                self.forwarded_reports(from, batches)
-            }
+            ClusterMessage::FromController { from, message } => match message {
+                ControllerPeerMessage::LeaderReports { batches } => {
+                    self.forwarded_reports(from, batches)
+                }
+                ControllerPeerMessage::FetchMetadata { from_offset } => {
+                    self.serve_metadata_fetch(from, from_offset)
+                }
+                ControllerPeerMessage::MetadataBatches {
+                    from_offset,
+                    high_watermark,
+                    controller,
+                    batches,
+                } => self.learn_metadata(from_offset, high_watermark, controller, batches),
+            },
             ClusterMessage::TopicRemoved { directory } => {
                 self.removing.remove(&directory);
             }
+            ClusterMessage::Reconcile => {
+                self.reconcile_queued = false;
+                if self.refusal.is_none() {
+                    self.reconcile(&[]);
+                }
+            }
+        }
+        if self.refusal.is_some() && !context.is_stopping() {
+            self.shutdown(context).await;
         }
     }
 
     async fn stopped(&mut self, _context: &mut Context<Self>) {
         self.router.unregister(&metadata_group());
-        self.router.unregister(&leader_reports_group());
+        self.router.unregister(&controller_peer_group());
         for group in self.replicas.keys() {
             self.router.unregister(group);
         }

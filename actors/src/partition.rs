@@ -393,6 +393,14 @@ impl PartitionActor {
                 .log
                 .check(&batches[position..end])
                 .map_err(|error| storage_error(&error))?;
+            // Only the broker writes control batches: consumers skip them, so a produced one
+            // would be acknowledged and never read.
+            if BatchHeader::parse(&batches[position..end]).is_ok_and(|header| header.is_control()) {
+                return Err(BrokerError::new(
+                    ErrorCode::InvalidRecord,
+                    format!("batch at byte {position}: a control batch (no application records) may only be written by the broker"),
+                ));
+            }
             // Then every record: a batch whose CRC holds can still lie about its records, and
             // once stored it would stop every consumer at its offset for good. A compressed
             // batch is checked on a decompressed copy, bounded, and stored as sent.

@@ -47,6 +47,11 @@
 //! durable offset never covers an entry that is not in the log, so a late notice cannot
 //! persist a replaced entry.
 //!
+//! Under `fsync = interval` (the log's policy) entries count as persisted once appended and the
+//! host syncs on its timer: Kafka's default trade-off, weaker by design (an acknowledged record
+//! can be lost if a majority loses power before the next sync). The hard state and
+//! truncations are synced whatever the policy.
+//!
 //! # Reads
 //!
 //! [`ReplicaCore::fetch`] serves consumers: leader only, below the high watermark.
@@ -76,7 +81,7 @@ use brook_raft::{
 };
 use brook_storage::disk::{Disk, DiskError, OpenMode};
 use brook_storage::log::{
-    Log, LogConfig, LogError, LogRead, RetentionOutcome, RetentionPolicy, SyncJob,
+    FsyncPolicy, Log, LogConfig, LogError, LogRead, RetentionOutcome, RetentionPolicy, SyncJob,
 };
 use brook_wire::batch::{self, split_batches, BatchBuilder, BatchHeader, CRC_START};
 use brook_wire::peer::{self, RaftMessage};
@@ -100,6 +105,9 @@ const HARD_STATE_TERM_ONLY_LEN: usize = 4 + 1 + 8 + 1 + 8 + 4;
 const HARD_STATE_LEN: usize = 4 + 1 + 8 + 1 + 8 + 8 + 8 + 8 + 1 + 4;
 /// Bytes read per call when scanning or shipping batches.
 const READ_BYTES_MAX: usize = 1024 * 1024;
+/// Bytes of batches in one append at most (one batch more if a single batch is larger): an
+/// append travels in one peer frame, capped at 64 MiB by default.
+pub const APPEND_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Bound on the reads of one scan or one append's batches (each read returns at least one
 /// batch, so this bounds batches too).
 const READS_PER_SCAN_MAX: usize = 1 << 24;
@@ -305,6 +313,8 @@ pub struct ReplicaCore {
     incoming_log_start: Option<(Index, u64)>,
     /// Index of `spans[0]` (= `log_start.index`).
     start_index: Index,
+    /// A read for a follower hit a batch damaged at rest (see [`Self::take_read_damage`]).
+    read_damage: bool,
     /// The batch of every index from `start_index` to the log end.
     spans: Vec<BatchSpan>,
     high_watermark: u64,
@@ -363,6 +373,13 @@ impl ReplicaCore {
                 })
             }
         };
+        // Every stored batch's term was persisted before the batch was appended (recovery
+        // checks this for intact batches; a batch kept though damaged may carry a damaged term).
+        if spans.iter().any(|span| span.term > hard_state.term) {
+            return Err(ReplicaError::Inconsistent(
+                "a batch's term is above the persisted term",
+            ));
+        }
         let mut term_starts: Vec<TermStart> = Vec::new();
         for (position, span) in spans.iter().enumerate() {
             if term_starts.last().map(|last| last.term) != Some(span.term) {
@@ -411,6 +428,7 @@ impl ReplicaCore {
             log_start,
             incoming_log_start: None,
             start_index,
+            read_damage: false,
             spans,
             high_watermark,
             pending: BTreeMap::new(),
@@ -498,6 +516,12 @@ impl ReplicaCore {
         }
     }
 
+    /// Whether a read of entries for a follower hit a batch damaged at rest since the last
+    /// call: a leader that cannot send a batch should hand leadership to a follower.
+    pub fn take_read_damage(&mut self) -> bool {
+        std::mem::take(&mut self.read_damage)
+    }
+
     /// The follower to hand leadership to on a graceful stop: the one with the highest match
     /// index (the least to catch up), the lowest id among equals. `None` unless leading with
     /// at least one follower.
@@ -582,7 +606,44 @@ impl ReplicaCore {
                 }
             }
         }
+        if self.counts_appended_as_persisted() {
+            self.notice_appended(now_ms, &mut out)?;
+        }
         Ok(out)
+    }
+
+    /// `fsync = interval`: entries count as persisted once appended (the host syncs on a
+    /// timer). Kafka's default trade-off, documented as weaker: an acknowledged record can be
+    /// lost if a majority of replicas loses power before the next sync. Term, vote, log start
+    /// and truncations are synced whatever the policy.
+    fn counts_appended_as_persisted(&self) -> bool {
+        matches!(self.log.config().fsync, FsyncPolicy::Interval { .. })
+    }
+
+    /// Tell the core that everything appended is persisted (interval mode).
+    fn notice_appended(
+        &mut self,
+        now_ms: u64,
+        out: &mut ReplicaOutput,
+    ) -> Result<(), ReplicaError> {
+        if self.planted_bug == Some(ReplicaPlantedBug::ForgetPersistedNotice) {
+            return Ok(());
+        }
+        let Some(last) = self.spans.last().copied() else {
+            return Ok(());
+        };
+        let index = self.last_index();
+        if index <= self.raft.persisted_index() {
+            return Ok(());
+        }
+        let effects = self.raft.step(
+            now_ms,
+            Input::Persisted {
+                index,
+                term: last.term,
+            },
+        )?;
+        self.execute(now_ms, effects, false, out)
     }
 
     /// Whole batches from `offset` below the high watermark, on any role (committed data only:
@@ -932,7 +993,29 @@ impl ReplicaCore {
                     header,
                     last_index,
                 } => {
-                    let batches = self.read_entries(header.prev_index + 1, last_index)?;
+                    // An append that would not fit one peer frame is cut short: the follower
+                    // acknowledges what it got and the leader sends the rest next.
+                    let batches = match self.read_entries(
+                        header.prev_index + 1,
+                        last_index,
+                        APPEND_BYTES_MAX,
+                    ) {
+                        Ok(batches) => batches,
+                        // A committed batch damaged at rest: this replica cannot send it, but
+                        // a majority has it, so the most caught-up follower does. Not an error
+                        // for the step (reopening would find the same damage); the host hands
+                        // leadership to that follower. (Damage in an uncommitted range stays
+                        // an error: no follower may have the batch, and a leader keeping its
+                        // lease would stall the group; reopening takes this replica out.)
+                        Err(ReplicaError::Log(error @ LogError::Corrupt { .. }))
+                            if last_index <= self.raft.commit_index() =>
+                        {
+                            tracing::warn!(node = self.node_id, to, %error, "cannot read entries for a follower");
+                            self.read_damage = true;
+                            continue;
+                        }
+                        Err(error) => return Err(error),
+                    };
                     out.messages.push(PeerSend {
                         to,
                         message: RaftMessage::Append(peer::AppendEntries {
@@ -1029,8 +1112,14 @@ impl ReplicaCore {
         Ok(())
     }
 
-    /// The stored batches of entries `first ..= last` (empty for a probe).
-    fn read_entries(&self, first: Index, last: Index) -> Result<Vec<Bytes>, ReplicaError> {
+    /// The stored batches of entries `first ..= last` (empty for a probe), cut short after the
+    /// first batch where `bytes_max` would be exceeded.
+    fn read_entries(
+        &self,
+        first: Index,
+        last: Index,
+        bytes_max: usize,
+    ) -> Result<Vec<Bytes>, ReplicaError> {
         if last < first {
             return Ok(Vec::new());
         }
@@ -1039,9 +1128,11 @@ impl ReplicaCore {
             .span(last)
             .ok_or(ReplicaError::Inconsistent("append beyond the log"))?
             .next_offset;
-        let mut batches = Vec::new();
+        let mut batches: Vec<Bytes> = Vec::new();
+        let mut bytes = 0usize;
+        let mut cut_short = false;
         let mut offset = start;
-        for _ in 0..READS_PER_SCAN_MAX {
+        'reads: for _ in 0..READS_PER_SCAN_MAX {
             if offset >= end {
                 break;
             }
@@ -1050,11 +1141,19 @@ impl ReplicaCore {
                 return Err(ReplicaError::Inconsistent("entries missing from the log"));
             }
             for batch in split_batches(read.batches) {
-                batches.push(batch.map_err(LogError::from)?.into_bytes());
+                let batch = batch.map_err(LogError::from)?.into_bytes();
+                if !batches.is_empty() && bytes + batch.len() > bytes_max {
+                    cut_short = true;
+                    break 'reads;
+                }
+                bytes += batch.len();
+                batches.push(batch);
             }
             offset = read.next_offset;
         }
-        if batches.len() as u64 != last - first + 1 {
+        let expected = last - first + 1;
+        let count = batches.len() as u64;
+        if count == 0 || count > expected || (!cut_short && count != expected) {
             return Err(ReplicaError::Inconsistent(
                 "the log's batches are not the core's entries",
             ));
@@ -1073,11 +1172,35 @@ pub enum FetchRefused {
 }
 
 /// Offsets and terms of every batch of the log, from its start.
+///
+/// A batch that recovery found damaged at rest is kept as an entry when its header still gives
+/// its offsets and term (the batch is never served; a leader that needs it hands leadership
+/// over): forgetting it would make this replica forget an entry it may have acknowledged.
 fn scan_spans(log: &Log) -> Result<Vec<BatchSpan>, ReplicaError> {
     let mut spans = Vec::new();
     let mut offset = log.log_start_offset();
     for _ in 0..READS_PER_SCAN_MAX {
-        let read = log.read(offset, READ_BYTES_MAX, u64::MAX)?;
+        let read = match log.read(offset, READ_BYTES_MAX, u64::MAX) {
+            Ok(read) => read,
+            Err(error @ LogError::Corrupt { .. }) => {
+                if let Some(header) = log.damaged_batch_header(offset)? {
+                    tracing::warn!(dir = %log.dir().display(), offset, term = header.term, "a batch damaged at rest is kept as an entry that is never served");
+                    spans.push(BatchSpan {
+                        base_offset: header.base_offset,
+                        next_offset: header.next_offset(),
+                        term: header.term,
+                    });
+                    offset = header.next_offset();
+                    continue;
+                }
+                // The damage may lie further in this read: one batch at a time up to it.
+                match log.read(offset, 1, u64::MAX) {
+                    Ok(read) if !read.batches.is_empty() => read,
+                    _ => return Err(error.into()),
+                }
+            }
+            Err(error) => return Err(error.into()),
+        };
         if read.batches.is_empty() {
             return Ok(spans);
         }
@@ -1674,6 +1797,232 @@ mod tests {
         let output = reopened.sync_now(now_ms).expect("sync");
         assert_eq!(output.answers.len(), 1, "{output:?}");
         assert!(output.answers[0].result.is_ok(), "{output:?}");
+    }
+
+    /// Reading entries for an append stops at the byte budget (never below one batch).
+    #[test]
+    fn append_reads_stop_at_the_byte_budget() {
+        let disk = brook_storage::SimDisk::new(7);
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(1, &[1]), 0).expect("opens");
+        let mut now_ms = 0;
+        while replica.role() != Role::Leader && now_ms < 10_000 {
+            now_ms += 50;
+            replica.step(now_ms, ReplicaInput::Tick).expect("tick");
+            replica.sync_now(now_ms).expect("sync");
+        }
+        for request_id in 0..5 {
+            replica
+                .step(
+                    now_ms,
+                    ReplicaInput::Produce {
+                        request_id,
+                        batch: batch(b"value"),
+                        acks: Acks::Leader,
+                    },
+                )
+                .expect("produce");
+        }
+        // Indexes 1 (leader start) ..= 6.
+        let all = replica.read_entries(1, 6, usize::MAX).expect("reads");
+        assert_eq!(all.len(), 6);
+        let data = all[1].len();
+        assert_eq!(
+            replica.read_entries(2, 6, 2 * data).expect("reads").len(),
+            2
+        );
+        assert_eq!(
+            replica
+                .read_entries(2, 6, 2 * data + 1)
+                .expect("reads")
+                .len(),
+            2
+        );
+        assert_eq!(replica.read_entries(2, 6, 1).expect("reads").len(), 1);
+        assert_eq!(
+            replica
+                .read_entries(2, 6, APPEND_BYTES_MAX)
+                .expect("reads")
+                .len(),
+            5
+        );
+    }
+
+    /// `fsync = interval`: acks=all is answered on append for a lone replica (no sync), the
+    /// log is durable only after the host's sync.
+    #[test]
+    fn under_fsync_interval_appended_entries_count_as_persisted() {
+        let disk = brook_storage::SimDisk::new(8);
+        let mut interval = config(1, &[1]);
+        interval.log.fsync = FsyncPolicy::Interval { interval_ms: 1_000 };
+        let mut replica = ReplicaCore::open(Arc::new(disk.clone()), interval, 0).expect("opens");
+        let mut now_ms = 0;
+        while replica.role() != Role::Leader && now_ms < 10_000 {
+            now_ms += 50;
+            replica.step(now_ms, ReplicaInput::Tick).expect("tick");
+        }
+        assert_eq!(replica.role(), Role::Leader);
+        let output = replica
+            .step(
+                now_ms,
+                ReplicaInput::Produce {
+                    request_id: 1,
+                    batch: batch(b"v"),
+                    acks: Acks::All,
+                },
+            )
+            .expect("produce");
+        assert_eq!(output.answers.len(), 1, "{output:?}");
+        assert!(output.answers[0].result.is_ok(), "{output:?}");
+        assert!(output.sync_wanted);
+        assert_eq!(replica.high_watermark(), 2);
+        assert!(replica.durable_offset() < replica.log_end_offset());
+        replica.sync_now(now_ms).expect("sync");
+        assert_eq!(replica.durable_offset(), replica.log_end_offset());
+    }
+
+    /// A lone leader with `batches` data batches on a fresh disk, logs in 256-byte segments.
+    fn lone_leader_with(disk: &brook_storage::SimDisk, batches: u64) -> (ReplicaCore, u64) {
+        let mut small = config(1, &[1]);
+        small.log.segment_bytes_max = 256;
+        let mut replica = ReplicaCore::open(Arc::new(disk.clone()), small, 0).expect("opens");
+        let mut now_ms = 0;
+        while replica.role() != Role::Leader && now_ms < 10_000 {
+            now_ms += 50;
+            replica.step(now_ms, ReplicaInput::Tick).expect("tick");
+            replica.sync_now(now_ms).expect("sync");
+        }
+        for request_id in 0..batches {
+            replica
+                .step(
+                    now_ms,
+                    ReplicaInput::Produce {
+                        request_id,
+                        batch: batch(b"value"),
+                        acks: Acks::Leader,
+                    },
+                )
+                .expect("produce");
+        }
+        replica.sync_now(now_ms).expect("sync");
+        (replica, now_ms)
+    }
+
+    /// A crash after retention recorded the new log start but before it deleted the
+    /// segments: the reopen deletes them and starts where retention would have.
+    #[test]
+    fn a_reopen_finishes_an_interrupted_retention() {
+        let policy = RetentionPolicy {
+            age_ms_max: None,
+            bytes_max: Some(0),
+        };
+        // Two disks, the same history; retention runs on the first only.
+        let done = brook_storage::SimDisk::new(9);
+        let interrupted = brook_storage::SimDisk::new(9);
+        let (mut replica, now_ms) = lone_leader_with(&done, 20);
+        let (other, _) = lone_leader_with(&interrupted, 20);
+        replica.apply_retention(now_ms, policy).expect("retention");
+        let start = replica.log_start_offset();
+        assert!(start > 0);
+        let kept = replica.batches_below(u64::MAX).expect("reads");
+        drop(other);
+        // The interrupted replica got only the hard-state file.
+        let path = PathBuf::from("/replica").join(HARD_STATE_FILE);
+        let bytes = done.read_file(&path).expect("hard state");
+        let file = interrupted
+            .open(
+                &PathBuf::from("/replica").join("raft-state.new"),
+                OpenMode::CreateNew,
+            )
+            .expect("creates");
+        file.append(&bytes).expect("writes");
+        file.sync().expect("syncs");
+        interrupted
+            .rename(&PathBuf::from("/replica").join("raft-state.new"), &path)
+            .expect("renames");
+        let mut small = config(1, &[1]);
+        small.log.segment_bytes_max = 256;
+        let reopened =
+            ReplicaCore::open(Arc::new(interrupted.clone()), small, now_ms).expect("reopens");
+        assert_eq!(reopened.log_start_offset(), start);
+        assert_eq!(reopened.batches_below(u64::MAX).expect("reads"), kept);
+    }
+
+    /// A crash in the middle of a log reset (the hard state says reset pending): the reopen
+    /// resets again, to the recorded log start, and clears the flag.
+    #[test]
+    fn a_reopen_redoes_an_interrupted_log_reset() {
+        let disk = brook_storage::SimDisk::new(10);
+        let (replica, now_ms) = lone_leader_with(&disk, 5);
+        let hard_state = replica.raft.hard_state();
+        let term = replica.term();
+        drop(replica);
+        let log_start = LogStartRecord {
+            index: 40,
+            offset: 90,
+            prev_term: term,
+            reset_pending: true,
+        };
+        write_hard_state(&disk, Path::new("/replica"), hard_state, log_start).expect("writes");
+        let mut small = config(1, &[1]);
+        small.log.segment_bytes_max = 256;
+        let reopened = ReplicaCore::open(Arc::new(disk.clone()), small, now_ms).expect("reopens");
+        assert_eq!(reopened.log_start_offset(), 90);
+        assert_eq!(reopened.log_end_offset(), 90);
+        assert_eq!(reopened.raft.log().start_index(), 40);
+        assert_eq!(reopened.raft.log().last_index(), 39);
+        assert_eq!(
+            read_hard_state(&disk, Path::new("/replica")).expect("reads"),
+            Some((
+                hard_state,
+                LogStartRecord {
+                    reset_pending: false,
+                    ..log_start
+                }
+            ))
+        );
+    }
+
+    /// A batch whose term field was damaged at rest to a term above the persisted one (the
+    /// term is outside the CRC) is refused at open rather than taken as a Raft entry.
+    #[test]
+    fn a_batch_term_above_the_persisted_term_is_refused() {
+        let disk = brook_storage::SimDisk::new(11);
+        let (replica, now_ms) = lone_leader_with(&disk, 4);
+        let term = replica.term();
+        drop(replica);
+        let mut small = config(1, &[1]);
+        small.log.segment_bytes_max = 256;
+        // A reopen records the recovery point at the log end; then the last batch's term
+        // (header bytes 12..20) gets a high bit flipped at rest (the last: no later batch's
+        // lower term gives it away).
+        drop(ReplicaCore::open(Arc::new(disk.clone()), small.clone(), now_ms).expect("reopens"));
+        let newest = disk
+            .list_dir(Path::new("/replica/log"))
+            .expect("lists")
+            .into_iter()
+            .filter(|name| name.ends_with(".log"))
+            .max()
+            .expect("a segment");
+        let segment = PathBuf::from("/replica/log").join(newest);
+        let bytes = disk.durable_contents(&segment).expect("segment");
+        let mut last = 0u64;
+        loop {
+            let length = BatchHeader::parse(&bytes[last as usize..])
+                .expect("header")
+                .total_len() as u64;
+            if last + length >= bytes.len() as u64 {
+                break;
+            }
+            last += length;
+        }
+        disk.corrupt_durable(&segment, last + 12 + 7, 6)
+            .expect("corrupts");
+        let opened = ReplicaCore::open(Arc::new(disk), small, now_ms);
+        assert!(
+            matches!(opened, Err(ReplicaError::Inconsistent(_))),
+            "term {term}: {opened:?}"
+        );
     }
 
     /// Malformed peer messages are dropped with nothing applied.

@@ -32,21 +32,21 @@
 //!   actor fails what was pending (retriable), reopens the replica from disk (at most
 //!   [`REOPEN_ATTEMPTS_MAX`] attempts in a row, then it stops) and carries on.
 //!
-//! `fsync = interval` does not weaken a replicated partition: Raft counts an entry only once
-//! it is fsynced, whatever the log's policy (an `interval` mode for replicas, counting entries
-//! on append, is left for later).
+//! `fsync = interval` (the log's policy): entries count as persisted once appended and a timer
+//! syncs every interval (Kafka's default trade-off, weaker by design: see `replica`).
 //!
 //! Time: the core runs on the runtime's wall clock in milliseconds (record timestamps and
 //! segment ages come from it too), never moving backwards within an actor; pass the same clock
 //! (`Runtime::wall_clock_ms`) to [`ReplicatedPartition::open`].
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use brook_raft::{NodeId, Role, Term};
 use brook_storage::disk::{Disk, DiskError};
-use brook_storage::log::{RetentionOutcome, RetentionPolicy};
+use brook_storage::log::{FsyncPolicy, LogError, RetentionOutcome, RetentionPolicy};
 use brook_wire::batch::{self, BatchError};
 use brook_wire::compression::{self, CompressionError};
 use brook_wire::error::{BrokerError, ErrorCode};
@@ -104,6 +104,14 @@ pub enum ReplicaMessage {
     Tick,
     /// The replica's view of the partition (the leader's is authoritative).
     Report { reply: Reply<PartitionStatusReport> },
+    /// Hand leadership to `to` (leader balancing: the controller moves leadership to a
+    /// partition's preferred replica). Answered at once: `Ok` when the leader started the
+    /// transfer (it completes once `to` has caught up, or is abandoned after an election
+    /// timeout) or `to` already leads; `NotLeader` from a replica that does not lead.
+    TransferLeadership {
+        to: NodeId,
+        reply: Reply<Result<(), BrokerError>>,
+    },
     /// Internal: a sync job finished. `generation` names the core it was taken from (a job
     /// from before a reopen is ignored: its ticket means nothing to the new log).
     Synced {
@@ -114,6 +122,8 @@ pub enum ReplicaMessage {
     FetchExpired { waiter: u64 },
     /// Internal: a stop's leadership transfer took too long; stop anyway.
     StopDeadline,
+    /// Internal: the periodic sync under `fsync = interval`.
+    SyncTick,
 }
 
 /// A produce request waiting for the answers of its batches.
@@ -168,8 +178,18 @@ pub struct ReplicatedPartition {
     stopping: Option<Stopping>,
     /// `retention.ms` / `retention.bytes` (SetLimits), applied at EnforceRetention.
     retention: RetentionPolicy,
+    /// The periodic sync under `fsync = interval`.
+    interval_timer: Option<TimerHandle>,
+    /// The high watermark parked fetches were last checked against.
+    scanned_high_watermark: u64,
     /// The core could not be reopened: nothing is served any more.
     broken: bool,
+    /// A read (fetch, or entries for a follower) hit a batch damaged at rest: a leader hands
+    /// leadership to a follower, which has the batch intact (damage never hits a majority).
+    damage_seen: Cell<bool>,
+    /// When leadership was last handed over because of damage (at most once per election
+    /// timeout).
+    damage_hand_over_ms: Option<u64>,
 }
 
 impl std::fmt::Debug for ReplicatedPartition {
@@ -225,7 +245,11 @@ impl ReplicatedPartition {
             next_waiter: 0,
             stopping: None,
             retention: RetentionPolicy::default(),
+            interval_timer: None,
+            scanned_high_watermark: 0,
             broken: false,
+            damage_seen: Cell::new(false),
+            damage_hand_over_ms: None,
         })
     }
 
@@ -300,7 +324,7 @@ impl ReplicatedPartition {
         for answer in output.answers {
             self.answer(answer);
         }
-        if output.sync_wanted {
+        if output.sync_wanted && self.sync_interval_ms().is_none() {
             self.start_sync(context);
         }
     }
@@ -378,12 +402,18 @@ impl ReplicatedPartition {
         }
         if self.core.role() == Role::Leader && !self.broken {
             let high_watermark = self.core.high_watermark();
-            let ready: Vec<u64> = self
-                .waiters
-                .iter()
-                .filter(|(_, waiter)| waiter.offset < high_watermark)
-                .map(|(id, _)| *id)
-                .collect();
+            // A waiter is parked at or above the high watermark of its time: only a moved
+            // high watermark can make one ready (this runs after every peer message).
+            let ready: Vec<u64> = if high_watermark == self.scanned_high_watermark {
+                Vec::new()
+            } else {
+                self.scanned_high_watermark = high_watermark;
+                self.waiters
+                    .iter()
+                    .filter(|(_, waiter)| waiter.offset < high_watermark)
+                    .map(|(id, _)| *id)
+                    .collect()
+            };
             for id in ready {
                 if let Some(waiter) = self.waiters.remove(&id) {
                     waiter.timer.cancel();
@@ -399,6 +429,41 @@ impl ReplicatedPartition {
                 waiter.reply.send(Err(self.not_leader()));
             }
         }
+        self.hand_over_if_damaged(context);
+        self.finish_stop_if_done(context);
+    }
+
+    /// A leader that cannot read a batch of its own log (damaged at rest) hands leadership to
+    /// its most caught-up follower, at most once per election timeout.
+    fn hand_over_if_damaged(&mut self, context: &mut Context<Self>) {
+        let damaged = self.core.take_read_damage() | self.damage_seen.replace(false);
+        if !damaged || self.broken || self.core.role() != Role::Leader {
+            return;
+        }
+        let now_ms = self.clock(context);
+        let election_timeout_ms = self.replica_config.raft.election_timeout_ms;
+        if self
+            .damage_hand_over_ms
+            .is_some_and(|last| now_ms < last.saturating_add(election_timeout_ms))
+        {
+            return;
+        }
+        let Some(to) = self.core.transfer_candidate() else {
+            return;
+        };
+        self.damage_hand_over_ms = Some(now_ms);
+        tracing::warn!(group = ?self.group, to, "a batch of this leader's log is damaged; handing leadership over");
+        match self
+            .core
+            .step(now_ms, ReplicaInput::TransferLeadership { to })
+        {
+            Ok(output) => self.apply(output, context),
+            Err(error) => self.recover(error, context),
+        }
+    }
+
+    /// A stop waiting for leadership to move finishes once this replica no longer leads.
+    fn finish_stop_if_done(&mut self, context: &mut Context<Self>) {
         if self.stopping.is_some()
             && (self.core.role() != Role::Leader || self.broken || self.core.voters().len() < 2)
         {
@@ -446,6 +511,14 @@ impl ReplicatedPartition {
         tracing::error!(group = ?self.group, "replica cannot be reopened; stopping it");
         self.broken = true;
         context.stop();
+    }
+
+    /// `Some(interval)` under `fsync = interval`: syncs run on a timer, not after appends.
+    fn sync_interval_ms(&self) -> Option<u64> {
+        match self.core.log_config().fsync {
+            FsyncPolicy::Always => None,
+            FsyncPolicy::Interval { interval_ms } => Some(interval_ms),
+        }
     }
 
     fn start_sync(&mut self, context: &mut Context<Self>) {
@@ -574,6 +647,14 @@ impl ReplicatedPartition {
                 )
             })?;
             let end = position + header.total_len();
+            // Only the broker writes control batches (a new leader's entry): consumers skip
+            // them, so a produced one would be acknowledged and never read.
+            if header.is_control() {
+                return Err(BrokerError::new(
+                    ErrorCode::InvalidRecord,
+                    format!("batch at byte {position}: a control batch (no application records) may only be written by the broker"),
+                ));
+            }
             if header.total_len() > batch_bytes_max {
                 return Err(BrokerError::new(
                     ErrorCode::RecordTooLarge,
@@ -609,7 +690,12 @@ impl ReplicatedPartition {
                 log_start_offset: self.core.log_start_offset(),
             }),
             Err(FetchRefused::NotLeader { .. }) => Err(self.not_leader()),
-            Err(FetchRefused::Log(error)) => Err(storage_error(&error)),
+            Err(FetchRefused::Log(error)) => {
+                if matches!(error, LogError::Corrupt { .. }) {
+                    self.damage_seen.set(true);
+                }
+                Err(storage_error(&error))
+            }
         }
     }
 
@@ -777,9 +863,8 @@ impl ReplicatedPartition {
             PartitionMessage::SyncDone { .. }
             | PartitionMessage::FetchExpired { .. }
             | PartitionMessage::SyncTick
+            // Compaction of replicated partitions is not done yet: nothing starts a pass here.
             | PartitionMessage::CompactionDone { .. } => {
-                // (A replicated partition never compacts: its Raft log maps one entry to one
-                // batch, and the cleaner merges batches.)
                 tracing::debug!(group = ?self.group, "internal partition message ignored");
             }
         }
@@ -806,6 +891,10 @@ impl Actor for ReplicatedPartition {
     }
 
     async fn started(&mut self, context: &mut Context<Self>) {
+        if let Some(interval_ms) = self.sync_interval_ms() {
+            let period = Duration::from_millis(interval_ms.max(1));
+            self.interval_timer = Some(context.run_interval(period, || ReplicaMessage::SyncTick));
+        }
         // Publish the (empty) view at once so the hint and observer start consistent.
         self.clock(context);
         self.after_step(context);
@@ -828,6 +917,27 @@ impl Actor for ReplicatedPartition {
             ),
             ReplicaMessage::Tick => self.step(ReplicaInput::Tick, context),
             ReplicaMessage::Report { reply } => reply.send(self.report()),
+            ReplicaMessage::TransferLeadership { to, reply } => {
+                // A stopping replica is already handing leadership over (to its best follower).
+                let result =
+                    if self.broken || self.stopping.is_some() || self.core.role() != Role::Leader {
+                        Err(self.not_leader())
+                    } else if to == self.core.node_id() {
+                        Ok(())
+                    } else if !self.core.voters().contains(&to) {
+                        Err(BrokerError::new(
+                            ErrorCode::InvalidRequest,
+                            format!(
+                                "node {to} is not a replica of {}-{}",
+                                self.topic, self.partition
+                            ),
+                        ))
+                    } else {
+                        self.step(ReplicaInput::TransferLeadership { to }, context);
+                        Ok(())
+                    };
+                reply.send(result);
+            }
             ReplicaMessage::Synced { generation, result } => {
                 if generation != self.generation {
                     return;
@@ -835,7 +945,9 @@ impl Actor for ReplicatedPartition {
                 self.sync_in_flight = false;
                 self.step(ReplicaInput::Synced { result }, context);
                 // The next job covers everything appended while this one ran.
-                self.start_sync(context);
+                if self.sync_interval_ms().is_none() {
+                    self.start_sync(context);
+                }
             }
             ReplicaMessage::FetchExpired { waiter } => {
                 if let Some(waiter) = self.waiters.remove(&waiter) {
@@ -844,6 +956,7 @@ impl Actor for ReplicatedPartition {
                         .send(self.read(waiter.offset, waiter.bytes_max));
                 }
             }
+            ReplicaMessage::SyncTick => self.start_sync(context),
             ReplicaMessage::StopDeadline => {
                 if self.stopping.is_some() {
                     tracing::warn!(group = ?self.group, "leadership transfer did not finish in time; stopping anyway");
@@ -854,6 +967,9 @@ impl Actor for ReplicatedPartition {
     }
 
     async fn stopped(&mut self, context: &mut Context<Self>) {
+        if let Some(timer) = self.interval_timer.take() {
+            timer.cancel();
+        }
         if !self.broken {
             // A clean stop leaves nothing unsynced. Blocking here is fine: the actor is done.
             let now_ms = self.clock(context);

@@ -143,6 +143,16 @@ impl Cluster {
         ids: &[u32],
         voters: &[u32],
     ) -> Result<Node, ControllerError> {
+        Self::start_node_with_peers(network, id, disk, peers(ids), voters)
+    }
+
+    fn start_node_with_peers(
+        network: &Arc<Network>,
+        id: u32,
+        disk: SimDisk,
+        peers: BTreeMap<u32, String>,
+        voters: &[u32],
+    ) -> Result<Node, ControllerError> {
         let runtime = Runtime::new(u64::from(id));
         let router = PeerRouter::new();
         network
@@ -158,7 +168,7 @@ impl Cluster {
         let handle = ClusterController::start(
             runtime.clone(),
             Arc::new(disk.clone()),
-            config(id, peers(ids), voters),
+            config(id, peers, voters),
             router.clone(),
             outbox,
         )?;
@@ -323,12 +333,26 @@ async fn agreed_assignment(cluster: &Cluster, name: &str) -> Vec<Vec<u32>> {
 
 #[tokio::test]
 async fn create_rf3_applies_everywhere_opens_assigned_replicas_and_delete_removes_them() {
-    let cluster = Cluster::start(&[1, 2, 3], &[1, 2, 3]);
+    scenario(&[1, 2, 3], &[1, 2, 3]).await;
+}
+
+/// Nodes 4 and 5 are not controller voters: they learn the metadata from a voter, open their
+/// replicas, name the controller, and remove deleted data like the others.
+#[tokio::test]
+async fn nodes_that_are_not_voters_learn_the_metadata() {
+    scenario(&[1, 2, 3, 4, 5], &[1, 2, 3]).await;
+}
+
+async fn scenario(ids: &[u32], voters: &[u32]) {
+    let cluster = Cluster::start(ids, voters);
     let controller = cluster.controller().await;
+    assert!(voters.contains(&controller));
+    // As many partitions as brokers: with replication factor 3 every broker holds some.
+    let partitions = ids.len() as u32;
 
     // A node that is not the active controller refuses admin writes, naming it.
     for node in cluster.nodes.iter().filter(|node| node.id != controller) {
-        let refused = create(&node.handle, "events", 2, 3).await;
+        let refused = create(&node.handle, "events", partitions, 3).await;
         assert_eq!(
             refused.as_ref().map_err(|error| error.code),
             Err(ErrorCode::NotController),
@@ -340,7 +364,9 @@ async fn create_rf3_applies_everywhere_opens_assigned_replicas_and_delete_remove
     // Validation on the controller: replication factor above the brokers, a bad name.
     let active = &cluster.node(controller).handle;
     assert_eq!(
-        create(active, "events", 2, 4).await.map_err(|e| e.code),
+        create(active, "events", partitions, ids.len() as u16 + 1)
+            .await
+            .map_err(|e| e.code),
         Err(ErrorCode::InvalidReplicationFactor)
     );
     assert_eq!(
@@ -348,9 +374,11 @@ async fn create_rf3_applies_everywhere_opens_assigned_replicas_and_delete_remove
         Err(ErrorCode::InvalidTopic)
     );
 
-    let created = create(active, "events", 2, 3).await.expect("created");
+    let created = create(active, "events", partitions, 3)
+        .await
+        .expect("created");
     assert_eq!(created.replication_factor, 3);
-    assert_eq!(created.partitions.len(), 2);
+    assert_eq!(created.partitions.len(), partitions as usize);
     // Preferred leaders spread: the two partitions start with different brokers.
     assert_ne!(
         created.partitions[0].replicas[0],
@@ -419,16 +447,38 @@ async fn create_rf3_applies_everywhere_opens_assigned_replicas_and_delete_remove
         deadline.pause("partition leaders never reported").await;
     }
 
+    // Leaders spread: each partition ends up led by its preferred replica (the first of its
+    // replicas, spread evenly by the assignment), whoever won the first election.
+    let deadline = Deadline::new();
+    loop {
+        let mut preferred = true;
+        for node in &cluster.nodes {
+            let description = describe(&node.handle, "events").await.expect("described");
+            preferred &= description
+                .partitions
+                .iter()
+                .all(|partition| partition.leader == Some(partition.replicas[0]));
+        }
+        if preferred {
+            break;
+        }
+        deadline
+            .pause("every partition led by its preferred replica")
+            .await;
+    }
+
     // A replication-factor-1 partition on a node that is not the controller is led there:
     // its report reaches the metadata only by being forwarded to the controller.
-    let single = create(active, "single", 3, 1).await.expect("created");
+    let single = create(active, "single", partitions, 1)
+        .await
+        .expect("created");
     let elsewhere: Vec<u32> = single
         .partitions
         .iter()
         .map(|partition| partition.replicas[0])
         .filter(|replica| *replica != controller)
         .collect();
-    assert_eq!(elsewhere.len(), 2, "spread over the three brokers");
+    assert_eq!(elsewhere.len(), ids.len() - 1, "one per broker");
     let deadline = Deadline::new();
     loop {
         let mut all_reported = true;
@@ -451,6 +501,37 @@ async fn create_rf3_applies_everywhere_opens_assigned_replicas_and_delete_remove
     }
     delete(active, "single").await.expect("deleted");
 
+    // A replica whose actor stops (as after a core that could not be reopened) is opened
+    // again by its node's controller.
+    let host = &cluster.nodes[0];
+    let lookup = |node: &Node| {
+        let handle = node.handle.clone();
+        async move {
+            handle
+                .ask(|reply| ControllerMessage::Lookup {
+                    topic: "events".into(),
+                    partition: 0,
+                    reply,
+                })
+                .await
+                .expect("controller answers")
+        }
+    };
+    let stopped = lookup(host).await.expect("node 1 hosts partition 0");
+    let _ = stopped
+        .ask(|reply| brook_actors::partition::PartitionMessage::Stop { reply })
+        .await;
+    let deadline = Deadline::new();
+    loop {
+        if let Ok(handle) = lookup(host).await {
+            if !handle.is_closed() {
+                break;
+            }
+        }
+        deadline.pause("the stopped replica opened again").await;
+    }
+    assert!(stopped.is_closed());
+
     // Delete: refused off the controller, done on it, data gone on every node.
     for node in cluster.nodes.iter().filter(|node| node.id != controller) {
         assert_eq!(
@@ -464,7 +545,7 @@ async fn create_rf3_applies_everywhere_opens_assigned_replicas_and_delete_remove
             topic_directories(&node.disk).is_empty().then_some(())
         })
         .await;
-        for partition in 0..2 {
+        for partition in 0..partitions {
             assert!(!node
                 .router
                 .contains(&partition_group("events", topic_id, partition)));
@@ -513,4 +594,137 @@ async fn a_data_directory_started_with_other_peers_refuses_to_start() {
         .err()
         .expect("refused");
     assert!(refused.to_string().contains("node id"), "{refused}");
+}
+
+/// A node whose data directory is new but whose `--peers` disagree with the cluster's record
+/// (another address for itself) learns the record, refuses to take part and stops; the others
+/// carry on.
+#[tokio::test]
+async fn a_node_started_with_peers_that_disagree_with_the_cluster_stops() {
+    let network = Arc::new(Network::default());
+    let ids = [1, 2, 3];
+    let mut nodes = Vec::new();
+    for id in [1, 2] {
+        nodes.push(
+            Cluster::start_node(&network, id, SimDisk::new(u64::from(id)), &ids, &ids)
+                .expect("starts"),
+        );
+    }
+    let cluster = Cluster { nodes };
+    let controller = cluster.controller().await;
+    create(&cluster.node(controller).handle, "before", 1, 2)
+        .await
+        .expect("created by the two agreeing nodes");
+    let mut other = peers(&ids);
+    other.insert(3, "127.0.0.1:9999".into());
+    let stranger =
+        Cluster::start_node_with_peers(&network, 3, SimDisk::new(3), other, &ids).expect("starts");
+    wait_for("the disagreeing node to stop", || {
+        stranger.handle.is_closed().then_some(())
+    })
+    .await;
+    stranger.ticker.abort();
+    let controller = cluster.controller().await;
+    create(&cluster.node(controller).handle, "after", 1, 2)
+        .await
+        .expect("the others carry on");
+    cluster.stop().await;
+}
+
+/// A node that was down while a topic was deleted and another created replays the metadata
+/// when it comes back: it removes the deleted topic's directory and opens its replica of the
+/// new topic. A voter replays its log (it reopens the old replica, then removes it as the
+/// delete applies); a node that is not a voter fetches everything at once, so the old topic
+/// never runs again and its directory is found as a leftover.
+#[tokio::test]
+async fn a_voter_down_during_a_delete_removes_the_data_when_it_returns() {
+    down_during_a_delete(&[1, 2, 3], &[1, 2, 3], None).await;
+}
+
+#[tokio::test]
+async fn a_node_that_is_not_a_voter_down_during_a_delete_removes_the_data_when_it_returns() {
+    down_during_a_delete(&[1, 2, 3, 4], &[1, 2, 3], Some(4)).await;
+}
+
+async fn down_during_a_delete(ids: &[u32], voters: &[u32], absent: Option<u32>) {
+    let network = Arc::new(Network::default());
+    let mut nodes = Vec::new();
+    for id in ids {
+        nodes.push(
+            Cluster::start_node(&network, *id, SimDisk::new(u64::from(*id)), ids, voters)
+                .expect("starts"),
+        );
+    }
+    let mut cluster = Cluster { nodes };
+    let controller = cluster.controller().await;
+    // Every broker holds the topic's one partition.
+    let replication_factor = ids.len() as u16;
+    let created = create(
+        &cluster.node(controller).handle,
+        "old",
+        1,
+        replication_factor,
+    )
+    .await
+    .expect("created");
+    assert_eq!(created.partitions[0].replicas.len(), ids.len());
+    let absent = absent.unwrap_or_else(|| {
+        *ids.iter()
+            .find(|id| **id != controller)
+            .expect("a follower")
+    });
+    wait_for("the replica directory on the node to stop", || {
+        (topic_directories(&cluster.node(absent).disk).len() == 1).then_some(())
+    })
+    .await;
+    let old_directory = topic_directories(&cluster.node(absent).disk)[0].clone();
+
+    // Stop it; delete the topic and create another while it is down.
+    let position = cluster
+        .nodes
+        .iter()
+        .position(|node| node.id == absent)
+        .expect("node");
+    let stopped = cluster.nodes.remove(position);
+    stopped.ticker.abort();
+    network
+        .routers
+        .lock()
+        .expect("network lock")
+        .remove(&NodeId::from(absent));
+    let _ = stopped
+        .handle
+        .ask(|reply| ControllerMessage::Shutdown { reply })
+        .await;
+    let controller = cluster.controller().await;
+    delete(&cluster.node(controller).handle, "old")
+        .await
+        .expect("deleted");
+    create(
+        &cluster.node(controller).handle,
+        "new",
+        1,
+        replication_factor,
+    )
+    .await
+    .expect("created");
+    assert_eq!(
+        topic_directories(&stopped.disk),
+        vec![old_directory.clone()]
+    );
+
+    // Back: the old topic's data goes, the new topic's replica opens.
+    let returned =
+        Cluster::start_node(&network, absent, stopped.disk.clone(), ids, voters).expect("restarts");
+    wait_for("the old directory removed and the new one opened", || {
+        let directories = topic_directories(&returned.disk);
+        (directories.len() == 1
+            && directories[0] != old_directory
+            && directories[0].starts_with("new@"))
+        .then_some(())
+    })
+    .await;
+    cluster.nodes.push(returned);
+    assert_eq!(agreed_assignment(&cluster, "new").await.len(), 1);
+    cluster.stop().await;
 }

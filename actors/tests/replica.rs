@@ -27,7 +27,7 @@ use brook_actors::replica::{
 };
 use brook_raft::{Config, PlantedBug, Role, Term};
 use brook_storage::disk::CrashMode;
-use brook_storage::log::{FsyncPolicy, LogConfig};
+use brook_storage::log::{FsyncPolicy, LogConfig, RetentionPolicy};
 use brook_storage::SimDisk;
 use brook_wire::batch::{BatchBuilder, BatchHeader, CRC_START};
 use brook_wire::frame::{FrameDecoder, FrameEncoder};
@@ -68,6 +68,15 @@ struct Bugs {
     torn_writes: bool,
 }
 
+/// Share of events that apply retention on one replica.
+const RETENTION_PERCENT: u32 = 2;
+/// What retention keeps: about half of one of the harness's 2 KiB segments (sealed segments go
+/// as soon as they are committed), so that resets happen often.
+const RETENTION: RetentionPolicy = RetentionPolicy {
+    age_ms_max: None,
+    bytes_max: Some(1024),
+};
+
 /// Default share of crash/restart events.
 const CRASH_PERCENT: u32 = 3;
 
@@ -90,8 +99,13 @@ fn content(batch: &[u8]) -> Bytes {
 impl History {
     /// Record a replica's committed batches (base offset order), checking them against what
     /// was committed before and for density.
-    fn observe_committed(&mut self, node: u64, batches: &[Bytes]) -> Result<(), Violation> {
-        let mut expected_base = 0u64;
+    fn observe_committed(
+        &mut self,
+        node: u64,
+        log_start_offset: u64,
+        batches: &[Bytes],
+    ) -> Result<(), Violation> {
+        let mut expected_base = log_start_offset;
         for batch in batches {
             let header = BatchHeader::parse(batch)
                 .map_err(|error| violation("committed-prefix", format!("bad batch: {error}")))?;
@@ -202,6 +216,9 @@ struct Node {
     /// blocking pool, its `Synced` message still in the mailbox): appends, truncations and
     /// peer traffic go on meanwhile.
     sync_result: Option<Result<u64, brook_storage::DiskError>>,
+    /// The log start offset last seen, to tell a log reset (caught up from the leader's log
+    /// start) from this replica's own retention.
+    log_start_offset: u64,
 }
 
 struct Frame {
@@ -212,6 +229,12 @@ struct Frame {
 
 struct Cluster {
     rng: ChaCha8Rng,
+    /// Draws the retention events, apart from `rng` so that the other events of a seed stay
+    /// what they were before retention joined the harness.
+    retention_rng: ChaCha8Rng,
+    /// Retention passes that deleted something, and log resets seen.
+    retention_cuts: usize,
+    log_resets: usize,
     now_ms: u64,
     nodes: Vec<Node>,
     network: Vec<Frame>,
@@ -269,10 +292,14 @@ impl Cluster {
                 config,
                 core: Some(core),
                 sync_result: None,
+                log_start_offset: 0,
             });
         }
         Ok(Cluster {
             rng: ChaCha8Rng::seed_from_u64(seed),
+            retention_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5245_5445_4e54_494f),
+            retention_cuts: 0,
+            log_resets: 0,
             now_ms: 0,
             nodes,
             network: Vec::new(),
@@ -475,12 +502,16 @@ impl Cluster {
     /// Every check that holds after every step.
     fn check(&mut self) -> Result<(), Violation> {
         for id in node_ids() {
-            let Some(core) = self.node(id).core.as_ref() else {
+            let node = &self.nodes[(id - 1) as usize];
+            let seen_log_start_offset = node.log_start_offset;
+            let Some(core) = node.core.as_ref() else {
                 continue;
             };
             let role = core.role();
             let term = core.term();
             let high_watermark = core.high_watermark();
+            let log_start_offset = core.log_start_offset();
+            let reset = log_start_offset > seen_log_start_offset;
             let committed = core
                 .batches_below(high_watermark)
                 .map_err(|error| violation("replica-error", error.to_string()))?;
@@ -508,13 +539,35 @@ impl Cluster {
                     ))
                 }
             }
-            self.history.observe_committed(id, &committed)?;
+            self.history
+                .observe_committed(id, log_start_offset, &committed)?;
+            if reset {
+                self.log_resets += 1;
+                self.node(id).log_start_offset = log_start_offset;
+            }
         }
         Ok(())
     }
 
     /// One random event of the fault phase.
     fn random_event(&mut self) -> Result<(), Violation> {
+        if self.retention_rng.gen_range(0..100) < RETENTION_PERCENT {
+            let id = self.retention_rng.gen_range(node_ids());
+            // Retention on one replica: its committed prefix beyond a few segments goes, so
+            // a replica that was down or cut off is caught up from the leader's log start.
+            let now_ms = self.now_ms;
+            let node = self.node(id);
+            if let Some(core) = node.core.as_mut() {
+                let outcome = core
+                    .apply_retention(now_ms, RETENTION)
+                    .map_err(|error| violation("replica-error", format!("node {id}: {error}")))?;
+                node.log_start_offset = outcome.log_start_offset;
+                if outcome.segments_deleted > 0 {
+                    self.retention_cuts += 1;
+                }
+            }
+            return self.check();
+        }
         let id = self.rng.gen_range(node_ids());
         if self.rng.gen_range(0..100) < self.crash_percent {
             // At most one node down at a time: a single-node crash, then its restart.
@@ -601,6 +654,8 @@ struct RunReport {
     heal_to_commit_ms: u64,
     acknowledged: usize,
     committed_batches: usize,
+    retention_cuts: usize,
+    log_resets: usize,
 }
 
 /// One seeded run: `steps` random events with faults, each followed by the checks, then the
@@ -669,6 +724,8 @@ fn run(seed: u64, steps: u32, bugs: Bugs) -> Result<RunReport, Violation> {
                 heal_to_commit_ms,
                 acknowledged: cluster.history.acknowledged.len(),
                 committed_batches: cluster.history.committed.len(),
+                retention_cuts: cluster.retention_cuts,
+                log_resets: cluster.log_resets,
             });
         }
         cluster.heal_round()?;
@@ -718,6 +775,8 @@ fn safe_under(bugs: Bugs) {
     let mut heal_to_commit_ms_max = 0;
     let mut acknowledged = 0;
     let mut committed = 0;
+    let mut retention_cuts = 0;
+    let mut log_resets = 0;
     for seed in seeds() {
         match run(seed, STEPS_PER_SEED, bugs) {
             Ok(report) => {
@@ -725,6 +784,8 @@ fn safe_under(bugs: Bugs) {
                 heal_to_commit_ms_max = heal_to_commit_ms_max.max(report.heal_to_commit_ms);
                 acknowledged += report.acknowledged;
                 committed += report.committed_batches;
+                retention_cuts += report.retention_cuts;
+                log_resets += report.log_resets;
             }
             Err(found) => panic!(
                 "{bugs:?} seed {seed}: {found:?}\nrepro: REPLICA_SEED_FIRST={seed} REPLICA_SEEDS=1 cargo nextest run -p brook-actors --test replica"
@@ -734,7 +795,8 @@ fn safe_under(bugs: Bugs) {
     println!(
         "seeds {:?}: {acknowledged} acks=all acknowledged, {committed} batches committed, \
          at most {rounds_max} rounds ({heal_to_commit_ms_max} simulated ms, election timeout \
-         300 ms) from heal to a committed produce",
+         300 ms) from heal to a committed produce; {retention_cuts} retention passes deleted \
+         segments, {log_resets} log resets to a leader's log start",
         seeds()
     );
     assert!(acknowledged > 0, "the workload acknowledged nothing");
@@ -857,16 +919,16 @@ fn the_history_checks_fail_on_hand_made_bad_histories() {
     // A gap: a replica whose committed log skips offset 1.
     let mut history = History::default();
     let found = history
-        .observe_committed(1, &[stamped_batch(0, b"a"), stamped_batch(2, b"c")])
+        .observe_committed(1, 0, &[stamped_batch(0, b"a"), stamped_batch(2, b"c")])
         .expect_err("gap");
     assert_eq!(found.check, "dense-offsets");
     // Two replicas disagreeing at offset 0.
     let mut history = History::default();
     history
-        .observe_committed(1, &[stamped_batch(0, b"a")])
+        .observe_committed(1, 0, &[stamped_batch(0, b"a")])
         .expect("first");
     let found = history
-        .observe_committed(2, &[stamped_batch(0, b"b")])
+        .observe_committed(2, 0, &[stamped_batch(0, b"b")])
         .expect_err("divergent");
     assert_eq!(found.check, "committed-prefix");
     // An acknowledged batch replaced by another in the committed log.
@@ -875,7 +937,7 @@ fn the_history_checks_fail_on_hand_made_bad_histories() {
         .acknowledged
         .insert(0, (0, content(&stamped_batch(0, b"acked"))));
     let found = history
-        .observe_committed(1, &[stamped_batch(0, b"other")])
+        .observe_committed(1, 0, &[stamped_batch(0, b"other")])
         .expect_err("lost write");
     assert_eq!(found.check, "acknowledged");
     // Two leaders in one term.

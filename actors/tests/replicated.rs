@@ -24,7 +24,7 @@ use brook_actors::replicated::{
 use brook_actors::runtime::{reply_pair, Addr, Duration, PendingReply, Runtime, TaskHandle};
 use brook_raft::{Config, NodeId, PlantedBug};
 use brook_storage::log::{FsyncPolicy, LogConfig, RetentionPolicy};
-use brook_storage::SimDisk;
+use brook_storage::{Disk, SimDisk};
 use brook_wire::batch::{split_batches, BatchBuilder};
 use brook_wire::peer::{GroupId, RaftMessage};
 use brook_wire::protocol::{Acks, PartitionStatusReport};
@@ -61,6 +61,10 @@ fn violation(check: &'static str, detail: impl Into<String>) -> Violation {
 struct Bugs {
     raft: Option<PlantedBug>,
     replica: Option<ReplicaPlantedBug>,
+    /// Run the logs under `fsync = interval` with this interval (default: `always`).
+    fsync_interval_ms: Option<u64>,
+    /// Produce requests waiting at most (default 64).
+    pending_acks_max: Option<usize>,
 }
 
 /// The switches of the in-memory network.
@@ -186,7 +190,11 @@ fn config(id: NodeId, group: &GroupId, bugs: Bugs) -> ReplicatedPartitionConfig 
             },
             log: LogConfig {
                 segment_bytes_max: 4096,
-                fsync: FsyncPolicy::Always,
+                fsync: bugs
+                    .fsync_interval_ms
+                    .map_or(FsyncPolicy::Always, |interval_ms| FsyncPolicy::Interval {
+                        interval_ms,
+                    }),
                 ..LogConfig::default()
             },
             dir: PathBuf::from(format!("/node-{id}/t@7/0")),
@@ -194,7 +202,7 @@ fn config(id: NodeId, group: &GroupId, bugs: Bugs) -> ReplicatedPartitionConfig 
             planted_bug: bugs.replica,
         },
         partition_config: PartitionConfig {
-            pending_acks_max: 64,
+            pending_acks_max: bugs.pending_acks_max.unwrap_or(64),
             ..PartitionConfig::default()
         },
     }
@@ -755,6 +763,8 @@ async fn partition_scenario(bugs: Bugs) -> Result<(), Violation> {
         .produce(leader, batch_of(&["before"]), Acks::All)
         .await
         .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    let high_watermark = cluster.report(leader).await.high_watermark;
+    let parked = cluster.send_fetch(leader, high_watermark, PARKED_WAIT_MS);
     cluster.network.isolate(leader);
     let answer = cluster
         .runtime
@@ -778,6 +788,16 @@ async fn partition_scenario(bugs: Bugs) -> Result<(), Violation> {
             .is_err_and(|error| error.code == ErrorCode::NotLeader),
         "isolated-leader-acknowledges-nothing",
         || format!("isolated leader answered {answer:?}"),
+    )?;
+    // Its parked fetch is sent on to the next leader at once, not left to its wait.
+    let fetched = cluster
+        .runtime
+        .timeout(Duration::from_millis(u64::from(PARKED_WAIT_MS) / 2), parked)
+        .await;
+    check(
+        matches!(&fetched, Ok(Ok(Err(error))) if error.code == ErrorCode::NotLeader),
+        "deposed-leader-releases-fetches",
+        || format!("{fetched:?}"),
     )?;
     let others: Vec<NodeId> = NODES.iter().copied().filter(|id| *id != leader).collect();
     let next = cluster.wait_for_leader(&others).await?;
@@ -986,6 +1006,339 @@ async fn catch_up_scenario(bugs: Bugs) -> Result<(), Violation> {
     Ok(())
 }
 
+/// Under `fsync = interval`: acks=all still waits for a follower (the produce checks hold) and
+/// the periodic sync makes every replica's log durable to its end.
+async fn interval_scenario(bugs: Bugs) -> Result<(), Violation> {
+    produce_scenario(bugs).await?;
+    let cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    for round in 0..5 {
+        cluster
+            .produce(leader, batch_of(&[&format!("i{round}")]), Acks::All)
+            .await
+            .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    }
+    for id in NODES {
+        let mut durable = false;
+        for _ in 0..WAIT_MS_MAX / POLL_MS {
+            let status = cluster
+                .address(id)
+                .ask(|reply| ReplicaMessage::Client(PartitionMessage::Status { reply }))
+                .await
+                .expect("status");
+            if status.durable_offset == status.log_end_offset && status.log_end_offset > 5 {
+                durable = true;
+                break;
+            }
+            cluster.pause(POLL_MS).await;
+        }
+        check(durable, "interval-sync", || {
+            format!("node {id} never synced")
+        })?;
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// At most `pending_acks_max` produce requests wait: the next one is refused at once with a
+/// retriable error, and the waiting ones are answered once they commit.
+async fn backpressure_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    cluster.network.rules().drop_appends = true;
+    let waiting_max = bugs.pending_acks_max.unwrap_or(64);
+    let waiting: Vec<_> = (0..waiting_max)
+        .map(|round| cluster.send_produce(leader, batch_of(&[&format!("w{round}")]), Acks::All))
+        .collect();
+    let refused = cluster
+        .runtime
+        .timeout(
+            Duration::from_millis(ELECTION_TIMEOUT_MS),
+            cluster.send_produce(leader, batch_of(&["one-too-many"]), Acks::All),
+        )
+        .await;
+    check(
+        matches!(&refused, Ok(Ok(Err(error))) if error.code == ErrorCode::Timeout && error.is_retriable()),
+        "backpressure",
+        || format!("{refused:?}"),
+    )?;
+    cluster.network.heal();
+    for pending in waiting {
+        let answer = cluster
+            .runtime
+            .timeout(Duration::from_millis(WAIT_MS_MAX), pending)
+            .await;
+        check(matches!(&answer, Ok(Ok(Ok(_)))), "backpressure", || {
+            format!("a waiting produce: {answer:?}")
+        })?;
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Leadership moves to the replica it is handed to (leader balancing), in a higher term,
+/// without losing what was acknowledged; a non-leader refuses to hand it over.
+async fn transfer_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    let before = cluster
+        .produce(leader, batch_of(&["before"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    let term = cluster.report(leader).await.leader_term;
+    let target = NODES
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let bystander = NODES
+        .iter()
+        .copied()
+        .find(|id| *id != leader && *id != target)
+        .expect("another follower");
+    let refused = cluster
+        .address(bystander)
+        .ask(|reply| ReplicaMessage::TransferLeadership { to: target, reply })
+        .await
+        .expect("asked");
+    check(
+        refused
+            .as_ref()
+            .is_err_and(|error| error.code == ErrorCode::NotLeader),
+        "transfer-only-from-the-leader",
+        || format!("{refused:?}"),
+    )?;
+    cluster
+        .address(leader)
+        .ask(|reply| ReplicaMessage::TransferLeadership { to: target, reply })
+        .await
+        .expect("asked")
+        .map_err(|error| violation("transfer", error.to_string()))?;
+    let mut moved = false;
+    for _ in 0..WAIT_MS_MAX / POLL_MS {
+        let report = cluster.report(target).await;
+        if report.leader == u32::try_from(target).ok() && report.leader_term > term {
+            moved = true;
+            break;
+        }
+        cluster.pause(POLL_MS).await;
+    }
+    check(moved, "transfer", || format!("node {target} never led"))?;
+    let after = cluster
+        .produce(target, batch_of(&["after"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    let served: BTreeMap<u64, Bytes> = cluster.read_all(target).await?.into_iter().collect();
+    for (offset, value) in [(before.base_offset, "before"), (after.base_offset, "after")] {
+        check(
+            served.get(&offset) == Some(&Bytes::from(value)),
+            "acknowledged-kept",
+            || format!("offset {offset}: {:?}", served.get(&offset)),
+        )?;
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// A committed batch damaged at rest on the leader (one replica only): its fetch fails with a
+/// retriable error, the leader hands leadership to a follower, and the next leader serves
+/// every acknowledged record.
+async fn damage_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    let mut acknowledged = Vec::new();
+    for round in 0..20 {
+        let value = format!("d{round}");
+        let result = cluster
+            .produce(leader, batch_of(&[&value]), Acks::All)
+            .await
+            .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+        acknowledged.push((result.base_offset, Bytes::from(value)));
+    }
+    let high_watermark = cluster.report(leader).await.high_watermark;
+    for id in NODES {
+        for _ in 0..WAIT_MS_MAX / POLL_MS {
+            if cluster.report(id).await.high_watermark >= high_watermark {
+                break;
+            }
+            cluster.pause(POLL_MS).await;
+        }
+    }
+    let segment = PathBuf::from(format!("/node-{leader}/t@7/0/log/00000000000000000000.log"));
+    let disk = &cluster.nodes[&leader].disk;
+    let length = disk
+        .open(&segment, brook_storage::OpenMode::Existing)
+        .expect("segment")
+        .len();
+    disk.corrupt_durable(&segment, length / 2, 3)
+        .expect("corrupts");
+    let failed = cluster.read_all(leader).await;
+    check(failed.is_err(), "damage-detected", || {
+        "the damaged batch was served".to_owned()
+    })?;
+    let others: Vec<NodeId> = NODES.iter().copied().filter(|id| *id != leader).collect();
+    let next = cluster.wait_for_leader(&others).await.map_err(|_| {
+        violation(
+            "damaged-leader-hands-over",
+            format!("node {leader} kept leading with a damaged batch"),
+        )
+    })?;
+    let result = cluster
+        .produce(next, batch_of(&["after"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    acknowledged.push((result.base_offset, Bytes::from("after")));
+    let served: BTreeMap<u64, Bytes> = cluster.read_all(next).await?.into_iter().collect();
+    for (offset, value) in &acknowledged {
+        check(
+            served.get(offset) == Some(value),
+            "acknowledged-kept",
+            || format!("offset {offset}: {:?}", served.get(offset)),
+        )?;
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// A committed batch damaged at rest on the leader that a lagging follower needs: the leader
+/// cannot send it, hands leadership to the follower that has it, and the lagging follower is
+/// caught up by the next leader.
+async fn damaged_append_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let mut cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    let lagging = NODES
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    cluster.stop(lagging).await;
+    for round in 0..20 {
+        cluster
+            .produce(leader, batch_of(&[&format!("a{round}")]), Acks::All)
+            .await
+            .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    }
+    let segment = PathBuf::from(format!("/node-{leader}/t@7/0/log/00000000000000000000.log"));
+    let disk = &cluster.nodes[&leader].disk;
+    let length = disk
+        .open(&segment, brook_storage::OpenMode::Existing)
+        .expect("segment")
+        .len();
+    disk.corrupt_durable(&segment, length / 2, 3)
+        .expect("corrupts");
+    cluster.open(lagging);
+    let others: Vec<NodeId> = NODES.iter().copied().filter(|id| *id != leader).collect();
+    let next = cluster.wait_for_leader(&others).await.map_err(|_| {
+        violation(
+            "damaged-leader-hands-over",
+            format!("node {leader} kept leading without sending a batch it cannot read"),
+        )
+    })?;
+    let target = cluster.report(next).await.high_watermark;
+    let mut caught_up = false;
+    for _ in 0..WAIT_MS_MAX / POLL_MS {
+        if cluster.report(lagging).await.high_watermark >= target {
+            caught_up = true;
+            break;
+        }
+        cluster.pause(POLL_MS).await;
+    }
+    check(caught_up, "lagging-follower-caught-up", || {
+        format!("node {lagging} never reached {target}")
+    })?;
+    // The damaged replica stays up, following the next leader (it is not reopened and lost).
+    let mut following = false;
+    for _ in 0..WAIT_MS_MAX / POLL_MS {
+        if cluster.address(leader).is_closed() {
+            break;
+        }
+        if cluster.report(leader).await.leader == u32::try_from(next).ok() {
+            following = true;
+            break;
+        }
+        cluster.pause(POLL_MS).await;
+    }
+    check(following, "damaged-replica-stays-up", || {
+        format!("node {leader} stopped or does not follow node {next}")
+    })?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// A follower restarted with a committed batch damaged at rest (found by recovery) opens,
+/// keeps the entry (never served) and follows the leader up to its high watermark.
+async fn follower_damage_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let mut cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    let follower = NODES
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    for round in 0..20 {
+        cluster
+            .produce(leader, batch_of(&[&format!("f{round}")]), Acks::All)
+            .await
+            .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    }
+    let high_watermark = cluster.report(leader).await.high_watermark;
+    for _ in 0..WAIT_MS_MAX / POLL_MS {
+        if cluster.report(follower).await.high_watermark >= high_watermark {
+            break;
+        }
+        cluster.pause(POLL_MS).await;
+    }
+    cluster.stop(follower).await;
+    // Flip the last byte of the batch in the middle of the segment (its records, not its
+    // header), at rest.
+    let segment = PathBuf::from(format!(
+        "/node-{follower}/t@7/0/log/00000000000000000000.log"
+    ));
+    let disk = &cluster.nodes[&follower].disk;
+    let bytes = disk.durable_contents(&segment).expect("segment");
+    let middle = brook_storage::log::locate_batch(&bytes, bytes.len() as u64 / 2).expect("a batch");
+    let length = brook_wire::batch::BatchHeader::parse(&bytes[middle.position as usize..])
+        .expect("a header")
+        .total_len() as u64;
+    check(
+        middle.position + length < bytes.len() as u64,
+        "setup",
+        || "the middle batch is the last one".to_owned(),
+    )?;
+    disk.corrupt_durable(&segment, middle.position + length - 1, 0)
+        .expect("corrupts");
+    cluster.open(follower);
+    let produced = cluster
+        .produce(leader, batch_of(&["after"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    let mut caught_up = false;
+    for _ in 0..WAIT_MS_MAX / POLL_MS {
+        if cluster.address(follower).is_closed() {
+            break;
+        }
+        let report = cluster.report(follower).await;
+        if report.high_watermark > produced.last_offset
+            && report.leader == u32::try_from(leader).ok()
+        {
+            caught_up = true;
+            break;
+        }
+        cluster.pause(POLL_MS).await;
+    }
+    let closed = cluster.address(follower).is_closed();
+    let seen = if closed {
+        None
+    } else {
+        Some(cluster.report(follower).await)
+    };
+    check(caught_up, "damaged-follower-follows", || {
+        format!("node {follower} did not open or follow node {leader} (closed {closed}, {seen:?}, produced {produced:?})")
+    })?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
 fn expect_clean(result: Result<(), Violation>) {
     if let Err(found) = result {
         panic!("{}: {}", found.check, found.detail);
@@ -1027,6 +1380,48 @@ async fn a_failed_fsync_fails_the_waiting_produce_and_the_replica_reopens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_the_log_start_is_caught_up_from_it() {
     expect_clean(catch_up_scenario(Bugs::default()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_fsync_interval_commits_still_need_a_follower_and_logs_get_synced() {
+    expect_clean(
+        interval_scenario(Bugs {
+            fsync_interval_ms: Some(100),
+            ..Bugs::default()
+        })
+        .await,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produces_beyond_the_pending_limit_are_refused_and_retriable() {
+    expect_clean(
+        backpressure_scenario(Bugs {
+            pending_acks_max: Some(3),
+            ..Bugs::default()
+        })
+        .await,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_the_replica_it_is_handed_to() {
+    expect_clean(transfer_scenario(Bugs::default()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_with_a_damaged_batch_hands_leadership_over() {
+    expect_clean(damage_scenario(Bugs::default()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_send_a_damaged_batch_hands_leadership_over() {
+    expect_clean(damaged_append_scenario(Bugs::default()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_with_a_damaged_batch_reopens_and_follows() {
+    expect_clean(follower_damage_scenario(Bugs::default()).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -251,7 +251,7 @@ impl Admin {
     pub async fn describe_topic(&self, name: &str) -> Result<TopicDetails> {
         let response = self
             .cluster
-            .request(Request::DescribeTopic {
+            .topic_read(Request::DescribeTopic {
                 name: name.to_owned(),
             })
             .await?;
@@ -369,7 +369,7 @@ impl Admin {
     pub async fn describe_topic_config(&self, name: &str) -> Result<Vec<ConfigEntry>> {
         let response = self
             .cluster
-            .request(Request::DescribeConfigs {
+            .topic_read(Request::DescribeConfigs {
                 name: name.to_owned(),
             })
             .await?;

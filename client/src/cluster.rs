@@ -35,6 +35,11 @@ pub(crate) const METADATA_AGE_MAX: Duration = Duration::from_secs(60);
 /// Most "not leader" / "not controller" hints one request follows before it gives up on hints
 /// (two nodes that name each other must not bounce a request forever).
 pub(crate) const REDIRECTS_MAX: u32 = 5;
+/// Longest a connect + handshake may take, whatever the request timeout: a node that accepts
+/// TCP connections but does not answer (a paused process) must not hold a client back for a
+/// whole request timeout before it tries another broker (Kafka's
+/// `socket.connection.setup.timeout.ms` is 10 s too).
+pub(crate) const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(10);
 /// Most brokers one read of metadata tries after connection failures.
 const BROKER_ATTEMPTS_MAX: usize = 8;
 /// First pause of an admin write that found no controller (an election under way); it doubles
@@ -108,6 +113,12 @@ pub(crate) fn parse_bootstrap(bootstrap: &str) -> Result<Vec<String>> {
     Ok(addresses)
 }
 
+/// Whether a metadata answer says `topic` does not exist.
+fn unknown_topic(response: &Response, topic: &str) -> bool {
+    matches!(response, Response::Metadata { topics, .. }
+        if topics.iter().any(|t| t.name == topic && t.error == Some(ErrorCode::UnknownTopic)))
+}
+
 /// Whether a read that failed so may succeed on another broker.
 fn try_another_broker(error: &ClientError) -> bool {
     error.is_connection_failure() || error.code() == Some(ErrorCode::BrokerShuttingDown)
@@ -152,7 +163,7 @@ impl Cluster {
             self.next_connection_id.fetch_add(1, Ordering::Relaxed),
             address,
             &self.client_name,
-            self.request_timeout,
+            self.request_timeout.min(CONNECT_TIMEOUT_MAX),
         )
         .await
     }
@@ -269,6 +280,11 @@ impl Cluster {
     /// known from metadata, whichever is more), at most [`BROKER_ATTEMPTS_MAX`]. Not for writes: a request
     /// whose connection failed may have been applied.
     pub(crate) async fn request(&self, request: Request) -> Result<Response> {
+        Ok(self.request_answered_by(request).await?.0)
+    }
+
+    /// [`Cluster::request`], and the id of the broker that answered.
+    async fn request_answered_by(&self, request: Request) -> Result<(Response, u32)> {
         // As many brokers as there may be (a single node: one try, as an error to report).
         let attempts_max = {
             let brokers = self.brokers.lock().await;
@@ -289,7 +305,7 @@ impl Cluster {
                 )
                 .await;
             match result {
-                Ok((response, _payload)) => return Ok(response),
+                Ok((response, _payload)) => return Ok((response, connection.identity().broker_id)),
                 Err(error) if try_another_broker(&error) && attempts < attempts_max => {
                     tracing::debug!(%error, broker = connection.identity().broker_id, "read failed; asking another broker");
                     self.discard(&connection).await;
@@ -298,6 +314,49 @@ impl Cluster {
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// A read about one topic (describe, describe configs) for the admin: to the controller if
+    /// metadata named one (it has applied every topic change it acknowledged, so a describe
+    /// right after a create finds the topic), else to any broker; a broker that says the topic
+    /// is unknown while another node is the controller may just lag behind it, so the
+    /// controller is asked too before the topic is reported unknown.
+    pub(crate) async fn topic_read(&self, request: Request) -> Result<Response> {
+        let cached = self.brokers.lock().await.controller;
+        if let Some(controller) = cached {
+            match self.request_at(controller, request.clone()).await {
+                Ok(response) => return Ok(response),
+                Err(error) if !try_another_broker(&error) => return Err(error),
+                Err(error) => {
+                    tracing::debug!(%error, controller, "controller unreachable; reading from any broker");
+                }
+            }
+        }
+        let error = match self.request(request.clone()).await {
+            Ok(response) => return Ok(response),
+            Err(error) if error.code() == Some(ErrorCode::UnknownTopic) => error,
+            Err(error) => return Err(error),
+        };
+        match self.refresh_brokers().await {
+            Ok(Some(controller)) if Some(controller) != cached => {
+                self.request_at(controller, request).await
+            }
+            _ => Err(error),
+        }
+    }
+
+    /// A request to broker `broker_id` (a connection that fails is dropped).
+    async fn request_at(&self, broker_id: u32, request: Request) -> Result<Response> {
+        let connection = self.broker_connection(broker_id).await?;
+        let result = connection
+            .request(&self.runtime, request, Vec::new(), self.request_timeout)
+            .await;
+        if let Err(error) = &result {
+            if error.is_connection_failure() {
+                self.discard(&connection).await;
+            }
+        }
+        result.map(|(response, _payload)| response)
     }
 
     /// An admin write (create, delete, alter) to the active controller: the one metadata
@@ -420,13 +479,42 @@ impl Cluster {
         Ok(self.refresh(topic).await?.partition_count())
     }
 
-    /// Fetch `topic`'s metadata from the cluster and cache it.
+    /// Fetch `topic`'s metadata from the cluster and cache it. A broker that does not know the
+    /// topic may just not have applied its creation yet (in a cluster, brokers learn metadata
+    /// from the controller a heartbeat or so after it commits): then the controller, if it is
+    /// another broker, is asked too before the topic is reported unknown.
     pub(crate) async fn refresh(&self, topic: &str) -> Result<TopicInfo> {
-        let response = self
-            .request(Request::Metadata {
-                topics: Some(vec![topic.to_owned()]),
-            })
-            .await?;
+        let request = Request::Metadata {
+            topics: Some(vec![topic.to_owned()]),
+        };
+        let (response, answered_by) = self.request_answered_by(request.clone()).await?;
+        let controller = match &response {
+            Response::Metadata {
+                brokers,
+                controller_id,
+                ..
+            } if unknown_topic(&response, topic) => {
+                // Its address is needed to ask it.
+                self.absorb_brokers(brokers.clone(), *controller_id).await;
+                *controller_id
+            }
+            _ => None,
+        };
+        let response = match controller {
+            Some(controller) if controller != answered_by => {
+                match self.broker_connection(controller).await {
+                    Ok(connection) => connection
+                        .request(&self.runtime, request, Vec::new(), self.request_timeout)
+                        .await
+                        .map_or(response, |(answer, _payload)| answer),
+                    Err(error) => {
+                        tracing::debug!(%error, controller, "controller unreachable; the topic is unknown");
+                        response
+                    }
+                }
+            }
+            _ => response,
+        };
         let Response::Metadata {
             brokers,
             controller_id,
@@ -565,6 +653,18 @@ impl Cluster {
                     self.invalidate(topic);
                     if error.is_connection_failure() {
                         self.discard(&connection).await;
+                    }
+                } else if error.code() == Some(ErrorCode::UnknownTopic) {
+                    // The node metadata names as the leader does not know the topic: deleted
+                    // meanwhile, or (in a cluster) created so recently that this node has not
+                    // applied it yet. Metadata decides: a topic that still exists makes this a
+                    // retriable "not leader yet".
+                    self.invalidate(topic);
+                    if self.refresh(topic).await.is_ok() {
+                        return Err(ClientError::Broker(BrokerError::new(
+                            ErrorCode::NotLeader,
+                            format!("broker {asked} does not know {topic}-{partition} yet"),
+                        )));
                     }
                 }
             }

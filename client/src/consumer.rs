@@ -800,6 +800,10 @@ fn decode_fetch(
         })?;
         batches += 1;
         batches_end = batches_end.max(batch.header().next_offset());
+        if batch.header().is_control() {
+            // A new leader's entry: no records, but its offsets are passed (batches_end).
+            continue;
+        }
         let decoded = batch
             .records()
             .map_err(|source| ClientError::CorruptBatch {
@@ -1057,5 +1061,48 @@ mod tests {
         assert!(matches!(error, ClientError::Protocol(_)), "{error}");
         let (empty, _) = decode_fetch("t", 0, 0, fetch(0, 0), Bytes::new()).expect("empty");
         assert!(empty.is_empty());
+    }
+
+    /// A control batch (a new leader's entry) of one record at `base`.
+    fn control(base: u64) -> BytesMut {
+        let mut bytes = batch(base, 1);
+        use brook_wire::batch::{compute_crc, ATTRIBUTE_CONTROL, CRC_START};
+        // The attributes open the CRC-covered region; the CRC is just before it.
+        bytes[CRC_START..CRC_START + 2].copy_from_slice(&ATTRIBUTE_CONTROL.to_le_bytes());
+        let crc = compute_crc(&bytes);
+        bytes[CRC_START - 4..CRC_START].copy_from_slice(&crc.to_le_bytes());
+        assert!(brook_wire::batch::validate(&bytes)
+            .expect("valid")
+            .is_control());
+        bytes
+    }
+
+    #[test]
+    fn control_batches_are_skipped_and_passed() {
+        // A new leader's batch at 0, records 1..4, another leader's at 4, a record at 5.
+        let mut payload = control(0);
+        payload.extend_from_slice(&batch(1, 3));
+        payload.extend_from_slice(&control(4));
+        payload.extend_from_slice(&batch(5, 1));
+        let (records, end) =
+            decode_fetch("t", 0, 0, fetch(6, 4), payload.freeze()).expect("decodes");
+        let offsets: Vec<u64> = records.iter().map(|record| record.offset).collect();
+        assert_eq!(offsets, [1, 2, 3, 5]);
+        assert_eq!(end, 6);
+        // A fetch that ends with (or holds only) a control batch moves the position past it.
+        let mut payload = batch(1, 3);
+        payload.extend_from_slice(&control(4));
+        let (records, end) =
+            decode_fetch("t", 0, 1, fetch(5, 2), payload.freeze()).expect("decodes");
+        assert_eq!(records.len(), 3);
+        assert_eq!(end, 5);
+        let (records, end) =
+            decode_fetch("t", 0, 4, fetch(5, 1), control(4).freeze()).expect("decodes");
+        assert!(records.is_empty());
+        assert_eq!(end, 5);
+        // Not above the high watermark, like any record.
+        let error =
+            decode_fetch("t", 0, 4, fetch(4, 1), control(4).freeze()).expect_err("above hw");
+        assert!(matches!(error, ClientError::Protocol(_)), "{error}");
     }
 }

@@ -113,7 +113,8 @@ pub struct ProducerConfig {
     pub retry_backoff: Duration,
     /// Cap of the exponential backoff. Default 1 s.
     pub retry_backoff_max: Duration,
-    /// Time limit of one produce request (and of connecting to a broker). Default 30 s.
+    /// Time limit of one produce request (and of connecting to a broker, at most 10 s of it).
+    /// Default 30 s.
     pub request_timeout: Duration,
     /// How long a record may take from the moment its batch opened to its acknowledgement,
     /// retries included: a retriable failure after that fails the batch's records with that
@@ -1462,9 +1463,6 @@ impl Background {
             batch.status = BatchStatus::InFlight(request_id);
         }
         queue.in_flight += 1;
-        self.accumulator
-            .batch_bytes_sent
-            .fetch_add(payload_bytes as u64, Ordering::Relaxed);
         let completion_key = key.clone();
         let connection = match connection {
             Ok(connection) => connection,
@@ -1479,8 +1477,13 @@ impl Background {
                 return false;
             }
         };
-        // Counted once it has a connection to go on: a request that never left is none.
+        // Counted once it has a connection to go on: a request that never left is none, and
+        // its bytes were not on the wire (a partition with no leader yet fails every attempt
+        // here, and counting them made the bytes "sent" several times the records').
         self.accumulator.requests.record(payload.len() as u64);
+        self.accumulator
+            .batch_bytes_sent
+            .fetch_add(payload_bytes as u64, Ordering::Relaxed);
         queue.connection = Some(connection.id());
         let request = Request::Produce {
             topic: key.0.clone(),

@@ -57,6 +57,8 @@ struct Script {
     created: Vec<(String, u32)>,
     /// The batches of the fetch being answered (the response's payload).
     fetch_payload: Option<Bytes>,
+    /// Brokers whose metadata does not list the topic yet (they have not applied its creation).
+    lagging: BTreeSet<u32>,
 }
 
 type Shared = Arc<Mutex<Script>>;
@@ -123,7 +125,12 @@ fn not_leader(script: &Script, partition: u32) -> Response {
 fn partition_metadata(script: &Script, partition: u32) -> PartitionMetadata {
     PartitionMetadata {
         partition,
-        leader: script.metadata_leaders.get(&partition).copied(),
+        // 0: no leader (an election under way).
+        leader: script
+            .metadata_leaders
+            .get(&partition)
+            .copied()
+            .filter(|leader| *leader != 0),
         leader_term: 1,
         replicas: vec![1, 2, 3],
         in_sync_replicas: vec![1, 2, 3],
@@ -170,6 +177,7 @@ fn answer(script: &mut Script, id: u32, request: Request, payload: Bytes) -> Res
         },
         Request::Metadata { topics } => {
             let wanted = topics.map_or(true, |names| names.iter().any(|name| name == TOPIC));
+            let lagging = script.lagging.contains(&id);
             Response::Metadata {
                 brokers: script
                     .addresses
@@ -180,7 +188,13 @@ fn answer(script: &mut Script, id: u32, request: Request, payload: Bytes) -> Res
                     })
                     .collect(),
                 controller_id: script.metadata_controller,
-                topics: if wanted {
+                topics: if wanted && lagging {
+                    vec![TopicMetadata {
+                        name: TOPIC.into(),
+                        error: Some(ErrorCode::UnknownTopic),
+                        partitions: Vec::new(),
+                    }]
+                } else if wanted {
                     vec![TopicMetadata {
                         name: TOPIC.into(),
                         error: None,
@@ -293,6 +307,9 @@ fn answer(script: &mut Script, id: u32, request: Request, payload: Bytes) -> Res
                         .collect(),
                 },
             }
+        }
+        Request::DescribeTopic { .. } if script.lagging.contains(&id) => {
+            Response::error(ErrorCode::UnknownTopic, "unknown topic \"t\"")
         }
         Request::DescribeTopic { .. } => Response::DescribeTopic {
             topic: description(script),
@@ -638,5 +655,91 @@ async fn retries_stop_at_the_delivery_timeout() -> anyhow::Result<()> {
     );
     // Retried many times meanwhile (the default retries_max does not stop it first).
     assert!(asked(&script, 1, "produce") > 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_silent_first_bootstrap_entry_costs_at_most_the_connect_timeout() -> anyhow::Result<()> {
+    let runtime = Runtime::new(8);
+    let script = start(&runtime, 1, one_partition(1, 1)).await?;
+    // A node that accepts connections and never answers (a paused process).
+    let silent = TcpListener::bind("127.0.0.1:0").await?;
+    let silent_address = silent.local_addr()?.to_string();
+    drop(runtime.spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    }));
+    let started = runtime.now();
+    // The admin's request timeout is 30 s; the silent node costs the 10 s connect limit only.
+    let admin = Admin::connect(&format!("{silent_address},{}", address(&script, 1))).await?;
+    let elapsed = runtime.now().duration_since(started);
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "connected after {elapsed:?}"
+    );
+    assert_eq!(admin.cluster_status().await?.controller, Some(1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_topic_unknown_to_a_lagging_broker_is_looked_up_at_the_controller() -> anyhow::Result<()>
+{
+    let runtime = Runtime::new(9);
+    // Broker 1 has not applied the topic's creation yet; the controller (2) has.
+    let mut plan = one_partition(3, 3);
+    plan.controller = 2;
+    plan.metadata_controller = Some(2);
+    plan.lagging = BTreeSet::from([1]);
+    let script = start(&runtime, 3, plan).await?;
+    let producer = Producer::connect(&address(&script, 1), producer_config()).await?;
+    assert_eq!(produce(&runtime, &producer, "v", 3).await?, [0, 1, 2]);
+    producer.close().await?;
+    assert_eq!(asked(&script, 2, "metadata"), 1, "the controller was asked");
+    // So is an admin's describe, right after a create (the admin knows no controller yet).
+    let admin = Admin::connect(&address(&script, 1)).await?;
+    assert_eq!(admin.describe_topic(TOPIC).await?.partitions.len(), 1);
+    assert_eq!(asked(&script, 2, "describe-topic"), 1);
+    // Once the controller is known, describes go there first.
+    assert_eq!(admin.describe_topic(TOPIC).await?.partitions.len(), 1);
+    assert_eq!(asked(&script, 2, "describe-topic"), 2);
+    assert_eq!(asked(&script, 1, "describe-topic"), 1);
+    // A topic no broker knows is still unknown, at once.
+    let producer = Producer::connect(&address(&script, 1), producer_config()).await?;
+    lock(&script).lagging = BTreeSet::from([1, 2, 3]);
+    let error = producer
+        .send(ProducerRecord::new(TOPIC, "x"))
+        .await
+        .expect_err("unknown topic");
+    assert_eq!(error.code(), Some(ErrorCode::UnknownTopic), "{error}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn attempts_without_a_leader_are_not_counted_as_bytes_sent() -> anyhow::Result<()> {
+    let runtime = Runtime::new(10);
+    // Partition 0 has no leader yet (an election under way): every attempt fails before a
+    // request leaves ...
+    let script = start(&runtime, 1, one_partition(1, 0)).await?;
+    let producer = Producer::connect(&address(&script, 1), producer_config()).await?;
+    let value = "x".repeat(1_000);
+    let mut deliveries = Vec::new();
+    for _ in 0..10 {
+        let record = ProducerRecord::new(TOPIC, value.clone()).with_partition(0);
+        deliveries.push(producer.send(record).await?);
+    }
+    // ... for a while: the producer retries meanwhile.
+    runtime.sleep(Duration::from_millis(300)).await;
+    lock(&script).metadata_leaders.insert(0, 1);
+    for delivery in deliveries {
+        runtime.timeout(TEST_TIMEOUT, delivery).await??;
+    }
+    let sent = producer.batch_bytes_sent();
+    assert!(
+        (10_000..20_000).contains(&sent),
+        "{sent} batch bytes counted as sent for 10 records of 1000 bytes sent once"
+    );
+    producer.close().await?;
     Ok(())
 }

@@ -736,3 +736,55 @@ async fn write_one<W: AsyncWrite + Unpin>(
     writer.write_all(&head).await?;
     writer.write_all(&outgoing.payload).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(code: ErrorCode) -> Response {
+        Response::error(code, "refused")
+    }
+
+    /// A v2 client learns where to go; a v1 client gets the error it always got; other errors
+    /// are never dressed up.
+    #[test]
+    fn not_leader_and_not_controller_carry_the_hint_for_cluster_clients_only() {
+        for code in [ErrorCode::NotLeader, ErrorCode::NotController] {
+            assert_eq!(
+                with_hint(PROTOCOL_VERSION_CLUSTER, error(code), || Some(3)),
+                Response::ErrorWithLeader {
+                    error: BrokerError::new(code, "refused"),
+                    leader: Some(3),
+                }
+            );
+            assert_eq!(
+                with_hint(PROTOCOL_VERSION_CLUSTER, error(code), || None),
+                Response::ErrorWithLeader {
+                    error: BrokerError::new(code, "refused"),
+                    leader: None,
+                }
+            );
+            assert_eq!(
+                with_hint(PROTOCOL_VERSION_CLUSTER - 1, error(code), || Some(3)),
+                error(code)
+            );
+        }
+        assert_eq!(
+            with_hint(
+                PROTOCOL_VERSION_CLUSTER,
+                error(ErrorCode::UnknownTopic),
+                || { Some(3) }
+            ),
+            error(ErrorCode::UnknownTopic)
+        );
+        let produced = Response::Produce {
+            base_offset: 1,
+            log_append_time_ms: None,
+            log_start_offset: 0,
+        };
+        assert_eq!(
+            with_hint(PROTOCOL_VERSION_CLUSTER, produced.clone(), || Some(3)),
+            produced
+        );
+    }
+}

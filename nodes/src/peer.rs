@@ -13,15 +13,18 @@
 //!   not in its peers, itself, a higher id (it should be dialled instead) or another protocol
 //!   version; the dialer refuses an answer from another node than the one it dialled. A refused
 //!   or malformed handshake is a log line and a dropped connection; nothing is applied.
-//! - **Outgoing**: [`PeerOutbox::send`] puts the message on the destination link's bounded
-//!   queue and returns; a full queue drops the message and counts it (Raft retries appends and
-//!   heartbeats are periodic). The link's writer drains everything queued (up to
-//!   [`PeerNetworkConfig::drain_messages_max`]), gathers every heartbeat and heartbeat answer
-//!   of the drain into one `Heartbeats` / `HeartbeatResponses` frame
-//!   ([`brook_actors::heartbeats::coalesce`]), writes the frames and flushes once. When a drain
-//!   holds only heartbeats it first waits [`PeerNetworkConfig::heartbeat_linger`], so that the
-//!   heartbeats every group emits on one tick (each from its own actor, at slightly different
-//!   moments) leave together: one frame per peer per tick, whatever the number of groups.
+//! - **Outgoing**: [`PeerOutbox::send`] never blocks. A heartbeat or heartbeat answer goes to
+//!   the link's slot for its group, replacing one not yet written (a newer heartbeat of a group
+//!   says all an older one did): a slow link holds at most one of each per group and never
+//!   drops one, however many groups the node hosts. Every other message goes on the link's
+//!   bounded queue; a full queue drops the message and counts it (Raft retries). The link's
+//!   writer drains the queue (up to [`PeerNetworkConfig::drain_messages_max`]) and takes every
+//!   pending heartbeat slot, gathers the heartbeats and heartbeat answers into one
+//!   `Heartbeats` / `HeartbeatResponses` frame ([`brook_actors::heartbeats::coalesce`]), writes
+//!   the frames and flushes once. Woken by heartbeats alone it first waits
+//!   [`PeerNetworkConfig::heartbeat_linger`], so that the heartbeats every group emits on one
+//!   tick (each from its own actor, at slightly different moments) leave together: one frame
+//!   per peer per tick, whatever the number of groups.
 //! - **Incoming**: the reader decodes frames (size capped by
 //!   [`PeerNetworkConfig::frame_bytes_max`]), splits coalesced ones per group, notes the peer
 //!   as heard from ([`PeerRouter::heard_from`]) and delivers each message
@@ -81,8 +84,16 @@ const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
 /// Tuning of the peer network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerNetworkConfig {
-    /// Messages queued per link at most; a send to a full link is dropped and counted.
+    /// Messages queued per link at most (heartbeats aside); a send to a full link is dropped
+    /// and counted.
     pub queue_messages_max: usize,
+    /// Bytes of appended batches queued per link at most (a link to a node that is down must
+    /// not hold its groups' retried appends without bound); past it sends are dropped and
+    /// counted, except into an empty queue, so that one large append can always leave.
+    pub queue_bytes_max: u64,
+    /// Groups with a heartbeat (or a heartbeat answer) waiting per link at most: a bound on the
+    /// heartbeat slots, far above any node's group count; beyond it new groups' are dropped.
+    pub heartbeat_groups_max: usize,
     /// Messages the writer takes off the queue for one round of frames at most.
     pub drain_messages_max: usize,
     /// Largest frame sent or accepted (header included). An append larger than this cannot be
@@ -110,7 +121,9 @@ pub struct PeerNetworkConfig {
 impl Default for PeerNetworkConfig {
     fn default() -> Self {
         PeerNetworkConfig {
-            queue_messages_max: 4_096,
+            queue_messages_max: 16_384,
+            queue_bytes_max: 64 * 1024 * 1024,
+            heartbeat_groups_max: 1_000_000,
             drain_messages_max: 4_096,
             frame_bytes_max: PEER_FRAME_BYTES_MAX_DEFAULT,
             heartbeat_linger: Duration::from_millis(2),
@@ -139,6 +152,8 @@ pub struct PeerCounters {
     pub heartbeats_coalesced: u64,
     /// Outgoing messages dropped: full queue, unknown destination, unencodable.
     pub messages_dropped: u64,
+    /// Heartbeats and answers replaced by a newer one of their group before being written.
+    pub heartbeats_superseded: u64,
     /// Incoming messages for a group this node does not host.
     pub unknown_group_messages: u64,
     /// Incoming messages whose group's mailbox was full.
@@ -161,6 +176,7 @@ struct Counters {
     messages_received: AtomicU64,
     heartbeats_coalesced: AtomicU64,
     messages_dropped: AtomicU64,
+    heartbeats_superseded: AtomicU64,
     unknown_group_messages: AtomicU64,
     busy_group_messages: AtomicU64,
     connections_established: AtomicU64,
@@ -184,6 +200,7 @@ impl Counters {
             messages_received: get(&self.messages_received),
             heartbeats_coalesced: get(&self.heartbeats_coalesced),
             messages_dropped: get(&self.messages_dropped),
+            heartbeats_superseded: get(&self.heartbeats_superseded),
             unknown_group_messages: get(&self.unknown_group_messages),
             busy_group_messages: get(&self.busy_group_messages),
             connections_established: get(&self.connections_established),
@@ -203,10 +220,59 @@ struct Link {
     address: String,
     sender: mpsc::Sender<Queued>,
     /// Held by the connection that writes to the peer now.
-    receiver: tokio::sync::Mutex<mpsc::Receiver<Queued>>,
+    receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>,
     /// Bumped by every connection that completes its handshake; an older connection sees it
     /// move and closes.
     generation: watch::Sender<u64>,
+    /// The newest unwritten heartbeat and heartbeat answer of each group.
+    heartbeats: Mutex<HeartbeatSlots>,
+    /// Wakes the writer when a heartbeat slot is filled.
+    heartbeat_ready: tokio::sync::Notify,
+    /// Bytes of batches in the queue (see [`PeerNetworkConfig::queue_bytes_max`]).
+    queued_bytes: AtomicU64,
+}
+
+/// Per group: the newest heartbeat `(term, commit index)` and heartbeat answer (term) not yet
+/// written.
+#[derive(Debug, Default)]
+struct HeartbeatSlots {
+    heartbeats: BTreeMap<GroupId, (u64, u64)>,
+    responses: BTreeMap<GroupId, u64>,
+}
+
+impl HeartbeatSlots {
+    fn is_empty(&self) -> bool {
+        self.heartbeats.is_empty() && self.responses.is_empty()
+    }
+
+    /// Every pending slot as sends to `to`, emptying them.
+    fn take(&mut self, to: NodeId, sends: &mut Vec<Queued>) {
+        for (group, (term, commit_index)) in std::mem::take(&mut self.heartbeats) {
+            let message = RaftMessage::Heartbeat { term, commit_index };
+            sends.push((group, peer_send(to, message)));
+        }
+        for (group, term) in std::mem::take(&mut self.responses) {
+            let message = RaftMessage::HeartbeatResponse { term };
+            sends.push((group, peer_send(to, message)));
+        }
+    }
+}
+
+fn peer_send(to: NodeId, message: RaftMessage) -> PeerSend {
+    PeerSend {
+        to,
+        message,
+        batches: Vec::new(),
+    }
+}
+
+impl Link {
+    fn lock_heartbeats(&self) -> std::sync::MutexGuard<'_, HeartbeatSlots> {
+        // Every update is one insert or one take: a poisoned lock is still consistent.
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 #[derive(Debug)]
@@ -263,8 +329,11 @@ impl PeerNetwork {
                     peer,
                     address,
                     sender,
-                    receiver: tokio::sync::Mutex::new(receiver),
+                    receiver: Arc::new(tokio::sync::Mutex::new(receiver)),
                     generation: watch::channel(0).0,
+                    heartbeats: Mutex::new(HeartbeatSlots::default()),
+                    heartbeat_ready: tokio::sync::Notify::new(),
+                    queued_bytes: AtomicU64::new(0),
                 };
                 (peer, Arc::new(link))
             })
@@ -394,22 +463,74 @@ impl PeerOutbox for PeerNetwork {
             }
             return;
         };
-        let send = PeerSend {
-            to,
-            message,
-            batches,
+        let slot = match message {
+            RaftMessage::Heartbeat { term, commit_index } => {
+                Some((Some((term, commit_index)), None))
+            }
+            RaftMessage::HeartbeatResponse { term } => Some((None, Some(term))),
+            _ => None,
         };
-        if let Err(error) = link.sender.try_send((group, send)) {
+        if let Some((heartbeat, response)) = slot {
+            let mut slots = link.lock_heartbeats();
+            let (present, full) = match (heartbeat, response) {
+                (Some(_), _) => (
+                    slots.heartbeats.contains_key(&group),
+                    slots.heartbeats.len() >= inner.config.heartbeat_groups_max,
+                ),
+                _ => (
+                    slots.responses.contains_key(&group),
+                    slots.responses.len() >= inner.config.heartbeat_groups_max,
+                ),
+            };
+            if !present && full {
+                drop(slots);
+                let dropped = add(&inner.counters.messages_dropped, 1);
+                if should_log(dropped, inner.config.log_every) {
+                    tracing::warn!(to, dropped, "heartbeat dropped: too many groups waiting");
+                }
+                return;
+            }
+            if present {
+                add(&inner.counters.heartbeats_superseded, 1);
+            }
+            match (heartbeat, response) {
+                (Some(heartbeat), _) => slots.heartbeats.insert(group, heartbeat).map(|_| ()),
+                (_, Some(term)) => slots.responses.insert(group, term).map(|_| ()),
+                (None, None) => None,
+            };
+            drop(slots);
+            link.heartbeat_ready.notify_one();
+            return;
+        }
+        let bytes = batch_bytes(&batches);
+        let before = link.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let why = if before > 0 && before.saturating_add(bytes) > inner.config.queue_bytes_max {
+            Some("queue bytes full")
+        } else {
+            let send = PeerSend {
+                to,
+                message,
+                batches,
+            };
+            match link.sender.try_send((group, send)) {
+                Ok(()) => None,
+                Err(mpsc::error::TrySendError::Full(_)) => Some("queue full"),
+                Err(mpsc::error::TrySendError::Closed(_)) => Some("link closed"),
+            }
+        };
+        if let Some(why) = why {
+            link.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             let dropped = add(&inner.counters.messages_dropped, 1);
             if should_log(dropped, inner.config.log_every) {
-                let why = match error {
-                    mpsc::error::TrySendError::Full(_) => "queue full",
-                    mpsc::error::TrySendError::Closed(_) => "link closed",
-                };
                 tracing::warn!(to, why, dropped, "peer message dropped");
             }
         }
     }
+}
+
+/// Bytes of an append's batches (what a queued message holds beyond its small envelope).
+fn batch_bytes(batches: &[Bytes]) -> u64 {
+    batches.iter().map(|batch| batch.len() as u64).sum()
 }
 
 /// Log the first occurrence and then every `every`-th.
@@ -578,15 +699,32 @@ where
         biased;
         _ = shutdown.wait_for(|stopping| *stopping) => return "network shut down".into(),
         () = superseded(generation.clone(), mine) => return "replaced by a newer connection".into(),
-        queue = link.receiver.lock() => queue,
+        queue = link.receiver.clone().lock_owned() => queue,
     };
-    tokio::select! {
+    // The writer is a task of its own: sharing one task with a reader that always has input
+    // would starve it (the reader would use up the task's cooperative budget every poll).
+    let mut writer_task = inner.runtime.spawn({
+        let inner = inner.clone();
+        let link = link.clone();
+        async move { write_loop(&inner, &link, &mut queue, &mut writer).await }
+    });
+    let (reason, writer_ended) = tokio::select! {
         biased;
-        _ = shutdown.wait_for(|stopping| *stopping) => "network shut down".into(),
-        () = superseded(generation, mine) => "replaced by a newer connection".into(),
-        reason = read_loop(&inner, link.peer, &mut reader, &mut buffer) => reason,
-        reason = write_loop(&inner, &mut queue, &mut writer) => reason,
+        _ = shutdown.wait_for(|stopping| *stopping) => ("network shut down".into(), false),
+        () = superseded(generation, mine) => ("replaced by a newer connection".into(), false),
+        written = &mut writer_task => (
+            written.unwrap_or_else(|error| format!("writer failed: {error}")),
+            true,
+        ),
+        reason = read_loop(&inner, link.peer, &mut reader, &mut buffer) => (reason, false),
+    };
+    if !writer_ended {
+        // Dropping the writer's future releases the link's queue for the next connection
+        // (and its half of the stream).
+        writer_task.abort();
+        let _ = writer_task.await;
     }
+    reason
 }
 
 /// Read frames and deliver their messages until the stream ends or misbehaves.
@@ -676,26 +814,37 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
-fn is_heartbeat(message: &RaftMessage) -> bool {
-    matches!(
-        message,
-        RaftMessage::Heartbeat { .. } | RaftMessage::HeartbeatResponse { .. }
-    )
-}
-
 /// Take what is queued, up to the drain limit.
-fn drain(queue: &mut mpsc::Receiver<Queued>, sends: &mut Vec<Queued>, limit: usize) {
+fn drain(link: &Link, queue: &mut mpsc::Receiver<Queued>, sends: &mut Vec<Queued>, limit: usize) {
     while sends.len() < limit {
         match queue.try_recv() {
-            Ok(queued) => sends.push(queued),
+            Ok(queued) => {
+                dequeued(link, &queued);
+                sends.push(queued);
+            }
             Err(_) => break,
         }
     }
 }
 
-/// Write what the link's queue holds, coalescing heartbeats, until the stream fails.
+/// A message left the queue: its batches no longer count against the queue's bytes.
+fn dequeued(link: &Link, (_, send): &Queued) {
+    link.queued_bytes
+        .fetch_sub(batch_bytes(&send.batches), Ordering::Relaxed);
+}
+
+/// What woke a writer.
+enum Woken {
+    Message(Queued),
+    Heartbeats,
+    Closed,
+}
+
+/// Write what the link's queue and heartbeat slots hold, coalescing heartbeats, until the
+/// stream fails.
 async fn write_loop<W: AsyncWrite + Unpin>(
     inner: &Inner,
+    link: &Link,
     queue: &mut mpsc::Receiver<Queued>,
     writer: &mut W,
 ) -> Reason {
@@ -706,13 +855,23 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let mut sends = Vec::new();
     let mut out = BytesMut::new();
     loop {
-        let first = inner
+        let woken = inner
             .runtime
-            .timeout(config.keepalive_interval, queue.recv())
+            .timeout(config.keepalive_interval, async {
+                tokio::select! {
+                    biased;
+                    queued = queue.recv() => queued.map_or(Woken::Closed, Woken::Message),
+                    () = link.heartbeat_ready.notified() => Woken::Heartbeats,
+                }
+            })
             .await;
-        match first {
-            Ok(Some(first)) => sends.push(first),
-            Ok(None) => return "queue closed".into(),
+        match woken {
+            Ok(Woken::Message(first)) => {
+                dequeued(link, &first);
+                sends.push(first);
+            }
+            Ok(Woken::Heartbeats) => {}
+            Ok(Woken::Closed) => return "queue closed".into(),
             Err(_) => {
                 if let Err(error) = encode_peer(&encoder, &KEEPALIVE, &[], &mut out) {
                     return format!("cannot encode a keepalive: {error}");
@@ -728,13 +887,21 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 continue;
             }
         }
-        drain(queue, &mut sends, limit);
-        if !config.heartbeat_linger.is_zero()
-            && sends.len() < limit
-            && sends.iter().all(|(_, send)| is_heartbeat(&send.message))
-        {
+        drain(link, queue, &mut sends, limit);
+        if sends.is_empty() && !config.heartbeat_linger.is_zero() {
+            // Woken by heartbeats alone: let the rest of this tick's heartbeats arrive.
             inner.runtime.sleep(config.heartbeat_linger).await;
-            drain(queue, &mut sends, limit);
+            drain(link, queue, &mut sends, limit);
+        }
+        {
+            let mut slots = link.lock_heartbeats();
+            if !slots.is_empty() {
+                slots.take(link.peer, &mut sends);
+            }
+        }
+        if sends.is_empty() {
+            // A wake-up whose heartbeats an earlier round already took.
+            continue;
         }
         let mut frames_written = 0;
         let mut messages_written = 0;

@@ -219,6 +219,7 @@ fn delta(after: PeerCounters, before: PeerCounters) -> PeerCounters {
         messages_received: after.messages_received - before.messages_received,
         heartbeats_coalesced: after.heartbeats_coalesced - before.heartbeats_coalesced,
         messages_dropped: after.messages_dropped - before.messages_dropped,
+        heartbeats_superseded: after.heartbeats_superseded - before.heartbeats_superseded,
         unknown_group_messages: after.unknown_group_messages - before.unknown_group_messages,
         busy_group_messages: after.busy_group_messages - before.busy_group_messages,
         connections_established: after.connections_established - before.connections_established,
@@ -572,7 +573,7 @@ async fn a_dialled_node_answering_with_another_id_is_dropped() {
 
 #[tokio::test]
 async fn heartbeats_of_one_tick_leave_as_one_frame_per_peer() {
-    const GROUPS: u32 = 500;
+    const GROUPS: u32 = 3_000;
     let runtime = Runtime::new(5);
     let nodes = start_cluster(&runtime, 3).await;
     let mut inboxes: BTreeMap<(u32, u32), Arc<Inbox>> = BTreeMap::new();
@@ -673,7 +674,8 @@ async fn idle_links_live_on_keepalives_and_a_silent_peer_is_dropped() {
     let runtime = Runtime::new(7);
     let idle = PeerNetworkConfig {
         keepalive_interval: Duration::from_millis(50),
-        idle_timeout: Duration::from_millis(400),
+        // Twenty keepalive intervals: a loaded test machine must not make it fire.
+        idle_timeout: Duration::from_millis(1_000),
         ..test_config()
     };
     let (listener_one, address_one) = bind().await;
@@ -685,8 +687,8 @@ async fn idle_links_live_on_keepalives_and_a_silent_peer_is_dropped() {
         two.network.counters().connections_established == 1
     })
     .await;
-    // Three idle timeouts without a message: the keepalives keep the one connection up.
-    runtime.sleep(Duration::from_millis(1_200)).await;
+    // Two and a half idle timeouts without a message: keepalives keep the one connection up.
+    runtime.sleep(Duration::from_millis(2_500)).await;
     for node in [&one, &two] {
         let counters = node.network.counters();
         assert_eq!(counters.connections_established, 1, "{counters:?}");
@@ -717,9 +719,240 @@ async fn idle_links_live_on_keepalives_and_a_silent_peer_is_dropped() {
     );
     let waited = runtime.now() - started;
     assert!(
-        waited >= Duration::from_millis(350),
+        waited >= Duration::from_millis(900),
         "dropped after {waited:?}"
     );
     assert_eq!(node.network.counters().connections_established, 1);
     node.network.shutdown();
+}
+
+#[tokio::test]
+async fn a_link_that_cannot_write_keeps_the_newest_heartbeat_of_each_group() {
+    let runtime = Runtime::new(8);
+    let (listener_one, address_one) = bind().await;
+    let (listener_two, address_two) = bind().await;
+    let peers = BTreeMap::from([(1, address_one.to_string()), (2, address_two.to_string())]);
+    let one = start_node(&runtime, 1, peers.clone(), listener_one, test_config());
+    // Node 2's network runs, but its listener is not served yet: node 1 cannot connect.
+    let router_two = PeerRouter::new();
+    let network_two =
+        PeerNetwork::start(runtime.clone(), 2, peers, router_two.clone(), test_config());
+    let inboxes: Vec<Arc<Inbox>> = (0..3)
+        .map(|partition| {
+            let inbox = Inbox::new(group(partition), network_two.clone(), Vec::new());
+            router_two.register(group(partition), inbox.clone());
+            inbox
+        })
+        .collect();
+    // Five rounds of heartbeats for groups 0 and 1 (a queue would have dropped none of them
+    // either, but it would deliver stale ones), one vote for group 2, while the link is down.
+    for round in 1..=5u64 {
+        for partition in 0..2 {
+            one.network.send(
+                2,
+                group(partition),
+                RaftMessage::Heartbeat {
+                    term: 3,
+                    commit_index: round,
+                },
+                Vec::new(),
+            );
+        }
+    }
+    one.network.send(2, group(2), vote(4), Vec::new());
+    let counters = one.network.counters();
+    assert_eq!(counters.heartbeats_superseded, 8, "{counters:?}");
+    assert_eq!(counters.messages_dropped, 0, "{counters:?}");
+    // Now node 2 serves its port: the link comes up and delivers what waited.
+    let _server = runtime.spawn(serve_peers(
+        runtime.clone(),
+        listener_two,
+        network_two.clone(),
+    ));
+    wait_until(&runtime, "delivered", || {
+        inboxes.iter().all(|inbox| inbox.count() == 1)
+    })
+    .await;
+    for inbox in &inboxes[..2] {
+        assert_eq!(
+            inbox.received(),
+            vec![(
+                1,
+                RaftMessage::Heartbeat {
+                    term: 3,
+                    commit_index: 5
+                },
+                Vec::new()
+            )]
+        );
+    }
+    assert_eq!(inboxes[2].received(), vec![(1, vote(4), Vec::new())]);
+    // Node 2's answers come back the same way (one slot per group).
+    wait_until(&runtime, "answers", || {
+        one.network.counters().messages_received == 2
+    })
+    .await;
+    one.network.shutdown();
+    network_two.shutdown();
+}
+
+// Several threads: the flood is written while node 2 reads it, so its reader never runs dry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_flooded_with_incoming_frames_still_writes() {
+    const FLOOD: usize = 200_000;
+    let runtime = Runtime::new(9);
+    let (listener, address) = bind().await;
+    let node = start_node(
+        &runtime,
+        2,
+        BTreeMap::from([(1, "127.0.0.1:1".to_owned()), (2, address.to_string())]),
+        listener,
+        test_config(),
+    );
+    let inbox = Inbox::new(group(0), node.network.clone(), Vec::new());
+    node.router.register(group(0), inbox.clone());
+    // The test plays node 1.
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    let mut bytes = BytesMut::from(&PEER_MAGIC[..]);
+    bytes.extend_from_slice(&hello(1));
+    stream.write_all(&bytes).await.expect("write");
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut flood = BytesMut::new();
+    let one = frame(
+        &PeerMessage::Raft {
+            group: group(0),
+            message: vote(5),
+        },
+        &[],
+    );
+    for _ in 0..FLOOD {
+        flood.extend_from_slice(&one);
+    }
+    let flooding = runtime.spawn(async move {
+        writer.write_all(&flood).await.expect("flood");
+        writer
+    });
+    // While node 2 reads the flood, it sends node 1 a message: it must leave before the flood
+    // is all read, not after.
+    wait_until(&runtime, "the flood started", || inbox.count() > 0).await;
+    node.network.send(1, group(0), vote(42), Vec::new());
+    let mut buffer = BytesMut::new();
+    let decoder = brook_wire::frame::FrameDecoder::default();
+    let mut read_when_answered = None;
+    let deadline = runtime.now() + PATIENCE;
+    while read_when_answered.is_none() {
+        assert!(runtime.now() < deadline, "node 2 never wrote");
+        let read = runtime
+            .timeout(PATIENCE, reader.read_buf(&mut buffer))
+            .await
+            .expect("node 2 writes something")
+            .expect("read");
+        assert!(read > 0, "node 2 closed the link");
+        while let Some(frame) = decoder.decode(&mut buffer).expect("a good frame") {
+            let (message, _) = brook_wire::peer::decode_peer(frame).expect("decodes");
+            if message
+                == (PeerMessage::Raft {
+                    group: group(0),
+                    message: vote(42),
+                })
+            {
+                read_when_answered = Some(inbox.count());
+            }
+        }
+    }
+    let read = read_when_answered.expect("answered");
+    assert!(
+        read < FLOOD,
+        "node 2 wrote only after reading all {FLOOD} flood frames ({read})"
+    );
+    let _writer = flooding.await.expect("flood task");
+    node.network.shutdown();
+}
+
+#[tokio::test]
+async fn a_queue_holds_a_bounded_number_of_bytes() {
+    const QUEUE_BYTES: u64 = 1_000;
+    let runtime = Runtime::new(10);
+    let (listener, address) = bind().await;
+    // Nodes 2 and 3 accept TCP but never answer the handshake: nothing drains the queues.
+    let (mute_two, mute_two_address) = bind().await;
+    let (mute_three, mute_three_address) = bind().await;
+    let node = start_node(
+        &runtime,
+        1,
+        BTreeMap::from([
+            (1, address.to_string()),
+            (2, mute_two_address.to_string()),
+            (3, mute_three_address.to_string()),
+        ]),
+        listener,
+        PeerNetworkConfig {
+            queue_bytes_max: QUEUE_BYTES,
+            ..test_config()
+        },
+    );
+    let (_held_two, _) = mute_two.accept().await.expect("node 1 dials 2");
+    let (_held_three, _) = mute_three.accept().await.expect("node 1 dials 3");
+    let entry = batch(&[7u8; 200]);
+    let size = entry.len() as u64;
+    let append = RaftMessage::Append(AppendEntries {
+        term: 2,
+        prev_index: 0,
+        prev_term: 0,
+        commit_index: 0,
+        batch_count: 1,
+    });
+    for _ in 0..10 {
+        node.network.send(2, group(0), append, vec![entry.clone()]);
+    }
+    let admitted = (QUEUE_BYTES / size).max(1);
+    assert!(
+        admitted < 10,
+        "the test's batches are too small ({size} bytes)"
+    );
+    let counters = node.network.counters();
+    assert_eq!(counters.messages_dropped, 10 - admitted, "{counters:?}");
+    // Messages without batches still fit (the bound is on bytes of batches, and on messages).
+    node.network.send(2, group(0), vote(3), Vec::new());
+    assert_eq!(node.network.counters().messages_dropped, 10 - admitted);
+    // One append larger than the whole bound still leaves through an empty queue.
+    let large = batch(&[9u8; 2_000]);
+    node.network.send(3, group(0), append, vec![large.clone()]);
+    assert_eq!(node.network.counters().messages_dropped, 10 - admitted);
+    node.network.send(3, group(0), append, vec![large]);
+    assert_eq!(node.network.counters().messages_dropped, 11 - admitted);
+    node.network.shutdown();
+}
+
+#[tokio::test]
+async fn written_appends_give_their_bytes_back_to_the_queue() {
+    let runtime = Runtime::new(11);
+    let config = PeerNetworkConfig {
+        queue_bytes_max: 1_000,
+        ..test_config()
+    };
+    let (listener_one, address_one) = bind().await;
+    let (listener_two, address_two) = bind().await;
+    let peers = BTreeMap::from([(1, address_one.to_string()), (2, address_two.to_string())]);
+    let one = start_node(&runtime, 1, peers.clone(), listener_one, config.clone());
+    let two = start_node(&runtime, 2, peers, listener_two, config);
+    let inbox = Inbox::new(group(0), two.network.clone(), Vec::new());
+    two.router.register(group(0), inbox.clone());
+    let entry = batch(&[7u8; 300]);
+    let append = RaftMessage::Append(AppendEntries {
+        term: 2,
+        prev_index: 0,
+        prev_term: 0,
+        commit_index: 0,
+        batch_count: 1,
+    });
+    // Ten times the bound in all, one at a time: each leaves before the next is sent.
+    for sent in 1..=10usize {
+        one.network.send(2, group(0), append, vec![entry.clone()]);
+        one.network.send(2, group(0), append, vec![entry.clone()]);
+        wait_until(&runtime, "both delivered", || inbox.count() == 2 * sent).await;
+    }
+    assert_eq!(one.network.counters().messages_dropped, 0);
+    one.network.shutdown();
+    two.network.shutdown();
 }

@@ -207,6 +207,14 @@ impl Broker {
         Broker::spawn(command, work_dir, "brook node")
     }
 
+    /// `brook node <args>` (flags only, e.g. `--node-id 1 --listen ... --peers ...`); the
+    /// listen address must be a fixed port when other nodes are told it.
+    pub fn node_with_args(work_dir: &Path, args: &[String]) -> Broker {
+        let mut command = Command::new(brook_binary());
+        command.arg("node").args(args);
+        Broker::spawn(command, work_dir, "brook node")
+    }
+
     fn spawn(mut command: Command, work_dir: &Path, description: &str) -> Broker {
         let id = next_id();
         let stdout_path = work_dir.join(format!("broker-{id}.stdout"));

@@ -43,6 +43,10 @@ pub const MAGIC: u8 = 1;
 pub const CRC_START: usize = 25;
 /// Compression codec bits in the attributes.
 pub const ATTRIBUTE_COMPRESSION_MASK: u16 = 0b111;
+/// The control bit of the attributes: the batch carries no application records (e.g. the
+/// entry a new Raft leader appends at the start of its term); consumers skip it, but its
+/// offsets are taken.
+pub const ATTRIBUTE_CONTROL: u16 = 1 << 5;
 /// Attribute bit 6, set only by the log cleaner (a producer may not send it): the batch was
 /// compacted. Its records' offset deltas are strictly increasing within
 /// `0..=last_offset_delta` but may have gaps, and it may hold no record at all: a compacted
@@ -165,6 +169,11 @@ impl BatchHeader {
     /// Compression codec (0 = none).
     pub fn compression(&self) -> u16 {
         self.attributes & ATTRIBUTE_COMPRESSION_MASK
+    }
+
+    /// Whether this is a control batch ([`ATTRIBUTE_CONTROL`]): no application records.
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTRIBUTE_CONTROL != 0
     }
 
     /// Whether the cleaner compacted the batch ([`ATTRIBUTE_COMPACTED`]).

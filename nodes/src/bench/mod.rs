@@ -9,6 +9,11 @@
 //!   timestamp (in the value) to the consumer's receipt.
 //! - `brook bench baseline`: loopback TCP throughput and sequential disk appends with and
 //!   without fsync (one of them sustained as long as a case runs), measured now.
+//! - `brook bench cluster`: acks=all produce against a single node and a replicated cluster
+//!   it starts itself (child `brook node` processes on loopback), for each fsync policy
+//!   ([`cluster`]).
+//! - `brook bench partitions`: thousands of replicated partitions on local nodes it starts:
+//!   time until every partition is led, the leaders' spread, idle CPU ([`partitions`]).
 //!
 //! With `--baseline` (measure first) or `--baseline-file` (a previous `baseline --output json`)
 //! a result is also given as a ratio of the limit that applies to it, and says which one:
@@ -20,8 +25,11 @@
 //! with `-b` (127.0.0.1 in the standard runs) and, for the loopback baseline, to 127.0.0.1.
 
 pub mod baseline;
+pub mod cluster;
 pub mod latency;
 pub mod load;
+pub mod local;
+pub mod partitions;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -50,6 +58,14 @@ pub enum BenchCommand {
     /// The machine's limits, measured now: loopback TCP, sequential append with and without
     /// fsync on the data directory's disk.
     Baseline(BaselineArgs),
+    /// A replicated cluster (default 3 nodes, replication factor 3) against a single node,
+    /// acks=all, with `fsync = always` and `interval`: throughput of both, and latency at half
+    /// the single node's throughput. Local node processes this command starts and kills
+    /// itself, data in a temporary directory (it ignores `-b`).
+    Cluster(cluster::ClusterArgs),
+    /// Starts local cluster nodes, creates many replicated partitions (default 3,000, RF 3):
+    /// time until each has a leader, leaders per node, CPU of the idle nodes (ignores `-b`).
+    Partitions(partitions::PartitionsArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +155,9 @@ pub struct LoadArgs {
     /// Partitions of the topic if it has to be created.
     #[arg(long, default_value_t = 1)]
     pub partitions: u32,
+    /// Replication factor of the topic if it has to be created (at most the cluster's nodes).
+    #[arg(long, default_value_t = 1)]
+    pub replication_factor: u16,
     /// Records per second over all producers (0: as fast as possible).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
@@ -270,6 +289,8 @@ pub async fn run(runtime: Runtime, bootstrap: &str, command: BenchCommand) -> an
         BenchCommand::Produce(args) => load_run(runtime, bootstrap, Mode::Produce, args).await,
         BenchCommand::Consume(args) => load_run(runtime, bootstrap, Mode::Consume, args).await,
         BenchCommand::E2e(args) => load_run(runtime, bootstrap, Mode::E2e, args).await,
+        BenchCommand::Cluster(args) => cluster::run(runtime, args).await,
+        BenchCommand::Partitions(args) => partitions::run(runtime, args).await,
     }
 }
 
@@ -296,6 +317,22 @@ async fn load_run(
     mode: Mode,
     args: LoadArgs,
 ) -> anyhow::Result<()> {
+    let output = args.output;
+    let report = load_report(runtime, bootstrap, mode, args).await?;
+    match output {
+        OutputFormat::Table => print_report(&report),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(())
+}
+
+/// One produce, consume or e2e run against `bootstrap`, as a report (printed by the caller).
+async fn load_report(
+    runtime: Runtime,
+    bootstrap: &str,
+    mode: Mode,
+    args: LoadArgs,
+) -> anyhow::Result<Report> {
     anyhow::ensure!(args.record_size > 0, "--record-size must be positive");
     anyhow::ensure!(
         mode != Mode::E2e || args.record_size >= load::TIMESTAMP_BYTES,
@@ -330,7 +367,13 @@ async fn load_run(
         }
         (None, false) => None,
     };
-    let partitions = ensure_topic(bootstrap, &args.topic, args.partitions).await?;
+    let partitions = ensure_topic(
+        bootstrap,
+        &args.topic,
+        args.partitions,
+        args.replication_factor,
+    )
+    .await?;
     let spec = Arc::new(LoadSpec {
         bootstrap: bootstrap.to_owned(),
         topic: args.topic.clone(),
@@ -368,11 +411,7 @@ async fn load_run(
         report.limit = Some(limit);
     }
     report.baseline = baseline;
-    match args.output {
-        OutputFormat::Table => print_report(&report),
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-    }
-    Ok(())
+    Ok(report)
 }
 
 /// Bytes of the files under `dir` (recursively; 0 if it does not exist). Bounded by the
@@ -402,9 +441,17 @@ fn directory_bytes(dir: &std::path::Path) -> anyhow::Result<u64> {
 }
 
 /// Create the topic if it is missing; returns its partition count.
-async fn ensure_topic(bootstrap: &str, topic: &str, partitions: u32) -> anyhow::Result<u32> {
+async fn ensure_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: u32,
+    replication_factor: u16,
+) -> anyhow::Result<u32> {
     let admin = Admin::connect(bootstrap).await?;
-    match admin.create_topic(topic, partitions, 1).await {
+    match admin
+        .create_topic(topic, partitions, replication_factor)
+        .await
+    {
         Ok(created) => Ok(created.partitions.len() as u32),
         Err(error) if error.code() == Some(ErrorCode::TopicAlreadyExists) => {
             let described = admin.describe_topic(topic).await?;

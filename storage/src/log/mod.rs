@@ -883,10 +883,18 @@ impl Log {
                     log_start_offset: self.log_start_offset(),
                     next_offset: next,
                 })?;
-        let (position, header) = segment.position_of(offset)?;
-        if header.base_offset != offset {
-            return Err(LogError::NotBatchBoundary { offset });
-        }
+        // A cut at the start of a damaged range (recorded by recovery) is a batch boundary too:
+        // a Raft follower replaces a damaged suffix like any other.
+        let position = match segment.damage_at(offset) {
+            Some(damage) if damage.first_offset == offset => damage.position,
+            _ => {
+                let (position, header) = segment.position_of(offset)?;
+                if header.base_offset != offset {
+                    return Err(LogError::NotBatchBoundary { offset });
+                }
+                position
+            }
+        };
         // Sync jobs handed out before now may have synced the file before the cut; they cover
         // nothing that is appended after it.
         self.sync_jobs.clear();
@@ -950,6 +958,34 @@ impl Log {
         self.sync_directory()
             .map_err(|error| self.sync_failed(error))?;
         Ok(self.log_start_offset())
+    }
+
+    /// The header of a batch that cannot be served (damaged at rest), read without a CRC
+    /// check, when it still tells the batch's offsets: a damaged range recorded by recovery
+    /// that is exactly one batch with a readable header, or a batch kept inside the active
+    /// segment whose header leads to the next batch. `None` otherwise. Its term may be the
+    /// damaged field. The batch is still never served: this tells a Raft replica the offsets
+    /// and term of an entry it holds but cannot read.
+    pub fn damaged_batch_header(&self, offset: u64) -> Result<Option<BatchHeader>, LogError> {
+        let Some((_, segment)) = self.segments.range(..=offset).next_back() else {
+            return Ok(None);
+        };
+        let Some(damage) = segment.damage_at(offset) else {
+            return Ok(match segment.position_of(offset) {
+                Ok((_, header)) if header.base_offset == offset => Some(header),
+                _ => None,
+            });
+        };
+        if damage.first_offset != offset {
+            return Ok(None);
+        }
+        let Ok(header) = segment.header_at(damage.position) else {
+            return Ok(None);
+        };
+        let whole = header.base_offset == damage.first_offset
+            && header.next_offset() == damage.next_offset
+            && damage.position.checked_add(header.total_len() as u64) == Some(damage.end);
+        Ok(whole.then_some(header))
     }
 
     /// Drop every record and restart the log, empty, at `offset` (Raft: a follower caught up
