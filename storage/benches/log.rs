@@ -393,12 +393,73 @@ fn lookup(c: &mut Criterion) {
     group.finish();
 }
 
+/// Bytes of the log the compaction benchmark cleans.
+const COMPACTION_FIXTURE_BYTES: u64 = 16 * MIB as u64;
+/// Keys the compaction fixture's records cycle over (many updates to few keys).
+const COMPACTION_KEYS: u64 = 64;
+
+/// A synced log of about [`COMPACTION_FIXTURE_BYTES`] in 4 MiB segments: one-record batches of
+/// [`RECORD_BYTES`] values cycling over [`COMPACTION_KEYS`] keys.
+fn compaction_fixture() -> TempLog {
+    let config = LogConfig {
+        segment_bytes_max: 4 * MIB as u64,
+        ..LogConfig::default()
+    };
+    let mut fixture = TempLog::open(&config);
+    let mut rng = ChaCha8Rng::seed_from_u64(SEED);
+    let mut value = vec![0u8; RECORD_BYTES];
+    while fixture.log.size_bytes() < COMPACTION_FIXTURE_BYTES {
+        rng.fill_bytes(&mut value);
+        let key = format!("key-{}", fixture.log.next_offset() % COMPACTION_KEYS);
+        let mut builder = BatchBuilder::new();
+        builder.push(FIRST_TIMESTAMP_MS, Some(key.as_bytes()), Some(&value), &[]);
+        fixture
+            .log
+            .append(&mut builder.finish(), TERM, 0)
+            .expect("fixture append");
+    }
+    fixture.log.sync(0).expect("fixture sync");
+    fixture
+}
+
+/// The cleaner's throughput: a whole compaction of a log of many updates to few keys (every
+/// sealed segment read, mapped, rewritten and swapped in, fsyncs included), in bytes of log
+/// compacted per second.
+fn compaction(c: &mut Criterion) {
+    let mut group = c.benchmark_group("compaction");
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(10));
+    group.throughput(Throughput::Bytes(COMPACTION_FIXTURE_BYTES));
+    group.bench_function("whole_log_16MiB_64_keys", |b| {
+        b.iter_batched(
+            compaction_fixture,
+            |mut fixture| {
+                let end = fixture.log.next_offset();
+                let policy = brook_storage::log::CompactionPolicy::default();
+                for _ in 0..10_000 {
+                    let outcome = fixture.log.compact(policy, 0, end).expect("compact");
+                    if !outcome.more {
+                        break;
+                    }
+                }
+                assert!(fixture.log.size_bytes() < COMPACTION_FIXTURE_BYTES / 2);
+                fixture
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     append_nosync,
     append_parts,
     append_fsync,
     read_sequential,
-    lookup
+    lookup,
+    compaction
 );
 criterion_main!(benches);
