@@ -51,6 +51,13 @@ cargo sim --seed-file sim/regression-seeds.txt
 step "simulation: the same seed gives the same trace"
 cargo sim --seeds 5 --from 100000 --check-determinism
 
+step "simulation: a compacted topic (issue 12) under the fault matrix, power cuts inside swaps"
+cargo sim --seeds "${SIM_COMPACTED_SEEDS:=60}" --compacted
+cargo sim --seeds 3 --from 100000 --compacted --check-determinism
+
+step "simulation: short retention (issue 12): below the log start consumers are told, never skipped"
+cargo sim --seeds "${SIM_RETENTION_SEEDS:=40}" --retention
+
 step "simulation: planted bugs are caught (the checkers are not blind)"
 cargo sim --seeds 60 --plant ack-before-fsync --expect-found
 cargo sim --seeds 10 --plant skip-on-fetch --expect-found
@@ -59,6 +66,7 @@ cargo sim --seeds 5 --plant serve-above-hw --expect-found  # protocol-violation 
 cargo sim --seeds 20 --plant no-dir-sync --expect-found
 cargo sim --seeds 20 --plant retry-failed-fsync --expect-found
 cargo sim --seeds 3 --plant skip-in-batch --expect-found     # poll-skip: a record dropped inside a batch
+cargo sim --seeds 5 --plant compact-drops-latest --expect-found  # lost-write: a key's latest value compacted away
 
 step "tests (normal build)"
 cargo nextest run --workspace --no-fail-fast

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use brook_storage::disk::{Disk, OpenMode};
-use brook_storage::log::{Log, LogConfig, RetentionPolicy};
+use brook_storage::log::{CompactionPolicy, Log, LogConfig, RetentionPolicy};
 use brook_wire::error::{BrokerError, ErrorCode};
 use brook_wire::protocol::{
     BrokerMetadata, BrokerStatus, PartitionMetadata, TopicDescription, TopicMetadata, TopicSummary,
@@ -472,6 +472,11 @@ impl Controller {
             } else {
                 RetentionPolicy::default()
             },
+            compaction: config.cleanup_policy.compacts().then(|| CompactionPolicy {
+                min_compaction_lag_ms: config.min_compaction_lag_ms,
+                delete_retention_ms: config.delete_retention_ms,
+                ..CompactionPolicy::default()
+            }),
         }
     }
 

@@ -11,10 +11,19 @@
 //! started (group commit): while a sync is in flight, produces keep appending, and the next
 //! sync covers them all. With `fsync = interval` the high watermark is the log end and a timer
 //! syncs every interval (records acknowledged in between can be lost by a crash).
+//!
+//! Compaction (`cleanup.policy` with `compact`): each retention tick also starts one bounded
+//! cleaner pass ([`Log::compaction_job`]) on the blocking pool, like a sync; it reads only
+//! sealed segments, so produce and fetch go on meanwhile, and its result comes back as
+//! `CompactionDone`, where the cleaned group is swapped in. While a round has more to do, the
+//! next pass starts as soon as one is done (each pass is bounded by the policy's byte budget).
 
 use std::collections::{BTreeMap, VecDeque};
 
-use brook_storage::log::{FsyncPolicy, Log, LogError, RetentionOutcome, RetentionPolicy};
+use brook_storage::log::{
+    CompactionJobDone, CompactionPolicy, FsyncPolicy, Log, LogError, RetentionOutcome,
+    RetentionPolicy,
+};
 use brook_storage::DiskError;
 use brook_wire::batch::{BatchError, BatchHeader};
 use brook_wire::compression::{self, CompressionError};
@@ -143,6 +152,10 @@ pub enum PartitionMessage {
     Stop {
         reply: Reply<()>,
     },
+    /// Internal: a cleaner pass started by this actor finished (`None`: its task failed).
+    CompactionDone {
+        done: Option<CompactionJobDone>,
+    },
 }
 
 /// What a topic's config sets on each of its partitions.
@@ -156,6 +169,9 @@ pub struct PartitionLimits {
     pub batch_bytes_max: usize,
     /// `retention.ms` and `retention.bytes` (none under `cleanup.policy = compact`).
     pub retention: RetentionPolicy,
+    /// The cleaner's policy under `cleanup.policy` with `compact` (`min.compaction.lag.ms`,
+    /// `delete.retention.ms`); `None`: no compaction.
+    pub compaction: Option<CompactionPolicy>,
 }
 
 struct PendingAck {
@@ -185,6 +201,9 @@ pub struct PartitionActor {
     interval_timer: Option<TimerHandle>,
     stop_reply: Option<Reply<()>>,
     retention: RetentionPolicy,
+    compaction: Option<CompactionPolicy>,
+    /// A cleaner pass runs on the blocking pool.
+    compaction_in_flight: bool,
 }
 
 impl PartitionActor {
@@ -208,6 +227,8 @@ impl PartitionActor {
             interval_timer: None,
             stop_reply: None,
             retention: RetentionPolicy::default(),
+            compaction: None,
+            compaction_in_flight: false,
         }
     }
 
@@ -221,7 +242,83 @@ impl PartitionActor {
             )
             .map_err(|error| storage_error(&error))?;
         self.retention = limits.retention;
+        self.compaction = limits.compaction;
         Ok(())
+    }
+
+    /// Start one bounded cleaner pass off the actor if the topic is compacted, none is running
+    /// and one is due. Never cleans at or above the high watermark.
+    fn start_compaction(&mut self, context: &mut Context<Self>) {
+        let Some(policy) = self.compaction else {
+            return;
+        };
+        if self.compaction_in_flight || self.stop_reply.is_some() {
+            return;
+        }
+        let now_ms = u64::try_from(context.wall_clock_ms()).unwrap_or(0);
+        let job = match self
+            .log
+            .compaction_job(policy, now_ms, self.high_watermark())
+        {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(topic = %self.topic, partition = self.partition, %error, "cleaner pass not started");
+                return;
+            }
+        };
+        self.compaction_in_flight = true;
+        let address = context.address();
+        let runtime = context.runtime().clone();
+        drop(context.runtime().spawn(async move {
+            let done = runtime.run_blocking(move || job.run()).await.ok();
+            // If the actor is gone there is nobody left to tell (the next open removes the
+            // cleaned file the pass may have left).
+            let _ = address
+                .send(PartitionMessage::CompactionDone { done })
+                .await;
+        }));
+    }
+
+    fn complete_compaction(
+        &mut self,
+        done: Option<CompactionJobDone>,
+        context: &mut Context<Self>,
+    ) {
+        self.compaction_in_flight = false;
+        let Some(done) = done else {
+            tracing::warn!(topic = %self.topic, partition = self.partition, "cleaner task failed; the next pass starts over");
+            self.log.compaction_job_lost();
+            return;
+        };
+        match self.log.complete_compaction(done) {
+            Ok(outcome) => {
+                if outcome.segments_replaced > 0 {
+                    tracing::info!(
+                        topic = %self.topic,
+                        partition = self.partition,
+                        segments = outcome.segments_replaced,
+                        bytes_before = outcome.bytes_before,
+                        bytes_after = outcome.bytes_after,
+                        records_removed = outcome.records_removed,
+                        tombstones_removed = outcome.tombstones_removed,
+                        cleaned_offset = outcome.cleaned_offset,
+                        "compacted"
+                    );
+                }
+                if outcome.more {
+                    self.start_compaction(context);
+                }
+            }
+            Err(error) => {
+                // After a swap's commit point a failure poisons the log (reopening finishes
+                // the swap), like a failed fsync: the writes waiting for a sync fail now.
+                tracing::error!(topic = %self.topic, partition = self.partition, %error, "cleaner pass failed");
+                if self.log.is_poisoned() {
+                    self.fail_pending(&storage_error(&error));
+                }
+            }
+        }
     }
 
     fn enforce_retention(&mut self, now_ms: u64) -> Result<RetentionOutcome, BrokerError> {
@@ -296,6 +393,14 @@ impl PartitionActor {
                 .log
                 .check(&batches[position..end])
                 .map_err(|error| storage_error(&error))?;
+            // Only the broker writes control batches: consumers skip them, so a produced one
+            // would be acknowledged and never read.
+            if BatchHeader::parse(&batches[position..end]).is_ok_and(|header| header.is_control()) {
+                return Err(BrokerError::new(
+                    ErrorCode::InvalidRecord,
+                    format!("batch at byte {position}: a control batch (no application records) may only be written by the broker"),
+                ));
+            }
             // Then every record: a batch whose CRC holds can still lie about its records, and
             // once stored it would stop every consumer at its offset for good. A compressed
             // batch is checked on a decompressed copy, bounded, and stored as sent.
@@ -621,6 +726,7 @@ impl Actor for PartitionActor {
             PartitionMessage::EnforceRetention { reply } => {
                 let now_ms = u64::try_from(context.wall_clock_ms()).unwrap_or(0);
                 let result = self.enforce_retention(now_ms);
+                self.start_compaction(context);
                 if let Err(error) = &result {
                     tracing::warn!(topic = %self.topic, partition = self.partition, %error, "retention failed; retried at the next pass");
                 }
@@ -632,6 +738,7 @@ impl Actor for PartitionActor {
                 self.stop_reply = Some(reply);
                 context.stop();
             }
+            PartitionMessage::CompactionDone { done } => self.complete_compaction(done, context),
             PartitionMessage::SyncTick => {
                 let now_ms = u64::try_from(context.wall_clock_ms()).unwrap_or(0);
                 if self.log.sync_due(now_ms) {
@@ -699,6 +806,7 @@ mod tests {
                     age_ms_max: None,
                     bytes_max: Some(2048),
                 },
+                compaction: None,
             })
             .expect("limits");
         let runtime = Runtime::new(1);
@@ -751,5 +859,124 @@ mod tests {
             .expect("ask")
             .expect("at the log start");
         assert!(fetched.batch_count > 0);
+    }
+
+    /// Every record a fetch loop from `offset` serves below the high watermark, as
+    /// (offset, key, value); the position moves past each batch's whole span.
+    async fn fetch_all(address: &crate::runtime::Addr<PartitionActor>) -> Vec<(u64, Bytes, Bytes)> {
+        let mut records = Vec::new();
+        let mut offset = 0;
+        for _ in 0..10_000 {
+            let fetched = address
+                .ask(|reply| PartitionMessage::Fetch {
+                    offset,
+                    bytes_max: 4096,
+                    wait_ms_max: 0,
+                    reply,
+                })
+                .await
+                .expect("ask")
+                .expect("fetch");
+            if fetched.batches.is_empty() {
+                break;
+            }
+            for batch in brook_wire::batch::split_batches(fetched.batches) {
+                let batch = batch.expect("batch");
+                offset = batch.header().next_offset();
+                for record in batch.records().expect("records") {
+                    records.push((
+                        record.offset,
+                        record.key.expect("key"),
+                        record.value.expect("value"),
+                    ));
+                }
+            }
+        }
+        records
+    }
+
+    /// A compacted topic through the actor: retention ticks start cleaner passes off the actor
+    /// until every key is left with its latest value at its offset, while produce goes on.
+    #[tokio::test]
+    async fn compaction_keeps_the_latest_value_per_key() {
+        let disk = Arc::new(SimDisk::new(6));
+        let (log, _) = Log::open(disk, "/c", LogConfig::default(), 0).expect("open");
+        let mut actor = PartitionActor::new("t".into(), 0, log, 1, PartitionConfig::default());
+        actor
+            .set_limits(PartitionLimits {
+                segment_bytes_max: 1024,
+                segment_age_ms_max: u64::MAX,
+                batch_bytes_max: 1024,
+                retention: RetentionPolicy::default(),
+                compaction: Some(CompactionPolicy {
+                    pass_bytes_max: 2048,
+                    ..CompactionPolicy::default()
+                }),
+            })
+            .expect("limits");
+        let runtime = Runtime::new(1);
+        let address = runtime.spawn_actor(actor, 16);
+        let mut latest = BTreeMap::new();
+        let produce = |index: u64| {
+            let key = format!("key-{}", index % 4);
+            let value = format!("value-{index}");
+            let mut builder = BatchBuilder::new();
+            builder.push(0, Some(key.as_bytes()), Some(value.as_bytes()), &[]);
+            (key, value, builder.finish().freeze())
+        };
+        for index in 0..200 {
+            let (key, value, batches) = produce(index);
+            let result = address
+                .ask(|reply| PartitionMessage::Produce {
+                    batches,
+                    acks: Acks::All,
+                    reply,
+                })
+                .await
+                .expect("ask")
+                .expect("produce");
+            latest.insert(key, (result.base_offset, value));
+        }
+        let before = fetch_all(&address).await.len();
+        assert_eq!(before, 200);
+        let mut served = Vec::new();
+        for round in 0..200u64 {
+            address
+                .ask(|reply| PartitionMessage::EnforceRetention { reply: Some(reply) })
+                .await
+                .expect("ask")
+                .expect("retention");
+            // Produce goes on while passes run.
+            let (key, value, batches) = produce(1_000 + round);
+            let result = address
+                .ask(|reply| PartitionMessage::Produce {
+                    batches,
+                    acks: Acks::All,
+                    reply,
+                })
+                .await
+                .expect("ask")
+                .expect("produce");
+            latest.insert(key, (result.base_offset, value));
+            runtime.sleep(std::time::Duration::from_millis(5)).await;
+            served = fetch_all(&address).await;
+            if served.len() < 40 {
+                break;
+            }
+        }
+        assert!(served.len() < 40, "{} records left", served.len());
+        for (key, (offset, value)) in &latest {
+            assert!(
+                served
+                    .iter()
+                    .any(|(at, k, v)| at == offset && k == key.as_bytes() && v == value.as_bytes()),
+                "{key}: latest value at {offset} not served"
+            );
+        }
+        let offsets: Vec<u64> = served.iter().map(|(offset, _, _)| *offset).collect();
+        assert!(
+            offsets.windows(2).all(|pair| pair[0] < pair[1]),
+            "{offsets:?}"
+        );
     }
 }

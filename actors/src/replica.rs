@@ -373,6 +373,13 @@ impl ReplicaCore {
                 })
             }
         };
+        // Every stored batch's term was persisted before the batch was appended (recovery
+        // checks this for intact batches; a batch kept though damaged may carry a damaged term).
+        if spans.iter().any(|span| span.term > hard_state.term) {
+            return Err(ReplicaError::Inconsistent(
+                "a batch's term is above the persisted term",
+            ));
+        }
         let mut term_starts: Vec<TermStart> = Vec::new();
         for (position, span) in spans.iter().enumerate() {
             if term_starts.last().map(|last| last.term) != Some(span.term) {
@@ -1165,11 +1172,35 @@ pub enum FetchRefused {
 }
 
 /// Offsets and terms of every batch of the log, from its start.
+///
+/// A batch that recovery found damaged at rest is kept as an entry when its header still gives
+/// its offsets and term (the batch is never served; a leader that needs it hands leadership
+/// over): forgetting it would make this replica forget an entry it may have acknowledged.
 fn scan_spans(log: &Log) -> Result<Vec<BatchSpan>, ReplicaError> {
     let mut spans = Vec::new();
     let mut offset = log.log_start_offset();
     for _ in 0..READS_PER_SCAN_MAX {
-        let read = log.read(offset, READ_BYTES_MAX, u64::MAX)?;
+        let read = match log.read(offset, READ_BYTES_MAX, u64::MAX) {
+            Ok(read) => read,
+            Err(error @ LogError::Corrupt { .. }) => {
+                if let Some(header) = log.damaged_batch_header(offset)? {
+                    tracing::warn!(dir = %log.dir().display(), offset, term = header.term, "a batch damaged at rest is kept as an entry that is never served");
+                    spans.push(BatchSpan {
+                        base_offset: header.base_offset,
+                        next_offset: header.next_offset(),
+                        term: header.term,
+                    });
+                    offset = header.next_offset();
+                    continue;
+                }
+                // The damage may lie further in this read: one batch at a time up to it.
+                match log.read(offset, 1, u64::MAX) {
+                    Ok(read) if !read.batches.is_empty() => read,
+                    _ => return Err(error.into()),
+                }
+            }
+            Err(error) => return Err(error.into()),
+        };
         if read.batches.is_empty() {
             return Ok(spans);
         }
@@ -1949,6 +1980,48 @@ mod tests {
                     ..log_start
                 }
             ))
+        );
+    }
+
+    /// A batch whose term field was damaged at rest to a term above the persisted one (the
+    /// term is outside the CRC) is refused at open rather than taken as a Raft entry.
+    #[test]
+    fn a_batch_term_above_the_persisted_term_is_refused() {
+        let disk = brook_storage::SimDisk::new(11);
+        let (replica, now_ms) = lone_leader_with(&disk, 4);
+        let term = replica.term();
+        drop(replica);
+        let mut small = config(1, &[1]);
+        small.log.segment_bytes_max = 256;
+        // A reopen records the recovery point at the log end; then the last batch's term
+        // (header bytes 12..20) gets a high bit flipped at rest (the last: no later batch's
+        // lower term gives it away).
+        drop(ReplicaCore::open(Arc::new(disk.clone()), small.clone(), now_ms).expect("reopens"));
+        let newest = disk
+            .list_dir(Path::new("/replica/log"))
+            .expect("lists")
+            .into_iter()
+            .filter(|name| name.ends_with(".log"))
+            .max()
+            .expect("a segment");
+        let segment = PathBuf::from("/replica/log").join(newest);
+        let bytes = disk.durable_contents(&segment).expect("segment");
+        let mut last = 0u64;
+        loop {
+            let length = BatchHeader::parse(&bytes[last as usize..])
+                .expect("header")
+                .total_len() as u64;
+            if last + length >= bytes.len() as u64 {
+                break;
+            }
+            last += length;
+        }
+        disk.corrupt_durable(&segment, last + 12 + 7, 6)
+            .expect("corrupts");
+        let opened = ReplicaCore::open(Arc::new(disk), small, now_ms);
+        assert!(
+            matches!(opened, Err(ReplicaError::Inconsistent(_))),
+            "term {term}: {opened:?}"
         );
     }
 

@@ -647,6 +647,14 @@ impl ReplicatedPartition {
                 )
             })?;
             let end = position + header.total_len();
+            // Only the broker writes control batches (a new leader's entry): consumers skip
+            // them, so a produced one would be acknowledged and never read.
+            if header.is_control() {
+                return Err(BrokerError::new(
+                    ErrorCode::InvalidRecord,
+                    format!("batch at byte {position}: a control batch (no application records) may only be written by the broker"),
+                ));
+            }
             if header.total_len() > batch_bytes_max {
                 return Err(BrokerError::new(
                     ErrorCode::RecordTooLarge,
@@ -854,7 +862,9 @@ impl ReplicatedPartition {
             // The partition actor's own internal messages; this actor has its own.
             PartitionMessage::SyncDone { .. }
             | PartitionMessage::FetchExpired { .. }
-            | PartitionMessage::SyncTick => {
+            | PartitionMessage::SyncTick
+            // Compaction of replicated partitions is not done yet: nothing starts a pass here.
+            | PartitionMessage::CompactionDone { .. } => {
                 tracing::debug!(group = ?self.group, "internal partition message ignored");
             }
         }
@@ -909,25 +919,23 @@ impl Actor for ReplicatedPartition {
             ReplicaMessage::Report { reply } => reply.send(self.report()),
             ReplicaMessage::TransferLeadership { to, reply } => {
                 // A stopping replica is already handing leadership over (to its best follower).
-                let result = if self.broken
-                    || self.stopping.is_some()
-                    || self.core.role() != Role::Leader
-                {
-                    Err(self.not_leader())
-                } else if to == self.core.node_id() {
-                    Ok(())
-                } else if !self.core.voters().contains(&to) {
-                    Err(BrokerError::new(
-                        ErrorCode::InvalidRequest,
-                        format!(
-                            "node {to} is not a replica of {}-{}",
-                            self.topic, self.partition
-                        ),
-                    ))
-                } else {
-                    self.step(ReplicaInput::TransferLeadership { to }, context);
-                    Ok(())
-                };
+                let result =
+                    if self.broken || self.stopping.is_some() || self.core.role() != Role::Leader {
+                        Err(self.not_leader())
+                    } else if to == self.core.node_id() {
+                        Ok(())
+                    } else if !self.core.voters().contains(&to) {
+                        Err(BrokerError::new(
+                            ErrorCode::InvalidRequest,
+                            format!(
+                                "node {to} is not a replica of {}-{}",
+                                self.topic, self.partition
+                            ),
+                        ))
+                    } else {
+                        self.step(ReplicaInput::TransferLeadership { to }, context);
+                        Ok(())
+                    };
                 reply.send(result);
             }
             ReplicaMessage::Synced { generation, result } => {

@@ -916,6 +916,7 @@ async fn catch_up_scenario(bugs: Bugs) -> Result<(), Violation> {
                 age_ms_max: None,
                 bytes_max: Some(4096),
             },
+            compaction: None,
         };
         let address = cluster.address(id);
         address
@@ -1264,6 +1265,80 @@ async fn damaged_append_scenario(bugs: Bugs) -> Result<(), Violation> {
     Ok(())
 }
 
+/// A follower restarted with a committed batch damaged at rest (found by recovery) opens,
+/// keeps the entry (never served) and follows the leader up to its high watermark.
+async fn follower_damage_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let mut cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    let follower = NODES
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    for round in 0..20 {
+        cluster
+            .produce(leader, batch_of(&[&format!("f{round}")]), Acks::All)
+            .await
+            .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    }
+    let high_watermark = cluster.report(leader).await.high_watermark;
+    for _ in 0..WAIT_MS_MAX / POLL_MS {
+        if cluster.report(follower).await.high_watermark >= high_watermark {
+            break;
+        }
+        cluster.pause(POLL_MS).await;
+    }
+    cluster.stop(follower).await;
+    // Flip the last byte of the batch in the middle of the segment (its records, not its
+    // header), at rest.
+    let segment = PathBuf::from(format!(
+        "/node-{follower}/t@7/0/log/00000000000000000000.log"
+    ));
+    let disk = &cluster.nodes[&follower].disk;
+    let bytes = disk.durable_contents(&segment).expect("segment");
+    let middle = brook_storage::log::locate_batch(&bytes, bytes.len() as u64 / 2).expect("a batch");
+    let length = brook_wire::batch::BatchHeader::parse(&bytes[middle.position as usize..])
+        .expect("a header")
+        .total_len() as u64;
+    check(
+        middle.position + length < bytes.len() as u64,
+        "setup",
+        || "the middle batch is the last one".to_owned(),
+    )?;
+    disk.corrupt_durable(&segment, middle.position + length - 1, 0)
+        .expect("corrupts");
+    cluster.open(follower);
+    let produced = cluster
+        .produce(leader, batch_of(&["after"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    let mut caught_up = false;
+    for _ in 0..WAIT_MS_MAX / POLL_MS {
+        if cluster.address(follower).is_closed() {
+            break;
+        }
+        let report = cluster.report(follower).await;
+        if report.high_watermark > produced.last_offset
+            && report.leader == u32::try_from(leader).ok()
+        {
+            caught_up = true;
+            break;
+        }
+        cluster.pause(POLL_MS).await;
+    }
+    let closed = cluster.address(follower).is_closed();
+    let seen = if closed {
+        None
+    } else {
+        Some(cluster.report(follower).await)
+    };
+    check(caught_up, "damaged-follower-follows", || {
+        format!("node {follower} did not open or follow node {leader} (closed {closed}, {seen:?}, produced {produced:?})")
+    })?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
 fn expect_clean(result: Result<(), Violation>) {
     if let Err(found) = result {
         panic!("{}: {}", found.check, found.detail);
@@ -1342,6 +1417,11 @@ async fn a_leader_with_a_damaged_batch_hands_leadership_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_cannot_send_a_damaged_batch_hands_leadership_over() {
     expect_clean(damaged_append_scenario(Bugs::default()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_with_a_damaged_batch_reopens_and_follows() {
+    expect_clean(follower_damage_scenario(Bugs::default()).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

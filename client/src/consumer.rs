@@ -628,23 +628,21 @@ impl Consumer {
             #[allow(clippy::let_and_return)]
             let decoded = decode_fetch(&key.0, key.1, position.offset, response, payload);
             #[cfg(madsim)]
-            let decoded = decoded.map(|mut fetched| {
-                fetched
-                    .records
-                    .retain(|record| !dropped.contains(&record.offset));
-                fetched
+            let decoded = decoded.map(|(mut records, batches_end)| {
+                records.retain(|record| !dropped.contains(&record.offset));
+                (records, batches_end)
             });
             decoded
         });
         match decoded {
-            Ok(fetched) => {
-                if let Some(last) = fetched.records.last() {
+            Ok((fetched, batches_end)) => {
+                if let Some(last) = fetched.last() {
                     position.offset = last.offset + 1;
                 }
-                if let Some(next) = fetched.control_next {
-                    position.offset = position.offset.max(next);
-                }
-                records.extend(fetched.records);
+                // A compacted batch may end after its last record (the cleaner removed the
+                // rest) or hold none: the position moves past the batches' whole span.
+                position.offset = position.offset.max(batches_end);
+                records.extend(fetched);
                 Ok(())
             }
             Err(error) => {
@@ -768,23 +766,16 @@ fn planted_skips(planted: PlantedConsumerBugs, payload: &Bytes) -> Vec<u64> {
 }
 
 /// Decode a fetch response: records at or after `position`, checked against the high
-/// watermark and for increasing offsets.
-/// What one fetch gave: the records at or after the position, and where the position goes
-/// when the fetch ended with control batches past the last record (a new leader's batch):
-/// they hold no records, but their offsets are passed.
-#[derive(Debug)]
-struct Fetched {
-    records: Vec<ConsumerRecord>,
-    control_next: Option<u64>,
-}
-
+/// watermark and for increasing offsets, and the offset after the last batch's span (where
+/// the next fetch starts even when a compacted batch's last records were removed; `position`
+/// if there is no batch).
 fn decode_fetch(
     topic: &str,
     partition: u32,
     position: u64,
     response: Response,
     payload: Bytes,
-) -> Result<Fetched> {
+) -> Result<(Vec<ConsumerRecord>, u64)> {
     let Response::Fetch {
         high_watermark,
         batch_count,
@@ -798,7 +789,7 @@ fn decode_fetch(
     let mut records = Vec::new();
     let mut batches = 0u32;
     let mut next_offset = position;
-    let mut control_next = None;
+    let mut batches_end = position;
     let shared_topic: Arc<str> = Arc::from(topic);
     for batch in split_batches(payload) {
         let batch = batch.map_err(|source| ClientError::CorruptBatch {
@@ -808,18 +799,9 @@ fn decode_fetch(
             source,
         })?;
         batches += 1;
+        batches_end = batches_end.max(batch.header().next_offset());
         if batch.header().is_control() {
-            let header = batch.header();
-            if header.last_offset() >= next_offset {
-                if header.last_offset() >= high_watermark {
-                    return Err(ClientError::Protocol(format!(
-                        "{topic}-{partition}: the broker returned offset {} at or above its high watermark {high_watermark}",
-                        header.last_offset()
-                    )));
-                }
-                next_offset = header.next_offset();
-                control_next = Some(next_offset);
-            }
+            // A new leader's entry: no records, but its offsets are passed (batches_end).
             continue;
         }
         let decoded = batch
@@ -849,7 +831,6 @@ fn decode_fetch(
                 )));
             }
             next_offset = record.offset + 1;
-            control_next = None;
             records.push(ConsumerRecord {
                 topic: shared_topic.clone(),
                 partition,
@@ -870,15 +851,18 @@ fn decode_fetch(
             "{topic}-{partition}: the fetch response announces {batch_count} batches but carries {batches}"
         )));
     }
-    if batches > 0 && records.is_empty() && control_next.is_none() {
+    if batches > 0 && records.is_empty() && batches_end <= position {
         return Err(ClientError::Protocol(format!(
             "{topic}-{partition}: a fetch at offset {position} returned only records below it"
         )));
     }
-    Ok(Fetched {
-        records,
-        control_next,
-    })
+    if batches_end > high_watermark {
+        return Err(ClientError::Protocol(format!(
+            "{topic}-{partition}: the broker returned a batch ending at offset {} above its high watermark {high_watermark}",
+            batches_end - 1
+        )));
+    }
+    Ok((records, batches_end))
 }
 
 /// The offset `start` designates in a partition.
@@ -940,9 +924,9 @@ mod tests {
     fn skips_records_below_the_position() {
         let mut payload = batch(10, 5);
         payload.extend_from_slice(&batch(15, 2));
-        let records = decode_fetch("t", 0, 12, fetch(17, 2), payload.freeze())
-            .expect("decodes")
-            .records;
+        let (records, end) =
+            decode_fetch("t", 0, 12, fetch(17, 2), payload.freeze()).expect("decodes");
+        assert_eq!(end, 17);
         let offsets: Vec<u64> = records.iter().map(|record| record.offset).collect();
         assert_eq!(offsets, [12, 13, 14, 15, 16]);
         assert_eq!(records[0].timestamp, 1_002);
@@ -960,9 +944,8 @@ mod tests {
         for codec in [Compression::Lz4, Compression::Zstd] {
             let mut payload = compressed(10, 5, codec);
             payload.extend_from_slice(&compressed(15, 2, Compression::Gzip));
-            let records = decode_fetch("t", 0, 12, fetch(17, 2), payload.freeze())
-                .expect("decodes")
-                .records;
+            let (records, _) =
+                decode_fetch("t", 0, 12, fetch(17, 2), payload.freeze()).expect("decodes");
             let offsets: Vec<u64> = records.iter().map(|record| record.offset).collect();
             assert_eq!(offsets, [12, 13, 14, 15, 16]);
             assert_eq!(records[0].timestamp, 1_002);
@@ -1002,6 +985,49 @@ mod tests {
         assert!(!error.is_retriable());
     }
 
+    /// A compacted batch (records removed, offsets kept) ends after its last record or holds
+    /// none: the position moves past its whole span, and a fetch of only such a tail is fine.
+    #[test]
+    fn compacted_batches_move_the_position_past_their_span() {
+        let record = |offset: u64| brook_wire::Record {
+            offset,
+            timestamp: 1_000,
+            key: Some(Bytes::from_static(b"k")),
+            value: Some(Bytes::from_static(b"v")),
+            headers: Vec::new(),
+        };
+        let compacted = |base: u64, last: u64, offsets: &[u64]| {
+            brook_wire::batch::CompactedBatch {
+                base_offset: base,
+                last_offset: last,
+                term: 1,
+                first_timestamp: 1_000,
+                max_timestamp: 1_000,
+                delete_horizon: false,
+                producer_id: -1,
+                producer_epoch: -1,
+                base_sequence: -1,
+                records: offsets.iter().map(|offset| record(*offset)).collect(),
+            }
+            .encode()
+            .expect("encode")
+        };
+        let mut payload = compacted(10, 19, &[11, 13]);
+        payload.extend_from_slice(&compacted(20, 29, &[]));
+        let payload = payload.freeze();
+        let (records, end) =
+            decode_fetch("t", 0, 12, fetch(30, 2), payload.clone()).expect("decodes");
+        assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), [13]);
+        assert_eq!(end, 30);
+        let (records, end) = decode_fetch("t", 0, 14, fetch(30, 2), payload).expect("decodes");
+        assert!(records.is_empty());
+        assert_eq!(end, 30);
+        // A span reaching the high watermark is refused like a record there.
+        let error = decode_fetch("t", 0, 14, fetch(25, 1), compacted(20, 29, &[]).freeze())
+            .expect_err("above hw");
+        assert!(matches!(error, ClientError::Protocol(_)), "{error}");
+    }
+
     #[test]
     fn refuses_records_above_the_high_watermark() {
         let error =
@@ -1033,9 +1059,8 @@ mod tests {
     fn batch_count_must_match() {
         let error = decode_fetch("t", 0, 0, fetch(3, 2), batch(0, 3).freeze()).expect_err("count");
         assert!(matches!(error, ClientError::Protocol(_)), "{error}");
-        let empty = decode_fetch("t", 0, 0, fetch(0, 0), Bytes::new()).expect("empty");
-        assert!(empty.records.is_empty());
-        assert_eq!(empty.control_next, None);
+        let (empty, _) = decode_fetch("t", 0, 0, fetch(0, 0), Bytes::new()).expect("empty");
+        assert!(empty.is_empty());
     }
 
     /// A control batch (a new leader's entry) of one record at `base`.
@@ -1059,22 +1084,22 @@ mod tests {
         payload.extend_from_slice(&batch(1, 3));
         payload.extend_from_slice(&control(4));
         payload.extend_from_slice(&batch(5, 1));
-        let fetched = decode_fetch("t", 0, 0, fetch(6, 4), payload.freeze()).expect("decodes");
-        let offsets: Vec<u64> = fetched.records.iter().map(|record| record.offset).collect();
+        let (records, end) =
+            decode_fetch("t", 0, 0, fetch(6, 4), payload.freeze()).expect("decodes");
+        let offsets: Vec<u64> = records.iter().map(|record| record.offset).collect();
         assert_eq!(offsets, [1, 2, 3, 5]);
-        assert_eq!(
-            fetched.control_next, None,
-            "a record follows the last control batch"
-        );
+        assert_eq!(end, 6);
         // A fetch that ends with (or holds only) a control batch moves the position past it.
         let mut payload = batch(1, 3);
         payload.extend_from_slice(&control(4));
-        let fetched = decode_fetch("t", 0, 1, fetch(5, 2), payload.freeze()).expect("decodes");
-        assert_eq!(fetched.records.len(), 3);
-        assert_eq!(fetched.control_next, Some(5));
-        let fetched = decode_fetch("t", 0, 4, fetch(5, 1), control(4).freeze()).expect("decodes");
-        assert!(fetched.records.is_empty());
-        assert_eq!(fetched.control_next, Some(5));
+        let (records, end) =
+            decode_fetch("t", 0, 1, fetch(5, 2), payload.freeze()).expect("decodes");
+        assert_eq!(records.len(), 3);
+        assert_eq!(end, 5);
+        let (records, end) =
+            decode_fetch("t", 0, 4, fetch(5, 1), control(4).freeze()).expect("decodes");
+        assert!(records.is_empty());
+        assert_eq!(end, 5);
         // Not above the high watermark, like any record.
         let error =
             decode_fetch("t", 0, 4, fetch(4, 1), control(4).freeze()).expect_err("above hw");

@@ -185,6 +185,10 @@ pub enum OpKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bytes_hex: Option<String>,
     },
+    /// The consumer was told (an offset-out-of-range answer, or a read of the earliest offset)
+    /// that a partition's log start is `offset`, and moved its position there if it was below:
+    /// an instantaneous event. Records below it were deleted by retention.
+    LogStart { partition: u32, offset: u64 },
 }
 
 impl OpKind {
@@ -203,6 +207,7 @@ impl OpKind {
             OpKind::Crash => "crash",
             OpKind::Restart => "restart",
             OpKind::Unparseable { .. } => "unparseable",
+            OpKind::LogStart { .. } => "log-start",
         }
     }
 
@@ -715,6 +720,11 @@ impl HistoryBuilder {
     pub fn seek(self, process: u64, partition: u32, offset: u64) -> Self {
         let kind = OpKind::Seek { partition, offset };
         self.invoke_ok(process, kind.clone(), kind)
+    }
+
+    /// The consumer `process` learned that `partition`'s log start is `offset` and moved there.
+    pub fn log_start(self, process: u64, partition: u32, offset: u64) -> Self {
+        self.op(process, Phase::Ok, OpKind::LogStart { partition, offset })
     }
 
     /// Invokes an end-offset read of `partition`.

@@ -194,6 +194,16 @@ pub struct QueueOptions {
     /// these ranges. Everything else still holds for them (inconsistent-offsets, duplicate).
     #[serde(default)]
     pub unreadable: BTreeMap<u32, Vec<(u64, u64)>>,
+    /// The topic is compacted (CHECKERS.md, "Compacted topics"): a record superseded by a
+    /// later record of its key may be gone, so reads skip offsets (no poll-skip,
+    /// int-poll-skip or offset-gap; offsets must still only grow), and an acknowledged send
+    /// never read is lost-write or unseen only if no later record of its key is known at a
+    /// higher offset of its partition (a durable acknowledgement or a value read): a key's
+    /// latest acknowledged value is never lost. With `drain_processes`, the drain must read
+    /// every key's latest durable acknowledgement itself (an earlier read by another consumer
+    /// does not prove it is still there).
+    #[serde(default)]
+    pub compacted: bool,
 }
 
 impl Default for QueueOptions {
@@ -207,6 +217,7 @@ impl Default for QueueOptions {
             records_read_min: 1,
             drain_processes: Vec::new(),
             unreadable: BTreeMap::new(),
+            compacted: false,
         }
     }
 }
@@ -227,6 +238,14 @@ pub struct QueueCounts {
     pub crashes: usize,
     /// Acknowledged sends never read whose offset was corrupted at rest (`unreadable`).
     pub sends_unreadable: usize,
+    /// Compacted topics: acknowledged sends never read that a later record of their key
+    /// superseded (allowed to be gone).
+    #[serde(default)]
+    pub sends_superseded: usize,
+    /// Acknowledged sends never read whose offset is below a log start a consumer was told of
+    /// (deleted by retention: allowed to be gone).
+    #[serde(default)]
+    pub sends_below_log_start: usize,
     /// Sends that failed.
     pub sends_failed: usize,
     /// Sends that ended indeterminate (or never completed).
@@ -328,6 +347,7 @@ pub fn check_operations(
     checker.infer_orders();
     checker.check_positions();
     checker.check_sends();
+    checker.check_latest_drained();
     checker.check_consumers();
     checker.check_commits();
     checker.check_drains();
@@ -340,6 +360,7 @@ pub fn check_operations(
 struct Send {
     process: u64,
     value: u64,
+    key: Option<String>,
     outcome: Outcome,
     partition: Option<u32>,
     offset: Option<u64>,
@@ -428,6 +449,8 @@ struct Checker<'a> {
     highest_read: BTreeMap<u32, (usize, Observation)>,
     /// History indexes of crash events, ascending.
     crashes: Vec<usize>,
+    /// Partition -> the highest log start any consumer was told of (retention).
+    log_starts: BTreeMap<u32, u64>,
     /// A poll's completion -> its invocation.
     poll_invokes: BTreeMap<usize, usize>,
     /// Partition -> its reads as `(op, index)` sorted by op, each with the highest-index read
@@ -460,6 +483,7 @@ impl<'a> Checker<'a> {
             first_read: BTreeMap::new(),
             highest_read: BTreeMap::new(),
             crashes: Vec::new(),
+            log_starts: BTreeMap::new(),
             poll_invokes: BTreeMap::new(),
             epoch_suffix_max: BTreeMap::new(),
             anomalies: BTreeMap::new(),
@@ -473,10 +497,10 @@ impl<'a> Checker<'a> {
             match &operation.kind {
                 OpKind::Send {
                     partition,
+                    key,
                     value,
                     offset,
                     acks,
-                    ..
                 } => {
                     match operation.outcome {
                         Outcome::Ok => {
@@ -491,6 +515,7 @@ impl<'a> Checker<'a> {
                     let send = Send {
                         process: operation.process,
                         value: *value,
+                        key: key.clone(),
                         outcome: operation.outcome,
                         partition: *partition,
                         offset: *offset,
@@ -532,6 +557,10 @@ impl<'a> Checker<'a> {
                     checker.counts.ownerships += 1;
                 }
                 OpKind::Crash => checker.crashes.push(operation.evidence()),
+                OpKind::LogStart { partition, offset } => {
+                    let start = checker.log_starts.entry(*partition).or_insert(*offset);
+                    *start = (*start).max(*offset);
+                }
                 _ => {}
             }
         }
@@ -790,13 +819,38 @@ impl<'a> Checker<'a> {
         let mut anomalies = Vec::new();
         let mut lost_to_crash = 0;
         let mut unreadable = 0;
+        let mut superseded = 0;
+        let mut deleted = 0;
+        let latest = self.latest_by_key();
         // (process, partition) -> its last acknowledged send (with an offset).
         let mut last_ack: BTreeMap<(u64, u32), &Send> = BTreeMap::new();
         // Sends are in invocation order, which is each producer's send order.
         for send in &self.sends {
             let read = self.first_read.get(&send.value);
+            let is_superseded = || {
+                let (Some(key), Some(partition), Some(offset)) =
+                    (&send.key, send.partition, send.offset)
+                else {
+                    return false;
+                };
+                latest
+                    .get(&(partition, key.as_str()))
+                    .is_some_and(|&latest| latest > offset)
+            };
+            let below_log_start =
+                send.partition
+                    .zip(send.offset)
+                    .is_some_and(|(partition, offset)| {
+                        self.log_starts
+                            .get(&partition)
+                            .is_some_and(|&start| offset < start)
+                    });
             match (send.outcome, read) {
                 (Outcome::Ok, None) if self.is_unreadable(send) => unreadable += 1,
+                (Outcome::Ok, None) if below_log_start => deleted += 1,
+                (Outcome::Ok, None) if self.options.compacted && is_superseded() => {
+                    superseded += 1;
+                }
                 (Outcome::Ok, None) if send.durable => anomalies.push(self.unread(send)),
                 (Outcome::Ok, None) => match self.unread_until_crash(send) {
                     Some(anomaly) => anomalies.push(anomaly),
@@ -851,9 +905,132 @@ impl<'a> Checker<'a> {
         }
         self.counts.sends_lost_to_crash = lost_to_crash;
         self.counts.sends_unreadable = unreadable;
+        self.counts.sends_superseded = superseded;
+        self.counts.sends_below_log_start = deleted;
         for anomaly in anomalies {
             self.report(anomaly);
         }
+    }
+
+    /// Compacted topics with a drain: every key's latest durable acknowledgement (no later
+    /// record of its key known) must be read by a drain, since compaction runs after the
+    /// consumers may have read it: lost-write if a drain read a later offset of its
+    /// partition, else unseen. Sends no one ever read are `check_sends`'s.
+    fn check_latest_drained(&mut self) {
+        if !self.options.compacted || self.options.drain_processes.is_empty() {
+            return;
+        }
+        let latest = self.latest_by_key();
+        let drains: BTreeSet<u64> = self.options.drain_processes.iter().copied().collect();
+        let mut drained: BTreeMap<u64, Observation> = BTreeMap::new();
+        let mut drained_highest: BTreeMap<u32, Observation> = BTreeMap::new();
+        for operation in self.operations {
+            let OpKind::Poll { records } = &operation.kind else {
+                continue;
+            };
+            if !drains.contains(&operation.process) {
+                continue;
+            }
+            for record in records {
+                let observation = Observation {
+                    partition: record.partition,
+                    offset: record.offset,
+                    value: record.value,
+                    op: operation.evidence(),
+                };
+                drained.entry(record.value).or_insert(observation);
+                let highest = drained_highest
+                    .entry(record.partition)
+                    .or_insert(observation);
+                if observation.offset > highest.offset {
+                    *highest = observation;
+                }
+            }
+        }
+        if drained_highest.is_empty() {
+            // No drain ran (or it read nothing: its liveness verdict says so).
+            return;
+        }
+        let mut anomalies = Vec::new();
+        for send in &self.sends {
+            let (true, Some(key), Some(partition), Some(offset)) =
+                (send.durable, &send.key, send.partition, send.offset)
+            else {
+                continue;
+            };
+            let superseded = latest
+                .get(&(partition, key.as_str()))
+                .is_some_and(|&latest| latest > offset);
+            let below_log_start = self
+                .log_starts
+                .get(&partition)
+                .is_some_and(|&start| offset < start);
+            if superseded
+                || below_log_start
+                || self.is_unreadable(send)
+                || drained.contains_key(&send.value)
+                || !self.first_read.contains_key(&send.value)
+            {
+                continue;
+            }
+            let read = self.first_read[&send.value];
+            let past = drained_highest
+                .get(&partition)
+                .filter(|highest| highest.offset > offset);
+            let message = format!(
+                "value {} acknowledged at partition {partition} offset {offset} (op {}), the \
+                 latest of key {key}, was read (op {}) but not by the final drain",
+                send.value, send.op, read.op
+            );
+            anomalies.push(match past {
+                Some(past) => Anomaly {
+                    kind: AnomalyKind::LostWrite,
+                    partitions: vec![partition],
+                    offsets: vec![offset, past.offset],
+                    values: vec![send.value, past.value],
+                    ops: vec![send.op, read.op, past.op],
+                    process: Some(send.process),
+                    message: format!(
+                        "{message}, which read value {} at offset {} (op {})",
+                        past.value, past.offset, past.op
+                    ),
+                },
+                None => Anomaly {
+                    kind: AnomalyKind::Unseen,
+                    partitions: vec![partition],
+                    offsets: vec![offset],
+                    values: vec![send.value],
+                    ops: vec![send.op, read.op],
+                    process: Some(send.process),
+                    message,
+                },
+            });
+        }
+        for anomaly in anomalies {
+            self.report(anomaly);
+        }
+    }
+
+    /// Compacted topics: (partition, key) -> the highest offset known to hold a record of the
+    /// key: a durable acknowledgement's offset, or the offset a keyed send's value was read
+    /// at. A record of the key below it may have been compacted away.
+    fn latest_by_key(&self) -> BTreeMap<(u32, &str), u64> {
+        let mut latest: BTreeMap<(u32, &str), u64> = BTreeMap::new();
+        for send in &self.sends {
+            let Some(key) = send.key.as_deref() else {
+                continue;
+            };
+            let acknowledged = send.partition.zip(send.offset).filter(|_| send.durable);
+            let read = self
+                .first_read
+                .get(&send.value)
+                .map(|read| (read.partition, read.offset));
+            for (partition, offset) in acknowledged.into_iter().chain(read) {
+                let entry = latest.entry((partition, key)).or_insert(offset);
+                *entry = (*entry).max(offset);
+            }
+        }
+        latest
     }
 
     /// Whether the send's acknowledged offset lies in a range corrupted at rest.
@@ -928,6 +1105,11 @@ impl<'a> Checker<'a> {
     /// offset-gap: a drain process's offsets of each partition must run densely from the log
     /// start (0) to the last end offset it read.
     fn check_drains(&mut self) {
+        if self.options.compacted {
+            // Gaps are what compaction leaves; the consumers' checks still see offsets only
+            // grow.
+            return;
+        }
         let mut anomalies = Vec::new();
         for &drain in &self.options.drain_processes {
             // Partition -> (next offset expected, op of the last record read).
@@ -983,6 +1165,11 @@ impl<'a> Checker<'a> {
                         Outcome::Ok,
                     ) => {
                         ends.insert(*partition, (*end, op));
+                    }
+                    // A drain starts at the log start it was told of (retention).
+                    (OpKind::LogStart { partition, offset }, Outcome::Ok) => {
+                        let (next, _) = expected.entry(*partition).or_insert((0, None));
+                        *next = (*next).max(*offset);
                     }
                     // A drain may skip exactly a range corrupted at rest, nothing more.
                     (OpKind::Seek { partition, offset }, Outcome::Ok) => {
@@ -1282,7 +1469,9 @@ impl<'a> Checker<'a> {
                         }
                     }
                 }
-                OpKind::Seek { partition, .. } => {
+                // Retention (CHECKERS.md, "Retention and log start"): a move to the log start
+                // after being told it is an explicit one, like a seek.
+                OpKind::Seek { partition, .. } | OpKind::LogStart { partition, .. } => {
                     state.remove(&(consumer, *partition));
                 }
                 // fsync = interval: a crash may take back what consumers read, so it resets
@@ -1326,7 +1515,8 @@ impl<'a> Checker<'a> {
                         }
                         if let Some(cursor) = entry.cursor {
                             let inside = cursor.last_op == op;
-                            if index > cursor.last_index + 1 {
+                            // A compacted topic's reads skip the records it removed.
+                            if index > cursor.last_index + 1 && !self.options.compacted {
                                 let skipped = self.slice(partition, cursor.last_index + 1, index);
                                 anomalies.push(Anomaly {
                                     kind: if inside {

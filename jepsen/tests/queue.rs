@@ -874,3 +874,170 @@ fn corrupted_at_rest() {
         .build();
     assert!(check_with(&history, &corrupt).has(AnomalyKind::InconsistentOffsets));
 }
+
+/// Compacted topics (CHECKERS.md, "Compacted topics"): key `k` written at offsets 0, 1 and 3,
+/// key `j` at 2; all acknowledged acks=all.
+fn compacted_sends() -> HistoryBuilder {
+    HistoryBuilder::new()
+        .send_invoke_keyed(1, "k", 1)
+        .send_complete_ok(1, 0, 0)
+        .send_invoke_keyed(1, "k", 2)
+        .send_complete_ok(1, 0, 1)
+        .send_invoke_keyed(1, "j", 3)
+        .send_complete_ok(1, 0, 2)
+        .send_invoke_keyed(1, "k", 4)
+        .send_complete_ok(1, 0, 3)
+}
+
+fn check_compacted(history: &History, compacted: bool) -> QueueReport {
+    let options = QueueOptions {
+        compacted,
+        drain_processes: vec![90],
+        ..QueueOptions::default()
+    };
+    queue::check(history, &options).expect("history pairs")
+}
+
+#[test]
+fn compacted_topics_may_lose_superseded_values_only() {
+    // A consumer read k's first value before the cleaner ran; the drain after it reads only
+    // the latest value of each key: legal in a compacted topic, not in another.
+    let compacted = compacted_sends()
+        .poll(10, &[(0, 0, 1)])
+        .assign(90, &[0])
+        .poll(90, &[(0, 2, 3), (0, 3, 4)])
+        .end_offset(90, 0, 4)
+        .build();
+    let report = check_compacted(&compacted, true);
+    assert_clean(&report);
+    assert_eq!(report.counts.sends_superseded, 1, "{report}");
+    let report = check_compacted(&compacted, false);
+    assert!(report.has(AnomalyKind::LostWrite), "{report}");
+    assert!(report.has(AnomalyKind::OffsetGap), "{report}");
+    // Reads that skip removed records are no poll-skip in a compacted topic.
+    let skipping = compacted_sends()
+        .poll(10, &[(0, 0, 1), (0, 1, 2), (0, 2, 3), (0, 3, 4)])
+        .poll(11, &[(0, 0, 1)])
+        .poll(11, &[(0, 2, 3), (0, 3, 4)])
+        .build();
+    assert_clean(&check_compacted(&skipping, true));
+    assert!(check_compacted(&skipping, false).has(AnomalyKind::PollSkip));
+}
+
+/// The cleaner kept a key's oldest value and dropped its latest (`compact-drops-latest`): the
+/// latest acknowledged value is lost, and compaction does not excuse it.
+#[test]
+fn compacted_topics_never_lose_a_keys_latest_value() {
+    let dropped_latest = compacted_sends()
+        .send_invoke_keyed(1, "j", 5)
+        .send_complete_ok(1, 0, 4)
+        .assign(90, &[0])
+        .poll(90, &[(0, 0, 1), (0, 4, 5)])
+        .end_offset(90, 0, 5)
+        .build();
+    let report = check_compacted(&dropped_latest, true);
+    assert_kinds(&report, &[AnomalyKind::LostWrite]);
+    assert_eq!(
+        report.of(AnomalyKind::LostWrite)[0].values[0],
+        4,
+        "{report}"
+    );
+    // The same without a later read: unseen.
+    let unseen = compacted_sends()
+        .assign(90, &[0])
+        .poll(90, &[(0, 0, 1), (0, 2, 3)])
+        .end_offset(90, 0, 4)
+        .build();
+    assert_kinds(&check_compacted(&unseen, true), &[AnomalyKind::Unseen]);
+    // A consumer read the latest values during the run, then the cleaner dropped one: the
+    // final drain must still read every key's latest durable value.
+    let read_then_dropped = compacted_sends()
+        .send_invoke_keyed(1, "j", 5)
+        .send_complete_ok(1, 0, 4)
+        .poll(10, &[(0, 3, 4), (0, 4, 5)])
+        .assign(90, &[0])
+        .poll(90, &[(0, 0, 1), (0, 4, 5)])
+        .end_offset(90, 0, 5)
+        .build();
+    let report = check_compacted(&read_then_dropped, true);
+    assert_kinds(&report, &[AnomalyKind::LostWrite]);
+    assert!(
+        report.of(AnomalyKind::LostWrite)[0]
+            .message
+            .contains("not by the final drain"),
+        "{report}"
+    );
+    // The drain reading it is clean.
+    let drained = compacted_sends()
+        .send_invoke_keyed(1, "j", 5)
+        .send_complete_ok(1, 0, 4)
+        .poll(10, &[(0, 3, 4), (0, 4, 5)])
+        .assign(90, &[0])
+        .poll(90, &[(0, 0, 1), (0, 3, 4), (0, 4, 5)])
+        .end_offset(90, 0, 5)
+        .build();
+    assert_clean(&check_compacted(&drained, true));
+    // And offsets still only grow.
+    let backwards = compacted_sends()
+        .poll(10, &[(0, 2, 3)])
+        .poll(10, &[(0, 1, 2)])
+        .poll(90, &[(0, 1, 2), (0, 2, 3), (0, 3, 4)])
+        .build();
+    assert!(check_compacted(&backwards, true).has(AnomalyKind::NonmonotonicPoll));
+}
+
+/// Retention (CHECKERS.md, "Retention and log start"): five values at offsets 0..=4, retention
+/// deletes offsets 0..=2. A consumer told of the log start moves there; one that jumps there
+/// without being told skips (poll-skip); values below the log start need not be read, and the
+/// drain starts at the log start it was told of.
+fn retained_sends() -> HistoryBuilder {
+    HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .send_ok(1, 0, 1, 2)
+        .send_ok(1, 0, 2, 3)
+        .send_ok(1, 0, 3, 4)
+        .send_ok(1, 0, 4, 5)
+}
+
+fn check_drained(history: &History) -> QueueReport {
+    let options = QueueOptions {
+        drain_processes: vec![90],
+        ..QueueOptions::default()
+    };
+    queue::check(history, &options).expect("history pairs")
+}
+
+#[test]
+fn below_the_log_start_a_consumer_is_told_never_skipped() {
+    let told = retained_sends()
+        .poll(10, &[(0, 0, 1), (0, 1, 2)])
+        .log_start(10, 0, 3)
+        .poll(10, &[(0, 3, 4), (0, 4, 5)])
+        .log_start(90, 0, 3)
+        .poll(90, &[(0, 3, 4), (0, 4, 5)])
+        .end_offset(90, 0, 5)
+        .build();
+    let report = check_drained(&told);
+    assert_clean(&report);
+    assert_eq!(report.counts.sends_below_log_start, 1, "{report}");
+    // The same jump without the answer: poll-skip (and value 3 is then lost).
+    let silent = retained_sends()
+        .poll(10, &[(0, 0, 1), (0, 1, 2)])
+        .poll(10, &[(0, 3, 4), (0, 4, 5)])
+        .poll(90, &[(0, 3, 4), (0, 4, 5)])
+        .end_offset(90, 0, 5)
+        .build();
+    let report = check_drained(&silent);
+    assert!(report.has(AnomalyKind::PollSkip), "{report}");
+    assert!(report.has(AnomalyKind::LostWrite), "{report}");
+    assert!(report.has(AnomalyKind::OffsetGap), "{report}");
+    // A log start does not excuse a value above it.
+    let lost_above = retained_sends()
+        .poll(10, &[(0, 0, 1), (0, 1, 2), (0, 2, 3), (0, 4, 5)])
+        .log_start(90, 0, 2)
+        .poll(90, &[(0, 2, 3), (0, 4, 5)])
+        .end_offset(90, 0, 5)
+        .build();
+    let report = check_drained(&lost_above);
+    assert!(report.has(AnomalyKind::LostWrite), "{report}");
+}

@@ -53,6 +53,11 @@ pub struct Options {
     pub drain_secs_max: u64,
     /// States the linearizability search may explore per partition (`unknown` beyond).
     pub linear_states_max: u64,
+    /// The topic is compacted (`cargo sim --compacted`; also for `--plant
+    /// compact-drops-latest`): see `Draw::compacted`.
+    pub compacted: bool,
+    /// Short retention (`cargo sim --retention`): see `Draw::retention`.
+    pub retention: bool,
 }
 
 impl Options {
@@ -63,6 +68,8 @@ impl Options {
             fault_secs: 30,
             drain_secs_max: 60,
             linear_states_max: LINEAR_STATES_MAX,
+            compacted: false,
+            retention: false,
         }
     }
 }
@@ -168,6 +175,17 @@ pub struct Draw {
     /// Bytes of padding each record carries in a header (the value stays the bare number):
     /// with a small `producer_batch_bytes_max`, a batch fills after a record or two.
     pub record_padding_bytes: usize,
+    /// Not drawn (and not in the fingerprint): set from `Options::compacted`. The topic is
+    /// `cleanup.policy=compact` with 1 KiB segments and a cleaner pass every 200 ms; every
+    /// send is keyed; consumers follow compacted batches' spans; some kills first cut the
+    /// power after a few disk changes (a crash at any step of a compaction swap); the queue
+    /// checker runs in its compacted mode and the log model (linearizability) is skipped.
+    pub compacted: bool,
+    /// Not drawn (and not in the fingerprint): set from `Options::retention`. The topic keeps
+    /// `retention.bytes` of 4 KiB in 1 KiB segments, enforced every 200 ms, so the log start
+    /// keeps moving; a consumer told it is out of range records the log start and moves there
+    /// (a `log-start` event); the drain starts at the log start; the log model is skipped.
+    pub retention: bool,
 }
 
 impl Draw {
@@ -232,6 +250,8 @@ impl Draw {
                 .choose(&mut side)
                 .unwrap_or(&(16 * 1024)),
             record_padding_bytes: *[0, 0, 16, 48].choose(&mut side).unwrap_or(&0),
+            compacted: false,
+            retention: false,
         }
     }
 }
@@ -453,9 +473,22 @@ impl RunReport {
 
     /// The one-line command that replays this run.
     pub fn repro(&self) -> String {
+        let mut compacted = if self.draw.compacted && self.plant != Some(Plant::CompactDropsLatest)
+        {
+            " --compacted".to_owned()
+        } else {
+            String::new()
+        };
+        if self.draw.retention {
+            compacted.push_str(" --retention");
+        }
         match self.plant {
-            Some(plant) => format!("cargo sim --seed {} --plant {}", self.seed, plant.name()),
-            None => format!("cargo sim --seed {}", self.seed),
+            Some(plant) => format!(
+                "cargo sim --seed {} --plant {}{compacted}",
+                self.seed,
+                plant.name()
+            ),
+            None => format!("cargo sim --seed {}{compacted}", self.seed),
         }
     }
 
@@ -543,7 +576,9 @@ async fn simulate(options: Options) -> RunReport {
     let handle = madsim::runtime::Handle::current();
     let seed = options.seed;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let draw = Draw::new(&mut rng);
+    let mut draw = Draw::new(&mut rng);
+    draw.compacted = options.compacted || options.plant == Some(Plant::CompactDropsLatest);
+    draw.retention = options.retention;
     let runtime = Runtime::new(seed);
     let shared: Shared = Arc::new(Mutex::new(Recorder {
         start: runtime.now(),
@@ -556,8 +591,14 @@ async fn simulate(options: Options) -> RunReport {
         protocol_violations: 0,
     }));
     lock(&shared).trace(format_args!(
-        "seed {seed} plant {:?} draw {draw}",
-        options.plant.map(Plant::name)
+        "seed {seed} plant {:?} draw {draw}{}",
+        options.plant.map(Plant::name),
+        match (draw.compacted, draw.retention) {
+            (true, true) => " compacted retention",
+            (true, false) => " compacted",
+            (false, true) => " retention",
+            (false, false) => "",
+        }
     ));
 
     // The node, with a disk that outlives its restarts.
@@ -575,6 +616,9 @@ async fn simulate(options: Options) -> RunReport {
     if let Some(plant) = options.plant {
         plant.apply(&mut config.planted);
         plant.apply_to_disk(&disk);
+    }
+    if draw.compacted || draw.retention {
+        config.log.retention_check_interval_ms = COMPACTED_CLEANER_INTERVAL_MS;
     }
     let node_disk = disk.clone();
     // Each fsync takes between half of the drawn maximum and all of it, in simulated time.
@@ -621,11 +665,16 @@ async fn simulate(options: Options) -> RunReport {
     let setup_runtime = runtime.clone();
     let setup_bootstrap = bootstrap.clone();
     let partitions = draw.partitions;
+    let topic_config = topic_config(&draw);
     let created = setup
         .spawn(async move {
             for _ in 0..100 {
                 if let Ok(admin) = Admin::connect(&setup_bootstrap).await {
-                    if admin.create_topic(TOPIC, partitions, 1).await.is_ok() {
+                    if admin
+                        .create_topic_with_config(TOPIC, partitions, 1, topic_config.clone())
+                        .await
+                        .is_ok()
+                    {
                         return true;
                     }
                 }
@@ -715,6 +764,9 @@ async fn simulate(options: Options) -> RunReport {
         *lock(&shared).faults.entry(fault.name()).or_default() += 1;
         match fault {
             Fault::Kill => {
+                if draw.compacted {
+                    cut_power_first(&disk, &runtime, &shared, &mut rng).await;
+                }
                 handle.kill(node.id());
                 let mode = *[
                     CrashMode::DropUnsynced,
@@ -954,7 +1006,11 @@ async fn simulate(options: Options) -> RunReport {
     }
 
     // Liveness: a fresh consumer must read every acknowledged value within the bound.
-    let acknowledged = {
+    let acknowledged = if draw.compacted || draw.retention {
+        // Superseded values are gone on purpose: the drain reads to the end offsets, and the
+        // checker's compacted mode judges what it read.
+        BTreeSet::new()
+    } else {
         let recorder = lock(&shared);
         must_be_read(
             &recorder.history,
@@ -1014,6 +1070,7 @@ async fn simulate(options: Options) -> RunReport {
             records_read_min: progress.records_read_min,
             drain_processes: vec![DRAIN_PROCESS],
             unreadable: corrupt.clone(),
+            compacted: draw.compacted,
             ..QueueOptions::default()
         },
     );
@@ -1030,7 +1087,12 @@ async fn simulate(options: Options) -> RunReport {
         .any(|op| matches!(op.kind, OpKind::Crash));
     // Under fsync = interval a crash may shorten the log that reads already saw: the log model
     // (whose length never shrinks) does not apply across it.
-    let (linear, linear_skipped) = if !draw.durable_acks_all() && crashed {
+    let (linear, linear_skipped) = if draw.compacted || draw.retention {
+        (
+            None,
+            Some("compacted or retained topic: the log model keeps every record".to_owned()),
+        )
+    } else if !draw.durable_acks_all() && crashed {
         (
             None,
             Some("fsync = interval with crashes: the log may shrink at a crash".to_owned()),
@@ -1234,7 +1296,10 @@ async fn produce(mut context: WorkerContext) {
             continue;
         };
         let value = context.next_value.fetch_add(1, Ordering::Relaxed);
-        let keyed = context.rng.gen_range(0..100) < context.draw.keyed_percent;
+        // A compacted topic is about keys: every send has one (the draw is made either way,
+        // so the rest of the worker's choices stay the same).
+        let keyed =
+            context.rng.gen_range(0..100) < context.draw.keyed_percent || context.draw.compacted;
         let key = keyed.then(|| format!("k{}", context.rng.gen_range(0..16)));
         let partition = (!keyed).then(|| context.rng.gen_range(0..context.draw.partitions));
         let mut record = ProducerRecord::new(TOPIC, value.to_string());
@@ -1333,6 +1398,9 @@ struct RecordedConsumer {
     consumer: Option<Consumer>,
     /// Empty polls in a row (see `STUCK_POLLS`).
     empty_polls: u32,
+    /// Take the client's positions after each poll (a compacted batch ends after its last
+    /// record, or holds none: the client moves past its span, and so must a resume).
+    follow_batch_spans: bool,
 }
 
 impl RecordedConsumer {
@@ -1355,6 +1423,7 @@ impl RecordedConsumer {
             assigned: false,
             consumer: None,
             empty_polls: 0,
+            follow_batch_spans: false,
         }
     }
 
@@ -1417,8 +1486,18 @@ impl RecordedConsumer {
                 let mut polled = Vec::with_capacity(records.len());
                 let mut values = Vec::with_capacity(records.len());
                 let mut unparseable = Vec::new();
+                if self.follow_batch_spans {
+                    for &partition in &self.partitions {
+                        if let Some(position) = consumer.position(TOPIC, partition) {
+                            let known = self.positions.entry(partition).or_insert(position);
+                            *known = (*known).max(position);
+                        }
+                    }
+                }
                 for record in &records {
-                    self.positions.insert(record.partition, record.offset + 1);
+                    if !self.follow_batch_spans {
+                        self.positions.insert(record.partition, record.offset + 1);
+                    }
                     match parse_value(record) {
                         Some(value) => {
                             values.push(value);
@@ -1475,6 +1554,9 @@ impl RecordedConsumer {
                     ));
                 }
                 self.consumer = None;
+                if error.code() == Some(brook_client::ErrorCode::OffsetOutOfRange) {
+                    self.move_to_log_starts().await;
+                }
                 Err(error.to_string())
             }
         }
@@ -1482,6 +1564,36 @@ impl RecordedConsumer {
 }
 
 impl RecordedConsumer {
+    /// After an offset-out-of-range answer (retention moved the log start past a position):
+    /// read every partition's log start and move the positions below it there, recording
+    /// each move as a `log-start` event (the checker then expects nothing below it). A
+    /// consumer that jumped without such an answer would be a poll-skip.
+    async fn move_to_log_starts(&mut self) {
+        let Ok(starts) = log_starts(&self.bootstrap, self.partitions.len() as u32).await else {
+            return;
+        };
+        for (partition, start) in starts {
+            let position = self.positions.get(&partition).copied().unwrap_or(0);
+            if start <= position {
+                continue;
+            }
+            self.positions.insert(partition, start);
+            let mut recorder = lock(&self.shared);
+            recorder.op(
+                self.process,
+                Phase::Ok,
+                OpKind::LogStart {
+                    partition,
+                    offset: start,
+                },
+            );
+            recorder.trace(format_args!(
+                "consumer {} told partition {partition} starts at {start} (was at {position})",
+                self.process
+            ));
+        }
+    }
+
     /// Past a range the nemesis corrupted at rest, once the node has refused it for
     /// `STUCK_POLLS` polls: seek beyond it, and record the seek (the checker allows the drain
     /// to skip exactly such ranges).
@@ -1546,8 +1658,87 @@ async fn consume(
     let timeout = Duration::from_millis(u64::from(draw.fetch_wait_ms) + 100);
     let mut consumer =
         RecordedConsumer::new(runtime, shared, bootstrap, config, process, draw.partitions);
+    consumer.follow_batch_spans = draw.compacted;
     while consuming.load(Ordering::Relaxed) {
         let _ = consumer.poll(timeout).await;
+    }
+}
+
+/// How often a compacted run's node runs its retention tick, which starts cleaner passes.
+const COMPACTED_CLEANER_INTERVAL_MS: u64 = 200;
+/// Directory changes a compacted run's kill may let happen before the power goes (at most).
+const POWER_CUT_CHANGES_MAX: u64 = 12;
+
+/// The topic's config overrides: none, or for a compacted run `cleanup.policy=compact` with the
+/// smallest segments (so that segments seal and get cleaned within the fault phase).
+fn topic_config(draw: &Draw) -> Vec<(String, String)> {
+    let mut config = Vec::new();
+    if draw.compacted || draw.retention {
+        config.push((
+            "segment.bytes".to_owned(),
+            brook_wire::topic_config::SEGMENT_BYTES_MIN.to_string(),
+        ));
+    }
+    if draw.compacted {
+        let policy = if draw.retention {
+            "compact,delete"
+        } else {
+            "compact"
+        };
+        config.push(("cleanup.policy".to_owned(), policy.to_owned()));
+    }
+    if draw.retention {
+        config.push((
+            "retention.bytes".to_owned(),
+            RETAINED_BYTES_PER_PARTITION.to_string(),
+        ));
+    }
+    config
+}
+
+/// `retention.bytes` of a `--retention` run's partitions.
+const RETAINED_BYTES_PER_PARTITION: u64 = 4 * 1024;
+
+/// Every partition's log start (earliest offset), read by a separate consumer.
+async fn log_starts(bootstrap: &str, partitions: u32) -> Result<BTreeMap<u32, u64>, String> {
+    let all: Vec<u32> = (0..partitions).collect();
+    let mut consumer = Consumer::connect(bootstrap, ConsumerConfig::default())
+        .await
+        .map_err(|error| format!("log starts: {error}"))?;
+    consumer
+        .assign(TOPIC, &all, StartOffset::Earliest)
+        .await
+        .map_err(|error| format!("log starts: {error}"))?;
+    let mut starts = BTreeMap::new();
+    for partition in all {
+        let start = consumer
+            .seek(TOPIC, partition, StartOffset::Earliest)
+            .await
+            .map_err(|error| format!("log starts: {error}"))?;
+        starts.insert(partition, start);
+    }
+    Ok(starts)
+}
+
+/// Before half of a compacted run's kills: let the node make a few more directory changes,
+/// then cut the power (every further change fails until the crash), so that crashes land
+/// inside multi-step operations, a compaction swap among them.
+async fn cut_power_first(disk: &SimDisk, runtime: &Runtime, shared: &Shared, rng: &mut ChaCha8Rng) {
+    if !rng.gen_bool(0.5) {
+        return;
+    }
+    // Directory changes only: most of them are the node's rolls and compaction swaps, so the
+    // cut lands inside one of those multi-step operations rather than between appends.
+    let changes = rng.gen_range(0..POWER_CUT_CHANGES_MAX);
+    disk.lose_power_after_directory_changes(changes);
+    lock(shared).trace(format_args!(
+        "nemesis power cut after {changes} more directory changes"
+    ));
+    runtime
+        .sleep(Duration::from_millis(rng.gen_range(200..2_000)))
+        .await;
+    if disk.power_lost() {
+        lock(shared).trace("nemesis: the power is off");
     }
 }
 
@@ -1619,6 +1810,25 @@ async fn drain(
         DRAIN_PROCESS,
         draw.partitions,
     );
+    consumer.follow_batch_spans = draw.compacted;
+    if draw.retention {
+        // The drain starts at the log start, as told: nothing below it is expected.
+        for _ in 0..10 {
+            if let Ok(starts) = log_starts(&bootstrap, draw.partitions).await {
+                let mut recorder = lock(&shared);
+                for (partition, offset) in starts {
+                    recorder.op(
+                        DRAIN_PROCESS,
+                        Phase::Ok,
+                        OpKind::LogStart { partition, offset },
+                    );
+                    consumer.positions.insert(partition, offset);
+                }
+                break;
+            }
+            runtime.sleep(Duration::from_millis(500)).await;
+        }
+    }
     let mut last_error = String::new();
     let mut idle = 0;
     while runtime.now().duration_since(start) < deadline {

@@ -55,10 +55,13 @@ pub enum Plant {
     /// The client's consumer drops the second record of every fetched batch holding more than
     /// one (the workload's consumers; the final drain is unplanted).
     SkipInBatch,
+    /// The log cleaner keeps the oldest record of each key instead of the latest (runs the
+    /// topic compacted): a key's latest acknowledged value vanishes.
+    CompactDropsLatest,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 7] = [
+    pub const ALL: [Plant; 8] = [
         Plant::AckBeforeFsync,
         Plant::SkipOnFetch,
         Plant::ServeAboveHw,
@@ -66,6 +69,7 @@ impl Plant {
         Plant::NoDirSync,
         Plant::RetryFailedFsync,
         Plant::SkipInBatch,
+        Plant::CompactDropsLatest,
     ];
 
     pub fn name(self) -> &'static str {
@@ -77,6 +81,7 @@ impl Plant {
             Plant::NoDirSync => "no-dir-sync",
             Plant::RetryFailedFsync => "retry-failed-fsync",
             Plant::SkipInBatch => "skip-in-batch",
+            Plant::CompactDropsLatest => "compact-drops-latest",
         }
     }
 
@@ -112,6 +117,9 @@ impl Plant {
             // A poll that jumps over an offset the log holds (within one poll or between
             // two); the drain still reads the value, so not lost-write.
             Plant::SkipInBatch => &["poll-skip", "int-poll-skip"],
+            // The latest value of a key that was not written again is gone from the cleaned
+            // segments: never read although later offsets were (or nothing later was).
+            Plant::CompactDropsLatest => &["lost-write", "unseen"],
         }
     }
 
@@ -120,7 +128,10 @@ impl Plant {
     #[cfg(madsim)]
     pub fn apply(self, planted: &mut brook_actors::partition::PlantedBugs) {
         match self {
-            Plant::NoDirSync | Plant::RetryFailedFsync | Plant::SkipInBatch => {}
+            Plant::NoDirSync
+            | Plant::RetryFailedFsync
+            | Plant::SkipInBatch
+            | Plant::CompactDropsLatest => {}
             Plant::AckBeforeFsync => planted.ack_before_fsync = true,
             Plant::SkipOnFetch => planted.skip_on_fetch = true,
             Plant::ServeAboveHw => planted.serve_above_hw = true,
@@ -146,6 +157,10 @@ impl Plant {
             },
             Plant::RetryFailedFsync => brook_storage::PlantedStorageBugs {
                 retry_failed_fsync: true,
+                ..Default::default()
+            },
+            Plant::CompactDropsLatest => brook_storage::PlantedStorageBugs {
+                compact_drops_latest: true,
                 ..Default::default()
             },
             _ => return,

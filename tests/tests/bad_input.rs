@@ -573,6 +573,18 @@ fn with_record_count(mut batch: Vec<u8>, record_count: u32) -> Vec<u8> {
     batch
 }
 
+/// `batch` with the control attribute (bit 5: a broker-written entry that consumers skip) set
+/// and a CRC that matches.
+fn with_control_attribute(mut batch: Vec<u8>) -> Vec<u8> {
+    const OFFSET_ATTRIBUTES: usize = OFFSET_CRC + 4;
+    let attributes = u16::from_le_bytes([batch[OFFSET_ATTRIBUTES], batch[OFFSET_ATTRIBUTES + 1]]);
+    batch[OFFSET_ATTRIBUTES..OFFSET_ATTRIBUTES + 2]
+        .copy_from_slice(&(attributes | 1 << 5).to_le_bytes());
+    let crc = compute_crc(&batch);
+    batch[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    batch
+}
+
 /// Regression (issue 9): the broker checked a produced batch's CRC and header but not its
 /// records, so a batch whose record count lies was stored, and every consumer then failed at
 /// its offset forever (a poison pill). Now it is refused with `InvalidRecord`, nothing is
@@ -609,6 +621,11 @@ fn a_batch_that_lies_about_its_records_is_refused_and_stores_nothing() {
         (
             "count smaller than the records",
             with_record_count(good_batch(&["a", "b"]), 1),
+        ),
+        // Marked as a control batch: it would be acknowledged, then skipped by every consumer.
+        (
+            "a produced control batch",
+            with_control_attribute(good_batch(&["a", "b"])),
         ),
     ];
     for (index, (what, batch)) in lies.iter().enumerate() {

@@ -10,7 +10,7 @@
 //! | 12 | 8 | term (leader epoch, stamped by the leader) | no |
 //! | 20 | 1 | magic (format version, [`MAGIC`]) | no |
 //! | 21 | 4 | CRC-32C of bytes 25.. | no |
-//! | 25 | 2 | attributes (bits 0-2 compression; 3 timestamp type; 4 transactional; 5 control) | yes |
+//! | 25 | 2 | attributes (bits 0-2 compression; 3 timestamp type; 4 transactional; 5 control; 6 compacted; 7 delete horizon) | yes |
 //! | 27 | 4 | last offset delta | yes |
 //! | 31 | 8 | first timestamp (ms) | yes |
 //! | 39 | 8 | max timestamp (ms) | yes |
@@ -47,8 +47,21 @@ pub const ATTRIBUTE_COMPRESSION_MASK: u16 = 0b111;
 /// entry a new Raft leader appends at the start of its term); consumers skip it, but its
 /// offsets are taken.
 pub const ATTRIBUTE_CONTROL: u16 = 1 << 5;
+/// Attribute bit 6, set only by the log cleaner (a producer may not send it): the batch was
+/// compacted. Its records' offset deltas are strictly increasing within
+/// `0..=last_offset_delta` but may have gaps, and it may hold no record at all: a compacted
+/// batch keeps the offsets of the records it lost, so the batches of a compacted log still
+/// cover every offset densely and only records are missing.
+pub const ATTRIBUTE_COMPACTED: u16 = 1 << 6;
+/// Attribute bit 7, set only by the log cleaner, on a compacted batch holding tombstones (null
+/// values): its first-timestamp field holds the delete horizon (ms), after which the cleaner
+/// removes the tombstones; record timestamps stay first timestamp + delta (Kafka's
+/// delete-horizon flag, KIP-534).
+pub const ATTRIBUTE_DELETE_HORIZON: u16 = 1 << 7;
+/// Attributes only the broker's cleaner sets; a produced batch carrying one is refused.
+pub const ATTRIBUTE_CLEANER_MASK: u16 = ATTRIBUTE_COMPACTED | ATTRIBUTE_DELETE_HORIZON;
 /// Attribute bits defined so far; the others are reserved and must be zero.
-pub const ATTRIBUTE_KNOWN_MASK: u16 = 0b11_1111;
+pub const ATTRIBUTE_KNOWN_MASK: u16 = 0b1111_1111;
 
 const OFFSET_BASE: usize = 0;
 pub(crate) const OFFSET_LENGTH: usize = 8;
@@ -163,6 +176,16 @@ impl BatchHeader {
         self.attributes & ATTRIBUTE_CONTROL != 0
     }
 
+    /// Whether the cleaner compacted the batch ([`ATTRIBUTE_COMPACTED`]).
+    pub fn is_compacted(&self) -> bool {
+        self.attributes & ATTRIBUTE_COMPACTED != 0
+    }
+
+    /// The delete horizon of a compacted batch's tombstones ([`ATTRIBUTE_DELETE_HORIZON`]).
+    pub fn delete_horizon(&self) -> Option<i64> {
+        (self.attributes & ATTRIBUTE_DELETE_HORIZON != 0).then_some(self.first_timestamp)
+    }
+
     /// Decode the header at the start of `buf` without checking the CRC. Checks the magic and
     /// that the batch length covers at least the header.
     pub fn parse(buf: &[u8]) -> Result<Self, BatchError> {
@@ -234,7 +257,14 @@ pub fn validate(buf: &[u8]) -> Result<BatchHeader, BatchError> {
             computed,
         });
     }
-    if header.record_count == 0 || header.last_offset_delta != header.record_count - 1 {
+    // A producer's batch holds one record per offset; a compacted one at most one per offset
+    // (possibly none: it keeps the offsets of the records the cleaner removed).
+    let count_fits = if header.is_compacted() {
+        u64::from(header.record_count) <= u64::from(header.last_offset_delta) + 1
+    } else {
+        header.record_count != 0 && header.last_offset_delta == header.record_count - 1
+    };
+    if !count_fits {
         return Err(BatchError::BadCount {
             record_count: header.record_count,
             last_offset_delta: header.last_offset_delta,
@@ -391,6 +421,8 @@ fn walk_records(
     };
     // Reused for every record; allocates only if some record has headers.
     let mut headers: Vec<HeaderView> = Vec::new();
+    let compacted = header.is_compacted();
+    let mut next_delta_min = 0u64;
     // Bounded by the record count of the header, and each record consumes at least one byte,
     // so a lying count fails at the end of the batch.
     for index in 0..header.record_count {
@@ -409,7 +441,14 @@ fn walk_records(
         record.byte().map_err(bad)?; // attributes, reserved
         let timestamp_delta = record.varint().map_err(bad)?;
         let offset_delta = record.uvarint().map_err(bad)?;
-        if offset_delta != u64::from(index) {
+        if compacted {
+            // The cleaner removed records but kept the others' offsets: deltas grow strictly
+            // and stay within the batch's offsets.
+            if offset_delta < next_delta_min || offset_delta > u64::from(header.last_offset_delta) {
+                return Err(bad("offset delta out of order in a compacted batch"));
+            }
+            next_delta_min = offset_delta + 1;
+        } else if offset_delta != u64::from(index) {
             // Offsets are dense inside a batch: record i is at base + i. A delta out of order
             // would give two records one offset, or put a record past the batch's last offset.
             return Err(bad("offset delta is not the record's index in the batch"));
@@ -585,38 +624,13 @@ impl BatchBuilder {
         self.max_timestamp = self.max_timestamp.max(timestamp);
         let timestamp_delta = timestamp.wrapping_sub(first);
         let offset_delta = u64::from(self.record_count);
-        // Encoded straight into the batch: the body's length (a varint in front of it) is
-        // computed first, so no per-record buffer is allocated.
-        let mut body_len = 1
-            + varint::len_i64(timestamp_delta)
-            + varint::len_u64(offset_delta)
-            + nullable_len(key)
-            + nullable_len(value)
-            + varint::len_u64(headers.len() as u64);
-        for header in headers {
-            body_len += varint::len_u64(header.key.len() as u64)
-                + header.key.len()
-                + nullable_len(header.value.as_deref());
-        }
-        let buf = &mut self.buf;
-        buf.reserve(body_len + 10);
-        varint::put_u64(buf, body_len as u64);
-        let body_start = buf.len();
-        buf.push(0);
-        varint::put_i64(buf, timestamp_delta);
-        varint::put_u64(buf, offset_delta);
-        put_nullable(buf, key);
-        put_nullable(buf, value);
-        varint::put_u64(buf, headers.len() as u64);
-        for header in headers {
-            varint::put_u64(buf, header.key.len() as u64);
-            buf.extend_from_slice(header.key.as_bytes());
-            put_nullable(buf, header.value.as_deref());
-        }
-        debug_assert_eq!(
-            buf.len() - body_start,
-            body_len,
-            "record length computed wrongly"
+        encode_record(
+            &mut self.buf,
+            timestamp_delta,
+            offset_delta,
+            key,
+            value,
+            headers,
         );
         self.record_count += 1;
     }
@@ -651,6 +665,145 @@ impl BatchBuilder {
         Bytes::from(self.buf)
             .try_into_mut()
             .unwrap_or_else(|shared| BytesMut::from(&shared[..]))
+    }
+}
+
+#[inline]
+/// Encode one record at the end of `buf`: the body's length (a varint in front of it) is
+/// computed first, so no per-record buffer is allocated.
+fn encode_record(
+    buf: &mut Vec<u8>,
+    timestamp_delta: i64,
+    offset_delta: u64,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: &[RecordHeader],
+) {
+    let mut body_len = 1
+        + varint::len_i64(timestamp_delta)
+        + varint::len_u64(offset_delta)
+        + nullable_len(key)
+        + nullable_len(value)
+        + varint::len_u64(headers.len() as u64);
+    for header in headers {
+        body_len += varint::len_u64(header.key.len() as u64)
+            + header.key.len()
+            + nullable_len(header.value.as_deref());
+    }
+    buf.reserve(body_len + 10);
+    varint::put_u64(buf, body_len as u64);
+    let body_start = buf.len();
+    buf.push(0);
+    varint::put_i64(buf, timestamp_delta);
+    varint::put_u64(buf, offset_delta);
+    put_nullable(buf, key);
+    put_nullable(buf, value);
+    varint::put_u64(buf, headers.len() as u64);
+    for header in headers {
+        varint::put_u64(buf, header.key.len() as u64);
+        buf.extend_from_slice(header.key.as_bytes());
+        put_nullable(buf, header.value.as_deref());
+    }
+    debug_assert_eq!(
+        buf.len() - body_start,
+        body_len,
+        "record length computed wrongly"
+    );
+}
+
+/// What the cleaner writes for one compacted batch: the offsets it covers, the fields it keeps
+/// from the original batch, and the records it kept (with their original offsets, which must
+/// lie in `base_offset..=last_offset`, increasing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactedBatch {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub term: u64,
+    /// The original's first timestamp, or the delete horizon when `delete_horizon` is set.
+    pub first_timestamp: i64,
+    pub max_timestamp: i64,
+    pub delete_horizon: bool,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub records: Vec<Record>,
+}
+
+/// Why a compacted batch could not be built (a caller bug or an impossible span).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompactedBatchError {
+    #[error("a compacted batch spans offsets {base_offset}..={last_offset}, more than 2^32")]
+    SpanTooLarge { base_offset: u64, last_offset: u64 },
+    #[error("record offset {offset} is outside {base_offset}..={last_offset} or not increasing")]
+    RecordOutOfPlace {
+        offset: u64,
+        base_offset: u64,
+        last_offset: u64,
+    },
+    #[error("a compacted batch of {0} bytes is longer than 4 GiB")]
+    TooLong(usize),
+}
+
+impl CompactedBatch {
+    /// Encode the batch, uncompressed, with [`ATTRIBUTE_COMPACTED`] (and
+    /// [`ATTRIBUTE_DELETE_HORIZON`] if set), stamped and with its CRC.
+    pub fn encode(&self) -> Result<BytesMut, CompactedBatchError> {
+        let span = self
+            .last_offset
+            .checked_sub(self.base_offset)
+            .filter(|span| *span <= u64::from(u32::MAX))
+            .ok_or(CompactedBatchError::SpanTooLarge {
+                base_offset: self.base_offset,
+                last_offset: self.last_offset,
+            })?;
+        let mut buf = Vec::with_capacity(BATCH_HEADER_LEN + 64 * self.records.len());
+        buf.resize(BATCH_HEADER_LEN, 0);
+        let mut next_offset_min = self.base_offset;
+        for record in &self.records {
+            if record.offset < next_offset_min || record.offset > self.last_offset {
+                return Err(CompactedBatchError::RecordOutOfPlace {
+                    offset: record.offset,
+                    base_offset: self.base_offset,
+                    last_offset: self.last_offset,
+                });
+            }
+            next_offset_min = record.offset + 1;
+            encode_record(
+                &mut buf,
+                record.timestamp.wrapping_sub(self.first_timestamp),
+                record.offset - self.base_offset,
+                record.key.as_deref(),
+                record.value.as_deref(),
+                &record.headers,
+            );
+        }
+        let batch_length = u32::try_from(buf.len() - LENGTH_PREFIX_LEN)
+            .map_err(|_| CompactedBatchError::TooLong(buf.len()))?;
+        let mut attributes = ATTRIBUTE_COMPACTED;
+        if self.delete_horizon {
+            attributes |= ATTRIBUTE_DELETE_HORIZON;
+        }
+        buf[OFFSET_LENGTH..OFFSET_LENGTH + 4].copy_from_slice(&batch_length.to_le_bytes());
+        buf[OFFSET_MAGIC] = MAGIC;
+        buf[OFFSET_ATTRIBUTES..OFFSET_ATTRIBUTES + 2].copy_from_slice(&attributes.to_le_bytes());
+        buf[OFFSET_LAST_OFFSET_DELTA..OFFSET_LAST_OFFSET_DELTA + 4]
+            .copy_from_slice(&(span as u32).to_le_bytes());
+        buf[OFFSET_FIRST_TIMESTAMP..OFFSET_FIRST_TIMESTAMP + 8]
+            .copy_from_slice(&self.first_timestamp.to_le_bytes());
+        buf[OFFSET_MAX_TIMESTAMP..OFFSET_MAX_TIMESTAMP + 8]
+            .copy_from_slice(&self.max_timestamp.to_le_bytes());
+        buf[OFFSET_PRODUCER_ID..OFFSET_PRODUCER_ID + 8]
+            .copy_from_slice(&self.producer_id.to_le_bytes());
+        buf[OFFSET_PRODUCER_EPOCH..OFFSET_PRODUCER_EPOCH + 2]
+            .copy_from_slice(&self.producer_epoch.to_le_bytes());
+        buf[OFFSET_BASE_SEQUENCE..OFFSET_BASE_SEQUENCE + 4]
+            .copy_from_slice(&self.base_sequence.to_le_bytes());
+        buf[OFFSET_RECORD_COUNT..OFFSET_RECORD_COUNT + 4]
+            .copy_from_slice(&(self.records.len() as u32).to_le_bytes());
+        let crc = compute_crc(&buf);
+        buf[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        stamp(&mut buf, self.base_offset, self.term);
+        Ok(BytesMut::from(&buf[..]))
     }
 }
 
@@ -719,6 +872,119 @@ mod tests {
         assert_eq!(&batch[..], expected, "actual: {:?}", &batch[..]);
         let crc = compute_crc(&batch);
         assert_eq!(crc, u32::from_le_bytes([0xa9, 0x84, 0x58, 0x2a]));
+    }
+
+    fn compacted(records: &[(u64, i64, Option<&'static [u8]>)], horizon: bool) -> CompactedBatch {
+        CompactedBatch {
+            base_offset: 100,
+            last_offset: 109,
+            term: 4,
+            first_timestamp: if horizon { 9_000 } else { 1_000 },
+            max_timestamp: 1_009,
+            delete_horizon: horizon,
+            producer_id: 7,
+            producer_epoch: 1,
+            base_sequence: 42,
+            records: records
+                .iter()
+                .map(|(offset, timestamp, value)| Record {
+                    offset: *offset,
+                    timestamp: *timestamp,
+                    key: Some(Bytes::from_static(b"k")),
+                    value: value.map(Bytes::from_static),
+                    headers: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    /// A compacted batch keeps its records' offsets and timestamps, covers its whole span, and
+    /// is the only kind that may have gaps or no record at all.
+    #[test]
+    fn compacted_batches_keep_offsets_with_gaps() {
+        let source = compacted(&[(101, 1_001, Some(b"a")), (107, 1_007, None)], true);
+        let batch = RecordBatch::new(source.encode().expect("encode").freeze()).expect("valid");
+        assert!(batch.header().is_compacted());
+        assert_eq!(batch.header().delete_horizon(), Some(9_000));
+        assert_eq!(
+            (batch.header().base_offset, batch.header().next_offset()),
+            (100, 110)
+        );
+        assert_eq!(batch.header().term, 4);
+        let records = batch.records().expect("records");
+        assert_eq!(records, source.records);
+        validate_records(batch.bytes()).expect("records valid");
+        // No record at all: the batch only keeps the offsets.
+        let empty = RecordBatch::new(compacted(&[], false).encode().expect("encode").freeze())
+            .expect("an empty compacted batch is valid");
+        assert_eq!(empty.records().expect("records"), Vec::new());
+        assert_eq!(empty.header().delete_horizon(), None);
+        // The same header without the compacted bit is refused: producers send dense batches.
+        for bytes in [batch.bytes().clone(), empty.bytes().clone()] {
+            let mut plain = bytes.to_vec();
+            plain[OFFSET_ATTRIBUTES..OFFSET_ATTRIBUTES + 2].copy_from_slice(&0u16.to_le_bytes());
+            let crc = compute_crc(&plain);
+            plain[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+            let refused = validate(&plain)
+                .and_then(|_| validate_records(&plain))
+                .expect_err("sparse without the compacted bit");
+            assert!(
+                matches!(
+                    refused,
+                    BatchError::BadCount { .. } | BatchError::BadRecord { .. }
+                ),
+                "{refused:?}"
+            );
+        }
+        // Records out of place are refused when building and when decoding.
+        assert!(compacted(&[(107, 0, None), (101, 0, None)], false)
+            .encode()
+            .is_err());
+        assert!(compacted(&[(110, 0, None)], false).encode().is_err());
+        let mut forged = compacted(&[(101, 0, None), (102, 0, None)], false)
+            .encode()
+            .expect("encode");
+        // Make the second record's delta (2) equal the first's (1): same offset twice. From
+        // the end: header count, null value, "k", key length (zigzag 1 = 2), offset delta.
+        let second_delta_at = forged.len() - 5;
+        assert_eq!(forged[second_delta_at..], [2, 2, b'k', 1, 0]);
+        forged[second_delta_at] = 1;
+        let crc = compute_crc(&forged);
+        forged[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            validate_records(&forged),
+            Err(BatchError::BadRecord { .. })
+        ));
+        // More records than offsets.
+        let mut crowded = batch.bytes().to_vec();
+        crowded[OFFSET_RECORD_COUNT..OFFSET_RECORD_COUNT + 4].copy_from_slice(&11u32.to_le_bytes());
+        let crc = compute_crc(&crowded);
+        crowded[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            validate(&crowded),
+            Err(BatchError::BadCount { .. })
+        ));
+    }
+
+    #[test]
+    fn compacted_batches_compress_and_decode() {
+        let source = compacted(
+            &[(103, 1_003, Some(b"abc")), (109, 1_009, Some(b"d"))],
+            false,
+        );
+        let plain = source.encode().expect("encode");
+        for codec in crate::compression::Compression::ALL {
+            let compressed = crate::compression::compress_batch(&plain, codec).expect("compress");
+            let batch = RecordBatch::new(compressed.freeze()).expect("valid");
+            assert!(batch.header().is_compacted());
+            assert_eq!(
+                batch.records().expect("records"),
+                source.records,
+                "{codec:?}"
+            );
+            crate::compression::validate_records_bounded(batch.bytes(), 1 << 20)
+                .expect("valid records");
+        }
     }
 
     #[test]

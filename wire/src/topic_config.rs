@@ -78,6 +78,11 @@ impl CleanupPolicy {
         matches!(self, CleanupPolicy::Delete | CleanupPolicy::CompactDelete)
     }
 
+    /// Whether the cleaner compacts the log under this policy.
+    pub fn compacts(self) -> bool {
+        matches!(self, CleanupPolicy::Compact | CleanupPolicy::CompactDelete)
+    }
+
     fn parse(value: &str) -> Option<Self> {
         // Kafka accepts the list in either order.
         match value.trim() {

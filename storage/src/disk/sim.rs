@@ -225,8 +225,34 @@ struct State {
     /// Draws the bit of read faults.
     rng: ChaCha8Rng,
     stats: SimDiskStats,
+    /// Changes (creates, renames, removes, appends, truncations, syncs) left before the power
+    /// goes ([`SimDisk::lose_power_after`]); `None`: no power loss armed.
+    changes_before_power_loss: Option<u64>,
+    /// Only directory changes (creates, renames, removes, directory syncs) count against an
+    /// armed power loss ([`SimDisk::lose_power_after_directory_changes`]).
+    power_loss_counts_directory_changes_only: bool,
     #[cfg(madsim)]
     planted: crate::log::PlantedStorageBugs,
+}
+
+impl State {
+    /// Count one change against an armed power loss: once the count is spent, this and every
+    /// later change fails (the machine is off) until the next crash.
+    fn spend_change(&mut self, path: &Path, operation: &'static str) -> DiskResult<()> {
+        let directory_change = matches!(
+            operation,
+            "create" | "rename" | "remove_file" | "remove_dir_all" | "sync_dir"
+        );
+        match self.changes_before_power_loss {
+            Some(0) => Err(io_error(path, operation, "the power is off (simulated)")),
+            Some(_) if self.power_loss_counts_directory_changes_only && !directory_change => Ok(()),
+            Some(left) => {
+                self.changes_before_power_loss = Some(left - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// Paths are keys: `a//b`, `a/./b` and `a/b/` all name `a/b`.
@@ -604,6 +630,8 @@ impl SimDisk {
                 flip_on_read: None,
                 rng: ChaCha8Rng::seed_from_u64(seed),
                 stats: SimDiskStats::default(),
+                changes_before_power_loss: None,
+                power_loss_counts_directory_changes_only: false,
                 #[cfg(madsim)]
                 planted: crate::log::PlantedStorageBugs::default(),
             })),
@@ -628,6 +656,7 @@ impl SimDisk {
         let state = &mut *guard;
         state.generation += 1;
         state.stats.crashes += 1;
+        state.changes_before_power_loss = None;
         // The namespace reverts to its durable image; entries below a directory that is not
         // durably there are unreachable, hence gone.
         let directories: BTreeMap<PathBuf, InodeId> = state
@@ -686,6 +715,30 @@ impl SimDisk {
             files,
             entries_reverted: entries_reverted.into_iter().collect(),
         }
+    }
+
+    /// Let `changes` more changes (file creations, renames, removals, appends, truncations,
+    /// file and directory syncs) happen, then fail every further change as if the power were
+    /// off, until the next [`SimDisk::crash`]: a crash at an exact step of a multi-step
+    /// operation (e.g. a compaction swap). Reads keep working.
+    pub fn lose_power_after(&self, changes: u64) {
+        let mut state = self.lock();
+        state.changes_before_power_loss = Some(changes);
+        state.power_loss_counts_directory_changes_only = false;
+    }
+
+    /// [`SimDisk::lose_power_after`] counting only directory changes (file creations, renames,
+    /// removals, directory syncs): the power goes inside a roll, a retention pass or a
+    /// compaction swap rather than between appends.
+    pub fn lose_power_after_directory_changes(&self, changes: u64) {
+        let mut state = self.lock();
+        state.changes_before_power_loss = Some(changes);
+        state.power_loss_counts_directory_changes_only = true;
+    }
+
+    /// Whether an armed power loss ([`SimDisk::lose_power_after`]) has struck.
+    pub fn power_lost(&self) -> bool {
+        self.lock().changes_before_power_loss == Some(0)
     }
 
     /// The next [`DiskFile::sync`] of any file fails with [`DiskError::SyncFailed`], makes
@@ -872,6 +925,7 @@ impl Disk for SimDisk {
             (Kind::Missing, OpenMode::Existing) => return Err(not_found(&key)),
             (Kind::Missing, OpenMode::Create | OpenMode::CreateNew) => {
                 state.require_parent(&key)?;
+                state.spend_change(&key, "create")?;
                 let inode = state.next_inode;
                 state.next_inode += 1;
                 state.inodes.insert(inode, Inode::new());
@@ -898,6 +952,7 @@ impl Disk for SimDisk {
         let from = normalize(from);
         let to = normalize(to);
         let mut state = self.lock();
+        state.spend_change(&from, "rename")?;
         let from_kind = state.kind(&from);
         if from == to {
             return match from_kind {
@@ -971,6 +1026,7 @@ impl Disk for SimDisk {
     fn remove_file(&self, path: &Path) -> DiskResult<()> {
         let path = normalize(path);
         let mut state = self.lock();
+        state.spend_change(&path, "remove_file")?;
         match state.kind(&path) {
             Kind::File(inode) => {
                 state.files.remove(&path);
@@ -985,6 +1041,7 @@ impl Disk for SimDisk {
     fn remove_dir_all(&self, path: &Path) -> DiskResult<()> {
         let path = normalize(path);
         let mut state = self.lock();
+        state.spend_change(&path, "remove_dir_all")?;
         match state.kind(&path) {
             Kind::Directory => {
                 let files: Vec<(PathBuf, InodeId)> = state
@@ -1028,6 +1085,7 @@ impl Disk for SimDisk {
     fn sync_dir(&self, path: &Path) -> DiskResult<()> {
         let path = normalize(path);
         let mut state = self.lock();
+        state.spend_change(&path, "sync_dir")?;
         match state.kind(&path) {
             Kind::Directory if state.fail_next_directory_sync => {
                 state.fail_next_directory_sync = false;
@@ -1127,6 +1185,7 @@ impl DiskFile for SimFile {
     fn append(&self, data: &[u8]) -> DiskResult<u64> {
         let mut guard = self.live()?;
         let state = &mut *guard;
+        state.spend_change(&self.key, "append")?;
         let available = match state.capacity {
             Some(capacity) => capacity.saturating_sub(state.used_bytes()),
             None => u64::MAX,
@@ -1174,6 +1233,7 @@ impl DiskFile for SimFile {
 
     fn truncate(&self, len: u64) -> DiskResult<()> {
         let mut state = self.live()?;
+        state.spend_change(&self.key, "truncate")?;
         let inode = state.inode_mut(self.inode);
         let current = inode.volatile.len() as u64;
         if len > current {
@@ -1198,6 +1258,7 @@ impl DiskFile for SimFile {
     fn sync(&self) -> DiskResult<()> {
         let mut guard = self.live()?;
         let state = &mut *guard;
+        state.spend_change(&self.key, "sync")?;
         if state.fail_next_sync {
             state.fail_next_sync = false;
             state.stats.sync_failures += 1;
@@ -1804,5 +1865,35 @@ mod tests {
         assert_eq!(first, run_workload(42));
         assert!(first.0.iter().all(|report| report.files.len() == 4));
         assert_ne!(first, run_workload(43));
+    }
+
+    /// An armed power loss lets exactly N changes through, then fails every change (reads
+    /// still work) until a crash; counting directory changes only lets appends through.
+    #[test]
+    fn power_loss_after_n_changes() {
+        let disk = SimDisk::new(1);
+        let dir = Path::new("/power");
+        disk.create_dir_all(dir).expect("dir");
+        let file = disk.open(&dir.join("a"), OpenMode::Create).expect("open");
+        disk.sync_dir(dir).expect("sync dir");
+        disk.lose_power_after(2);
+        file.append(b"one").expect("first change");
+        file.sync().expect("second change");
+        assert!(disk.power_lost());
+        assert!(file.append(b"two").is_err());
+        assert!(disk.rename(&dir.join("a"), &dir.join("b")).is_err());
+        assert_eq!(&file.read_at(0, 3).expect("reads work")[..], b"one");
+        disk.crash(&mut ChaCha8Rng::seed_from_u64(1));
+        assert!(!disk.power_lost());
+        let file = disk.open(&dir.join("a"), OpenMode::Existing).expect("open");
+        file.append(b"two").expect("power back");
+        disk.lose_power_after_directory_changes(1);
+        for _ in 0..10 {
+            file.append(b"x").expect("appends do not count");
+        }
+        disk.rename(&dir.join("a"), &dir.join("b"))
+            .expect("the one directory change");
+        assert!(disk.sync_dir(dir).is_err());
+        assert!(file.append(b"y").is_err(), "once off, everything fails");
     }
 }

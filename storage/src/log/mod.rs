@@ -21,6 +21,7 @@
 //! batch's next offset, the segment's base offset for the first): the log's next offset is
 //! never taken from such a header.
 
+mod compaction;
 mod index;
 mod retention;
 mod segment;
@@ -33,6 +34,10 @@ use brook_wire::batch::{self, BatchError, BatchHeader, RecordBatch, BATCH_HEADER
 use bytes::Bytes;
 
 use crate::disk::{Disk, DiskError, DiskFile, OpenMode};
+pub use compaction::{
+    CompactionJob, CompactionJobDone, CompactionOutcome, CompactionPolicy, CLEANED_SUFFIX,
+    COMPACTION_MAP_BYTES_MAX, COMPACTION_PASS_BYTES_DEFAULT, SWAP_SUFFIX,
+};
 pub use retention::{RetentionOutcome, RetentionPolicy};
 use segment::Segment;
 
@@ -90,6 +95,10 @@ pub struct PlantedStorageBugs {
     /// After a failed fsync, do not poison the log: the next sync "succeeds" and moves the
     /// durable offset over data the failed fsync dropped.
     pub retry_failed_fsync: bool,
+    /// The cleaner keeps the oldest record of each key instead of the latest
+    /// (`compact-drops-latest`): a key's latest acknowledged value vanishes from a compacted
+    /// topic.
+    pub compact_drops_latest: bool,
 }
 
 /// Whether `path` names a segment data file (`<20 digits>.log`), e.g. to choose where the
@@ -198,8 +207,11 @@ pub struct RecoveryReport {
     pub corrupt: Vec<(PathBuf, u64, String)>,
     /// Index files rebuilt from their segment.
     pub rebuilt_indexes: Vec<PathBuf>,
-    /// Stray files removed (indexes without a segment).
+    /// Stray files removed (indexes without a segment, uncommitted compaction files).
     pub removed: Vec<PathBuf>,
+    /// Segments whose compaction swap was committed but not finished before a crash, finished
+    /// on open.
+    pub compaction_swaps_finished: Vec<PathBuf>,
 }
 
 /// A sync of everything appended before the job was made; can run on a blocking thread while
@@ -265,6 +277,8 @@ pub struct Log {
     /// Sync jobs handed out since the last truncation: ticket -> target offset.
     sync_jobs: BTreeMap<u64, u64>,
     next_sync_ticket: u64,
+    /// The cleaner's progress between compaction passes.
+    cleaner: compaction::CleanerState,
     #[cfg(madsim)]
     planted: PlantedStorageBugs,
 }
@@ -292,6 +306,9 @@ impl Log {
         }
         disk.create_dir_all(&dir)?;
         let mut report = RecoveryReport::default();
+        // A compaction swap interrupted by a crash is finished (or discarded) first, so that
+        // what follows sees whole segments only.
+        compaction::finish_interrupted_swaps(disk.as_ref(), &dir, &mut report)?;
         let names = disk.list_dir(&dir)?;
         let mut bases: Vec<u64> = names
             .iter()
@@ -362,6 +379,7 @@ impl Log {
             recovery_point_written_ms: now_ms,
             sync_jobs: BTreeMap::new(),
             next_sync_ticket: 0,
+            cleaner: compaction::CleanerState::default(),
             #[cfg(madsim)]
             planted: PlantedStorageBugs::default(),
         };
@@ -519,6 +537,12 @@ impl Log {
             .expect("a log always has an active segment")
     }
 
+    /// Whether a failed fsync (or a compaction swap that failed after its commit) made the log
+    /// refuse writes until it is reopened.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
     fn check_usable(&self) -> Result<(), LogError> {
         match &self.poisoned {
             Some(reason) => Err(LogError::Poisoned {
@@ -599,6 +623,13 @@ impl Log {
         if header.total_len() != batch.len() {
             return Err(LogError::InvalidBatch(BatchError::BadLength(
                 header.batch_length,
+            )));
+        }
+        // Only the cleaner writes compacted batches (sparse offsets, delete horizons): a
+        // produced or replicated one would claim offsets it does not hold.
+        if header.attributes & batch::ATTRIBUTE_CLEANER_MASK != 0 {
+            return Err(LogError::InvalidBatch(BatchError::ReservedAttributes(
+                header.attributes & batch::ATTRIBUTE_CLEANER_MASK,
             )));
         }
         Ok(header)
@@ -852,13 +883,23 @@ impl Log {
                     log_start_offset: self.log_start_offset(),
                     next_offset: next,
                 })?;
-        let (position, header) = segment.position_of(offset)?;
-        if header.base_offset != offset {
-            return Err(LogError::NotBatchBoundary { offset });
-        }
+        // A cut at the start of a damaged range (recorded by recovery) is a batch boundary too:
+        // a Raft follower replaces a damaged suffix like any other.
+        let position = match segment.damage_at(offset) {
+            Some(damage) if damage.first_offset == offset => damage.position,
+            _ => {
+                let (position, header) = segment.position_of(offset)?;
+                if header.base_offset != offset {
+                    return Err(LogError::NotBatchBoundary { offset });
+                }
+                position
+            }
+        };
         // Sync jobs handed out before now may have synced the file before the cut; they cover
         // nothing that is appended after it.
         self.sync_jobs.clear();
+        // What the cleaner knew of the clean section may no longer hold.
+        self.cleaner.reset();
         self.lower_recovery_point(offset)?;
         // Nothing above the cut is in the log any more (a failed fsync below must not record a
         // recovery point above it).
@@ -917,6 +958,34 @@ impl Log {
         self.sync_directory()
             .map_err(|error| self.sync_failed(error))?;
         Ok(self.log_start_offset())
+    }
+
+    /// The header of a batch that cannot be served (damaged at rest), read without a CRC
+    /// check, when it still tells the batch's offsets: a damaged range recorded by recovery
+    /// that is exactly one batch with a readable header, or a batch kept inside the active
+    /// segment whose header leads to the next batch. `None` otherwise. Its term may be the
+    /// damaged field. The batch is still never served: this tells a Raft replica the offsets
+    /// and term of an entry it holds but cannot read.
+    pub fn damaged_batch_header(&self, offset: u64) -> Result<Option<BatchHeader>, LogError> {
+        let Some((_, segment)) = self.segments.range(..=offset).next_back() else {
+            return Ok(None);
+        };
+        let Some(damage) = segment.damage_at(offset) else {
+            return Ok(match segment.position_of(offset) {
+                Ok((_, header)) if header.base_offset == offset => Some(header),
+                _ => None,
+            });
+        };
+        if damage.first_offset != offset {
+            return Ok(None);
+        }
+        let Ok(header) = segment.header_at(damage.position) else {
+            return Ok(None);
+        };
+        let whole = header.base_offset == damage.first_offset
+            && header.next_offset() == damage.next_offset
+            && damage.position.checked_add(header.total_len() as u64) == Some(damage.end);
+        Ok(whole.then_some(header))
     }
 
     /// Drop every record and restart the log, empty, at `offset` (Raft: a follower caught up

@@ -345,15 +345,17 @@ impl Segment {
         for at in 0..=scan_end.min(bytes.len().saturating_sub(1)) {
             if let Ok(header) = batch::validate(&bytes[at..]) {
                 let candidate = start + at as u64;
-                // The base offset lies outside the CRC: offsets are dense, so the candidate
-                // must fit in the bytes skipped (at least one per offset) and below the
-                // segment's next offset, which the log knows; a last batch must end there.
-                let dense = header.base_offset > expected
-                    && header.base_offset - expected <= candidate - position
-                    && header.next_offset() <= self.next_offset;
+                // The base offset lies outside the CRC, so the candidate must fit below the
+                // segment's next offset, and a last batch must end exactly there, and any
+                // other be followed by a header at exactly its next offset (a flipped base
+                // offset breaks that). Offsets are not bounded by the bytes skipped: a
+                // compacted batch spans more offsets than it has bytes (the cleaner removed
+                // its records, not its offsets).
+                let fits =
+                    header.base_offset > expected && header.next_offset() <= self.next_offset;
                 let ends_in_place = candidate + header.total_len() as u64 != size
                     || header.next_offset() == self.next_offset;
-                if dense && ends_in_place && self.is_followed(candidate, &header) {
+                if fits && ends_in_place && self.is_followed(candidate, &header) {
                     return Ok(Some((candidate, header.base_offset)));
                 }
             }

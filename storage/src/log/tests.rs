@@ -1410,3 +1410,46 @@ fn reset_restarts_the_log_empty_at_an_offset() {
         "{names:?}"
     );
 }
+
+/// A batch damaged at rest inside the active segment is never served, but its header still
+/// tells its offsets (for a Raft replica), and a truncation may cut the log at it.
+#[test]
+fn a_damaged_batch_keeps_its_header_and_can_be_cut() {
+    let sim = SimDisk::new(12);
+    let disk: Arc<dyn Disk> = Arc::new(sim.clone());
+    let dir = PathBuf::from("/damaged");
+    let (mut log, _) = open(&disk, &dir, LogConfig::default());
+    append_many(&mut log, 10, 2);
+    log.sync(0).expect("sync");
+    drop(log);
+    // A reopen records the recovery point at the log end: the damage below it is damage at
+    // rest, recorded as such (not a torn tail).
+    drop(open(&disk, &dir, LogConfig::default()));
+    let path = dir.join("00000000000000000000.log");
+    let bytes = sim.durable_contents(&path).expect("segment");
+    let mut fifth = 0u64;
+    for _ in 0..4 {
+        fifth += BatchHeader::parse(&bytes[fifth as usize..])
+            .expect("header")
+            .total_len() as u64;
+    }
+    // The last byte of the fifth batch (offsets 8 and 9): its records, not its header.
+    let header = BatchHeader::parse(&bytes[fifth as usize..]).expect("header");
+    sim.corrupt_durable(&path, fifth + header.total_len() as u64 - 1, 2)
+        .expect("corrupt");
+    let (mut log, report) = open(&disk, &dir, LogConfig::default());
+    assert_eq!(report.corrupt.len(), 1, "{report:?}");
+    assert!(matches!(
+        log.read(8, 1, u64::MAX),
+        Err(LogError::Corrupt { .. })
+    ));
+    let damaged = log
+        .damaged_batch_header(8)
+        .expect("looks")
+        .expect("a header");
+    assert_eq!((damaged.base_offset, damaged.next_offset()), (8, 10));
+    assert_eq!(log.damaged_batch_header(7).expect("looks"), None);
+    log.truncate(8).expect("cut at the damaged batch");
+    assert_eq!(log.next_offset(), 8);
+    assert_eq!(read_values(&log, 0), expected(0..8));
+}

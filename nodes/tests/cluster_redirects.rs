@@ -1,0 +1,299 @@
+//! Three brokers in cluster mode over loopback TCP, talked to with raw frames: a node that is
+//! not the active controller refuses an admin write with `NotController` and, to a client that
+//! negotiated protocol v2, names the controller (`ErrorWithLeader`); a v1 client gets the plain
+//! error. A produce to a node whose replica does not lead is refused with `NotLeader` naming
+//! the leader. Every node answers `ClusterStatus` with the same controller.
+#![cfg(not(madsim))]
+#![allow(clippy::disallowed_methods)] // real sockets and the real clock: not simulated code
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brook_actors::runtime::Runtime;
+use brook_node::config::ClusterSection;
+use brook_node::{Broker, NodeConfig};
+use brook_storage::FsDisk;
+use brook_wire::batch::BatchBuilder;
+use brook_wire::frame::{FrameDecoder, FrameEncoder};
+use brook_wire::protocol::{
+    decode_response, encode_request, Acks, Request, RequestEnvelope, Response,
+    PROTOCOL_VERSION_CLUSTER,
+};
+use brook_wire::ErrorCode;
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
+}
+
+fn node_config(id: u32, ports: &BTreeMap<u32, u16>, data_dir: &Path) -> NodeConfig {
+    NodeConfig {
+        node_id: id,
+        listen: format!("127.0.0.1:{}", ports[&id])
+            .parse()
+            .expect("address"),
+        data_dir: data_dir.to_path_buf(),
+        cluster: Some(ClusterSection {
+            peers: ports
+                .iter()
+                .map(|(id, port)| format!("{id}@127.0.0.1:{port}"))
+                .collect(),
+            heartbeat_interval_ms: 50,
+            election_timeout_ms: 300,
+            ..ClusterSection::default()
+        }),
+        ..NodeConfig::default()
+    }
+}
+
+struct Raw {
+    stream: TcpStream,
+    buffer: BytesMut,
+    next_id: u64,
+}
+
+impl Raw {
+    async fn connect(port: u16, version: u16) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let mut raw = Raw {
+            stream,
+            buffer: BytesMut::new(),
+            next_id: 0,
+        };
+        let response = raw
+            .request(
+                Request::Handshake {
+                    protocol_version_min: 1,
+                    protocol_version_max: version,
+                    client_name: "cluster redirects test".into(),
+                },
+                &[],
+            )
+            .await;
+        assert!(
+            matches!(response, Response::Handshake { protocol_version, .. } if protocol_version == version),
+            "{response:?}"
+        );
+        raw
+    }
+
+    async fn request(&mut self, request: Request, payload: &[u8]) -> Response {
+        self.next_id += 1;
+        let mut frame = BytesMut::new();
+        encode_request(
+            &FrameEncoder::default(),
+            &RequestEnvelope {
+                correlation_id: self.next_id,
+                request,
+            },
+            payload,
+            &mut frame,
+        )
+        .expect("encode");
+        self.stream.write_all(&frame).await.expect("write");
+        let decoder = FrameDecoder::new(usize::MAX);
+        for _ in 0..100_000 {
+            if let Some(frame) = decoder.decode(&mut self.buffer).expect("good frame") {
+                let envelope = decode_response(frame).expect("decodable").0;
+                assert_eq!(envelope.correlation_id, self.next_id);
+                return envelope.response;
+            }
+            let read = tokio::time::timeout(PATIENCE, self.stream.read_buf(&mut self.buffer))
+                .await
+                .expect("a response in time")
+                .expect("read");
+            assert!(read > 0, "the broker closed the connection");
+        }
+        panic!("no whole frame");
+    }
+}
+
+/// Ask `request` until `accept` takes the answer (bounded by [`PATIENCE`]).
+async fn eventually<T>(
+    client: &mut Raw,
+    request: Request,
+    mut accept: impl FnMut(&Response) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let response = client.request(request.clone(), &[]).await;
+        if let Some(value) = accept(&response) {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no acceptable answer to {request:?}; last {response:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn batch() -> Vec<u8> {
+    let mut builder = BatchBuilder::new();
+    builder.push(0, None, Some(b"value"), &[]);
+    builder.finish().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_controllers_and_non_leaders_name_where_to_go() {
+    let dirs: BTreeMap<u32, tempfile::TempDir> = (1..=3)
+        .map(|id| (id, tempfile::tempdir().expect("temporary directory")))
+        .collect();
+    let ports: BTreeMap<u32, u16> = (1..=3).map(|id| (id, free_port())).collect();
+    let mut brokers = Vec::new();
+    for id in 1..=3 {
+        brokers.push(
+            Broker::start(
+                node_config(id, &ports, dirs[&id].path()),
+                Runtime::new(u64::from(id)),
+                Arc::new(FsDisk::new()),
+            )
+            .await
+            .expect("start"),
+        );
+    }
+    let mut clients = BTreeMap::new();
+    for (id, port) in &ports {
+        clients.insert(*id, Raw::connect(*port, PROTOCOL_VERSION_CLUSTER).await);
+    }
+    // Every node names the same controller.
+    let mut controllers = Vec::new();
+    for client in clients.values_mut() {
+        controllers.push(
+            eventually(client, Request::ClusterStatus, |response| match response {
+                Response::ClusterStatus {
+                    controller_id: Some(controller),
+                    brokers,
+                } if brokers.len() == 3 => Some(*controller),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    let controller = controllers[0];
+    assert!(
+        controllers.iter().all(|c| *c == controller),
+        "{controllers:?}"
+    );
+    let other = *ports
+        .keys()
+        .find(|id| **id != controller)
+        .expect("another node");
+
+    // Admin writes elsewhere: v2 learns the controller, v1 gets the plain error.
+    let create = Request::CreateTopic {
+        name: "routed".into(),
+        partitions: 1,
+        replication_factor: 3,
+        config: Vec::new(),
+    };
+    let refused = clients
+        .get_mut(&other)
+        .expect("client")
+        .request(create.clone(), &[])
+        .await;
+    assert!(
+        matches!(&refused, Response::ErrorWithLeader { error, leader: Some(leader) }
+            if error.code == ErrorCode::NotController && *leader == controller),
+        "{refused:?}"
+    );
+    let mut old_client = Raw::connect(ports[&other], 1).await;
+    let refused = old_client.request(create.clone(), &[]).await;
+    assert!(
+        matches!(&refused, Response::Error(error) if error.code == ErrorCode::NotController),
+        "{refused:?}"
+    );
+    let created = clients
+        .get_mut(&controller)
+        .expect("client")
+        .request(create, &[])
+        .await;
+    assert!(
+        matches!(created, Response::CreateTopic { .. }),
+        "{created:?}"
+    );
+
+    // The partition's leader and preferred leader, as the nodes know them (all three hold a
+    // replica). A node that is neither is not about to lead (balancing moves leadership to the
+    // preferred replica only).
+    let (leader, preferred) = eventually(
+        clients.get_mut(&other).expect("client"),
+        Request::Metadata {
+            topics: Some(vec!["routed".into()]),
+        },
+        |response| match response {
+            Response::Metadata { topics, .. } => topics
+                .first()
+                .and_then(|topic| topic.partitions.first())
+                .and_then(|partition| Some((partition.leader?, *partition.replicas.first()?))),
+            _ => None,
+        },
+    )
+    .await;
+    let follower = *ports
+        .keys()
+        .find(|id| **id != leader && **id != preferred)
+        .expect("a follower");
+    let produce = Request::Produce {
+        topic: "routed".into(),
+        partition: 0,
+        acks: Acks::All,
+        timeout_ms: 5_000,
+        batch_count: 1,
+    };
+    // A follower refuses and names the leader (once its replica knows it).
+    let named = {
+        let client = clients.get_mut(&follower).expect("client");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let response = client.request(produce.clone(), &batch()).await;
+            match &response {
+                Response::ErrorWithLeader {
+                    error,
+                    leader: Some(named),
+                } if error.code == ErrorCode::NotLeader => break *named,
+                // The replica may learn the leader a moment later, or leadership may move
+                // to the preferred replica meanwhile.
+                Response::ErrorWithLeader { error, .. } if error.code == ErrorCode::NotLeader => {}
+                Response::Produce { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never named a leader"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert_ne!(named, follower);
+    // Produced through the node it named (retrying while leadership settles).
+    let client = clients.get_mut(&named).expect("client");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let response = client.request(produce.clone(), &batch()).await;
+        if matches!(response, Response::Produce { .. }) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the named leader never took the produce: {response:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(clients);
+    drop(old_client);
+    for broker in brokers {
+        tokio::time::timeout(PATIENCE, broker.shutdown())
+            .await
+            .expect("a cluster node shuts down in time");
+    }
+}
