@@ -94,9 +94,13 @@ pub struct ClusterArgs {
     /// The fixed rate of the latency runs in records/s (instead of --rate-fraction).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// How long a producer batch waits for more records.
+    /// How long a producer batch waits for more records (full-speed runs).
     #[arg(long, default_value_t = 5)]
     pub linger_ms: u64,
+    /// The same for the fixed-rate runs (0: a record leaves at once, as in the single-node
+    /// latency runs; a linger adds itself to every latency).
+    #[arg(long, default_value_t = 0)]
+    pub fixed_rate_linger_ms: u64,
     /// Largest producer batch in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub batch_size: usize,
@@ -444,6 +448,12 @@ async fn produce(
     topic: &str,
     rate: Option<f64>,
 ) -> anyhow::Result<Report> {
+    // Fixed rate: latency; full speed: throughput.
+    let linger_ms = if rate.is_some() {
+        args.fixed_rate_linger_ms
+    } else {
+        args.linger_ms
+    };
     let load = LoadArgs {
         topic: topic.to_owned(),
         record_size: args.record_size,
@@ -451,7 +461,7 @@ async fn produce(
         compression: Compression::None,
         broker_data_dir: None,
         batch_size: args.batch_size,
-        linger_ms: args.linger_ms,
+        linger_ms,
         acks: super::AcksArg::All,
         producers: args.producers,
         consumers: 1,
@@ -476,7 +486,7 @@ async fn produce(
         json_values: false,
         compression: Compression::None,
         batch_bytes: args.batch_size,
-        linger: Duration::from_millis(args.linger_ms),
+        linger: Duration::from_millis(linger_ms),
         acks: Acks::All,
         requests_in_flight: args.requests_in_flight,
         buffer_bytes: load.buffer_bytes,

@@ -88,6 +88,8 @@ pub struct PartitionsReport {
     pub leaders_wait_secs: f64,
     /// Partitions with a leader at the last look.
     pub partitions_led: u32,
+    /// Topic -> the last error of a describe of it (a topic left out of the counts then).
+    pub describe_errors: BTreeMap<String, String>,
     /// Node id -> partitions it leads (last look).
     pub leaders_by_node: BTreeMap<u32, u32>,
     pub leaders_target_secs: f64,
@@ -189,6 +191,7 @@ pub async fn run(runtime: Runtime, args: PartitionsArgs) -> anyhow::Result<()> {
     let mut leaders_secs = None;
     let mut last: BTreeMap<String, Vec<Option<u32>>> = BTreeMap::new();
     let mut looks = 0u32;
+    let mut describe_errors: BTreeMap<String, String> = BTreeMap::new();
     loop {
         looks += 1;
         nodes.check_alive().ok();
@@ -203,7 +206,15 @@ pub async fn run(runtime: Runtime, args: PartitionsArgs) -> anyhow::Result<()> {
             })
             .collect();
         for (topic, led) in describe_all(&runtime, &admin, incomplete, deadline).await {
-            last.insert(topic, led);
+            match led {
+                Ok(led) => {
+                    describe_errors.remove(&topic);
+                    last.insert(topic, led);
+                }
+                Err(error) => {
+                    describe_errors.insert(topic, error);
+                }
+            }
         }
         let led = count_led(&last);
         if led == args.partitions {
@@ -226,7 +237,15 @@ pub async fn run(runtime: Runtime, args: PartitionsArgs) -> anyhow::Result<()> {
     let names = topics.iter().map(|(topic, _)| topic.clone()).collect();
     let final_deadline = runtime.now() + DESCRIBE_TIMEOUT;
     for (topic, led) in describe_all(&runtime, &admin, names, final_deadline).await {
-        last.insert(topic, led);
+        match led {
+            Ok(led) => {
+                describe_errors.remove(&topic);
+                last.insert(topic, led);
+            }
+            Err(error) => {
+                describe_errors.insert(topic, error);
+            }
+        }
     }
     let partitions_led = count_led(&last);
     let mut leaders_by_node: BTreeMap<u32, u32> = BTreeMap::new();
@@ -276,6 +295,7 @@ pub async fn run(runtime: Runtime, args: PartitionsArgs) -> anyhow::Result<()> {
         leaders_secs,
         leaders_wait_secs: args.leaders_wait_secs,
         partitions_led,
+        describe_errors,
         leaders_by_node,
         leaders_target_secs: LEADERS_TARGET_SECS,
         leaders_target_met: leaders_secs.is_some_and(|secs| secs <= LEADERS_TARGET_SECS),
@@ -308,7 +328,7 @@ async fn describe_all(
     admin: &Admin,
     topics: Vec<String>,
     deadline: Instant,
-) -> Vec<(String, Vec<Option<u32>>)> {
+) -> Vec<(String, Result<Vec<Option<u32>>, String>)> {
     let timeout = deadline
         .saturating_duration_since(runtime.now())
         .clamp(DESCRIBE_TIMEOUT_MIN, DESCRIBE_TIMEOUT);
@@ -325,8 +345,9 @@ async fn describe_all(
         .collect();
     let mut described = Vec::new();
     for task in tasks {
-        if let Ok((topic, Ok(led))) = task.await {
-            described.push((topic, led));
+        match task.await {
+            Ok((topic, led)) => described.push((topic, led.map_err(|error| format!("{error:#}")))),
+            Err(error) => tracing::warn!(%error, "a describe task failed"),
         }
     }
     described
@@ -352,6 +373,9 @@ fn print_report(report: &PartitionsReport) {
             .join(", "),
         report.idle_cpu_total * 100.0
     );
+    for (topic, error) in &report.describe_errors {
+        println!("  describe {topic} failed (last time): {error}");
+    }
     for log in &report.logs {
         if log.warn_lines + log.error_lines > 0 {
             println!(
