@@ -61,6 +61,8 @@ pub struct Options {
     /// `Some(n)`: a replicated cluster of `n` nodes (3 or 5) with replication factor 3, under
     /// the multi-node nemesis (`crate::cluster`); `None`: today's single node.
     pub cluster_nodes: Option<u8>,
+    /// Cluster faults left out of the draw (`--without-fault`; see `ClusterDraw::without`).
+    pub cluster_faults_excluded: Vec<crate::cluster::ClusterFault>,
 }
 
 impl Options {
@@ -74,6 +76,7 @@ impl Options {
             compacted: false,
             retention: false,
             cluster_nodes: None,
+            cluster_faults_excluded: Vec::new(),
         }
     }
 }
@@ -491,6 +494,9 @@ impl RunReport {
         let mut command = format!("cargo sim --seed {}", self.seed);
         if let Some(cluster) = &self.cluster {
             command.push_str(&format!(" --cluster {}", cluster.nodes));
+            for fault in &cluster.excluded {
+                command.push_str(&format!(" --without-fault {}", fault.name()));
+            }
         }
         if let Some(plant) = self.plant {
             command.push_str(&format!(" --plant {}", plant.name()));
