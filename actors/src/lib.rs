@@ -1,4 +1,5 @@
-//! brook's actors: the partition actor, the controller and — to come — the sans-IO Raft core.
+//! brook's actors: the single-node partition actor and controller, and the cluster's replicated
+//! partitions (brook-raft over brook's log) and Raft-replicated cluster controller.
 //!
 //! The actor layer and the runtime seam they run on live in `brook-runtime`; `runtime` below
 //! re-exports that crate, so `brook_actors::runtime::Runtime` and `crate::runtime::...` keep
