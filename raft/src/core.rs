@@ -74,6 +74,9 @@ pub enum PlantedBug {
     NoCheckQuorum,
     /// Election timeouts are not randomised (split votes can repeat forever).
     FixedElectionTimeout,
+    /// Persist the term but not the vote: after a crash the node may vote again in a term
+    /// it already voted in (two leaders in one term).
+    ForgetVote,
 }
 
 /// What the host feeds the core.
@@ -468,8 +471,13 @@ impl Raft {
             "raft: the term went back"
         );
         self.hard_state = hard_state;
-        if self.config.planted_bug != Some(PlantedBug::ForgetHardState) {
-            out.push(Effect::PersistHardState(hard_state));
+        match self.config.planted_bug {
+            Some(PlantedBug::ForgetHardState) => {}
+            Some(PlantedBug::ForgetVote) => out.push(Effect::PersistHardState(HardState {
+                term: hard_state.term,
+                voted_for: None,
+            })),
+            _ => out.push(Effect::PersistHardState(hard_state)),
         }
     }
 
@@ -1234,11 +1242,20 @@ impl Raft {
                     Some(last_of_term) => last_of_term + 1,
                     None => conflict_index,
                 };
+                // A rejection at the follower's match index contradicts its acknowledgement:
+                // an answer overtaken by a later acknowledgement, or a log that disagrees with
+                // ours below what it acknowledged (only a bug or a damaged disk does that). We cannot
+                // go below the match index, so an immediate resend would repeat the same append
+                // and be rejected again, for ever at the speed of the network: the probe waits
+                // for the next heartbeat answer instead.
+                let contradicts_acknowledgement = rejected_prev_index <= progress.match_index;
                 progress.next_index = hinted
                     .min(rejected_prev_index)
                     .min(last_index + 1)
                     .max(progress.match_index + 1);
-                progress.replication = Replication::Probe { paused: false };
+                progress.replication = Replication::Probe {
+                    paused: contradicts_acknowledgement,
+                };
                 progress.in_flight.clear();
             }
         }
