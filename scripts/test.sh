@@ -83,6 +83,17 @@ cargo sim --seeds 20 --plant retry-failed-fsync --expect-found
 cargo sim --seeds 3 --plant skip-in-batch --expect-found     # poll-skip: a record dropped inside a batch
 cargo sim --seeds 5 --plant compact-drops-latest --expect-found  # lost-write: a key's latest value compacted away
 cargo sim --seeds 3 --cluster 3 --plant serve-above-hw --expect-found   # protocol-violation on the replicated path
+# Planted Raft bugs, on the clean cluster baseline above (corrupt-at-rest left out for its known
+# open bug, so nothing found can be that bug's doing; the seeds pass unplanted). Every seed ends
+# with a verdict: --seed-wall-secs-max (default 600) turns a run that does not end into a
+# `no-verdict` failure.
+cargo sim --seeds 5 --cluster 3 --without-fault corrupt-at-rest --plant commit-without-quorum --expect-found   # lost-write, inconsistent-offsets (seed 0)
+cargo sim --seeds 10 --cluster 3 --without-fault corrupt-at-rest --plant keep-divergent-suffix --expect-found  # divergent-prefix below a shared entry (seed 4)
+# forget-vote (the term persisted, the vote not) is shown at the core level only
+# (brook-raft scenarios: a_remembered_vote_keeps_one_leader_per_term_across_a_restart): two
+# leaders of one term need a voter to crash between two requests of one term, and no seed of
+# 0..87 of the cluster nemesis builds that (seed 88 fails not-linearizable unplanted too: the
+# open bug above, not evidence); not a CI line yet.
 
 step "tests (normal build)"
 cargo nextest run --workspace --no-fail-fast
