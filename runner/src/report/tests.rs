@@ -535,3 +535,86 @@ fn a_nemesis_line_that_does_not_parse_is_an_error_naming_the_line() {
         other => panic!("expected a nemesis error, got {other:?}"),
     }
 }
+
+/// Rewrites `results.json` of a fixture directory with `edit`.
+fn edit_results(dir: &Path, edit: impl FnOnce(&mut Value)) {
+    let path = dir.join("results.json");
+    let mut results: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    edit(&mut results);
+    std::fs::write(&path, results.to_string()).expect("write");
+}
+
+#[test]
+fn anomalies_named_only_by_history_index_show_those_operations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let history = Fixture::new().write(dir.path(), 3);
+    let operations = history.operations().expect("pairs");
+    // A failed send and a poll, named by their completions' history indexes only.
+    let failed = operations
+        .iter()
+        .find(|operation| operation.outcome == Outcome::Fail)
+        .expect("a failed send");
+    let poll = operations
+        .iter()
+        .find(|operation| operation.kind.name() == "poll")
+        .expect("a poll");
+    let named = [
+        failed.completion.expect("completed"),
+        poll.completion.expect("completed"),
+    ];
+    edit_results(dir.path(), |results| {
+        results["valid"] = json!(false);
+        results["anomalies"] = json!([{"kind": "lost-write-acks1", "count": 5, "examples": named}]);
+        results["linearizable"] = json!({
+            "verdict": "not-linearizable",
+            "partitions": [],
+            "witness": {"partition": 0, "blocked_op": named[0], "blocked": "append",
+                        "log_length": 3, "linearized": [], "concurrent": [named[1]],
+                        "message": "append could not be placed at length 3"},
+        });
+    });
+    let page = render_page(dir.path());
+    for (checker, kind, count) in [
+        ("run", "lost-write-acks1", 5),
+        ("linearizability", "not-linearizable", 1),
+    ] {
+        let start = page
+            .find(&format!("<h3 id=\"anomaly-{checker}-{kind}\">"))
+            .unwrap_or_else(|| panic!("details of {kind}"));
+        let details = &page[start..];
+        let details = &details[..details[4..]
+            .find("<h3")
+            .map_or(details.len(), |end| end + 4)];
+        assert!(details.contains(&format!("{kind} ({checker}, {count})")));
+        for operation in [failed, poll] {
+            let row = format!(
+                "<td class=\"number\">{}-{}</td>",
+                operation.invoke,
+                operation.completion.expect("completed")
+            );
+            assert!(details.contains(&row), "{kind}: row {row}");
+        }
+        assert!(
+            details.contains("<td class=\"bad\">fail</td>"),
+            "outcome shown"
+        );
+    }
+    assert!(page.contains("append could not be placed at length 3"));
+    assert!(
+        page.contains("<td class=\"bad\">not-linearizable</td>"),
+        "checker verdict"
+    );
+}
+
+#[test]
+fn a_history_index_not_in_the_history_is_reported_as_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let history = Fixture::new().write(dir.path(), 3);
+    let beyond = history.len() + 10;
+    edit_results(dir.path(), |results| {
+        results["anomalies"] = json!([{"kind": "unseen", "count": 1, "examples": [beyond]}]);
+    });
+    let page = render_page(dir.path());
+    assert!(page.contains(&format!("Not in the history: {beyond}")));
+}
