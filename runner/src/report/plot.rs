@@ -30,7 +30,7 @@ const NANOS_PER_SECOND: f64 = 1e9;
 const NANOS_PER_MILLISECOND: f64 = 1e6;
 
 const COLOR_OK: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
-const COLOR_FAIL: RGBColor = RGBColor(0xd6, 0x27, 0x28);
+pub(crate) const COLOR_FAIL: RGBColor = RGBColor(0xd6, 0x27, 0x28);
 const COLOR_INFO: RGBColor = RGBColor(0xe6, 0x8a, 0x00);
 const COLOR_POLLED: RGBColor = RGBColor(0x2c, 0xa0, 0x2c);
 const COLOR_GRID: RGBColor = RGBColor(0xe4, 0xe4, 0xe4);

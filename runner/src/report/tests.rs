@@ -53,11 +53,14 @@ struct Fixture {
     windows: Vec<Window>,
     /// Partition and offset of an acknowledged record that the log then loses.
     lose: Option<(u32, u64)>,
+    /// How long the producers run (the final drain follows for a second).
+    run_ns: u64,
+    /// Each producer's interval between sends.
+    send_interval_ns: u64,
 }
 
 const PRODUCERS: [(u64, u32); 2] = [(1, 0), (2, 1)];
 const CONSUMER: u64 = 10;
-const RUN_NS: u64 = 8 * SECOND_NS;
 
 impl Fixture {
     fn new() -> Fixture {
@@ -79,6 +82,8 @@ impl Fixture {
                 },
             ],
             lose: None,
+            run_ns: 8 * SECOND_NS,
+            send_interval_ns: 100 * MILLISECOND_NS,
         }
     }
 
@@ -94,7 +99,7 @@ impl Fixture {
         for (process, partition) in PRODUCERS {
             let leader = partition + 1;
             let mut time_ns = 50 * MILLISECOND_NS * (u64::from(partition) + 1);
-            while time_ns < RUN_NS {
+            while time_ns < self.run_ns {
                 let hit = self
                     .windows
                     .iter()
@@ -118,12 +123,12 @@ impl Fixture {
                 steps.push((time_ns + latency_ns, process, end));
                 value += 1;
                 time_ns =
-                    (time_ns + 100 * MILLISECOND_NS).max(time_ns + latency_ns + MILLISECOND_NS);
+                    (time_ns + self.send_interval_ns).max(time_ns + latency_ns + MILLISECOND_NS);
             }
         }
         // Polls every 250 ms, and the final drain after the run.
         let mut time_ns = 125 * MILLISECOND_NS;
-        while time_ns < RUN_NS + SECOND_NS {
+        while time_ns < self.run_ns + SECOND_NS {
             steps.push((time_ns, CONSUMER, Step::PollInvoke));
             steps.push((time_ns + 2 * MILLISECOND_NS, CONSUMER, Step::PollComplete));
             time_ns += 250 * MILLISECOND_NS;
@@ -617,4 +622,61 @@ fn a_history_index_not_in_the_history_is_reported_as_missing() {
     });
     let page = render_page(dir.path());
     assert!(page.contains(&format!("Not in the history: {beyond}")));
+}
+
+#[test]
+fn a_long_run_draws_a_bounded_number_of_points_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut fixture = Fixture::new();
+    fixture.run_ns = 240 * SECOND_NS;
+    fixture.send_interval_ns = 8 * MILLISECOND_NS;
+    let history = fixture.write(dir.path(), 11);
+    let sends_ok = history
+        .operations()
+        .expect("pairs")
+        .iter()
+        .filter(|operation| operation.kind.name() == "send" && operation.outcome == Outcome::Ok)
+        .count();
+    let limit = super::plot::LATENCY_POINTS_PER_SERIES_MAX;
+    assert!(sends_ok > 2 * limit, "the fixture has {sends_ok} ok sends");
+
+    let page = render_page(dir.path());
+    let stride = sends_ok.div_ceil(limit);
+    let drawn = sends_ok.div_ceil(stride);
+    let send_svg = figure_svg(&page, "plot-latency-send");
+    assert_eq!(
+        send_svg.matches("<circle").count(),
+        drawn + 1,
+        "thinned ok sends, legend"
+    );
+    assert!(page.contains(&format!(
+        "ok: 1 of every {stride} of the {sends_ok} operations is drawn."
+    )));
+    assert!(
+        page.contains(&format!("ok ({sends_ok})")),
+        "the legend counts them all"
+    );
+    // All failed sends are drawn (two crosses per fail, plus the legend's).
+    let sends_fail = history
+        .operations()
+        .expect("pairs")
+        .iter()
+        .filter(|operation| operation.kind.name() == "send" && operation.outcome == Outcome::Fail)
+        .count();
+    assert!(sends_fail > 0);
+    let fail_color = format!("stroke=\"{}\"", super::plot::hex(super::plot::COLOR_FAIL));
+    let crosses = send_svg
+        .split("<line")
+        .filter(|tag| tag[..tag.find('>').unwrap_or(tag.len())].contains(&fail_color))
+        .count();
+    assert_eq!(
+        crosses,
+        2 * (sends_fail + 1),
+        "every failed send drawn, and the legend's"
+    );
+    assert!(
+        page.len() < 16 * 1024 * 1024,
+        "page of {} bytes",
+        page.len()
+    );
 }
