@@ -24,6 +24,10 @@ pub(crate) struct AnomalyItem {
     pub partitions: Vec<u64>,
     pub offsets: Vec<u64>,
     pub values: Vec<u64>,
+    /// Nodes (replica anomalies).
+    pub nodes: Vec<String>,
+    /// Raft terms (replica anomalies).
+    pub terms: Vec<u64>,
     /// History indexes named by the checker.
     pub ops: Vec<usize>,
 }
@@ -31,12 +35,24 @@ pub(crate) struct AnomalyItem {
 /// The anomalies of one kind from one checker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct AnomalyGroup {
-    /// `queue`, `linearizability`, `replicas` or `run`.
+    /// `queue`, `linearizable`, `replicas` (the parts of results.json), or `run` (an entry of
+    /// the run's summary list that names no checker).
     pub checker: &'static str,
     pub kind: String,
     /// How many the checker found (may exceed `items.len()`).
     pub count: u64,
     pub items: Vec<AnomalyItem>,
+}
+
+impl AnomalyGroup {
+    /// The element id of its details: `anomaly-<checker>-<kind>` with anything but ASCII
+    /// letters and digits as `-` (a kind may hold spaces: "not linearizable").
+    pub fn anchor(&self) -> String {
+        let raw = format!("anomaly-{}-{}", self.checker, self.kind);
+        raw.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect()
+    }
 }
 
 /// Why an operation is listed under an anomaly.
@@ -72,23 +88,37 @@ pub(crate) fn gather(results: Option<&Value>) -> Vec<AnomalyGroup> {
     let Some(results) = results else {
         return Vec::new();
     };
+    let present = |name: &str| results.get(name).filter(|part| !part.is_null());
     let mut groups = Vec::new();
-    if let Some(queue) = results.get("queue") {
+    // Checkers whose full report is in results.json: their part of the run's summary list
+    // adds nothing.
+    let mut detailed: BTreeSet<&str> = BTreeSet::new();
+    if let Some(queue) = present("queue") {
+        detailed.insert("queue");
         groups.extend(queue_groups(queue));
     }
-    if let Some(linear) = results.get("linearizable") {
+    if let Some(linear) = present("linearizable") {
+        detailed.insert("linearizable");
         groups.extend(linear_group(linear));
     }
-    if let Some(replicas) = results.get("replicas") {
+    if let Some(replicas) = present("replicas") {
+        detailed.insert("replicas");
         groups.extend(replica_groups(replicas));
     }
-    // The run's own summary: kinds not already detailed by a checker above.
+    // The run's own summary list (`[{checker?, kind, count, examples}]`): what the full
+    // reports above did not already say.
     if let Some(Value::Array(summary)) = results.get("anomalies") {
         for entry in summary {
             let Some(kind) = entry.get("kind").and_then(Value::as_str) else {
                 continue;
             };
-            if groups.iter().any(|group| group.kind == kind) {
+            let checker = match entry.get("checker").and_then(Value::as_str) {
+                Some("queue") => "queue",
+                Some("linearizable") => "linearizable",
+                Some("replicas") => "replicas",
+                _ => "run",
+            };
+            if detailed.contains(checker) || groups.iter().any(|group| group.kind == kind) {
                 continue;
             }
             let items: Vec<AnomalyItem> = match entry.get("examples") {
@@ -100,7 +130,7 @@ pub(crate) fn gather(results: Option<&Value>) -> Vec<AnomalyGroup> {
                 .and_then(Value::as_u64)
                 .unwrap_or(items.len() as u64);
             groups.push(AnomalyGroup {
-                checker: "run",
+                checker,
                 kind: kind.to_owned(),
                 count,
                 items,
@@ -162,10 +192,19 @@ fn linear_group(linear: &Value) -> Option<AnomalyGroup> {
     } else {
         item.message = format!("verdict: {verdict}");
     }
+    let partitions_not_linearizable = match linear.get("partitions") {
+        Some(Value::Array(partitions)) => partitions
+            .iter()
+            .filter(|partition| {
+                partition.get("verdict").and_then(Value::as_str) != Some("linearizable")
+            })
+            .count() as u64,
+        _ => 0,
+    };
     Some(AnomalyGroup {
-        checker: "linearizability",
+        checker: "linearizable",
         kind: verdict.to_owned(),
-        count: 1,
+        count: partitions_not_linearizable.max(1),
         items: vec![item],
     })
 }
@@ -203,6 +242,11 @@ fn anomaly_item(anomaly: &Value) -> AnomalyItem {
         partitions,
         offsets: u64_list(anomaly.get("offsets")),
         values: u64_list(anomaly.get("values")),
+        nodes: match anomaly.get("nodes") {
+            Some(Value::Array(nodes)) => nodes.iter().map(node_name).collect(),
+            _ => Vec::new(),
+        },
+        terms: u64_list(anomaly.get("terms")),
         ops: index_list(anomaly.get("ops")),
     }
 }
@@ -226,6 +270,15 @@ fn example_item(example: &Value) -> AnomalyItem {
             message: other.to_string(),
             ..AnomalyItem::default()
         },
+    }
+}
+
+/// A node as the run names it: `"n2"` as is, a bare id `2` as `n2`.
+fn node_name(node: &Value) -> String {
+    match node {
+        Value::String(name) => name.clone(),
+        Value::Number(id) => format!("n{id}"),
+        other => other.to_string(),
     }
 }
 

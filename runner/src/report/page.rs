@@ -37,6 +37,7 @@ h1{font-size:1.5em;margin:20px 0 8px}h2{font-size:1.2em;margin:28px 0 8px;
 .verdict.invalid{background:#fbe3e3;border:1px solid #d77;color:#8a1111}
 .verdict.unknown{background:#f2f2f2;border:1px solid #bbb;color:#444}
 .verdict small{display:block;font-weight:400;font-size:.75em;margin-top:4px}
+.verdict ul.errors{font-weight:400;font-size:.8em;margin:4px 0}
 table{border-collapse:collapse;margin:6px 0 12px;font-size:.92em}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f5f5f5}td.number{text-align:right;font-variant-numeric:tabular-nums}
@@ -102,20 +103,32 @@ impl Page<'_> {
     }
 
     fn verdict(&self, results: Option<&Value>) -> Markup {
-        let valid = results
-            .and_then(|results| results.get("valid"))
-            .and_then(Value::as_bool);
-        let expect_anomalies = results
-            .and_then(|results| results.get("expect_anomalies"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let flag = |name: &str| {
+            results
+                .and_then(|results| results.get(name))
+                .and_then(Value::as_bool)
+        };
+        let valid = flag("valid");
+        let expect_anomalies = flag("expect_anomalies").unwrap_or(false);
+        // What the run's exit code said (with --expect-anomalies: that the anomalies were found).
+        let passed = flag("passed");
+        let errors = string_list(results.and_then(|results| results.get("errors")));
         let anomaly_total: u64 = self.groups.iter().map(|group| group.count).sum();
-        let (class, headline) = match valid {
-            Some(true) => ("verdict valid", "Valid".to_owned()),
-            Some(false) => ("verdict invalid", "Invalid".to_owned()),
-            None => (
+        let (class, headline) = match (valid, expect_anomalies, passed) {
+            (Some(true), false, _) => ("verdict valid", "Valid"),
+            (Some(false), true, Some(true)) => (
+                "verdict valid",
+                "Invalid, as this run expected: the checker found the anomalies it must find (passed)",
+            ),
+            (Some(false), true, _) => ("verdict invalid", "Invalid"),
+            (Some(true), true, _) => (
+                "verdict invalid",
+                "Valid, but this run expected anomalies: the checker missed them (failed)",
+            ),
+            (Some(false), false, _) => ("verdict invalid", "Invalid"),
+            (None, _, _) => (
                 "verdict unknown",
-                "No verdict: results.json is missing or has no \"valid\" field".to_owned(),
+                "No verdict: results.json is missing or has no \"valid\" field",
             ),
         };
         html! {
@@ -138,13 +151,22 @@ impl Page<'_> {
                         checker is not blind)."
                     }
                 }
+                @if !errors.is_empty() {
+                    small { "Run errors:" }
+                    ul.errors {
+                        @for error in &errors { li { (error) } }
+                    }
+                }
             }
         }
     }
 
     fn summary(&self, results: Option<&Value>) -> Markup {
-        let field = |name: &str| results.and_then(|results| results.get(name));
-        let text = |name: &str| field(name).map(plain).unwrap_or_else(|| "-".to_owned());
+        let field = |name: &str| {
+            results
+                .and_then(|results| results.get(name))
+                .filter(|value| !value.is_null())
+        };
         let nemesis = match field("nemesis") {
             Some(Value::Array(names)) if names.is_empty() => "none".to_owned(),
             Some(Value::Array(names)) => names.iter().map(plain).collect::<Vec<_>>().join(", "),
@@ -155,15 +177,36 @@ impl Page<'_> {
             Some(Value::Object(counts)) => counts.iter().collect::<Vec<_>>(),
             _ => Vec::new(),
         };
+        let notes = string_list(field("notes"));
         let observed_seconds = self.data.run_end_ns() as f64 / NANOS_PER_SECOND;
+        // (label, field of results.json), shown when present.
+        let facts = [
+            ("seed", "seed"),
+            ("nodes", "nodes"),
+            ("workload", "workload"),
+            ("acks", "acks"),
+            ("partitions", "partitions"),
+            ("rate (ops/s)", "rate"),
+            ("time limit (s)", "time_limit_secs"),
+            ("wall time (s)", "wall_secs"),
+            ("fault windows", "faults"),
+            ("cluster converged after the heal", "converged"),
+            ("final drain complete", "drain_complete"),
+            ("expect anomalies", "expect_anomalies"),
+            ("lost writes found", "lost_writes_found"),
+            ("passed (exit code)", "passed"),
+        ];
         html! {
             h2 id="summary" { "Summary" }
             table.facts {
-                tr { th { "seed" } td { (text("seed")) } }
-                tr { th { "nodes" } td { (text("nodes")) } }
-                tr { th { "workload" } td { (text("workload")) } }
-                tr { th { "nemesis" } td { (nemesis) } }
-                tr { th { "time limit (s)" } td { (text("time_limit_secs")) } }
+                @for (label, name) in facts {
+                    @if let Some(value) = field(name) {
+                        tr { th { (label) } td { (plain(value)) } }
+                    }
+                    @if name == "workload" {
+                        tr { th { "nemesis" } td { (nemesis) } }
+                    }
+                }
                 tr { th { "observed span (s)" } td { (format!("{observed_seconds:.1}")) } }
                 tr { th { "history" } td {
                     @if self.data.history_present {
@@ -173,16 +216,15 @@ impl Page<'_> {
                         span.bad { "history.jsonl is missing" }
                     }
                 } }
-                tr { th { "expect anomalies" } td { (text("expect_anomalies")) } }
             }
             h3 { "Checkers" }
             table {
                 tr { th { "checker" } th { "verdict" } }
                 (checker_row("queue (lost-write, unseen, duplicate, ...)",
                     field("queue").and_then(|queue| queue.get("valid")).map(validity)))
-                (checker_row("linearizability per partition",
+                (checker_row("linearizability of each partition",
                     field("linearizable").and_then(|linear| linear.get("verdict")).map(plain)))
-                (checker_row("replicas (committed prefixes identical)",
+                (checker_row("replicas (committed prefixes identical, one leader per term)",
                     field("replicas").and_then(|replicas| replicas.get("valid")).map(validity)))
             }
             h3 id="anomaly-counts" { "Anomaly counts" }
@@ -194,8 +236,7 @@ impl Page<'_> {
                     @for group in &self.groups {
                         tr {
                             td { (group.checker) }
-                            td { a href=(format!("#anomaly-{}-{}", group.checker, group.kind)) {
-                                (group.kind) } }
+                            td { a href=(format!("#{}", group.anchor())) { (group.kind) } }
                             td.number.bad { (group.count) }
                         }
                     }
@@ -207,6 +248,12 @@ impl Page<'_> {
                     @for (name, value) in counts {
                         tr { th { (name) } td.number { (plain(value)) } }
                     }
+                }
+            }
+            @if !notes.is_empty() {
+                h3 { "Notes of the run" }
+                ul {
+                    @for note in &notes { li { (note) } }
                 }
             }
         }
@@ -304,7 +351,7 @@ impl Page<'_> {
                 p.good { "No anomaly." }
             }
             @for group in &self.groups {
-                h3 id=(format!("anomaly-{}-{}", group.checker, group.kind)) {
+                h3 id=(group.anchor()) {
                     (group.kind) " (" (group.checker) ", " (group.count) ")"
                 }
                 @if group.items.is_empty() {
@@ -339,6 +386,8 @@ impl Page<'_> {
                     @if !item.partitions.is_empty() { "partitions " (join(&item.partitions)) "; " }
                     @if !item.offsets.is_empty() { "offsets " (join(&item.offsets)) "; " }
                     @if !item.values.is_empty() { "values " (join(&item.values)) "; " }
+                    @if !item.nodes.is_empty() { "nodes " (item.nodes.join(", ")) "; " }
+                    @if !item.terms.is_empty() { "terms " (join(&item.terms)) "; " }
                     @if !item.ops.is_empty() { "history indexes " (join(&item.ops)) }
                 }
                 @if !missing.is_empty() {
@@ -515,6 +564,15 @@ fn describe_kind(kind: &OpKind, highlighted: &[u64]) -> Markup {
         },
         // Other kinds are rare in these tables; their JSON says it all.
         other => html! { code { (serde_json::to_string(other).unwrap_or_default()) } },
+    }
+}
+
+/// The strings of a JSON array (other items as JSON text); nothing if absent.
+fn string_list(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::Array(items)) => items.iter().map(plain).collect(),
+        Some(Value::Null) | None => Vec::new(),
+        Some(other) => vec![plain(other)],
     }
 }
 

@@ -210,16 +210,23 @@ impl Fixture {
             .collect();
         std::fs::write(dir.join("nemesis.jsonl"), nemesis).expect("write nemesis");
         let report = queue::check(&history, &QueueOptions::default()).expect("history pairs");
+        // The run's summary list, as brook-jepsen run writes it (realrun's notes).
         let anomalies: Vec<Value> = report
             .anomaly_counts
             .iter()
             .map(|(kind, count)| {
-                let examples: Vec<usize> = report
+                let examples: Vec<Value> = report
                     .of(*kind)
                     .iter()
-                    .flat_map(|anomaly| anomaly.ops.iter().copied())
+                    .take(5)
+                    .map(|anomaly| {
+                        json!({"message": anomaly.message, "ops": anomaly.ops,
+                               "values": anomaly.values, "partitions": anomaly.partitions,
+                               "offsets": anomaly.offsets})
+                    })
                     .collect();
-                json!({"kind": kind.name(), "count": count, "examples": examples})
+                json!({"checker": "queue", "kind": kind.name(), "count": count,
+                       "examples": examples})
             })
             .collect();
         let results = json!({
@@ -443,6 +450,11 @@ fn invalid_run_lists_the_lost_write_with_its_operations() {
         .find("<h3")
         .map_or(details.len(), |end| end + 4)];
     assert!(details.contains("lost-write (queue, 1)"));
+    assert_eq!(
+        page.matches("lost-write (").count(),
+        1,
+        "the run's summary list does not repeat the queue report"
+    );
     // The checker's message, and the operations it names, looked up in the history.
     let message = maud::html! { (lost[0].message) }.into_string();
     assert!(details.contains(&message), "message shown");
@@ -582,7 +594,7 @@ fn anomalies_named_only_by_history_index_show_those_operations() {
     let page = render_page(dir.path());
     for (checker, kind, count) in [
         ("run", "lost-write-acks1", 5),
-        ("linearizability", "not-linearizable", 1),
+        ("linearizable", "not-linearizable", 1),
     ] {
         let start = page
             .find(&format!("<h3 id=\"anomaly-{checker}-{kind}\">"))
@@ -679,4 +691,37 @@ fn a_long_run_draws_a_bounded_number_of_points_and_says_so() {
         "page of {} bytes",
         page.len()
     );
+}
+
+#[test]
+fn an_expected_anomaly_run_that_found_them_says_so_and_run_errors_are_listed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut fixture = Fixture::new();
+    fixture.lose = Some((0, 7));
+    fixture.write(dir.path(), 5);
+    edit_results(dir.path(), |results| {
+        results["expect_anomalies"] = json!(true);
+        results["passed"] = json!(true);
+        results["acks"] = json!("1");
+        results["errors"] = json!(["n3 did not stop <in time>"]);
+        results["notes"] = json!(["replica logs read from 3 nodes"]);
+    });
+    let page = render_page(dir.path());
+    assert!(page.contains("Invalid, as this run expected"));
+    assert!(
+        page.contains("class=\"verdict valid\""),
+        "a passed self-test is green"
+    );
+    assert!(page.contains("<li>n3 did not stop &lt;in time&gt;</li>"));
+    assert!(page.contains("<li>replica logs read from 3 nodes</li>"));
+    assert!(page.contains("<th>acks</th><td>1</td>"));
+
+    // The same run had it found nothing: red.
+    edit_results(dir.path(), |results| {
+        results["valid"] = json!(true);
+        results["passed"] = json!(false);
+    });
+    let page = render_page(dir.path());
+    assert!(page.contains("the checker missed them (failed)"));
+    assert!(page.contains("class=\"verdict invalid\""));
 }
