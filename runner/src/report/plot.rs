@@ -19,10 +19,14 @@ const PLOT_HEIGHT_PX: u32 = 380;
 pub(crate) const LATENCY_POINTS_PER_SERIES_MAX: usize = 20_000;
 /// Throughput bins at most; a bin is at least one second wide.
 const THROUGHPUT_BINS_MAX: u64 = 600;
-/// Height of one row of window labels, in pixels (overlapping windows stack their labels).
+/// Height of one row of window labels, in pixels (windows whose labels would overlap stack
+/// them in rows).
 const LABEL_ROW_PX: i32 = 16;
-/// Rows of window labels at most; further overlapping windows reuse the last row.
-const LABEL_ROWS_MAX: usize = 6;
+/// Rows of window labels; further overlapping windows reuse the last row. The labels sit in a
+/// strip above the plotting area, so they never hide a point or the legend.
+const LABEL_ROWS_MAX: usize = 2;
+/// Height of that strip, in pixels.
+const LABEL_STRIP_PX: u32 = 6 + 16 * LABEL_ROWS_MAX as u32;
 /// Opacity of a window's shading.
 pub(crate) const WINDOW_OPACITY: f64 = 0.16;
 
@@ -153,6 +157,7 @@ pub(crate) fn latency_plot(data: &RunData, of: LatencyOf) -> Result<Plot, Report
         root.fill(&WHITE).map_err(|e| error(e.to_string()))?;
         let mut chart = ChartBuilder::on(&root)
             .margin(12)
+            .margin_top(LABEL_STRIP_PX)
             .x_label_area_size(40)
             .y_label_area_size(64)
             .build_cartesian_2d(0f64..x_max, (y_min..y_max).log_scale())
@@ -322,6 +327,7 @@ pub(crate) fn throughput_plot(data: &RunData) -> Result<Plot, ReportError> {
         root.fill(&WHITE).map_err(|e| error(e.to_string()))?;
         let mut chart = ChartBuilder::on(&root)
             .margin(12)
+            .margin_top(LABEL_STRIP_PX)
             .x_label_area_size(40)
             .y_label_area_size(64)
             .build_cartesian_2d(0f64..x_max, 0f64..y_max)
@@ -422,22 +428,24 @@ fn shade_windows(
     Ok(())
 }
 
-/// Labels every window at the top of the plotting area; windows that overlap an earlier
-/// label take the next row down.
+/// Labels every window in the strip above the plotting area, at the window's left edge;
+/// a label that would overlap an earlier one takes the next row down.
 fn label_windows(
     root: &DrawingArea<SVGBackend<'_>, Shift>,
     windows: &[NemesisWindow],
     spans: &[(i32, i32)],
     plot_pixels: &PixelRange,
 ) -> Result<(), String> {
-    let (_, y_range) = plot_pixels;
+    let (x_range, y_range) = plot_pixels;
     // Per row: the pixel where its last label ends.
     let mut row_ends: Vec<i32> = Vec::new();
     for (window, &(start, _)) in windows.iter().zip(spans) {
         let label = window.label();
         // The naive font measure of plotters' SVG backend: about 8 px per character at this size.
         let label_width = i32::try_from(label.chars().count()).unwrap_or(i32::MAX / 16) * 8;
-        let row = match row_ends.iter().position(|&end| end <= start) {
+        // Keep a label near the right edge inside the picture.
+        let x = (start + 2).min(x_range.end - label_width).max(0);
+        let row = match row_ends.iter().position(|&end| end <= x) {
             Some(row) => row,
             None if row_ends.len() < LABEL_ROWS_MAX => {
                 row_ends.push(i32::MIN);
@@ -445,11 +453,12 @@ fn label_windows(
             }
             None => LABEL_ROWS_MAX - 1,
         };
-        row_ends[row] = start + label_width + 4;
+        row_ends[row] = x + label_width + 4;
         let color = window_color(&window.kind);
         let style = ("sans-serif", 15).into_font().color(&color);
-        let y = y_range.start + 2 + LABEL_ROW_PX * i32::try_from(row).unwrap_or(0);
-        root.draw(&Text::new(label, (start + 2, y), style))
+        let strip_top = y_range.start - i32::try_from(LABEL_STRIP_PX).unwrap_or(0);
+        let y = strip_top + 2 + LABEL_ROW_PX * i32::try_from(row).unwrap_or(0);
+        root.draw(&Text::new(label, (x, y), style))
             .map_err(|e| e.to_string())?;
     }
     Ok(())
