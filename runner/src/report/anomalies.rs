@@ -11,11 +11,14 @@ use serde_json::Value;
 use super::input::{RunData, TimedOperation};
 
 /// Anomalies shown in detail per kind at most (the counts are always complete).
-pub(crate) const ANOMALIES_SHOWN_PER_KIND_MAX: usize = 20;
+pub(crate) const ANOMALIES_SHOWN_PER_KIND_MAX: usize = 10;
 /// Operations listed per anomaly at most.
 pub(crate) const OPERATIONS_SHOWN_PER_ANOMALY_MAX: usize = 24;
-/// Polls listed per value read at most (a value re-read by every consumer would flood the list).
+/// Polls listed per value read, and per offset read, at most (a value re-read by every
+/// consumer would flood the list).
 const POLLS_SHOWN_PER_VALUE_MAX: usize = 3;
+/// (partition, offset) pairs of one anomaly looked up at most.
+const OFFSETS_LOOKED_UP_PER_ANOMALY_MAX: usize = 8;
 
 /// One anomaly, with the evidence it names.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -44,6 +47,44 @@ pub(crate) struct AnomalyGroup {
     pub items: Vec<AnomalyItem>,
 }
 
+impl AnomalyItem {
+    /// The (partition, offset) pairs it names, bounded.
+    pub fn places(&self) -> Vec<(u32, u64)> {
+        self.partitions
+            .iter()
+            .filter_map(|&partition| u32::try_from(partition).ok())
+            .flat_map(|partition| self.offsets.iter().map(move |&offset| (partition, offset)))
+            .take(OFFSETS_LOOKED_UP_PER_ANOMALY_MAX)
+            .collect()
+    }
+}
+
+/// What to mark in the operations listed under an anomaly: the values it names, and the
+/// records at the partitions and offsets it names.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Marks {
+    values: BTreeSet<u64>,
+    places: BTreeSet<(u32, u64)>,
+}
+
+impl Marks {
+    pub fn of(item: &AnomalyItem) -> Marks {
+        Marks {
+            values: item.values.iter().copied().collect(),
+            places: item.places().into_iter().collect(),
+        }
+    }
+
+    pub fn value(&self, value: u64) -> bool {
+        self.values.contains(&value)
+    }
+
+    pub fn record(&self, record: &brook_jepsen::PollRecord) -> bool {
+        self.values.contains(&record.value)
+            || self.places.contains(&(record.partition, record.offset))
+    }
+}
+
 impl AnomalyGroup {
     /// The element id of its details: `anomaly-<checker>-<kind>` with anything but ASCII
     /// letters and digits as `-` (a kind may hold spaces: "not linearizable").
@@ -64,6 +105,8 @@ pub(crate) enum Involvement {
     Sent(u64),
     /// It read a value the anomaly names.
     Read(u64),
+    /// It read a record at a partition and offset the anomaly names.
+    ReadOffset(u64, u64),
 }
 
 impl Involvement {
@@ -72,6 +115,9 @@ impl Involvement {
             Involvement::Named => "named by the checker".to_owned(),
             Involvement::Sent(value) => format!("sent value {value}"),
             Involvement::Read(value) => format!("read value {value}"),
+            Involvement::ReadOffset(partition, offset) => {
+                format!("read partition {partition} offset {offset}")
+            }
         }
     }
 }
@@ -306,7 +352,9 @@ fn index_list(value: Option<&Value>) -> Vec<usize> {
 }
 
 /// The operations an anomaly involves, in history order: those the checker named, the send of
-/// every value it names, and the first polls that read each value.
+/// every value it names, the first polls that read each value, and the first polls that read
+/// each offset it names (in each partition it names): for a lost write, what was read at its
+/// offset instead.
 pub(crate) fn involved_operations<'a>(
     data: &'a RunData,
     item: &AnomalyItem,
@@ -338,6 +386,14 @@ pub(crate) fn involved_operations<'a>(
             .take(POLLS_SHOWN_PER_VALUE_MAX)
         {
             add(timed, Involvement::Read(value));
+        }
+    }
+    for (partition, offset) in item.places() {
+        for timed in data
+            .polls_reading_offset(partition, offset)
+            .take(POLLS_SHOWN_PER_VALUE_MAX)
+        {
+            add(timed, Involvement::ReadOffset(u64::from(partition), offset));
         }
     }
     involved.into_values().collect()

@@ -205,12 +205,29 @@ impl RunData {
     }
 }
 
+impl RunData {
+    /// The polls that returned a record at `partition`/`offset`, in history order.
+    pub fn polls_reading_offset(
+        &self,
+        partition: u32,
+        offset: u64,
+    ) -> impl Iterator<Item = &TimedOperation> {
+        self.lookup
+            .polls_by_offset
+            .get(&(partition, offset))
+            .into_iter()
+            .flatten()
+            .map(|&position| &self.operations[position])
+    }
+}
+
 /// Indexes from what anomalies name (history indexes, values) to positions in `operations`.
 #[derive(Debug, Default)]
 pub(crate) struct Lookup {
     by_history_index: BTreeMap<usize, usize>,
     send_by_value: BTreeMap<u64, usize>,
     polls_by_value: BTreeMap<u64, Vec<usize>>,
+    polls_by_offset: BTreeMap<(u32, u64), Vec<usize>>,
 }
 
 impl Lookup {
@@ -228,8 +245,15 @@ impl Lookup {
                 }
                 OpKind::Poll { records } => {
                     for record in records {
-                        let polls = lookup.polls_by_value.entry(record.value).or_default();
                         // One poll may return a value twice (a duplicate): list the poll once.
+                        let polls = lookup.polls_by_value.entry(record.value).or_default();
+                        if polls.last() != Some(&position) {
+                            polls.push(position);
+                        }
+                        let polls = lookup
+                            .polls_by_offset
+                            .entry((record.partition, record.offset))
+                            .or_default();
                         if polls.last() != Some(&position) {
                             polls.push(position);
                         }

@@ -10,7 +10,7 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde_json::Value;
 
 use super::anomalies::{
-    involved_operations, AnomalyGroup, AnomalyItem, ANOMALIES_SHOWN_PER_KIND_MAX,
+    involved_operations, AnomalyGroup, AnomalyItem, Marks, ANOMALIES_SHOWN_PER_KIND_MAX,
     OPERATIONS_SHOWN_PER_ANOMALY_MAX,
 };
 use super::input::{
@@ -370,6 +370,7 @@ impl Page<'_> {
 
     fn anomaly_item(&self, item: &AnomalyItem) -> Markup {
         let involved = involved_operations(self.data, item);
+        let marks = Marks::of(item);
         let missing: Vec<usize> = item
             .ops
             .iter()
@@ -401,7 +402,7 @@ impl Page<'_> {
                             th { "node" } th { "type" } th { "outcome" } th { "what" }
                             th { "why listed" } }
                         @for operation in involved.iter().take(OPERATIONS_SHOWN_PER_ANOMALY_MAX) {
-                            (operation_row(operation.timed, run_end_ns, &item.values,
+                            (operation_row(operation.timed, run_end_ns, &marks,
                                 &operation.reasons.iter().map(|reason| reason.describe())
                                     .collect::<Vec<_>>().join("; ")))
                         }
@@ -499,12 +500,7 @@ fn window_row(window: &NemesisWindow) -> Markup {
 }
 
 /// One operation's row; values the anomaly names are marked.
-fn operation_row(
-    timed: &TimedOperation,
-    run_end_ns: u64,
-    highlighted: &[u64],
-    reasons: &str,
-) -> Markup {
+fn operation_row(timed: &TimedOperation, run_end_ns: u64, marks: &Marks, reasons: &str) -> Markup {
     let operation = &timed.operation;
     let index = match operation.completion {
         Some(completion) if completion != operation.invoke => {
@@ -525,18 +521,13 @@ fn operation_row(
             td class=(if operation.outcome == Outcome::Ok { "" } else { "bad" }) {
                 (operation.outcome.to_string())
             }
-            td { (describe_kind(&operation.kind, highlighted)) }
+            td { (describe_kind(&operation.kind, marks)) }
             td { (reasons) }
         }
     }
 }
 
-fn describe_kind(kind: &OpKind, highlighted: &[u64]) -> Markup {
-    let mark = |value: u64| {
-        html! {
-            @if highlighted.contains(&value) { mark { (value) } } @else { (value) }
-        }
-    };
+fn describe_kind(kind: &OpKind, marks: &Marks) -> Markup {
     match kind {
         OpKind::Send {
             partition,
@@ -545,26 +536,55 @@ fn describe_kind(kind: &OpKind, highlighted: &[u64]) -> Markup {
             offset,
             acks,
         } => html! {
-            "value " (mark(*value))
+            "value " @if marks.value(*value) { mark { (value) } } @else { (value) }
             @if let Some(key) = key { " key " code { (key) } }
             @if let Some(partition) = partition { " partition " (partition) }
             @if let Some(offset) = offset { " offset " (offset) }
             " acks=" (acks.name())
         },
-        OpKind::Poll { records } => html! {
-            (records.len()) " record" (if records.len() == 1 { "" } else { "s" })
-            @if !records.is_empty() { ": " }
-            @for (position, record) in records.iter().take(RECORDS_SHOWN_PER_POLL_MAX).enumerate() {
-                @if position > 0 { ", " }
-                "p" (record.partition) "@" (record.offset) "=" (mark(record.value))
+        OpKind::Poll { records } => {
+            let shown = shown_records(records, marks);
+            html! {
+                (records.len()) " record" (if records.len() == 1 { "" } else { "s" })
+                @if !records.is_empty() { ": " }
+                @for (position, &index) in shown.iter().enumerate() {
+                    @if position > 0 { ", " }
+                    // A gap in what is shown: say so.
+                    @if (position == 0 && index > 0)
+                        || (position > 0 && index > shown[position - 1] + 1) { "... " }
+                    @let record = &records[index];
+                    @if marks.record(record) {
+                        mark { "p" (record.partition) "@" (record.offset) "=" (record.value) }
+                    } @else {
+                        "p" (record.partition) "@" (record.offset) "=" (record.value)
+                    }
+                }
+                @if shown.last().is_some_and(|&last| last + 1 < records.len()) {
+                    ", ... (" (records.len() - shown.len()) " more not shown)"
+                }
             }
-            @if records.len() > RECORDS_SHOWN_PER_POLL_MAX {
-                ", ... (" (records.len() - RECORDS_SHOWN_PER_POLL_MAX) " more)"
-            }
-        },
+        }
         // Other kinds are rare in these tables; their JSON says it all.
         other => html! { code { (serde_json::to_string(other).unwrap_or_default()) } },
     }
+}
+
+/// Which records of a poll to write out (positions, ascending): each marked record with its
+/// neighbours, else the first ones; at most `RECORDS_SHOWN_PER_POLL_MAX`.
+pub(super) fn shown_records(records: &[brook_jepsen::PollRecord], marks: &Marks) -> Vec<usize> {
+    let mut shown = std::collections::BTreeSet::new();
+    for (index, record) in records.iter().enumerate() {
+        if shown.len() >= RECORDS_SHOWN_PER_POLL_MAX {
+            break;
+        }
+        if marks.record(record) {
+            shown.extend(index.saturating_sub(1)..(index + 2).min(records.len()));
+        }
+    }
+    if shown.is_empty() {
+        shown.extend(0..records.len().min(RECORDS_SHOWN_PER_POLL_MAX));
+    }
+    shown.into_iter().take(RECORDS_SHOWN_PER_POLL_MAX).collect()
 }
 
 /// The strings of a JSON array (other items as JSON text); nothing if absent.

@@ -482,7 +482,7 @@ fn invalid_run_lists_the_lost_write_with_its_operations() {
     let (read_offset, read_value) = (lost[0].offsets[1], lost[0].values[1]);
     assert!(read_offset > 7);
     assert!(
-        details.contains(&format!("p0@{read_offset}=<mark>{read_value}</mark>")),
+        details.contains(&format!("<mark>p0@{read_offset}={read_value}</mark>")),
         "the poll that read past the lost write"
     );
     // And the operations are counted in the summary.
@@ -724,4 +724,82 @@ fn an_expected_anomaly_run_that_found_them_says_so_and_run_errors_are_listed() {
     let page = render_page(dir.path());
     assert!(page.contains("the checker missed them (failed)"));
     assert!(page.contains("class=\"verdict invalid\""));
+}
+
+#[test]
+fn a_long_poll_shows_the_records_of_the_values_involved_with_their_neighbours() {
+    let records: Vec<brook_jepsen::PollRecord> = (0..100u64)
+        .map(|offset| brook_jepsen::PollRecord {
+            partition: 0,
+            offset,
+            value: 1000 + offset,
+        })
+        .collect();
+    let marks = |values: &[u64]| {
+        super::anomalies::Marks::of(&super::anomalies::AnomalyItem {
+            values: values.to_vec(),
+            ..Default::default()
+        })
+    };
+    assert_eq!(
+        super::page::shown_records(&records, &marks(&[1030, 1070])),
+        vec![29, 30, 31, 69, 70, 71]
+    );
+    assert_eq!(
+        super::page::shown_records(&records, &marks(&[1000])),
+        vec![0, 1]
+    );
+    assert_eq!(
+        super::page::shown_records(&records, &marks(&[1099])),
+        vec![98, 99]
+    );
+    // Nothing involved: the first records, up to the bound.
+    assert_eq!(
+        super::page::shown_records(&records, &marks(&[7])),
+        (0..12).collect::<Vec<_>>()
+    );
+    // Many involved: bounded.
+    let all: Vec<u64> = (1000..1100).collect();
+    assert_eq!(super::page::shown_records(&records, &marks(&all)).len(), 12);
+    // A partition and offset named (what was read where a lost write should be).
+    let place = super::anomalies::Marks::of(&super::anomalies::AnomalyItem {
+        partitions: vec![0],
+        offsets: vec![50],
+        ..Default::default()
+    });
+    assert_eq!(
+        super::page::shown_records(&records, &place),
+        vec![49, 50, 51]
+    );
+}
+
+#[test]
+fn an_anomaly_naming_a_partition_and_offset_lists_the_polls_that_read_there() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let history = Fixture::new().write(dir.path(), 3);
+    let reader = history
+        .operations()
+        .expect("pairs")
+        .into_iter()
+        .find(|operation| match &operation.kind {
+            brook_jepsen::OpKind::Poll { records } => records
+                .iter()
+                .any(|record| (record.partition, record.offset) == (0, 3)),
+            _ => false,
+        })
+        .expect("a poll read partition 0 offset 3");
+    edit_results(dir.path(), |results| {
+        results["anomalies"] = json!([{"kind": "offset-gap", "count": 1,
+            "examples": [{"message": "gap", "partitions": [0], "offsets": [3]}]}]);
+    });
+    let page = render_page(dir.path());
+    let row = format!(
+        "<td class=\"number\">{}-{}</td>",
+        reader.invoke,
+        reader.completion.expect("completed")
+    );
+    let start = page.find(&row).expect("the poll's row");
+    let row_text = &page[start..start + page[start..].find("</tr>").expect("row ends")];
+    assert!(row_text.contains("read partition 0 offset 3"), "{row_text}");
+    assert!(row_text.contains("<mark>p0@3="), "{row_text}");
 }
