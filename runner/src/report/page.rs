@@ -41,7 +41,9 @@ h1{font-size:1.5em;margin:20px 0 8px}h2{font-size:1.2em;margin:28px 0 8px;
 table{border-collapse:collapse;margin:6px 0 12px;font-size:.92em}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f5f5f5}td.number{text-align:right;font-variant-numeric:tabular-nums}
-.facts th{width:12em}.bad{color:#a11;font-weight:600}.good{color:#1d5c16}
+.columns{display:grid;grid-template-columns:repeat(auto-fit,minmax(330px,1fr));gap:0 24px;
+  align-items:start}.columns h3:first-child{margin-top:4px}
+.facts th{width:14em}.bad{color:#a11;font-weight:600}.good{color:#1d5c16}
 .swatch{display:inline-block;width:14px;height:14px;border:1px solid #888;vertical-align:middle;
   margin-right:6px}
 figure{margin:12px 0 24px}figure svg{width:100%;height:auto;border:1px solid #e5e5e5}
@@ -77,7 +79,6 @@ impl Page<'_> {
                     h1 { (self.title) }
                     (self.verdict(results))
                     (self.summary(results))
-                    (self.operations_table())
                     (self.nemesis_table())
                     h2 id="plots" { "Plots" }
                     p.muted {
@@ -198,6 +199,8 @@ impl Page<'_> {
         ];
         html! {
             h2 id="summary" { "Summary" }
+            div.columns { div {
+            h3 { "Run" }
             table.facts {
                 @for (label, name) in facts {
                     @if let Some(value) = field(name) {
@@ -217,6 +220,8 @@ impl Page<'_> {
                     }
                 } }
             }
+            }
+            div {
             h3 { "Checkers" }
             table {
                 tr { th { "checker" } th { "verdict" } }
@@ -242,6 +247,15 @@ impl Page<'_> {
                     }
                 }
             }
+            @if !notes.is_empty() {
+                h3 { "Notes of the run" }
+                ul {
+                    @for note in &notes { li { (note) } }
+                }
+            }
+            }
+            div {
+            (self.operations_table())
             @if !counts.is_empty() {
                 h3 { "Counts reported by the run" }
                 table {
@@ -250,12 +264,7 @@ impl Page<'_> {
                     }
                 }
             }
-            @if !notes.is_empty() {
-                h3 { "Notes of the run" }
-                ul {
-                    @for note in &notes { li { (note) } }
-                }
-            }
+            } }
         }
     }
 
@@ -294,7 +303,7 @@ impl Page<'_> {
             .filter(|value| !values_read.contains(value))
             .count();
         html! {
-            h2 id="operations" { "Operations" }
+            h3 id="operations" { "Operations in the history" }
             @if self.data.operations.is_empty() {
                 p.muted { "No operation in the history." }
             } @else {
@@ -601,6 +610,10 @@ fn plain(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
         Value::Null => "-".to_owned(),
+        // Seconds and rates: two decimals say enough.
+        Value::Number(number) if number.is_f64() => {
+            format!("{:.2}", number.as_f64().unwrap_or(f64::NAN))
+        }
         other => other.to_string(),
     }
 }
