@@ -22,8 +22,8 @@ const THROUGHPUT_BINS_MAX: u64 = 600;
 /// Height of one row of window labels, in pixels (windows whose labels would overlap stack
 /// them in rows).
 const LABEL_ROW_PX: i32 = 16;
-/// Rows of window labels; further overlapping windows reuse the last row. The labels sit in a
-/// strip above the plotting area, so they never hide a point or the legend.
+/// Rows of window labels; a window whose label finds no room in any row is not labelled. The
+/// labels sit in a strip above the plotting area, so they never hide a point or the legend.
 const LABEL_ROWS_MAX: usize = 2;
 /// Height of that strip, in pixels.
 const LABEL_STRIP_PX: u32 = 6 + 16 * LABEL_ROWS_MAX as u32;
@@ -240,7 +240,10 @@ pub(crate) fn latency_plot(data: &RunData, of: LatencyOf) -> Result<Plot, Report
             .border_style(BLACK.mix(0.4))
             .draw()
             .map_err(|e| error(e.to_string()))?;
-        label_windows(&root, &data.windows, &spans, &plot_pixels).map_err(&error)?;
+        let labelled = label_windows(&root, &data.windows, &spans, &plot_pixels).map_err(&error)?;
+        if labelled < data.windows.len() {
+            notes.push(unlabelled_note(labelled, data.windows.len()));
+        }
         root.present().map_err(|e| error(e.to_string()))?;
     }
     Ok(Plot {
@@ -253,6 +256,13 @@ pub(crate) fn latency_plot(data: &RunData, of: LatencyOf) -> Result<Plot, Report
         svg,
         notes,
     })
+}
+
+fn unlabelled_note(labelled: usize, windows: usize) -> String {
+    format!(
+        "{labelled} of the {windows} fault windows are labelled; the others were too close \
+         together for a label (their colour says the kind; the table above lists them all)."
+    )
 }
 
 fn format_latency_ms(value: f64) -> String {
@@ -274,6 +284,17 @@ pub(crate) fn throughput_plot(data: &RunData) -> Result<Plot, ReportError> {
     let bins = usize::try_from(run_end_ns / bin_ns + 1).unwrap_or(1);
     let bin_seconds = bin_ns as f64 / NANOS_PER_SECOND;
 
+    // The final drain reads the whole backlog within a second or two; drawn, it would flatten
+    // the run's own throughput into the axis. A poll invoked after the last send completed is
+    // the drain's, and it is counted in the caption instead.
+    let last_send_ns = data
+        .operations
+        .iter()
+        .filter(|timed| timed.is_send())
+        .map(|timed| timed.end_ns.unwrap_or(run_end_ns))
+        .max();
+    let mut drain_polls = 0u64;
+    let mut drain_records = 0u64;
     let mut sends_ok = vec![0u64; bins];
     let mut sends_not_ok = vec![0u64; bins];
     let mut records_polled = vec![0u64; bins];
@@ -292,7 +313,12 @@ pub(crate) fn throughput_plot(data: &RunData) -> Result<Plot, ReportError> {
             brook_jepsen::OpKind::Poll { records }
                 if timed.outcome() == brook_jepsen::Outcome::Ok =>
             {
-                records_polled[bin] += records.len() as u64;
+                if last_send_ns.is_some_and(|last| timed.start_ns > last) {
+                    drain_polls += 1;
+                    drain_records += records.len() as u64;
+                } else {
+                    records_polled[bin] += records.len() as u64;
+                }
             }
             _ => {}
         }
@@ -309,6 +335,13 @@ pub(crate) fn throughput_plot(data: &RunData) -> Result<Plot, ReportError> {
             })
             .collect()
     };
+    let mut notes = Vec::new();
+    if drain_polls > 0 {
+        notes.push(format!(
+            "Not drawn: the final drain, {drain_polls} polls invoked after the last send \
+             completed, which read {drain_records} records."
+        ));
+    }
     let series = [
         ("sends ok /s", COLOR_OK, rate(&sends_ok)),
         ("records polled /s", COLOR_POLLED, rate(&records_polled)),
@@ -364,7 +397,10 @@ pub(crate) fn throughput_plot(data: &RunData) -> Result<Plot, ReportError> {
             .border_style(BLACK.mix(0.4))
             .draw()
             .map_err(|e| error(e.to_string()))?;
-        label_windows(&root, &data.windows, &spans, &plot_pixels).map_err(&error)?;
+        let labelled = label_windows(&root, &data.windows, &spans, &plot_pixels).map_err(&error)?;
+        if labelled < data.windows.len() {
+            notes.push(unlabelled_note(labelled, data.windows.len()));
+        }
         root.present().map_err(|e| error(e.to_string()))?;
     }
     Ok(Plot {
@@ -374,7 +410,7 @@ pub(crate) fn throughput_plot(data: &RunData) -> Result<Plot, ReportError> {
             format_seconds(bin_seconds)
         ),
         svg,
-        notes: Vec::new(),
+        notes,
     })
 }
 
@@ -435,23 +471,21 @@ fn label_windows(
     windows: &[NemesisWindow],
     spans: &[(i32, i32)],
     plot_pixels: &PixelRange,
-) -> Result<(), String> {
+) -> Result<usize, String> {
     let (x_range, y_range) = plot_pixels;
     // Per row: the pixel where its last label ends.
-    let mut row_ends: Vec<i32> = Vec::new();
+    let mut row_ends: Vec<i32> = vec![i32::MIN; LABEL_ROWS_MAX];
+    let mut labelled = 0;
     for (window, &(start, _)) in windows.iter().zip(spans) {
         let label = window.label();
         // The naive font measure of plotters' SVG backend: about 8 px per character at this size.
         let label_width = i32::try_from(label.chars().count()).unwrap_or(i32::MAX / 16) * 8;
         // Keep a label near the right edge inside the picture.
         let x = (start + 2).min(x_range.end - label_width).max(0);
-        let row = match row_ends.iter().position(|&end| end <= x) {
-            Some(row) => row,
-            None if row_ends.len() < LABEL_ROWS_MAX => {
-                row_ends.push(i32::MIN);
-                row_ends.len() - 1
-            }
-            None => LABEL_ROWS_MAX - 1,
+        // No room left in any row (a long run's windows are close): the shading and the
+        // table below say what it was.
+        let Some(row) = row_ends.iter().position(|&end| end <= x) else {
+            continue;
         };
         row_ends[row] = x + label_width + 4;
         let color = window_color(&window.kind);
@@ -460,6 +494,7 @@ fn label_windows(
         let y = strip_top + 2 + LABEL_ROW_PX * i32::try_from(row).unwrap_or(0);
         root.draw(&Text::new(label, (x, y), style))
             .map_err(|e| e.to_string())?;
+        labelled += 1;
     }
-    Ok(())
+    Ok(labelled)
 }

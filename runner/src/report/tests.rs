@@ -57,6 +57,8 @@ struct Fixture {
     run_ns: u64,
     /// Each producer's interval between sends.
     send_interval_ns: u64,
+    /// When the consumer starts polling.
+    polls_from_ns: u64,
 }
 
 const PRODUCERS: [(u64, u32); 2] = [(1, 0), (2, 1)];
@@ -84,6 +86,7 @@ impl Fixture {
             lose: None,
             run_ns: 8 * SECOND_NS,
             send_interval_ns: 100 * MILLISECOND_NS,
+            polls_from_ns: 125 * MILLISECOND_NS,
         }
     }
 
@@ -127,7 +130,7 @@ impl Fixture {
             }
         }
         // Polls every 250 ms, and the final drain after the run.
-        let mut time_ns = 125 * MILLISECOND_NS;
+        let mut time_ns = self.polls_from_ns;
         while time_ns < self.run_ns + SECOND_NS {
             steps.push((time_ns, CONSUMER, Step::PollInvoke));
             steps.push((time_ns + 2 * MILLISECOND_NS, CONSUMER, Step::PollComplete));
@@ -802,4 +805,101 @@ fn an_anomaly_naming_a_partition_and_offset_lists_the_polls_that_read_there() {
     let row_text = &page[start..start + page[start..].find("</tr>").expect("row ends")];
     assert!(row_text.contains("read partition 0 offset 3"), "{row_text}");
     assert!(row_text.contains("<mark>p0@3="), "{row_text}");
+}
+
+#[test]
+fn crowded_windows_are_shaded_all_but_labelled_only_where_there_is_room() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut fixture = Fixture::new();
+    // 40 windows of 100 ms, 200 ms apart: far narrower than their labels.
+    fixture.windows = (0..40u64)
+        .map(|number| Window {
+            kind: if number % 2 == 0 { "kill" } else { "pause" },
+            start_ns: number * 200 * MILLISECOND_NS,
+            end_ns: number * 200 * MILLISECOND_NS + 100 * MILLISECOND_NS,
+            nodes: vec![3],
+            description: format!("window {number}"),
+        })
+        .collect();
+    fixture.write(dir.path(), 9);
+    let page = render_page(dir.path());
+    let kill_color = super::plot::hex(super::plot::window_color("kill"));
+    let pause_color = super::plot::hex(super::plot::window_color("pause"));
+    for id in ["plot-latency-send", "plot-latency-poll", "plot-throughput"] {
+        let svg = figure_svg(&page, id);
+        assert_eq!(shaded_rectangles(svg, &kill_color).len(), 20, "{id}");
+        assert_eq!(shaded_rectangles(svg, &pause_color).len(), 20, "{id}");
+        // The labels: (x, y) of each text naming a window.
+        let labels: Vec<(i32, i32, usize)> = svg
+            .split("<text")
+            .skip(1)
+            .filter(|text| text.contains("kill n3") || text.contains("pause n3"))
+            .map(|text| {
+                let tag = &text[..text.find('>').expect("tag ends")];
+                let number = |name| {
+                    attribute(tag, name)
+                        .and_then(|value| value.parse::<i32>().ok())
+                        .expect("numeric")
+                };
+                let label_length = if text.contains("kill n3") { 7 } else { 8 };
+                (number("x"), number("y"), label_length)
+            })
+            .collect();
+        assert!(
+            !labels.is_empty() && labels.len() < 40,
+            "{id}: {} labels",
+            labels.len()
+        );
+        assert!(page.contains(&format!(
+            "{} of the 40 fault windows are labelled",
+            labels.len()
+        )));
+        // At most two rows, and no two labels of a row overlap.
+        let rows: std::collections::BTreeSet<i32> = labels.iter().map(|label| label.1).collect();
+        assert!(rows.len() <= 2, "{id}: rows at {rows:?}");
+        for row in rows {
+            let mut spans: Vec<(i32, i32)> = labels
+                .iter()
+                .filter(|label| label.1 == row)
+                .map(|&(x, _, length)| (x, x + 8 * i32::try_from(length).expect("small")))
+                .collect();
+            spans.sort();
+            for pair in spans.windows(2) {
+                assert!(pair[0].1 <= pair[1].0, "{id}: labels overlap: {pair:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_final_drain_is_left_out_of_the_throughput_plot_and_counted_in_its_caption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut fixture = Fixture::new();
+    // The consumer reads nothing until the producers stop: the drain reads everything.
+    fixture.polls_from_ns = fixture.run_ns + 300 * MILLISECOND_NS;
+    let history = fixture.write(dir.path(), 12);
+    let operations = history.operations().expect("pairs");
+    let sends_ok = operations
+        .iter()
+        .filter(|operation| operation.kind.name() == "send" && operation.outcome == Outcome::Ok)
+        .count();
+    let polls = operations
+        .iter()
+        .filter(|operation| operation.kind.name() == "poll")
+        .count();
+    let page = render_page(dir.path());
+    assert!(
+        page.contains(&format!(
+            "Not drawn: the final drain, {polls} polls invoked after the last send completed, \
+             which read {sends_ok} records."
+        )),
+        "drain caption"
+    );
+    // The y axis is scaled to the sends (about 20/s), not to the drain's thousands per second.
+    let svg = figure_svg(&page, "plot-throughput");
+    let top_label = svg_texts(svg)
+        .into_iter()
+        .filter_map(|text| text.parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    assert!(top_label < 100.0, "y axis up to {top_label}");
 }
