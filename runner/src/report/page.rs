@@ -28,6 +28,7 @@ const NANOS_PER_SECOND: f64 = 1e9;
 const NANOS_PER_MILLISECOND: f64 = 1e6;
 
 const CSS: &str = "
+nav{font-size:.9em;margin:0 0 8px}
 body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0 auto;
   max-width:1160px;padding:0 16px 48px;color:#222;line-height:1.4}
 h1{font-size:1.5em;margin:20px 0 8px}h2{font-size:1.2em;margin:28px 0 8px;
@@ -77,24 +78,18 @@ impl Page<'_> {
                 }
                 body {
                     h1 { (self.title) }
+                    nav {
+                        a href="#summary" { "Summary" } " · "
+                        a href="#plots" { "Plots" } " · "
+                        a href="#anomalies" { "Anomalies" } " · "
+                        a href="#nemesis" { "Nemesis windows" } " · "
+                        a href="#files" { "Files" }
+                    }
                     (self.verdict(results))
                     (self.summary(results))
-                    (self.nemesis_table())
-                    h2 id="plots" { "Plots" }
-                    p.muted {
-                        "Shaded bands are the nemesis windows, labelled at the top of each plot "
-                        "with their kind and nodes. Time is wall-clock since the run started."
-                    }
-                    @for plot in &self.plots {
-                        figure id=(plot.id) {
-                            figcaption { strong { (plot.title) } }
-                            (PreEscaped(&plot.svg))
-                            @for note in &plot.notes {
-                                figcaption { (note) }
-                            }
-                        }
-                    }
+                    (self.plots_section())
                     (self.anomaly_details())
+                    (self.nemesis_table())
                     (self.files())
                     (self.raw_results(results))
                 }
@@ -334,9 +329,43 @@ impl Page<'_> {
         }
     }
 
+    fn plots_section(&self) -> Markup {
+        // Kinds in order of first appearance, with how many windows each had.
+        let mut kinds: Vec<(&str, usize)> = Vec::new();
+        for window in &self.data.windows {
+            match kinds.iter_mut().find(|(kind, _)| *kind == window.kind) {
+                Some((_, count)) => *count += 1,
+                None => kinds.push((&window.kind, 1)),
+            }
+        }
+        html! {
+            h2 id="plots" { "Plots" }
+            p.muted {
+                "Time is wall-clock since the run started. Shaded bands are the nemesis windows, "
+                "labelled above each plot with their kind and nodes where there is room"
+                @if kinds.is_empty() { " (this run had none)." } @else { ": " }
+                @for (position, (kind, count)) in kinds.iter().enumerate() {
+                    @if position > 0 { ", " }
+                    span.swatch style=(swatch_style(kind)) {}
+                    (kind) " (" (count) ")"
+                }
+                @if !kinds.is_empty() { "." }
+            }
+            @for plot in &self.plots {
+                figure id=(plot.id) {
+                    figcaption { strong { (plot.title) } }
+                    (PreEscaped(&plot.svg))
+                    @for note in &plot.notes {
+                        figcaption { (note) }
+                    }
+                }
+            }
+        }
+    }
+
     fn nemesis_table(&self) -> Markup {
         html! {
-            h2 id="nemesis" { "Nemesis windows" }
+            h2 id="nemesis" { "Nemesis windows (" (self.data.windows.len()) ")" }
             @if !self.data.nemesis_present {
                 p.muted { "nemesis.jsonl is missing: no fault windows to show." }
             } @else if self.data.windows.is_empty() {
@@ -487,16 +516,24 @@ fn validity(valid: &Value) -> String {
     }
 }
 
+/// The inline style of a nemesis kind's colour swatch (the shading's colour, a little
+/// stronger so that it reads on its own).
+fn swatch_style(kind: &str) -> String {
+    format!(
+        "background:{};opacity:{}",
+        hex(window_color(kind)),
+        (WINDOW_OPACITY * 3.0).min(1.0)
+    )
+}
+
 fn window_row(window: &NemesisWindow) -> Markup {
-    let color = window_color(&window.kind);
     let start = window.start_ns as f64 / NANOS_PER_SECOND;
     let end = window.end_ns as f64 / NANOS_PER_SECOND;
     let nodes: Vec<String> = window.nodes.iter().map(|node| format!("n{node}")).collect();
     html! {
         tr {
             td {
-                span.swatch style=(format!("background:{};opacity:{}", hex(color),
-                    (WINDOW_OPACITY * 3.0).min(1.0))) {}
+                span.swatch style=(swatch_style(&window.kind)) {}
                 (window.kind)
             }
             td.number { (format!("{start:.2}")) }

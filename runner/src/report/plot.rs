@@ -261,7 +261,8 @@ pub(crate) fn latency_plot(data: &RunData, of: LatencyOf) -> Result<Plot, Report
 fn unlabelled_note(labelled: usize, windows: usize) -> String {
     format!(
         "{labelled} of the {windows} fault windows are labelled; the others were too close \
-         together for a label (their colour says the kind; the table above lists them all)."
+         together for a label (their colour says the kind; the table of nemesis windows below lists \
+         them all)."
     )
 }
 
@@ -280,7 +281,12 @@ pub(crate) fn throughput_plot(data: &RunData) -> Result<Plot, ReportError> {
     let error = plot_error(id);
     let run_end_ns = data.run_end_ns();
     let x_max = time_axis_seconds(data);
-    let bin_ns = (run_end_ns.div_ceil(THROUGHPUT_BINS_MAX)).max(1_000_000_000);
+    // Whole seconds, so that the rate of a bin reads as "per second" at a glance.
+    let bin_ns = run_end_ns
+        .div_ceil(THROUGHPUT_BINS_MAX)
+        .div_ceil(1_000_000_000)
+        .max(1)
+        * 1_000_000_000;
     let bins = usize::try_from(run_end_ns / bin_ns + 1).unwrap_or(1);
     let bin_seconds = bin_ns as f64 / NANOS_PER_SECOND;
 
