@@ -344,7 +344,7 @@ pub(crate) fn throughput_plot(data: &RunData) -> Result<Plot, ReportError> {
     let mut notes = Vec::new();
     if drain_polls > 0 {
         notes.push(format!(
-            "Not drawn: the final drain, {drain_polls} polls invoked after the last send \
+            "Not drawn: the final drain, {drain_polls} poll(s) invoked after the last send \
              completed, which read {drain_records} records."
         ));
     }

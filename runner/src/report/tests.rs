@@ -890,8 +890,8 @@ fn the_final_drain_is_left_out_of_the_throughput_plot_and_counted_in_its_caption
     let page = render_page(dir.path());
     assert!(
         page.contains(&format!(
-            "Not drawn: the final drain, {polls} polls invoked after the last send completed, \
-             which read {sends_ok} records."
+            "Not drawn: the final drain, {polls} poll(s) invoked after the last send \
+             completed, which read {sends_ok} records."
         )),
         "drain caption"
     );
