@@ -903,3 +903,14 @@ fn the_final_drain_is_left_out_of_the_throughput_plot_and_counted_in_its_caption
         .fold(0.0, f64::max);
     assert!(top_label < 100.0, "y axis up to {top_label}");
 }
+
+#[test]
+fn a_results_file_that_is_not_json_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    Fixture::new().write(dir.path(), 1);
+    std::fs::write(dir.path().join("results.json"), "{\"valid\": tru").expect("write");
+    let error = render(dir.path()).expect_err("results.json does not parse");
+    assert!(matches!(error, ReportError::Results { .. }), "{error:?}");
+    assert!(error.to_string().contains("results.json"), "{error}");
+    assert!(!dir.path().join("index.html").exists());
+}
