@@ -77,11 +77,14 @@ pub enum ReportError {
 /// does not parse is an error.
 pub fn render(run_dir: &Path) -> Result<PathBuf, ReportError> {
     let data = input::RunData::load(run_dir)?;
-    let plots = vec![
+    let mut plots = vec![
         plot::latency_plot(&data, plot::LatencyOf::Send)?,
         plot::latency_plot(&data, plot::LatencyOf::Poll)?,
-        plot::throughput_plot(&data)?,
     ];
+    if plot::LatencyOf::Other.has_operations(&data) {
+        plots.push(plot::latency_plot(&data, plot::LatencyOf::Other)?);
+    }
+    plots.push(plot::throughput_plot(&data)?);
     let groups = anomalies::gather(data.results.as_ref());
     let name = run_dir
         .file_name()

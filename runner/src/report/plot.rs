@@ -1,7 +1,7 @@
 //! The plots, drawn with plotters into SVG text that the page inlines: latency of every send and
 //! every poll over time (one point per operation, colour and shape by outcome), and throughput
-//! over time. Every plot shades the nemesis windows and labels them at the top, so that a reader
-//! sees at a glance what each fault did to the clients.
+//! over time. Every plot shades the nemesis windows and labels them above the plotting area, so
+//! that a reader sees at a glance what each fault did to the clients.
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -17,7 +17,7 @@ const PLOT_HEIGHT_PX: u32 = 380;
 /// and the caption says so; failed and indeterminate operations are rare and all of them are
 /// usually below the bound.
 pub(crate) const LATENCY_POINTS_PER_SERIES_MAX: usize = 20_000;
-/// Throughput bins at most; a bin is at least one second wide.
+/// Throughput bins at most; a bin is a whole number of seconds wide.
 const THROUGHPUT_BINS_MAX: u64 = 600;
 /// Height of one row of window labels, in pixels (windows whose labels would overlap stack
 /// them in rows).
@@ -26,7 +26,7 @@ const LABEL_ROW_PX: i32 = 16;
 /// labels sit in a strip above the plotting area, so they never hide a point or the legend.
 const LABEL_ROWS_MAX: usize = 2;
 /// Height of that strip, in pixels.
-const LABEL_STRIP_PX: u32 = 6 + 16 * LABEL_ROWS_MAX as u32;
+const LABEL_STRIP_PX: u32 = 6 + LABEL_ROW_PX as u32 * LABEL_ROWS_MAX as u32;
 /// Opacity of a window's shading.
 pub(crate) const WINDOW_OPACITY: f64 = 0.16;
 
@@ -74,6 +74,10 @@ pub(crate) struct Plot {
 pub(crate) enum LatencyOf {
     Send,
     Poll,
+    /// Requests to the cluster other than sends and polls: end-offset reads, group commits and
+    /// committed-offset reads (the group workloads'). Client-side events (assign, seek, ...) and
+    /// the nemesis's crash and restart events have no latency worth drawing.
+    Other,
 }
 
 impl LatencyOf {
@@ -81,6 +85,7 @@ impl LatencyOf {
         match self {
             LatencyOf::Send => "send",
             LatencyOf::Poll => "poll",
+            LatencyOf::Other => "other request",
         }
     }
 
@@ -88,7 +93,18 @@ impl LatencyOf {
         match self {
             LatencyOf::Send => timed.is_send(),
             LatencyOf::Poll => timed.is_poll(),
+            LatencyOf::Other => matches!(
+                timed.operation.kind,
+                brook_jepsen::OpKind::EndOffset { .. }
+                    | brook_jepsen::OpKind::Commit { .. }
+                    | brook_jepsen::OpKind::FetchCommitted { .. }
+            ),
         }
+    }
+
+    /// True if the history has an operation this plot would draw.
+    pub fn has_operations(self, data: &RunData) -> bool {
+        data.operations.iter().any(|timed| self.selects(timed))
     }
 }
 
@@ -107,6 +123,7 @@ pub(crate) fn latency_plot(data: &RunData, of: LatencyOf) -> Result<Plot, Report
     let id = match of {
         LatencyOf::Send => "plot-latency-send",
         LatencyOf::Poll => "plot-latency-poll",
+        LatencyOf::Other => "plot-latency-other",
     };
     let error = plot_error(id);
     let run_end_ns = data.run_end_ns();

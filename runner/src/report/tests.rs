@@ -392,6 +392,8 @@ fn valid_run_page_has_summary_plots_and_shaded_labelled_windows() {
         );
         assert!(texts.contains(&"partition n1"), "{id}: partition labelled");
     }
+    // The queue workload makes no other request: no plot for them.
+    assert!(!page.contains("plot-latency-other"));
     // One point per operation (plus one in the legend).
     let send_svg = figure_svg(&page, "plot-latency-send");
     assert_eq!(
@@ -913,4 +915,23 @@ fn a_results_file_that_is_not_json_is_an_error_naming_it() {
     assert!(matches!(error, ReportError::Results { .. }), "{error:?}");
     assert!(error.to_string().contains("results.json"), "{error}");
     assert!(!dir.path().join("index.html").exists());
+}
+
+#[test]
+fn other_requests_get_a_latency_plot_of_their_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let history = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .end_offset(2, 0, 1)
+        .send_ok(1, 0, 1, 2)
+        .end_offset(2, 0, 2)
+        .commit_ok(3, 0, 2, 1)
+        .poll(3, &[(0, 0, 1), (0, 1, 2)])
+        .build();
+    std::fs::write(dir.path().join("history.jsonl"), history.to_json_lines()).expect("write");
+    let page = render_page(dir.path());
+    let svg = figure_svg(&page, "plot-latency-other");
+    // Two end-offset reads and a commit, and the legend's point.
+    assert_eq!(svg.matches("<circle").count(), 3 + 1);
+    assert!(page.contains("Latency of every other request over time, by outcome (3 operations)"));
 }
