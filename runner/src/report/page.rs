@@ -48,7 +48,7 @@ th{background:#f5f5f5}td.number{text-align:right;font-variant-numeric:tabular-nu
 .swatch{display:inline-block;width:14px;height:14px;border:1px solid #888;vertical-align:middle;
   margin-right:6px}
 figure{margin:12px 0 24px}figure svg{width:100%;height:auto;border:1px solid #e5e5e5}
-figcaption{font-size:.9em;color:#555}
+figcaption{font-size:.95em;margin-bottom:4px}.note{font-size:.9em;color:#555;margin:2px 0}
 .anomaly{border-left:4px solid #d77;padding:4px 12px;margin:10px 0;background:#fffafa}
 .message{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.88em;white-space:pre-wrap}
 code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.88em}
@@ -110,6 +110,7 @@ impl Page<'_> {
         let passed = flag("passed");
         let errors = string_list(results.and_then(|results| results.get("errors")));
         let anomaly_total: u64 = self.groups.iter().map(|group| group.count).sum();
+        let read_back = read_back(self.data);
         let (class, headline) = match (valid, expect_anomalies, passed) {
             (Some(true), false, _) => ("verdict valid", "Valid"),
             (Some(false), true, Some(true)) => (
@@ -141,6 +142,16 @@ impl Page<'_> {
                             (group.kind) " " (group.count)
                         }
                         "."
+                    }
+                    @if read_back.acknowledged > 0 {
+                        " "
+                        @if read_back.acknowledged_unread == 0 {
+                            "Every one of the " (read_back.acknowledged)
+                            " acknowledged sends was read back by a poll."
+                        } @else {
+                            (read_back.acknowledged_unread) " of the " (read_back.acknowledged)
+                            " acknowledged sends were never read back by any poll."
+                        }
                     }
                     @if expect_anomalies {
                         " This run expected anomalies (--expect-anomalies: a test that the \
@@ -267,8 +278,6 @@ impl Page<'_> {
     fn operations_table(&self) -> Markup {
         // type -> [ok, fail, info]
         let mut by_type: BTreeMap<&'static str, [u64; 3]> = BTreeMap::new();
-        let mut records_polled = 0u64;
-        let mut values_read = std::collections::BTreeSet::new();
         for timed in &self.data.operations {
             let slot = match timed.outcome() {
                 Outcome::Ok => 0,
@@ -276,27 +285,13 @@ impl Page<'_> {
                 Outcome::Info => 2,
             };
             by_type.entry(timed.operation.kind.name()).or_default()[slot] += 1;
-            if let (OpKind::Poll { records }, Outcome::Ok) =
-                (&timed.operation.kind, timed.outcome())
-            {
-                records_polled += records.len() as u64;
-                values_read.extend(records.iter().map(|record| record.value));
-            }
         }
-        let acknowledged: Vec<u64> = self
-            .data
-            .operations
-            .iter()
-            .filter(|timed| timed.outcome() == Outcome::Ok)
-            .filter_map(|timed| match timed.operation.kind {
-                OpKind::Send { value, .. } => Some(value),
-                _ => None,
-            })
-            .collect();
-        let acknowledged_unread = acknowledged
-            .iter()
-            .filter(|value| !values_read.contains(value))
-            .count();
+        let ReadBack {
+            records_polled,
+            values_read,
+            acknowledged,
+            acknowledged_unread,
+        } = read_back(self.data);
         html! {
             h3 id="operations" { "Operations in the history" }
             @if self.data.operations.is_empty() {
@@ -315,8 +310,8 @@ impl Page<'_> {
                     }
                 }
                 p {
-                    (records_polled) " records polled, " (values_read.len()) " distinct values read; "
-                    (acknowledged.len()) " sends acknowledged, of which "
+                    (records_polled) " records polled, " (values_read) " distinct values read; "
+                    (acknowledged) " sends acknowledged, of which "
                     @if acknowledged_unread == 0 {
                         span.good { "every value was read by some poll" }
                     } @else {
@@ -356,7 +351,7 @@ impl Page<'_> {
                     figcaption { strong { (plot.title) } }
                     (PreEscaped(&plot.svg))
                     @for note in &plot.notes {
-                        figcaption { (note) }
+                        p.note { (note) }
                     }
                 }
             }
@@ -490,6 +485,46 @@ impl Page<'_> {
                 }
             }
         }
+    }
+}
+
+/// What the history says about reading back what was acknowledged, whatever the checkers say.
+struct ReadBack {
+    records_polled: u64,
+    values_read: usize,
+    /// Sends acknowledged `ok`.
+    acknowledged: usize,
+    /// Of those, the ones whose value no poll returned.
+    acknowledged_unread: usize,
+}
+
+fn read_back(data: &RunData) -> ReadBack {
+    let mut records_polled = 0u64;
+    let mut values_read = std::collections::BTreeSet::new();
+    for timed in &data.operations {
+        if let (OpKind::Poll { records }, Outcome::Ok) = (&timed.operation.kind, timed.outcome()) {
+            records_polled += records.len() as u64;
+            values_read.extend(records.iter().map(|record| record.value));
+        }
+    }
+    let acknowledged: Vec<u64> = data
+        .operations
+        .iter()
+        .filter(|timed| timed.outcome() == Outcome::Ok)
+        .filter_map(|timed| match timed.operation.kind {
+            OpKind::Send { value, .. } => Some(value),
+            _ => None,
+        })
+        .collect();
+    let acknowledged_unread = acknowledged
+        .iter()
+        .filter(|value| !values_read.contains(value))
+        .count();
+    ReadBack {
+        records_polled,
+        values_read: values_read.len(),
+        acknowledged: acknowledged.len(),
+        acknowledged_unread,
     }
 }
 

@@ -405,6 +405,9 @@ fn valid_run_page_has_summary_plots_and_shaded_labelled_windows() {
         page.contains(&format!("ok ({sends_ok})")),
         "legend counts ok sends"
     );
+    assert!(page.contains(&format!(
+        "Every one of the {sends_ok} acknowledged sends was read back by a poll."
+    )));
 
     // Self-contained: no script, no stylesheet or image fetched, links relative.
     assert!(!page.contains("<script"));
@@ -490,8 +493,12 @@ fn invalid_run_lists_the_lost_write_with_its_operations() {
         details.contains(&format!("<mark>p0@{read_offset}={read_value}</mark>")),
         "the poll that read past the lost write"
     );
-    // And the operations are counted in the summary.
+    // And the banner and the summary count it.
     assert!(page.contains("never read by any poll"));
+    assert!(page.contains(&format!(
+        "1 of the {} acknowledged sends were never read back by any poll.",
+        report.counts.sends_ok
+    )));
 }
 
 #[test]
