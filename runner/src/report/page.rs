@@ -366,11 +366,13 @@ impl Page<'_> {
             } @else if self.data.windows.is_empty() {
                 p.muted { "No fault was injected." }
             } @else {
+                @let sends = SendCompletions::of(self.data);
                 table {
                     tr { th { "kind" } th { "start (s)" } th { "end (s)" } th { "duration (s)" }
-                        th { "nodes" } th { "description" } }
+                        th { "nodes" } th { "description" }
+                        th { "sends completed in it: ok, fail, info" } }
                     @for window in &self.data.windows {
-                        (window_row(window))
+                        (window_row(window, &sends))
                     }
                 }
             }
@@ -561,7 +563,43 @@ fn swatch_style(kind: &str) -> String {
     )
 }
 
-fn window_row(window: &NemesisWindow) -> Markup {
+/// Completion times of the sends by outcome, sorted, to count what each window saw.
+struct SendCompletions {
+    /// Indexed like `[ok, fail, info]`.
+    times_ns: [Vec<u64>; 3],
+}
+
+impl SendCompletions {
+    fn of(data: &RunData) -> SendCompletions {
+        let mut times_ns: [Vec<u64>; 3] = Default::default();
+        for timed in data.operations.iter().filter(|timed| timed.is_send()) {
+            // A send that never completed is not counted in any window.
+            if let Some(end_ns) = timed.end_ns {
+                let slot = match timed.outcome() {
+                    Outcome::Ok => 0,
+                    Outcome::Fail => 1,
+                    Outcome::Info => 2,
+                };
+                times_ns[slot].push(end_ns);
+            }
+        }
+        for times in &mut times_ns {
+            times.sort_unstable();
+        }
+        SendCompletions { times_ns }
+    }
+
+    /// Sends of each outcome that completed in `[start_ns, end_ns]`.
+    fn within(&self, start_ns: u64, end_ns: u64) -> [usize; 3] {
+        self.times_ns.each_ref().map(|times| {
+            times.partition_point(|&time| time <= end_ns)
+                - times.partition_point(|&time| time < start_ns)
+        })
+    }
+}
+
+fn window_row(window: &NemesisWindow, sends: &SendCompletions) -> Markup {
+    let [ok, fail, info] = sends.within(window.start_ns, window.end_ns.max(window.start_ns));
     let start = window.start_ns as f64 / NANOS_PER_SECOND;
     let end = window.end_ns as f64 / NANOS_PER_SECOND;
     let nodes: Vec<String> = window.nodes.iter().map(|node| format!("n{node}")).collect();
@@ -576,6 +614,11 @@ fn window_row(window: &NemesisWindow) -> Markup {
             td.number { (format!("{:.2}", (end - start).max(0.0))) }
             td { (nodes.join(", ")) }
             td { (window.description) }
+            td.number {
+                (ok) ", "
+                span class=(if fail > 0 { "bad" } else { "" }) { (fail) } ", "
+                span class=(if info > 0 { "bad" } else { "" }) { (info) }
+            }
         }
     }
 }

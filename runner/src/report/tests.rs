@@ -942,3 +942,63 @@ fn other_requests_get_a_latency_plot_of_their_own() {
     assert_eq!(svg.matches("<circle").count(), 3 + 1);
     assert!(page.contains("Latency of every other request over time, by outcome (3 operations)"));
 }
+
+/// The text of `html` without its tags.
+fn text_of(html: &str) -> String {
+    let mut text = String::new();
+    let mut in_tag = false;
+    for character in html.chars() {
+        match character {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            other if !in_tag => text.push(other),
+            _ => {}
+        }
+    }
+    text
+}
+
+#[test]
+fn each_nemesis_window_counts_the_sends_that_completed_in_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fixture = Fixture::new();
+    let history = fixture.write(dir.path(), 2);
+    let page = render_page(dir.path());
+    let operations = history.operations().expect("pairs");
+    for window in &fixture.windows {
+        let mut expected = [0usize; 3];
+        for operation in operations
+            .iter()
+            .filter(|operation| operation.kind.name() == "send")
+        {
+            let end_ns = history.ops()[operation.completion.expect("completed")].time_ns;
+            if (window.start_ns..=window.end_ns).contains(&end_ns) {
+                expected[match operation.outcome {
+                    Outcome::Ok => 0,
+                    Outcome::Fail => 1,
+                    Outcome::Info => 2,
+                }] += 1;
+            }
+        }
+        // Sends to the other partition went on; the kill made sends fail, the isolation made
+        // them indeterminate: every column is exercised.
+        assert!(expected[0] > 0);
+        match window.kind {
+            "kill" => assert!(expected[1] > 0),
+            _ => assert!(expected[2] > 0),
+        }
+        let description = maud::html! { (window.description) }.into_string();
+        let row_start = page
+            .find(&format!("<td>{description}</td>"))
+            .expect("the window's row");
+        let row = &page[row_start..row_start + page[row_start..].find("</tr>").expect("row ends")];
+        let cells: Vec<&str> = row.split("<td").collect();
+        let counts = text_of(&format!("<td{}", cells[cells.len() - 1]));
+        assert_eq!(
+            counts,
+            format!("{}, {}, {}", expected[0], expected[1], expected[2]),
+            "{}",
+            window.kind
+        );
+    }
+}
