@@ -616,8 +616,8 @@ fn window_row(window: &NemesisWindow, sends: &SendCompletions) -> Markup {
             td { (window.description) }
             td.number {
                 (ok) ", "
-                span class=(if fail > 0 { "bad" } else { "" }) { (fail) } ", "
-                span class=(if info > 0 { "bad" } else { "" }) { (info) }
+                span class=[(fail > 0).then_some("bad")] { (fail) } ", "
+                span class=[(info > 0).then_some("bad")] { (info) }
             }
         }
     }
@@ -642,7 +642,7 @@ fn operation_row(timed: &TimedOperation, run_end_ns: u64, marks: &Marks, reasons
             td.number { (operation.process) }
             td { (operation.node.as_deref().unwrap_or("-")) }
             td { (operation.kind.name()) }
-            td class=(if operation.outcome == Outcome::Ok { "" } else { "bad" }) {
+            td class=[(operation.outcome != Outcome::Ok).then_some("bad")] {
                 (operation.outcome.to_string())
             }
             td { (describe_kind(&operation.kind, marks)) }
