@@ -77,6 +77,14 @@ struct RunArgs {
     /// Keep the nodes' data directories after a valid run.
     #[arg(long)]
     keep_data: bool,
+    /// Share (0..=1) of kills, pauses and isolations aimed at a partition's leader rather than
+    /// at a node drawn at random.
+    #[arg(long, default_value_t = 0.5)]
+    leader_share: f64,
+    /// Print the nemesis schedule the seed draws (JSON, one step a line) and exit: no root
+    /// needed, nothing started.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// The `brook` binary next to this executable, else on PATH.
@@ -153,6 +161,10 @@ fn run_options(args: RunArgs) -> anyhow::Result<RunOptions> {
         other => anyhow::bail!("--acks {other}: `all` or `1`"),
     };
     anyhow::ensure!(
+        (0.0..=1.0).contains(&args.leader_share),
+        "--leader-share must be within 0..=1"
+    );
+    anyhow::ensure!(
         (1..=64).contains(&args.partitions),
         "--partitions must be 1..=64"
     );
@@ -171,6 +183,7 @@ fn run_options(args: RunArgs) -> anyhow::Result<RunOptions> {
         brook: args.brook.unwrap_or_else(default_brook),
         partitions: args.partitions,
         keep_data: args.keep_data,
+        leader_share: args.leader_share,
     })
 }
 
@@ -192,6 +205,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(args) => {
+            let dry_run = args.dry_run;
             let options = match run_options(args) {
                 Ok(options) => options,
                 Err(error) => {
@@ -199,6 +213,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if dry_run {
+                for step in brook_runner::run::schedule_of(&options) {
+                    println!("{}", serde_json::to_string(&step).unwrap_or_default());
+                }
+                return ExitCode::SUCCESS;
+            }
             if let Err(error) = brook_runner::netns::require_root() {
                 eprintln!("brook-jepsen: {error}");
                 return ExitCode::from(2);

@@ -367,10 +367,11 @@ impl Network {
                 .join(", ");
             script.push_str(&format!("    ip saddr {{ {set} }} drop\n"));
         }
-        if loss_percent > 0 {
+        if loss_percent >= 100 {
+            script.push_str(&format!("    iifname \"{NODE_INTERFACE}\" drop\n"));
+        } else if loss_percent > 0 {
             script.push_str(&format!(
-                "    iifname \"{NODE_INTERFACE}\" numgen random mod 100 < {} drop\n",
-                loss_percent.min(100)
+                "    iifname \"{NODE_INTERFACE}\" numgen random mod 100 < {loss_percent} drop\n"
             ));
         }
         script.push_str("  }\n}\n");

@@ -70,6 +70,8 @@ pub struct RunOptions {
     pub partitions: u32,
     /// Keep the nodes' data directories after a valid run (always kept after an invalid one).
     pub keep_data: bool,
+    /// Share of kills, pauses and isolations aimed at a leader.
+    pub leader_share: f64,
 }
 
 /// How a run ended.
@@ -448,6 +450,22 @@ fn anomaly_list(
     list
 }
 
+/// The nemesis schedule `options` draw (what `--dry-run` prints).
+pub fn schedule_of(options: &RunOptions) -> Vec<Step> {
+    schedule(
+        options.seed,
+        &ScheduleOptions {
+            leader_share: options.leader_share,
+            ..ScheduleOptions::new(
+                options.nemesis.clone(),
+                options.nodes,
+                options.partitions,
+                options.time_limit_secs.saturating_mul(1000),
+            )
+        },
+    )
+}
+
 /// Runs the whole thing. The caller owns Ctrl-C: dropping this future tears everything down
 /// (the cluster and network guards live in it).
 pub async fn run(options: RunOptions, runtime: Runtime) -> anyhow::Result<RunOutcome> {
@@ -459,6 +477,12 @@ pub async fn run(options: RunOptions, runtime: Runtime) -> anyhow::Result<RunOut
     );
     anyhow::ensure!(options.rate > 0, "--rate must be positive");
     let dir = options.report_dir.clone();
+    // A run never mixes its files with an earlier one's (node logs are appended to).
+    anyhow::ensure!(
+        std::fs::read_dir(&dir).map_or(true, |mut entries| entries.next().is_none()),
+        "the run directory {} exists and is not empty: choose another --report",
+        dir.display()
+    );
     std::fs::create_dir_all(dir.join("nodes"))?;
     let data_root = dir.join("data");
     std::fs::create_dir_all(&data_root)?;
@@ -571,15 +595,7 @@ pub async fn run(options: RunOptions, runtime: Runtime) -> anyhow::Result<RunOut
     }
 
     // The nemesis, on the workload's clock.
-    let steps = schedule(
-        options.seed,
-        &ScheduleOptions::new(
-            options.nemesis.clone(),
-            options.nodes,
-            options.partitions,
-            time_limit.as_millis() as u64,
-        ),
-    );
+    let steps = schedule_of(&options);
     let workload_start = runtime.now();
     let mut nemesis = Nemesis {
         runtime: &runtime,
@@ -747,6 +763,7 @@ pub async fn run(options: RunOptions, runtime: Runtime) -> anyhow::Result<RunOut
         "workload": "queue",
         "acks": if options.acks_leader { "1" } else { "all" },
         "rate": options.rate,
+        "leader_share": options.leader_share,
         "partitions": options.partitions,
         "expect_anomalies": options.expect_anomalies,
         "lost_writes_found": lost_writes_found,
@@ -886,4 +903,98 @@ fn history_counts(history: &History) -> Value {
         "records_read": records_read,
         "crashes": crashes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use brook_jepsen::HistoryBuilder;
+
+    use super::*;
+
+    /// A leader's control batch at offset 0 of partition 0, then two sends (offsets 1 and 2)
+    /// and a poll that read both.
+    fn history_after_a_control_batch() -> History {
+        HistoryBuilder::new()
+            .send_invoke(0, 0, 10)
+            .send_complete_ok(0, 0, 1)
+            .send_invoke(0, 0, 11)
+            .send_complete_ok(0, 0, 2)
+            .poll(1, &[(0, 1, 10), (0, 2, 11)])
+            .build()
+    }
+
+    #[test]
+    fn control_offsets_are_renumbered_away_for_the_log_model() {
+        let history = history_after_a_control_batch();
+        // The raw offsets leave a hole at 0 that no send fills: not linearizable.
+        let raw = linear::check(&history, &LinearOptions::default()).expect("pairs");
+        assert_eq!(raw.verdict, brook_jepsen::Verdict::NotLinearizable);
+        let control = BTreeMap::from([(0, BTreeSet::from([0]))]);
+        let renumbered = without_control_offsets(&history, &control);
+        let report = linear::check(&renumbered, &LinearOptions::default()).expect("pairs");
+        assert_eq!(report.verdict, brook_jepsen::Verdict::Linearizable);
+        // A lost write is still one: a second value acknowledged at offset 1 makes two values
+        // at one index.
+        let conflicting = HistoryBuilder::new()
+            .send_invoke(0, 0, 10)
+            .send_complete_ok(0, 0, 1)
+            .send_invoke(2, 0, 12)
+            .send_complete_ok(2, 0, 1)
+            .build();
+        let renumbered = without_control_offsets(&conflicting, &control);
+        let report = linear::check(&renumbered, &LinearOptions::default()).expect("pairs");
+        assert_eq!(report.verdict, brook_jepsen::Verdict::NotLinearizable);
+    }
+
+    #[test]
+    fn anomalies_list_every_checker_with_history_indexes() {
+        let history = HistoryBuilder::new()
+            .send_invoke(0, 0, 10)
+            .send_complete_ok(0, 0, 0)
+            .send_invoke(0, 0, 11)
+            .send_complete_ok(0, 0, 1)
+            // Only the second value is ever read: the first was lost.
+            .poll(1, &[(0, 1, 11)])
+            .build();
+        let queue = queue::check(&history, &QueueOptions::default()).expect("pairs");
+        let linear = linear::check(&history, &LinearOptions::default()).expect("pairs");
+        let replicas = brook_jepsen::replica::check(&ReplicaInput::default());
+        let list = anomaly_list(Some(&queue), Some(&linear), &replicas);
+        let lost = list
+            .iter()
+            .find(|entry| entry["kind"] == "lost-write")
+            .expect("a lost-write entry");
+        assert_eq!(lost["checker"], "queue");
+        assert_eq!(lost["count"], 1);
+        assert!(!lost["examples"][0]["ops"]
+            .as_array()
+            .expect("ops")
+            .is_empty());
+        assert!(
+            lost["examples"][0]["values"]
+                .as_array()
+                .expect("values")
+                .contains(&json!(10)),
+            "{lost}"
+        );
+        // A valid history lists nothing.
+        let valid = history_after_a_control_batch();
+        let control = BTreeMap::from([(0, BTreeSet::from([0]))]);
+        let queue = queue::check(
+            &valid,
+            &QueueOptions {
+                control_offsets: control.clone(),
+                ..QueueOptions::default()
+            },
+        )
+        .expect("pairs");
+        let linear = linear::check(
+            &without_control_offsets(&valid, &control),
+            &LinearOptions::default(),
+        )
+        .expect("pairs");
+        assert!(anomaly_list(Some(&queue), Some(&linear), &replicas).is_empty());
+    }
 }
