@@ -46,6 +46,48 @@ pub enum NetworkError {
     /// An argument out of range.
     #[error("invalid network: {0}")]
     Invalid(String),
+    /// Another live process owns networks with this prefix.
+    #[error("another brook-jepsen (pid {pid}) is using the test network `{prefix}-*`: one run at a time")]
+    Busy { prefix: String, pid: u32 },
+}
+
+/// Where the pid of the process owning networks with `prefix` is written.
+fn owner_file(prefix: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/run/brook-jepsen-{prefix}.pid"))
+}
+
+/// Claims the prefix for this process: refuses if another live process holds it (its pid
+/// file names a process that still exists), else takes it over (what a crashed run left).
+fn claim(prefix: &str) -> Result<(), NetworkError> {
+    let path = owner_file(prefix);
+    let me = std::process::id();
+    if let Some(pid) = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+    {
+        if pid != me && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(NetworkError::Busy {
+                prefix: prefix.to_owned(),
+                pid,
+            });
+        }
+    }
+    std::fs::write(&path, me.to_string()).map_err(|source| NetworkError::Spawn {
+        command: format!("write {}", path.display()),
+        source,
+    })
+}
+
+/// Gives the prefix up (if this process holds it).
+fn release(prefix: &str) {
+    let path = owner_file(prefix);
+    let mine = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        == Some(std::process::id());
+    if mine {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Runs one command to completion; its stderr becomes the error.
@@ -223,6 +265,7 @@ impl Network {
             )));
         }
         require_root()?;
+        claim(prefix)?;
         cleanup_leftovers(prefix)?;
         let mut network = Network {
             prefix: prefix.to_owned(),
@@ -479,6 +522,7 @@ impl Network {
         if let Err(error) = cleanup_leftovers(&self.prefix) {
             first_error.get_or_insert(error);
         }
+        release(&self.prefix);
         match first_error {
             Some(error) => Err(error),
             None => Ok(()),

@@ -174,3 +174,24 @@ fn leftovers_of_a_crashed_run_are_removed_by_the_next_one() {
     drop(network);
     assert_eq!(ours(prefix, "10.215.0."), before);
 }
+
+#[test]
+fn a_second_run_does_not_tear_down_the_network_of_a_live_one() {
+    require_root();
+    let prefix = "brjv";
+    // A live process (init) holds the prefix: a new network must refuse, not clean it up.
+    let owner = std::path::PathBuf::from(format!("/run/brook-jepsen-{prefix}.pid"));
+    std::fs::write(&owner, "1").expect("write the owner file");
+    let refused = Network::create(prefix, [10, 216, 0], 3);
+    std::fs::remove_file(&owner).expect("remove the owner file");
+    match refused {
+        Err(netns::NetworkError::Busy { pid: 1, .. }) => {}
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    // A dead owner (a crashed run) is taken over.
+    std::fs::write(&owner, u32::MAX.to_string()).expect("write the owner file");
+    let network = Network::create(prefix, [10, 216, 0], 3).expect("take over");
+    drop(network);
+    assert!(!owner.exists(), "the owner file is removed at teardown");
+    assert_eq!(ours(prefix, "10.216.0."), (vec![], vec![], vec![]));
+}
