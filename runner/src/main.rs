@@ -131,16 +131,9 @@ fn utc_stamp() -> String {
     )
 }
 
-#[cfg(feature = "html-report")]
-fn render_report(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+fn render_report(dir: &Path) -> anyhow::Result<PathBuf> {
     brook_runner::report::render(dir)
-        .map(Some)
         .map_err(|error| anyhow::anyhow!("rendering the report: {error}"))
-}
-
-#[cfg(not(feature = "html-report"))]
-fn render_report(_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
-    Ok(None)
 }
 
 fn run_options(args: RunArgs) -> anyhow::Result<RunOptions> {
@@ -191,13 +184,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Report { dir } => match render_report(&dir) {
-            Ok(Some(path)) => {
+            Ok(path) => {
                 println!("{}", path.display());
                 ExitCode::SUCCESS
-            }
-            Ok(None) => {
-                eprintln!("brook-jepsen: this build has no HTML report (feature html-report)");
-                ExitCode::from(2)
             }
             Err(error) => {
                 eprintln!("brook-jepsen: {error:#}");
@@ -255,8 +244,7 @@ fn main() -> ExitCode {
                 Some(Ok(outcome)) => {
                     print!("{}", outcome.summary);
                     match render_report(&outcome.dir) {
-                        Ok(Some(path)) => println!("report: {}", path.display()),
-                        Ok(None) => {}
+                        Ok(path) => println!("report: {}", path.display()),
                         Err(error) => {
                             eprintln!("brook-jepsen: {error:#}");
                             return ExitCode::from(2);
