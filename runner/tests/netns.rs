@@ -9,6 +9,11 @@ use std::time::Duration;
 
 use brook_runner::netns::{self, Network};
 
+/// Removes what an earlier failed run of this test left (the test then checks it starts clean).
+fn clean(prefix: &str) {
+    netns::cleanup_leftovers(prefix).expect("remove leftovers of an earlier test");
+}
+
 /// Everything of ours the kernel shows: namespaces and root links with `prefix-`, and routes
 /// of the subnet.
 fn ours(prefix: &str, subnet: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
@@ -51,6 +56,7 @@ fn require_root() {
 fn setup_connects_the_nodes_and_teardown_leaves_nothing_behind() {
     require_root();
     let (prefix, subnet) = ("brjt", [10, 214, 0]);
+    clean(prefix);
     let before = ours(prefix, "10.214.0.");
     assert_eq!(
         before,
@@ -142,6 +148,7 @@ fn setup_connects_the_nodes_and_teardown_leaves_nothing_behind() {
 fn leftovers_of_a_crashed_run_are_removed_by_the_next_one() {
     require_root();
     let (prefix, subnet) = ("brju", [10, 215, 0]);
+    clean(prefix);
     let before = ours(prefix, "10.215.0.");
     assert_eq!(
         before,
@@ -179,6 +186,7 @@ fn leftovers_of_a_crashed_run_are_removed_by_the_next_one() {
 fn a_second_run_does_not_tear_down_the_network_of_a_live_one() {
     require_root();
     let prefix = "brjv";
+    clean(prefix);
     // A live process (init) holds the prefix: a new network must refuse, not clean it up.
     let owner = std::path::PathBuf::from(format!("/run/brook-jepsen-{prefix}.pid"));
     std::fs::write(&owner, "1").expect("write the owner file");
