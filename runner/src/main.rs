@@ -226,15 +226,26 @@ fn main() -> ExitCode {
             };
             let runtime = brook_runtime::Runtime::new(options.seed);
             let outcome = tokio.block_on(async {
+                let terminate = async {
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(mut signal) => {
+                            signal.recv().await;
+                        }
+                        // No SIGTERM handler: only Ctrl-C stops the run early.
+                        Err(_) => std::future::pending::<()>().await,
+                    }
+                };
                 tokio::select! {
                     outcome = run(options, runtime) => Some(outcome),
                     // Dropping the run's future drops its guards: nodes killed, network gone.
                     _ = tokio::signal::ctrl_c() => None,
+                    () = terminate => None,
                 }
             });
             match outcome {
                 None => {
-                    eprintln!("brook-jepsen: interrupted; nodes stopped, test network removed");
+                    eprintln!("brook-jepsen: interrupted (Ctrl-C or SIGTERM); nodes stopped, test network removed");
                     ExitCode::from(130)
                 }
                 Some(Err(error)) => {
