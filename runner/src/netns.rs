@@ -65,7 +65,7 @@ fn claim(prefix: &str) -> Result<(), NetworkError> {
         .ok()
         .and_then(|text| text.trim().parse::<u32>().ok())
     {
-        if pid != me && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if pid != me && process_alive(pid) {
             return Err(NetworkError::Busy {
                 prefix: prefix.to_owned(),
                 pid,
@@ -77,6 +77,31 @@ fn claim(prefix: &str) -> Result<(), NetworkError> {
         source,
     })
 }
+
+/// True if process `pid` exists and is not a zombie. A process SIGKILLed a moment ago may
+/// still be exiting: it is given up to `OWNER_EXIT_WAIT` to go.
+fn process_alive(pid: u32) -> bool {
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("State:"))
+                .is_some_and(|line| !line.contains('Z') && !line.contains('X'))
+        })
+    };
+    for _ in 0..OWNER_EXIT_POLLS {
+        if !alive() {
+            return false;
+        }
+        std::thread::sleep(OWNER_EXIT_WAIT / OWNER_EXIT_POLLS);
+    }
+    alive()
+}
+
+/// How long a claim waits for the previous owner of a prefix to finish exiting.
+const OWNER_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// In how many looks.
+const OWNER_EXIT_POLLS: u32 = 30;
 
 /// Gives the prefix up (if this process holds it).
 fn release(prefix: &str) {
