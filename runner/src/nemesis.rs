@@ -113,6 +113,10 @@ pub enum PartitionShape {
 pub enum Fault {
     /// SIGKILL, then a restart at the end of the window.
     Kill(Target),
+    /// SIGKILL several nodes at once (a minority, a majority or all of them), restarted
+    /// together at the end: with `fsync = always` not even all of them at once may lose an
+    /// acknowledged acks=all record.
+    KillNodes { nodes: Vec<u32> },
     /// SIGSTOP, then SIGCONT at the end of the window.
     Pause(Target),
     /// Packet filter rules between nodes, removed at the end.
@@ -127,7 +131,7 @@ impl Fault {
     /// The kind of fault.
     pub fn kind(&self) -> NemesisKind {
         match self {
-            Fault::Kill(_) => NemesisKind::Kill,
+            Fault::Kill(_) | Fault::KillNodes { .. } => NemesisKind::Kill,
             Fault::Pause(_) => NemesisKind::Pause,
             Fault::Partition(_) => NemesisKind::Partition,
             Fault::Latency { .. } => NemesisKind::Latency,
@@ -247,6 +251,17 @@ fn draw_fault(rng: &mut ChaCha8Rng, kind: NemesisKind, options: &ScheduleOptions
     // A minority: at most (n - 1) / 2 nodes, at least one.
     let minority = ((nodes - 1) / 2).max(1) as usize;
     match kind {
+        // One kill in four hits several nodes: a minority, a majority or all.
+        NemesisKind::Kill if nodes >= 2 && rng.gen_range(0..4) == 0 => {
+            let count = match rng.gen_range(0..3) {
+                0 => minority,
+                1 => (nodes / 2 + 1) as usize,
+                _ => nodes as usize,
+            };
+            let mut chosen = shuffled(rng, nodes)[..count].to_vec();
+            chosen.sort_unstable();
+            Fault::KillNodes { nodes: chosen }
+        }
         NemesisKind::Kill => Fault::Kill(draw_target(rng, options)),
         NemesisKind::Pause => Fault::Pause(draw_target(rng, options)),
         NemesisKind::Partition => {
@@ -382,7 +397,10 @@ mod tests {
         let mut previous_end = 0;
         for step in &steps {
             assert!(
-                matches!(step.fault, Fault::Kill(_) | Fault::Pause(_)),
+                matches!(
+                    step.fault,
+                    Fault::Kill(_) | Fault::KillNodes { .. } | Fault::Pause(_)
+                ),
                 "{step:?}"
             );
             assert!(step.start_ms >= previous_end + options.gap_ms.0.min(options.warmup_ms));

@@ -200,6 +200,29 @@ impl Nemesis<'_> {
                     format!("SIGKILL {}", Self::target_words(target, id)),
                 )
             }
+            Fault::KillNodes { nodes } => {
+                for id in nodes {
+                    self.recorder.push(
+                        NEMESIS_PROCESS,
+                        Some(format!("n{id}")),
+                        Phase::Ok,
+                        OpKind::Crash,
+                    );
+                    self.cluster.kill(*id);
+                }
+                let names: Vec<String> = nodes.iter().map(|id| format!("n{id}")).collect();
+                let share = if nodes.len() == nodes_total as usize {
+                    "all nodes"
+                } else if nodes.len() * 2 > nodes_total as usize {
+                    "a majority"
+                } else {
+                    "a minority"
+                };
+                (
+                    nodes.clone(),
+                    format!("SIGKILL {} at once ({share})", names.join(",")),
+                )
+            }
             Fault::Pause(target) => {
                 let id = self.resolve(target).await;
                 if let Err(error) = self.cluster.pause(id) {
@@ -297,7 +320,7 @@ impl Nemesis<'_> {
 
     fn heal(&mut self, active: Active) {
         match &active.step.fault {
-            Fault::Kill(_) => {
+            Fault::Kill(_) | Fault::KillNodes { .. } => {
                 for id in &active.nodes {
                     if let Err(error) = self.cluster.start(*id) {
                         self.errors.push(error.to_string());
