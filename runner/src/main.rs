@@ -55,7 +55,7 @@ struct RunArgs {
     /// Target sends per second, over all producers.
     #[arg(long, default_value_t = 200)]
     rate: u64,
-    /// The run directory (default: ./brook-jepsen-runs/<UTC time>-seed<N>).
+    /// The run directory (default: `./brook-jepsen-runs/<UTC time>-seed<N>`).
     #[arg(long)]
     report: Option<PathBuf>,
     /// Seed of the nemesis schedule.
