@@ -149,3 +149,53 @@ pub fn control_offsets(logs: &[ReplicaLog]) -> BTreeMap<u32, BTreeSet<u64>> {
     }
     control
 }
+
+#[cfg(test)]
+mod tests {
+    use brook_wire::batch::{stamp, BatchBuilder};
+
+    use super::*;
+
+    fn batch(base_offset: u64, term: u64, values: &[&str]) -> Vec<u8> {
+        let mut builder = BatchBuilder::new();
+        for value in values {
+            builder.push(0, None, Some(value.as_bytes()), &[]);
+        }
+        let mut bytes = builder.finish();
+        stamp(&mut bytes, base_offset, term);
+        bytes.to_vec()
+    }
+
+    #[test]
+    fn a_log_is_read_batch_by_batch_in_segment_order_up_to_a_torn_tail() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        // Two segments, named by base offset; the second ends with half a batch.
+        let mut first = batch(0, 1, &["a", "b"]);
+        first.extend(batch(2, 2, &["c"]));
+        let mut second = batch(3, 2, &["d"]);
+        let torn = batch(4, 2, &["e"]);
+        second.extend(&torn[..torn.len() / 2]);
+        std::fs::write(directory.path().join("00000000000000000003.log"), &second).expect("write");
+        std::fs::write(directory.path().join("00000000000000000000.log"), &first).expect("write");
+        // Not a segment.
+        std::fs::write(directory.path().join("00000000000000000000.index"), b"x").expect("write");
+        let mut notes = Vec::new();
+        let entries = read_log(directory.path(), &mut notes).expect("the directory exists");
+        let offsets: Vec<(u64, Option<u64>)> = entries
+            .iter()
+            .map(|entry| (entry.offset, entry.term))
+            .collect();
+        assert_eq!(offsets, vec![(0, Some(1)), (2, Some(2)), (3, Some(2))]);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        // A flipped bit ends the read of its segment, with a note.
+        let mut damaged = batch(0, 1, &["a"]);
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        std::fs::write(directory.path().join("00000000000000000000.log"), &damaged).expect("write");
+        let mut notes = Vec::new();
+        let entries = read_log(directory.path(), &mut notes).expect("exists");
+        assert_eq!(entries.first().map(|entry| entry.offset), Some(3));
+        assert!(notes.iter().any(|note| note.contains("CRC")), "{notes:?}");
+        assert!(read_log(&directory.path().join("missing"), &mut notes).is_none());
+    }
+}

@@ -519,6 +519,18 @@ pub async fn run(options: RunOptions, runtime: Runtime) -> anyhow::Result<RunOut
         options.brook.display()
     );
     let brook = std::fs::canonicalize(&options.brook)?;
+    // The tools the faults need, before anything is started: a missing one is a clear error
+    // now rather than failed faults later.
+    if options
+        .nemesis
+        .iter()
+        .any(|kind| matches!(kind, NemesisKind::Partition | NemesisKind::Loss))
+    {
+        crate::netns::run("nft", &["--version"])?;
+    }
+    if options.nemesis.contains(&NemesisKind::Latency) {
+        crate::netns::run("tc", &["-V"])?;
+    }
 
     let network = Network::create(NETWORK_PREFIX, SUBNET, options.nodes)?;
     let mut cluster = Cluster::new(network, brook, data_root.clone(), dir.join("nodes"));
