@@ -40,8 +40,10 @@ pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bound on asking who leads a partition when a fault starts.
 pub const LEADER_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
-/// Producers (history processes 0..PRODUCERS), one send in flight each.
-pub const PRODUCERS: u64 = 6;
+/// Producers per partition (history processes 0..), one send in flight each. A producer
+/// sends to one partition only, so a partition whose leader is paused or cut off stalls its
+/// own producers and not the others.
+pub const PRODUCERS_PER_PARTITION: u64 = 2;
 /// Bound on a consumer's polls per second of the run (a poll that finds records returns at
 /// once: a 10-minute run measured about 110 a second; the bound must stay far above that so
 /// the consumers poll to the end).
@@ -592,18 +594,19 @@ pub async fn run(options: RunOptions, runtime: Runtime) -> anyhow::Result<RunOut
     let progress = Arc::new(Progress::default());
     let time_limit = Duration::from_secs(options.time_limit_secs);
     let sends_max = options.rate.saturating_mul(options.time_limit_secs + 60);
-    let interval = Duration::from_secs_f64(PRODUCERS as f64 / options.rate as f64);
+    let producers = PRODUCERS_PER_PARTITION * u64::from(options.partitions);
+    let interval = Duration::from_secs_f64(producers as f64 / options.rate as f64);
     let acks = if options.acks_leader {
         ProducerAcks::LeaderCountedAsPromise
     } else {
         ProducerAcks::All
     };
     let mut tasks = Vec::new();
-    for process in 0..PRODUCERS {
+    for process in 0..producers {
         let task = ProducerTask {
             process,
             bootstrap: bootstrap.clone(),
-            partitions: options.partitions,
+            partition: u32::try_from(process % u64::from(options.partitions)).unwrap_or(0),
             interval,
             acks,
             sends_max,

@@ -98,8 +98,8 @@ pub struct ProducerTask {
     pub process: u64,
     /// Bootstrap list.
     pub bootstrap: String,
-    /// Partitions of the topic; sends go round-robin.
-    pub partitions: u32,
+    /// The partition it sends to.
+    pub partition: u32,
     /// Pause between the starts of two sends (its share of the run's rate).
     pub interval: Duration,
     /// acks.
@@ -173,8 +173,7 @@ pub async fn produce(
         }
         next_start += task.interval;
         let value = (task.process + 1) * VALUES_PER_PRODUCER + index;
-        let partition =
-            u32::try_from((task.process + index) % u64::from(task.partitions.max(1))).unwrap_or(0);
+        let partition = task.partition;
         recorder.push(
             task.process,
             None,
