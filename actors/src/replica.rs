@@ -451,6 +451,15 @@ impl ReplicaCore {
     pub fn high_watermark(&self) -> u64 {
         self.high_watermark
     }
+    /// Leader only: whether an entry of its own term is committed. Until then its high
+    /// watermark may lag what an earlier leader committed and reported (Raft §8: a new leader
+    /// learns the commit index by committing the first entry of its term; after a restart it
+    /// starts from the log start), so it must not be reported as the partition's end. Reads
+    /// below it are still committed.
+    pub fn high_watermark_known(&self) -> bool {
+        self.raft.role() == Role::Leader
+            && self.raft.log().term_at(self.raft.commit_index()) == Some(self.raft.term())
+    }
     pub fn log_start_offset(&self) -> u64 {
         self.log.log_start_offset()
     }

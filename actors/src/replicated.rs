@@ -681,7 +681,27 @@ impl ReplicatedPartition {
         Ok(split)
     }
 
+    /// A leader that does not know its high watermark yet (see
+    /// [`ReplicaCore::high_watermark_known`]): retry shortly.
+    fn high_watermark_unknown(&self) -> BrokerError {
+        BrokerError::new(
+            ErrorCode::NotEnoughReplicas,
+            format!(
+                "node {} leads {}-{} but has not committed an entry of its term yet, so its \
+                 high watermark may lag the partition's; retry",
+                self.core.node_id(),
+                self.topic,
+                self.partition
+            ),
+        )
+    }
+
     fn read(&self, offset: u64, bytes_max: u32) -> Result<FetchResult, BrokerError> {
+        if offset > self.core.high_watermark() && !self.core.high_watermark_known() {
+            // An empty answer would report a high watermark below the consumer's position,
+            // which an earlier leader may have committed (its records were served).
+            return Err(self.high_watermark_unknown());
+        }
         match self.core.fetch(offset, bytes_max as usize) {
             Ok(read) => Ok(FetchResult {
                 batch_count: count_batches(&read.batches),
@@ -754,6 +774,11 @@ impl ReplicatedPartition {
             return Err(self.not_leader());
         }
         let high_watermark = self.core.high_watermark();
+        if !matches!(spec, OffsetSpec::Earliest) && !self.core.high_watermark_known() {
+            // The partition's end may be past this leader's high watermark (committed by an
+            // earlier leader): answering it would move the end offset backwards.
+            return Err(self.high_watermark_unknown());
+        }
         match spec {
             OffsetSpec::Earliest => Ok((self.core.log_start_offset(), None)),
             OffsetSpec::Latest => Ok((high_watermark, None)),
