@@ -387,7 +387,12 @@ impl ReplicaCore {
             ));
         }
         let cut_at_damage = config.voters.len() > 1;
-        let (spans, damage) = scan_spans(&log, cut_at_damage)?;
+        let (spans, damage) = scan_spans(
+            &log,
+            cut_at_damage,
+            log_start.prev_term,
+            stored.map_or(u64::MAX, |(hard_state, _)| hard_state.term),
+        )?;
         let hard_state = match stored {
             Some((hard_state, _)) => hard_state,
             None if spans.is_empty() && damage.is_none() => HardState::default(),
@@ -1265,6 +1270,36 @@ impl ReplicaCore {
                 "the log's batches are not the core's entries",
             ));
         }
+        // The base offset and term lie outside the batch CRC: a bit flipped at rest there
+        // since the log was scanned reads back as a valid batch that is not the entry (a
+        // follower refuses an entry whose term is above the leader's, for ever). The core
+        // knows each entry's offsets and term: a disagreement is damage at rest.
+        for (index, batch) in (first..).zip(&batches) {
+            let header = BatchHeader::parse(batch).map_err(LogError::from)?;
+            let span = self
+                .span(index)
+                .ok_or(ReplicaError::Inconsistent("append beyond the log"))?;
+            if header.base_offset != span.base_offset
+                || header.next_offset() != span.next_offset
+                || header.term != span.term
+            {
+                return Err(ReplicaError::Log(LogError::Corrupt {
+                    path: self.log.dir().to_path_buf(),
+                    position: 0,
+                    reason: format!(
+                        "the batch at offset {} reads back with offsets {}..{} and term {}, not \
+                         {}..{} and term {} (a header damaged at rest)",
+                        span.base_offset,
+                        header.base_offset,
+                        header.next_offset(),
+                        header.term,
+                        span.base_offset,
+                        span.next_offset,
+                        span.term
+                    ),
+                }));
+            }
+        }
         Ok(batches)
     }
 }
@@ -1282,7 +1317,10 @@ pub enum FetchRefused {
 /// damaged at rest starts, if any.
 ///
 /// `cut_at_damage` (a replica with peers to fetch from): the scan stops at the first damaged
-/// batch, which the caller cuts from the log with everything after it (see [`VoteFence`]).
+/// batch, which the caller cuts from the log with everything after it (see [`VoteFence`]). A
+/// batch whose CRC holds is damaged too when its term (outside the CRC) is above `term_max`
+/// (the persisted term) or below the term before it (terms never decrease along a log;
+/// `prev_term` is the term of the entry before the log start).
 /// Otherwise (a lone replica: nobody has a good copy) a batch that recovery found damaged at
 /// rest is kept as an entry when its header still gives its offsets and term (the batch is
 /// never served): forgetting it would make this replica forget an entry it may have
@@ -1290,6 +1328,8 @@ pub enum FetchRefused {
 fn scan_spans(
     log: &Log,
     cut_at_damage: bool,
+    prev_term: Term,
+    term_max: Term,
 ) -> Result<(Vec<BatchSpan>, Option<u64>), ReplicaError> {
     let mut spans = Vec::new();
     let mut offset = log.log_start_offset();
@@ -1333,6 +1373,20 @@ fn scan_spans(
         }
         for batch in split_batches(read.batches) {
             let header = *batch.map_err(LogError::from)?.header();
+            if cut_at_damage {
+                let (expected_offset, term_min) = spans
+                    .last()
+                    .map_or((log.log_start_offset(), prev_term), |last: &BatchSpan| {
+                        (last.next_offset, last.term)
+                    });
+                if header.base_offset != expected_offset
+                    || header.term > term_max
+                    || header.term < term_min
+                {
+                    tracing::warn!(dir = %log.dir().display(), offset = expected_offset, term = header.term, term_min, term_max, "a batch header damaged at rest (offset or term)");
+                    return Ok((spans, Some(expected_offset)));
+                }
+            }
             spans.push(BatchSpan {
                 base_offset: header.base_offset,
                 next_offset: header.next_offset(),
@@ -2312,6 +2366,168 @@ mod tests {
         drop(replica);
         let replica = ReplicaCore::open(Arc::new(disk), config(2, &voters), 10_000).expect("opens");
         assert!(!replica.vote_fenced(), "the lifted fence stays lifted");
+    }
+
+    /// The term of a batch lies outside its CRC: a term damaged at rest to one above the
+    /// persisted term, or below the term before it, marks the batch damaged; a replica with
+    /// peers cuts it like any other damage (a lone replica refuses to open instead, see
+    /// `a_batch_term_above_the_persisted_term_is_refused`).
+    #[test]
+    fn a_follower_cuts_a_batch_whose_term_was_damaged_at_rest() {
+        for (byte, bit) in [(7, 6), (0, 2)] {
+            let disk = brook_storage::SimDisk::new(22);
+            let voters = [1, 2, 3];
+            let mut replica =
+                ReplicaCore::open(Arc::new(disk.clone()), config(2, &voters), 0).expect("opens");
+            replica
+                .step(1, append_from_leader(4, 0, 0, 6, 0))
+                .expect("appends");
+            replica.sync_now(1).expect("syncs");
+            drop(replica);
+            let segment = PathBuf::from("/replica/log/00000000000000000000.log");
+            let bytes = disk.durable_contents(&segment).expect("segment");
+            let mut position = 0usize;
+            for _ in 0..2 {
+                position += BatchHeader::parse(&bytes[position..])
+                    .expect("header")
+                    .total_len();
+            }
+            // Header bytes 12..20 hold the term (4): a high bit makes it huge, bit 2 of the
+            // low byte makes it 0 (below the term before it).
+            disk.corrupt_durable(&segment, (position + 12 + byte) as u64, bit)
+                .expect("corrupts");
+            let replica = ReplicaCore::open(Arc::new(disk.clone()), config(2, &voters), 10)
+                .unwrap_or_else(|error| panic!("byte {byte} bit {bit}: {error}"));
+            assert_eq!(replica.log_end_offset(), 2, "byte {byte} bit {bit}");
+            assert!(replica.vote_fenced());
+        }
+    }
+
+    /// A leader whose committed batch had its term flipped at rest after the log was scanned
+    /// (the term is outside the CRC, so the batch reads back valid) never ships it: a
+    /// follower would refuse the append for ever ("an entry's term is above the leader's").
+    /// It reports read damage instead (the actor hands leadership over, then reopens).
+    #[test]
+    fn a_leader_never_ships_a_batch_whose_term_was_damaged_at_rest() {
+        let disk = brook_storage::SimDisk::new(23);
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(1, &[1, 2, 3]), 0).expect("opens");
+        let mut now_ms = 0;
+        let response = |term, granted| peer::VoteResponse { term, granted };
+        while replica.role() != Role::Leader && now_ms < 10_000 {
+            now_ms += 50;
+            let output = replica.step(now_ms, ReplicaInput::Tick).expect("ticks");
+            for send in output.messages {
+                let answer = match send.message {
+                    RaftMessage::PreVote(request) => {
+                        RaftMessage::PreVoteResponse(response(request.term, true))
+                    }
+                    RaftMessage::Vote(request) => {
+                        RaftMessage::VoteResponse(response(request.term, true))
+                    }
+                    _ => continue,
+                };
+                if send.to != 2 {
+                    continue;
+                }
+                let output = replica
+                    .step(
+                        now_ms,
+                        ReplicaInput::Peer {
+                            from: 2,
+                            message: answer,
+                            batches: Vec::new(),
+                        },
+                    )
+                    .expect("steps");
+                for send in output.messages {
+                    if let RaftMessage::Vote(request) = send.message {
+                        if send.to == 2 {
+                            replica
+                                .step(
+                                    now_ms,
+                                    ReplicaInput::Peer {
+                                        from: 2,
+                                        message: RaftMessage::VoteResponse(response(
+                                            request.term,
+                                            true,
+                                        )),
+                                        batches: Vec::new(),
+                                    },
+                                )
+                                .expect("steps");
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(replica.role(), Role::Leader);
+        let term = replica.term();
+        for request_id in 0..4 {
+            replica
+                .step(
+                    now_ms,
+                    ReplicaInput::Produce {
+                        request_id,
+                        batch: batch(b"value"),
+                        acks: Acks::Leader,
+                    },
+                )
+                .expect("produce");
+        }
+        replica.sync_now(now_ms).expect("syncs");
+        // Node 2 has everything: committed.
+        replica
+            .step(
+                now_ms,
+                ReplicaInput::Peer {
+                    from: 2,
+                    message: RaftMessage::AppendResponse(peer::AppendResponse {
+                        term,
+                        outcome: peer::AppendOutcome::Accepted { match_index: 5 },
+                    }),
+                    batches: Vec::new(),
+                },
+            )
+            .expect("steps");
+        assert_eq!(replica.high_watermark(), 5);
+        // The term of the batch at offset 1 (index 2) gets a high bit flipped at rest.
+        let segment = PathBuf::from("/replica/log/00000000000000000000.log");
+        let bytes = disk.durable_contents(&segment).expect("segment");
+        let second = BatchHeader::parse(&bytes).expect("header").total_len();
+        disk.corrupt_durable(&segment, (second + 12 + 7) as u64, 6)
+            .expect("corrupts");
+        // Node 3 answers, having nothing: the leader sends it everything from index 1.
+        let mut shipped = Vec::new();
+        for _ in 0..4 {
+            now_ms += 50;
+            let output = replica
+                .step(
+                    now_ms,
+                    ReplicaInput::Peer {
+                        from: 3,
+                        message: RaftMessage::HeartbeatResponse { term },
+                        batches: Vec::new(),
+                    },
+                )
+                .expect("a damaged committed batch is not an error of the step");
+            shipped.extend(
+                output
+                    .messages
+                    .into_iter()
+                    .filter(|send| send.to == 3)
+                    .flat_map(|send| send.batches),
+            );
+        }
+        for batch in &shipped {
+            let header = BatchHeader::parse(batch).expect("header");
+            assert!(
+                header.term <= term,
+                "shipped a batch of term {}",
+                header.term
+            );
+        }
+        assert!(replica.take_read_damage(), "the damage is reported");
     }
 
     /// Malformed peer messages are dropped with nothing applied.

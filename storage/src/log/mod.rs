@@ -890,17 +890,21 @@ impl Log {
             _ if offset == base => 0,
             _ => match segment.position_of(offset) {
                 Ok((position, header)) if header.base_offset == offset => position,
-                Ok(_) => return Err(LogError::NotBatchBoundary { offset }),
-                // The batch at `offset` is damaged at rest where recovery did not look (a
-                // sealed segment): its header cannot be trusted, but the intact batch before
-                // it says where it starts (a replica cuts its log before the damage).
-                Err(error @ LogError::Corrupt { .. }) => match segment.position_of(offset - 1) {
+                // The batch at `offset` may be damaged at rest where recovery did not look (a
+                // running log, a sealed segment): its header cannot be trusted, but an intact
+                // batch before it ending at `offset` says where it starts (a replica cuts its
+                // log before the damage).
+                found => match segment.position_of(offset - 1) {
                     Ok((position, header)) if header.next_offset() == offset => {
                         position + header.total_len() as u64
                     }
-                    _ => return Err(error),
+                    _ => {
+                        return Err(match found {
+                            Err(error) => error,
+                            Ok(_) => LogError::NotBatchBoundary { offset },
+                        })
+                    }
                 },
-                Err(error) => return Err(error),
             },
         };
         // Sync jobs handed out before now may have synced the file before the cut; they cover
