@@ -190,6 +190,9 @@ pub struct ReplicatedPartition {
     /// When leadership was last handed over because of damage (at most once per election
     /// timeout).
     damage_hand_over_ms: Option<u64>,
+    /// A read hit a batch damaged at rest: once this replica does not lead, it reopens (which
+    /// cuts the damage from the log).
+    damage_to_cut: bool,
 }
 
 impl std::fmt::Debug for ReplicatedPartition {
@@ -250,6 +253,7 @@ impl ReplicatedPartition {
             broken: false,
             damage_seen: Cell::new(false),
             damage_hand_over_ms: None,
+            damage_to_cut: false,
         })
     }
 
@@ -434,10 +438,26 @@ impl ReplicatedPartition {
     }
 
     /// A leader that cannot read a batch of its own log (damaged at rest) hands leadership to
-    /// its most caught-up follower, at most once per election timeout.
+    /// its most caught-up follower, at most once per election timeout. Once it no longer
+    /// leads, the replica reopens: the open cuts the damaged batch (and what follows) from the
+    /// log, to be fetched again from the leader (`ReplicaCore::open`).
     fn hand_over_if_damaged(&mut self, context: &mut Context<Self>) {
-        let damaged = self.core.take_read_damage() | self.damage_seen.replace(false);
-        if !damaged || self.broken || self.core.role() != Role::Leader {
+        if self.core.take_read_damage() | self.damage_seen.replace(false) {
+            self.damage_to_cut = true;
+        }
+        if !self.damage_to_cut || self.broken {
+            return;
+        }
+        if self.core.role() != Role::Leader {
+            self.damage_to_cut = false;
+            if self.core.voters().len() > 1 && self.stopping.is_none() {
+                self.recover(
+                    ReplicaError::Inconsistent(
+                        "a batch of the log is damaged at rest: reopening cuts it",
+                    ),
+                    context,
+                );
+            }
             return;
         }
         let now_ms = self.clock(context);

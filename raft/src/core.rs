@@ -1234,10 +1234,18 @@ impl Raft {
                     Some(last_of_term) => last_of_term + 1,
                     None => conflict_index,
                 };
-                progress.next_index = hinted
-                    .min(rejected_prev_index)
-                    .min(last_index + 1)
-                    .max(progress.match_index + 1);
+                let next_index = hinted.min(rejected_prev_index).min(last_index + 1);
+                if next_index <= progress.match_index {
+                    // The follower lacks an entry it acknowledged (not a stale answer: it
+                    // refuses the append at or above its match index): it lost it, e.g. a
+                    // replica that cut a batch damaged at rest from its log. Its match index
+                    // goes back to what it still has (the commit index never goes back), or
+                    // the leader would resend the same refused append for ever.
+                    progress.match_index = next_index.saturating_sub(1);
+                    progress.match_at_heartbeat =
+                        progress.match_at_heartbeat.min(progress.match_index);
+                }
+                progress.next_index = next_index.max(progress.match_index + 1);
                 progress.replication = Replication::Probe { paused: false };
                 progress.in_flight.clear();
             }

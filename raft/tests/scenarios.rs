@@ -782,3 +782,40 @@ fn pipelining_is_bounded_per_follower() -> Outcome {
     assert!(rounds.is_some(), "{}", cluster.describe());
     Ok(())
 }
+
+/// A follower that lost entries it had acknowledged (a replica cutting a batch damaged at rest
+/// from its log, with everything after it) refuses appends at or below the match index the
+/// leader holds for it. The leader must take its match index back down and resend from what
+/// the follower still has; once it did not, and resent the same refused append for ever.
+#[test]
+fn a_follower_that_lost_acknowledged_entries_is_caught_up_again() -> Outcome {
+    let mut cluster = Cluster::new(3, config(None), 7);
+    cluster.elect(1)?;
+    let mut payloads = Vec::new();
+    for _ in 0..4 {
+        payloads.push(cluster.propose(1)?.expect("the leader takes proposals"));
+    }
+    let rounds = cluster.run_until(20, |cluster| {
+        payloads
+            .iter()
+            .all(|payload| committed_everywhere(cluster, *payload))
+    })?;
+    assert!(rounds.is_some(), "{}", cluster.describe());
+    let match_before = cluster.raft(1).match_indexes()[&3];
+    // Node 3 loses its last three entries (all acknowledged, all committed), then restarts.
+    let host = cluster.hosts.get_mut(&3).expect("node 3");
+    host.durable_entries -= 3;
+    cluster.crash(3)?;
+    assert_eq!(cluster.hosts[&3].last_index(), match_before - 3);
+    let payload = cluster.propose(1)?.expect("still the leader");
+    let rounds = cluster.run_until(40, |cluster| {
+        committed_everywhere(cluster, payload) && cluster.hosts[&3].last_index() > match_before
+    })?;
+    assert!(
+        rounds.is_some(),
+        "node 3 never caught up: {}",
+        cluster.describe()
+    );
+    assert_eq!(cluster.leaders_now(), vec![1]);
+    Ok(())
+}

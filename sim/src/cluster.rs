@@ -1400,6 +1400,7 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
             draw.clone(),
             acknowledged,
             Duration::from_secs(options.drain_secs_max),
+            true,
         ))
         .await;
     let drain_done = matches!(drained, Ok(Ok(())));
