@@ -74,6 +74,9 @@ pub enum PlantedBug {
     NoCheckQuorum,
     /// Election timeouts are not randomised (split votes can repeat forever).
     FixedElectionTimeout,
+    /// Persist the term but not the vote: after a crash the node may vote again in a term
+    /// it already voted in (two leaders in one term).
+    ForgetVote,
 }
 
 /// What the host feeds the core.
@@ -468,8 +471,13 @@ impl Raft {
             "raft: the term went back"
         );
         self.hard_state = hard_state;
-        if self.config.planted_bug != Some(PlantedBug::ForgetHardState) {
-            out.push(Effect::PersistHardState(hard_state));
+        match self.config.planted_bug {
+            Some(PlantedBug::ForgetHardState) => {}
+            Some(PlantedBug::ForgetVote) => out.push(Effect::PersistHardState(HardState {
+                term: hard_state.term,
+                voted_for: None,
+            })),
+            _ => out.push(Effect::PersistHardState(hard_state)),
         }
     }
 
@@ -1235,6 +1243,7 @@ impl Raft {
                     None => conflict_index,
                 };
                 let next_index = hinted.min(rejected_prev_index).min(last_index + 1);
+                let previous_match_index = progress.match_index;
                 if next_index <= progress.match_index {
                     // The follower lacks an entry it acknowledged (not a stale answer: it
                     // refuses the append at or above its match index): it lost it, e.g. a
@@ -1245,8 +1254,16 @@ impl Raft {
                     progress.match_at_heartbeat =
                         progress.match_at_heartbeat.min(progress.match_index);
                 }
+                // A rejection at or below the match index the follower had acknowledged
+                // contradicts that acknowledgement (a damaged disk, or a bug): the probe waits
+                // for the next heartbeat answer before it resends, so a follower that keeps
+                // contradicting itself is asked once per heartbeat, never at the speed of the
+                // network.
+                let contradicts_acknowledgement = rejected_prev_index <= previous_match_index;
                 progress.next_index = next_index.max(progress.match_index + 1);
-                progress.replication = Replication::Probe { paused: false };
+                progress.replication = Replication::Probe {
+                    paused: contradicts_acknowledgement,
+                };
                 progress.in_flight.clear();
             }
         }
