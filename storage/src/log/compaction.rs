@@ -380,6 +380,9 @@ pub struct CompactionJob {
     now_ms: u64,
     segment_bytes_max: u64,
     drops_latest: bool,
+    /// The log's batches are Raft entries ([`Log::set_batches_are_entries`]): every batch is
+    /// kept, record-less if need be, never folded into another.
+    keep_batches: bool,
 }
 
 /// A finished [`CompactionJob`]: hand it to [`Log::complete_compaction`].
@@ -531,8 +534,10 @@ impl CompactionJob {
         // timestamp), written as one record-less batch.
         let mut leading: Option<(u64, u64, i64)> = None;
         let mut last_offset = None;
+        let mut batches_in = 0usize;
         for segment in group {
             for (header, records) in segment.batches()? {
+                batches_in += 1;
                 let original_count = records.len();
                 let horizon = header.delete_horizon();
                 let mut kept = Vec::with_capacity(records.len());
@@ -549,6 +554,21 @@ impl CompactionJob {
                     kept.push(record);
                 }
                 last_offset = Some(header.last_offset());
+                if kept.is_empty() && self.keep_batches {
+                    // A Raft entry stays an entry: its offsets and its term (which the
+                    // leader's log matching reads at this index) are kept, only its records go.
+                    cleaned.changed |= original_count > 0;
+                    cleaned.batches.push((
+                        empty_batch(
+                            header.base_offset,
+                            header.last_offset(),
+                            header.term,
+                            header.max_timestamp,
+                        ),
+                        Compression::None,
+                    ));
+                    continue;
+                }
                 if kept.is_empty() {
                     let merged = !cleaned.batches.is_empty() || leading.is_some();
                     cleaned.changed |= original_count > 0 || merged;
@@ -627,6 +647,10 @@ impl CompactionJob {
         // The group's batches tile [first base, group end): the cleaned ones must too.
         if last_offset != Some(group_end - 1) {
             tracing::warn!(dir = %self.dir.display(), group_end, ?last_offset, "a group's batches do not reach its end; left alone");
+            return None;
+        }
+        if self.keep_batches && cleaned.batches.len() != batches_in {
+            tracing::error!(dir = %self.dir.display(), group_end, batches_in, batches_out = cleaned.batches.len(), "a cleaned group of Raft entries lost or gained a batch; left alone");
             return None;
         }
         Some(cleaned)
@@ -796,6 +820,7 @@ impl Log {
             now_ms,
             segment_bytes_max: self.config.segment_bytes_max,
             drops_latest,
+            keep_batches: self.batches_are_entries,
         }))
     }
 
