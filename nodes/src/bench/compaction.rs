@@ -34,7 +34,7 @@ use super::cluster::{binary, FsyncArg};
 use super::latency::{Latencies, LatencySummary};
 use super::load::json_value;
 use super::local::{LocalNodes, NodesSpec};
-use super::{directory_bytes, OutputFormat};
+use super::OutputFormat;
 
 const READY_PATIENCE: Duration = Duration::from_secs(60);
 /// The plain topic (latency) and the compacted one (the cleaner's work).
@@ -275,6 +275,37 @@ async fn produce(
     })
 }
 
+/// Bytes of the files under `dir` (recursively), while the cleaner swaps segments in it: a
+/// file removed between the listing and its size counts as gone.
+fn topic_bytes(dir: &std::path::Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error).with_context(|| format!("reading {}", dir.display())),
+        };
+        for entry in entries {
+            let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+            let metadata = match entry.metadata() {
+                Ok(metadata) => metadata,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => {
+                    return Err(error)
+                        .with_context(|| format!("reading {}", entry.path().display()))
+                }
+            };
+            if metadata.is_dir() {
+                pending.push(entry.path());
+            } else {
+                total += metadata.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
 /// The compacted topic's size, sampled until it is stable for [`STABLE_FOR`] or `until`.
 /// Returns the samples (time since `start`, bytes).
 async fn watch_size(
@@ -287,7 +318,7 @@ async fn watch_size(
     let mut last_change = start;
     loop {
         let now = runtime.now();
-        let bytes = directory_bytes(&dir)?;
+        let bytes = topic_bytes(&dir)?;
         if samples.last().map_or(true, |(_, last)| *last != bytes) {
             last_change = now;
         }
@@ -376,7 +407,7 @@ pub async fn run(runtime: Runtime, args: CompactionArgs) -> anyhow::Result<()> {
     )
     .await?;
     let backlog_end = runtime.now();
-    let bytes_after_backlog = directory_bytes(&compacted_dir)?;
+    let bytes_after_backlog = topic_bytes(&compacted_dir)?;
     if table {
         println!(
             "  backlog in after {:.1} s ({:.0} records/s): topic {:.1} MiB on disk; cleaning phase: {} records/s to {PLAIN_TOPIC} for {:.0} s",

@@ -422,7 +422,7 @@ async fn load_report(
 
 /// Bytes of the files under `dir` (recursively; 0 if it does not exist). Bounded by the
 /// directory's size: a topic's directory holds one directory per partition and their segments.
-pub(crate) fn directory_bytes(dir: &std::path::Path) -> anyhow::Result<u64> {
+fn directory_bytes(dir: &std::path::Path) -> anyhow::Result<u64> {
     let mut total = 0;
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {

@@ -348,6 +348,9 @@ fn superseded(latest: &BTreeMap<Bytes, u64>, record: &Record, drops_latest: bool
 /// One group's cleaned batches, and what cleaning them removed.
 struct CleanedGroup {
     batches: Vec<(CompactedBatch, Compression)>,
+    /// Base offsets of the control batches among them (a Raft leader's first entry): the
+    /// cleaned copy keeps the control bit, so consumers still skip it.
+    control: std::collections::BTreeSet<u64>,
     changed: bool,
     records_removed: u64,
     tombstones_removed: u64,
@@ -525,6 +528,7 @@ impl CompactionJob {
         let now = i64::try_from(self.now_ms).unwrap_or(i64::MAX);
         let mut cleaned = CleanedGroup {
             batches: Vec::new(),
+            control: std::collections::BTreeSet::new(),
             changed: group.len() > 1,
             records_removed: 0,
             tombstones_removed: 0,
@@ -621,6 +625,9 @@ impl CompactionJob {
                     ));
                 }
                 let codec = Compression::from_id(header.compression()).unwrap_or(Compression::None);
+                if header.is_control() {
+                    cleaned.control.insert(header.base_offset);
+                }
                 cleaned.batches.push((
                     CompactedBatch {
                         base_offset: header.base_offset,
@@ -667,11 +674,20 @@ impl CompactionJob {
         let base = group[0].base_offset;
         let mut data = BytesMut::new();
         for (compacted, codec) in &cleaned.batches {
-            let plain = compacted.encode().map_err(|error| LogError::Corrupt {
+            let mut plain = compacted.encode().map_err(|error| LogError::Corrupt {
                 path: self.dir.clone(),
                 position: compacted.base_offset,
                 reason: format!("cannot build a compacted batch: {error}"),
             })?;
+            if cleaned.control.contains(&compacted.base_offset) {
+                // The attributes are covered by the CRC: set the bit, then the CRC again.
+                let position = batch::CRC_START;
+                let attributes = u16::from_le_bytes([plain[position], plain[position + 1]])
+                    | batch::ATTRIBUTE_CONTROL;
+                plain[position..position + 2].copy_from_slice(&attributes.to_le_bytes());
+                let crc = batch::compute_crc(&plain);
+                plain[position - 4..position].copy_from_slice(&crc.to_le_bytes());
+            }
             if *codec == Compression::None || compacted.records.is_empty() {
                 data.extend_from_slice(&plain);
             } else {

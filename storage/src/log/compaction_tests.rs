@@ -630,6 +630,16 @@ fn a_log_of_raft_entries_keeps_every_batch_and_its_term() {
         let disk = SimDisk::new(11);
         let (mut log, _) = open(&disk);
         log.set_batches_are_entries(entries);
+        // A Raft leader's first entry: a control batch (one record, no key, no value).
+        let mut control = BatchBuilder::new();
+        control.push(0, None, None, &[]);
+        let mut control = control.finish();
+        let position = brook_wire::batch::CRC_START;
+        control[position..position + 2]
+            .copy_from_slice(&brook_wire::batch::ATTRIBUTE_CONTROL.to_le_bytes());
+        let crc = brook_wire::batch::compute_crc(&control);
+        control[position - 4..position].copy_from_slice(&crc.to_le_bytes());
+        log.append(&mut control, 1, 0).expect("append control");
         // Terms 1, 2, 3 in turn: folding an emptied batch into its neighbour loses its term.
         for round in 0..60u64 {
             let offset = log.next_offset();
@@ -647,6 +657,13 @@ fn a_log_of_raft_entries_keeps_every_batch_and_its_term() {
         let end = log.next_offset();
         let outcome = compact_fully(&mut log, policy(), 0, end);
         assert!(outcome.records_removed > 0, "nothing was compacted");
+        // The control batch is still one (consumers skip it), compacted or not.
+        let first = log.read(0, 1, u64::MAX).expect("read").batches;
+        let first = split_batches(first)
+            .next()
+            .expect("a batch")
+            .expect("valid");
+        assert!(first.header().is_control(), "the control bit was lost");
         let after = batch_spans(&log, u64::MAX);
         let latest: BTreeMap<_, _> = read_all(&log, u64::MAX)
             .into_iter()
@@ -662,7 +679,8 @@ fn a_log_of_raft_entries_keeps_every_batch_and_its_term() {
         "a plain log folds emptied batches"
     );
     assert_eq!(latest, plain_latest, "both keep the latest value per key");
-    assert_eq!(latest.len(), 4);
+    // 4 keys, and the control batch's record (no key).
+    assert_eq!(latest.len(), 5);
 }
 
 /// A follower takes its leader's compacted entries as they are, but only in a log of Raft
