@@ -32,6 +32,23 @@
 //! open). The follower is then caught up by ordinary appends; the records below are gone on it,
 //! as on the leader.
 //!
+//! # Compaction (`cleanup.policy = compact`)
+//!
+//! Every replica compacts its own committed prefix, independently, when it likes: the cleaner
+//! works below the high watermark only (committed entries, which no truncation touches), so the
+//! latest value of every key there is the same on every replica whatever each one removed.
+//! The log is opened with [`Log::set_batches_are_entries`]: the cleaner keeps every batch,
+//! removing records only (a batch that lost them all stays as a record-less compacted batch
+//! with its offsets and term), so entry `i` is still the i-th batch and the term at every
+//! index, which log matching reads at `prev_index`, is still in the log: compaction changes
+//! neither [`BatchSpan`]s nor the core's [`LogTerms`]. The bytes of a committed entry then
+//! differ between replicas, which Raft never compares (an entry is named by index and term).
+//! A follower that needs entries its leader has compacted gets them as stored, compacted
+//! batches with their original offsets and terms ([`Log::append_replicated`] takes them in a
+//! log of entries); what they lost was superseded by a later record of the same key that is
+//! committed, so every later leader has it (Raft's election rule) and consumers, served by
+//! leaders only, never miss a key's latest value.
+//!
 //! # Durability
 //!
 //! The hard state (term, vote) is a small checksummed file, replaced atomically (write a
@@ -81,7 +98,8 @@ use brook_raft::{
 };
 use brook_storage::disk::{Disk, DiskError, OpenMode};
 use brook_storage::log::{
-    FsyncPolicy, Log, LogConfig, LogError, LogRead, RetentionOutcome, RetentionPolicy, SyncJob,
+    CompactionJob, CompactionJobDone, CompactionOutcome, CompactionPolicy, FsyncPolicy, Log,
+    LogConfig, LogError, LogRead, RetentionOutcome, RetentionPolicy, SyncJob,
 };
 use brook_wire::batch::{self, split_batches, BatchBuilder, BatchHeader, CRC_START};
 use brook_wire::peer::{self, RaftMessage};
@@ -369,6 +387,8 @@ impl ReplicaCore {
             log_config,
             now_ms,
         )?;
+        // One batch = one entry: the cleaner must keep every batch (see "Compaction").
+        log.set_batches_are_entries(true);
         let mut log_start = stored.map_or_else(LogStartRecord::default, |(_, start)| start);
         if log_start.reset_pending {
             // A reset to the leader's log start was interrupted: do it again.
@@ -1043,6 +1063,48 @@ impl ReplicaCore {
             log_start_offset,
             rolled,
         })
+    }
+
+    /// A cleaner pass over this replica's committed prefix (below the high watermark), to run
+    /// off the core ([`CompactionJob::run`] on a blocking thread); hand its result to
+    /// [`ReplicaCore::complete_compaction`]. `None` if nothing is due or a pass is out. Any
+    /// role: each replica compacts its own copy (see "Compaction" in the module docs).
+    pub fn compaction_job(
+        &mut self,
+        policy: CompactionPolicy,
+        now_ms: u64,
+    ) -> Result<Option<CompactionJob>, ReplicaError> {
+        Ok(self
+            .log
+            .compaction_job(policy, now_ms, self.high_watermark)?)
+    }
+
+    /// Swap in what a cleaner pass wrote (if the log did not change under it). Batches keep
+    /// their offsets and terms, so the core's view of the log is unchanged; an `Err` means the
+    /// log is poisoned (a swap failed after its commit point): reopen the replica.
+    pub fn complete_compaction(
+        &mut self,
+        done: CompactionJobDone,
+    ) -> Result<CompactionOutcome, ReplicaError> {
+        Ok(self.log.complete_compaction(done)?)
+    }
+
+    /// Forget a pass that will never complete (its task failed).
+    pub fn compaction_job_lost(&mut self) {
+        self.log.compaction_job_lost();
+    }
+
+    /// [`ReplicaCore::compaction_job`], run inline, then
+    /// [`ReplicaCore::complete_compaction`] (tests).
+    pub fn compact_now(
+        &mut self,
+        policy: CompactionPolicy,
+        now_ms: u64,
+    ) -> Result<CompactionOutcome, ReplicaError> {
+        match self.compaction_job(policy, now_ms)? {
+            Some(job) => self.complete_compaction(job.run()),
+            None => Ok(CompactionOutcome::default()),
+        }
     }
 
     fn span(&self, index: Index) -> Option<BatchSpan> {

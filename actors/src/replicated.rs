@@ -28,6 +28,12 @@
 //!   replica deletes whole segments of its own committed prefix; the log start is persisted
 //!   with the hard state first. A follower that needs what the leader deleted is caught up
 //!   from the leader's log start (its log restarts there).
+//! - **Compaction** (`cleanup.policy` with `compact`, the policy of the last `SetLimits`):
+//!   each `EnforceRetention` also starts one bounded cleaner pass over this replica's own
+//!   committed prefix ([`ReplicaCore::compaction_job`], leader or follower alike) on the
+//!   blocking pool; its result comes back as `Compacted` and is swapped in; while a round has
+//!   more to do the next pass starts at once. Batches keep their offsets and terms, so Raft
+//!   sees the same log (see "Compaction" in `replica`).
 //! - **Errors**: a [`ReplicaError`] from the core means the log and the core may disagree: the
 //!   actor fails what was pending (retriable), reopens the replica from disk (at most
 //!   [`REOPEN_ATTEMPTS_MAX`] attempts in a row, then it stops) and carries on.
@@ -46,7 +52,9 @@ use std::sync::Arc;
 
 use brook_raft::{NodeId, Role, Term};
 use brook_storage::disk::{Disk, DiskError};
-use brook_storage::log::{FsyncPolicy, LogError, RetentionOutcome, RetentionPolicy};
+use brook_storage::log::{
+    CompactionJobDone, CompactionPolicy, FsyncPolicy, LogError, RetentionOutcome, RetentionPolicy,
+};
 use brook_wire::batch::{self, BatchError};
 use brook_wire::compression::{self, CompressionError};
 use brook_wire::error::{BrokerError, ErrorCode};
@@ -124,6 +132,12 @@ pub enum ReplicaMessage {
     StopDeadline,
     /// Internal: the periodic sync under `fsync = interval`.
     SyncTick,
+    /// Internal: a cleaner pass finished (`None`: its task failed). `generation` names the
+    /// core it was taken from (a pass from before a reopen is ignored).
+    Compacted {
+        generation: u64,
+        done: Option<CompactionJobDone>,
+    },
 }
 
 /// A produce request waiting for the answers of its batches.
@@ -178,6 +192,10 @@ pub struct ReplicatedPartition {
     stopping: Option<Stopping>,
     /// `retention.ms` / `retention.bytes` (SetLimits), applied at EnforceRetention.
     retention: RetentionPolicy,
+    /// The cleaner's policy (SetLimits; `None`: not compacted), started at EnforceRetention.
+    compaction: Option<CompactionPolicy>,
+    /// A cleaner pass runs on the blocking pool.
+    compaction_in_flight: bool,
     /// The periodic sync under `fsync = interval`.
     interval_timer: Option<TimerHandle>,
     /// The high watermark parked fetches were last checked against.
@@ -248,6 +266,8 @@ impl ReplicatedPartition {
             next_waiter: 0,
             stopping: None,
             retention: RetentionPolicy::default(),
+            compaction: None,
+            compaction_in_flight: false,
             interval_timer: None,
             scanned_high_watermark: 0,
             broken: false,
@@ -521,6 +541,7 @@ impl ReplicatedPartition {
                     self.generation += 1;
                     // A job of the old core may still run; its result is ignored.
                     self.sync_in_flight = false;
+                    self.compaction_in_flight = false;
                     return;
                 }
                 Err(error) => {
@@ -863,6 +884,80 @@ impl ReplicatedPartition {
         }
     }
 
+    /// Start one bounded cleaner pass over this replica's committed prefix off the actor, if
+    /// the topic is compacted, none is running and one is due.
+    fn start_compaction(&mut self, context: &mut Context<Self>) {
+        let Some(policy) = self.compaction else {
+            return;
+        };
+        if self.compaction_in_flight || self.broken || self.stopping.is_some() {
+            return;
+        }
+        let now_ms = self.clock(context);
+        let job = match self.core.compaction_job(policy, now_ms) {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(group = ?self.group, %error, "cleaner pass not started");
+                return;
+            }
+        };
+        self.compaction_in_flight = true;
+        let generation = self.generation;
+        let address = context.address();
+        let runtime = context.runtime().clone();
+        drop(context.runtime().spawn(async move {
+            let done = runtime.run_blocking(move || job.run()).await.ok();
+            // If the actor is gone there is nobody left to tell (the next open removes the
+            // cleaned file the pass may have left).
+            let _ = address
+                .send(ReplicaMessage::Compacted { generation, done })
+                .await;
+        }));
+    }
+
+    /// A cleaner pass finished: swap its cleaned group in, and go on while the round has more.
+    fn complete_compaction(
+        &mut self,
+        generation: u64,
+        done: Option<CompactionJobDone>,
+        context: &mut Context<Self>,
+    ) {
+        if generation != self.generation || self.broken {
+            return;
+        }
+        self.compaction_in_flight = false;
+        let Some(done) = done else {
+            tracing::warn!(group = ?self.group, "cleaner task failed; the next pass starts over");
+            self.core.compaction_job_lost();
+            return;
+        };
+        match self.core.complete_compaction(done) {
+            Ok(outcome) => {
+                if outcome.segments_replaced > 0 {
+                    tracing::info!(
+                        group = ?self.group,
+                        segments = outcome.segments_replaced,
+                        bytes_before = outcome.bytes_before,
+                        bytes_after = outcome.bytes_after,
+                        records_removed = outcome.records_removed,
+                        tombstones_removed = outcome.tombstones_removed,
+                        cleaned_offset = outcome.cleaned_offset,
+                        "compacted"
+                    );
+                }
+                if outcome.more {
+                    self.start_compaction(context);
+                }
+            }
+            // A swap that failed after its commit point poisoned the log: reopening finishes it.
+            Err(error) => {
+                self.recover(error, context);
+                self.after_step(context);
+            }
+        }
+    }
+
     fn handle_client(&mut self, message: PartitionMessage, context: &mut Context<Self>) {
         match message {
             PartitionMessage::Produce {
@@ -885,8 +980,9 @@ impl ReplicatedPartition {
             }),
             PartitionMessage::SetLimits { limits, reply } => {
                 // Segment and batch limits apply to this replica's log from the next append;
-                // retention at the next EnforceRetention.
+                // retention and compaction at the next EnforceRetention.
                 self.retention = limits.retention;
+                self.compaction = limits.compaction;
                 let result = self
                     .core
                     .set_segment_limits(
@@ -899,6 +995,7 @@ impl ReplicatedPartition {
             }
             PartitionMessage::EnforceRetention { reply } => {
                 let result = self.enforce_retention(context);
+                self.start_compaction(context);
                 if let Some(reply) = reply {
                     reply.send(result);
                 }
@@ -908,7 +1005,7 @@ impl ReplicatedPartition {
             PartitionMessage::SyncDone { .. }
             | PartitionMessage::FetchExpired { .. }
             | PartitionMessage::SyncTick
-            // Compaction of replicated partitions is not done yet: nothing starts a pass here.
+            // This actor's passes report as `ReplicaMessage::Compacted` (with a generation).
             | PartitionMessage::CompactionDone { .. } => {
                 tracing::debug!(group = ?self.group, "internal partition message ignored");
             }
@@ -1002,6 +1099,9 @@ impl Actor for ReplicatedPartition {
                 }
             }
             ReplicaMessage::SyncTick => self.start_sync(context),
+            ReplicaMessage::Compacted { generation, done } => {
+                self.complete_compaction(generation, done, context)
+            }
             ReplicaMessage::StopDeadline => {
                 if self.stopping.is_some() {
                     tracing::warn!(group = ?self.group, "leadership transfer did not finish in time; stopping anyway");
