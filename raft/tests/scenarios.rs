@@ -6,7 +6,7 @@ mod cluster;
 
 use brook_raft::{
     AppendOutcome, Config, Effect, HardState, Input, LogTerms, Message, Payload, PlantedBug, Raft,
-    RaftError, Recovered, Role, VoteRequest,
+    RaftError, Recovered, Role, VoteRequest, IDLE_HEARTBEATS_PER_ELECTION_TIMEOUT,
 };
 use cluster::{config, Cluster, Violation};
 
@@ -780,5 +780,50 @@ fn pipelining_is_bounded_per_follower() -> Outcome {
     cluster.heal();
     let rounds = cluster.run_until(200, |cluster| committed_everywhere(cluster, last))?;
     assert!(rounds.is_some(), "{}", cluster.describe());
+    Ok(())
+}
+
+/// Heartbeats a leader sends to each follower over `seconds` of ticks every heartbeat
+/// interval, with `propose_every` ticks between proposals (`None`: an idle group).
+fn heartbeats_per_follower(propose_every: Option<u64>, seconds: u64) -> Result<f64, Violation> {
+    let mut cluster = Cluster::new(3, config(None), 5);
+    cluster.elect(1)?;
+    let interval = cluster.config.heartbeat_interval_ms;
+    let mut heartbeats = 0u64;
+    for round in 0..seconds * 1_000 / interval {
+        if propose_every.is_some_and(|every| round % every == 0) {
+            cluster.propose(1)?;
+        }
+        cluster.tick_all(interval)?;
+        heartbeats += cluster
+            .network
+            .iter()
+            .filter(|(from, _, message)| *from == 1 && matches!(message, Message::Heartbeat(_)))
+            .count() as u64;
+        cluster.deliver_all()?;
+        cluster.flush_all()?;
+        cluster.deliver_all()?;
+        assert_eq!(cluster.leaders_now(), vec![1], "the leader kept its place");
+    }
+    Ok(heartbeats as f64 / 2.0 / seconds as f64)
+}
+
+#[test]
+fn an_idle_leader_heartbeats_a_few_times_per_election_timeout_and_keeps_its_followers() -> Outcome {
+    let idle = heartbeats_per_follower(None, 20)?;
+    let election_timeouts_per_second = 1_000.0 / config(None).election_timeout_ms as f64;
+    let expected = election_timeouts_per_second * IDLE_HEARTBEATS_PER_ELECTION_TIMEOUT as f64;
+    // Idle heartbeats every election timeout / 4, rounded up to the ticks, plus one after each
+    // check-quorum: between 3 and 5 per election timeout, far below one per interval (10).
+    assert!(
+        idle >= expected * 0.75 && idle <= expected * 1.25,
+        "{idle} heartbeats per second per follower, expected about {expected}"
+    );
+    // A group with traffic hears at every interval (commit indexes to pass on).
+    let busy = heartbeats_per_follower(Some(1), 20)?;
+    assert!(
+        busy >= 9.0,
+        "{busy} heartbeats per second per follower when busy"
+    );
     Ok(())
 }
