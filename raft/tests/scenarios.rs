@@ -5,8 +5,9 @@
 mod cluster;
 
 use brook_raft::{
-    AppendOutcome, Config, Effect, HardState, Input, LogTerms, Message, Payload, PlantedBug, Raft,
-    RaftError, Recovered, Role, VoteRequest, IDLE_HEARTBEATS_PER_ELECTION_TIMEOUT,
+    AppendOutcome, Config, Effect, HardState, Input, LogTerms, Message, NodeId, Payload,
+    PlantedBug, Raft, RaftError, Recovered, Role, VoteRequest,
+    IDLE_HEARTBEATS_PER_ELECTION_TIMEOUT,
 };
 use cluster::{config, Cluster, Violation};
 
@@ -825,5 +826,63 @@ fn an_idle_leader_heartbeats_a_few_times_per_election_timeout_and_keeps_its_foll
         busy >= 9.0,
         "{busy} heartbeats per second per follower when busy"
     );
+    Ok(())
+}
+
+/// The first leader of a fresh group whose replica `preferred` (if any) was told to campaign
+/// early; ticks every heartbeat interval, every message delivered at once.
+fn first_leader(seed: u64, preferred: Option<NodeId>) -> Result<NodeId, Violation> {
+    let mut cluster = Cluster::new(3, config(None), seed);
+    if let Some(preferred) = preferred {
+        let now_ms = cluster.now_ms;
+        if let Some(host) = cluster.hosts.get_mut(&preferred) {
+            host.raft.campaign_early(now_ms);
+        }
+    }
+    let interval = cluster.config.heartbeat_interval_ms;
+    for _ in 0..100 {
+        cluster.tick_all(interval)?;
+        cluster.deliver_all()?;
+        cluster.flush_all()?;
+        cluster.deliver_all()?;
+        if let [leader] = cluster.leaders_now()[..] {
+            return Ok(leader);
+        }
+    }
+    panic!("no leader after 100 intervals: {}", cluster.describe());
+}
+
+#[test]
+fn a_fresh_groups_preferred_replica_campaigns_first_and_leads() -> Outcome {
+    let mut leaders_by_chance = 0;
+    for seed in 0..30 {
+        let preferred = seed % 3 + 1;
+        assert_eq!(
+            first_leader(seed, Some(preferred))?,
+            preferred,
+            "seed {seed}"
+        );
+        if first_leader(seed, None)? == preferred {
+            leaders_by_chance += 1;
+        }
+    }
+    // Without it the first leader is whoever times out first: the preferred one by chance.
+    assert!(leaders_by_chance < 30, "{leaders_by_chance}");
+    Ok(())
+}
+
+#[test]
+fn campaigning_early_is_only_for_a_replica_that_never_saw_a_term() -> Outcome {
+    let mut cluster = Cluster::new(3, config(None), 9);
+    cluster.elect(1)?;
+    let term = cluster.raft(1).term();
+    cluster.isolate(1);
+    let now_ms = cluster.now_ms;
+    let due_before = cluster.raft(2).tick_due_ms();
+    if let Some(host) = cluster.hosts.get_mut(&2) {
+        host.raft.campaign_early(now_ms);
+    }
+    assert_eq!(cluster.raft(2).tick_due_ms(), due_before);
+    assert_eq!(cluster.raft(2).term(), term);
     Ok(())
 }
