@@ -521,6 +521,14 @@ impl ReplicaCore {
     pub fn leader(&self) -> Option<NodeId> {
         self.raft.leader()
     }
+    /// See [`brook_raft::Raft::campaign_early`].
+    pub fn campaign_early(&mut self, now_ms: u64) {
+        self.raft.campaign_early(now_ms);
+    }
+    /// The earliest time a tick can do anything ([`brook_raft::Raft::tick_due_ms`]).
+    pub fn tick_due_ms(&self) -> u64 {
+        self.raft.tick_due_ms()
+    }
     /// Offsets below are committed (Raft commit index, in offsets).
     pub fn high_watermark(&self) -> u64 {
         self.high_watermark
@@ -1135,10 +1143,26 @@ impl ReplicaCore {
         proposed: bool,
         out: &mut ReplicaOutput,
     ) -> Result<(), ReplicaError> {
-        for effect in effects {
+        let mut effects = effects.into_iter().peekable();
+        while let Some(effect) = effects.next() {
             match effect {
                 Effect::PersistHardState(hard_state) => {
-                    write_hard_state(self.disk.as_ref(), &self.dir, hard_state, self.log_start)?;
+                    // A hard state followed at once by another (a vote for a higher term:
+                    // the term, then the vote) is superseded before any other effect: only
+                    // the last is written, one file write and two fsyncs fewer. A crash
+                    // between the two could have left the first alone, which the state
+                    // before it covers as well (nothing was sent or written in between).
+                    if !matches!(effects.peek(), Some(Effect::PersistHardState(_))) {
+                        // Two fsyncs, on the actor's worker thread: the others run its tasks.
+                        crate::runtime::blocking_section(|| {
+                            write_hard_state(
+                                self.disk.as_ref(),
+                                &self.dir,
+                                hard_state,
+                                self.log_start,
+                            )
+                        })?;
+                    }
                     self.hard_state = hard_state;
                 }
                 Effect::Truncate { from_index } => {

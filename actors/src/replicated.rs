@@ -176,6 +176,9 @@ pub struct ReplicatedPartition {
     outbox: Arc<dyn PeerOutbox>,
     observer: Option<Arc<dyn LeaderObserver>>,
     leader_hint: Arc<AtomicU64>,
+    /// When the core next needs a tick (runtime wall clock, ms), published after every step
+    /// for the node ticker, which skips the group until then ([`ReplicaInbox`]).
+    tick_due_ms: Arc<AtomicU64>,
     /// The (leader, term) last published to the hint and the observer.
     published: (Option<NodeId>, Term),
     /// The core's clock: the runtime's wall clock, never going back.
@@ -255,6 +258,8 @@ impl ReplicatedPartition {
             outbox,
             observer,
             leader_hint: Arc::new(AtomicU64::new(NO_LEADER)),
+            // Due at once until the first step publishes the core's time.
+            tick_due_ms: Arc::new(AtomicU64::new(0)),
             published: (None, 0),
             now_ms,
             requests: BTreeMap::new(),
@@ -455,6 +460,13 @@ impl ReplicatedPartition {
         }
         self.hand_over_if_damaged(context);
         self.finish_stop_if_done(context);
+        // Last, after every change of this step (a broken replica wants no ticks).
+        let tick_due_ms = if self.broken {
+            u64::MAX
+        } else {
+            self.core.tick_due_ms()
+        };
+        self.tick_due_ms.store(tick_due_ms, Ordering::Release);
     }
 
     /// A leader that cannot read a batch of its own log (damaged at rest) hands leadership to
@@ -1140,8 +1152,57 @@ impl Actor for ReplicatedPartition {
     }
 }
 
+/// What the node's router holds for a replicated partition: its address and when it next
+/// needs a tick. The node ticker runs every heartbeat interval over every group; most
+/// groups (followers hearing from their leader, leaders between heartbeats) need nothing on
+/// most ticks, and this spares their actors the wake-up.
+#[derive(Clone, Debug)]
+pub struct ReplicaInbox {
+    address: Addr<ReplicatedPartition>,
+    tick_due_ms: Arc<AtomicU64>,
+}
+
+impl ReplicaInbox {
+    /// `let due = replica.tick_due(); let address = runtime.spawn_actor(replica, ..);`
+    /// then `router.register(group, Arc::new(ReplicaInbox::new(address, due)))`.
+    pub fn new(address: Addr<ReplicatedPartition>, tick_due_ms: Arc<AtomicU64>) -> Self {
+        ReplicaInbox {
+            address,
+            tick_due_ms,
+        }
+    }
+}
+
+impl ReplicatedPartition {
+    /// This replica is its new partition's preferred leader: it campaigns first (before
+    /// spawning; see [`brook_raft::Raft::campaign_early`]).
+    pub fn campaign_early(&mut self) {
+        self.core.campaign_early(self.now_ms);
+    }
+
+    /// Shared with the router's [`ReplicaInbox`]: when this replica next needs a tick.
+    pub fn tick_due(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.tick_due_ms)
+    }
+}
+
+impl GroupInbox for ReplicaInbox {
+    fn deliver(&self, from: NodeId, message: RaftMessage, batches: Vec<Bytes>) -> bool {
+        self.address.deliver(from, message, batches)
+    }
+
+    fn tick(&self) -> bool {
+        self.address.tick()
+    }
+
+    fn tick_due_ms(&self) -> u64 {
+        self.tick_due_ms.load(Ordering::Acquire)
+    }
+}
+
 /// The router's view of a replicated partition: peer messages and ticks go to its mailbox
-/// without waiting (a full mailbox drops them; Raft retries).
+/// without waiting (a full mailbox drops them; Raft retries). Ticked every time (prefer
+/// [`ReplicaInbox`], which skips ticks the replica does not need).
 impl GroupInbox for Addr<ReplicatedPartition> {
     fn deliver(&self, from: NodeId, message: RaftMessage, batches: Vec<Bytes>) -> bool {
         self.try_send(ReplicaMessage::Peer {
