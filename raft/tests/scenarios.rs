@@ -5,8 +5,9 @@
 mod cluster;
 
 use brook_raft::{
-    AppendOutcome, Config, Effect, HardState, Input, LogTerms, Message, Payload, PlantedBug, Raft,
-    RaftError, Recovered, Role, VoteRequest,
+    AppendOutcome, Config, Effect, HardState, Input, LogTerms, Message, NodeId, Payload,
+    PlantedBug, Raft, RaftError, Recovered, Role, VoteRequest,
+    IDLE_HEARTBEATS_PER_ELECTION_TIMEOUT,
 };
 use cluster::{config, Cluster, Violation};
 
@@ -839,6 +840,43 @@ fn pipelining_is_bounded_per_follower() -> Outcome {
     Ok(())
 }
 
+/// A follower that lost entries it had acknowledged (a replica cutting a batch damaged at rest
+/// from its log, with everything after it) refuses appends at or below the match index the
+/// leader holds for it. The leader must take its match index back down and resend from what
+/// the follower still has; once it did not, and resent the same refused append for ever.
+#[test]
+fn a_follower_that_lost_acknowledged_entries_is_caught_up_again() -> Outcome {
+    let mut cluster = Cluster::new(3, config(None), 7);
+    cluster.elect(1)?;
+    let mut payloads = Vec::new();
+    for _ in 0..4 {
+        payloads.push(cluster.propose(1)?.expect("the leader takes proposals"));
+    }
+    let rounds = cluster.run_until(20, |cluster| {
+        payloads
+            .iter()
+            .all(|payload| committed_everywhere(cluster, *payload))
+    })?;
+    assert!(rounds.is_some(), "{}", cluster.describe());
+    let match_before = cluster.raft(1).match_indexes()[&3];
+    // Node 3 loses its last three entries (all acknowledged, all committed), then restarts.
+    let host = cluster.hosts.get_mut(&3).expect("node 3");
+    host.durable_entries -= 3;
+    cluster.crash(3)?;
+    assert_eq!(cluster.hosts[&3].last_index(), match_before - 3);
+    let payload = cluster.propose(1)?.expect("still the leader");
+    let rounds = cluster.run_until(40, |cluster| {
+        committed_everywhere(cluster, payload) && cluster.hosts[&3].last_index() > match_before
+    })?;
+    assert!(
+        rounds.is_some(),
+        "node 3 never caught up: {}",
+        cluster.describe()
+    );
+    assert_eq!(cluster.leaders_now(), vec![1]);
+    Ok(())
+}
+
 // ---- a leader contradicting a follower's committed entry (what only a bug produces) ----
 
 /// One core with the entries its host keeps; effects carried out at once (every entry durable
@@ -1191,4 +1229,107 @@ fn a_remembered_vote_keeps_one_leader_per_term_across_a_restart() {
         leaders_of_a_term_with_a_restart_between_votes(Some(PlantedBug::ForgetVote)),
         vec![1, 3]
     );
+}
+
+/// Heartbeats a leader sends to each follower over `seconds` of ticks every heartbeat
+/// interval, with `propose_every` ticks between proposals (`None`: an idle group).
+fn heartbeats_per_follower(propose_every: Option<u64>, seconds: u64) -> Result<f64, Violation> {
+    let mut cluster = Cluster::new(3, config(None), 5);
+    cluster.elect(1)?;
+    let interval = cluster.config.heartbeat_interval_ms;
+    let mut heartbeats = 0u64;
+    for round in 0..seconds * 1_000 / interval {
+        if propose_every.is_some_and(|every| round % every == 0) {
+            cluster.propose(1)?;
+        }
+        cluster.tick_all(interval)?;
+        heartbeats += cluster
+            .network
+            .iter()
+            .filter(|(from, _, message)| *from == 1 && matches!(message, Message::Heartbeat(_)))
+            .count() as u64;
+        cluster.deliver_all()?;
+        cluster.flush_all()?;
+        cluster.deliver_all()?;
+        assert_eq!(cluster.leaders_now(), vec![1], "the leader kept its place");
+    }
+    Ok(heartbeats as f64 / 2.0 / seconds as f64)
+}
+
+#[test]
+fn an_idle_leader_heartbeats_a_few_times_per_election_timeout_and_keeps_its_followers() -> Outcome {
+    let idle = heartbeats_per_follower(None, 20)?;
+    let election_timeouts_per_second = 1_000.0 / config(None).election_timeout_ms as f64;
+    let expected = election_timeouts_per_second * IDLE_HEARTBEATS_PER_ELECTION_TIMEOUT as f64;
+    // Idle heartbeats every election timeout / 4, rounded up to the ticks, plus one after each
+    // check-quorum: between 3 and 5 per election timeout, far below one per interval (10).
+    assert!(
+        idle >= expected * 0.75 && idle <= expected * 1.25,
+        "{idle} heartbeats per second per follower, expected about {expected}"
+    );
+    // A group with traffic hears at every interval (commit indexes to pass on).
+    let busy = heartbeats_per_follower(Some(1), 20)?;
+    assert!(
+        busy >= 9.0,
+        "{busy} heartbeats per second per follower when busy"
+    );
+    Ok(())
+}
+
+/// The first leader of a fresh group whose replica `preferred` (if any) was told to campaign
+/// early; ticks every heartbeat interval, every message delivered at once.
+fn first_leader(seed: u64, preferred: Option<NodeId>) -> Result<NodeId, Violation> {
+    let mut cluster = Cluster::new(3, config(None), seed);
+    if let Some(preferred) = preferred {
+        let now_ms = cluster.now_ms;
+        if let Some(host) = cluster.hosts.get_mut(&preferred) {
+            host.raft.campaign_early(now_ms);
+        }
+    }
+    let interval = cluster.config.heartbeat_interval_ms;
+    for _ in 0..100 {
+        cluster.tick_all(interval)?;
+        cluster.deliver_all()?;
+        cluster.flush_all()?;
+        cluster.deliver_all()?;
+        if let [leader] = cluster.leaders_now()[..] {
+            return Ok(leader);
+        }
+    }
+    panic!("no leader after 100 intervals: {}", cluster.describe());
+}
+
+#[test]
+fn a_fresh_groups_preferred_replica_campaigns_first_and_leads() -> Outcome {
+    let mut leaders_by_chance = 0;
+    for seed in 0..30 {
+        let preferred = seed % 3 + 1;
+        assert_eq!(
+            first_leader(seed, Some(preferred))?,
+            preferred,
+            "seed {seed}"
+        );
+        if first_leader(seed, None)? == preferred {
+            leaders_by_chance += 1;
+        }
+    }
+    // Without it the first leader is whoever times out first: the preferred one by chance.
+    assert!(leaders_by_chance < 30, "{leaders_by_chance}");
+    Ok(())
+}
+
+#[test]
+fn campaigning_early_is_only_for_a_replica_that_never_saw_a_term() -> Outcome {
+    let mut cluster = Cluster::new(3, config(None), 9);
+    cluster.elect(1)?;
+    let term = cluster.raft(1).term();
+    cluster.isolate(1);
+    let now_ms = cluster.now_ms;
+    let due_before = cluster.raft(2).tick_due_ms();
+    if let Some(host) = cluster.hosts.get_mut(&2) {
+        host.raft.campaign_early(now_ms);
+    }
+    assert_eq!(cluster.raft(2).tick_due_ms(), due_before);
+    assert_eq!(cluster.raft(2).term(), term);
+    Ok(())
 }
