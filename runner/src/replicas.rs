@@ -61,6 +61,8 @@ pub fn read_log(directory: &Path, notes: &mut Vec<String>) -> Option<Vec<Replica
                 offset: header.base_offset,
                 bytes: batch.to_vec(),
                 term: Some(header.term),
+                // The queue workload's topic is not compacted: bytes alone are compared.
+                records: None,
             });
             position = end;
         }

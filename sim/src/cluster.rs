@@ -704,6 +704,7 @@ fn read_log(
                 offset: header.base_offset,
                 bytes: batch.to_vec(),
                 term: Some(header.term),
+                records: None,
             });
             expected = header.next_offset();
             position = end;
