@@ -88,7 +88,7 @@ cargo sim --seeds 3 --cluster 3 --plant serve-above-hw --expect-found   # protoc
 # with a verdict: --seed-wall-secs-max (default 600) turns a run that does not end into a
 # `no-verdict` failure.
 cargo sim --seeds 5 --cluster 3 --without-fault corrupt-at-rest --plant commit-without-quorum --expect-found   # lost-write, inconsistent-offsets (seed 0)
-cargo sim --seeds 10 --cluster 3 --without-fault corrupt-at-rest --plant keep-divergent-suffix --expect-found  # divergent-prefix below a shared entry (seed 4)
+cargo sim --seeds 10 --cluster 3 --without-fault corrupt-at-rest --plant keep-divergent-suffix --expect-found  # divergent-prefix below a shared entry (seed 0)
 # forget-vote (the term persisted, the vote not) is shown at the core level only
 # (brook-raft scenarios: a_remembered_vote_keeps_one_leader_per_term_across_a_restart): two
 # leaders of one term need a voter to crash between two requests of one term, and no seed of
