@@ -92,8 +92,7 @@ cargo sim --seeds 10 --cluster 3 --without-fault corrupt-at-rest --plant keep-di
 # forget-vote (the term persisted, the vote not) is shown at the core level only
 # (brook-raft scenarios: a_remembered_vote_keeps_one_leader_per_term_across_a_restart): two
 # leaders of one term need a voter to crash between two requests of one term, and no seed of
-# 0..87 of the cluster nemesis builds that (seed 88 fails not-linearizable unplanted too: the
-# open bug above, not evidence); not a CI line yet.
+# 0..88 of the cluster nemesis builds that; not a CI line yet.
 
 step "tests (normal build)"
 cargo nextest run --workspace --no-fail-fast
