@@ -23,7 +23,7 @@ use brook_actors::replicated::{
 };
 use brook_actors::runtime::{reply_pair, Addr, Duration, PendingReply, Runtime, TaskHandle};
 use brook_raft::{Config, NodeId, PlantedBug};
-use brook_storage::log::{FsyncPolicy, LogConfig, RetentionPolicy};
+use brook_storage::log::{CompactionPolicy, FsyncPolicy, LogConfig, RetentionPolicy};
 use brook_storage::{Disk, SimDisk};
 use brook_wire::batch::{split_batches, BatchBuilder};
 use brook_wire::peer::{GroupId, RaftMessage};
@@ -1584,4 +1584,146 @@ async fn planted_no_check_quorum_is_caught() {
         ..Bugs::default()
     };
     expect_caught(partition_scenario(bugs).await, "isolated-leader-answers");
+}
+
+/// A keyed batch: `key=value` records, one per entry of `records`.
+fn keyed_batch_of(records: &[(&str, &str)]) -> Bytes {
+    let mut builder = BatchBuilder::new();
+    for (key, value) in records {
+        builder.push(0, Some(key.as_bytes()), Some(value.as_bytes()), &[]);
+    }
+    builder.finish().freeze()
+}
+
+/// Compaction (`cleanup.policy=compact`) on replicated partitions: the leader and one follower
+/// clean their committed prefixes, then a follower that was down catches up from the leader's
+/// compacted entries (batches with their original offsets and terms), leads, and serves the
+/// latest value of every key at the offset it was acknowledged at, and no superseded value it
+/// did not have to.
+async fn compaction_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let mut cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    let lagging = NODES
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let other = NODES
+        .iter()
+        .copied()
+        .find(|id| *id != leader && *id != lagging)
+        .expect("another follower");
+    cluster.stop(lagging).await;
+    let padding = "x".repeat(200);
+    // key -> (offset, value) of its latest acknowledged record.
+    let mut latest: BTreeMap<String, (u64, Bytes)> = BTreeMap::new();
+    let mut acknowledged: BTreeMap<u64, Bytes> = BTreeMap::new();
+    for round in 0..60 {
+        let key = format!("k{}", round % 5);
+        let value = format!("{key}-{round}-{padding}");
+        let result = cluster
+            .produce(leader, keyed_batch_of(&[(&key, &value)]), Acks::All)
+            .await
+            .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+        latest.insert(key, (result.base_offset, Bytes::from(value.clone())));
+        acknowledged.insert(result.base_offset, Bytes::from(value));
+    }
+    let limits = PartitionLimits {
+        segment_bytes_max: 4096,
+        segment_age_ms_max: u64::MAX,
+        batch_bytes_max: 1 << 20,
+        retention: RetentionPolicy::default(),
+        compaction: Some(CompactionPolicy {
+            min_compaction_lag_ms: 0,
+            ..CompactionPolicy::default()
+        }),
+    };
+    for id in [leader, other] {
+        cluster
+            .address(id)
+            .ask(|reply| ReplicaMessage::Client(PartitionMessage::SetLimits { limits, reply }))
+            .await
+            .expect("asked")
+            .map_err(|error| violation("limits", error.to_string()))?;
+    }
+    // Retention ticks start the cleaner's passes; wait until the leader serves fewer records.
+    let mut compacted = false;
+    for _ in 0..WAIT_MS_MAX / POLL_MS {
+        for id in [leader, other] {
+            cluster
+                .address(id)
+                .ask(|reply| {
+                    ReplicaMessage::Client(PartitionMessage::EnforceRetention {
+                        reply: Some(reply),
+                    })
+                })
+                .await
+                .expect("asked")
+                .map_err(|error| violation("retention", error.to_string()))?;
+        }
+        if cluster.read_all(leader).await?.len() < acknowledged.len() / 2 {
+            compacted = true;
+            break;
+        }
+        cluster.pause(POLL_MS).await;
+    }
+    check(compacted, "compacted", || {
+        "the leader's cleaner removed nothing".to_owned()
+    })?;
+    let leader_report = cluster.report(leader).await;
+    cluster.open(lagging);
+    let mut caught_up = false;
+    for _ in 0..WAIT_MS_MAX / POLL_MS {
+        if cluster.report(lagging).await.high_watermark == leader_report.high_watermark {
+            caught_up = true;
+            break;
+        }
+        cluster.pause(POLL_MS).await;
+    }
+    let lagging_report = cluster.report(lagging).await;
+    check(caught_up, "caught-up-from-compacted-entries", || {
+        format!("node {lagging}: {lagging_report:?}, leader: {leader_report:?}")
+    })?;
+    // The caught-up follower leads and serves what it got: the compacted log.
+    cluster
+        .address(leader)
+        .ask(|reply| ReplicaMessage::TransferLeadership { to: lagging, reply })
+        .await
+        .expect("asked")
+        .map_err(|error| violation("transfer", error.to_string()))?;
+    let next = cluster.wait_for_leader(&[lagging]).await?;
+    let served = cluster.read_all(next).await?;
+    for (offset, value) in &served {
+        check(
+            acknowledged.get(offset) == Some(value),
+            "served-as-acknowledged",
+            || format!("node {next} serves {:?} at offset {offset}", value.len()),
+        )?;
+    }
+    let served: BTreeMap<u64, Bytes> = served.into_iter().collect();
+    for (key, (offset, value)) in &latest {
+        check(
+            served.get(offset) == Some(value),
+            "latest-value-kept",
+            || format!("node {next}: key {key}'s latest value at offset {offset} is not served"),
+        )?;
+    }
+    check(
+        served.len() < acknowledged.len() / 2,
+        "follower-got-compacted-entries",
+        || {
+            format!(
+                "node {next} serves {} of {} records",
+                served.len(),
+                acknowledged.len()
+            )
+        },
+    )?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_compact_and_a_follower_catches_up_from_compacted_entries() {
+    expect_clean(compaction_scenario(Bugs::default()).await);
 }

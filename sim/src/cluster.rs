@@ -704,6 +704,7 @@ fn read_log(
                 offset: header.base_offset,
                 bytes: batch.to_vec(),
                 term: Some(header.term),
+                records: None,
             });
             expected = header.next_offset();
             position = end;
@@ -1400,6 +1401,7 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
             draw.clone(),
             acknowledged,
             Duration::from_secs(options.drain_secs_max),
+            true,
         ))
         .await;
     let drain_done = matches!(drained, Ok(Ok(())));
