@@ -32,6 +32,23 @@
 //! open). The follower is then caught up by ordinary appends; the records below are gone on it,
 //! as on the leader.
 //!
+//! # Compaction (`cleanup.policy = compact`)
+//!
+//! Every replica compacts its own committed prefix, independently, when it likes: the cleaner
+//! works below the high watermark only (committed entries, which no truncation touches), so the
+//! latest value of every key there is the same on every replica whatever each one removed.
+//! The log is opened with [`Log::set_batches_are_entries`]: the cleaner keeps every batch,
+//! removing records only (a batch that lost them all stays as a record-less compacted batch
+//! with its offsets and term), so entry `i` is still the i-th batch and the term at every
+//! index, which log matching reads at `prev_index`, is still in the log: compaction changes
+//! neither [`BatchSpan`]s nor the core's [`LogTerms`]. The bytes of a committed entry then
+//! differ between replicas, which Raft never compares (an entry is named by index and term).
+//! A follower that needs entries its leader has compacted gets them as stored, compacted
+//! batches with their original offsets and terms ([`Log::append_replicated`] takes them in a
+//! log of entries); what they lost was superseded by a later record of the same key that is
+//! committed, so every later leader has it (Raft's election rule) and consumers, served by
+//! leaders only, never miss a key's latest value.
+//!
 //! # Durability
 //!
 //! The hard state (term, vote) is a small checksummed file, replaced atomically (write a
@@ -81,7 +98,8 @@ use brook_raft::{
 };
 use brook_storage::disk::{Disk, DiskError, OpenMode};
 use brook_storage::log::{
-    FsyncPolicy, Log, LogConfig, LogError, LogRead, RetentionOutcome, RetentionPolicy, SyncJob,
+    CompactionJob, CompactionJobDone, CompactionOutcome, CompactionPolicy, FsyncPolicy, Log,
+    LogConfig, LogError, LogRead, RetentionOutcome, RetentionPolicy, SyncJob,
 };
 use brook_wire::batch::{self, split_batches, BatchBuilder, BatchHeader, CRC_START};
 use brook_wire::peer::{self, RaftMessage};
@@ -369,6 +387,8 @@ impl ReplicaCore {
             log_config,
             now_ms,
         )?;
+        // One batch = one entry: the cleaner must keep every batch (see "Compaction").
+        log.set_batches_are_entries(true);
         let mut log_start = stored.map_or_else(LogStartRecord::default, |(_, start)| start);
         if log_start.reset_pending {
             // A reset to the leader's log start was interrupted: do it again.
@@ -501,9 +521,26 @@ impl ReplicaCore {
     pub fn leader(&self) -> Option<NodeId> {
         self.raft.leader()
     }
+    /// See [`brook_raft::Raft::campaign_early`].
+    pub fn campaign_early(&mut self, now_ms: u64) {
+        self.raft.campaign_early(now_ms);
+    }
+    /// The earliest time a tick can do anything ([`brook_raft::Raft::tick_due_ms`]).
+    pub fn tick_due_ms(&self) -> u64 {
+        self.raft.tick_due_ms()
+    }
     /// Offsets below are committed (Raft commit index, in offsets).
     pub fn high_watermark(&self) -> u64 {
         self.high_watermark
+    }
+    /// Leader only: whether an entry of its own term is committed. Until then its high
+    /// watermark may lag what an earlier leader committed and reported (Raft §8: a new leader
+    /// learns the commit index by committing the first entry of its term; after a restart it
+    /// starts from the log start), so it must not be reported as the partition's end. Reads
+    /// below it are still committed.
+    pub fn high_watermark_known(&self) -> bool {
+        self.raft.role() == Role::Leader
+            && self.raft.log().term_at(self.raft.commit_index()) == Some(self.raft.term())
     }
     pub fn log_start_offset(&self) -> u64 {
         self.log.log_start_offset()
@@ -1036,6 +1073,48 @@ impl ReplicaCore {
         })
     }
 
+    /// A cleaner pass over this replica's committed prefix (below the high watermark), to run
+    /// off the core ([`CompactionJob::run`] on a blocking thread); hand its result to
+    /// [`ReplicaCore::complete_compaction`]. `None` if nothing is due or a pass is out. Any
+    /// role: each replica compacts its own copy (see "Compaction" in the module docs).
+    pub fn compaction_job(
+        &mut self,
+        policy: CompactionPolicy,
+        now_ms: u64,
+    ) -> Result<Option<CompactionJob>, ReplicaError> {
+        Ok(self
+            .log
+            .compaction_job(policy, now_ms, self.high_watermark)?)
+    }
+
+    /// Swap in what a cleaner pass wrote (if the log did not change under it). Batches keep
+    /// their offsets and terms, so the core's view of the log is unchanged; an `Err` means the
+    /// log is poisoned (a swap failed after its commit point): reopen the replica.
+    pub fn complete_compaction(
+        &mut self,
+        done: CompactionJobDone,
+    ) -> Result<CompactionOutcome, ReplicaError> {
+        Ok(self.log.complete_compaction(done)?)
+    }
+
+    /// Forget a pass that will never complete (its task failed).
+    pub fn compaction_job_lost(&mut self) {
+        self.log.compaction_job_lost();
+    }
+
+    /// [`ReplicaCore::compaction_job`], run inline, then
+    /// [`ReplicaCore::complete_compaction`] (tests).
+    pub fn compact_now(
+        &mut self,
+        policy: CompactionPolicy,
+        now_ms: u64,
+    ) -> Result<CompactionOutcome, ReplicaError> {
+        match self.compaction_job(policy, now_ms)? {
+            Some(job) => self.complete_compaction(job.run()),
+            None => Ok(CompactionOutcome::default()),
+        }
+    }
+
     fn span(&self, index: Index) -> Option<BatchSpan> {
         let position = index.checked_sub(self.start_index)?;
         self.spans.get(usize::try_from(position).ok()?).copied()
@@ -1064,10 +1143,26 @@ impl ReplicaCore {
         proposed: bool,
         out: &mut ReplicaOutput,
     ) -> Result<(), ReplicaError> {
-        for effect in effects {
+        let mut effects = effects.into_iter().peekable();
+        while let Some(effect) = effects.next() {
             match effect {
                 Effect::PersistHardState(hard_state) => {
-                    write_hard_state(self.disk.as_ref(), &self.dir, hard_state, self.log_start)?;
+                    // A hard state followed at once by another (a vote for a higher term:
+                    // the term, then the vote) is superseded before any other effect: only
+                    // the last is written, one file write and two fsyncs fewer. A crash
+                    // between the two could have left the first alone, which the state
+                    // before it covers as well (nothing was sent or written in between).
+                    if !matches!(effects.peek(), Some(Effect::PersistHardState(_))) {
+                        // Two fsyncs, on the actor's worker thread: the others run its tasks.
+                        crate::runtime::blocking_section(|| {
+                            write_hard_state(
+                                self.disk.as_ref(),
+                                &self.dir,
+                                hard_state,
+                                self.log_start,
+                            )
+                        })?;
+                    }
                     self.hard_state = hard_state;
                 }
                 Effect::Truncate { from_index } => {

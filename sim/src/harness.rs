@@ -1143,6 +1143,7 @@ async fn simulate(options: Options) -> RunReport {
             &LinearOptions {
                 states_max: options.linear_states_max,
                 use_polls: true,
+                ..LinearOptions::default()
             },
         ) {
             Ok(report) => (Some(report), None),
