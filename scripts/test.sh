@@ -70,6 +70,9 @@ step "simulation: a compacted topic (issue 12) under the fault matrix, power cut
 cargo sim --seeds "${SIM_COMPACTED_SEEDS:=60}" --compacted
 cargo sim --seeds 3 --from 100000 --compacted --check-determinism
 
+step "simulation: a compacted topic in a 3-node cluster (issue 12): every replica cleans its own committed prefix"
+cargo sim --seeds "${SIM_CLUSTER_COMPACTED_SEEDS:=16}" --cluster 3 --compacted --without-fault corrupt-at-rest
+
 step "simulation: short retention (issue 12): below the log start consumers are told, never skipped"
 cargo sim --seeds "${SIM_RETENTION_SEEDS:=40}" --retention
 
@@ -83,6 +86,7 @@ cargo sim --seeds 20 --plant retry-failed-fsync --expect-found
 cargo sim --seeds 3 --plant skip-in-batch --expect-found     # poll-skip: a record dropped inside a batch
 cargo sim --seeds 5 --plant compact-drops-latest --expect-found  # lost-write: a key's latest value compacted away
 cargo sim --seeds 3 --cluster 3 --plant serve-above-hw --expect-found   # protocol-violation on the replicated path
+cargo sim --seeds 3 --cluster 3 --plant compact-drops-latest --expect-found  # divergent-prefix/lost-write: a replica kept a key's oldest value
 
 step "tests (normal build)"
 cargo nextest run --workspace --no-fail-fast
