@@ -176,6 +176,9 @@ pub struct ReplicatedPartition {
     outbox: Arc<dyn PeerOutbox>,
     observer: Option<Arc<dyn LeaderObserver>>,
     leader_hint: Arc<AtomicU64>,
+    /// When the core next needs a tick (runtime wall clock, ms), published after every step
+    /// for the node ticker, which skips the group until then ([`ReplicaInbox`]).
+    tick_due_ms: Arc<AtomicU64>,
     /// The (leader, term) last published to the hint and the observer.
     published: (Option<NodeId>, Term),
     /// The core's clock: the runtime's wall clock, never going back.
@@ -208,6 +211,9 @@ pub struct ReplicatedPartition {
     /// When leadership was last handed over because of damage (at most once per election
     /// timeout).
     damage_hand_over_ms: Option<u64>,
+    /// A read hit a batch damaged at rest: once this replica does not lead, it reopens (which
+    /// cuts the damage from the log).
+    damage_to_cut: bool,
 }
 
 impl std::fmt::Debug for ReplicatedPartition {
@@ -252,6 +258,8 @@ impl ReplicatedPartition {
             outbox,
             observer,
             leader_hint: Arc::new(AtomicU64::new(NO_LEADER)),
+            // Due at once until the first step publishes the core's time.
+            tick_due_ms: Arc::new(AtomicU64::new(0)),
             published: (None, 0),
             now_ms,
             requests: BTreeMap::new(),
@@ -270,6 +278,7 @@ impl ReplicatedPartition {
             broken: false,
             damage_seen: Cell::new(false),
             damage_hand_over_ms: None,
+            damage_to_cut: false,
         })
     }
 
@@ -451,13 +460,36 @@ impl ReplicatedPartition {
         }
         self.hand_over_if_damaged(context);
         self.finish_stop_if_done(context);
+        // Last, after every change of this step (a broken replica wants no ticks).
+        let tick_due_ms = if self.broken {
+            u64::MAX
+        } else {
+            self.core.tick_due_ms()
+        };
+        self.tick_due_ms.store(tick_due_ms, Ordering::Release);
     }
 
     /// A leader that cannot read a batch of its own log (damaged at rest) hands leadership to
-    /// its most caught-up follower, at most once per election timeout.
+    /// its most caught-up follower, at most once per election timeout. Once it no longer
+    /// leads, the replica reopens: the open cuts the damaged batch (and what follows) from the
+    /// log, to be fetched again from the leader (`ReplicaCore::open`).
     fn hand_over_if_damaged(&mut self, context: &mut Context<Self>) {
-        let damaged = self.core.take_read_damage() | self.damage_seen.replace(false);
-        if !damaged || self.broken || self.core.role() != Role::Leader {
+        if self.core.take_read_damage() | self.damage_seen.replace(false) {
+            self.damage_to_cut = true;
+        }
+        if !self.damage_to_cut || self.broken {
+            return;
+        }
+        if self.core.role() != Role::Leader {
+            self.damage_to_cut = false;
+            if self.core.voters().len() > 1 && self.stopping.is_none() {
+                self.recover(
+                    ReplicaError::Inconsistent(
+                        "a batch of the log is damaged at rest: reopening cuts it",
+                    ),
+                    context,
+                );
+            }
             return;
         }
         let now_ms = self.clock(context);
@@ -702,7 +734,27 @@ impl ReplicatedPartition {
         Ok(split)
     }
 
+    /// A leader that does not know its high watermark yet (see
+    /// [`ReplicaCore::high_watermark_known`]): retry shortly.
+    fn high_watermark_unknown(&self) -> BrokerError {
+        BrokerError::new(
+            ErrorCode::NotEnoughReplicas,
+            format!(
+                "node {} leads {}-{} but has not committed an entry of its term yet, so its \
+                 high watermark may lag the partition's; retry",
+                self.core.node_id(),
+                self.topic,
+                self.partition
+            ),
+        )
+    }
+
     fn read(&self, offset: u64, bytes_max: u32) -> Result<FetchResult, BrokerError> {
+        if offset > self.core.high_watermark() && !self.core.high_watermark_known() {
+            // An empty answer would report a high watermark below the consumer's position,
+            // which an earlier leader may have committed (its records were served).
+            return Err(self.high_watermark_unknown());
+        }
         match self.core.fetch(offset, bytes_max as usize) {
             Ok(read) => Ok(FetchResult {
                 batch_count: count_batches(&read.batches),
@@ -775,6 +827,11 @@ impl ReplicatedPartition {
             return Err(self.not_leader());
         }
         let high_watermark = self.core.high_watermark();
+        if !matches!(spec, OffsetSpec::Earliest) && !self.core.high_watermark_known() {
+            // The partition's end may be past this leader's high watermark (committed by an
+            // earlier leader): answering it would move the end offset backwards.
+            return Err(self.high_watermark_unknown());
+        }
         match spec {
             OffsetSpec::Earliest => Ok((self.core.log_start_offset(), None)),
             OffsetSpec::Latest => Ok((high_watermark, None)),
@@ -1095,8 +1152,57 @@ impl Actor for ReplicatedPartition {
     }
 }
 
+/// What the node's router holds for a replicated partition: its address and when it next
+/// needs a tick. The node ticker runs every heartbeat interval over every group; most
+/// groups (followers hearing from their leader, leaders between heartbeats) need nothing on
+/// most ticks, and this spares their actors the wake-up.
+#[derive(Clone, Debug)]
+pub struct ReplicaInbox {
+    address: Addr<ReplicatedPartition>,
+    tick_due_ms: Arc<AtomicU64>,
+}
+
+impl ReplicaInbox {
+    /// `let due = replica.tick_due(); let address = runtime.spawn_actor(replica, ..);`
+    /// then `router.register(group, Arc::new(ReplicaInbox::new(address, due)))`.
+    pub fn new(address: Addr<ReplicatedPartition>, tick_due_ms: Arc<AtomicU64>) -> Self {
+        ReplicaInbox {
+            address,
+            tick_due_ms,
+        }
+    }
+}
+
+impl ReplicatedPartition {
+    /// This replica is its new partition's preferred leader: it campaigns first (before
+    /// spawning; see [`brook_raft::Raft::campaign_early`]).
+    pub fn campaign_early(&mut self) {
+        self.core.campaign_early(self.now_ms);
+    }
+
+    /// Shared with the router's [`ReplicaInbox`]: when this replica next needs a tick.
+    pub fn tick_due(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.tick_due_ms)
+    }
+}
+
+impl GroupInbox for ReplicaInbox {
+    fn deliver(&self, from: NodeId, message: RaftMessage, batches: Vec<Bytes>) -> bool {
+        self.address.deliver(from, message, batches)
+    }
+
+    fn tick(&self) -> bool {
+        self.address.tick()
+    }
+
+    fn tick_due_ms(&self) -> u64 {
+        self.tick_due_ms.load(Ordering::Acquire)
+    }
+}
+
 /// The router's view of a replicated partition: peer messages and ticks go to its mailbox
-/// without waiting (a full mailbox drops them; Raft retries).
+/// without waiting (a full mailbox drops them; Raft retries). Ticked every time (prefer
+/// [`ReplicaInbox`], which skips ticks the replica does not need).
 impl GroupInbox for Addr<ReplicatedPartition> {
     fn deliver(&self, from: NodeId, message: RaftMessage, batches: Vec<Bytes>) -> bool {
         self.try_send(ReplicaMessage::Peer {

@@ -124,7 +124,9 @@ pub struct ReplicaInput {
 /// The anomalies the replica checker names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ReplicaAnomalyKind {
-    /// Two replicas' committed prefixes differ.
+    /// Two replicas' committed prefixes differ, or their logs differ below an entry both hold
+    /// (same offset, term and bytes: Raft's log matching makes that entry vouch for all
+    /// before it, committed or not).
     #[serde(rename = "divergent-prefix")]
     DivergentPrefix,
     /// Two replicas hold different entries at one offset with one term (committed or not):
@@ -329,6 +331,11 @@ fn check_logs(
         check_log_matching(partition, &replicas, &latest, anomalies);
         for (position, first) in replicas.iter().enumerate() {
             for second in &replicas[position + 1..] {
+                check_below_shared_entry(partition, first, second, &latest, anomalies);
+            }
+        }
+        for (position, first) in replicas.iter().enumerate() {
+            for second in &replicas[position + 1..] {
                 let limit = first.high_watermark.min(second.high_watermark);
                 let mut left = committed(first).take_while(|entry| entry.offset < limit);
                 let mut right = committed(second).take_while(|entry| entry.offset < limit);
@@ -515,6 +522,74 @@ fn check_log_matching(
             }
         }
     }
+}
+
+/// divergent-prefix without high watermarks: if two replicas hold one entry (same offset, term
+/// and bytes), Raft's log matching says their logs are identical below it (a follower appends
+/// only after an entry that matches the leader's, and truncates what conflicts), so wherever
+/// both hold an entry below it, it is the same entry. Sound whether the replicas converged or
+/// not (a run that failed liveness has no agreed high watermark); an offset only one of them
+/// holds (retention, a batch left out as damaged at rest) is not compared.
+fn check_below_shared_entry(
+    partition: u32,
+    first: &ReplicaLog,
+    second: &ReplicaLog,
+    latest: &BTreeMap<&[u8], u64>,
+    anomalies: &mut Vec<ReplicaAnomaly>,
+) {
+    let second_at: BTreeMap<u64, &ReplicaEntry> = second
+        .entries
+        .iter()
+        .map(|entry| (entry.offset, entry))
+        .collect();
+    // In a compacted partition two copies of one entry may differ in bytes and still agree
+    // (each replica cleans its own committed prefix).
+    let same = |entry: &ReplicaEntry, other: &ReplicaEntry| {
+        entry.term == other.term
+            && (entry.bytes == other.bytes
+                || matches!(compacted_disagreement(entry, other, latest), Some(Ok(()))))
+    };
+    // The highest entry both hold, with a known term.
+    let Some(shared) = first.entries.iter().rev().find(|entry| {
+        entry.term.is_some()
+            && second_at
+                .get(&entry.offset)
+                .is_some_and(|other| same(entry, other))
+    }) else {
+        return;
+    };
+    let Some((entry, other)) = first
+        .entries
+        .iter()
+        .filter(|entry| entry.offset < shared.offset)
+        .find_map(|entry| {
+            let other = second_at.get(&entry.offset)?;
+            (!same(entry, other)).then_some((entry, *other))
+        })
+    else {
+        return;
+    };
+    let term = |term: Option<u64>| term.map_or_else(|| "?".to_owned(), |term| term.to_string());
+    anomalies.push(ReplicaAnomaly {
+        kind: ReplicaAnomalyKind::DivergentPrefix,
+        partition: Some(partition),
+        group: None,
+        nodes: vec![first.node.clone(), second.node.clone()],
+        offsets: vec![entry.offset, shared.offset],
+        terms: shared.term.into_iter().collect(),
+        observations: Vec::new(),
+        message: format!(
+            "partition {partition}: nodes {} and {} both hold the entry at offset {} (term {}), \
+             yet differ below it at offset {} (terms {} and {}): log matching is broken",
+            first.node,
+            second.node,
+            shared.offset,
+            term(shared.term),
+            entry.offset,
+            term(entry.term),
+            term(other.term)
+        ),
+    });
 }
 
 fn check_roles(roles: &[RoleObservation], anomalies: &mut Vec<ReplicaAnomaly>) {

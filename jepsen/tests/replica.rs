@@ -269,6 +269,35 @@ fn divergent_entry_at_one_offset_and_term() {
     assert!(report.valid, "{report}");
 }
 
+#[test]
+fn divergent_prefix_below_an_entry_both_hold_without_high_watermarks() {
+    // No high watermark (a run that did not converge): n2 kept its own entry at offset 1
+    // (term 1) where the leader n1 has term 2's, then took the leader's entry at offset 2. Both
+    // hold offset 2 of term 2, so their logs must agree below it: log matching is broken.
+    let bad = logs(vec![
+        log_with_terms("n1", 0, &[(0, 1, b"a"), (1, 2, b"b"), (2, 2, b"c")]),
+        log_with_terms("n2", 0, &[(0, 1, b"a"), (1, 1, b"X"), (2, 2, b"c")]),
+    ]);
+    let report = replica::check(&bad);
+    assert_eq!(kinds(&report), vec![ReplicaAnomalyKind::DivergentPrefix]);
+    let anomaly = &report.of(ReplicaAnomalyKind::DivergentPrefix)[0];
+    assert_eq!(anomaly.offsets, vec![1, 2]);
+    assert_eq!(anomaly.terms, vec![2]);
+    assert!(anomaly.message.contains("log matching"), "{anomaly}");
+
+    // Close but clean: a deposed leader's suffix not yet truncated (nothing shared above the
+    // divergence), an offset only one replica holds below the shared entry (retention, or a
+    // batch left out as damaged at rest), and a log without terms.
+    let clean = logs(vec![
+        log_with_terms("n1", 0, &[(0, 1, b"a"), (1, 2, b"b"), (2, 2, b"c")]),
+        log_with_terms("n2", 0, &[(0, 1, b"a"), (1, 1, b"X"), (2, 1, b"Y")]),
+        log_with_terms("n3", 0, &[(0, 1, b"a"), (2, 2, b"c")]),
+        log("n4", 0, &[(0, b"a"), (1, b"Z"), (2, b"c")]),
+    ]);
+    let report = replica::check(&clean);
+    assert!(report.valid, "{report}");
+}
+
 /// One entry of a compacted partition: `(offset, key, value)` records over `[base, last]`.
 fn compacted_entry(
     base: u64,

@@ -1465,6 +1465,7 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
             draw.clone(),
             acknowledged,
             Duration::from_secs(options.drain_secs_max),
+            true,
         ))
         .await;
     let drain_done = matches!(drained, Ok(Ok(())));
@@ -1590,7 +1591,7 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
             sends_ok_min: progress.sends_ok_min,
             records_read_min: progress.records_read_min,
             drain_processes: vec![DRAIN_PROCESS],
-            control_offsets: control,
+            control_offsets: control.clone(),
             compacted: draw.compacted,
             ..QueueOptions::default()
         },
@@ -1612,6 +1613,8 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
             &LinearOptions {
                 states_max: options.linear_states_max,
                 use_polls: true,
+                // Each new leader's control batch takes an offset no client appended.
+                control_offsets: control,
             },
         ) {
             Ok(report) => (Some(report), None),

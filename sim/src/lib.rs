@@ -63,8 +63,9 @@ pub enum Plant {
     /// Cluster mode: a partition leader commits on its own append, without a majority
     /// (brook-raft's `PlantedBug::CommitWithoutQuorum`).
     CommitWithoutQuorum,
-    /// Cluster mode: term and vote are never persisted, so a crash forgets them and a node may
-    /// vote twice in one term (brook-raft's `PlantedBug::ForgetHardState`).
+    /// Cluster mode: the vote is not persisted (the term is), so a node that crashes after
+    /// voting may vote again in the same term: two leaders of one term (brook-raft's
+    /// `PlantedBug::ForgetVote`).
     ForgetVote,
     /// Cluster mode: a follower does not truncate a suffix that conflicts with the leader's
     /// log (brook-raft's `PlantedBug::KeepDivergentSuffix`).
@@ -212,7 +213,7 @@ impl Plant {
             Plant::CommitWithoutQuorum => {
                 planted.raft = Some(brook_raft::PlantedBug::CommitWithoutQuorum)
             }
-            Plant::ForgetVote => planted.raft = Some(brook_raft::PlantedBug::ForgetHardState),
+            Plant::ForgetVote => planted.raft = Some(brook_raft::PlantedBug::ForgetVote),
             Plant::KeepDivergentSuffix => {
                 planted.raft = Some(brook_raft::PlantedBug::KeepDivergentSuffix)
             }

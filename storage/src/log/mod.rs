@@ -920,13 +920,25 @@ impl Log {
         // a Raft follower replaces a damaged suffix like any other.
         let position = match segment.damage_at(offset) {
             Some(damage) if damage.first_offset == offset => damage.position,
-            _ => {
-                let (position, header) = segment.position_of(offset)?;
-                if header.base_offset != offset {
-                    return Err(LogError::NotBatchBoundary { offset });
-                }
-                position
-            }
+            _ if offset == base => 0,
+            _ => match segment.position_of(offset) {
+                Ok((position, header)) if header.base_offset == offset => position,
+                // The batch at `offset` may be damaged at rest where recovery did not look (a
+                // running log, a sealed segment): its header cannot be trusted, but an intact
+                // batch before it ending at `offset` says where it starts (a replica cuts its
+                // log before the damage).
+                found => match segment.position_of(offset - 1) {
+                    Ok((position, header)) if header.next_offset() == offset => {
+                        position + header.total_len() as u64
+                    }
+                    _ => {
+                        return Err(match found {
+                            Err(error) => error,
+                            Ok(_) => LogError::NotBatchBoundary { offset },
+                        })
+                    }
+                },
+            },
         };
         // Sync jobs handed out before now may have synced the file before the cut; they cover
         // nothing that is appended after it.
