@@ -206,6 +206,10 @@ impl History {
                 second.term
             )));
         }
+        if first.is_control() != second.is_control() {
+            // A Raft leader's first entry must stay a control batch (consumers skip it).
+            return Err(differ("one copy is a control batch, the other not".into()));
+        }
         if !first.is_compacted() && !second.is_compacted() {
             return Err(differ("different bytes, neither compacted".into()));
         }

@@ -6,7 +6,7 @@
 //! batch) may be stored whole on one replica and compacted on another. Where both copies carry
 //! their records ([`ReplicaEntry::records`]) and at least one is compacted, they agree if they
 //! cover the same offsets, every record both hold is the same, and every record only one holds
-//! is superseded: a later record of its key is committed on some replica of the partition (or
+//! is superseded: a later record of its key is in some replica's log of the partition (or
 //! it is a tombstone, which the cleaner removes after `delete.retention.ms`). So the latest
 //! value of every key is the same on every replica, which is what compaction promises.
 //!
@@ -327,7 +327,7 @@ fn check_logs(
     counts.partitions = by_partition.len();
     for (partition, mut replicas) in by_partition {
         replicas.sort_by(|a, b| a.node.cmp(&b.node));
-        let latest = latest_committed_by_key(&replicas);
+        let latest = latest_by_key(&replicas);
         check_log_matching(partition, &replicas, &latest, anomalies);
         for (position, first) in replicas.iter().enumerate() {
             for second in &replicas[position + 1..] {
@@ -401,12 +401,16 @@ fn check_logs(
     }
 }
 
-/// Per key, the offset of its latest record committed on any replica (entries with records
-/// only: compacted partitions).
-fn latest_committed_by_key<'a>(replicas: &[&'a ReplicaLog]) -> BTreeMap<&'a [u8], u64> {
+/// Per key, the offset of its latest record in any replica's log (entries with records only:
+/// compacted partitions). A cleaner removes a record only when a later record of its key is in
+/// its own committed log, which no truncation touches, so that record is still there at the
+/// end; counting uncommitted entries too keeps the judgement sound in a run whose replicas did
+/// not converge (no agreed high watermark), while a key's latest value, which nothing
+/// supersedes, is still never excused.
+fn latest_by_key<'a>(replicas: &[&'a ReplicaLog]) -> BTreeMap<&'a [u8], u64> {
     let mut latest: BTreeMap<&[u8], u64> = BTreeMap::new();
     for log in replicas {
-        for entry in committed(log) {
+        for entry in &log.entries {
             let Some(records) = &entry.records else {
                 continue;
             };
@@ -464,7 +468,9 @@ fn compacted_disagreement(
                 });
                 if !tombstone && !superseded {
                     return Some(Err(format!(
-                        "record {record_offset} (entry at offset {offset}) is missing from one                          replica and no later committed record of its key supersedes it: a                          key's latest value differs"
+                        "record {record_offset} (entry at offset {offset}) is missing from one \
+                         replica and no later record of its key supersedes it: a key's \
+                         latest value differs"
                     )));
                 }
             }

@@ -411,3 +411,34 @@ fn a_compacted_replica_that_lost_a_keys_latest_value_is_divergent() {
     });
     assert!(report.has(ReplicaAnomalyKind::DivergentPrefix), "{report}");
 }
+
+/// A run whose replicas did not converge has no agreed high watermark (0): a compacted copy
+/// still agrees with a whole one when every missing record is superseded, and the lost latest
+/// value is still divergent.
+#[test]
+fn compacted_copies_are_judged_without_high_watermarks_too() {
+    let compacted = vec![
+        compacted_entry(0, 2, true, &[(1, "k1", Some("b"))]),
+        compacted_entry(3, 3, false, &[(3, "k2", Some("d"))]),
+    ];
+    let report = replica::check(&ReplicaInput {
+        logs: vec![
+            compacted_log("n1", 0, whole()),
+            compacted_log("n2", 0, compacted),
+        ],
+        ..ReplicaInput::default()
+    });
+    assert!(report.valid, "{report}");
+    let dropped_latest = vec![
+        compacted_entry(0, 2, true, &[(0, "k1", Some("a"))]),
+        compacted_entry(3, 3, false, &[(3, "k2", Some("d"))]),
+    ];
+    let report = replica::check(&ReplicaInput {
+        logs: vec![
+            compacted_log("n1", 0, whole()),
+            compacted_log("n2", 0, dropped_latest),
+        ],
+        ..ReplicaInput::default()
+    });
+    assert!(report.has(ReplicaAnomalyKind::DivergentEntry), "{report}");
+}

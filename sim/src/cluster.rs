@@ -35,10 +35,12 @@ use brook_client::{Admin, ErrorCode, ProduceRequestCounts};
 use brook_jepsen::history::OpKind;
 use brook_jepsen::linear::{self, LinearOptions};
 use brook_jepsen::queue::{self, QueueOptions};
-use brook_jepsen::{ReplicaEntry, ReplicaInput, ReplicaLog, Role, RoleObservation};
+use brook_jepsen::{
+    EntryRecord, EntryRecords, ReplicaEntry, ReplicaInput, ReplicaLog, Role, RoleObservation,
+};
 use brook_node::{Broker, NodeConfig};
 use brook_storage::disk::{CrashMode, Disk, SimDisk};
-use brook_wire::batch::BatchHeader;
+use brook_wire::batch::{BatchHeader, RecordBatch};
 use brook_wire::frame::{FrameDecoder, FrameEncoder, FRAME_BYTES_MAX_DEFAULT};
 use brook_wire::protocol::{
     self, PartitionStatusReport, Request, RequestEnvelope, Response, PROTOCOL_VERSION_CLUSTER,
@@ -637,12 +639,15 @@ struct SimNode {
 /// nemesis damaged at rest starts, if one is (`hits`: the positions it flipped, per file).
 /// Reading a segment stops at a damaged batch (its header may be what was hit, so what follows
 /// cannot be placed) and at a torn tail. A batch failing its CRC that no hit explains is left
-/// out too and named in `notes`. `None` if the directory does not exist.
+/// out too and named in `notes`. `None` if the directory does not exist. `with_records`: each
+/// entry carries its records too (a compacted topic: the checker compares compacted entries by
+/// their records).
 fn read_log(
     disk: &SimDisk,
     directory: &Path,
     hits: &[(PathBuf, u64)],
     notes: &mut Vec<String>,
+    with_records: bool,
 ) -> Option<(Vec<ReplicaEntry>, BatchStats, Option<u64>)> {
     let names = disk.list_dir(directory).ok()?;
     let mut segments: Vec<(u64, PathBuf)> = names
@@ -700,17 +705,51 @@ fn read_log(
             stats.records_per_batch_max = stats.records_per_batch_max.max(records);
             // Kept as stored even if not dense: the checker names a log whose offsets do not
             // grow (nonmonotonic-log).
+            let records = if with_records {
+                match entry_records(batch) {
+                    Ok(records) => Some(records),
+                    Err(error) => {
+                        notes.push(format!(
+                            "{}: the records of the batch at offset {expected} do not decode: {error}",
+                            path.display()
+                        ));
+                        None
+                    }
+                }
+            } else {
+                None
+            };
             entries.push(ReplicaEntry {
                 offset: header.base_offset,
                 bytes: batch.to_vec(),
                 term: Some(header.term),
-                records: None,
+                records,
             });
             expected = header.next_offset();
             position = end;
         }
     }
     Some((entries, stats, damaged))
+}
+
+/// A batch's span and records, for the replica checker's compacted comparison.
+fn entry_records(batch: &[u8]) -> Result<EntryRecords, brook_wire::batch::BatchError> {
+    let batch = RecordBatch::new(bytes::Bytes::copy_from_slice(batch))?;
+    let header = *batch.header();
+    let records = batch
+        .records()?
+        .into_iter()
+        .map(|record| EntryRecord {
+            offset: record.offset,
+            key: record.key.map(|key| key.to_vec()),
+            value: record.value.map(|value| value.to_vec()),
+        })
+        .collect();
+    Ok(EntryRecords {
+        last_offset: header.last_offset(),
+        compacted: header.is_compacted(),
+        records,
+    })
 }
 
 /// The replica checker's name for the controller's metadata log (its "partition"): only log
@@ -726,6 +765,7 @@ fn read_replica_logs(
     partitions: u32,
     high_watermarks: &BTreeMap<u32, u64>,
     notes: &mut Vec<String>,
+    compacted: bool,
 ) -> (Vec<ReplicaLog>, BatchStats) {
     let mut logs = Vec::new();
     let mut topic_stats = BatchStats::default();
@@ -733,7 +773,8 @@ fn read_replica_logs(
                     directory: &Path,
                     high_watermark: u64,
                     notes: &mut Vec<String>| {
-        let (entries, stats, damaged) = read_log(disk, directory, hits, notes)?;
+        let with_records = compacted && partition != METADATA_LOG_PARTITION;
+        let (entries, stats, damaged) = read_log(disk, directory, hits, notes, with_records)?;
         // A batch damaged at rest (on this node only: never on a majority) is left out, and
         // this replica's committed prefix is compared only up to it.
         let high_watermark = match damaged {
@@ -878,7 +919,9 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
     let handle = madsim::runtime::Handle::current();
     let seed = options.seed;
     let cluster = ClusterDraw::for_seed(seed, node_count).without(&options.cluster_faults_excluded);
-    let draw = cluster.workload.clone();
+    let mut draw = cluster.workload.clone();
+    // Not drawn (and not in the fingerprint), as in the single-node harness.
+    draw.compacted = options.compacted || options.plant == Some(crate::Plant::CompactDropsLatest);
     let nodes_total = usize::from(cluster.nodes);
     // The nemesis's own stream (the draw's is stream 2).
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -886,8 +929,9 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
     let runtime = Runtime::new(seed);
     let shared: Shared = Arc::new(Mutex::new(Recorder::new(&runtime)));
     lock(&shared).trace(format_args!(
-        "seed {seed} plant {:?} cluster draw {cluster}",
-        options.plant.map(crate::Plant::name)
+        "seed {seed} plant {:?} cluster draw {cluster}{}",
+        options.plant.map(crate::Plant::name),
+        if draw.compacted { " compacted" } else { "" }
     ));
 
     // The nodes, each with a disk that outlives its restarts.
@@ -897,6 +941,10 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
     for index in 0..nodes_total {
         let disk = SimDisk::new(seed ^ (0xd15c_0000 + index as u64));
         let mut config = cluster_node_config(index, &cluster);
+        if draw.compacted {
+            // The retention tick starts the cleaner's passes.
+            config.log.retention_check_interval_ms = harness::COMPACTED_CLEANER_INTERVAL_MS;
+        }
         if let Some(plant) = options.plant {
             plant.apply(&mut config.planted);
             plant.apply_to_disk(&disk);
@@ -960,14 +1008,26 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
     let setup_runtime = runtime.clone();
     let setup_bootstrap = bootstrap.clone();
     let partitions = draw.partitions;
+    let topic_config = harness::topic_config(&draw);
     let created = setup
         .spawn(async move {
             for _ in 0..300 {
                 if let Ok(admin) = Admin::connect(&setup_bootstrap).await {
-                    match admin
-                        .create_topic(TOPIC, partitions, REPLICATION_FACTOR)
-                        .await
-                    {
+                    let created = if topic_config.is_empty() {
+                        admin
+                            .create_topic(TOPIC, partitions, REPLICATION_FACTOR)
+                            .await
+                    } else {
+                        admin
+                            .create_topic_with_config(
+                                TOPIC,
+                                partitions,
+                                REPLICATION_FACTOR,
+                                topic_config.clone(),
+                            )
+                            .await
+                    };
+                    match created {
                         Ok(_) => return Ok(()),
                         Err(error) if error.code() == Some(ErrorCode::TopicAlreadyExists) => {
                             return Ok(())
@@ -1383,8 +1443,12 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
         }
     }
 
-    // Liveness: a fresh consumer reads every acknowledged acks=all value.
-    let acknowledged = {
+    // Liveness: a fresh consumer reads every acknowledged acks=all value (in a compacted topic
+    // superseded values are gone on purpose: the drain reads to the end offsets and the
+    // checker's compacted mode judges what it read).
+    let acknowledged = if draw.compacted {
+        BTreeSet::new()
+    } else {
         let recorder = lock(&shared);
         must_be_read(&recorder.history, true, &BTreeMap::new())
     };
@@ -1489,6 +1553,7 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
             partitions,
             &high_watermarks,
             &mut notes,
+            draw.compacted,
         );
         replica_logs.extend(logs);
         // Every replica's copy counts (three per record).
@@ -1527,6 +1592,7 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
             records_read_min: progress.records_read_min,
             drain_processes: vec![DRAIN_PROCESS],
             control_offsets: control.clone(),
+            compacted: draw.compacted,
             ..QueueOptions::default()
         },
     ) {
@@ -1536,19 +1602,26 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
             None
         }
     };
-    let (linear, linear_skipped) = match linear::check(
-        &history,
-        &LinearOptions {
-            states_max: options.linear_states_max,
-            use_polls: true,
-            // Each new leader's control batch takes an offset no client appended.
-            control_offsets: control,
-        },
-    ) {
-        Ok(report) => (Some(report), None),
-        Err(error) => {
-            errors.push(RunError::MalformedHistory(error.to_string()));
-            (None, Some(format!("malformed history: {error}")))
+    let (linear, linear_skipped) = if draw.compacted {
+        (
+            None,
+            Some("compacted topic: the log model keeps every record".to_owned()),
+        )
+    } else {
+        match linear::check(
+            &history,
+            &LinearOptions {
+                states_max: options.linear_states_max,
+                use_polls: true,
+                // Each new leader's control batch takes an offset no client appended.
+                control_offsets: control,
+            },
+        ) {
+            Ok(report) => (Some(report), None),
+            Err(error) => {
+                errors.push(RunError::MalformedHistory(error.to_string()));
+                (None, Some(format!("malformed history: {error}")))
+            }
         }
     };
     trace.push(format!(

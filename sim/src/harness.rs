@@ -1721,13 +1721,13 @@ pub(crate) async fn consume(
 }
 
 /// How often a compacted run's node runs its retention tick, which starts cleaner passes.
-const COMPACTED_CLEANER_INTERVAL_MS: u64 = 200;
+pub(crate) const COMPACTED_CLEANER_INTERVAL_MS: u64 = 200;
 /// Directory changes a compacted run's kill may let happen before the power goes (at most).
 const POWER_CUT_CHANGES_MAX: u64 = 12;
 
 /// The topic's config overrides: none, or for a compacted run `cleanup.policy=compact` with the
 /// smallest segments (so that segments seal and get cleaned within the fault phase).
-fn topic_config(draw: &Draw) -> Vec<(String, String)> {
+pub(crate) fn topic_config(draw: &Draw) -> Vec<(String, String)> {
     let mut config = Vec::new();
     if draw.compacted || draw.retention {
         config.push((

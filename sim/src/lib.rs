@@ -144,8 +144,16 @@ impl Plant {
             // two); the drain still reads the value, so not lost-write.
             Plant::SkipInBatch => &["poll-skip", "int-poll-skip"],
             // The latest value of a key that was not written again is gone from the cleaned
-            // segments: never read although later offsets were (or nothing later was).
-            Plant::CompactDropsLatest => &["lost-write", "unseen"],
+            // segments: never read although later offsets were (or nothing later was). In a
+            // cluster each replica cleans its own copy: one that kept the oldest value
+            // disagrees with one that has not cleaned yet (the replica checker's compacted
+            // comparison).
+            Plant::CompactDropsLatest => &[
+                "lost-write",
+                "unseen",
+                "divergent-prefix",
+                "divergent-entry",
+            ],
             // An entry committed by its leader alone is lost when another replica wins the
             // next election: replicas disagree below the high watermark, or what was
             // acknowledged or read is gone or overwritten.
