@@ -862,7 +862,7 @@ impl ReplicaCore {
         // Taken by the proposal's append (persist_entry), or cleared below if none happened.
         self.proposal_check = Some(checked);
         let stepped = self.raft.step(now_ms, Input::Propose(vec![batch]));
-        if !matches!(stepped, Ok(_)) {
+        if stepped.is_err() {
             self.proposal_check = None;
         }
         let effects = match stepped {
