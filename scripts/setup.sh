@@ -21,3 +21,10 @@ if ! command -v cc >/dev/null 2>&1; then
   echo "installing gcc (zstd-sys builds C)"
   apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev
 fi
+
+# brook-jepsen's real-cluster runs (runner/) put each node in a network namespace (iproute2's
+# `ip netns`, veth pairs, a bridge) and make partitions and packet loss with nftables.
+if ! command -v ip >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1; then
+  echo "installing iproute2 and nftables (real-cluster runs)"
+  apt-get update && apt-get install -y --no-install-recommends iproute2 nftables
+fi

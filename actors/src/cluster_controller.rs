@@ -69,7 +69,7 @@ use crate::replica::{
     ReplicaOutput,
 };
 use crate::replicated::{
-    LeaderObserver, ReplicaMessage, ReplicatedPartition, ReplicatedPartitionConfig,
+    LeaderObserver, ReplicaInbox, ReplicaMessage, ReplicatedPartition, ReplicatedPartitionConfig,
 };
 use crate::runtime::{Actor, Addr, Context, Duration, Instant, Reply, Runtime};
 
@@ -103,6 +103,10 @@ const OPENS_PER_MESSAGE_MAX: usize = 32;
 const OPEN_PASS_DURATION_MAX: Duration = Duration::from_millis(20);
 /// Ticks between two passes of preferred-leader balancing.
 const BALANCE_TICKS: u64 = 10;
+/// Leadership transfers one node starts per balancing pass at most: each is an election
+/// (terms and votes fsynced on every replica), and after a node comes back it could be
+/// offered a thousand partitions at once; the rest wait for the next passes.
+const BALANCE_TRANSFERS_PER_PASS_MAX: usize = 64;
 /// Ticks before a partition's leadership is offered to its preferred replica again (a
 /// transfer the preferred replica could not take, e.g. because it lags, is not hammered).
 const BALANCE_RETRY_TICKS: u64 = 50;
@@ -750,7 +754,8 @@ impl ClusterController {
                         result = Ok(ReplicaOutput::default());
                         break;
                     }
-                    result = core.sync_now(now_ms);
+                    // An fsync inline: the worker's other tasks move to another thread.
+                    result = crate::runtime::blocking_section(|| core.sync_now(now_ms));
                 }
                 Err(_) => break,
             }
@@ -1216,13 +1221,20 @@ impl ClusterController {
             partition_config: self.config.partition.clone(),
         };
         let observer: Arc<dyn LeaderObserver> = self.leader_views.clone();
-        match ReplicatedPartition::open(
-            self.disk.clone(),
-            config,
-            self.outbox.clone(),
-            Some(observer),
-            self.now_ms(),
-        ) {
+        let now_ms = self.now_ms();
+        // Opening creates or recovers a log (files, fsyncs): thousands of them right after a
+        // large topic is created must not stall this worker thread's other tasks (peer links,
+        // the ticker, other replicas).
+        let opened = crate::runtime::blocking_section(|| {
+            ReplicatedPartition::open(
+                self.disk.clone(),
+                config,
+                self.outbox.clone(),
+                Some(observer),
+                now_ms,
+            )
+        });
+        match opened {
             Ok(replica) => {
                 self.open_failures.remove(group);
                 Some(replica)
@@ -1256,15 +1268,28 @@ impl ClusterController {
             .iter()
             .map(|(group, _, _)| group.topic.as_str())
             .collect();
-        for directory in topic_directories {
-            if let Err(error) = self.disk.sync_dir(&self.partitions_dir().join(directory)) {
-                tracing::warn!(%error, directory, "cannot sync a topic directory");
+        crate::runtime::blocking_section(|| {
+            for directory in topic_directories {
+                if let Err(error) = self.disk.sync_dir(&self.partitions_dir().join(directory)) {
+                    tracing::warn!(%error, directory, "cannot sync a topic directory");
+                }
             }
-        }
-        if let Err(error) = self.disk.sync_dir(&self.partitions_dir()) {
-            tracing::warn!(%error, "cannot sync the partitions directory");
-        }
-        for (group, (topic, topic_id, partition), replica) in opened {
+            if let Err(error) = self.disk.sync_dir(&self.partitions_dir()) {
+                tracing::warn!(%error, "cannot sync the partitions directory");
+            }
+        });
+        for (group, (topic, topic_id, partition), mut replica) in opened {
+            // The preferred replica (the first of the assignment) of a new partition
+            // campaigns first: one election per partition, won where balancing wants it.
+            let preferred = self
+                .state
+                .topics
+                .get(&topic)
+                .and_then(|state| state.partitions.get(partition as usize))
+                .and_then(|state| state.replicas.first().copied());
+            if preferred == Some(self.config.node_id) {
+                replica.campaign_early();
+            }
             let limits = self
                 .state
                 .topics
@@ -1274,11 +1299,14 @@ impl ClusterController {
                     Controller::partition_limits(&config, self.config.log.batch_bytes_max)
                 });
             let leader = replica.leader_hint();
+            let tick_due = replica.tick_due();
             let address = self
                 .runtime
                 .spawn_actor(replica, self.config.partition_mailbox_capacity);
-            self.router
-                .register(group.clone(), Arc::new(address.clone()));
+            self.router.register(
+                group.clone(),
+                Arc::new(ReplicaInbox::new(address.clone(), tick_due)),
+            );
             if let Some(limits) = limits {
                 let (reply, _pending) = crate::runtime::reply_pair();
                 // The mailbox is empty: a new actor takes it.
@@ -1413,6 +1441,9 @@ impl ClusterController {
                 .map_or(true, |offered| ticks >= offered + BALANCE_RETRY_TICKS);
             if preferred != node && alive && due {
                 offers.push((group.clone(), preferred));
+                if offers.len() == BALANCE_TRANSFERS_PER_PASS_MAX {
+                    break;
+                }
             }
         }
         for (group, preferred) in offers {

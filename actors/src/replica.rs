@@ -32,6 +32,23 @@
 //! open). The follower is then caught up by ordinary appends; the records below are gone on it,
 //! as on the leader.
 //!
+//! # Compaction (`cleanup.policy = compact`)
+//!
+//! Every replica compacts its own committed prefix, independently, when it likes: the cleaner
+//! works below the high watermark only (committed entries, which no truncation touches), so the
+//! latest value of every key there is the same on every replica whatever each one removed.
+//! The log is opened with [`Log::set_batches_are_entries`]: the cleaner keeps every batch,
+//! removing records only (a batch that lost them all stays as a record-less compacted batch
+//! with its offsets and term), so entry `i` is still the i-th batch and the term at every
+//! index, which log matching reads at `prev_index`, is still in the log: compaction changes
+//! neither [`BatchSpan`]s nor the core's [`LogTerms`]. The bytes of a committed entry then
+//! differ between replicas, which Raft never compares (an entry is named by index and term).
+//! A follower that needs entries its leader has compacted gets them as stored, compacted
+//! batches with their original offsets and terms ([`Log::append_replicated`] takes them in a
+//! log of entries); what they lost was superseded by a later record of the same key that is
+//! committed, so every later leader has it (Raft's election rule) and consumers, served by
+//! leaders only, never miss a key's latest value.
+//!
 //! # Durability
 //!
 //! The hard state (term, vote) is a small checksummed file, replaced atomically (write a
@@ -81,8 +98,8 @@ use brook_raft::{
 };
 use brook_storage::disk::{Disk, DiskError, OpenMode};
 use brook_storage::log::{
-    CheckedBatch, FsyncPolicy, Log, LogConfig, LogError, LogRead, RetentionOutcome,
-    RetentionPolicy, SyncJob,
+    CheckedBatch, CompactionJob, CompactionJobDone, CompactionOutcome, CompactionPolicy,
+    FsyncPolicy, Log, LogConfig, LogError, LogRead, RetentionOutcome, RetentionPolicy, SyncJob,
 };
 use brook_wire::batch::{self, split_batches, BatchBuilder, BatchHeader, CRC_START};
 use brook_wire::peer::{self, RaftMessage};
@@ -98,12 +115,16 @@ const HARD_STATE_MAGIC: &[u8; 4] = b"BRHS";
 /// Version 1: term and vote only (the log starts at index 1, offset 0).
 const HARD_STATE_VERSION_TERM_ONLY: u8 = 1;
 /// Version 2: term, vote and the log start.
-const HARD_STATE_VERSION: u8 = 2;
+const HARD_STATE_VERSION_LOG_START: u8 = 2;
+/// Version 3: term, vote, the log start and the vote fence.
+const HARD_STATE_VERSION: u8 = 3;
 /// Version 1: magic, version, term, vote tag, vote, CRC-32C.
 const HARD_STATE_TERM_ONLY_LEN: usize = 4 + 1 + 8 + 1 + 8 + 4;
 /// Version 2: magic, version, term, vote tag, vote, log start index, log start offset, term
 /// before the log start, reset-pending flag, CRC-32C.
-const HARD_STATE_LEN: usize = 4 + 1 + 8 + 1 + 8 + 8 + 8 + 8 + 1 + 4;
+const HARD_STATE_LOG_START_LEN: usize = 4 + 1 + 8 + 1 + 8 + 8 + 8 + 8 + 1 + 4;
+/// Version 3: version 2's fields, then the vote fence (tag, log end offset, term), CRC-32C.
+const HARD_STATE_LEN: usize = 4 + 1 + 8 + 1 + 8 + 8 + 8 + 8 + 1 + 1 + 8 + 8 + 4;
 /// Bytes read per call when scanning or shipping batches.
 const READ_BYTES_MAX: usize = 1024 * 1024;
 /// Bytes of batches in one append at most (one batch more if a single batch is larger): an
@@ -282,6 +303,8 @@ struct LogStartRecord {
     prev_term: Term,
     /// A log reset to this start was begun and may not have finished: redo it on open.
     reset_pending: bool,
+    /// Persisted with the log start (the same file): see [`VoteFence`].
+    vote_fence: Option<VoteFence>,
 }
 
 impl Default for LogStartRecord {
@@ -291,8 +314,28 @@ impl Default for LogStartRecord {
             offset: 0,
             prev_term: 0,
             reset_pending: false,
+            vote_fence: None,
         }
     }
+}
+
+/// A replica that cut a batch damaged at rest from its log (and everything after it, fetched
+/// again from the leader) may have lost entries it acknowledged, which a majority may have
+/// committed counting it. Until it holds them again it must not help elect a leader that
+/// lacks them: it neither votes nor campaigns (pre-votes, votes and `TimeoutNow` are dropped,
+/// in both directions), and its acknowledgements only ever cover what it holds again.
+///
+/// Lifted once its log, caught up from a leader, reaches `log_end_offset` (its log end
+/// before the cut: every entry it had is replaced by the leader's at the same index, and a
+/// leader of a term at or above `term` holds every entry committed with this replica's help),
+/// or holds an entry of a term above `term` (the term it had at the cut: a leader of a later
+/// term holds every entry committed before its term, and the entries this replica
+/// acknowledged are of terms at most `term`). Damage never hits a majority of replicas, so
+/// the others elect a leader without it meanwhile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct VoteFence {
+    log_end_offset: u64,
+    term: Term,
 }
 
 /// Offsets and term of the batch at one index.
@@ -441,6 +484,8 @@ impl ReplicaCore {
             log_config,
             now_ms,
         )?;
+        // One batch = one entry: the cleaner must keep every batch (see "Compaction").
+        log.set_batches_are_entries(true);
         let mut log_start = stored.map_or_else(LogStartRecord::default, |(_, start)| start);
         if log_start.reset_pending {
             // A reset to the leader's log start was interrupted: do it again.
@@ -458,10 +503,16 @@ impl ReplicaCore {
                 "the log does not start at the recorded log start",
             ));
         }
-        let spans = scan_spans(&log)?;
+        let cut_at_damage = config.voters.len() > 1;
+        let (spans, damage) = scan_spans(
+            &log,
+            cut_at_damage,
+            log_start.prev_term,
+            stored.map_or(u64::MAX, |(hard_state, _)| hard_state.term),
+        )?;
         let hard_state = match stored {
             Some((hard_state, _)) => hard_state,
-            None if spans.is_empty() => HardState::default(),
+            None if spans.is_empty() && damage.is_none() => HardState::default(),
             // Entries are appended only after their term is persisted: a log without a
             // hard state lost its vote, and starting from term 0 could vote twice.
             None => {
@@ -471,6 +522,28 @@ impl ReplicaCore {
                 })
             }
         };
+        if let Some(offset) = damage {
+            // A batch damaged at rest: cut it and everything after it, and fetch them again
+            // from the leader. This replica may have acknowledged what it cuts: it must not
+            // vote until it holds it again (the fence is persisted before the cut).
+            let old_fence = log_start.vote_fence;
+            let fence = VoteFence {
+                log_end_offset: log
+                    .next_offset()
+                    .max(old_fence.map_or(0, |fence| fence.log_end_offset)),
+                term: hard_state.term.max(old_fence.map_or(0, |fence| fence.term)),
+            };
+            log_start.vote_fence = Some(fence);
+            write_hard_state(disk.as_ref(), &config.dir, hard_state, log_start)?;
+            tracing::warn!(
+                dir = %config.dir.display(),
+                offset,
+                log_end_offset = fence.log_end_offset,
+                term = fence.term,
+                "a batch damaged at rest: the log is cut before it and caught up from the leader; no vote until then"
+            );
+            log.truncate(offset)?;
+        }
         // Every stored batch's term was persisted before the batch was appended (recovery
         // checks this for intact batches; a batch kept though damaged may carry a damaged term).
         if spans.iter().any(|span| span.term > hard_state.term) {
@@ -547,9 +620,26 @@ impl ReplicaCore {
     pub fn leader(&self) -> Option<NodeId> {
         self.raft.leader()
     }
+    /// See [`brook_raft::Raft::campaign_early`].
+    pub fn campaign_early(&mut self, now_ms: u64) {
+        self.raft.campaign_early(now_ms);
+    }
+    /// The earliest time a tick can do anything ([`brook_raft::Raft::tick_due_ms`]).
+    pub fn tick_due_ms(&self) -> u64 {
+        self.raft.tick_due_ms()
+    }
     /// Offsets below are committed (Raft commit index, in offsets).
     pub fn high_watermark(&self) -> u64 {
         self.high_watermark
+    }
+    /// Leader only: whether an entry of its own term is committed. Until then its high
+    /// watermark may lag what an earlier leader committed and reported (Raft §8: a new leader
+    /// learns the commit index by committing the first entry of its term; after a restart it
+    /// starts from the log start), so it must not be reported as the partition's end. Reads
+    /// below it are still committed.
+    pub fn high_watermark_known(&self) -> bool {
+        self.raft.role() == Role::Leader
+            && self.raft.log().term_at(self.raft.commit_index()) == Some(self.raft.term())
     }
     pub fn log_start_offset(&self) -> u64 {
         self.log.log_start_offset()
@@ -675,6 +765,17 @@ impl ReplicaCore {
         input: ReplicaInput,
     ) -> Result<ReplicaOutput, ReplicaError> {
         let mut out = ReplicaOutput::default();
+        if let ReplicaInput::Peer { from, message, .. } = &input {
+            if self.log_start.vote_fence.is_some() && is_election_message(message) {
+                // Fenced (see `VoteFence`): no vote, no campaign, not even on request.
+                tracing::debug!(
+                    node = self.node_id,
+                    from,
+                    "fenced replica: election message dropped"
+                );
+                return Ok(out);
+            }
+        }
         if let ReplicaInput::Peer {
             message: RaftMessage::LogStart(log_start),
             ..
@@ -721,6 +822,13 @@ impl ReplicaCore {
         if self.counts_appended_as_persisted() {
             self.notice_appended(now_ms, &mut out)?;
         }
+        if self.log_start.vote_fence.is_some() {
+            self.lift_vote_fence_if_caught_up()?;
+        }
+        if self.log_start.vote_fence.is_some() {
+            out.messages
+                .retain(|send| !is_election_message(&send.message));
+        }
         self.forget_committed_entries();
         Ok(out)
     }
@@ -737,6 +845,44 @@ impl ReplicaCore {
             return;
         }
         self.recent.trim_below(self.raft.commit_index() + 1);
+    }
+
+    /// Whether this replica is fenced off elections (see [`VoteFence`]).
+    pub fn vote_fenced(&self) -> bool {
+        self.log_start.vote_fence.is_some()
+    }
+
+    /// Lift the vote fence once this replica durably holds again what it cut (see
+    /// [`VoteFence`]): durably, since a crash before the sync would lose it again.
+    fn lift_vote_fence_if_caught_up(&mut self) -> Result<(), ReplicaError> {
+        let Some(fence) = self.log_start.vote_fence else {
+            return Ok(());
+        };
+        let durable = self.log.durable_offset();
+        let durable_spans = self
+            .spans
+            .partition_point(|span| span.next_offset <= durable);
+        let later_term = durable_spans
+            .checked_sub(1)
+            .and_then(|last| self.spans.get(last))
+            .is_some_and(|span| span.term > fence.term);
+        if durable < fence.log_end_offset && !later_term {
+            return Ok(());
+        }
+        let log_start = LogStartRecord {
+            vote_fence: None,
+            ..self.log_start
+        };
+        write_hard_state(self.disk.as_ref(), &self.dir, self.hard_state, log_start)?;
+        self.log_start = log_start;
+        tracing::info!(
+            node = self.node_id,
+            durable,
+            fence_log_end_offset = fence.log_end_offset,
+            fence_term = fence.term,
+            "caught up after cutting a damaged batch: voting again"
+        );
+        Ok(())
     }
 
     /// `fsync = interval`: entries count as persisted once appended (the host syncs on a
@@ -964,6 +1110,7 @@ impl ReplicaCore {
             offset,
             prev_term,
             reset_pending: true,
+            vote_fence: self.log_start.vote_fence,
         };
         write_hard_state(self.disk.as_ref(), &self.dir, self.hard_state, log_start)?;
         self.log_start = log_start;
@@ -1029,6 +1176,7 @@ impl ReplicaCore {
             offset: cut,
             prev_term: before.term,
             reset_pending: false,
+            vote_fence: self.log_start.vote_fence,
         };
         let segments_before = self.log.segment_count();
         let bytes_before = self.log.size_bytes();
@@ -1064,6 +1212,48 @@ impl ReplicaCore {
         })
     }
 
+    /// A cleaner pass over this replica's committed prefix (below the high watermark), to run
+    /// off the core ([`CompactionJob::run`] on a blocking thread); hand its result to
+    /// [`ReplicaCore::complete_compaction`]. `None` if nothing is due or a pass is out. Any
+    /// role: each replica compacts its own copy (see "Compaction" in the module docs).
+    pub fn compaction_job(
+        &mut self,
+        policy: CompactionPolicy,
+        now_ms: u64,
+    ) -> Result<Option<CompactionJob>, ReplicaError> {
+        Ok(self
+            .log
+            .compaction_job(policy, now_ms, self.high_watermark)?)
+    }
+
+    /// Swap in what a cleaner pass wrote (if the log did not change under it). Batches keep
+    /// their offsets and terms, so the core's view of the log is unchanged; an `Err` means the
+    /// log is poisoned (a swap failed after its commit point): reopen the replica.
+    pub fn complete_compaction(
+        &mut self,
+        done: CompactionJobDone,
+    ) -> Result<CompactionOutcome, ReplicaError> {
+        Ok(self.log.complete_compaction(done)?)
+    }
+
+    /// Forget a pass that will never complete (its task failed).
+    pub fn compaction_job_lost(&mut self) {
+        self.log.compaction_job_lost();
+    }
+
+    /// [`ReplicaCore::compaction_job`], run inline, then
+    /// [`ReplicaCore::complete_compaction`] (tests).
+    pub fn compact_now(
+        &mut self,
+        policy: CompactionPolicy,
+        now_ms: u64,
+    ) -> Result<CompactionOutcome, ReplicaError> {
+        match self.compaction_job(policy, now_ms)? {
+            Some(job) => self.complete_compaction(job.run()),
+            None => Ok(CompactionOutcome::default()),
+        }
+    }
+
     fn span(&self, index: Index) -> Option<BatchSpan> {
         let position = index.checked_sub(self.start_index)?;
         self.spans.get(usize::try_from(position).ok()?).copied()
@@ -1092,10 +1282,26 @@ impl ReplicaCore {
         proposed: bool,
         out: &mut ReplicaOutput,
     ) -> Result<(), ReplicaError> {
-        for effect in effects {
+        let mut effects = effects.into_iter().peekable();
+        while let Some(effect) = effects.next() {
             match effect {
                 Effect::PersistHardState(hard_state) => {
-                    write_hard_state(self.disk.as_ref(), &self.dir, hard_state, self.log_start)?;
+                    // A hard state followed at once by another (a vote for a higher term:
+                    // the term, then the vote) is superseded before any other effect: only
+                    // the last is written, one file write and two fsyncs fewer. A crash
+                    // between the two could have left the first alone, which the state
+                    // before it covers as well (nothing was sent or written in between).
+                    if !matches!(effects.peek(), Some(Effect::PersistHardState(_))) {
+                        // Two fsyncs, on the actor's worker thread: the others run its tasks.
+                        crate::runtime::blocking_section(|| {
+                            write_hard_state(
+                                self.disk.as_ref(),
+                                &self.dir,
+                                hard_state,
+                                self.log_start,
+                            )
+                        })?;
+                    }
                     self.hard_state = hard_state;
                 }
                 Effect::Truncate { from_index } => {
@@ -1337,6 +1543,36 @@ impl ReplicaCore {
                 "the log's batches are not the core's entries",
             ));
         }
+        // The base offset and term lie outside the batch CRC: a bit flipped at rest there
+        // since the log was scanned reads back as a valid batch that is not the entry (a
+        // follower refuses an entry whose term is above the leader's, for ever). The core
+        // knows each entry's offsets and term: a disagreement is damage at rest.
+        for (index, batch) in (first..).zip(&batches) {
+            let header = BatchHeader::parse(batch).map_err(LogError::from)?;
+            let span = self
+                .span(index)
+                .ok_or(ReplicaError::Inconsistent("append beyond the log"))?;
+            if header.base_offset != span.base_offset
+                || header.next_offset() != span.next_offset
+                || header.term != span.term
+            {
+                return Err(ReplicaError::Log(LogError::Corrupt {
+                    path: self.log.dir().to_path_buf(),
+                    position: 0,
+                    reason: format!(
+                        "the batch at offset {} reads back with offsets {}..{} and term {}, not \
+                         {}..{} and term {} (a header damaged at rest)",
+                        span.base_offset,
+                        header.base_offset,
+                        header.next_offset(),
+                        header.term,
+                        span.base_offset,
+                        span.next_offset,
+                        span.term
+                    ),
+                }));
+            }
+        }
         Ok(batches)
     }
 }
@@ -1350,17 +1586,42 @@ pub enum FetchRefused {
     Log(#[from] LogError),
 }
 
-/// Offsets and terms of every batch of the log, from its start.
+/// Offsets and terms of every batch of the log, from its start, and where the first batch
+/// damaged at rest starts, if any.
 ///
-/// A batch that recovery found damaged at rest is kept as an entry when its header still gives
-/// its offsets and term (the batch is never served; a leader that needs it hands leadership
-/// over): forgetting it would make this replica forget an entry it may have acknowledged.
-fn scan_spans(log: &Log) -> Result<Vec<BatchSpan>, ReplicaError> {
+/// `cut_at_damage` (a replica with peers to fetch from): the scan stops at the first damaged
+/// batch, which the caller cuts from the log with everything after it (see [`VoteFence`]). A
+/// batch whose CRC holds is damaged too when its term (outside the CRC) is above `term_max`
+/// (the persisted term) or below the term before it (terms never decrease along a log;
+/// `prev_term` is the term of the entry before the log start).
+/// Otherwise (a lone replica: nobody has a good copy) a batch that recovery found damaged at
+/// rest is kept as an entry when its header still gives its offsets and term (the batch is
+/// never served): forgetting it would make this replica forget an entry it may have
+/// acknowledged.
+fn scan_spans(
+    log: &Log,
+    cut_at_damage: bool,
+    prev_term: Term,
+    term_max: Term,
+) -> Result<(Vec<BatchSpan>, Option<u64>), ReplicaError> {
     let mut spans = Vec::new();
     let mut offset = log.log_start_offset();
     for _ in 0..READS_PER_SCAN_MAX {
         let read = match log.read(offset, READ_BYTES_MAX, u64::MAX) {
             Ok(read) => read,
+            Err(LogError::Corrupt { .. }) if cut_at_damage => {
+                // The damage may lie further in this read: one batch at a time up to it (read
+                // twice: a damaged read is transient, damage at rest is not).
+                match log
+                    .read(offset, 1, u64::MAX)
+                    .or_else(|_| log.read(offset, 1, u64::MAX))
+                {
+                    Ok(read) if !read.batches.is_empty() => read,
+                    Ok(_) => return Ok((spans, None)),
+                    Err(LogError::Corrupt { .. }) => return Ok((spans, Some(offset))),
+                    Err(error) => return Err(error.into()),
+                }
+            }
             Err(error @ LogError::Corrupt { .. }) => {
                 if let Some(header) = log.damaged_batch_header(offset)? {
                     tracing::warn!(dir = %log.dir().display(), offset, term = header.term, "a batch damaged at rest is kept as an entry that is never served");
@@ -1381,10 +1642,24 @@ fn scan_spans(log: &Log) -> Result<Vec<BatchSpan>, ReplicaError> {
             Err(error) => return Err(error.into()),
         };
         if read.batches.is_empty() {
-            return Ok(spans);
+            return Ok((spans, None));
         }
         for batch in split_batches(read.batches) {
             let header = *batch.map_err(LogError::from)?.header();
+            if cut_at_damage {
+                let (expected_offset, term_min) = spans
+                    .last()
+                    .map_or((log.log_start_offset(), prev_term), |last: &BatchSpan| {
+                        (last.next_offset, last.term)
+                    });
+                if header.base_offset != expected_offset
+                    || header.term > term_max
+                    || header.term < term_min
+                {
+                    tracing::warn!(dir = %log.dir().display(), offset = expected_offset, term = header.term, term_min, term_max, "a batch header damaged at rest (offset or term)");
+                    return Ok((spans, Some(expected_offset)));
+                }
+            }
             spans.push(BatchSpan {
                 base_offset: header.base_offset,
                 next_offset: header.next_offset(),
@@ -1394,6 +1669,19 @@ fn scan_spans(log: &Log) -> Result<Vec<BatchSpan>, ReplicaError> {
         offset = read.next_offset;
     }
     Err(ReplicaError::Inconsistent("log scan did not end"))
+}
+
+/// Messages of an election: a fenced replica (see [`VoteFence`]) neither sends nor answers
+/// them, and is not made to campaign.
+fn is_election_message(message: &RaftMessage) -> bool {
+    matches!(
+        message,
+        RaftMessage::PreVote(_)
+            | RaftMessage::Vote(_)
+            | RaftMessage::PreVoteResponse(_)
+            | RaftMessage::VoteResponse(_)
+            | RaftMessage::TimeoutNow { .. }
+    )
 }
 
 /// The control batch a new leader appends (Raft's no-op of the new term): one record, no key,
@@ -1420,8 +1708,15 @@ fn encode_hard_state(hard_state: HardState, log_start: LogStartRecord) -> [u8; H
     bytes[30..38].copy_from_slice(&log_start.offset.to_le_bytes());
     bytes[38..46].copy_from_slice(&log_start.prev_term.to_le_bytes());
     bytes[46] = u8::from(log_start.reset_pending);
-    let crc = crc32c::crc32c(&bytes[..47]);
-    bytes[47..51].copy_from_slice(&crc.to_le_bytes());
+    bytes[47] = u8::from(log_start.vote_fence.is_some());
+    let fence = log_start.vote_fence.unwrap_or(VoteFence {
+        log_end_offset: 0,
+        term: 0,
+    });
+    bytes[48..56].copy_from_slice(&fence.log_end_offset.to_le_bytes());
+    bytes[56..64].copy_from_slice(&fence.term.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[..64]);
+    bytes[64..68].copy_from_slice(&crc.to_le_bytes());
     bytes
 }
 
@@ -1435,9 +1730,10 @@ fn decode_hard_state(bytes: &[u8]) -> Result<(HardState, LogStartRecord), &'stat
     if bytes.len() < 5 || &bytes[0..4] != HARD_STATE_MAGIC {
         return Err("bad magic");
     }
-    let (length, has_log_start) = match bytes[4] {
-        HARD_STATE_VERSION_TERM_ONLY => (HARD_STATE_TERM_ONLY_LEN, false),
-        HARD_STATE_VERSION => (HARD_STATE_LEN, true),
+    let (length, has_log_start, has_vote_fence) = match bytes[4] {
+        HARD_STATE_VERSION_TERM_ONLY => (HARD_STATE_TERM_ONLY_LEN, false, false),
+        HARD_STATE_VERSION_LOG_START => (HARD_STATE_LOG_START_LEN, true, false),
+        HARD_STATE_VERSION => (HARD_STATE_LEN, true, true),
         _ => return Err("unknown version"),
     };
     if bytes.len() != length {
@@ -1472,6 +1768,14 @@ fn decode_hard_state(bytes: &[u8]) -> Result<(HardState, LogStartRecord), &'stat
             0 => false,
             1 => true,
             _ => return Err("bad reset flag"),
+        },
+        vote_fence: match (has_vote_fence, bytes.get(47)) {
+            (false, _) | (true, Some(0)) => None,
+            (true, Some(1)) => Some(VoteFence {
+                log_end_offset: u64_at(bytes, 48),
+                term: u64_at(bytes, 56),
+            }),
+            _ => return Err("bad vote fence tag"),
         },
     };
     if log_start.index == 0 || log_start.prev_term > hard_state.term {
@@ -1699,6 +2003,7 @@ mod tests {
             offset: 340,
             prev_term: 6,
             reset_pending: true,
+            vote_fence: None,
         };
         let mut bytes = encode_hard_state(hard_state, log_start);
         assert_eq!(decode_hard_state(&bytes), Ok((hard_state, log_start)));
@@ -1708,6 +2013,17 @@ mod tests {
                 LogStartRecord::default()
             )),
             Ok((HardState::default(), LogStartRecord::default()))
+        );
+        let fenced = LogStartRecord {
+            vote_fence: Some(VoteFence {
+                log_end_offset: 900,
+                term: 7,
+            }),
+            ..log_start
+        };
+        assert_eq!(
+            decode_hard_state(&encode_hard_state(hard_state, fenced)),
+            Ok((hard_state, fenced))
         );
         bytes[6] ^= 1;
         assert_eq!(decode_hard_state(&bytes), Err("checksum mismatch"));
@@ -2330,6 +2646,7 @@ mod tests {
             offset: 90,
             prev_term: term,
             reset_pending: true,
+            vote_fence: None,
         };
         write_hard_state(&disk, Path::new("/replica"), hard_state, log_start).expect("writes");
         let mut small = config(1, &[1]);
@@ -2391,6 +2708,288 @@ mod tests {
             matches!(opened, Err(ReplicaError::Inconsistent(_))),
             "term {term}: {opened:?}"
         );
+    }
+
+    /// An append from leader 1 in `term` of `count` one-record batches from offset `base`
+    /// (= index `base + 1`), after the entry at index `base` of term `prev_term`.
+    fn append_from_leader(
+        term: Term,
+        base: u64,
+        prev_term: Term,
+        count: u64,
+        commit_index: Index,
+    ) -> ReplicaInput {
+        let batches: Vec<Bytes> = (base..base + count)
+            .map(|offset| {
+                let mut stamped = BytesMut::from(&batch(format!("v{offset}").as_bytes())[..]);
+                batch::stamp(&mut stamped, offset, term);
+                stamped.freeze()
+            })
+            .collect();
+        ReplicaInput::Peer {
+            from: 1,
+            message: RaftMessage::Append(peer::AppendEntries {
+                term,
+                prev_index: base,
+                prev_term,
+                commit_index,
+                batch_count: batches.len() as u32,
+            }),
+            batches,
+        }
+    }
+
+    fn vote_request(from: NodeId, term: Term, last_index: Index, last_term: Term) -> ReplicaInput {
+        ReplicaInput::Peer {
+            from,
+            message: RaftMessage::Vote(peer::VoteRequest {
+                term,
+                last_index,
+                last_term,
+                leadership_transfer: false,
+            }),
+            batches: Vec::new(),
+        }
+    }
+
+    /// A follower whose log holds a batch damaged at rest (one replica of three) cuts it and
+    /// everything after it at open, to fetch them again from the leader. It may have
+    /// acknowledged what it cut, so until it holds it again it neither votes nor campaigns
+    /// (the fence survives a restart); caught up, it votes again.
+    #[test]
+    fn a_follower_cuts_a_damaged_batch_and_votes_only_once_caught_up() {
+        let disk = brook_storage::SimDisk::new(21);
+        let voters = [1, 2, 3];
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(2, &voters), 0).expect("opens");
+        replica
+            .step(1, append_from_leader(4, 0, 0, 6, 0))
+            .expect("appends");
+        replica.sync_now(1).expect("syncs");
+        assert_eq!(replica.log_end_offset(), 6);
+        assert_eq!(replica.durable_offset(), 6);
+        drop(replica);
+        // A bit flips at rest in the records of the third batch (offset 2).
+        let segment = PathBuf::from("/replica/log/00000000000000000000.log");
+        let bytes = disk.durable_contents(&segment).expect("segment");
+        let mut position = 0usize;
+        for _ in 0..2 {
+            position += BatchHeader::parse(&bytes[position..])
+                .expect("header")
+                .total_len();
+        }
+        let third = BatchHeader::parse(&bytes[position..]).expect("header");
+        disk.corrupt_durable(&segment, (position + third.total_len() - 1) as u64, 3)
+            .expect("corrupts");
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(2, &voters), 10).expect("opens");
+        assert_eq!(replica.log_end_offset(), 2, "cut before the damaged batch");
+        assert!(replica.vote_fenced());
+        assert_eq!(replica.batches_below(u64::MAX).expect("reads").len(), 2);
+        // No vote, not even for a candidate with a longer log; no term change either.
+        let output = replica.step(20, vote_request(3, 5, 6, 4)).expect("steps");
+        assert!(output.messages.is_empty(), "{output:?}");
+        assert_eq!(replica.term(), 4);
+        // No campaign after election timeouts without a leader.
+        for now_ms in (100..3_000).step_by(50) {
+            let output = replica.step(now_ms, ReplicaInput::Tick).expect("ticks");
+            assert!(
+                output
+                    .messages
+                    .iter()
+                    .all(|send| !is_election_message(&send.message)),
+                "{output:?}"
+            );
+        }
+        assert_eq!(replica.term(), 4);
+        // A restart keeps the fence (it was persisted before the cut).
+        drop(replica);
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(2, &voters), 3_000).expect("opens");
+        assert!(replica.vote_fenced());
+        // Caught up by the leader past its old log end, and synced: the fence is lifted.
+        replica
+            .step(3_010, append_from_leader(4, 2, 4, 5, 6))
+            .expect("appends");
+        assert!(replica.vote_fenced(), "not durable yet");
+        replica.sync_now(3_020).expect("syncs");
+        assert!(!replica.vote_fenced());
+        assert_eq!(replica.log_end_offset(), 7);
+        let output = replica
+            .step(10_000, vote_request(3, 5, 7, 4))
+            .expect("steps");
+        assert!(
+            output.messages.iter().any(|send| matches!(
+                send.message,
+                RaftMessage::VoteResponse(peer::VoteResponse { granted: true, .. })
+            )),
+            "{output:?}"
+        );
+        drop(replica);
+        let replica = ReplicaCore::open(Arc::new(disk), config(2, &voters), 10_000).expect("opens");
+        assert!(!replica.vote_fenced(), "the lifted fence stays lifted");
+    }
+
+    /// The term of a batch lies outside its CRC: a term damaged at rest to one above the
+    /// persisted term, or below the term before it, marks the batch damaged; a replica with
+    /// peers cuts it like any other damage (a lone replica refuses to open instead, see
+    /// `a_batch_term_above_the_persisted_term_is_refused`).
+    #[test]
+    fn a_follower_cuts_a_batch_whose_term_was_damaged_at_rest() {
+        for (byte, bit) in [(7, 6), (0, 2)] {
+            let disk = brook_storage::SimDisk::new(22);
+            let voters = [1, 2, 3];
+            let mut replica =
+                ReplicaCore::open(Arc::new(disk.clone()), config(2, &voters), 0).expect("opens");
+            replica
+                .step(1, append_from_leader(4, 0, 0, 6, 0))
+                .expect("appends");
+            replica.sync_now(1).expect("syncs");
+            drop(replica);
+            let segment = PathBuf::from("/replica/log/00000000000000000000.log");
+            let bytes = disk.durable_contents(&segment).expect("segment");
+            let mut position = 0usize;
+            for _ in 0..2 {
+                position += BatchHeader::parse(&bytes[position..])
+                    .expect("header")
+                    .total_len();
+            }
+            // Header bytes 12..20 hold the term (4): a high bit makes it huge, bit 2 of the
+            // low byte makes it 0 (below the term before it).
+            disk.corrupt_durable(&segment, (position + 12 + byte) as u64, bit)
+                .expect("corrupts");
+            let replica = ReplicaCore::open(Arc::new(disk.clone()), config(2, &voters), 10)
+                .unwrap_or_else(|error| panic!("byte {byte} bit {bit}: {error}"));
+            assert_eq!(replica.log_end_offset(), 2, "byte {byte} bit {bit}");
+            assert!(replica.vote_fenced());
+        }
+    }
+
+    /// A leader whose committed batch had its term flipped at rest after the log was scanned
+    /// (the term is outside the CRC, so the batch reads back valid) never ships it: a
+    /// follower would refuse the append for ever ("an entry's term is above the leader's").
+    /// It reports read damage instead (the actor hands leadership over, then reopens).
+    #[test]
+    fn a_leader_never_ships_a_batch_whose_term_was_damaged_at_rest() {
+        let disk = brook_storage::SimDisk::new(23);
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(1, &[1, 2, 3]), 0).expect("opens");
+        let mut now_ms = 0;
+        let response = |term, granted| peer::VoteResponse { term, granted };
+        while replica.role() != Role::Leader && now_ms < 10_000 {
+            now_ms += 50;
+            let output = replica.step(now_ms, ReplicaInput::Tick).expect("ticks");
+            for send in output.messages {
+                let answer = match send.message {
+                    RaftMessage::PreVote(request) => {
+                        RaftMessage::PreVoteResponse(response(request.term, true))
+                    }
+                    RaftMessage::Vote(request) => {
+                        RaftMessage::VoteResponse(response(request.term, true))
+                    }
+                    _ => continue,
+                };
+                if send.to != 2 {
+                    continue;
+                }
+                let output = replica
+                    .step(
+                        now_ms,
+                        ReplicaInput::Peer {
+                            from: 2,
+                            message: answer,
+                            batches: Vec::new(),
+                        },
+                    )
+                    .expect("steps");
+                for send in output.messages {
+                    if let RaftMessage::Vote(request) = send.message {
+                        if send.to == 2 {
+                            replica
+                                .step(
+                                    now_ms,
+                                    ReplicaInput::Peer {
+                                        from: 2,
+                                        message: RaftMessage::VoteResponse(response(
+                                            request.term,
+                                            true,
+                                        )),
+                                        batches: Vec::new(),
+                                    },
+                                )
+                                .expect("steps");
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(replica.role(), Role::Leader);
+        let term = replica.term();
+        for request_id in 0..4 {
+            replica
+                .step(
+                    now_ms,
+                    ReplicaInput::Produce {
+                        request_id,
+                        batch: batch(b"value"),
+                        acks: Acks::Leader,
+                    },
+                )
+                .expect("produce");
+        }
+        replica.sync_now(now_ms).expect("syncs");
+        // Node 2 has everything: committed.
+        replica
+            .step(
+                now_ms,
+                ReplicaInput::Peer {
+                    from: 2,
+                    message: RaftMessage::AppendResponse(peer::AppendResponse {
+                        term,
+                        outcome: peer::AppendOutcome::Accepted { match_index: 5 },
+                    }),
+                    batches: Vec::new(),
+                },
+            )
+            .expect("steps");
+        assert_eq!(replica.high_watermark(), 5);
+        // The term of the batch at offset 1 (index 2) gets a high bit flipped at rest.
+        let segment = PathBuf::from("/replica/log/00000000000000000000.log");
+        let bytes = disk.durable_contents(&segment).expect("segment");
+        let second = BatchHeader::parse(&bytes).expect("header").total_len();
+        disk.corrupt_durable(&segment, (second + 12 + 7) as u64, 6)
+            .expect("corrupts");
+        // Node 3 answers, having nothing: the leader sends it everything from index 1.
+        let mut shipped = Vec::new();
+        for _ in 0..4 {
+            now_ms += 50;
+            let output = replica
+                .step(
+                    now_ms,
+                    ReplicaInput::Peer {
+                        from: 3,
+                        message: RaftMessage::HeartbeatResponse { term },
+                        batches: Vec::new(),
+                    },
+                )
+                .expect("a damaged committed batch is not an error of the step");
+            shipped.extend(
+                output
+                    .messages
+                    .into_iter()
+                    .filter(|send| send.to == 3)
+                    .flat_map(|send| send.batches),
+            );
+        }
+        for batch in &shipped {
+            let header = BatchHeader::parse(batch).expect("header");
+            assert!(
+                header.term <= term,
+                "shipped a batch of term {}",
+                header.term
+            );
+        }
+        assert!(replica.take_read_damage(), "the damage is reported");
     }
 
     /// Malformed peer messages are dropped with nothing applied.

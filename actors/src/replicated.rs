@@ -29,6 +29,12 @@
 //!   replica deletes whole segments of its own committed prefix; the log start is persisted
 //!   with the hard state first. A follower that needs what the leader deleted is caught up
 //!   from the leader's log start (its log restarts there).
+//! - **Compaction** (`cleanup.policy` with `compact`, the policy of the last `SetLimits`):
+//!   each `EnforceRetention` also starts one bounded cleaner pass over this replica's own
+//!   committed prefix ([`ReplicaCore::compaction_job`], leader or follower alike) on the
+//!   blocking pool; its result comes back as `Compacted` and is swapped in; while a round has
+//!   more to do the next pass starts at once. Batches keep their offsets and terms, so Raft
+//!   sees the same log (see "Compaction" in `replica`).
 //! - **Errors**: a [`ReplicaError`] from the core means the log and the core may disagree: the
 //!   actor fails what was pending (retriable), reopens the replica from disk (at most
 //!   [`REOPEN_ATTEMPTS_MAX`] attempts in a row, then it stops) and carries on.
@@ -47,7 +53,10 @@ use std::sync::Arc;
 
 use brook_raft::{NodeId, Role, Term};
 use brook_storage::disk::{Disk, DiskError};
-use brook_storage::log::{CheckedBatch, FsyncPolicy, LogError, RetentionOutcome, RetentionPolicy};
+use brook_storage::log::{
+    CheckedBatch, CompactionJobDone, CompactionPolicy, FsyncPolicy, LogError, RetentionOutcome,
+    RetentionPolicy,
+};
 use brook_wire::batch::{BatchError, BatchHeader};
 use brook_wire::compression::{self, CompressionError};
 use brook_wire::error::{BrokerError, ErrorCode};
@@ -131,6 +140,12 @@ pub enum ReplicaMessage {
     StopDeadline,
     /// Internal: the periodic sync under `fsync = interval`.
     SyncTick,
+    /// Internal: a cleaner pass finished (`None`: its task failed). `generation` names the
+    /// core it was taken from (a pass from before a reopen is ignored).
+    Compacted {
+        generation: u64,
+        done: Option<CompactionJobDone>,
+    },
 }
 
 /// A produce request waiting for the answers of its batches.
@@ -169,6 +184,9 @@ pub struct ReplicatedPartition {
     outbox: Arc<dyn PeerOutbox>,
     observer: Option<Arc<dyn LeaderObserver>>,
     leader_hint: Arc<AtomicU64>,
+    /// When the core next needs a tick (runtime wall clock, ms), published after every step
+    /// for the node ticker, which skips the group until then ([`ReplicaInbox`]).
+    tick_due_ms: Arc<AtomicU64>,
     /// The (leader, term) last published to the hint and the observer.
     published: (Option<NodeId>, Term),
     /// The core's clock: the runtime's wall clock, never going back.
@@ -188,6 +206,10 @@ pub struct ReplicatedPartition {
     stopping: Option<Stopping>,
     /// `retention.ms` / `retention.bytes` (SetLimits), applied at EnforceRetention.
     retention: RetentionPolicy,
+    /// The cleaner's policy (SetLimits; `None`: not compacted), started at EnforceRetention.
+    compaction: Option<CompactionPolicy>,
+    /// A cleaner pass runs on the blocking pool.
+    compaction_in_flight: bool,
     /// The periodic sync under `fsync = interval`.
     interval_timer: Option<TimerHandle>,
     /// The high watermark parked fetches were last checked against.
@@ -200,6 +222,9 @@ pub struct ReplicatedPartition {
     /// When leadership was last handed over because of damage (at most once per election
     /// timeout).
     damage_hand_over_ms: Option<u64>,
+    /// A read hit a batch damaged at rest: once this replica does not lead, it reopens (which
+    /// cuts the damage from the log).
+    damage_to_cut: bool,
 }
 
 impl std::fmt::Debug for ReplicatedPartition {
@@ -244,6 +269,8 @@ impl ReplicatedPartition {
             outbox,
             observer,
             leader_hint: Arc::new(AtomicU64::new(NO_LEADER)),
+            // Due at once until the first step publishes the core's time.
+            tick_due_ms: Arc::new(AtomicU64::new(0)),
             published: (None, 0),
             now_ms,
             requests: BTreeMap::new(),
@@ -256,11 +283,14 @@ impl ReplicatedPartition {
             next_waiter: 0,
             stopping: None,
             retention: RetentionPolicy::default(),
+            compaction: None,
+            compaction_in_flight: false,
             interval_timer: None,
             scanned_high_watermark: 0,
             broken: false,
             damage_seen: Cell::new(false),
             damage_hand_over_ms: None,
+            damage_to_cut: false,
         })
     }
 
@@ -442,13 +472,36 @@ impl ReplicatedPartition {
         }
         self.hand_over_if_damaged(context);
         self.finish_stop_if_done(context);
+        // Last, after every change of this step (a broken replica wants no ticks).
+        let tick_due_ms = if self.broken {
+            u64::MAX
+        } else {
+            self.core.tick_due_ms()
+        };
+        self.tick_due_ms.store(tick_due_ms, Ordering::Release);
     }
 
     /// A leader that cannot read a batch of its own log (damaged at rest) hands leadership to
-    /// its most caught-up follower, at most once per election timeout.
+    /// its most caught-up follower, at most once per election timeout. Once it no longer
+    /// leads, the replica reopens: the open cuts the damaged batch (and what follows) from the
+    /// log, to be fetched again from the leader (`ReplicaCore::open`).
     fn hand_over_if_damaged(&mut self, context: &mut Context<Self>) {
-        let damaged = self.core.take_read_damage() | self.damage_seen.replace(false);
-        if !damaged || self.broken || self.core.role() != Role::Leader {
+        if self.core.take_read_damage() | self.damage_seen.replace(false) {
+            self.damage_to_cut = true;
+        }
+        if !self.damage_to_cut || self.broken {
+            return;
+        }
+        if self.core.role() != Role::Leader {
+            self.damage_to_cut = false;
+            if self.core.voters().len() > 1 && self.stopping.is_none() {
+                self.recover(
+                    ReplicaError::Inconsistent(
+                        "a batch of the log is damaged at rest: reopening cuts it",
+                    ),
+                    context,
+                );
+            }
             return;
         }
         let now_ms = self.clock(context);
@@ -512,6 +565,7 @@ impl ReplicatedPartition {
                     self.generation += 1;
                     // A job of the old core may still run; its result is ignored.
                     self.syncs_in_flight = 0;
+                    self.compaction_in_flight = false;
                     return;
                 }
                 Err(error) => {
@@ -722,7 +776,27 @@ impl ReplicatedPartition {
         Ok(split)
     }
 
+    /// A leader that does not know its high watermark yet (see
+    /// [`ReplicaCore::high_watermark_known`]): retry shortly.
+    fn high_watermark_unknown(&self) -> BrokerError {
+        BrokerError::new(
+            ErrorCode::NotEnoughReplicas,
+            format!(
+                "node {} leads {}-{} but has not committed an entry of its term yet, so its \
+                 high watermark may lag the partition's; retry",
+                self.core.node_id(),
+                self.topic,
+                self.partition
+            ),
+        )
+    }
+
     fn read(&self, offset: u64, bytes_max: u32) -> Result<FetchResult, BrokerError> {
+        if offset > self.core.high_watermark() && !self.core.high_watermark_known() {
+            // An empty answer would report a high watermark below the consumer's position,
+            // which an earlier leader may have committed (its records were served).
+            return Err(self.high_watermark_unknown());
+        }
         match self.core.fetch(offset, bytes_max as usize) {
             Ok(read) => Ok(FetchResult {
                 batch_count: count_batches(&read.batches),
@@ -795,6 +869,11 @@ impl ReplicatedPartition {
             return Err(self.not_leader());
         }
         let high_watermark = self.core.high_watermark();
+        if !matches!(spec, OffsetSpec::Earliest) && !self.core.high_watermark_known() {
+            // The partition's end may be past this leader's high watermark (committed by an
+            // earlier leader): answering it would move the end offset backwards.
+            return Err(self.high_watermark_unknown());
+        }
         match spec {
             OffsetSpec::Earliest => Ok((self.core.log_start_offset(), None)),
             OffsetSpec::Latest => Ok((high_watermark, None)),
@@ -859,6 +938,80 @@ impl ReplicatedPartition {
         }
     }
 
+    /// Start one bounded cleaner pass over this replica's committed prefix off the actor, if
+    /// the topic is compacted, none is running and one is due.
+    fn start_compaction(&mut self, context: &mut Context<Self>) {
+        let Some(policy) = self.compaction else {
+            return;
+        };
+        if self.compaction_in_flight || self.broken || self.stopping.is_some() {
+            return;
+        }
+        let now_ms = self.clock(context);
+        let job = match self.core.compaction_job(policy, now_ms) {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(group = ?self.group, %error, "cleaner pass not started");
+                return;
+            }
+        };
+        self.compaction_in_flight = true;
+        let generation = self.generation;
+        let address = context.address();
+        let runtime = context.runtime().clone();
+        drop(context.runtime().spawn(async move {
+            let done = runtime.run_blocking(move || job.run()).await.ok();
+            // If the actor is gone there is nobody left to tell (the next open removes the
+            // cleaned file the pass may have left).
+            let _ = address
+                .send(ReplicaMessage::Compacted { generation, done })
+                .await;
+        }));
+    }
+
+    /// A cleaner pass finished: swap its cleaned group in, and go on while the round has more.
+    fn complete_compaction(
+        &mut self,
+        generation: u64,
+        done: Option<CompactionJobDone>,
+        context: &mut Context<Self>,
+    ) {
+        if generation != self.generation || self.broken {
+            return;
+        }
+        self.compaction_in_flight = false;
+        let Some(done) = done else {
+            tracing::warn!(group = ?self.group, "cleaner task failed; the next pass starts over");
+            self.core.compaction_job_lost();
+            return;
+        };
+        match self.core.complete_compaction(done) {
+            Ok(outcome) => {
+                if outcome.segments_replaced > 0 {
+                    tracing::info!(
+                        group = ?self.group,
+                        segments = outcome.segments_replaced,
+                        bytes_before = outcome.bytes_before,
+                        bytes_after = outcome.bytes_after,
+                        records_removed = outcome.records_removed,
+                        tombstones_removed = outcome.tombstones_removed,
+                        cleaned_offset = outcome.cleaned_offset,
+                        "compacted"
+                    );
+                }
+                if outcome.more {
+                    self.start_compaction(context);
+                }
+            }
+            // A swap that failed after its commit point poisoned the log: reopening finishes it.
+            Err(error) => {
+                self.recover(error, context);
+                self.after_step(context);
+            }
+        }
+    }
+
     fn handle_client(&mut self, message: PartitionMessage, context: &mut Context<Self>) {
         match message {
             PartitionMessage::Produce {
@@ -881,8 +1034,9 @@ impl ReplicatedPartition {
             }),
             PartitionMessage::SetLimits { limits, reply } => {
                 // Segment and batch limits apply to this replica's log from the next append;
-                // retention at the next EnforceRetention.
+                // retention and compaction at the next EnforceRetention.
                 self.retention = limits.retention;
+                self.compaction = limits.compaction;
                 let result = self
                     .core
                     .set_segment_limits(
@@ -895,6 +1049,7 @@ impl ReplicatedPartition {
             }
             PartitionMessage::EnforceRetention { reply } => {
                 let result = self.enforce_retention(context);
+                self.start_compaction(context);
                 if let Some(reply) = reply {
                     reply.send(result);
                 }
@@ -904,7 +1059,7 @@ impl ReplicatedPartition {
             PartitionMessage::SyncDone { .. }
             | PartitionMessage::FetchExpired { .. }
             | PartitionMessage::SyncTick
-            // Compaction of replicated partitions is not done yet: nothing starts a pass here.
+            // This actor's passes report as `ReplicaMessage::Compacted` (with a generation).
             | PartitionMessage::CompactionDone { .. } => {
                 tracing::debug!(group = ?self.group, "internal partition message ignored");
             }
@@ -1007,6 +1162,9 @@ impl Actor for ReplicatedPartition {
                 }
             }
             ReplicaMessage::SyncTick => self.start_sync(context),
+            ReplicaMessage::Compacted { generation, done } => {
+                self.complete_compaction(generation, done, context)
+            }
             ReplicaMessage::StopDeadline => {
                 if self.stopping.is_some() {
                     tracing::warn!(group = ?self.group, "leadership transfer did not finish in time; stopping anyway");
@@ -1045,8 +1203,57 @@ impl Actor for ReplicatedPartition {
     }
 }
 
+/// What the node's router holds for a replicated partition: its address and when it next
+/// needs a tick. The node ticker runs every heartbeat interval over every group; most
+/// groups (followers hearing from their leader, leaders between heartbeats) need nothing on
+/// most ticks, and this spares their actors the wake-up.
+#[derive(Clone, Debug)]
+pub struct ReplicaInbox {
+    address: Addr<ReplicatedPartition>,
+    tick_due_ms: Arc<AtomicU64>,
+}
+
+impl ReplicaInbox {
+    /// `let due = replica.tick_due(); let address = runtime.spawn_actor(replica, ..);`
+    /// then `router.register(group, Arc::new(ReplicaInbox::new(address, due)))`.
+    pub fn new(address: Addr<ReplicatedPartition>, tick_due_ms: Arc<AtomicU64>) -> Self {
+        ReplicaInbox {
+            address,
+            tick_due_ms,
+        }
+    }
+}
+
+impl ReplicatedPartition {
+    /// This replica is its new partition's preferred leader: it campaigns first (before
+    /// spawning; see [`brook_raft::Raft::campaign_early`]).
+    pub fn campaign_early(&mut self) {
+        self.core.campaign_early(self.now_ms);
+    }
+
+    /// Shared with the router's [`ReplicaInbox`]: when this replica next needs a tick.
+    pub fn tick_due(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.tick_due_ms)
+    }
+}
+
+impl GroupInbox for ReplicaInbox {
+    fn deliver(&self, from: NodeId, message: RaftMessage, batches: Vec<Bytes>) -> bool {
+        self.address.deliver(from, message, batches)
+    }
+
+    fn tick(&self) -> bool {
+        self.address.tick()
+    }
+
+    fn tick_due_ms(&self) -> u64 {
+        self.tick_due_ms.load(Ordering::Acquire)
+    }
+}
+
 /// The router's view of a replicated partition: peer messages and ticks go to its mailbox
-/// without waiting (a full mailbox drops them; Raft retries).
+/// without waiting (a full mailbox drops them; Raft retries). Ticked every time (prefer
+/// [`ReplicaInbox`], which skips ticks the replica does not need).
 impl GroupInbox for Addr<ReplicatedPartition> {
     fn deliver(&self, from: NodeId, message: RaftMessage, batches: Vec<Bytes>) -> bool {
         self.try_send(ReplicaMessage::Peer {

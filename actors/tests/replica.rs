@@ -13,6 +13,14 @@
 //! within a bounded number of rounds, then every replica's high watermark covers every
 //! acknowledged batch.
 //!
+//! With compaction (`Bugs::compaction`): keyed records, and every replica runs cleaner passes
+//! over its own committed prefix at random moments (the pass runs at once, its swap is reported
+//! later, after other events, as the actor's blocking task would; a crash in between leaves its
+//! cleaned file to recovery). Then a committed batch may be seen compacted on one replica and
+//! whole on another: same offsets and term, the records of one a subset of the other's, and
+//! every record missing superseded by a later committed record of its key
+//! ([`History::observe_committed`]).
+//!
 //! Each check is shown failing on a planted bug (brook-raft's `PlantedBug`, or the replica
 //! glue's `ReplicaPlantedBug`) by the `planted_*` tests.
 
@@ -27,9 +35,11 @@ use brook_actors::replica::{
 };
 use brook_raft::{Config, PlantedBug, Role, Term};
 use brook_storage::disk::CrashMode;
-use brook_storage::log::{FsyncPolicy, LogConfig, RetentionPolicy};
+use brook_storage::log::{
+    CompactionJobDone, CompactionPolicy, FsyncPolicy, LogConfig, RetentionPolicy,
+};
 use brook_storage::SimDisk;
-use brook_wire::batch::{BatchBuilder, BatchHeader, CRC_START};
+use brook_wire::batch::{BatchBuilder, BatchHeader, Record, RecordBatch, CRC_START};
 use brook_wire::frame::{FrameDecoder, FrameEncoder};
 use brook_wire::peer::{decode_peer, encode_peer, GroupId};
 use brook_wire::{Acks, ErrorCode};
@@ -66,7 +76,19 @@ struct Bugs {
     /// What a crash does to unsynced data: `false` drops it all, `true` draws per file among
     /// dropping it, keeping a torn prefix of the last write, or flipping a bit in it.
     torn_writes: bool,
+    /// Keyed records and cleaner passes on every replica (see the module docs).
+    compaction: bool,
 }
+
+/// Share of events that start or finish a cleaner pass on one replica (compaction runs).
+const COMPACTION_PERCENT: u32 = 6;
+/// Keys of the compaction runs' records: few, so that most records are superseded.
+const COMPACTION_KEYS: u64 = 5;
+const COMPACTION: CompactionPolicy = CompactionPolicy {
+    min_compaction_lag_ms: 0,
+    delete_retention_ms: 1_000,
+    pass_bytes_max: 4096,
+};
 
 /// Share of events that apply retention on one replica.
 const RETENTION_PERCENT: u32 = 2;
@@ -89,6 +111,12 @@ struct History {
     leaders: BTreeMap<Term, u64>,
     /// acks=all acknowledgements: base offset -> (last offset, the producer's records).
     acknowledged: BTreeMap<u64, (u64, Bytes)>,
+    /// Compaction runs: a committed batch may be seen compacted (see `same_entry`).
+    compaction: bool,
+    /// Compaction runs: key -> offset of its latest record among the committed batches.
+    latest_of_key: BTreeMap<Bytes, u64>,
+    /// Committed batches seen compacted somewhere (the cleaner ran on the replicas).
+    compacted_seen: usize,
 }
 
 /// The CRC-covered part of a batch: what the producer wrote (the leader stamps the rest).
@@ -120,6 +148,14 @@ impl History {
             }
             expected_base = header.next_offset();
             match self.committed.get(&header.base_offset) {
+                Some(seen) if seen != batch && self.compaction => {
+                    let seen = seen.clone();
+                    self.same_entry(node, &seen, batch)?;
+                    if header_of(&seen)?.is_compacted() && !header.is_compacted() {
+                        // The first copy seen was compacted: keep the fuller one.
+                        self.committed.insert(header.base_offset, batch.clone());
+                    }
+                }
                 Some(seen) if seen != batch => {
                     return Err(violation(
                         "committed-prefix",
@@ -131,12 +167,79 @@ impl History {
                 }
                 Some(_) => {}
                 None => {
+                    if self.compaction {
+                        for record in records_of(batch)? {
+                            if let Some(key) = record.key {
+                                let latest = self.latest_of_key.entry(key).or_insert(0);
+                                *latest = (*latest).max(record.offset);
+                            }
+                        }
+                    }
                     self.committed.insert(header.base_offset, batch.clone());
                 }
             }
         }
         self.check_dense()?;
         self.check_acknowledged()
+    }
+
+    /// Two copies of one committed entry, one or both compacted: the same offsets and term,
+    /// every record both hold identical, and every record only one holds superseded by a later
+    /// committed record of its key (a cleaner keeps the latest record of every key and every
+    /// record without a key).
+    fn same_entry(&mut self, node: u64, seen: &Bytes, batch: &Bytes) -> Result<(), Violation> {
+        let (first, second) = (header_of(seen)?, header_of(batch)?);
+        let base = first.base_offset;
+        let differ = |what: String| {
+            violation(
+                "committed-prefix",
+                format!("node {node}: committed entry at offset {base}: {what}"),
+            )
+        };
+        if (first.last_offset(), first.term) != (second.last_offset(), second.term) {
+            return Err(differ(format!(
+                "offsets/term [{base}, {}] term {} vs [{}, {}] term {}",
+                first.last_offset(),
+                first.term,
+                second.base_offset,
+                second.last_offset(),
+                second.term
+            )));
+        }
+        if !first.is_compacted() && !second.is_compacted() {
+            return Err(differ("different bytes, neither compacted".into()));
+        }
+        let by_offset = |records: Vec<Record>| -> BTreeMap<u64, Record> {
+            records
+                .into_iter()
+                .map(|record| (record.offset, record))
+                .collect()
+        };
+        let (one, other) = (by_offset(records_of(seen)?), by_offset(records_of(batch)?));
+        for offset in one.keys().chain(other.keys()) {
+            match (one.get(offset), other.get(offset)) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(differ(format!("record {offset} differs")));
+                }
+                (Some(_), Some(_)) => {}
+                (Some(only), None) | (None, Some(only)) => {
+                    let superseded = only.key.as_ref().is_some_and(|key| {
+                        self.latest_of_key
+                            .get(key)
+                            .is_some_and(|latest| *latest > only.offset)
+                    });
+                    if !superseded {
+                        return Err(differ(format!(
+                            "record {offset} (key {:?}) is missing from one copy and no later                              committed record of its key supersedes it",
+                            only.key
+                        )));
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+        self.compacted_seen += 1;
+        Ok(())
     }
 
     /// Committed batches tile the offsets from 0 without gap or overlap.
@@ -165,7 +268,12 @@ impl History {
                 continue;
             }
             match self.committed.get(base) {
-                Some(batch) if content(batch) == *records => {
+                // A compacted copy's records are judged by `same_entry`; its offsets here.
+                Some(batch)
+                    if content(batch) == *records
+                        || (self.compaction
+                            && BatchHeader::parse(batch).is_ok_and(|h| h.is_compacted())) =>
+                {
                     let header = BatchHeader::parse(batch)
                         .map_err(|error| violation("acknowledged", error.to_string()))?;
                     if header.last_offset() != *last {
@@ -208,6 +316,18 @@ impl History {
     }
 }
 
+/// A batch's header, or the check's violation.
+fn header_of(batch: &[u8]) -> Result<BatchHeader, Violation> {
+    BatchHeader::parse(batch).map_err(|error| violation("committed-prefix", error.to_string()))
+}
+
+/// A batch's records, or the check's violation.
+fn records_of(batch: &Bytes) -> Result<Vec<Record>, Violation> {
+    RecordBatch::new(batch.clone())
+        .and_then(|batch| batch.records())
+        .map_err(|error| violation("committed-prefix", format!("bad batch: {error}")))
+}
+
 struct Node {
     disk: SimDisk,
     config: ReplicaConfig,
@@ -219,6 +339,9 @@ struct Node {
     /// The log start offset last seen, to tell a log reset (caught up from the leader's log
     /// start) from this replica's own retention.
     log_start_offset: u64,
+    /// A cleaner pass that ran but whose swap was not reported yet (the actor's pass on the
+    /// blocking pool, its message still in the mailbox).
+    compaction_done: Option<CompactionJobDone>,
 }
 
 struct Frame {
@@ -232,6 +355,12 @@ struct Cluster {
     /// Draws the retention events, apart from `rng` so that the other events of a seed stay
     /// what they were before retention joined the harness.
     retention_rng: ChaCha8Rng,
+    /// Draws the compaction events (compaction runs only).
+    compaction_rng: ChaCha8Rng,
+    compaction: bool,
+    /// Cleaner passes that replaced segments, and the records they removed.
+    compaction_swaps: usize,
+    records_compacted: u64,
     /// Retention passes that deleted something, and log resets seen.
     retention_cuts: usize,
     log_resets: usize,
@@ -275,8 +404,9 @@ impl Cluster {
                     planted_bug: bugs.raft,
                 },
                 log: LogConfig {
-                    // Small segments: rolls and multi-segment reads happen in every run.
-                    segment_bytes_max: 2048,
+                    // Small segments: rolls and multi-segment reads happen in every run (and
+                    // sealed segments for the cleaner in the compaction runs).
+                    segment_bytes_max: if bugs.compaction { 512 } else { 2048 },
                     fsync: FsyncPolicy::Always,
                     ..LogConfig::default()
                 },
@@ -293,11 +423,16 @@ impl Cluster {
                 core: Some(core),
                 sync_result: None,
                 log_start_offset: 0,
+                compaction_done: None,
             });
         }
         Ok(Cluster {
             rng: ChaCha8Rng::seed_from_u64(seed),
             retention_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5245_5445_4e54_494f),
+            compaction_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x434f_4d50_4143_5421),
+            compaction: bugs.compaction,
+            compaction_swaps: 0,
+            records_compacted: 0,
             retention_cuts: 0,
             log_resets: 0,
             now_ms: 0,
@@ -315,7 +450,10 @@ impl Cluster {
             } else {
                 CrashMode::DropUnsynced
             },
-            history: History::default(),
+            history: History {
+                compaction: bugs.compaction,
+                ..History::default()
+            },
             produced: BTreeMap::new(),
             next_request_id: 0,
             acknowledged_requests: BTreeSet::new(),
@@ -458,7 +596,15 @@ impl Cluster {
         let record_count = self.rng.gen_range(1..=3);
         for record in 0..record_count {
             let value = format!("request {request_id} record {record}");
-            builder.push(self.now_ms as i64, None, Some(value.as_bytes()), &[]);
+            let key = self
+                .compaction
+                .then(|| format!("k{}", (request_id * 3 + record) % COMPACTION_KEYS));
+            builder.push(
+                self.now_ms as i64,
+                key.as_ref().map(String::as_bytes),
+                Some(value.as_bytes()),
+                &[],
+            );
         }
         let batch = builder.finish().freeze();
         self.produced.insert(request_id, (id, content(&batch)));
@@ -483,6 +629,8 @@ impl Cluster {
         let node = self.node(id);
         node.core = None;
         node.sync_result = None;
+        // A pass whose swap never comes: its cleaned file is left for recovery to remove.
+        node.compaction_done = None;
         node.disk.crash_with(crash_mode, &mut rng);
         // Answers the crashed node owed will never come.
         self.produced.retain(|_, (node, _)| *node != id);
@@ -549,8 +697,42 @@ impl Cluster {
         Ok(())
     }
 
+    /// A cleaner pass on one replica: start one (it runs at once; its swap waits for a later
+    /// event) or report the one that ran.
+    fn compaction_event(&mut self) -> Result<(), Violation> {
+        let id = self.compaction_rng.gen_range(node_ids());
+        let now_ms = self.now_ms;
+        let node = self.node(id);
+        let Some(core) = node.core.as_mut() else {
+            return Ok(());
+        };
+        let error = |error: brook_actors::replica::ReplicaError| {
+            violation("replica-error", format!("node {id} compaction: {error}"))
+        };
+        match node.compaction_done.take() {
+            None => {
+                node.compaction_done = core
+                    .compaction_job(COMPACTION, now_ms)
+                    .map_err(error)?
+                    .map(|job| job.run());
+            }
+            Some(done) => {
+                let outcome = core.complete_compaction(done).map_err(error)?;
+                if outcome.segments_replaced > 0 {
+                    self.compaction_swaps += 1;
+                    self.records_compacted += outcome.records_removed;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// One random event of the fault phase.
     fn random_event(&mut self) -> Result<(), Violation> {
+        if self.compaction && self.compaction_rng.gen_range(0..100) < COMPACTION_PERCENT {
+            self.compaction_event()?;
+            return self.check();
+        }
         if self.retention_rng.gen_range(0..100) < RETENTION_PERCENT {
             let id = self.retention_rng.gen_range(node_ids());
             // Retention on one replica: its committed prefix beyond a few segments goes, so
@@ -656,6 +838,9 @@ struct RunReport {
     committed_batches: usize,
     retention_cuts: usize,
     log_resets: usize,
+    compaction_swaps: usize,
+    records_compacted: u64,
+    compacted_seen: usize,
 }
 
 /// One seeded run: `steps` random events with faults, each followed by the checks, then the
@@ -726,6 +911,9 @@ fn run(seed: u64, steps: u32, bugs: Bugs) -> Result<RunReport, Violation> {
                 committed_batches: cluster.history.committed.len(),
                 retention_cuts: cluster.retention_cuts,
                 log_resets: cluster.log_resets,
+                compaction_swaps: cluster.compaction_swaps,
+                records_compacted: cluster.records_compacted,
+                compacted_seen: cluster.history.compacted_seen,
             });
         }
         cluster.heal_round()?;
@@ -768,9 +956,41 @@ const FREQUENT_CRASHES: Bugs = Bugs {
     replica: None,
     crash_percent: 15,
     torn_writes: true,
+    compaction: false,
 };
 
-fn safe_under(bugs: Bugs) {
+/// Every replica compacts its committed prefix at random moments, under the default faults
+/// and under frequent crashes with torn writes: the checks hold with compacted entries, every
+/// replica's log still maps one batch to one entry (a reopen rebuilds the core's terms from
+/// the batches), followers are caught up with compacted entries.
+#[test]
+fn compacting_replicas_stay_safe_under_faults_and_recover_after_heal() {
+    let totals = safe_under(Bugs {
+        compaction: true,
+        ..Bugs::default()
+    });
+    assert!(totals.0 > 0, "no cleaner pass replaced a segment");
+    assert!(
+        totals.1 > 0,
+        "no committed entry was seen compacted on one replica only"
+    );
+}
+
+#[test]
+fn compacting_replicas_stay_safe_under_frequent_crashes_and_torn_writes() {
+    let totals = safe_under(Bugs {
+        compaction: true,
+        ..FREQUENT_CRASHES
+    });
+    assert!(totals.0 > 0, "no cleaner pass replaced a segment");
+}
+
+/// Runs the seeds under `bugs`, all must pass; returns the cleaner passes that replaced
+/// segments and the committed entries seen compacted on one replica and not another.
+fn safe_under(bugs: Bugs) -> (usize, usize) {
+    let mut compaction_swaps = 0;
+    let mut records_compacted = 0;
+    let mut compacted_seen = 0;
     let mut rounds_max = 0;
     let mut heal_to_commit_ms_max = 0;
     let mut acknowledged = 0;
@@ -786,6 +1006,9 @@ fn safe_under(bugs: Bugs) {
                 committed += report.committed_batches;
                 retention_cuts += report.retention_cuts;
                 log_resets += report.log_resets;
+                compaction_swaps += report.compaction_swaps;
+                records_compacted += report.records_compacted;
+                compacted_seen += report.compacted_seen;
             }
             Err(found) => panic!(
                 "{bugs:?} seed {seed}: {found:?}\nrepro: REPLICA_SEED_FIRST={seed} REPLICA_SEEDS=1 cargo nextest run -p brook-actors --test replica"
@@ -796,10 +1019,13 @@ fn safe_under(bugs: Bugs) {
         "seeds {:?}: {acknowledged} acks=all acknowledged, {committed} batches committed, \
          at most {rounds_max} rounds ({heal_to_commit_ms_max} simulated ms, election timeout \
          300 ms) from heal to a committed produce; {retention_cuts} retention passes deleted \
-         segments, {log_resets} log resets to a leader's log start",
+         segments, {log_resets} log resets to a leader's log start; {compaction_swaps} \
+         cleaner swaps removed {records_compacted} records, {compacted_seen} observations of a \
+         committed entry compacted on one replica and whole (or otherwise compacted) on another",
         seeds()
     );
     assert!(acknowledged > 0, "the workload acknowledged nothing");
+    (compaction_swaps, compacted_seen)
 }
 
 /// Runs seeds with a planted bug until a check fails; the check must be one of `expected`.
@@ -947,6 +1173,96 @@ fn the_history_checks_fail_on_hand_made_bad_histories() {
         history.observe_leader(2, 3).expect_err("second").check,
         "one-leader-per-term"
     );
+}
+
+/// A keyed batch stamped at `base_offset`, term 1.
+fn keyed_batch(base_offset: u64, records: &[(&str, &str)]) -> Bytes {
+    let mut builder = BatchBuilder::new();
+    for (key, value) in records {
+        builder.push(0, Some(key.as_bytes()), Some(value.as_bytes()), &[]);
+    }
+    let mut batch = builder.finish();
+    brook_wire::batch::stamp(&mut batch, base_offset, 1);
+    batch.freeze()
+}
+
+/// `batch` as a cleaner would rewrite it keeping only the records at `keep` (offsets), over
+/// `last_offset` (a wrong one forges a changed entry).
+fn compacted_copy(batch: &Bytes, keep: &[u64], last_offset: u64) -> Bytes {
+    let header = header_of(batch).expect("header");
+    let compacted = brook_wire::batch::CompactedBatch {
+        base_offset: header.base_offset,
+        last_offset,
+        term: header.term,
+        first_timestamp: header.first_timestamp,
+        max_timestamp: header.max_timestamp,
+        delete_horizon: false,
+        producer_id: header.producer_id,
+        producer_epoch: header.producer_epoch,
+        base_sequence: header.base_sequence,
+        records: records_of(batch)
+            .expect("records")
+            .into_iter()
+            .filter(|record| keep.contains(&record.offset))
+            .collect(),
+    };
+    Bytes::from(compacted.encode().expect("encode").to_vec())
+}
+
+/// The compaction runs' relaxed comparison still fails where compaction cannot explain a
+/// difference: a key's latest record missing, a record changed, an entry's offsets changed, two
+/// different uncompacted copies.
+#[test]
+fn the_compacted_history_checks_fail_on_hand_made_bad_histories() {
+    let original = [
+        keyed_batch(0, &[("k1", "a"), ("k1", "b"), ("k2", "c")]),
+        keyed_batch(3, &[("k2", "d")]),
+    ];
+    let compacted_history = || {
+        let mut history = History {
+            compaction: true,
+            ..History::default()
+        };
+        history.observe_committed(1, 0, &original).expect("first");
+        history
+    };
+    // Fine: offset 0 (k1, superseded at 1) and 2 (k2, superseded at 3) removed.
+    let mut history = compacted_history();
+    let good = compacted_copy(&original[0], &[1], 2);
+    history
+        .observe_committed(2, 0, &[good, original[1].clone()])
+        .expect("a compacted copy is the same entry");
+    assert_eq!(history.compacted_seen, 1);
+    // The latest record of k1 (offset 1) removed.
+    let mut history = compacted_history();
+    let dropped_latest = compacted_copy(&original[0], &[0, 2], 2);
+    let found = history
+        .observe_committed(2, 0, &[dropped_latest, original[1].clone()])
+        .expect_err("latest dropped");
+    assert_eq!(found.check, "committed-prefix");
+    assert!(found.detail.contains("supersedes"), "{found:?}");
+    // The entry's span changed.
+    let mut history = compacted_history();
+    let shrunk = compacted_copy(&original[0], &[1], 1);
+    let found = history
+        .observe_committed(2, 0, &[shrunk])
+        .expect_err("span changed");
+    assert_eq!(found.check, "committed-prefix");
+    // A record changed.
+    let mut history = compacted_history();
+    let changed = keyed_batch(0, &[("k1", "a"), ("k1", "B"), ("k2", "c")]);
+    let changed = compacted_copy(&changed, &[1], 2);
+    let found = history
+        .observe_committed(2, 0, &[changed])
+        .expect_err("record changed");
+    assert!(found.detail.contains("differs"), "{found:?}");
+    // Two different whole copies are still a divergence.
+    let mut history = compacted_history();
+    let other = keyed_batch(3, &[("k2", "e")]);
+    let found = history
+        .observe_committed(2, 0, &[original[0].clone(), other])
+        .expect_err("divergent");
+    assert!(found.detail.contains("neither compacted"), "{found:?}");
 }
 
 #[test]

@@ -23,11 +23,11 @@ use brook_actors::replicated::{
 };
 use brook_actors::runtime::{reply_pair, Addr, Duration, PendingReply, Runtime, TaskHandle};
 use brook_raft::{Config, NodeId, PlantedBug};
-use brook_storage::log::{FsyncPolicy, LogConfig, RetentionPolicy};
+use brook_storage::log::{CompactionPolicy, FsyncPolicy, LogConfig, RetentionPolicy};
 use brook_storage::{Disk, SimDisk};
 use brook_wire::batch::{split_batches, BatchBuilder};
 use brook_wire::peer::{GroupId, RaftMessage};
-use brook_wire::protocol::{Acks, PartitionStatusReport};
+use brook_wire::protocol::{Acks, OffsetSpec, PartitionStatusReport};
 use brook_wire::{BrokerError, ErrorCode};
 use bytes::{Bytes, BytesMut};
 
@@ -1339,6 +1339,120 @@ async fn follower_damage_scenario(bugs: Bugs) -> Result<(), Violation> {
     Ok(())
 }
 
+/// Whether an answer to a read at `offset` (committed under an earlier leader) is honest: a
+/// high watermark at or above it, or a retriable error. An answer with a high watermark below
+/// it tells a consumer the partition ends before records it has already read.
+fn check_known(
+    name: &'static str,
+    offset: u64,
+    answer: Result<u64, BrokerError>,
+) -> Result<(), Violation> {
+    match answer {
+        Ok(high_watermark) => check(high_watermark >= offset, name, || {
+            format!("answered high watermark {high_watermark}, below the committed offset {offset}")
+        }),
+        Err(error) => check(error.is_retriable(), name, || {
+            format!("answered a non-retriable error: {error}")
+        }),
+    }
+}
+
+/// A new leader does not know the high watermark until an entry of its own term commits (Raft
+/// §8): after a restart of every replica its high watermark is the log start. Until then it
+/// must not answer a fetch or a list-offsets with a high watermark below what its predecessor
+/// committed (a consumer there would see the partition end behind its position): it answers
+/// a retriable error instead; once its first entry commits it serves as usual. (`cargo sim
+/// --seed 1020 --cluster 5` found it: a new leader's fetch answer with high watermark 736 to
+/// a consumer at 737.)
+async fn new_leader_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let mut cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    cluster
+        .produce(leader, batch_of(&["a", "b", "c"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    let committed = cluster.report(leader).await.high_watermark;
+    // Every replica restarts; the next leader's first entry cannot reach a follower.
+    for id in NODES {
+        cluster.stop(id).await;
+    }
+    cluster.network.rules().drop_appends = true;
+    for id in NODES {
+        cluster.open(id);
+    }
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    let status = cluster.report(leader).await;
+    check(status.high_watermark < committed, "setup", || {
+        format!("the new leader already knows the high watermark: {status:?}")
+    })?;
+    let fetched = cluster.fetch(leader, committed).await;
+    check_known(
+        "fetch-high-watermark-known",
+        committed,
+        fetched.map(|fetched| fetched.high_watermark),
+    )?;
+    let parked = cluster
+        .runtime
+        .timeout(
+            Duration::from_millis(WAIT_MS_MAX),
+            cluster.send_fetch(leader, committed, 100),
+        )
+        .await
+        .map_err(|_| violation("long-poll-expires", "no answer"))?
+        .expect("answered");
+    check_known(
+        "fetch-high-watermark-known",
+        committed,
+        parked.map(|fetched| fetched.high_watermark),
+    )?;
+    let latest = cluster
+        .address(leader)
+        .ask_timeout(Duration::from_millis(WAIT_MS_MAX), |reply| {
+            ReplicaMessage::Client(PartitionMessage::ListOffsets {
+                spec: OffsetSpec::Latest,
+                reply,
+            })
+        })
+        .await
+        .expect("list offsets answered");
+    check_known(
+        "list-offsets-high-watermark-known",
+        committed,
+        latest.map(|(offset, _)| offset),
+    )?;
+    // Reads below what the leader knows committed are still served.
+    let below = cluster
+        .fetch(leader, 0)
+        .await
+        .map_err(|error| violation("committed-reads-served", error.to_string()))?;
+    check(
+        below.high_watermark == status.high_watermark,
+        "committed-reads-served",
+        || format!("{below:?}"),
+    )?;
+    // Once the leader's first entry commits, everything is served again.
+    cluster.network.heal();
+    let mut served = None;
+    for _ in 0..WAIT_MS_MAX / POLL_MS {
+        match cluster.fetch(leader, committed).await {
+            Ok(fetched) if fetched.high_watermark > committed => {
+                served = Some(fetched);
+                break;
+            }
+            _ => cluster.pause(POLL_MS).await,
+        }
+    }
+    check(served.is_some(), "served-after-commit", || {
+        format!("no fetch at {committed} answered after the heal")
+    })?;
+    let records = cluster.read_all(leader).await?;
+    check(records.len() == 3, "acknowledged-records-kept", || {
+        format!("{records:?}")
+    })?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
 fn expect_clean(result: Result<(), Violation>) {
     if let Err(found) = result {
         panic!("{}: {}", found.check, found.detail);
@@ -1360,6 +1474,11 @@ async fn a_leader_acknowledges_acks_all_after_commit_with_dense_offsets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_long_polls_and_never_returns_uncommitted_data() {
     expect_clean(fetch_scenario(Bugs::default()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_reports_no_high_watermark_before_its_first_commit() {
+    expect_clean(new_leader_scenario(Bugs::default()).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1465,4 +1584,146 @@ async fn planted_no_check_quorum_is_caught() {
         ..Bugs::default()
     };
     expect_caught(partition_scenario(bugs).await, "isolated-leader-answers");
+}
+
+/// A keyed batch: `key=value` records, one per entry of `records`.
+fn keyed_batch_of(records: &[(&str, &str)]) -> Bytes {
+    let mut builder = BatchBuilder::new();
+    for (key, value) in records {
+        builder.push(0, Some(key.as_bytes()), Some(value.as_bytes()), &[]);
+    }
+    builder.finish().freeze()
+}
+
+/// Compaction (`cleanup.policy=compact`) on replicated partitions: the leader and one follower
+/// clean their committed prefixes, then a follower that was down catches up from the leader's
+/// compacted entries (batches with their original offsets and terms), leads, and serves the
+/// latest value of every key at the offset it was acknowledged at, and no superseded value it
+/// did not have to.
+async fn compaction_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let mut cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    let lagging = NODES
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let other = NODES
+        .iter()
+        .copied()
+        .find(|id| *id != leader && *id != lagging)
+        .expect("another follower");
+    cluster.stop(lagging).await;
+    let padding = "x".repeat(200);
+    // key -> (offset, value) of its latest acknowledged record.
+    let mut latest: BTreeMap<String, (u64, Bytes)> = BTreeMap::new();
+    let mut acknowledged: BTreeMap<u64, Bytes> = BTreeMap::new();
+    for round in 0..60 {
+        let key = format!("k{}", round % 5);
+        let value = format!("{key}-{round}-{padding}");
+        let result = cluster
+            .produce(leader, keyed_batch_of(&[(&key, &value)]), Acks::All)
+            .await
+            .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+        latest.insert(key, (result.base_offset, Bytes::from(value.clone())));
+        acknowledged.insert(result.base_offset, Bytes::from(value));
+    }
+    let limits = PartitionLimits {
+        segment_bytes_max: 4096,
+        segment_age_ms_max: u64::MAX,
+        batch_bytes_max: 1 << 20,
+        retention: RetentionPolicy::default(),
+        compaction: Some(CompactionPolicy {
+            min_compaction_lag_ms: 0,
+            ..CompactionPolicy::default()
+        }),
+    };
+    for id in [leader, other] {
+        cluster
+            .address(id)
+            .ask(|reply| ReplicaMessage::Client(PartitionMessage::SetLimits { limits, reply }))
+            .await
+            .expect("asked")
+            .map_err(|error| violation("limits", error.to_string()))?;
+    }
+    // Retention ticks start the cleaner's passes; wait until the leader serves fewer records.
+    let mut compacted = false;
+    for _ in 0..WAIT_MS_MAX / POLL_MS {
+        for id in [leader, other] {
+            cluster
+                .address(id)
+                .ask(|reply| {
+                    ReplicaMessage::Client(PartitionMessage::EnforceRetention {
+                        reply: Some(reply),
+                    })
+                })
+                .await
+                .expect("asked")
+                .map_err(|error| violation("retention", error.to_string()))?;
+        }
+        if cluster.read_all(leader).await?.len() < acknowledged.len() / 2 {
+            compacted = true;
+            break;
+        }
+        cluster.pause(POLL_MS).await;
+    }
+    check(compacted, "compacted", || {
+        "the leader's cleaner removed nothing".to_owned()
+    })?;
+    let leader_report = cluster.report(leader).await;
+    cluster.open(lagging);
+    let mut caught_up = false;
+    for _ in 0..WAIT_MS_MAX / POLL_MS {
+        if cluster.report(lagging).await.high_watermark == leader_report.high_watermark {
+            caught_up = true;
+            break;
+        }
+        cluster.pause(POLL_MS).await;
+    }
+    let lagging_report = cluster.report(lagging).await;
+    check(caught_up, "caught-up-from-compacted-entries", || {
+        format!("node {lagging}: {lagging_report:?}, leader: {leader_report:?}")
+    })?;
+    // The caught-up follower leads and serves what it got: the compacted log.
+    cluster
+        .address(leader)
+        .ask(|reply| ReplicaMessage::TransferLeadership { to: lagging, reply })
+        .await
+        .expect("asked")
+        .map_err(|error| violation("transfer", error.to_string()))?;
+    let next = cluster.wait_for_leader(&[lagging]).await?;
+    let served = cluster.read_all(next).await?;
+    for (offset, value) in &served {
+        check(
+            acknowledged.get(offset) == Some(value),
+            "served-as-acknowledged",
+            || format!("node {next} serves {:?} at offset {offset}", value.len()),
+        )?;
+    }
+    let served: BTreeMap<u64, Bytes> = served.into_iter().collect();
+    for (key, (offset, value)) in &latest {
+        check(
+            served.get(offset) == Some(value),
+            "latest-value-kept",
+            || format!("node {next}: key {key}'s latest value at offset {offset} is not served"),
+        )?;
+    }
+    check(
+        served.len() < acknowledged.len() / 2,
+        "follower-got-compacted-entries",
+        || {
+            format!(
+                "node {next} serves {} of {} records",
+                served.len(),
+                acknowledged.len()
+            )
+        },
+    )?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_compact_and_a_follower_catches_up_from_compacted_entries() {
+    expect_clean(compaction_scenario(Bugs::default()).await);
 }

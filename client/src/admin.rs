@@ -249,26 +249,12 @@ impl Admin {
     /// [`PARTITION_STATUS_TIMEOUT`] each, several at once); a partition whose leader does not
     /// answer keeps the metadata's figures and no log end offset.
     pub async fn describe_topic(&self, name: &str) -> Result<TopicDetails> {
-        let response = self
-            .cluster
-            .topic_read(Request::DescribeTopic {
-                name: name.to_owned(),
-            })
-            .await?;
-        let topic = match response {
-            Response::DescribeTopic { topic } => topic,
-            other => return Err(unexpected("describe-topic", other)),
-        };
-        let TopicDescription {
+        let TopicDetails {
             name,
             replication_factor,
             config,
-            partitions,
-        } = topic;
-        let mut details: Vec<PartitionDetails> = partitions
-            .into_iter()
-            .map(PartitionDetails::from_metadata)
-            .collect();
+            partitions: mut details,
+        } = self.topic_metadata(name).await?;
         let mut in_flight = FutureSet::default();
         let mut asked = 0;
         let mut answered = 0;
@@ -310,6 +296,40 @@ impl Admin {
             replication_factor,
             config,
             partitions: details,
+        })
+    }
+
+    /// A topic's metadata only, from one broker, without asking any partition's leader: the
+    /// partitions' leaders and terms as the controller knows them (reported by the leaders
+    /// and replicated in the metadata log, so a moment behind an election), replicas and
+    /// config overrides; in cluster mode in-sync replicas, offsets and log end offsets are
+    /// not known here (empty, 0 and `None`). One request whatever the number of partitions, so it answers
+    /// even while leaders are slow to (use [`Admin::describe_topic`] for the leaders' figures).
+    pub async fn topic_metadata(&self, name: &str) -> Result<TopicDetails> {
+        let response = self
+            .cluster
+            .topic_read(Request::DescribeTopic {
+                name: name.to_owned(),
+            })
+            .await?;
+        let topic = match response {
+            Response::DescribeTopic { topic } => topic,
+            other => return Err(unexpected("describe-topic", other)),
+        };
+        let TopicDescription {
+            name,
+            replication_factor,
+            config,
+            partitions,
+        } = topic;
+        Ok(TopicDetails {
+            name,
+            replication_factor,
+            config,
+            partitions: partitions
+                .into_iter()
+                .map(PartitionDetails::from_metadata)
+                .collect(),
         })
     }
 

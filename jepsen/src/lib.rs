@@ -21,6 +21,6 @@ pub use history::{
 pub use linear::{LinearOptions, LinearReport, PartitionResult, Verdict, Witness};
 pub use queue::{Anomaly, AnomalyKind, QueueCounts, QueueOptions, QueueReport};
 pub use replica::{
-    ReplicaAnomaly, ReplicaAnomalyKind, ReplicaCounts, ReplicaEntry, ReplicaInput, ReplicaLog,
-    ReplicaReport, Role, RoleObservation, ServeObservation,
+    EntryRecord, EntryRecords, ReplicaAnomaly, ReplicaAnomalyKind, ReplicaCounts, ReplicaEntry,
+    ReplicaInput, ReplicaLog, ReplicaReport, Role, RoleObservation, ServeObservation,
 };

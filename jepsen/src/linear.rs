@@ -31,6 +31,11 @@
 //! - Every other operation must be linearized, so the set of linearized ones is stored as
 //!   "all ids below `p`, plus these few above": small, exact cache keys.
 //!
+//! With [`LinearOptions::control_offsets`] (a replicated partition: each new Raft leader
+//! appends a control batch, which takes an offset and is never delivered), each control offset
+//! is an append the broker made at some moment of the run: required, at exactly that offset,
+//! and free to go anywhere in real time.
+//!
 //! The search is bounded by [`LinearOptions::states_max`]; exceeding it yields
 //! [`Verdict::Unknown`], never a false verdict.
 
@@ -49,6 +54,13 @@ pub struct LinearOptions {
     /// Use polls as reads ("the log is longer than the highest offset returned") and to pin
     /// indeterminate sends whose value was read.
     pub use_polls: bool,
+    /// Per partition, offsets that hold control batches (a new Raft leader's marker, appended
+    /// by the broker itself): each is an append the model must place at exactly that offset,
+    /// at any moment of the run (nobody invoked it, so real time does not order it). Without
+    /// them, the record after a control offset could only be explained by some client's
+    /// indeterminate send filling the gap.
+    #[serde(default)]
+    pub control_offsets: BTreeMap<u32, BTreeSet<u64>>,
 }
 
 impl Default for LinearOptions {
@@ -56,6 +68,7 @@ impl Default for LinearOptions {
         LinearOptions {
             states_max: 1_000_000,
             use_polls: true,
+            control_offsets: BTreeMap::new(),
         }
     }
 }
@@ -170,7 +183,7 @@ pub fn check(history: &History, options: &LinearOptions) -> Result<LinearReport,
 
 /// Checks paired operations.
 pub fn check_operations(operations: &[Operation], options: &LinearOptions) -> LinearReport {
-    let partitions = split(operations, options.use_polls);
+    let partitions = split(operations, options.use_polls, &options.control_offsets);
     let mut report = LinearReport {
         verdict: Verdict::Linearizable,
         partitions: Vec::new(),
@@ -208,6 +221,8 @@ enum Action {
     EndOffset(u64),
     /// A poll that returned offsets below `n`: legal iff the length is at least this.
     ReadAtLeast(u64),
+    /// A control batch at this offset: an append by the broker, at no particular time.
+    Control(u64),
 }
 
 #[derive(Clone, Debug)]
@@ -256,6 +271,7 @@ impl LinOp {
             Action::ReadAtLeast(length) => {
                 format!("poll returning offset {} (op {})", length - 1, self.op)
             }
+            Action::Control(offset) => format!("control batch at offset {offset}"),
         }
     }
 
@@ -266,6 +282,7 @@ impl LinOp {
                 ..
             } => (offset == length).then_some(length + 1),
             Action::Append { offset: None, .. } => Some(length + 1),
+            Action::Control(offset) => (offset == length).then_some(length + 1),
             Action::EndOffset(offset) => (offset == length).then_some(length),
             Action::ReadAtLeast(minimum) => (length >= minimum).then_some(length),
         }
@@ -273,7 +290,11 @@ impl LinOp {
 }
 
 /// Splits operations into per-partition model operations, each list sorted by call.
-fn split(operations: &[Operation], use_polls: bool) -> BTreeMap<u32, Vec<LinOp>> {
+fn split(
+    operations: &[Operation],
+    use_polls: bool,
+    control_offsets: &BTreeMap<u32, BTreeSet<u64>>,
+) -> BTreeMap<u32, Vec<LinOp>> {
     // Value -> (partition, offset) of its first read, for indeterminate sends.
     let mut reads: BTreeMap<u64, (u32, u64)> = BTreeMap::new();
     let mut partitions: BTreeMap<u32, Vec<LinOp>> = BTreeMap::new();
@@ -398,7 +419,53 @@ fn split(operations: &[Operation], use_polls: bool) -> BTreeMap<u32, Vec<LinOp>>
     for ops in partitions.values_mut() {
         ops.sort_by_key(|lin| (lin.call, lin.op));
     }
+    // A control batch was appended by a leader, not a client: required at its offset, and
+    // invoked before everything (it may be linearized at any point of the run). Only for the
+    // partitions the history touches.
+    for (partition, ops) in partitions.iter_mut() {
+        if let Some(offsets) = control_offsets.get(partition) {
+            add_control_offsets(ops, offsets);
+        }
+    }
     partitions
+}
+
+/// Adds an operation for each control batch's offset to `ops` (sorted by call). Its call is the
+/// start of the history; where it goes in the list only decides its id, and the search keeps
+/// the linearized set compact when ids follow the order of linearization: so each goes right
+/// before the first operation that needs a log longer than its offset.
+fn add_control_offsets(ops: &mut Vec<LinOp>, offsets: &BTreeSet<u64>) {
+    // The log length each operation needs (at least), by position in `ops`.
+    let needs = |lin: &LinOp| match lin.action {
+        Action::Append {
+            offset: Some(offset),
+            ..
+        } => Some(offset + 1),
+        Action::EndOffset(length) | Action::ReadAtLeast(length) => Some(length),
+        _ => None,
+    };
+    // Offsets ascending, each inserted before the first op (in call order) needing more.
+    let mut positions: Vec<(usize, u64)> = Vec::with_capacity(offsets.len());
+    for &offset in offsets {
+        let position = ops
+            .iter()
+            .position(|lin| needs(lin).is_some_and(|length| length > offset))
+            .unwrap_or(ops.len());
+        positions.push((position, offset));
+    }
+    // Insert from the back so earlier positions stay valid; equal positions keep offset order.
+    for &(position, offset) in positions.iter().rev() {
+        ops.insert(
+            position,
+            LinOp {
+                op: 0,
+                call: 0,
+                ret: None,
+                action: Action::Control(offset),
+                required: true,
+            },
+        );
+    }
 }
 
 const NIL: usize = usize::MAX;
@@ -547,7 +614,7 @@ impl Search {
         // The log can grow no longer than the number of appends.
         let appends = ops
             .iter()
-            .filter(|lin| matches!(lin.action, Action::Append { .. }))
+            .filter(|lin| matches!(lin.action, Action::Append { .. } | Action::Control(_)))
             .count();
         let mut exact = vec![NONE; ops.len()];
         let mut exact_at = vec![Vec::new(); appends + 1];
@@ -557,7 +624,8 @@ impl Search {
                     offset: Some(offset),
                     ..
                 }
-                | Action::EndOffset(offset) => offset,
+                | Action::EndOffset(offset)
+                | Action::Control(offset) => offset,
                 _ => continue,
             };
             if lin.required && length <= appends as u64 {
@@ -631,7 +699,10 @@ impl Search {
         if self.exact[lin] != NONE {
             self.exact_open[self.exact[lin] as usize] -= 1;
         }
-        if matches!(self.ops[lin].action, Action::Append { .. }) {
+        if matches!(
+            self.ops[lin].action,
+            Action::Append { .. } | Action::Control(_)
+        ) {
             self.length += 1;
         }
         before
@@ -747,7 +818,10 @@ impl Search {
                 Action::Append {
                     offset: Some(offset),
                     ..
-                } if offset == length => {
+                }
+                | Action::Control(offset)
+                    if offset == length =>
+                {
                     pinned = pinned.or(Some(lin));
                 }
                 Action::Append { offset: None, .. } => self.candidates.push(lin),
@@ -861,6 +935,7 @@ impl Search {
             .enumerate()
             .filter(|&(index, lin)| {
                 index != blocked
+                    && !matches!(lin.action, Action::Control(_))
                     && lin.call < end
                     && blocked_lin.call < lin.ret.unwrap_or(usize::MAX)
             })

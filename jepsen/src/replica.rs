@@ -2,6 +2,14 @@
 //! partition are byte-identical; at most one leader per term per Raft group; terms never
 //! decrease on any node; no replica served a record above the high watermark it knew.
 //!
+//! Compacted partitions: every replica compacts its own committed prefix, so one entry (a
+//! batch) may be stored whole on one replica and compacted on another. Where both copies carry
+//! their records ([`ReplicaEntry::records`]) and at least one is compacted, they agree if they
+//! cover the same offsets, every record both hold is the same, and every record only one holds
+//! is superseded: a later record of its key is committed on some replica of the partition (or
+//! it is a tombstone, which the cleaner removes after `delete.retention.ms`). So the latest
+//! value of every key is the same on every replica, which is what compaction promises.
+//!
 //! High watermarks follow Kafka: the offset after the last committed record, so the committed
 //! prefix is every entry with `offset < high_watermark`.
 
@@ -21,6 +29,33 @@ pub struct ReplicaEntry {
     /// entries at one offset with one term must be the same entry, committed or not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub term: Option<u64>,
+    /// The entry's records, for compacted partitions (see the module docs); `None` elsewhere
+    /// (then only bytes are compared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<EntryRecords>,
+}
+
+/// The records of one entry (a batch) of a compacted partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryRecords {
+    /// The last offset the entry covers (a compacted batch keeps its span).
+    pub last_offset: u64,
+    /// Whether the cleaner rewrote this copy.
+    pub compacted: bool,
+    /// Its records, in offset order.
+    pub records: Vec<EntryRecord>,
+}
+
+/// One record of an entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryRecord {
+    /// Its offset.
+    pub offset: u64,
+    /// Its key, if any.
+    pub key: Option<Vec<u8>>,
+    /// Its value (`None`: a tombstone), or a digest that changes with it, its timestamp and
+    /// its headers.
+    pub value: Option<Vec<u8>>,
 }
 
 /// One replica's log of one partition, as read at the end of a run.
@@ -89,7 +124,9 @@ pub struct ReplicaInput {
 /// The anomalies the replica checker names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ReplicaAnomalyKind {
-    /// Two replicas' committed prefixes differ.
+    /// Two replicas' committed prefixes differ, or their logs differ below an entry both hold
+    /// (same offset, term and bytes: Raft's log matching makes that entry vouch for all
+    /// before it, committed or not).
     #[serde(rename = "divergent-prefix")]
     DivergentPrefix,
     /// Two replicas hold different entries at one offset with one term (committed or not):
@@ -290,7 +327,13 @@ fn check_logs(
     counts.partitions = by_partition.len();
     for (partition, mut replicas) in by_partition {
         replicas.sort_by(|a, b| a.node.cmp(&b.node));
-        check_log_matching(partition, &replicas, anomalies);
+        let latest = latest_committed_by_key(&replicas);
+        check_log_matching(partition, &replicas, &latest, anomalies);
+        for (position, first) in replicas.iter().enumerate() {
+            for second in &replicas[position + 1..] {
+                check_below_shared_entry(partition, first, second, &latest, anomalies);
+            }
+        }
         for (position, first) in replicas.iter().enumerate() {
             for second in &replicas[position + 1..] {
                 let limit = first.high_watermark.min(second.high_watermark);
@@ -305,10 +348,19 @@ fn check_logs(
                             counts.entries_compared += 1;
                             continue;
                         }
-                        (Some(a), Some(b)) if a.offset == b.offset => (
-                            vec![a.offset],
-                            format!("offset {} holds different bytes", a.offset),
-                        ),
+                        (Some(a), Some(b)) if a.offset == b.offset => {
+                            match compacted_disagreement(a, b, &latest) {
+                                Some(Ok(())) => {
+                                    counts.entries_compared += 1;
+                                    continue;
+                                }
+                                Some(Err(why)) => (vec![a.offset], why),
+                                None => (
+                                    vec![a.offset],
+                                    format!("offset {} holds different bytes", a.offset),
+                                ),
+                            }
+                        }
                         (Some(a), Some(b)) => (
                             vec![a.offset.min(b.offset)],
                             format!(
@@ -349,15 +401,90 @@ fn check_logs(
     }
 }
 
+/// Per key, the offset of its latest record committed on any replica (entries with records
+/// only: compacted partitions).
+fn latest_committed_by_key<'a>(replicas: &[&'a ReplicaLog]) -> BTreeMap<&'a [u8], u64> {
+    let mut latest: BTreeMap<&[u8], u64> = BTreeMap::new();
+    for log in replicas {
+        for entry in committed(log) {
+            let Some(records) = &entry.records else {
+                continue;
+            };
+            for record in &records.records {
+                if let Some(key) = &record.key {
+                    let offset = latest.entry(key.as_slice()).or_insert(record.offset);
+                    *offset = (*offset).max(record.offset);
+                }
+            }
+        }
+    }
+    latest
+}
+
+/// Two copies of one entry whose bytes differ: `None` unless both carry their records and one
+/// is compacted (then bytes alone decide); else whether they agree as compaction allows (see
+/// the module docs), and if not, why.
+fn compacted_disagreement(
+    a: &ReplicaEntry,
+    b: &ReplicaEntry,
+    latest: &BTreeMap<&[u8], u64>,
+) -> Option<Result<(), String>> {
+    let (first, second) = (a.records.as_ref()?, b.records.as_ref()?);
+    if !first.compacted && !second.compacted {
+        return None;
+    }
+    let offset = a.offset;
+    if first.last_offset != second.last_offset {
+        return Some(Err(format!(
+            "the entry at offset {offset} covers up to {} on one replica and {} on the other",
+            first.last_offset, second.last_offset
+        )));
+    }
+    let by_offset = |records: &EntryRecords| -> BTreeMap<u64, EntryRecord> {
+        records
+            .records
+            .iter()
+            .map(|record| (record.offset, record.clone()))
+            .collect()
+    };
+    let (one, other) = (by_offset(first), by_offset(second));
+    for record_offset in one.keys().chain(other.keys()) {
+        match (one.get(record_offset), other.get(record_offset)) {
+            (Some(x), Some(y)) if x != y => {
+                return Some(Err(format!(
+                    "record {record_offset} differs (entry at offset {offset}, compacted)"
+                )));
+            }
+            (Some(only), None) | (None, Some(only)) => {
+                let tombstone = only.key.is_some() && only.value.is_none();
+                let superseded = only.key.as_ref().is_some_and(|key| {
+                    latest
+                        .get(key.as_slice())
+                        .is_some_and(|latest| *latest > only.offset)
+                });
+                if !tombstone && !superseded {
+                    return Some(Err(format!(
+                        "record {record_offset} (entry at offset {offset}) is missing from one                          replica and no later committed record of its key supersedes it: a                          key's latest value differs"
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(Ok(()))
+}
+
 /// divergent-entry: per (offset, term), every replica holding an entry there holds the same
-/// bytes, committed or not (entries without a term are not compared here).
+/// bytes, committed or not (entries without a term are not compared here), or, in a compacted
+/// partition, copies that agree as compaction allows.
 fn check_log_matching(
     partition: u32,
     replicas: &[&ReplicaLog],
+    latest: &BTreeMap<&[u8], u64>,
     anomalies: &mut Vec<ReplicaAnomaly>,
 ) {
-    // (offset, term) -> the first replica holding it and its bytes.
-    let mut first: BTreeMap<(u64, u64), (&str, &[u8])> = BTreeMap::new();
+    // (offset, term) -> the first replica holding it and its entry.
+    let mut first: BTreeMap<(u64, u64), (&str, &ReplicaEntry)> = BTreeMap::new();
     // One anomaly per pair of nodes: a divergent suffix repeats at every offset.
     let mut reported: BTreeSet<(&str, &str)> = BTreeSet::new();
     for log in replicas {
@@ -367,9 +494,12 @@ fn check_log_matching(
             };
             match first.get(&(entry.offset, term)) {
                 None => {
-                    first.insert((entry.offset, term), (log.node.as_str(), &entry.bytes));
+                    first.insert((entry.offset, term), (log.node.as_str(), entry));
                 }
-                Some(&(node, bytes)) if bytes != entry.bytes.as_slice() => {
+                Some(&(node, seen))
+                    if seen.bytes != entry.bytes
+                        && !matches!(compacted_disagreement(seen, entry, latest), Some(Ok(()))) =>
+                {
                     if !reported.insert((node, log.node.as_str())) {
                         continue;
                     }
@@ -392,6 +522,74 @@ fn check_log_matching(
             }
         }
     }
+}
+
+/// divergent-prefix without high watermarks: if two replicas hold one entry (same offset, term
+/// and bytes), Raft's log matching says their logs are identical below it (a follower appends
+/// only after an entry that matches the leader's, and truncates what conflicts), so wherever
+/// both hold an entry below it, it is the same entry. Sound whether the replicas converged or
+/// not (a run that failed liveness has no agreed high watermark); an offset only one of them
+/// holds (retention, a batch left out as damaged at rest) is not compared.
+fn check_below_shared_entry(
+    partition: u32,
+    first: &ReplicaLog,
+    second: &ReplicaLog,
+    latest: &BTreeMap<&[u8], u64>,
+    anomalies: &mut Vec<ReplicaAnomaly>,
+) {
+    let second_at: BTreeMap<u64, &ReplicaEntry> = second
+        .entries
+        .iter()
+        .map(|entry| (entry.offset, entry))
+        .collect();
+    // In a compacted partition two copies of one entry may differ in bytes and still agree
+    // (each replica cleans its own committed prefix).
+    let same = |entry: &ReplicaEntry, other: &ReplicaEntry| {
+        entry.term == other.term
+            && (entry.bytes == other.bytes
+                || matches!(compacted_disagreement(entry, other, latest), Some(Ok(()))))
+    };
+    // The highest entry both hold, with a known term.
+    let Some(shared) = first.entries.iter().rev().find(|entry| {
+        entry.term.is_some()
+            && second_at
+                .get(&entry.offset)
+                .is_some_and(|other| same(entry, other))
+    }) else {
+        return;
+    };
+    let Some((entry, other)) = first
+        .entries
+        .iter()
+        .filter(|entry| entry.offset < shared.offset)
+        .find_map(|entry| {
+            let other = second_at.get(&entry.offset)?;
+            (!same(entry, other)).then_some((entry, *other))
+        })
+    else {
+        return;
+    };
+    let term = |term: Option<u64>| term.map_or_else(|| "?".to_owned(), |term| term.to_string());
+    anomalies.push(ReplicaAnomaly {
+        kind: ReplicaAnomalyKind::DivergentPrefix,
+        partition: Some(partition),
+        group: None,
+        nodes: vec![first.node.clone(), second.node.clone()],
+        offsets: vec![entry.offset, shared.offset],
+        terms: shared.term.into_iter().collect(),
+        observations: Vec::new(),
+        message: format!(
+            "partition {partition}: nodes {} and {} both hold the entry at offset {} (term {}), \
+             yet differ below it at offset {} (terms {} and {}): log matching is broken",
+            first.node,
+            second.node,
+            shared.offset,
+            term(shared.term),
+            entry.offset,
+            term(entry.term),
+            term(other.term)
+        ),
+    });
 }
 
 fn check_roles(roles: &[RoleObservation], anomalies: &mut Vec<ReplicaAnomaly>) {

@@ -553,3 +553,80 @@ fn unknown_reports_the_states_explored() {
     // With the default budget it decides.
     assert_eq!(verdict(&history), Verdict::Linearizable);
 }
+
+fn with_controls(partition: u32, offsets: &[u64]) -> LinearOptions {
+    LinearOptions {
+        control_offsets: [(partition, offsets.iter().copied().collect())].into(),
+        ..LinearOptions::default()
+    }
+}
+
+#[test]
+fn a_control_offset_is_an_append_by_the_broker() {
+    // A replicated partition: the first leader's control batch takes offset 0, so the first
+    // record lands at offset 1 and a poll returns it before any other send was invoked (the
+    // history of `cargo sim --seed 88 --cluster 3`, shortened).
+    let history = HistoryBuilder::new()
+        .send_ok(1, 0, 1, 1)
+        .poll(10, &[(0, 1, 1)])
+        .end_offset(2, 0, 2)
+        .build();
+    // Nothing explains offset 0 without the control offset.
+    assert_eq!(verdict(&history), Verdict::NotLinearizable);
+    let report = linear::check(&history, &with_controls(0, &[0])).unwrap();
+    assert_eq!(report.verdict, Verdict::Linearizable, "{report}");
+    // Control offsets of another partition do not count here.
+    assert_eq!(
+        linear::check(&history, &with_controls(1, &[0]))
+            .unwrap()
+            .verdict,
+        Verdict::NotLinearizable
+    );
+
+    // A later leader's control batch between two records, at any moment of the run.
+    let history = HistoryBuilder::new()
+        .send_ok(1, 0, 1, 1)
+        .end_offset(2, 0, 2)
+        .send_ok(1, 0, 3, 2)
+        .poll(10, &[(0, 1, 1), (0, 3, 2)])
+        .end_offset(2, 0, 4)
+        .build();
+    assert_eq!(
+        linear::check(&history, &with_controls(0, &[0, 2]))
+            .unwrap()
+            .verdict,
+        Verdict::Linearizable
+    );
+    assert_eq!(
+        linear::check(&history, &with_controls(0, &[0]))
+            .unwrap()
+            .verdict,
+        Verdict::NotLinearizable
+    );
+}
+
+#[test]
+fn a_control_offset_holds_no_record() {
+    // A record acknowledged at a control batch's offset: two appends at one offset.
+    let bad = HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .send_ok(1, 0, 1, 2)
+        .build();
+    assert_eq!(verdict(&bad), Verdict::Linearizable);
+    let report = linear::check(&bad, &with_controls(0, &[0])).unwrap();
+    assert_eq!(report.verdict, Verdict::NotLinearizable, "{report}");
+    // The witness names real operations, never the control batch as a concurrent one.
+    let witness = report.witness.expect("a witness");
+    assert!(witness.concurrent.iter().all(|&op| op != 0), "{witness:?}");
+    // A stale end offset that a control batch would only make worse.
+    let bad = HistoryBuilder::new()
+        .send_ok(1, 0, 1, 1)
+        .end_offset(2, 0, 1)
+        .build();
+    assert_eq!(
+        linear::check(&bad, &with_controls(0, &[0]))
+            .unwrap()
+            .verdict,
+        Verdict::NotLinearizable
+    );
+}

@@ -2,7 +2,8 @@
 
 use brook_jepsen::replica::{self, ReplicaAnomalyKind, ReplicaReport};
 use brook_jepsen::{
-    ReplicaEntry, ReplicaInput, ReplicaLog, Role, RoleObservation, ServeObservation,
+    EntryRecord, EntryRecords, ReplicaEntry, ReplicaInput, ReplicaLog, Role, RoleObservation,
+    ServeObservation,
 };
 
 fn log(node: &str, high_watermark: u64, entries: &[(u64, &[u8])]) -> ReplicaLog {
@@ -16,6 +17,7 @@ fn log(node: &str, high_watermark: u64, entries: &[(u64, &[u8])]) -> ReplicaLog 
                 offset,
                 bytes: bytes.to_vec(),
                 term: None,
+                records: None,
             })
             .collect(),
     }
@@ -33,6 +35,7 @@ fn log_with_terms(node: &str, high_watermark: u64, entries: &[(u64, u64, &[u8])]
                 offset,
                 bytes: bytes.to_vec(),
                 term: Some(term),
+                records: None,
             })
             .collect(),
     }
@@ -264,4 +267,147 @@ fn divergent_entry_at_one_offset_and_term() {
     ]);
     let report = replica::check(&clean);
     assert!(report.valid, "{report}");
+}
+
+#[test]
+fn divergent_prefix_below_an_entry_both_hold_without_high_watermarks() {
+    // No high watermark (a run that did not converge): n2 kept its own entry at offset 1
+    // (term 1) where the leader n1 has term 2's, then took the leader's entry at offset 2. Both
+    // hold offset 2 of term 2, so their logs must agree below it: log matching is broken.
+    let bad = logs(vec![
+        log_with_terms("n1", 0, &[(0, 1, b"a"), (1, 2, b"b"), (2, 2, b"c")]),
+        log_with_terms("n2", 0, &[(0, 1, b"a"), (1, 1, b"X"), (2, 2, b"c")]),
+    ]);
+    let report = replica::check(&bad);
+    assert_eq!(kinds(&report), vec![ReplicaAnomalyKind::DivergentPrefix]);
+    let anomaly = &report.of(ReplicaAnomalyKind::DivergentPrefix)[0];
+    assert_eq!(anomaly.offsets, vec![1, 2]);
+    assert_eq!(anomaly.terms, vec![2]);
+    assert!(anomaly.message.contains("log matching"), "{anomaly}");
+
+    // Close but clean: a deposed leader's suffix not yet truncated (nothing shared above the
+    // divergence), an offset only one replica holds below the shared entry (retention, or a
+    // batch left out as damaged at rest), and a log without terms.
+    let clean = logs(vec![
+        log_with_terms("n1", 0, &[(0, 1, b"a"), (1, 2, b"b"), (2, 2, b"c")]),
+        log_with_terms("n2", 0, &[(0, 1, b"a"), (1, 1, b"X"), (2, 1, b"Y")]),
+        log_with_terms("n3", 0, &[(0, 1, b"a"), (2, 2, b"c")]),
+        log("n4", 0, &[(0, b"a"), (1, b"Z"), (2, b"c")]),
+    ]);
+    let report = replica::check(&clean);
+    assert!(report.valid, "{report}");
+}
+
+/// One entry of a compacted partition: `(offset, key, value)` records over `[base, last]`.
+fn compacted_entry(
+    base: u64,
+    last: u64,
+    compacted: bool,
+    records: &[(u64, &str, Option<&str>)],
+) -> ReplicaEntry {
+    let records: Vec<EntryRecord> = records
+        .iter()
+        .map(|&(offset, key, value)| EntryRecord {
+            offset,
+            key: Some(key.as_bytes().to_vec()),
+            value: value.map(|value| value.as_bytes().to_vec()),
+        })
+        .collect();
+    ReplicaEntry {
+        offset: base,
+        // The bytes of a batch change when the cleaner rewrites it.
+        bytes: format!("{compacted}{records:?}").into_bytes(),
+        term: Some(1),
+        records: Some(EntryRecords {
+            last_offset: last,
+            compacted,
+            records,
+        }),
+    }
+}
+
+fn compacted_log(node: &str, high_watermark: u64, entries: Vec<ReplicaEntry>) -> ReplicaLog {
+    ReplicaLog {
+        node: node.to_owned(),
+        partition: 0,
+        high_watermark,
+        entries,
+    }
+}
+
+/// Whole: k1=a@0, k1=b@1, k2=c@2 in one entry, k2=d@3 in the next.
+fn whole() -> Vec<ReplicaEntry> {
+    vec![
+        compacted_entry(
+            0,
+            2,
+            false,
+            &[
+                (0, "k1", Some("a")),
+                (1, "k1", Some("b")),
+                (2, "k2", Some("c")),
+            ],
+        ),
+        compacted_entry(3, 3, false, &[(3, "k2", Some("d"))]),
+    ]
+}
+
+#[test]
+fn a_compacted_replica_agrees_with_a_whole_one_when_every_key_keeps_its_latest_value() {
+    let compacted = vec![
+        compacted_entry(0, 2, true, &[(1, "k1", Some("b"))]),
+        compacted_entry(3, 3, false, &[(3, "k2", Some("d"))]),
+    ];
+    let report = replica::check(&ReplicaInput {
+        logs: vec![
+            compacted_log("n1", 4, whole()),
+            compacted_log("n2", 4, compacted),
+        ],
+        ..ReplicaInput::default()
+    });
+    assert!(report.valid, "{report}");
+    assert_eq!(report.counts.entries_compared, 2);
+}
+
+#[test]
+fn a_compacted_replica_that_lost_a_keys_latest_value_is_divergent() {
+    // The cleaner kept the oldest value of k1 (the planted compact-drops-latest).
+    let dropped_latest = vec![
+        compacted_entry(0, 2, true, &[(0, "k1", Some("a"))]),
+        compacted_entry(3, 3, false, &[(3, "k2", Some("d"))]),
+    ];
+    let report = replica::check(&ReplicaInput {
+        logs: vec![
+            compacted_log("n1", 4, whole()),
+            compacted_log("n2", 4, dropped_latest),
+        ],
+        ..ReplicaInput::default()
+    });
+    assert!(report.has(ReplicaAnomalyKind::DivergentPrefix), "{report}");
+    assert!(report.has(ReplicaAnomalyKind::DivergentEntry), "{report}");
+    // A changed span, a changed record: divergent too.
+    for bad in [
+        compacted_entry(0, 1, true, &[(1, "k1", Some("b"))]),
+        compacted_entry(0, 2, true, &[(1, "k1", Some("B"))]),
+    ] {
+        let report = replica::check(&ReplicaInput {
+            logs: vec![
+                compacted_log("n1", 4, whole()),
+                compacted_log("n2", 4, vec![bad, whole()[1].clone()]),
+            ],
+            ..ReplicaInput::default()
+        });
+        assert!(report.has(ReplicaAnomalyKind::DivergentPrefix), "{report}");
+    }
+    // Two different whole copies are compared by bytes, as before.
+    let mut other = whole();
+    other[1] = compacted_entry(3, 3, false, &[(3, "k2", Some("e"))]);
+    let report = replica::check(&ReplicaInput {
+        logs: vec![
+            compacted_log("n1", 4, whole()),
+            compacted_log("n2", 4, other),
+        ],
+        ..ReplicaInput::default()
+    });
+    assert!(report.has(ReplicaAnomalyKind::DivergentPrefix), "{report}");
 }

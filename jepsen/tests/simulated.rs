@@ -378,6 +378,7 @@ proptest! {
                         offset: offset as u64,
                         bytes: value.to_le_bytes().to_vec(),
                         term: None,
+                        records: None,
                     })
                     .collect();
                 // An uncommitted tail of its own.
@@ -385,6 +386,7 @@ proptest! {
                     offset: log.len() as u64,
                     bytes: vec![replica as u8],
                     term: None,
+                    records: None,
                 });
                 input.logs.push(ReplicaLog {
                     node: format!("n{replica}"),

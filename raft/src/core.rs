@@ -52,6 +52,16 @@ impl Default for Config {
     }
 }
 
+/// A leader heartbeats a follower that has nothing new to hear (it has every entry, knows
+/// the commit index and answered since the last check-quorum) this many times per election
+/// timeout, not every heartbeat interval. Heartbeats carry no entries and decide nothing:
+/// they keep followers from campaigning (their election timeout is at least an election
+/// timeout, so they hear several idle heartbeats within it) and feed check-quorum (whose
+/// window is an election timeout; a follower that has not answered since the last check is
+/// heartbeated at every interval again). With thousands of mostly idle groups this divides
+/// the node's heartbeat traffic, and the actor wake-ups it causes on both sides, by ~3.
+pub const IDLE_HEARTBEATS_PER_ELECTION_TIMEOUT: u64 = 4;
+
 /// Deliberate bugs, each defeating one safety rule (test-only; see [`Config::planted_bug`]).
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +84,9 @@ pub enum PlantedBug {
     NoCheckQuorum,
     /// Election timeouts are not randomised (split votes can repeat forever).
     FixedElectionTimeout,
+    /// Persist the term but not the vote: after a crash the node may vote again in a term
+    /// it already voted in (two leaders in one term).
+    ForgetVote,
 }
 
 /// What the host feeds the core.
@@ -206,6 +219,10 @@ struct Progress {
     /// `match_index` at the previous heartbeat response: no progress over a whole heartbeat
     /// interval means appends were lost, and replication restarts from `match_index`.
     match_at_heartbeat: Index,
+    /// The commit index the last heartbeat to this follower carried (`None`: none sent yet).
+    heartbeat_commit_sent: Option<Index>,
+    /// When the last heartbeat to this follower was sent.
+    heartbeat_sent_ms: u64,
 }
 
 /// The Raft core of one node in one group.
@@ -295,6 +312,38 @@ impl Raft {
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// A new group's preferred leader: campaign after half an election timeout instead of a
+    /// random one to two (the other replicas keep theirs), so that a topic's thousands of new
+    /// groups each hold one election, won by the replica meant to lead, rather than racing
+    /// (split votes, then transfers to the preferred replica: each costing fsyncs of terms and
+    /// votes on every replica). Only for a replica that has never seen a term (nothing to
+    /// protect); it changes when, not whether, an election happens, so safety is untouched.
+    pub fn campaign_early(&mut self, now_ms: u64) {
+        if self.hard_state.term == 0 && self.role == Role::Follower && self.leader.is_none() {
+            self.election_deadline_ms = self
+                .election_deadline_ms
+                .min(now_ms + self.config.election_timeout_ms / 2);
+        }
+    }
+
+    /// The earliest time (ms) at which an [`Input::Tick`] can do anything: a follower's or
+    /// candidate's election deadline; a leader's next heartbeat, check-quorum or transfer
+    /// give-up. A tick before it changes nothing and emits nothing, so a host with many groups
+    /// may skip ticking a group until then (read it again after every step: any input may
+    /// move it).
+    pub fn tick_due_ms(&self) -> u64 {
+        match self.role {
+            Role::Leader => {
+                let due = self.heartbeat_round_due_ms().min(self.check_quorum_due_ms);
+                match self.transfer {
+                    Some((_, give_up_ms)) => due.min(give_up_ms),
+                    None => due,
+                }
+            }
+            Role::Follower | Role::PreCandidate | Role::Candidate => self.election_deadline_ms,
+        }
     }
     pub fn role(&self) -> Role {
         self.role
@@ -399,6 +448,43 @@ impl Raft {
         self.election_deadline_ms = now_ms + timeout + jitter;
     }
 
+    /// The least time between two heartbeats to a follower with nothing new to hear: an
+    /// election timeout over [`IDLE_HEARTBEATS_PER_ELECTION_TIMEOUT`], at least the heartbeat
+    /// interval.
+    fn idle_heartbeat_interval_ms(&self) -> u64 {
+        (self.config.election_timeout_ms / IDLE_HEARTBEATS_PER_ELECTION_TIMEOUT)
+            .max(self.config.heartbeat_interval_ms)
+    }
+
+    /// Leader: when `peer` next needs a heartbeat (see [`IDLE_HEARTBEATS_PER_ELECTION_TIMEOUT`]):
+    /// at once (at the heartbeat cadence) when it has something to hear or to answer (a commit
+    /// index it was not told, entries it lacks, no answer since the last check-quorum), else an
+    /// idle heartbeat interval after the last one.
+    fn peer_heartbeat_due_ms(&self, peer: NodeId, progress: &Progress) -> u64 {
+        let commit = self.commit_index.min(progress.match_index);
+        let news = progress.heartbeat_commit_sent != Some(commit)
+            || progress.match_index < self.log.last_index()
+            || !self.recently_active.contains(&peer);
+        if news {
+            0
+        } else {
+            progress
+                .heartbeat_sent_ms
+                .saturating_add(self.idle_heartbeat_interval_ms())
+        }
+    }
+
+    /// Leader: when the next heartbeat round sends anything (`u64::MAX`: no peers).
+    fn heartbeat_round_due_ms(&self) -> u64 {
+        let earliest_peer = self
+            .progress
+            .iter()
+            .map(|(peer, progress)| self.peer_heartbeat_due_ms(*peer, progress))
+            .min()
+            .unwrap_or(u64::MAX);
+        earliest_peer.max(self.heartbeat_due_ms)
+    }
+
     fn tick<P: Clone>(&mut self, now_ms: u64, out: &mut Vec<Effect<P>>) {
         if self.role != Role::Leader {
             if now_ms >= self.election_deadline_ms {
@@ -428,15 +514,30 @@ impl Raft {
             }
         }
         if now_ms >= self.heartbeat_due_ms {
+            // A round goes to the followers that need a heartbeat now (something to hear or
+            // answer, or an idle interval since the last); a round with nobody to send to
+            // changes nothing, so the next tick tries again.
+            let due: Vec<NodeId> = self
+                .progress
+                .iter()
+                .filter(|(peer, progress)| self.peer_heartbeat_due_ms(**peer, progress) <= now_ms)
+                .map(|(peer, _)| *peer)
+                .collect();
+            if due.is_empty() {
+                return;
+            }
             self.heartbeat_due_ms = now_ms + self.config.heartbeat_interval_ms;
-            for peer in self.peers() {
-                let match_index = self.progress[&peer].match_index;
+            let term = self.hard_state.term;
+            for peer in due {
+                let Some(progress) = self.progress.get_mut(&peer) else {
+                    continue;
+                };
+                let commit_index = self.commit_index.min(progress.match_index);
+                progress.heartbeat_commit_sent = Some(commit_index);
+                progress.heartbeat_sent_ms = now_ms;
                 out.push(Effect::Send {
                     to: peer,
-                    message: Message::Heartbeat(Heartbeat {
-                        term: self.hard_state.term,
-                        commit_index: self.commit_index.min(match_index),
-                    }),
+                    message: Message::Heartbeat(Heartbeat { term, commit_index }),
                 });
             }
         }
@@ -468,8 +569,13 @@ impl Raft {
             "raft: the term went back"
         );
         self.hard_state = hard_state;
-        if self.config.planted_bug != Some(PlantedBug::ForgetHardState) {
-            out.push(Effect::PersistHardState(hard_state));
+        match self.config.planted_bug {
+            Some(PlantedBug::ForgetHardState) => {}
+            Some(PlantedBug::ForgetVote) => out.push(Effect::PersistHardState(HardState {
+                term: hard_state.term,
+                voted_for: None,
+            })),
+            _ => out.push(Effect::PersistHardState(hard_state)),
         }
     }
 
@@ -593,6 +699,8 @@ impl Raft {
                     replication: Replication::Probe { paused: false },
                     in_flight: VecDeque::new(),
                     match_at_heartbeat: 0,
+                    heartbeat_commit_sent: None,
+                    heartbeat_sent_ms: 0,
                 };
                 (peer, progress)
             })
@@ -1234,11 +1342,28 @@ impl Raft {
                     Some(last_of_term) => last_of_term + 1,
                     None => conflict_index,
                 };
-                progress.next_index = hinted
-                    .min(rejected_prev_index)
-                    .min(last_index + 1)
-                    .max(progress.match_index + 1);
-                progress.replication = Replication::Probe { paused: false };
+                let next_index = hinted.min(rejected_prev_index).min(last_index + 1);
+                let previous_match_index = progress.match_index;
+                if next_index <= progress.match_index {
+                    // The follower lacks an entry it acknowledged (not a stale answer: it
+                    // refuses the append at or above its match index): it lost it, e.g. a
+                    // replica that cut a batch damaged at rest from its log. Its match index
+                    // goes back to what it still has (the commit index never goes back), or
+                    // the leader would resend the same refused append for ever.
+                    progress.match_index = next_index.saturating_sub(1);
+                    progress.match_at_heartbeat =
+                        progress.match_at_heartbeat.min(progress.match_index);
+                }
+                // A rejection at or below the match index the follower had acknowledged
+                // contradicts that acknowledgement (a damaged disk, or a bug): the probe waits
+                // for the next heartbeat answer before it resends, so a follower that keeps
+                // contradicting itself is asked once per heartbeat, never at the speed of the
+                // network.
+                let contradicts_acknowledgement = rejected_prev_index <= previous_match_index;
+                progress.next_index = next_index.max(progress.match_index + 1);
+                progress.replication = Replication::Probe {
+                    paused: contradicts_acknowledgement,
+                };
                 progress.in_flight.clear();
             }
         }

@@ -50,7 +50,10 @@
 //! **Heartbeats are tick-driven values.** A leader sends [`Heartbeat`]s only from
 //! [`Input::Tick`], never as a side effect of appends, and a heartbeat carries only a term and a
 //! commit index, so the host can coalesce the heartbeats of every group two nodes share into one
-//! message per interval and split the answers back per group.
+//! message per interval and split the answers back per group. A follower with nothing new to
+//! hear gets one only [`IDLE_HEARTBEATS_PER_ELECTION_TIMEOUT`] times per election timeout, and
+//! [`Raft::tick_due_ms`] says when a tick can next matter, so a host with thousands of idle
+//! groups ticks and wakes few of them per interval.
 //!
 //! **Wire forms.** The message types are plain enums and structs with serde derives; their
 //! on-wire forms will live in `brook-wire` with golden-bytes tests (converted there), since
@@ -61,7 +64,8 @@ mod log;
 mod message;
 
 pub use crate::core::{
-    Config, Effect, Input, PlantedBug, Raft, RaftError, Recovered, Role, TERM_LIMIT,
+    Config, Effect, Input, PlantedBug, Raft, RaftError, Recovered, Role,
+    IDLE_HEARTBEATS_PER_ELECTION_TIMEOUT, TERM_LIMIT,
 };
 pub use crate::log::{InvalidLogTerms, LogTerms, TermStart};
 pub use crate::message::{

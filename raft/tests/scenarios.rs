@@ -5,8 +5,9 @@
 mod cluster;
 
 use brook_raft::{
-    AppendOutcome, Config, Effect, HardState, Input, LogTerms, Message, Payload, PlantedBug, Raft,
-    RaftError, Recovered, Role, VoteRequest,
+    AppendOutcome, Config, Effect, HardState, Input, LogTerms, Message, NodeId, Payload,
+    PlantedBug, Raft, RaftError, Recovered, Role, VoteRequest,
+    IDLE_HEARTBEATS_PER_ELECTION_TIMEOUT,
 };
 use cluster::{config, Cluster, Violation};
 
@@ -467,6 +468,62 @@ fn a_vote_is_persisted_before_it_is_granted() {
     assert!(!vote_persisted_before_granted(&effects), "{effects:?}");
 }
 
+/// Node 2 grants candidate 1 its vote in term 1, crashes, restarts from what it persisted, and
+/// is then asked by candidate 3 for a vote in the same term: whether it grants it (a second
+/// vote in one term: two candidates of term 1 can each win a majority).
+fn votes_again_after_a_restart(bug: Option<PlantedBug>) -> bool {
+    let vote_request = |candidate| Input::Message {
+        from: candidate,
+        message: Message::Vote(VoteRequest {
+            term: 1,
+            last_index: 0,
+            last_term: 0,
+            leadership_transfer: false,
+        }),
+    };
+    let granted = |effects: &[Effect<u64>]| {
+        effects.iter().any(|effect| {
+            matches!(effect, Effect::Send { message: Message::VoteResponse(response), .. } if response.granted)
+        })
+    };
+    let effects = lone_core(2, bug).step(0, vote_request(1)).expect("valid");
+    assert!(granted(&effects), "the first vote of the term: {effects:?}");
+    let persisted = effects
+        .iter()
+        .rev()
+        .find_map(|effect| match effect {
+            Effect::PersistHardState(hard_state) => Some(*hard_state),
+            _ => None,
+        })
+        .unwrap_or_default();
+    assert_eq!(persisted.term, 1, "the term is persisted: {effects:?}");
+    let mut restarted = Raft::new(
+        2,
+        [1, 2, 3].into_iter().collect(),
+        Config {
+            planted_bug: bug,
+            ..Config::default()
+        },
+        Recovered {
+            hard_state: persisted,
+            ..Recovered::default()
+        },
+        22,
+        1_000,
+    )
+    .expect("valid");
+    assert_eq!(restarted.term(), 1);
+    let effects = restarted.step(1_000, vote_request(3)).expect("valid");
+    granted(&effects)
+}
+
+#[test]
+fn a_vote_survives_a_restart() {
+    assert!(!votes_again_after_a_restart(None));
+    // The planted `forget-vote` (the term persisted, the vote not): a second vote in term 1.
+    assert!(votes_again_after_a_restart(Some(PlantedBug::ForgetVote)));
+}
+
 /// Whether a candidate's term and vote are persisted before its first vote request.
 fn candidate_persists_first(bug: Option<PlantedBug>) -> bool {
     let mut raft = lone_core(1, bug);
@@ -780,5 +837,499 @@ fn pipelining_is_bounded_per_follower() -> Outcome {
     cluster.heal();
     let rounds = cluster.run_until(200, |cluster| committed_everywhere(cluster, last))?;
     assert!(rounds.is_some(), "{}", cluster.describe());
+    Ok(())
+}
+
+/// A follower that lost entries it had acknowledged (a replica cutting a batch damaged at rest
+/// from its log, with everything after it) refuses appends at or below the match index the
+/// leader holds for it. The leader must take its match index back down and resend from what
+/// the follower still has; once it did not, and resent the same refused append for ever.
+#[test]
+fn a_follower_that_lost_acknowledged_entries_is_caught_up_again() -> Outcome {
+    let mut cluster = Cluster::new(3, config(None), 7);
+    cluster.elect(1)?;
+    let mut payloads = Vec::new();
+    for _ in 0..4 {
+        payloads.push(cluster.propose(1)?.expect("the leader takes proposals"));
+    }
+    let rounds = cluster.run_until(20, |cluster| {
+        payloads
+            .iter()
+            .all(|payload| committed_everywhere(cluster, *payload))
+    })?;
+    assert!(rounds.is_some(), "{}", cluster.describe());
+    let match_before = cluster.raft(1).match_indexes()[&3];
+    // Node 3 loses its last three entries (all acknowledged, all committed), then restarts.
+    let host = cluster.hosts.get_mut(&3).expect("node 3");
+    host.durable_entries -= 3;
+    cluster.crash(3)?;
+    assert_eq!(cluster.hosts[&3].last_index(), match_before - 3);
+    let payload = cluster.propose(1)?.expect("still the leader");
+    let rounds = cluster.run_until(40, |cluster| {
+        committed_everywhere(cluster, payload) && cluster.hosts[&3].last_index() > match_before
+    })?;
+    assert!(
+        rounds.is_some(),
+        "node 3 never caught up: {}",
+        cluster.describe()
+    );
+    assert_eq!(cluster.leaders_now(), vec![1]);
+    Ok(())
+}
+
+// ---- a leader contradicting a follower's committed entry (what only a bug produces) ----
+
+/// One core with the entries its host keeps; effects carried out at once (every entry durable
+/// as soon as it is written), messages collected.
+struct LoneHost {
+    id: u64,
+    raft: Raft,
+    entries: std::collections::BTreeMap<u64, brook_raft::Entry<u64>>,
+    durable_hard_state: HardState,
+}
+
+impl LoneHost {
+    fn new(
+        id: u64,
+        bug: Option<PlantedBug>,
+        hard_state: HardState,
+        entries: &[(u64, u64)],
+    ) -> LoneHost {
+        let mut term_starts: Vec<brook_raft::TermStart> = Vec::new();
+        let mut stored = std::collections::BTreeMap::new();
+        for &(index, term) in entries {
+            if term_starts.last().map(|start| start.term) != Some(term) {
+                term_starts.push(brook_raft::TermStart {
+                    term,
+                    first_index: index,
+                });
+            }
+            stored.insert(
+                index,
+                brook_raft::Entry {
+                    index,
+                    term,
+                    payload: Payload::Data(id * 100 + index),
+                },
+            );
+        }
+        let log = LogTerms::new(1, 0, entries.len() as u64, term_starts).expect("valid log");
+        let raft = Raft::new(
+            id,
+            [1, 2, 3].into_iter().collect(),
+            Config {
+                planted_bug: bug,
+                ..Config::default()
+            },
+            Recovered { hard_state, log },
+            id,
+            0,
+        )
+        .expect("valid");
+        LoneHost {
+            id,
+            raft,
+            entries: stored,
+            durable_hard_state: hard_state,
+        }
+    }
+
+    /// Steps the core; returns the messages it sends, or the error it refused the input with.
+    fn step(
+        &mut self,
+        now_ms: u64,
+        input: Input<u64>,
+    ) -> Result<Vec<(u64, Message<u64>)>, RaftError> {
+        let mut sent = Vec::new();
+        let mut pending = vec![input];
+        while let Some(input) = pending.pop() {
+            for effect in self.raft.step(now_ms, input)? {
+                match effect {
+                    Effect::PersistHardState(hard_state) => self.durable_hard_state = hard_state,
+                    Effect::Truncate { from_index } => {
+                        self.entries.retain(|index, _| *index < from_index);
+                    }
+                    Effect::PersistEntries(entries) => {
+                        let last = entries.last().map(|entry| (entry.index, entry.term));
+                        for entry in entries {
+                            self.entries.insert(entry.index, entry);
+                        }
+                        if let Some((index, term)) = last {
+                            pending.push(Input::Persisted { index, term });
+                        }
+                    }
+                    Effect::Send { to, message } => sent.push((to, message)),
+                    Effect::SendAppend {
+                        to,
+                        header,
+                        last_index,
+                    } => {
+                        let entries = (header.prev_index + 1..=last_index)
+                            .map(|index| self.entries[&index].clone())
+                            .collect();
+                        sent.push((to, header.into_message(entries)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(sent)
+    }
+}
+
+/// Node 2 committed entry 2 of term 2 (from node 3, leader of term 2); node 1 holds entry 2 of
+/// term 3 instead and becomes leader of term 4 with node 3's vote (the disagreement only a bug,
+/// such as a leader committing without a majority, produces). Returns the messages exchanged
+/// between nodes 1 and 2 before they fall silent (at most `rounds_max`), and whether node 2
+/// refused an append as conflicting with its committed entry.
+fn contradicted_follower(rounds_max: usize) -> (usize, bool) {
+    let mut follower = LoneHost::new(
+        2,
+        None,
+        HardState {
+            term: 1,
+            voted_for: None,
+        },
+        &[(1, 1)],
+    );
+    let from_old_leader = Message::Append(brook_raft::AppendEntries {
+        term: 2,
+        prev_index: 1,
+        prev_term: 1,
+        commit_index: 2,
+        entries: vec![brook_raft::Entry {
+            index: 2,
+            term: 2,
+            payload: Payload::Data(302),
+        }],
+    });
+    follower
+        .step(
+            0,
+            Input::Message {
+                from: 3,
+                message: from_old_leader,
+            },
+        )
+        .expect("a valid append");
+    assert_eq!(follower.raft.commit_index(), 2);
+
+    let hard_state = HardState {
+        term: 3,
+        voted_for: Some(1),
+    };
+    let mut leader = LoneHost::new(1, None, hard_state, &[(1, 1), (2, 3)]);
+    let mut network = leader.step(10_000, Input::Tick).expect("campaigns");
+    for (message, then) in [
+        (
+            Message::PreVoteResponse(brook_raft::VoteResponse {
+                term: 4,
+                granted: true,
+            }),
+            "candidate",
+        ),
+        (
+            Message::VoteResponse(brook_raft::VoteResponse {
+                term: 4,
+                granted: true,
+            }),
+            "leader",
+        ),
+    ] {
+        network.extend(
+            leader
+                .step(10_000, Input::Message { from: 3, message })
+                .unwrap_or_else(|error| panic!("{then}: {error}")),
+        );
+    }
+    assert_eq!(leader.raft.role(), Role::Leader);
+    assert_eq!(leader.raft.term(), 4);
+
+    exchange(&mut leader, &mut follower, network, rounds_max)
+}
+
+/// Delivers between leader 1 and follower 2 only (node 3 is away), in order, no time passing,
+/// until they fall silent or `rounds_max` messages were delivered. Returns the messages
+/// delivered and whether the follower refused one as conflicting with its committed entries.
+fn exchange(
+    leader: &mut LoneHost,
+    follower: &mut LoneHost,
+    sent_by_leader: Vec<(u64, Message<u64>)>,
+    rounds_max: usize,
+) -> (usize, bool) {
+    let mut queue: std::collections::VecDeque<(u64, u64, Message<u64>)> = sent_by_leader
+        .into_iter()
+        .map(|(to, message)| (1, to, message))
+        .collect();
+    let mut delivered = 0;
+    let mut refused = false;
+    while let Some((from, to, message)) = queue.pop_front() {
+        if delivered == rounds_max {
+            break;
+        }
+        let host = match to {
+            1 => &mut *leader,
+            2 => &mut *follower,
+            _ => continue,
+        };
+        delivered += 1;
+        match host.step(10_000, Input::Message { from, message }) {
+            Ok(sent) => queue.extend(sent.into_iter().map(|(next, message)| (to, next, message))),
+            Err(RaftError::ConflictWithCommitted { .. }) => refused = true,
+            Err(error) => panic!("unexpected refusal: {error}"),
+        }
+    }
+    (delivered, refused)
+}
+
+/// Leader 1 of term 4 (log 1:t1 2:t3 3:t4) and follower 2 with the planted bug
+/// keep-divergent-suffix holding 1:t1 2:t2 3:t2, uncommitted: the follower keeps its entries
+/// 2 and 3 yet acknowledges the leader's; the leader then appends entry 4 after an entry 3 the
+/// follower does not have. Returns the messages exchanged before they fall silent.
+fn kept_divergent_suffix_exchange(rounds_max: usize) -> usize {
+    let hard_state = HardState {
+        term: 2,
+        voted_for: None,
+    };
+    let mut follower = LoneHost::new(
+        2,
+        Some(PlantedBug::KeepDivergentSuffix),
+        hard_state,
+        &[(1, 1), (2, 2), (3, 2)],
+    );
+    let hard_state = HardState {
+        term: 3,
+        voted_for: Some(1),
+    };
+    let mut leader = LoneHost::new(1, None, hard_state, &[(1, 1), (2, 3)]);
+    let mut network = leader.step(10_000, Input::Tick).expect("campaigns");
+    for message in [
+        Message::PreVoteResponse(brook_raft::VoteResponse {
+            term: 4,
+            granted: true,
+        }),
+        Message::VoteResponse(brook_raft::VoteResponse {
+            term: 4,
+            granted: true,
+        }),
+    ] {
+        network.extend(
+            leader
+                .step(10_000, Input::Message { from: 3, message })
+                .expect("valid"),
+        );
+    }
+    assert_eq!(leader.raft.role(), Role::Leader);
+    let (first, _) = exchange(&mut leader, &mut follower, network, rounds_max);
+    let proposed = leader
+        .step(10_000, Input::Propose(vec![7]))
+        .expect("the leader takes it");
+    let (second, _) = exchange(&mut leader, &mut follower, proposed, rounds_max);
+    first + second
+}
+
+#[test]
+fn a_follower_contradicting_its_acknowledgement_is_not_sent_the_same_append_for_ever() {
+    // Before the probe waited for a heartbeat, the leader resent the same append on each
+    // rejection (it cannot go below the follower's match index): in the simulator, a planted
+    // keep-divergent-suffix spent minutes of CPU per seed.
+    let delivered = kept_divergent_suffix_exchange(1_000);
+    assert!(
+        delivered < 30,
+        "{delivered} messages exchanged: a ping-pong"
+    );
+}
+
+#[test]
+fn a_follower_refuses_a_leader_that_contradicts_its_committed_entry() {
+    // What a planted commit-without-quorum leads to: the follower refuses (a typed error, the
+    // frame dropped, nothing applied) rather than truncate a committed entry, and the two fall
+    // silent until the next heartbeat instead of exchanging appends for ever.
+    let (delivered, refused) = contradicted_follower(1_000);
+    assert!(refused, "node 2 must refuse the contradicting append");
+    assert!(
+        delivered < 20,
+        "{delivered} messages exchanged: a ping-pong"
+    );
+}
+
+/// Nodes 1 and 3 campaign in term 1 at once; node 2 votes for 1, crashes, restarts from what it
+/// persisted, and is asked by 3. Returns the nodes that became leader of term 1.
+fn leaders_of_a_term_with_a_restart_between_votes(bug: Option<PlantedBug>) -> Vec<u64> {
+    let fresh = HardState::default();
+    let mut voter = LoneHost::new(2, bug, fresh, &[]);
+    let mut candidates = [
+        LoneHost::new(1, bug, fresh, &[]),
+        LoneHost::new(3, bug, fresh, &[]),
+    ];
+    let ask =
+        |voter: &mut LoneHost, candidate: &mut LoneHost, now_ms, sent: Vec<(u64, Message<u64>)>| {
+            let mut answers = Vec::new();
+            for (to, message) in sent {
+                if to == 2 {
+                    let from = candidate.id;
+                    answers.extend(
+                        voter
+                            .step(now_ms, Input::Message { from, message })
+                            .expect("valid"),
+                    );
+                }
+            }
+            let mut next = Vec::new();
+            for (to, message) in answers {
+                if to == candidate.id {
+                    next.extend(
+                        candidate
+                            .step(now_ms, Input::Message { from: 2, message })
+                            .expect("valid"),
+                    );
+                }
+            }
+            next
+        };
+    // Both pre-vote (node 2 grants both: pre-votes change nothing) and become candidates of
+    // term 1 with their requests for votes in flight.
+    let mut requests = Vec::new();
+    for candidate in &mut candidates {
+        let pre_votes = candidate.step(10_000, Input::Tick).expect("valid");
+        let votes = ask(&mut voter, candidate, 10_000, pre_votes);
+        assert_eq!(candidate.raft.role(), Role::Candidate);
+        assert_eq!(candidate.raft.term(), 1);
+        requests.push(votes);
+    }
+    // Node 2 votes for node 1 ...
+    let [first, second] = &mut candidates;
+    ask(&mut voter, first, 10_000, std::mem::take(&mut requests[0]));
+    // ... crashes and restarts from its durable hard state ...
+    let durable = voter.durable_hard_state;
+    let mut restarted = LoneHost::new(2, bug, durable, &[]);
+    assert_eq!(restarted.raft.term(), 1, "the term survives the crash");
+    // ... and is asked by node 3.
+    ask(
+        &mut restarted,
+        second,
+        10_001,
+        std::mem::take(&mut requests[1]),
+    );
+    candidates
+        .iter()
+        .filter(|candidate| candidate.raft.role() == Role::Leader && candidate.raft.term() == 1)
+        .map(|candidate| candidate.id)
+        .collect()
+}
+
+#[test]
+fn a_remembered_vote_keeps_one_leader_per_term_across_a_restart() {
+    assert_eq!(
+        leaders_of_a_term_with_a_restart_between_votes(None),
+        vec![1]
+    );
+    // The planted `forget-vote` (the term persisted, the vote not): two leaders of term 1.
+    assert_eq!(
+        leaders_of_a_term_with_a_restart_between_votes(Some(PlantedBug::ForgetVote)),
+        vec![1, 3]
+    );
+}
+
+/// Heartbeats a leader sends to each follower over `seconds` of ticks every heartbeat
+/// interval, with `propose_every` ticks between proposals (`None`: an idle group).
+fn heartbeats_per_follower(propose_every: Option<u64>, seconds: u64) -> Result<f64, Violation> {
+    let mut cluster = Cluster::new(3, config(None), 5);
+    cluster.elect(1)?;
+    let interval = cluster.config.heartbeat_interval_ms;
+    let mut heartbeats = 0u64;
+    for round in 0..seconds * 1_000 / interval {
+        if propose_every.is_some_and(|every| round % every == 0) {
+            cluster.propose(1)?;
+        }
+        cluster.tick_all(interval)?;
+        heartbeats += cluster
+            .network
+            .iter()
+            .filter(|(from, _, message)| *from == 1 && matches!(message, Message::Heartbeat(_)))
+            .count() as u64;
+        cluster.deliver_all()?;
+        cluster.flush_all()?;
+        cluster.deliver_all()?;
+        assert_eq!(cluster.leaders_now(), vec![1], "the leader kept its place");
+    }
+    Ok(heartbeats as f64 / 2.0 / seconds as f64)
+}
+
+#[test]
+fn an_idle_leader_heartbeats_a_few_times_per_election_timeout_and_keeps_its_followers() -> Outcome {
+    let idle = heartbeats_per_follower(None, 20)?;
+    let election_timeouts_per_second = 1_000.0 / config(None).election_timeout_ms as f64;
+    let expected = election_timeouts_per_second * IDLE_HEARTBEATS_PER_ELECTION_TIMEOUT as f64;
+    // Idle heartbeats every election timeout / 4, rounded up to the ticks, plus one after each
+    // check-quorum: between 3 and 5 per election timeout, far below one per interval (10).
+    assert!(
+        idle >= expected * 0.75 && idle <= expected * 1.25,
+        "{idle} heartbeats per second per follower, expected about {expected}"
+    );
+    // A group with traffic hears at every interval (commit indexes to pass on).
+    let busy = heartbeats_per_follower(Some(1), 20)?;
+    assert!(
+        busy >= 9.0,
+        "{busy} heartbeats per second per follower when busy"
+    );
+    Ok(())
+}
+
+/// The first leader of a fresh group whose replica `preferred` (if any) was told to campaign
+/// early; ticks every heartbeat interval, every message delivered at once.
+fn first_leader(seed: u64, preferred: Option<NodeId>) -> Result<NodeId, Violation> {
+    let mut cluster = Cluster::new(3, config(None), seed);
+    if let Some(preferred) = preferred {
+        let now_ms = cluster.now_ms;
+        if let Some(host) = cluster.hosts.get_mut(&preferred) {
+            host.raft.campaign_early(now_ms);
+        }
+    }
+    let interval = cluster.config.heartbeat_interval_ms;
+    for _ in 0..100 {
+        cluster.tick_all(interval)?;
+        cluster.deliver_all()?;
+        cluster.flush_all()?;
+        cluster.deliver_all()?;
+        if let [leader] = cluster.leaders_now()[..] {
+            return Ok(leader);
+        }
+    }
+    panic!("no leader after 100 intervals: {}", cluster.describe());
+}
+
+#[test]
+fn a_fresh_groups_preferred_replica_campaigns_first_and_leads() -> Outcome {
+    let mut leaders_by_chance = 0;
+    for seed in 0..30 {
+        let preferred = seed % 3 + 1;
+        assert_eq!(
+            first_leader(seed, Some(preferred))?,
+            preferred,
+            "seed {seed}"
+        );
+        if first_leader(seed, None)? == preferred {
+            leaders_by_chance += 1;
+        }
+    }
+    // Without it the first leader is whoever times out first: the preferred one by chance.
+    assert!(leaders_by_chance < 30, "{leaders_by_chance}");
+    Ok(())
+}
+
+#[test]
+fn campaigning_early_is_only_for_a_replica_that_never_saw_a_term() -> Outcome {
+    let mut cluster = Cluster::new(3, config(None), 9);
+    cluster.elect(1)?;
+    let term = cluster.raft(1).term();
+    cluster.isolate(1);
+    let now_ms = cluster.now_ms;
+    let due_before = cluster.raft(2).tick_due_ms();
+    if let Some(host) = cluster.hosts.get_mut(&2) {
+        host.raft.campaign_early(now_ms);
+    }
+    assert_eq!(cluster.raft(2).tick_due_ms(), due_before);
+    assert_eq!(cluster.raft(2).term(), term);
     Ok(())
 }

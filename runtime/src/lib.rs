@@ -272,6 +272,32 @@ impl Runtime {
     }
 }
 
+/// Runs short blocking work (an fsync of a few bytes) right here, in an actor's handler that
+/// must not go on before it is done (Raft: a vote is durable before it is sent), without
+/// stalling the other tasks of this worker thread.
+///
+/// Real build, on a multi-threaded runtime: `tokio::task::block_in_place` (the worker hands
+/// its other tasks to another thread while this one blocks; with thousands of partitions
+/// electing at once, inline fsyncs on the two workers otherwise starve the peer links and
+/// the ticker for seconds). Elsewhere (a current-thread runtime in tests, a blocking-pool
+/// thread, no runtime) and under madsim (the simulated disk is in memory): just `work()`.
+pub fn blocking_section<R>(work: impl FnOnce() -> R) -> R {
+    #[cfg(not(madsim))]
+    {
+        let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|handle| {
+            handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        });
+        if multi_thread {
+            return tokio::task::block_in_place(work);
+        }
+        work()
+    }
+    #[cfg(madsim)]
+    {
+        work()
+    }
+}
+
 /// A fresh seed for a [`Runtime`] whose user gave none (a client in a real application).
 ///
 /// Real build: drawn from the operating system's entropy (through `rand`). Under madsim: from

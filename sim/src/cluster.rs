@@ -704,6 +704,7 @@ fn read_log(
                 offset: header.base_offset,
                 bytes: batch.to_vec(),
                 term: Some(header.term),
+                records: None,
             });
             expected = header.next_offset();
             position = end;
@@ -1400,6 +1401,7 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
             draw.clone(),
             acknowledged,
             Duration::from_secs(options.drain_secs_max),
+            true,
         ))
         .await;
     let drain_done = matches!(drained, Ok(Ok(())));
@@ -1524,7 +1526,7 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
             sends_ok_min: progress.sends_ok_min,
             records_read_min: progress.records_read_min,
             drain_processes: vec![DRAIN_PROCESS],
-            control_offsets: control,
+            control_offsets: control.clone(),
             ..QueueOptions::default()
         },
     ) {
@@ -1539,6 +1541,8 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
         &LinearOptions {
             states_max: options.linear_states_max,
             use_polls: true,
+            // Each new leader's control batch takes an offset no client appended.
+            control_offsets: control,
         },
     ) {
         Ok(report) => (Some(report), None),

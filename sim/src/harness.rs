@@ -1070,6 +1070,7 @@ async fn simulate(options: Options) -> RunReport {
             draw.clone(),
             acknowledged,
             Duration::from_secs(options.drain_secs_max),
+            false,
         ))
         .await;
     match drained {
@@ -1142,6 +1143,7 @@ async fn simulate(options: Options) -> RunReport {
             &LinearOptions {
                 states_max: options.linear_states_max,
                 use_polls: true,
+                ..LinearOptions::default()
             },
         ) {
             Ok(report) => (Some(report), None),
@@ -1846,7 +1848,10 @@ pub(crate) fn must_be_read(
 }
 
 /// After the heal: read everything from the start with a fresh consumer until every
-/// acknowledged value has been seen, within `deadline`.
+/// acknowledged value has been seen, within `deadline`. `control_batches`: the log holds
+/// batches without application records (a replicated partition's leader entries), which the
+/// client passes: the drain's positions follow the client's, or a log ending with one (a
+/// leader elected after the last record) would never count as reached.
 pub(crate) async fn drain(
     runtime: Runtime,
     shared: Shared,
@@ -1854,6 +1859,7 @@ pub(crate) async fn drain(
     draw: Draw,
     mut missing: BTreeSet<u64>,
     deadline: Duration,
+    control_batches: bool,
 ) -> Result<(), String> {
     let start = runtime.now();
     let mut consumer = RecordedConsumer::new(
@@ -1864,7 +1870,7 @@ pub(crate) async fn drain(
         DRAIN_PROCESS,
         draw.partitions,
     );
-    consumer.follow_batch_spans = draw.compacted;
+    consumer.follow_batch_spans = draw.compacted || control_batches;
     if draw.retention {
         // The drain starts at the log start, as told: nothing below it is expected.
         for _ in 0..10 {

@@ -63,8 +63,9 @@ pub enum Plant {
     /// Cluster mode: a partition leader commits on its own append, without a majority
     /// (brook-raft's `PlantedBug::CommitWithoutQuorum`).
     CommitWithoutQuorum,
-    /// Cluster mode: term and vote are never persisted, so a crash forgets them and a node may
-    /// vote twice in one term (brook-raft's `PlantedBug::ForgetHardState`).
+    /// Cluster mode: the vote is not persisted (the term is), so a node that crashes after
+    /// voting may vote again in the same term: two leaders of one term (brook-raft's
+    /// `PlantedBug::ForgetVote`).
     ForgetVote,
     /// Cluster mode: a follower does not truncate a suffix that conflicts with the leader's
     /// log (brook-raft's `PlantedBug::KeepDivergentSuffix`).
@@ -204,7 +205,7 @@ impl Plant {
             Plant::CommitWithoutQuorum => {
                 planted.raft = Some(brook_raft::PlantedBug::CommitWithoutQuorum)
             }
-            Plant::ForgetVote => planted.raft = Some(brook_raft::PlantedBug::ForgetHardState),
+            Plant::ForgetVote => planted.raft = Some(brook_raft::PlantedBug::ForgetVote),
             Plant::KeepDivergentSuffix => {
                 planted.raft = Some(brook_raft::PlantedBug::KeepDivergentSuffix)
             }
@@ -251,9 +252,13 @@ pub struct KeptSeed {
     pub fingerprint: String,
     /// 1-based line in the file.
     pub line: usize,
+    /// Cluster faults the seed was found without (`without=NAME,NAME`, as `cargo sim
+    /// --without-fault`): its run and its fingerprint are the draw without them.
+    pub without: Vec<String>,
 }
 
-/// Parses a seed file: `SEED FINGERPRINT` per line, `#` starts a comment, blank lines skipped.
+/// Parses a seed file: `SEED FINGERPRINT [without=FAULT,...]` per line, `#` starts a comment,
+/// blank lines skipped.
 pub fn parse_seed_file(text: &str) -> Result<Vec<KeptSeed>, String> {
     let mut seeds = Vec::new();
     for (index, line) in text.lines().enumerate() {
@@ -262,21 +267,36 @@ pub fn parse_seed_file(text: &str) -> Result<Vec<KeptSeed>, String> {
             continue;
         }
         let mut fields = content.split_whitespace();
-        let (Some(seed), Some(fingerprint), None) = (fields.next(), fields.next(), fields.next())
-        else {
+        let (Some(seed), Some(fingerprint), without, None) = (
+            fields.next(),
+            fields.next(),
+            fields.next().map(|field| field.strip_prefix("without=")),
+            fields.next(),
+        ) else {
             return Err(format!(
-                "line {}: expected `SEED FINGERPRINT` (the draw's fingerprint, printed by \
-                 `cargo sim --seed SEED`), got {content:?}",
+                "line {}: expected `SEED FINGERPRINT [without=FAULT,...]` (the draw's \
+                 fingerprint, printed by `cargo sim --seed SEED`), got {content:?}",
                 index + 1
             ));
         };
         let seed = seed
             .parse()
             .map_err(|_| format!("line {}: not a seed: {seed:?}", index + 1))?;
+        let without = match without {
+            None => Vec::new(),
+            Some(Some(names)) if !names.is_empty() => names.split(',').map(str::to_owned).collect(),
+            Some(_) => {
+                return Err(format!(
+                    "line {}: a third field must be `without=FAULT,...`, got {content:?}",
+                    index + 1
+                ))
+            }
+        };
         seeds.push(KeptSeed {
             seed,
             fingerprint: fingerprint.to_owned(),
             line: index + 1,
+            without,
         });
     }
     Ok(seeds)
@@ -288,7 +308,8 @@ mod tests {
 
     #[test]
     fn seed_file_lines() {
-        let text = "# kept seeds\n\n7 v2-0000abcd # found a bug\n  12   v2-12345678\n";
+        let text = "# kept seeds\n\n7 v2-0000abcd # found a bug\n  12   v2-12345678\n\
+                    88 c3v1-2ac88971 without=corrupt-at-rest,disk-full # cluster\n";
         let seeds = parse_seed_file(text).expect("parses");
         assert_eq!(
             seeds,
@@ -296,12 +317,20 @@ mod tests {
                 KeptSeed {
                     seed: 7,
                     fingerprint: "v2-0000abcd".into(),
-                    line: 3
+                    line: 3,
+                    without: Vec::new(),
                 },
                 KeptSeed {
                     seed: 12,
                     fingerprint: "v2-12345678".into(),
-                    line: 4
+                    line: 4,
+                    without: Vec::new(),
+                },
+                KeptSeed {
+                    seed: 88,
+                    fingerprint: "c3v1-2ac88971".into(),
+                    line: 5,
+                    without: vec!["corrupt-at-rest".into(), "disk-full".into()],
                 },
             ]
         );
@@ -310,5 +339,7 @@ mod tests {
         assert!(error.contains("line 1"), "{error}");
         assert!(parse_seed_file("x v2-1\n").is_err());
         assert!(parse_seed_file("7 v2-1 extra\n").is_err());
+        assert!(parse_seed_file("7 v2-1 without=\n").is_err());
+        assert!(parse_seed_file("7 v2-1 without=disk-full extra\n").is_err());
     }
 }

@@ -31,7 +31,7 @@ mod runner {
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
-    use brook_sim::cluster::ClusterDraw;
+    use brook_sim::cluster::{ClusterDraw, ClusterFault};
     use brook_sim::harness::{self, BatchStats, Draw, Options, RunReport};
     use brook_sim::{parse_seed_file, Plant};
     use clap::Parser;
@@ -76,6 +76,12 @@ mod runner {
         /// Stop starting new seeds after this many wall-clock seconds.
         #[arg(long)]
         time_budget_secs: Option<u64>,
+        /// Give up on a seed whose simulation has not ended after this many wall-clock seconds:
+        /// every phase of a run is bounded in simulated time, so a run that does not end is
+        /// a harness defect (a loop that spends CPU without advancing simulated time, or a
+        /// livelock), reported as `no-verdict` and failing the whole command, never a hang.
+        #[arg(long, default_value_t = 600)]
+        seed_wall_secs_max: u64,
         /// Run every seed twice and fail if the two traces differ.
         #[arg(long)]
         check_determinism: bool,
@@ -103,21 +109,54 @@ mod runner {
         retention: bool,
     }
 
+    /// Why a seed gave no report.
+    enum NoReport {
+        /// The simulation panicked (the message).
+        Panic(String),
+        /// The simulation did not end within the wall-clock limit.
+        Timeout,
+    }
+
     /// Runs one simulation on a fresh thread, as madsim's own test macro does: a fresh
-    /// thread keeps std's per-thread hash seeds (used inside dependencies) fresh too.
-    fn run_on_fresh_thread(options: Options) -> Result<RunReport, String> {
+    /// thread keeps std's per-thread hash seeds (used inside dependencies) fresh too. A run
+    /// that has not ended after `wall_limit` is given up (its thread is left behind: the
+    /// runner stops and the process exit ends it).
+    fn run_on_fresh_thread(
+        options: Options,
+        wall_limit: std::time::Duration,
+    ) -> Result<RunReport, NoReport> {
+        let (done, outcome) = std::sync::mpsc::sync_channel(1);
         #[allow(clippy::disallowed_methods)] // outside any simulation: the runner itself
         let worker = std::thread::Builder::new()
             .name(format!("seed-{}", options.seed))
-            .spawn(move || harness::run(&options))
-            .map_err(|error| format!("cannot start a thread: {error}"))?;
-        worker.join().map_err(|panic| {
-            panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "the simulation panicked".into())
-        })
+            .spawn(move || {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    harness::run(&options)
+                }));
+                // The runner may have given up waiting: then nobody listens.
+                let _ = done.send(result);
+            })
+            .map_err(|error| NoReport::Panic(format!("cannot start a thread: {error}")))?;
+        match outcome.recv_timeout(wall_limit) {
+            Ok(Ok(report)) => {
+                let _ = worker.join();
+                Ok(report)
+            }
+            Ok(Err(panic)) => {
+                let _ = worker.join();
+                Err(NoReport::Panic(
+                    panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_else(|| "the simulation panicked".into()),
+                ))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(NoReport::Timeout),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(NoReport::Panic(
+                "the simulation thread ended without a report".into(),
+            )),
+        }
     }
 
     #[allow(clippy::disallowed_methods)] // wall-clock timing of the runner, outside simulations
@@ -135,24 +174,47 @@ mod runner {
             .ok()
     }
 
-    /// The fingerprint a seed draws now, in the mode its kept fingerprint names.
-    fn fingerprint_now(seed: u64, cluster: Option<u8>) -> String {
+    /// The fingerprint a seed draws now, in the mode its kept fingerprint names, without the
+    /// cluster faults it was kept without.
+    fn fingerprint_now(seed: u64, cluster: Option<u8>, excluded: &[ClusterFault]) -> String {
         match cluster {
-            Some(nodes) => ClusterDraw::for_seed(seed, nodes).fingerprint(),
+            Some(nodes) => ClusterDraw::for_seed(seed, nodes)
+                .without(excluded)
+                .fingerprint(),
             None => Draw::for_seed(seed).fingerprint(),
         }
     }
 
+    /// A seed to run: the seed, the cluster size (`None`: a single node), the cluster faults
+    /// left out of its draw.
+    type SeedRun = (u64, Option<u8>, Vec<ClusterFault>);
+
     /// The seeds of a seed file, each checked against the fingerprint of its draw, with the
-    /// cluster size its fingerprint names (`None`: a single node).
-    fn read_seed_file(path: &std::path::Path) -> Result<Vec<(u64, Option<u8>)>, String> {
+    /// cluster size its fingerprint names and the faults it was kept without.
+    fn read_seed_file(path: &std::path::Path) -> Result<Vec<SeedRun>, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
         let kept =
             parse_seed_file(&text).map_err(|error| format!("{}: {error}", path.display()))?;
+        let mut runs = Vec::with_capacity(kept.len());
         let mut stale = Vec::new();
         for seed in &kept {
-            let now = fingerprint_now(seed.seed, cluster_of(&seed.fingerprint));
+            let cluster = cluster_of(&seed.fingerprint);
+            let mut excluded = Vec::new();
+            for name in &seed.without {
+                match ClusterFault::from_name(name) {
+                    Some(fault) if cluster.is_some() => excluded.push(fault),
+                    _ => {
+                        return Err(format!(
+                            "{}:{}: `without={name}` names no cluster fault of a cluster seed",
+                            path.display(),
+                            seed.line
+                        ))
+                    }
+                }
+            }
+            let now = fingerprint_now(seed.seed, cluster, &excluded);
+            runs.push((seed.seed, cluster, excluded));
             if now != seed.fingerprint {
                 stale.push(format!(
                     "{}:{}: seed {} was kept for the draw {} but now draws {now}: the draw \
@@ -168,10 +230,7 @@ mod runner {
             }
         }
         if stale.is_empty() {
-            Ok(kept
-                .into_iter()
-                .map(|seed| (seed.seed, cluster_of(&seed.fingerprint)))
-                .collect())
+            Ok(runs)
         } else {
             Err(stale.join("\n"))
         }
@@ -234,27 +293,27 @@ mod runner {
             );
             return 2;
         }
-        let (seeds, verbose): (Vec<(u64, Option<u8>)>, bool) =
-            match (args.seed, args.seeds, &args.seed_file) {
-                (Some(seed), _, _) => (vec![(seed, args.cluster)], true),
-                (None, Some(count), _) => (
-                    (args.from..args.from.saturating_add(count))
-                        .map(|seed| (seed, args.cluster))
-                        .collect(),
-                    args.verbose,
-                ),
-                (None, None, Some(path)) => match read_seed_file(path) {
-                    Ok(seeds) => (seeds, args.verbose),
-                    Err(error) => {
-                        eprintln!("error: {error}");
-                        return 2;
-                    }
-                },
-                (None, None, None) => {
-                    eprintln!("error: give --seed S, --seeds N or --seed-file FILE");
+        let (seeds, verbose): (Vec<SeedRun>, bool) = match (args.seed, args.seeds, &args.seed_file)
+        {
+            (Some(seed), _, _) => (vec![(seed, args.cluster, excluded.clone())], true),
+            (None, Some(count), _) => (
+                (args.from..args.from.saturating_add(count))
+                    .map(|seed| (seed, args.cluster, excluded.clone()))
+                    .collect(),
+                args.verbose,
+            ),
+            (None, None, Some(path)) => match read_seed_file(path) {
+                Ok(seeds) => (seeds, args.verbose),
+                Err(error) => {
+                    eprintln!("error: {error}");
                     return 2;
                 }
-            };
+            },
+            (None, None, None) => {
+                eprintln!("error: give --seed S, --seeds N or --seed-file FILE");
+                return 2;
+            }
+        };
         let started = wall_now();
         let mut failed = Vec::new();
         let mut run_count = 0u64;
@@ -269,7 +328,7 @@ mod runner {
         let mut anomalies: BTreeMap<String, usize> = BTreeMap::new();
         let mut last: Option<RunReport> = None;
         let mut batches = BatchStats::default();
-        for (seed, cluster) in seeds {
+        for (seed, cluster, excluded) in seeds {
             if args
                 .time_budget_secs
                 .is_some_and(|budget| started.elapsed().as_secs() >= budget)
@@ -302,23 +361,37 @@ mod runner {
                 );
             }
             let seed_started = wall_now();
-            let report = match run_on_fresh_thread(options.clone()) {
+            let wall_limit = std::time::Duration::from_secs(args.seed_wall_secs_max);
+            let repro = format!(
+                "cargo sim --seed {seed}{}{}{}{}{}",
+                cluster
+                    .map(|nodes| format!(" --cluster {nodes}"))
+                    .unwrap_or_default(),
+                excluded
+                    .iter()
+                    .map(|fault| format!(" --without-fault {}", fault.name()))
+                    .collect::<String>(),
+                plant
+                    .map(|p| format!(" --plant {}", p.name()))
+                    .unwrap_or_default(),
+                if args.compacted { " --compacted" } else { "" },
+                if args.retention { " --retention" } else { "" }
+            );
+            let report = match run_on_fresh_thread(options.clone(), wall_limit) {
                 Ok(report) => report,
-                Err(panic) => {
-                    println!(
-                        "seed {seed}: PANIC {panic}\n  repro: cargo sim --seed {seed}{}{}{}{}",
-                        cluster
-                            .map(|nodes| format!(" --cluster {nodes}"))
-                            .unwrap_or_default(),
-                        plant
-                            .map(|p| format!(" --plant {}", p.name()))
-                            .unwrap_or_default(),
-                        if args.compacted { " --compacted" } else { "" },
-                        if args.retention { " --retention" } else { "" }
-                    );
+                Err(NoReport::Panic(panic)) => {
+                    println!("seed {seed}: PANIC {panic}\n  repro: {repro}");
                     failed.push(seed);
                     run_count += 1;
                     continue;
+                }
+                Err(NoReport::Timeout) => {
+                    // The simulation thread cannot be stopped from outside: stop here.
+                    println!(
+                        "seed {seed}: FAILED no-verdict: the simulation did not end within {} wall s (every phase is bounded in simulated time: a harness defect, e.g. a livelock spending CPU)\n  repro: {repro}\nstopped after {run_count} seeds (the stuck simulation's thread ends with the process)",
+                        args.seed_wall_secs_max
+                    );
+                    return 1;
                 }
             };
             let wall = seed_started.elapsed().as_secs_f64();
@@ -329,14 +402,20 @@ mod runner {
                 .map(|(name, count)| format!("{name}={count}"))
                 .collect();
             if args.check_determinism {
-                match run_on_fresh_thread(options) {
+                match run_on_fresh_thread(options, wall_limit) {
                     Ok(again) if again.trace_hash() == report.trace_hash() => {}
                     Ok(again) => problems.push(format!(
                         "nondeterministic: trace hash {:08x} then {:08x}",
                         report.trace_hash(),
                         again.trace_hash()
                     )),
-                    Err(panic) => problems.push(format!("second run panicked: {panic}")),
+                    Err(NoReport::Panic(panic)) => {
+                        problems.push(format!("second run panicked: {panic}"))
+                    }
+                    Err(NoReport::Timeout) => problems.push(format!(
+                        "no-verdict: the second run did not end within {} wall s",
+                        args.seed_wall_secs_max
+                    )),
                 }
             }
             simulated += report.simulated_secs;

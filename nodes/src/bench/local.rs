@@ -82,6 +82,14 @@ fn free_ports(count: u32) -> anyhow::Result<Vec<u16>> {
 impl LocalNodes {
     /// Start the nodes (they are not ready yet: see [`LocalNodes::wait_ready`]).
     pub fn start(spec: &NodesSpec) -> anyhow::Result<LocalNodes> {
+        Self::start_configured(spec, &|_| {})
+    }
+
+    /// [`LocalNodes::start`], with `configure` applied to every node's config last.
+    pub fn start_configured(
+        spec: &NodesSpec,
+        configure: &dyn Fn(&mut NodeConfig),
+    ) -> anyhow::Result<LocalNodes> {
         anyhow::ensure!(spec.nodes >= 1, "at least one node");
         anyhow::ensure!(
             spec.cluster || spec.nodes == 1,
@@ -124,6 +132,7 @@ impl LocalNodes {
                     ..ClusterSection::default()
                 });
             }
+            configure(&mut config);
             config.validate()?;
             let config_path = root.join(format!("node-{id}.toml"));
             let text = toml::to_string(&config).context("writing a node config")?;
@@ -161,6 +170,11 @@ impl LocalNodes {
         self.directory
             .as_ref()
             .map_or(Path::new("/nonexistent"), |directory| directory.path())
+    }
+
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: u32) -> PathBuf {
+        self.root().join(format!("node-{id}"))
     }
 
     /// Every node's address, comma-separated (a client bootstrap list).

@@ -26,6 +26,7 @@
 
 pub mod baseline;
 pub mod cluster;
+pub mod compaction;
 pub mod latency;
 pub mod load;
 pub mod local;
@@ -63,6 +64,10 @@ pub enum BenchCommand {
     /// the single node's throughput. Local node processes this command starts and kills
     /// itself, data in a temporary directory (it ignores `-b`).
     Cluster(cluster::ClusterArgs),
+    /// The log cleaner: produce p99 on a plain topic with the cleaner idle, then while it
+    /// compacts a backlog of keyed updates in a compacted topic on the same node; the
+    /// cleaner's throughput (MB/s of log compacted). Starts its own local node (ignores `-b`).
+    Compaction(compaction::CompactionArgs),
     /// Starts local cluster nodes, creates many replicated partitions (default 3,000, RF 3):
     /// time until each has a leader, leaders per node, CPU of the idle nodes (ignores `-b`).
     Partitions(partitions::PartitionsArgs),
@@ -291,6 +296,7 @@ pub async fn run(runtime: Runtime, bootstrap: &str, command: BenchCommand) -> an
         BenchCommand::E2e(args) => load_run(runtime, bootstrap, Mode::E2e, args).await,
         BenchCommand::Cluster(args) => cluster::run(runtime, args).await,
         BenchCommand::Partitions(args) => partitions::run(runtime, args).await,
+        BenchCommand::Compaction(args) => compaction::run(runtime, args).await,
     }
 }
 

@@ -13,7 +13,7 @@ use brook_client::Admin;
 use clap::Args;
 use serde::Serialize;
 
-use super::cluster::{binary, create_topic, leaders, FsyncArg, DESCRIBE_TIMEOUT};
+use super::cluster::{binary, create_topic, FsyncArg, DESCRIBE_TIMEOUT};
 use super::local::{process_cpu_secs, LocalNodes, LogSummary, NodesSpec};
 use super::OutputFormat;
 
@@ -338,7 +338,7 @@ async fn describe_all(
             let runtime_for_task = runtime.clone();
             let admin = admin.clone();
             runtime.spawn(async move {
-                let led = leaders(&runtime_for_task, &admin, &topic, timeout).await;
+                let led = metadata_leaders(&runtime_for_task, &admin, &topic, timeout).await;
                 (topic, led)
             })
         })
@@ -351,6 +351,25 @@ async fn describe_all(
         }
     }
     described
+}
+
+/// A topic's partition leaders as the controller knows them (metadata only: one request per
+/// topic, no partition leader asked, so it answers at any number of partitions).
+async fn metadata_leaders(
+    runtime: &Runtime,
+    admin: &Admin,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Option<u32>>> {
+    let details = runtime
+        .timeout(timeout, admin.topic_metadata(topic))
+        .await
+        .map_err(|_| anyhow::anyhow!("the metadata of {topic} took over {timeout:?}"))??;
+    Ok(details
+        .partitions
+        .iter()
+        .map(|partition| partition.leader)
+        .collect())
 }
 
 fn count_led(last: &BTreeMap<String, Vec<Option<u32>>>) -> u32 {

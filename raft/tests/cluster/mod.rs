@@ -48,6 +48,13 @@ pub enum Violation {
         rounds: usize,
         state: String,
     },
+    /// A tick before the core's `tick_due_ms` did something (a host skipping such ticks,
+    /// as brook's node ticker does, would have missed it).
+    TickBeforeDueActed {
+        node: NodeId,
+        now_ms: u64,
+        due_ms: u64,
+    },
 }
 
 /// One node: the core plus what its host keeps (log, durable state).
@@ -209,6 +216,18 @@ impl Cluster {
     ) -> Result<Result<(), RaftError>, Violation> {
         let now_ms = self.now_ms;
         let host = self.hosts.get_mut(&id).expect("known node");
+        // A tick before it is due must be a no-op (the node ticker skips those).
+        let early_tick = matches!(input, Input::Tick) && now_ms < host.raft.tick_due_ms();
+        let before = early_tick.then(|| {
+            let raft = &host.raft;
+            (
+                raft.role(),
+                raft.hard_state(),
+                raft.leader(),
+                raft.commit_index(),
+                raft.tick_due_ms(),
+            )
+        });
         let effects = match host.raft.step(now_ms, input) {
             Ok(effects) => effects,
             Err(error @ RaftError::ConflictWithCommitted { .. }) => {
@@ -216,6 +235,23 @@ impl Cluster {
             }
             Err(error) => return Ok(Err(error)),
         };
+        if let Some(before) = before {
+            let raft = &host.raft;
+            let after = (
+                raft.role(),
+                raft.hard_state(),
+                raft.leader(),
+                raft.commit_index(),
+                raft.tick_due_ms(),
+            );
+            if !effects.is_empty() || after != before {
+                return Err(Violation::TickBeforeDueActed {
+                    node: id,
+                    now_ms,
+                    due_ms: before.4,
+                });
+            }
+        }
         for effect in effects {
             self.execute(id, effect)?;
         }

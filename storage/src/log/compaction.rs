@@ -348,6 +348,9 @@ fn superseded(latest: &BTreeMap<Bytes, u64>, record: &Record, drops_latest: bool
 /// One group's cleaned batches, and what cleaning them removed.
 struct CleanedGroup {
     batches: Vec<(CompactedBatch, Compression)>,
+    /// Base offsets of the control batches among them (a Raft leader's first entry): the
+    /// cleaned copy keeps the control bit, so consumers still skip it.
+    control: std::collections::BTreeSet<u64>,
     changed: bool,
     records_removed: u64,
     tombstones_removed: u64,
@@ -380,6 +383,9 @@ pub struct CompactionJob {
     now_ms: u64,
     segment_bytes_max: u64,
     drops_latest: bool,
+    /// The log's batches are Raft entries ([`Log::set_batches_are_entries`]): every batch is
+    /// kept, record-less if need be, never folded into another.
+    keep_batches: bool,
 }
 
 /// A finished [`CompactionJob`]: hand it to [`Log::complete_compaction`].
@@ -522,6 +528,7 @@ impl CompactionJob {
         let now = i64::try_from(self.now_ms).unwrap_or(i64::MAX);
         let mut cleaned = CleanedGroup {
             batches: Vec::new(),
+            control: std::collections::BTreeSet::new(),
             changed: group.len() > 1,
             records_removed: 0,
             tombstones_removed: 0,
@@ -531,8 +538,10 @@ impl CompactionJob {
         // timestamp), written as one record-less batch.
         let mut leading: Option<(u64, u64, i64)> = None;
         let mut last_offset = None;
+        let mut batches_in = 0usize;
         for segment in group {
             for (header, records) in segment.batches()? {
+                batches_in += 1;
                 let original_count = records.len();
                 let horizon = header.delete_horizon();
                 let mut kept = Vec::with_capacity(records.len());
@@ -549,6 +558,21 @@ impl CompactionJob {
                     kept.push(record);
                 }
                 last_offset = Some(header.last_offset());
+                if kept.is_empty() && self.keep_batches {
+                    // A Raft entry stays an entry: its offsets and its term (which the
+                    // leader's log matching reads at this index) are kept, only its records go.
+                    cleaned.changed |= original_count > 0;
+                    cleaned.batches.push((
+                        empty_batch(
+                            header.base_offset,
+                            header.last_offset(),
+                            header.term,
+                            header.max_timestamp,
+                        ),
+                        Compression::None,
+                    ));
+                    continue;
+                }
                 if kept.is_empty() {
                     let merged = !cleaned.batches.is_empty() || leading.is_some();
                     cleaned.changed |= original_count > 0 || merged;
@@ -601,6 +625,9 @@ impl CompactionJob {
                     ));
                 }
                 let codec = Compression::from_id(header.compression()).unwrap_or(Compression::None);
+                if header.is_control() {
+                    cleaned.control.insert(header.base_offset);
+                }
                 cleaned.batches.push((
                     CompactedBatch {
                         base_offset: header.base_offset,
@@ -629,6 +656,10 @@ impl CompactionJob {
             tracing::warn!(dir = %self.dir.display(), group_end, ?last_offset, "a group's batches do not reach its end; left alone");
             return None;
         }
+        if self.keep_batches && cleaned.batches.len() != batches_in {
+            tracing::error!(dir = %self.dir.display(), group_end, batches_in, batches_out = cleaned.batches.len(), "a cleaned group of Raft entries lost or gained a batch; left alone");
+            return None;
+        }
         Some(cleaned)
     }
 
@@ -643,11 +674,20 @@ impl CompactionJob {
         let base = group[0].base_offset;
         let mut data = BytesMut::new();
         for (compacted, codec) in &cleaned.batches {
-            let plain = compacted.encode().map_err(|error| LogError::Corrupt {
+            let mut plain = compacted.encode().map_err(|error| LogError::Corrupt {
                 path: self.dir.clone(),
                 position: compacted.base_offset,
                 reason: format!("cannot build a compacted batch: {error}"),
             })?;
+            if cleaned.control.contains(&compacted.base_offset) {
+                // The attributes are covered by the CRC: set the bit, then the CRC again.
+                let position = batch::CRC_START;
+                let attributes = u16::from_le_bytes([plain[position], plain[position + 1]])
+                    | batch::ATTRIBUTE_CONTROL;
+                plain[position..position + 2].copy_from_slice(&attributes.to_le_bytes());
+                let crc = batch::compute_crc(&plain);
+                plain[position - 4..position].copy_from_slice(&crc.to_le_bytes());
+            }
             if *codec == Compression::None || compacted.records.is_empty() {
                 data.extend_from_slice(&plain);
             } else {
@@ -796,6 +836,7 @@ impl Log {
             now_ms,
             segment_bytes_max: self.config.segment_bytes_max,
             drops_latest,
+            keep_batches: self.batches_are_entries,
         }))
     }
 

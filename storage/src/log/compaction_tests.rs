@@ -601,3 +601,122 @@ fn damage_in_a_compacted_batch_header_hides_only_that_batch() {
     let first = brook_wire::batch::BatchHeader::parse(&read.batches).expect("header");
     assert_eq!(first.base_offset, second);
 }
+
+/// The headers (base offset, last offset, term) of every batch the log serves below `upper`.
+fn batch_spans(log: &Log, upper: u64) -> Vec<(u64, u64, u64)> {
+    let mut spans = Vec::new();
+    let mut offset = log.log_start_offset();
+    for _ in 0..100_000 {
+        let read = log.read(offset, 4096, upper).expect("read");
+        if read.batches.is_empty() {
+            break;
+        }
+        for batch in split_batches(read.batches.clone()) {
+            let header = *batch.expect("valid batch").header();
+            spans.push((header.base_offset, header.last_offset(), header.term));
+        }
+        offset = read.next_offset;
+    }
+    spans
+}
+
+/// A log of Raft entries (a replicated partition): the cleaner removes the same records, but
+/// every batch stays with its offsets and its term (an emptied one record-less), so batch i is
+/// still entry i and the term at every index is still known. A plain log folds emptied batches
+/// into their neighbours (shown here too, so the check can fail).
+#[test]
+fn a_log_of_raft_entries_keeps_every_batch_and_its_term() {
+    let compact = |entries: bool| {
+        let disk = SimDisk::new(11);
+        let (mut log, _) = open(&disk);
+        log.set_batches_are_entries(entries);
+        // A Raft leader's first entry: a control batch (one record, no key, no value).
+        let mut control = BatchBuilder::new();
+        control.push(0, None, None, &[]);
+        let mut control = control.finish();
+        let position = brook_wire::batch::CRC_START;
+        control[position..position + 2]
+            .copy_from_slice(&brook_wire::batch::ATTRIBUTE_CONTROL.to_le_bytes());
+        let crc = brook_wire::batch::compute_crc(&control);
+        control[position - 4..position].copy_from_slice(&crc.to_le_bytes());
+        log.append(&mut control, 1, 0).expect("append control");
+        // Terms 1, 2, 3 in turn: folding an emptied batch into its neighbour loses its term.
+        for round in 0..60u64 {
+            let offset = log.next_offset();
+            let key = format!("k{}", offset % 4);
+            let value = format!("v{offset}");
+            log.append(
+                &mut batch(&[(&key, Some(&value))], offset as i64, Compression::None),
+                1 + round / 20,
+                0,
+            )
+            .expect("append");
+        }
+        log.sync(0).expect("sync");
+        let before = batch_spans(&log, u64::MAX);
+        let end = log.next_offset();
+        let outcome = compact_fully(&mut log, policy(), 0, end);
+        assert!(outcome.records_removed > 0, "nothing was compacted");
+        // The control batch is still one (consumers skip it), compacted or not.
+        let first = log.read(0, 1, u64::MAX).expect("read").batches;
+        let first = split_batches(first)
+            .next()
+            .expect("a batch")
+            .expect("valid");
+        assert!(first.header().is_control(), "the control bit was lost");
+        let after = batch_spans(&log, u64::MAX);
+        let latest: BTreeMap<_, _> = read_all(&log, u64::MAX)
+            .into_iter()
+            .map(|record| (record.key.clone(), record.value.clone()))
+            .collect();
+        (before, after, latest)
+    };
+    let (before, after, latest) = compact(true);
+    assert_eq!(after, before, "a batch of a Raft log was merged or lost");
+    let (_, folded, plain_latest) = compact(false);
+    assert!(
+        folded.len() < before.len(),
+        "a plain log folds emptied batches"
+    );
+    assert_eq!(latest, plain_latest, "both keep the latest value per key");
+    // 4 keys, and the control batch's record (no key).
+    assert_eq!(latest.len(), 5);
+}
+
+/// A follower takes its leader's compacted entries as they are, but only in a log of Raft
+/// entries; and they survive a reopen (recovery reads the record-less batches).
+#[test]
+fn a_log_of_raft_entries_takes_replicated_compacted_batches() {
+    let disk = SimDisk::new(12);
+    let (mut log, _) = open(&disk);
+    let compacted = brook_wire::batch::CompactedBatch {
+        base_offset: 0,
+        last_offset: 3,
+        term: 2,
+        first_timestamp: 0,
+        max_timestamp: 0,
+        delete_horizon: false,
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+        records: Vec::new(),
+    };
+    let bytes = compacted.encode().expect("encode");
+    assert!(matches!(
+        log.append_replicated(&bytes, 0),
+        Err(LogError::InvalidBatch(
+            brook_wire::BatchError::ReservedAttributes(_)
+        ))
+    ));
+    log.set_batches_are_entries(true);
+    let info = log.append_replicated(&bytes, 0).expect("append replicated");
+    assert_eq!((info.base_offset, info.last_offset), (0, 3));
+    // A producer's compacted batch is still refused.
+    let mut forged = bytes.clone();
+    assert!(log.append(&mut forged, 2, 0).is_err());
+    log.sync(0).expect("sync");
+    drop(log);
+    let (log, _) = open(&disk);
+    assert_eq!(log.next_offset(), 4);
+    assert_eq!(batch_spans(&log, u64::MAX), vec![(0, 3, 2)]);
+}

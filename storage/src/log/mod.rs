@@ -279,6 +279,8 @@ pub struct Log {
     next_sync_ticket: u64,
     /// The cleaner's progress between compaction passes.
     cleaner: compaction::CleanerState,
+    /// Every batch is one entry of a Raft log ([`Log::set_batches_are_entries`]).
+    batches_are_entries: bool,
     #[cfg(madsim)]
     planted: PlantedStorageBugs,
 }
@@ -380,6 +382,7 @@ impl Log {
             sync_jobs: BTreeMap::new(),
             next_sync_ticket: 0,
             cleaner: compaction::CleanerState::default(),
+            batches_are_entries: false,
             #[cfg(madsim)]
             planted: PlantedStorageBugs::default(),
         };
@@ -598,11 +601,27 @@ impl Log {
         self.write_batch(batch, now_ms)
     }
 
+    /// Make every batch of this log one entry of a Raft log (a replicated partition: entry =
+    /// batch, its term in the header). Then the cleaner keeps every batch: one that lost all
+    /// its records stays as a record-less compacted batch with its own offsets and term, never
+    /// folded into a neighbour, so the index of every batch and the term at every index survive
+    /// compaction; and [`Log::append_replicated`] accepts the cleaner's batches, because a
+    /// leader ships its committed entries as they are stored, compacted or not.
+    pub fn set_batches_are_entries(&mut self, batches_are_entries: bool) {
+        self.batches_are_entries = batches_are_entries;
+    }
+
+    /// Whether the batches of this log are Raft entries ([`Log::set_batches_are_entries`]).
+    pub fn batches_are_entries(&self) -> bool {
+        self.batches_are_entries
+    }
+
     /// Append a batch whose offsets were assigned by a leader (follower replication): its base
-    /// offset must be exactly the log's next offset.
+    /// offset must be exactly the log's next offset. A compacted batch (the leader's cleaner
+    /// rewrote a committed entry) is taken only by a log of Raft entries.
     pub fn append_replicated(&mut self, batch: &[u8], now_ms: u64) -> Result<AppendInfo, LogError> {
         self.check_usable()?;
-        let header = self.check_batch(batch)?;
+        let header = self.check_replicated_batch(batch)?;
         if header.base_offset != self.next_offset() {
             return Err(LogError::BaseOffsetMismatch {
                 expected: self.next_offset(),
@@ -613,6 +632,20 @@ impl Log {
     }
 
     fn check_batch(&self, batch: &[u8]) -> Result<BatchHeader, LogError> {
+        let header = self.check_replicated_batch(batch)?;
+        // Only the cleaner writes compacted batches (sparse offsets, delete horizons): a
+        // produced one would claim offsets it does not hold.
+        if header.attributes & batch::ATTRIBUTE_CLEANER_MASK != 0 {
+            return Err(LogError::InvalidBatch(BatchError::ReservedAttributes(
+                header.attributes & batch::ATTRIBUTE_CLEANER_MASK,
+            )));
+        }
+        Ok(header)
+    }
+
+    /// Framing, size and CRC; the cleaner's attributes only in a log of Raft entries (from its
+    /// leader's cleaner).
+    fn check_replicated_batch(&self, batch: &[u8]) -> Result<BatchHeader, LogError> {
         if batch.len() > self.config.batch_bytes_max {
             return Err(LogError::BatchTooLarge {
                 size: batch.len(),
@@ -625,9 +658,9 @@ impl Log {
                 header.batch_length,
             )));
         }
-        // Only the cleaner writes compacted batches (sparse offsets, delete horizons): a
-        // produced or replicated one would claim offsets it does not hold.
-        if header.attributes & batch::ATTRIBUTE_CLEANER_MASK != 0 {
+        // Only a cleaner writes compacted batches (sparse offsets, delete horizons): outside a
+        // log of Raft entries a replicated one would claim offsets it does not hold.
+        if !self.batches_are_entries && header.attributes & batch::ATTRIBUTE_CLEANER_MASK != 0 {
             return Err(LogError::InvalidBatch(BatchError::ReservedAttributes(
                 header.attributes & batch::ATTRIBUTE_CLEANER_MASK,
             )));
@@ -887,13 +920,25 @@ impl Log {
         // a Raft follower replaces a damaged suffix like any other.
         let position = match segment.damage_at(offset) {
             Some(damage) if damage.first_offset == offset => damage.position,
-            _ => {
-                let (position, header) = segment.position_of(offset)?;
-                if header.base_offset != offset {
-                    return Err(LogError::NotBatchBoundary { offset });
-                }
-                position
-            }
+            _ if offset == base => 0,
+            _ => match segment.position_of(offset) {
+                Ok((position, header)) if header.base_offset == offset => position,
+                // The batch at `offset` may be damaged at rest where recovery did not look (a
+                // running log, a sealed segment): its header cannot be trusted, but an intact
+                // batch before it ending at `offset` says where it starts (a replica cuts its
+                // log before the damage).
+                found => match segment.position_of(offset - 1) {
+                    Ok((position, header)) if header.next_offset() == offset => {
+                        position + header.total_len() as u64
+                    }
+                    _ => {
+                        return Err(match found {
+                            Err(error) => error,
+                            Ok(_) => LogError::NotBatchBoundary { offset },
+                        })
+                    }
+                },
+            },
         };
         // Sync jobs handed out before now may have synced the file before the cut; they cover
         // nothing that is appended after it.

@@ -1453,3 +1453,38 @@ fn a_damaged_batch_keeps_its_header_and_can_be_cut() {
     assert_eq!(log.next_offset(), 8);
     assert_eq!(read_values(&log, 0), expected(0..8));
 }
+
+/// A replica cuts its log right before the first batch damaged at rest, to fetch the rest
+/// again from its leader. A damaged base offset (outside the CRC) in a batch that recovery
+/// never looked at (a running log, or a sealed segment) makes that batch's header useless for
+/// finding where it starts: the intact batch before it tells.
+#[test]
+fn a_batch_with_a_damaged_base_offset_can_be_cut_under_a_running_log() {
+    for bit in 0..64u8 {
+        let (sim, disk, dir) = sim();
+        let config = LogConfig {
+            index_interval_bytes: 100_000,
+            ..LogConfig::default()
+        };
+        let (mut log, _) = open(&disk, &dir, config.clone());
+        append_many(&mut log, 12, 3);
+        log.sync(0).expect("sync");
+        let path = dir.join("00000000000000000000.log");
+        let bytes = sim.durable_contents(&path).expect("segment");
+        let second = BatchHeader::parse(&bytes).expect("header").total_len() as u64;
+        // The second batch holds offsets 3..6; its base offset is its first 8 bytes.
+        sim.corrupt_durable(&path, second + u64::from(bit / 8), bit % 8)
+            .expect("corrupt");
+        log.truncate(3)
+            .unwrap_or_else(|error| panic!("bit {bit}: {error}"));
+        assert_eq!(log.next_offset(), 3, "bit {bit}");
+        assert_eq!(read_values(&log, 0), expected(0..3), "bit {bit}");
+        // The cut is durable and the log goes on from it.
+        drop(log);
+        let (mut log, report) = open(&disk, &dir, config.clone());
+        assert!(report.corrupt.is_empty(), "bit {bit}: {report:?}");
+        assert_eq!(log.next_offset(), 3, "bit {bit}");
+        append_many(&mut log, 1, 3);
+        assert_eq!(log.next_offset(), 6, "bit {bit}");
+    }
+}
