@@ -87,7 +87,7 @@
 //! An `Err` from [`ReplicaCore::step`] means the log and the core may disagree (a disk error
 //! mid-list, a poisoned log): the host drops the replica and reopens it from disk.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -98,8 +98,8 @@ use brook_raft::{
 };
 use brook_storage::disk::{Disk, DiskError, OpenMode};
 use brook_storage::log::{
-    CompactionJob, CompactionJobDone, CompactionOutcome, CompactionPolicy, FsyncPolicy, Log,
-    LogConfig, LogError, LogRead, RetentionOutcome, RetentionPolicy, SyncJob,
+    CheckedBatch, CompactionJob, CompactionJobDone, CompactionOutcome, CompactionPolicy,
+    FsyncPolicy, Log, LogConfig, LogError, LogRead, RetentionOutcome, RetentionPolicy, SyncJob,
 };
 use brook_wire::batch::{self, split_batches, BatchBuilder, BatchHeader, CRC_START};
 use brook_wire::peer::{self, RaftMessage};
@@ -133,6 +133,14 @@ pub const APPEND_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Bound on the reads of one scan or one append's batches (each read returns at least one
 /// batch, so this bounds batches too).
 const READS_PER_SCAN_MAX: usize = 1 << 24;
+/// Bytes of recently appended entries a leader keeps in memory (the stored bytes, as written)
+/// to build its followers' appends from, instead of reading each entry back from the log file
+/// once per follower. Entries leave it once committed; past this bound the oldest leave too,
+/// and an append that needs them reads the log as before. Appends mostly
+/// leave in the step that appended their entries, so a few producer batches' worth covers
+/// the common case; the bound is per replica (a node leading many partitions holds at most
+/// this much for each that is written to while a follower lags).
+pub const RECENT_ENTRIES_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Attribute bit of a control batch (see the batch format in brook-wire).
 const ATTRIBUTE_CONTROL: u16 = 1 << 5;
 /// Where the attributes sit in a batch header, and the CRC right before them.
@@ -183,6 +191,14 @@ pub enum ReplicaInput {
     Produce {
         request_id: u64,
         batch: Bytes,
+        acks: Acks,
+    },
+    /// A producer's batch (unstamped) the host already checked with
+    /// [`ReplicaCore::check_batch`]: the append does not check it (compute its CRC) again.
+    ProduceChecked {
+        request_id: u64,
+        batch: Bytes,
+        checked: CheckedBatch,
         acks: Acks,
     },
     /// A [`SyncJob`] from [`ReplicaCore::sync_job`] finished with this result (pass
@@ -338,6 +354,81 @@ struct PendingProduce {
     range: ProducedRange,
 }
 
+/// The stored bytes of a run of consecutive entries `first_index ..` (a leader's latest).
+#[derive(Debug, Default)]
+struct RecentEntries {
+    first_index: Index,
+    entries: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl RecentEntries {
+    fn end_index(&self) -> Index {
+        self.first_index + self.entries.len() as Index
+    }
+
+    /// Remember entry `index` (the next after the last remembered, or a new run).
+    fn push(&mut self, index: Index, batch: Bytes) {
+        if self.entries.is_empty() || index != self.end_index() {
+            self.clear();
+            self.first_index = index;
+        }
+        self.bytes += batch.len();
+        self.entries.push_back(batch);
+        while self.bytes > RECENT_ENTRIES_BYTES_MAX {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(batch) = self.entries.pop_front() {
+            self.bytes -= batch.len();
+            self.first_index += 1;
+        }
+    }
+
+    /// Forget the entries below `index`.
+    fn trim_below(&mut self, index: Index) {
+        while !self.entries.is_empty() && self.first_index < index {
+            self.pop_front();
+        }
+    }
+
+    /// Forget the entries from `index` on (a truncation).
+    fn truncate_from(&mut self, index: Index) {
+        while !self.entries.is_empty() && self.end_index() > index {
+            if let Some(batch) = self.entries.pop_back() {
+                self.bytes -= batch.len();
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// The batches of entries `first ..= last` if all are here, cut short after the first
+    /// batch where `bytes_max` would be exceeded (as [`ReplicaCore::read_entries`] does).
+    fn batches(&self, first: Index, last: Index, bytes_max: usize) -> Option<Vec<Bytes>> {
+        if self.entries.is_empty() || first < self.first_index || last >= self.end_index() {
+            return None;
+        }
+        let skip = usize::try_from(first - self.first_index).ok()?;
+        let count = usize::try_from(last - first + 1).ok()?;
+        let mut batches = Vec::with_capacity(count.min(self.entries.len()));
+        let mut bytes = 0usize;
+        for batch in self.entries.iter().skip(skip).take(count) {
+            if !batches.is_empty() && bytes + batch.len() > bytes_max {
+                break;
+            }
+            bytes += batch.len();
+            batches.push(batch.clone());
+        }
+        Some(batches)
+    }
+}
+
 /// One partition replica (see the module docs).
 #[derive(Debug)]
 pub struct ReplicaCore {
@@ -364,6 +455,12 @@ pub struct ReplicaCore {
     high_watermark: u64,
     /// acks=all produces by index; bounded by the core's `uncommitted_entries_max`.
     pending: BTreeMap<Index, PendingProduce>,
+    /// Leader: the stored bytes of the entries it appended and that did not commit yet
+    /// (appends are built from them; see [`RECENT_ENTRIES_BYTES_MAX`]).
+    recent: RecentEntries,
+    /// The check of the batch being proposed (from [`ReplicaCore::produce`]), so that its
+    /// append does not compute the CRC again.
+    proposal_check: Option<CheckedBatch>,
 }
 
 impl ReplicaCore {
@@ -506,6 +603,8 @@ impl ReplicaCore {
             spans,
             high_watermark,
             pending: BTreeMap::new(),
+            recent: RecentEntries::default(),
+            proposal_check: None,
         })
     }
 
@@ -607,6 +706,12 @@ impl ReplicaCore {
         }
     }
 
+    /// The log's check of a producer's batch (framing, size, CRC), for
+    /// [`ReplicaInput::ProduceChecked`].
+    pub fn check_batch(&self, batch: &[u8]) -> Result<CheckedBatch, LogError> {
+        self.log.check(batch)
+    }
+
     /// Whether a read of entries for a follower hit a batch damaged at rest since the last
     /// call: a leader that cannot send a batch should hand leadership to a follower.
     pub fn take_read_damage(&mut self) -> bool {
@@ -697,7 +802,13 @@ impl ReplicaCore {
                 request_id,
                 batch,
                 acks,
-            } => self.produce(now_ms, request_id, batch, acks, &mut out)?,
+            } => self.produce(now_ms, request_id, batch, None, acks, &mut out)?,
+            ReplicaInput::ProduceChecked {
+                request_id,
+                batch,
+                checked,
+                acks,
+            } => self.produce(now_ms, request_id, batch, Some(checked), acks, &mut out)?,
             ReplicaInput::Synced { result } => self.synced(now_ms, result, &mut out)?,
             ReplicaInput::TransferLeadership { to } => {
                 match self.raft.step(now_ms, Input::TransferLeadership { to }) {
@@ -718,7 +829,22 @@ impl ReplicaCore {
             out.messages
                 .retain(|send| !is_election_message(&send.message));
         }
+        self.forget_committed_entries();
         Ok(out)
+    }
+
+    /// Leader: drop the remembered entries that committed. Each entry went to every follower
+    /// that keeps up when it was appended; a follower that needs a committed entry again lags
+    /// (it was down, or refused an append) and is sent it from the log, like any catch-up.
+    fn forget_committed_entries(&mut self) {
+        if self.recent.entries.is_empty() {
+            return;
+        }
+        if self.raft.role() != Role::Leader {
+            self.recent.clear();
+            return;
+        }
+        self.recent.trim_below(self.raft.commit_index() + 1);
     }
 
     /// Whether this replica is fenced off elections (see [`VoteFence`]).
@@ -853,6 +979,7 @@ impl ReplicaCore {
         now_ms: u64,
         request_id: u64,
         batch: Bytes,
+        checked: Option<CheckedBatch>,
         acks: Acks,
         out: &mut ReplicaOutput,
     ) -> Result<(), ReplicaError> {
@@ -870,12 +997,21 @@ impl ReplicaCore {
             );
             return Ok(());
         }
-        if let Err(error) = self.log.check(&batch) {
-            answer(out, Err(ProduceRefused::InvalidBatch(error.to_string())));
-            return Ok(());
-        }
+        let checked = match checked.map_or_else(|| self.log.check(&batch), Ok) {
+            Ok(checked) => checked,
+            Err(error) => {
+                answer(out, Err(ProduceRefused::InvalidBatch(error.to_string())));
+                return Ok(());
+            }
+        };
         let index = self.raft.log().last_index() + 1;
-        let effects = match self.raft.step(now_ms, Input::Propose(vec![batch])) {
+        // Taken by the proposal's append (persist_entry), or cleared below if none happened.
+        self.proposal_check = Some(checked);
+        let stepped = self.raft.step(now_ms, Input::Propose(vec![batch]));
+        if stepped.is_err() {
+            self.proposal_check = None;
+        }
+        let effects = match stepped {
             Ok(effects) => effects,
             Err(RaftError::NotLeader { leader }) => {
                 answer(out, Err(ProduceRefused::NotLeader { leader }));
@@ -891,7 +1027,9 @@ impl ReplicaCore {
             }
             Err(error) => return Err(error.into()),
         };
-        self.execute(now_ms, effects, true, out)?;
+        let executed = self.execute(now_ms, effects, true, out);
+        self.proposal_check = None;
+        executed?;
         let span = self
             .span(index)
             .ok_or(ReplicaError::Inconsistent("a proposal was not appended"))?;
@@ -1051,6 +1189,7 @@ impl ReplicaCore {
             ));
         }
         self.spans.drain(..position);
+        self.recent.trim_below(index);
         self.start_index = index;
         let effects = self.raft.step::<Bytes>(
             now_ms,
@@ -1172,6 +1311,7 @@ impl ReplicaCore {
                             "truncation below the high watermark",
                         ));
                     }
+                    self.recent.truncate_from(from_index);
                     self.log.truncate(offset)?;
                     let keep = usize::try_from(from_index - self.start_index)
                         .map_err(|_| ReplicaError::Inconsistent("index overflow"))?;
@@ -1180,7 +1320,10 @@ impl ReplicaCore {
                 Effect::ResetLog {
                     log_start_index,
                     prev_term,
-                } => self.reset_log(log_start_index, prev_term)?,
+                } => {
+                    self.recent.clear();
+                    self.reset_log(log_start_index, prev_term)?
+                }
                 Effect::PersistEntries(entries) => {
                     for entry in entries {
                         self.persist_entry(now_ms, entry, proposed)?;
@@ -1268,6 +1411,7 @@ impl ReplicaCore {
                 }
                 Effect::RoleChanged { role, leader, .. } => {
                     if role != Role::Leader {
+                        self.recent.clear();
                         for (_, pending) in std::mem::take(&mut self.pending) {
                             out.answers.push(ProduceAnswer {
                                 request_id: pending.request_id,
@@ -1292,14 +1436,30 @@ impl ReplicaCore {
                 "entries do not follow the log end",
             ));
         }
+        // A leader remembers what it stored, to build its followers' appends from.
+        let leading = self.raft.role() == Role::Leader;
         let info = match entry.payload {
             Payload::LeaderStart => {
                 let mut batch = leader_start_batch(now_ms);
-                self.log.append(&mut batch, entry.term, now_ms)?
+                let info = self.log.append(&mut batch, entry.term, now_ms)?;
+                if leading {
+                    self.recent.push(entry.index, batch.freeze());
+                }
+                info
             }
             Payload::Data(bytes) if proposed => {
                 let mut batch = BytesMut::from(&bytes[..]);
-                self.log.append(&mut batch, entry.term, now_ms)?
+                // The batch was checked by `produce` (one proposal per produce): no second CRC.
+                let info = match self.proposal_check.take() {
+                    Some(checked) => self
+                        .log
+                        .append_checked(&mut batch, checked, entry.term, now_ms)?,
+                    None => self.log.append(&mut batch, entry.term, now_ms)?,
+                };
+                if leading {
+                    self.recent.push(entry.index, batch.freeze());
+                }
+                info
             }
             Payload::Data(bytes) => {
                 let header = BatchHeader::parse(&bytes).map_err(LogError::from)?;
@@ -1329,6 +1489,24 @@ impl ReplicaCore {
     ) -> Result<Vec<Bytes>, ReplicaError> {
         if last < first {
             return Ok(Vec::new());
+        }
+        if let Some(batches) = self.recent.batches(first, last, bytes_max) {
+            // The remembered bytes are the stored ones; a cheap guard that they are the
+            // entries the core means: each batch's base offset is its entry's.
+            for (position, batch) in batches.iter().enumerate() {
+                let stored = self
+                    .span(first + position as Index)
+                    .map(|span| span.base_offset);
+                let remembered = BatchHeader::parse(batch)
+                    .ok()
+                    .map(|header| header.base_offset);
+                if stored.is_none() || stored != remembered {
+                    return Err(ReplicaError::Inconsistent(
+                        "a remembered entry is not the stored one",
+                    ));
+                }
+            }
+            return Ok(batches);
         }
         let start = self.offset_of(first)?;
         let end = self
@@ -2196,6 +2374,195 @@ mod tests {
         assert!(replica.durable_offset() < replica.log_end_offset());
         replica.sync_now(now_ms).expect("sync");
         assert_eq!(replica.durable_offset(), replica.log_end_offset());
+    }
+
+    /// Replica 1 of voters 1, 2, 3, elected with node 2's votes (answered by hand).
+    fn leader_of_three(disk: &brook_storage::SimDisk) -> (ReplicaCore, u64) {
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(1, &[1, 2, 3]), 0).expect("opens");
+        let mut now_ms = 0;
+        while replica.role() != Role::Leader && now_ms < 10_000 {
+            now_ms += 50;
+            let mut sends = replica
+                .step(now_ms, ReplicaInput::Tick)
+                .expect("tick")
+                .messages;
+            sends.extend(replica.sync_now(now_ms).expect("sync").messages);
+            // Answer node 2's share of the (pre-)votes; answers bring the next requests.
+            for _ in 0..16 {
+                let Some(send) = sends.pop() else { break };
+                if send.to != 2 {
+                    continue;
+                }
+                let answer = match send.message {
+                    RaftMessage::PreVote(request) => {
+                        RaftMessage::PreVoteResponse(peer::VoteResponse {
+                            term: request.term,
+                            granted: true,
+                        })
+                    }
+                    RaftMessage::Vote(request) => RaftMessage::VoteResponse(peer::VoteResponse {
+                        term: request.term,
+                        granted: true,
+                    }),
+                    _ => continue,
+                };
+                let output = replica
+                    .step(
+                        now_ms,
+                        ReplicaInput::Peer {
+                            from: 2,
+                            message: answer,
+                            batches: Vec::new(),
+                        },
+                    )
+                    .expect("vote answer");
+                sends.extend(output.messages);
+                sends.extend(replica.sync_now(now_ms).expect("sync").messages);
+            }
+        }
+        assert_eq!(replica.role(), Role::Leader);
+        replica.sync_now(now_ms).expect("sync");
+        (replica, now_ms)
+    }
+
+    fn accept(replica: &mut ReplicaCore, now_ms: u64, from: NodeId, match_index: Index) {
+        let message = RaftMessage::AppendResponse(peer::AppendResponse {
+            term: replica.term(),
+            outcome: peer::AppendOutcome::Accepted { match_index },
+        });
+        replica
+            .step(
+                now_ms,
+                ReplicaInput::Peer {
+                    from,
+                    message,
+                    batches: Vec::new(),
+                },
+            )
+            .expect("append response");
+    }
+
+    /// A leader builds its followers' appends from the entries it just stored, kept in
+    /// memory, without reading its log back; the bytes are the stored ones (offsets and term
+    /// stamped). Committed entries are forgotten, the oldest too past the bound, and an append
+    /// that needs them again (a follower that fell back) reads the log.
+    #[test]
+    fn appends_are_built_from_the_entries_just_stored() {
+        let disk = brook_storage::SimDisk::new(9);
+        let (mut replica, now_ms) = leader_of_three(&disk);
+        // Followers acknowledge the leader-start entry, so appends run pipelined.
+        let start_index = replica.last_index();
+        accept(&mut replica, now_ms, 2, start_index);
+        accept(&mut replica, now_ms, 3, start_index);
+        let reads_before = disk.stats().reads;
+        let output = replica
+            .step(
+                now_ms,
+                ReplicaInput::Produce {
+                    request_id: 1,
+                    batch: batch(b"value"),
+                    acks: Acks::All,
+                },
+            )
+            .expect("produce");
+        assert_eq!(disk.stats().reads, reads_before, "the log was read back");
+        let index = replica.last_index();
+        let stored = replica
+            .batches_below(replica.log_end_offset())
+            .expect("reads");
+        let stored_last = stored.last().cloned().expect("a stored batch");
+        let mut followers = Vec::new();
+        for send in &output.messages {
+            if let RaftMessage::Append(append) = &send.message {
+                assert_eq!(append.prev_index + 1, index, "{send:?}");
+                assert_eq!(send.batches, vec![stored_last.clone()], "to {}", send.to);
+                followers.push(send.to);
+            }
+        }
+        followers.sort_unstable();
+        assert_eq!(followers, vec![2, 3]);
+        // The leader has not synced it: node 2's copy alone does not commit it.
+        accept(&mut replica, now_ms, 2, index);
+        assert!(!replica.recent.entries.is_empty(), "not committed yet");
+        accept(&mut replica, now_ms, 3, index);
+        assert_eq!(replica.high_watermark(), replica.log_end_offset());
+        assert!(replica.recent.entries.is_empty(), "committed: forgotten");
+        // Three batches of a third of the bound each, node 3 silent and the leader not synced
+        // (nothing commits): the first is evicted.
+        let value = vec![7u8; RECENT_ENTRIES_BYTES_MAX / 3];
+        for request_id in 2..5 {
+            replica
+                .step(
+                    now_ms,
+                    ReplicaInput::Produce {
+                        request_id,
+                        batch: batch(&value),
+                        acks: Acks::All,
+                    },
+                )
+                .expect("produce");
+            let last_index = replica.last_index();
+            accept(&mut replica, now_ms, 2, last_index);
+        }
+        assert_eq!(replica.recent.first_index, index + 2);
+        // Node 3 missed the first of them: the leader sends from there, read from its log.
+        let message = RaftMessage::AppendResponse(peer::AppendResponse {
+            term: replica.term(),
+            outcome: peer::AppendOutcome::Rejected {
+                rejected_prev_index: index + 1,
+                conflict_index: index + 1,
+                conflict_term: None,
+            },
+        });
+        let reads_before = disk.stats().reads;
+        let output = replica
+            .step(
+                now_ms,
+                ReplicaInput::Peer {
+                    from: 3,
+                    message,
+                    batches: Vec::new(),
+                },
+            )
+            .expect("rejection");
+        assert!(disk.stats().reads > reads_before, "read from the log");
+        let resent: Vec<&PeerSend> = output
+            .messages
+            .iter()
+            .filter(|send| matches!(send.message, RaftMessage::Append(_)))
+            .collect();
+        assert_eq!(resent.len(), 1, "{output:?}");
+        let stored = replica
+            .batches_below(replica.log_end_offset())
+            .expect("reads");
+        assert_eq!(resent[0].batches, stored[stored.len() - 3..].to_vec());
+    }
+
+    #[test]
+    fn recent_entries_stay_within_their_bound_and_follow_truncations() {
+        let mut recent = RecentEntries::default();
+        let big = Bytes::from(vec![0u8; RECENT_ENTRIES_BYTES_MAX / 3 + 1]);
+        for index in 5..10 {
+            recent.push(index, big.clone());
+            assert!(recent.bytes <= RECENT_ENTRIES_BYTES_MAX);
+        }
+        // Two fit: entries 8 and 9.
+        assert_eq!((recent.first_index, recent.entries.len()), (8, 2));
+        assert!(recent.batches(7, 9, usize::MAX).is_none());
+        assert_eq!(recent.batches(8, 9, usize::MAX).map(|b| b.len()), Some(2));
+        // Cut short by bytes after the first batch, as a read of the log would be.
+        assert_eq!(recent.batches(8, 9, 1).map(|b| b.len()), Some(1));
+        assert!(recent.batches(9, 10, usize::MAX).is_none());
+        recent.truncate_from(9);
+        assert_eq!(recent.end_index(), 9);
+        // A gap starts a new run.
+        recent.push(11, Bytes::from_static(b"x"));
+        assert_eq!((recent.first_index, recent.entries.len()), (11, 1));
+        assert_eq!(recent.bytes, 1);
+        recent.trim_below(12);
+        assert!(recent.entries.is_empty());
+        assert_eq!(recent.bytes, 0);
     }
 
     /// A lone leader with `batches` data batches on a fresh disk, logs in 256-byte segments.

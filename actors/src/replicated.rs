@@ -19,8 +19,9 @@
 //!   in offsets); a fetch at the high watermark waits (long poll) until it moves or the wait
 //!   ends (a timer), at most `fetch_waiters_max` at once.
 //! - **fsync** runs off the actor: [`ReplicaCore::sync_job`] on the runtime's blocking pool,
-//!   its result fed back as `Synced` (one job in flight; the next covers everything appended
-//!   meanwhile: group commit).
+//!   its result fed back as `Synced`. A job covers everything appended before it started
+//!   (group commit); while one runs, entries appended since get a second job at once
+//!   ([`SYNC_JOBS_IN_FLIGHT_MAX`]) rather than waiting for the first to end.
 //! - **Stop**: a leader first hands leadership to its most caught-up follower and waits (at
 //!   most an election timeout) for someone else to lead, then the log is synced and the actor
 //!   stops. Pending requests are failed with a retriable error.
@@ -53,9 +54,10 @@ use std::sync::Arc;
 use brook_raft::{NodeId, Role, Term};
 use brook_storage::disk::{Disk, DiskError};
 use brook_storage::log::{
-    CompactionJobDone, CompactionPolicy, FsyncPolicy, LogError, RetentionOutcome, RetentionPolicy,
+    CheckedBatch, CompactionJobDone, CompactionPolicy, FsyncPolicy, LogError, RetentionOutcome,
+    RetentionPolicy,
 };
-use brook_wire::batch::{self, BatchError};
+use brook_wire::batch::{BatchError, BatchHeader};
 use brook_wire::compression::{self, CompressionError};
 use brook_wire::error::{BrokerError, ErrorCode};
 use brook_wire::peer::{GroupId, RaftMessage};
@@ -77,6 +79,12 @@ use crate::runtime::{Actor, Addr, Context, Duration, Reply, TimerHandle};
 pub const REOPEN_ATTEMPTS_MAX: u32 = 3;
 /// The value of the shared leader hint when no leader is known.
 pub const NO_LEADER: u64 = u64::MAX;
+/// Sync jobs of one replica running at once. Entries appended while a job runs get a job of
+/// their own at once instead of waiting for that one to end, so an append (a follower's
+/// acknowledgement, the leader's own vote for commit) waits for one fsync, not up to two; the
+/// file system merges concurrent fsyncs into its journal commits. Each job holds a thread of
+/// the blocking pool while it runs.
+pub const SYNC_JOBS_IN_FLIGHT_MAX: usize = 2;
 
 /// What a replicated partition needs to open.
 #[derive(Clone, Debug)]
@@ -189,7 +197,10 @@ pub struct ReplicatedPartition {
     /// Core request id (one per batch) -> (request id, batch position).
     batch_owners: BTreeMap<u64, (u64, usize)>,
     next_batch: u64,
-    sync_in_flight: bool,
+    /// Sync jobs running (at most [`SYNC_JOBS_IN_FLIGHT_MAX`]), and the log end offset the
+    /// latest of them covers.
+    syncs_in_flight: usize,
+    sync_target_in_flight: u64,
     waiters: BTreeMap<u64, FetchWaiter>,
     next_waiter: u64,
     stopping: Option<Stopping>,
@@ -266,7 +277,8 @@ impl ReplicatedPartition {
             next_request: 0,
             batch_owners: BTreeMap::new(),
             next_batch: 0,
-            sync_in_flight: false,
+            syncs_in_flight: 0,
+            sync_target_in_flight: 0,
             waiters: BTreeMap::new(),
             next_waiter: 0,
             stopping: None,
@@ -552,7 +564,7 @@ impl ReplicatedPartition {
                     self.core = core;
                     self.generation += 1;
                     // A job of the old core may still run; its result is ignored.
-                    self.sync_in_flight = false;
+                    self.syncs_in_flight = 0;
                     self.compaction_in_flight = false;
                     return;
                 }
@@ -575,7 +587,12 @@ impl ReplicatedPartition {
     }
 
     fn start_sync(&mut self, context: &mut Context<Self>) {
-        if self.sync_in_flight || self.broken {
+        if self.broken || self.syncs_in_flight >= SYNC_JOBS_IN_FLIGHT_MAX {
+            return;
+        }
+        if self.syncs_in_flight > 0 && self.core.log_end_offset() <= self.sync_target_in_flight {
+            // The job running covers everything appended (after a truncation the log end may
+            // also be below it: the next job starts when that one ends).
             return;
         }
         let job = match self.core.sync_job() {
@@ -586,7 +603,8 @@ impl ReplicatedPartition {
                 return;
             }
         };
-        self.sync_in_flight = true;
+        self.syncs_in_flight += 1;
+        self.sync_target_in_flight = job.target_offset;
         let generation = self.generation;
         let address = context.address();
         let runtime = context.runtime().clone();
@@ -660,7 +678,7 @@ impl ReplicatedPartition {
             Acks::All => Acks::All,
             Acks::Leader | Acks::None => Acks::Leader,
         };
-        for (position, batch) in split.into_iter().enumerate() {
+        for (position, (batch, checked)) in split.into_iter().enumerate() {
             if !self.requests.contains_key(&request_id) {
                 // Failed by an earlier batch's core error (the replica was reopened).
                 break;
@@ -669,9 +687,10 @@ impl ReplicatedPartition {
             self.next_batch += 1;
             self.batch_owners.insert(batch_id, (request_id, position));
             self.step(
-                ReplicaInput::Produce {
+                ReplicaInput::ProduceChecked {
                     request_id: batch_id,
                     batch,
+                    checked,
                     acks: core_acks,
                 },
                 context,
@@ -680,8 +699,9 @@ impl ReplicatedPartition {
     }
 
     /// Split a request into its batches, checking each (framing, CRC, size, records) before
-    /// any is proposed, so a request is all or nothing as far as validation goes.
-    fn check_batches(&self, batches: &Bytes) -> Result<Vec<Bytes>, BrokerError> {
+    /// any is proposed, so a request is all or nothing as far as validation goes. The log's
+    /// check of each batch goes with it to the core, so its CRC is computed once.
+    fn check_batches(&self, batches: &Bytes) -> Result<Vec<(Bytes, CheckedBatch)>, BrokerError> {
         if batches.is_empty() {
             return Err(BrokerError::new(
                 ErrorCode::InvalidRequest,
@@ -693,13 +713,35 @@ impl ReplicatedPartition {
         let mut split = Vec::new();
         let mut position = 0;
         while position < batches.len() {
-            let header = batch::validate(&batches[position..]).map_err(|error| {
+            let corrupt = |error: &dyn std::fmt::Display| {
                 BrokerError::new(
                     ErrorCode::CorruptBatch,
                     format!("batch at byte {position}: {error}"),
                 )
-            })?;
+            };
+            let header =
+                BatchHeader::parse(&batches[position..]).map_err(|error| corrupt(&error))?;
             let end = position + header.total_len();
+            if end > batches.len() {
+                return Err(corrupt(&BatchError::Truncated {
+                    needed: header.total_len(),
+                    available: batches.len() - position,
+                }));
+            }
+            // Framing, size and CRC: the log's own check (the one the append relies on).
+            let checked = self
+                .core
+                .check_batch(&batches[position..end])
+                .map_err(|error| match error {
+                    LogError::BatchTooLarge { size, max } => BrokerError::new(
+                        ErrorCode::RecordTooLarge,
+                        format!(
+                            "batch at byte {position} is {size} bytes, above the limit of {max}"
+                        ),
+                    ),
+                    LogError::InvalidBatch(error) => corrupt(&error),
+                    error => corrupt(&error),
+                })?;
             // Only the broker writes control batches (a new leader's entry): consumers skip
             // them, so a produced one would be acknowledged and never read.
             if header.is_control() {
@@ -728,7 +770,7 @@ impl ReplicatedPartition {
                     BrokerError::new(code, format!("batch at byte {position}: {error}"))
                 },
             )?;
-            split.push(batches.slice(position..end));
+            split.push((batches.slice(position..end), checked));
             position = end;
         }
         Ok(split)
@@ -1025,11 +1067,20 @@ impl ReplicatedPartition {
     }
 }
 
+/// Batches in a read of the log (whole batches): counted from their headers, without a CRC
+/// pass over the bytes (the consumer checks each batch's CRC anyway).
 fn count_batches(batches: &Bytes) -> u32 {
-    let count = batch::split_batches(batches.clone())
-        .take_while(Result::is_ok)
-        .count();
-    u32::try_from(count).unwrap_or(u32::MAX)
+    let mut count = 0u32;
+    let mut position = 0;
+    while let Ok(header) = BatchHeader::parse(&batches[position..]) {
+        let end = position + header.total_len();
+        if end > batches.len() {
+            break;
+        }
+        count = count.saturating_add(1);
+        position = end;
+    }
+    count
 }
 
 impl Actor for ReplicatedPartition {
@@ -1096,7 +1147,7 @@ impl Actor for ReplicatedPartition {
                 if generation != self.generation {
                     return;
                 }
-                self.sync_in_flight = false;
+                self.syncs_in_flight = self.syncs_in_flight.saturating_sub(1);
                 self.step(ReplicaInput::Synced { result }, context);
                 // The next job covers everything appended while this one ran.
                 if self.sync_interval_ms().is_none() {

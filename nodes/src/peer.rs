@@ -56,9 +56,10 @@ use brook_actors::runtime::{Duration, Runtime, TaskHandle};
 use brook_raft::NodeId;
 use brook_wire::frame::{FrameDecoder, FrameEncoder, FRAME_OVERHEAD_BYTES_MAX};
 use brook_wire::peer::{
-    decode_peer, encode_peer, GroupId, PeerMessage, RaftMessage, PEER_PROTOCOL_VERSION,
+    decode_peer, encode_peer, encode_peer_head, GroupId, PeerMessage, RaftMessage,
+    PEER_PROTOCOL_VERSION,
 };
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -80,6 +81,14 @@ const KEEPALIVE: PeerMessage = PeerMessage::Heartbeats(Vec::new());
 
 /// Bytes of encoded frames the writer gathers before it writes them out.
 const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
+/// Frames whose batches reach this many bytes are written as they are, the frame's head then
+/// each batch's own bytes in one vectored write, instead of being copied into the write
+/// buffer first (smaller ones are cheaper to copy than to gather).
+const VECTORED_PAYLOAD_BYTES_MIN: usize = 16 * 1024;
+/// Buffers handed to one vectored write at most (Linux's IOV_MAX is 1024).
+const IO_SLICES_PER_WRITE_MAX: usize = 64;
+/// Read-buffer room reserved at least when more bytes are needed.
+const READ_RESERVE_BYTES: usize = 64 * 1024;
 
 /// Tuning of the peer network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -793,8 +802,17 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
             }
         }
-        if buffer.capacity() - buffer.len() < 16 * 1024 {
-            buffer.reserve(64 * 1024);
+        // Room for the rest of the frame at the front at once (its size is known from its
+        // header, checked against the limit by the decoder above): growing the buffer 64 KiB
+        // at a time copies a large frame's head again at every step.
+        let frame_rest = frame_bytes_at_front(buffer).map_or(0, |bytes| {
+            bytes
+                .min(inner.config.frame_bytes_max)
+                .saturating_sub(buffer.len())
+        });
+        let wanted = frame_rest.max(16 * 1024);
+        if buffer.capacity() - buffer.len() < wanted {
+            buffer.reserve(wanted.max(READ_RESERVE_BYTES));
         }
         let read = inner
             .runtime
@@ -840,6 +858,66 @@ enum Woken {
     Closed,
 }
 
+/// The bytes of a frame's header when the buffer starts with one: the frame's whole size.
+fn frame_bytes_at_front(buffer: &[u8]) -> Option<usize> {
+    let header = buffer.get(..4)?;
+    let body = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    Some(brook_wire::frame::FRAME_HEADER_LEN + body as usize)
+}
+
+/// Encoded frames waiting to be written, in order: small frames copied into one buffer,
+/// large appends as their head and their batches' own bytes (no copy).
+#[derive(Default)]
+struct Gathered {
+    parts: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl Gathered {
+    fn push(&mut self, part: Bytes) {
+        if !part.is_empty() {
+            self.bytes += part.len();
+            self.parts.push(part);
+        }
+    }
+
+    /// Move what `out` holds (small frames encoded so far) into the parts.
+    fn push_small(&mut self, out: &mut BytesMut) {
+        if !out.is_empty() {
+            self.push(out.split().freeze());
+        }
+    }
+
+    /// Write every part in order (vectored writes, resumed after a partial one), then empty.
+    async fn write_all<W: AsyncWrite + Unpin>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        let mut first = 0;
+        while first < self.parts.len() {
+            let slices: Vec<std::io::IoSlice<'_>> = self.parts[first..]
+                .iter()
+                .take(IO_SLICES_PER_WRITE_MAX)
+                .map(|part| std::io::IoSlice::new(part))
+                .collect();
+            let mut written = writer.write_vectored(&slices).await?;
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            while written > 0 {
+                let part = &mut self.parts[first];
+                if written >= part.len() {
+                    written -= part.len();
+                    first += 1;
+                } else {
+                    part.advance(written);
+                    written = 0;
+                }
+            }
+        }
+        self.parts.clear();
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
 /// Write what the link's queue and heartbeat slots hold, coalescing heartbeats, until the
 /// stream fails.
 async fn write_loop<W: AsyncWrite + Unpin>(
@@ -854,6 +932,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let limit = config.drain_messages_max.max(1);
     let mut sends = Vec::new();
     let mut out = BytesMut::new();
+    let mut gathered = Gathered::default();
     loop {
         let woken = inner
             .runtime
@@ -912,7 +991,18 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 PeerMessage::HeartbeatResponses(responses) => (responses.len(), responses.len()),
                 _ => (1, 0),
             };
-            if let Err(error) = encode_peer(&encoder, &frame.message, &frame.batches, &mut out) {
+            let encoded = if batch_bytes(&frame.batches) >= VECTORED_PAYLOAD_BYTES_MIN as u64 {
+                encode_peer_head(&encoder, &frame.message, &frame.batches).map(|head| {
+                    gathered.push_small(&mut out);
+                    gathered.push(head);
+                    for batch in frame.batches {
+                        gathered.push(batch);
+                    }
+                })
+            } else {
+                encode_peer(&encoder, &frame.message, &frame.batches, &mut out)
+            };
+            if let Err(error) = encoded {
                 let dropped = add(&counters.messages_dropped, messages as u64);
                 if should_log(dropped, config.log_every) {
                     tracing::warn!(to = frame.to, %error, "unencodable peer frame dropped");
@@ -922,22 +1012,73 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             frames_written += 1;
             messages_written += messages as u64;
             heartbeats_coalesced += coalesced as u64;
-            if out.len() >= WRITE_CHUNK_BYTES {
-                if let Err(error) = writer.write_all(&out).await {
+            if gathered.bytes + out.len() >= WRITE_CHUNK_BYTES {
+                gathered.push_small(&mut out);
+                if let Err(error) = gathered.write_all(writer).await {
                     return format!("write failed: {error}");
                 }
-                out.clear();
             }
         }
-        if let Err(error) = writer.write_all(&out).await {
+        gathered.push_small(&mut out);
+        if let Err(error) = gathered.write_all(writer).await {
             return format!("write failed: {error}");
         }
-        out.clear();
         if let Err(error) = writer.flush().await {
             return format!("flush failed: {error}");
         }
         add(&counters.frames_sent, frames_written);
         add(&counters.messages_sent, messages_written);
         add(&counters.heartbeats_coalesced, heartbeats_coalesced);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A vectored write that the stream takes only partly is resumed where it stopped, across
+    /// and inside parts, until every byte went out in order.
+    #[tokio::test]
+    async fn gathered_parts_go_out_whole_and_in_order_through_partial_writes() {
+        // A duplex pipe of 1000 bytes takes at most that much per write.
+        let (mut writer, mut reader) = tokio::io::duplex(1000);
+        let mut expected = Vec::new();
+        let mut gathered = Gathered::default();
+        for (part, length) in [10usize, 0, 2500, 1, 999, 1000, 70_000, 3]
+            .iter()
+            .enumerate()
+        {
+            let bytes: Vec<u8> = (0..*length).map(|i| (i * 7 + part) as u8).collect();
+            expected.extend_from_slice(&bytes);
+            gathered.push(Bytes::from(bytes));
+        }
+        let mut small = BytesMut::from(&b"small frames"[..]);
+        expected.extend_from_slice(b"small frames");
+        gathered.push_small(&mut small);
+        assert!(small.is_empty());
+        assert_eq!(gathered.bytes, expected.len());
+        let mut received = Vec::new();
+        let (written, read) = tokio::join!(
+            async {
+                let written = gathered.write_all(&mut writer).await;
+                // The reader reads to the end: a writer that wrote too much or too little
+                // shows as a different byte string, not as a hang.
+                drop(writer);
+                written
+            },
+            reader.read_to_end(&mut received)
+        );
+        written.expect("writes");
+        read.expect("reads");
+        assert!(gathered.parts.is_empty());
+        assert_eq!(gathered.bytes, 0);
+        assert_eq!(received, expected);
+    }
+
+    #[test]
+    fn the_size_of_the_frame_at_the_front_is_read_from_its_header() {
+        assert_eq!(frame_bytes_at_front(&[1, 2]), None);
+        assert_eq!(frame_bytes_at_front(&[16, 0, 0, 0, 9]), Some(8 + 16));
     }
 }

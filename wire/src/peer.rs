@@ -188,13 +188,24 @@ pub fn encode_peer(
     batches: &[Bytes],
     out: &mut BytesMut,
 ) -> Result<(), PeerEncodeError> {
-    let envelope = postcard::to_allocvec(message).map_err(PeerEncodeError::Postcard)?;
-    let head = encoder.encode_head(&envelope, batches)?;
+    let head = encode_peer_head(encoder, message, batches)?;
     out.extend_from_slice(&head);
     for batch in batches {
         out.extend_from_slice(batch);
     }
     Ok(())
+}
+
+/// The head of a peer frame (frame header and envelope) whose payload is `batches` in order:
+/// write the head, then each batch as it is (a vectored write), to send the frame without
+/// copying the batches. The same bytes as [`encode_peer`].
+pub fn encode_peer_head(
+    encoder: &FrameEncoder,
+    message: &PeerMessage,
+    batches: &[Bytes],
+) -> Result<Bytes, PeerEncodeError> {
+    let envelope = postcard::to_allocvec(message).map_err(PeerEncodeError::Postcard)?;
+    Ok(encoder.encode_head(&envelope, batches)?)
 }
 
 /// Decode a peer frame: the message and, for an append, its batches, each checked (framing
@@ -450,6 +461,30 @@ mod tests {
         let mut out = BytesMut::new();
         encode_peer(&FrameEncoder::default(), &message, &batches, &mut out).expect("encodes");
         let (decoded, decoded_batches) = decode_one(&mut out).expect("decodes");
+        assert_eq!(decoded, message);
+        assert_eq!(decoded_batches, batches);
+    }
+
+    #[test]
+    fn a_head_then_the_batches_is_the_whole_frame() {
+        let message = raft(RaftMessage::Append(AppendEntries {
+            term: 3,
+            prev_index: 9,
+            prev_term: 2,
+            commit_index: 8,
+            batch_count: 2,
+        }));
+        let batches = vec![batch(b"first"), batch(b"second")];
+        let encoder = FrameEncoder::default();
+        let mut whole = BytesMut::new();
+        encode_peer(&encoder, &message, &batches, &mut whole).expect("encodes");
+        let head = encode_peer_head(&encoder, &message, &batches).expect("encodes");
+        let mut gathered = BytesMut::from(&head[..]);
+        for batch in &batches {
+            gathered.extend_from_slice(batch);
+        }
+        assert_eq!(gathered, whole);
+        let (decoded, decoded_batches) = decode_one(&mut gathered).expect("decodes");
         assert_eq!(decoded, message);
         assert_eq!(decoded_batches, batches);
     }
