@@ -3,7 +3,9 @@
 //! crash drops unsynced data; the replica is reopened from its disk). Frames are encoded and
 //! decoded with brook-wire's peer protocol, heartbeats coalesced as a peer link would (see
 //! `brook_actors::heartbeats`). No runtime, no network:
-//! every step is a function call, so a seed replays exactly.
+//! every step is a function call, so a seed replays exactly. Now and then the whole cluster
+//! stalls (the clock jumps past every election deadline), so that followers campaign in the
+//! same round: competing candidates of one term, which randomized election timeouts make rare.
 //!
 //! Checked after every step: at most one leader per term; every replica's committed prefix (up
 //! to its high watermark) byte-identical to what any replica ever committed at those offsets;
@@ -54,6 +56,16 @@ const IN_FLIGHT_FRAMES_MAX: usize = 512;
 /// produce, then for every replica to catch up.
 const HEAL_ROUNDS_MAX: u32 = 200;
 const TICK_MS_MAX: u64 = 30;
+/// The replicas' Raft election timeout (each follower's is drawn in one to two of it).
+const ELECTION_TIMEOUT_MS: u64 = 300;
+/// Percent of the fault phase's ticks that stall the whole cluster (a paused host, a starved
+/// scheduler): the clock moves [`STALL_MS`] at once, past every follower's election deadline,
+/// so that the followers campaign in the same round. Randomized timeouts make competing
+/// candidates of one term rare otherwise, and a vote granted twice in a term (two leaders)
+/// needs them.
+const STALL_PERCENT: u32 = 3;
+/// Longer than the longest election timeout a follower can draw.
+const STALL_MS: u64 = 2 * ELECTION_TIMEOUT_MS;
 
 /// A violated check: which one, and what was seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +90,9 @@ struct Bugs {
     torn_writes: bool,
     /// Keyed records and cleaner passes on every replica (see the module docs).
     compaction: bool,
+    /// Cluster stalls in the fault phase (see [`STALL_PERCENT`]). Off in the compaction runs,
+    /// whose frequent-crash run commits barely enough for a cleaner pass to replace a segment.
+    stalls: bool,
 }
 
 /// Share of events that start or finish a cleaner pass on one replica (compaction runs).
@@ -361,6 +376,9 @@ struct Cluster {
     retention_rng: ChaCha8Rng,
     /// Draws the compaction events (compaction runs only).
     compaction_rng: ChaCha8Rng,
+    /// Draws the cluster stalls (see [`STALL_PERCENT`]), apart from `rng` like retention.
+    stall_rng: ChaCha8Rng,
+    stalls: bool,
     compaction: bool,
     /// Cleaner passes that replaced segments, and the records they removed.
     compaction_swaps: usize,
@@ -400,7 +418,7 @@ impl Cluster {
                 node_id: id,
                 voters: node_ids().collect(),
                 raft: Config {
-                    election_timeout_ms: 300,
+                    election_timeout_ms: ELECTION_TIMEOUT_MS,
                     heartbeat_interval_ms: 50,
                     in_flight_appends_max: 4,
                     entries_per_append_max: 8,
@@ -434,6 +452,8 @@ impl Cluster {
             rng: ChaCha8Rng::seed_from_u64(seed),
             retention_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5245_5445_4e54_494f),
             compaction_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x434f_4d50_4143_5421),
+            stall_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5354_414c_4c21_2121),
+            stalls: bugs.stalls,
             compaction: bugs.compaction,
             compaction_swaps: 0,
             records_compacted: 0,
@@ -770,7 +790,12 @@ impl Cluster {
                 let position = self.rng.gen_range(0..self.network.len());
                 self.deliver(position, true)?;
             }
-            0..=64 => self.tick()?,
+            0..=64 => {
+                if self.stalls && self.stall_rng.gen_range(0..100) < STALL_PERCENT {
+                    self.now_ms += STALL_MS;
+                }
+                self.tick()?
+            }
             65..=79 => {
                 // Mostly to a node that thinks it leads (as a client following hints would),
                 // sometimes to any node.
@@ -944,7 +969,11 @@ fn seeds() -> std::ops::Range<u64> {
 
 #[test]
 fn replicas_stay_safe_under_faults_and_recover_after_heal() {
-    safe_under(Bugs::default());
+    // With cluster stalls: the profile of the vote-twice planted test, clean without the bug.
+    safe_under(Bugs {
+        stalls: true,
+        ..Bugs::default()
+    });
 }
 
 /// The same with a crash or restart in 15% of events, crashes also tearing or flipping bits in
@@ -961,6 +990,7 @@ const FREQUENT_CRASHES: Bugs = Bugs {
     crash_percent: 15,
     torn_writes: true,
     compaction: false,
+    stalls: false,
 };
 
 /// Every replica compacts its committed prefix at random moments, under the default faults
@@ -1091,6 +1121,8 @@ fn planted_vote_twice_per_term_is_caught() {
         Bugs {
             raft: Some(PlantedBug::VoteTwicePerTerm),
             replica: None,
+            // Competing candidates of one term: what a second vote in a term needs.
+            stalls: true,
             ..Bugs::default()
         },
         &["one-leader-per-term"],
