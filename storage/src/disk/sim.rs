@@ -766,6 +766,13 @@ impl SimDisk {
         self.lock().flip_on_read = Some(path.map(normalize));
     }
 
+    /// Disarms a bit flip armed by [`SimDisk::flip_bit_on_next_read`] that no read has met yet;
+    /// returns whether one was armed. For a harness about to read the disk as the judge (a
+    /// fault meant for the node must not land on the checker's own read).
+    pub fn disarm_flip_on_read(&self) -> bool {
+        self.lock().flip_on_read.take().is_some()
+    }
+
     /// Flip bit `bit` (0 = least significant) of the byte at `position` of `path` at rest, in
     /// both the durable and the volatile image: media corruption of synced data.
     /// `ShortRead` if `position` is beyond the durable image.
@@ -1778,6 +1785,19 @@ mod tests {
         assert_eq!(file.append(b"xyz").unwrap(), 3);
         disk.set_capacity(None);
         file.append(&[0; 100]).unwrap();
+    }
+
+    #[test]
+    fn a_disarmed_flip_on_read_changes_nothing() {
+        let (disk, path) = setup();
+        let file = open_durably(&disk, &path);
+        let data: Vec<u8> = (0..64).collect();
+        file.append(&data).unwrap();
+        disk.flip_bit_on_next_read(None);
+        assert!(disk.disarm_flip_on_read());
+        assert!(!disk.disarm_flip_on_read());
+        assert_eq!(&disk.read_file(&path).unwrap()[..], &data[..]);
+        assert_eq!(disk.stats().read_bit_flips, 0);
     }
 
     #[test]
