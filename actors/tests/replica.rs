@@ -435,6 +435,7 @@ impl Cluster {
                 dir: PathBuf::from(format!("/replica/{id}")),
                 seed: seed.wrapping_mul(31).wrapping_add(id),
                 planted_bug: bugs.replica,
+                restart_after_vote: false,
             };
             let disk = SimDisk::new(seed ^ id);
             let core = ReplicaCore::open(Arc::new(disk.clone()), config.clone(), 0)
