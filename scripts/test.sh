@@ -53,6 +53,9 @@ step "simulation: replicated clusters, ${SIM_CLUSTER3_SEEDS:=450} seeds of 3 nod
 # sim/regression-seeds.txt. 500 cluster seeds per CI run (issue 11 asks for at least 500).
 cargo sim --seeds "${SIM_CLUSTER3_SEEDS}" --cluster 3
 cargo sim --seeds "${SIM_CLUSTER5_SEEDS}" --cluster 5 --from 1000
+# The targeted fault of `--plant forget-vote` without the plant: a correct replica that restarts
+# right after each vote it grants keeps one leader per term (the control of that CI line).
+cargo sim --seeds "${SIM_RESTART_AFTER_VOTE_SEEDS:=50}" --cluster 3 --without-fault corrupt-at-rest --restart-after-vote
 
 step "simulation: regression seeds (sim/regression-seeds.txt)"
 cargo sim --seed-file sim/regression-seeds.txt
@@ -89,10 +92,12 @@ cargo sim --seeds 3 --cluster 3 --plant serve-above-hw --expect-found   # protoc
 # `no-verdict` failure.
 cargo sim --seeds 5 --cluster 3 --without-fault corrupt-at-rest --plant commit-without-quorum --expect-found   # lost-write, inconsistent-offsets (seed 0)
 cargo sim --seeds 10 --cluster 3 --without-fault corrupt-at-rest --plant keep-divergent-suffix --expect-found  # divergent-prefix below a shared entry (seed 0)
-# forget-vote (the term persisted, the vote not) is shown at the core level only
-# (brook-raft scenarios: a_remembered_vote_keeps_one_leader_per_term_across_a_restart): two
-# leaders of one term need a voter to crash between two requests of one term, and no seed of
-# 0..88 of the cluster nemesis builds that; not a CI line yet.
+# forget-vote (the term persisted, the vote not) needs a voter to crash between two vote
+# requests of one term, which the random nemesis never lands on (seeds 0..88): the plant implies
+# the targeted fault --restart-after-vote (every partition replica restarts its Raft core from
+# disk right after granting a vote; outside the draw, fingerprints unchanged). Its control, the
+# same fault unplanted, passes in "replicated clusters" above.
+cargo sim --seeds 10 --cluster 3 --without-fault corrupt-at-rest --plant forget-vote --expect-found  # two-leaders, divergent-entry, divergent-prefix (seed 1; 4 of 0..29)
 cargo sim --seeds 3 --cluster 3 --plant compact-drops-latest --expect-found  # divergent-prefix/lost-write: a replica kept a key's oldest value
 
 step "tests (normal build)"

@@ -693,6 +693,7 @@ impl ClusterController {
                 dir: metadata_dir.clone(),
                 seed,
                 planted_bug: None,
+                restart_after_vote: false,
             },
             now_ms,
         )
@@ -1372,6 +1373,8 @@ impl ClusterController {
                 dir: dir.clone(),
                 seed: self.rng.next_u64(),
                 planted_bug: self.partition_planted_bug(),
+                // Set by `ReplicatedPartition::open` in the simulation.
+                restart_after_vote: false,
             },
             partition_config: self.config.partition.clone(),
         };

@@ -70,6 +70,9 @@ pub struct PlantedBugs {
     /// Cluster mode: a bug planted in the glue of every partition replica
     /// (`ReplicaConfig::planted_bug`).
     pub replica: Option<crate::replica::ReplicaPlantedBug>,
+    /// Cluster mode: not a bug but a targeted fault, every partition replica restarts its Raft
+    /// core right after granting a vote (`ReplicaConfig::restart_after_vote`).
+    pub restart_after_vote: bool,
 }
 
 impl Default for PartitionConfig {

@@ -173,6 +173,12 @@ pub struct ReplicaConfig {
     pub seed: u64,
     #[doc(hidden)]
     pub planted_bug: Option<ReplicaPlantedBug>,
+    /// Test-only targeted fault, not a bug: right after granting a vote (the answer sent),
+    /// the replica restarts its Raft core from the hard state on disk, as a crash and restart
+    /// at that instant would (the simulator's `--restart-after-vote`; it makes a forgotten
+    /// vote visible: see `brook_raft::PlantedBug::ForgetVote`). Always `false` outside tests.
+    #[doc(hidden)]
+    pub restart_after_vote: bool,
 }
 
 /// What the host feeds a replica.
@@ -437,6 +443,12 @@ pub struct ReplicaCore {
     disk: Arc<dyn Disk>,
     dir: PathBuf,
     planted_bug: Option<ReplicaPlantedBug>,
+    /// See [`ReplicaConfig::restart_after_vote`]; with the core's config and seed to restart it.
+    restart_after_vote: bool,
+    raft_config: Config,
+    seed: u64,
+    /// Restarts of the core after a vote (each reseeds its election RNG differently).
+    vote_restarts: u64,
     log: Log,
     raft: Raft,
     /// The hard state last written (rewritten with every log start change).
@@ -577,7 +589,7 @@ impl ReplicaCore {
         let raft = Raft::new(
             config.node_id,
             config.voters.clone(),
-            config.raft,
+            config.raft.clone(),
             Recovered {
                 hard_state,
                 log: log_terms,
@@ -593,6 +605,10 @@ impl ReplicaCore {
             disk,
             dir: config.dir,
             planted_bug: config.planted_bug,
+            restart_after_vote: config.restart_after_vote,
+            raft_config: config.raft,
+            seed: config.seed,
+            vote_restarts: 0,
             log,
             raft,
             hard_state,
@@ -957,6 +973,31 @@ impl ReplicaCore {
         Err(ReplicaError::Inconsistent("log scan did not end"))
     }
 
+    /// The targeted fault [`ReplicaConfig::restart_after_vote`]: a new Raft core from the
+    /// hard state as read back from disk and the log as it stands, as after a crash and
+    /// restart (the volatile state, leader and votes counted, is gone).
+    fn restart_core(&mut self, now_ms: u64) -> Result<(), ReplicaError> {
+        let Some((hard_state, _)) = read_hard_state(self.disk.as_ref(), &self.dir)? else {
+            return Err(ReplicaError::Inconsistent(
+                "raft-state missing after a vote",
+            ));
+        };
+        self.vote_restarts += 1;
+        self.raft = Raft::new(
+            self.node_id,
+            self.voters.clone(),
+            self.raft_config.clone(),
+            Recovered {
+                hard_state,
+                log: self.raft.log().clone(),
+            },
+            self.seed ^ self.vote_restarts,
+            now_ms,
+        )?;
+        self.hard_state = hard_state;
+        Ok(())
+    }
+
     fn drive_peer_input(
         &mut self,
         now_ms: u64,
@@ -964,7 +1005,23 @@ impl ReplicaCore {
         out: &mut ReplicaOutput,
     ) -> Result<(), ReplicaError> {
         match self.raft.step(now_ms, input) {
-            Ok(effects) => self.execute(now_ms, effects, false, out),
+            Ok(effects) => {
+                let vote_granted = self.restart_after_vote
+                    && effects.iter().any(|effect| {
+                        matches!(
+                            effect,
+                            Effect::Send {
+                                message: Message::VoteResponse(VoteResponse { granted: true, .. }),
+                                ..
+                            }
+                        )
+                    });
+                self.execute(now_ms, effects, false, out)?;
+                if vote_granted {
+                    self.restart_core(now_ms)?;
+                }
+                Ok(())
+            }
             // A peer message the core refuses (stale, malformed, unknown peer): nothing was
             // applied; the frame is dropped.
             Err(error) => {
@@ -2056,6 +2113,7 @@ mod tests {
             dir: PathBuf::from("/replica"),
             seed: 1,
             planted_bug: None,
+            restart_after_vote: false,
         }
     }
 

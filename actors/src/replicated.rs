@@ -256,6 +256,10 @@ impl ReplicatedPartition {
             replica_config.planted_bug =
                 Some(crate::replica::ReplicaPlantedBug::ServeAboveHighWatermark);
         }
+        #[cfg(madsim)]
+        if config.partition_config.planted.restart_after_vote {
+            replica_config.restart_after_vote = true;
+        }
         let core = ReplicaCore::open(disk.clone(), replica_config.clone(), now_ms)?;
         Ok(ReplicatedPartition {
             group: config.group,

@@ -93,6 +93,9 @@ struct Bugs {
     /// Cluster stalls in the fault phase (see [`STALL_PERCENT`]). Off in the compaction runs,
     /// whose frequent-crash run commits barely enough for a cleaner pass to replace a segment.
     stalls: bool,
+    /// The targeted fault `ReplicaConfig::restart_after_vote` (each replica restarts its Raft
+    /// core from disk right after granting a vote).
+    restart_after_vote: bool,
 }
 
 /// Share of events that start or finish a cleaner pass on one replica (compaction runs).
@@ -435,6 +438,7 @@ impl Cluster {
                 dir: PathBuf::from(format!("/replica/{id}")),
                 seed: seed.wrapping_mul(31).wrapping_add(id),
                 planted_bug: bugs.replica,
+                restart_after_vote: bugs.restart_after_vote,
             };
             let disk = SimDisk::new(seed ^ id);
             let core = ReplicaCore::open(Arc::new(disk.clone()), config.clone(), 0)
@@ -976,6 +980,17 @@ fn replicas_stay_safe_under_faults_and_recover_after_heal() {
     });
 }
 
+/// The control of `planted_forget_vote_is_caught`: a correct replica restarting its Raft core
+/// right after every vote it grants keeps one leader per term.
+#[test]
+fn replicas_stay_safe_when_restarting_after_every_vote() {
+    safe_under(Bugs {
+        stalls: true,
+        restart_after_vote: true,
+        ..Bugs::default()
+    });
+}
+
 /// The same with a crash or restart in 15% of events, crashes also tearing or flipping bits in
 /// the last unsynced write (the profile of the acknowledge-before-persist planted test, which
 /// must be clean without the bug).
@@ -991,6 +1006,7 @@ const FREQUENT_CRASHES: Bugs = Bugs {
     torn_writes: true,
     compaction: false,
     stalls: false,
+    restart_after_vote: false,
 };
 
 /// Every replica compacts its committed prefix at random moments, under the default faults
@@ -1127,6 +1143,23 @@ fn planted_vote_twice_per_term_is_caught() {
         },
         &["one-leader-per-term"],
         32,
+    );
+}
+
+/// A vote persisted without its voter (the term alone): a restart right after each vote granted
+/// (the targeted fault) lets the voter grant a second candidate of the same term (caught on seed
+/// 33: the candidates refuse each other, so the third node must vote for both).
+#[test]
+fn planted_forget_vote_is_caught() {
+    planted(
+        Bugs {
+            raft: Some(PlantedBug::ForgetVote),
+            stalls: true,
+            restart_after_vote: true,
+            ..Bugs::default()
+        },
+        &["one-leader-per-term"],
+        64,
     );
 }
 

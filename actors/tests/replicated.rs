@@ -200,6 +200,7 @@ fn config(id: NodeId, group: &GroupId, bugs: Bugs) -> ReplicatedPartitionConfig 
             dir: PathBuf::from(format!("/node-{id}/t@7/0")),
             seed: id,
             planted_bug: bugs.replica,
+            restart_after_vote: false,
         },
         partition_config: PartitionConfig {
             pending_acks_max: bugs.pending_acks_max.unwrap_or(64),

@@ -929,9 +929,14 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
     let runtime = Runtime::new(seed);
     let shared: Shared = Arc::new(Mutex::new(Recorder::new(&runtime)));
     lock(&shared).trace(format_args!(
-        "seed {seed} plant {:?} cluster draw {cluster}{}",
+        "seed {seed} plant {:?} cluster draw {cluster}{}{}",
         options.plant.map(crate::Plant::name),
-        if draw.compacted { " compacted" } else { "" }
+        if draw.compacted { " compacted" } else { "" },
+        if options.restart_after_vote || options.plant == Some(crate::Plant::ForgetVote) {
+            " restart-after-vote"
+        } else {
+            ""
+        }
     ));
 
     // The nodes, each with a disk that outlives its restarts.
@@ -949,6 +954,9 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
             plant.apply(&mut config.planted);
             plant.apply_to_disk(&disk);
         }
+        // The targeted fault that a forgotten vote needs to show (see `Options`).
+        config.planted.restart_after_vote =
+            options.restart_after_vote || options.plant == Some(crate::Plant::ForgetVote);
         let node_disk = disk.clone();
         let fsync_latency = fsync_latency.clone();
         let incarnations = Arc::new(AtomicU64::new(0));

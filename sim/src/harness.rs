@@ -63,6 +63,10 @@ pub struct Options {
     pub cluster_nodes: Option<u8>,
     /// Cluster faults left out of the draw (`--without-fault`; see `ClusterDraw::without`).
     pub cluster_faults_excluded: Vec<crate::cluster::ClusterFault>,
+    /// Cluster mode, a targeted fault outside the draw (`--restart-after-vote`; implied by
+    /// `--plant forget-vote`): every partition replica restarts its Raft core from disk right
+    /// after granting a vote. Leaves the draw and its fingerprint alone.
+    pub restart_after_vote: bool,
 }
 
 impl Options {
@@ -77,6 +81,7 @@ impl Options {
             retention: false,
             cluster_nodes: None,
             cluster_faults_excluded: Vec::new(),
+            restart_after_vote: false,
         }
     }
 }

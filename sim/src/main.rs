@@ -70,6 +70,12 @@ mod runner {
         /// e.g. corrupt-at-rest). Only for known open bugs, written down with their seeds.
         #[arg(long = "without-fault", value_delimiter = ',')]
         without_fault: Vec<String>,
+        /// With --cluster: a targeted fault outside the draw, every partition replica restarts
+        /// its Raft core from disk right after it grants a vote (a crash between two vote
+        /// requests of one term). `--plant forget-vote` implies it; without a plant it is the
+        /// control (a correct replica must pass under it).
+        #[arg(long)]
+        restart_after_vote: bool,
         /// Simulated seconds of faults per seed.
         #[arg(long, default_value_t = 30)]
         fault_secs: u64,
@@ -286,6 +292,12 @@ mod runner {
                 }
             }
         }
+        let restart_after_vote =
+            args.restart_after_vote || plant == Some(brook_sim::Plant::ForgetVote);
+        if args.restart_after_vote && args.cluster.is_none() {
+            eprintln!("error: --restart-after-vote needs --cluster 3 or --cluster 5");
+            return 2;
+        }
         if let Some(plant) = plant.filter(|plant| plant.cluster_only() && args.cluster.is_none()) {
             eprintln!(
                 "error: --plant {} is a replication bug: give --cluster 3 or --cluster 5",
@@ -343,6 +355,7 @@ mod runner {
                 retention: args.retention,
                 cluster_nodes: cluster,
                 cluster_faults_excluded: excluded.clone(),
+                restart_after_vote,
                 ..Options::new(seed)
             };
             if args.seed.is_some() {
@@ -376,7 +389,11 @@ mod runner {
                     .unwrap_or_default(),
                 if args.compacted { " --compacted" } else { "" },
                 if args.retention { " --retention" } else { "" }
-            );
+            ) + if args.restart_after_vote {
+                " --restart-after-vote"
+            } else {
+                ""
+            };
             let report = match run_on_fresh_thread(options.clone(), wall_limit) {
                 Ok(report) => report,
                 Err(NoReport::Panic(panic)) => {
