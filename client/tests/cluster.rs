@@ -100,7 +100,12 @@ async fn start(runtime: &Runtime, count: u32, script: Script) -> anyhow::Result<
                 if lock(&accept_script).dead.contains(&id) {
                     continue;
                 }
-                drop(accept_runtime.spawn(serve(stream, accept_script.clone(), id)));
+                drop(accept_runtime.spawn(serve(
+                    accept_runtime.clone(),
+                    stream,
+                    accept_script.clone(),
+                    id,
+                )));
             }
         }));
     }
@@ -360,7 +365,7 @@ impl Script {
     }
 }
 
-async fn serve(mut stream: TcpStream, script: Shared, id: u32) {
+async fn serve(runtime: Runtime, mut stream: TcpStream, script: Shared, id: u32) {
     let decoder = FrameDecoder::default();
     let encoder = FrameEncoder::default();
     let mut buffer = BytesMut::new();
@@ -393,7 +398,7 @@ async fn serve(mut stream: TcpStream, script: Shared, id: u32) {
             )
         };
         if let Some(delay) = delay {
-            tokio::time::sleep(delay).await;
+            runtime.sleep(delay).await;
         }
         let mut out = BytesMut::new();
         let envelope = ResponseEnvelope {
