@@ -443,10 +443,13 @@ impl Consumer {
         let runtime = self.runtime().clone();
         let deadline = runtime.now() + timeout;
         let mut records = Vec::new();
+        let mut ready_rounds = 0u32;
         loop {
             self.start_fetches(runtime.now());
+            let mut handled = false;
             while let Some(outcome) = self.fetches.next_ready().await {
                 self.on_fetch(outcome, &mut records)?;
+                handled = true;
             }
             if !records.is_empty() {
                 // Prefetch: send the next fetch of each partition now, so that it travels
@@ -461,6 +464,16 @@ impl Consumer {
             let now = runtime.now();
             if now >= deadline {
                 return Ok(records);
+            }
+            if handled && ready_rounds < READY_ROUNDS_MAX {
+                // Fetches that completed while the caller was away (between two polls) and
+                // brought no record may still have moved positions (past record-less compacted
+                // or control batches): fetch again at once. Without this the select below
+                // would sleep to the deadline with nothing in flight, and a run of record-less
+                // batches (replicated compacted logs keep one per emptied entry) would be read
+                // one fetch per poll.
+                ready_rounds += 1;
+                continue;
             }
             let wake = self
                 .assignment
@@ -663,6 +676,11 @@ impl Consumer {
         }
     }
 }
+
+/// Rounds of one [`Consumer::poll`] that start fetches again at once because fetches had
+/// completed without records (see `poll`): only the first can normally find one completed (a
+/// fetch answered while the caller was away); the bound keeps the loop finite regardless.
+const READY_ROUNDS_MAX: u32 = 64;
 
 /// How long one poll behind a [`RecordStream`] waits before it starts the next (an empty poll
 /// only restarts the wait; the stream itself waits as long as it takes).

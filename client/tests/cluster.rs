@@ -59,6 +59,10 @@ struct Script {
     fetch_payload: Option<Bytes>,
     /// Brokers whose metadata does not list the topic yet (they have not applied its creation).
     lagging: BTreeSet<u32>,
+    /// At most this many batches in a fetch answer (a broker's read stops at a segment end).
+    fetch_batches_max: Option<usize>,
+    /// How long a broker takes to answer a fetch (none: at once).
+    fetch_delay: Option<Duration>,
 }
 
 type Shared = Arc<Mutex<Script>>;
@@ -96,7 +100,12 @@ async fn start(runtime: &Runtime, count: u32, script: Script) -> anyhow::Result<
                 if lock(&accept_script).dead.contains(&id) {
                     continue;
                 }
-                drop(accept_runtime.spawn(serve(stream, accept_script.clone(), id)));
+                drop(accept_runtime.spawn(serve(
+                    accept_runtime.clone(),
+                    stream,
+                    accept_script.clone(),
+                    id,
+                )));
             }
         }));
     }
@@ -251,12 +260,14 @@ fn answer(script: &mut Script, id: u32, request: Request, payload: Bytes) -> Res
                 .into_iter()
                 .flatten()
                 .filter(|(base, bytes)| {
-                    let count = split_batches(bytes.clone())
+                    // The batch's whole span (a compacted batch may hold fewer records, or none).
+                    let next = split_batches(bytes.clone())
                         .next()
                         .and_then(Result::ok)
-                        .map_or(0, |batch| u64::from(batch.header().record_count));
-                    base + count > offset
+                        .map_or(*base, |batch| batch.header().next_offset());
+                    next > offset
                 })
+                .take(script.fetch_batches_max.unwrap_or(usize::MAX))
                 .map(|(_, bytes)| bytes.clone())
                 .collect();
             // The batches travel as the payload: returned through `payload` below.
@@ -354,7 +365,7 @@ impl Script {
     }
 }
 
-async fn serve(mut stream: TcpStream, script: Shared, id: u32) {
+async fn serve(runtime: Runtime, mut stream: TcpStream, script: Shared, id: u32) {
     let decoder = FrameDecoder::default();
     let encoder = FrameEncoder::default();
     let mut buffer = BytesMut::new();
@@ -370,15 +381,25 @@ async fn serve(mut stream: TcpStream, script: Shared, id: u32) {
         let Ok((envelope, payload)) = protocol::decode_request(frame) else {
             return;
         };
-        let (response, payload) = {
+        let (response, payload, delay) = {
             let mut script = lock(&script);
             if script.dead.contains(&id) {
                 // A crashed node: the connection drops, nothing is answered.
                 return;
             }
             let response = answer(&mut script, id, envelope.request, payload);
-            (response, script.fetch_payload.take().unwrap_or_default())
+            let delay = script
+                .fetch_delay
+                .filter(|_| matches!(response, Response::Fetch { .. }));
+            (
+                response,
+                script.fetch_payload.take().unwrap_or_default(),
+                delay,
+            )
         };
+        if let Some(delay) = delay {
+            runtime.sleep(delay).await;
+        }
         let mut out = BytesMut::new();
         let envelope = ResponseEnvelope {
             correlation_id: envelope.correlation_id,
@@ -741,5 +762,83 @@ async fn attempts_without_a_leader_are_not_counted_as_bytes_sent() -> anyhow::Re
         "{sent} batch bytes counted as sent for 10 records of 1000 bytes sent once"
     );
     producer.close().await?;
+    Ok(())
+}
+
+/// A replicated compacted log keeps one record-less batch per emptied entry, and a broker's
+/// read stops at a segment end, so a consumer may get many fetch answers in a row without a
+/// record that still move its position. A fetch answered while the caller was away (between
+/// two polls) must be followed by the next one at once, not by a sleep to the poll's deadline:
+/// once, the drain of a simulated cluster read such a run one fetch per poll and did not reach
+/// the end offsets in time (issue 12, `cargo sim --seed 12 --cluster 3 --compacted`).
+#[tokio::test]
+async fn a_run_of_record_less_compacted_batches_is_read_without_waiting_per_poll(
+) -> anyhow::Result<()> {
+    const EMPTY_BATCHES: u64 = 300;
+    const POLLS_MAX: usize = 120;
+    let runtime = Runtime::new(7);
+    let batch = |base: u64, values: &[&'static str]| -> anyhow::Result<Bytes> {
+        let records = values
+            .iter()
+            .zip(base..)
+            .map(|(value, offset)| brook_wire::Record {
+                offset,
+                timestamp: 1_000,
+                key: Some(Bytes::from_static(b"k")),
+                value: Some(Bytes::from_static(value.as_bytes())),
+                headers: Vec::new(),
+            })
+            .collect();
+        Ok(brook_wire::batch::CompactedBatch {
+            base_offset: base,
+            last_offset: base,
+            term: 1,
+            first_timestamp: 1_000,
+            max_timestamp: 1_000,
+            delete_horizon: false,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            records,
+        }
+        .encode()?
+        .freeze())
+    };
+    let mut plan = one_partition(1, 1);
+    plan.fetch_batches_max = Some(1);
+    // Slow enough that a poll ends with a fetch in flight, answered while the caller is away.
+    plan.fetch_delay = Some(Duration::from_millis(2));
+    let mut batches = Vec::new();
+    for base in 0..EMPTY_BATCHES {
+        batches.push((base, batch(base, &[])?));
+    }
+    batches.push((EMPTY_BATCHES, batch(EMPTY_BATCHES, &["latest"])?));
+    plan.batches.insert(0, batches);
+    // The high watermark is the value count: one per offset.
+    plan.values
+        .insert(0, vec![Bytes::new(); EMPTY_BATCHES as usize + 1]);
+    let script = start(&runtime, 1, plan).await?;
+    let bootstrap = address(&script, 1);
+    let mut consumer = Consumer::connect(&bootstrap, ConsumerConfig::default()).await?;
+    consumer.assign(TOPIC, &[0], StartOffset::Offset(0)).await?;
+    let mut read = Vec::new();
+    for _ in 0..POLLS_MAX {
+        for record in consumer.poll(Duration::from_millis(50)).await? {
+            read.push((record.offset, record.value.unwrap_or_default()));
+        }
+        if !read.is_empty() {
+            break;
+        }
+        // The caller's own work between polls (the drain asks for the end offsets here).
+        runtime.sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        read,
+        [(EMPTY_BATCHES, Bytes::from_static(b"latest"))],
+        "position {:?} after {POLLS_MAX} polls, {} fetches",
+        consumer.position(TOPIC, 0),
+        asked(&script, 1, "fetch")
+    );
+    assert_eq!(consumer.position(TOPIC, 0), Some(EMPTY_BATCHES + 1));
     Ok(())
 }
