@@ -26,20 +26,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use brook_actors::runtime::Runtime;
-use brook_client::{Admin, ErrorCode, ProduceRequestCounts};
+use brook_client::{Admin, ErrorCode};
 use brook_jepsen::history::OpKind;
-use brook_jepsen::linear::{self, LinearOptions};
-use brook_jepsen::queue::{self, QueueOptions};
+use brook_jepsen::linear::LinearOptions;
+use brook_jepsen::queue::QueueOptions;
 use brook_jepsen::{
     EntryRecord, EntryRecords, ReplicaEntry, ReplicaInput, ReplicaLog, Role, RoleObservation,
 };
-use brook_node::{Broker, NodeConfig};
-use brook_storage::disk::{CrashMode, Disk, SimDisk};
+use brook_node::NodeConfig;
+use brook_storage::disk::{Disk, SimDisk};
 use brook_wire::batch::{BatchHeader, RecordBatch};
 use brook_wire::frame::{FrameDecoder, FrameEncoder, FRAME_BYTES_MAX_DEFAULT};
 use brook_wire::protocol::{
@@ -55,11 +55,12 @@ use tokio::net::TcpStream;
 
 use crate::harness::Options;
 use crate::harness::{
-    self, consume, drain, lock, must_be_read, produce, spend_armed_sync_fault, BatchStats, Draw,
-    ProducerClient, Progress, Recorder, RunError, RunReport, Shared, WorkerContext, DRAIN_PROCESS,
+    self, add_latency, check_linear, check_queue, client_host, final_drain, lock, lose_packets,
+    must_be_read, node_host, restore_network, spend_armed_sync_fault, BatchStats, ClientSide,
+    Clients, Draw, Progress, Recorded, Recorder, RunError, RunReport, Shared, DRAIN_PROCESS,
     HEALED_PRODUCE_MS, TOPIC,
 };
-use crate::{node_address, node_config, node_seed};
+use crate::{node_address, node_config};
 
 /// Bumped whenever `ClusterDraw::new` changes what a seed draws (the fingerprint changes too).
 pub const CLUSTER_DRAW_VERSION: u32 = 1;
@@ -74,7 +75,6 @@ const PROBE_TIMEOUT_MS: u64 = 300;
 const CONVERGENCE_SECS_MAX: u64 = 30;
 /// Starts of one node the supervisor tries before the run fails (a disk fault during recovery
 /// fails a start).
-const NODE_START_ATTEMPTS_MAX: u32 = 20;
 /// Where a node keeps its partition replicas (cluster.md: `<data-dir>/cluster/partitions/`).
 const PARTITIONS_DIR: &str = "/brook/cluster/partitions";
 /// Where a node keeps its replica of the controller's metadata log.
@@ -868,15 +868,7 @@ fn kill_and_crash(
     rng: &mut ChaCha8Rng,
 ) {
     handle.kill(node.id);
-    let mode = *[
-        CrashMode::DropUnsynced,
-        CrashMode::TornLastWrite,
-        CrashMode::FlipBitInLastWrite,
-        CrashMode::TornUnsynced,
-        CrashMode::Random,
-    ]
-    .choose(rng)
-    .unwrap_or(&CrashMode::Random);
+    let mode = harness::draw_crash_mode(rng);
     let crash = node.disk.crash_with(mode, rng);
     let mut recorder = lock(shared);
     recorder.node_event_of(&node.name, OpKind::Crash);
@@ -940,8 +932,6 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
     ));
 
     // The nodes, each with a disk that outlives its restarts.
-    let fsync_latency =
-        Duration::from_micros(draw.fsync_ms_max * 500)..Duration::from_millis(draw.fsync_ms_max);
     let mut nodes: Vec<SimNode> = Vec::with_capacity(nodes_total);
     for index in 0..nodes_total {
         let disk = SimDisk::new(seed ^ (0xd15c_0000 + index as u64));
@@ -957,43 +947,16 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
         // The targeted fault that a forgotten vote needs to show (see `Options`).
         config.planted.restart_after_vote =
             options.restart_after_vote || options.plant == Some(crate::Plant::ForgetVote);
-        let node_disk = disk.clone();
-        let fsync_latency = fsync_latency.clone();
-        let incarnations = Arc::new(AtomicU64::new(0));
         let name = node_name(index);
-        let supervisor_name = name.clone();
-        let host = handle
-            .create_node()
-            .name(name.clone())
-            .ip(node_address(index as u8).ip())
-            .init(move || {
-                let disk = node_disk.clone();
-                let config = config.clone();
-                let incarnation = incarnations.fetch_add(1, Ordering::Relaxed);
-                let fsync_latency = fsync_latency.clone();
-                let name = supervisor_name.clone();
-                async move {
-                    let runtime = Runtime::with_blocking_latency(
-                        node_seed(seed, index as u8, incarnation),
-                        fsync_latency,
-                    );
-                    // Like a supervisor: a failed start (a disk fault during recovery) is
-                    // retried; a node that never starts fails the run (liveness).
-                    for attempt in 0..NODE_START_ATTEMPTS_MAX {
-                        match Broker::start(config.clone(), runtime.clone(), Arc::new(disk.clone()))
-                            .await
-                        {
-                            Ok(_broker) => std::future::pending::<()>().await,
-                            Err(error) => {
-                                tracing::warn!(attempt, %error, node = %name, "node failed to start; retrying");
-                                runtime.sleep(Duration::from_millis(500)).await;
-                            }
-                        }
-                    }
-                    panic!("node {name} failed to start {NODE_START_ATTEMPTS_MAX} times");
-                }
-            })
-            .build();
+        let host = node_host(
+            &handle,
+            &name,
+            index as u8,
+            seed,
+            config,
+            disk.clone(),
+            draw.fsync_ms_max,
+        );
         nodes.push(SimNode {
             id: host.id(),
             disk,
@@ -1008,11 +971,7 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
 
     // Create the topic with replication factor 3 (the cluster may still be electing its
     // controller). A create whose answer was lost may have happened: "already exists" is done.
-    let setup = handle
-        .create_node()
-        .name("setup")
-        .ip("10.0.9.1".parse().expect("ip"))
-        .build();
+    let setup = client_host(&handle, "setup", "10.0.9.1");
     let setup_runtime = runtime.clone();
     let setup_bootstrap = bootstrap.clone();
     let partitions = draw.partitions;
@@ -1059,11 +1018,7 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
     // The monitor learns the leaders while the workload and the nemesis run.
     let view: View = Arc::default();
     let monitoring = Arc::new(AtomicBool::new(true));
-    let monitor_host = handle
-        .create_node()
-        .name("monitor")
-        .ip("10.0.9.2".parse().expect("ip"))
-        .build();
+    let monitor_host = client_host(&handle, "monitor", "10.0.9.2");
     let monitor_tasks: Vec<_> = (0..nodes_total)
         .map(|index| {
             monitor_host.spawn(monitor(
@@ -1077,61 +1032,10 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
         })
         .collect();
 
-    let producing = Arc::new(AtomicBool::new(true));
-    let consuming = Arc::new(AtomicBool::new(true));
-    let next_value = Arc::new(AtomicU64::new(1));
+    let client_side = ClientSide::new(&handle, &runtime, &shared, &bootstrap, &draw, &options);
+    let mut clients = Clients::spawn(&client_side, true);
     let mut client_hosts = vec![monitor_host.id()];
-    let mut producer_clients = Vec::new();
-    let mut tasks = Vec::new();
-    for producer_index in 0..draw.producers {
-        let host = handle
-            .create_node()
-            .name(format!("producer-{producer_index}"))
-            .ip(format!("10.0.1.{}", producer_index + 1)
-                .parse()
-                .expect("ip"))
-            .build();
-        client_hosts.push(host.id());
-        let client = ProducerClient::default();
-        producer_clients.push(client.clone());
-        for worker in 0..draw.workers_per_producer {
-            let process = u64::from(producer_index * 100 + worker);
-            let context = WorkerContext {
-                runtime: runtime.clone(),
-                shared: shared.clone(),
-                bootstrap: bootstrap.clone(),
-                draw: draw.clone(),
-                producing: producing.clone(),
-                next_value: next_value.clone(),
-                client: client.clone(),
-                rng: ChaCha8Rng::seed_from_u64(seed ^ (0x5eed_0000 + process)),
-                process,
-                acks_leader_indeterminate: true,
-            };
-            tasks.push(host.spawn(produce(context)));
-        }
-    }
-    let mut consumer_tasks = Vec::new();
-    for consumer_index in 0..draw.consumers {
-        let host = handle
-            .create_node()
-            .name(format!("consumer-{consumer_index}"))
-            .ip(format!("10.0.2.{}", consumer_index + 1)
-                .parse()
-                .expect("ip"))
-            .build();
-        client_hosts.push(host.id());
-        let process = 1_000 + u64::from(consumer_index);
-        consumer_tasks.push(host.spawn(consume(
-            runtime.clone(),
-            shared.clone(),
-            bootstrap.clone(),
-            draw.clone(),
-            process,
-            consuming.clone(),
-            options.plant,
-        )));
-    }
+    client_hosts.extend(&clients.hosts);
 
     // The nemesis.
     let net = madsim::net::NetSim::current();
@@ -1312,28 +1216,11 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
             }
             ClusterFault::Latency => {
                 let high = rng.gen_range(20..400);
-                net.update_config(|config| {
-                    config.send_latency = Duration::from_millis(1)..Duration::from_millis(high)
-                });
-                lock(&shared).trace(format_args!(
-                    "nemesis latency up to {high} ms for {span} ms"
-                ));
-                runtime.sleep(Duration::from_millis(span)).await;
-                net.update_config(|config| {
-                    config.send_latency = Duration::from_millis(1)..Duration::from_millis(10)
-                });
-                lock(&shared).trace("nemesis latency back to normal");
+                add_latency(&net, &runtime, &shared, high, span).await;
             }
             ClusterFault::PacketLoss => {
                 let rate = rng.gen_range(0.01..0.3);
-                net.update_config(|config| config.packet_loss_rate = rate);
-                lock(&shared).trace(format_args!(
-                    "nemesis lose {:.0}% of packets for {span} ms",
-                    rate * 100.0
-                ));
-                runtime.sleep(Duration::from_millis(span)).await;
-                net.update_config(|config| config.packet_loss_rate = 0.0);
-                lock(&shared).trace("nemesis packet loss over");
+                lose_packets(&net, &runtime, &shared, rate, span).await;
             }
             ClusterFault::FsyncError => {
                 let target = rng.gen_range(0..nodes_total);
@@ -1393,10 +1280,7 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
 
     // Heal: every link open, latency and loss back to normal, every disk with room, every
     // armed fsync fault spent; a node whose log an fsync error poisoned is restarted once.
-    net.update_config(|config| {
-        config.packet_loss_rate = 0.0;
-        config.send_latency = Duration::from_millis(1)..Duration::from_millis(10);
-    });
+    restore_network(&net);
     heal_links(&net, &nodes, &client_hosts);
     lock(&shared).trace("heal");
     let mut healed_sync_failures = Vec::with_capacity(nodes_total);
@@ -1432,24 +1316,7 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
         }
         healed_sync_failures.push(node.disk.stats().sync_failures);
     }
-    runtime
-        .sleep(Duration::from_millis(
-            draw.request_timeout_ms + HEALED_PRODUCE_MS,
-        ))
-        .await;
-    producing.store(false, Ordering::Relaxed);
-    lock(&shared).trace("heal: producers stop");
-    for task in tasks {
-        if task.await.is_err() {
-            errors.push(RunError::TaskPanic("a producer task panicked".into()));
-        }
-    }
-    consuming.store(false, Ordering::Relaxed);
-    for task in consumer_tasks {
-        if task.await.is_err() {
-            errors.push(RunError::TaskPanic("a consumer task panicked".into()));
-        }
-    }
+    clients.stop(&client_side, &mut errors).await;
 
     // Liveness: a fresh consumer reads every acknowledged acks=all value (in a compacted topic
     // superseded values are gone on purpose: the drain reads to the end offsets and the
@@ -1460,28 +1327,7 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
         let recorder = lock(&shared);
         must_be_read(&recorder.history, true, &BTreeMap::new())
     };
-    let drain_host = handle
-        .create_node()
-        .name("drain")
-        .ip("10.0.3.1".parse().expect("ip"))
-        .build();
-    let drained = drain_host
-        .spawn(drain(
-            runtime.clone(),
-            shared.clone(),
-            bootstrap.clone(),
-            draw.clone(),
-            acknowledged,
-            Duration::from_secs(options.drain_secs_max),
-            true,
-        ))
-        .await;
-    let drain_done = matches!(drained, Ok(Ok(())));
-    match drained {
-        Ok(Ok(())) => {}
-        Ok(Err(stuck)) => errors.push(RunError::Liveness(stuck)),
-        Err(_) => errors.push(RunError::TaskPanic("the drain task panicked".into())),
-    }
+    let drain_done = final_drain(&client_side, acknowledged, true, &mut errors).await;
 
     // Convergence, then every replica's log read from its disk.
     monitoring.store(false, Ordering::Relaxed);
@@ -1588,21 +1434,19 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
         roles,
         serves: Vec::new(),
     });
-    let mut produce_requests = ProduceRequestCounts::default();
-    for client in &producer_clients {
-        produce_requests.add(&client.request_counts());
-    }
+    let produce_requests = clients.produce_requests();
 
-    let recorder = lock(&shared);
-    let simulated_secs = recorder.elapsed().as_secs_f64();
-    let history = recorder.history.clone();
-    let mut trace = recorder.trace.clone();
-    let faults = recorder.faults.clone();
-    let served_corrupt = recorder.served_corrupt;
-    let protocol_violations = recorder.protocol_violations;
-    drop(recorder);
+    let Recorded {
+        simulated_secs,
+        history,
+        mut trace,
+        faults,
+        served_corrupt,
+        protocol_violations,
+        ..
+    } = lock(&shared).recorded();
     let progress = cluster.progress(options.fault_secs);
-    let queue = match queue::check(
+    let queue = check_queue(
         &history,
         &QueueOptions {
             producer_ordering: true,
@@ -1614,20 +1458,15 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
             compacted: draw.compacted,
             ..QueueOptions::default()
         },
-    ) {
-        Ok(report) => Some(report),
-        Err(error) => {
-            errors.push(RunError::MalformedHistory(error.to_string()));
-            None
-        }
-    };
+        &mut errors,
+    );
     let (linear, linear_skipped) = if draw.compacted {
         (
             None,
             Some("compacted topic: the log model keeps every record".to_owned()),
         )
     } else {
-        match linear::check(
+        check_linear(
             &history,
             &LinearOptions {
                 states_max: options.linear_states_max,
@@ -1635,13 +1474,8 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
                 // Each new leader's control batch takes an offset no client appended.
                 control_offsets: control,
             },
-        ) {
-            Ok(report) => (Some(report), None),
-            Err(error) => {
-                errors.push(RunError::MalformedHistory(error.to_string()));
-                (None, Some(format!("malformed history: {error}")))
-            }
-        }
+            &mut errors,
+        )
     };
     trace.push(format!(
         "end after {simulated_secs:.1} simulated s, {} ops; {}",

@@ -21,7 +21,7 @@ use brook_jepsen::history::{History, OpKind, Phase, SendAcks};
 use brook_jepsen::linear::{self, LinearOptions, LinearReport};
 use brook_jepsen::queue::{self, QueueOptions, QueueReport};
 use brook_node::config::Fsync;
-use brook_node::Broker;
+use brook_node::{Broker, NodeConfig};
 use brook_storage::disk::{CrashMode, Disk, SimDisk};
 use brook_wire::batch::BatchHeader;
 use rand::seq::SliceRandom;
@@ -546,6 +546,17 @@ pub(crate) struct Recorder {
 
 pub(crate) type Shared = Arc<Mutex<Recorder>>;
 
+/// What a `Recorder` holds at the end of a run (see its fields).
+pub(crate) struct Recorded {
+    pub(crate) simulated_secs: f64,
+    pub(crate) history: History,
+    pub(crate) trace: Vec<String>,
+    pub(crate) faults: BTreeMap<&'static str, u64>,
+    pub(crate) corrupt: BTreeMap<u32, Vec<(u64, u64)>>,
+    pub(crate) served_corrupt: u64,
+    pub(crate) protocol_violations: u64,
+}
+
 pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, Recorder> {
     // A panicking simulated task fails the run anyway; keep recording.
     shared.lock().unwrap_or_else(PoisonError::into_inner)
@@ -567,6 +578,19 @@ impl Recorder {
 
     pub(crate) fn elapsed(&self) -> Duration {
         self.runtime.now().duration_since(self.start)
+    }
+
+    /// A copy of everything recorded so far, for the report.
+    pub(crate) fn recorded(&self) -> Recorded {
+        Recorded {
+            simulated_secs: self.elapsed().as_secs_f64(),
+            history: self.history.clone(),
+            trace: self.trace.clone(),
+            faults: self.faults.clone(),
+            corrupt: self.corrupt.clone(),
+            served_corrupt: self.served_corrupt,
+            protocol_violations: self.protocol_violations,
+        }
     }
 
     fn op(&mut self, process: u64, phase: Phase, kind: OpKind) -> usize {
@@ -646,7 +670,6 @@ async fn simulate(options: Options) -> RunReport {
 
     // The node, with a disk that outlives its restarts.
     let disk = SimDisk::new(seed);
-    let incarnations = Arc::new(AtomicU64::new(0));
     let mut config = node_config(0);
     config.log.segment_bytes_max = draw.segment_bytes_max;
     config.log.index_interval_bytes = draw.index_interval_bytes;
@@ -663,48 +686,19 @@ async fn simulate(options: Options) -> RunReport {
     if draw.compacted || draw.retention {
         config.log.retention_check_interval_ms = COMPACTED_CLEANER_INTERVAL_MS;
     }
-    let node_disk = disk.clone();
-    // Each fsync takes between half of the drawn maximum and all of it, in simulated time.
-    let fsync_latency =
-        Duration::from_micros(draw.fsync_ms_max * 500)..Duration::from_millis(draw.fsync_ms_max);
-    let node = handle
-        .create_node()
-        .name("n0")
-        .ip(node_address(0).ip())
-        .init(move || {
-            let disk = node_disk.clone();
-            let config = config.clone();
-            let incarnation = incarnations.fetch_add(1, Ordering::Relaxed);
-            let fsync_latency = fsync_latency.clone();
-            async move {
-                let runtime =
-                    Runtime::with_blocking_latency(node_seed(seed, 0, incarnation), fsync_latency);
-                // Like a supervisor: a start that fails (a disk fault during recovery) is
-                // retried; a node that never starts fails the run (liveness).
-                for attempt in 0..20 {
-                    match Broker::start(config.clone(), runtime.clone(), Arc::new(disk.clone()))
-                        .await
-                    {
-                        // Serve until the node is killed.
-                        Ok(_broker) => std::future::pending::<()>().await,
-                        Err(error) => {
-                            tracing::warn!(attempt, %error, "node n0 failed to start; retrying");
-                            runtime.sleep(Duration::from_millis(500)).await;
-                        }
-                    }
-                }
-                panic!("node n0 failed to start 20 times");
-            }
-        })
-        .build();
+    let node = node_host(
+        &handle,
+        "n0",
+        0,
+        seed,
+        config,
+        disk.clone(),
+        draw.fsync_ms_max,
+    );
     let bootstrap = node_address(0).to_string();
 
     // Create the topic (the broker may still be starting).
-    let setup = handle
-        .create_node()
-        .name("setup")
-        .ip("10.0.9.1".parse().expect("ip"))
-        .build();
+    let setup = client_host(&handle, "setup", "10.0.9.1");
     let setup_runtime = runtime.clone();
     let setup_bootstrap = bootstrap.clone();
     let partitions = draw.partitions;
@@ -732,66 +726,9 @@ async fn simulate(options: Options) -> RunReport {
         errors.push(RunError::Setup("could not create the topic".to_owned()));
     }
 
-    let producing = Arc::new(AtomicBool::new(true));
-    let consuming = Arc::new(AtomicBool::new(true));
-    let next_value = Arc::new(AtomicU64::new(1));
-    let mut client_nodes = Vec::new();
-    let mut producer_clients = Vec::new();
-    let mut tasks = Vec::new();
-
-    // Producers: each client host has one Producer shared by its workers; each worker is one
-    // history process with at most one send in flight.
-    for producer_index in 0..draw.producers {
-        let host = handle
-            .create_node()
-            .name(format!("producer-{producer_index}"))
-            .ip(format!("10.0.1.{}", producer_index + 1)
-                .parse()
-                .expect("ip"))
-            .build();
-        client_nodes.push(host.id());
-        // The client's workers share its producers, so their records meet in batches.
-        let client = ProducerClient::default();
-        producer_clients.push(client.clone());
-        for worker in 0..draw.workers_per_producer {
-            let process = u64::from(producer_index * 100 + worker);
-            let context = WorkerContext {
-                runtime: runtime.clone(),
-                shared: shared.clone(),
-                bootstrap: bootstrap.clone(),
-                draw: draw.clone(),
-                producing: producing.clone(),
-                next_value: next_value.clone(),
-                client: client.clone(),
-                rng: ChaCha8Rng::seed_from_u64(seed ^ (0x5eed_0000 + process)),
-                process,
-                acks_leader_indeterminate: false,
-            };
-            tasks.push(host.spawn(produce(context)));
-        }
-    }
-    // Consumers: each polls every partition from the start and records what it saw.
-    let mut consumer_tasks = Vec::new();
-    for consumer_index in 0..draw.consumers {
-        let host = handle
-            .create_node()
-            .name(format!("consumer-{consumer_index}"))
-            .ip(format!("10.0.2.{}", consumer_index + 1)
-                .parse()
-                .expect("ip"))
-            .build();
-        client_nodes.push(host.id());
-        let process = 1_000 + u64::from(consumer_index);
-        consumer_tasks.push(host.spawn(consume(
-            runtime.clone(),
-            shared.clone(),
-            bootstrap.clone(),
-            draw.clone(),
-            process,
-            consuming.clone(),
-            options.plant,
-        )));
-    }
+    let client_side = ClientSide::new(&handle, &runtime, &shared, &bootstrap, &draw, &options);
+    let mut clients = Clients::spawn(&client_side, false);
+    let client_nodes = clients.hosts.clone();
 
     // The nemesis: faults during the fault phase.
     let net = madsim::net::NetSim::current();
@@ -812,15 +749,7 @@ async fn simulate(options: Options) -> RunReport {
                     cut_power_first(&disk, &runtime, &shared, &mut rng).await;
                 }
                 handle.kill(node.id());
-                let mode = *[
-                    CrashMode::DropUnsynced,
-                    CrashMode::TornLastWrite,
-                    CrashMode::FlipBitInLastWrite,
-                    CrashMode::TornUnsynced,
-                    CrashMode::Random,
-                ]
-                .choose(&mut rng)
-                .unwrap_or(&CrashMode::Random);
+                let mode = draw_crash_mode(&mut rng);
                 lock(&shared).node_event(OpKind::Crash);
                 let crash = disk.crash_with(mode, &mut rng);
                 let down = rng.gen_range(100..3_000);
@@ -871,30 +800,13 @@ async fn simulate(options: Options) -> RunReport {
             }
             Fault::Latency => {
                 let high = rng.gen_range(20..400);
-                net.update_config(|config| {
-                    config.send_latency = Duration::from_millis(1)..Duration::from_millis(high)
-                });
                 let span = rng.gen_range(1_000..5_000);
-                lock(&shared).trace(format_args!(
-                    "nemesis latency up to {high} ms for {span} ms"
-                ));
-                runtime.sleep(Duration::from_millis(span)).await;
-                net.update_config(|config| {
-                    config.send_latency = Duration::from_millis(1)..Duration::from_millis(10)
-                });
-                lock(&shared).trace("nemesis latency back to normal");
+                add_latency(&net, &runtime, &shared, high, span).await;
             }
             Fault::PacketLoss => {
                 let rate = rng.gen_range(0.01..0.3);
                 let span = rng.gen_range(1_000..5_000);
-                net.update_config(|config| config.packet_loss_rate = rate);
-                lock(&shared).trace(format_args!(
-                    "nemesis lose {:.0}% of packets for {span} ms",
-                    rate * 100.0
-                ));
-                runtime.sleep(Duration::from_millis(span)).await;
-                net.update_config(|config| config.packet_loss_rate = 0.0);
-                lock(&shared).trace("nemesis packet loss over");
+                lose_packets(&net, &runtime, &shared, rate, span).await;
             }
             Fault::Swizzle => {
                 let mut links = client_nodes.clone();
@@ -995,10 +907,7 @@ async fn simulate(options: Options) -> RunReport {
 
     // Heal: everything connected, the disk healthy. A node poisoned by an fsync error stays
     // unusable until restarted, as an operator would do: restart it once, cleanly.
-    net.update_config(|config| {
-        config.packet_loss_rate = 0.0;
-        config.send_latency = Duration::from_millis(1)..Duration::from_millis(10);
-    });
+    restore_network(&net);
     lock(&shared).trace("heal");
     // An fsync fault armed by the nemesis just before the heal (seed 423 of draw v3: armed in
     // the same millisecond) has hit no file yet: left armed, it would poison the log after the
@@ -1028,26 +937,7 @@ async fn simulate(options: Options) -> RunReport {
     }
     // Checked after the drain: no sync may fail after this point.
     let healed_sync_failures = disk.stats().sync_failures;
-    // Producers go on for a healthy stretch (see `HEALED_PRODUCE_MS`), after the request
-    // timeout that frees sends stuck on a connection the faults or the restart broke.
-    runtime
-        .sleep(Duration::from_millis(
-            draw.request_timeout_ms + HEALED_PRODUCE_MS,
-        ))
-        .await;
-    producing.store(false, Ordering::Relaxed);
-    lock(&shared).trace("heal: producers stop");
-    for task in tasks {
-        if task.await.is_err() {
-            errors.push(RunError::TaskPanic("a producer task panicked".into()));
-        }
-    }
-    consuming.store(false, Ordering::Relaxed);
-    for task in consumer_tasks {
-        if task.await.is_err() {
-            errors.push(RunError::TaskPanic("a consumer task panicked".into()));
-        }
-    }
+    clients.stop(&client_side, &mut errors).await;
 
     // Liveness: a fresh consumer must read every acknowledged value within the bound.
     let acknowledged = if draw.compacted || draw.retention {
@@ -1062,27 +952,7 @@ async fn simulate(options: Options) -> RunReport {
             &recorder.corrupt,
         )
     };
-    let drain_host = handle
-        .create_node()
-        .name("drain")
-        .ip("10.0.3.1".parse().expect("ip"))
-        .build();
-    let drained = drain_host
-        .spawn(drain(
-            runtime.clone(),
-            shared.clone(),
-            bootstrap.clone(),
-            draw.clone(),
-            acknowledged,
-            Duration::from_secs(options.drain_secs_max),
-            false,
-        ))
-        .await;
-    match drained {
-        Ok(Ok(())) => {}
-        Ok(Err(stuck)) => errors.push(RunError::Liveness(stuck)),
-        Err(_) => errors.push(RunError::TaskPanic("the drain task panicked".into())),
-    }
+    final_drain(&client_side, acknowledged, false, &mut errors).await;
     let late_sync_failures = disk.stats().sync_failures - healed_sync_failures;
     if late_sync_failures > 0 {
         errors.push(RunError::UnhealthyHeal(format!(
@@ -1090,22 +960,19 @@ async fn simulate(options: Options) -> RunReport {
         )));
     }
     let batch_stats = batch_stats(&disk, draw.partitions);
-    let mut produce_requests = ProduceRequestCounts::default();
-    for client in &producer_clients {
-        produce_requests.add(&client.request_counts());
-    }
+    let produce_requests = clients.produce_requests();
 
-    let recorder = lock(&shared);
-    let simulated_secs = recorder.elapsed().as_secs_f64();
-    let history = recorder.history.clone();
-    let mut trace = recorder.trace.clone();
-    let faults = recorder.faults.clone();
-    let corrupt = recorder.corrupt.clone();
-    let served_corrupt = recorder.served_corrupt;
-    let protocol_violations = recorder.protocol_violations;
-    drop(recorder);
+    let Recorded {
+        simulated_secs,
+        history,
+        mut trace,
+        faults,
+        corrupt,
+        served_corrupt,
+        protocol_violations,
+    } = lock(&shared).recorded();
     let progress = Progress::for_draw(&draw, options.fault_secs);
-    let queue = queue::check(
+    let queue = check_queue(
         &history,
         &QueueOptions {
             // Sound: each worker has one send in flight and the producers never retry.
@@ -1118,14 +985,8 @@ async fn simulate(options: Options) -> RunReport {
             compacted: draw.compacted,
             ..QueueOptions::default()
         },
+        &mut errors,
     );
-    let queue = match queue {
-        Ok(report) => Some(report),
-        Err(error) => {
-            errors.push(RunError::MalformedHistory(error.to_string()));
-            None
-        }
-    };
     let crashed = history
         .ops()
         .iter()
@@ -1143,20 +1004,15 @@ async fn simulate(options: Options) -> RunReport {
             Some("fsync = interval with crashes: the log may shrink at a crash".to_owned()),
         )
     } else {
-        match linear::check(
+        check_linear(
             &history,
             &LinearOptions {
                 states_max: options.linear_states_max,
                 use_polls: true,
                 ..LinearOptions::default()
             },
-        ) {
-            Ok(report) => (Some(report), None),
-            Err(error) => {
-                errors.push(RunError::MalformedHistory(error.to_string()));
-                (None, Some(format!("malformed history: {error}")))
-            }
-        }
+            &mut errors,
+        )
     };
     trace.push(format!(
         "end after {simulated_secs:.1} simulated s, {} ops",
@@ -1185,12 +1041,352 @@ async fn simulate(options: Options) -> RunReport {
     }
 }
 
+/// The simulated network's send latency outside latency faults.
+fn normal_send_latency() -> std::ops::Range<Duration> {
+    Duration::from_millis(1)..Duration::from_millis(10)
+}
+
+/// The network's latency and packet loss as they are outside faults.
+pub(crate) fn restore_network(net: &madsim::net::NetSim) {
+    net.update_config(|config| {
+        config.packet_loss_rate = 0.0;
+        config.send_latency = normal_send_latency();
+    });
+}
+
+/// A latency fault: every message takes up to `high_ms` for `span_ms`.
+pub(crate) async fn add_latency(
+    net: &madsim::net::NetSim,
+    runtime: &Runtime,
+    shared: &Shared,
+    high_ms: u64,
+    span_ms: u64,
+) {
+    net.update_config(|config| {
+        config.send_latency = Duration::from_millis(1)..Duration::from_millis(high_ms)
+    });
+    lock(shared).trace(format_args!(
+        "nemesis latency up to {high_ms} ms for {span_ms} ms"
+    ));
+    runtime.sleep(Duration::from_millis(span_ms)).await;
+    net.update_config(|config| config.send_latency = normal_send_latency());
+    lock(shared).trace("nemesis latency back to normal");
+}
+
+/// A packet loss fault: a share `rate` of the packets is lost for `span_ms`.
+pub(crate) async fn lose_packets(
+    net: &madsim::net::NetSim,
+    runtime: &Runtime,
+    shared: &Shared,
+    rate: f64,
+    span_ms: u64,
+) {
+    net.update_config(|config| config.packet_loss_rate = rate);
+    lock(shared).trace(format_args!(
+        "nemesis lose {:.0}% of packets for {span_ms} ms",
+        rate * 100.0
+    ));
+    runtime.sleep(Duration::from_millis(span_ms)).await;
+    net.update_config(|config| config.packet_loss_rate = 0.0);
+    lock(shared).trace("nemesis packet loss over");
+}
+
+/// Times a simulated node tries to start before the run gives up on it (liveness).
+pub(crate) const NODE_START_ATTEMPTS_MAX: u32 = 20;
+
+/// A simulated host named `name` at `node_address(index)` that runs a brook node as the
+/// binary does (`Broker::start`) on `disk`, which outlives the host's restarts. Each
+/// incarnation has a runtime seed of its own, and each fsync takes between half of
+/// `fsync_ms_max` and all of it, in simulated time.
+pub(crate) fn node_host(
+    handle: &madsim::runtime::Handle,
+    name: &str,
+    index: u8,
+    seed: u64,
+    config: NodeConfig,
+    disk: SimDisk,
+    fsync_ms_max: u64,
+) -> madsim::runtime::NodeHandle {
+    let fsync_latency =
+        Duration::from_micros(fsync_ms_max * 500)..Duration::from_millis(fsync_ms_max);
+    let incarnations = Arc::new(AtomicU64::new(0));
+    let supervisor_name = name.to_owned();
+    handle
+        .create_node()
+        .name(name)
+        .ip(node_address(index).ip())
+        .init(move || {
+            let disk = disk.clone();
+            let config = config.clone();
+            let incarnation = incarnations.fetch_add(1, Ordering::Relaxed);
+            let fsync_latency = fsync_latency.clone();
+            let name = supervisor_name.clone();
+            async move {
+                let runtime = Runtime::with_blocking_latency(
+                    node_seed(seed, index, incarnation),
+                    fsync_latency,
+                );
+                // Like a supervisor: a failed start (a disk fault during recovery) is
+                // retried; a node that never starts fails the run (liveness).
+                for attempt in 0..NODE_START_ATTEMPTS_MAX {
+                    match Broker::start(config.clone(), runtime.clone(), Arc::new(disk.clone()))
+                        .await
+                    {
+                        // Serve until the node is killed.
+                        Ok(_broker) => std::future::pending::<()>().await,
+                        Err(error) => {
+                            tracing::warn!(attempt, %error, node = %name, "node failed to start; retrying");
+                            runtime.sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                }
+                panic!("node {name} failed to start {NODE_START_ATTEMPTS_MAX} times");
+            }
+        })
+        .build()
+}
+
+/// A simulated host for clients (no node runs on it) named `name` at address `ip`.
+pub(crate) fn client_host(
+    handle: &madsim::runtime::Handle,
+    name: &str,
+    ip: &str,
+) -> madsim::runtime::NodeHandle {
+    handle
+        .create_node()
+        .name(name)
+        .ip(ip.parse().expect("ip"))
+        .build()
+}
+
+/// What the clients of a run (workload and final drain) share, single node or cluster.
+pub(crate) struct ClientSide<'a> {
+    pub(crate) handle: &'a madsim::runtime::Handle,
+    pub(crate) runtime: &'a Runtime,
+    pub(crate) shared: &'a Shared,
+    /// Every node's client address, comma-separated.
+    pub(crate) bootstrap: &'a str,
+    pub(crate) draw: &'a Draw,
+    pub(crate) options: &'a Options,
+}
+
+impl<'a> ClientSide<'a> {
+    pub(crate) fn new(
+        handle: &'a madsim::runtime::Handle,
+        runtime: &'a Runtime,
+        shared: &'a Shared,
+        bootstrap: &'a str,
+        draw: &'a Draw,
+        options: &'a Options,
+    ) -> Self {
+        ClientSide {
+            handle,
+            runtime,
+            shared,
+            bootstrap,
+            draw,
+            options,
+        }
+    }
+}
+
+/// The workload's producer and consumer hosts and their tasks, running from `spawn` to `stop`.
+pub(crate) struct Clients {
+    /// The client hosts, producers first (what the nemesis clogs).
+    pub(crate) hosts: Vec<madsim::task::NodeId>,
+    producer_clients: Vec<ProducerClient>,
+    producing: Arc<AtomicBool>,
+    consuming: Arc<AtomicBool>,
+    producer_tasks: Vec<madsim::task::JoinHandle<()>>,
+    consumer_tasks: Vec<madsim::task::JoinHandle<()>>,
+}
+
+impl Clients {
+    /// Starts the producers (each client host has one `Producer` per acks level shared by its
+    /// workers, so that their records meet in batches; each worker is one history process
+    /// with at most one send in flight), then the consumers (each polls every partition from
+    /// the start and records what it saw). `acks_leader_indeterminate`: see `WorkerContext`.
+    pub(crate) fn spawn(side: &ClientSide<'_>, acks_leader_indeterminate: bool) -> Clients {
+        let draw = side.draw;
+        let producing = Arc::new(AtomicBool::new(true));
+        let consuming = Arc::new(AtomicBool::new(true));
+        let next_value = Arc::new(AtomicU64::new(1));
+        let mut hosts = Vec::new();
+        let mut producer_clients = Vec::new();
+        let mut producer_tasks = Vec::new();
+        for producer_index in 0..draw.producers {
+            let host = client_host(
+                side.handle,
+                &format!("producer-{producer_index}"),
+                &format!("10.0.1.{}", producer_index + 1),
+            );
+            hosts.push(host.id());
+            let client = ProducerClient::default();
+            producer_clients.push(client.clone());
+            for worker in 0..draw.workers_per_producer {
+                let process = u64::from(producer_index * 100 + worker);
+                let context = WorkerContext {
+                    runtime: side.runtime.clone(),
+                    shared: side.shared.clone(),
+                    bootstrap: side.bootstrap.to_owned(),
+                    draw: draw.clone(),
+                    producing: producing.clone(),
+                    next_value: next_value.clone(),
+                    client: client.clone(),
+                    rng: ChaCha8Rng::seed_from_u64(side.options.seed ^ (0x5eed_0000 + process)),
+                    process,
+                    acks_leader_indeterminate,
+                };
+                producer_tasks.push(host.spawn(produce(context)));
+            }
+        }
+        let mut consumer_tasks = Vec::new();
+        for consumer_index in 0..draw.consumers {
+            let host = client_host(
+                side.handle,
+                &format!("consumer-{consumer_index}"),
+                &format!("10.0.2.{}", consumer_index + 1),
+            );
+            hosts.push(host.id());
+            let process = 1_000 + u64::from(consumer_index);
+            consumer_tasks.push(host.spawn(consume(
+                side.runtime.clone(),
+                side.shared.clone(),
+                side.bootstrap.to_owned(),
+                draw.clone(),
+                process,
+                consuming.clone(),
+                side.options.plant,
+            )));
+        }
+        Clients {
+            hosts,
+            producer_clients,
+            producing,
+            consuming,
+            producer_tasks,
+            consumer_tasks,
+        }
+    }
+
+    /// After the heal: producers go on for a healthy stretch (see `HEALED_PRODUCE_MS`), after
+    /// the request timeout that frees sends stuck on a connection the faults or a restart
+    /// broke; then the producers stop, then the consumers. A task that panicked is a run error.
+    pub(crate) async fn stop(&mut self, side: &ClientSide<'_>, errors: &mut Vec<RunError>) {
+        side.runtime
+            .sleep(Duration::from_millis(
+                side.draw.request_timeout_ms + HEALED_PRODUCE_MS,
+            ))
+            .await;
+        self.producing.store(false, Ordering::Relaxed);
+        lock(side.shared).trace("heal: producers stop");
+        for task in std::mem::take(&mut self.producer_tasks) {
+            if task.await.is_err() {
+                errors.push(RunError::TaskPanic("a producer task panicked".into()));
+            }
+        }
+        self.consuming.store(false, Ordering::Relaxed);
+        for task in std::mem::take(&mut self.consumer_tasks) {
+            if task.await.is_err() {
+                errors.push(RunError::TaskPanic("a consumer task panicked".into()));
+            }
+        }
+    }
+
+    /// Produce requests the producers sent so far, and the batches in them.
+    pub(crate) fn produce_requests(&self) -> ProduceRequestCounts {
+        let mut counts = ProduceRequestCounts::default();
+        for client in &self.producer_clients {
+            counts.add(&client.request_counts());
+        }
+        counts
+    }
+}
+
+/// Liveness: the final drain (see `drain`) on a host of its own, within
+/// `options.drain_secs_max`; a drain that got stuck or panicked is a run error. True if it
+/// read everything it had to.
+pub(crate) async fn final_drain(
+    side: &ClientSide<'_>,
+    acknowledged: BTreeSet<u64>,
+    control_batches: bool,
+    errors: &mut Vec<RunError>,
+) -> bool {
+    let drain_host = client_host(side.handle, "drain", "10.0.3.1");
+    let drained = drain_host
+        .spawn(drain(
+            side.runtime.clone(),
+            side.shared.clone(),
+            side.bootstrap.to_owned(),
+            side.draw.clone(),
+            acknowledged,
+            Duration::from_secs(side.options.drain_secs_max),
+            control_batches,
+        ))
+        .await;
+    match drained {
+        Ok(Ok(())) => true,
+        Ok(Err(stuck)) => {
+            errors.push(RunError::Liveness(stuck));
+            false
+        }
+        Err(_) => {
+            errors.push(RunError::TaskPanic("the drain task panicked".into()));
+            false
+        }
+    }
+}
+
+/// The queue checker's report; a malformed history is a run error and no report.
+pub(crate) fn check_queue(
+    history: &History,
+    options: &QueueOptions,
+    errors: &mut Vec<RunError>,
+) -> Option<QueueReport> {
+    match queue::check(history, options) {
+        Ok(report) => Some(report),
+        Err(error) => {
+            errors.push(RunError::MalformedHistory(error.to_string()));
+            None
+        }
+    }
+}
+
+/// The linearizability checker's report, or why there is none (a malformed history, also a
+/// run error).
+pub(crate) fn check_linear(
+    history: &History,
+    options: &LinearOptions,
+    errors: &mut Vec<RunError>,
+) -> (Option<LinearReport>, Option<String>) {
+    match linear::check(history, options) {
+        Ok(report) => (Some(report), None),
+        Err(error) => {
+            errors.push(RunError::MalformedHistory(error.to_string()));
+            (None, Some(format!("malformed history: {error}")))
+        }
+    }
+}
+
 /// States the linearizability search may explore per partition before it answers `unknown`
 /// (which fails the seed).
 pub(crate) const LINEAR_STATES_MAX: u64 = 2_000_000;
 
 /// Where the heal spends an fsync fault still armed (outside the broker's data directory).
 const HEAL_PROBE_PATH: &str = "/harness/heal-probe";
+
+/// How a killed node's disk crashes: drawn among every mode.
+pub(crate) fn draw_crash_mode(rng: &mut ChaCha8Rng) -> CrashMode {
+    *[
+        CrashMode::DropUnsynced,
+        CrashMode::TornLastWrite,
+        CrashMode::FlipBitInLastWrite,
+        CrashMode::TornUnsynced,
+        CrashMode::Random,
+    ]
+    .choose(rng)
+    .unwrap_or(&CrashMode::Random)
+}
 
 /// Sync an empty harness file, so that an fsync fault armed on `disk` and not yet hit fails
 /// this sync instead of one of the broker's. `Ok(true)`: there was one, and it is spent.
@@ -1762,23 +1958,34 @@ const RETAINED_BYTES_PER_PARTITION: u64 = 4 * 1024;
 
 /// Every partition's log start (earliest offset), read by a separate consumer.
 async fn log_starts(bootstrap: &str, partitions: u32) -> Result<BTreeMap<u32, u64>, String> {
+    partition_offsets(bootstrap, partitions, StartOffset::Earliest, "log starts").await
+}
+
+/// Every partition's offset at `at` (the log start or the end offset), read by a separate
+/// consumer; an error names `what` was read.
+async fn partition_offsets(
+    bootstrap: &str,
+    partitions: u32,
+    at: StartOffset,
+    what: &str,
+) -> Result<BTreeMap<u32, u64>, String> {
     let all: Vec<u32> = (0..partitions).collect();
     let mut consumer = Consumer::connect(bootstrap, ConsumerConfig::default())
         .await
-        .map_err(|error| format!("log starts: {error}"))?;
+        .map_err(|error| format!("{what}: {error}"))?;
     consumer
-        .assign(TOPIC, &all, StartOffset::Earliest)
+        .assign(TOPIC, &all, at)
         .await
-        .map_err(|error| format!("log starts: {error}"))?;
-    let mut starts = BTreeMap::new();
+        .map_err(|error| format!("{what}: {error}"))?;
+    let mut offsets = BTreeMap::new();
     for partition in all {
-        let start = consumer
-            .seek(TOPIC, partition, StartOffset::Earliest)
+        let offset = consumer
+            .seek(TOPIC, partition, at)
             .await
-            .map_err(|error| format!("log starts: {error}"))?;
-        starts.insert(partition, start);
+            .map_err(|error| format!("{what}: {error}"))?;
+        offsets.insert(partition, offset);
     }
-    Ok(starts)
+    Ok(offsets)
 }
 
 /// Before half of a compacted run's kills: let the node make a few more directory changes,
@@ -1947,21 +2154,5 @@ pub(crate) async fn drain(
 
 /// Every partition's end offset (high watermark), read by a separate consumer.
 async fn end_offsets(bootstrap: &str, partitions: u32) -> Result<BTreeMap<u32, u64>, String> {
-    let all: Vec<u32> = (0..partitions).collect();
-    let mut consumer = Consumer::connect(bootstrap, ConsumerConfig::default())
-        .await
-        .map_err(|error| format!("end offsets: {error}"))?;
-    consumer
-        .assign(TOPIC, &all, StartOffset::Latest)
-        .await
-        .map_err(|error| format!("end offsets: {error}"))?;
-    let mut ends = BTreeMap::new();
-    for partition in all {
-        let end = consumer
-            .seek(TOPIC, partition, StartOffset::Latest)
-            .await
-            .map_err(|error| format!("end offsets: {error}"))?;
-        ends.insert(partition, end);
-    }
-    Ok(ends)
+    partition_offsets(bootstrap, partitions, StartOffset::Latest, "end offsets").await
 }
