@@ -130,6 +130,25 @@ impl Cluster {
             })
     }
 
+    /// Node `id`'s log file, opened twice: for its standard output and its standard error.
+    fn log_files(&self, id: u32) -> Result<(File, File), ClusterError> {
+        let log = self.log_file(id)?;
+        let log_err = log.try_clone().map_err(|source| ClusterError::Log {
+            path: self.log_path(id).display().to_string(),
+            source,
+        })?;
+        Ok((log, log_err))
+    }
+
+    /// Every node as `ID@ADDRESS`, comma-separated: the `--peers` of every node.
+    fn peers(&self) -> String {
+        self.ids()
+            .into_iter()
+            .map(|peer| format!("{peer}@{}", self.address(peer)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Appends a line to node `id`'s log (what the nemesis did to it, for whoever reads it).
     pub fn note(&self, id: u32, line: &str) {
         if let Ok(mut file) = self.log_file(id) {
@@ -142,18 +161,7 @@ impl Cluster {
         if self.is_running(id) {
             return Ok(());
         }
-        let peers = self
-            .ids()
-            .into_iter()
-            .map(|peer| format!("{peer}@{}", self.address(peer)))
-            .collect::<Vec<_>>()
-            .join(",");
-        let data = self.data_dir(id);
-        let log = self.log_file(id)?;
-        let log_err = log.try_clone().map_err(|source| ClusterError::Log {
-            path: self.log_path(id).display().to_string(),
-            source,
-        })?;
+        let (log, log_err) = self.log_files(id)?;
         let child = Command::new("ip")
             .args(["netns", "exec", &self.network.namespace(id)])
             .arg(&self.brook)
@@ -161,8 +169,8 @@ impl Cluster {
             .args(["--node-id", &id.to_string()])
             .args(["--listen", &self.address(id).to_string()])
             .arg("--data-dir")
-            .arg(&data)
-            .args(["--peers", &peers])
+            .arg(self.data_dir(id))
+            .args(["--peers", &self.peers()])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log)

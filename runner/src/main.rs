@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use brook_runner::nemesis::NemesisKind;
-use brook_runner::run::{run, RunOptions};
+use brook_runner::run::{run, RunOptions, RunOutcome};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -181,93 +181,106 @@ fn run_options(args: RunArgs) -> anyhow::Result<RunOptions> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Report { dir } => match render_report(&dir) {
-            Ok(path) => {
-                println!("{}", path.display());
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("brook-jepsen: {error:#}");
-                ExitCode::from(2)
-            }
-        },
-        Command::Run(args) => {
-            let dry_run = args.dry_run;
-            let options = match run_options(args) {
-                Ok(options) => options,
-                Err(error) => {
-                    eprintln!("brook-jepsen: {error:#}");
-                    return ExitCode::from(2);
-                }
-            };
-            if dry_run {
-                for step in brook_runner::run::schedule_of(&options) {
-                    println!("{}", serde_json::to_string(&step).unwrap_or_default());
-                }
-                return ExitCode::SUCCESS;
-            }
-            if let Err(error) = brook_runner::netns::require_root() {
-                eprintln!("brook-jepsen: {error}");
-                return ExitCode::from(2);
-            }
-            let tokio = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("tokio runtime")
-            {
-                Ok(tokio) => tokio,
-                Err(error) => {
-                    eprintln!("brook-jepsen: {error:#}");
-                    return ExitCode::from(2);
-                }
-            };
-            let runtime = brook_runtime::Runtime::new(options.seed);
-            let outcome = tokio.block_on(async {
-                let terminate = async {
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    {
-                        Ok(mut signal) => {
-                            signal.recv().await;
-                        }
-                        // No SIGTERM handler: only Ctrl-C stops the run early.
-                        Err(_) => std::future::pending::<()>().await,
-                    }
-                };
-                tokio::select! {
-                    outcome = run(options, runtime) => Some(outcome),
-                    // Dropping the run's future drops its guards: nodes killed, network gone.
-                    _ = tokio::signal::ctrl_c() => None,
-                    () = terminate => None,
-                }
-            });
-            match outcome {
-                None => {
-                    eprintln!("brook-jepsen: interrupted (Ctrl-C or SIGTERM); nodes stopped, test network removed");
-                    ExitCode::from(130)
-                }
-                Some(Err(error)) => {
-                    eprintln!("brook-jepsen: the run failed: {error:#}");
-                    ExitCode::from(2)
-                }
-                Some(Ok(outcome)) => {
-                    print!("{}", outcome.summary);
-                    match render_report(&outcome.dir) {
-                        Ok(path) => println!("report: {}", path.display()),
-                        Err(error) => {
-                            eprintln!("brook-jepsen: {error:#}");
-                            return ExitCode::from(2);
-                        }
-                    }
-                    if outcome.passed {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(1)
-                    }
-                }
-            }
+    match Cli::parse().command {
+        Command::Report { dir } => report_command(&dir),
+        Command::Run(args) => run_command(args),
+    }
+}
+
+/// `brook-jepsen report DIR`: renders the report and prints its path.
+fn report_command(dir: &Path) -> ExitCode {
+    match render_report(dir) {
+        Ok(path) => {
+            println!("{}", path.display());
+            ExitCode::SUCCESS
         }
+        Err(error) => {
+            eprintln!("brook-jepsen: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `brook-jepsen run ...`: the schedule alone with `--dry-run`, else a whole run.
+fn run_command(args: RunArgs) -> ExitCode {
+    let dry_run = args.dry_run;
+    let options = match run_options(args) {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("brook-jepsen: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if dry_run {
+        for step in brook_runner::run::schedule_of(&options) {
+            println!("{}", serde_json::to_string(&step).unwrap_or_default());
+        }
+        return ExitCode::SUCCESS;
+    }
+    if let Err(error) = brook_runner::netns::require_root() {
+        eprintln!("brook-jepsen: {error}");
+        return ExitCode::from(2);
+    }
+    match run_until_interrupted(options) {
+        Err(error) => {
+            eprintln!("brook-jepsen: {error:#}");
+            ExitCode::from(2)
+        }
+        Ok(None) => {
+            eprintln!("brook-jepsen: interrupted (Ctrl-C or SIGTERM); nodes stopped, test network removed");
+            ExitCode::from(130)
+        }
+        Ok(Some(Err(error))) => {
+            eprintln!("brook-jepsen: the run failed: {error:#}");
+            ExitCode::from(2)
+        }
+        Ok(Some(Ok(outcome))) => finish(&outcome),
+    }
+}
+
+/// Runs on a tokio runtime of its own until the run ends (`Some`) or Ctrl-C or SIGTERM
+/// (`None`: dropping the run's future drops its guards, so nodes are killed and the network
+/// is gone). `Err`: no tokio runtime.
+fn run_until_interrupted(
+    options: RunOptions,
+) -> anyhow::Result<Option<anyhow::Result<RunOutcome>>> {
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let runtime = brook_runtime::Runtime::new(options.seed);
+    Ok(tokio.block_on(async {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                // No SIGTERM handler: only Ctrl-C stops the run early.
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            outcome = run(options, runtime) => Some(outcome),
+            _ = tokio::signal::ctrl_c() => None,
+            () = terminate => None,
+        }
+    }))
+}
+
+/// Prints the run's summary and renders its report; the exit code says whether it passed.
+fn finish(outcome: &RunOutcome) -> ExitCode {
+    print!("{}", outcome.summary);
+    match render_report(&outcome.dir) {
+        Ok(path) => println!("report: {}", path.display()),
+        Err(error) => {
+            eprintln!("brook-jepsen: {error:#}");
+            return ExitCode::from(2);
+        }
+    }
+    if outcome.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }

@@ -246,73 +246,83 @@ fn shuffled(rng: &mut ChaCha8Rng, nodes: u32) -> Vec<u32> {
     ids
 }
 
+/// `count` of the nodes drawn at random, in ascending order.
+fn draw_nodes(rng: &mut ChaCha8Rng, nodes: u32, count: usize) -> Vec<u32> {
+    let mut chosen = shuffled(rng, nodes)[..count].to_vec();
+    chosen.sort_unstable();
+    chosen
+}
+
+/// At least one of the nodes, up to all of them, drawn at random, in ascending order.
+fn draw_some_nodes(rng: &mut ChaCha8Rng, nodes: u32) -> Vec<u32> {
+    let count = rng.gen_range(1..=nodes) as usize;
+    draw_nodes(rng, nodes, count)
+}
+
+/// A minority of `nodes`: at most (n - 1) / 2 nodes, at least one.
+fn minority_of(nodes: u32) -> usize {
+    ((nodes - 1) / 2).max(1) as usize
+}
+
 fn draw_fault(rng: &mut ChaCha8Rng, kind: NemesisKind, options: &ScheduleOptions) -> Fault {
     let nodes = options.nodes;
-    // A minority: at most (n - 1) / 2 nodes, at least one.
-    let minority = ((nodes - 1) / 2).max(1) as usize;
     match kind {
         // One kill in four hits several nodes: a minority, a majority or all.
         NemesisKind::Kill if nodes >= 2 && rng.gen_range(0..4) == 0 => {
             let count = match rng.gen_range(0..3) {
-                0 => minority,
+                0 => minority_of(nodes),
                 1 => (nodes / 2 + 1) as usize,
                 _ => nodes as usize,
             };
-            let mut chosen = shuffled(rng, nodes)[..count].to_vec();
-            chosen.sort_unstable();
-            Fault::KillNodes { nodes: chosen }
+            Fault::KillNodes {
+                nodes: draw_nodes(rng, nodes, count),
+            }
         }
         NemesisKind::Kill => Fault::Kill(draw_target(rng, options)),
         NemesisKind::Pause => Fault::Pause(draw_target(rng, options)),
-        NemesisKind::Partition => {
-            let order = shuffled(rng, nodes);
-            let shape = match rng.gen_range(0..4) {
-                0 => PartitionShape::Isolate(draw_target(rng, options)),
-                1 => {
-                    let mut side: Vec<u32> = order[..minority].to_vec();
-                    side.sort_unstable();
-                    PartitionShape::Halves { minority: side }
-                }
-                2 if nodes >= 3 => {
-                    // n3: 1 | bridge | 1; n5: 2 | bridge | 2.
-                    let half = ((nodes - 1) / 2) as usize;
-                    let mut left = order[..half].to_vec();
-                    let bridge = order[half];
-                    let mut right = order[half + 1..].to_vec();
-                    left.sort_unstable();
-                    right.sort_unstable();
-                    PartitionShape::Bridge {
-                        left,
-                        bridge,
-                        right,
-                    }
-                }
-                _ if nodes >= 2 => PartitionShape::OneWay {
-                    from: order[0],
-                    to: order[1],
-                },
-                _ => PartitionShape::Isolate(Target::Node(order[0])),
-            };
-            Fault::Partition(shape)
+        NemesisKind::Partition => Fault::Partition(draw_partition(rng, options)),
+        NemesisKind::Latency => Fault::Latency {
+            nodes: draw_some_nodes(rng, nodes),
+            delay_ms: [20, 50, 100, 200][rng.gen_range(0..4)],
+        },
+        NemesisKind::Loss => Fault::Loss {
+            nodes: draw_some_nodes(rng, nodes),
+            percent: [5, 10, 20, 40][rng.gen_range(0..4)],
+        },
+    }
+}
+
+/// The shape of a partition: one node isolated, a minority cut from the majority, two sides
+/// bridged by one node, or one node deaf to another.
+fn draw_partition(rng: &mut ChaCha8Rng, options: &ScheduleOptions) -> PartitionShape {
+    let nodes = options.nodes;
+    let order = shuffled(rng, nodes);
+    match rng.gen_range(0..4) {
+        0 => PartitionShape::Isolate(draw_target(rng, options)),
+        1 => {
+            let mut side: Vec<u32> = order[..minority_of(nodes)].to_vec();
+            side.sort_unstable();
+            PartitionShape::Halves { minority: side }
         }
-        NemesisKind::Latency => {
-            let count = rng.gen_range(1..=nodes) as usize;
-            let mut chosen = shuffled(rng, nodes)[..count].to_vec();
-            chosen.sort_unstable();
-            Fault::Latency {
-                nodes: chosen,
-                delay_ms: [20, 50, 100, 200][rng.gen_range(0..4)],
+        2 if nodes >= 3 => {
+            // n3: 1 | bridge | 1; n5: 2 | bridge | 2.
+            let half = ((nodes - 1) / 2) as usize;
+            let mut left = order[..half].to_vec();
+            let bridge = order[half];
+            let mut right = order[half + 1..].to_vec();
+            left.sort_unstable();
+            right.sort_unstable();
+            PartitionShape::Bridge {
+                left,
+                bridge,
+                right,
             }
         }
-        NemesisKind::Loss => {
-            let count = rng.gen_range(1..=nodes) as usize;
-            let mut chosen = shuffled(rng, nodes)[..count].to_vec();
-            chosen.sort_unstable();
-            Fault::Loss {
-                nodes: chosen,
-                percent: [5, 10, 20, 40][rng.gen_range(0..4)],
-            }
-        }
+        _ if nodes >= 2 => PartitionShape::OneWay {
+            from: order[0],
+            to: order[1],
+        },
+        _ => PartitionShape::Isolate(Target::Node(order[0])),
     }
 }
 

@@ -303,6 +303,8 @@ impl Network {
         Ok(network)
     }
 
+    /// The hub namespace with its bridge, every node's namespace on it, then the root
+    /// namespace's link.
     fn build(&mut self) -> Result<(), NetworkError> {
         let hub = self.hub();
         let bridge = format!("{}-br", self.prefix);
@@ -314,63 +316,75 @@ impl Network {
         )?;
         run("ip", &["-n", &hub, "link", "set", &bridge, "up"])?;
         for id in 1..=self.nodes {
-            let namespace = self.namespace(id);
-            let inside = format!("{}-n{id}-a", self.prefix);
-            let port = format!("{}-n{id}-b", self.prefix);
-            run("ip", &["netns", "add", &namespace])?;
-            run("ip", &["-n", &namespace, "link", "set", "lo", "up"])?;
-            run(
-                "ip",
-                &[
-                    "link", "add", &inside, "netns", &namespace, "type", "veth", "peer", "name",
-                    &port, "netns", &hub,
-                ],
-            )?;
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &namespace,
-                    "link",
-                    "set",
-                    &inside,
-                    "name",
-                    NODE_INTERFACE,
-                ],
-            )?;
-            let address = format!("{}/24", self.address(id));
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &namespace,
-                    "addr",
-                    "add",
-                    &address,
-                    "dev",
-                    NODE_INTERFACE,
-                ],
-            )?;
-            run(
-                "ip",
-                &["-n", &namespace, "link", "set", NODE_INTERFACE, "up"],
-            )?;
-            run(
-                "ip",
-                &["-n", &hub, "link", "set", &port, "master", &bridge, "up"],
-            )?;
+            self.add_node(id, &hub, &bridge)?;
         }
+        self.add_root_link(&hub, &bridge)
+    }
+
+    /// Node `id`'s namespace, with a veth pair from its `NODE_INTERFACE` (holding its address)
+    /// to a port of `bridge` in `hub`.
+    fn add_node(&self, id: u32, hub: &str, bridge: &str) -> Result<(), NetworkError> {
+        let namespace = self.namespace(id);
+        let inside = format!("{}-n{id}-a", self.prefix);
+        let port = format!("{}-n{id}-b", self.prefix);
+        run("ip", &["netns", "add", &namespace])?;
+        run("ip", &["-n", &namespace, "link", "set", "lo", "up"])?;
+        run(
+            "ip",
+            &[
+                "link", "add", &inside, "netns", &namespace, "type", "veth", "peer", "name", &port,
+                "netns", hub,
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &namespace,
+                "link",
+                "set",
+                &inside,
+                "name",
+                NODE_INTERFACE,
+            ],
+        )?;
+        let address = format!("{}/24", self.address(id));
+        run(
+            "ip",
+            &[
+                "-n",
+                &namespace,
+                "addr",
+                "add",
+                &address,
+                "dev",
+                NODE_INTERFACE,
+            ],
+        )?;
+        run(
+            "ip",
+            &["-n", &namespace, "link", "set", NODE_INTERFACE, "up"],
+        )?;
+        run(
+            "ip",
+            &["-n", hub, "link", "set", &port, "master", bridge, "up"],
+        )?;
+        Ok(())
+    }
+
+    /// The root namespace's veth pair to a port of `bridge` in `hub`, holding the root address.
+    fn add_root_link(&self, hub: &str, bridge: &str) -> Result<(), NetworkError> {
         let root = self.root_link();
         let port = format!("{}-root-b", self.prefix);
         run(
             "ip",
             &[
-                "link", "add", &root, "type", "veth", "peer", "name", &port, "netns", &hub,
+                "link", "add", &root, "type", "veth", "peer", "name", &port, "netns", hub,
             ],
         )?;
         run(
             "ip",
-            &["-n", &hub, "link", "set", &port, "master", &bridge, "up"],
+            &["-n", hub, "link", "set", &port, "master", bridge, "up"],
         )?;
         let address = format!("{}/24", self.root_address());
         run("ip", &["addr", "add", &address, "dev", &root])?;

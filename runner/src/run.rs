@@ -2,17 +2,18 @@
 //! final drain, the checks, and the run directory (`results.json`, `history.jsonl`,
 //! `nemesis.jsonl`, `nodes/nN.log`; the report renders `index.html` from them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use brook_client::{Admin, ErrorCode};
-use brook_jepsen::linear::{self, LinearOptions};
-use brook_jepsen::queue::{self, AnomalyKind, QueueOptions};
-use brook_jepsen::{History, OpKind, Outcome, Phase, ReplicaInput};
-use brook_runtime::{Instant, Runtime};
+use brook_jepsen::linear::{self, LinearOptions, LinearReport};
+use brook_jepsen::queue::{self, AnomalyKind, QueueOptions, QueueReport};
+use brook_jepsen::replica::ReplicaReport;
+use brook_jepsen::{History, OpKind, Outcome, Phase, ReplicaInput, ReplicaLog};
+use brook_runtime::{Instant, Runtime, TaskHandle};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -495,10 +496,10 @@ pub fn schedule_of(options: &RunOptions) -> Vec<Step> {
     )
 }
 
-/// Runs the whole thing. The caller owns Ctrl-C: dropping this future tears everything down
-/// (the cluster and network guards live in it).
-pub async fn run(options: RunOptions, runtime: Runtime) -> anyhow::Result<RunOutcome> {
-    let wall_start = runtime.now();
+/// Checks what a run needs before anything starts (root, the options, the `brook` binary, the
+/// tools the faults use: a missing one is a clear error now rather than failed faults later)
+/// and creates the empty run directory. Returns it, its data directory and the `brook` binary.
+fn prepare(options: &RunOptions) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
     crate::netns::require_root()?;
     anyhow::ensure!(
         options.nodes == 3 || options.nodes == 5,
@@ -521,8 +522,6 @@ pub async fn run(options: RunOptions, runtime: Runtime) -> anyhow::Result<RunOut
         options.brook.display()
     );
     let brook = std::fs::canonicalize(&options.brook)?;
-    // The tools the faults need, before anything is started: a missing one is a clear error
-    // now rather than failed faults later.
     if options
         .nemesis
         .iter()
@@ -533,31 +532,23 @@ pub async fn run(options: RunOptions, runtime: Runtime) -> anyhow::Result<RunOut
     if options.nemesis.contains(&NemesisKind::Latency) {
         crate::netns::run("tc", &["-V"])?;
     }
+    Ok((dir, data_root, brook))
+}
 
-    let network = Network::create(NETWORK_PREFIX, SUBNET, options.nodes)?;
-    let mut cluster = Cluster::new(network, brook, data_root.clone(), dir.join("nodes"));
-    for id in cluster.ids() {
-        cluster.start(id)?;
-    }
-    let bootstrap = cluster.bootstrap();
-    let replication = options.nodes.min(3) as usize;
-    let mut errors: Vec<String> = Vec::new();
-
-    // The topic, and a leader for every partition.
-    let deadline = runtime.now() + STARTUP_TIMEOUT;
-    let admin = connect_admin(&runtime, &bootstrap, deadline)
-        .await
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "no node answered within {STARTUP_TIMEOUT:?} (see {}/nodes/)",
-                dir.display()
-            )
-        })?;
+/// Creates the workload's topic (a create whose answer was lost may have happened: "already
+/// exists" is done) and waits until every partition has a leader, both by `deadline`.
+async fn create_topic(
+    runtime: &Runtime,
+    admin: &Admin,
+    options: &RunOptions,
+    replication: u16,
+    deadline: Instant,
+) -> anyhow::Result<()> {
     loop {
         match runtime
             .timeout(
                 Duration::from_secs(10),
-                admin.create_topic(TOPIC, options.partitions, replication as u16),
+                admin.create_topic(TOPIC, options.partitions, replication),
             )
             .await
         {
@@ -579,7 +570,7 @@ pub async fn run(options: RunOptions, runtime: Runtime) -> anyhow::Result<RunOut
             _ => false,
         };
         if led {
-            break;
+            return Ok(());
         }
         anyhow::ensure!(
             runtime.now() < deadline,
@@ -587,12 +578,18 @@ pub async fn run(options: RunOptions, runtime: Runtime) -> anyhow::Result<RunOut
         );
         runtime.sleep(Duration::from_millis(100)).await;
     }
+}
 
-    // The workload.
-    let recorder = Arc::new(Recorder::new(runtime.clone()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let progress = Arc::new(Progress::default());
-    let time_limit = Duration::from_secs(options.time_limit_secs);
+/// Starts the workload: `PRODUCERS_PER_PARTITION` producers per partition sharing the run's
+/// rate, and `CONSUMERS` consumers, each bounded in sends or polls; they run until `stop`.
+fn spawn_workload(
+    options: &RunOptions,
+    runtime: &Runtime,
+    bootstrap: &str,
+    recorder: &Arc<Recorder>,
+    stop: &Arc<AtomicBool>,
+    progress: &Arc<Progress>,
+) -> Vec<TaskHandle<()>> {
     let sends_max = options.rate.saturating_mul(options.time_limit_secs + 60);
     let producers = PRODUCERS_PER_PARTITION * u64::from(options.partitions);
     let interval = Duration::from_secs_f64(producers as f64 / options.rate as f64);
@@ -605,7 +602,7 @@ pub async fn run(options: RunOptions, runtime: Runtime) -> anyhow::Result<RunOut
     for process in 0..producers {
         let task = ProducerTask {
             process,
-            bootstrap: bootstrap.clone(),
+            bootstrap: bootstrap.to_owned(),
             partition: u32::try_from(process % u64::from(options.partitions)).unwrap_or(0),
             interval,
             acks,
@@ -622,7 +619,7 @@ pub async fn run(options: RunOptions, runtime: Runtime) -> anyhow::Result<RunOut
     for consumer in 0..CONSUMERS {
         let task = ConsumerTask {
             process: CONSUMER_PROCESS_BASE + consumer,
-            bootstrap: bootstrap.clone(),
+            bootstrap: bootstrap.to_owned(),
             partitions: options.partitions,
             polls_max: (options.time_limit_secs + 60).saturating_mul(CONSUMER_POLLS_PER_SECOND_MAX),
         };
@@ -634,19 +631,17 @@ pub async fn run(options: RunOptions, runtime: Runtime) -> anyhow::Result<RunOut
             progress.clone(),
         )));
     }
+    tasks
+}
 
-    // The nemesis, on the workload's clock.
-    let steps = schedule_of(&options);
-    let workload_start = runtime.now();
-    let mut nemesis = Nemesis {
-        runtime: &runtime,
-        cluster: &mut cluster,
-        recorder: &recorder,
-        admin: Some(admin),
-        bootstrap: bootstrap.clone(),
-        windows: Vec::new(),
-        errors: Vec::new(),
-    };
+/// Runs the nemesis schedule `steps` on the workload's clock (started at `workload_start`):
+/// each fault from its start for its duration, then its heal.
+async fn run_schedule(
+    nemesis: &mut Nemesis<'_>,
+    runtime: &Runtime,
+    steps: &[Step],
+    workload_start: Instant,
+) {
     for step in steps.iter().cloned() {
         runtime
             .sleep_until(workload_start + Duration::from_millis(step.start_ms))
@@ -661,6 +656,194 @@ pub async fn run(options: RunOptions, runtime: Runtime) -> anyhow::Result<RunOut
         runtime.sleep_until(end).await;
         nemesis.heal(active);
     }
+}
+
+/// The checkers' verdicts on a run.
+struct Verdicts {
+    queue: Option<QueueReport>,
+    linear: Option<LinearReport>,
+    replica: ReplicaReport,
+}
+
+impl Verdicts {
+    /// No anomaly in any checker (each of which gave a verdict).
+    fn valid(&self) -> bool {
+        self.queue.as_ref().is_some_and(|report| report.valid)
+            && self.linear.as_ref().is_some_and(|report| report.valid())
+            && self.replica.valid
+    }
+
+    /// True if the queue checker found acknowledged writes lost or never read.
+    fn lost_writes_found(&self) -> bool {
+        self.queue.as_ref().is_some_and(|report| {
+            report.has(AnomalyKind::LostWrite) || report.has(AnomalyKind::Unseen)
+        })
+    }
+}
+
+/// Every replica's log, read from the nodes' data directories (the nodes stopped).
+fn read_replicas(
+    cluster: &Cluster,
+    partitions: u32,
+    high_watermarks: &BTreeMap<u32, u64>,
+    notes: &mut Vec<String>,
+) -> Vec<ReplicaLog> {
+    cluster
+        .ids()
+        .into_iter()
+        .flat_map(|id| {
+            replicas::read_node(
+                &format!("n{id}"),
+                &cluster.data_dir(id),
+                TOPIC,
+                partitions,
+                high_watermarks,
+                notes,
+            )
+        })
+        .collect()
+}
+
+/// The queue and linearizability checkers' verdicts on `history` (a malformed history is a
+/// run error instead); `control_offsets`: per partition, the offsets of leaders' control
+/// batches, which no send was acknowledged at.
+fn check_history(
+    history: &History,
+    options: &RunOptions,
+    drain_complete: bool,
+    control_offsets: BTreeMap<u32, BTreeSet<u64>>,
+    errors: &mut Vec<String>,
+) -> (Option<QueueReport>, Option<LinearReport>) {
+    let expected_sends = options.rate.saturating_mul(options.time_limit_secs);
+    let evidence_min = usize::try_from(expected_sends / 20)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    // The log model counts records: a leader's control batch holds an offset no send was
+    // acknowledged at, so offsets are renumbered to indexes among the data records first.
+    let linear_history = without_control_offsets(history, &control_offsets);
+    let queue_report = match queue::check(
+        history,
+        &QueueOptions {
+            producer_ordering: true,
+            durable_acks_all: true,
+            sends_ok_min: evidence_min,
+            records_read_min: evidence_min,
+            drain_processes: if drain_complete {
+                vec![workload::DRAIN_PROCESS]
+            } else {
+                Vec::new()
+            },
+            control_offsets,
+            ..QueueOptions::default()
+        },
+    ) {
+        Ok(report) => Some(report),
+        Err(error) => {
+            errors.push(format!("malformed history: {error}"));
+            None
+        }
+    };
+    let linear_report = match linear::check(&linear_history, &LinearOptions::default()) {
+        Ok(report) => Some(report),
+        Err(error) => {
+            errors.push(format!("malformed history: {error}"));
+            None
+        }
+    };
+    (queue_report, linear_report)
+}
+
+/// The paragraph the terminal shows at the end of a run.
+fn summary(
+    options: &RunOptions,
+    results: &Value,
+    verdicts: &Verdicts,
+    errors: &[String],
+    dir: &Path,
+) -> String {
+    let valid = results["valid"].as_bool().unwrap_or(false);
+    let counts = &results["counts"];
+    let mut summary = format!(
+        "brook-jepsen: {} in {:.0} s: {} ops ({} sends ok, {} info, {} fail; {} polls), {} faults\n",
+        if valid { "VALID" } else { "INVALID" },
+        results["wall_secs"].as_f64().unwrap_or(0.0),
+        counts["ops"],
+        counts["sends_ok"],
+        counts["sends_info"],
+        counts["sends_fail"],
+        counts["polls"],
+        results["faults"],
+    );
+    if let Some(report) = &verdicts.queue {
+        summary.push_str(&report.summary(3));
+    }
+    if let Some(report) = &verdicts.linear {
+        summary.push_str(&report.summary());
+    }
+    summary.push_str(&verdicts.replica.summary());
+    for error in errors {
+        summary.push_str(&format!("error: {error}\n"));
+    }
+    if options.expect_anomalies {
+        summary.push_str(&format!(
+            "expected anomalies (lost writes): {}\n",
+            if verdicts.lost_writes_found() {
+                "found"
+            } else {
+                "NOT FOUND"
+            }
+        ));
+    }
+    summary.push_str(&format!("run directory: {}\n", dir.display()));
+    summary
+}
+
+/// Runs the whole thing. The caller owns Ctrl-C: dropping this future tears everything down
+/// (the cluster and network guards live in it).
+pub async fn run(options: RunOptions, runtime: Runtime) -> anyhow::Result<RunOutcome> {
+    let wall_start = runtime.now();
+    let (dir, data_root, brook) = prepare(&options)?;
+    let network = Network::create(NETWORK_PREFIX, SUBNET, options.nodes)?;
+    let mut cluster = Cluster::new(network, brook, data_root.clone(), dir.join("nodes"));
+    for id in cluster.ids() {
+        cluster.start(id)?;
+    }
+    let bootstrap = cluster.bootstrap();
+    let replication = options.nodes.min(3) as usize;
+    let mut errors: Vec<String> = Vec::new();
+
+    // The topic, and a leader for every partition.
+    let deadline = runtime.now() + STARTUP_TIMEOUT;
+    let admin = connect_admin(&runtime, &bootstrap, deadline)
+        .await
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no node answered within {STARTUP_TIMEOUT:?} (see {}/nodes/)",
+                dir.display()
+            )
+        })?;
+    create_topic(&runtime, &admin, &options, replication as u16, deadline).await?;
+
+    // The workload.
+    let recorder = Arc::new(Recorder::new(runtime.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(Progress::default());
+    let time_limit = Duration::from_secs(options.time_limit_secs);
+    let tasks = spawn_workload(&options, &runtime, &bootstrap, &recorder, &stop, &progress);
+
+    // The nemesis, on the workload's clock.
+    let steps = schedule_of(&options);
+    let workload_start = runtime.now();
+    let mut nemesis = Nemesis {
+        runtime: &runtime,
+        cluster: &mut cluster,
+        recorder: &recorder,
+        admin: Some(admin),
+        bootstrap: bootstrap.clone(),
+        windows: Vec::new(),
+        errors: Vec::new(),
+    };
+    run_schedule(&mut nemesis, &runtime, &steps, workload_start).await;
     runtime.sleep_until(workload_start + time_limit).await;
     let Nemesis {
         windows,
@@ -717,19 +900,8 @@ pub async fn run(options: RunOptions, runtime: Runtime) -> anyhow::Result<RunOut
     // The disks hold still: read every replica.
     cluster.stop_all();
     let mut notes = Vec::new();
-    let mut logs = Vec::new();
-    for id in cluster.ids() {
-        logs.extend(replicas::read_node(
-            &format!("n{id}"),
-            &cluster.data_dir(id),
-            TOPIC,
-            options.partitions,
-            &high_watermarks,
-            &mut notes,
-        ));
-    }
+    let logs = read_replicas(&cluster, options.partitions, &high_watermarks, &mut notes);
     let control_offsets = replicas::control_offsets(&logs);
-    let control_offsets_for_linear = control_offsets.clone();
     let replica_report = brook_jepsen::replica::check(&ReplicaInput {
         logs,
         roles: Vec::new(),
@@ -739,50 +911,20 @@ pub async fn run(options: RunOptions, runtime: Runtime) -> anyhow::Result<RunOut
 
     // The checks.
     let history = recorder.history();
-    let expected_sends = options.rate.saturating_mul(options.time_limit_secs);
-    let evidence_min = usize::try_from(expected_sends / 20)
-        .unwrap_or(usize::MAX)
-        .max(1);
-    let queue_report = match queue::check(
+    let (queue_report, linear_report) = check_history(
         &history,
-        &QueueOptions {
-            producer_ordering: true,
-            durable_acks_all: true,
-            sends_ok_min: evidence_min,
-            records_read_min: evidence_min,
-            drain_processes: if drain_complete {
-                vec![workload::DRAIN_PROCESS]
-            } else {
-                Vec::new()
-            },
-            control_offsets,
-            ..QueueOptions::default()
-        },
-    ) {
-        Ok(report) => Some(report),
-        Err(error) => {
-            errors.push(format!("malformed history: {error}"));
-            None
-        }
+        &options,
+        drain_complete,
+        control_offsets,
+        &mut errors,
+    );
+    let verdicts = Verdicts {
+        queue: queue_report,
+        linear: linear_report,
+        replica: replica_report,
     };
-    // The log model counts records: a leader's control batch holds an offset no send was
-    // acknowledged at, so offsets are renumbered to indexes among the data records first.
-    let linear_history = without_control_offsets(&history, &control_offsets_for_linear);
-    let linear_report = match linear::check(&linear_history, &LinearOptions::default()) {
-        Ok(report) => Some(report),
-        Err(error) => {
-            errors.push(format!("malformed history: {error}"));
-            None
-        }
-    };
-    let valid = errors.is_empty()
-        && drain_complete
-        && queue_report.as_ref().is_some_and(|report| report.valid)
-        && linear_report.as_ref().is_some_and(|report| report.valid())
-        && replica_report.valid;
-    let lost_writes_found = queue_report.as_ref().is_some_and(|report| {
-        report.has(AnomalyKind::LostWrite) || report.has(AnomalyKind::Unseen)
-    });
+    let valid = errors.is_empty() && drain_complete && verdicts.valid();
+    let lost_writes_found = verdicts.lost_writes_found();
     let passed = if options.expect_anomalies {
         lost_writes_found
     } else {
@@ -813,10 +955,10 @@ pub async fn run(options: RunOptions, runtime: Runtime) -> anyhow::Result<RunOut
         "drain_complete": drain_complete,
         "counts": counts,
         "faults": windows.len(),
-        "queue": queue_report,
-        "linearizable": linear_report,
-        "replicas": replica_report,
-        "anomalies": anomaly_list(queue_report.as_ref(), linear_report.as_ref(), &replica_report),
+        "queue": verdicts.queue,
+        "linearizable": verdicts.linear,
+        "replicas": verdicts.replica,
+        "anomalies": anomaly_list(verdicts.queue.as_ref(), verdicts.linear.as_ref(), &verdicts.replica),
         "errors": errors,
         "notes": notes,
         "schedule": steps,
@@ -829,38 +971,7 @@ pub async fn run(options: RunOptions, runtime: Runtime) -> anyhow::Result<RunOut
         // Disk is precious; the logs and the history stay.
         let _ = std::fs::remove_dir_all(&data_root);
     }
-
-    let mut summary = format!(
-        "brook-jepsen: {} in {wall_secs:.0} s: {} ops ({} sends ok, {} info, {} fail; {} polls), {} faults\n",
-        if valid { "VALID" } else { "INVALID" },
-        counts["ops"],
-        counts["sends_ok"],
-        counts["sends_info"],
-        counts["sends_fail"],
-        counts["polls"],
-        windows.len(),
-    );
-    if let Some(report) = &queue_report {
-        summary.push_str(&report.summary(3));
-    }
-    if let Some(report) = &linear_report {
-        summary.push_str(&report.summary());
-    }
-    summary.push_str(&replica_report.summary());
-    for error in &errors {
-        summary.push_str(&format!("error: {error}\n"));
-    }
-    if options.expect_anomalies {
-        summary.push_str(&format!(
-            "expected anomalies (lost writes): {}\n",
-            if lost_writes_found {
-                "found"
-            } else {
-                "NOT FOUND"
-            }
-        ));
-    }
-    summary.push_str(&format!("run directory: {}\n", dir.display()));
+    let summary = summary(&options, &results, &verdicts, &errors, &dir);
     Ok(RunOutcome {
         valid,
         passed,

@@ -140,6 +140,62 @@ async fn connect_producer(
     None
 }
 
+/// The configuration of a workload producer with `acks`.
+fn producer_config(acks: ProducerAcks) -> ProducerConfig {
+    ProducerConfig::default()
+        .acks(match acks {
+            ProducerAcks::All => Acks::All,
+            ProducerAcks::LeaderCountedAsPromise => Acks::Leader,
+        })
+        // No retries: without the idempotent producer a retry may duplicate a record.
+        .retries_max(0)
+        .request_timeout(Duration::from_secs(5))
+        .delivery_timeout(SEND_TIMEOUT)
+}
+
+/// Sends `value` to `partition`, recorded as process `process` (invoke, then ok with the
+/// offset, or info: a timeout, a lost connection, a leader change leave the record maybe in).
+/// True if it was acknowledged.
+async fn recorded_send(
+    runtime: &Runtime,
+    recorder: &Recorder,
+    producer: &Producer,
+    process: u64,
+    value: u64,
+    partition: u32,
+) -> bool {
+    recorder.push(
+        process,
+        None,
+        Phase::Invoke,
+        send_kind(value, partition, None),
+    );
+    let record = ProducerRecord::new(TOPIC, value.to_string()).with_partition(partition);
+    let delivered = runtime
+        .timeout(SEND_TIMEOUT, async { producer.send(record).await?.await })
+        .await;
+    match delivered {
+        Ok(Ok(metadata)) => {
+            recorder.push(
+                process,
+                None,
+                Phase::Ok,
+                send_kind(value, metadata.partition, Some(metadata.offset)),
+            );
+            true
+        }
+        _ => {
+            recorder.push(
+                process,
+                None,
+                Phase::Info,
+                send_kind(value, partition, None),
+            );
+            false
+        }
+    }
+}
+
 /// One producer: sends its own values one at a time until `stop`.
 pub async fn produce(
     task: ProducerTask,
@@ -148,15 +204,7 @@ pub async fn produce(
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
 ) {
-    let config = ProducerConfig::default()
-        .acks(match task.acks {
-            ProducerAcks::All => Acks::All,
-            ProducerAcks::LeaderCountedAsPromise => Acks::Leader,
-        })
-        // No retries: without the idempotent producer a retry may duplicate a record.
-        .retries_max(0)
-        .request_timeout(Duration::from_secs(5))
-        .delivery_timeout(SEND_TIMEOUT);
+    let config = producer_config(task.acks);
     let Some(mut producer) = connect_producer(&runtime, &task.bootstrap, &config, &stop).await
     else {
         return;
@@ -173,44 +221,26 @@ pub async fn produce(
         }
         next_start += task.interval;
         let value = (task.process + 1) * VALUES_PER_PRODUCER + index;
-        let partition = task.partition;
-        recorder.push(
+        if recorded_send(
+            &runtime,
+            &recorder,
+            &producer,
             task.process,
-            None,
-            Phase::Invoke,
-            send_kind(value, partition, None),
-        );
-        let record = ProducerRecord::new(TOPIC, value.to_string()).with_partition(partition);
-        let delivered = runtime
-            .timeout(SEND_TIMEOUT, async { producer.send(record).await?.await })
-            .await;
-        match delivered {
-            Ok(Ok(metadata)) => {
-                recorder.push(
-                    task.process,
-                    None,
-                    Phase::Ok,
-                    send_kind(value, metadata.partition, Some(metadata.offset)),
-                );
-                progress.sends_ok.fetch_add(1, Ordering::Relaxed);
-                failures_in_a_row = 0;
-            }
-            // A timeout, a lost connection, a leader change: the record may or may not be in.
-            _ => {
-                recorder.push(
-                    task.process,
-                    None,
-                    Phase::Info,
-                    send_kind(value, partition, None),
-                );
-                failures_in_a_row += 1;
-                runtime.sleep(ERROR_BACKOFF).await;
-                // A client stuck on dead connections: a fresh one asks for metadata anew.
-                if failures_in_a_row % 20 == 0 {
-                    match connect_producer(&runtime, &task.bootstrap, &config, &stop).await {
-                        Some(fresh) => producer = fresh,
-                        None => break,
-                    }
+            value,
+            task.partition,
+        )
+        .await
+        {
+            progress.sends_ok.fetch_add(1, Ordering::Relaxed);
+            failures_in_a_row = 0;
+        } else {
+            failures_in_a_row += 1;
+            runtime.sleep(ERROR_BACKOFF).await;
+            // A client stuck on dead connections: a fresh one asks for metadata anew.
+            if failures_in_a_row % 20 == 0 {
+                match connect_producer(&runtime, &task.bootstrap, &config, &stop).await {
+                    Some(fresh) => producer = fresh,
+                    None => break,
                 }
             }
         }
@@ -279,6 +309,30 @@ fn record_poll(
     count
 }
 
+/// One poll, recorded as process `process` (invoke, then ok with the records, or fail: nothing
+/// was delivered and the positions did not move). The records read, or `None` if it failed.
+async fn recorded_poll(
+    runtime: &Runtime,
+    recorder: &Recorder,
+    consumer: &mut Consumer,
+    process: u64,
+) -> Option<usize> {
+    let no_records = || OpKind::Poll {
+        records: Vec::new(),
+    };
+    recorder.push(process, None, Phase::Invoke, no_records());
+    match runtime
+        .timeout(POLL_TIMEOUT * 4, consumer.poll(POLL_TIMEOUT))
+        .await
+    {
+        Ok(Ok(records)) => Some(record_poll(recorder, process, records)),
+        _ => {
+            recorder.push(process, None, Phase::Fail, no_records());
+            None
+        }
+    }
+}
+
 /// The assignment event that starts a consumer's reading (resets what it is expected to see).
 fn record_assign(recorder: &Recorder, process: u64, partitions: u32) {
     let assign = OpKind::Assign {
@@ -324,35 +378,14 @@ pub async fn consume(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        recorder.push(
-            process,
-            None,
-            Phase::Invoke,
-            OpKind::Poll {
-                records: Vec::new(),
-            },
-        );
-        let polled = runtime
-            .timeout(POLL_TIMEOUT * 4, consumer.poll(POLL_TIMEOUT))
-            .await;
-        match polled {
-            Ok(Ok(records)) => {
-                let count = record_poll(&recorder, process, records);
+        match recorded_poll(&runtime, &recorder, &mut consumer, process).await {
+            Some(count) => {
                 progress
                     .records_read
                     .fetch_add(count as u64, Ordering::Relaxed);
                 errors_in_a_row = 0;
             }
-            // Nothing was delivered: the poll failed (the positions did not move).
-            _ => {
-                recorder.push(
-                    process,
-                    None,
-                    Phase::Fail,
-                    OpKind::Poll {
-                        records: Vec::new(),
-                    },
-                );
+            None => {
                 errors_in_a_row += 1;
                 runtime.sleep(ERROR_BACKOFF).await;
                 if errors_in_a_row % 20 == 0 {
@@ -419,32 +452,9 @@ pub async fn drain(
             ));
             return drain;
         }
-        recorder.push(
-            DRAIN_PROCESS,
-            None,
-            Phase::Invoke,
-            OpKind::Poll {
-                records: Vec::new(),
-            },
-        );
-        match runtime
-            .timeout(POLL_TIMEOUT * 4, consumer.poll(POLL_TIMEOUT))
-            .await
-        {
-            Ok(Ok(records)) => {
-                drain.records += record_poll(recorder, DRAIN_PROCESS, records) as u64;
-            }
-            _ => {
-                recorder.push(
-                    DRAIN_PROCESS,
-                    None,
-                    Phase::Fail,
-                    OpKind::Poll {
-                        records: Vec::new(),
-                    },
-                );
-                runtime.sleep(ERROR_BACKOFF).await;
-            }
+        match recorded_poll(runtime, recorder, &mut consumer, DRAIN_PROCESS).await {
+            Some(count) => drain.records += count as u64,
+            None => runtime.sleep(ERROR_BACKOFF).await,
         }
     }
     drain.complete = true;

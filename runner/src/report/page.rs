@@ -169,22 +169,27 @@ impl Page<'_> {
     }
 
     fn summary(&self, results: Option<&Value>) -> Markup {
-        let field = |name: &str| {
-            results
-                .and_then(|results| results.get(name))
-                .filter(|value| !value.is_null())
-        };
-        let nemesis = match field("nemesis") {
+        html! {
+            h2 id="summary" { "Summary" }
+            div.columns {
+                div { (self.run_facts(results)) }
+                div { (self.checker_verdicts(results)) }
+                div {
+                    (self.operations_table())
+                    (reported_counts(results))
+                }
+            }
+        }
+    }
+
+    /// What was run: the options and outcome `results.json` records, and the history's size.
+    fn run_facts(&self, results: Option<&Value>) -> Markup {
+        let nemesis = match result_field(results, "nemesis") {
             Some(Value::Array(names)) if names.is_empty() => "none".to_owned(),
             Some(Value::Array(names)) => names.iter().map(plain).collect::<Vec<_>>().join(", "),
             Some(other) => plain(other),
             None => "-".to_owned(),
         };
-        let counts = match field("counts") {
-            Some(Value::Object(counts)) => counts.iter().collect::<Vec<_>>(),
-            _ => Vec::new(),
-        };
-        let notes = string_list(field("notes"));
         let observed_seconds = self.data.run_end_ns() as f64 / NANOS_PER_SECOND;
         // (label, field of results.json), shown when present.
         let facts = [
@@ -204,12 +209,10 @@ impl Page<'_> {
             ("passed (exit code)", "passed"),
         ];
         html! {
-            h2 id="summary" { "Summary" }
-            div.columns { div {
             h3 { "Run" }
             table.facts {
                 @for (label, name) in facts {
-                    @if let Some(value) = field(name) {
+                    @if let Some(value) = result_field(results, name) {
                         tr { th { (label) } td { (plain(value)) } }
                     }
                     @if name == "workload" {
@@ -226,8 +229,14 @@ impl Page<'_> {
                     }
                 } }
             }
-            }
-            div {
+        }
+    }
+
+    /// Each checker's verdict, the anomaly counts, and the run's notes.
+    fn checker_verdicts(&self, results: Option<&Value>) -> Markup {
+        let field = |name: &str| result_field(results, name);
+        let notes = string_list(field("notes"));
+        html! {
             h3 { "Checkers" }
             table {
                 tr { th { "checker" } th { "verdict" } }
@@ -259,18 +268,6 @@ impl Page<'_> {
                     @for note in &notes { li { (note) } }
                 }
             }
-            }
-            div {
-            (self.operations_table())
-            @if !counts.is_empty() {
-                h3 { "Counts reported by the run" }
-                table {
-                    @for (name, value) in counts {
-                        tr { th { (name) } td.number { (plain(value)) } }
-                    }
-                }
-            }
-            } }
         }
     }
 
@@ -530,6 +527,31 @@ fn read_back(data: &RunData) -> ReadBack {
     }
 }
 
+/// Field `name` of `results.json`, if it is there and not null.
+fn result_field<'a>(results: Option<&'a Value>, name: &str) -> Option<&'a Value> {
+    results
+        .and_then(|results| results.get(name))
+        .filter(|value| !value.is_null())
+}
+
+/// The counts `results.json` reports, as they are (none: nothing).
+fn reported_counts(results: Option<&Value>) -> Markup {
+    let counts = match result_field(results, "counts") {
+        Some(Value::Object(counts)) => counts.iter().collect::<Vec<_>>(),
+        _ => Vec::new(),
+    };
+    html! {
+        @if !counts.is_empty() {
+            h3 { "Counts reported by the run" }
+            table {
+                @for (name, value) in counts {
+                    tr { th { (name) } td.number { (plain(value)) } }
+                }
+            }
+        }
+    }
+}
+
 fn checker_row(name: &str, verdict: Option<String>) -> Markup {
     html! {
         tr {
@@ -666,30 +688,34 @@ fn describe_kind(kind: &OpKind, marks: &Marks) -> Markup {
             @if let Some(offset) = offset { " offset " (offset) }
             " acks=" (acks.name())
         },
-        OpKind::Poll { records } => {
-            let shown = shown_records(records, marks);
-            html! {
-                (records.len()) " record" (if records.len() == 1 { "" } else { "s" })
-                @if !records.is_empty() { ": " }
-                @for (position, &index) in shown.iter().enumerate() {
-                    @if position > 0 { ", " }
-                    // A gap in what is shown: say so.
-                    @if (position == 0 && index > 0)
-                        || (position > 0 && index > shown[position - 1] + 1) { "... " }
-                    @let record = &records[index];
-                    @if marks.record(record) {
-                        mark { "p" (record.partition) "@" (record.offset) "=" (record.value) }
-                    } @else {
-                        "p" (record.partition) "@" (record.offset) "=" (record.value)
-                    }
-                }
-                @if shown.last().is_some_and(|&last| last + 1 < records.len()) {
-                    ", ... (" (records.len() - shown.len()) " more not shown)"
-                }
-            }
-        }
+        OpKind::Poll { records } => describe_poll(records, marks),
         // Other kinds are rare in these tables; their JSON says it all.
         other => html! { code { (serde_json::to_string(other).unwrap_or_default()) } },
+    }
+}
+
+/// A poll's records: the count, then the records `shown_records` picks (marked ones
+/// highlighted), with "..." where records are left out.
+fn describe_poll(records: &[brook_jepsen::PollRecord], marks: &Marks) -> Markup {
+    let shown = shown_records(records, marks);
+    html! {
+        (records.len()) " record" (if records.len() == 1 { "" } else { "s" })
+        @if !records.is_empty() { ": " }
+        @for (position, &index) in shown.iter().enumerate() {
+            @if position > 0 { ", " }
+            // A gap in what is shown: say so.
+            @if (position == 0 && index > 0)
+                || (position > 0 && index > shown[position - 1] + 1) { "... " }
+            @let record = &records[index];
+            @if marks.record(record) {
+                mark { "p" (record.partition) "@" (record.offset) "=" (record.value) }
+            } @else {
+                "p" (record.partition) "@" (record.offset) "=" (record.value)
+            }
+        }
+        @if shown.last().is_some_and(|&last| last + 1 < records.len()) {
+            ", ... (" (records.len() - shown.len()) " more not shown)"
+        }
     }
 }
 

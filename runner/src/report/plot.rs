@@ -190,11 +190,10 @@ pub(crate) fn latency_plot(data: &RunData, of: LatencyOf) -> Result<Plot, Report
             .y_label_formatter(&|value| format_latency_ms(*value))
             .draw()
             .map_err(|e| error(e.to_string()))?;
-        let plot_pixels = chart.plotting_area().get_pixel_range();
-        let spans = window_spans(&data.windows, &plot_pixels, |seconds| {
+        let windows = PlacedWindows::shade(&root, &data.windows, &chart, |seconds| {
             chart.backend_coord(&(seconds, y_min)).0
-        });
-        shade_windows(&root, &data.windows, &spans, &plot_pixels).map_err(&error)?;
+        })
+        .map_err(&error)?;
 
         for (outcome, color) in [
             (brook_jepsen::Outcome::Ok, COLOR_OK),
@@ -249,19 +248,7 @@ pub(crate) fn latency_plot(data: &RunData, of: LatencyOf) -> Result<Plot, Report
                 }
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font(("sans-serif", 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .draw()
-            .map_err(|e| error(e.to_string()))?;
-        let labelled = label_windows(&root, &data.windows, &spans, &plot_pixels).map_err(&error)?;
-        if labelled < data.windows.len() {
-            notes.push(unlabelled_note(labelled, data.windows.len()));
-        }
-        root.present().map_err(|e| error(e.to_string()))?;
+        finish_chart(&root, &mut chart, &windows, &mut notes).map_err(&error)?;
     }
     Ok(Plot {
         id,
@@ -273,6 +260,29 @@ pub(crate) fn latency_plot(data: &RunData, of: LatencyOf) -> Result<Plot, Report
         svg,
         notes,
     })
+}
+
+/// What every plot ends with: the legend in the upper right corner, the nemesis windows
+/// labelled above the plotting area (a note when some found no room), and the SVG written out.
+fn finish_chart<'a, 'b: 'a, CT: CoordTranslate>(
+    root: &DrawingArea<SVGBackend<'b>, Shift>,
+    chart: &mut ChartContext<'a, SVGBackend<'b>, CT>,
+    windows: &PlacedWindows<'_>,
+    notes: &mut Vec<String>,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font(("sans-serif", 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let labelled = label_windows(root, windows.windows, &windows.spans, &windows.plot_pixels)?;
+    if labelled < windows.windows.len() {
+        notes.push(unlabelled_note(labelled, windows.windows.len()));
+    }
+    root.present().map_err(|e| e.to_string())
 }
 
 fn unlabelled_note(labelled: usize, windows: usize) -> String {
@@ -398,11 +408,10 @@ pub(crate) fn throughput_plot(data: &RunData) -> Result<Plot, ReportError> {
             .y_desc("per second")
             .draw()
             .map_err(|e| error(e.to_string()))?;
-        let plot_pixels = chart.plotting_area().get_pixel_range();
-        let spans = window_spans(&data.windows, &plot_pixels, |seconds| {
+        let windows = PlacedWindows::shade(&root, &data.windows, &chart, |seconds| {
             chart.backend_coord(&(seconds, 0.0)).0
-        });
-        shade_windows(&root, &data.windows, &spans, &plot_pixels).map_err(&error)?;
+        })
+        .map_err(&error)?;
         for (name, color, points) in series {
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
@@ -412,19 +421,7 @@ pub(crate) fn throughput_plot(data: &RunData) -> Result<Plot, ReportError> {
                     PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font(("sans-serif", 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .draw()
-            .map_err(|e| error(e.to_string()))?;
-        let labelled = label_windows(&root, &data.windows, &spans, &plot_pixels).map_err(&error)?;
-        if labelled < data.windows.len() {
-            notes.push(unlabelled_note(labelled, data.windows.len()));
-        }
-        root.present().map_err(|e| error(e.to_string()))?;
+        finish_chart(&root, &mut chart, &windows, &mut notes).map_err(&error)?;
     }
     Ok(Plot {
         id,
@@ -446,6 +443,34 @@ fn format_seconds(seconds: f64) -> String {
 }
 
 type PixelRange = (std::ops::Range<i32>, std::ops::Range<i32>);
+
+/// The nemesis windows of one plot, placed on its plotting area.
+struct PlacedWindows<'a> {
+    windows: &'a [NemesisWindow],
+    /// Each window's horizontal extent in pixels (see `window_spans`).
+    spans: Vec<(i32, i32)>,
+    plot_pixels: PixelRange,
+}
+
+impl<'a> PlacedWindows<'a> {
+    /// Places every window on `chart`'s plotting area (`to_x`: seconds to a pixel column) and
+    /// shades it, before the data is drawn.
+    fn shade<CT: CoordTranslate>(
+        root: &DrawingArea<SVGBackend<'_>, Shift>,
+        windows: &'a [NemesisWindow],
+        chart: &ChartContext<'_, SVGBackend<'_>, CT>,
+        to_x: impl Fn(f64) -> i32,
+    ) -> Result<PlacedWindows<'a>, String> {
+        let plot_pixels = chart.plotting_area().get_pixel_range();
+        let spans = window_spans(windows, &plot_pixels, to_x);
+        shade_windows(root, windows, &spans, &plot_pixels)?;
+        Ok(PlacedWindows {
+            windows,
+            spans,
+            plot_pixels,
+        })
+    }
+}
 
 /// Every window's horizontal extent in pixels, clipped to the plotting area and at least 2 px
 /// wide so that an instantaneous fault is still visible.
