@@ -26,6 +26,22 @@ fn check_group_events(history: &History) -> QueueReport {
     queue::check(history, &options).expect("history pairs")
 }
 
+/// The options of a run whose final drain is process 90 (its offsets must be dense).
+fn drained_by_90() -> QueueOptions {
+    QueueOptions {
+        drain_processes: vec![90],
+        ..QueueOptions::default()
+    }
+}
+
+/// The weaker promise of `fsync = interval`: a crash may take acknowledged acks=all values back.
+fn fsync_interval() -> QueueOptions {
+    QueueOptions {
+        durable_acks_all: false,
+        ..QueueOptions::default()
+    }
+}
+
 fn assert_clean(report: &QueueReport) {
     assert_kinds(report, &[]);
 }
@@ -648,10 +664,7 @@ fn nonmonotonic_send_across_a_crash() {
 
 #[test]
 fn fsync_interval_promise() {
-    let interval = QueueOptions {
-        durable_acks_all: false,
-        ..QueueOptions::default()
-    };
+    let interval = fsync_interval();
     // acks=all under fsync = interval, read at offset 0, then a crash, then another value at
     // offset 0: legal for the weaker promise, not for fsync = always.
     let history = HistoryBuilder::new()
@@ -697,10 +710,7 @@ fn fsync_interval_promise() {
 
 #[test]
 fn offset_gap() {
-    let drains = QueueOptions {
-        drain_processes: vec![90],
-        ..QueueOptions::default()
-    };
+    let drains = drained_by_90();
     // The drain read offsets 0, 1, 3: offset 2 (a value nobody sent, so no other anomaly
     // names it) is missing.
     let bad = HistoryBuilder::new()
@@ -745,9 +755,8 @@ fn a_drain_may_skip_exactly_the_control_offsets() {
         .end_offset(90, 0, 5)
         .build();
     let with_control = |offsets: &[u64]| QueueOptions {
-        drain_processes: vec![90],
         control_offsets: [(0, offsets.iter().copied().collect())].into(),
-        ..QueueOptions::default()
+        ..drained_by_90()
     };
     assert_clean(&check_with(&history, &with_control(&[0, 2, 4])));
     // Any gap offset that is not a control batch is still a gap.
@@ -759,9 +768,8 @@ fn a_drain_may_skip_exactly_the_control_offsets() {
     assert_eq!(report.of(AnomalyKind::OffsetGap)[0].offsets, vec![4]);
     // Control offsets of another partition excuse nothing here.
     let other = QueueOptions {
-        drain_processes: vec![90],
         control_offsets: [(1, [0, 2, 4].into())].into(),
-        ..QueueOptions::default()
+        ..drained_by_90()
     };
     assert_kinds(&check_with(&history, &other), &[AnomalyKind::OffsetGap]);
 }
@@ -803,10 +811,7 @@ fn a_crash_during_the_send_excuses_acks1() {
 
 #[test]
 fn fsync_interval_read_answered_after_the_crash() {
-    let interval = QueueOptions {
-        durable_acks_all: false,
-        ..QueueOptions::default()
-    };
+    let interval = fsync_interval();
     // A poll invoked before the crash returns value 1 after it (the response was on the wire):
     // the read happened before the crash, which then took value 1 back.
     let clean = HistoryBuilder::new()
@@ -832,10 +837,7 @@ fn fsync_interval_read_answered_after_the_crash() {
 
 #[test]
 fn fsync_interval_consumers_past_a_refilled_offset() {
-    let interval = QueueOptions {
-        durable_acks_all: false,
-        ..QueueOptions::default()
-    };
+    let interval = fsync_interval();
     // Consumer 90 read value 1 at offset 0; a crash took it back; value 2 refilled offset 0
     // and value 3 went to offset 1, which 90 read (it was past offset 0 already). A later crash
     // took value 2 back too, and nobody read it: legal under the weaker promise.
@@ -867,9 +869,8 @@ fn fsync_interval_consumers_past_a_refilled_offset() {
 #[test]
 fn corrupted_at_rest() {
     let corrupt = QueueOptions {
-        drain_processes: vec![90],
         unreadable: [(0, vec![(1, 1)])].into_iter().collect(),
-        ..QueueOptions::default()
+        ..drained_by_90()
     };
     // The drain was refused offset 1 (corrupt) and sought past it: value 2 is excused.
     let history = three_sends()
@@ -883,13 +884,7 @@ fn corrupted_at_rest() {
     assert_clean(&report);
     assert_eq!(report.counts.sends_unreadable, 1);
     // Without the corruption on record the same history loses value 2 and skips offset 1.
-    let report = check_with(
-        &history,
-        &QueueOptions {
-            drain_processes: vec![90],
-            ..QueueOptions::default()
-        },
-    );
+    let report = check_with(&history, &drained_by_90());
     assert_kinds(&report, &[AnomalyKind::LostWrite, AnomalyKind::OffsetGap]);
     // Skipping more than the corrupt range is an offset-gap; the value is lost.
     let history = three_sends()
@@ -925,8 +920,7 @@ fn compacted_sends() -> HistoryBuilder {
 fn check_compacted(history: &History, compacted: bool) -> QueueReport {
     let options = QueueOptions {
         compacted,
-        drain_processes: vec![90],
-        ..QueueOptions::default()
+        ..drained_by_90()
     };
     queue::check(history, &options).expect("history pairs")
 }
@@ -1033,11 +1027,7 @@ fn retained_sends() -> HistoryBuilder {
 }
 
 fn check_drained(history: &History) -> QueueReport {
-    let options = QueueOptions {
-        drain_processes: vec![90],
-        ..QueueOptions::default()
-    };
-    queue::check(history, &options).expect("history pairs")
+    check_with(history, &drained_by_90())
 }
 
 #[test]

@@ -6,39 +6,42 @@ use brook_jepsen::{
     ServeObservation,
 };
 
-fn log(node: &str, high_watermark: u64, entries: &[(u64, &[u8])]) -> ReplicaLog {
+/// Partition 0's log on `node`.
+fn replica_log(node: &str, high_watermark: u64, entries: Vec<ReplicaEntry>) -> ReplicaLog {
     ReplicaLog {
         node: node.to_owned(),
         partition: 0,
         high_watermark,
-        entries: entries
-            .iter()
-            .map(|&(offset, bytes)| ReplicaEntry {
-                offset,
-                bytes: bytes.to_vec(),
-                term: None,
-                records: None,
-            })
-            .collect(),
+        entries,
     }
+}
+
+/// An entry holding `bytes` (no records known).
+fn entry(offset: u64, term: Option<u64>, bytes: &[u8]) -> ReplicaEntry {
+    ReplicaEntry {
+        offset,
+        bytes: bytes.to_vec(),
+        term,
+        records: None,
+    }
+}
+
+/// A log whose entries' terms are unknown: `(offset, bytes)`.
+fn log(node: &str, high_watermark: u64, entries: &[(u64, &[u8])]) -> ReplicaLog {
+    let entries = entries
+        .iter()
+        .map(|&(offset, bytes)| entry(offset, None, bytes))
+        .collect();
+    replica_log(node, high_watermark, entries)
 }
 
 /// A log whose entries carry their terms: `(offset, term, bytes)`.
 fn log_with_terms(node: &str, high_watermark: u64, entries: &[(u64, u64, &[u8])]) -> ReplicaLog {
-    ReplicaLog {
-        node: node.to_owned(),
-        partition: 0,
-        high_watermark,
-        entries: entries
-            .iter()
-            .map(|&(offset, term, bytes)| ReplicaEntry {
-                offset,
-                bytes: bytes.to_vec(),
-                term: Some(term),
-                records: None,
-            })
-            .collect(),
-    }
+    let entries = entries
+        .iter()
+        .map(|&(offset, term, bytes)| entry(offset, Some(term), bytes))
+        .collect();
+    replica_log(node, high_watermark, entries)
 }
 
 fn role(node: &str, group: &str, term: u64, role: Role) -> RoleObservation {
@@ -66,6 +69,20 @@ fn kinds(report: &ReplicaReport) -> Vec<ReplicaAnomalyKind> {
 fn logs(logs: Vec<ReplicaLog>) -> ReplicaInput {
     ReplicaInput {
         logs,
+        ..ReplicaInput::default()
+    }
+}
+
+fn roles(roles: Vec<RoleObservation>) -> ReplicaInput {
+    ReplicaInput {
+        roles,
+        ..ReplicaInput::default()
+    }
+}
+
+fn serves(serves: Vec<ServeObservation>) -> ReplicaInput {
+    ReplicaInput {
+        serves,
         ..ReplicaInput::default()
     }
 }
@@ -142,15 +159,12 @@ fn nonmonotonic_log() {
 
 #[test]
 fn two_leaders_in_one_term() {
-    let bad = ReplicaInput {
-        roles: vec![
-            role("n1", "p0", 1, Role::Leader),
-            role("n2", "p0", 1, Role::Follower),
-            role("n2", "p0", 1, Role::Leader),
-            role("n1", "p0", 1, Role::Leader),
-        ],
-        ..ReplicaInput::default()
-    };
+    let bad = roles(vec![
+        role("n1", "p0", 1, Role::Leader),
+        role("n2", "p0", 1, Role::Follower),
+        role("n2", "p0", 1, Role::Leader),
+        role("n1", "p0", 1, Role::Leader),
+    ]);
     let report = replica::check(&bad);
     assert_eq!(kinds(&report), vec![ReplicaAnomalyKind::TwoLeaders]);
     let anomaly = &report.of(ReplicaAnomalyKind::TwoLeaders)[0];
@@ -160,52 +174,40 @@ fn two_leaders_in_one_term() {
     assert_eq!(anomaly.group.as_deref(), Some("p0"));
 
     // Different terms, or different groups, may have different leaders.
-    let clean = ReplicaInput {
-        roles: vec![
-            role("n1", "p0", 1, Role::Leader),
-            role("n2", "p0", 2, Role::Leader),
-            role("n1", "p1", 2, Role::Leader),
-            role("n1", "p0", 2, Role::Follower),
-        ],
-        ..ReplicaInput::default()
-    };
+    let clean = roles(vec![
+        role("n1", "p0", 1, Role::Leader),
+        role("n2", "p0", 2, Role::Leader),
+        role("n1", "p1", 2, Role::Leader),
+        role("n1", "p0", 2, Role::Follower),
+    ]);
     assert!(replica::check(&clean).valid);
 }
 
 #[test]
 fn term_regression() {
-    let bad = ReplicaInput {
-        roles: vec![
-            role("n1", "p0", 3, Role::Follower),
-            role("n1", "p1", 1, Role::Follower),
-            role("n1", "p0", 2, Role::Candidate),
-        ],
-        ..ReplicaInput::default()
-    };
+    let bad = roles(vec![
+        role("n1", "p0", 3, Role::Follower),
+        role("n1", "p1", 1, Role::Follower),
+        role("n1", "p0", 2, Role::Candidate),
+    ]);
     let report = replica::check(&bad);
     assert_eq!(kinds(&report), vec![ReplicaAnomalyKind::TermRegression]);
     let anomaly = &report.of(ReplicaAnomalyKind::TermRegression)[0];
     assert_eq!(anomaly.terms, vec![3, 2]);
     assert_eq!(anomaly.observations, vec![0, 2]);
 
-    let clean = ReplicaInput {
-        roles: vec![
-            role("n1", "p0", 3, Role::Follower),
-            role("n1", "p1", 1, Role::Follower),
-            role("n1", "p0", 3, Role::Candidate),
-            role("n2", "p0", 1, Role::Follower),
-        ],
-        ..ReplicaInput::default()
-    };
+    let clean = roles(vec![
+        role("n1", "p0", 3, Role::Follower),
+        role("n1", "p1", 1, Role::Follower),
+        role("n1", "p0", 3, Role::Candidate),
+        role("n2", "p0", 1, Role::Follower),
+    ]);
     assert!(replica::check(&clean).valid);
 }
 
 #[test]
 fn served_above_high_watermark() {
-    let bad = ReplicaInput {
-        serves: vec![serve("n1", 4, 5), serve("n2", 5, 5)],
-        ..ReplicaInput::default()
-    };
+    let bad = serves(vec![serve("n1", 4, 5), serve("n2", 5, 5)]);
     let report = replica::check(&bad);
     assert_eq!(
         kinds(&report),
@@ -216,19 +218,13 @@ fn served_above_high_watermark() {
     assert_eq!(anomaly.observations, vec![1]);
     assert_eq!(anomaly.offsets, vec![5, 5]);
 
-    let clean = ReplicaInput {
-        serves: vec![serve("n1", 4, 5), serve("n2", 0, 1)],
-        ..ReplicaInput::default()
-    };
+    let clean = serves(vec![serve("n1", 4, 5), serve("n2", 0, 1)]);
     assert!(replica::check(&clean).valid);
 }
 
 #[test]
 fn report_names_and_summary() {
-    let bad = ReplicaInput {
-        serves: vec![serve("n1", 9, 5)],
-        ..ReplicaInput::default()
-    };
+    let bad = serves(vec![serve("n1", 9, 5)]);
     let report = replica::check(&bad);
     let json = serde_json::to_string(&report).unwrap();
     assert!(json.contains("\"served-above-hw\""), "{json}");
@@ -326,15 +322,6 @@ fn compacted_entry(
     }
 }
 
-fn compacted_log(node: &str, high_watermark: u64, entries: Vec<ReplicaEntry>) -> ReplicaLog {
-    ReplicaLog {
-        node: node.to_owned(),
-        partition: 0,
-        high_watermark,
-        entries,
-    }
-}
-
 /// Whole: k1=a@0, k1=b@1, k2=c@2 in one entry, k2=d@3 in the next.
 fn whole() -> Vec<ReplicaEntry> {
     vec![
@@ -358,13 +345,10 @@ fn a_compacted_replica_agrees_with_a_whole_one_when_every_key_keeps_its_latest_v
         compacted_entry(0, 2, true, &[(1, "k1", Some("b"))]),
         compacted_entry(3, 3, false, &[(3, "k2", Some("d"))]),
     ];
-    let report = replica::check(&ReplicaInput {
-        logs: vec![
-            compacted_log("n1", 4, whole()),
-            compacted_log("n2", 4, compacted),
-        ],
-        ..ReplicaInput::default()
-    });
+    let report = replica::check(&logs(vec![
+        replica_log("n1", 4, whole()),
+        replica_log("n2", 4, compacted),
+    ]));
     assert!(report.valid, "{report}");
     assert_eq!(report.counts.entries_compared, 2);
 }
@@ -376,13 +360,10 @@ fn a_compacted_replica_that_lost_a_keys_latest_value_is_divergent() {
         compacted_entry(0, 2, true, &[(0, "k1", Some("a"))]),
         compacted_entry(3, 3, false, &[(3, "k2", Some("d"))]),
     ];
-    let report = replica::check(&ReplicaInput {
-        logs: vec![
-            compacted_log("n1", 4, whole()),
-            compacted_log("n2", 4, dropped_latest),
-        ],
-        ..ReplicaInput::default()
-    });
+    let report = replica::check(&logs(vec![
+        replica_log("n1", 4, whole()),
+        replica_log("n2", 4, dropped_latest),
+    ]));
     assert!(report.has(ReplicaAnomalyKind::DivergentPrefix), "{report}");
     assert!(report.has(ReplicaAnomalyKind::DivergentEntry), "{report}");
     // A changed span, a changed record: divergent too.
@@ -390,25 +371,19 @@ fn a_compacted_replica_that_lost_a_keys_latest_value_is_divergent() {
         compacted_entry(0, 1, true, &[(1, "k1", Some("b"))]),
         compacted_entry(0, 2, true, &[(1, "k1", Some("B"))]),
     ] {
-        let report = replica::check(&ReplicaInput {
-            logs: vec![
-                compacted_log("n1", 4, whole()),
-                compacted_log("n2", 4, vec![bad, whole()[1].clone()]),
-            ],
-            ..ReplicaInput::default()
-        });
+        let report = replica::check(&logs(vec![
+            replica_log("n1", 4, whole()),
+            replica_log("n2", 4, vec![bad, whole()[1].clone()]),
+        ]));
         assert!(report.has(ReplicaAnomalyKind::DivergentPrefix), "{report}");
     }
     // Two different whole copies are compared by bytes, as before.
     let mut other = whole();
     other[1] = compacted_entry(3, 3, false, &[(3, "k2", Some("e"))]);
-    let report = replica::check(&ReplicaInput {
-        logs: vec![
-            compacted_log("n1", 4, whole()),
-            compacted_log("n2", 4, other),
-        ],
-        ..ReplicaInput::default()
-    });
+    let report = replica::check(&logs(vec![
+        replica_log("n1", 4, whole()),
+        replica_log("n2", 4, other),
+    ]));
     assert!(report.has(ReplicaAnomalyKind::DivergentPrefix), "{report}");
 }
 
@@ -421,24 +396,18 @@ fn compacted_copies_are_judged_without_high_watermarks_too() {
         compacted_entry(0, 2, true, &[(1, "k1", Some("b"))]),
         compacted_entry(3, 3, false, &[(3, "k2", Some("d"))]),
     ];
-    let report = replica::check(&ReplicaInput {
-        logs: vec![
-            compacted_log("n1", 0, whole()),
-            compacted_log("n2", 0, compacted),
-        ],
-        ..ReplicaInput::default()
-    });
+    let report = replica::check(&logs(vec![
+        replica_log("n1", 0, whole()),
+        replica_log("n2", 0, compacted),
+    ]));
     assert!(report.valid, "{report}");
     let dropped_latest = vec![
         compacted_entry(0, 2, true, &[(0, "k1", Some("a"))]),
         compacted_entry(3, 3, false, &[(3, "k2", Some("d"))]),
     ];
-    let report = replica::check(&ReplicaInput {
-        logs: vec![
-            compacted_log("n1", 0, whole()),
-            compacted_log("n2", 0, dropped_latest),
-        ],
-        ..ReplicaInput::default()
-    });
+    let report = replica::check(&logs(vec![
+        replica_log("n1", 0, whole()),
+        replica_log("n2", 0, dropped_latest),
+    ]));
     assert!(report.has(ReplicaAnomalyKind::DivergentEntry), "{report}");
 }
