@@ -662,18 +662,22 @@ fn nonmonotonic_send_across_a_crash() {
     assert!(report.has(AnomalyKind::InconsistentOffsets), "{report}");
 }
 
+/// Value 1 acknowledged at offset 0 and read by consumer 90, a crash, then value 2
+/// acknowledged at offset 0 too (legal only if the crash took value 1 back).
+fn refilled_after_a_crash() -> HistoryBuilder {
+    HistoryBuilder::new()
+        .send_ok(1, 0, 0, 1)
+        .poll(90, &[(0, 0, 1)])
+        .crash(500, "n0")
+        .send_ok(1, 0, 0, 2)
+}
+
 #[test]
 fn fsync_interval_promise() {
     let interval = fsync_interval();
     // acks=all under fsync = interval, read at offset 0, then a crash, then another value at
     // offset 0: legal for the weaker promise, not for fsync = always.
-    let history = HistoryBuilder::new()
-        .send_ok(1, 0, 0, 1)
-        .poll(90, &[(0, 0, 1)])
-        .crash(500, "n0")
-        .send_ok(1, 0, 0, 2)
-        .poll(91, &[(0, 0, 2)])
-        .build();
+    let history = refilled_after_a_crash().poll(91, &[(0, 0, 2)]).build();
     assert_clean(&check_with(&history, &interval));
     let report = check(&history);
     assert!(report.has(AnomalyKind::InconsistentOffsets), "{report}");
@@ -841,11 +845,7 @@ fn fsync_interval_consumers_past_a_refilled_offset() {
     // Consumer 90 read value 1 at offset 0; a crash took it back; value 2 refilled offset 0
     // and value 3 went to offset 1, which 90 read (it was past offset 0 already). A later crash
     // took value 2 back too, and nobody read it: legal under the weaker promise.
-    let clean = HistoryBuilder::new()
-        .send_ok(1, 0, 0, 1)
-        .poll(90, &[(0, 0, 1)])
-        .crash(500, "n0")
-        .send_ok(1, 0, 0, 2)
+    let clean = refilled_after_a_crash()
         .send_ok(1, 0, 1, 3)
         .poll(90, &[(0, 1, 3)])
         .crash(500, "n0")
@@ -854,11 +854,7 @@ fn fsync_interval_consumers_past_a_refilled_offset() {
         .build();
     assert_clean(&check_with(&clean, &interval));
     // Without the second crash, the drain would have read value 2: it is lost.
-    let bad = HistoryBuilder::new()
-        .send_ok(1, 0, 0, 1)
-        .poll(90, &[(0, 0, 1)])
-        .crash(500, "n0")
-        .send_ok(1, 0, 0, 2)
+    let bad = refilled_after_a_crash()
         .send_ok(1, 0, 1, 3)
         .poll(90, &[(0, 1, 3)])
         .poll(91, &[(0, 1, 3)])
