@@ -57,7 +57,7 @@ use crate::harness::Options;
 use crate::harness::{
     self, add_latency, check_linear, check_queue, client_host, final_drain, lock, lose_packets,
     must_be_read, node_host, restore_network, spend_armed_sync_fault, BatchStats, ClientSide,
-    Clients, Draw, Progress, Recorded, Recorder, RunError, RunReport, Shared, DRAIN_PROCESS,
+    Clients, Draw, Progress, Recorder, RunError, RunReport, Shared, DRAIN_PROCESS,
     HEALED_PRODUCE_MS, TOPIC,
 };
 use crate::{node_address, node_config};
@@ -1436,15 +1436,9 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
     });
     let produce_requests = clients.produce_requests();
 
-    let Recorded {
-        simulated_secs,
-        history,
-        mut trace,
-        faults,
-        served_corrupt,
-        protocol_violations,
-        ..
-    } = lock(&shared).recorded();
+    let recorder = lock(&shared).clone();
+    let simulated_secs = recorder.elapsed().as_secs_f64();
+    let history = recorder.history;
     let progress = cluster.progress(options.fault_secs);
     let queue = check_queue(
         &history,
@@ -1477,6 +1471,7 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
             &mut errors,
         )
     };
+    let mut trace = recorder.trace;
     trace.push(format!(
         "end after {simulated_secs:.1} simulated s, {} ops; {}",
         history.len(),
@@ -1487,7 +1482,7 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
         plant: options.plant,
         draw,
         simulated_secs,
-        faults,
+        faults: recorder.faults,
         history,
         trace,
         queue,
@@ -1497,8 +1492,8 @@ pub async fn simulate(options: Options, node_count: u8) -> RunReport {
         batch_stats,
         produce_requests,
         corrupt: BTreeMap::new(),
-        served_corrupt,
-        protocol_violations,
+        served_corrupt: recorder.served_corrupt,
+        protocol_violations: recorder.protocol_violations,
         errors,
         cluster: Some(cluster),
         replica: Some(replica),

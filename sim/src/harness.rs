@@ -530,6 +530,7 @@ impl RunReport {
 }
 
 /// The shared record of what clients did and what the nemesis injected.
+#[derive(Clone)]
 pub(crate) struct Recorder {
     pub(crate) start: Instant,
     pub(crate) runtime: Runtime,
@@ -545,17 +546,6 @@ pub(crate) struct Recorder {
 }
 
 pub(crate) type Shared = Arc<Mutex<Recorder>>;
-
-/// What a `Recorder` holds at the end of a run (see its fields).
-pub(crate) struct Recorded {
-    pub(crate) simulated_secs: f64,
-    pub(crate) history: History,
-    pub(crate) trace: Vec<String>,
-    pub(crate) faults: BTreeMap<&'static str, u64>,
-    pub(crate) corrupt: BTreeMap<u32, Vec<(u64, u64)>>,
-    pub(crate) served_corrupt: u64,
-    pub(crate) protocol_violations: u64,
-}
 
 pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, Recorder> {
     // A panicking simulated task fails the run anyway; keep recording.
@@ -578,19 +568,6 @@ impl Recorder {
 
     pub(crate) fn elapsed(&self) -> Duration {
         self.runtime.now().duration_since(self.start)
-    }
-
-    /// A copy of everything recorded so far, for the report.
-    pub(crate) fn recorded(&self) -> Recorded {
-        Recorded {
-            simulated_secs: self.elapsed().as_secs_f64(),
-            history: self.history.clone(),
-            trace: self.trace.clone(),
-            faults: self.faults.clone(),
-            corrupt: self.corrupt.clone(),
-            served_corrupt: self.served_corrupt,
-            protocol_violations: self.protocol_violations,
-        }
     }
 
     fn op(&mut self, process: u64, phase: Phase, kind: OpKind) -> usize {
@@ -962,15 +939,9 @@ async fn simulate(options: Options) -> RunReport {
     let batch_stats = batch_stats(&disk, draw.partitions);
     let produce_requests = clients.produce_requests();
 
-    let Recorded {
-        simulated_secs,
-        history,
-        mut trace,
-        faults,
-        corrupt,
-        served_corrupt,
-        protocol_violations,
-    } = lock(&shared).recorded();
+    let recorder = lock(&shared).clone();
+    let simulated_secs = recorder.elapsed().as_secs_f64();
+    let history = recorder.history;
     let progress = Progress::for_draw(&draw, options.fault_secs);
     let queue = check_queue(
         &history,
@@ -981,7 +952,7 @@ async fn simulate(options: Options) -> RunReport {
             sends_ok_min: progress.sends_ok_min,
             records_read_min: progress.records_read_min,
             drain_processes: vec![DRAIN_PROCESS],
-            unreadable: corrupt.clone(),
+            unreadable: recorder.corrupt.clone(),
             compacted: draw.compacted,
             ..QueueOptions::default()
         },
@@ -1014,6 +985,7 @@ async fn simulate(options: Options) -> RunReport {
             &mut errors,
         )
     };
+    let mut trace = recorder.trace;
     trace.push(format!(
         "end after {simulated_secs:.1} simulated s, {} ops",
         history.len()
@@ -1023,7 +995,7 @@ async fn simulate(options: Options) -> RunReport {
         plant: options.plant,
         draw,
         simulated_secs,
-        faults,
+        faults: recorder.faults,
         history,
         trace,
         queue,
@@ -1031,9 +1003,9 @@ async fn simulate(options: Options) -> RunReport {
         linear_skipped,
         progress,
         batch_stats,
-        corrupt,
-        served_corrupt,
-        protocol_violations,
+        corrupt: recorder.corrupt,
+        served_corrupt: recorder.served_corrupt,
+        protocol_violations: recorder.protocol_violations,
         produce_requests,
         errors,
         cluster: None,
@@ -1159,6 +1131,20 @@ pub(crate) fn client_host(
         .build()
 }
 
+/// Client host `index` of a workload `role` (`producer-0`, ...), at `10.0.<subnet>.<index + 1>`.
+fn workload_host(
+    handle: &madsim::runtime::Handle,
+    role: &str,
+    subnet: u8,
+    index: u32,
+) -> madsim::runtime::NodeHandle {
+    client_host(
+        handle,
+        &format!("{role}-{index}"),
+        &format!("10.0.{subnet}.{}", index + 1),
+    )
+}
+
 /// What the clients of a run (workload and final drain) share, single node or cluster.
 pub(crate) struct ClientSide<'a> {
     pub(crate) handle: &'a madsim::runtime::Handle,
@@ -1215,11 +1201,7 @@ impl Clients {
         let mut producer_clients = Vec::new();
         let mut producer_tasks = Vec::new();
         for producer_index in 0..draw.producers {
-            let host = client_host(
-                side.handle,
-                &format!("producer-{producer_index}"),
-                &format!("10.0.1.{}", producer_index + 1),
-            );
+            let host = workload_host(side.handle, "producer", 1, producer_index);
             hosts.push(host.id());
             let client = ProducerClient::default();
             producer_clients.push(client.clone());
@@ -1242,11 +1224,7 @@ impl Clients {
         }
         let mut consumer_tasks = Vec::new();
         for consumer_index in 0..draw.consumers {
-            let host = client_host(
-                side.handle,
-                &format!("consumer-{consumer_index}"),
-                &format!("10.0.2.{}", consumer_index + 1),
-            );
+            let host = workload_host(side.handle, "consumer", 2, consumer_index);
             hosts.push(host.id());
             let process = 1_000 + u64::from(consumer_index);
             consumer_tasks.push(host.spawn(consume(
