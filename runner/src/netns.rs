@@ -122,10 +122,20 @@ pub fn run(program: &str, args: &[&str]) -> Result<Output, NetworkError> {
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| NetworkError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+        .map_err(spawn_error(&command))?;
+    succeeded(command, output)
+}
+
+/// The error of `command` that could not be started or fed.
+fn spawn_error(command: &str) -> impl Fn(std::io::Error) -> NetworkError + '_ {
+    move |source| NetworkError::Spawn {
+        command: command.to_owned(),
+        source,
+    }
+}
+
+/// `output` if `command` succeeded, else an error with its status and stderr.
+fn succeeded(command: String, output: Output) -> Result<Output, NetworkError> {
     if !output.status.success() {
         return Err(NetworkError::Failed {
             command,
@@ -153,31 +163,14 @@ pub fn nft_script(namespace: &str, script: &str) -> Result<(), NetworkError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| NetworkError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+        .map_err(spawn_error(&command))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(script.as_bytes())
-            .map_err(|source| NetworkError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
+            .map_err(spawn_error(&command))?;
     }
-    let output = child
-        .wait_with_output()
-        .map_err(|source| NetworkError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(NetworkError::Failed {
-            command,
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
+    let output = child.wait_with_output().map_err(spawn_error(&command))?;
+    succeeded(command, output)?;
     Ok(())
 }
 

@@ -172,11 +172,7 @@ pub(crate) fn latency_plot(data: &RunData, of: LatencyOf) -> Result<Plot, Report
         let root =
             SVGBackend::with_string(&mut svg, (PLOT_WIDTH_PX, PLOT_HEIGHT_PX)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| error(e.to_string()))?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin(12)
-            .margin_top(LABEL_STRIP_PX)
-            .x_label_area_size(40)
-            .y_label_area_size(64)
+        let mut chart = chart_layout(&root)
             .build_cartesian_2d(0f64..x_max, (y_min..y_max).log_scale())
             .map_err(|e| error(e.to_string()))?;
         chart
@@ -260,6 +256,20 @@ pub(crate) fn latency_plot(data: &RunData, of: LatencyOf) -> Result<Plot, Report
         svg,
         notes,
     })
+}
+
+/// The layout every plot shares: its margins, the strip above the plotting area for the window
+/// labels, and room for the axes' labels.
+fn chart_layout<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .margin(12)
+        .margin_top(LABEL_STRIP_PX)
+        .x_label_area_size(40)
+        .y_label_area_size(64);
+    builder
 }
 
 /// What every plot ends with: the legend in the upper right corner, the nemesis windows
@@ -391,11 +401,7 @@ pub(crate) fn throughput_plot(data: &RunData) -> Result<Plot, ReportError> {
         let root =
             SVGBackend::with_string(&mut svg, (PLOT_WIDTH_PX, PLOT_HEIGHT_PX)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| error(e.to_string()))?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin(12)
-            .margin_top(LABEL_STRIP_PX)
-            .x_label_area_size(40)
-            .y_label_area_size(64)
+        let mut chart = chart_layout(&root)
             .build_cartesian_2d(0f64..x_max, 0f64..y_max)
             .map_err(|e| error(e.to_string()))?;
         chart
