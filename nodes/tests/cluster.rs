@@ -5,54 +5,20 @@
 #![cfg(not(madsim))]
 #![allow(clippy::disallowed_methods)] // real sockets and the real clock: not simulated code
 
+mod cluster_nodes;
+
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use brook_actors::controller::{ClusterStatusAnswer, ControllerMessage};
 use brook_actors::runtime::Runtime;
-use brook_node::config::ClusterSection;
-use brook_node::{Broker, NodeConfig, StartError};
+use brook_node::{Broker, StartError};
 use brook_storage::FsDisk;
 use brook_wire::protocol::TopicDescription;
+use cluster_nodes::{free_port, node_config, start};
 
 const PATIENCE: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
-}
-
-fn node_config(id: u32, ports: &BTreeMap<u32, u16>, data_dir: &Path) -> NodeConfig {
-    NodeConfig {
-        node_id: id,
-        listen: format!("127.0.0.1:{}", ports[&id])
-            .parse()
-            .expect("address"),
-        data_dir: data_dir.to_path_buf(),
-        cluster: Some(ClusterSection {
-            peers: ports
-                .iter()
-                .map(|(id, port)| format!("{id}@127.0.0.1:{port}"))
-                .collect(),
-            heartbeat_interval_ms: 50,
-            election_timeout_ms: 300,
-            ..ClusterSection::default()
-        }),
-        ..NodeConfig::default()
-    }
-}
-
-async fn start(id: u32, ports: &BTreeMap<u32, u16>, data_dir: &Path) -> Broker {
-    Broker::start(
-        node_config(id, ports, data_dir),
-        Runtime::new(u64::from(id)),
-        Arc::new(FsDisk::new()),
-    )
-    .await
-    .expect("start")
-}
 
 async fn status(broker: &Broker) -> ClusterStatusAnswer {
     broker

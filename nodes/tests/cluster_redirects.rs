@@ -6,116 +6,19 @@
 #![cfg(not(madsim))]
 #![allow(clippy::disallowed_methods)] // real sockets and the real clock: not simulated code
 
+mod cluster_nodes;
+mod raw_client;
+
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use brook_actors::runtime::Runtime;
-use brook_node::config::ClusterSection;
-use brook_node::{Broker, NodeConfig};
-use brook_storage::FsDisk;
 use brook_wire::batch::BatchBuilder;
-use brook_wire::frame::{FrameDecoder, FrameEncoder};
-use brook_wire::protocol::{
-    decode_response, encode_request, Acks, Request, RequestEnvelope, Response,
-    PROTOCOL_VERSION_CLUSTER,
-};
+use brook_wire::protocol::{Acks, Request, Response, PROTOCOL_VERSION_CLUSTER};
 use brook_wire::ErrorCode;
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use cluster_nodes::{free_port, start};
+use raw_client::Raw;
 
 const PATIENCE: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
-}
-
-fn node_config(id: u32, ports: &BTreeMap<u32, u16>, data_dir: &Path) -> NodeConfig {
-    NodeConfig {
-        node_id: id,
-        listen: format!("127.0.0.1:{}", ports[&id])
-            .parse()
-            .expect("address"),
-        data_dir: data_dir.to_path_buf(),
-        cluster: Some(ClusterSection {
-            peers: ports
-                .iter()
-                .map(|(id, port)| format!("{id}@127.0.0.1:{port}"))
-                .collect(),
-            heartbeat_interval_ms: 50,
-            election_timeout_ms: 300,
-            ..ClusterSection::default()
-        }),
-        ..NodeConfig::default()
-    }
-}
-
-struct Raw {
-    stream: TcpStream,
-    buffer: BytesMut,
-    next_id: u64,
-}
-
-impl Raw {
-    async fn connect(port: u16, version: u16) -> Raw {
-        let stream = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect");
-        let mut raw = Raw {
-            stream,
-            buffer: BytesMut::new(),
-            next_id: 0,
-        };
-        let response = raw
-            .request(
-                Request::Handshake {
-                    protocol_version_min: 1,
-                    protocol_version_max: version,
-                    client_name: "cluster redirects test".into(),
-                },
-                &[],
-            )
-            .await;
-        assert!(
-            matches!(response, Response::Handshake { protocol_version, .. } if protocol_version == version),
-            "{response:?}"
-        );
-        raw
-    }
-
-    async fn request(&mut self, request: Request, payload: &[u8]) -> Response {
-        self.next_id += 1;
-        let mut frame = BytesMut::new();
-        encode_request(
-            &FrameEncoder::default(),
-            &RequestEnvelope {
-                correlation_id: self.next_id,
-                request,
-            },
-            payload,
-            &mut frame,
-        )
-        .expect("encode");
-        self.stream.write_all(&frame).await.expect("write");
-        let decoder = FrameDecoder::new(usize::MAX);
-        for _ in 0..100_000 {
-            if let Some(frame) = decoder.decode(&mut self.buffer).expect("good frame") {
-                let envelope = decode_response(frame).expect("decodable").0;
-                assert_eq!(envelope.correlation_id, self.next_id);
-                return envelope.response;
-            }
-            let read = tokio::time::timeout(PATIENCE, self.stream.read_buf(&mut self.buffer))
-                .await
-                .expect("a response in time")
-                .expect("read");
-            assert!(read > 0, "the broker closed the connection");
-        }
-        panic!("no whole frame");
-    }
-}
 
 /// Ask `request` until `accept` takes the answer (bounded by [`PATIENCE`]).
 async fn eventually<T>(
@@ -151,19 +54,14 @@ async fn non_controllers_and_non_leaders_name_where_to_go() {
     let ports: BTreeMap<u32, u16> = (1..=3).map(|id| (id, free_port())).collect();
     let mut brokers = Vec::new();
     for id in 1..=3 {
-        brokers.push(
-            Broker::start(
-                node_config(id, &ports, dirs[&id].path()),
-                Runtime::new(u64::from(id)),
-                Arc::new(FsDisk::new()),
-            )
-            .await
-            .expect("start"),
-        );
+        brokers.push(start(id, &ports, dirs[&id].path()).await);
     }
     let mut clients = BTreeMap::new();
     for (id, port) in &ports {
-        clients.insert(*id, Raw::connect(*port, PROTOCOL_VERSION_CLUSTER).await);
+        clients.insert(
+            *id,
+            Raw::connect(("127.0.0.1", *port), PROTOCOL_VERSION_CLUSTER).await,
+        );
     }
     // Every node names the same controller.
     let mut controllers = Vec::new();
@@ -206,7 +104,7 @@ async fn non_controllers_and_non_leaders_name_where_to_go() {
             if error.code == ErrorCode::NotController && *leader == controller),
         "{refused:?}"
     );
-    let mut old_client = Raw::connect(ports[&other], 1).await;
+    let mut old_client = Raw::connect(("127.0.0.1", ports[&other]), 1).await;
     let refused = old_client.request(create.clone(), &[]).await;
     assert!(
         matches!(&refused, Response::Error(error) if error.code == ErrorCode::NotController),

@@ -4,82 +4,18 @@
 #![cfg(not(madsim))]
 #![allow(clippy::disallowed_methods)] // real sockets and the real clock: not simulated code
 
+mod raw_client;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use brook_actors::runtime::Runtime;
 use brook_node::{Broker, NodeConfig};
 use brook_storage::FsDisk;
-use brook_wire::frame::{FrameDecoder, FrameEncoder};
 use brook_wire::protocol::{
-    decode_response, encode_request, BrokerStatus, PartitionStatusReport, Request, RequestEnvelope,
-    Response, PROTOCOL_VERSION_CLUSTER,
+    BrokerStatus, PartitionStatusReport, Request, Response, PROTOCOL_VERSION_CLUSTER,
 };
 use brook_wire::ErrorCode;
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-const PATIENCE: Duration = Duration::from_secs(10);
-
-struct Raw {
-    stream: TcpStream,
-    buffer: BytesMut,
-    next_id: u64,
-}
-
-impl Raw {
-    async fn connect(address: std::net::SocketAddr, version: u16) -> Raw {
-        let stream = TcpStream::connect(address).await.expect("connect");
-        let mut raw = Raw {
-            stream,
-            buffer: BytesMut::new(),
-            next_id: 0,
-        };
-        let response = raw
-            .request(Request::Handshake {
-                protocol_version_min: 1,
-                protocol_version_max: version,
-                client_name: "cluster requests test".into(),
-            })
-            .await;
-        assert!(
-            matches!(response, Response::Handshake { protocol_version, .. } if protocol_version == version),
-            "{response:?}"
-        );
-        raw
-    }
-
-    async fn request(&mut self, request: Request) -> Response {
-        self.next_id += 1;
-        let mut frame = BytesMut::new();
-        encode_request(
-            &FrameEncoder::default(),
-            &RequestEnvelope {
-                correlation_id: self.next_id,
-                request,
-            },
-            &[],
-            &mut frame,
-        )
-        .expect("encode");
-        self.stream.write_all(&frame).await.expect("write");
-        let decoder = FrameDecoder::new(usize::MAX);
-        for _ in 0..100_000 {
-            if let Some(frame) = decoder.decode(&mut self.buffer).expect("good frame") {
-                let envelope = decode_response(frame).expect("decodable").0;
-                assert_eq!(envelope.correlation_id, self.next_id);
-                return envelope.response;
-            }
-            let read = tokio::time::timeout(PATIENCE, self.stream.read_buf(&mut self.buffer))
-                .await
-                .expect("a response in time")
-                .expect("read");
-            assert!(read > 0, "the broker closed the connection");
-        }
-        panic!("no whole frame");
-    }
-}
+use raw_client::Raw;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_node_answers_cluster_status_and_partition_status() {
@@ -97,7 +33,7 @@ async fn a_single_node_answers_cluster_status_and_partition_status() {
     let mut client = Raw::connect(address, PROTOCOL_VERSION_CLUSTER).await;
 
     assert_eq!(
-        client.request(Request::ClusterStatus).await,
+        client.request(Request::ClusterStatus, &[]).await,
         Response::ClusterStatus {
             controller_id: Some(node_id),
             brokers: vec![BrokerStatus {
@@ -109,12 +45,15 @@ async fn a_single_node_answers_cluster_status_and_partition_status() {
     );
 
     let created = client
-        .request(Request::CreateTopic {
-            name: "status".into(),
-            partitions: 2,
-            replication_factor: 1,
-            config: Vec::new(),
-        })
+        .request(
+            Request::CreateTopic {
+                name: "status".into(),
+                partitions: 2,
+                replication_factor: 1,
+                config: Vec::new(),
+            },
+            &[],
+        )
         .await;
     assert!(
         matches!(created, Response::CreateTopic { .. }),
@@ -122,10 +61,13 @@ async fn a_single_node_answers_cluster_status_and_partition_status() {
     );
     assert_eq!(
         client
-            .request(Request::PartitionStatus {
-                topic: "status".into(),
-                partition: 1,
-            })
+            .request(
+                Request::PartitionStatus {
+                    topic: "status".into(),
+                    partition: 1,
+                },
+                &[]
+            )
             .await,
         Response::PartitionStatus(PartitionStatusReport {
             partition: 1,
@@ -143,10 +85,13 @@ async fn a_single_node_answers_cluster_status_and_partition_status() {
         ("missing", 0, ErrorCode::UnknownTopic),
     ] {
         let response = client
-            .request(Request::PartitionStatus {
-                topic: topic.into(),
-                partition,
-            })
+            .request(
+                Request::PartitionStatus {
+                    topic: topic.into(),
+                    partition,
+                },
+                &[],
+            )
             .await;
         assert!(
             matches!(&response, Response::Error(error) if error.code == code),
@@ -154,7 +99,9 @@ async fn a_single_node_answers_cluster_status_and_partition_status() {
         );
     }
     // A single node names no controller in metadata, as before protocol v2.
-    let metadata = client.request(Request::Metadata { topics: None }).await;
+    let metadata = client
+        .request(Request::Metadata { topics: None }, &[])
+        .await;
     assert!(
         matches!(
             metadata,

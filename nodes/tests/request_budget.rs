@@ -5,6 +5,8 @@
 #![cfg(not(madsim))]
 #![allow(clippy::disallowed_methods)] // real sockets and the real clock: not simulated code
 
+mod raw_client;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,80 +14,12 @@ use brook_actors::runtime::Runtime;
 use brook_node::{Broker, NodeConfig};
 use brook_storage::FsDisk;
 use brook_wire::batch::BatchBuilder;
-use brook_wire::frame::{FrameDecoder, FrameEncoder};
-use brook_wire::protocol::{
-    decode_response, encode_request, Acks, Request, RequestEnvelope, Response,
-    PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
-};
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use brook_wire::protocol::{Acks, Request, Response, PROTOCOL_VERSION_MAX};
+use raw_client::Raw;
 
 const BUDGET: usize = 1024 * 1024;
 /// The body size of the frame that holds most of the budget without ever completing.
 const HOG_BODY: usize = 900_000;
-const PATIENCE: Duration = Duration::from_secs(10);
-
-struct Raw {
-    stream: TcpStream,
-    buffer: BytesMut,
-}
-
-impl Raw {
-    async fn connect(address: std::net::SocketAddr) -> Raw {
-        let stream = TcpStream::connect(address).await.expect("connect");
-        let mut raw = Raw {
-            stream,
-            buffer: BytesMut::new(),
-        };
-        raw.send(
-            0,
-            Request::Handshake {
-                protocol_version_min: PROTOCOL_VERSION_MIN,
-                protocol_version_max: PROTOCOL_VERSION_MAX,
-                client_name: "budget test".into(),
-            },
-            &[],
-        )
-        .await;
-        let response = raw.receive().await;
-        assert!(
-            matches!(response, Response::Handshake { .. }),
-            "{response:?}"
-        );
-        raw
-    }
-
-    async fn send(&mut self, correlation_id: u64, request: Request, payload: &[u8]) {
-        let mut frame = BytesMut::new();
-        encode_request(
-            &FrameEncoder::default(),
-            &RequestEnvelope {
-                correlation_id,
-                request,
-            },
-            payload,
-            &mut frame,
-        )
-        .expect("encode");
-        self.stream.write_all(&frame).await.expect("write");
-    }
-
-    async fn receive(&mut self) -> Response {
-        let decoder = FrameDecoder::new(usize::MAX);
-        for _ in 0..100_000 {
-            if let Some(frame) = decoder.decode(&mut self.buffer).expect("good frame") {
-                return decode_response(frame).expect("decodable").0.response;
-            }
-            let read = tokio::time::timeout(PATIENCE, self.stream.read_buf(&mut self.buffer))
-                .await
-                .expect("a response in time")
-                .expect("read");
-            assert!(read > 0, "the broker closed the connection");
-        }
-        panic!("no whole frame");
-    }
-}
 
 async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     for _ in 0..1_000 {
@@ -112,7 +46,7 @@ async fn a_spent_budget_stops_reading_until_it_is_given_back() {
     let address = broker.local_address();
     assert_eq!(broker.request_bytes_available(), BUDGET);
 
-    let mut client = Raw::connect(address).await;
+    let mut client = Raw::connect(address, PROTOCOL_VERSION_MAX).await;
     client
         .send(
             1,
@@ -125,7 +59,7 @@ async fn a_spent_budget_stops_reading_until_it_is_given_back() {
             &[],
         )
         .await;
-    let response = client.receive().await;
+    let response = client.receive().await.response;
     assert!(
         matches!(response, Response::CreateTopic { .. }),
         "{response:?}"
@@ -133,14 +67,11 @@ async fn a_spent_budget_stops_reading_until_it_is_given_back() {
 
     // Before a handshake, a frame that big is refused from its header: a connection that
     // never handshakes cannot hold the budget.
-    let mut stranger = Raw {
-        stream: TcpStream::connect(address).await.expect("connect"),
-        buffer: BytesMut::new(),
-    };
+    let mut stranger = Raw::connect_without_handshake(address).await;
     let mut header = (HOG_BODY as u32).to_le_bytes().to_vec();
     header.extend_from_slice(&[0; 4]);
-    stranger.stream.write_all(&header).await.expect("write");
-    let response = stranger.receive().await;
+    stranger.write_raw(&header).await;
+    let response = stranger.receive().await.response;
     assert!(
         matches!(&response, Response::Error(error) if error.code == brook_wire::ErrorCode::FrameTooLarge),
         "{response:?}"
@@ -149,11 +80,11 @@ async fn a_spent_budget_stops_reading_until_it_is_given_back() {
 
     // A frame header announcing 900 KB, and only the start of its body: the broker reserves
     // the whole frame before reading the body, and holds it while the body does not come.
-    let mut hog = Raw::connect(address).await;
+    let mut hog = Raw::connect(address, PROTOCOL_VERSION_MAX).await;
     let mut partial = (HOG_BODY as u32).to_le_bytes().to_vec();
     partial.extend_from_slice(&[0; 4]);
     partial.extend_from_slice(&[0; 1000]);
-    hog.stream.write_all(&partial).await.expect("write");
+    hog.write_raw(&partial).await;
     wait_for("the hog's frame is reserved", || {
         broker.request_bytes_available() == BUDGET - (HOG_BODY + 8)
     })
@@ -184,7 +115,7 @@ async fn a_spent_budget_stops_reading_until_it_is_given_back() {
 
     // The hog goes away: its reservation comes back, the produce is read and answered.
     drop(hog);
-    let response = client.receive().await;
+    let response = client.receive().await.response;
     assert!(
         matches!(response, Response::Produce { base_offset: 0, .. }),
         "{response:?}"
