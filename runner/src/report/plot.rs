@@ -3,6 +3,7 @@
 //! over time. Every plot shades the nemesis windows and labels them above the plotting area, so
 //! that a reader sees at a glance what each fault did to the clients.
 
+use plotters::chart::MeshStyle;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -175,13 +176,7 @@ pub(crate) fn latency_plot(data: &RunData, of: LatencyOf) -> Result<Plot, Report
         let mut chart = chart_layout(&root)
             .build_cartesian_2d(0f64..x_max, (y_min..y_max).log_scale())
             .map_err(|e| error(e.to_string()))?;
-        chart
-            .configure_mesh()
-            .bold_line_style(COLOR_GRID)
-            .light_line_style(TRANSPARENT)
-            .label_style(("sans-serif", 13))
-            .axis_desc_style(("sans-serif", 14))
-            .x_desc("time since the run started (s)")
+        mesh_style(&mut chart.configure_mesh())
             .y_desc(format!("{} latency (ms, log)", of.name()))
             .y_label_formatter(&|value| format_latency_ms(*value))
             .draw()
@@ -270,6 +265,17 @@ fn chart_layout<'a, 'b>(
         .x_label_area_size(40)
         .y_label_area_size(64);
     builder
+}
+
+/// The grid and axis text every plot shares (time on the x axis); the caller names the y axis.
+fn mesh_style<'m, 'a, 'b, X: Ranged, Y: Ranged, DB: DrawingBackend>(
+    mesh: &'m mut MeshStyle<'a, 'b, X, Y, DB>,
+) -> &'m mut MeshStyle<'a, 'b, X, Y, DB> {
+    mesh.bold_line_style(COLOR_GRID)
+        .light_line_style(TRANSPARENT)
+        .label_style(("sans-serif", 13))
+        .axis_desc_style(("sans-serif", 14))
+        .x_desc("time since the run started (s)")
 }
 
 /// What every plot ends with: the legend in the upper right corner, the nemesis windows
@@ -404,13 +410,7 @@ pub(crate) fn throughput_plot(data: &RunData) -> Result<Plot, ReportError> {
         let mut chart = chart_layout(&root)
             .build_cartesian_2d(0f64..x_max, 0f64..y_max)
             .map_err(|e| error(e.to_string()))?;
-        chart
-            .configure_mesh()
-            .bold_line_style(COLOR_GRID)
-            .light_line_style(TRANSPARENT)
-            .label_style(("sans-serif", 13))
-            .axis_desc_style(("sans-serif", 14))
-            .x_desc("time since the run started (s)")
+        mesh_style(&mut chart.configure_mesh())
             .y_desc("per second")
             .draw()
             .map_err(|e| error(e.to_string()))?;
