@@ -141,6 +141,14 @@ struct Active {
     start_ns: u64,
 }
 
+/// Node names as the history and the logs write them: `n1,n3`.
+fn node_names(ids: &[u32]) -> String {
+    ids.iter()
+        .map(|id| format!("n{id}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 struct Nemesis<'a> {
     runtime: &'a Runtime,
     cluster: &'a mut Cluster,
@@ -186,18 +194,67 @@ impl Nemesis<'_> {
         }
     }
 
+    /// SIGKILLs node `id`, recorded in the history as a crash first.
+    fn kill(&mut self, id: u32) {
+        self.recorder.push(
+            NEMESIS_PROCESS,
+            Some(format!("n{id}")),
+            Phase::Ok,
+            OpKind::Crash,
+        );
+        self.cluster.kill(id);
+    }
+
+    /// Drops, on each node `shape` cuts off, the packets from the nodes it must not hear.
+    /// Returns those nodes and the fault's description.
+    async fn partition(&mut self, shape: &PartitionShape, nodes_total: u32) -> (Vec<u32>, String) {
+        let isolated = match shape {
+            PartitionShape::Isolate(target) => self.resolve(target).await,
+            _ => 0,
+        };
+        let blocked = blocked_sources(shape, nodes_total, isolated);
+        for (to, from) in &blocked {
+            let addresses: Vec<_> = from
+                .iter()
+                .map(|id| self.cluster.network().address(*id))
+                .collect();
+            if let Err(error) = self.cluster.network().set_filter(*to, &addresses, 0) {
+                self.errors.push(error.to_string());
+            }
+        }
+        let description = match shape {
+            PartitionShape::Isolate(target) => {
+                format!("isolate {}", Self::target_words(target, isolated))
+            }
+            PartitionShape::Halves { minority } => {
+                let rest: Vec<u32> = (1..=nodes_total)
+                    .filter(|id| !minority.contains(id))
+                    .collect();
+                format!("partition {} | {}", node_names(minority), node_names(&rest))
+            }
+            PartitionShape::Bridge {
+                left,
+                bridge,
+                right,
+            } => format!(
+                "bridge: {} | {} | {} (n{bridge} reaches both sides)",
+                node_names(left),
+                node_names(&[*bridge]),
+                node_names(right)
+            ),
+            PartitionShape::OneWay { from, to } => {
+                format!("one-way: n{to} hears nothing from n{from}")
+            }
+        };
+        (blocked.keys().copied().collect(), description)
+    }
+
     async fn start(&mut self, step: Step) -> Active {
         let nodes_total = self.cluster.ids().len() as u32;
         let (nodes, description) = match &step.fault {
             Fault::Kill(target) => {
                 let id = self.resolve(target).await;
-                self.recorder.push(
-                    NEMESIS_PROCESS,
-                    Some(format!("n{id}")),
-                    Phase::Ok,
-                    OpKind::Crash,
-                );
-                self.cluster.kill(id);
+                self.kill(id);
                 (
                     vec![id],
                     format!("SIGKILL {}", Self::target_words(target, id)),
@@ -205,15 +262,8 @@ impl Nemesis<'_> {
             }
             Fault::KillNodes { nodes } => {
                 for id in nodes {
-                    self.recorder.push(
-                        NEMESIS_PROCESS,
-                        Some(format!("n{id}")),
-                        Phase::Ok,
-                        OpKind::Crash,
-                    );
-                    self.cluster.kill(*id);
+                    self.kill(*id);
                 }
-                let names: Vec<String> = nodes.iter().map(|id| format!("n{id}")).collect();
                 let share = if nodes.len() == nodes_total as usize {
                     "all nodes"
                 } else if nodes.len() * 2 > nodes_total as usize {
@@ -223,7 +273,7 @@ impl Nemesis<'_> {
                 };
                 (
                     nodes.clone(),
-                    format!("SIGKILL {} at once ({share})", names.join(",")),
+                    format!("SIGKILL {} at once ({share})", node_names(nodes)),
                 )
             }
             Fault::Pause(target) => {
@@ -236,53 +286,7 @@ impl Nemesis<'_> {
                     format!("SIGSTOP {}", Self::target_words(target, id)),
                 )
             }
-            Fault::Partition(shape) => {
-                let isolated = match shape {
-                    PartitionShape::Isolate(target) => self.resolve(target).await,
-                    _ => 0,
-                };
-                let blocked = blocked_sources(shape, nodes_total, isolated);
-                for (to, from) in &blocked {
-                    let addresses: Vec<_> = from
-                        .iter()
-                        .map(|id| self.cluster.network().address(*id))
-                        .collect();
-                    if let Err(error) = self.cluster.network().set_filter(*to, &addresses, 0) {
-                        self.errors.push(error.to_string());
-                    }
-                }
-                let names = |ids: &[u32]| {
-                    ids.iter()
-                        .map(|id| format!("n{id}"))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                };
-                let description = match shape {
-                    PartitionShape::Isolate(target) => {
-                        format!("isolate {}", Self::target_words(target, isolated))
-                    }
-                    PartitionShape::Halves { minority } => {
-                        let rest: Vec<u32> = (1..=nodes_total)
-                            .filter(|id| !minority.contains(id))
-                            .collect();
-                        format!("partition {} | {}", names(minority), names(&rest))
-                    }
-                    PartitionShape::Bridge {
-                        left,
-                        bridge,
-                        right,
-                    } => format!(
-                        "bridge: {} | {} | {} (n{bridge} reaches both sides)",
-                        names(left),
-                        names(&[*bridge]),
-                        names(right)
-                    ),
-                    PartitionShape::OneWay { from, to } => {
-                        format!("one-way: n{to} hears nothing from n{from}")
-                    }
-                };
-                (blocked.keys().copied().collect(), description)
-            }
+            Fault::Partition(shape) => self.partition(shape, nodes_total).await,
             Fault::Latency { nodes, delay_ms } => {
                 let mut applied = String::new();
                 for id in nodes {
@@ -291,10 +295,9 @@ impl Nemesis<'_> {
                         Err(error) => self.errors.push(error.to_string()),
                     }
                 }
-                let names: Vec<String> = nodes.iter().map(|id| format!("n{id}")).collect();
                 (
                     nodes.clone(),
-                    format!("latency on {}: {applied}", names.join(",")),
+                    format!("latency on {}: {applied}", node_names(nodes)),
                 )
             }
             Fault::Loss { nodes, percent } => {
@@ -303,10 +306,12 @@ impl Nemesis<'_> {
                         self.errors.push(error.to_string());
                     }
                 }
-                let names: Vec<String> = nodes.iter().map(|id| format!("n{id}")).collect();
                 (
                     nodes.clone(),
-                    format!("drop {percent}% of packets arriving at {}", names.join(",")),
+                    format!(
+                        "drop {percent}% of packets arriving at {}",
+                        node_names(nodes)
+                    ),
                 )
             }
         };
