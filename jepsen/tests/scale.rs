@@ -9,6 +9,17 @@ const PARTITIONS: u32 = 4;
 const PRODUCERS: u64 = 4;
 const CONSUMERS: u64 = 2;
 
+/// A send of `value` to `partition` (acknowledged at `offset`, if any) with the default acks.
+fn send(partition: u32, value: u64, offset: Option<u64>) -> OpKind {
+    OpKind::Send {
+        acks: Default::default(),
+        partition: Some(partition),
+        key: None,
+        value,
+        offset,
+    }
+}
+
 /// Producers send round-robin with two sends always overlapping; every fourth send, each
 /// consumer polls up to 3 records of every partition.
 fn big_history(sends: u64) -> History {
@@ -28,27 +39,19 @@ fn big_history(sends: u64) -> History {
             &mut history,
             process,
             Phase::Invoke,
-            OpKind::Send {
-                acks: Default::default(),
-                partition: Some(partition),
-                key: None,
-                value,
-                offset: None,
-            },
+            send(partition, value, None),
         );
         let log = &mut logs[partition as usize];
         log.push(value);
         let offset = log.len() as u64 - 1;
         // The previous send completes after this one was invoked.
         if let Some((process, partition, value, offset)) = pending.take() {
-            let kind = OpKind::Send {
-                acks: Default::default(),
-                partition: Some(partition),
-                key: None,
-                value,
-                offset: Some(offset),
-            };
-            push(&mut history, process, Phase::Ok, kind);
+            push(
+                &mut history,
+                process,
+                Phase::Ok,
+                send(partition, value, Some(offset)),
+            );
         }
         pending = Some((process, partition, value, offset));
         if value % 4 == 3 {
@@ -81,14 +84,12 @@ fn big_history(sends: u64) -> History {
         }
     }
     if let Some((process, partition, value, offset)) = pending {
-        let kind = OpKind::Send {
-            acks: Default::default(),
-            partition: Some(partition),
-            key: None,
-            value,
-            offset: Some(offset),
-        };
-        push(&mut history, process, Phase::Ok, kind);
+        push(
+            &mut history,
+            process,
+            Phase::Ok,
+            send(partition, value, Some(offset)),
+        );
     }
     history
 }
