@@ -73,8 +73,6 @@ const PROBE_TIMEOUT_MS: u64 = 300;
 /// After the drain: how long the replicas may take to converge (every partition's leader
 /// reports all its replicas in sync and nothing uncommitted) before the run fails.
 const CONVERGENCE_SECS_MAX: u64 = 30;
-/// Starts of one node the supervisor tries before the run fails (a disk fault during recovery
-/// fails a start).
 /// Where a node keeps its partition replicas (cluster.md: `<data-dir>/cluster/partitions/`).
 const PARTITIONS_DIR: &str = "/brook/cluster/partitions";
 /// Where a node keeps its replica of the controller's metadata log.

@@ -1063,7 +1063,8 @@ pub(crate) async fn lose_packets(
     lock(shared).trace("nemesis packet loss over");
 }
 
-/// Times a simulated node tries to start before the run gives up on it (liveness).
+/// Starts of one node the supervisor tries before the run fails (a disk fault during recovery
+/// fails a start).
 pub(crate) const NODE_START_ATTEMPTS_MAX: u32 = 20;
 
 /// A simulated host named `name` at `node_address(index)` that runs a brook node as the
