@@ -468,13 +468,10 @@ impl Network {
         let namespace = self.namespace(id);
         let delay = format!("{delay_ms}ms");
         let jitter = format!("{}ms", delay_ms / 4);
-        let netem = run(
-            "ip",
+        let netem = run_in(
+            &namespace,
+            "tc",
             &[
-                "netns",
-                "exec",
-                &namespace,
-                "tc",
                 "qdisc",
                 "replace",
                 "dev",
