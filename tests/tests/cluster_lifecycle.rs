@@ -4,9 +4,12 @@
 //! controller). Every node describes the replicated config; retention runs on every replica
 //! (leader and followers), so each replica's disk use stops growing, while none deletes at or
 //! above the high watermark; a fetch below the log start is refused naming it, and
-//! `--offset-reset earliest` moves on.
+//! `--offset-reset earliest` moves on. Then a compacted topic: every replica cleans its own
+//! committed prefix (its disk falls far below what was written) and a consumer reads every
+//! key's latest value.
 #![allow(clippy::disallowed_methods)] // real processes and the real clock: not simulated code
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +22,14 @@ const TOPIC: &str = "aging";
 const RETENTION_BYTES: u64 = 4096;
 const SEGMENT_BYTES: u64 = 1024;
 const ROUNDS: usize = 16;
+/// The compacted topic: updates to a few keys, one produce (one batch) per round.
+const TABLE: &str = "table";
+const TABLE_KEYS: usize = 5;
+const TABLE_ROUNDS: usize = 40;
+/// What a replica of the compacted topic may hold: the last round's records, one record-less
+/// batch header (61 bytes) per emptied batch (one batch stays one Raft entry), the active
+/// segment. Without compaction it holds every round (~42 KiB).
+const COMPACTED_BYTES_BOUND: u64 = 8 * 1024;
 /// Bound of every wait for the cluster (election, replication, retention passes).
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -40,8 +51,8 @@ fn json(output: &CliOutput) -> Value {
     serde_json::from_str(output.stdout.trim()).unwrap_or_else(|error| panic!("{error}: {output}"))
 }
 
-/// The log directory of `TOPIC` partition 0's replica on a node (`<topic>@<topic id>/0/log`).
-fn partition_dir(data_dir: &Path) -> Option<PathBuf> {
+/// The log directory of `topic` partition 0's replica on a node (`<topic>@<topic id>/0/log`).
+fn partition_dir(data_dir: &Path, topic: &str) -> Option<PathBuf> {
     std::fs::read_dir(data_dir.join("cluster").join("partitions"))
         .ok()?
         .filter_map(Result::ok)
@@ -49,7 +60,7 @@ fn partition_dir(data_dir: &Path) -> Option<PathBuf> {
             entry
                 .file_name()
                 .to_string_lossy()
-                .starts_with(&format!("{TOPIC}@"))
+                .starts_with(&format!("{topic}@"))
         })
         .map(|entry| entry.path().join("0").join("log"))
 }
@@ -188,7 +199,7 @@ fn configs_and_retention_run_on_every_replica_of_a_three_node_cluster() {
         .expect("high_watermark");
     assert!(high_watermark >= (ROUNDS * 3) as u64, "{described}");
     for data_dir in &data_dirs {
-        let dir = partition_dir(data_dir).expect("a replica on every node");
+        let dir = partition_dir(data_dir, TOPIC).expect("a replica on every node");
         let bounded = wait_until(CLUSTER_TIMEOUT, || {
             segments(&dir).0 < RETENTION_BYTES + 3 * SEGMENT_BYTES
         });
@@ -237,4 +248,94 @@ fn configs_and_retention_run_on_every_replica_of_a_three_node_cluster() {
         b"",
     ));
     assert!(read["offset"].as_u64() > Some(0), "{read}");
+
+    // Compaction in the cluster: many updates to a few keys; every replica cleans its own
+    // committed prefix, so each one's disk falls far below what was written, and a consumer
+    // from the start reads every key's latest value.
+    cli(
+        &bootstrap,
+        &[
+            "topic",
+            "create",
+            TABLE,
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "3",
+            "--config",
+            "cleanup.policy=compact",
+            "--config",
+            &segment_config,
+        ],
+        b"",
+    )
+    .assert_success();
+    let mut written = 0;
+    for round in 0..TABLE_ROUNDS {
+        let mut input = String::new();
+        for key in 0..TABLE_KEYS {
+            input.push_str(&format!("key-{key}:{round}-{}\n", "v".repeat(200)));
+        }
+        written += input.len() as u64;
+        cli(
+            &bootstrap,
+            &[
+                "produce",
+                TABLE,
+                "--acks",
+                "all",
+                "--partition",
+                "0",
+                "--key-separator",
+                ":",
+            ],
+            input.as_bytes(),
+        )
+        .assert_success();
+    }
+    assert!(
+        written > 4 * COMPACTED_BYTES_BOUND,
+        "{written} bytes written"
+    );
+    for data_dir in &data_dirs {
+        let dir = partition_dir(data_dir, TABLE).expect("a replica on every node");
+        let compacted = wait_until(CLUSTER_TIMEOUT, || segments(&dir).0 < COMPACTED_BYTES_BOUND);
+        assert!(
+            compacted,
+            "{}: {} bytes of segments",
+            dir.display(),
+            segments(&dir).0
+        );
+    }
+    let read = cli(
+        &bootstrap,
+        &[
+            "consume",
+            TABLE,
+            "--from",
+            "earliest",
+            "--timeout-ms",
+            "3000",
+        ],
+        b"",
+    );
+    read.assert_success();
+    let mut latest: BTreeMap<String, String> = BTreeMap::new();
+    let lines = read.stdout_lines();
+    for line in &lines {
+        let record: Value = serde_json::from_str(line).expect("a JSON record");
+        let key = record["key"].as_str().expect("keyed").to_owned();
+        let value = record["value"].as_str().expect("a value").to_owned();
+        latest.insert(key, value);
+    }
+    assert!(
+        lines.len() < TABLE_ROUNDS * TABLE_KEYS / 4,
+        "compaction removed most updates: {} records left",
+        lines.len()
+    );
+    let last_round = format!("{}-", TABLE_ROUNDS - 1);
+    assert_eq!(latest.len(), TABLE_KEYS, "{latest:?}");
+    for (key, value) in &latest {
+        assert!(value.starts_with(&last_round), "{key}: {value}");
+    }
 }
