@@ -86,7 +86,7 @@ fn segments(partition_dir: &Path) -> (u64, Option<u64>) {
 }
 
 #[test]
-fn configs_and_retention_run_on_every_replica_of_a_three_node_cluster() {
+fn configs_retention_and_compaction_run_on_every_replica_of_a_three_node_cluster() {
     let work = work_dir();
     let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
     let peers = ports
