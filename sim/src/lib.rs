@@ -263,49 +263,70 @@ pub struct KeptSeed {
     /// Cluster faults the seed was found without (`without=NAME,NAME`, as `cargo sim
     /// --without-fault`): its run and its fingerprint are the draw without them.
     pub without: Vec<String>,
+    /// Found with `--compacted` (token `compacted`): the topic is compacted. The fingerprint
+    /// does not carry it (compaction is not drawn), so the line must.
+    pub compacted: bool,
+    /// Found with `--retention` (token `retention`).
+    pub retention: bool,
 }
 
-/// Parses a seed file: `SEED FINGERPRINT [without=FAULT,...]` per line, `#` starts a comment,
-/// blank lines skipped.
+/// What a seed file's line looks like, for error messages.
+const SEED_LINE_FORM: &str = "SEED FINGERPRINT [without=FAULT,...] [compacted] [retention]";
+
+/// Parses a seed file: `SEED FINGERPRINT [without=FAULT,...] [compacted] [retention]` per
+/// line (the optional fields in any order, each at most once), `#` starts a comment, blank
+/// lines skipped.
 pub fn parse_seed_file(text: &str) -> Result<Vec<KeptSeed>, String> {
     let mut seeds = Vec::new();
     for (index, line) in text.lines().enumerate() {
+        let number = index + 1;
         let content = line.split('#').next().unwrap_or_default().trim();
         if content.is_empty() {
             continue;
         }
         let mut fields = content.split_whitespace();
-        let (Some(seed), Some(fingerprint), without, None) = (
-            fields.next(),
-            fields.next(),
-            fields.next().map(|field| field.strip_prefix("without=")),
-            fields.next(),
-        ) else {
+        let (Some(seed), Some(fingerprint)) = (fields.next(), fields.next()) else {
             return Err(format!(
-                "line {}: expected `SEED FINGERPRINT [without=FAULT,...]` (the draw's \
-                 fingerprint, printed by `cargo sim --seed SEED`), got {content:?}",
-                index + 1
+                "line {number}: expected `{SEED_LINE_FORM}` (the draw's fingerprint, printed \
+                 by `cargo sim --seed SEED`), got {content:?}"
             ));
         };
         let seed = seed
             .parse()
-            .map_err(|_| format!("line {}: not a seed: {seed:?}", index + 1))?;
-        let without = match without {
-            None => Vec::new(),
-            Some(Some(names)) if !names.is_empty() => names.split(',').map(str::to_owned).collect(),
-            Some(_) => {
-                return Err(format!(
-                    "line {}: a third field must be `without=FAULT,...`, got {content:?}",
-                    index + 1
-                ))
-            }
-        };
-        seeds.push(KeptSeed {
+            .map_err(|_| format!("line {number}: not a seed: {seed:?}"))?;
+        let mut kept = KeptSeed {
             seed,
             fingerprint: fingerprint.to_owned(),
-            line: index + 1,
-            without,
-        });
+            line: number,
+            without: Vec::new(),
+            compacted: false,
+            retention: false,
+        };
+        let mut seen_without = false;
+        for field in fields {
+            let repeated = match field {
+                "compacted" => std::mem::replace(&mut kept.compacted, true),
+                "retention" => std::mem::replace(&mut kept.retention, true),
+                _ => match field.strip_prefix("without=") {
+                    Some(names) if !names.is_empty() => {
+                        kept.without = names.split(',').map(str::to_owned).collect();
+                        std::mem::replace(&mut seen_without, true)
+                    }
+                    _ => {
+                        return Err(format!(
+                            "line {number}: expected `{SEED_LINE_FORM}`, got the field \
+                             {field:?} in {content:?}"
+                        ))
+                    }
+                },
+            };
+            if repeated {
+                return Err(format!(
+                    "line {number}: the field {field:?} is given twice in {content:?}"
+                ));
+            }
+        }
+        seeds.push(kept);
     }
     Ok(seeds)
 }
@@ -317,7 +338,9 @@ mod tests {
     #[test]
     fn seed_file_lines() {
         let text = "# kept seeds\n\n7 v2-0000abcd # found a bug\n  12   v2-12345678\n\
-                    88 c3v1-2ac88971 without=corrupt-at-rest,disk-full # cluster\n";
+                    88 c3v1-2ac88971 without=corrupt-at-rest,disk-full # cluster\n\
+                    12 c3v1-7b8ce7ed compacted without=corrupt-at-rest\n\
+                    5 v4-00000001 retention\n";
         let seeds = parse_seed_file(text).expect("parses");
         assert_eq!(
             seeds,
@@ -327,18 +350,40 @@ mod tests {
                     fingerprint: "v2-0000abcd".into(),
                     line: 3,
                     without: Vec::new(),
+                    compacted: false,
+                    retention: false,
                 },
                 KeptSeed {
                     seed: 12,
                     fingerprint: "v2-12345678".into(),
                     line: 4,
                     without: Vec::new(),
+                    compacted: false,
+                    retention: false,
                 },
                 KeptSeed {
                     seed: 88,
                     fingerprint: "c3v1-2ac88971".into(),
                     line: 5,
                     without: vec!["corrupt-at-rest".into(), "disk-full".into()],
+                    compacted: false,
+                    retention: false,
+                },
+                KeptSeed {
+                    seed: 12,
+                    fingerprint: "c3v1-7b8ce7ed".into(),
+                    line: 6,
+                    without: vec!["corrupt-at-rest".into()],
+                    compacted: true,
+                    retention: false,
+                },
+                KeptSeed {
+                    seed: 5,
+                    fingerprint: "v4-00000001".into(),
+                    line: 7,
+                    without: Vec::new(),
+                    compacted: false,
+                    retention: true,
                 },
             ]
         );
@@ -349,5 +394,7 @@ mod tests {
         assert!(parse_seed_file("7 v2-1 extra\n").is_err());
         assert!(parse_seed_file("7 v2-1 without=\n").is_err());
         assert!(parse_seed_file("7 v2-1 without=disk-full extra\n").is_err());
+        assert!(parse_seed_file("7 v2-1 compacted compacted\n").is_err());
+        assert!(parse_seed_file("7 v2-1 without=pause without=swizzle\n").is_err());
     }
 }

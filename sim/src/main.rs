@@ -191,9 +191,18 @@ mod runner {
         }
     }
 
-    /// A seed to run: the seed, the cluster size (`None`: a single node), the cluster faults
-    /// left out of its draw.
-    type SeedRun = (u64, Option<u8>, Vec<ClusterFault>);
+    /// A seed to run and the mode it runs in.
+    struct SeedRun {
+        seed: u64,
+        /// The cluster size (`None`: a single node).
+        cluster: Option<u8>,
+        /// The cluster faults left out of its draw.
+        excluded: Vec<ClusterFault>,
+        /// `--compacted` (or a seed file's `compacted`).
+        compacted: bool,
+        /// `--retention` (or a seed file's `retention`).
+        retention: bool,
+    }
 
     /// The seeds of a seed file, each checked against the fingerprint of its draw, with the
     /// cluster size its fingerprint names and the faults it was kept without.
@@ -220,7 +229,13 @@ mod runner {
                 }
             }
             let now = fingerprint_now(seed.seed, cluster, &excluded);
-            runs.push((seed.seed, cluster, excluded));
+            runs.push(SeedRun {
+                seed: seed.seed,
+                cluster,
+                excluded,
+                compacted: seed.compacted,
+                retention: seed.retention,
+            });
             if now != seed.fingerprint {
                 stale.push(format!(
                     "{}:{}: seed {} was kept for the draw {} but now draws {now}: the draw \
@@ -307,10 +322,25 @@ mod runner {
         }
         let (seeds, verbose): (Vec<SeedRun>, bool) = match (args.seed, args.seeds, &args.seed_file)
         {
-            (Some(seed), _, _) => (vec![(seed, args.cluster, excluded.clone())], true),
+            (Some(seed), _, _) => (
+                vec![SeedRun {
+                    seed,
+                    cluster: args.cluster,
+                    excluded: excluded.clone(),
+                    compacted: args.compacted,
+                    retention: args.retention,
+                }],
+                true,
+            ),
             (None, Some(count), _) => (
                 (args.from..args.from.saturating_add(count))
-                    .map(|seed| (seed, args.cluster, excluded.clone()))
+                    .map(|seed| SeedRun {
+                        seed,
+                        cluster: args.cluster,
+                        excluded: excluded.clone(),
+                        compacted: args.compacted,
+                        retention: args.retention,
+                    })
                     .collect(),
                 args.verbose,
             ),
@@ -340,7 +370,17 @@ mod runner {
         let mut anomalies: BTreeMap<String, usize> = BTreeMap::new();
         let mut last: Option<RunReport> = None;
         let mut batches = BatchStats::default();
-        for (seed, cluster, excluded) in seeds {
+        for run in seeds {
+            // A seed file's line adds its own mode to the command line's.
+            let SeedRun {
+                seed,
+                cluster,
+                excluded,
+                compacted,
+                retention,
+            } = run;
+            let compacted = compacted || args.compacted;
+            let retention = retention || args.retention;
             if args
                 .time_budget_secs
                 .is_some_and(|budget| started.elapsed().as_secs() >= budget)
@@ -351,8 +391,8 @@ mod runner {
             let options = Options {
                 plant,
                 fault_secs: args.fault_secs,
-                compacted: args.compacted,
-                retention: args.retention,
+                compacted,
+                retention,
                 cluster_nodes: cluster,
                 cluster_faults_excluded: excluded.clone(),
                 restart_after_vote,
@@ -387,8 +427,8 @@ mod runner {
                 plant
                     .map(|p| format!(" --plant {}", p.name()))
                     .unwrap_or_default(),
-                if args.compacted { " --compacted" } else { "" },
-                if args.retention { " --retention" } else { "" }
+                if compacted { " --compacted" } else { "" },
+                if retention { " --retention" } else { "" }
             ) + if args.restart_after_vote {
                 " --restart-after-vote"
             } else {
