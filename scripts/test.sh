@@ -69,9 +69,10 @@ cargo sim --seeds "${SIM_COMPACTED_SEEDS:=60}" --compacted
 cargo sim --seeds 3 --from 100000 --compacted --check-determinism
 
 step "simulation: a compacted topic in a 3-node cluster (issue 12): every replica cleans its own committed prefix"
-# OPEN (issue 12): seeds 12 and 13 of `--cluster 3 --compacted` fail liveness (the final drain
-# stops short of the end offsets with no error); CI runs the first seeds, which pass.
-cargo sim --seeds "${SIM_CLUSTER_COMPACTED_SEEDS:=4}" --cluster 3 --compacted --without-fault corrupt-at-rest
+# Seeds 12 and 13 (a consumer once stalled on runs of record-less compacted batches) are kept
+# in sim/regression-seeds.txt with the `compacted` token; these runs are long (tens of thousands
+# of batches), so CI takes a few more.
+cargo sim --seeds "${SIM_CLUSTER_COMPACTED_SEEDS:=8}" --cluster 3 --compacted
 
 step "simulation: short retention (issue 12): below the log start consumers are told, never skipped"
 cargo sim --seeds "${SIM_RETENTION_SEEDS:=40}" --retention
