@@ -29,7 +29,7 @@ use brook_wire::error::{BrokerError, ErrorCode};
 use brook_wire::frame::{FrameDecoder, FrameEncoder};
 use brook_wire::peer::{decode_peer, encode_peer, GroupId, PeerMessage, RaftMessage};
 use brook_wire::protocol::TopicDescription;
-use brook_wire::topic_config::TopicConfig;
+use brook_wire::topic_config::{ConfigEntry, TopicConfig};
 use bytes::{Bytes, BytesMut};
 
 const DATA_DIR: &str = "/node";
@@ -559,6 +559,154 @@ async fn scenario(ids: &[u32], voters: &[u32]) {
             deadline.pause("delete not applied").await;
         }
     }
+    cluster.stop().await;
+}
+
+/// Every node's view of `name`'s config: key -> (value, source name).
+async fn configs(
+    handle: &ControllerHandle,
+    name: &str,
+) -> Option<BTreeMap<String, (String, String)>> {
+    handle
+        .ask(|reply| ControllerMessage::DescribeConfigs {
+            name: name.into(),
+            reply,
+        })
+        .await
+        .expect("controller answers")
+        .ok()
+        .map(|entries| {
+            entries
+                .into_iter()
+                .map(|entry| (entry.key, (entry.value, entry.source.name().to_owned())))
+                .collect()
+        })
+}
+
+async fn alter(
+    handle: &ControllerHandle,
+    name: &str,
+    set: &[(&str, &str)],
+    delete: &[&str],
+) -> Result<Vec<ConfigEntry>, BrokerError> {
+    handle
+        .ask(|reply| ControllerMessage::AlterTopicConfig {
+            name: name.into(),
+            set: set
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                .collect(),
+            delete: delete.iter().map(|key| (*key).to_owned()).collect(),
+            reply,
+        })
+        .await
+        .expect("controller answers")
+}
+
+/// Wait until every node describes `name`'s config as `expected` (the keys listed; the others
+/// must be defaults).
+async fn configs_agree(cluster: &Cluster, name: &str, expected: &[(&str, &str)]) {
+    let deadline = Deadline::new();
+    loop {
+        let mut agreed = true;
+        for node in &cluster.nodes {
+            let Some(config) = configs(&node.handle, name).await else {
+                agreed = false;
+                continue;
+            };
+            for (key, (value, source)) in &config {
+                let wanted = expected.iter().find(|(wanted, _)| wanted == key);
+                agreed &= match wanted {
+                    Some((_, wanted)) => value == wanted && source == "override",
+                    None => source == "default",
+                };
+            }
+        }
+        if agreed {
+            return;
+        }
+        deadline
+            .pause(&format!("every node to describe {name} with {expected:?}"))
+            .await;
+    }
+}
+
+/// Issue 12: a topic's config overrides are stored in the metadata log and replicated through
+/// the controller: created with overrides on the active controller, every node describes them
+/// (value and source); an alter is refused off the controller and, on it, for a bad key or
+/// value (naming the key; nothing changes), and otherwise reaches every node.
+#[tokio::test]
+async fn topic_configs_are_replicated_through_the_controller() {
+    let ids = [1, 2, 3];
+    let cluster = Cluster::start(&ids, &ids);
+    let controller = cluster.controller().await;
+    let active = &cluster.node(controller).handle;
+    let created = active
+        .ask(|reply| ControllerMessage::CreateTopic {
+            name: "configured".into(),
+            partitions: 1,
+            replication_factor: 3,
+            config: vec![
+                ("retention.ms".into(), "3600000".into()),
+                ("cleanup.policy".into(), "compact".into()),
+            ],
+            reply,
+        })
+        .await
+        .expect("controller answers");
+    assert!(created.is_ok(), "{created:?}");
+    configs_agree(
+        &cluster,
+        "configured",
+        &[("retention.ms", "3600000"), ("cleanup.policy", "compact")],
+    )
+    .await;
+
+    for node in cluster.nodes.iter().filter(|node| node.id != controller) {
+        assert_eq!(
+            alter(
+                &node.handle,
+                "configured",
+                &[("retention.bytes", "1024")],
+                &[]
+            )
+            .await
+            .map_err(|error| error.code),
+            Err(ErrorCode::NotController),
+            "node {}",
+            node.id
+        );
+    }
+    for (set, named) in [
+        (("retention.hours", "1"), "retention.hours"),
+        (("segment.bytes", "tiny"), "segment.bytes"),
+        (("compression.type", "zstd"), "never recompresses"),
+    ] {
+        let refused = alter(active, "configured", &[set], &[]).await;
+        let error = refused.expect_err("refused");
+        assert_eq!(error.code, ErrorCode::InvalidConfig, "{error:?}");
+        assert!(error.message.contains(named), "{error:?}");
+    }
+    let altered = alter(
+        active,
+        "configured",
+        &[("retention.bytes", "1048576")],
+        &["retention.ms"],
+    )
+    .await
+    .expect("altered");
+    assert!(altered
+        .iter()
+        .any(|entry| entry.key == "retention.bytes" && entry.value == "1048576"));
+    configs_agree(
+        &cluster,
+        "configured",
+        &[
+            ("retention.bytes", "1048576"),
+            ("cleanup.policy", "compact"),
+        ],
+    )
+    .await;
     cluster.stop().await;
 }
 

@@ -717,6 +717,19 @@ impl Cluster {
             }
             self.history
                 .observe_committed(id, log_start_offset, &committed)?;
+            // Retention (issue 12) deletes only below the replica's own high watermark, which
+            // is at most what a leader committed: a replica never deletes past what the
+            // partition's leader allows, nor anything at or above its high watermark.
+            let committed_end = self.history.committed_end();
+            if log_start_offset > high_watermark || log_start_offset > committed_end {
+                return Err(violation(
+                    "deleted-uncommitted",
+                    format!(
+                        "node {id}: log start {log_start_offset} above its high watermark \
+                         {high_watermark} or the end of what was committed {committed_end}"
+                    ),
+                ));
+            }
             if reset {
                 self.log_resets += 1;
                 self.node(id).log_start_offset = log_start_offset;

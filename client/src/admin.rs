@@ -281,7 +281,19 @@ impl Admin {
             let partition = details[index].partition;
             match result {
                 Ok((Response::PartitionStatus(report), _)) => {
-                    details[index] = PartitionDetails::from_report(partition, report);
+                    let mut live = PartitionDetails::from_report(partition, report);
+                    // The leader lists its group's replicas sorted; metadata lists them in
+                    // assignment order (the first is the preferred leader, as Kafka shows
+                    // them): keep that order while both name the same replicas.
+                    let assigned = &details[index].replicas;
+                    let mut sorted = assigned.clone();
+                    sorted.sort_unstable();
+                    let mut reported = live.replicas.clone();
+                    reported.sort_unstable();
+                    if sorted == reported {
+                        live.replicas.clone_from(assigned);
+                    }
+                    details[index] = live;
                 }
                 Ok((other, _)) => {
                     tracing::debug!(topic = %name, partition, ?other, "unexpected partition-status response; showing metadata");

@@ -141,7 +141,13 @@ fn partition_metadata(script: &Script, partition: u32) -> PartitionMetadata {
             .copied()
             .filter(|leader| *leader != 0),
         leader_term: 1,
-        replicas: vec![1, 2, 3],
+        // Assignment order (the first is the preferred leader), as the controller records it;
+        // a leader's status report lists the same replicas sorted.
+        replicas: match partition % 3 {
+            0 => vec![1, 2, 3],
+            1 => vec![2, 3, 1],
+            _ => vec![3, 1, 2],
+        },
         in_sync_replicas: vec![1, 2, 3],
         log_start_offset: 0,
         // Metadata lags: only the leader's status has the live figures.
@@ -644,6 +650,14 @@ async fn describe_asks_each_leader_and_falls_back_to_metadata() -> anyhow::Resul
             (2, Some(3), 1, 0, None),
         ]
     );
+    // Replicas stay in assignment order (preferred leader first), from metadata, although
+    // the leaders' reports list them sorted.
+    let replicas: Vec<Vec<u32>> = topic
+        .partitions
+        .iter()
+        .map(|p| p.replicas.clone())
+        .collect();
+    assert_eq!(replicas, [vec![1, 2, 3], vec![2, 3, 1], vec![3, 1, 2]]);
     assert_eq!(asked(&script, 2, "partition-status"), 1);
     Ok(())
 }

@@ -74,11 +74,16 @@ pub enum AnomalyKind {
     /// run's minimum: a run with no evidence is not a pass.
     #[serde(rename = "no-progress")]
     NoProgress,
+    /// A compacted topic: a key's latest acknowledged value (no later record of its key known)
+    /// is missing although a later offset of its partition was read; compaction removes only
+    /// superseded records (CHECKERS.md, offset-gap).
+    #[serde(rename = "compacted-away")]
+    CompactedAway,
 }
 
 impl AnomalyKind {
     /// Every kind, in report order.
-    pub const ALL: [AnomalyKind; 17] = [
+    pub const ALL: [AnomalyKind; 18] = [
         AnomalyKind::InconsistentOffsets,
         AnomalyKind::Duplicate,
         AnomalyKind::LostWrite,
@@ -96,6 +101,7 @@ impl AnomalyKind {
         AnomalyKind::OffsetGap,
         AnomalyKind::UnparseableValue,
         AnomalyKind::NoProgress,
+        AnomalyKind::CompactedAway,
     ];
 
     /// The anomaly's name, as in CHECKERS.md.
@@ -118,6 +124,7 @@ impl AnomalyKind {
             AnomalyKind::OffsetGap => "offset-gap",
             AnomalyKind::UnparseableValue => "unparseable-value",
             AnomalyKind::NoProgress => "no-progress",
+            AnomalyKind::CompactedAway => "compacted-away",
         }
     }
 
@@ -857,7 +864,9 @@ impl<'a> Checker<'a> {
                 (Outcome::Ok, None) if self.options.compacted && is_superseded() => {
                     superseded += 1;
                 }
-                (Outcome::Ok, None) if send.durable => anomalies.push(self.unread(send)),
+                (Outcome::Ok, None) if send.durable => {
+                    anomalies.push(self.compacted_away_if_latest(self.unread(send), send));
+                }
                 (Outcome::Ok, None) => match self.unread_until_crash(send) {
                     Some(anomaly) => anomalies.push(anomaly),
                     None => lost_to_crash += 1,
@@ -920,7 +929,7 @@ impl<'a> Checker<'a> {
 
     /// Compacted topics with a drain: every key's latest durable acknowledgement (no later
     /// record of its key known) must be read by a drain, since compaction runs after the
-    /// consumers may have read it: lost-write if a drain read a later offset of its
+    /// consumers may have read it: compacted-away if a drain read a later offset of its
     /// partition, else unseen. Sends no one ever read are `check_sends`'s.
     fn check_latest_drained(&mut self) {
         if !self.options.compacted || self.options.drain_processes.is_empty() {
@@ -990,7 +999,7 @@ impl<'a> Checker<'a> {
             );
             anomalies.push(match past {
                 Some(past) => Anomaly {
-                    kind: AnomalyKind::LostWrite,
+                    kind: AnomalyKind::CompactedAway,
                     partitions: vec![partition],
                     offsets: vec![offset, past.offset],
                     values: vec![send.value, past.value],
@@ -1322,6 +1331,19 @@ impl<'a> Checker<'a> {
             }
         }
         self.unread_unplaced(send)
+    }
+
+    /// In a compacted topic a keyed send that is missing (and was not superseded: the callers
+    /// skip those) is the latest value of its key: its lost-write is compacted-away.
+    fn compacted_away_if_latest(&self, anomaly: Anomaly, send: &Send) -> Anomaly {
+        match (&send.key, anomaly.kind) {
+            (Some(key), AnomalyKind::LostWrite) if self.options.compacted => Anomaly {
+                kind: AnomalyKind::CompactedAway,
+                message: format!("{} (the latest value of key {key})", anomaly.message),
+                ..anomaly
+            },
+            _ => anomaly,
+        }
     }
 
     /// unseen: an acknowledged send that no poll returned.

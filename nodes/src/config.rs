@@ -332,7 +332,8 @@ pub struct TopicDefaultsSection {
     pub delete_retention_ms: u64,
     /// `min.compaction.lag.ms`.
     pub min_compaction_lag_ms: u64,
-    /// `compression.type`: "producer", "none", "gzip", "snappy", "lz4" or "zstd".
+    /// `compression.type`: "producer" only (brook never recompresses; a codec name is refused,
+    /// saying so).
     pub compression_type: CompressionType,
 }
 
@@ -469,6 +470,7 @@ impl NodeConfig {
                     "retention.bytes" => "topic_defaults.retention_bytes",
                     "delete.retention.ms" => "topic_defaults.delete_retention_ms",
                     "min.compaction.lag.ms" => "topic_defaults.min_compaction_lag_ms",
+                    "compression.type" => "topic_defaults.compression_type",
                     "segment.bytes" => "log.segment_bytes_max",
                     "segment.ms" => "log.segment_age_ms_max",
                     "max.message.bytes" => "limits.batch_bytes_max",
@@ -639,14 +641,14 @@ mod tests {
     #[test]
     fn topic_defaults_parse_and_bad_ones_are_named() {
         let config = NodeConfig::from_toml(
-            "[topic_defaults]\nretention_ms = 3600000\nretention_bytes = 1048576\ncleanup_policy = \"compact,delete\"\ncompression_type = \"zstd\"\n[log]\nretention_check_interval_ms = 500",
+            "[topic_defaults]\nretention_ms = 3600000\nretention_bytes = 1048576\ncleanup_policy = \"compact,delete\"\ncompression_type = \"producer\"\n[log]\nretention_check_interval_ms = 500",
         )
         .expect("valid defaults");
         let topic = config.topic_defaults();
         assert_eq!(topic.retention_ms, 3_600_000);
         assert_eq!(topic.retention_bytes, 1_048_576);
         assert_eq!(topic.cleanup_policy, CleanupPolicy::CompactDelete);
-        assert_eq!(topic.compression_type, CompressionType::Zstd);
+        assert_eq!(topic.compression_type, CompressionType::Producer);
         assert_eq!(topic.segment_bytes, config.log.segment_bytes_max);
         assert_eq!(topic.max_message_bytes, config.limits.batch_bytes_max);
         assert_eq!(config.log.retention_check_interval_ms, 500);
@@ -665,6 +667,15 @@ mod tests {
             ),
             ("[topic_defaults]\ncleanup_policy = \"archive\"", "archive"),
             ("[topic_defaults]\ncompression_type = \"brotli\"", "brotli"),
+            // A codec would ask for a recompression brook never does: refused, saying why.
+            (
+                "[topic_defaults]\ncompression_type = \"zstd\"",
+                "topic_defaults.compression_type",
+            ),
+            (
+                "[topic_defaults]\ncompression_type = \"lz4\"",
+                "never recompresses",
+            ),
             ("[topic_defaults]\nsegment_bytes = 1024", "segment_bytes"),
             (
                 "[log]\nretention_check_interval_ms = 0",

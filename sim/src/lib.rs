@@ -144,12 +144,13 @@ impl Plant {
             // two); the drain still reads the value, so not lost-write.
             Plant::SkipInBatch => &["poll-skip", "int-poll-skip"],
             // The latest value of a key that was not written again is gone from the cleaned
-            // segments: never read although later offsets were (or nothing later was). In a
+            // segments: never read although later offsets were (compacted-away) or nothing
+            // later was (unseen). In a
             // cluster each replica cleans its own copy: one that kept the oldest value
             // disagrees with one that has not cleaned yet (the replica checker's compacted
             // comparison).
             Plant::CompactDropsLatest => &[
-                "lost-write",
+                "compacted-away",
                 "unseen",
                 "divergent-prefix",
                 "divergent-entry",

@@ -291,6 +291,12 @@ impl Broker {
         self.process.wait_timeout(timeout)
     }
 
+    /// Wait for the process to exit on its own, for at most `timeout`; its exit status, or
+    /// `None` if it had to be killed.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.process.wait_timeout(timeout)
+    }
+
     /// What the broker printed on stdout so far.
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(&self.stdout_path).unwrap_or_default()

@@ -25,9 +25,12 @@ pub const DELETE_RETENTION_MS: &str = "delete.retention.ms";
 pub const MIN_COMPACTION_LAG_MS: &str = "min.compaction.lag.ms";
 /// `max.message.bytes`: the largest record batch a produce may carry.
 pub const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
-/// `compression.type`: `producer` (keep what the producer sent), `none`, `gzip`, `snappy`,
-/// `lz4`, `zstd`.
+/// `compression.type`: `producer` (keep what the producer sent), the only value brook takes:
+/// Kafka's other values (`none`, `gzip`, `snappy`, `lz4`, `zstd`) ask the broker to recompress,
+/// which brook never does; they are refused with [`COMPRESSION_TYPE_ONLY_PRODUCER`].
 pub const COMPRESSION_TYPE: &str = "compression.type";
+/// Why `compression.type` takes `producer` only (the reason of the refusal of a codec name).
+pub const COMPRESSION_TYPE_ONLY_PRODUCER: &str = "brook stores every batch as the producer sent it and never recompresses, so only \"producer\" is accepted; choose the codec in the producer (ProducerConfig::compression, brook produce --compression)";
 
 /// Every topic config key, sorted.
 pub const TOPIC_CONFIG_KEYS: [&str; 9] = [
@@ -94,7 +97,9 @@ impl CleanupPolicy {
     }
 }
 
-/// Which codec the broker stores batches in.
+/// Which codec the broker stores batches in. brook takes [`CompressionType::Producer`] only
+/// (see [`COMPRESSION_TYPE_ONLY_PRODUCER`]); the codec variants stay so that a value written
+/// by an older build still parses, to be refused with the reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CompressionType {
@@ -250,9 +255,20 @@ impl TopicConfig {
                     check_range(key, value, number, MAX_MESSAGE_BYTES_MIN, i32::MAX as u32)?;
             }
             COMPRESSION_TYPE => {
-                self.compression_type = CompressionType::parse(value).ok_or_else(|| {
-                    invalid(key, value, "use producer, none, gzip, snappy, lz4 or zstd")
-                })?;
+                self.compression_type = match CompressionType::parse(value) {
+                    Some(CompressionType::Producer) => CompressionType::Producer,
+                    // Kafka would recompress every batch to the named codec; brook stores and
+                    // serves a batch as the producer sent it (one encoding, by the producer),
+                    // so accepting a codec here would promise a recompression that never runs.
+                    Some(_) => return Err(invalid(key, value, COMPRESSION_TYPE_ONLY_PRODUCER)),
+                    None => {
+                        return Err(invalid(
+                            key,
+                            value,
+                            "use producer (the codec is chosen by the producer)",
+                        ))
+                    }
+                };
             }
             _ => {
                 return Err(TopicConfigError::UnknownKey {
@@ -376,7 +392,7 @@ mod tests {
             (DELETE_RETENTION_MS, "0"),
             (MIN_COMPACTION_LAG_MS, "5000"),
             (MAX_MESSAGE_BYTES, "4096"),
-            (COMPRESSION_TYPE, "zstd"),
+            (COMPRESSION_TYPE, "producer"),
         ] {
             config.set(key, value).expect(key);
         }
@@ -391,7 +407,7 @@ mod tests {
                 delete_retention_ms: 0,
                 min_compaction_lag_ms: 5_000,
                 max_message_bytes: 4096,
-                compression_type: CompressionType::Zstd,
+                compression_type: CompressionType::Producer,
             }
         );
         assert_eq!(
@@ -406,9 +422,35 @@ mod tests {
             config.set(CLEANUP_POLICY, value).expect(value);
             assert_eq!(config.cleanup_policy, policy);
         }
-        for codec in ["producer", "none", "gzip", "snappy", "lz4", "zstd"] {
-            config.set(COMPRESSION_TYPE, codec).expect(codec);
-            assert_eq!(config.compression_type.name(), codec);
+        config.set(COMPRESSION_TYPE, "producer").expect("producer");
+        assert_eq!(config.compression_type, CompressionType::Producer);
+    }
+
+    /// Kafka's codec values of `compression.type` ask for a recompression brook never does:
+    /// each is refused, naming the key, the value and why, and nothing changes.
+    #[test]
+    fn compression_type_takes_producer_only_and_says_why() {
+        for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+            let mut config = TopicConfig::default();
+            let error = config
+                .set(COMPRESSION_TYPE, codec)
+                .expect_err(&format!("compression.type={codec} must be refused"));
+            let text = error.to_string();
+            assert!(
+                text.contains(COMPRESSION_TYPE)
+                    && text.contains(codec)
+                    && text.contains("never recompresses")
+                    && text.contains("--compression"),
+                "{text}"
+            );
+            assert_eq!(config, TopicConfig::default(), "{codec}");
+            let overrides = BTreeMap::from([(COMPRESSION_TYPE.to_owned(), codec.to_owned())]);
+            assert!(TopicConfig::default().with_overrides(&overrides).is_err());
+            let defaults = TopicConfig {
+                compression_type: CompressionType::parse(codec).expect("a codec name"),
+                ..TopicConfig::default()
+            };
+            assert!(defaults.validate().is_err(), "{codec} as a node default");
         }
     }
 

@@ -405,6 +405,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(config: NodeConfig, runtime: Runtime, dev: bool) -> anyhow::Result<()> {
     config.validate()?;
     tracing::info!("effective config:\n{}", config.to_toml());
+    let clock = runtime.clone();
     let broker = Broker::start(config.clone(), runtime, Arc::new(FsDisk::new())).await?;
     let address = broker.local_address();
     if dev {
@@ -419,13 +420,38 @@ async fn serve(config: NodeConfig, runtime: Runtime, dev: bool) -> anyhow::Resul
     } else {
         println!("brook node {} listening on {address}", config.node_id);
     }
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    // Run until Ctrl-C, or until the node's controller stops on its own: in a cluster it stops
+    // when the cluster's metadata names other peers than this node's --peers (it logs why), and
+    // a node without a controller can serve nothing, so the process must not look alive.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let controller_stopped = loop {
+        tokio::select! {
+            biased;
+            signal = &mut ctrl_c => {
+                signal.context("waiting for Ctrl-C")?;
+                break false;
+            }
+            () = clock.sleep(CONTROLLER_POLL_INTERVAL) => {
+                if broker.controller().is_closed() {
+                    break true;
+                }
+            }
+        }
+    };
     println!("stopping (syncing partitions)...");
     broker.shutdown().await;
+    if controller_stopped {
+        bail!(
+            "node {} stopped: its controller refused to go on (the reason is the error logged above, e.g. --peers that disagree with the cluster's metadata)",
+            config.node_id
+        );
+    }
     Ok(())
 }
+
+/// How often a running node looks whether its controller stopped on its own.
+const CONTROLLER_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Most nodes `brook dev --nodes` starts.
 const DEV_NODES_MAX: i64 = 9;
