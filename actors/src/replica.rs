@@ -135,8 +135,11 @@ pub const APPEND_BYTES_MAX: usize = 32 * 1024 * 1024;
 const READS_PER_SCAN_MAX: usize = 1 << 24;
 /// Bytes of recently appended entries a leader keeps in memory (the stored bytes, as written)
 /// to build its followers' appends from, instead of reading each entry back from the log file
-/// once per follower. Entries leave it once committed; past this bound the oldest leave too,
-/// and an append that needs them reads the log as before. Appends mostly
+/// once per follower. Entries leave it once committed and acknowledged by every follower that
+/// keeps up (one whose match index moved within an election timeout: a follower slower than
+/// the majority still gets its appends from memory; one that is down or cut off does not hold
+/// entries back for longer than that); past this bound the oldest leave too, and an append
+/// that needs them reads the log as before. Appends mostly
 /// leave in the step that appended their entries, so a few producer batches' worth covers
 /// the common case; the bound is per replica (a node leading many partitions holds at most
 /// this much for each that is written to while a follower lags).
@@ -470,9 +473,17 @@ pub struct ReplicaCore {
     /// Leader: the stored bytes of the entries it appended and that did not commit yet
     /// (appends are built from them; see [`RECENT_ENTRIES_BYTES_MAX`]).
     recent: RecentEntries,
+    /// Leader: each follower's match index and when this leader last saw it move (`now_ms`;
+    /// `None`: not yet), to keep the entries a follower that keeps up still needs (see
+    /// [`RECENT_ENTRIES_BYTES_MAX`]).
+    follower_matches: BTreeMap<NodeId, (Index, Option<u64>)>,
     /// The check of the batch being proposed (from [`ReplicaCore::produce`]), so that its
     /// append does not compute the CRC again.
     proposal_check: Option<CheckedBatch>,
+    /// The checks of the batches of the peer append being stepped (from
+    /// [`Log::check_replicated`], made when it arrived), each with its bytes, in order, so that
+    /// their appends (`persist_entry`) do not compute the CRC again. Empty between steps.
+    replicated_checks: VecDeque<(Bytes, CheckedBatch)>,
 }
 
 impl ReplicaCore {
@@ -620,7 +631,9 @@ impl ReplicaCore {
             high_watermark,
             pending: BTreeMap::new(),
             recent: RecentEntries::default(),
+            follower_matches: BTreeMap::new(),
             proposal_check: None,
+            replicated_checks: VecDeque::new(),
         })
     }
 
@@ -806,14 +819,31 @@ impl ReplicaCore {
                 from,
                 message,
                 batches,
-            } => match message_from_wire(message, batches) {
-                Ok(message) => {
-                    self.drive_peer_input(now_ms, Input::Message { from, message }, &mut out)?
+            } => {
+                // Every batch of an append is checked (framing, size, CRC) before anything of
+                // the message is applied: the peer decoder only split them by their headers,
+                // so this is the one CRC pass over them; their appends reuse the checks.
+                match self.check_replicated_batches(&batches) {
+                    Err(error) => {
+                        tracing::warn!(from, %error, "peer append with a bad batch dropped");
+                    }
+                    Ok(checks) => match message_from_wire(message, batches) {
+                        Ok(message) => {
+                            self.replicated_checks = checks;
+                            let driven = self.drive_peer_input(
+                                now_ms,
+                                Input::Message { from, message },
+                                &mut out,
+                            );
+                            self.replicated_checks.clear();
+                            driven?
+                        }
+                        Err(reason) => {
+                            tracing::warn!(from, reason, "malformed peer message dropped");
+                        }
+                    },
                 }
-                Err(reason) => {
-                    tracing::warn!(from, reason, "malformed peer message dropped");
-                }
-            },
+            }
             ReplicaInput::Produce {
                 request_id,
                 batch,
@@ -845,22 +875,72 @@ impl ReplicaCore {
             out.messages
                 .retain(|send| !is_election_message(&send.message));
         }
-        self.forget_committed_entries();
+        self.forget_committed_entries(now_ms);
         Ok(out)
     }
 
-    /// Leader: drop the remembered entries that committed. Each entry went to every follower
-    /// that keeps up when it was appended; a follower that needs a committed entry again lags
-    /// (it was down, or refused an append) and is sent it from the log, like any catch-up.
-    fn forget_committed_entries(&mut self) {
-        if self.recent.entries.is_empty() {
-            return;
+    /// [`Log::check_replicated`] of each batch of a peer message, each with its bytes.
+    fn check_replicated_batches(
+        &self,
+        batches: &[Bytes],
+    ) -> Result<VecDeque<(Bytes, CheckedBatch)>, LogError> {
+        batches
+            .iter()
+            .map(|batch| Ok((batch.clone(), self.log.check_replicated(batch)?)))
+            .collect()
+    }
+
+    /// The check made when `bytes` arrived (see `replicated_checks`), if these very bytes
+    /// were checked in this step. Entries are appended in message order, so the checks of
+    /// entries before it (ones this replica already held) are dropped on the way.
+    fn take_replicated_check(&mut self, bytes: &Bytes) -> Option<CheckedBatch> {
+        while let Some((checked_bytes, checked)) = self.replicated_checks.pop_front() {
+            // Same memory and length: the same bytes (the check holds them alive).
+            if checked_bytes.as_ptr() == bytes.as_ptr() && checked_bytes.len() == bytes.len() {
+                return Some(checked);
+            }
         }
+        None
+    }
+
+    /// Leader: drop the remembered entries that committed and that every follower that keeps
+    /// up acknowledged. A follower slower than the majority (on a busy machine, the common
+    /// case) is sent the committed entries it still needs from memory; one whose match index
+    /// did not move for an election timeout (down, cut off, or refusing appends) holds nothing
+    /// back and is sent what it needs from the log, like any catch-up.
+    fn forget_committed_entries(&mut self, now_ms: u64) {
         if self.raft.role() != Role::Leader {
             self.recent.clear();
+            self.follower_matches.clear();
             return;
         }
-        self.recent.trim_below(self.raft.commit_index() + 1);
+        if self.recent.entries.is_empty() {
+            // Nothing to hold (an idle leader skips the bookkeeping below). A follower whose
+            // match index moved meanwhile counts as moved when entries come again.
+            return;
+        }
+        for (follower, match_index) in self.raft.match_indexes() {
+            // First seen: not moved yet (a follower that never acknowledged anything to this
+            // leader, down since before it was elected, must not hold entries back).
+            let known = self
+                .follower_matches
+                .entry(follower)
+                .or_insert((match_index, None));
+            if known.0 != match_index {
+                *known = (match_index, Some(now_ms));
+            }
+        }
+        let hold_ms = self.raft_config.election_timeout_ms;
+        let keep_from = self
+            .follower_matches
+            .values()
+            .filter(|(_, moved_ms)| {
+                moved_ms.is_some_and(|moved| now_ms.saturating_sub(moved) <= hold_ms)
+            })
+            .map(|(match_index, _)| match_index + 1)
+            .filter(|needed| *needed >= self.recent.first_index)
+            .fold(self.raft.commit_index() + 1, Index::min);
+        self.recent.trim_below(keep_from);
     }
 
     /// Whether this replica is fenced off elections (see [`VoteFence`]).
@@ -1525,7 +1605,12 @@ impl ReplicaCore {
                         "a replicated batch's term is not its entry's",
                     ));
                 }
-                self.log.append_replicated(&bytes, now_ms)?
+                match self.take_replicated_check(&bytes) {
+                    Some(checked) => self
+                        .log
+                        .append_replicated_checked(&bytes, checked, now_ms)?,
+                    None => self.log.append_replicated(&bytes, now_ms)?,
+                }
             }
         };
         self.spans.push(BatchSpan {
@@ -2597,6 +2682,114 @@ mod tests {
         assert_eq!(resent[0].batches, stored[stored.len() - 3..].to_vec());
     }
 
+    /// A follower slower than the majority (the entries it needs have committed with the
+    /// other's copy) is sent them from memory, not from the log; once it has been silent for
+    /// an election timeout it holds nothing back, and what it then needs is read from the log.
+    #[test]
+    fn a_slow_follower_gets_committed_entries_from_memory_until_it_falls_silent() {
+        let disk = brook_storage::SimDisk::new(9);
+        let (mut replica, mut now_ms) = leader_of_three(&disk);
+        let start_index = replica.last_index();
+        accept(&mut replica, now_ms, 2, start_index);
+        accept(&mut replica, now_ms, 3, start_index);
+        let produce = |replica: &mut ReplicaCore, now_ms: u64, request_id: u64| {
+            replica
+                .step(
+                    now_ms,
+                    ReplicaInput::Produce {
+                        request_id,
+                        batch: batch(b"value"),
+                        acks: Acks::All,
+                    },
+                )
+                .expect("produce");
+            replica.sync_now(now_ms).expect("sync");
+            replica.last_index()
+        };
+        // Node 3 holds the first entry; the next two commit with node 2's copy alone.
+        let first = produce(&mut replica, now_ms, 1);
+        accept(&mut replica, now_ms, 2, first);
+        accept(&mut replica, now_ms, 3, first);
+        produce(&mut replica, now_ms, 2);
+        let last = produce(&mut replica, now_ms, 3);
+        accept(&mut replica, now_ms, 2, last);
+        assert_eq!(replica.high_watermark(), replica.log_end_offset());
+        // Node 3 missed the second: the leader sends it both again.
+        let missed = |replica: &mut ReplicaCore, now_ms: u64| {
+            let message = RaftMessage::AppendResponse(peer::AppendResponse {
+                term: replica.term(),
+                outcome: peer::AppendOutcome::Rejected {
+                    rejected_prev_index: first + 1,
+                    conflict_index: first + 1,
+                    conflict_term: None,
+                },
+            });
+            let output = replica
+                .step(
+                    now_ms,
+                    ReplicaInput::Peer {
+                        from: 3,
+                        message,
+                        batches: Vec::new(),
+                    },
+                )
+                .expect("rejection");
+            let resent: Vec<Vec<Bytes>> = output
+                .messages
+                .into_iter()
+                .filter(|send| matches!(send.message, RaftMessage::Append(_)))
+                .map(|send| send.batches)
+                .collect();
+            resent
+        };
+        let stored = replica
+            .batches_below(replica.log_end_offset())
+            .expect("reads");
+        let reads_before = disk.stats().reads;
+        let resent = missed(&mut replica, now_ms);
+        assert_eq!(disk.stats().reads, reads_before, "the log was read back");
+        assert_eq!(resent, vec![stored[stored.len() - 2..].to_vec()]);
+        // Node 3 silent past an election timeout (node 2 keeps acknowledging): a new entry
+        // commits and nothing is held for node 3 any more.
+        now_ms += config(1, &[1]).raft.election_timeout_ms + 1;
+        let newest = produce(&mut replica, now_ms, 4);
+        accept(&mut replica, now_ms, 2, newest);
+        assert!(replica.recent.entries.is_empty(), "{:?}", replica.recent);
+        let stored = replica
+            .batches_below(replica.log_end_offset())
+            .expect("reads");
+        // Node 3 answers a heartbeat (its probe is waiting for one): the leader sends it
+        // what it misses, read from its log.
+        let reads_before = disk.stats().reads;
+        let mut resent = Vec::new();
+        for _ in 0..4 {
+            let output = replica
+                .step(
+                    now_ms,
+                    ReplicaInput::Peer {
+                        from: 3,
+                        message: RaftMessage::HeartbeatResponse {
+                            term: replica.term(),
+                        },
+                        batches: Vec::new(),
+                    },
+                )
+                .expect("heartbeat response");
+            resent.extend(
+                output
+                    .messages
+                    .into_iter()
+                    .filter(|send| send.to == 3 && matches!(send.message, RaftMessage::Append(_)))
+                    .map(|send| send.batches),
+            );
+            if !resent.is_empty() {
+                break;
+            }
+        }
+        assert!(disk.stats().reads > reads_before, "read from the log");
+        assert_eq!(resent, vec![stored[stored.len() - 3..].to_vec()]);
+    }
+
     #[test]
     fn recent_entries_stay_within_their_bound_and_follow_truncations() {
         let mut recent = RecentEntries::default();
@@ -3058,6 +3251,16 @@ mod tests {
             ReplicaCore::open(Arc::new(disk.clone()), config(2, &[1, 2, 3]), 0).expect("opens");
         let mut stamped = BytesMut::from(&batch(b"a")[..]);
         batch::stamp(&mut stamped, 0, 9);
+        let damage = |offset| {
+            let mut damaged = BytesMut::from(&batch(b"b")[..]);
+            batch::stamp(&mut damaged, offset, 9);
+            let last = damaged.len() - 1;
+            damaged[last] ^= 1;
+            assert!(BatchHeader::parse(&damaged).is_ok());
+            damaged.freeze()
+        };
+        let damaged = damage(0);
+        let damaged_second = damage(1);
         let append = |batch_count, term| {
             RaftMessage::Append(peer::AppendEntries {
                 term,
@@ -3080,6 +3283,15 @@ mod tests {
             ),
             // Not a peer of the group.
             (7, append(1, 9), vec![stamped.clone().freeze()]),
+            // A batch damaged on the way (its header intact, its CRC wrong): the one check of
+            // a replicated batch's CRC refuses the whole message.
+            (1, append(1, 9), vec![damaged.clone()]),
+            // Two batches, the second damaged: nothing of the first is applied either.
+            (
+                1,
+                append(2, 9),
+                vec![stamped.clone().freeze(), damaged_second.clone()],
+            ),
         ];
         for (from, message, batches) in cases {
             let output = replica

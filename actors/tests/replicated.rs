@@ -1219,6 +1219,10 @@ async fn damaged_append_scenario(bugs: Bugs) -> Result<(), Violation> {
             .await
             .map_err(|error| violation("acks-all-produced", error.to_string()))?;
     }
+    // A leader keeps in memory the entries a follower that keeps up still needs; the stopped
+    // one no longer counts as such once its match index has not moved for an election
+    // timeout. Past that, what it needs when it is back is read from the (damaged) log.
+    cluster.pause(2 * ELECTION_TIMEOUT_MS).await;
     let segment = PathBuf::from(format!("/node-{leader}/t@7/0/log/00000000000000000000.log"));
     let disk = &cluster.nodes[&leader].disk;
     let length = disk
@@ -1671,6 +1675,10 @@ async fn compaction_scenario(bugs: Bugs) -> Result<(), Violation> {
     check(compacted, "compacted", || {
         "the leader's cleaner removed nothing".to_owned()
     })?;
+    // The leader keeps the entries of a follower that keeps up in memory, as appended; the
+    // stopped one no longer counts as such once its match index has not moved for an election
+    // timeout. Past that it gets what it needs from the log: the compacted batches.
+    cluster.pause(2 * ELECTION_TIMEOUT_MS).await;
     let leader_report = cluster.report(leader).await;
     cluster.open(lagging);
     let mut caught_up = false;

@@ -43,6 +43,10 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Largest frame accepted before the handshake (a handshake is a few dozen bytes).
 pub const HANDSHAKE_FRAME_BYTES_MAX: usize = 64 * 1024;
+/// Free room the read buffer keeps for the next read when no frame's size is known.
+const READ_ROOM_BYTES_MIN: usize = 16 * 1024;
+/// The read buffer grows by at least this much at a time.
+const READ_RESERVE_BYTES: usize = 64 * 1024;
 
 /// What every connection of a node shares.
 #[derive(Debug)]
@@ -173,7 +177,7 @@ impl Connection {
         // refused from its header, so a connection that never handshakes cannot hold a large
         // share of the node's request budget.
         let before_handshake = FrameDecoder::new(HANDSHAKE_FRAME_BYTES_MAX);
-        buffer.reserve(64 * 1024);
+        buffer.reserve(READ_RESERVE_BYTES);
         // The budget reserved for the frame at the front of the buffer.
         let mut reserved: Option<OwnedSemaphorePermit> = None;
         loop {
@@ -219,8 +223,14 @@ impl Connection {
                     }
                 }
             }
-            if buffer.capacity() - buffer.len() < 16 * 1024 {
-                buffer.reserve(64 * 1024);
+            let frame_bytes_max = if self.handshaken {
+                decoder.frame_bytes_max()
+            } else {
+                before_handshake.frame_bytes_max()
+            };
+            let wanted = read_room_bytes(&buffer, frame_bytes_max);
+            if buffer.capacity() - buffer.len() < wanted {
+                buffer.reserve(wanted.max(READ_RESERVE_BYTES));
             }
             match reader.read_buf(&mut buffer).await {
                 Ok(0) if buffer.is_empty() => return Ok(()),
@@ -582,6 +592,18 @@ fn next_frame_bytes(buffer: &[u8]) -> Option<usize> {
     Some(FRAME_HEADER_LEN + body as usize)
 }
 
+/// Free room the read buffer needs before the next read: the rest of the frame at its front
+/// at once, once its header is in (its size within `frame_bytes_max`: the decoder refuses a
+/// larger one), else [`READ_ROOM_BYTES_MIN`]. Growing a fixed 64 KiB at a time copies a large
+/// produce frame's head again at every growth (the buffer's memory is shared with the frames
+/// split off before, so a growth reallocates and copies).
+fn read_room_bytes(buffer: &[u8], frame_bytes_max: usize) -> usize {
+    let frame_rest = next_frame_bytes(buffer)
+        .filter(|frame_bytes| *frame_bytes <= frame_bytes_max)
+        .map_or(0, |frame_bytes| frame_bytes.saturating_sub(buffer.len()));
+    frame_rest.max(READ_ROOM_BYTES_MIN)
+}
+
 /// A `NotLeader` or `NotController` error as the client's protocol version allows:
 /// `Response::ErrorWithLeader` naming where to go (from `hint`) for a client that negotiated
 /// [`PROTOCOL_VERSION_CLUSTER`], the plain `Response::Error` for an older one.
@@ -743,6 +765,49 @@ mod tests {
 
     fn error(code: ErrorCode) -> Response {
         Response::error(code, "refused")
+    }
+
+    /// The head of a frame of `frame_bytes` in all (header included).
+    fn frame_head(frame_bytes: usize, buffered: usize) -> Vec<u8> {
+        let mut head = vec![0u8; buffered];
+        let body = u32::try_from(frame_bytes - FRAME_HEADER_LEN).expect("fits");
+        head[..4].copy_from_slice(&body.to_le_bytes());
+        head
+    }
+
+    #[test]
+    fn the_read_buffer_makes_room_for_the_whole_frame_at_its_front() {
+        let mebibyte = 1 << 20;
+        let limit = 2 * mebibyte;
+        // A 1 MiB produce frame with its first 100 bytes in: room for the rest at once.
+        let head = frame_head(mebibyte, 100);
+        assert_eq!(read_room_bytes(&head, limit), mebibyte - 100);
+        // Simulate the read loop on it: reads of at most 64 KiB, growing only when short of
+        // room. The frame's memory is allocated once, not once per 64 KiB.
+        let mut buffer = BytesMut::from(&head[..]);
+        let mut growths = 0;
+        while buffer.len() < mebibyte {
+            let wanted = read_room_bytes(&buffer, limit);
+            if buffer.capacity() - buffer.len() < wanted {
+                let before = buffer.as_ptr();
+                buffer.reserve(wanted.max(READ_RESERVE_BYTES));
+                growths += usize::from(buffer.as_ptr() != before);
+            }
+            let read = (64 * 1024).min(mebibyte - buffer.len());
+            buffer.extend_from_slice(&vec![7u8; read]);
+        }
+        assert_eq!(growths, 1);
+        // No header yet, a frame whose rest is smaller than the minimum, or a frame over the
+        // limit (refused by the decoder, never buffered): the minimum.
+        assert_eq!(read_room_bytes(&head[..3], limit), READ_ROOM_BYTES_MIN);
+        assert_eq!(
+            read_room_bytes(&frame_head(200, 8), limit),
+            READ_ROOM_BYTES_MIN
+        );
+        assert_eq!(
+            read_room_bytes(&frame_head(limit + 8, 8), limit),
+            READ_ROOM_BYTES_MIN
+        );
     }
 
     /// A v2 client learns where to go; a v1 client gets the error it always got; other errors

@@ -22,7 +22,7 @@
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{split_batches, BatchError};
+use crate::batch::{BatchError, BatchHeader};
 use crate::frame::{Frame, FrameEncoder, FrameError};
 
 /// A Raft group: the replicas of one partition.
@@ -208,8 +208,14 @@ pub fn encode_peer_head(
     Ok(encoder.encode_head(&envelope, batches)?)
 }
 
-/// Decode a peer frame: the message and, for an append, its batches, each checked (framing
-/// and CRC) and exactly as many as the envelope promises.
+/// Decode a peer frame: the message and, for an append, its batches, split by their headers
+/// (magic, length, offsets that cannot overflow; each whole inside the payload) and exactly as
+/// many as the envelope promises.
+///
+/// The batches' CRCs are NOT checked here: the replica checks each batch once, with its log's
+/// own check, before anything of the message is applied (`ReplicaCore::step` in brook-actors,
+/// `Log::check_replicated` in brook-storage), and appends it without hashing it again. A batch
+/// damaged on the way is refused there, the whole message with it.
 pub fn decode_peer(frame: Frame) -> Result<(PeerMessage, Vec<Bytes>), PeerDecodeError> {
     let message = match postcard::take_from_bytes::<PeerMessage>(&frame.envelope) {
         Ok((message, [])) => message,
@@ -220,15 +226,24 @@ pub fn decode_peer(frame: Frame) -> Result<(PeerMessage, Vec<Bytes>), PeerDecode
         PeerMessage::Raft { message, .. } => message.batch_count(),
         _ => 0,
     };
+    let mut payload = frame.payload;
     let mut batches = Vec::new();
-    for batch in split_batches(frame.payload) {
+    // Bounded by the payload: every batch takes at least a header's bytes.
+    while !payload.is_empty() {
         if batches.len() >= promised as usize {
             return Err(PeerDecodeError::BatchCount {
                 promised,
                 found: batches.len() + 1,
             });
         }
-        batches.push(batch?.into_bytes());
+        let total = BatchHeader::parse(&payload)?.total_len();
+        if total > payload.len() {
+            return Err(PeerDecodeError::Batch(BatchError::Truncated {
+                needed: total,
+                available: payload.len(),
+            }));
+        }
+        batches.push(payload.split_to(total));
     }
     if batches.len() != promised as usize {
         return Err(PeerDecodeError::BatchCount {
@@ -509,7 +524,7 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_batch_or_envelope_is_refused() {
+    fn a_batch_with_bad_framing_or_a_bad_envelope_is_refused() {
         let message = raft(RaftMessage::Append(AppendEntries {
             term: 1,
             prev_index: 0,
@@ -517,21 +532,27 @@ mod tests {
             commit_index: 0,
             batch_count: 1,
         }));
-        let mut corrupt = BytesMut::from(&batch(b"abc")[..]);
-        let last = corrupt.len() - 1;
-        corrupt[last] ^= 1;
-        let mut out = BytesMut::new();
-        encode_peer(
-            &FrameEncoder::default(),
-            &message,
-            &[corrupt.freeze()],
-            &mut out,
-        )
-        .expect("encodes");
-        assert!(matches!(
-            decode_one(&mut out),
-            Err(PeerDecodeError::Batch(_))
-        ));
+        let good = batch(b"abc");
+        let mut bad_magic = BytesMut::from(&good[..]);
+        bad_magic[20] ^= 0x40; // the magic byte
+                               // The header claims one byte more than the payload holds.
+        let mut too_long = BytesMut::from(&good[..]);
+        let at = crate::batch::OFFSET_LENGTH;
+        let length = u32::from_le_bytes(too_long[at..at + 4].try_into().expect("4 bytes")) + 1;
+        too_long[at..at + 4].copy_from_slice(&length.to_le_bytes());
+        let truncated_header = good.slice(..20);
+        for (case, corrupt) in [
+            ("bad magic", bad_magic.freeze()),
+            ("longer than the payload", too_long.freeze()),
+            ("a truncated header", truncated_header),
+        ] {
+            let mut out = BytesMut::new();
+            encode_peer(&FrameEncoder::default(), &message, &[corrupt], &mut out).expect("encodes");
+            assert!(
+                matches!(decode_one(&mut out), Err(PeerDecodeError::Batch(_))),
+                "{case}"
+            );
+        }
         // An unknown variant (a newer peer) and trailing bytes.
         for envelope in [vec![9u8], vec![3, 0, 0]] {
             let mut out = BytesMut::new();
@@ -540,5 +561,29 @@ mod tests {
                 .expect("encodes");
             assert!(decode_one(&mut out).is_err(), "{envelope:?}");
         }
+    }
+
+    /// The CRC of an append's batches is the replica's to check (once, before anything is
+    /// applied: brook-actors `malformed_peer_messages_change_nothing`), not the decoder's: a
+    /// batch damaged in its records comes out as it went in, byte for byte.
+    #[test]
+    fn the_decoder_leaves_the_crc_to_the_replica() {
+        let message = raft(RaftMessage::Append(AppendEntries {
+            term: 1,
+            prev_index: 0,
+            prev_term: 0,
+            commit_index: 0,
+            batch_count: 2,
+        }));
+        let mut damaged = BytesMut::from(&batch(b"abc")[..]);
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        let batches = vec![batch(b"first"), damaged.freeze()];
+        assert!(crate::batch::validate(&batches[1]).is_err());
+        let mut out = BytesMut::new();
+        encode_peer(&FrameEncoder::default(), &message, &batches, &mut out).expect("encodes");
+        let (decoded, decoded_batches) = decode_one(&mut out).expect("decodes");
+        assert_eq!(decoded, message);
+        assert_eq!(decoded_batches, batches);
     }
 }

@@ -173,11 +173,28 @@ pub enum LogError {
     InvalidConfig(&'static str),
 }
 
-/// Proof that a batch passed [`Log::check`]; only the log can make one.
+/// Proof that a batch passed [`Log::check`] (a producer's batch) or [`Log::check_replicated`]
+/// (a leader's entry); only the log can make one, and each append takes only its own kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckedBatch {
     len: usize,
     crc: u32,
+    replicated: bool,
+}
+
+impl CheckedBatch {
+    /// A cheap guard that `batch` is the batch this check was made for, by the check its
+    /// append relies on: same length, same stored CRC (not recomputed), same kind.
+    fn guard(&self, batch: &[u8], replicated: bool) -> Result<BatchHeader, LogError> {
+        let header = BatchHeader::parse(batch)?;
+        if batch.len() != self.len || header.crc != self.crc || self.replicated != replicated {
+            return Err(LogError::InvalidBatch(BatchError::CrcMismatch {
+                stored: header.crc,
+                computed: self.crc,
+            }));
+        }
+        Ok(header)
+    }
 }
 
 /// Where a batch landed.
@@ -576,6 +593,7 @@ impl Log {
         Ok(CheckedBatch {
             len: batch.len(),
             crc: header.crc,
+            replicated: false,
         })
     }
 
@@ -590,13 +608,7 @@ impl Log {
         now_ms: u64,
     ) -> Result<AppendInfo, LogError> {
         self.check_usable()?;
-        let header = BatchHeader::parse(batch)?;
-        if batch.len() != checked.len || header.crc != checked.crc {
-            return Err(LogError::InvalidBatch(BatchError::CrcMismatch {
-                stored: header.crc,
-                computed: checked.crc,
-            }));
-        }
+        checked.guard(batch, false)?;
         batch::stamp(batch, self.next_offset(), term);
         self.write_batch(batch, now_ms)
     }
@@ -621,7 +633,35 @@ impl Log {
     /// rewrote a committed entry) is taken only by a log of Raft entries.
     pub fn append_replicated(&mut self, batch: &[u8], now_ms: u64) -> Result<AppendInfo, LogError> {
         self.check_usable()?;
+        let checked = self.check_replicated(batch)?;
+        self.append_replicated_checked(batch, checked, now_ms)
+    }
+
+    /// Check a leader's batch as [`Log::append_replicated`] would (framing, size, CRC, record
+    /// count; the cleaner's attributes only in a log of Raft entries) without appending it: a
+    /// follower checks every batch of an append when it arrives, so that one damaged batch
+    /// refuses the whole message before anything is applied, then appends each with
+    /// [`Log::append_replicated_checked`] without computing its CRC a second time.
+    pub fn check_replicated(&self, batch: &[u8]) -> Result<CheckedBatch, LogError> {
         let header = self.check_replicated_batch(batch)?;
+        Ok(CheckedBatch {
+            len: batch.len(),
+            crc: header.crc,
+            replicated: true,
+        })
+    }
+
+    /// [`Log::append_replicated`] of a batch already checked by [`Log::check_replicated`]. As
+    /// for [`Log::append_checked`], the bytes' length and stored CRC must be the check's (the
+    /// CRC itself is not recomputed), and the check must be a replicated batch's.
+    pub fn append_replicated_checked(
+        &mut self,
+        batch: &[u8],
+        checked: CheckedBatch,
+        now_ms: u64,
+    ) -> Result<AppendInfo, LogError> {
+        self.check_usable()?;
+        let header = checked.guard(batch, true)?;
         if header.base_offset != self.next_offset() {
             return Err(LogError::BaseOffsetMismatch {
                 expected: self.next_offset(),

@@ -702,6 +702,53 @@ fn append_checked_refuses_a_token_of_another_batch() {
 }
 
 #[test]
+fn a_replicated_batch_is_checked_once_and_appended_on_its_check() {
+    let (_sim, disk, dir) = sim();
+    let (mut log, _) = open(&disk, &dir, LogConfig::default());
+    let stamped = |first_value, records, base_offset| {
+        let mut bytes = batch(first_value, records, 0);
+        brook_wire::batch::stamp(&mut bytes, base_offset, 1);
+        bytes
+    };
+    let first = stamped(0, 2, 0);
+    let other = stamped(100, 3, 0);
+    // A batch damaged in its records is refused by the check, with a typed error.
+    let mut damaged = first.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    assert!(matches!(
+        log.check_replicated(&damaged),
+        Err(LogError::InvalidBatch(BatchError::CrcMismatch { .. }))
+    ));
+    // A check goes with its own batch only, and only to the append of its kind.
+    let checked = log.check_replicated(&first).expect("check");
+    for (case, result) in [
+        (
+            "another batch",
+            log.append_replicated_checked(&other, checked, 0),
+        ),
+        (
+            "a producer's check",
+            log.append_replicated_checked(&first, log.check(&first).expect("check"), 0),
+        ),
+    ] {
+        assert!(
+            matches!(result, Err(LogError::InvalidBatch(_))),
+            "{case}: {result:?}"
+        );
+    }
+    let mut produced = first.clone();
+    assert!(matches!(
+        log.append_checked(&mut produced, checked, 1, 0),
+        Err(LogError::InvalidBatch(_))
+    ));
+    assert_eq!(log.next_offset(), 0);
+    log.append_replicated_checked(&first, checked, 0)
+        .expect("append");
+    assert_eq!(read_values(&log, 0), expected(0..2));
+}
+
+#[test]
 fn locate_batch_finds_the_batch_covering_a_position() {
     let (sim, disk, dir) = sim();
     let (mut log, _) = open(&disk, &dir, LogConfig::default());
