@@ -1,7 +1,6 @@
 //! brook-node: the broker process. Configuration, the client listener and connections, and the
 //! wiring of the actors (controller, partitions) into a running node.
 
-pub mod allocator;
 pub mod bench;
 pub mod broker;
 pub mod config;

@@ -263,8 +263,6 @@ impl From<AcksArg> for Acks {
 const PRODUCE_OUTSTANDING_MAX: usize = 10_000;
 
 fn main() {
-    // Before any thread starts (see the module's docs: frame buffers reused, not refaulted).
-    brook_node::allocator::keep_freed_memory_for_reuse();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("BROOK_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(match cli.command {
