@@ -247,10 +247,11 @@ impl SyncJob {
 /// (written to [`RECOVERY_POINT_TEMP_FILE`], synced, renamed, directory synced).
 pub const RECOVERY_POINT_FILE: &str = "recovery-point";
 pub const RECOVERY_POINT_TEMP_FILE: &str = "recovery-point.tmp";
-/// The recovery point is written lazily: at a roll, at open, at a truncation below it, after a
-/// failed fsync (what was durable before it still is), and after this many successful syncs or
-/// this long since the last write, whichever comes first (each write costs two fsyncs). The
-/// periodic writes are [`RecoveryPointJob`]s, which the log's owner runs off its thread.
+/// The recovery point is written lazily: at open, at a truncation below it, after a failed
+/// fsync (what was durable before it still is), and after a roll or this many successful syncs
+/// or this long since the last write, whichever comes first (each write costs two fsyncs). The
+/// writes after a roll and the periodic ones are [`RecoveryPointJob`]s, which the log's owner
+/// runs off its thread after a sync.
 pub const RECOVERY_POINT_SYNCS: u64 = 64;
 pub const RECOVERY_POINT_INTERVAL_MS: u64 = 1_000;
 /// Sync jobs remembered for [`Log::complete_sync`]; beyond it the oldest is forgotten (its
@@ -757,7 +758,10 @@ impl Log {
         };
         self.segments.insert(next, segment);
         self.durable_offset = self.durable_offset.max(next);
-        self.update_recovery_point();
+        // The recovery point moves to the new segment's base with the next recovery point job
+        // (due now; two fsyncs fewer in the owner's step): until then the sealed segment's
+        // tail is trusted as it was before the roll.
+        self.recovery_point_due = true;
         tracing::debug!(dir = %self.dir.display(), base_offset = next, "rolled segment");
         Ok(())
     }

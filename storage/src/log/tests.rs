@@ -1128,12 +1128,17 @@ fn the_recovery_point_file_holds_the_offset_under_its_crc() {
     let (sim, disk, dir) = sim();
     let (mut log, _) = open(&disk, &dir, small_config());
     append_many(&mut log, 30, 3);
-    log.sync(0).expect("sync");
-    let rolled_at = log.recovery_point();
+    assert!(log.segment_count() > 1);
+    assert_eq!(log.recovery_point(), 0, "a roll leaves the write to a job");
+    let job = log.recovery_point_job().expect("due after a roll");
+    let rolled_at = job.offset;
     assert!(
         rolled_at > 0 && rolled_at < 90,
-        "written at the last roll: {rolled_at}"
+        "the base of the last segment, synced by the roll: {rolled_at}"
     );
+    let result = job.run();
+    log.complete_recovery_point(result);
+    assert_eq!(log.recovery_point(), rolled_at);
     let bytes = sim
         .durable_contents(&dir.join(RECOVERY_POINT_FILE))
         .expect("recovery point file");
@@ -1615,7 +1620,8 @@ fn a_crash_at_any_step_around_recovery_point_jobs_keeps_the_recovery_point_hones
         let sim = SimDisk::new(13);
         let disk: Arc<dyn Disk> = Arc::new(sim.clone());
         let dir = PathBuf::from("/data/p");
-        let (mut log, _) = open(&disk, &dir, LogConfig::default());
+        // Small segments: rolls (which leave the recovery point to a job) happen too.
+        let (mut log, _) = open(&disk, &dir, small_config());
         sim.lose_power_after(changes);
         let mut acknowledged = 0;
         let mut now_ms = 0;
@@ -1654,6 +1660,7 @@ fn a_crash_at_any_step_around_recovery_point_jobs_keeps_the_recovery_point_hones
         if !sim.power_lost() {
             // The whole workload fitted in `changes` changes: every step was crashed at.
             assert!(changes > 20, "only {changes} steps");
+            assert!(log.segment_count() > 1, "rolls: {}", log.segment_count());
             return;
         }
         drop(log);
@@ -1661,7 +1668,7 @@ fn a_crash_at_any_step_around_recovery_point_jobs_keeps_the_recovery_point_hones
             CrashMode::DropUnsynced,
             &mut ChaCha8Rng::seed_from_u64(changes),
         );
-        let (log, report) = open(&disk, &dir, LogConfig::default());
+        let (log, report) = open(&disk, &dir, small_config());
         assert!(
             report.corrupt.is_empty(),
             "after {changes} changes: {report:?}"
