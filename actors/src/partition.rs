@@ -10,7 +10,9 @@
 //! actor (on the runtime's blocking pool) and one sync covers every batch appended before it
 //! started (group commit): while a sync is in flight, produces keep appending, and the next
 //! sync covers them all. With `fsync = interval` the high watermark is the log end and a timer
-//! syncs every interval (records acknowledged in between can be lost by a crash).
+//! syncs every interval (records acknowledged in between can be lost by a crash). The log's
+//! periodic recovery point write (two fsyncs) runs on the blocking pool too
+//! ([`Log::recovery_point_job`]): no produce waits for it.
 //!
 //! Compaction (`cleanup.policy` with `compact`): each retention tick also starts one bounded
 //! cleaner pass ([`Log::compaction_job`]) on the blocking pool, like a sync; it reads only
@@ -164,6 +166,10 @@ pub enum PartitionMessage {
     /// Internal: a cleaner pass started by this actor finished (`None`: its task failed).
     CompactionDone {
         done: Option<CompactionJobDone>,
+    },
+    /// Internal: the log's recovery point write started by this actor finished.
+    RecoveryPointWritten {
+        result: Result<u64, DiskError>,
     },
 }
 
@@ -478,6 +484,28 @@ impl PartitionActor {
         }));
     }
 
+    /// The log's periodic recovery point write, if one fell due, on the blocking pool.
+    fn start_recovery_point_write(&mut self, context: &mut Context<Self>) {
+        let Some(job) = self.log.recovery_point_job() else {
+            return;
+        };
+        let address = context.address();
+        let runtime = context.runtime().clone();
+        drop(context.runtime().spawn(async move {
+            let result = match runtime.run_blocking(move || job.run()).await {
+                Ok(result) => result,
+                Err(error) => Err(DiskError::SyncFailed {
+                    path: Default::default(),
+                    reason: format!("recovery point task failed: {error}"),
+                }),
+            };
+            // If the actor is gone there is nobody left to tell.
+            let _ = address
+                .send(PartitionMessage::RecoveryPointWritten { result })
+                .await;
+        }));
+    }
+
     fn fail_pending(&mut self, error: &BrokerError) {
         for pending in self.pending_acks.drain(..) {
             pending.reply.send(Err(error.clone()));
@@ -715,6 +743,7 @@ impl Actor for PartitionActor {
                         if self.log.config().fsync == FsyncPolicy::Always {
                             self.start_sync(context);
                         }
+                        self.start_recovery_point_write(context);
                     }
                     Err(error) => {
                         tracing::error!(topic = %self.topic, partition = self.partition, %error, "fsync failed; partition refuses writes until restarted");
@@ -748,6 +777,9 @@ impl Actor for PartitionActor {
                 context.stop();
             }
             PartitionMessage::CompactionDone { done } => self.complete_compaction(done, context),
+            PartitionMessage::RecoveryPointWritten { result } => {
+                self.log.complete_recovery_point(result)
+            }
             PartitionMessage::SyncTick => {
                 let now_ms = u64::try_from(context.wall_clock_ms()).unwrap_or(0);
                 if self.log.sync_due(now_ms) {

@@ -99,7 +99,8 @@ use brook_raft::{
 use brook_storage::disk::{Disk, DiskError, OpenMode};
 use brook_storage::log::{
     CheckedBatch, CompactionJob, CompactionJobDone, CompactionOutcome, CompactionPolicy,
-    FsyncPolicy, Log, LogConfig, LogError, LogRead, RetentionOutcome, RetentionPolicy, SyncJob,
+    FsyncPolicy, Log, LogConfig, LogError, LogRead, RecoveryPointJob, RetentionOutcome,
+    RetentionPolicy, SyncJob,
 };
 use brook_wire::batch::{self, split_batches, BatchBuilder, BatchHeader, CRC_START};
 use brook_wire::peer::{self, RaftMessage};
@@ -775,16 +776,37 @@ impl ReplicaCore {
         Ok(Some(self.log.sync_job()?))
     }
 
-    /// [`sync_job`](Self::sync_job), run inline, then [`ReplicaInput::Synced`]: for tests and
-    /// for a final sync where blocking is fine.
+    /// [`sync_job`](Self::sync_job), run inline, then [`ReplicaInput::Synced`] (and a
+    /// recovery point write that fell due): for tests and for a final sync where blocking is
+    /// fine.
     pub fn sync_now(&mut self, now_ms: u64) -> Result<ReplicaOutput, ReplicaError> {
         match self.sync_job()? {
             None => Ok(ReplicaOutput::default()),
             Some(job) => {
                 let result = job.run();
-                self.step(now_ms, ReplicaInput::Synced { result })
+                let output = self.step(now_ms, ReplicaInput::Synced { result })?;
+                self.log.write_due_recovery_point();
+                Ok(output)
             }
         }
+    }
+
+    /// The log's periodic recovery point write, when one fell due after a sync
+    /// ([`Log::recovery_point_job`]): run it off the core (it costs two fsyncs), then report
+    /// it with [`complete_recovery_point`](Self::complete_recovery_point).
+    pub fn recovery_point_job(&mut self) -> Option<RecoveryPointJob> {
+        self.log.recovery_point_job()
+    }
+
+    /// Report a [`RecoveryPointJob`] from [`recovery_point_job`](Self::recovery_point_job).
+    pub fn complete_recovery_point(&mut self, result: Result<u64, DiskError>) {
+        self.log.complete_recovery_point(result);
+    }
+
+    /// Before the replica is reopened from disk while jobs of this core may still run: its
+    /// recovery point jobs then write nothing ([`Log::close_recovery_point`]).
+    pub fn close_recovery_point(&self) {
+        self.log.close_recovery_point();
     }
 
     /// Feed one input; see [`ReplicaOutput`]. On `Err` reopen the replica from disk.

@@ -21,7 +21,9 @@
 //! - **fsync** runs off the actor: [`ReplicaCore::sync_job`] on the runtime's blocking pool,
 //!   its result fed back as `Synced`. A job covers everything appended before it started
 //!   (group commit); while one runs, entries appended since get a second job at once
-//!   ([`SYNC_JOBS_IN_FLIGHT_MAX`]) rather than waiting for the first to end.
+//!   ([`SYNC_JOBS_IN_FLIGHT_MAX`]) rather than waiting for the first to end. The log's
+//!   periodic recovery point write (two fsyncs, a rename and a directory sync) runs on the
+//!   blocking pool too ([`ReplicaCore::recovery_point_job`]), so no step waits for it.
 //! - **Stop**: a leader first hands leadership to its most caught-up follower and waits (at
 //!   most an election timeout) for someone else to lead, then the log is synced and the actor
 //!   stops. Pending requests are failed with a retriable error.
@@ -145,6 +147,11 @@ pub enum ReplicaMessage {
     Compacted {
         generation: u64,
         done: Option<CompactionJobDone>,
+    },
+    /// Internal: a recovery point write finished (from before a reopen: ignored).
+    RecoveryPointWritten {
+        generation: u64,
+        result: Result<u64, DiskError>,
     },
 }
 
@@ -562,6 +569,8 @@ impl ReplicatedPartition {
             ),
         ));
         let now_ms = self.clock(context);
+        // A recovery point job of the old log must not write over the reopened one's.
+        self.core.close_recovery_point();
         for attempt in 1..=REOPEN_ATTEMPTS_MAX {
             match ReplicaCore::open(self.disk.clone(), self.replica_config.clone(), now_ms) {
                 Ok(core) => {
@@ -623,6 +632,34 @@ impl ReplicatedPartition {
             // If the actor is gone there is nobody left to tell.
             let _ = address
                 .send(ReplicaMessage::Synced { generation, result })
+                .await;
+        }));
+    }
+
+    /// The log's periodic recovery point write, if one fell due, on the blocking pool: a step
+    /// never waits for its fsyncs (the log keeps its meaning meanwhile: see
+    /// [`brook_storage::log::RecoveryPointJob`]).
+    fn start_recovery_point_write(&mut self, context: &mut Context<Self>) {
+        if self.broken {
+            return;
+        }
+        let Some(job) = self.core.recovery_point_job() else {
+            return;
+        };
+        let generation = self.generation;
+        let address = context.address();
+        let runtime = context.runtime().clone();
+        drop(context.runtime().spawn(async move {
+            let result = match runtime.run_blocking(move || job.run()).await {
+                Ok(result) => result,
+                Err(error) => Err(DiskError::SyncFailed {
+                    path: Default::default(),
+                    reason: format!("recovery point task failed: {error}"),
+                }),
+            };
+            // If the actor is gone there is nobody left to tell.
+            let _ = address
+                .send(ReplicaMessage::RecoveryPointWritten { generation, result })
                 .await;
         }));
     }
@@ -1064,7 +1101,8 @@ impl ReplicatedPartition {
             | PartitionMessage::FetchExpired { .. }
             | PartitionMessage::SyncTick
             // This actor's passes report as `ReplicaMessage::Compacted` (with a generation).
-            | PartitionMessage::CompactionDone { .. } => {
+            | PartitionMessage::CompactionDone { .. }
+            | PartitionMessage::RecoveryPointWritten { .. } => {
                 tracing::debug!(group = ?self.group, "internal partition message ignored");
             }
         }
@@ -1156,6 +1194,12 @@ impl Actor for ReplicatedPartition {
                 // The next job covers everything appended while this one ran.
                 if self.sync_interval_ms().is_none() {
                     self.start_sync(context);
+                }
+                self.start_recovery_point_write(context);
+            }
+            ReplicaMessage::RecoveryPointWritten { generation, result } => {
+                if generation == self.generation && !self.broken {
+                    self.core.complete_recovery_point(result);
                 }
             }
             ReplicaMessage::FetchExpired { waiter } => {

@@ -17,13 +17,16 @@ use brook_actors::partition::{
     FetchResult, PartitionConfig, PartitionLimits, PartitionMessage, ProduceResult,
 };
 use brook_actors::peer_router::{partition_group, GroupInbox, PeerOutbox, PeerRouter};
-use brook_actors::replica::{ReplicaConfig, ReplicaPlantedBug};
+use brook_actors::replica::{ReplicaConfig, ReplicaPlantedBug, LOG_DIRECTORY};
 use brook_actors::replicated::{
     LeaderObserver, ReplicaMessage, ReplicatedPartition, ReplicatedPartitionConfig, NO_LEADER,
 };
 use brook_actors::runtime::{reply_pair, Addr, Duration, PendingReply, Runtime, TaskHandle};
 use brook_raft::{Config, NodeId, PlantedBug};
-use brook_storage::log::{CompactionPolicy, FsyncPolicy, LogConfig, RetentionPolicy};
+use brook_storage::log::{
+    decode_recovery_point, CompactionPolicy, FsyncPolicy, LogConfig, RetentionPolicy,
+    RECOVERY_POINT_FILE, RECOVERY_POINT_INTERVAL_MS,
+};
 use brook_storage::{Disk, SimDisk};
 use brook_wire::batch::{split_batches, BatchBuilder};
 use brook_wire::peer::{GroupId, RaftMessage};
@@ -1041,6 +1044,53 @@ async fn interval_scenario(bugs: Bugs) -> Result<(), Violation> {
     Ok(())
 }
 
+/// The logs' periodic recovery point write runs (off the actors, on the blocking pool): a
+/// second after the open, the next sync makes every replica write the durable offset as its
+/// recovery point (no roll happens here, which would write it too).
+async fn recovery_point_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    let mut acknowledged = 0;
+    for round in 0..3 {
+        let produced = cluster
+            .produce(leader, batch_of(&[&format!("r{round}")]), Acks::All)
+            .await
+            .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+        acknowledged = produced.last_offset + 1;
+    }
+    cluster.pause(RECOVERY_POINT_INTERVAL_MS + 100).await;
+    cluster
+        .produce(leader, batch_of(&["after a second"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    for id in NODES {
+        let path = config(id, &cluster.group, bugs)
+            .replica
+            .dir
+            .join(LOG_DIRECTORY)
+            .join(RECOVERY_POINT_FILE);
+        let mut written = None;
+        for _ in 0..WAIT_MS_MAX / POLL_MS {
+            written = cluster.nodes[&id]
+                .disk
+                .durable_contents(&path)
+                .ok()
+                .and_then(|bytes| decode_recovery_point(&bytes));
+            if written.is_some_and(|offset| offset >= acknowledged) {
+                break;
+            }
+            cluster.pause(POLL_MS).await;
+        }
+        check(
+            written.is_some_and(|offset| offset >= acknowledged),
+            "recovery-point-written",
+            || format!("node {id}: recovery point {written:?}, acknowledged up to {acknowledged}"),
+        )?;
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
 /// At most `pending_acks_max` produce requests wait: the next one is refused at once with a
 /// retriable error, and the waiting ones are answered once they commit.
 async fn backpressure_scenario(bugs: Bugs) -> Result<(), Violation> {
@@ -1515,6 +1565,11 @@ async fn under_fsync_interval_commits_still_need_a_follower_and_logs_get_synced(
         })
         .await,
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_writes_its_recovery_point_off_the_actor() {
+    expect_clean(recovery_point_scenario(Bugs::default()).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

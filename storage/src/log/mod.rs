@@ -23,6 +23,7 @@
 
 mod compaction;
 mod index;
+mod recovery_point;
 mod retention;
 mod segment;
 
@@ -38,6 +39,8 @@ pub use compaction::{
     CompactionJob, CompactionJobDone, CompactionOutcome, CompactionPolicy, CLEANED_SUFFIX,
     COMPACTION_MAP_BYTES_MAX, COMPACTION_PASS_BYTES_DEFAULT, SWAP_SUFFIX,
 };
+use recovery_point::RecoveryPointFile;
+pub use recovery_point::RecoveryPointJob;
 pub use retention::{RetentionOutcome, RetentionPolicy};
 use segment::Segment;
 
@@ -261,9 +264,11 @@ impl SyncJob {
 /// (written to [`RECOVERY_POINT_TEMP_FILE`], synced, renamed, directory synced).
 pub const RECOVERY_POINT_FILE: &str = "recovery-point";
 pub const RECOVERY_POINT_TEMP_FILE: &str = "recovery-point.tmp";
-/// The recovery point is written lazily: at a roll, at open, at a truncation below it, after a
-/// failed fsync (what was durable before it still is), and after this many successful syncs or
-/// this long since the last write, whichever comes first (each write costs two fsyncs).
+/// The recovery point is written lazily: at open, at a truncation below it, after a failed
+/// fsync (what was durable before it still is), and after a roll or this many successful syncs
+/// or this long since the last write, whichever comes first (each write costs two fsyncs). The
+/// writes after a roll and the periodic ones are [`RecoveryPointJob`]s, which the log's owner
+/// runs off its thread after a sync.
 pub const RECOVERY_POINT_SYNCS: u64 = 64;
 pub const RECOVERY_POINT_INTERVAL_MS: u64 = 1_000;
 /// Sync jobs remembered for [`Log::complete_sync`]; beyond it the oldest is forgotten (its
@@ -285,12 +290,17 @@ pub struct Log {
     durable_offset: u64,
     last_sync_ms: u64,
     poisoned: Option<String>,
-    /// The recovery point last written to [`RECOVERY_POINT_FILE`] (0 if none).
-    recovery_point: u64,
+    /// [`RECOVERY_POINT_FILE`] and the recovery point last written to it (0 if none), shared
+    /// with the log's [`RecoveryPointJob`]s.
+    recovery_point_file: Arc<RecoveryPointFile>,
     /// Successful syncs since the recovery point was last written.
     syncs_since_recovery_point: u64,
     /// When the recovery point was last written (or the log opened).
     recovery_point_written_ms: u64,
+    /// A periodic write of the recovery point is due ([`Log::recovery_point_job`]).
+    recovery_point_due: bool,
+    /// A [`RecoveryPointJob`] was handed out and not reported yet: at most one at a time.
+    recovery_point_job_in_flight: bool,
     /// Sync jobs handed out since the last truncation: ticket -> target offset.
     sync_jobs: BTreeMap<u64, u64>,
     next_sync_ticket: u64,
@@ -385,6 +395,16 @@ impl Log {
             segments.insert(*base, segment);
         }
         report.segments = segments.len();
+        #[cfg(madsim)]
+        let skip_dir_sync = disk.planted_storage_bugs().no_dir_sync;
+        #[cfg(not(madsim))]
+        let skip_dir_sync = false;
+        let recovery_point_file = Arc::new(RecoveryPointFile::new(
+            disk.clone(),
+            dir.clone(),
+            recovery_point,
+            skip_dir_sync,
+        ));
         let mut log = Log {
             disk,
             dir,
@@ -393,9 +413,11 @@ impl Log {
             durable_offset: 0,
             last_sync_ms: now_ms,
             poisoned: None,
-            recovery_point,
+            recovery_point_file,
             syncs_since_recovery_point: 0,
             recovery_point_written_ms: now_ms,
+            recovery_point_due: false,
+            recovery_point_job_in_flight: false,
             sync_jobs: BTreeMap::new(),
             next_sync_ticket: 0,
             cleaner: compaction::CleanerState::default(),
@@ -452,61 +474,49 @@ impl Log {
 
     /// The recovery point as last persisted (0 if none): every offset below it was synced.
     pub fn recovery_point(&self) -> u64 {
-        self.recovery_point
+        self.recovery_point_file.lock().persisted()
     }
 
-    /// Persist the durable offset as the recovery point if it moved. Best effort: a recovery
-    /// point that could not be written (a full disk) stays at its older, lower value, which
-    /// is safe; it only lets recovery take more of the tail for possibly torn.
+    /// Persist the durable offset as the recovery point if it moved, here and now. Best
+    /// effort: a recovery point that could not be written (a full disk) stays at its older,
+    /// lower value, which is safe; it only lets recovery take more of the tail for possibly
+    /// torn.
     fn update_recovery_point(&mut self) {
-        let offset = self.durable_offset;
-        if offset == self.recovery_point {
-            self.syncs_since_recovery_point = 0;
-            return;
+        self.syncs_since_recovery_point = 0;
+        self.recovery_point_due = false;
+        if let Err(error) = self.recovery_point_file.raise(self.durable_offset) {
+            tracing::warn!(dir = %self.dir.display(), %error, "could not write the recovery point; keeping the older one");
         }
-        match self.write_recovery_point(offset) {
-            Ok(()) => {
-                self.recovery_point = offset;
-                self.syncs_since_recovery_point = 0;
-            }
-            Err(error) => {
-                tracing::warn!(dir = %self.dir.display(), %error, "could not write the recovery point; keeping the older one");
-            }
-        }
-    }
-
-    fn write_recovery_point(&self, offset: u64) -> Result<(), DiskError> {
-        let temp = self.dir.join(RECOVERY_POINT_TEMP_FILE);
-        let file = self.disk.open(&temp, OpenMode::Create)?;
-        file.truncate(0)?;
-        file.append(&encode_recovery_point(offset))?;
-        file.sync()?;
-        drop(file);
-        self.disk
-            .rename(&temp, &self.dir.join(RECOVERY_POINT_FILE))?;
-        self.sync_directory()
     }
 
     /// Lower the recovery point to `offset` before a truncation removes what is above it: the
     /// records appended there next are not synced yet. If it cannot be rewritten it is
     /// removed (which needs no space); if that fails too, the truncation must not go on.
+    /// Either way, a [`RecoveryPointJob`] handed out before writes nothing.
     fn lower_recovery_point(&mut self, offset: u64) -> Result<(), LogError> {
-        if self.recovery_point <= offset {
-            return Ok(());
-        }
-        if let Err(error) = self.write_recovery_point(offset) {
-            tracing::warn!(dir = %self.dir.display(), %error, "could not lower the recovery point; removing it");
-            match self.disk.remove_file(&self.dir.join(RECOVERY_POINT_FILE)) {
-                Ok(()) | Err(DiskError::NotFound { .. }) => {}
-                Err(error) => return Err(error.into()),
+        let file = Arc::clone(&self.recovery_point_file);
+        let removed = {
+            let mut locked = file.lock();
+            locked.cancel_jobs();
+            if locked.persisted() <= offset {
+                return Ok(());
             }
-            self.sync_directory()
-                .map_err(|error| self.sync_failed(error))?;
-            self.recovery_point = 0;
-            return Ok(());
-        }
-        self.recovery_point = offset;
-        Ok(())
+            let Err(error) = locked.write(offset) else {
+                return Ok(());
+            };
+            tracing::warn!(dir = %self.dir.display(), %error, "could not lower the recovery point; removing it");
+            locked.remove()
+        };
+        removed?;
+        self.sync_directory()
+            .map_err(|error| self.sync_failed(error))
+    }
+
+    /// Stop every write of the recovery point, the log's own and its jobs' (waits for a job's
+    /// write in progress). Call it before another `Log` opens this directory while jobs of
+    /// this one may still run (a replica reopened from disk); dropping the log does it too.
+    pub fn close_recovery_point(&self) {
+        self.recovery_point_file.lock().close();
     }
 
     pub fn dir(&self) -> &Path {
@@ -788,7 +798,10 @@ impl Log {
         };
         self.segments.insert(next, segment);
         self.durable_offset = self.durable_offset.max(next);
-        self.update_recovery_point();
+        // The recovery point moves to the new segment's base with the next recovery point job
+        // (due now; two fsyncs fewer in the owner's step): until then the sealed segment's
+        // tail is trusted as it was before the roll.
+        self.recovery_point_due = true;
         tracing::debug!(dir = %self.dir.display(), base_offset = next, "rolled segment");
         Ok(())
     }
@@ -1099,16 +1112,17 @@ impl Log {
             }
         }
         self.segments.clear();
-        match self.disk.remove_file(&self.dir.join(RECOVERY_POINT_FILE)) {
-            Ok(()) | Err(DiskError::NotFound { .. }) => {}
-            Err(error) => {
-                self.poisoned = Some(format!(
-                    "reset could not remove the recovery point: {error}"
-                ));
-                return Err(error.into());
-            }
+        let removed = {
+            let mut locked = self.recovery_point_file.lock();
+            locked.cancel_jobs();
+            locked.remove()
+        };
+        if let Err(error) = removed {
+            self.poisoned = Some(format!(
+                "reset could not remove the recovery point: {error}"
+            ));
+            return Err(error.into());
         }
-        self.recovery_point = 0;
         let segment = match Segment::open_files(self.disk.as_ref(), &self.dir, offset) {
             Ok(segment) => segment,
             Err(error) => {
@@ -1127,10 +1141,48 @@ impl Log {
     /// Make everything appended so far durable. On failure the log is poisoned: what reached
     /// the disk is unknown (a failed fsync may have dropped dirty pages), so nothing more is
     /// acknowledged until the log is reopened and recovered.
+    /// A periodic write of the recovery point that fell due is done here too.
     pub fn sync(&mut self, now_ms: u64) -> Result<u64, LogError> {
         let job = self.sync_job()?;
         let result = job.run();
-        self.complete_sync(result, now_ms)
+        let durable = self.complete_sync(result, now_ms)?;
+        self.write_due_recovery_point();
+        Ok(durable)
+    }
+
+    /// [`Log::recovery_point_job`], run here: for owners that may block.
+    pub fn write_due_recovery_point(&mut self) {
+        if let Some(job) = self.recovery_point_job() {
+            let result = job.run();
+            self.complete_recovery_point(result);
+        }
+    }
+
+    /// The periodic write of the recovery point, if one fell due (after
+    /// [`RECOVERY_POINT_SYNCS`] syncs or [`RECOVERY_POINT_INTERVAL_MS`]) and none is running:
+    /// run it off the owner's thread, then report it with [`Log::complete_recovery_point`].
+    /// Meanwhile the log appends and syncs as usual; the job writes the durable offset of
+    /// now, and nothing at all if a truncation or reset lowers the recovery point first.
+    pub fn recovery_point_job(&mut self) -> Option<RecoveryPointJob> {
+        if !self.recovery_point_due || self.recovery_point_job_in_flight {
+            return None;
+        }
+        self.recovery_point_due = false;
+        self.syncs_since_recovery_point = 0;
+        if self.durable_offset <= self.recovery_point() {
+            return None;
+        }
+        self.recovery_point_job_in_flight = true;
+        Some(self.recovery_point_file.job(self.durable_offset))
+    }
+
+    /// Report the outcome of a [`RecoveryPointJob`] (a failure is logged: the older recovery
+    /// point stays, which is safe).
+    pub fn complete_recovery_point(&mut self, result: Result<u64, DiskError>) {
+        self.recovery_point_job_in_flight = false;
+        if let Err(error) = result {
+            tracing::warn!(dir = %self.dir.display(), %error, "could not write the recovery point; keeping the older one");
+        }
     }
 
     /// A sync to run elsewhere (e.g. a blocking thread) while appends continue.
@@ -1152,7 +1204,8 @@ impl Log {
         })
     }
 
-    /// Report the outcome of a [`SyncJob`]; returns the durable offset.
+    /// Report the outcome of a [`SyncJob`]; returns the durable offset. A periodic write of
+    /// the recovery point that falls due is left to [`Log::recovery_point_job`].
     pub fn complete_sync(
         &mut self,
         result: Result<u64, DiskError>,
@@ -1174,7 +1227,7 @@ impl Log {
                         >= RECOVERY_POINT_INTERVAL_MS
                 {
                     self.recovery_point_written_ms = now_ms;
-                    self.update_recovery_point();
+                    self.recovery_point_due = true;
                 }
                 Ok(self.durable_offset)
             }
@@ -1202,6 +1255,14 @@ impl Log {
             && active
                 .first_append_ms
                 .is_some_and(|first| now_ms.saturating_sub(first) >= self.config.segment_age_ms_max)
+    }
+}
+
+impl Drop for Log {
+    /// A [`RecoveryPointJob`] still to run writes nothing once its log is gone: a log opened
+    /// again on the directory owns the recovery point now.
+    fn drop(&mut self) {
+        self.close_recovery_point();
     }
 }
 

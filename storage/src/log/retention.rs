@@ -295,7 +295,8 @@ mod tests {
         );
         assert_eq!(log.segment_count(), 2);
         assert_eq!(log.durable_offset(), end, "the sealed segment is synced");
-        assert_eq!(log.recovery_point(), end);
+        log.write_due_recovery_point();
+        assert_eq!(log.recovery_point(), end, "due after the roll");
         // The new active segment is empty: a later pass does not roll it again.
         let outcome = log
             .apply_retention(policy, 105_001, end)

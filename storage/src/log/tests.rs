@@ -1175,12 +1175,17 @@ fn the_recovery_point_file_holds_the_offset_under_its_crc() {
     let (sim, disk, dir) = sim();
     let (mut log, _) = open(&disk, &dir, small_config());
     append_many(&mut log, 30, 3);
-    log.sync(0).expect("sync");
-    let rolled_at = log.recovery_point();
+    assert!(log.segment_count() > 1);
+    assert_eq!(log.recovery_point(), 0, "a roll leaves the write to a job");
+    let job = log.recovery_point_job().expect("due after a roll");
+    let rolled_at = job.offset;
     assert!(
         rolled_at > 0 && rolled_at < 90,
-        "written at the last roll: {rolled_at}"
+        "the base of the last segment, synced by the roll: {rolled_at}"
     );
+    let result = job.run();
+    log.complete_recovery_point(result);
+    assert_eq!(log.recovery_point(), rolled_at);
     let bytes = sim
         .durable_contents(&dir.join(RECOVERY_POINT_FILE))
         .expect("recovery point file");
@@ -1534,4 +1539,197 @@ fn a_batch_with_a_damaged_base_offset_can_be_cut_under_a_running_log() {
         append_many(&mut log, 1, 3);
         assert_eq!(log.next_offset(), 6, "bit {bit}");
     }
+}
+
+/// A log whose periodic recovery point write is due: `synced_batches` batches of 2 records
+/// appended and synced, the last sync a second after the open.
+fn log_with_recovery_point_due(disk: &Arc<dyn Disk>, dir: &Path, synced_batches: u64) -> Log {
+    let (mut log, _) = open(disk, dir, LogConfig::default());
+    append_many(&mut log, synced_batches, 2);
+    let job = log.sync_job().expect("job");
+    let result = job.run();
+    log.complete_sync(result, RECOVERY_POINT_INTERVAL_MS)
+        .expect("sync");
+    log
+}
+
+/// The periodic recovery point write runs off the log's owner: while it waits, the log appends
+/// and syncs; it writes the durable offset of when it was made (never the log end: what was
+/// appended after it may not be synced when it runs), and nothing is written by the sync
+/// itself.
+#[test]
+fn a_recovery_point_job_writes_the_durable_offset_of_when_it_was_made() {
+    let (sim, disk, dir) = sim();
+    let mut log = log_with_recovery_point_due(&disk, &dir, 3);
+    assert_eq!(log.recovery_point(), 0, "the sync itself wrote nothing");
+    append_many(&mut log, 2, 2);
+    let job = log.recovery_point_job().expect("due");
+    assert_eq!(job.offset, 6, "the durable offset, not the log end");
+    assert!(log.recovery_point_job().is_none(), "one job at a time");
+    // The log goes on while the job waits: appends, and a sync that is not yet reported.
+    append_many(&mut log, 1, 2);
+    let result = job.run();
+    assert_eq!(result.as_ref().ok(), Some(&6));
+    log.complete_recovery_point(result);
+    assert_eq!(log.recovery_point(), 6);
+    let bytes = sim
+        .durable_contents(&dir.join(RECOVERY_POINT_FILE))
+        .expect("file");
+    assert_eq!(decode_recovery_point(&bytes), Some(6));
+    // A crash loses the unsynced tail above it: cut as torn, not reported as damage.
+    drop(log);
+    sim.crash_with(CrashMode::DropUnsynced, &mut ChaCha8Rng::seed_from_u64(3));
+    let (log, report) = open(&disk, &dir, LogConfig::default());
+    assert!(report.corrupt.is_empty(), "{report:?}");
+    assert_eq!(log.next_offset(), 6);
+    assert_eq!(read_values(&log, 0), expected(0..6));
+}
+
+/// A truncation lowers the recovery point; a job made before it must not raise it again over
+/// the cut, where the records appended next are not synced (after a crash recovery would take
+/// their loss for damage, and refuse to cut a torn tail below the recovery point).
+#[test]
+fn a_recovery_point_job_from_before_a_truncation_writes_nothing() {
+    let (sim, disk, dir) = sim();
+    let mut log = log_with_recovery_point_due(&disk, &dir, 5);
+    let job = log.recovery_point_job().expect("due");
+    assert_eq!(job.offset, 10);
+    // A follower's conflicting suffix goes while the job waits; a new leader's records come.
+    log.truncate(4).expect("truncate");
+    append_many(&mut log, 3, 2);
+    let result = job.run();
+    log.complete_recovery_point(result);
+    assert!(log.recovery_point() <= 4, "{}", log.recovery_point());
+    drop(log);
+    sim.crash_with(CrashMode::DropUnsynced, &mut ChaCha8Rng::seed_from_u64(4));
+    let (log, report) = open(&disk, &dir, LogConfig::default());
+    assert!(report.corrupt.is_empty(), "{report:?}");
+    assert_eq!(
+        log.next_offset(),
+        4,
+        "the unsynced records after the cut are gone"
+    );
+    assert_eq!(read_values(&log, 0), expected(0..4));
+}
+
+/// A job of a log that was closed (a replica reopened from disk: another `Log` owns the
+/// directory now) writes nothing, even once the new log lowered the recovery point.
+#[test]
+fn a_recovery_point_job_of_a_closed_log_writes_nothing() {
+    let (sim, disk, dir) = sim();
+    let mut old = log_with_recovery_point_due(&disk, &dir, 5);
+    let job = old.recovery_point_job().expect("due");
+    old.close_recovery_point();
+    let (mut log, _) = open(&disk, &dir, LogConfig::default());
+    drop(old);
+    assert_eq!(log.recovery_point(), 10, "written at open");
+    log.truncate(4).expect("truncate");
+    append_many(&mut log, 3, 2);
+    assert!(job.run().is_ok());
+    assert_eq!(log.recovery_point(), 4);
+    drop(log);
+    sim.crash_with(CrashMode::DropUnsynced, &mut ChaCha8Rng::seed_from_u64(5));
+    let (log, report) = open(&disk, &dir, LogConfig::default());
+    assert!(report.corrupt.is_empty(), "{report:?}");
+    assert_eq!(log.next_offset(), 4);
+}
+
+/// A job whose write fails (its fsync) leaves the older recovery point, and the next due
+/// write goes ahead.
+#[test]
+fn a_failed_recovery_point_job_keeps_the_older_recovery_point() {
+    let (sim, disk, dir) = sim();
+    let mut log = log_with_recovery_point_due(&disk, &dir, 3);
+    let job = log.recovery_point_job().expect("due");
+    sim.fail_next_sync();
+    let result = job.run();
+    assert!(result.is_err());
+    log.complete_recovery_point(result);
+    assert_eq!(log.recovery_point(), 0);
+    assert!(!log.is_poisoned(), "the log's own data is not in question");
+    append_many(&mut log, 1, 2);
+    let job = log.sync_job().expect("job");
+    let result = job.run();
+    log.complete_sync(result, 2 * RECOVERY_POINT_INTERVAL_MS)
+        .expect("sync");
+    let job = log.recovery_point_job().expect("due again");
+    let result = job.run();
+    log.complete_recovery_point(result);
+    assert_eq!(log.recovery_point(), 8);
+}
+
+/// Power lost at every step of a workload where recovery point jobs run late, after appends,
+/// syncs and truncations: recovery never finds "synced" records missing (a recovery point
+/// above what was synced), and keeps every record a sync covered.
+#[test]
+fn a_crash_at_any_step_around_recovery_point_jobs_keeps_the_recovery_point_honest() {
+    for changes in 0..100_000u64 {
+        let sim = SimDisk::new(13);
+        let disk: Arc<dyn Disk> = Arc::new(sim.clone());
+        let dir = PathBuf::from("/data/p");
+        // Small segments: rolls (which leave the recovery point to a job) happen too.
+        let (mut log, _) = open(&disk, &dir, small_config());
+        sim.lose_power_after(changes);
+        let mut acknowledged = 0;
+        let mut now_ms = 0;
+        let mut step = || -> Result<(), LogError> {
+            for round in 0..6u64 {
+                let next = log.next_offset();
+                log.append(&mut batch(next, 2, 0), 1, now_ms)?;
+                let job = log.sync_job()?;
+                // Appended while the sync runs (its fsync may take it or not), and after it
+                // ran but before it is reported: not covered by it.
+                let next = log.next_offset();
+                log.append(&mut batch(next, 2, 0), 1, now_ms)?;
+                let result = job.run();
+                let next = log.next_offset();
+                log.append(&mut batch(next, 2, 0), 1, now_ms)?;
+                now_ms += RECOVERY_POINT_INTERVAL_MS;
+                acknowledged = log.complete_sync(result, now_ms)?;
+                let point_job = log.recovery_point_job();
+                if round % 2 == 1 {
+                    // A new leader's records replace the unsynced suffix meanwhile.
+                    let cut = log.durable_offset() - 2;
+                    // What the truncation removes may be gone even if it fails midway.
+                    acknowledged = cut;
+                    log.truncate(cut)?;
+                    let next = log.next_offset();
+                    log.append(&mut batch(next, 2, 0), 1, now_ms)?;
+                }
+                if let Some(point_job) = point_job {
+                    let result = point_job.run();
+                    log.complete_recovery_point(result);
+                }
+            }
+            Ok(())
+        };
+        let _ = step();
+        if !sim.power_lost() {
+            // The whole workload fitted in `changes` changes: every step was crashed at.
+            assert!(changes > 20, "only {changes} steps");
+            assert!(log.segment_count() > 1, "rolls: {}", log.segment_count());
+            return;
+        }
+        drop(log);
+        sim.crash_with(
+            CrashMode::DropUnsynced,
+            &mut ChaCha8Rng::seed_from_u64(changes),
+        );
+        let (log, report) = open(&disk, &dir, small_config());
+        assert!(
+            report.corrupt.is_empty(),
+            "after {changes} changes: {report:?}"
+        );
+        assert!(
+            log.next_offset() >= acknowledged,
+            "after {changes} changes: {} < {acknowledged}",
+            log.next_offset()
+        );
+        assert_eq!(
+            read_values(&log, 0),
+            expected(0..log.next_offset()),
+            "after {changes} changes"
+        );
+    }
+    panic!("the workload never finished");
 }
