@@ -568,6 +568,16 @@ impl ReplicaCore {
             );
             log.truncate(offset)?;
         }
+        // Appends go to the log's end: the entries the core knows must reach it, or every
+        // append would be refused for ever (a loud failure here rather than a silent wedge).
+        let spans_end = spans
+            .last()
+            .map_or(log.log_start_offset(), |span| span.next_offset);
+        if spans_end != log.next_offset() {
+            return Err(ReplicaError::Inconsistent(
+                "the log's entries do not reach its end",
+            ));
+        }
         // Every stored batch's term was persisted before the batch was appended (recovery
         // checks this for intact batches; a batch kept though damaged may carry a damaged term).
         if spans.iter().any(|span| span.term > hard_state.term) {
@@ -1780,8 +1790,7 @@ fn scan_spans(
                     .read(offset, 1, u64::MAX)
                     .or_else(|_| log.read(offset, 1, u64::MAX))
                 {
-                    Ok(read) if !read.batches.is_empty() => read,
-                    Ok(_) => return Ok((spans, None)),
+                    Ok(read) => read,
                     Err(LogError::Corrupt { .. }) => return Ok((spans, Some(offset))),
                     Err(error) => return Err(error.into()),
                 }
@@ -1806,6 +1815,20 @@ fn scan_spans(
             Err(error) => return Err(error.into()),
         };
         if read.batches.is_empty() {
+            if offset < log.next_offset() {
+                // Nothing servable below the log's end (a batch whose damaged header claims
+                // offsets past the end, a segment that does not end where the next one
+                // starts): entries the core would not know of lie above, and every append
+                // at the end its spans give would be refused for ever (seed 21186). That
+                // is damage: cut there like any other.
+                if cut_at_damage {
+                    tracing::warn!(dir = %log.dir().display(), offset, log_end_offset = log.next_offset(), "the log cannot be read to its end");
+                    return Ok((spans, Some(offset)));
+                }
+                return Err(ReplicaError::Inconsistent(
+                    "the log cannot be read to its end",
+                ));
+            }
             return Ok((spans, None));
         }
         for batch in split_batches(read.batches) {
@@ -3101,6 +3124,58 @@ mod tests {
         drop(replica);
         let replica = ReplicaCore::open(Arc::new(disk), config(2, &voters), 10_000).expect("opens");
         assert!(!replica.vote_fenced(), "the lifted fence stays lifted");
+    }
+
+    /// Seed 21186 of `cargo sim --cluster 5`: a bit flipped at rest in the last-offset delta of
+    /// a sealed segment's last batch (only the CRC covers it) makes the batch claim offsets of
+    /// the next segment. The open's scan stopped there as if the log ended, the core's entries
+    /// ended below the log's end, and every append from the leader was refused ("the log
+    /// expects ..."), reopen after reopen. Now the batch is damage: cut, fenced, caught up.
+    #[test]
+    fn a_follower_cuts_a_sealed_segments_last_batch_that_claims_the_next_segments_offsets() {
+        let disk = brook_storage::SimDisk::new(21186);
+        let voters = [1, 2, 3];
+        // Two one-record batches per segment: segments 0, 2 and 4.
+        let mut config = config(2, &voters);
+        config.log.segment_bytes_max = 200;
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config.clone(), 0).expect("opens");
+        replica
+            .step(1, append_from_leader(4, 0, 0, 6, 0))
+            .expect("appends");
+        replica.sync_now(1).expect("syncs");
+        assert_eq!(replica.durable_offset(), 6);
+        drop(replica);
+        let segment = PathBuf::from("/replica/log/00000000000000000000.log");
+        assert!(disk
+            .exists(Path::new("/replica/log/00000000000000000002.log"))
+            .expect("lists"));
+        let bytes = disk.durable_contents(&segment).expect("segment");
+        let first = BatchHeader::parse(&bytes).expect("header").total_len();
+        let last = BatchHeader::parse(&bytes[first..]).expect("header");
+        assert_eq!(
+            (last.base_offset, first + last.total_len()),
+            (1, bytes.len())
+        );
+        // Bit 3 of the delta's second byte (bytes 27..31): the batch claims offsets 1..2050.
+        disk.corrupt_durable(&segment, (first + 28) as u64, 3)
+            .expect("corrupts");
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config.clone(), 10).expect("opens");
+        assert_eq!(replica.log_end_offset(), 1, "cut before the damaged batch");
+        assert!(replica.vote_fenced());
+        // The leader's entries from the cut on are taken; synced past the old end, the fence
+        // lifts.
+        replica
+            .step(20, append_from_leader(4, 1, 4, 6, 0))
+            .expect("appends at the cut");
+        replica.sync_now(30).expect("syncs");
+        assert_eq!(replica.log_end_offset(), 7);
+        assert!(!replica.vote_fenced());
+        drop(replica);
+        let replica = ReplicaCore::open(Arc::new(disk), config, 40).expect("opens");
+        assert_eq!(replica.log_end_offset(), 7);
+        assert_eq!(replica.batches_below(u64::MAX).expect("reads").len(), 7);
     }
 
     /// The term of a batch lies outside its CRC: a term damaged at rest to one above the

@@ -1347,10 +1347,64 @@ fn recover_sealed(
         tracing::error!(path = %segment.path().display(), %reason, "corrupt sealed segment");
         report
             .corrupt
-            .push((segment.path().to_path_buf(), segment.size(), reason));
-        segment.next_offset = next_base;
+            .push((segment.path().to_path_buf(), segment.size(), reason.clone()));
+        mark_sealed_tail_damaged(segment, next_base, reason);
     }
     Ok(())
+}
+
+/// A sealed segment whose batches do not end exactly at the next segment's base: a header
+/// damaged at rest where the header walk cannot tell (a bit flipped in the last batch's
+/// last-offset delta, which only the CRC covers, makes it claim offsets of the next segment),
+/// or batches missing at its end. Everything from the last batch boundary at or below the
+/// next base to the segment's end is damage: reads of those offsets fail as `Corrupt`, like
+/// any damage at rest (a replica cuts its log there and fetches them again), instead of an
+/// empty read below the log's end, which would look like the end of the log.
+fn mark_sealed_tail_damaged(segment: &mut Segment, next_base: u64, reason: String) {
+    let base = segment.base_offset;
+    let size = segment.size();
+    // Walk from the last index entry the walk can trust (below both ends), chaining headers,
+    // up to the last batch that ends at or below the next base.
+    let limit = segment.next_offset.min(next_base);
+    let start = segment
+        .offset_index
+        .iter()
+        .rev()
+        .find(|entry| base + u64::from(entry.relative_offset) < limit)
+        .map_or((0, base), |entry| {
+            (
+                u64::from(entry.position),
+                base + u64::from(entry.relative_offset),
+            )
+        });
+    let (mut position, mut boundary) = start;
+    // Bounded: every step moves past at least one header, within the segment's size.
+    while position + BATCH_HEADER_LEN as u64 <= size {
+        match segment.header_at(position) {
+            Ok(header)
+                if header.base_offset == boundary
+                    && header.next_offset() <= next_base
+                    && position + header.total_len() as u64 <= size =>
+            {
+                position += header.total_len() as u64;
+                boundary = header.next_offset();
+            }
+            _ => break,
+        }
+    }
+    segment
+        .offset_index
+        .retain(|entry| base + u64::from(entry.relative_offset) < boundary);
+    segment
+        .time_index
+        .retain(|entry| base + u64::from(entry.relative_offset) < boundary);
+    segment.next_offset = boundary;
+    if boundary < next_base {
+        tracing::error!(path = %segment.path().display(), position, first_offset = boundary, next_offset = next_base, "the end of a sealed segment is damaged; not served");
+        segment.mark_damaged(position, size, next_base, reason);
+    } else {
+        segment.next_offset = next_base;
+    }
 }
 
 /// Walk a segment's batch headers from the start and rebuild its in-memory indexes. Stops at

@@ -1733,3 +1733,69 @@ fn a_crash_at_any_step_around_recovery_point_jobs_keeps_the_recovery_point_hones
     }
     panic!("the workload never finished");
 }
+
+/// Seed 21186 of `cargo sim --cluster 5`: a bit flipped at rest in the last-offset delta of a
+/// sealed segment's last batch (bit 11 of the field: 2048 more offsets) made the segment claim
+/// offsets of the next one. Recovery reported it but served nothing from that batch on: a read
+/// of its offsets came back empty, below the log's end, and a replica took that for the end of
+/// its log. The batch is damage: reads of its offsets fail as `Corrupt`, and a cut before it
+/// removes it with the later segments, durably. Bit 1 lowers the delta instead (the segment
+/// ends before the next one starts): the missing offsets are damage too.
+#[test]
+fn a_sealed_segment_whose_last_batch_claims_the_next_segments_offsets_is_damage() {
+    for bit in [1u8, 3, 11, 19] {
+        let (sim, disk, dir) = sim();
+        let (mut log, _) = open(&disk, &dir, small_config());
+        append_many(&mut log, 40, 3);
+        log.sync(0).expect("sync");
+        assert!(log.segment_count() > 2, "segments: {}", log.segment_count());
+        drop(log);
+        let first = dir.join("00000000000000000000.log");
+        let bytes = sim.durable_contents(&first).expect("segment");
+        let mut position = 0usize;
+        let last = loop {
+            let header = BatchHeader::parse(&bytes[position..]).expect("header");
+            if position + header.total_len() == bytes.len() {
+                break header;
+            }
+            position += header.total_len();
+        };
+        // The last-offset delta is bytes 27..31 of the header (little-endian).
+        sim.corrupt_durable(&first, (position + 27) as u64 + u64::from(bit / 8), bit % 8)
+            .expect("corrupt");
+        let (mut log, report) = open(&disk, &dir, small_config());
+        assert_eq!(report.corrupt.len(), 1, "bit {bit}: {report:?}");
+        assert_eq!(log.next_offset(), 120, "bit {bit}");
+        let damaged = last.base_offset;
+        assert_eq!(
+            read_values_below(&log, 0, damaged),
+            expected(0..damaged),
+            "bit {bit}"
+        );
+        for offset in damaged..last.next_offset() {
+            let read = log.read(offset, 300, u64::MAX);
+            assert!(
+                matches!(read, Err(LogError::Corrupt { .. })),
+                "bit {bit}: offset {offset}: {read:?}"
+            );
+        }
+        // The next segment is untouched.
+        assert_eq!(
+            read_values(&log, last.next_offset()),
+            expected(last.next_offset()..120),
+            "bit {bit}"
+        );
+        // A cut before the damaged batch removes it and every later segment, durably.
+        log.truncate(damaged)
+            .unwrap_or_else(|error| panic!("bit {bit}: {error}"));
+        assert_eq!(log.next_offset(), damaged, "bit {bit}");
+        assert_eq!(log.segment_count(), 1, "bit {bit}");
+        drop(log);
+        sim.crash(&mut ChaCha8Rng::seed_from_u64(u64::from(bit)));
+        let (mut log, report) = open(&disk, &dir, small_config());
+        assert!(report.corrupt.is_empty(), "bit {bit}: {report:?}");
+        assert_eq!(log.next_offset(), damaged, "bit {bit}");
+        append_many(&mut log, 2, 3);
+        assert_eq!(read_values(&log, 0), expected(0..damaged + 6), "bit {bit}");
+    }
+}
