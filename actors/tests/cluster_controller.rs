@@ -401,7 +401,10 @@ async fn scenario(ids: &[u32], voters: &[u32]) {
             .iter()
             .map(|node| topic_directories(&node.disk))
             .collect();
-        (all.len() == 1).then(|| all.into_iter().next().unwrap_or_default())
+        // Every node agrees, and on a directory: agreeing on none (before any node opened
+        // its replica) is not the state this waits for.
+        let agreed = (all.len() == 1).then(|| all.into_iter().next().unwrap_or_default());
+        agreed.filter(|directories| !directories.is_empty())
     })
     .await;
     assert_eq!(directories.len(), 1, "{directories:?}");
