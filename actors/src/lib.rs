@@ -14,3 +14,22 @@ pub mod peer_router;
 pub mod replica;
 pub mod replicated;
 pub use brook_runtime as runtime;
+
+/// Runs a log's disk job (an fsync, a recovery point write) on the runtime's blocking pool, so
+/// that an actor's step never waits for it; a task that fails reads as a failed sync of `what`.
+pub(crate) async fn run_disk_job<F>(
+    runtime: &brook_runtime::Runtime,
+    what: &'static str,
+    job: F,
+) -> Result<u64, brook_storage::disk::DiskError>
+where
+    F: FnOnce() -> Result<u64, brook_storage::disk::DiskError> + Send + 'static,
+{
+    match runtime.run_blocking(job).await {
+        Ok(result) => result,
+        Err(error) => Err(brook_storage::disk::DiskError::SyncFailed {
+            path: Default::default(),
+            reason: format!("{what} task failed: {error}"),
+        }),
+    }
+}

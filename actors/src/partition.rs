@@ -472,13 +472,7 @@ impl PartitionActor {
         let address = context.address();
         let runtime = context.runtime().clone();
         drop(context.runtime().spawn(async move {
-            let result = match runtime.run_blocking(move || job.run()).await {
-                Ok(result) => result,
-                Err(error) => Err(DiskError::SyncFailed {
-                    path: Default::default(),
-                    reason: format!("sync task failed: {error}"),
-                }),
-            };
+            let result = crate::run_disk_job(&runtime, "sync", move || job.run()).await;
             // If the actor is gone there is nobody left to tell.
             let _ = address.send(PartitionMessage::SyncDone { result }).await;
         }));
@@ -492,13 +486,7 @@ impl PartitionActor {
         let address = context.address();
         let runtime = context.runtime().clone();
         drop(context.runtime().spawn(async move {
-            let result = match runtime.run_blocking(move || job.run()).await {
-                Ok(result) => result,
-                Err(error) => Err(DiskError::SyncFailed {
-                    path: Default::default(),
-                    reason: format!("recovery point task failed: {error}"),
-                }),
-            };
+            let result = crate::run_disk_job(&runtime, "recovery point", move || job.run()).await;
             // If the actor is gone there is nobody left to tell.
             let _ = address
                 .send(PartitionMessage::RecoveryPointWritten { result })
