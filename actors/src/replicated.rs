@@ -1253,6 +1253,10 @@ impl GroupInbox for ReplicaInbox {
     fn tick_due_ms(&self) -> u64 {
         self.tick_due_ms.load(Ordering::Acquire)
     }
+
+    fn tick_due_cell(&self) -> Option<Arc<AtomicU64>> {
+        Some(Arc::clone(&self.tick_due_ms))
+    }
 }
 
 /// The router's view of a replicated partition: peer messages and ticks go to its mailbox
