@@ -71,6 +71,14 @@ pub trait GroupInbox: Send + Sync + 'static {
     fn tick_due_cell(&self) -> Option<Arc<AtomicU64>> {
         None
     }
+    /// A heartbeat (`term`, `commit_index`) from `from`, received at `now_ms` (runtime wall
+    /// clock): `true` when the group answered it at once without its actor (a follower's idle
+    /// heartbeat: see `replicated::HeartbeatProxy`), so there is nothing to deliver. Default:
+    /// never.
+    fn answer_heartbeat(&self, from: NodeId, term: u64, commit_index: u64, now_ms: u64) -> bool {
+        let _ = (from, term, commit_index, now_ms);
+        false
+    }
 }
 
 /// A group as the router's (and the peer links') maps order it: partition first, then topic.
@@ -224,24 +232,43 @@ impl PeerRouter {
         }
     }
 
-    /// Deliver the messages of one incoming frame, in order, under one lock of the router
-    /// (a coalesced frame holds one message for each of thousands of groups: one lock and
-    /// lookup each would be most of the cost of routing them). Returns why each message that
-    /// was not delivered was not. Inboxes' `deliver` only hands the message over (a
-    /// non-blocking send), so holding the lock meanwhile delays a register by one frame at most.
+    /// Deliver the messages of one incoming frame, received at `now_ms` (runtime wall clock),
+    /// in order, looking their groups up under one lock of the router (a coalesced frame holds
+    /// one message for each of thousands of groups: one lock each would be much of the cost
+    /// of routing them). A heartbeat the group can answer without its actor is answered
+    /// ([`GroupInbox::answer_heartbeat`]); the rest are handed over. Returns why each message
+    /// that was not delivered was not. Nothing runs under the lock (an answer goes through the
+    /// outbox, which in tests may deliver into another router at once).
     pub fn deliver_many(
         &self,
         from: NodeId,
+        now_ms: u64,
         messages: Vec<(GroupId, RaftMessage, Vec<Bytes>)>,
     ) -> Vec<RouteError> {
+        let routed: Vec<_> = {
+            let state = self.lock();
+            messages
+                .into_iter()
+                .map(|(group, message, batches)| {
+                    let key = GroupKey(group);
+                    let inbox = state.groups.get(&key).cloned();
+                    (key.0, message, batches, inbox)
+                })
+                .collect()
+        };
         let mut errors = Vec::new();
-        let state = self.lock();
-        for (group, message, batches) in messages {
-            let key = GroupKey(group);
-            match state.groups.get(&key) {
-                None => errors.push(RouteError::UnknownGroup { group: key.0 }),
-                Some(inbox) if inbox.deliver(from, message, batches) => {}
-                Some(_) => errors.push(RouteError::Busy { group: key.0 }),
+        for (group, message, batches, inbox) in routed {
+            let Some(inbox) = inbox else {
+                errors.push(RouteError::UnknownGroup { group });
+                continue;
+            };
+            if let RaftMessage::Heartbeat { term, commit_index } = message {
+                if inbox.answer_heartbeat(from, term, commit_index, now_ms) {
+                    continue;
+                }
+            }
+            if !inbox.deliver(from, message, batches) {
+                errors.push(RouteError::Busy { group });
             }
         }
         errors
@@ -402,7 +429,7 @@ mod tests {
         .into_iter()
         .map(|group| (group, heartbeat(), Vec::new()))
         .collect();
-        let refused = router.deliver_many(2, messages);
+        let refused = router.deliver_many(2, 0, messages);
         assert_eq!(
             refused,
             vec![

@@ -776,7 +776,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             inner.router.heard_from(peer, now_ms);
             let messages = split(message, batches);
             add(&counters.messages_received, messages.len() as u64);
-            for refused in inner.router.deliver_many(peer, messages) {
+            for refused in inner.router.deliver_many(peer, now_ms, messages) {
                 match refused {
                     RouteError::UnknownGroup { group } => {
                         let count = add(&counters.unknown_group_messages, 1);
