@@ -53,18 +53,16 @@ impl Default for Config {
 }
 
 /// A leader heartbeats a follower that has nothing new to hear (it has every entry, knows
-/// the commit index and answered the last heartbeat) this many times per election timeout,
-/// not every heartbeat interval. Heartbeats carry no entries and decide nothing: they keep
-/// followers from campaigning (a follower's election timeout is at least an election timeout,
-/// so it hears at least two idle heartbeats within it) and feed check-quorum (a leader steps
-/// down an election timeout after it last heard from a majority; every answer moves that
-/// forward, so two answers per election timeout keep it far off). A heartbeat that is not
-/// answered by the next interval is sent again at every interval, so a lost one costs a
-/// heartbeat interval, not half an election timeout. With thousands of mostly idle groups
-/// this divides the node's heartbeat traffic, and the actor wake-ups it causes on both sides
-/// (heartbeats, answers, the leaders' ticks), by ~5 (with the defaults: a heartbeat every
-/// 500 ms against every 100 ms).
-pub const IDLE_HEARTBEATS_PER_ELECTION_TIMEOUT: u64 = 2;
+/// the commit index and answered since the last check-quorum) this many times per election
+/// timeout, not every heartbeat interval. Heartbeats carry no entries and decide nothing:
+/// they keep followers from campaigning (their election timeout is at least an election
+/// timeout, so they hear several idle heartbeats within it) and feed check-quorum (whose
+/// window is an election timeout; a follower that has not answered since the last check is
+/// heartbeated at every interval again). With thousands of mostly idle groups this divides
+/// the node's heartbeat traffic, and the actor wake-ups it causes on both sides, by ~3
+/// (with the defaults: a heartbeat every 400 ms, as ticks come every 100 ms, and one after
+/// each check-quorum, against every 100 ms).
+pub const IDLE_HEARTBEATS_PER_ELECTION_TIMEOUT: u64 = 3;
 
 /// Deliberate bugs, each defeating one safety rule (test-only; see [`Config::planted_bug`]).
 #[doc(hidden)]
@@ -238,10 +236,6 @@ struct Progress {
     heartbeat_commit_sent: Option<Index>,
     /// When the last heartbeat to this follower was sent.
     heartbeat_sent_ms: u64,
-    /// When the leader last heard from this follower in this term (an append or heartbeat
-    /// answer); the leader's election counts as hearing from everyone, so a new leader has an
-    /// election timeout to hear from a majority (check-quorum).
-    heard_ms: u64,
 }
 
 /// The Raft core of one node in one group.
@@ -267,7 +261,10 @@ pub struct Raft {
     /// (Pre-)candidate: the answers so far, this node included.
     votes: BTreeMap<NodeId, bool>,
     progress: BTreeMap<NodeId, Progress>,
+    /// Leader: peers heard from since the last check-quorum.
+    recently_active: BTreeSet<NodeId>,
     heartbeat_due_ms: u64,
+    check_quorum_due_ms: u64,
     /// Leader: (target, give up at).
     transfer: Option<(NodeId, u64)>,
 }
@@ -317,7 +314,9 @@ impl Raft {
             leader_contact_ms: None,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
+            recently_active: BTreeSet::new(),
             heartbeat_due_ms: 0,
+            check_quorum_due_ms: 0,
             transfer: None,
         };
         raft.reset_election_deadline(now_ms);
@@ -343,16 +342,14 @@ impl Raft {
     }
 
     /// The earliest time (ms) at which an [`Input::Tick`] can do anything: a follower's or
-    /// candidate's election deadline; a leader's next heartbeat, the end of its majority's
-    /// contact (check-quorum) or its transfer give-up. A tick before it changes nothing and emits nothing, so a host with many groups
+    /// candidate's election deadline; a leader's next heartbeat, check-quorum or transfer
+    /// give-up. A tick before it changes nothing and emits nothing, so a host with many groups
     /// may skip ticking a group until then (read it again after every step: any input may
     /// move it).
     pub fn tick_due_ms(&self) -> u64 {
         match self.role {
             Role::Leader => {
-                let due = self
-                    .heartbeat_round_due_ms()
-                    .min(self.quorum_contact_ends_ms());
+                let due = self.heartbeat_round_due_ms().min(self.check_quorum_due_ms);
                 match self.transfer {
                     Some((_, give_up_ms)) => due.min(give_up_ms),
                     None => due,
@@ -505,13 +502,13 @@ impl Raft {
 
     /// Leader: when `peer` next needs a heartbeat (see [`IDLE_HEARTBEATS_PER_ELECTION_TIMEOUT`]):
     /// at once (at the heartbeat cadence) when it has something to hear or to answer (a commit
-    /// index it was not told, entries it lacks, a heartbeat it has not answered), else an idle
-    /// heartbeat interval after the last one.
-    fn peer_heartbeat_due_ms(&self, progress: &Progress) -> u64 {
+    /// index it was not told, entries it lacks, no answer since the last check-quorum), else an
+    /// idle heartbeat interval after the last one.
+    fn peer_heartbeat_due_ms(&self, peer: NodeId, progress: &Progress) -> u64 {
         let commit = self.commit_index.min(progress.match_index);
         let news = progress.heartbeat_commit_sent != Some(commit)
             || progress.match_index < self.log.last_index()
-            || progress.heard_ms < progress.heartbeat_sent_ms;
+            || !self.recently_active.contains(&peer);
         if news {
             0
         } else {
@@ -525,30 +522,11 @@ impl Raft {
     fn heartbeat_round_due_ms(&self) -> u64 {
         let earliest_peer = self
             .progress
-            .values()
-            .map(|progress| self.peer_heartbeat_due_ms(progress))
+            .iter()
+            .map(|(peer, progress)| self.peer_heartbeat_due_ms(*peer, progress))
             .min()
             .unwrap_or(u64::MAX);
         earliest_peer.max(self.heartbeat_due_ms)
-    }
-
-    /// Leader: when its contact with a majority ends, unless a follower is heard from again:
-    /// an election timeout after the latest time by which a majority (itself included) had
-    /// been heard from. Check-quorum steps down then. `u64::MAX` for a group of one.
-    fn quorum_contact_ends_ms(&self) -> u64 {
-        let mut heard: Vec<u64> = self
-            .progress
-            .values()
-            .map(|progress| progress.heard_ms)
-            .collect();
-        heard.sort_unstable_by(|a, b| b.cmp(a));
-        // The leader counts itself: it needs quorum - 1 followers.
-        match (self.quorum() - 1).checked_sub(1) {
-            None => u64::MAX,
-            Some(position) => heard.get(position).map_or(0, |heard_ms| {
-                heard_ms.saturating_add(self.config.election_timeout_ms)
-            }),
-        }
     }
 
     fn tick<P: Clone>(&mut self, now_ms: u64, out: &mut Vec<Effect<P>>) {
@@ -562,14 +540,17 @@ impl Raft {
             }
             return;
         }
-        if now_ms >= self.quorum_contact_ends_ms()
-            && self.config.planted_bug != Some(PlantedBug::NoCheckQuorum)
-        {
-            // Check-quorum: a leader that has not heard from a majority for an election
-            // timeout stops acting as leader, so it stops acknowledging writes that can no
-            // longer commit.
-            self.become_follower(now_ms, self.hard_state.term, None, out);
-            return;
+        if now_ms >= self.check_quorum_due_ms {
+            // Check-quorum: a leader cut off from a majority stops acting as leader, so it
+            // stops acknowledging writes that can no longer commit.
+            if self.recently_active.len() + 1 < self.quorum()
+                && self.config.planted_bug != Some(PlantedBug::NoCheckQuorum)
+            {
+                self.become_follower(now_ms, self.hard_state.term, None, out);
+                return;
+            }
+            self.recently_active.clear();
+            self.check_quorum_due_ms = now_ms + self.config.election_timeout_ms;
         }
         if let Some((_, give_up_ms)) = self.transfer {
             if now_ms >= give_up_ms {
@@ -583,7 +564,7 @@ impl Raft {
             let due: Vec<NodeId> = self
                 .progress
                 .iter()
-                .filter(|(_, progress)| self.peer_heartbeat_due_ms(progress) <= now_ms)
+                .filter(|(peer, progress)| self.peer_heartbeat_due_ms(**peer, progress) <= now_ms)
                 .map(|(peer, _)| *peer)
                 .collect();
             if due.is_empty() {
@@ -666,6 +647,7 @@ impl Raft {
         self.leader_contact_ms = leader.map(|_| now_ms);
         self.votes.clear();
         self.progress.clear();
+        self.recently_active.clear();
         self.transfer = None;
         self.reset_election_deadline(now_ms);
     }
@@ -746,7 +728,9 @@ impl Raft {
         self.role = Role::Leader;
         self.leader = Some(self.id);
         self.votes.clear();
+        self.recently_active.clear();
         self.transfer = None;
+        self.check_quorum_due_ms = now_ms + self.config.election_timeout_ms;
         self.heartbeat_due_ms = now_ms + self.config.heartbeat_interval_ms;
         let next_index = self.log.last_index() + 1;
         self.progress = self
@@ -761,7 +745,6 @@ impl Raft {
                     match_at_heartbeat: 0,
                     heartbeat_commit_sent: None,
                     heartbeat_sent_ms: 0,
-                    heard_ms: now_ms,
                 };
                 (peer, progress)
             })
@@ -1134,7 +1117,6 @@ impl Raft {
             }
             Message::AppendResponse(response) => {
                 if self.role == Role::Leader {
-                    self.heard_from_follower(now_ms, from);
                     self.receive_append_response(from, response.outcome, out);
                 }
             }
@@ -1155,7 +1137,6 @@ impl Raft {
             }
             Message::HeartbeatResponse { .. } => {
                 if self.role == Role::Leader {
-                    self.heard_from_follower(now_ms, from);
                     self.receive_heartbeat_response(from, out);
                 }
             }
@@ -1366,6 +1347,7 @@ impl Raft {
         outcome: AppendOutcome,
         out: &mut Vec<Effect<P>>,
     ) {
+        self.recently_active.insert(from);
         let last_index = self.log.last_index();
         let Some(progress) = self.progress.get_mut(&from) else {
             return;
@@ -1432,14 +1414,8 @@ impl Raft {
         self.send_appends(from, out);
     }
 
-    /// Leader: `from` answered (check-quorum counts it, and its heartbeat is answered).
-    fn heard_from_follower(&mut self, now_ms: u64, from: NodeId) {
-        if let Some(progress) = self.progress.get_mut(&from) {
-            progress.heard_ms = progress.heard_ms.max(now_ms);
-        }
-    }
-
     fn receive_heartbeat_response<P: Clone>(&mut self, from: NodeId, out: &mut Vec<Effect<P>>) {
+        self.recently_active.insert(from);
         let last_index = self.log.last_index();
         let Some(progress) = self.progress.get_mut(&from) else {
             return;
