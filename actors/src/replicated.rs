@@ -1303,7 +1303,7 @@ pub struct ReplicaShared {
 
 /// Answers a follower's idle heartbeats on the node, without waking its actor.
 ///
-/// An idle group's leader heartbeats each follower twice per election timeout, and nearly
+/// An idle group's leader heartbeats each follower a few times per election timeout, and nearly
 /// every heartbeat tells the follower nothing new: same leader, same term, a commit index it
 /// has. Raft's answer to such a heartbeat is `HeartbeatResponse { term }`, and its only other
 /// effect is to restart the follower's election deadline and leader lease from that moment.
