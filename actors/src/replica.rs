@@ -217,6 +217,13 @@ pub enum ReplicaInput {
     /// Hand leadership to `to` (graceful shutdown): refused unless leading; produces are
     /// refused while the transfer runs.
     TransferLeadership { to: NodeId },
+    /// Follower: the node answered a heartbeat of `leader` in `term` for this replica at
+    /// `at_ms` ([`brook_raft::Input::LeaderContact`]; see `ReplicaCore::heartbeat_answerable`).
+    LeaderContact {
+        leader: NodeId,
+        term: Term,
+        at_ms: u64,
+    },
 }
 
 /// A message for a peer of this group.
@@ -668,6 +675,12 @@ impl ReplicaCore {
     pub fn tick_due_ms(&self) -> u64 {
         self.raft.tick_due_ms()
     }
+
+    /// Follower: the heartbeats the node may answer for this replica
+    /// ([`brook_raft::Raft::heartbeat_answerable`]).
+    pub fn heartbeat_answerable(&self) -> Option<(NodeId, Term, Index)> {
+        self.raft.heartbeat_answerable()
+    }
     /// Offsets below are committed (Raft commit index, in offsets).
     pub fn high_watermark(&self) -> u64 {
         self.high_watermark
@@ -888,6 +901,18 @@ impl ReplicaCore {
                 acks,
             } => self.produce(now_ms, request_id, batch, Some(checked), acks, &mut out)?,
             ReplicaInput::Synced { result } => self.synced(now_ms, result, &mut out)?,
+            ReplicaInput::LeaderContact {
+                leader,
+                term,
+                at_ms,
+            } => {
+                let input = Input::LeaderContact {
+                    leader,
+                    term,
+                    at_ms,
+                };
+                self.drive_peer_input(now_ms, input, &mut out)?
+            }
             ReplicaInput::TransferLeadership { to } => {
                 match self.raft.step(now_ms, Input::TransferLeadership { to }) {
                     Ok(effects) => self.execute(now_ms, effects, false, &mut out)?,

@@ -51,9 +51,9 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use brook_raft::{NodeId, Role, Term};
+use brook_raft::{Index, NodeId, Role, Term};
 use brook_storage::disk::{Disk, DiskError};
 use brook_storage::log::{
     CheckedBatch, CompactionJobDone, CompactionPolicy, FsyncPolicy, LogError, RetentionOutcome,
@@ -194,6 +194,10 @@ pub struct ReplicatedPartition {
     /// When the core next needs a tick (runtime wall clock, ms), published after every step
     /// for the node ticker, which skips the group until then ([`ReplicaInbox`]).
     tick_due_ms: Arc<AtomicU64>,
+    /// Where the node answers this follower's heartbeats without waking it.
+    heartbeat_proxy: Arc<HeartbeatProxy>,
+    /// What `heartbeat_proxy` was last told (`ReplicaCore::heartbeat_answerable`).
+    proxy_published: Option<(NodeId, Term, Index)>,
     /// The (leader, term) last published to the hint and the observer.
     published: (Option<NodeId>, Term),
     /// The core's clock: the runtime's wall clock, never going back.
@@ -268,6 +272,15 @@ impl ReplicatedPartition {
             replica_config.restart_after_vote = true;
         }
         let core = ReplicaCore::open(disk.clone(), replica_config.clone(), now_ms)?;
+        // Due at once until the first step publishes the core's time.
+        let tick_due_ms = Arc::new(AtomicU64::new(0));
+        let heartbeat_proxy = Arc::new(HeartbeatProxy {
+            group: config.group.clone(),
+            outbox: Arc::clone(&outbox),
+            election_timeout_ms: replica_config.raft.election_timeout_ms,
+            tick_due_ms: Arc::clone(&tick_due_ms),
+            state: Mutex::new(ProxyState::default()),
+        });
         Ok(ReplicatedPartition {
             group: config.group,
             topic: config.topic,
@@ -280,8 +293,9 @@ impl ReplicatedPartition {
             outbox,
             observer,
             leader_hint: Arc::new(AtomicU64::new(NO_LEADER)),
-            // Due at once until the first step publishes the core's time.
-            tick_due_ms: Arc::new(AtomicU64::new(0)),
+            tick_due_ms,
+            heartbeat_proxy,
+            proxy_published: None,
             published: (None, 0),
             now_ms,
             requests: BTreeMap::new(),
@@ -361,9 +375,25 @@ impl ReplicatedPartition {
             return;
         }
         let now_ms = self.clock(context);
-        match self.core.step(now_ms, input) {
-            Ok(output) => self.apply(output, context),
-            Err(error) => self.recover(error, context),
+        // Heartbeats the node answered for this follower since its last step: contact with
+        // its leader, taken in before anything that may depend on it (a vote, a tick).
+        let contact = self.heartbeat_proxy.take_contact();
+        let inputs = contact
+            .map(|(leader, term, at_ms)| ReplicaInput::LeaderContact {
+                leader,
+                term,
+                at_ms,
+            })
+            .into_iter()
+            .chain(std::iter::once(input));
+        for input in inputs {
+            match self.core.step(now_ms, input) {
+                Ok(output) => self.apply(output, context),
+                Err(error) => {
+                    self.recover(error, context);
+                    break;
+                }
+            }
         }
         self.after_step(context);
     }
@@ -483,6 +513,8 @@ impl ReplicatedPartition {
         }
         self.hand_over_if_damaged(context);
         self.finish_stop_if_done(context);
+        // Before the tick due time (the proxy may move it later for a follower it answers for).
+        self.publish_answerable();
         // Last, after every change of this step (a broken replica wants no ticks).
         let tick_due_ms = if self.broken {
             u64::MAX
@@ -1211,6 +1243,8 @@ impl Actor for ReplicatedPartition {
     }
 
     async fn stopped(&mut self, context: &mut Context<Self>) {
+        // Nobody answers for a stopped replica.
+        self.heartbeat_proxy.publish(None);
         if let Some(timer) = self.interval_timer.take() {
             timer.cancel();
         }
@@ -1247,15 +1281,17 @@ impl Actor for ReplicatedPartition {
 pub struct ReplicaInbox {
     address: Addr<ReplicatedPartition>,
     tick_due_ms: Arc<AtomicU64>,
+    heartbeat_proxy: Arc<HeartbeatProxy>,
 }
 
 impl ReplicaInbox {
     /// `let due = replica.tick_due(); let address = runtime.spawn_actor(replica, ..);`
     /// then `router.register(group, Arc::new(ReplicaInbox::new(address, due)))`.
-    pub fn new(address: Addr<ReplicatedPartition>, tick_due_ms: Arc<AtomicU64>) -> Self {
+    pub fn new(address: Addr<ReplicatedPartition>, shared: ReplicaShared) -> Self {
         ReplicaInbox {
             address,
-            tick_due_ms,
+            tick_due_ms: shared.tick_due_ms,
+            heartbeat_proxy: shared.heartbeat_proxy,
         }
     }
 }
@@ -1267,9 +1303,123 @@ impl ReplicatedPartition {
         self.core.campaign_early(self.now_ms);
     }
 
-    /// Shared with the router's [`ReplicaInbox`]: when this replica next needs a tick.
-    pub fn tick_due(&self) -> Arc<AtomicU64> {
-        Arc::clone(&self.tick_due_ms)
+    /// Shared with the router's [`ReplicaInbox`]: when this replica next needs a tick, and
+    /// its heartbeat proxy.
+    pub fn tick_due(&self) -> ReplicaShared {
+        ReplicaShared {
+            tick_due_ms: Arc::clone(&self.tick_due_ms),
+            heartbeat_proxy: Arc::clone(&self.heartbeat_proxy),
+        }
+    }
+
+    /// Tell the proxy which heartbeats it may answer now (only when that changed).
+    fn publish_answerable(&mut self) {
+        let answerable = if self.broken || self.stopping.is_some() {
+            None
+        } else {
+            self.core.heartbeat_answerable()
+        };
+        if answerable != self.proxy_published {
+            self.proxy_published = answerable;
+            self.heartbeat_proxy.publish(answerable);
+        }
+    }
+}
+
+/// What a replica shares with its [`ReplicaInbox`] (from [`ReplicatedPartition::tick_due`]).
+#[derive(Clone, Debug)]
+pub struct ReplicaShared {
+    tick_due_ms: Arc<AtomicU64>,
+    heartbeat_proxy: Arc<HeartbeatProxy>,
+}
+
+/// Answers a follower's idle heartbeats on the node, without waking its actor.
+///
+/// An idle group's leader heartbeats each follower a few times per election timeout, and nearly
+/// every heartbeat tells the follower nothing new: same leader, same term, a commit index it
+/// has. Raft's answer to such a heartbeat is `HeartbeatResponse { term }`, and its only other
+/// effect is to restart the follower's election deadline and leader lease from that moment.
+/// So the node answers it here, at once, and keeps the moment; the replica takes it in at its
+/// next step (`ReplicaInput::LeaderContact`, before any other input, so a vote request is
+/// judged with the lease it would have had), and the ticker does not wake the replica before
+/// an election timeout after the latest such heartbeat (its election deadline cannot come
+/// sooner). A follower of a healthy idle leader then never wakes; when the heartbeats stop,
+/// it wakes an election timeout after the last one, takes the contact in, and campaigns at
+/// the same randomised deadline as if it had heard every heartbeat itself.
+///
+/// What it may answer is published by the actor after every step that changed it
+/// (`Raft::heartbeat_answerable`: follower of a known leader, with its term and commit
+/// index); anything else (another term or sender, a newer commit index, a candidate, a
+/// leader, a stopped or broken replica) goes to the actor as before. A heartbeat answered on
+/// a view one step old is answered as the core would have answered it one step earlier:
+/// Raft tolerates that reordering, and the core ignores the contact if its term or leader
+/// changed meanwhile.
+#[derive(Debug)]
+pub struct HeartbeatProxy {
+    group: GroupId,
+    outbox: Arc<dyn PeerOutbox>,
+    election_timeout_ms: u64,
+    /// The replica's tick due time (shared with the ticker).
+    tick_due_ms: Arc<AtomicU64>,
+    state: Mutex<ProxyState>,
+}
+
+#[derive(Debug, Default)]
+struct ProxyState {
+    /// (leader, term, commit index): heartbeats this replica lets the node answer.
+    answerable: Option<(NodeId, Term, Index)>,
+    /// The latest heartbeat answered here and not yet taken in: (leader, term, at ms).
+    contact: Option<(NodeId, Term, u64)>,
+}
+
+impl HeartbeatProxy {
+    fn lock(&self) -> MutexGuard<'_, ProxyState> {
+        // Every update is one assignment: a poisoned lock is still consistent.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The actor's view changed.
+    fn publish(&self, answerable: Option<(NodeId, Term, Index)>) {
+        self.lock().answerable = answerable;
+    }
+
+    /// The actor takes the contact the node kept for it.
+    fn take_contact(&self) -> Option<(NodeId, Term, u64)> {
+        self.lock().contact.take()
+    }
+
+    /// A heartbeat from `from`: answered here (`true`) when it tells the follower nothing
+    /// new, else left for the actor.
+    fn answer(&self, from: NodeId, term: Term, commit_index: Index, now_ms: u64) -> bool {
+        {
+            let mut state = self.lock();
+            let Some((leader, current_term, commit)) = state.answerable else {
+                return false;
+            };
+            if leader != from || current_term != term || commit_index > commit {
+                return false;
+            }
+            let at_ms = match state.contact {
+                Some((_, _, earlier_ms)) => earlier_ms.max(now_ms),
+                None => now_ms,
+            };
+            state.contact = Some((leader, term, at_ms));
+            // Under the lock: the actor publishes a changed view before it stores its own due
+            // time, so a leader's or candidate's due time is never pushed out by this.
+            self.tick_due_ms.fetch_max(
+                at_ms.saturating_add(self.election_timeout_ms),
+                Ordering::AcqRel,
+            );
+        }
+        self.outbox.send(
+            from,
+            self.group.clone(),
+            RaftMessage::HeartbeatResponse { term },
+            Vec::new(),
+        );
+        true
     }
 }
 
@@ -1284,6 +1434,18 @@ impl GroupInbox for ReplicaInbox {
 
     fn tick_due_ms(&self) -> u64 {
         self.tick_due_ms.load(Ordering::Acquire)
+    }
+
+    fn tick_due_cell(&self) -> Option<Arc<AtomicU64>> {
+        Some(Arc::clone(&self.tick_due_ms))
+    }
+
+    fn answer_heartbeat(&self, from: NodeId, term: Term, commit_index: Index, now_ms: u64) -> bool {
+        // A replica whose actor is gone answers nothing.
+        !self.address.is_closed()
+            && self
+                .heartbeat_proxy
+                .answer(from, term, commit_index, now_ms)
     }
 }
 

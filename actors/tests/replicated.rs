@@ -19,7 +19,8 @@ use brook_actors::partition::{
 use brook_actors::peer_router::{partition_group, GroupInbox, PeerOutbox, PeerRouter};
 use brook_actors::replica::{ReplicaConfig, ReplicaPlantedBug, LOG_DIRECTORY};
 use brook_actors::replicated::{
-    LeaderObserver, ReplicaMessage, ReplicatedPartition, ReplicatedPartitionConfig, NO_LEADER,
+    LeaderObserver, ReplicaInbox, ReplicaMessage, ReplicatedPartition, ReplicatedPartitionConfig,
+    NO_LEADER,
 };
 use brook_actors::runtime::{reply_pair, Addr, Duration, PendingReply, Runtime, TaskHandle};
 use brook_raft::{Config, NodeId, PlantedBug};
@@ -111,11 +112,13 @@ impl Network {
     }
 }
 
-/// One node's outbox: delivers straight into the destination node's router.
+/// One node's outbox: delivers straight into the destination node's router (as the peer
+/// network's reader does: followers' idle heartbeats are answered by the router's inbox).
 #[derive(Debug)]
 struct Outbox {
     from: NodeId,
     network: Arc<Network>,
+    runtime: Runtime,
 }
 
 impl PeerOutbox for Outbox {
@@ -141,7 +144,8 @@ impl PeerOutbox for Outbox {
             .cloned();
         if let Some(router) = router {
             // An unknown group (a stopped replica) or a full mailbox drops the message.
-            let _ = router.deliver(self.from, group, message, batches);
+            let now_ms = u64::try_from(self.runtime.wall_clock_ms()).unwrap_or(0);
+            let _ = router.deliver_many(self.from, now_ms, vec![(group, message, batches)]);
         }
     }
 }
@@ -271,8 +275,10 @@ impl Cluster {
                 ticker_runtime
                     .sleep(Duration::from_millis(HEARTBEAT_MS))
                     .await;
+                // As the node's ticker: groups whose tick is not due are skipped.
+                let now_ms = u64::try_from(ticker_runtime.wall_clock_ms()).unwrap_or(0);
                 for router in network.routers() {
-                    router.tick_all();
+                    router.tick_due(now_ms);
                 }
             }
         });
@@ -288,6 +294,7 @@ impl Cluster {
         let outbox = Arc::new(Outbox {
             from: id,
             network: self.network.clone(),
+            runtime: self.runtime.clone(),
         });
         let node = &self.nodes[&id];
         let actor = ReplicatedPartition::open(
@@ -299,10 +306,11 @@ impl Cluster {
         )
         .expect("replica opens");
         let hint = actor.leader_hint();
+        let shared = actor.tick_due();
         let address = self.runtime.spawn_actor(actor, 256);
         self.router(id).register(
             self.group.clone(),
-            Arc::new(address.clone()) as Arc<dyn GroupInbox>,
+            Arc::new(ReplicaInbox::new(address.clone(), shared)) as Arc<dyn GroupInbox>,
         );
         let node = self.nodes.get_mut(&id).expect("node");
         node.address = Some(address);
@@ -754,6 +762,36 @@ async fn stop_scenario(bugs: Bugs) -> Result<(), Violation> {
     check(rejoined, "rejoins-as-follower", || {
         format!("node {leader} did not follow node {next} up to {target}")
     })?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// An idle group keeps its leader and term: its followers' heartbeats are answered by their
+/// nodes' routers (the followers' actors take the contact in when they next wake, and the
+/// ticker skips them meanwhile), which must keep them from campaigning and the leader's
+/// check-quorum satisfied; a produce afterwards commits as usual.
+async fn idle_scenario(bugs: Bugs) -> Result<(), Violation> {
+    let cluster = Cluster::start(bugs).await;
+    let leader = cluster.wait_for_leader(&NODES).await?;
+    cluster
+        .produce(leader, batch_of(&["first"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
+    let term = cluster.report(leader).await.leader_term;
+    // Ten election timeouts of silence.
+    cluster.pause(10 * ELECTION_TIMEOUT_MS).await;
+    for id in NODES {
+        let report = cluster.report(id).await;
+        check(
+            report.leader == u32::try_from(leader).ok() && report.leader_term == term,
+            "idle-group-keeps-its-leader",
+            || format!("node {id} reports {report:?}; leader {leader} of term {term} before"),
+        )?;
+    }
+    cluster
+        .produce(leader, batch_of(&["after"]), Acks::All)
+        .await
+        .map_err(|error| violation("acks-all-produced", error.to_string()))?;
     cluster.shutdown().await;
     Ok(())
 }
@@ -1539,6 +1577,11 @@ async fn a_new_leader_reports_no_high_watermark_before_its_first_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_leader_transfers_leadership_and_keeps_acknowledged_records() {
     expect_clean(stop_scenario(Bugs::default()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_group_keeps_its_leader_while_nodes_answer_its_followers_heartbeats() {
+    expect_clean(idle_scenario(Bugs::default()).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,8 +27,8 @@
 //!   per peer per tick, whatever the number of groups.
 //! - **Incoming**: the reader decodes frames (size capped by
 //!   [`PeerNetworkConfig::frame_bytes_max`]), splits coalesced ones per group, notes the peer
-//!   as heard from ([`PeerRouter::heard_from`]) and delivers each message
-//!   ([`PeerRouter::deliver`]). A message for a group this node does not host is counted and
+//!   as heard from ([`PeerRouter::heard_from`]) and delivers the frame's messages
+//!   ([`PeerRouter::deliver_many`]: one router lock per frame). A message for a group this node does not host is counted and
 //!   logged (the first, then every [`PeerNetworkConfig::log_every`]-th); a bad frame drops the
 //!   connection (the stream cannot be resynchronised), the frame itself unapplied.
 //! - **Liveness**: a writer with nothing to send for
@@ -50,7 +50,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use brook_actors::heartbeats::{coalesce, split};
-use brook_actors::peer_router::{PeerOutbox, PeerRouter, RouteError};
+use brook_actors::peer_router::{GroupKey, PeerOutbox, PeerRouter, RouteError};
 use brook_actors::replica::PeerSend;
 use brook_actors::runtime::{Duration, Runtime, TaskHandle};
 use brook_raft::NodeId;
@@ -242,11 +242,11 @@ struct Link {
 }
 
 /// Per group: the newest heartbeat `(term, commit index)` and heartbeat answer (term) not yet
-/// written.
+/// written (keyed in [`GroupKey`] order: cheaper to compare).
 #[derive(Debug, Default)]
 struct HeartbeatSlots {
-    heartbeats: BTreeMap<GroupId, (u64, u64)>,
-    responses: BTreeMap<GroupId, u64>,
+    heartbeats: BTreeMap<GroupKey, (u64, u64)>,
+    responses: BTreeMap<GroupKey, u64>,
 }
 
 impl HeartbeatSlots {
@@ -256,11 +256,11 @@ impl HeartbeatSlots {
 
     /// Every pending slot as sends to `to`, emptying them.
     fn take(&mut self, to: NodeId, sends: &mut Vec<Queued>) {
-        for (group, (term, commit_index)) in std::mem::take(&mut self.heartbeats) {
+        for (GroupKey(group), (term, commit_index)) in std::mem::take(&mut self.heartbeats) {
             let message = RaftMessage::Heartbeat { term, commit_index };
             sends.push((group, peer_send(to, message)));
         }
-        for (group, term) in std::mem::take(&mut self.responses) {
+        for (GroupKey(group), term) in std::mem::take(&mut self.responses) {
             let message = RaftMessage::HeartbeatResponse { term };
             sends.push((group, peer_send(to, message)));
         }
@@ -480,6 +480,7 @@ impl PeerOutbox for PeerNetwork {
             _ => None,
         };
         if let Some((heartbeat, response)) = slot {
+            let group = GroupKey(group);
             let mut slots = link.lock_heartbeats();
             let (present, full) = match (heartbeat, response) {
                 (Some(_), _) => (
@@ -773,11 +774,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
             let now_ms = u64::try_from(inner.runtime.wall_clock_ms()).unwrap_or(0);
             inner.router.heard_from(peer, now_ms);
-            for (group, message, batches) in split(message, batches) {
-                add(&counters.messages_received, 1);
-                match inner.router.deliver(peer, group, message, batches) {
-                    Ok(()) => {}
-                    Err(RouteError::UnknownGroup { group }) => {
+            let messages = split(message, batches);
+            add(&counters.messages_received, messages.len() as u64);
+            for refused in inner.router.deliver_many(peer, now_ms, messages) {
+                match refused {
+                    RouteError::UnknownGroup { group } => {
                         let count = add(&counters.unknown_group_messages, 1);
                         if should_log(count, inner.config.log_every) {
                             tracing::warn!(
@@ -788,7 +789,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                             );
                         }
                     }
-                    Err(RouteError::Busy { group }) => {
+                    RouteError::Busy { group } => {
                         let count = add(&counters.busy_group_messages, 1);
                         if should_log(count, inner.config.log_every) {
                             tracing::debug!(

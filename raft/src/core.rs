@@ -108,6 +108,17 @@ pub enum Input<P> {
     TransferLeadership { to: NodeId },
     /// Retention removed entries below `log_start_index` (only committed entries may go).
     LogStartAdvanced { log_start_index: Index },
+    /// Follower: the host answered a heartbeat of `leader` at `term` on this node's behalf at
+    /// `at_ms` (a heartbeat that told nothing new: a commit index this follower had; see
+    /// [`Raft::heartbeat_answerable`]). The core takes it as contact with its leader, as if it
+    /// had received the heartbeat then: the election deadline and the leader lease restart
+    /// from `at_ms`. Ignored unless this node still follows `leader` in `term` (the host's view
+    /// may be a step behind) and `at_ms` is newer than the last contact. Emits nothing.
+    LeaderContact {
+        leader: NodeId,
+        term: Term,
+        at_ms: u64,
+    },
 }
 
 /// What the core asks of the host, in order.
@@ -350,6 +361,19 @@ impl Raft {
     pub fn role(&self) -> Role {
         self.role
     }
+    /// Follower: the `(leader, term, commit index)` under which a heartbeat may be answered
+    /// by the host without this core (its answer is `HeartbeatResponse { term }`, and the
+    /// host reports the contact later with [`Input::LeaderContact`]): a heartbeat from that
+    /// leader in that term whose commit index is at most this one changes nothing here but
+    /// the contact time. `None` when not a follower of a known leader.
+    pub fn heartbeat_answerable(&self) -> Option<(NodeId, Term, Index)> {
+        match (self.role, self.leader) {
+            (Role::Follower, Some(leader)) => {
+                Some((leader, self.hard_state.term, self.commit_index))
+            }
+            _ => None,
+        }
+    }
     pub fn term(&self) -> Term {
         self.hard_state.term
     }
@@ -409,6 +433,24 @@ impl Raft {
             Input::Propose(payloads) => self.propose(payloads, &mut out)?,
             Input::Persisted { index, term } => self.persisted(index, term, &mut out),
             Input::TransferLeadership { to } => self.transfer_leadership(now_ms, to, &mut out)?,
+            Input::LeaderContact {
+                leader,
+                term,
+                at_ms,
+            } => {
+                let newer = self
+                    .leader_contact_ms
+                    .map_or(true, |contact| at_ms > contact);
+                if self.role == Role::Follower
+                    && self.leader == Some(leader)
+                    && self.hard_state.term == term
+                    && at_ms <= now_ms
+                    && newer
+                {
+                    self.leader_contact_ms = Some(at_ms);
+                    self.reset_election_deadline(at_ms);
+                }
+            }
             Input::LogStartAdvanced { log_start_index } => {
                 if log_start_index > self.commit_index + 1 {
                     return Err(RaftError::LogStartAboveCommit {

@@ -1276,6 +1276,66 @@ fn an_idle_leader_heartbeats_a_few_times_per_election_timeout_and_keeps_its_foll
     Ok(())
 }
 
+#[test]
+fn followers_whose_hosts_answer_idle_heartbeats_keep_their_leader_and_campaign_after_it_dies(
+) -> Outcome {
+    let mut cluster = Cluster::new(3, config(None), 21);
+    cluster.host_answers_heartbeats = true;
+    cluster.elect(1)?;
+    let term = cluster.raft(1).term();
+    let interval = cluster.config.heartbeat_interval_ms;
+    let election_timeout = cluster.config.election_timeout_ms;
+    // 10 s idle: every heartbeat is answered by the followers' hosts, the cores take the
+    // contacts in at their ticks, nobody campaigns and check-quorum keeps the leader.
+    for _ in 0..100 {
+        cluster.tick_all(interval)?;
+        cluster.deliver_all()?;
+        cluster.flush_all()?;
+        cluster.deliver_all()?;
+        assert_eq!(cluster.leaders_now(), vec![1], "{}", cluster.describe());
+    }
+    assert_eq!(cluster.raft(1).term(), term);
+    assert!(
+        cluster.heartbeats_answered_by_hosts >= 30,
+        "{} heartbeats answered by hosts",
+        cluster.heartbeats_answered_by_hosts
+    );
+    // A contact for another term or leader is ignored.
+    let now_ms = cluster.now_ms;
+    let due_before = cluster.raft(2).tick_due_ms();
+    for (leader, contact_term) in [(3, term), (1, term + 1)] {
+        let input = Input::LeaderContact {
+            leader,
+            term: contact_term,
+            at_ms: now_ms,
+        };
+        cluster.step(2, input)?.ok();
+    }
+    assert_eq!(cluster.raft(2).tick_due_ms(), due_before);
+    // The leader dies: a new one is elected between one and two election timeouts (plus the
+    // rounds of the election) after the last heartbeat its followers' hosts answered.
+    cluster.isolate(1);
+    let died_ms = cluster.now_ms;
+    let mut new_leader_ms = None;
+    for _ in 0..100 {
+        cluster.tick_all(interval)?;
+        cluster.deliver_all()?;
+        cluster.flush_all()?;
+        cluster.deliver_all()?;
+        if cluster.leaders_now().iter().any(|leader| *leader != 1) {
+            new_leader_ms = Some(cluster.now_ms);
+            break;
+        }
+    }
+    let elected_after_ms = new_leader_ms.expect("a new leader") - died_ms;
+    assert!(
+        elected_after_ms >= election_timeout - interval
+            && elected_after_ms <= 2 * election_timeout + 2 * interval,
+        "elected {elected_after_ms} ms after the leader died"
+    );
+    Ok(())
+}
+
 /// The first leader of a fresh group whose replica `preferred` (if any) was told to campaign
 /// early; ticks every heartbeat interval, every message delivered at once.
 fn first_leader(seed: u64, preferred: Option<NodeId>) -> Result<NodeId, Violation> {

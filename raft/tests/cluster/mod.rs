@@ -136,6 +136,14 @@ pub struct Cluster {
     pub truncations: u64,
     /// Followers restarted at a leader's log start.
     pub log_resets: u64,
+    /// Heartbeats a follower can let its host answer (`Raft::heartbeat_answerable`) are
+    /// answered by the harness, as brook's node does, and the contact is fed to the core
+    /// (`Input::LeaderContact`) before its next input.
+    pub host_answers_heartbeats: bool,
+    /// Per node: the latest contact the host answered for and the core has not taken in.
+    pub pending_contacts: BTreeMap<NodeId, (NodeId, Term, u64)>,
+    /// Heartbeats answered by hosts so far.
+    pub heartbeats_answered_by_hosts: u64,
     seed: u64,
     restarts: u64,
 }
@@ -183,6 +191,9 @@ impl Cluster {
             next_payload: 1,
             truncations: 0,
             log_resets: 0,
+            host_answers_heartbeats: false,
+            pending_contacts: BTreeMap::new(),
+            heartbeats_answered_by_hosts: 0,
             seed,
             restarts: 0,
         }
@@ -215,6 +226,18 @@ impl Cluster {
         input: Input<u64>,
     ) -> Result<Result<(), RaftError>, Violation> {
         let now_ms = self.now_ms;
+        if let Some((leader, term, at_ms)) = self.pending_contacts.remove(&id) {
+            let host = self.hosts.get_mut(&id).expect("known node");
+            let input: Input<u64> = Input::LeaderContact {
+                leader,
+                term,
+                at_ms,
+            };
+            match host.raft.step(now_ms, input) {
+                Ok(effects) if effects.is_empty() => {}
+                other => panic!("a leader contact must emit nothing: {other:?}"),
+            }
+        }
         let host = self.hosts.get_mut(&id).expect("known node");
         // A tick before it is due must be a no-op (the node ticker skips those).
         let early_tick = matches!(input, Input::Tick) && now_ms < host.raft.tick_due_ms();
@@ -407,6 +430,26 @@ impl Cluster {
         if self.cut_links.contains(&(from, to)) {
             return Ok(());
         }
+        if self.host_answers_heartbeats {
+            if let Message::Heartbeat(heartbeat) = &message {
+                let answerable = self.hosts[&to].raft.heartbeat_answerable();
+                if let Some((leader, term, commit_index)) = answerable {
+                    if leader == from
+                        && term == heartbeat.term
+                        && heartbeat.commit_index <= commit_index
+                    {
+                        let at_ms = match self.pending_contacts.get(&to) {
+                            Some((_, _, earlier_ms)) => (*earlier_ms).max(self.now_ms),
+                            None => self.now_ms,
+                        };
+                        self.pending_contacts.insert(to, (leader, term, at_ms));
+                        self.heartbeats_answered_by_hosts += 1;
+                        self.send(to, from, Message::HeartbeatResponse { term });
+                        return Ok(());
+                    }
+                }
+            }
+        }
         self.step(to, Input::Message { from, message })?.ok();
         Ok(())
     }
@@ -481,6 +524,8 @@ impl Cluster {
         self.restarts += 1;
         let voters: BTreeSet<NodeId> = self.hosts.keys().copied().collect();
         let seed = self.seed ^ (self.restarts << 32) ^ id;
+        // What the host kept for the core is gone with the process.
+        self.pending_contacts.remove(&id);
         let now_ms = self.now_ms;
         let config = self.config.clone();
         let host = self.hosts.get_mut(&id).expect("known node");
