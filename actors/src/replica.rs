@@ -1477,6 +1477,9 @@ impl ReplicaCore {
         out: &mut ReplicaOutput,
     ) -> Result<(), ReplicaError> {
         let mut effects = effects.into_iter().peekable();
+        // Followers whose append was cut short in this list: the last entry sent to each.
+        // The core pipelined its later appends to them after entries never sent, so they go.
+        let mut cut_short: BTreeMap<NodeId, Index> = BTreeMap::new();
         while let Some(effect) = effects.next() {
             match effect {
                 Effect::PersistHardState(hard_state) => {
@@ -1537,8 +1540,14 @@ impl ReplicaCore {
                     header,
                     last_index,
                 } => {
+                    if cut_short
+                        .get(&to)
+                        .is_some_and(|last_sent| header.prev_index > *last_sent)
+                    {
+                        continue;
+                    }
                     // An append that would not fit one peer frame is cut short: the follower
-                    // acknowledges what it got and the leader sends the rest next.
+                    // acknowledges what it got, and the core, told, sends the rest next.
                     let batches = match self.read_entries(
                         header.prev_index + 1,
                         last_index,
@@ -1560,6 +1569,11 @@ impl ReplicaCore {
                         }
                         Err(error) => return Err(error),
                     };
+                    let last_sent = header.prev_index + batches.len() as Index;
+                    if last_sent < last_index {
+                        self.raft.append_cut_short(to, last_index, last_sent);
+                        cut_short.insert(to, last_sent);
+                    }
                     out.messages.push(PeerSend {
                         to,
                         message: RaftMessage::Append(peer::AppendEntries {

@@ -341,6 +341,41 @@ impl Raft {
         }
     }
 
+    /// The host sent the append to `peer` that [`Effect::SendAppend`] asked to reach
+    /// `last_index` only up to `last_sent` (the entries did not fit one message). Without this
+    /// notice the core would count `last_index` as in flight and pipeline the next append
+    /// after it, which the follower must refuse (it lacks the entries in between), costing a
+    /// refusal, a probe and a resend of everything past `last_sent`. Only the leader's view of
+    /// what is in flight changes: the append the host did not send and the appends after it in
+    /// the same effect list (the host drops those too) are forgotten, and replication goes on
+    /// after `last_sent`. Match indexes, and so commitment, are untouched. A notice that does
+    /// not match an append in flight (a probe, a stale notice) changes nothing.
+    pub fn append_cut_short(&mut self, peer: NodeId, last_index: Index, last_sent: Index) {
+        if self.role != Role::Leader || last_sent >= last_index {
+            return;
+        }
+        let Some(progress) = self.progress.get_mut(&peer) else {
+            return;
+        };
+        if progress.replication != Replication::Replicate
+            || !progress.in_flight.contains(&last_index)
+        {
+            return;
+        }
+        progress
+            .in_flight
+            .retain(|in_flight_last| *in_flight_last < last_index);
+        if last_sent > progress.match_index
+            && progress
+                .in_flight
+                .back()
+                .map_or(true, |last| *last < last_sent)
+        {
+            progress.in_flight.push_back(last_sent);
+        }
+        progress.next_index = (last_sent + 1).max(progress.match_index + 1);
+    }
+
     /// The earliest time (ms) at which an [`Input::Tick`] can do anything: a follower's or
     /// candidate's election deadline; a leader's next heartbeat, check-quorum or transfer
     /// give-up. A tick before it changes nothing and emits nothing, so a host with many groups

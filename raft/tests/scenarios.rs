@@ -840,6 +840,41 @@ fn pipelining_is_bounded_per_follower() -> Outcome {
     Ok(())
 }
 
+/// A host whose frame holds fewer entries than the core asked for cuts the append short and
+/// tells the core (`Raft::append_cut_short`), which continues after what was sent. Without
+/// the notice the core pipelines its next append after entries the follower never got: the
+/// follower refuses it, the leader probes and sends everything again.
+#[test]
+fn an_append_the_host_cut_short_is_continued_after_what_was_sent() -> Outcome {
+    let config = Config {
+        in_flight_appends_max: 4,
+        entries_per_append_max: 8,
+        ..Config::default()
+    };
+    let mut cluster = Cluster::new(3, config, 5);
+    cluster.host_entries_per_append_max = Some(3);
+    cluster.elect(1)?;
+    cluster.run_until(10, |cluster| cluster.raft(2).commit_index() == 1)?;
+    let mut last = 0;
+    for _ in 0..10 {
+        // Batches of 20: every append the core asks for is longer than the host sends.
+        let batch: Vec<u64> = (0..20).map(|n| 10_000 + last * 100 + n).collect();
+        cluster.step(1, Input::Propose(batch))?.expect("leader");
+        last = cluster.propose(1)?.expect("leader");
+        cluster.flush_all()?;
+        cluster.deliver_all()?;
+    }
+    let rounds = cluster.run_until(200, |cluster| committed_everywhere(cluster, last))?;
+    assert!(rounds.is_some(), "{}", cluster.describe());
+    assert!(
+        cluster.appends_cut_short >= 10,
+        "{}",
+        cluster.appends_cut_short
+    );
+    assert_eq!(cluster.append_refusals, 0, "{}", cluster.describe());
+    Ok(())
+}
+
 /// A follower that lost entries it had acknowledged (a replica cutting a batch damaged at rest
 /// from its log, with everything after it) refuses appends at or below the match index the
 /// leader holds for it. The leader must take its match index back down and resend from what

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use brook_raft::{
-    Config, Effect, Entry, HardState, Index, Input, LogTerms, Message, NodeId, Payload, Raft,
-    RaftError, Recovered, Role, Term, TermStart,
+    AppendOutcome, AppendResponse, Config, Effect, Entry, HardState, Index, Input, LogTerms,
+    Message, NodeId, Payload, Raft, RaftError, Recovered, Role, Term, TermStart,
 };
 
 /// A broken safety property, with what shows it.
@@ -144,6 +144,16 @@ pub struct Cluster {
     pub pending_contacts: BTreeMap<NodeId, (NodeId, Term, u64)>,
     /// Heartbeats answered by hosts so far.
     pub heartbeats_answered_by_hosts: u64,
+    /// Entries the host puts in one append at most (`None`: all it is asked for). Like a
+    /// node's frame limit: a longer append is cut short and the core told
+    /// (`Raft::append_cut_short`); the appends the core pipelined after it in the same step go.
+    pub host_entries_per_append_max: Option<u64>,
+    /// Appends the hosts cut short.
+    pub appends_cut_short: u64,
+    /// Append refusals sent by followers.
+    pub append_refusals: u64,
+    /// Within one step: the last entry sent to each follower whose append was cut short.
+    cut_short: BTreeMap<NodeId, Index>,
     seed: u64,
     restarts: u64,
 }
@@ -194,6 +204,10 @@ impl Cluster {
             host_answers_heartbeats: false,
             pending_contacts: BTreeMap::new(),
             heartbeats_answered_by_hosts: 0,
+            host_entries_per_append_max: None,
+            appends_cut_short: 0,
+            append_refusals: 0,
+            cut_short: BTreeMap::new(),
             seed,
             restarts: 0,
         }
@@ -275,6 +289,7 @@ impl Cluster {
                 });
             }
         }
+        self.cut_short.clear();
         for effect in effects {
             self.execute(id, effect)?;
         }
@@ -318,7 +333,24 @@ impl Cluster {
                 header,
                 last_index,
             } => {
-                let entries = (header.prev_index + 1..=last_index)
+                if self
+                    .cut_short
+                    .get(&to)
+                    .is_some_and(|last_sent| header.prev_index > *last_sent)
+                {
+                    return Ok(());
+                }
+                let last_sent = match self.host_entries_per_append_max {
+                    Some(max) if last_index > header.prev_index + max => {
+                        let last_sent = header.prev_index + max;
+                        host.raft.append_cut_short(to, last_index, last_sent);
+                        self.cut_short.insert(to, last_sent);
+                        self.appends_cut_short += 1;
+                        last_sent
+                    }
+                    _ => last_index,
+                };
+                let entries = (header.prev_index + 1..=last_sent)
                     .map(|index| {
                         host.entry(index)
                             .cloned()
@@ -375,6 +407,13 @@ impl Cluster {
     }
 
     fn send(&mut self, from: NodeId, to: NodeId, message: Message<u64>) {
+        if let Message::AppendResponse(AppendResponse {
+            outcome: AppendOutcome::Rejected { .. },
+            ..
+        }) = &message
+        {
+            self.append_refusals += 1;
+        }
         if self.cut_links.contains(&(from, to)) {
             return;
         }
