@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step prints the wall clock and the seconds since the script started (where CI time goes).
+started_at=$SECONDS
+step() { printf '\n==> [%s +%ds] %s\n' "$(date -u +%H:%M:%S)" "$((SECONDS - started_at))" "$*"; }
 
 # Packages whose tests have a simulated (--cfg madsim) variant.
 SIM_PACKAGES=(-p brook-runtime -p brook-actors -p brook-sim -p brook-client)
@@ -24,8 +26,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "clippy (simulated build)"
 "${SIM_ENV[@]}" cargo clippy "${SIM_PACKAGES[@]}" --all-targets -- -D warnings
 
-step "benches build"
-cargo bench --workspace --no-run
+step "benches build (unoptimised: that they build and link; \`cargo bench\` runs them optimised)"
+cargo test --workspace --benches --no-run
 
 step "fuzz targets build (stable; run them with cargo +nightly fuzz, see README)"
 cargo check --manifest-path fuzz/Cargo.toml --bins
@@ -121,3 +123,5 @@ target/debug/brook-jepsen run --nodes 3 --time-limit 45 --nemesis kill,pause,par
 # lost writes.
 target/debug/brook-jepsen run --nodes 3 --time-limit 45 --nemesis kill,partition \
   --leader-share 1 --acks 1 --expect-anomalies --seed 2 --report target/jepsen-runs/acks1
+
+step "all steps passed"

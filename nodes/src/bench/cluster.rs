@@ -31,6 +31,9 @@ const CREATE_PATIENCE: Duration = Duration::from_secs(60);
 /// How long every partition of the benchmark topic gets to elect a leader.
 const LEADERS_PATIENCE: Duration = Duration::from_secs(60);
 /// Pause between two retries of a creation or two looks at the leaders.
+/// Between the full-speed and the fixed-rate run: how long the replicas may take to hold
+/// the whole log.
+const CONVERGE_PATIENCE: Duration = Duration::from_secs(120);
 const RETRY_INTERVAL: Duration = Duration::from_millis(200);
 /// Longest wait for one describe of a topic while waiting for leaders (a describe asks every
 /// partition's leader, at most 5 s each, 64 at once: 1024 partitions of unresponsive leaders
@@ -135,6 +138,10 @@ pub struct SetupResult {
     /// together, and the client.
     pub nodes_cpu_us_per_record: f64,
     pub client_cpu_us_per_record: f64,
+    /// Between the two runs: until every replica held the whole log (every partition's
+    /// in-sync replicas are all its replicas and its high watermark is its log end), so the
+    /// fixed-rate run does not start while a follower still catches up from the full-speed one.
+    pub converge_secs: f64,
     /// At the fixed rate.
     pub fixed_rate: Report,
     pub logs: Vec<LogSummary>,
@@ -292,6 +299,8 @@ impl RunningSetup {
         args: &ClusterArgs,
         rate: f64,
     ) -> anyhow::Result<SetupResult> {
+        self.result.converge_secs =
+            wait_converged(runtime, &mut self.nodes, &self.topic, CONVERGE_PATIENCE).await?;
         let report = produce(
             runtime,
             args,
@@ -374,6 +383,7 @@ async fn run_setup(
             nodes: spec.nodes,
             replication_factor,
             startup_secs,
+            converge_secs: 0.0,
             nodes_cpu_us_per_record: per_record(throughput_node_cpu_secs.values().sum()),
             client_cpu_us_per_record: per_record(throughput_client_cpu_secs),
             throughput_node_cpu_secs,
@@ -384,6 +394,62 @@ async fn run_setup(
             logs: Vec::new(),
         },
     })
+}
+
+/// Wait until every partition of `topic` is held whole by all its replicas (in-sync replicas
+/// are all replicas: each follower's log matches the leader's to its end; the high watermark
+/// is the log end); returns the seconds it took. Fails after `patience`, naming what lagged.
+async fn wait_converged(
+    runtime: &Runtime,
+    nodes: &mut LocalNodes,
+    topic: &str,
+    patience: Duration,
+) -> anyhow::Result<f64> {
+    let started = runtime.now();
+    let deadline = started + patience;
+    let admin = Admin::connect(&nodes.bootstrap()).await?;
+    loop {
+        nodes.check_alive()?;
+        let lagging: Vec<String> = match runtime
+            .timeout(DESCRIBE_TIMEOUT, admin.describe_topic(topic))
+            .await
+        {
+            Ok(Ok(details)) => details
+                .partitions
+                .iter()
+                .filter(|partition| {
+                    let mut in_sync = partition.in_sync_replicas.clone();
+                    let mut replicas = partition.replicas.clone();
+                    in_sync.sort_unstable();
+                    replicas.sort_unstable();
+                    in_sync != replicas
+                        || partition.log_end_offset != Some(partition.high_watermark)
+                })
+                .map(|partition| {
+                    format!(
+                        "partition {}: in sync {:?} of {:?}, high watermark {}, log end {:?}",
+                        partition.partition,
+                        partition.in_sync_replicas,
+                        partition.replicas,
+                        partition.high_watermark,
+                        partition.log_end_offset
+                    )
+                })
+                .collect(),
+            Ok(Err(error)) => vec![format!("describe failed: {error}")],
+            Err(_) => vec![format!("describe took over {DESCRIBE_TIMEOUT:?}")],
+        };
+        if lagging.is_empty() {
+            return Ok(runtime.now().duration_since(started).as_secs_f64());
+        }
+        if runtime.now() >= deadline {
+            anyhow::bail!(
+                "topic {topic}: replicas not converged after {patience:?}: {}",
+                lagging.join("; ")
+            );
+        }
+        runtime.sleep(RETRY_INTERVAL).await;
+    }
 }
 
 /// Create a topic, retrying what a young cluster answers (no controller yet, not the
@@ -532,6 +598,10 @@ fn print_setup(name: &str, setup: &SetupResult) {
         throughput.p99_ms,
         throughput.p999_ms,
         setup.startup_secs,
+    );
+    println!(
+        "  {name}: every replica held the whole log {:.1} s after the full-speed run",
+        setup.converge_secs
     );
     println!(
         "  {name} at {:.1} records/sec: {} records, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms{}",
