@@ -16,7 +16,7 @@ use brook_actors::runtime::Runtime;
 use brook_node::{Broker, StartError};
 use brook_storage::FsDisk;
 use brook_wire::protocol::TopicDescription;
-use cluster_nodes::{free_port, node_config, start};
+use cluster_nodes::{free_ports, node_config, start};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -58,7 +58,7 @@ async fn three_nodes_form_a_cluster_replicate_topics_and_survive_a_restart() {
     let dirs: BTreeMap<u32, tempfile::TempDir> = (1..=3)
         .map(|id| (id, tempfile::tempdir().expect("temporary directory")))
         .collect();
-    let ports: BTreeMap<u32, u16> = (1..=3).map(|id| (id, free_port())).collect();
+    let ports: BTreeMap<u32, u16> = free_ports(3);
     let mut brokers = BTreeMap::new();
     for id in 1..=3 {
         brokers.insert(id, start(id, &ports, dirs[&id].path()).await);
@@ -144,7 +144,7 @@ async fn three_nodes_form_a_cluster_replicate_topics_and_survive_a_restart() {
 
     // A restart with a peer list that disagrees with the stored one is refused, naming it.
     let mut moved = ports.clone();
-    moved.insert(2, free_port());
+    moved.insert(2, free_ports(1)[&1]);
     let refused = Broker::start(
         node_config(3, &moved, dirs[&3].path()),
         Runtime::new(3),

@@ -15,7 +15,7 @@ use std::time::Duration;
 use brook_wire::batch::BatchBuilder;
 use brook_wire::protocol::{Acks, Request, Response, PROTOCOL_VERSION_CLUSTER};
 use brook_wire::ErrorCode;
-use cluster_nodes::{free_port, start};
+use cluster_nodes::{free_ports, start};
 use raw_client::Raw;
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -51,7 +51,7 @@ async fn non_controllers_and_non_leaders_name_where_to_go() {
     let dirs: BTreeMap<u32, tempfile::TempDir> = (1..=3)
         .map(|id| (id, tempfile::tempdir().expect("temporary directory")))
         .collect();
-    let ports: BTreeMap<u32, u16> = (1..=3).map(|id| (id, free_port())).collect();
+    let ports: BTreeMap<u32, u16> = free_ports(3);
     let mut brokers = Vec::new();
     for id in 1..=3 {
         brokers.push(start(id, &ports, dirs[&id].path()).await);

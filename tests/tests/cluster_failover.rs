@@ -126,9 +126,16 @@ impl Cluster {
     }
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
+/// Loopback ports free now, all distinct: the listeners are held until every port is chosen
+/// (ports picked one at a time can repeat once a listener is dropped).
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("address").port())
+        .collect()
 }
 
 fn tokio_runtime() -> tokio::runtime::Runtime {
@@ -242,7 +249,7 @@ impl Scenario {
         let data = (1..=NODES)
             .map(|id| (id, work.path().join(format!("node-{id}"))))
             .collect();
-        let ports = (1..=NODES).map(|id| (id, free_port())).collect();
+        let ports = (1..=NODES).zip(free_ports(NODES as usize)).collect();
         let mut cluster = Cluster {
             work,
             data,

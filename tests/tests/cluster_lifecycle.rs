@@ -10,7 +10,6 @@
 #![allow(clippy::disallowed_methods)] // real processes and the real clock: not simulated code
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,11 +32,16 @@ const COMPACTED_BYTES_BOUND: u64 = 8 * 1024;
 /// Bound of every wait for the cluster (election, replication, retention passes).
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port")
+/// Loopback ports free now, all distinct: the listeners are held until every port is chosen
+/// (ports picked one at a time can repeat once a listener is dropped).
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("address").port())
+        .collect()
 }
 
 fn cli(bootstrap: &str, args: &[&str], stdin: &[u8]) -> CliOutput {
@@ -88,7 +92,7 @@ fn segments(partition_dir: &Path) -> (u64, Option<u64>) {
 #[test]
 fn configs_retention_and_compaction_run_on_every_replica_of_a_three_node_cluster() {
     let work = work_dir();
-    let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+    let ports: Vec<u16> = free_ports(NODES as usize);
     let peers = ports
         .iter()
         .enumerate()

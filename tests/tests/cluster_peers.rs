@@ -9,7 +9,6 @@
 //! before it serves anything, naming what differs.
 #![allow(clippy::disallowed_methods)] // real processes and the real clock: not simulated code
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -19,12 +18,16 @@ use brook_e2e::{brook_binary, run_cli, wait_until, work_dir, Broker, CliOutput};
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(60);
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A loopback port that is free now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port")
+/// Loopback ports free now, all distinct: the listeners are held until every port is chosen
+/// (ports picked one at a time can repeat once a listener is dropped).
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("address").port())
+        .collect()
 }
 
 fn node_args(id: u32, port: u16, data_dir: &std::path::Path, peers: &str) -> Vec<String> {
@@ -58,7 +61,7 @@ fn cluster_status(port: u16) -> CliOutput {
 #[test]
 fn a_node_whose_peers_disagree_with_the_cluster_refuses_to_start_and_says_why() {
     let work = work_dir();
-    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let ports = <[u16; 4]>::try_from(free_ports(4)).expect("four ports");
     let peers = format!(
         "1@127.0.0.1:{},2@127.0.0.1:{},3@127.0.0.1:{}",
         ports[0], ports[1], ports[2]

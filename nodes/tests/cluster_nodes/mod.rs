@@ -10,10 +10,16 @@ use brook_node::config::ClusterSection;
 use brook_node::{Broker, NodeConfig};
 use brook_storage::FsDisk;
 
-/// A loopback port free now (the OS picks it; a node binds it soon after).
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
+/// Node ids `1..=count` -> loopback ports free now, all distinct: the listeners are held until
+/// every port is chosen (ports picked one at a time can repeat once a listener is dropped).
+pub fn free_ports(count: u32) -> BTreeMap<u32, u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    (1..=count)
+        .zip(&listeners)
+        .map(|(id, listener)| (id, listener.local_addr().expect("address").port()))
+        .collect()
 }
 
 /// Node `id` of the cluster whose nodes listen on `ports` (node id -> port), with fast Raft
