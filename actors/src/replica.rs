@@ -2679,6 +2679,99 @@ mod tests {
             .expect("append response");
     }
 
+    /// An append the frame limit cuts short: the leader tells its core how far it sent
+    /// (`Raft::append_cut_short`), so the next append to that follower starts right after it.
+    /// Without the notice the core counted the unsent entries as in flight: it sent nothing
+    /// more until a heartbeat found no progress, or pipelined after entries the follower never
+    /// got, which the follower refused (and the leader probed, read and sent again).
+    #[test]
+    fn an_append_cut_short_by_the_frame_limit_is_continued_after_what_was_sent() {
+        let disk = brook_storage::SimDisk::new(11);
+        let (mut replica, now_ms) = leader_of_three(&disk);
+        let start_index = replica.last_index();
+        accept(&mut replica, now_ms, 2, start_index);
+        accept(&mut replica, now_ms, 3, start_index);
+        let appends_to_2 = |output: &ReplicaOutput| -> Vec<(Index, usize)> {
+            output
+                .messages
+                .iter()
+                .filter_map(|send| match &send.message {
+                    RaftMessage::Append(append) if send.to == 2 => {
+                        Some((append.prev_index, send.batches.len()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let produce = |replica: &mut ReplicaCore, request_id: u64, value: &[u8]| {
+            replica
+                .step(
+                    now_ms,
+                    ReplicaInput::Produce {
+                        request_id,
+                        batch: batch(value),
+                        acks: Acks::All,
+                    },
+                )
+                .expect("produce")
+        };
+        // Small entries fill the pipeline to node 2 (one append each, none answered)...
+        let mut small_sent = 0;
+        for request_id in 0..16 {
+            small_sent += appends_to_2(&produce(&mut replica, request_id, b"small")).len();
+        }
+        assert!(small_sent > 0 && small_sent < 16, "pipelined: {small_sent}");
+        // ... then four of a third of the frame limit each wait behind them.
+        let big = vec![7u8; APPEND_BYTES_MAX / 3];
+        for request_id in 16..20 {
+            let output = produce(&mut replica, request_id, &big);
+            assert!(appends_to_2(&output).is_empty(), "the pipeline is full");
+        }
+        // Node 2 acknowledges what it got: the rest goes in one append, cut short after two
+        // big entries (a third would not fit the frame).
+        let acknowledged = start_index + small_sent as Index;
+        let output = replica
+            .step(
+                now_ms,
+                ReplicaInput::Peer {
+                    from: 2,
+                    message: RaftMessage::AppendResponse(peer::AppendResponse {
+                        term: replica.term(),
+                        outcome: peer::AppendOutcome::Accepted {
+                            match_index: acknowledged,
+                        },
+                    }),
+                    batches: Vec::new(),
+                },
+            )
+            .expect("append response");
+        let small_left = 16 - small_sent;
+        assert_eq!(
+            appends_to_2(&output),
+            vec![(acknowledged, small_left + 2)],
+            "one append, cut short before the third big entry"
+        );
+        // Node 2 acknowledges that append: the next starts right after it.
+        let acknowledged = acknowledged + (small_left + 2) as Index;
+        let output = replica
+            .step(
+                now_ms,
+                ReplicaInput::Peer {
+                    from: 2,
+                    message: RaftMessage::AppendResponse(peer::AppendResponse {
+                        term: replica.term(),
+                        outcome: peer::AppendOutcome::Accepted {
+                            match_index: acknowledged,
+                        },
+                    }),
+                    batches: Vec::new(),
+                },
+            )
+            .expect("append response");
+        assert_eq!(appends_to_2(&output), vec![(acknowledged, 2)]);
+        assert_eq!(replica.last_index(), acknowledged + 2);
+    }
+
     /// A leader builds its followers' appends from the entries it just stored, kept in
     /// memory, without reading its log back; the bytes are the stored ones (offsets and term
     /// stamped). Committed entries are forgotten, the oldest too past the bound, and an append
