@@ -100,7 +100,7 @@ cargo sim --seeds 10 --cluster 3 --without-fault corrupt-at-rest --plant keep-di
 # the targeted fault --restart-after-vote (every partition replica restarts its Raft core from
 # disk right after granting a vote; outside the draw, fingerprints unchanged). Its control, the
 # same fault unplanted, passes in "replicated clusters" above.
-cargo sim --seeds 40 --cluster 3 --without-fault corrupt-at-rest --plant forget-vote --expect-found  # two-leaders, divergent-entry, divergent-prefix (seed 9; seeds 9 and 27 of 0..29 on main 712e46e)
+cargo sim --seeds 40 --cluster 3 --without-fault corrupt-at-rest --plant forget-vote --expect-found  # two-leaders, divergent-entry, divergent-prefix (seed 2 on main ebe5f0d; seed 9 on 712e46e)
 cargo sim --seeds 3 --cluster 3 --plant compact-drops-latest --expect-found  # divergent-prefix/compacted-away: a replica kept a key's oldest value
 
 step "tests (normal build)"
