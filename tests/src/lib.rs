@@ -469,6 +469,18 @@ pub fn work_dir() -> tempfile::TempDir {
         .expect("create a temporary directory")
 }
 
+/// Loopback ports free now, all distinct: the listeners are held until every port is chosen
+/// (ports picked one at a time can repeat once a listener is dropped).
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("address").port())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use brook_actors::runtime::{Runtime, TaskHandle};
 use brook_client::{
     Acks, Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, StartOffset,
 };
-use brook_e2e::{work_dir, Broker};
+use brook_e2e::{free_ports, work_dir, Broker};
 use brook_jepsen::queue::{self, QueueOptions};
 use brook_jepsen::{History, OpKind, Phase, PollRecord, SendAcks};
 use brook_wire::batch::split_batches;
@@ -124,18 +124,6 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join("\n")
     }
-}
-
-/// Loopback ports free now, all distinct: the listeners are held until every port is chosen
-/// (ports picked one at a time can repeat once a listener is dropped).
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().expect("address").port())
-        .collect()
 }
 
 fn tokio_runtime() -> tokio::runtime::Runtime {

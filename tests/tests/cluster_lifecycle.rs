@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use brook_e2e::{run_cli, wait_until, work_dir, Broker, CliOutput, CLI_TIMEOUT};
+use brook_e2e::{free_ports, run_cli, wait_until, work_dir, Broker, CliOutput, CLI_TIMEOUT};
 use serde_json::Value;
 
 const NODES: u32 = 3;
@@ -31,18 +31,6 @@ const TABLE_ROUNDS: usize = 40;
 const COMPACTED_BYTES_BOUND: u64 = 8 * 1024;
 /// Bound of every wait for the cluster (election, replication, retention passes).
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Loopback ports free now, all distinct: the listeners are held until every port is chosen
-/// (ports picked one at a time can repeat once a listener is dropped).
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().expect("address").port())
-        .collect()
-}
 
 fn cli(bootstrap: &str, args: &[&str], stdin: &[u8]) -> CliOutput {
     let mut all = vec!["-b", bootstrap];

@@ -12,23 +12,11 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use brook_e2e::{brook_binary, run_cli, wait_until, work_dir, Broker, CliOutput};
+use brook_e2e::{brook_binary, free_ports, run_cli, wait_until, work_dir, Broker, CliOutput};
 
 /// Bound of every wait for the cluster (start, election, the refusal).
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(60);
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Loopback ports free now, all distinct: the listeners are held until every port is chosen
-/// (ports picked one at a time can repeat once a listener is dropped).
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().expect("address").port())
-        .collect()
-}
 
 fn node_args(id: u32, port: u16, data_dir: &std::path::Path, peers: &str) -> Vec<String> {
     vec![
