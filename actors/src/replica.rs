@@ -2662,7 +2662,12 @@ mod tests {
         (replica, now_ms)
     }
 
-    fn accept(replica: &mut ReplicaCore, now_ms: u64, from: NodeId, match_index: Index) {
+    fn accept(
+        replica: &mut ReplicaCore,
+        now_ms: u64,
+        from: NodeId,
+        match_index: Index,
+    ) -> ReplicaOutput {
         let message = RaftMessage::AppendResponse(peer::AppendResponse {
             term: replica.term(),
             outcome: peer::AppendOutcome::Accepted { match_index },
@@ -2676,7 +2681,7 @@ mod tests {
                     batches: Vec::new(),
                 },
             )
-            .expect("append response");
+            .expect("append response")
     }
 
     /// An append the frame limit cuts short: the leader tells its core how far it sent
@@ -2730,21 +2735,7 @@ mod tests {
         // Node 2 acknowledges what it got: the rest goes in one append, cut short after two
         // big entries (a third would not fit the frame).
         let acknowledged = start_index + small_sent as Index;
-        let output = replica
-            .step(
-                now_ms,
-                ReplicaInput::Peer {
-                    from: 2,
-                    message: RaftMessage::AppendResponse(peer::AppendResponse {
-                        term: replica.term(),
-                        outcome: peer::AppendOutcome::Accepted {
-                            match_index: acknowledged,
-                        },
-                    }),
-                    batches: Vec::new(),
-                },
-            )
-            .expect("append response");
+        let output = accept(&mut replica, now_ms, 2, acknowledged);
         let small_left = 16 - small_sent;
         assert_eq!(
             appends_to_2(&output),
@@ -2753,21 +2744,7 @@ mod tests {
         );
         // Node 2 acknowledges that append: the next starts right after it.
         let acknowledged = acknowledged + (small_left + 2) as Index;
-        let output = replica
-            .step(
-                now_ms,
-                ReplicaInput::Peer {
-                    from: 2,
-                    message: RaftMessage::AppendResponse(peer::AppendResponse {
-                        term: replica.term(),
-                        outcome: peer::AppendOutcome::Accepted {
-                            match_index: acknowledged,
-                        },
-                    }),
-                    batches: Vec::new(),
-                },
-            )
-            .expect("append response");
+        let output = accept(&mut replica, now_ms, 2, acknowledged);
         assert_eq!(appends_to_2(&output), vec![(acknowledged, 2)]);
         assert_eq!(replica.last_index(), acknowledged + 2);
     }
