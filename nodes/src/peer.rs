@@ -24,7 +24,8 @@
 //!   the frames and flushes once. Woken by heartbeats alone it first waits
 //!   [`PeerNetworkConfig::heartbeat_linger`], so that the heartbeats every group emits on one
 //!   tick (each from its own actor, at slightly different moments) leave together: one frame
-//!   per peer per tick, whatever the number of groups.
+//!   per peer per tick, whatever the number of groups. Any other message ends the linger at
+//!   once and takes the heartbeats gathered so far along: replication never waits for it.
 //! - **Incoming**: the reader decodes frames (size capped by
 //!   [`PeerNetworkConfig::frame_bytes_max`]), splits coalesced ones per group, notes the peer
 //!   as heard from ([`PeerRouter::heard_from`]) and delivers the frame's messages
@@ -108,7 +109,8 @@ pub struct PeerNetworkConfig {
     /// Largest frame sent or accepted (header included). An append larger than this cannot be
     /// sent: the replicas must bound their appends below it.
     pub frame_bytes_max: usize,
-    /// How long a writer whose drain holds only heartbeats waits for more before writing.
+    /// How long a writer whose drain holds only heartbeats waits for more before writing (any
+    /// other message ends the wait at once).
     pub heartbeat_linger: Duration,
     /// First wait before dialling again after a failed or lost connection.
     pub reconnect_backoff_min: Duration,
@@ -969,8 +971,18 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         drain(link, queue, &mut sends, limit);
         if sends.is_empty() && !config.heartbeat_linger.is_zero() {
-            // Woken by heartbeats alone: let the rest of this tick's heartbeats arrive.
-            inner.runtime.sleep(config.heartbeat_linger).await;
+            // Woken by heartbeats alone: let the rest of this tick's heartbeats arrive, but
+            // only until another message comes. An append or its answer does not wait for
+            // the linger (on a busy link, every heartbeat round would otherwise hold up
+            // replication for the linger on each side); the heartbeats go with it.
+            let lingered = inner
+                .runtime
+                .timeout(config.heartbeat_linger, queue.recv())
+                .await;
+            if let Ok(Some(queued)) = lingered {
+                dequeued(link, &queued);
+                sends.push(queued);
+            }
             drain(link, queue, &mut sends, limit);
         }
         {

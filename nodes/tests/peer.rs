@@ -640,6 +640,78 @@ async fn heartbeats_of_one_tick_leave_as_one_frame_per_peer() {
     }
 }
 
+/// The heartbeat linger holds heartbeats only: an append queued while the writer lingers
+/// leaves at once, with the heartbeats gathered so far (not after the linger).
+#[tokio::test]
+async fn a_message_queued_while_heartbeats_linger_leaves_at_once() {
+    let runtime = Runtime::new(6);
+    // Far longer than the test waits: a message held for the linger times it out (and a
+    // silent link is not dropped and dialled again meanwhile, which would send it too).
+    let patient = PeerNetworkConfig {
+        idle_timeout: PATIENCE * 6,
+        ..test_config()
+    };
+    let lingering = PeerNetworkConfig {
+        heartbeat_linger: PATIENCE * 6,
+        ..patient.clone()
+    };
+    let (listener_1, address_1) = bind().await;
+    let (listener_2, address_2) = bind().await;
+    let peers: BTreeMap<u32, String> = [(1, address_1.to_string()), (2, address_2.to_string())]
+        .into_iter()
+        .collect();
+    let leader = start_node(&runtime, 1, peers.clone(), listener_1, lingering);
+    let follower = start_node(&runtime, 2, peers, listener_2, patient);
+    let ticking = Inbox::new(group(0), leader.network.clone(), vec![2]);
+    leader.router.register(group(0), ticking.clone());
+    let receiving = Inbox::new(group(0), follower.network.clone(), Vec::new());
+    follower.router.register(group(0), receiving.clone());
+    wait_until(&runtime, "the link up", || {
+        leader.network.counters().connections_established == 1
+            && follower.network.counters().connections_established == 1
+    })
+    .await;
+    // The tick's heartbeat wakes the leader's writer, which starts to linger.
+    assert_eq!(leader.router.tick_all(), 1);
+    runtime.sleep(Duration::from_millis(200)).await;
+    assert_eq!(receiving.count(), 0, "the heartbeat waits for the linger");
+    let append = RaftMessage::Append(AppendEntries {
+        term: 3,
+        prev_index: 0,
+        prev_term: 0,
+        commit_index: 0,
+        batch_count: 1,
+    });
+    let entries = vec![batch(b"now")];
+    leader
+        .network
+        .send(2, group(0), append.clone(), entries.clone());
+    wait_until(&runtime, "the append and the heartbeat delivered", || {
+        receiving.count() == 2
+    })
+    .await;
+    let mut received = receiving.received();
+    received.sort_by_key(|(_, message, _)| matches!(message, RaftMessage::Append(_)));
+    assert_eq!(
+        received,
+        vec![
+            (
+                1,
+                RaftMessage::Heartbeat {
+                    term: 3,
+                    commit_index: 7
+                },
+                Vec::new()
+            ),
+            (1, append, entries),
+        ]
+    );
+    for node in [&leader, &follower] {
+        assert_eq!(node.network.counters().connections_established, 1);
+        node.network.shutdown();
+    }
+}
+
 #[tokio::test]
 async fn a_full_queue_drops_instead_of_blocking() {
     const QUEUE: usize = 16;
