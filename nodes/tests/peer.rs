@@ -683,9 +683,7 @@ async fn a_message_queued_while_heartbeats_linger_leaves_at_once() {
         batch_count: 1,
     });
     let entries = vec![batch(b"now")];
-    leader
-        .network
-        .send(2, group(0), append.clone(), entries.clone());
+    leader.network.send(2, group(0), append, entries.clone());
     wait_until(&runtime, "the append and the heartbeat delivered", || {
         receiving.count() == 2
     })
