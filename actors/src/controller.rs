@@ -1172,6 +1172,10 @@ mod tests {
             self.faults.check(self.inner.path(), "truncate")?;
             self.inner.truncate(len)
         }
+        fn overwrite(&self, position: u64, data: &[u8]) -> Result<(), DiskError> {
+            self.faults.check(self.inner.path(), "overwrite")?;
+            self.inner.overwrite(position, data)
+        }
         fn sync(&self) -> Result<(), DiskError> {
             self.faults.check(self.inner.path(), "sync")?;
             self.inner.sync()

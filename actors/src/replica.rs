@@ -473,6 +473,9 @@ pub struct ReplicaCore {
     start_index: Index,
     /// A read for a follower hit a batch damaged at rest (see [`Self::take_read_damage`]).
     read_damage: bool,
+    /// The last sync could not raise the recovery point to what it synced (see
+    /// [`Self::acknowledgeable_offset`]): the next tick asks for another sync job.
+    recovery_point_lagging: bool,
     /// The batch of every index from `start_index` to the log end.
     spans: Vec<BatchSpan>,
     high_watermark: u64,
@@ -517,6 +520,13 @@ impl ReplicaCore {
         )?;
         // One batch = one entry: the cleaner must keep every batch (see "Compaction").
         log.set_batches_are_entries(true);
+        // Under `fsync = always` a replica of several voters acknowledges what a sync made
+        // durable. The recovery point keeps up with every sync, so a batch it may have
+        // acknowledged and that is damaged at rest is never cut as a torn tail (without the
+        // vote fence) at a later open; it acknowledges nothing above the recovery point.
+        log.set_recovery_point_each_sync(
+            config.voters.len() > 1 && matches!(config.log.fsync, FsyncPolicy::Always),
+        );
         let mut log_start = stored.map_or_else(LogStartRecord::default, |(_, start)| start);
         if log_start.reset_pending {
             // A reset to the leader's log start was interrupted: do it again.
@@ -645,6 +655,7 @@ impl ReplicaCore {
             incoming_log_start: None,
             start_index,
             read_damage: false,
+            recovery_point_lagging: false,
             spans,
             high_watermark,
             pending: BTreeMap::new(),
@@ -792,7 +803,9 @@ impl ReplicaCore {
     /// durable to its end and the core knows it).
     pub fn sync_job(&mut self) -> Result<Option<SyncJob>, ReplicaError> {
         let unsynced = self.log.durable_offset() < self.log.next_offset();
-        let unnoticed = self.raft.persisted_index() < self.last_index();
+        // Not while the recovery point lags (a full disk): the next tick asks again.
+        let unnoticed =
+            self.raft.persisted_index() < self.last_index() && !self.recovery_point_lagging;
         if !unsynced && !unnoticed {
             return Ok(None);
         }
@@ -859,7 +872,13 @@ impl ReplicaCore {
             self.incoming_log_start = Some((log_start.log_start_index, log_start.log_start_offset));
         }
         match input {
-            ReplicaInput::Tick => self.drive_peer_input(now_ms, Input::Tick, &mut out)?,
+            ReplicaInput::Tick => {
+                if std::mem::take(&mut self.recovery_point_lagging) {
+                    // A sync could not raise the recovery point: try again, once a tick.
+                    out.sync_wanted = true;
+                }
+                self.drive_peer_input(now_ms, Input::Tick, &mut out)?
+            }
             ReplicaInput::Peer {
                 from,
                 message,
@@ -1011,7 +1030,7 @@ impl ReplicaCore {
         let Some(fence) = self.log_start.vote_fence else {
             return Ok(());
         };
-        let durable = self.log.durable_offset();
+        let durable = self.acknowledgeable_offset();
         let durable_spans = self
             .spans
             .partition_point(|span| span.next_offset <= durable);
@@ -1036,6 +1055,18 @@ impl ReplicaCore {
             "caught up after cutting a damaged batch: voting again"
         );
         Ok(())
+    }
+
+    /// Entries below this offset may count as persisted: the durable offset, and no further
+    /// than the recovery point where every sync raises it (see `ReplicaCore::open`): a write of
+    /// it that failed holds acknowledgements back until a later sync job raises it.
+    fn acknowledgeable_offset(&self) -> u64 {
+        let durable = self.log.durable_offset();
+        if self.log.recovery_point_each_sync() {
+            durable.min(self.log.recovery_point())
+        } else {
+            durable
+        }
     }
 
     /// `fsync = interval`: entries count as persisted once appended (the host syncs on a
@@ -1261,10 +1292,12 @@ impl ReplicaCore {
         out: &mut ReplicaOutput,
     ) -> Result<(), ReplicaError> {
         // A failed sync poisons the log: the error makes the host reopen the replica.
-        let durable = self.log.complete_sync(result, now_ms)?;
+        self.log.complete_sync(result, now_ms)?;
         if self.planted_bug == Some(ReplicaPlantedBug::ForgetPersistedNotice) {
             return Ok(());
         }
+        let durable = self.acknowledgeable_offset();
+        self.recovery_point_lagging = durable < self.log.durable_offset();
         // The last entry wholly below the durable offset. The log's durable offset never
         // exceeds its end and drops to the cut at a truncation, so it covers only entries in
         // the log now (a job from before a truncation is forgotten by the log).
@@ -3242,6 +3275,84 @@ mod tests {
         drop(replica);
         let replica = ReplicaCore::open(Arc::new(disk), config(2, &voters), 10_000).expect("opens");
         assert!(!replica.vote_fenced(), "the lifted fence stays lifted");
+    }
+
+    /// The damaged batch is the *last* one of the log, and the follower acknowledged it: under
+    /// `fsync = always` every sync raised the recovery point past it, so the open takes it for
+    /// damage (cut, fenced), not for a torn tail (cut, free to vote for a candidate that
+    /// lacks it). With the recovery point written lazily it was taken for a torn tail.
+    #[test]
+    fn a_follower_fences_itself_after_cutting_a_damaged_last_batch_it_acknowledged() {
+        let disk = brook_storage::SimDisk::new(22);
+        let voters = [1, 2, 3];
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(2, &voters), 0).expect("opens");
+        replica
+            .step(1, append_from_leader(4, 0, 0, 6, 0))
+            .expect("appends");
+        let output = replica.sync_now(1).expect("syncs");
+        assert!(
+            output.messages.iter().any(|send| matches!(
+                send.message,
+                RaftMessage::AppendResponse(peer::AppendResponse {
+                    outcome: peer::AppendOutcome::Accepted { match_index: 6 },
+                    ..
+                })
+            )),
+            "acknowledged: {output:?}"
+        );
+        drop(replica);
+        // A bit flips at rest in the records of the last batch (offset 5).
+        let segment = PathBuf::from("/replica/log/00000000000000000000.log");
+        let bytes = disk.durable_contents(&segment).expect("segment");
+        disk.corrupt_durable(&segment, (bytes.len() - 1) as u64, 2)
+            .expect("corrupts");
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(2, &voters), 10).expect("opens");
+        assert_eq!(replica.log_end_offset(), 5, "cut before the damaged batch");
+        assert!(
+            replica.vote_fenced(),
+            "it may have acknowledged what it cut"
+        );
+        // No vote for a candidate holding only what is left (it lacks index 6).
+        let output = replica.step(20, vote_request(3, 5, 5, 4)).expect("steps");
+        assert!(output.messages.is_empty(), "{output:?}");
+    }
+
+    /// A sync that could not raise the recovery point (its fsync failed) acknowledges
+    /// nothing above it; a tick asks for another sync, which raises it and acknowledges.
+    #[test]
+    fn a_follower_acknowledges_no_further_than_its_recovery_point() {
+        let disk = brook_storage::SimDisk::new(23);
+        let voters = [1, 2, 3];
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(2, &voters), 0).expect("opens");
+        let acknowledged = |output: &ReplicaOutput| -> Option<Index> {
+            output.messages.iter().find_map(|send| match send.message {
+                RaftMessage::AppendResponse(peer::AppendResponse {
+                    outcome: peer::AppendOutcome::Accepted { match_index },
+                    ..
+                }) => Some(match_index),
+                _ => None,
+            })
+        };
+        replica
+            .step(1, append_from_leader(4, 0, 0, 3, 0))
+            .expect("appends");
+        assert_eq!(acknowledged(&replica.sync_now(2).expect("syncs")), Some(3));
+        replica
+            .step(3, append_from_leader(4, 3, 4, 2, 0))
+            .expect("appends");
+        disk.fail_next_sync_of(Path::new("/replica/log/recovery-point"));
+        let output = replica.sync_now(4).expect("the data sync succeeds");
+        assert_eq!(replica.durable_offset(), 5);
+        assert_eq!(acknowledged(&output), None, "{output:?}");
+        // Nothing new to sync, and no job until a tick: no loop of failing writes.
+        assert!(replica.sync_job().expect("sync job").is_none());
+        let output = replica.step(50, ReplicaInput::Tick).expect("ticks");
+        assert!(output.sync_wanted);
+        let output = replica.sync_now(60).expect("syncs");
+        assert_eq!(acknowledged(&output), Some(5), "{output:?}");
     }
 
     /// Seed 21186 of `cargo sim --cluster 5`: a bit flipped at rest in the last-offset delta of

@@ -281,6 +281,30 @@ impl DiskFile for FsFile {
         Ok(position)
     }
 
+    fn overwrite(&self, position: u64, data: &[u8]) -> DiskResult<()> {
+        let _guard = self.lock();
+        let file_len = self.len.load(Ordering::Acquire);
+        if position
+            .checked_add(data.len() as u64)
+            .map_or(true, |end| end > file_len)
+        {
+            return Err(DiskError::Io {
+                path: self.path.clone(),
+                operation: "overwrite",
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "cannot write {} bytes at {position} in a file of {file_len} bytes",
+                        data.len()
+                    ),
+                ),
+            });
+        }
+        self.file
+            .write_all_at(data, position)
+            .map_err(|e| disk_error(&self.path, "overwrite", e))
+    }
+
     fn read_at(&self, position: u64, len: usize) -> DiskResult<Bytes> {
         let file_len = self.len();
         let short_read = |file_len: u64| DiskError::ShortRead {
@@ -392,10 +416,20 @@ mod tests {
         assert_eq!(&file.read_at(11, 0).unwrap()[..], b"");
         file.sync().unwrap();
 
+        file.overwrite(1, b"EL").unwrap();
+        assert_eq!(&file.read_at(0, 11).unwrap()[..], b"hELlo world");
+        assert!(matches!(
+            file.overwrite(10, b"ds"),
+            Err(DiskError::Io {
+                operation: "overwrite",
+                ..
+            })
+        ));
+        assert_eq!(file.len(), 11, "an overwrite never grows the file");
         file.truncate(5).unwrap();
         assert_eq!(file.len(), 5);
         assert_eq!(file.append(b"!").unwrap(), 5);
-        assert_eq!(&file.read_at(0, 6).unwrap()[..], b"hello!");
+        assert_eq!(&file.read_at(0, 6).unwrap()[..], b"hELlo!");
         file.sync().unwrap();
         assert!(matches!(
             file.truncate(7),
@@ -411,7 +445,7 @@ mod tests {
         assert_eq!(file.len(), 6);
         assert_eq!(file.append(b"?").unwrap(), 6);
         let file = disk.open(&path, OpenMode::Create).unwrap();
-        assert_eq!(&file.read_at(0, 7).unwrap()[..], b"hello!?");
+        assert_eq!(&file.read_at(0, 7).unwrap()[..], b"hELlo!?");
     }
 
     #[test]

@@ -141,6 +141,9 @@ pub trait DiskFile: Send + Sync + Debug {
     fn read_at(&self, position: u64, len: usize) -> DiskResult<Bytes>;
     /// Cut the file to `len` bytes (which must not exceed the current length).
     fn truncate(&self, len: u64) -> DiskResult<()>;
+    /// Write `data` over the file's bytes at `position`, all inside the file (it does not
+    /// grow). Not durable until [`DiskFile::sync`]; a crash before it may keep the old bytes.
+    fn overwrite(&self, position: u64, data: &[u8]) -> DiskResult<()>;
     /// Make everything written so far durable (fdatasync).
     fn sync(&self) -> DiskResult<()>;
 }

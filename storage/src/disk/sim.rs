@@ -219,6 +219,8 @@ struct State {
     durable_directories: BTreeMap<PathBuf, InodeId>,
     capacity: Option<u64>,
     fail_next_sync: bool,
+    /// [`SimDisk::fail_next_sync_of`].
+    fail_next_sync_of: Option<PathBuf>,
     fail_next_directory_sync: bool,
     /// An armed read fault: `Some(None)` for any file, `Some(Some(path))` for one file.
     flip_on_read: Option<Option<PathBuf>>,
@@ -626,6 +628,7 @@ impl SimDisk {
                 durable_directories: BTreeMap::new(),
                 capacity: None,
                 fail_next_sync: false,
+                fail_next_sync_of: None,
                 fail_next_directory_sync: false,
                 flip_on_read: None,
                 rng: ChaCha8Rng::seed_from_u64(seed),
@@ -745,6 +748,11 @@ impl SimDisk {
     /// nothing durable and drops that file's unsynced data (see the module docs).
     pub fn fail_next_sync(&self) {
         self.lock().fail_next_sync = true;
+    }
+
+    /// [`SimDisk::fail_next_sync`], for the next sync of the file at `path` only.
+    pub fn fail_next_sync_of(&self, path: &Path) {
+        self.lock().fail_next_sync_of = Some(path.to_path_buf());
     }
 
     /// The next [`Disk::sync_dir`] fails with [`DiskError::SyncFailed`] and makes no entry of
@@ -1262,12 +1270,47 @@ impl DiskFile for SimFile {
         Ok(())
     }
 
+    /// A crash before the next sync reverts the file to its durable image (the old bytes).
+    fn overwrite(&self, position: u64, data: &[u8]) -> DiskResult<()> {
+        let mut state = self.live()?;
+        state.spend_change(&self.key, "overwrite")?;
+        let inode = state.inode_mut(self.inode);
+        let current = inode.volatile.len() as u64;
+        let range = match position.checked_add(data.len() as u64) {
+            Some(end) if end <= current => position as usize..end as usize,
+            _ => {
+                return Err(DiskError::Io {
+                    path: self.path.clone(),
+                    operation: "overwrite",
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "cannot write {} bytes at {position} in a file of {current} bytes",
+                            data.len()
+                        ),
+                    ),
+                })
+            }
+        };
+        inode.volatile[range].copy_from_slice(data);
+        inode.dirty = true;
+        // The durable image is no longer a prefix of the volatile one.
+        inode.truncated_since_sync = true;
+        inode.last_append = None;
+        Ok(())
+    }
+
     fn sync(&self) -> DiskResult<()> {
         let mut guard = self.live()?;
         let state = &mut *guard;
         state.spend_change(&self.key, "sync")?;
-        if state.fail_next_sync {
-            state.fail_next_sync = false;
+        let this_file = state.fail_next_sync_of.as_deref() == Some(self.path.as_path());
+        if state.fail_next_sync || this_file {
+            if this_file {
+                state.fail_next_sync_of = None;
+            } else {
+                state.fail_next_sync = false;
+            }
             state.stats.sync_failures += 1;
             // Linux may drop the dirty pages of a file whose writeback failed and mark them
             // clean ("fsyncgate"): reads then see what is on the platter, zeros past its end,
@@ -1444,6 +1487,31 @@ mod tests {
         let report = disk.crash_with(CrashMode::TornLastWrite, &mut rng(3));
         assert_eq!(report.files[0].outcome, CrashOutcome::DroppedUnsynced);
         assert_eq!(&disk.read_file(&path).unwrap()[..], b"0123456789");
+    }
+
+    #[test]
+    fn an_unsynced_overwrite_falls_back_to_durable_and_a_synced_one_stays() {
+        for mode in [
+            CrashMode::TornLastWrite,
+            CrashMode::TornUnsynced,
+            CrashMode::Random,
+        ] {
+            let (disk, path) = setup();
+            let file = open_durably(&disk, &path);
+            file.append(b"0123456789").unwrap();
+            file.sync().unwrap();
+            file.overwrite(2, b"ab").unwrap();
+            assert_eq!(&file.read_at(0, 10).unwrap()[..], b"01ab456789");
+            assert!(file.overwrite(9, b"xy").is_err(), "never grows the file");
+            let report = disk.crash_with(mode, &mut rng(4));
+            assert_eq!(report.files[0].outcome, CrashOutcome::DroppedUnsynced);
+            assert_eq!(&disk.read_file(&path).unwrap()[..], b"0123456789");
+            let file = disk.open(&path, OpenMode::Existing).unwrap();
+            file.overwrite(2, b"cd").unwrap();
+            file.sync().unwrap();
+            disk.crash_with(mode, &mut rng(5));
+            assert_eq!(&disk.read_file(&path).unwrap()[..], b"01cd456789");
+        }
     }
 
     #[test]

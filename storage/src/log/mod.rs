@@ -241,6 +241,9 @@ pub struct SyncJob {
     files: Vec<Arc<dyn DiskFile>>,
     /// The offset that will be durable once the job succeeds.
     pub target_offset: u64,
+    /// Raises the recovery point to `target_offset` once the files are synced
+    /// ([`Log::set_recovery_point_each_sync`]).
+    recovery_point: Option<RecoveryPointJob>,
     /// Names the job to [`Log::complete_sync`], which forgets the tickets of jobs handed out
     /// before a truncation: such a job may have synced the file before the truncation, so it
     /// covers nothing appended after it.
@@ -254,6 +257,13 @@ impl SyncJob {
         for file in &self.files {
             file.sync()?;
         }
+        if let Some(job) = &self.recovery_point {
+            // The data is durable either way: a recovery point left lower (a full disk) only
+            // holds the owner's acknowledgements back until a later job raises it.
+            if let Err(error) = job.run() {
+                tracing::warn!(offset = job.offset, %error, "could not raise the recovery point after a sync");
+            }
+        }
         Ok(self.ticket)
     }
 }
@@ -261,7 +271,9 @@ impl SyncJob {
 /// The file, in a log's directory, holding its recovery point: every offset below it was
 /// synced, so recovery takes a bad batch below it for corruption, never for a torn tail.
 /// 8 bytes of little-endian offset, then the CRC-32C of those 8 bytes; replaced atomically
-/// (written to [`RECOVERY_POINT_TEMP_FILE`], synced, renamed, directory synced).
+/// (written to [`RECOVERY_POINT_TEMP_FILE`], synced, renamed, directory synced), or, after
+/// every sync of a log that asks for it ([`Log::set_recovery_point_each_sync`]), written over
+/// in place and synced (12 bytes inside one sector: a crash keeps the old record or the new).
 pub const RECOVERY_POINT_FILE: &str = "recovery-point";
 pub const RECOVERY_POINT_TEMP_FILE: &str = "recovery-point.tmp";
 /// The recovery point is written lazily: at open, at a truncation below it, after a failed
@@ -308,6 +320,8 @@ pub struct Log {
     cleaner: compaction::CleanerState,
     /// Every batch is one entry of a Raft log ([`Log::set_batches_are_entries`]).
     batches_are_entries: bool,
+    /// Every sync job also raises the recovery point ([`Log::set_recovery_point_each_sync`]).
+    recovery_point_each_sync: bool,
     #[cfg(madsim)]
     planted: PlantedStorageBugs,
 }
@@ -422,6 +436,7 @@ impl Log {
             next_sync_ticket: 0,
             cleaner: compaction::CleanerState::default(),
             batches_are_entries: false,
+            recovery_point_each_sync: false,
             #[cfg(madsim)]
             planted: PlantedStorageBugs::default(),
         };
@@ -631,6 +646,23 @@ impl Log {
     /// leader ships its committed entries as they are stored, compacted or not.
     pub fn set_batches_are_entries(&mut self, batches_are_entries: bool) {
         self.batches_are_entries = batches_are_entries;
+    }
+
+    /// Make every [`SyncJob`] raise the recovery point to what it synced, right after the sync
+    /// and before it reports success (written over the file in place: one more fsync).
+    /// For an owner that acknowledges what a sync made durable (a Raft replica under
+    /// `fsync = always`) and must tell damage from a torn tail afterwards: with it, a batch
+    /// damaged at rest below [`Log::recovery_point`] is never cut as a torn tail at the next
+    /// open, and a batch above it was never acknowledged. The owner acknowledges no further
+    /// than the recovery point: a write that failed (logged) leaves it lower, and the next job
+    /// tries again.
+    pub fn set_recovery_point_each_sync(&mut self, each_sync: bool) {
+        self.recovery_point_each_sync = each_sync;
+    }
+
+    /// Whether every sync job raises the recovery point ([`Log::set_recovery_point_each_sync`]).
+    pub fn recovery_point_each_sync(&self) -> bool {
+        self.recovery_point_each_sync
     }
 
     /// Whether the batches of this log are Raft entries ([`Log::set_batches_are_entries`]).
@@ -1197,9 +1229,13 @@ impl Log {
         while self.sync_jobs.len() > SYNC_JOBS_IN_FLIGHT_MAX {
             self.sync_jobs.pop_first();
         }
+        let recovery_point = self
+            .recovery_point_each_sync
+            .then(|| self.recovery_point_file.job_in_place(target_offset));
         Ok(SyncJob {
             files,
             target_offset,
+            recovery_point,
             ticket,
         })
     }

@@ -1799,3 +1799,45 @@ fn a_sealed_segment_whose_last_batch_claims_the_next_segments_offsets_is_damage(
         assert_eq!(read_values(&log, 0), expected(0..damaged + 6), "bit {bit}");
     }
 }
+
+/// Asked to, every sync job raises the recovery point to what it synced, durably, before it
+/// reports success; a job made before a truncation raises nothing (its offsets may be
+/// rewritten), and a job whose write fails leaves it where it was.
+#[test]
+fn a_sync_job_raises_the_recovery_point_when_asked() {
+    let (sim, disk, dir) = sim();
+    let (mut log, _) = open(&disk, &dir, LogConfig::default());
+    log.set_recovery_point_each_sync(true);
+    append_many(&mut log, 3, 2);
+    let job = log.sync_job().expect("job");
+    let result = job.run();
+    log.complete_sync(result, 10).expect("synced");
+    assert_eq!(
+        log.recovery_point(),
+        6,
+        "one sync, 10 ms: raised all the same"
+    );
+    let bytes = sim
+        .durable_contents(&dir.join(RECOVERY_POINT_FILE))
+        .expect("file");
+    assert_eq!(decode_recovery_point(&bytes), Some(6));
+    // A job made before a truncation writes nothing.
+    append_many(&mut log, 2, 2);
+    let stale = log.sync_job().expect("job");
+    log.truncate(8).expect("truncates");
+    let result = stale.run();
+    log.complete_sync(result, 20).expect("synced");
+    assert_eq!(log.recovery_point(), 6);
+    // A write that fails leaves the recovery point where it was; the next job raises it.
+    sim.fail_next_sync_of(&dir.join(RECOVERY_POINT_FILE));
+    let job = log.sync_job().expect("job");
+    let result = job.run();
+    log.complete_sync(result, 30)
+        .expect("the data sync succeeded");
+    assert_eq!(log.durable_offset(), 8);
+    assert_eq!(log.recovery_point(), 6);
+    let job = log.sync_job().expect("job");
+    let result = job.run();
+    log.complete_sync(result, 40).expect("synced");
+    assert_eq!(log.recovery_point(), 8);
+}
