@@ -94,13 +94,13 @@ cargo sim --seeds 3 --cluster 3 --plant serve-above-hw --expect-found   # protoc
 # with a verdict: --seed-wall-secs-max (default 600) turns a run that does not end into a
 # `no-verdict` failure.
 cargo sim --seeds 5 --cluster 3 --without-fault corrupt-at-rest --plant commit-without-quorum --expect-found   # lost-write, inconsistent-offsets (seed 0)
-cargo sim --seeds 10 --cluster 3 --without-fault corrupt-at-rest --plant keep-divergent-suffix --expect-found  # divergent-prefix below a shared entry (seed 0)
+cargo sim --seeds 10 --cluster 3 --without-fault corrupt-at-rest --plant keep-divergent-suffix --expect-found  # divergent-prefix below a shared entry (seed 4 on main 1bf7208; seed 0 before)
 # forget-vote (the term persisted, the vote not) needs a voter to crash between two vote
 # requests of one term, which the random nemesis never lands on (seeds 0..88): the plant implies
 # the targeted fault --restart-after-vote (every partition replica restarts its Raft core from
 # disk right after granting a vote; outside the draw, fingerprints unchanged). Its control, the
 # same fault unplanted, passes in "replicated clusters" above.
-cargo sim --seeds 40 --cluster 3 --without-fault corrupt-at-rest --plant forget-vote --expect-found  # two-leaders, divergent-entry, divergent-prefix (seed 2 on main ebe5f0d; seed 9 on 712e46e)
+cargo sim --seeds 40 --cluster 3 --without-fault corrupt-at-rest --plant forget-vote --expect-found  # two-leaders, divergent-entry, divergent-prefix (seed 9 on main 1bf7208; seed 2 on ebe5f0d; seed 9 on 712e46e)
 cargo sim --seeds 3 --cluster 3 --plant compact-drops-latest --expect-found  # divergent-prefix/compacted-away: a replica kept a key's oldest value
 
 step "tests (normal build)"
