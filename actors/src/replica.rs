@@ -507,43 +507,7 @@ impl ReplicaCore {
     ) -> Result<ReplicaCore, ReplicaError> {
         disk.create_dir_all(&config.dir)?;
         let stored = read_hard_state(disk.as_ref(), &config.dir)?;
-        let mut log_config = config.log.clone();
-        // No stored batch can carry a term above the persisted current term: the term is
-        // persisted before any entry of it is appended. Without a hard-state file nothing
-        // bounds it, and the log must turn out empty (checked below) rather than be cut.
-        log_config.term_max = stored.map_or(u64::MAX, |(hard_state, _)| hard_state.term);
-        let (mut log, _report) = Log::open(
-            disk.clone(),
-            config.dir.join(LOG_DIRECTORY),
-            log_config,
-            now_ms,
-        )?;
-        // One batch = one entry: the cleaner must keep every batch (see "Compaction").
-        log.set_batches_are_entries(true);
-        // Under `fsync = always` a replica of several voters acknowledges what a sync made
-        // durable. The recovery point keeps up with every sync, so a batch it may have
-        // acknowledged and that is damaged at rest is never cut as a torn tail (without the
-        // vote fence) at a later open; it acknowledges nothing above the recovery point.
-        log.set_recovery_point_each_sync(
-            config.voters.len() > 1 && matches!(config.log.fsync, FsyncPolicy::Always),
-        );
-        let mut log_start = stored.map_or_else(LogStartRecord::default, |(_, start)| start);
-        if log_start.reset_pending {
-            // A reset to the leader's log start was interrupted: do it again.
-            log.reset(log_start.offset)?;
-            log_start.reset_pending = false;
-            if let Some((hard_state, _)) = stored {
-                write_hard_state(disk.as_ref(), &config.dir, hard_state, log_start)?;
-            }
-        } else if log.log_start_offset() < log_start.offset {
-            // Retention recorded a new log start and crashed before deleting the segments.
-            log.delete_segments_before(log_start.offset)?;
-        }
-        if log.log_start_offset() != log_start.offset {
-            return Err(ReplicaError::Inconsistent(
-                "the log does not start at the recorded log start",
-            ));
-        }
+        let (mut log, mut log_start) = open_log(&disk, &config, stored, now_ms)?;
         let cut_at_damage = config.voters.len() > 1;
         let (spans, damage) = scan_spans(
             &log,
@@ -564,26 +528,14 @@ impl ReplicaCore {
             }
         };
         if let Some(offset) = damage {
-            // A batch damaged at rest: cut it and everything after it, and fetch them again
-            // from the leader. This replica may have acknowledged what it cuts: it must not
-            // vote until it holds it again (the fence is persisted before the cut).
-            let old_fence = log_start.vote_fence;
-            let fence = VoteFence {
-                log_end_offset: log
-                    .next_offset()
-                    .max(old_fence.map_or(0, |fence| fence.log_end_offset)),
-                term: hard_state.term.max(old_fence.map_or(0, |fence| fence.term)),
-            };
-            log_start.vote_fence = Some(fence);
-            write_hard_state(disk.as_ref(), &config.dir, hard_state, log_start)?;
-            tracing::warn!(
-                dir = %config.dir.display(),
+            cut_damage(
+                disk.as_ref(),
+                &config.dir,
+                &mut log,
+                hard_state,
+                &mut log_start,
                 offset,
-                log_end_offset = fence.log_end_offset,
-                term = fence.term,
-                "a batch damaged at rest: the log is cut before it and caught up from the leader; no vote until then"
-            );
-            log.truncate(offset)?;
+            )?;
         }
         // Appends go to the log's end: the entries the core knows must reach it, or every
         // append would be refused for ever (a loud failure here rather than a silent wedge).
@@ -595,36 +547,7 @@ impl ReplicaCore {
                 "the log's entries do not reach its end",
             ));
         }
-        // Every stored batch's term was persisted before the batch was appended (recovery
-        // checks this for intact batches; a batch kept though damaged may carry a damaged term).
-        if spans.iter().any(|span| span.term > hard_state.term) {
-            return Err(ReplicaError::Inconsistent(
-                "a batch's term is above the persisted term",
-            ));
-        }
-        let mut term_starts: Vec<TermStart> = Vec::new();
-        for (position, span) in spans.iter().enumerate() {
-            if term_starts.last().map(|last| last.term) != Some(span.term) {
-                if term_starts.last().is_some_and(|last| last.term > span.term)
-                    || span.term < log_start.prev_term
-                {
-                    return Err(ReplicaError::Inconsistent(
-                        "batch terms decrease in the log",
-                    ));
-                }
-                term_starts.push(TermStart {
-                    term: span.term,
-                    first_index: log_start.index + position as Index,
-                });
-            }
-        }
-        let log_terms = LogTerms::new(
-            log_start.index,
-            log_start.prev_term,
-            log_start.index + spans.len() as Index - 1,
-            term_starts,
-        )
-        .map_err(|_| ReplicaError::Inconsistent("the log's terms are not a Raft log"))?;
+        let log_terms = raft_log_terms(&spans, &log_start, hard_state)?;
         let raft = Raft::new(
             config.node_id,
             config.voters.clone(),
@@ -1830,6 +1753,125 @@ pub enum FetchRefused {
     NotLeader { leader: Option<NodeId> },
     #[error(transparent)]
     Log(#[from] LogError),
+}
+
+/// [`ReplicaCore::open`]'s log: opened with the persisted term as the bound on batch terms,
+/// marked as Raft entries, an interrupted reset or segment deletion finished; it must start at
+/// the recorded log start.
+fn open_log(
+    disk: &Arc<dyn Disk>,
+    config: &ReplicaConfig,
+    stored: Option<(HardState, LogStartRecord)>,
+    now_ms: u64,
+) -> Result<(Log, LogStartRecord), ReplicaError> {
+    let mut log_config = config.log.clone();
+    // No stored batch can carry a term above the persisted current term: the term is
+    // persisted before any entry of it is appended. Without a hard-state file nothing
+    // bounds it, and the log must turn out empty (checked below) rather than be cut.
+    log_config.term_max = stored.map_or(u64::MAX, |(hard_state, _)| hard_state.term);
+    let (mut log, _report) = Log::open(
+        Arc::clone(disk),
+        config.dir.join(LOG_DIRECTORY),
+        log_config,
+        now_ms,
+    )?;
+    // One batch = one entry: the cleaner must keep every batch (see "Compaction").
+    log.set_batches_are_entries(true);
+    // Under `fsync = always` a replica of several voters acknowledges what a sync made
+    // durable. The recovery point keeps up with every sync, so a batch it may have
+    // acknowledged and that is damaged at rest is never cut as a torn tail (without the
+    // vote fence) at a later open; it acknowledges nothing above the recovery point.
+    log.set_recovery_point_each_sync(
+        config.voters.len() > 1 && matches!(config.log.fsync, FsyncPolicy::Always),
+    );
+    let mut log_start = stored.map_or_else(LogStartRecord::default, |(_, start)| start);
+    if log_start.reset_pending {
+        // A reset to the leader's log start was interrupted: do it again.
+        log.reset(log_start.offset)?;
+        log_start.reset_pending = false;
+        if let Some((hard_state, _)) = stored {
+            write_hard_state(disk.as_ref(), &config.dir, hard_state, log_start)?;
+        }
+    } else if log.log_start_offset() < log_start.offset {
+        // Retention recorded a new log start and crashed before deleting the segments.
+        log.delete_segments_before(log_start.offset)?;
+    }
+    if log.log_start_offset() != log_start.offset {
+        return Err(ReplicaError::Inconsistent(
+            "the log does not start at the recorded log start",
+        ));
+    }
+    Ok((log, log_start))
+}
+
+/// A batch damaged at rest at `offset`: cut it and everything after it, to fetch them again
+/// from the leader. This replica may have acknowledged what it cuts: it must not vote until it
+/// holds it again, so the vote fence is persisted before the cut.
+fn cut_damage(
+    disk: &dyn Disk,
+    dir: &Path,
+    log: &mut Log,
+    hard_state: HardState,
+    log_start: &mut LogStartRecord,
+    offset: u64,
+) -> Result<(), ReplicaError> {
+    let old_fence = log_start.vote_fence;
+    let fence = VoteFence {
+        log_end_offset: log
+            .next_offset()
+            .max(old_fence.map_or(0, |fence| fence.log_end_offset)),
+        term: hard_state.term.max(old_fence.map_or(0, |fence| fence.term)),
+    };
+    log_start.vote_fence = Some(fence);
+    write_hard_state(disk, dir, hard_state, *log_start)?;
+    tracing::warn!(
+        dir = %dir.display(),
+        offset,
+        log_end_offset = fence.log_end_offset,
+        term = fence.term,
+        "a batch damaged at rest: the log is cut before it and caught up from the leader; no vote until then"
+    );
+    log.truncate(offset)?;
+    Ok(())
+}
+
+/// The Raft view of the log's entries (their terms from `log_start` on), checked: no term above
+/// the persisted one, none going down.
+fn raft_log_terms(
+    spans: &[BatchSpan],
+    log_start: &LogStartRecord,
+    hard_state: HardState,
+) -> Result<LogTerms, ReplicaError> {
+    // Every stored batch's term was persisted before the batch was appended (recovery
+    // checks this for intact batches; a batch kept though damaged may carry a damaged term).
+    if spans.iter().any(|span| span.term > hard_state.term) {
+        return Err(ReplicaError::Inconsistent(
+            "a batch's term is above the persisted term",
+        ));
+    }
+    let mut term_starts: Vec<TermStart> = Vec::new();
+    for (position, span) in spans.iter().enumerate() {
+        if term_starts.last().map(|last| last.term) != Some(span.term) {
+            if term_starts.last().is_some_and(|last| last.term > span.term)
+                || span.term < log_start.prev_term
+            {
+                return Err(ReplicaError::Inconsistent(
+                    "batch terms decrease in the log",
+                ));
+            }
+            term_starts.push(TermStart {
+                term: span.term,
+                first_index: log_start.index + position as Index,
+            });
+        }
+    }
+    LogTerms::new(
+        log_start.index,
+        log_start.prev_term,
+        log_start.index + spans.len() as Index - 1,
+        term_starts,
+    )
+    .map_err(|_| ReplicaError::Inconsistent("the log's terms are not a Raft log"))
 }
 
 /// Offsets and terms of every batch of the log, from its start, and where the first batch
