@@ -1160,8 +1160,28 @@ impl Raft {
                     return Ok(());
                 }
                 self.heard_from_leader(now_ms, from, out);
+                let last_index = self.log.last_index();
+                if heartbeat.commit_index > last_index {
+                    // The leader sends at most our match index: we lost entries we had
+                    // acknowledged (a batch damaged at rest cut from the log, or entries
+                    // acknowledged unsynced under `fsync = interval` and lost in a crash).
+                    // Refuse as an append there would be refused, so that the leader probes
+                    // back from our log end: in a group with nothing new to append, nothing
+                    // else would make it send them again.
+                    out.push(Effect::Send {
+                        to: from,
+                        message: Message::AppendResponse(AppendResponse {
+                            term: self.hard_state.term,
+                            outcome: AppendOutcome::Rejected {
+                                rejected_prev_index: heartbeat.commit_index,
+                                conflict_index: last_index + 1,
+                                conflict_term: None,
+                            },
+                        }),
+                    });
+                }
                 // The leader knows our log equals its own up to heartbeat.commit_index.
-                let commit = heartbeat.commit_index.min(self.log.last_index());
+                let commit = heartbeat.commit_index.min(last_index);
                 self.commit_index = self.commit_index.max(commit);
                 out.push(Effect::Send {
                     to: from,

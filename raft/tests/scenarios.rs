@@ -912,6 +912,40 @@ fn a_follower_that_lost_acknowledged_entries_is_caught_up_again() -> Outcome {
     Ok(())
 }
 
+/// The same loss in a group with nothing new to append (the controller's metadata log between
+/// changes; simulation seed 28297 of `--cluster 5`): only heartbeats reach node 3, so no append
+/// is ever refused. A heartbeat whose commit index is above the follower's log end says it lost
+/// entries; it refuses as an append there would be refused, and the leader sends them again.
+#[test]
+fn an_idle_group_catches_up_a_follower_that_lost_acknowledged_entries() -> Outcome {
+    let mut cluster = Cluster::new(3, config(None), 11);
+    cluster.elect(1)?;
+    let mut payloads = Vec::new();
+    for _ in 0..4 {
+        payloads.push(cluster.propose(1)?.expect("the leader takes proposals"));
+    }
+    let rounds = cluster.run_until(20, |cluster| {
+        payloads
+            .iter()
+            .all(|payload| committed_everywhere(cluster, *payload))
+    })?;
+    assert!(rounds.is_some(), "{}", cluster.describe());
+    let match_before = cluster.raft(1).match_indexes()[&3];
+    let host = cluster.hosts.get_mut(&3).expect("node 3");
+    host.durable_entries -= 3;
+    cluster.crash(3)?;
+    assert_eq!(cluster.hosts[&3].last_index(), match_before - 3);
+    // No proposal: heartbeats only.
+    let rounds = cluster.run_until(40, |cluster| cluster.hosts[&3].last_index() >= match_before)?;
+    assert!(
+        rounds.is_some(),
+        "node 3 never caught up: {}",
+        cluster.describe()
+    );
+    assert_eq!(cluster.leaders_now(), vec![1]);
+    Ok(())
+}
+
 // ---- a leader contradicting a follower's committed entry (what only a bug produces) ----
 
 /// One core with the entries its host keeps; effects carried out at once (every entry durable
