@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 
-use super::{Disk, DiskError, DiskFile, DiskResult, OpenMode};
+use super::{check_overwrite, Disk, DiskError, DiskFile, DiskResult, OpenMode};
 
 /// Bytes appended between two starts of early writeback (see the module docs).
 pub const WRITEBACK_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
@@ -284,22 +284,7 @@ impl DiskFile for FsFile {
     fn overwrite(&self, position: u64, data: &[u8]) -> DiskResult<()> {
         let _guard = self.lock();
         let file_len = self.len.load(Ordering::Acquire);
-        if position
-            .checked_add(data.len() as u64)
-            .map_or(true, |end| end > file_len)
-        {
-            return Err(DiskError::Io {
-                path: self.path.clone(),
-                operation: "overwrite",
-                source: io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "cannot write {} bytes at {position} in a file of {file_len} bytes",
-                        data.len()
-                    ),
-                ),
-            });
-        }
+        check_overwrite(&self.path, position, data.len(), file_len)?;
         self.file
             .write_all_at(data, position)
             .map_err(|e| disk_error(&self.path, "overwrite", e))

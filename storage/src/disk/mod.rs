@@ -122,6 +122,27 @@ pub trait Disk: Send + Sync + Debug {
     }
 }
 
+/// [`DiskFile::overwrite`]'s bounds: `len` bytes at `position` must lie inside a file of
+/// `file_len` bytes (an overwrite never grows a file).
+pub(crate) fn check_overwrite(
+    path: &Path,
+    position: u64,
+    len: usize,
+    file_len: u64,
+) -> DiskResult<std::ops::Range<usize>> {
+    match position.checked_add(len as u64) {
+        Some(end) if end <= file_len => Ok(position as usize..end as usize),
+        _ => Err(DiskError::Io {
+            path: path.to_path_buf(),
+            operation: "overwrite",
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("cannot write {len} bytes at {position} in a file of {file_len} bytes"),
+            ),
+        }),
+    }
+}
+
 /// One open file. All methods take `&self` so that one thread can `sync` while the owner
 /// appends; appends must come from a single owner at a time (the log guarantees it).
 pub trait DiskFile: Send + Sync + Debug {

@@ -55,7 +55,7 @@ use bytes::Bytes;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{Disk, DiskError, DiskFile, DiskResult, OpenMode};
+use super::{check_overwrite, Disk, DiskError, DiskFile, DiskResult, OpenMode};
 
 /// What a crash does to a file's unsynced data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1276,22 +1276,7 @@ impl DiskFile for SimFile {
         state.spend_change(&self.key, "overwrite")?;
         let inode = state.inode_mut(self.inode);
         let current = inode.volatile.len() as u64;
-        let range = match position.checked_add(data.len() as u64) {
-            Some(end) if end <= current => position as usize..end as usize,
-            _ => {
-                return Err(DiskError::Io {
-                    path: self.path.clone(),
-                    operation: "overwrite",
-                    source: io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!(
-                            "cannot write {} bytes at {position} in a file of {current} bytes",
-                            data.len()
-                        ),
-                    ),
-                })
-            }
-        };
+        let range = check_overwrite(&self.path, position, data.len(), current)?;
         inode.volatile[range].copy_from_slice(data);
         inode.dirty = true;
         // The durable image is no longer a prefix of the volatile one.
