@@ -3241,6 +3241,33 @@ mod tests {
         }
     }
 
+    /// Node 2 of `voters` on `disk`, following node 1 (term 4): `count` entries appended and
+    /// synced. Returns it with the sync's output (its acknowledgement).
+    fn synced_follower(
+        disk: &brook_storage::SimDisk,
+        voters: &[NodeId],
+        count: u64,
+    ) -> (ReplicaCore, ReplicaOutput) {
+        let mut replica =
+            ReplicaCore::open(Arc::new(disk.clone()), config(2, voters), 0).expect("opens");
+        replica
+            .step(1, append_from_leader(4, 0, 0, count, 0))
+            .expect("appends");
+        let output = replica.sync_now(1).expect("syncs");
+        (replica, output)
+    }
+
+    /// The match index a follower's output acknowledges, if any.
+    fn acknowledged(output: &ReplicaOutput) -> Option<Index> {
+        output.messages.iter().find_map(|send| match send.message {
+            RaftMessage::AppendResponse(peer::AppendResponse {
+                outcome: peer::AppendOutcome::Accepted { match_index },
+                ..
+            }) => Some(match_index),
+            _ => None,
+        })
+    }
+
     /// A follower whose log holds a batch damaged at rest (one replica of three) cuts it and
     /// everything after it at open, to fetch them again from the leader. It may have
     /// acknowledged what it cut, so until it holds it again it neither votes nor campaigns
@@ -3249,12 +3276,7 @@ mod tests {
     fn a_follower_cuts_a_damaged_batch_and_votes_only_once_caught_up() {
         let disk = brook_storage::SimDisk::new(21);
         let voters = [1, 2, 3];
-        let mut replica =
-            ReplicaCore::open(Arc::new(disk.clone()), config(2, &voters), 0).expect("opens");
-        replica
-            .step(1, append_from_leader(4, 0, 0, 6, 0))
-            .expect("appends");
-        replica.sync_now(1).expect("syncs");
+        let (replica, _) = synced_follower(&disk, &voters, 6);
         assert_eq!(replica.log_end_offset(), 6);
         assert_eq!(replica.durable_offset(), 6);
         drop(replica);
@@ -3327,22 +3349,8 @@ mod tests {
     fn a_follower_fences_itself_after_cutting_a_damaged_last_batch_it_acknowledged() {
         let disk = brook_storage::SimDisk::new(22);
         let voters = [1, 2, 3];
-        let mut replica =
-            ReplicaCore::open(Arc::new(disk.clone()), config(2, &voters), 0).expect("opens");
-        replica
-            .step(1, append_from_leader(4, 0, 0, 6, 0))
-            .expect("appends");
-        let output = replica.sync_now(1).expect("syncs");
-        assert!(
-            output.messages.iter().any(|send| matches!(
-                send.message,
-                RaftMessage::AppendResponse(peer::AppendResponse {
-                    outcome: peer::AppendOutcome::Accepted { match_index: 6 },
-                    ..
-                })
-            )),
-            "acknowledged: {output:?}"
-        );
+        let (replica, output) = synced_follower(&disk, &voters, 6);
+        assert_eq!(acknowledged(&output), Some(6), "{output:?}");
         drop(replica);
         // A bit flips at rest in the records of the last batch (offset 5).
         let segment = PathBuf::from("/replica/log/00000000000000000000.log");
@@ -3367,21 +3375,8 @@ mod tests {
     fn a_follower_acknowledges_no_further_than_its_recovery_point() {
         let disk = brook_storage::SimDisk::new(23);
         let voters = [1, 2, 3];
-        let mut replica =
-            ReplicaCore::open(Arc::new(disk.clone()), config(2, &voters), 0).expect("opens");
-        let acknowledged = |output: &ReplicaOutput| -> Option<Index> {
-            output.messages.iter().find_map(|send| match send.message {
-                RaftMessage::AppendResponse(peer::AppendResponse {
-                    outcome: peer::AppendOutcome::Accepted { match_index },
-                    ..
-                }) => Some(match_index),
-                _ => None,
-            })
-        };
-        replica
-            .step(1, append_from_leader(4, 0, 0, 3, 0))
-            .expect("appends");
-        assert_eq!(acknowledged(&replica.sync_now(2).expect("syncs")), Some(3));
+        let (mut replica, output) = synced_follower(&disk, &voters, 3);
+        assert_eq!(acknowledged(&output), Some(3));
         replica
             .step(3, append_from_leader(4, 3, 4, 2, 0))
             .expect("appends");

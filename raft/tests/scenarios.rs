@@ -875,13 +875,11 @@ fn an_append_the_host_cut_short_is_continued_after_what_was_sent() -> Outcome {
     Ok(())
 }
 
-/// A follower that lost entries it had acknowledged (a replica cutting a batch damaged at rest
-/// from its log, with everything after it) refuses appends at or below the match index the
-/// leader holds for it. The leader must take its match index back down and resend from what
-/// the follower still has; once it did not, and resent the same refused append for ever.
-#[test]
-fn a_follower_that_lost_acknowledged_entries_is_caught_up_again() -> Outcome {
-    let mut cluster = Cluster::new(3, config(None), 7);
+/// Three nodes, node 1 leading, four entries committed everywhere; then node 3 loses its last
+/// three entries (all acknowledged, all committed) and restarts. Returns the cluster and the
+/// match index node 1 held for node 3 before the loss.
+fn node_3_lost_three_acknowledged_entries(seed: u64) -> Result<(Cluster, u64), Violation> {
+    let mut cluster = Cluster::new(3, config(None), seed);
     cluster.elect(1)?;
     let mut payloads = Vec::new();
     for _ in 0..4 {
@@ -894,11 +892,20 @@ fn a_follower_that_lost_acknowledged_entries_is_caught_up_again() -> Outcome {
     })?;
     assert!(rounds.is_some(), "{}", cluster.describe());
     let match_before = cluster.raft(1).match_indexes()[&3];
-    // Node 3 loses its last three entries (all acknowledged, all committed), then restarts.
     let host = cluster.hosts.get_mut(&3).expect("node 3");
     host.durable_entries -= 3;
     cluster.crash(3)?;
     assert_eq!(cluster.hosts[&3].last_index(), match_before - 3);
+    Ok((cluster, match_before))
+}
+
+/// A follower that lost entries it had acknowledged (a replica cutting a batch damaged at rest
+/// from its log, with everything after it) refuses appends at or below the match index the
+/// leader holds for it. The leader must take its match index back down and resend from what
+/// the follower still has; once it did not, and resent the same refused append for ever.
+#[test]
+fn a_follower_that_lost_acknowledged_entries_is_caught_up_again() -> Outcome {
+    let (mut cluster, match_before) = node_3_lost_three_acknowledged_entries(7)?;
     let payload = cluster.propose(1)?.expect("still the leader");
     let rounds = cluster.run_until(40, |cluster| {
         committed_everywhere(cluster, payload) && cluster.hosts[&3].last_index() > match_before
@@ -918,23 +925,7 @@ fn a_follower_that_lost_acknowledged_entries_is_caught_up_again() -> Outcome {
 /// entries; it refuses as an append there would be refused, and the leader sends them again.
 #[test]
 fn an_idle_group_catches_up_a_follower_that_lost_acknowledged_entries() -> Outcome {
-    let mut cluster = Cluster::new(3, config(None), 11);
-    cluster.elect(1)?;
-    let mut payloads = Vec::new();
-    for _ in 0..4 {
-        payloads.push(cluster.propose(1)?.expect("the leader takes proposals"));
-    }
-    let rounds = cluster.run_until(20, |cluster| {
-        payloads
-            .iter()
-            .all(|payload| committed_everywhere(cluster, *payload))
-    })?;
-    assert!(rounds.is_some(), "{}", cluster.describe());
-    let match_before = cluster.raft(1).match_indexes()[&3];
-    let host = cluster.hosts.get_mut(&3).expect("node 3");
-    host.durable_entries -= 3;
-    cluster.crash(3)?;
-    assert_eq!(cluster.hosts[&3].last_index(), match_before - 3);
+    let (mut cluster, match_before) = node_3_lost_three_acknowledged_entries(11)?;
     // No proposal: heartbeats only.
     let rounds = cluster.run_until(40, |cluster| cluster.hosts[&3].last_index() >= match_before)?;
     assert!(
